@@ -1,0 +1,13 @@
+//! Services: the use cases. They take the store, the clock and randomness as injected
+//! dependencies, enforce the rules, build the audit event of every mutation and hand both to
+//! the store, which commits them together.
+//!
+//! **Invariant:** this crate sees only `dyn Store` (no SQL) and knows nothing of HTTP.
+
+pub mod accounts;
+pub mod keys;
+pub mod usage;
+
+pub use accounts::{AccountError, AccountService};
+pub use keys::{AuthError, KeyError, KeyService, NewApiKey};
+pub use usage::{UsageError, UsageRecorder};

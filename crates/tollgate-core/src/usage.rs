@@ -1,0 +1,89 @@
+//! Usage recording with group commit.
+//!
+//! Every billable request hands its [`UsageRecord`] to the [`UsageRecorder`] and waits until it
+//! is durable before sending its last byte. One background task drains whatever has queued
+//! while the previous transaction committed and writes it all in one transaction, so under
+//! load many requests share one commit (one fsync) and no request updates a hot counter row.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tollgate_domain::UsageRecord;
+use tollgate_store::{Store, StoreError};
+
+/// Most records written in one transaction.
+const MAX_BATCH: usize = 512;
+/// Attempts for a batch whose database was unavailable.
+const ATTEMPTS: u32 = 3;
+
+/// Why usage could not be recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UsageError {
+    /// The write failed; the request must not be reported as complete.
+    #[error("usage could not be stored: {0}")]
+    Store(Arc<str>),
+    /// The recorder has shut down.
+    #[error("usage recorder stopped")]
+    Stopped,
+}
+
+struct Job {
+    record: UsageRecord,
+    done: oneshot::Sender<Result<(), UsageError>>,
+}
+
+/// A handle to the group-commit writer. Cheap to clone.
+#[derive(Clone)]
+pub struct UsageRecorder {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl UsageRecorder {
+    /// Starts the writer task. It ends, after writing everything queued, once every handle is
+    /// dropped; await the returned handle at shutdown.
+    pub fn start(store: Arc<dyn Store>) -> (Self, JoinHandle<()>) {
+        let (jobs, receiver) = mpsc::channel(8192);
+        let task = tokio::spawn(run(store, receiver));
+        (Self { jobs }, task)
+    }
+
+    /// Stores `record` durably; returns once it is committed.
+    pub async fn record(&self, record: UsageRecord) -> Result<(), UsageError> {
+        let (done, committed) = oneshot::channel();
+        self.jobs.send(Job { record, done }).await.map_err(|_| UsageError::Stopped)?;
+        committed.await.map_err(|_| UsageError::Stopped)?
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let records: Vec<UsageRecord> = batch.iter().map(|job| job.record.clone()).collect();
+        let result = write_with_retry(store.as_ref(), &records).await;
+        if let Err(error) = &result {
+            tracing::error!(error = %error, records = records.len(), "usage batch could not be stored");
+        }
+        tracing::debug!(records = records.len(), "usage batch committed");
+        for job in batch.drain(..) {
+            // The requester may have gone away; then nobody is waiting for the answer.
+            let _ = job.done.send(result.clone());
+        }
+    }
+}
+
+async fn write_with_retry(store: &dyn Store, records: &[UsageRecord]) -> Result<(), UsageError> {
+    let mut attempt = 1;
+    loop {
+        match store.insert_usage_batch(records).await {
+            Ok(()) => return Ok(()),
+            // Inserts are idempotent on the request id, so a retry cannot double-count.
+            Err(StoreError::Unavailable(_)) if attempt < ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(UsageError::Store(error.to_string().into())),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! API key ACLs in xAI's grammar: `api-key:endpoint:<name>` and `api-key:model:<name>`, where
+//! `<name>` may be `*`. An empty set allows nothing; a request needs a grant for its endpoint
+//! **and** one for its model.
+
+use std::fmt;
+
+/// One grant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Acl {
+    /// `api-key:endpoint:<name>`; `None` is `*`.
+    Endpoint(Option<String>),
+    /// `api-key:model:<name>`; `None` is `*`.
+    Model(Option<String>),
+}
+
+/// A string that is not an ACL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid ACL '{0}': expected 'api-key:endpoint:<name>' or 'api-key:model:<name>'")]
+pub struct AclError(String);
+
+impl Acl {
+    /// Parses one grant.
+    pub fn parse(raw: &str) -> Result<Self, AclError> {
+        let invalid = || AclError(raw.chars().take(100).collect());
+        let rest = raw.strip_prefix("api-key:").ok_or_else(invalid)?;
+        let (kind, name) = rest.split_once(':').ok_or_else(invalid)?;
+        let valid_name = !name.is_empty()
+            && name.len() <= 128
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.*/:".contains(&b));
+        if !valid_name {
+            return Err(invalid());
+        }
+        let name = (name != "*").then(|| name.to_owned());
+        match kind {
+            "endpoint" => Ok(Acl::Endpoint(name)),
+            "model" => Ok(Acl::Model(name)),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+impl fmt::Display for Acl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, name) = match self {
+            Acl::Endpoint(name) => ("endpoint", name),
+            Acl::Model(name) => ("model", name),
+        };
+        write!(f, "api-key:{kind}:{}", name.as_deref().unwrap_or("*"))
+    }
+}
+
+/// A key's grants.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AclSet(Vec<Acl>);
+
+impl AclSet {
+    /// Parses every grant, failing on the first invalid one.
+    pub fn parse<S: AsRef<str>>(raw: &[S]) -> Result<Self, AclError> {
+        let mut acls = Vec::with_capacity(raw.len());
+        for item in raw {
+            let acl = Acl::parse(item.as_ref())?;
+            if !acls.contains(&acl) {
+                acls.push(acl);
+            }
+        }
+        Ok(Self(acls))
+    }
+
+    /// The grants, in the order given.
+    #[must_use]
+    pub fn as_slice(&self) -> &[Acl] {
+        &self.0
+    }
+
+    /// Whether the endpoint `name` (e.g. `chat`) is granted.
+    #[must_use]
+    pub fn allows_endpoint(&self, name: &str) -> bool {
+        self.0.iter().any(|acl| matches!(acl, Acl::Endpoint(None)) || matches!(acl, Acl::Endpoint(Some(n)) if n == name))
+    }
+
+    /// Whether the model `name` is granted.
+    #[must_use]
+    pub fn allows_model(&self, name: &str) -> bool {
+        self.0.iter().any(|acl| matches!(acl, Acl::Model(None)) || matches!(acl, Acl::Model(Some(n)) if n == name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_displays_the_grammar() {
+        for raw in ["api-key:endpoint:chat", "api-key:model:grok-4", "api-key:model:*", "api-key:endpoint:*"] {
+            assert_eq!(Acl::parse(raw).unwrap().to_string(), raw);
+        }
+        for bad in ["", "*", "api-key:chat", "api-key:foo:chat", "api-key:model:", "key:model:x", "api-key:model:a b"] {
+            assert!(Acl::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn empty_set_allows_nothing() {
+        let acls = AclSet::default();
+        assert!(!acls.allows_endpoint("chat"));
+        assert!(!acls.allows_model("m"));
+    }
+
+    #[test]
+    fn wildcards_and_names_match() {
+        let acls = AclSet::parse(&["api-key:endpoint:chat", "api-key:model:*"]).unwrap();
+        assert!(acls.allows_endpoint("chat"));
+        assert!(!acls.allows_endpoint("image"));
+        assert!(acls.allows_model("anything"));
+    }
+}

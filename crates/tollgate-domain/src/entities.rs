@@ -1,0 +1,98 @@
+//! The platform's records, as the store returns them and services use them.
+
+use crate::acl::AclSet;
+use crate::clock::Timestamp;
+use crate::email::Email;
+use crate::ids::{ApiKeyId, ManagementKeyId, TeamId, UserId};
+use crate::role::Role;
+
+/// A person's account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Id.
+    pub id: UserId,
+    /// Email address.
+    pub email: Email,
+    /// Name shown in the console.
+    pub display_name: String,
+    /// Argon2id PHC string; `None` for accounts without a password.
+    pub password_hash: Option<String>,
+    /// When the account was created.
+    pub created_at: Timestamp,
+}
+
+/// A team.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Team {
+    /// Id.
+    pub id: TeamId,
+    /// Display name.
+    pub name: String,
+    /// Whether this is a user's Personal Team.
+    pub personal: bool,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// A user's membership of a team.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The team.
+    pub team: Team,
+    /// The member's role in it.
+    pub role: Role,
+}
+
+/// An inference API key (its secret is never here: only the hash is stored, elsewhere).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Id; stays the same across rotations.
+    pub id: ApiKeyId,
+    /// Owning team.
+    pub team_id: TeamId,
+    /// Name.
+    pub name: String,
+    /// Redacted form, e.g. `tgk_...q17x`.
+    pub redacted: String,
+    /// Grants.
+    pub acls: AclSet,
+    /// Requests per second, if limited.
+    pub qps: Option<u32>,
+    /// Requests per minute, if limited.
+    pub qpm: Option<u32>,
+    /// Tokens per minute, if limited.
+    pub tpm: Option<u64>,
+    /// Refused from this time on.
+    pub expire_time: Option<Timestamp>,
+    /// Switched off by a user.
+    pub disabled: bool,
+    /// Blocked by the platform (e.g. leaked); "enable" does not undo it.
+    pub blocked: bool,
+    /// Who created it.
+    pub created_by: Option<UserId>,
+    /// When.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub modified_at: Timestamp,
+    /// Who last changed it.
+    pub modified_by: Option<UserId>,
+}
+
+/// A management key: authenticates one team's management API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementKey {
+    /// Id.
+    pub id: ManagementKeyId,
+    /// The one team it manages.
+    pub team_id: TeamId,
+    /// Name.
+    pub name: String,
+    /// Redacted form.
+    pub redacted: String,
+    /// Who created it; `None` when the operator did, from the command line.
+    pub created_by: Option<UserId>,
+    /// When.
+    pub created_at: Timestamp,
+    /// Refused from this time on.
+    pub revoked_at: Option<Timestamp>,
+}

@@ -1,0 +1,27 @@
+//! Tollgate's domain: pure types and rules, no IO.
+//!
+//! Everything here is parsed at the edge and passed inward as proven values: an [`Email`] is
+//! a valid address, a [`Ticks`] amount never overflows silently, a [`keys::ParsedKey`] has a
+//! valid checksum. **Invariant:** this crate performs no IO and depends on neither `sqlx`,
+//! `axum` nor `reqwest`; nothing here derives `Serialize` (each surface has its own views).
+
+pub mod acl;
+pub mod audit;
+pub mod clock;
+pub mod email;
+pub mod entities;
+pub mod ids;
+pub mod keys;
+pub mod money;
+pub mod role;
+pub mod usage;
+
+pub use acl::{Acl, AclError, AclSet};
+pub use audit::{Actor, AuditEvent, Outcome, RequestContext};
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use email::{Email, EmailError};
+pub use entities::{ApiKey, ManagementKey, Membership, Team, User};
+pub use ids::{ApiKeyId, AuditEventId, ManagementKeyId, RequestId, TeamId, UserId};
+pub use money::{ModelPricing, Ticks, TicksError};
+pub use role::{Permission, Role};
+pub use usage::{TokenUsage, UsageRecord};

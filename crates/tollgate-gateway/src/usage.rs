@@ -1,0 +1,138 @@
+//! Usage in, usage out. Upstreams report usage in OpenAI's accounting (reasoning tokens inside
+//! `completion_tokens`) or in xAI's (reasoning separate); we normalise to xAI's, which is also
+//! what we report to clients, with the exact cost in `cost_in_usd_ticks`.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tollgate_domain::{Ticks, TokenUsage};
+
+#[derive(Debug, Deserialize)]
+struct RawUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    total_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetails>,
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionDetails {
+    reasoning_tokens: Option<u64>,
+}
+
+/// Reads a `usage` object; `None` when absent, null or not a usage object.
+#[must_use]
+pub fn parse_usage(value: &Value) -> Option<TokenUsage> {
+    if value.is_null() {
+        return None;
+    }
+    let raw: RawUsage = serde_json::from_value(value.clone()).ok()?;
+    let reasoning = raw.completion_tokens_details.and_then(|d| d.reasoning_tokens).unwrap_or(0);
+    let cached = raw.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0).min(raw.prompt_tokens);
+    // OpenAI counts reasoning inside completion_tokens, so its total is prompt + completion;
+    // xAI counts it apart and its total is prompt + completion + reasoning.
+    let openai_style = raw.total_tokens == Some(raw.prompt_tokens.saturating_add(raw.completion_tokens))
+        && reasoning > 0
+        && reasoning <= raw.completion_tokens;
+    let completion = if openai_style { raw.completion_tokens - reasoning } else { raw.completion_tokens };
+    Some(TokenUsage { prompt_tokens: raw.prompt_tokens, cached_prompt_tokens: cached, completion_tokens: completion, reasoning_tokens: reasoning })
+}
+
+/// The `usage` object we send to clients, in xAI's shape.
+#[must_use]
+pub fn usage_json(usage: &TokenUsage, cost: Ticks) -> Value {
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens(),
+        "prompt_tokens_details": {
+            "text_tokens": usage.prompt_tokens,
+            "audio_tokens": 0,
+            "image_tokens": 0,
+            "cached_tokens": usage.cached_prompt_tokens,
+        },
+        "completion_tokens_details": {
+            "reasoning_tokens": usage.reasoning_tokens,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+        "num_sources_used": 0,
+        "cost_in_usd_ticks": cost.get(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_openai_accounting() {
+        let usage = parse_usage(&json!({"prompt_tokens": 10, "completion_tokens": 30, "total_tokens": 40,
+            "completion_tokens_details": {"reasoning_tokens": 12}, "prompt_tokens_details": {"cached_tokens": 4}}))
+        .unwrap();
+        assert_eq!(usage, TokenUsage { prompt_tokens: 10, cached_prompt_tokens: 4, completion_tokens: 18, reasoning_tokens: 12 });
+        assert_eq!(usage.total_tokens(), 40);
+    }
+
+    #[test]
+    fn reads_xai_accounting() {
+        let usage = parse_usage(&json!({"prompt_tokens": 37, "completion_tokens": 530, "total_tokens": 800,
+            "completion_tokens_details": {"reasoning_tokens": 233}}))
+        .unwrap();
+        assert_eq!(usage.completion_tokens, 530);
+        assert_eq!(usage.total_tokens(), 800);
+    }
+
+    #[test]
+    fn absent_usage_is_none() {
+        assert!(parse_usage(&Value::Null).is_none());
+        assert!(parse_usage(&json!("nope")).is_none());
+    }
+}
+
+/// A rough prompt token count for when the upstream reports none (about four characters a
+/// token, plus a few per message for the chat template). Records using it are marked estimated.
+#[must_use]
+pub fn estimate_prompt_tokens(request: &crate::wire::ChatCompletionRequest) -> u64 {
+    use crate::wire::MessageContent;
+    let mut chars: u64 = 0;
+    for message in &request.messages {
+        chars += 16;
+        match &message.content {
+            Some(MessageContent::Text(text)) => chars += text.chars().count() as u64,
+            Some(MessageContent::Parts(parts)) => {
+                for part in parts {
+                    if let Some(text) = part.get("text").and_then(Value::as_str) {
+                        chars += text.chars().count() as u64;
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    chars.div_ceil(4)
+}
+
+/// A rough completion token count of a non-streaming answer, for when the upstream reports none.
+#[must_use]
+pub fn estimate_completion_tokens(answer: &Value) -> u64 {
+    let chars: u64 = answer["choices"]
+        .as_array()
+        .map(|choices| {
+            choices
+                .iter()
+                .filter_map(|choice| choice["message"]["content"].as_str())
+                .map(|text| text.chars().count() as u64)
+                .sum()
+        })
+        .unwrap_or(0);
+    chars.div_ceil(4)
+}

@@ -1,0 +1,125 @@
+//! Extractors. A handler's signature states what it needs: `ApiKeyAuth` (an inference key,
+//! `/v1` only), `ManagementAuth` (a management key, management API only), `XaiJson<T>` (a JSON
+//! body whose every rejection is answered in xAI's shape), `RequestMeta` (where the request
+//! came from, for audit events).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::header::{AUTHORIZATION, USER_AGENT};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use tollgate_core::AuthError;
+use tollgate_domain::{ApiKey, ManagementKey, RequestContext};
+
+use crate::AppState;
+use crate::error::{XaiError, incorrect_api_key};
+use crate::middleware::RequestIdValue;
+
+fn bearer(parts: &Parts) -> Result<&str, XaiError> {
+    let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+        XaiError::unauthenticated("No API key provided. Send it in the Authorization header as 'Bearer <key>'.")
+    })?;
+    let value = header
+        .to_str()
+        .map_err(|_| XaiError::unauthenticated("The Authorization header is not valid text"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| XaiError::unauthenticated("The Authorization header must be 'Bearer <key>'"))?
+        .trim();
+    if token.is_empty() {
+        return Err(XaiError::unauthenticated("No API key provided"));
+    }
+    Ok(token)
+}
+
+/// An authenticated inference key.
+pub struct ApiKeyAuth(pub Arc<ApiKey>);
+
+impl FromRequestParts<AppState> for ApiKeyAuth {
+    type Rejection = XaiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, XaiError> {
+        let token = bearer(parts)?;
+        match state.keys.authenticate_api_key(token).await {
+            Ok(key) => {
+                tracing::Span::current().record("team.id", tracing::field::display(key.team_id));
+                Ok(Self(key))
+            }
+            Err(AuthError::Invalid) => Err(incorrect_api_key(token, &state.settings.console_url)),
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+/// An authenticated management key.
+pub struct ManagementAuth(pub ManagementKey);
+
+impl FromRequestParts<AppState> for ManagementAuth {
+    type Rejection = XaiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, XaiError> {
+        let token = bearer(parts)?;
+        match state.keys.authenticate_management_key(token).await {
+            Ok(key) => Ok(Self(key)),
+            // A management key is a credential of its own: unknown means unauthenticated.
+            Err(AuthError::Invalid) => Err(XaiError::unauthenticated("Invalid management key")),
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+/// Where a request came from: peer address, user agent, request id.
+pub struct RequestMeta(pub RequestContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(512).collect());
+        let request_id = parts.extensions.get::<RequestIdValue>().map(|id| id.0.clone());
+        Ok(Self(RequestContext { ip, user_agent, request_id }))
+    }
+}
+
+/// A JSON body. Malformed JSON is a 400, a missing or wrong-typed field a 422, a missing
+/// `Content-Type` a 415, all in xAI's shape.
+pub struct XaiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for XaiJson<T> {
+    type Rejection = XaiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, XaiError> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(&rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: &JsonRejection) -> XaiError {
+    match rejection {
+        JsonRejection::JsonSyntaxError(_) => {
+            XaiError::invalid_argument(format!("The request body is not valid JSON: {}", rejection.body_text()))
+        }
+        JsonRejection::JsonDataError(_) => XaiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("The request body has an invalid field: {}", rejection.body_text()),
+        ),
+        JsonRejection::MissingJsonContentType(_) => XaiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Expected a JSON body with 'Content-Type: application/json'",
+        ),
+        JsonRejection::BytesRejection(_) => XaiError::new(rejection.status(), rejection.body_text()),
+        _ => XaiError::invalid_argument(rejection.body_text()),
+    }
+}

@@ -1,0 +1,68 @@
+//! The HTTP edge: axum routers per surface, extractors that state authorization in the handler
+//! signature, and the mapping of every error to its surface's shape.
+//!
+//! **Invariant:** only this crate knows HTTP status codes and JSON envelopes.
+
+mod error;
+mod extract;
+mod management;
+pub mod metrics;
+mod middleware;
+pub mod openapi;
+mod ops;
+mod v1;
+
+use std::sync::Arc;
+
+use axum::Router;
+use tollgate_core::{KeyService, UsageRecorder};
+use tollgate_domain::Clock;
+use tollgate_gateway::Catalog;
+use tollgate_store::Store;
+
+pub use error::{ErrorBody, XaiError, code_text};
+pub use metrics::Metrics;
+
+/// Settings the HTTP layer needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// The console's public URL, named in error messages ("You can obtain an API key from …").
+    pub console_url: String,
+    /// `owned_by` in model lists.
+    pub owned_by: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Everything a handler may use. Cheap to clone: a struct of `Arc`s.
+#[derive(Clone)]
+pub struct AppState {
+    /// Persistence (for readiness only; handlers go through services).
+    pub store: Arc<dyn Store>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Keys.
+    pub keys: KeyService,
+    /// Group-commit usage writer.
+    pub usage: UsageRecorder,
+    /// Models and upstreams.
+    pub catalog: Arc<Catalog>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub settings: Arc<HttpSettings>,
+}
+
+/// The whole application: every surface, with middleware.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.max_body_bytes;
+    Router::new()
+        .merge(v1::router())
+        .merge(management::router())
+        .merge(ops::router())
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::observe))
+        .with_state(state)
+}

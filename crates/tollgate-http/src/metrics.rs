@@ -1,0 +1,101 @@
+//! Prometheus metrics, served as text on `/metrics`: requests by route, method and status,
+//! request latency by route, upstream errors by upstream and kind, tokens by model.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    model: String,
+    kind: String,
+}
+
+/// The registry and its metrics.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    upstream_errors: Family<UpstreamLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tollgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        // 0.5 ms to about 65 s.
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 18)));
+        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
+        registry.register("upstream_errors", "Failed upstream calls by upstream and kind", upstream_errors.clone());
+        registry.register("tokens", "Tokens served by model and kind", tokens.clone());
+        Self { registry: Mutex::new(registry), requests, latency, upstream_errors, tokens }
+    }
+
+    pub(crate) fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { route: route.to_owned(), method: method.to_owned(), status })
+            .inc();
+        self.latency.get_or_create(&RouteLabels { route: route.to_owned() }).observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn upstream_error(&self, upstream: &str, kind: &str) {
+        self.upstream_errors.get_or_create(&UpstreamLabels { upstream: upstream.to_owned(), kind: kind.to_owned() }).inc();
+    }
+
+    pub(crate) fn tokens(&self, model: &str, usage: &tollgate_domain::TokenUsage) {
+        for (kind, count) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens), ("reasoning", usage.reasoning_tokens)] {
+            if count > 0 {
+                self.tokens.get_or_create(&TokenLabels { model: model.to_owned(), kind: kind.to_owned() }).inc_by(count);
+            }
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        prometheus_client::encoding::text::encode(&mut text, &registry)?;
+        Ok(text)
+    }
+}

@@ -1,0 +1,57 @@
+//! Request-wide middleware: a request id on every request and response, one tracing span per
+//! request with its id, and the request metrics.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::AppState;
+
+/// The request's id, as stored in request extensions.
+#[derive(Debug, Clone)]
+pub struct RequestIdValue(pub String);
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Assigns the request id (a client-sent `x-request-id` of sane shape is kept, for tracing
+/// across systems), opens the request span, and records metrics.
+pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
+    request.extensions_mut().insert(RequestIdValue(request_id.clone()));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        request.id = %request_id,
+        http.method = %method,
+        http.route = %route,
+        http.status = tracing::field::Empty,
+        team.id = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    );
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    span.record("http.status", status);
+    span.record("duration_ms", elapsed.as_millis() as u64);
+    span.in_scope(|| tracing::info!("request finished"));
+    state.metrics.observe_request(&route, method.as_str(), status, elapsed);
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}

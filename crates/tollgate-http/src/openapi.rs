@@ -1,0 +1,112 @@
+//! The OpenAPI document, generated from the handlers' annotations and the view types. A test
+//! compares it with the committed `openapi.json` at the repository root, so the published
+//! contract never drifts silently (`UPDATE_SNAPSHOTS=1` rewrites it).
+
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// The chat completion request, documented (the handler forwards unknown fields as-is).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletionRequestDoc {
+    /// Model name or alias.
+    pub model: String,
+    /// The conversation: `{"role": "system"|"developer"|"user"|"assistant"|"tool", "content": …}`.
+    pub messages: Vec<serde_json::Value>,
+    /// Stream server-sent events; the stream ends with `data: [DONE]`.
+    pub stream: Option<bool>,
+    /// Output token budget.
+    pub max_tokens: Option<u32>,
+    /// Output token budget (newer name).
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling temperature; forwarded with every other OpenAI/xAI parameter.
+    pub temperature: Option<f64>,
+}
+
+/// Token usage and its exact cost.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageDoc {
+    /// Prompt tokens, cached ones included.
+    pub prompt_tokens: u64,
+    /// Completion tokens, reasoning excluded.
+    pub completion_tokens: u64,
+    /// Prompt + completion + reasoning.
+    pub total_tokens: u64,
+    /// `{text_tokens, audio_tokens, image_tokens, cached_tokens}`.
+    pub prompt_tokens_details: serde_json::Value,
+    /// `{reasoning_tokens, audio_tokens, accepted_prediction_tokens, rejected_prediction_tokens}`.
+    pub completion_tokens_details: serde_json::Value,
+    /// Live-search sources used.
+    pub num_sources_used: u64,
+    /// Cost in USD ticks (1e-10 USD).
+    pub cost_in_usd_ticks: i64,
+}
+
+/// A chat completion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletionDoc {
+    /// Id.
+    pub id: String,
+    /// `chat.completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// The resolved model name.
+    pub model: String,
+    /// Choices: `{index, message, finish_reason}`.
+    pub choices: Vec<serde_json::Value>,
+    /// Usage and cost.
+    pub usage: UsageDoc,
+}
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build())
+        };
+        components.add_security_scheme("api_key", bearer("An inference API key"));
+        components.add_security_scheme("management_key", bearer("A team's management key"));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tollgate", description = "Self-hosted developer platform for an LLM API, wire-compatible with xAI's API."),
+    paths(
+        crate::v1::create_chat_completion,
+        crate::v1::list_models,
+        crate::v1::get_api_key,
+        crate::management::create_api_key,
+        crate::management::list_api_keys,
+        crate::management::validate_management_key,
+        crate::ops::healthz,
+        crate::ops::readyz,
+        crate::ops::metrics,
+        crate::ops::openapi,
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "inference", description = "xAI-compatible inference API (API key)"),
+        (name = "management", description = "xAI-compatible Management API (management key)"),
+        (name = "operations", description = "Probes, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI document.
+#[must_use]
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    // The version is the contract's, not the crate's: keep the snapshot stable across releases.
+    doc.info.version = "1".to_owned();
+    doc
+}
+
+/// The OpenAPI document as pretty JSON.
+#[must_use]
+pub fn document_json() -> String {
+    document().to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+}

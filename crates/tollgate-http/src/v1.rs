@@ -1,0 +1,363 @@
+//! The inference surface (`/v1`), wire-compatible with xAI's API so the `openai` and xAI SDKs
+//! work unchanged.
+//!
+//! A chat completion: authenticate the key (from memory), check its ACLs, resolve the model,
+//! call the upstream, take usage from the upstream's own report (asked for when streaming),
+//! price it exactly, and store the usage durably (group commit) **before** the response's last
+//! byte: the JSON body, or `data: [DONE]` when streaming. A client that saw a complete answer
+//! has been recorded exactly once; a failed upstream call is not charged.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tollgate_domain::{ApiKey, RequestId, TokenUsage, UsageRecord};
+use tollgate_gateway::sse::{SseDecoder, SseEvent};
+use tollgate_gateway::usage::{estimate_completion_tokens, estimate_prompt_tokens, parse_usage, usage_json};
+use tollgate_gateway::wire::{ChatCompletionRequest, StreamOptions};
+use tollgate_gateway::{GatewayError, ModelRoute};
+
+use crate::AppState;
+use crate::error::XaiError;
+use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(create_chat_completion))
+        .route("/v1/models", get(list_models))
+        .route("/v1/api-key", get(get_api_key))
+}
+
+/// What a request was, for billing once it finishes.
+struct Billing {
+    state: AppState,
+    key_id: tollgate_domain::ApiKeyId,
+    team_id: tollgate_domain::TeamId,
+    route: std::sync::Arc<ModelRoute>,
+    request_id: RequestId,
+    started_at: tollgate_domain::Timestamp,
+    started: Instant,
+    streamed: bool,
+}
+
+impl Billing {
+    /// Prices `usage` and stores it; resolves once the record is durable.
+    async fn settle(&self, usage: TokenUsage, estimated: bool) -> Result<tollgate_domain::Ticks, XaiError> {
+        let cost = self
+            .route
+            .pricing
+            .cost(&usage)
+            .map_err(|_| XaiError::internal(anyhow::anyhow!("cost overflow for model {}", self.route.name)))?;
+        let record = UsageRecord {
+            request_id: self.request_id,
+            team_id: self.team_id,
+            api_key_id: self.key_id,
+            model: self.route.name.clone(),
+            endpoint: "chat".into(),
+            usage,
+            cost,
+            estimated,
+            streamed: self.streamed,
+            started_at: self.started_at,
+            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        self.state
+            .usage
+            .record(record)
+            .await
+            .map_err(|e| XaiError::unavailable("The request could not be recorded; it was not charged", e))?;
+        self.state.metrics.tokens(&self.route.name, &usage);
+        Ok(cost)
+    }
+}
+
+fn check_acls(key: &ApiKey, model: &str) -> Result<(), XaiError> {
+    if !key.acls.allows_endpoint("chat") {
+        return Err(XaiError::permission_denied("access to the chat endpoint is denied"));
+    }
+    if !key.acls.allows_model(model) {
+        return Err(XaiError::permission_denied(format!("access to model {model} is denied")));
+    }
+    Ok(())
+}
+
+/// Create a chat completion.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "inference",
+    request_body = crate::openapi::ChatCompletionRequestDoc,
+    responses(
+        (status = 200, description = "A chat completion, or an SSE stream of chunks when `stream` is true", body = crate::openapi::ChatCompletionDoc),
+        (status = 400, description = "Invalid argument or incorrect API key", body = crate::ErrorBody),
+        (status = 401, description = "No API key", body = crate::ErrorBody),
+        (status = 403, description = "The key may not use this endpoint or model", body = crate::ErrorBody),
+        (status = 404, description = "Unknown model", body = crate::ErrorBody),
+        (status = 422, description = "A field has the wrong type", body = crate::ErrorBody),
+        (status = 502, description = "The model server failed", body = crate::ErrorBody),
+        (status = 503, description = "The model server is unavailable", body = crate::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(crate) async fn create_chat_completion(
+    State(state): State<AppState>,
+    ApiKeyAuth(key): ApiKeyAuth,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(mut body): XaiJson<ChatCompletionRequest>,
+) -> Result<Response, XaiError> {
+    body.validate().map_err(XaiError::invalid_argument)?;
+    let route = state.catalog.resolve(&body.model).cloned().ok_or_else(|| {
+        XaiError::not_found(format!("The model {} does not exist or your team does not have access to it.", body.model))
+    })?;
+    check_acls(&key, &route.name)?;
+
+    let request_id = meta
+        .request_id
+        .as_deref()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(RequestId::new);
+    let billing = Billing {
+        key_id: key.id,
+        team_id: key.team_id,
+        route: std::sync::Arc::clone(&route),
+        request_id,
+        started_at: state.clock.now(),
+        started: Instant::now(),
+        streamed: body.is_stream(),
+        state: state.clone(),
+    };
+    let prompt_estimate = estimate_prompt_tokens(&body);
+    body.model.clone_from(&route.upstream_model);
+
+    if body.is_stream() {
+        // Ask the upstream for usage, so streaming is never billed by guesswork.
+        body.stream_options.get_or_insert_with(StreamOptions::default).include_usage = Some(true);
+        let upstream_stream = route.upstream.chat_stream(&body).await.map_err(|e| upstream_failed(&state, &route, e))?;
+        let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+        tokio::spawn(relay_stream(billing, upstream_stream, sender, prompt_estimate));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+        let mut response = Response::new(Body::from_stream(stream));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        return Ok(response);
+    }
+
+    let mut answer = route.upstream.chat(&body).await.map_err(|e| upstream_failed(&state, &route, e))?;
+    let (usage, estimated) = match parse_usage(&answer["usage"]) {
+        Some(usage) => (usage, false),
+        None => (
+            TokenUsage { prompt_tokens: prompt_estimate, completion_tokens: estimate_completion_tokens(&answer), ..TokenUsage::default() },
+            true,
+        ),
+    };
+    let cost = billing.settle(usage, estimated).await?;
+    answer["model"] = Value::String(route.name.clone());
+    answer["usage"] = usage_json(&usage, cost);
+    Ok(Json(answer).into_response())
+}
+
+fn upstream_failed(state: &AppState, route: &ModelRoute, error: GatewayError) -> XaiError {
+    let kind = match &error {
+        GatewayError::Unavailable(_) => "unavailable",
+        GatewayError::Timeout => "timeout",
+        GatewayError::Status { .. } => "status",
+        GatewayError::InvalidResponse(_) => "invalid_response",
+    };
+    state.metrics.upstream_error(route.upstream.name(), kind);
+    error.into()
+}
+
+fn sse_data(payload: &str) -> Bytes {
+    Bytes::from(format!("data: {payload}\n\n"))
+}
+
+fn sse_error(message: &str, status: StatusCode) -> Bytes {
+    let body = json!({"error": {"message": message, "code": crate::code_text(status)}});
+    sse_data(&body.to_string())
+}
+
+/// Relays the upstream's SSE stream chunk by chunk as it arrives, rewriting each chunk's model
+/// name and usage (with its cost), and settles the bill before sending `[DONE]`.
+async fn relay_stream(
+    billing: Billing,
+    upstream: impl futures_util::Stream<Item = Result<Bytes, GatewayError>> + Send,
+    sender: mpsc::Sender<Result<Bytes, Infallible>>,
+    prompt_estimate: u64,
+) {
+    let mut upstream = std::pin::pin!(upstream);
+    let mut decoder = SseDecoder::default();
+    let mut last_usage: Option<TokenUsage> = None;
+    let mut completion_chars: u64 = 0;
+    let mut client_gone = false;
+    let mut upstream_error: Option<GatewayError> = None;
+
+    'relay: while let Some(item) = upstream.next().await {
+        let bytes = match item {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                upstream_error = Some(error);
+                break;
+            }
+        };
+        let events = match decoder.push(&bytes) {
+            Ok(events) => events,
+            Err(error) => {
+                upstream_error = Some(GatewayError::InvalidResponse(error.to_string()));
+                break;
+            }
+        };
+        for event in events {
+            let SseEvent::Data(payload) = event else { break 'relay };
+            let out = rewrite_chunk(&billing, &payload, &mut last_usage, &mut completion_chars);
+            if sender.send(Ok(out)).await.is_err() {
+                client_gone = true;
+                break 'relay;
+            }
+        }
+    }
+    if let Some(error) = &upstream_error {
+        billing.state.metrics.upstream_error(billing.route.upstream.name(), "stream");
+        tracing::warn!(error = %error, "upstream stream failed");
+    }
+
+    // Bill what the upstream reported. Without a report, count the relayed text and say so.
+    let (usage, estimated) = match last_usage {
+        Some(usage) => (usage, false),
+        None => (
+            TokenUsage { prompt_tokens: prompt_estimate, completion_tokens: completion_chars.div_ceil(4), ..TokenUsage::default() },
+            true,
+        ),
+    };
+    let nothing_delivered = upstream_error.is_some() && last_usage.is_none() && completion_chars == 0;
+    if nothing_delivered {
+        // A failed upstream call is not charged.
+        let _ = sender.send(Ok(sse_error("The model server failed while streaming", StatusCode::BAD_GATEWAY))).await;
+        return;
+    }
+    let settled = billing.settle(usage, estimated).await;
+    if client_gone {
+        return;
+    }
+    let last = match (settled, upstream_error) {
+        (Ok(_), None) => Bytes::from_static(b"data: [DONE]\n\n"),
+        (Ok(_), Some(_)) => sse_error("The model server failed while streaming", StatusCode::BAD_GATEWAY),
+        (Err(error), _) => sse_error(&error.body().error, error.status()),
+    };
+    let _ = sender.send(Ok(last)).await;
+}
+
+fn rewrite_chunk(billing: &Billing, payload: &str, last_usage: &mut Option<TokenUsage>, completion_chars: &mut u64) -> Bytes {
+    let Ok(mut chunk) = serde_json::from_str::<Value>(payload) else {
+        // Not JSON: relay untouched, it is the client's business.
+        return sse_data(payload);
+    };
+    if let Some(choices) = chunk["choices"].as_array() {
+        for choice in choices {
+            for field in ["content", "reasoning_content"] {
+                if let Some(text) = choice["delta"][field].as_str() {
+                    *completion_chars += text.chars().count() as u64;
+                }
+            }
+        }
+    }
+    if chunk.is_object() {
+        if let Some(usage) = parse_usage(&chunk["usage"]) {
+            // Usage is cumulative; the last report is the bill. Show its cost as we go.
+            *last_usage = Some(usage);
+            let cost = billing.route.pricing.cost(&usage).unwrap_or_default();
+            chunk["usage"] = usage_json(&usage, cost);
+        }
+        if chunk.get("model").is_some() {
+            chunk["model"] = Value::String(billing.route.name.clone());
+        }
+    }
+    sse_data(&chunk.to_string())
+}
+
+/// A model, in OpenAI's list shape.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ModelView {
+    id: String,
+    object: &'static str,
+    created: i64,
+    owned_by: String,
+}
+
+/// `GET /v1/models` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ModelListView {
+    object: &'static str,
+    data: Vec<ModelView>,
+}
+
+/// List the models this key may use.
+#[utoipa::path(get, path = "/v1/models", tag = "inference",
+    responses((status = 200, body = ModelListView), (status = 401, body = crate::ErrorBody)),
+    security(("api_key" = [])))]
+pub(crate) async fn list_models(State(state): State<AppState>, ApiKeyAuth(key): ApiKeyAuth) -> Json<ModelListView> {
+    let data = state
+        .catalog
+        .models()
+        .iter()
+        .filter(|model| key.acls.allows_model(&model.name))
+        .map(|model| ModelView {
+            id: model.name.clone(),
+            object: "model",
+            created: model.created.timestamp(),
+            owned_by: state.settings.owned_by.clone(),
+        })
+        .collect();
+    Json(ModelListView { object: "list", data })
+}
+
+/// `GET /v1/api-key` answer: exactly xAI's fields.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ApiKeyInfoView {
+    redacted_api_key: String,
+    user_id: String,
+    name: String,
+    create_time: String,
+    modify_time: String,
+    modified_by: String,
+    team_id: String,
+    acls: Vec<String>,
+    api_key_id: String,
+    team_blocked: bool,
+    api_key_blocked: bool,
+    api_key_disabled: bool,
+}
+
+/// Information about the calling key.
+#[utoipa::path(get, path = "/v1/api-key", tag = "inference",
+    responses((status = 200, body = ApiKeyInfoView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("api_key" = [])))]
+pub(crate) async fn get_api_key(ApiKeyAuth(key): ApiKeyAuth) -> Json<ApiKeyInfoView> {
+    let user = |id: Option<tollgate_domain::UserId>| id.map(|id| id.to_string()).unwrap_or_default();
+    Json(ApiKeyInfoView {
+        redacted_api_key: key.redacted.clone(),
+        user_id: user(key.created_by),
+        name: key.name.clone(),
+        create_time: crate::management::rfc3339(key.created_at),
+        modify_time: crate::management::rfc3339(key.modified_at),
+        modified_by: user(key.modified_by),
+        team_id: key.team_id.to_string(),
+        acls: key.acls.as_slice().iter().map(ToString::to_string).collect(),
+        api_key_id: key.id.to_string(),
+        team_blocked: false,
+        api_key_blocked: key.blocked,
+        api_key_disabled: key.disabled,
+    })
+}

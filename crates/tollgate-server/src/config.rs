@@ -1,0 +1,194 @@
+//! Configuration: built-in defaults, then a TOML file, then `TOLLGATE_*` environment variables
+//! (nested keys with `__`, e.g. `TOLLGATE_MODELS__GROK__BASE_URL`). Unknown keys are errors that
+//! name the key. Loaded once in `main` and passed down; there is no global.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+use tollgate_domain::keys::KeyPrefix;
+
+/// Tollgate's configuration. See `tollgate.example.toml` for every key, commented.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// `sqlite://path` (created if missing) or `postgres://…`.
+    #[serde(default = "defaults::database_url")]
+    pub database_url: String,
+    /// The console's public URL, named in messages ("You can obtain an API key from …").
+    #[serde(default = "defaults::console_url")]
+    pub console_url: String,
+    /// The product name operators show (`owned_by` in model lists).
+    #[serde(default = "defaults::product_name")]
+    pub product_name: String,
+    /// Prefix of inference API keys.
+    #[serde(default = "defaults::api_key_prefix")]
+    pub api_key_prefix: String,
+    /// Prefix of management keys.
+    #[serde(default = "defaults::management_key_prefix")]
+    pub management_key_prefix: String,
+    /// `text` or `json` logs.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Log filter, in `tracing` `EnvFilter` syntax.
+    #[serde(default = "defaults::log_filter")]
+    pub log_filter: String,
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
+    #[serde(default = "defaults::shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
+    /// Largest request body, in bytes.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Seconds to wait for an upstream connection.
+    #[serde(default = "defaults::upstream_connect_timeout_seconds")]
+    pub upstream_connect_timeout_seconds: u64,
+    /// Seconds an upstream may stay silent before the call fails.
+    #[serde(default = "defaults::upstream_read_timeout_seconds")]
+    pub upstream_read_timeout_seconds: u64,
+    /// Models, by public name.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One model and where it is served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The upstream's OpenAI-compatible base URL, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// The upstream's API key, if it wants one.
+    #[serde(default)]
+    pub api_key: Option<SecretString>,
+    /// The upstream's name for the model (default: the public name).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Other names clients may use.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Price of a prompt token, in USD ticks (1e-10 USD), which is xAI's "1e-4 USD per 1M tokens".
+    #[serde(default)]
+    pub prompt_price: i64,
+    /// Price of a cached prompt token (default: the prompt price).
+    #[serde(default)]
+    pub cached_prompt_price: Option<i64>,
+    /// Price of a completion or reasoning token.
+    #[serde(default)]
+    pub completion_price: i64,
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+
+    pub(super) fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub(super) fn database_url() -> String {
+        "sqlite://data/tollgate.db".into()
+    }
+    pub(super) fn console_url() -> String {
+        "http://127.0.0.1:8080".into()
+    }
+    pub(super) fn product_name() -> String {
+        "tollgate".into()
+    }
+    pub(super) fn api_key_prefix() -> String {
+        "tgk_".into()
+    }
+    pub(super) fn management_key_prefix() -> String {
+        "tgm_".into()
+    }
+    pub(super) fn log_filter() -> String {
+        "info".into()
+    }
+    pub(super) const fn shutdown_grace_seconds() -> u64 {
+        30
+    }
+    pub(super) const fn max_body_bytes() -> usize {
+        10 * 1024 * 1024
+    }
+    pub(super) const fn upstream_connect_timeout_seconds() -> u64 {
+        5
+    }
+    pub(super) const fn upstream_read_timeout_seconds() -> u64 {
+        600
+    }
+}
+
+/// Environment variables under our prefix that are not configuration keys.
+const NOT_CONFIG: [&str; 2] = ["config", "test_"];
+
+impl Config {
+    /// Loads defaults, then `path` (required if `explicit`, else only if it exists), then the
+    /// environment, and validates the result.
+    pub fn load(path: &Path, explicit: bool) -> anyhow::Result<Self> {
+        let mut figment = Figment::new();
+        if path.exists() {
+            figment = figment.merge(Toml::file_exact(path));
+        } else if explicit {
+            anyhow::bail!("configuration file {} does not exist", path.display());
+        }
+        let env = Env::prefixed("TOLLGATE_")
+            .split("__")
+            .filter(|key| !NOT_CONFIG.iter().any(|skip| key.as_str().starts_with(skip)));
+        let config: Config = figment.merge(env).extract().map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration with defaults only, for tests to adjust with struct-update syntax.
+    pub fn for_test(database_url: String) -> Self {
+        let mut config: Config = Figment::new().extract().unwrap_or_else(|_| unreachable_defaults());
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.database_url = database_url;
+        config.shutdown_grace_seconds = 5;
+        config
+    }
+
+    /// Checks what serde cannot: prefixes, URLs, prices.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        KeyPrefix::parse(&self.api_key_prefix).map_err(|e| anyhow::anyhow!("api_key_prefix: {e}"))?;
+        KeyPrefix::parse(&self.management_key_prefix).map_err(|e| anyhow::anyhow!("management_key_prefix: {e}"))?;
+        anyhow::ensure!(
+            self.api_key_prefix != self.management_key_prefix,
+            "api_key_prefix and management_key_prefix must differ, so a leaked key's kind is known"
+        );
+        anyhow::ensure!(
+            self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres:") || self.database_url.starts_with("postgresql:"),
+            "database_url must start with sqlite:// or postgres://"
+        );
+        for (name, model) in &self.models {
+            anyhow::ensure!(
+                model.base_url.starts_with("http://") || model.base_url.starts_with("https://"),
+                "models.{name}.base_url must be an http:// or https:// URL"
+            );
+            anyhow::ensure!(
+                model.prompt_price >= 0 && model.completion_price >= 0 && model.cached_prompt_price.unwrap_or(0) >= 0,
+                "models.{name}: prices must not be negative"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[expect(clippy::panic, reason = "every field has a serde default, so this cannot happen")]
+fn unreachable_defaults() -> Config {
+    panic!("built-in configuration defaults do not deserialize")
+}

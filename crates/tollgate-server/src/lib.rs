@@ -1,0 +1,202 @@
+//! The `tollgate` binary's library half: configuration, wiring of store, services, gateway and
+//! HTTP, and the server's lifecycle (start, graceful shutdown). `main.rs` is only the command
+//! line; tests and the benchmark start servers through [`start`].
+
+pub mod config;
+pub mod telemetry;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::ExposeSecret as _;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tollgate_core::{AccountService, KeyService, UsageRecorder};
+use tollgate_domain::keys::KeyPrefix;
+use tollgate_domain::{Clock, ModelPricing, Ticks};
+use tollgate_gateway::{Catalog, ModelRoute, Upstream};
+use tollgate_http::{AppState, HttpSettings, Metrics};
+use tollgate_store::Store;
+
+pub use config::Config;
+
+/// Opens the configured database and applies migrations; start-up stops on any failure.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = tollgate_store::connect(&config.database_url).await.context("opening the database")?;
+    store.migrate().await.context("migrating the database")?;
+    Ok(store)
+}
+
+/// The services, built from the configuration.
+pub struct Services {
+    /// Accounts.
+    pub accounts: AccountService,
+    /// Keys.
+    pub keys: KeyService,
+}
+
+/// Builds the services over `store`.
+pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>) -> anyhow::Result<Services> {
+    let api_prefix = KeyPrefix::parse(&config.api_key_prefix)?;
+    let management_prefix = KeyPrefix::parse(&config.management_key_prefix)?;
+    Ok(Services {
+        accounts: AccountService::new(Arc::clone(store), Arc::clone(clock)),
+        keys: KeyService::new(Arc::clone(store), Arc::clone(clock), api_prefix, management_prefix),
+    })
+}
+
+/// The model catalog. Models with the same upstream URL and key share one upstream and so one
+/// connection pool.
+pub fn catalog(config: &Config, clock: &dyn Clock) -> anyhow::Result<Catalog> {
+    let client = tollgate_gateway::upstream::http_client(
+        Duration::from_secs(config.upstream_connect_timeout_seconds),
+        Duration::from_secs(config.upstream_read_timeout_seconds),
+    )
+    .context("building the upstream HTTP client")?;
+    let mut upstreams: HashMap<(String, Option<String>), Arc<Upstream>> = HashMap::new();
+    let mut routes = Vec::new();
+    let now = clock.now();
+    for (name, model) in &config.models {
+        let api_key = model.api_key.as_ref().map(|key| key.expose_secret().to_owned());
+        let upstream = upstreams
+            .entry((model.base_url.clone(), api_key.clone()))
+            .or_insert_with(|| Arc::new(Upstream::new(model.base_url.clone(), &model.base_url, api_key, client.clone())));
+        routes.push(ModelRoute {
+            name: name.clone(),
+            aliases: model.aliases.clone(),
+            upstream_model: model.upstream_model.clone().unwrap_or_else(|| name.clone()),
+            upstream: Arc::clone(upstream),
+            pricing: ModelPricing {
+                prompt: Ticks::new(model.prompt_price),
+                cached_prompt: Ticks::new(model.cached_prompt_price.unwrap_or(model.prompt_price)),
+                completion: Ticks::new(model.completion_price),
+            },
+            created: now,
+        });
+    }
+    Ok(Catalog::new(routes)?)
+}
+
+/// A running server.
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The store it uses (tests inspect it).
+    pub store: Arc<dyn Store>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Asks the server to stop accepting, lets in-flight requests finish, and waits.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Waits for the server to end (after a shutdown signal).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task panicked")?
+    }
+}
+
+/// Migrates, wires and starts serving on `config.listen` (port 0 picks a free port). The
+/// server stops when `signal` resolves or [`Server::shutdown`] is called.
+pub async fn start(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Server> {
+    let store = open_store(config).await?;
+    let services = services(config, &store, &clock)?;
+    let catalog = Arc::new(catalog(config, clock.as_ref())?);
+    let (usage, usage_task) = UsageRecorder::start(Arc::clone(&store));
+    let state = AppState {
+        store: Arc::clone(&store),
+        clock,
+        keys: services.keys,
+        usage,
+        catalog,
+        metrics: Arc::new(Metrics::new()),
+        settings: Arc::new(HttpSettings {
+            console_url: config.console_url.trim_end_matches('/').to_owned(),
+            owned_by: config.product_name.clone(),
+            max_body_bytes: config.max_body_bytes,
+        }),
+    };
+    let router = tollgate_http::router(state);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, shutdown_requested) = oneshot::channel::<()>();
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let task_store = Arc::clone(&store);
+    let task = tokio::spawn(async move {
+        let (stopping_tx, stopping_rx) = oneshot::channel::<()>();
+        let stop = async move {
+            tokio::select! {
+                () = signal => {}
+                _ = shutdown_requested => {}
+            }
+            tracing::info!("shutting down: no new connections; letting in-flight requests finish");
+            let _ = stopping_tx.send(());
+        };
+        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stop);
+        let grace_expired = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = serve => result.context("serving HTTP")?,
+            () = grace_expired => tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway"),
+        }
+        // Every handle to the usage recorder is gone with the router; it drains and ends.
+        if tokio::time::timeout(grace, usage_task).await.is_err() {
+            tracing::error!("usage recorder did not finish writing in time");
+        }
+        task_store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    });
+    tracing::info!(%addr, backend = ?store.backend(), "listening");
+    Ok(Server { addr, store, shutdown: Some(shutdown), task })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,152 @@
+//! Persistence. **Invariant:** only this crate contains SQL.
+//!
+//! One trait per area ([`AccountStore`], [`TeamStore`], [`KeyStore`], [`UsageStore`],
+//! [`AuditStore`]), gathered in [`Store`] and used as `Arc<dyn Store>`. The backend is chosen once,
+//! at start-up, from the database URL's scheme ([`connect`]).
+//!
+//! Both backends share **one implementation** (`shared.rs`), compiled twice: once with
+//! `Db = Sqlite` and once with `Db = Postgres`. The SQL is written once, in the dialect both
+//! accept (`$1` placeholders, `ON CONFLICT`, `RETURNING`); each backend keeps its own migrations
+//! (same file names, same table, column and constraint names) because the column types differ.
+//! The conformance suite in [`testsuite`] runs every case against both.
+//!
+//! **Invariant:** every mutating method opens one transaction, writes its change and the audit
+//! event it is given, and commits both or neither.
+
+mod error;
+mod postgres;
+mod sqlite;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tollgate_domain::keys::KeyHash;
+use tollgate_domain::{
+    ApiKey, ApiKeyId, AuditEvent, Email, ManagementKey, Membership, Role, Team, TeamId, Timestamp, UsageRecord, User,
+    UserId,
+};
+
+pub use error::{OpenError, StoreError};
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// Accounts.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates a user, their Personal Team and their Admin membership, with `audit`, atomically.
+    async fn create_user_with_personal_team(&self, user: &User, team: &Team, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// The user with this email, if any.
+    async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
+    /// The user with this id; `NotFound` otherwise.
+    async fn get_user(&self, id: UserId) -> Result<User, StoreError>;
+}
+
+/// Teams and memberships.
+#[async_trait]
+pub trait TeamStore: Send + Sync {
+    /// The team with this id; `NotFound` otherwise.
+    async fn get_team(&self, id: TeamId) -> Result<Team, StoreError>;
+    /// Every team the user belongs to, with their role, oldest first.
+    async fn list_memberships(&self, user_id: UserId) -> Result<Vec<Membership>, StoreError>;
+    /// The user's role in the team, if they are a member.
+    async fn find_role(&self, team_id: TeamId, user_id: UserId) -> Result<Option<Role>, StoreError>;
+}
+
+/// API keys and management keys. Only hashes of secrets are stored.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Stores a new API key with `audit`, atomically.
+    async fn insert_api_key(&self, key: &ApiKey, hash: &KeyHash, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// The API key with this secret hash, whatever its state.
+    async fn find_api_key_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError>;
+    /// The team's API key with this id.
+    async fn find_api_key(&self, team_id: TeamId, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError>;
+    /// A page of the team's API keys in id (creation) order, after `after`.
+    async fn list_api_keys(&self, team_id: TeamId, after: Option<ApiKeyId>, limit: u32) -> Result<Vec<ApiKey>, StoreError>;
+    /// Stores a new management key with `audit`, atomically.
+    async fn insert_management_key(&self, key: &ManagementKey, hash: &KeyHash, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// The management key with this secret hash, whatever its state.
+    async fn find_management_key_by_hash(&self, hash: &KeyHash) -> Result<Option<ManagementKey>, StoreError>;
+}
+
+/// Per-request usage.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Stores many usage records in one transaction (group commit). Idempotent on the request id:
+    /// a record already stored is skipped.
+    async fn insert_usage_batch(&self, batch: &[UsageRecord]) -> Result<(), StoreError>;
+    /// The team's most recent usage, newest first.
+    async fn list_usage(&self, team_id: TeamId, limit: u32) -> Result<Vec<UsageRecord>, StoreError>;
+}
+
+/// An audit event as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAuditEvent {
+    /// Id.
+    pub id: tollgate_domain::AuditEventId,
+    /// When.
+    pub at: Timestamp,
+    /// Team concerned.
+    pub team_id: Option<TeamId>,
+    /// `user`, `management_key`, `api_key`, `operator` or `system`.
+    pub actor_kind: String,
+    /// The actor's id.
+    pub actor_id: Option<String>,
+    /// The actor's email or key name at the time.
+    pub actor_label: Option<String>,
+    /// Action name, e.g. `CreateApiKey`.
+    pub action: String,
+    /// Readable description.
+    pub description: String,
+    /// Target.
+    pub target: Option<String>,
+    /// `success`, `denied` or `failure`.
+    pub outcome: String,
+    /// Client address.
+    pub ip: Option<String>,
+    /// Client user agent.
+    pub user_agent: Option<String>,
+    /// Request id.
+    pub request_id: Option<String>,
+}
+
+/// The audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Records an event that goes with no other change (e.g. a read worth auditing).
+    async fn insert_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// The team's most recent events, newest first.
+    async fn list_audit_events(&self, team_id: TeamId, limit: u32) -> Result<Vec<StoredAuditEvent>, StoreError>;
+}
+
+/// Everything Tollgate persists.
+#[async_trait]
+pub trait Store: AccountStore + TeamStore + KeyStore + UsageStore + AuditStore {
+    /// Which database this is.
+    fn backend(&self) -> Backend;
+    /// Applies pending migrations. Refuses a database whose applied migrations differ from the
+    /// ones this binary carries (edited or unknown), and applies each migration atomically.
+    async fn migrate(&self) -> Result<(), OpenError>;
+    /// A cheap round trip, for readiness probes.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Closes the connection pools, waiting for connections in use to be returned.
+    async fn close(&self);
+}
+
+/// Connects to the database named by `url` (`sqlite://…` or `postgres://…`), without migrating.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, OpenError> {
+    match url.split_once(':').map(|(scheme, _)| scheme) {
+        Some("sqlite") => Ok(Arc::new(sqlite::SqlStore::connect(url).await?)),
+        Some("postgres" | "postgresql") => Ok(Arc::new(postgres::SqlStore::connect(url).await?)),
+        _ => Err(OpenError::UnsupportedScheme),
+    }
+}

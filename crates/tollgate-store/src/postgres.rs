@@ -1,0 +1,37 @@
+//! The PostgreSQL backend: the system of record when several nodes serve.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::Pool;
+
+use crate::{Backend, OpenError};
+
+type Db = sqlx::Postgres;
+
+const BACKEND: Backend = Backend::Postgres;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The PostgreSQL store. Reads and writes share one pool.
+pub(crate) struct SqlStore {
+    write: Pool<Db>,
+    read: Pool<Db>,
+}
+
+impl SqlStore {
+    pub(crate) async fn connect(url: &str) -> Result<Self, OpenError> {
+        let options = PgConnectOptions::from_str(url).map_err(OpenError::InvalidUrl)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(OpenError::Connect)?;
+        Ok(Self { write: pool.clone(), read: pool })
+    }
+}
+
+include!("shared.rs");

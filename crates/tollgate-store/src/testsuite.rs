@@ -1,0 +1,295 @@
+//! The conformance suite: backend-agnostic cases, each an `async fn(&dyn Store)`, run by the
+//! workspace's integration tests against SQLite and PostgreSQL alike. A case that passes on one
+//! backend and fails on the other is a bug in the shared SQL or in a migration.
+//!
+//! Also here: [`TestDb`], a fresh database per test (a temporary SQLite file, or a PostgreSQL
+//! schema of its own), so parallel tests never share state.
+
+#![expect(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test support: failing loudly is the point")]
+
+use std::sync::Arc;
+
+use chrono::DateTime;
+use sqlx::Connection as _;
+use tollgate_domain::keys::{KeyHash, KeyPrefix, PlainKey};
+use tollgate_domain::{
+    AclSet, Actor, ApiKey, ApiKeyId, AuditEvent, Email, ManagementKey, ManagementKeyId, RequestContext, RequestId, Role,
+    Team, TeamId, Ticks, Timestamp, TokenUsage, UsageRecord, User, UserId,
+};
+
+use crate::{Backend, Store, StoreError};
+
+/// The environment variable naming the PostgreSQL server tests use.
+pub const POSTGRES_URL_VAR: &str = "TOLLGATE_TEST_POSTGRES_URL";
+
+/// A database of its own for one test.
+pub struct TestDb {
+    /// The URL the store was opened with (for code that opens its own store from a URL).
+    pub url: String,
+    /// The migrated store.
+    pub store: Arc<dyn Store>,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Sqlite(#[expect(dead_code, reason = "held so the directory lives as long as the test")] tempfile::TempDir),
+    Postgres { admin_url: String, schema: String },
+}
+
+impl TestDb {
+    /// A migrated SQLite database in a fresh temporary file.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+        let store = crate::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        Self { url, store, cleanup: Cleanup::Sqlite(dir) }
+    }
+
+    /// The PostgreSQL server's admin URL, or `None` when tests should skip PostgreSQL. Under CI
+    /// (`CI` set) a missing URL is an error, so the PostgreSQL half can never be skipped there.
+    pub fn postgres_url() -> Option<String> {
+        match std::env::var(POSTGRES_URL_VAR) {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ if std::env::var_os("CI").is_some() => panic!("{POSTGRES_URL_VAR} must be set under CI"),
+            _ => None,
+        }
+    }
+
+    /// A migrated PostgreSQL schema of its own, or `None` when no server is configured.
+    pub async fn postgres() -> Option<Self> {
+        let admin_url = Self::postgres_url()?;
+        let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("connect to the test PostgreSQL server");
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut admin).await.unwrap();
+        admin.close().await.unwrap();
+        let separator = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{separator}options=-c%20search_path%3D{schema}");
+        let store = crate::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        Some(Self { url, store, cleanup: Cleanup::Postgres { admin_url, schema } })
+    }
+
+    /// Closes the store and drops what the test created. A test that fails before this leaves a
+    /// schema behind; it is harmless and named `t_<uuid>`.
+    pub async fn finish(self) {
+        self.store.close().await;
+        if let Cleanup::Postgres { admin_url, schema } = self.cleanup {
+            let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut admin).await.unwrap();
+            admin.close().await.unwrap();
+        }
+    }
+}
+
+fn at(seconds: i64) -> Timestamp {
+    DateTime::from_timestamp(1_790_000_000 + seconds, 123_456_000).unwrap()
+}
+
+fn audit(team_id: Option<TeamId>, action: &'static str, when: Timestamp) -> AuditEvent {
+    let context = RequestContext { ip: Some("192.0.2.1".into()), user_agent: Some("test".into()), request_id: Some("req-1".into()) };
+    AuditEvent::success(when, team_id, Actor::Operator, action, format!("{action} in a test"), None, &context)
+}
+
+/// A user with a Personal Team, as the accounts service creates them.
+pub async fn seed_user(store: &dyn Store, email: &str) -> (User, Team) {
+    let now = at(0);
+    let user = User {
+        id: UserId::new(),
+        email: Email::parse(email).unwrap(),
+        display_name: "Test User".into(),
+        password_hash: Some("$argon2id$stub".into()),
+        created_at: now,
+    };
+    let team = Team { id: TeamId::new(), name: "Personal Team".into(), personal: true, created_at: now };
+    store.create_user_with_personal_team(&user, &team, &audit(Some(team.id), "CreateUser", now)).await.unwrap();
+    (user, team)
+}
+
+fn api_key(team: &Team, user: &User, acls: &[&str]) -> ApiKey {
+    ApiKey {
+        id: ApiKeyId::new(),
+        team_id: team.id,
+        name: "ci".into(),
+        redacted: "tgk_...abcd".into(),
+        acls: AclSet::parse(acls).unwrap(),
+        qps: Some(5),
+        qpm: None,
+        tpm: Some(1_000_000),
+        expire_time: Some(at(3600)),
+        disabled: false,
+        blocked: false,
+        created_by: Some(user.id),
+        created_at: at(1),
+        modified_at: at(1),
+        modified_by: Some(user.id),
+    }
+}
+
+fn fresh_hash() -> KeyHash {
+    PlainKey::generate(&KeyPrefix::parse("tgk_").unwrap(), &mut rand::thread_rng()).hash()
+}
+
+/// A user comes with a Personal Team they administer, and one audit event, all in one go.
+pub async fn user_gets_personal_team(store: &dyn Store) {
+    let (user, team) = seed_user(store, "Ada@Example.com").await;
+    let found = store.find_user_by_email(&Email::parse("Ada@example.COM").unwrap()).await.unwrap().unwrap();
+    assert_eq!(found, user);
+    assert_eq!(store.get_user(user.id).await.unwrap(), user);
+    assert_eq!(store.get_team(team.id).await.unwrap(), team);
+    assert_eq!(store.find_role(team.id, user.id).await.unwrap(), Some(Role::Admin));
+    let memberships = store.list_memberships(user.id).await.unwrap();
+    assert_eq!(memberships.len(), 1);
+    assert_eq!(memberships[0].team, team);
+    let events = store.list_audit_events(team.id, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].action, "CreateUser");
+    assert_eq!(events[0].ip.as_deref(), Some("192.0.2.1"));
+}
+
+/// Missing rows are `NotFound` or `None`, never an error of another kind.
+pub async fn missing_rows(store: &dyn Store) {
+    assert!(matches!(store.get_user(UserId::new()).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.get_team(TeamId::new()).await, Err(StoreError::NotFound)));
+    assert!(store.find_user_by_email(&Email::parse("nobody@example.com").unwrap()).await.unwrap().is_none());
+    assert!(store.find_api_key_by_hash(&fresh_hash()).await.unwrap().is_none());
+    assert!(store.find_management_key_by_hash(&fresh_hash()).await.unwrap().is_none());
+    assert!(store.find_role(TeamId::new(), UserId::new()).await.unwrap().is_none());
+}
+
+/// A duplicate email is a `Conflict` named alike on both backends, and nothing of the failed
+/// sign-up is left behind: no team, no audit event.
+pub async fn duplicate_email_conflicts_and_writes_nothing(store: &dyn Store) {
+    let (_, first_team) = seed_user(store, "dup@example.com").await;
+    let user = User { id: UserId::new(), email: Email::parse("dup@example.com").unwrap(), display_name: "Two".into(), password_hash: None, created_at: at(5) };
+    let team = Team { id: TeamId::new(), name: "Personal Team".into(), personal: true, created_at: at(5) };
+    let error = store.create_user_with_personal_team(&user, &team, &audit(Some(team.id), "CreateUser", at(5))).await.unwrap_err();
+    match error {
+        StoreError::Conflict { constraint } => assert_eq!(constraint, "users_email_key"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(matches!(store.get_team(team.id).await, Err(StoreError::NotFound)));
+    assert!(store.list_audit_events(team.id, 10).await.unwrap().is_empty());
+    assert_eq!(store.list_audit_events(first_team.id, 10).await.unwrap().len(), 1);
+}
+
+/// API keys round-trip every field, are found by hash, and list in pages scoped to their team.
+pub async fn api_keys_round_trip_and_paginate(store: &dyn Store) {
+    let (user, team) = seed_user(store, "keys@example.com").await;
+    let (other_user, other_team) = seed_user(store, "other@example.com").await;
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        let key = api_key(&team, &user, &["api-key:endpoint:chat", "api-key:model:*"]);
+        let hash = fresh_hash();
+        store.insert_api_key(&key, &hash, &audit(Some(team.id), "CreateApiKey", at(1))).await.unwrap();
+        assert_eq!(store.find_api_key_by_hash(&hash).await.unwrap().as_ref(), Some(&key));
+        keys.push(key);
+    }
+    let foreign = api_key(&other_team, &other_user, &[]);
+    store.insert_api_key(&foreign, &fresh_hash(), &audit(Some(other_team.id), "CreateApiKey", at(1))).await.unwrap();
+
+    let first_page = store.list_api_keys(team.id, None, 2).await.unwrap();
+    assert_eq!(first_page, keys[..2]);
+    let second_page = store.list_api_keys(team.id, Some(first_page[1].id), 2).await.unwrap();
+    assert_eq!(second_page, keys[2..]);
+    assert_eq!(store.find_api_key(team.id, keys[0].id).await.unwrap().as_ref(), Some(&keys[0]));
+    // Scoped by team: another team's id finds nothing.
+    assert!(store.find_api_key(team.id, foreign.id).await.unwrap().is_none());
+    assert_eq!(store.list_audit_events(team.id, 10).await.unwrap().len(), 4);
+}
+
+/// A key hash can belong to one key only.
+pub async fn key_hashes_are_unique(store: &dyn Store) {
+    let (user, team) = seed_user(store, "unique@example.com").await;
+    let hash = fresh_hash();
+    store.insert_api_key(&api_key(&team, &user, &[]), &hash, &audit(Some(team.id), "CreateApiKey", at(1))).await.unwrap();
+    let error = store.insert_api_key(&api_key(&team, &user, &[]), &hash, &audit(Some(team.id), "CreateApiKey", at(1))).await.unwrap_err();
+    assert!(matches!(error, StoreError::Conflict { ref constraint } if constraint == "api_keys_key_hash_key"), "{error:?}");
+    // The failed insert's audit event was rolled back with it.
+    assert_eq!(store.list_audit_events(team.id, 10).await.unwrap().len(), 2);
+}
+
+/// Management keys round-trip.
+pub async fn management_keys_round_trip(store: &dyn Store) {
+    let (user, team) = seed_user(store, "mgmt@example.com").await;
+    let key = ManagementKey {
+        id: ManagementKeyId::new(),
+        team_id: team.id,
+        name: "ops".into(),
+        redacted: "tgm_...wxyz".into(),
+        created_by: Some(user.id),
+        created_at: at(2),
+        revoked_at: None,
+    };
+    let hash = fresh_hash();
+    store.insert_management_key(&key, &hash, &audit(Some(team.id), "CreateManagementKey", at(2))).await.unwrap();
+    assert_eq!(store.find_management_key_by_hash(&hash).await.unwrap(), Some(key));
+}
+
+/// Usage is stored exactly once per request id, in batches, and reads back newest first.
+pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
+    let (user, team) = seed_user(store, "usage@example.com").await;
+    let key = api_key(&team, &user, &[]);
+    store.insert_api_key(&key, &fresh_hash(), &audit(Some(team.id), "CreateApiKey", at(1))).await.unwrap();
+    let record = |seconds: i64, prompt: u64| UsageRecord {
+        request_id: RequestId::new(),
+        team_id: team.id,
+        api_key_id: key.id,
+        model: "grok-test".into(),
+        endpoint: "chat".into(),
+        usage: TokenUsage { prompt_tokens: prompt, cached_prompt_tokens: 3, completion_tokens: 7, reasoning_tokens: 2 },
+        cost: Ticks::new(1_234_567),
+        estimated: false,
+        streamed: seconds % 2 == 0,
+        started_at: at(seconds),
+        duration_ms: 42,
+    };
+    let batch = vec![record(10, 5), record(11, 6), record(12, 7)];
+    store.insert_usage_batch(&batch).await.unwrap();
+    // Replaying a batch (a retried group commit) stores nothing twice.
+    store.insert_usage_batch(&batch[1..]).await.unwrap();
+    store.insert_usage_batch(&[]).await.unwrap();
+    let stored = store.list_usage(team.id, 10).await.unwrap();
+    let expected: Vec<_> = batch.iter().rev().cloned().collect();
+    assert_eq!(stored, expected);
+    assert_eq!(stored[0].usage.total_tokens(), 7 + 7 + 2);
+}
+
+/// A stand-alone audit event (e.g. a read) is stored with every field.
+pub async fn audit_events_round_trip(store: &dyn Store) {
+    let (_, team) = seed_user(store, "audit@example.com").await;
+    let event = audit(Some(team.id), "ListApiKeys", at(30));
+    store.insert_audit_event(&event).await.unwrap();
+    let newest = &store.list_audit_events(team.id, 1).await.unwrap()[0];
+    assert_eq!(newest.id, event.id);
+    assert_eq!(newest.at, event.at);
+    assert_eq!(newest.action, "ListApiKeys");
+    assert_eq!(newest.actor_kind, "operator");
+    assert_eq!(newest.outcome, "success");
+    assert_eq!(newest.request_id.as_deref(), Some("req-1"));
+}
+
+/// Migrating again is a no-op, and the store answers pings.
+pub async fn migrate_is_idempotent(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    store.ping().await.unwrap();
+    assert!(matches!(store.backend(), Backend::Sqlite | Backend::Postgres));
+}
+
+/// Every case, by name, for the test generator.
+#[macro_export]
+macro_rules! for_each_conformance_case {
+    ($callback:ident) => {
+        $callback!(
+            user_gets_personal_team,
+            missing_rows,
+            duplicate_email_conflicts_and_writes_nothing,
+            api_keys_round_trip_and_paginate,
+            key_hashes_are_unique,
+            management_keys_round_trip,
+            usage_is_idempotent_per_request,
+            audit_events_round_trip,
+            migrate_is_idempotent
+        );
+    };
+}

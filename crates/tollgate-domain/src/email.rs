@@ -2,8 +2,9 @@
 
 use std::fmt;
 
-/// A syntactically valid email address. The domain part is lower-cased (domains are
-/// case-insensitive); the local part is kept as given.
+/// A syntactically valid email address, lower-cased whole. Domains are case-insensitive, and
+/// although RFC 5321 lets a local part be case-sensitive, no mail provider people use treats it
+/// so: `Ada@x.com` and `ada@x.com` must never be two accounts.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
@@ -40,7 +41,7 @@ impl Email {
         if !(local_ok && domain_ok) {
             return Err(invalid());
         }
-        Ok(Self(format!("{local}@{}", domain.to_ascii_lowercase())))
+        Ok(Self(format!("{}@{}", local.to_lowercase(), domain.to_ascii_lowercase())))
     }
 
     /// The domain part, lower-case.

@@ -147,7 +147,7 @@ impl Config {
         }
         let env = Env::prefixed("TOLLGATE_")
             .split("__")
-            .filter(|key| !NOT_CONFIG.iter().any(|skip| key.as_str().starts_with(skip)));
+            .filter(|key| !NOT_CONFIG.iter().any(|skip| key.as_str().to_ascii_lowercase().starts_with(skip)));
         let config: Config = figment.merge(env).extract().map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
         config.validate()?;
         Ok(config)

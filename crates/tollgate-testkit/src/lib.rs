@@ -1,1 +1,169 @@
-//! stub
+//! A small OpenAI-compatible upstream for tests and benchmarks: an axum server on a free
+//! loopback port answering `POST /v1/chat/completions`, streaming and not, with usage. Tests can
+//! make it fail, omit usage, or hold a stream after its first chunk until released (to prove
+//! that a relay forwards chunks as they arrive).
+//!
+//! This is the only test double in the project: it stands in for the model server, which is
+//! outside Tollgate.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+/// The answer's words; streamed one chunk each.
+pub const ANSWER_WORDS: [&str; 5] = ["Hello", " from", " the", " mock", " upstream."];
+/// Prompt tokens the mock reports.
+pub const PROMPT_TOKENS: u64 = 12;
+/// Completion tokens the mock reports (one per word).
+pub const COMPLETION_TOKENS: u64 = ANSWER_WORDS.len() as u64;
+/// Cached prompt tokens the mock reports.
+pub const CACHED_TOKENS: u64 = 4;
+
+#[derive(Default)]
+struct MockState {
+    failure: Mutex<Option<(u16, String)>>,
+    omit_usage: AtomicBool,
+    requests: Mutex<Vec<Value>>,
+    gate: Mutex<Option<Arc<Notify>>>,
+}
+
+/// A running mock upstream. Stops when dropped.
+pub struct MockUpstream {
+    /// Base URL to configure, e.g. `http://127.0.0.1:40123/v1`.
+    pub base_url: String,
+    state: Arc<MockState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockUpstream {
+    /// Starts a mock on `127.0.0.1:0`.
+    pub async fn start() -> std::io::Result<Self> {
+        let state = Arc::new(MockState::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/models", get(models))
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { base_url: format!("http://{addr}/v1"), state, task })
+    }
+
+    /// From now on, answer every request with `status` and an OpenAI-style error `message`.
+    pub fn fail_with(&self, status: u16, message: &str) {
+        *self.state.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some((status, message.to_owned()));
+    }
+
+    /// From now on, answer normally.
+    pub fn recover(&self) {
+        *self.state.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Whether to leave `usage` out of answers (as some model servers do).
+    pub fn omit_usage(&self, omit: bool) {
+        self.state.omit_usage.store(omit, Ordering::SeqCst);
+    }
+
+    /// Holds the next stream after its first content chunk until the returned `Notify` is
+    /// notified.
+    pub fn hold_streams(&self) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        *self.state.gate.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&notify));
+        notify
+    }
+
+    /// Every request body received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.state.requests.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+fn usage() -> Value {
+    json!({
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": COMPLETION_TOKENS,
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+        "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS},
+    })
+}
+
+async fn models() -> Json<Value> {
+    Json(json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}))
+}
+
+async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<Value>) -> Response {
+    state.requests.lock().unwrap_or_else(PoisonError::into_inner).push(body.clone());
+    let failure = state.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    if let Some((status, message)) = failure {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (status, Json(json!({"error": {"message": message, "type": "mock_error"}}))).into_response();
+    }
+    let model = body["model"].as_str().unwrap_or("mock-model").to_owned();
+    let with_usage = !state.omit_usage.load(Ordering::SeqCst);
+    if body["stream"].as_bool() != Some(true) {
+        let mut answer = json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER_WORDS.concat()}, "finish_reason": "stop"}],
+            "system_fingerprint": "fp_mock",
+        });
+        if with_usage {
+            answer["usage"] = usage();
+        }
+        return Json(answer).into_response();
+    }
+
+    let include_usage = with_usage && body["stream_options"]["include_usage"].as_bool() == Some(true);
+    let gate = state.gate.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Value| {
+            let chunk = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            Bytes::from(format!("data: {chunk}\n\n"))
+        };
+        let _ = sender.send(Ok(chunk(json!({"role": "assistant", "content": ""}), Value::Null))).await;
+        for (index, word) in ANSWER_WORDS.iter().enumerate() {
+            if sender.send(Ok(chunk(json!({"content": word}), Value::Null))).await.is_err() {
+                return;
+            }
+            if index == 0 {
+                if let Some(gate) = &gate {
+                    gate.notified().await;
+                }
+            }
+        }
+        let _ = sender.send(Ok(chunk(json!({}), json!("stop")))).await;
+        if include_usage {
+            let last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                "model": model, "choices": [], "usage": usage()});
+            let _ = sender.send(Ok(Bytes::from(format!("data: {last}\n\n")))).await;
+        }
+        let _ = sender.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,9 +1,9 @@
 use super::*;
 
 #[test]
-fn accepts_and_normalises_domain() {
+fn accepts_and_normalises_case() {
     let email = Email::parse("  Ada.Lovelace@Example.COM ").unwrap();
-    assert_eq!(email.as_ref(), "Ada.Lovelace@example.com");
+    assert_eq!(email.as_ref(), "ada.lovelace@example.com");
     assert_eq!(email.domain(), "example.com");
 }
 

@@ -1,0 +1,91 @@
+//! The `tollgate` binary as an operator uses it: help, migrate, create a user (password on
+//! stdin), create a management key (printed once), environment overrides.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+fn tollgate(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command.current_dir(dir).env_remove("RUST_LOG").env("TOLLGATE_LOG_FILTER", "warn");
+    command
+}
+
+#[test]
+fn help_explains_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tollgate(dir.path()).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for command in ["serve", "migrate", "user", "management-key"] {
+        assert!(help.contains(command), "{help}");
+    }
+    let output = tollgate(dir.path()).args(["user", "create", "--help"]).output().unwrap();
+    assert!(String::from_utf8(output.stdout).unwrap().contains("standard input"));
+}
+
+#[test]
+fn operator_bootstraps_a_team() {
+    let dir = tempfile::tempdir().unwrap();
+    // With no configuration the data goes to ./data/tollgate.db.
+    let output = tollgate(dir.path()).arg("migrate").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(dir.path().join("data/tollgate.db").exists());
+
+    let mut child = tollgate(dir.path())
+        .args(["user", "create", "--email", "ops@example.com", "--name", "Ops"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"a long enough passphrase\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let team_id = stdout.lines().find_map(|l| l.strip_prefix("team_id: ")).unwrap().to_owned();
+
+    let output = tollgate(dir.path()).args(["management-key", "create", "--team", &team_id, "--name", "ci"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let key = String::from_utf8(output.stdout).unwrap();
+    assert!(key.trim().starts_with("tgm_") && key.trim().len() == 42, "{key}");
+
+    // A short password is refused with a reason, and nothing is created.
+    let mut child = tollgate(dir.path())
+        .args(["user", "create", "--email", "weak@example.com", "--name", "Weak"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("15"));
+
+    // The same email twice is refused.
+    let mut child = tollgate(dir.path())
+        .args(["user", "create", "--email", "OPS@example.com", "--name", "Again"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"a long enough passphrase\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already exists"));
+}
+
+#[test]
+fn environment_overrides_and_unknown_variables_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tollgate(dir.path())
+        .args(["serve", "--validate-and-exit"])
+        .env("TOLLGATE_MODELS__M__BASE_URL", "http://127.0.0.1:9/v1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("1 models"));
+
+    let output = tollgate(dir.path()).args(["serve", "--validate-and-exit"]).env("TOLLGATE_LISTEN_PORT", "1").output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("listen_port"));
+}

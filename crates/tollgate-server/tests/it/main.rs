@@ -1,0 +1,15 @@
+//! The one integration-test binary. Modules by area; `util` has the `TestApp`.
+//!
+//! PostgreSQL tests run when `TOLLGATE_TEST_POSTGRES_URL` is set (always under CI, where a
+//! missing URL fails the run); each test gets a schema of its own.
+
+#![expect(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+
+mod cli;
+mod config;
+mod conformance;
+mod inference;
+mod management;
+mod ops;
+mod streaming;
+mod util;

@@ -1,0 +1,176 @@
+//! `TestApp`: a real server on a loopback port over a fresh database, a mock upstream, a user
+//! with a Personal Team and a management key for it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tollgate_domain::{Actor, ManualClock, RequestContext, Team};
+use tollgate_server::config::ModelConfig;
+use tollgate_server::{Config, Server};
+use tollgate_store::testsuite::TestDb;
+use tollgate_testkit::MockUpstream;
+
+/// Generates one test per backend from an `async fn(TestDb)`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = tollgate_store::testsuite::TestDb::sqlite().await;
+                    super::$name(db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    match tollgate_store::testsuite::TestDb::postgres().await {
+                        Some(db) => super::$name(db).await,
+                        None => eprintln!("skipped: TOLLGATE_TEST_POSTGRES_URL is not set"),
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
+pub const MODEL: &str = "grok-test";
+pub const ALIAS: &str = "grok-test-latest";
+pub const UPSTREAM_MODEL: &str = "mock-model";
+pub const PROMPT_PRICE: i64 = 20_000;
+pub const CACHED_PRICE: i64 = 5_000;
+pub const COMPLETION_PRICE: i64 = 100_000;
+
+/// The cost the mock's usage must come to.
+pub fn expected_cost() -> i64 {
+    use tollgate_testkit::{CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS};
+    (PROMPT_TOKENS - CACHED_TOKENS) as i64 * PROMPT_PRICE + CACHED_TOKENS as i64 * CACHED_PRICE + COMPLETION_TOKENS as i64 * COMPLETION_PRICE
+}
+
+pub fn start_time() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-01T12:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+pub struct TestApp {
+    pub server: Option<Server>,
+    pub db: Option<TestDb>,
+    pub upstream: MockUpstream,
+    pub clock: Arc<ManualClock>,
+    pub client: reqwest::Client,
+    pub base: String,
+    pub team: Team,
+    pub management_key: String,
+}
+
+pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
+    let mut config = Config::for_test(db.url.clone());
+    config.models.insert(
+        MODEL.into(),
+        ModelConfig {
+            base_url: upstream.base_url.clone(),
+            api_key: Some("upstream-secret".to_owned().into()),
+            upstream_model: Some(UPSTREAM_MODEL.into()),
+            aliases: vec![ALIAS.into()],
+            prompt_price: PROMPT_PRICE,
+            cached_prompt_price: Some(CACHED_PRICE),
+            completion_price: COMPLETION_PRICE,
+        },
+    );
+    config
+}
+
+impl TestApp {
+    pub async fn new(db: TestDb) -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tollgate_server::telemetry::init(tollgate_server::config::LogFormat::Text, "debug");
+        }
+        let upstream = MockUpstream::start().await.unwrap();
+        let config = test_config(&db, &upstream);
+        Self::with_config(db, upstream, config).await
+    }
+
+    pub async fn with_config(db: TestDb, upstream: MockUpstream, config: Config) -> Self {
+        let clock = Arc::new(ManualClock::new(start_time()));
+        let server = tollgate_server::start(&config, clock.clone(), std::future::pending()).await.unwrap();
+        let base = format!("http://{}", server.addr);
+        // Seed through the services, exactly as `tollgate user create` and
+        // `tollgate management-key create` do.
+        let services = tollgate_server::services(&config, &server.store, &(clock.clone() as Arc<dyn tollgate_domain::Clock>)).unwrap();
+        let (_user, team) = services
+            .accounts
+            .create_user("owner@example.com", "Owner", "correct horse battery staple", Actor::Operator, &RequestContext::default())
+            .await
+            .unwrap();
+        let (_, plain) = services
+            .keys
+            .create_management_key(team.id, "ci", Actor::Operator, None, &RequestContext::default())
+            .await
+            .unwrap();
+        Self {
+            server: Some(server),
+            db: Some(db),
+            upstream,
+            clock,
+            client: reqwest::Client::new(),
+            base,
+            team,
+            management_key: plain.expose().to_owned(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn store(&self) -> &dyn tollgate_store::Store {
+        self.server.as_ref().unwrap().store.as_ref()
+    }
+
+    /// Creates an API key through the management API; returns the response body.
+    pub async fn create_api_key(&self, body: Value) -> Value {
+        let response = self
+            .client
+            .post(self.url(&format!("/auth/teams/{}/api-keys", self.team.id)))
+            .bearer_auth(&self.management_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    /// An API key allowed everything.
+    pub async fn api_key(&self) -> String {
+        let created = self.create_api_key(json!({"name": "test", "acls": ["api-key:endpoint:*", "api-key:model:*"]})).await;
+        created["apiKey"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
+        self.client.post(self.url("/v1/chat/completions")).bearer_auth(key).json(&body).send().await.unwrap()
+    }
+
+    pub async fn finish(mut self) {
+        self.server.take().unwrap().shutdown().await.unwrap();
+        self.db.take().unwrap().finish().await;
+    }
+}
+
+/// Asserts an xAI-shaped error body.
+pub async fn assert_xai_error(response: reqwest::Response, status: StatusCode, code: &str, contains: &str) {
+    assert_eq!(response.status(), status);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains(contains), "{message:?} should contain {contains:?}");
+    assert_eq!(body.as_object().unwrap().len(), 2, "only code and error: {body}");
+}
+
+pub fn user_message() -> Value {
+    json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}])
+}

@@ -71,8 +71,19 @@ impl AccountService {
         }
         let password_hash = hash_password(password.to_owned()).await?;
         let now = self.clock.now();
-        let user = User { id: UserId::new(), email, display_name: display_name.to_owned(), password_hash: Some(password_hash), created_at: now };
-        let team = Team { id: TeamId::new(), name: "Personal Team".to_owned(), personal: true, created_at: now };
+        let user = User {
+            id: UserId::new(),
+            email,
+            display_name: display_name.to_owned(),
+            password_hash: Some(password_hash),
+            created_at: now,
+        };
+        let team = Team {
+            id: TeamId::new(),
+            name: "Personal Team".to_owned(),
+            personal: true,
+            created_at: now,
+        };
         let audit = AuditEvent::success(
             now,
             Some(team.id),
@@ -84,7 +95,9 @@ impl AccountService {
         );
         match self.store.create_user_with_personal_team(&user, &team, &audit).await {
             Ok(()) => Ok((user, team)),
-            Err(StoreError::Conflict { constraint }) if constraint == "users_email_key" => Err(AccountError::EmailTaken),
+            Err(StoreError::Conflict { constraint }) if constraint == "users_email_key" => {
+                Err(AccountError::EmailTaken)
+            }
             Err(other) => Err(AccountError::Store(other)),
         }
     }

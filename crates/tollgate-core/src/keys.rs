@@ -111,8 +111,19 @@ fn validate_name(name: &str) -> Result<String, KeyError> {
 
 impl KeyService {
     /// A service issuing keys with the given prefixes.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, api_prefix: KeyPrefix, management_prefix: KeyPrefix) -> Self {
-        Self { store, clock, api_prefix, management_prefix, cache: Arc::default() }
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        api_prefix: KeyPrefix,
+        management_prefix: KeyPrefix,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            api_prefix,
+            management_prefix,
+            cache: Arc::default(),
+        }
     }
 
     /// The prefix of inference keys.
@@ -164,7 +175,11 @@ impl KeyService {
     /// Authenticates a management key.
     pub async fn authenticate_management_key(&self, presented: &str) -> Result<ManagementKey, AuthError> {
         let parsed = ParsedKey::parse(&self.management_prefix, presented).map_err(|_| AuthError::Invalid)?;
-        let key = self.store.find_management_key_by_hash(&parsed.hash()).await?.ok_or(AuthError::Invalid)?;
+        let key = self
+            .store
+            .find_management_key_by_hash(&parsed.hash())
+            .await?
+            .ok_or(AuthError::Invalid)?;
         if key.revoked_at.is_some_and(|at| at <= self.clock.now()) {
             return Err(AuthError::Revoked);
         }
@@ -220,7 +235,10 @@ impl KeyService {
         let audit = AuditEvent::success(
             now,
             Some(team_id),
-            Actor::ManagementKey { id: caller.id, name: caller.name.clone() },
+            Actor::ManagementKey {
+                id: caller.id,
+                name: caller.name.clone(),
+            },
             "CreateApiKey",
             format!("Created API key '{}' ({})", key.name, key.redacted),
             Some(format!("api_key:{}", key.id)),
@@ -253,7 +271,13 @@ impl KeyService {
                             cache.clear();
                         }
                         let key = Arc::new(key);
-                        cache.insert(hash, CachedKey { key: Arc::clone(&key), fetched_at: Instant::now() });
+                        cache.insert(
+                            hash,
+                            CachedKey {
+                                key: Arc::clone(&key),
+                                fetched_at: Instant::now(),
+                            },
+                        );
                         key
                     }
                     None => {
@@ -291,7 +315,10 @@ impl KeyService {
         let audit = AuditEvent::success(
             self.clock.now(),
             Some(team_id),
-            Actor::ManagementKey { id: caller.id, name: caller.name.clone() },
+            Actor::ManagementKey {
+                id: caller.id,
+                name: caller.name.clone(),
+            },
             "ListApiKeys",
             format!("Listed {} API keys", keys.len()),
             None,

@@ -52,7 +52,10 @@ impl UsageRecorder {
     /// Stores `record` durably; returns once it is committed.
     pub async fn record(&self, record: UsageRecord) -> Result<(), UsageError> {
         let (done, committed) = oneshot::channel();
-        self.jobs.send(Job { record, done }).await.map_err(|_| UsageError::Stopped)?;
+        self.jobs
+            .send(Job { record, done })
+            .await
+            .map_err(|_| UsageError::Stopped)?;
         committed.await.map_err(|_| UsageError::Stopped)?
     }
 }

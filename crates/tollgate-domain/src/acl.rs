@@ -26,7 +26,9 @@ impl Acl {
         let (kind, name) = rest.split_once(':').ok_or_else(invalid)?;
         let valid_name = !name.is_empty()
             && name.len() <= 128
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.*/:".contains(&b));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.*/:".contains(&b));
         if !valid_name {
             return Err(invalid());
         }
@@ -75,13 +77,17 @@ impl AclSet {
     /// Whether the endpoint `name` (e.g. `chat`) is granted.
     #[must_use]
     pub fn allows_endpoint(&self, name: &str) -> bool {
-        self.0.iter().any(|acl| matches!(acl, Acl::Endpoint(None)) || matches!(acl, Acl::Endpoint(Some(n)) if n == name))
+        self.0
+            .iter()
+            .any(|acl| matches!(acl, Acl::Endpoint(None)) || matches!(acl, Acl::Endpoint(Some(n)) if n == name))
     }
 
     /// Whether the model `name` is granted.
     #[must_use]
     pub fn allows_model(&self, name: &str) -> bool {
-        self.0.iter().any(|acl| matches!(acl, Acl::Model(None)) || matches!(acl, Acl::Model(Some(n)) if n == name))
+        self.0
+            .iter()
+            .any(|acl| matches!(acl, Acl::Model(None)) || matches!(acl, Acl::Model(Some(n)) if n == name))
     }
 }
 
@@ -91,10 +97,23 @@ mod tests {
 
     #[test]
     fn parses_and_displays_the_grammar() {
-        for raw in ["api-key:endpoint:chat", "api-key:model:grok-4", "api-key:model:*", "api-key:endpoint:*"] {
+        for raw in [
+            "api-key:endpoint:chat",
+            "api-key:model:grok-4",
+            "api-key:model:*",
+            "api-key:endpoint:*",
+        ] {
             assert_eq!(Acl::parse(raw).unwrap().to_string(), raw);
         }
-        for bad in ["", "*", "api-key:chat", "api-key:foo:chat", "api-key:model:", "key:model:x", "api-key:model:a b"] {
+        for bad in [
+            "",
+            "*",
+            "api-key:chat",
+            "api-key:foo:chat",
+            "api-key:model:",
+            "key:model:x",
+            "api-key:model:a b",
+        ] {
             assert!(Acl::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -41,7 +41,11 @@ impl Email {
         if !(local_ok && domain_ok) {
             return Err(invalid());
         }
-        Ok(Self(format!("{}@{}", local.to_lowercase(), domain.to_ascii_lowercase())))
+        Ok(Self(format!(
+            "{}@{}",
+            local.to_lowercase(),
+            domain.to_ascii_lowercase()
+        )))
     }
 
     /// The domain part, lower-case.

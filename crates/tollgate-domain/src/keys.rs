@@ -33,9 +33,12 @@ impl KeyPrefix {
     /// Parses a prefix.
     pub fn parse(raw: &str) -> Result<Self, KeyPrefixError> {
         let body = raw.strip_suffix(['_', '-']).unwrap_or("");
-        let ok = (1..=15).contains(&body.len())
-            && body.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if ok { Ok(Self(raw.to_owned())) } else { Err(KeyPrefixError(raw.chars().take(40).collect())) }
+        let ok = (1..=15).contains(&body.len()) && body.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(KeyPrefixError(raw.chars().take(40).collect()))
+        }
     }
 }
 
@@ -103,7 +106,9 @@ pub enum KeyFormatError {
 impl ParsedKey {
     /// Checks a presented key's prefix, length, alphabet and checksum.
     pub fn parse(prefix: &KeyPrefix, presented: &str) -> Result<Self, KeyFormatError> {
-        let rest = presented.strip_prefix(prefix.as_ref()).ok_or(KeyFormatError::Malformed)?;
+        let rest = presented
+            .strip_prefix(prefix.as_ref())
+            .ok_or(KeyFormatError::Malformed)?;
         if rest.len() != RANDOM_LEN + CHECKSUM_LEN || !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(KeyFormatError::Malformed);
         }
@@ -111,7 +116,9 @@ impl ParsedKey {
         if base62_checksum(random.as_bytes()) != checksum {
             return Err(KeyFormatError::BadChecksum);
         }
-        Ok(Self { hash: KeyHash::of(presented) })
+        Ok(Self {
+            hash: KeyHash::of(presented),
+        })
     }
 
     /// The hash to look the key up by.
@@ -214,10 +221,19 @@ mod tests {
         let mut tampered = key.expose().to_owned();
         let last = tampered.pop().unwrap();
         tampered.push(if last == 'a' { 'b' } else { 'a' });
-        assert_eq!(ParsedKey::parse(&prefix(), &tampered).unwrap_err(), KeyFormatError::BadChecksum);
-        assert_eq!(ParsedKey::parse(&prefix(), "tgk_short").unwrap_err(), KeyFormatError::Malformed);
+        assert_eq!(
+            ParsedKey::parse(&prefix(), &tampered).unwrap_err(),
+            KeyFormatError::BadChecksum
+        );
+        assert_eq!(
+            ParsedKey::parse(&prefix(), "tgk_short").unwrap_err(),
+            KeyFormatError::Malformed
+        );
         let other = KeyPrefix::parse("tgm_").unwrap();
-        assert_eq!(ParsedKey::parse(&other, key.expose()).unwrap_err(), KeyFormatError::Malformed);
+        assert_eq!(
+            ParsedKey::parse(&other, key.expose()).unwrap_err(),
+            KeyFormatError::Malformed
+        );
     }
 
     #[test]

@@ -105,13 +105,22 @@ mod tests {
     use super::*;
 
     fn usage(prompt: u64, cached: u64, completion: u64, reasoning: u64) -> TokenUsage {
-        TokenUsage { prompt_tokens: prompt, cached_prompt_tokens: cached, completion_tokens: completion, reasoning_tokens: reasoning }
+        TokenUsage {
+            prompt_tokens: prompt,
+            cached_prompt_tokens: cached,
+            completion_tokens: completion,
+            reasoning_tokens: reasoning,
+        }
     }
 
     #[test]
     fn prices_each_kind_of_token() {
         // $2/M prompt, $0.50/M cached, $10/M completion, in xAI's unit.
-        let pricing = ModelPricing { prompt: Ticks::new(20_000), cached_prompt: Ticks::new(5_000), completion: Ticks::new(100_000) };
+        let pricing = ModelPricing {
+            prompt: Ticks::new(20_000),
+            cached_prompt: Ticks::new(5_000),
+            completion: Ticks::new(100_000),
+        };
         // xAI's published example: 199 prompt (163 cached), 1 completion.
         let cost = pricing.cost(&usage(199, 163, 1, 0)).unwrap();
         assert_eq!(cost, Ticks::new(36 * 20_000 + 163 * 5_000 + 100_000));
@@ -121,7 +130,10 @@ mod tests {
 
     #[test]
     fn overflow_is_an_error() {
-        let pricing = ModelPricing { prompt: Ticks::new(i64::MAX), ..ModelPricing::default() };
+        let pricing = ModelPricing {
+            prompt: Ticks::new(i64::MAX),
+            ..ModelPricing::default()
+        };
         assert_eq!(pricing.cost(&usage(2, 0, 0, 0)), Err(TicksError::Overflow));
         assert_eq!(Ticks::new(1).checked_mul(u64::MAX), Err(TicksError::Overflow));
     }

@@ -74,7 +74,11 @@ fn decode_block(block: &[u8]) -> Option<SseEvent> {
         }
     }
     let data = data?;
-    if data.trim() == "[DONE]" { Some(SseEvent::Done) } else { Some(SseEvent::Data(data)) }
+    if data.trim() == "[DONE]" {
+        Some(SseEvent::Done)
+    } else {
+        Some(SseEvent::Data(data))
+    }
 }
 
 #[cfg(test)]
@@ -90,7 +94,11 @@ mod tests {
             events.extend(decoder.push(&stream[split..]).unwrap());
             assert_eq!(
                 events,
-                vec![SseEvent::Data("{\"a\":1}".into()), SseEvent::Data("{\"b\":2}".into()), SseEvent::Done],
+                vec![
+                    SseEvent::Data("{\"a\":1}".into()),
+                    SseEvent::Data("{\"b\":2}".into()),
+                    SseEvent::Done
+                ],
                 "split at {split}"
             );
         }

@@ -60,7 +60,10 @@ pub struct Upstream {
 
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).field("chat_url", &self.chat_url).finish_non_exhaustive()
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("chat_url", &self.chat_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,7 +84,12 @@ impl Upstream {
     #[must_use]
     pub fn new(name: String, base_url: &str, api_key: Option<String>, client: reqwest::Client) -> Self {
         let chat_url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
-        Self { name, chat_url, api_key, client }
+        Self {
+            name,
+            chat_url,
+            api_key,
+            client,
+        }
     }
 
     /// The upstream's configured name (for logs and metrics).
@@ -101,7 +109,10 @@ impl Upstream {
             return Ok(response);
         }
         let text = response.text().await.unwrap_or_default();
-        Err(GatewayError::Status { status: status.as_u16(), message: error_message(&text) })
+        Err(GatewayError::Status {
+            status: status.as_u16(),
+            message: error_message(&text),
+        })
     }
 
     /// A non-streaming chat completion: the upstream's JSON body.
@@ -129,11 +140,13 @@ impl Upstream {
 /// The message inside an upstream's error body, in the OpenAI (`{"error":{"message"}}`), xAI
 /// (`{"error":"…"}`) or plain-text shape.
 fn error_message(body: &str) -> String {
-    let from_json = serde_json::from_str::<Value>(body).ok().and_then(|value| match &value["error"] {
-        Value::String(message) => Some(message.clone()),
-        Value::Object(error) => error.get("message").and_then(Value::as_str).map(str::to_owned),
-        _ => value.get("message").and_then(Value::as_str).map(str::to_owned),
-    });
+    let from_json = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|value| match &value["error"] {
+            Value::String(message) => Some(message.clone()),
+            Value::Object(error) => error.get("message").and_then(Value::as_str).map(str::to_owned),
+            _ => value.get("message").and_then(Value::as_str).map(str::to_owned),
+        });
     let message = from_json.unwrap_or_else(|| body.trim().to_owned());
     message.chars().take(1000).collect()
 }

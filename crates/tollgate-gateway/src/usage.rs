@@ -34,15 +34,31 @@ pub fn parse_usage(value: &Value) -> Option<TokenUsage> {
         return None;
     }
     let raw: RawUsage = serde_json::from_value(value.clone()).ok()?;
-    let reasoning = raw.completion_tokens_details.and_then(|d| d.reasoning_tokens).unwrap_or(0);
-    let cached = raw.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0).min(raw.prompt_tokens);
+    let reasoning = raw
+        .completion_tokens_details
+        .and_then(|d| d.reasoning_tokens)
+        .unwrap_or(0);
+    let cached = raw
+        .prompt_tokens_details
+        .and_then(|d| d.cached_tokens)
+        .unwrap_or(0)
+        .min(raw.prompt_tokens);
     // OpenAI counts reasoning inside completion_tokens, so its total is prompt + completion;
     // xAI counts it apart and its total is prompt + completion + reasoning.
     let openai_style = raw.total_tokens == Some(raw.prompt_tokens.saturating_add(raw.completion_tokens))
         && reasoning > 0
         && reasoning <= raw.completion_tokens;
-    let completion = if openai_style { raw.completion_tokens - reasoning } else { raw.completion_tokens };
-    Some(TokenUsage { prompt_tokens: raw.prompt_tokens, cached_prompt_tokens: cached, completion_tokens: completion, reasoning_tokens: reasoning })
+    let completion = if openai_style {
+        raw.completion_tokens - reasoning
+    } else {
+        raw.completion_tokens
+    };
+    Some(TokenUsage {
+        prompt_tokens: raw.prompt_tokens,
+        cached_prompt_tokens: cached,
+        completion_tokens: completion,
+        reasoning_tokens: reasoning,
+    })
 }
 
 /// The `usage` object we send to clients, in xAI's shape.
@@ -67,35 +83,6 @@ pub fn usage_json(usage: &TokenUsage, cost: Ticks) -> Value {
         "num_sources_used": 0,
         "cost_in_usd_ticks": cost.get(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_openai_accounting() {
-        let usage = parse_usage(&json!({"prompt_tokens": 10, "completion_tokens": 30, "total_tokens": 40,
-            "completion_tokens_details": {"reasoning_tokens": 12}, "prompt_tokens_details": {"cached_tokens": 4}}))
-        .unwrap();
-        assert_eq!(usage, TokenUsage { prompt_tokens: 10, cached_prompt_tokens: 4, completion_tokens: 18, reasoning_tokens: 12 });
-        assert_eq!(usage.total_tokens(), 40);
-    }
-
-    #[test]
-    fn reads_xai_accounting() {
-        let usage = parse_usage(&json!({"prompt_tokens": 37, "completion_tokens": 530, "total_tokens": 800,
-            "completion_tokens_details": {"reasoning_tokens": 233}}))
-        .unwrap();
-        assert_eq!(usage.completion_tokens, 530);
-        assert_eq!(usage.total_tokens(), 800);
-    }
-
-    #[test]
-    fn absent_usage_is_none() {
-        assert!(parse_usage(&Value::Null).is_none());
-        assert!(parse_usage(&json!("nope")).is_none());
-    }
 }
 
 /// A rough prompt token count for when the upstream reports none (about four characters a
@@ -135,4 +122,45 @@ pub fn estimate_completion_tokens(answer: &Value) -> u64 {
         })
         .unwrap_or(0);
     chars.div_ceil(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_openai_accounting() {
+        let usage = parse_usage(
+            &json!({"prompt_tokens": 10, "completion_tokens": 30, "total_tokens": 40,
+            "completion_tokens_details": {"reasoning_tokens": 12}, "prompt_tokens_details": {"cached_tokens": 4}}),
+        )
+        .unwrap();
+        assert_eq!(
+            usage,
+            TokenUsage {
+                prompt_tokens: 10,
+                cached_prompt_tokens: 4,
+                completion_tokens: 18,
+                reasoning_tokens: 12
+            }
+        );
+        assert_eq!(usage.total_tokens(), 40);
+    }
+
+    #[test]
+    fn reads_xai_accounting() {
+        let usage = parse_usage(
+            &json!({"prompt_tokens": 37, "completion_tokens": 530, "total_tokens": 800,
+            "completion_tokens_details": {"reasoning_tokens": 233}}),
+        )
+        .unwrap();
+        assert_eq!(usage.completion_tokens, 530);
+        assert_eq!(usage.total_tokens(), 800);
+    }
+
+    #[test]
+    fn absent_usage_is_none() {
+        assert!(parse_usage(&Value::Null).is_none());
+        assert!(parse_usage(&json!("nope")).is_none());
+    }
 }

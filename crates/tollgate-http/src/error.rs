@@ -48,7 +48,11 @@ pub fn code_text(status: StatusCode) -> &'static str {
 impl XaiError {
     /// An error with this status and message.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), source: None }
+        Self {
+            status,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// 400.
@@ -73,12 +77,20 @@ impl XaiError {
 
     /// 500 with an opaque body; `source` is logged.
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: "Internal error".into(), source: Some(source.into()) }
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "Internal error".into(),
+            source: Some(source.into()),
+        }
     }
 
     /// 503 with an opaque body; `source` is logged.
     pub fn unavailable(message: impl Into<String>, source: impl Into<anyhow::Error>) -> Self {
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), source: Some(source.into()) }
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            source: Some(source.into()),
+        }
     }
 
     /// The status.
@@ -90,7 +102,10 @@ impl XaiError {
     /// The body.
     #[must_use]
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { code: code_text(self.status), error: self.message.clone() }
+        ErrorBody {
+            code: code_text(self.status),
+            error: self.message.clone(),
+        }
     }
 }
 
@@ -98,7 +113,11 @@ impl IntoResponse for XaiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
             match &self.source {
-                Some(source) => tracing::error!(status = self.status.as_u16(), error = format!("{source:#}"), "request failed"),
+                Some(source) => tracing::error!(
+                    status = self.status.as_u16(),
+                    error = format!("{source:#}"),
+                    "request failed"
+                ),
                 None => tracing::error!(status = self.status.as_u16(), message = %self.message, "request failed"),
             }
         }
@@ -131,16 +150,28 @@ impl From<KeyError> for XaiError {
 impl From<GatewayError> for XaiError {
     fn from(error: GatewayError) -> Self {
         match error {
-            GatewayError::Status { status, ref message } if (400..500).contains(&status) && status != 401 && status != 403 => {
+            GatewayError::Status { status, ref message }
+                if (400..500).contains(&status) && status != 401 && status != 403 =>
+            {
                 // The client's request was refused by the model server: pass the reason on.
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
                 XaiError::new(status, message.clone())
             }
-            GatewayError::Timeout => XaiError { status: StatusCode::GATEWAY_TIMEOUT, message: "The model server did not answer in time".into(), source: Some(error.into()) },
-            GatewayError::Unavailable(_) => XaiError { status: StatusCode::SERVICE_UNAVAILABLE, message: "The model server is unavailable".into(), source: Some(error.into()) },
-            GatewayError::Status { .. } | GatewayError::InvalidResponse(_) => {
-                XaiError { status: StatusCode::BAD_GATEWAY, message: "The model server failed to answer".into(), source: Some(error.into()) }
-            }
+            GatewayError::Timeout => XaiError {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                message: "The model server did not answer in time".into(),
+                source: Some(error.into()),
+            },
+            GatewayError::Unavailable(_) => XaiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "The model server is unavailable".into(),
+                source: Some(error.into()),
+            },
+            GatewayError::Status { .. } | GatewayError::InvalidResponse(_) => XaiError {
+                status: StatusCode::BAD_GATEWAY,
+                message: "The model server failed to answer".into(),
+                source: Some(error.into()),
+            },
         }
     }
 }
@@ -148,7 +179,9 @@ impl From<GatewayError> for XaiError {
 /// The message for a refused inference key, in xAI's words, with the key shown as `xa***yz`.
 pub fn incorrect_api_key(presented: &str, console_url: &str) -> XaiError {
     let shown = redact_presented(presented);
-    XaiError::invalid_argument(format!("Incorrect API key provided: {shown}. You can obtain an API key from {console_url}."))
+    XaiError::invalid_argument(format!(
+        "Incorrect API key provided: {shown}. You can obtain an API key from {console_url}."
+    ))
 }
 
 fn redact_presented(presented: &str) -> String {
@@ -180,20 +213,50 @@ mod tests {
 
     #[test]
     fn statuses_map_to_xai_codes() {
-        assert_eq!(code_text(StatusCode::BAD_REQUEST), "Client specified an invalid argument");
-        assert_eq!(code_text(StatusCode::TOO_MANY_REQUESTS), "Some resource has been exhausted");
-        assert_eq!(code_text(StatusCode::FORBIDDEN), "The caller does not have permission to execute the specified operation");
+        assert_eq!(
+            code_text(StatusCode::BAD_REQUEST),
+            "Client specified an invalid argument"
+        );
+        assert_eq!(
+            code_text(StatusCode::TOO_MANY_REQUESTS),
+            "Some resource has been exhausted"
+        );
+        assert_eq!(
+            code_text(StatusCode::FORBIDDEN),
+            "The caller does not have permission to execute the specified operation"
+        );
         assert_eq!(code_text(StatusCode::IM_A_TEAPOT), "Internal error");
     }
 
     #[test]
     fn upstream_errors_map_to_gateway_statuses() {
         let status = |e: GatewayError| XaiError::from(e).status();
-        assert_eq!(status(GatewayError::Unavailable("refused".into())), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(status(GatewayError::Status { status: 500, message: "boom".into() }), StatusCode::BAD_GATEWAY);
-        assert_eq!(status(GatewayError::Status { status: 400, message: "bad".into() }), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(GatewayError::Unavailable("refused".into())),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(GatewayError::Status {
+                status: 500,
+                message: "boom".into()
+            }),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            status(GatewayError::Status {
+                status: 400,
+                message: "bad".into()
+            }),
+            StatusCode::BAD_REQUEST
+        );
         // The upstream refusing *our* credentials is our fault, not the client's.
-        assert_eq!(status(GatewayError::Status { status: 401, message: "key".into() }), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            status(GatewayError::Status {
+                status: 401,
+                message: "key".into()
+            }),
+            StatusCode::BAD_GATEWAY
+        );
         assert_eq!(status(GatewayError::Timeout), StatusCode::GATEWAY_TIMEOUT);
     }
 

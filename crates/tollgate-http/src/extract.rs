@@ -80,14 +80,21 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip().to_string());
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip().to_string());
         let user_agent = parts
             .headers
             .get(USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(512).collect());
         let request_id = parts.extensions.get::<RequestIdValue>().map(|id| id.0.clone());
-        Ok(Self(RequestContext { ip, user_agent, request_id }))
+        Ok(Self(RequestContext {
+            ip,
+            user_agent,
+            request_id,
+        }))
     }
 }
 

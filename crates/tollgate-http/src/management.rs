@@ -16,7 +16,10 @@ use crate::extract::{ManagementAuth, RequestMeta, XaiJson};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/auth/teams/{team_id}/api-keys", post(create_api_key).get(list_api_keys))
+        .route(
+            "/auth/teams/{team_id}/api-keys",
+            post(create_api_key).get(list_api_keys),
+        )
         .route("/auth/management-keys/validation", get(validate_management_key))
 }
 
@@ -26,7 +29,8 @@ pub(crate) fn rfc3339(at: Timestamp) -> String {
 
 fn parse_team_id(raw: &str) -> Result<TeamId, XaiError> {
     // A malformed id cannot be the caller's team: answer as for any other team.
-    raw.parse().map_err(|_| XaiError::permission_denied("The management key is not authorized for this team"))
+    raw.parse()
+        .map_err(|_| XaiError::permission_denied("The management key is not authorized for this team"))
 }
 
 /// An int64 that xAI sends as a JSON string (proto3 JSON); numbers are accepted too.
@@ -40,7 +44,10 @@ fn int64_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64
     match Option::<Int64>::deserialize(deserializer)? {
         None => Ok(None),
         Some(Int64::Number(n)) => Ok(Some(n)),
-        Some(Int64::Text(text)) => text.parse().map(Some).map_err(|_| serde::de::Error::custom(format!("'{text}' is not an integer"))),
+        Some(Int64::Text(text)) => text
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("'{text}' is not an integer"))),
     }
 }
 
@@ -140,7 +147,14 @@ pub(crate) async fn create_api_key(
     XaiJson(body): XaiJson<CreateApiKeyRequest>,
 ) -> Result<Json<ApiKeyView>, XaiError> {
     let team_id = parse_team_id(&team_id)?;
-    let new = NewApiKey { name: body.name, acls: body.acls, qps: body.qps, qpm: body.qpm, tpm: body.tpm, expire_time: body.expire_time };
+    let new = NewApiKey {
+        name: body.name,
+        acls: body.acls,
+        qps: body.qps,
+        qpm: body.qpm,
+        tpm: body.tpm,
+        expire_time: body.expire_time,
+    };
     let (key, plain) = state.keys.create_api_key(&caller, team_id, new, &meta).await?;
     Ok(Json(ApiKeyView::new(&key, Some(plain.expose().to_owned()))))
 }
@@ -187,12 +201,24 @@ pub(crate) async fn list_api_keys(
         return Err(XaiError::invalid_argument("pageSize must be between 1 and 1000"));
     }
     let after = match query.pagination_token.as_deref().filter(|t| !t.is_empty()) {
-        Some(token) => Some(token.parse::<ApiKeyId>().map_err(|_| XaiError::invalid_argument("invalid paginationToken"))?),
+        Some(token) => Some(
+            token
+                .parse::<ApiKeyId>()
+                .map_err(|_| XaiError::invalid_argument("invalid paginationToken"))?,
+        ),
         None => None,
     };
-    let keys = state.keys.list_api_keys(&caller, team_id, after, page_size, &meta).await?;
-    let pagination_token = (keys.len() == page_size as usize).then(|| keys.last().map(|k| k.id.to_string())).flatten();
-    Ok(Json(ApiKeyListView { api_keys: keys.iter().map(|k| ApiKeyView::new(k, None)).collect(), pagination_token }))
+    let keys = state
+        .keys
+        .list_api_keys(&caller, team_id, after, page_size, &meta)
+        .await?;
+    let pagination_token = (keys.len() == page_size as usize)
+        .then(|| keys.last().map(|k| k.id.to_string()))
+        .flatten();
+    Ok(Json(ApiKeyListView {
+        api_keys: keys.iter().map(|k| ApiKeyView::new(k, None)).collect(),
+        pagination_token,
+    }))
 }
 
 /// `GET /auth/management-keys/validation` answer.

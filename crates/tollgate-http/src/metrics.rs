@@ -62,31 +62,73 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tollgate");
         let requests = Family::<RequestLabels, Counter>::default();
         // 0.5 ms to about 65 s.
-        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 18)));
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+        });
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         let tokens = Family::<TokenLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
-        registry.register("upstream_errors", "Failed upstream calls by upstream and kind", upstream_errors.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed upstream calls by upstream and kind",
+            upstream_errors.clone(),
+        );
         registry.register("tokens", "Tokens served by model and kind", tokens.clone());
-        Self { registry: Mutex::new(registry), requests, latency, upstream_errors, tokens }
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            upstream_errors,
+            tokens,
+        }
     }
 
     pub(crate) fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         self.requests
-            .get_or_create(&RequestLabels { route: route.to_owned(), method: method.to_owned(), status })
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status,
+            })
             .inc();
-        self.latency.get_or_create(&RouteLabels { route: route.to_owned() }).observe(elapsed.as_secs_f64());
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub(crate) fn upstream_error(&self, upstream: &str, kind: &str) {
-        self.upstream_errors.get_or_create(&UpstreamLabels { upstream: upstream.to_owned(), kind: kind.to_owned() }).inc();
+        self.upstream_errors
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     pub(crate) fn tokens(&self, model: &str, usage: &tollgate_domain::TokenUsage) {
-        for (kind, count) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens), ("reasoning", usage.reasoning_tokens)] {
+        for (kind, count) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ] {
             if count > 0 {
-                self.tokens.get_or_create(&TokenLabels { model: model.to_owned(), kind: kind.to_owned() }).inc_by(count);
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        model: model.to_owned(),
+                        kind: kind.to_owned(),
+                    })
+                    .inc_by(count);
             }
         }
     }

@@ -41,7 +41,10 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<StatusV
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => Ok(Json(StatusView { status: "ready" })),
         Ok(Err(error)) => Err(XaiError::unavailable("The database is unreachable", error)),
-        Err(_) => Err(XaiError::unavailable("The database is unreachable", anyhow::anyhow!("ping timed out"))),
+        Err(_) => Err(XaiError::unavailable(
+            "The database is unreachable",
+            anyhow::anyhow!("ping timed out"),
+        )),
     }
 }
 
@@ -49,7 +52,11 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<StatusV
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     match state.metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Ok(text) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response(),
         Err(error) => XaiError::internal(anyhow::anyhow!("metrics encoding failed: {error}")).into_response(),
     }
 }
@@ -57,7 +64,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "The OpenAPI 3.1 document")))]
 pub(crate) async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document_json()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document_json(),
+    )
+        .into_response()
 }
 
 pub(crate) async fn not_found(uri: Uri) -> XaiError {

@@ -87,7 +87,9 @@ fn check_acls(key: &ApiKey, model: &str) -> Result<(), XaiError> {
         return Err(XaiError::permission_denied("access to the chat endpoint is denied"));
     }
     if !key.acls.allows_model(model) {
-        return Err(XaiError::permission_denied(format!("access to model {model} is denied")));
+        return Err(XaiError::permission_denied(format!(
+            "access to model {model} is denied"
+        )));
     }
     Ok(())
 }
@@ -118,7 +120,10 @@ pub(crate) async fn create_chat_completion(
 ) -> Result<Response, XaiError> {
     body.validate().map_err(XaiError::invalid_argument)?;
     let route = state.catalog.resolve(&body.model).cloned().ok_or_else(|| {
-        XaiError::not_found(format!("The model {} does not exist or your team does not have access to it.", body.model))
+        XaiError::not_found(format!(
+            "The model {} does not exist or your team does not have access to it.",
+            body.model
+        ))
     })?;
     check_acls(&key, &route.name)?;
 
@@ -142,8 +147,14 @@ pub(crate) async fn create_chat_completion(
 
     if body.is_stream() {
         // Ask the upstream for usage, so streaming is never billed by guesswork.
-        body.stream_options.get_or_insert_with(StreamOptions::default).include_usage = Some(true);
-        let upstream_stream = route.upstream.chat_stream(&body).await.map_err(|e| upstream_failed(&state, &route, e))?;
+        body.stream_options
+            .get_or_insert_with(StreamOptions::default)
+            .include_usage = Some(true);
+        let upstream_stream = route
+            .upstream
+            .chat_stream(&body)
+            .await
+            .map_err(|e| upstream_failed(&state, &route, e))?;
         let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
         tokio::spawn(relay_stream(billing, upstream_stream, sender, prompt_estimate));
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
@@ -155,11 +166,19 @@ pub(crate) async fn create_chat_completion(
         return Ok(response);
     }
 
-    let mut answer = route.upstream.chat(&body).await.map_err(|e| upstream_failed(&state, &route, e))?;
+    let mut answer = route
+        .upstream
+        .chat(&body)
+        .await
+        .map_err(|e| upstream_failed(&state, &route, e))?;
     let (usage, estimated) = match parse_usage(&answer["usage"]) {
         Some(usage) => (usage, false),
         None => (
-            TokenUsage { prompt_tokens: prompt_estimate, completion_tokens: estimate_completion_tokens(&answer), ..TokenUsage::default() },
+            TokenUsage {
+                prompt_tokens: prompt_estimate,
+                completion_tokens: estimate_completion_tokens(&answer),
+                ..TokenUsage::default()
+            },
             true,
         ),
     };
@@ -229,7 +248,10 @@ async fn relay_stream(
         }
     }
     if let Some(error) = &upstream_error {
-        billing.state.metrics.upstream_error(billing.route.upstream.name(), "stream");
+        billing
+            .state
+            .metrics
+            .upstream_error(billing.route.upstream.name(), "stream");
         tracing::warn!(error = %error, "upstream stream failed");
     }
 
@@ -237,14 +259,23 @@ async fn relay_stream(
     let (usage, estimated) = match last_usage {
         Some(usage) => (usage, false),
         None => (
-            TokenUsage { prompt_tokens: prompt_estimate, completion_tokens: completion_chars.div_ceil(4), ..TokenUsage::default() },
+            TokenUsage {
+                prompt_tokens: prompt_estimate,
+                completion_tokens: completion_chars.div_ceil(4),
+                ..TokenUsage::default()
+            },
             true,
         ),
     };
     let nothing_delivered = upstream_error.is_some() && last_usage.is_none() && completion_chars == 0;
     if nothing_delivered {
         // A failed upstream call is not charged.
-        let _ = sender.send(Ok(sse_error("The model server failed while streaming", StatusCode::BAD_GATEWAY))).await;
+        let _ = sender
+            .send(Ok(sse_error(
+                "The model server failed while streaming",
+                StatusCode::BAD_GATEWAY,
+            )))
+            .await;
         return;
     }
     let settled = billing.settle(usage, estimated).await;
@@ -259,7 +290,12 @@ async fn relay_stream(
     let _ = sender.send(Ok(last)).await;
 }
 
-fn rewrite_chunk(billing: &Billing, payload: &str, last_usage: &mut Option<TokenUsage>, completion_chars: &mut u64) -> Bytes {
+fn rewrite_chunk(
+    billing: &Billing,
+    payload: &str,
+    last_usage: &mut Option<TokenUsage>,
+    completion_chars: &mut u64,
+) -> Bytes {
     let Ok(mut chunk) = serde_json::from_str::<Value>(payload) else {
         // Not JSON: relay untouched, it is the client's business.
         return sse_data(payload);

@@ -145,10 +145,15 @@ impl Config {
         } else if explicit {
             anyhow::bail!("configuration file {} does not exist", path.display());
         }
-        let env = Env::prefixed("TOLLGATE_")
-            .split("__")
-            .filter(|key| !NOT_CONFIG.iter().any(|skip| key.as_str().to_ascii_lowercase().starts_with(skip)));
-        let config: Config = figment.merge(env).extract().map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
+        let env = Env::prefixed("TOLLGATE_").split("__").filter(|key| {
+            !NOT_CONFIG
+                .iter()
+                .any(|skip| key.as_str().to_ascii_lowercase().starts_with(skip))
+        });
+        let config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
         config.validate()?;
         Ok(config)
     }
@@ -171,7 +176,9 @@ impl Config {
             "api_key_prefix and management_key_prefix must differ, so a leaked key's kind is known"
         );
         anyhow::ensure!(
-            self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres:") || self.database_url.starts_with("postgresql:"),
+            self.database_url.starts_with("sqlite:")
+                || self.database_url.starts_with("postgres:")
+                || self.database_url.starts_with("postgresql:"),
             "database_url must start with sqlite:// or postgres://"
         );
         for (name, model) in &self.models {

@@ -26,7 +26,9 @@ pub use config::Config;
 
 /// Opens the configured database and applies migrations; start-up stops on any failure.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = tollgate_store::connect(&config.database_url).await.context("opening the database")?;
+    let store = tollgate_store::connect(&config.database_url)
+        .await
+        .context("opening the database")?;
     store.migrate().await.context("migrating the database")?;
     Ok(store)
 }
@@ -64,7 +66,14 @@ pub fn catalog(config: &Config, clock: &dyn Clock) -> anyhow::Result<Catalog> {
         let api_key = model.api_key.as_ref().map(|key| key.expose_secret().to_owned());
         let upstream = upstreams
             .entry((model.base_url.clone(), api_key.clone()))
-            .or_insert_with(|| Arc::new(Upstream::new(model.base_url.clone(), &model.base_url, api_key, client.clone())));
+            .or_insert_with(|| {
+                Arc::new(Upstream::new(
+                    model.base_url.clone(),
+                    &model.base_url,
+                    api_key,
+                    client.clone(),
+                ))
+            });
         routes.push(ModelRoute {
             name: name.clone(),
             aliases: model.aliases.clone(),
@@ -170,7 +179,12 @@ pub async fn start(
         Ok(())
     });
     tracing::info!(%addr, backend = ?store.backend(), "listening");
-    Ok(Server { addr, store, shutdown: Some(shutdown), task })
+    Ok(Server {
+        addr,
+        store,
+        shutdown: Some(shutdown),
+        task,
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -93,11 +93,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init(config.log_format, &config.log_filter);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     match cli.command {
-        Command::Serve { validate_and_exit: true } => {
+        Command::Serve {
+            validate_and_exit: true,
+        } => {
             println!("configuration is valid ({} models)", config.models.len());
             Ok(())
         }
-        Command::Serve { validate_and_exit: false } => {
+        Command::Serve {
+            validate_and_exit: false,
+        } => {
             let server = tollgate_server::start(&config, clock, tollgate_server::shutdown_signal()).await?;
             server.wait().await
         }
@@ -111,7 +115,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let password = read_password()?;
             let store = tollgate_server::open_store(&config).await?;
             let services = tollgate_server::services(&config, &store, &clock)?;
-            let result = services.accounts.create_user(&email, &name, &password, Actor::Operator, &RequestContext::default()).await;
+            let result = services
+                .accounts
+                .create_user(&email, &name, &password, Actor::Operator, &RequestContext::default())
+                .await;
             store.close().await;
             let (user, team) = result.context("cannot create the user")?;
             println!("user_id: {}", user.id);
@@ -121,10 +128,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ManagementKey(ManagementKeyCommand::Create { team, name }) => {
             let store = tollgate_server::open_store(&config).await?;
             let services = tollgate_server::services(&config, &store, &clock)?;
-            let result = services.keys.create_management_key(team, &name, Actor::Operator, None, &RequestContext::default()).await;
+            let result = services
+                .keys
+                .create_management_key(team, &name, Actor::Operator, None, &RequestContext::default())
+                .await;
             store.close().await;
             let (key, plain) = result.context("cannot create the management key")?;
-            eprintln!("Management key {} created for team {}. It is shown once; store it now.", key.id, key.team_id);
+            eprintln!(
+                "Management key {} created for team {}. It is shown once; store it now.",
+                key.id, key.team_id
+            );
             println!("{}", plain.expose());
             Ok(())
         }
@@ -138,7 +151,10 @@ fn read_password() -> anyhow::Result<String> {
         std::io::stderr().flush()?;
     }
     let mut line = String::new();
-    stdin.lock().read_line(&mut line).context("reading the password from standard input")?;
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
     let password = line.trim_end_matches(['\r', '\n']).to_owned();
     anyhow::ensure!(!password.is_empty(), "no password on standard input");
     Ok(password)

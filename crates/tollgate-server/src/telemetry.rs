@@ -8,7 +8,9 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured filter.
 pub fn init(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (tests) keeps the first subscriber; that is fine.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -30,7 +30,9 @@ impl From<sqlx::Error> for StoreError {
         match error {
             sqlx::Error::RowNotFound => StoreError::NotFound,
             sqlx::Error::Database(ref db) if db.is_unique_violation() || db.is_foreign_key_violation() => {
-                StoreError::Conflict { constraint: constraint_name(db.as_ref()) }
+                StoreError::Conflict {
+                    constraint: constraint_name(db.as_ref()),
+                }
             }
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 StoreError::Unavailable(error)
@@ -89,6 +91,8 @@ pub enum OpenError {
         source: std::io::Error,
     },
     /// A migration failed or the applied migrations differ from this binary's.
-    #[error("database migration failed: {0}. Nothing of the failing migration was applied; fix the cause and start again")]
+    #[error(
+        "database migration failed: {0}. Nothing of the failing migration was applied; fix the cause and start again"
+    )]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }

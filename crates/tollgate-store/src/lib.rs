@@ -43,7 +43,12 @@ pub enum Backend {
 #[async_trait]
 pub trait AccountStore: Send + Sync {
     /// Creates a user, their Personal Team and their Admin membership, with `audit`, atomically.
-    async fn create_user_with_personal_team(&self, user: &User, team: &Team, audit: &AuditEvent) -> Result<(), StoreError>;
+    async fn create_user_with_personal_team(
+        &self,
+        user: &User,
+        team: &Team,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
     /// The user with this email, if any.
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     /// The user with this id; `NotFound` otherwise.
@@ -71,9 +76,19 @@ pub trait KeyStore: Send + Sync {
     /// The team's API key with this id.
     async fn find_api_key(&self, team_id: TeamId, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError>;
     /// A page of the team's API keys in id (creation) order, after `after`.
-    async fn list_api_keys(&self, team_id: TeamId, after: Option<ApiKeyId>, limit: u32) -> Result<Vec<ApiKey>, StoreError>;
+    async fn list_api_keys(
+        &self,
+        team_id: TeamId,
+        after: Option<ApiKeyId>,
+        limit: u32,
+    ) -> Result<Vec<ApiKey>, StoreError>;
     /// Stores a new management key with `audit`, atomically.
-    async fn insert_management_key(&self, key: &ManagementKey, hash: &KeyHash, audit: &AuditEvent) -> Result<(), StoreError>;
+    async fn insert_management_key(
+        &self,
+        key: &ManagementKey,
+        hash: &KeyHash,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
     /// The management key with this secret hash, whatever its state.
     async fn find_management_key_by_hash(&self, hash: &KeyHash) -> Result<Option<ManagementKey>, StoreError>;
 }

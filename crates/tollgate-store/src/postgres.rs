@@ -3,9 +3,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Pool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::Pool;
 
 use crate::{Backend, OpenError};
 
@@ -30,7 +30,10 @@ impl SqlStore {
             .connect_with(options)
             .await
             .map_err(OpenError::Connect)?;
-        Ok(Self { write: pool.clone(), read: pool })
+        Ok(Self {
+            write: pool.clone(),
+            read: pool,
+        })
     }
 }
 

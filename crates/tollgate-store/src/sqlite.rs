@@ -7,9 +7,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Pool;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::Pool;
 
 use crate::{Backend, OpenError};
 
@@ -34,9 +34,15 @@ impl SqlStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        if let Some(dir) = options.get_filename().parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| OpenError::CreateDir { path: dir.display().to_string(), source })?;
+        if let Some(dir) = options
+            .get_filename()
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
         }
         let write = SqlitePoolOptions::new()
             .max_connections(1)

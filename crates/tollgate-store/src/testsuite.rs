@@ -5,7 +5,12 @@
 //! Also here: [`TestDb`], a fresh database per test (a temporary SQLite file, or a PostgreSQL
 //! schema of its own), so parallel tests never share state.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test support: failing loudly is the point")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support: failing loudly is the point"
+)]
 
 use std::sync::Arc;
 
@@ -13,8 +18,8 @@ use chrono::DateTime;
 use sqlx::Connection as _;
 use tollgate_domain::keys::{KeyHash, KeyPrefix, PlainKey};
 use tollgate_domain::{
-    AclSet, Actor, ApiKey, ApiKeyId, AuditEvent, Email, ManagementKey, ManagementKeyId, RequestContext, RequestId, Role,
-    Team, TeamId, Ticks, Timestamp, TokenUsage, UsageRecord, User, UserId,
+    AclSet, Actor, ApiKey, ApiKeyId, AuditEvent, Email, ManagementKey, ManagementKeyId, RequestContext, RequestId,
+    Role, Team, TeamId, Ticks, Timestamp, TokenUsage, UsageRecord, User, UserId,
 };
 
 use crate::{Backend, Store, StoreError};
@@ -43,7 +48,11 @@ impl TestDb {
         let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
         let store = crate::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
-        Self { url, store, cleanup: Cleanup::Sqlite(dir) }
+        Self {
+            url,
+            store,
+            cleanup: Cleanup::Sqlite(dir),
+        }
     }
 
     /// The PostgreSQL server's admin URL, or `None` when tests should skip PostgreSQL. Under CI
@@ -60,14 +69,23 @@ impl TestDb {
     pub async fn postgres() -> Option<Self> {
         let admin_url = Self::postgres_url()?;
         let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
-        let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("connect to the test PostgreSQL server");
-        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut admin).await.unwrap();
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to the test PostgreSQL server");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
         admin.close().await.unwrap();
         let separator = if admin_url.contains('?') { '&' } else { '?' };
         let url = format!("{admin_url}{separator}options=-c%20search_path%3D{schema}");
         let store = crate::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
-        Some(Self { url, store, cleanup: Cleanup::Postgres { admin_url, schema } })
+        Some(Self {
+            url,
+            store,
+            cleanup: Cleanup::Postgres { admin_url, schema },
+        })
     }
 
     /// Closes the store and drops what the test created. A test that fails before this leaves a
@@ -76,7 +94,10 @@ impl TestDb {
         self.store.close().await;
         if let Cleanup::Postgres { admin_url, schema } = self.cleanup {
             let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut admin).await.unwrap();
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
             admin.close().await.unwrap();
         }
     }
@@ -87,8 +108,20 @@ fn at(seconds: i64) -> Timestamp {
 }
 
 fn audit(team_id: Option<TeamId>, action: &'static str, when: Timestamp) -> AuditEvent {
-    let context = RequestContext { ip: Some("192.0.2.1".into()), user_agent: Some("test".into()), request_id: Some("req-1".into()) };
-    AuditEvent::success(when, team_id, Actor::Operator, action, format!("{action} in a test"), None, &context)
+    let context = RequestContext {
+        ip: Some("192.0.2.1".into()),
+        user_agent: Some("test".into()),
+        request_id: Some("req-1".into()),
+    };
+    AuditEvent::success(
+        when,
+        team_id,
+        Actor::Operator,
+        action,
+        format!("{action} in a test"),
+        None,
+        &context,
+    )
 }
 
 /// A user with a Personal Team, as the accounts service creates them.
@@ -101,8 +134,16 @@ pub async fn seed_user(store: &dyn Store, email: &str) -> (User, Team) {
         password_hash: Some("$argon2id$stub".into()),
         created_at: now,
     };
-    let team = Team { id: TeamId::new(), name: "Personal Team".into(), personal: true, created_at: now };
-    store.create_user_with_personal_team(&user, &team, &audit(Some(team.id), "CreateUser", now)).await.unwrap();
+    let team = Team {
+        id: TeamId::new(),
+        name: "Personal Team".into(),
+        personal: true,
+        created_at: now,
+    };
+    store
+        .create_user_with_personal_team(&user, &team, &audit(Some(team.id), "CreateUser", now))
+        .await
+        .unwrap();
     (user, team)
 }
 
@@ -133,7 +174,11 @@ fn fresh_hash() -> KeyHash {
 /// A user comes with a Personal Team they administer, and one audit event, all in one go.
 pub async fn user_gets_personal_team(store: &dyn Store) {
     let (user, team) = seed_user(store, "Ada@Example.com").await;
-    let found = store.find_user_by_email(&Email::parse("Ada@example.COM").unwrap()).await.unwrap().unwrap();
+    let found = store
+        .find_user_by_email(&Email::parse("Ada@example.COM").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found, user);
     assert_eq!(store.get_user(user.id).await.unwrap(), user);
     assert_eq!(store.get_team(team.id).await.unwrap(), team);
@@ -151,9 +196,21 @@ pub async fn user_gets_personal_team(store: &dyn Store) {
 pub async fn missing_rows(store: &dyn Store) {
     assert!(matches!(store.get_user(UserId::new()).await, Err(StoreError::NotFound)));
     assert!(matches!(store.get_team(TeamId::new()).await, Err(StoreError::NotFound)));
-    assert!(store.find_user_by_email(&Email::parse("nobody@example.com").unwrap()).await.unwrap().is_none());
+    assert!(
+        store
+            .find_user_by_email(&Email::parse("nobody@example.com").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(store.find_api_key_by_hash(&fresh_hash()).await.unwrap().is_none());
-    assert!(store.find_management_key_by_hash(&fresh_hash()).await.unwrap().is_none());
+    assert!(
+        store
+            .find_management_key_by_hash(&fresh_hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(store.find_role(TeamId::new(), UserId::new()).await.unwrap().is_none());
 }
 
@@ -161,9 +218,23 @@ pub async fn missing_rows(store: &dyn Store) {
 /// sign-up is left behind: no team, no audit event.
 pub async fn duplicate_email_conflicts_and_writes_nothing(store: &dyn Store) {
     let (_, first_team) = seed_user(store, "dup@example.com").await;
-    let user = User { id: UserId::new(), email: Email::parse("dup@example.com").unwrap(), display_name: "Two".into(), password_hash: None, created_at: at(5) };
-    let team = Team { id: TeamId::new(), name: "Personal Team".into(), personal: true, created_at: at(5) };
-    let error = store.create_user_with_personal_team(&user, &team, &audit(Some(team.id), "CreateUser", at(5))).await.unwrap_err();
+    let user = User {
+        id: UserId::new(),
+        email: Email::parse("dup@example.com").unwrap(),
+        display_name: "Two".into(),
+        password_hash: None,
+        created_at: at(5),
+    };
+    let team = Team {
+        id: TeamId::new(),
+        name: "Personal Team".into(),
+        personal: true,
+        created_at: at(5),
+    };
+    let error = store
+        .create_user_with_personal_team(&user, &team, &audit(Some(team.id), "CreateUser", at(5)))
+        .await
+        .unwrap_err();
     match error {
         StoreError::Conflict { constraint } => assert_eq!(constraint, "users_email_key"),
         other => panic!("expected a conflict, got {other:?}"),
@@ -181,18 +252,31 @@ pub async fn api_keys_round_trip_and_paginate(store: &dyn Store) {
     for _ in 0..3 {
         let key = api_key(&team, &user, &["api-key:endpoint:chat", "api-key:model:*"]);
         let hash = fresh_hash();
-        store.insert_api_key(&key, &hash, &audit(Some(team.id), "CreateApiKey", at(1))).await.unwrap();
+        store
+            .insert_api_key(&key, &hash, &audit(Some(team.id), "CreateApiKey", at(1)))
+            .await
+            .unwrap();
         assert_eq!(store.find_api_key_by_hash(&hash).await.unwrap().as_ref(), Some(&key));
         keys.push(key);
     }
     let foreign = api_key(&other_team, &other_user, &[]);
-    store.insert_api_key(&foreign, &fresh_hash(), &audit(Some(other_team.id), "CreateApiKey", at(1))).await.unwrap();
+    store
+        .insert_api_key(
+            &foreign,
+            &fresh_hash(),
+            &audit(Some(other_team.id), "CreateApiKey", at(1)),
+        )
+        .await
+        .unwrap();
 
     let first_page = store.list_api_keys(team.id, None, 2).await.unwrap();
     assert_eq!(first_page, keys[..2]);
     let second_page = store.list_api_keys(team.id, Some(first_page[1].id), 2).await.unwrap();
     assert_eq!(second_page, keys[2..]);
-    assert_eq!(store.find_api_key(team.id, keys[0].id).await.unwrap().as_ref(), Some(&keys[0]));
+    assert_eq!(
+        store.find_api_key(team.id, keys[0].id).await.unwrap().as_ref(),
+        Some(&keys[0])
+    );
     // Scoped by team: another team's id finds nothing.
     assert!(store.find_api_key(team.id, foreign.id).await.unwrap().is_none());
     assert_eq!(store.list_audit_events(team.id, 10).await.unwrap().len(), 4);
@@ -202,9 +286,26 @@ pub async fn api_keys_round_trip_and_paginate(store: &dyn Store) {
 pub async fn key_hashes_are_unique(store: &dyn Store) {
     let (user, team) = seed_user(store, "unique@example.com").await;
     let hash = fresh_hash();
-    store.insert_api_key(&api_key(&team, &user, &[]), &hash, &audit(Some(team.id), "CreateApiKey", at(1))).await.unwrap();
-    let error = store.insert_api_key(&api_key(&team, &user, &[]), &hash, &audit(Some(team.id), "CreateApiKey", at(1))).await.unwrap_err();
-    assert!(matches!(error, StoreError::Conflict { ref constraint } if constraint == "api_keys_key_hash_key"), "{error:?}");
+    store
+        .insert_api_key(
+            &api_key(&team, &user, &[]),
+            &hash,
+            &audit(Some(team.id), "CreateApiKey", at(1)),
+        )
+        .await
+        .unwrap();
+    let error = store
+        .insert_api_key(
+            &api_key(&team, &user, &[]),
+            &hash,
+            &audit(Some(team.id), "CreateApiKey", at(1)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::Conflict { ref constraint } if constraint == "api_keys_key_hash_key"),
+        "{error:?}"
+    );
     // The failed insert's audit event was rolled back with it.
     assert_eq!(store.list_audit_events(team.id, 10).await.unwrap().len(), 2);
 }
@@ -222,7 +323,10 @@ pub async fn management_keys_round_trip(store: &dyn Store) {
         revoked_at: None,
     };
     let hash = fresh_hash();
-    store.insert_management_key(&key, &hash, &audit(Some(team.id), "CreateManagementKey", at(2))).await.unwrap();
+    store
+        .insert_management_key(&key, &hash, &audit(Some(team.id), "CreateManagementKey", at(2)))
+        .await
+        .unwrap();
     assert_eq!(store.find_management_key_by_hash(&hash).await.unwrap(), Some(key));
 }
 
@@ -230,14 +334,22 @@ pub async fn management_keys_round_trip(store: &dyn Store) {
 pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
     let (user, team) = seed_user(store, "usage@example.com").await;
     let key = api_key(&team, &user, &[]);
-    store.insert_api_key(&key, &fresh_hash(), &audit(Some(team.id), "CreateApiKey", at(1))).await.unwrap();
+    store
+        .insert_api_key(&key, &fresh_hash(), &audit(Some(team.id), "CreateApiKey", at(1)))
+        .await
+        .unwrap();
     let record = |seconds: i64, prompt: u64| UsageRecord {
         request_id: RequestId::new(),
         team_id: team.id,
         api_key_id: key.id,
         model: "grok-test".into(),
         endpoint: "chat".into(),
-        usage: TokenUsage { prompt_tokens: prompt, cached_prompt_tokens: 3, completion_tokens: 7, reasoning_tokens: 2 },
+        usage: TokenUsage {
+            prompt_tokens: prompt,
+            cached_prompt_tokens: 3,
+            completion_tokens: 7,
+            reasoning_tokens: 2,
+        },
         cost: Ticks::new(1_234_567),
         estimated: false,
         streamed: seconds % 2 == 0,

@@ -65,7 +65,11 @@ impl MockUpstream {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { base_url: format!("http://{addr}/v1"), state, task })
+        Ok(Self {
+            base_url: format!("http://{addr}/v1"),
+            state,
+            task,
+        })
     }
 
     /// From now on, answer every request with `status` and an OpenAI-style error `message`.
@@ -93,7 +97,11 @@ impl MockUpstream {
 
     /// Every request body received so far.
     pub fn requests(&self) -> Vec<Value> {
-        self.state.requests.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.state
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -111,11 +119,19 @@ async fn models() -> Json<Value> {
 }
 
 async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<Value>) -> Response {
-    state.requests.lock().unwrap_or_else(PoisonError::into_inner).push(body.clone());
+    state
+        .requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(body.clone());
     let failure = state.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
     if let Some((status, message)) = failure {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (status, Json(json!({"error": {"message": message, "type": "mock_error"}}))).into_response();
+        return (
+            status,
+            Json(json!({"error": {"message": message, "type": "mock_error"}})),
+        )
+            .into_response();
     }
     let model = body["model"].as_str().unwrap_or("mock-model").to_owned();
     let with_usage = !state.omit_usage.load(Ordering::SeqCst);
@@ -143,9 +159,15 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
                 "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
             Bytes::from(format!("data: {chunk}\n\n"))
         };
-        let _ = sender.send(Ok(chunk(json!({"role": "assistant", "content": ""}), Value::Null))).await;
+        let _ = sender
+            .send(Ok(chunk(json!({"role": "assistant", "content": ""}), Value::Null)))
+            .await;
         for (index, word) in ANSWER_WORDS.iter().enumerate() {
-            if sender.send(Ok(chunk(json!({"content": word}), Value::Null))).await.is_err() {
+            if sender
+                .send(Ok(chunk(json!({"content": word}), Value::Null)))
+                .await
+                .is_err()
+            {
                 return;
             }
             if index == 0 {

@@ -9,7 +9,17 @@ fn accepts_and_normalises_case() {
 
 #[test]
 fn rejects_malformed() {
-    for raw in ["", "no-at-sign", "@example.com", "a@", "a@b", "a@.com", "a@example..com", "a b@example.com", "a@exa mple.com"] {
+    for raw in [
+        "",
+        "no-at-sign",
+        "@example.com",
+        "a@",
+        "a@b",
+        "a@.com",
+        "a@example..com",
+        "a b@example.com",
+        "a@exa mple.com",
+    ] {
         assert!(Email::parse(raw).is_err(), "{raw:?} should be rejected");
     }
     let long = format!("{}@example.com", "a".repeat(300));

@@ -6,7 +6,10 @@ use std::process::{Command, Stdio};
 
 fn tollgate(dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    command.current_dir(dir).env_remove("RUST_LOG").env("TOLLGATE_LOG_FILTER", "warn");
+    command
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("TOLLGATE_LOG_FILTER", "warn");
     command
 }
 
@@ -19,7 +22,10 @@ fn help_explains_every_command() {
     for command in ["serve", "migrate", "user", "management-key"] {
         assert!(help.contains(command), "{help}");
     }
-    let output = tollgate(dir.path()).args(["user", "create", "--help"]).output().unwrap();
+    let output = tollgate(dir.path())
+        .args(["user", "create", "--help"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8(output.stdout).unwrap().contains("standard input"));
 }
 
@@ -38,13 +44,25 @@ fn operator_bootstraps_a_team() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"a long enough passphrase\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough passphrase\n")
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
-    let team_id = stdout.lines().find_map(|l| l.strip_prefix("team_id: ")).unwrap().to_owned();
+    let team_id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("team_id: "))
+        .unwrap()
+        .to_owned();
 
-    let output = tollgate(dir.path()).args(["management-key", "create", "--team", &team_id, "--name", "ci"]).output().unwrap();
+    let output = tollgate(dir.path())
+        .args(["management-key", "create", "--team", &team_id, "--name", "ci"])
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let key = String::from_utf8(output.stdout).unwrap();
     assert!(key.trim().starts_with("tgm_") && key.trim().len() == 42, "{key}");
@@ -68,7 +86,12 @@ fn operator_bootstraps_a_team() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"a long enough passphrase\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough passphrase\n")
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("already exists"));
@@ -85,7 +108,11 @@ fn environment_overrides_and_unknown_variables_fail() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("1 models"));
 
-    let output = tollgate(dir.path()).args(["serve", "--validate-and-exit"]).env("TOLLGATE_LISTEN_PORT", "1").output().unwrap();
+    let output = tollgate(dir.path())
+        .args(["serve", "--validate-and-exit"])
+        .env("TOLLGATE_LISTEN_PORT", "1")
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("listen_port"));
 }

@@ -41,5 +41,9 @@ fn migration_sets_match() {
         names.sort();
         names
     };
-    assert_eq!(names("sqlite"), names("postgres"), "every migration needs a twin with the same name");
+    assert_eq!(
+        names("sqlite"),
+        names("postgres"),
+        "every migration needs a twin with the same name"
+    );
 }

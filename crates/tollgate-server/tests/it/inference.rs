@@ -5,7 +5,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tollgate_store::testsuite::TestDb;
 
-use crate::util::{ALIAS, MODEL, TestApp, UPSTREAM_MODEL, assert_xai_error, expected_cost, on_both_backends, user_message};
+use crate::util::{
+    ALIAS, MODEL, TestApp, UPSTREAM_MODEL, assert_xai_error, expected_cost, on_both_backends, user_message,
+};
 
 on_both_backends!(
     paid_request_end_to_end,
@@ -19,18 +21,35 @@ async fn paid_request_end_to_end(db: TestDb) {
     let app = TestApp::new(db).await;
     let key = app.api_key().await;
 
-    let response = app.chat(&key, json!({"model": ALIAS, "messages": user_message(), "temperature": 0.2})).await;
+    let response = app
+        .chat(
+            &key,
+            json!({"model": ALIAS, "messages": user_message(), "temperature": 0.2}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
-    assert_eq!(body["model"], MODEL, "the resolved public name, not the alias or the upstream's name");
-    assert_eq!(body["choices"][0]["message"]["content"], "Hello from the mock upstream.");
+    assert_eq!(
+        body["model"], MODEL,
+        "the resolved public name, not the alias or the upstream's name"
+    );
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from the mock upstream."
+    );
     let usage = &body["usage"];
     assert_eq!(usage["prompt_tokens"], tollgate_testkit::PROMPT_TOKENS);
     assert_eq!(usage["completion_tokens"], tollgate_testkit::COMPLETION_TOKENS);
-    assert_eq!(usage["total_tokens"], tollgate_testkit::PROMPT_TOKENS + tollgate_testkit::COMPLETION_TOKENS);
-    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], tollgate_testkit::CACHED_TOKENS);
+    assert_eq!(
+        usage["total_tokens"],
+        tollgate_testkit::PROMPT_TOKENS + tollgate_testkit::COMPLETION_TOKENS
+    );
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"],
+        tollgate_testkit::CACHED_TOKENS
+    );
     assert_eq!(usage["cost_in_usd_ticks"], expected_cost());
 
     // The upstream got its own model name, the client's other parameters, and our upstream key.
@@ -68,49 +87,113 @@ async fn errors_are_in_xai_shape(db: TestDb) {
     let invalid = "Client specified an invalid argument";
 
     // No key: 401.
-    let response = app.client.post(&chat).json(&json!({"model": MODEL, "messages": user_message()})).send().await.unwrap();
-    assert_xai_error(response, StatusCode::UNAUTHORIZED, "The request does not have valid authentication credentials", "No API key").await;
+    let response = app
+        .client
+        .post(&chat)
+        .json(&json!({"model": MODEL, "messages": user_message()}))
+        .send()
+        .await
+        .unwrap();
+    assert_xai_error(
+        response,
+        StatusCode::UNAUTHORIZED,
+        "The request does not have valid authentication credentials",
+        "No API key",
+    )
+    .await;
 
     // A wrong key: 400, with xAI's text and the key shown redacted.
     let wrong = "tgk_thisisnotarealkeybutlookslikeone000000";
-    let response = app.chat(wrong, json!({"model": MODEL, "messages": user_message()})).await;
-    assert_xai_error(response, StatusCode::BAD_REQUEST, invalid, "Incorrect API key provided: tg***00. You can obtain an API key from http://127.0.0.1:8080.").await;
+    let response = app
+        .chat(wrong, json!({"model": MODEL, "messages": user_message()}))
+        .await;
+    assert_xai_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        invalid,
+        "Incorrect API key provided: tg***00. You can obtain an API key from http://127.0.0.1:8080.",
+    )
+    .await;
     // A well-formed key (valid checksum) that does not exist: the same answer.
     let mut forged = key.clone();
     forged.replace_range(4..8, "ZZZZ");
-    let response = app.chat(&forged, json!({"model": MODEL, "messages": user_message()})).await;
+    let response = app
+        .chat(&forged, json!({"model": MODEL, "messages": user_message()}))
+        .await;
     assert_xai_error(response, StatusCode::BAD_REQUEST, invalid, "Incorrect API key provided").await;
 
     // Unknown model: 404.
-    let response = app.chat(&key, json!({"model": "no-such-model", "messages": user_message()})).await;
-    assert_xai_error(response, StatusCode::NOT_FOUND, "Some requested entity was not found", "no-such-model").await;
+    let response = app
+        .chat(&key, json!({"model": "no-such-model", "messages": user_message()}))
+        .await;
+    assert_xai_error(
+        response,
+        StatusCode::NOT_FOUND,
+        "Some requested entity was not found",
+        "no-such-model",
+    )
+    .await;
 
     // Malformed JSON: 400.
-    let response = app.client.post(&chat).bearer_auth(&key).header("content-type", "application/json").body("{\"model\": ").send().await.unwrap();
+    let response = app
+        .client
+        .post(&chat)
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body("{\"model\": ")
+        .send()
+        .await
+        .unwrap();
     assert_xai_error(response, StatusCode::BAD_REQUEST, invalid, "not valid JSON").await;
     // Wrong-typed and missing fields: 422.
     let response = app.chat(&key, json!({"model": 42, "messages": user_message()})).await;
     assert_xai_error(response, StatusCode::UNPROCESSABLE_ENTITY, invalid, "model").await;
     let response = app.chat(&key, json!({"model": MODEL})).await;
     assert_xai_error(response, StatusCode::UNPROCESSABLE_ENTITY, invalid, "messages").await;
-    let response = app.chat(&key, json!({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]})).await;
+    let response = app
+        .chat(
+            &key,
+            json!({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}),
+        )
+        .await;
     assert_xai_error(response, StatusCode::UNPROCESSABLE_ENTITY, invalid, "wizard").await;
     // Semantically invalid: 400.
     let response = app.chat(&key, json!({"model": MODEL, "messages": []})).await;
     assert_xai_error(response, StatusCode::BAD_REQUEST, invalid, "at least one message").await;
     // No content type: 415.
-    let response = app.client.post(&chat).bearer_auth(&key).body("{}").send().await.unwrap();
+    let response = app
+        .client
+        .post(&chat)
+        .bearer_auth(&key)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_xai_error(response, StatusCode::UNSUPPORTED_MEDIA_TYPE, invalid, "Content-Type").await;
     // Unknown path and wrong method, in the same shape.
     let response = app.client.get(app.url("/v1/nope")).send().await.unwrap();
-    assert_xai_error(response, StatusCode::NOT_FOUND, "Some requested entity was not found", "/v1/nope").await;
+    assert_xai_error(
+        response,
+        StatusCode::NOT_FOUND,
+        "Some requested entity was not found",
+        "/v1/nope",
+    )
+    .await;
     let response = app.client.get(&chat).bearer_auth(&key).send().await.unwrap();
     assert_xai_error(response, StatusCode::METHOD_NOT_ALLOWED, invalid, "Method not allowed").await;
 
     // A management key is no inference key, and an inference key no management key.
-    let response = app.chat(&app.management_key, json!({"model": MODEL, "messages": user_message()})).await;
+    let response = app
+        .chat(&app.management_key, json!({"model": MODEL, "messages": user_message()}))
+        .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let response = app.client.get(app.url("/auth/management-keys/validation")).bearer_auth(&key).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/auth/management-keys/validation"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 
     // None of that was charged.
@@ -125,17 +208,33 @@ async fn upstream_failures_are_not_charged(db: TestDb) {
 
     app.upstream.fail_with(500, "model crashed");
     let response = app.chat(&key, body.clone()).await;
-    assert_xai_error(response, StatusCode::BAD_GATEWAY, "The service is currently unavailable", "failed to answer").await;
+    assert_xai_error(
+        response,
+        StatusCode::BAD_GATEWAY,
+        "The service is currently unavailable",
+        "failed to answer",
+    )
+    .await;
 
     // The upstream refusing the request itself is the client's problem: its reason passes on.
     app.upstream.fail_with(400, "max_tokens is too large");
     let response = app.chat(&key, body.clone()).await;
-    assert_xai_error(response, StatusCode::BAD_REQUEST, "Client specified an invalid argument", "max_tokens is too large").await;
+    assert_xai_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        "Client specified an invalid argument",
+        "max_tokens is too large",
+    )
+    .await;
 
     app.upstream.recover();
     let ok = app.chat(&key, body.clone()).await;
     assert_eq!(ok.status(), StatusCode::OK);
-    assert_eq!(app.store().list_usage(app.team.id, 10).await.unwrap().len(), 1, "only the answered request is charged");
+    assert_eq!(
+        app.store().list_usage(app.team.id, 10).await.unwrap().len(),
+        1,
+        "only the answered request is charged"
+    );
 
     // Without usage from the upstream, Tollgate counts and marks the record estimated.
     app.upstream.omit_usage(true);
@@ -153,15 +252,36 @@ async fn acls_are_enforced(db: TestDb) {
 
     let no_acls = app.create_api_key(json!({"name": "nothing"})).await;
     let response = app.chat(no_acls["apiKey"].as_str().unwrap(), body.clone()).await;
-    assert_xai_error(response, StatusCode::FORBIDDEN, denied, "access to the chat endpoint is denied").await;
+    assert_xai_error(
+        response,
+        StatusCode::FORBIDDEN,
+        denied,
+        "access to the chat endpoint is denied",
+    )
+    .await;
 
-    let other_model = app.create_api_key(json!({"name": "other", "acls": ["api-key:endpoint:chat", "api-key:model:grok-other"]})).await;
+    let other_model = app
+        .create_api_key(json!({"name": "other", "acls": ["api-key:endpoint:chat", "api-key:model:grok-other"]}))
+        .await;
     let response = app.chat(other_model["apiKey"].as_str().unwrap(), body.clone()).await;
-    assert_xai_error(response, StatusCode::FORBIDDEN, denied, "access to model grok-test is denied").await;
+    assert_xai_error(
+        response,
+        StatusCode::FORBIDDEN,
+        denied,
+        "access to model grok-test is denied",
+    )
+    .await;
 
-    let exact = app.create_api_key(json!({"name": "exact", "acls": ["api-key:endpoint:chat", "api-key:model:grok-test"]})).await;
+    let exact = app
+        .create_api_key(json!({"name": "exact", "acls": ["api-key:endpoint:chat", "api-key:model:grok-test"]}))
+        .await;
     // An alias resolves to the model, and the ACL is checked on the model's name.
-    let response = app.chat(exact["apiKey"].as_str().unwrap(), json!({"model": ALIAS, "messages": user_message()})).await;
+    let response = app
+        .chat(
+            exact["apiKey"].as_str().unwrap(),
+            json!({"model": ALIAS, "messages": user_message()}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
 
     // Expiry is checked on every request against the injected clock.
@@ -181,21 +301,55 @@ async fn models_and_key_info(db: TestDb) {
         .await;
     let key = created["apiKey"].as_str().unwrap();
 
-    let models: Value = app.client.get(app.url("/v1/models")).bearer_auth(key).send().await.unwrap().json().await.unwrap();
+    let models: Value = app
+        .client
+        .get(app.url("/v1/models"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL);
     assert_eq!(models["data"][0]["object"], "model");
 
-    let info: Value = app.client.get(app.url("/v1/api-key")).bearer_auth(key).send().await.unwrap().json().await.unwrap();
+    let info: Value = app
+        .client
+        .get(app.url("/v1/api-key"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let mut fields: Vec<&str> = info.as_object().unwrap().keys().map(String::as_str).collect();
     fields.sort_unstable();
     assert_eq!(
         fields,
-        ["acls", "api_key_blocked", "api_key_disabled", "api_key_id", "create_time", "modified_by", "modify_time", "name", "redacted_api_key", "team_blocked", "team_id", "user_id"]
+        [
+            "acls",
+            "api_key_blocked",
+            "api_key_disabled",
+            "api_key_id",
+            "create_time",
+            "modified_by",
+            "modify_time",
+            "name",
+            "redacted_api_key",
+            "team_blocked",
+            "team_id",
+            "user_id"
+        ]
     );
     assert_eq!(info["api_key_id"], created["apiKeyId"]);
     assert_eq!(info["team_id"], app.team.id.to_string());
-    assert_eq!(info["acls"], json!(["api-key:endpoint:chat", "api-key:model:grok-test"]));
+    assert_eq!(
+        info["acls"],
+        json!(["api-key:endpoint:chat", "api-key:model:grok-test"])
+    );
     assert_eq!(info["redacted_api_key"], created["redactedApiKey"]);
     assert!(!info.to_string().contains(key), "the full key is never shown again");
     app.finish().await;

@@ -6,7 +6,11 @@ use tollgate_store::testsuite::TestDb;
 
 use crate::util::{TestApp, assert_xai_error, on_both_backends};
 
-on_both_backends!(create_and_list_keys, management_keys_manage_only_their_team, invalid_key_requests);
+on_both_backends!(
+    create_and_list_keys,
+    management_keys_manage_only_their_team,
+    invalid_key_requests
+);
 
 async fn create_and_list_keys(db: TestDb) {
     let app = TestApp::new(db).await;
@@ -29,10 +33,28 @@ async fn create_and_list_keys(db: TestDb) {
         app.create_api_key(json!({"name": name})).await;
     }
     let list_url = app.url(&format!("/auth/teams/{}/api-keys", app.team.id));
-    let page: Value = app.client.get(&list_url).query(&[("pageSize", "2")]).bearer_auth(&app.management_key).send().await.unwrap().json().await.unwrap();
-    let names: Vec<&str> = page["apiKeys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    let page: Value = app
+        .client
+        .get(&list_url)
+        .query(&[("pageSize", "2")])
+        .bearer_auth(&app.management_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = page["apiKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["ci", "two"]);
-    assert!(page["apiKeys"][0].get("apiKey").is_none(), "the secret is shown only once");
+    assert!(
+        page["apiKeys"][0].get("apiKey").is_none(),
+        "the secret is shown only once"
+    );
     let token = page["paginationToken"].as_str().unwrap();
     let next: Value = app
         .client
@@ -84,7 +106,13 @@ async fn management_keys_manage_only_their_team(db: TestDb) {
         // Another team, an unknown team and a malformed id answer alike.
         assert_xai_error(response, StatusCode::FORBIDDEN, denied, "not authorized for this team").await;
     }
-    assert!(app.store().list_api_keys(other_team.id, None, 10).await.unwrap().is_empty());
+    assert!(
+        app.store()
+            .list_api_keys(other_team.id, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     app.finish().await;
 }
 
@@ -96,21 +124,90 @@ async fn invalid_key_requests(db: TestDb) {
     let app = TestApp::new(db).await;
     let url = app.url(&format!("/auth/teams/{}/api-keys", app.team.id));
     let invalid = "Client specified an invalid argument";
-    let post = |body: Value| app.client.post(&url).bearer_auth(&app.management_key).json(&body).send();
+    let post = |body: Value| {
+        app.client
+            .post(&url)
+            .bearer_auth(&app.management_key)
+            .json(&body)
+            .send()
+    };
 
-    assert_xai_error(post(json!({"name": ""})).await.unwrap(), StatusCode::BAD_REQUEST, invalid, "name").await;
-    assert_xai_error(post(json!({"name": "x", "acls": ["root"]})).await.unwrap(), StatusCode::BAD_REQUEST, invalid, "invalid ACL 'root'").await;
-    assert_xai_error(post(json!({"name": "x", "qps": 0})).await.unwrap(), StatusCode::BAD_REQUEST, invalid, "qps").await;
-    assert_xai_error(post(json!({"name": "x", "tpm": "lots"})).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY, invalid, "lots").await;
-    assert_xai_error(post(json!({"name": "x", "colour": "red"})).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY, invalid, "colour").await;
-    assert_xai_error(post(json!({"name": "x", "expireTime": "2020-01-01T00:00:00Z"})).await.unwrap(), StatusCode::BAD_REQUEST, invalid, "future").await;
+    assert_xai_error(
+        post(json!({"name": ""})).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        invalid,
+        "name",
+    )
+    .await;
+    assert_xai_error(
+        post(json!({"name": "x", "acls": ["root"]})).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        invalid,
+        "invalid ACL 'root'",
+    )
+    .await;
+    assert_xai_error(
+        post(json!({"name": "x", "qps": 0})).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        invalid,
+        "qps",
+    )
+    .await;
+    assert_xai_error(
+        post(json!({"name": "x", "tpm": "lots"})).await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        invalid,
+        "lots",
+    )
+    .await;
+    assert_xai_error(
+        post(json!({"name": "x", "colour": "red"})).await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        invalid,
+        "colour",
+    )
+    .await;
+    assert_xai_error(
+        post(json!({"name": "x", "expireTime": "2020-01-01T00:00:00Z"}))
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        invalid,
+        "future",
+    )
+    .await;
     let response = app.client.post(&url).json(&json!({"name": "x"})).send().await.unwrap();
-    assert_xai_error(response, StatusCode::UNAUTHORIZED, "The request does not have valid authentication credentials", "No API key").await;
-    let response = app.client.post(&url).bearer_auth("tgm_nope").json(&json!({"name": "x"})).send().await.unwrap();
-    assert_xai_error(response, StatusCode::UNAUTHORIZED, "The request does not have valid authentication credentials", "Invalid management key").await;
+    assert_xai_error(
+        response,
+        StatusCode::UNAUTHORIZED,
+        "The request does not have valid authentication credentials",
+        "No API key",
+    )
+    .await;
+    let response = app
+        .client
+        .post(&url)
+        .bearer_auth("tgm_nope")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_xai_error(
+        response,
+        StatusCode::UNAUTHORIZED,
+        "The request does not have valid authentication credentials",
+        "Invalid management key",
+    )
+    .await;
 
     // Nothing half-written: no key, and no audit event beyond the set-up's.
-    assert!(app.store().list_api_keys(app.team.id, None, 10).await.unwrap().is_empty());
+    assert!(
+        app.store()
+            .list_api_keys(app.team.id, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(app.store().list_audit_events(app.team.id, 10).await.unwrap().len(), 2);
     app.finish().await;
 }

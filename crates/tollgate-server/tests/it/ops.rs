@@ -10,25 +10,52 @@ on_both_backends!(probes_and_metrics);
 
 async fn probes_and_metrics(db: TestDb) {
     let app = TestApp::new(db).await;
-    let health: Value = app.client.get(app.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    let health: Value = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health, json!({"status": "ok"}));
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 
     // A request id is made up when absent, and a client's own is kept.
-    let response = app.client.get(app.url("/healthz")).header("x-request-id", "trace-me-42").send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["x-request-id"], "trace-me-42");
 
     let key = app.api_key().await;
     app.upstream.fail_with(503, "overloaded");
-    let failed = app.chat(&key, json!({"model": MODEL, "messages": user_message()})).await;
+    let failed = app
+        .chat(&key, json!({"model": MODEL, "messages": user_message()}))
+        .await;
     assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
 
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = metrics.text().await.unwrap();
-    assert!(text.contains(r#"tollgate_http_requests_total{route="/healthz",method="GET",status="200"} 2"#), "{text}");
-    assert!(text.contains(r#"tollgate_http_requests_total{route="/v1/chat/completions",method="POST",status="502"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"tollgate_http_requests_total{route="/healthz",method="GET",status="200"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tollgate_http_requests_total{route="/v1/chat/completions",method="POST",status="502"} 1"#),
+        "{text}"
+    );
     assert!(text.contains("tollgate_http_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains("tollgate_upstream_errors_total{upstream="), "{text}");
 
@@ -56,7 +83,15 @@ fn openapi_document_matches_snapshot() {
         "openapi.json is out of date; run `UPDATE_SNAPSHOTS=1 cargo test openapi` and review the diff"
     );
     let document: Value = serde_json::from_str(&generated).unwrap();
-    for path in ["/v1/chat/completions", "/v1/models", "/v1/api-key", "/auth/teams/{team_id}/api-keys", "/healthz", "/readyz", "/metrics"] {
+    for path in [
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/api-key",
+        "/auth/teams/{team_id}/api-keys",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
         assert!(document["paths"].get(path).is_some(), "{path} is documented");
     }
 }

@@ -8,7 +8,10 @@ use tollgate_store::testsuite::TestDb;
 
 use crate::util::{MODEL, TestApp, expected_cost, on_both_backends, user_message};
 
-on_both_backends!(stream_is_relayed_chunk_by_chunk_and_billed, shutdown_lets_streams_finish);
+on_both_backends!(
+    stream_is_relayed_chunk_by_chunk_and_billed,
+    shutdown_lets_streams_finish
+);
 
 /// Reads SSE `data:` payloads until `[DONE]` or the end.
 async fn read_events(response: reqwest::Response) -> Vec<String> {
@@ -30,7 +33,12 @@ async fn stream_is_relayed_chunk_by_chunk_and_billed(db: TestDb) {
     let key = app.api_key().await;
     let release = app.upstream.hold_streams();
 
-    let response = app.chat(&key, json!({"model": MODEL, "messages": user_message(), "stream": true})).await;
+    let response = app
+        .chat(
+            &key,
+            json!({"model": MODEL, "messages": user_message(), "stream": true}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.bytes_stream();
@@ -42,22 +50,38 @@ async fn stream_is_relayed_chunk_by_chunk_and_billed(db: TestDb) {
         seen.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
     }
     assert!(!seen.contains("[DONE]"));
-    assert!(app.store().list_usage(app.team.id, 10).await.unwrap().is_empty(), "not billed before the end");
+    assert!(
+        app.store().list_usage(app.team.id, 10).await.unwrap().is_empty(),
+        "not billed before the end"
+    );
     release.notify_one();
 
     let mut rest = seen;
     while let Some(bytes) = body.next().await {
         rest.push_str(&String::from_utf8_lossy(&bytes.unwrap()));
     }
-    let events: Vec<&str> = rest.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").unwrap()).collect();
+    let events: Vec<&str> = rest
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").unwrap())
+        .collect();
     assert_eq!(*events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(text, "Hello from the mock upstream.");
     assert!(chunks.iter().all(|c| c["model"] == MODEL));
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["cost_in_usd_ticks"], expected_cost());
-    assert_eq!(usage["total_tokens"], tollgate_testkit::PROMPT_TOKENS + tollgate_testkit::COMPLETION_TOKENS);
+    assert_eq!(
+        usage["total_tokens"],
+        tollgate_testkit::PROMPT_TOKENS + tollgate_testkit::COMPLETION_TOKENS
+    );
 
     // We asked the upstream for usage although the client did not.
     assert_eq!(app.upstream.requests()[0]["stream_options"]["include_usage"], true);
@@ -69,7 +93,14 @@ async fn stream_is_relayed_chunk_by_chunk_and_billed(db: TestDb) {
 
     // A stream from an upstream that reports no usage is billed by count, marked estimated.
     app.upstream.omit_usage(true);
-    let events = read_events(app.chat(&key, json!({"model": MODEL, "messages": user_message(), "stream": true})).await).await;
+    let events = read_events(
+        app.chat(
+            &key,
+            json!({"model": MODEL, "messages": user_message(), "stream": true}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(events.last().unwrap(), "[DONE]");
     let newest = &app.store().list_usage(app.team.id, 1).await.unwrap()[0];
     assert!(newest.estimated);
@@ -81,7 +112,12 @@ async fn shutdown_lets_streams_finish(db: TestDb) {
     let mut app = TestApp::new(db).await;
     let key = app.api_key().await;
     let release = app.upstream.hold_streams();
-    let response = app.chat(&key, json!({"model": MODEL, "messages": user_message(), "stream": true})).await;
+    let response = app
+        .chat(
+            &key,
+            json!({"model": MODEL, "messages": user_message(), "stream": true}),
+        )
+        .await;
     let mut body = response.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
@@ -96,9 +132,15 @@ async fn shutdown_lets_streams_finish(db: TestDb) {
     while let Some(bytes) = body.next().await {
         rest.push_str(&String::from_utf8_lossy(&bytes.unwrap()));
     }
-    assert!(rest.trim_end().ends_with("data: [DONE]"), "the in-flight stream completed: {rest}");
+    assert!(
+        rest.trim_end().ends_with("data: [DONE]"),
+        "the in-flight stream completed: {rest}"
+    );
     stopping.await.unwrap().unwrap();
-    assert!(app.client.get(app.url("/healthz")).send().await.is_err(), "no longer serving");
+    assert!(
+        app.client.get(app.url("/healthz")).send().await.is_err(),
+        "no longer serving"
+    );
     drop(store);
     // The usage of the finished stream was flushed before the store closed.
     let db = app.db.take().unwrap();

@@ -49,11 +49,15 @@ pub const COMPLETION_PRICE: i64 = 100_000;
 /// The cost the mock's usage must come to.
 pub fn expected_cost() -> i64 {
     use tollgate_testkit::{CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS};
-    (PROMPT_TOKENS - CACHED_TOKENS) as i64 * PROMPT_PRICE + CACHED_TOKENS as i64 * CACHED_PRICE + COMPLETION_TOKENS as i64 * COMPLETION_PRICE
+    (PROMPT_TOKENS - CACHED_TOKENS) as i64 * PROMPT_PRICE
+        + CACHED_TOKENS as i64 * CACHED_PRICE
+        + COMPLETION_TOKENS as i64 * COMPLETION_PRICE
 }
 
 pub fn start_time() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-01T12:00:00Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-11-01T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 pub struct TestApp {
@@ -96,14 +100,27 @@ impl TestApp {
 
     pub async fn with_config(db: TestDb, upstream: MockUpstream, config: Config) -> Self {
         let clock = Arc::new(ManualClock::new(start_time()));
-        let server = tollgate_server::start(&config, clock.clone(), std::future::pending()).await.unwrap();
+        let server = tollgate_server::start(&config, clock.clone(), std::future::pending())
+            .await
+            .unwrap();
         let base = format!("http://{}", server.addr);
         // Seed through the services, exactly as `tollgate user create` and
         // `tollgate management-key create` do.
-        let services = tollgate_server::services(&config, &server.store, &(clock.clone() as Arc<dyn tollgate_domain::Clock>)).unwrap();
+        let services = tollgate_server::services(
+            &config,
+            &server.store,
+            &(clock.clone() as Arc<dyn tollgate_domain::Clock>),
+        )
+        .unwrap();
         let (_user, team) = services
             .accounts
-            .create_user("owner@example.com", "Owner", "correct horse battery staple", Actor::Operator, &RequestContext::default())
+            .create_user(
+                "owner@example.com",
+                "Owner",
+                "correct horse battery staple",
+                Actor::Operator,
+                &RequestContext::default(),
+            )
             .await
             .unwrap();
         let (_, plain) = services
@@ -147,12 +164,20 @@ impl TestApp {
 
     /// An API key allowed everything.
     pub async fn api_key(&self) -> String {
-        let created = self.create_api_key(json!({"name": "test", "acls": ["api-key:endpoint:*", "api-key:model:*"]})).await;
+        let created = self
+            .create_api_key(json!({"name": "test", "acls": ["api-key:endpoint:*", "api-key:model:*"]}))
+            .await;
         created["apiKey"].as_str().unwrap().to_owned()
     }
 
     pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
-        self.client.post(self.url("/v1/chat/completions")).bearer_auth(key).json(&body).send().await.unwrap()
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn finish(mut self) {

@@ -144,6 +144,12 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // Small writes (SSE chunks) go out at once instead of waiting for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let (shutdown, shutdown_requested) = oneshot::channel::<()>();
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let task_store = Arc::clone(&store);

@@ -13,6 +13,24 @@ fn tollgate(dir: &std::path::Path) -> Command {
     command
 }
 
+/// `tollgate user create`, with `password` on standard input.
+fn create_user(dir: &std::path::Path, email: &str, password: &str) -> std::process::Output {
+    let mut child = tollgate(dir)
+        .args(["user", "create", "--email", email, "--name", "Someone"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn help_explains_every_command() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,20 +55,7 @@ fn operator_bootstraps_a_team() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(dir.path().join("data/tollgate.db").exists());
 
-    let mut child = tollgate(dir.path())
-        .args(["user", "create", "--email", "ops@example.com", "--name", "Ops"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"a long enough passphrase\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = create_user(dir.path(), "ops@example.com", "a long enough passphrase");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
     let team_id = stdout
@@ -68,31 +73,12 @@ fn operator_bootstraps_a_team() {
     assert!(key.trim().starts_with("tgm_") && key.trim().len() == 42, "{key}");
 
     // A short password is refused with a reason, and nothing is created.
-    let mut child = tollgate(dir.path())
-        .args(["user", "create", "--email", "weak@example.com", "--name", "Weak"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = create_user(dir.path(), "weak@example.com", "short");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("15"));
 
     // The same email twice is refused.
-    let mut child = tollgate(dir.path())
-        .args(["user", "create", "--email", "OPS@example.com", "--name", "Again"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"a long enough passphrase\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = create_user(dir.path(), "OPS@example.com", "a long enough passphrase");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("already exists"));
 }

@@ -74,16 +74,9 @@ async fn create_and_list_keys(db: TestDb) {
     let events = app.store().list_audit_events(app.team.id, 1).await.unwrap();
     assert_eq!(events[0].action, "ListApiKeys");
 
-    let validation: Value = app
-        .client
-        .get(app.url("/auth/management-keys/validation"))
-        .bearer_auth(&app.management_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let validation = app
+        .get_json("/auth/management-keys/validation", &app.management_key)
+        .await;
     assert_eq!(validation["scope"], "SCOPE_TEAM");
     assert_eq!(validation["scopeId"], app.team.id.to_string());
     assert_eq!(validation["name"], "ci");

@@ -170,6 +170,13 @@ impl TestApp {
         created["apiKey"].as_str().unwrap().to_owned()
     }
 
+    /// `GET path` with `key`, expecting 200 and JSON.
+    pub async fn get_json(&self, path: &str, key: &str) -> Value {
+        let response = self.client.get(self.url(path)).bearer_auth(key).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.unwrap()
+    }
+
     pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
         self.client
             .post(self.url("/v1/chat/completions"))

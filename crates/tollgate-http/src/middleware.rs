@@ -18,16 +18,21 @@ pub struct RequestIdValue(pub String);
 
 const REQUEST_ID: &str = "x-request-id";
 
-/// Assigns the request id (a client-sent `x-request-id` of sane shape is kept, for tracing
-/// across systems), opens the request span, and records metrics.
+/// Assigns the request id, opens the request span, and records metrics.
+///
+/// The id is always the server's own (a UUIDv7): it keys the request's usage record, so a
+/// client must never choose it, or two requests sent with one id would be billed once. A
+/// client's own `x-request-id` of sane shape is kept in the span as `client.request_id`, for
+/// tracing across systems.
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let request_id = request
+    let request_id = Uuid::now_v7().to_string();
+    let client_request_id = request
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
+        .map(str::to_owned);
     request.extensions_mut().insert(RequestIdValue(request_id.clone()));
     let route = request
         .extensions()
@@ -37,6 +42,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let span = tracing::info_span!(
         "request",
         request.id = %request_id,
+        client.request_id = client_request_id.as_deref(),
         http.method = %method,
         http.route = %route,
         http.status = tracing::field::Empty,

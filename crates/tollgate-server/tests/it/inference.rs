@@ -68,6 +68,24 @@ async fn paid_request_end_to_end(db: TestDb) {
     assert!(!record.estimated && !record.streamed);
     assert_eq!(record.started_at, crate::util::start_time());
 
+    // A client cannot make two requests share a usage record by sending the same request id:
+    // each is billed.
+    let reused = uuid::Uuid::now_v7().to_string();
+    for _ in 0..2 {
+        let response = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("x-request-id", &reused)
+            .json(&json!({"model": MODEL, "messages": user_message()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_ne!(response.headers()["x-request-id"], reused.as_str());
+    }
+    assert_eq!(app.store().list_usage(app.team.id, 10).await.unwrap().len(), 3);
+
     // Every mutation left its audit event: the user, the management key, the API key.
     let events = app.store().list_audit_events(app.team.id, 10).await.unwrap();
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
@@ -301,30 +319,12 @@ async fn models_and_key_info(db: TestDb) {
         .await;
     let key = created["apiKey"].as_str().unwrap();
 
-    let models: Value = app
-        .client
-        .get(app.url("/v1/models"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = app.get_json("/v1/models", key).await;
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL);
     assert_eq!(models["data"][0]["object"], "model");
 
-    let info: Value = app
-        .client
-        .get(app.url("/v1/api-key"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = app.get_json("/v1/api-key", key).await;
     let mut fields: Vec<&str> = info.as_object().unwrap().keys().map(String::as_str).collect();
     fields.sort_unstable();
     assert_eq!(

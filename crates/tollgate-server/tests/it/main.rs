@@ -3,7 +3,7 @@
 //! PostgreSQL tests run when `TOLLGATE_TEST_POSTGRES_URL` is set (always under CI, where a
 //! missing URL fails the run); each test gets a schema of its own.
 
-#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+#![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
 mod cli;
 mod config;

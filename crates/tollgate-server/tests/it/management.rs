@@ -125,50 +125,33 @@ async fn invalid_key_requests(db: TestDb) {
             .send()
     };
 
-    assert_xai_error(
-        post(json!({"name": ""})).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        invalid,
-        "name",
-    )
-    .await;
-    assert_xai_error(
-        post(json!({"name": "x", "acls": ["root"]})).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        invalid,
-        "invalid ACL 'root'",
-    )
-    .await;
-    assert_xai_error(
-        post(json!({"name": "x", "qps": 0})).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        invalid,
-        "qps",
-    )
-    .await;
-    assert_xai_error(
-        post(json!({"name": "x", "tpm": "lots"})).await.unwrap(),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        invalid,
-        "lots",
-    )
-    .await;
-    assert_xai_error(
-        post(json!({"name": "x", "colour": "red"})).await.unwrap(),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        invalid,
-        "colour",
-    )
-    .await;
-    assert_xai_error(
-        post(json!({"name": "x", "expireTime": "2020-01-01T00:00:00Z"}))
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        invalid,
-        "future",
-    )
-    .await;
+    let cases = [
+        (json!({"name": ""}), StatusCode::BAD_REQUEST, "name"),
+        (
+            json!({"name": "x", "acls": ["root"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid ACL 'root'",
+        ),
+        (json!({"name": "x", "qps": 0}), StatusCode::BAD_REQUEST, "qps"),
+        (
+            json!({"name": "x", "tpm": "lots"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "lots",
+        ),
+        (
+            json!({"name": "x", "colour": "red"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "colour",
+        ),
+        (
+            json!({"name": "x", "expireTime": "2020-01-01T00:00:00Z"}),
+            StatusCode::BAD_REQUEST,
+            "future",
+        ),
+    ];
+    for (body, status, contains) in cases {
+        assert_xai_error(post(body).await.unwrap(), status, invalid, contains).await;
+    }
     let response = app.client.post(&url).json(&json!({"name": "x"})).send().await.unwrap();
     assert_xai_error(
         response,

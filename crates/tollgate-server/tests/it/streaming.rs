@@ -3,10 +3,10 @@
 
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tollgate_store::testsuite::TestDb;
 
-use crate::util::{MODEL, TestApp, expected_cost, on_both_backends, user_message};
+use crate::util::{MODEL, TestApp, expected_cost, on_both_backends};
 
 on_both_backends!(
     stream_is_relayed_chunk_by_chunk_and_billed,
@@ -33,12 +33,7 @@ async fn stream_is_relayed_chunk_by_chunk_and_billed(db: TestDb) {
     let key = app.api_key().await;
     let release = app.upstream.hold_streams();
 
-    let response = app
-        .chat(
-            &key,
-            json!({"model": MODEL, "messages": user_message(), "stream": true}),
-        )
-        .await;
+    let response = app.stream_chat(&key).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.bytes_stream();
@@ -93,14 +88,7 @@ async fn stream_is_relayed_chunk_by_chunk_and_billed(db: TestDb) {
 
     // A stream from an upstream that reports no usage is billed by count, marked estimated.
     app.upstream.omit_usage(true);
-    let events = read_events(
-        app.chat(
-            &key,
-            json!({"model": MODEL, "messages": user_message(), "stream": true}),
-        )
-        .await,
-    )
-    .await;
+    let events = read_events(app.stream_chat(&key).await).await;
     assert_eq!(events.last().unwrap(), "[DONE]");
     let newest = &app.store().list_usage(app.team.id, 1).await.unwrap()[0];
     assert!(newest.estimated);
@@ -112,12 +100,7 @@ async fn shutdown_lets_streams_finish(db: TestDb) {
     let mut app = TestApp::new(db).await;
     let key = app.api_key().await;
     let release = app.upstream.hold_streams();
-    let response = app
-        .chat(
-            &key,
-            json!({"model": MODEL, "messages": user_message(), "stream": true}),
-        )
-        .await;
+    let response = app.stream_chat(&key).await;
     let mut body = response.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
     assert!(!first.is_empty());

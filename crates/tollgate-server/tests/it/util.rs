@@ -177,6 +177,12 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// A streaming chat request for `MODEL`.
+    pub async fn stream_chat(&self, key: &str) -> reqwest::Response {
+        self.chat(key, json!({"model": MODEL, "messages": user_message(), "stream": true}))
+            .await
+    }
+
     pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
         self.client
             .post(self.url("/v1/chat/completions"))

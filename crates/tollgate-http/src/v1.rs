@@ -222,6 +222,7 @@ async fn relay_stream(
     let mut completion_chars: u64 = 0;
     let mut client_gone = false;
     let mut upstream_error: Option<GatewayError> = None;
+    let mut finished = false;
 
     'relay: while let Some(item) = upstream.next().await {
         let bytes = match item {
@@ -239,13 +240,21 @@ async fn relay_stream(
             }
         };
         for event in events {
-            let SseEvent::Data(payload) = event else { break 'relay };
+            let SseEvent::Data(payload) = event else {
+                finished = true;
+                break 'relay;
+            };
             let out = rewrite_chunk(&billing, &payload, &mut last_usage, &mut completion_chars);
             if sender.send(Ok(out)).await.is_err() {
                 client_gone = true;
                 break 'relay;
             }
         }
+    }
+    // A stream that ends without `[DONE]` was cut short (a crashed model server, a proxy
+    // timeout): the client must not be told the answer is complete.
+    if !finished && !client_gone && upstream_error.is_none() && decoder.finish() != Some(SseEvent::Done) {
+        upstream_error = Some(GatewayError::InvalidResponse("the stream ended without [DONE]".into()));
     }
     if let Some(error) = &upstream_error {
         billing

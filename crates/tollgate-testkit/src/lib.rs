@@ -34,6 +34,7 @@ pub const CACHED_TOKENS: u64 = 4;
 struct MockState {
     failure: Mutex<Option<(u16, String)>>,
     omit_usage: AtomicBool,
+    cut_streams: AtomicBool,
     requests: Mutex<Vec<Value>>,
     gate: Mutex<Option<Arc<Notify>>>,
 }
@@ -88,6 +89,12 @@ impl MockUpstream {
     /// Whether to leave `usage` out of answers (as some model servers do).
     pub fn omit_usage(&self, omit: bool) {
         self.state.omit_usage.store(omit, Ordering::SeqCst);
+    }
+
+    /// Whether to end streams after their first word, without usage or `[DONE]`, as a model
+    /// server that crashes mid-answer does.
+    pub fn cut_streams(&self, cut: bool) {
+        self.state.cut_streams.store(cut, Ordering::SeqCst);
     }
 
     /// Holds the next stream after its first content chunk until the returned `Notify` is
@@ -155,6 +162,7 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
 
     let include_usage = with_usage && body["stream_options"]["include_usage"].as_bool() == Some(true);
     let gate = state.gate.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let cut = state.cut_streams.load(Ordering::SeqCst);
     let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(16);
     tokio::spawn(async move {
         let chunk = |delta: Value, finish: Value| {
@@ -171,6 +179,9 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
                 .await
                 .is_err()
             {
+                return;
+            }
+            if index == 0 && cut {
                 return;
             }
             if index == 0 {

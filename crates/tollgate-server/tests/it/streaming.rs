@@ -93,6 +93,19 @@ async fn stream_is_relayed_chunk_by_chunk_and_billed(db: TestDb) {
     let newest = &app.store().list_usage(app.team.id, 1).await.unwrap()[0];
     assert!(newest.estimated);
     assert!(newest.usage.completion_tokens > 0);
+
+    // A stream the upstream cuts short ends with an error event, never `[DONE]`; what was
+    // delivered is billed by count and marked estimated.
+    app.upstream.cut_streams(true);
+    let events = read_events(app.stream_chat(&key).await).await;
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(
+        last["error"]["message"], "The model server failed while streaming",
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+    assert_eq!(app.store().list_usage(app.team.id, 10).await.unwrap().len(), 3);
+    assert!(app.store().list_usage(app.team.id, 1).await.unwrap()[0].estimated);
     app.finish().await;
 }
 

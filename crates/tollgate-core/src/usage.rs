@@ -22,8 +22,13 @@ const ATTEMPTS: u32 = 3;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UsageError {
     /// The write failed; the request must not be reported as complete.
-    #[error("usage could not be stored: {0}")]
-    Store(Arc<str>),
+    #[error("usage could not be stored: {message}")]
+    Store {
+        /// What the store said.
+        message: Arc<str>,
+        /// Whether the database was unavailable (rather than refusing this write).
+        retryable: bool,
+    },
     /// The recorder has shut down.
     #[error("usage recorder stopped")]
     Stopped,
@@ -64,14 +69,32 @@ async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let records: Vec<UsageRecord> = batch.iter().map(|job| job.record.clone()).collect();
-        let result = write_with_retry(store.as_ref(), &records).await;
-        if let Err(error) = &result {
-            tracing::error!(error = %error, records = records.len(), "usage batch could not be stored");
-        }
-        tracing::debug!(records = records.len(), "usage batch committed");
-        for job in batch.drain(..) {
-            // The requester may have gone away; then nobody is waiting for the answer.
-            let _ = job.done.send(result.clone());
+        match write_with_retry(store.as_ref(), &records).await {
+            Ok(()) => {
+                tracing::debug!(records = records.len(), "usage batch committed");
+                for job in batch.drain(..) {
+                    // The requester may have gone away; then nobody is waiting for the answer.
+                    let _ = job.done.send(Ok(()));
+                }
+            }
+            // One bad record must not fail the requests it happened to share a commit with:
+            // write them one by one, so only the bad one fails. (Not when the database is
+            // down: then every single write would fail too.)
+            Err(UsageError::Store { retryable: false, .. }) if batch.len() > 1 => {
+                for job in batch.drain(..) {
+                    let result = write_with_retry(store.as_ref(), std::slice::from_ref(&job.record)).await;
+                    if let Err(error) = &result {
+                        tracing::error!(error = %error, request.id = %job.record.request_id, "usage record could not be stored");
+                    }
+                    let _ = job.done.send(result);
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error, records = records.len(), "usage batch could not be stored");
+                for job in batch.drain(..) {
+                    let _ = job.done.send(Err(error.clone()));
+                }
+            }
         }
     }
 }
@@ -86,7 +109,13 @@ async fn write_with_retry(store: &dyn Store, records: &[UsageRecord]) -> Result<
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
                 attempt += 1;
             }
-            Err(error) => return Err(UsageError::Store(error.to_string().into())),
+            Err(error) => {
+                let retryable = matches!(error, StoreError::Unavailable(_));
+                return Err(UsageError::Store {
+                    message: error.to_string().into(),
+                    retryable,
+                });
+            }
         }
     }
 }

@@ -12,4 +12,5 @@ mod inference;
 mod management;
 mod ops;
 mod streaming;
+mod usage;
 mod util;

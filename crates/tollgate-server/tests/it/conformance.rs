@@ -1,30 +1,16 @@
 //! The store conformance suite, on SQLite and on PostgreSQL.
 
+/// Wraps each case of `tollgate_store::testsuite` as an `async fn(TestDb)` and runs it on both
+/// backends with `on_both_backends!`.
 macro_rules! conformance_tests {
     ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let db = tollgate_store::testsuite::TestDb::sqlite().await;
-                    tollgate_store::testsuite::$case(db.store.as_ref()).await;
-                    db.finish().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let Some(db) = tollgate_store::testsuite::TestDb::postgres().await else {
-                        eprintln!("skipped: TOLLGATE_TEST_POSTGRES_URL is not set");
-                        return;
-                    };
-                    tollgate_store::testsuite::$case(db.store.as_ref()).await;
-                    db.finish().await;
-                }
-            )*
-        }
+        $(
+            async fn $case(db: tollgate_store::testsuite::TestDb) {
+                tollgate_store::testsuite::$case(db.store.as_ref()).await;
+                db.finish().await;
+            }
+        )*
+        crate::util::on_both_backends!($($case),*);
     };
 }
 

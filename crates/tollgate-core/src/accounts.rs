@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHasher as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tollgate_domain::{Actor, AuditEvent, Clock, Email, EmailError, RequestContext, Team, TeamId, User, UserId};
+use tollgate_domain::{
+    Actor, AuditAction, AuditEvent, Clock, Email, EmailError, RequestContext, Team, TeamId, User, UserId,
+};
 use tollgate_store::{Store, StoreError};
 use tracing::instrument;
 
@@ -88,7 +90,7 @@ impl AccountService {
             now,
             Some(team.id),
             actor,
-            "CreateUser",
+            AuditAction::CreateUser,
             format!("Created user {} with Personal Team {}", user.id, team.id),
             Some(format!("user:{}", user.id)),
             context,

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tollgate_domain::keys::{KeyHash, KeyPrefix, ParsedKey, PlainKey};
 use tollgate_domain::{
-    AclError, AclSet, Actor, ApiKey, ApiKeyId, AuditEvent, Clock, ManagementKey, ManagementKeyId, RequestContext,
-    Timestamp, UserId,
+    AclError, AclSet, Actor, ApiKey, ApiKeyId, AuditAction, AuditEvent, Clock, ManagementKey, ManagementKeyId,
+    RequestContext, Timestamp, UserId,
 };
 use tollgate_store::{Store, StoreError};
 use tracing::instrument;
@@ -41,6 +41,10 @@ pub enum AuthError {
     /// Revoked management key.
     #[error("key revoked")]
     Revoked,
+    /// A genuine key of the other kind: an inference key on the management API, or a
+    /// management key on inference.
+    #[error("wrong kind of key")]
+    WrongKind,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -163,7 +167,7 @@ impl KeyService {
             now,
             Some(team_id),
             actor,
-            "CreateManagementKey",
+            AuditAction::CreateManagementKey,
             format!("Created management key '{}' ({})", key.name, key.redacted),
             Some(format!("management_key:{}", key.id)),
             context,
@@ -174,7 +178,13 @@ impl KeyService {
 
     /// Authenticates a management key.
     pub async fn authenticate_management_key(&self, presented: &str) -> Result<ManagementKey, AuthError> {
-        let parsed = ParsedKey::parse(&self.management_prefix, presented).map_err(|_| AuthError::Invalid)?;
+        let parsed = ParsedKey::parse(&self.management_prefix, presented).map_err(|_| {
+            if ParsedKey::parse(&self.api_prefix, presented).is_ok() {
+                AuthError::WrongKind
+            } else {
+                AuthError::Invalid
+            }
+        })?;
         let key = self
             .store
             .find_management_key_by_hash(&parsed.hash())
@@ -239,7 +249,7 @@ impl KeyService {
                 id: caller.id,
                 name: caller.name.clone(),
             },
-            "CreateApiKey",
+            AuditAction::CreateApiKey,
             format!("Created API key '{}' ({})", key.name, key.redacted),
             Some(format!("api_key:{}", key.id)),
             context,
@@ -251,7 +261,13 @@ impl KeyService {
     /// Authenticates an inference key from the cache, reading the store at most once per key per
     /// [`AUTH_CACHE_TTL`]. Checks state and expiry on every call.
     pub async fn authenticate_api_key(&self, presented: &str) -> Result<Arc<ApiKey>, AuthError> {
-        let parsed = ParsedKey::parse(&self.api_prefix, presented).map_err(|_| AuthError::Invalid)?;
+        let parsed = ParsedKey::parse(&self.api_prefix, presented).map_err(|_| {
+            if ParsedKey::parse(&self.management_prefix, presented).is_ok() {
+                AuthError::WrongKind
+            } else {
+                AuthError::Invalid
+            }
+        })?;
         let hash = parsed.hash();
         let cached = self
             .cache
@@ -319,7 +335,7 @@ impl KeyService {
                 id: caller.id,
                 name: caller.name.clone(),
             },
-            "ListApiKeys",
+            AuditAction::ListApiKeys,
             format!("Listed {} API keys", keys.len()),
             None,
             context,

@@ -5,9 +5,11 @@
 //! **Invariant:** this crate sees only `dyn Store` (no SQL) and knows nothing of HTTP.
 
 pub mod accounts;
+pub mod audit;
 pub mod keys;
 pub mod usage;
 
 pub use accounts::{AccountError, AccountService};
+pub use audit::{AuditError, AuditExport, AuditFilter, AuditPage, AuditService, ChainReport};
 pub use keys::{AuthError, KeyError, KeyService, NewApiKey};
 pub use usage::{UsageError, UsageRecorder};

@@ -17,7 +17,10 @@ pub mod role;
 pub mod usage;
 
 pub use acl::{Acl, AclError, AclSet};
-pub use audit::{Actor, AuditEvent, Outcome, RequestContext};
+pub use audit::{
+    Actor, AuditAction, AuditChainKey, AuditEvent, AuditRecord, ChainBreak, ChainHash, ChainHead, ChainVerifier,
+    Outcome, PruneBoundary, RequestContext,
+};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use email::{Email, EmailError};
 pub use entities::{ApiKey, ManagementKey, Membership, Team, User};

@@ -202,6 +202,9 @@ impl From<AuthError> for XaiError {
             AuthError::Blocked => XaiError::permission_denied("The API key is blocked"),
             AuthError::Expired => XaiError::permission_denied("The API key has expired"),
             AuthError::Revoked => XaiError::unauthenticated("The management key has been revoked"),
+            AuthError::WrongKind => XaiError::permission_denied(
+                "This kind of key cannot call this API: inference (/v1) takes an API key, the Management API a management key",
+            ),
             AuthError::Store(store) => store.into(),
         }
     }

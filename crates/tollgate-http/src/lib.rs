@@ -3,6 +3,7 @@
 //!
 //! **Invariant:** only this crate knows HTTP status codes and JSON envelopes.
 
+mod audit;
 mod error;
 mod extract;
 mod management;
@@ -15,11 +16,12 @@ mod v1;
 use std::sync::Arc;
 
 use axum::Router;
-use tollgate_core::{KeyService, UsageRecorder};
+use tollgate_core::{AuditService, KeyService, UsageRecorder};
 use tollgate_domain::Clock;
 use tollgate_gateway::Catalog;
 use tollgate_store::Store;
 
+pub use audit::ExportFormat;
 pub use error::{ErrorBody, XaiError, code_text};
 pub use metrics::Metrics;
 
@@ -43,6 +45,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Keys.
     pub keys: KeyService,
+    /// The audit log.
+    pub audit: AuditService,
     /// Group-commit usage writer.
     pub usage: UsageRecorder,
     /// Models and upstreams.
@@ -59,6 +63,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(v1::router())
         .merge(management::router())
+        .merge(audit::router())
         .merge(ops::router())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)

@@ -27,7 +27,7 @@ pub(crate) fn rfc3339(at: Timestamp) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-fn parse_team_id(raw: &str) -> Result<TeamId, XaiError> {
+pub(crate) fn parse_team_id(raw: &str) -> Result<TeamId, XaiError> {
     // A malformed id cannot be the caller's team: answer as for any other team.
     raw.parse()
         .map_err(|_| XaiError::permission_denied("The management key is not authorized for this team"))

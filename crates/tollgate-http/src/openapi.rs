@@ -87,6 +87,8 @@ impl Modify for SecuritySchemes {
         crate::management::create_api_key,
         crate::management::list_api_keys,
         crate::management::validate_management_key,
+        crate::audit::list_events,
+        crate::audit::export_events,
         crate::ops::healthz,
         crate::ops::readyz,
         crate::ops::metrics,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format as _, Toml};
@@ -52,9 +52,42 @@ pub struct Config {
     /// Seconds an upstream may stay silent before the call fails.
     #[serde(default = "defaults::upstream_read_timeout_seconds")]
     pub upstream_read_timeout_seconds: u64,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Models, by public name.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// The audit log's chain key and retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// File holding the chain key (64 hex digits). Created with a fresh random key, readable by
+    /// its owner only, when missing and no `key` is given.
+    #[serde(default = "defaults::audit_key_file")]
+    pub key_file: PathBuf,
+    /// The chain key itself (64 hex digits), instead of the file.
+    #[serde(default)]
+    pub key: Option<SecretString>,
+    /// Days events are kept; 0 keeps them forever.
+    #[serde(default = "defaults::audit_retention_days")]
+    pub retention_days: u32,
+    /// Minutes between runs of the retention job.
+    #[serde(default = "defaults::audit_prune_interval_minutes")]
+    pub prune_interval_minutes: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            key_file: defaults::audit_key_file(),
+            key: None,
+            retention_days: defaults::audit_retention_days(),
+            prune_interval_minutes: defaults::audit_prune_interval_minutes(),
+        }
+    }
 }
 
 /// Log output format.
@@ -96,7 +129,17 @@ pub struct ModelConfig {
 
 mod defaults {
     use std::net::SocketAddr;
+    use std::path::PathBuf;
 
+    pub(super) fn audit_key_file() -> PathBuf {
+        PathBuf::from("data/audit-chain.key")
+    }
+    pub(super) const fn audit_retention_days() -> u32 {
+        365
+    }
+    pub(super) const fn audit_prune_interval_minutes() -> u64 {
+        60
+    }
     pub(super) fn listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8080))
     }
@@ -164,6 +207,9 @@ impl Config {
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.database_url = database_url;
         config.shutdown_grace_seconds = 5;
+        config.audit.key = Some(SecretString::from(
+            tollgate_domain::AuditChainKey::from_bytes([42; 32]).to_hex(),
+        ));
         config
     }
 
@@ -181,6 +227,18 @@ impl Config {
                 || self.database_url.starts_with("postgresql:"),
             "database_url must start with sqlite:// or postgres://"
         );
+        anyhow::ensure!(
+            self.audit.retention_days <= 36_500,
+            "audit.retention_days must be at most 36500 (0 keeps events forever)"
+        );
+        anyhow::ensure!(
+            self.audit.prune_interval_minutes >= 1,
+            "audit.prune_interval_minutes must be at least 1"
+        );
+        if let Some(key) = &self.audit.key {
+            tollgate_domain::AuditChainKey::from_hex(secrecy::ExposeSecret::expose_secret(key))
+                .map_err(|e| anyhow::anyhow!("audit.key: {e}"))?;
+        }
         for (name, model) in &self.models {
             anyhow::ensure!(
                 model.base_url.starts_with("http://") || model.base_url.starts_with("https://"),

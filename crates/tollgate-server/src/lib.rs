@@ -15,9 +15,10 @@ use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tollgate_core::{AccountService, KeyService, UsageRecorder};
+use tokio_util::sync::CancellationToken;
+use tollgate_core::{AccountService, AuditService, KeyService, UsageRecorder};
 use tollgate_domain::keys::KeyPrefix;
-use tollgate_domain::{Clock, ModelPricing, Ticks};
+use tollgate_domain::{AuditChainKey, Clock, ModelPricing, Ticks};
 use tollgate_gateway::{Catalog, ModelRoute, Upstream};
 use tollgate_http::{AppState, HttpSettings, Metrics};
 use tollgate_store::Store;
@@ -26,11 +27,52 @@ pub use config::Config;
 
 /// Opens the configured database and applies migrations; start-up stops on any failure.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = tollgate_store::connect(&config.database_url)
+    let store = tollgate_store::connect(&config.database_url, audit_key(config)?)
         .await
         .context("opening the database")?;
     store.migrate().await.context("migrating the database")?;
     Ok(store)
+}
+
+/// The audit chain key: `audit.key`, else the key file, which is created with a fresh key (mode
+/// 0600) the first time.
+pub fn audit_key(config: &Config) -> anyhow::Result<AuditChainKey> {
+    if let Some(key) = &config.audit.key {
+        return AuditChainKey::from_hex(key.expose_secret()).map_err(|e| anyhow::anyhow!("audit.key: {e}"));
+    }
+    let path = &config.audit.key_file;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            return AuditChainKey::from_hex(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("reading the audit chain key {}", path.display())),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let key = AuditChainKey::generate(&mut rand::rngs::OsRng);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            std::io::Write::write_all(&mut file, format!("{}\n", key.to_hex()).as_bytes())
+                .with_context(|| format!("writing the audit chain key {}", path.display()))?;
+            tracing::warn!(
+                path = %path.display(),
+                "created a new audit chain key; back it up with the database: without it the audit log cannot be verified"
+            );
+            Ok(key)
+        }
+        // Another process created it first: use theirs.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read_to_string(path)?;
+            AuditChainKey::from_hex(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        }
+        Err(error) => Err(error).with_context(|| format!("creating the audit chain key {}", path.display())),
+    }
 }
 
 /// The services, built from the configuration.
@@ -39,6 +81,8 @@ pub struct Services {
     pub accounts: AccountService,
     /// Keys.
     pub keys: KeyService,
+    /// The audit log.
+    pub audit: AuditService,
 }
 
 /// Builds the services over `store`.
@@ -48,6 +92,12 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
     Ok(Services {
         accounts: AccountService::new(Arc::clone(store), Arc::clone(clock)),
         keys: KeyService::new(Arc::clone(store), Arc::clone(clock), api_prefix, management_prefix),
+        audit: AuditService::new(
+            Arc::clone(store),
+            Arc::clone(clock),
+            audit_key(config)?,
+            chrono::Duration::days(i64::from(config.audit.retention_days)),
+        ),
     })
 }
 
@@ -96,6 +146,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The store it uses (tests inspect it).
     pub store: Arc<dyn Store>,
+    /// Its audit service (tests run retention with a moved clock).
+    pub audit: AuditService,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -130,6 +182,7 @@ pub async fn start(
         store: Arc::clone(&store),
         clock,
         keys: services.keys,
+        audit: services.audit.clone(),
         usage,
         catalog,
         metrics: Arc::new(Metrics::new()),
@@ -149,6 +202,13 @@ pub async fn start(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
+    });
+    let stop_jobs = CancellationToken::new();
+    let retention = (config.audit.retention_days > 0).then(|| {
+        services.audit.clone().spawn_retention(
+            Duration::from_secs(config.audit.prune_interval_minutes * 60),
+            stop_jobs.clone(),
+        )
     });
     let (shutdown, shutdown_requested) = oneshot::channel::<()>();
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
@@ -176,6 +236,10 @@ pub async fn start(
             result = serve => result.context("serving HTTP")?,
             () = grace_expired => tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway"),
         }
+        stop_jobs.cancel();
+        if let Some(retention) = retention {
+            let _ = retention.await;
+        }
         // Every handle to the usage recorder is gone with the router; it drains and ends.
         if tokio::time::timeout(grace, usage_task).await.is_err() {
             tracing::error!("usage recorder did not finish writing in time");
@@ -188,6 +252,7 @@ pub async fn start(
     Ok(Server {
         addr,
         store,
+        audit: services.audit,
         shutdown: Some(shutdown),
         task,
     })

@@ -39,6 +39,38 @@ enum Command {
     /// Manage management keys (they authenticate a team's Management API).
     #[command(subcommand, name = "management-key")]
     ManagementKey(ManagementKeyCommand),
+    /// The audit log: verify its hash chains, apply retention, export.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the tamper-evident hash chain of one team's audit log (or of every chain). Names the
+    /// first broken link and exits with status 1 when a chain does not verify.
+    Verify {
+        /// Only this team's chain.
+        #[arg(long)]
+        team: Option<TeamId>,
+    },
+    /// Remove events older than `audit.retention_days` now (the server does this every
+    /// `audit.prune_interval_minutes` by itself).
+    Prune,
+    /// Write a team's audit events to standard output, oldest first.
+    Export {
+        /// The team.
+        #[arg(long)]
+        team: TeamId,
+        /// `csv` or `jsonl`.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Only events at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("team_id: {}", team.id);
             Ok(())
         }
+        Command::Audit(command) => audit(&config, clock, command).await,
         Command::ManagementKey(ManagementKeyCommand::Create { team, name }) => {
             let store = tollgate_server::open_store(&config).await?;
             let services = tollgate_server::services(&config, &store, &clock)?;
@@ -142,6 +175,91 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn audit(config: &Config, clock: Arc<dyn Clock>, command: AuditCommand) -> anyhow::Result<()> {
+    let store = tollgate_server::open_store(config).await?;
+    let services = tollgate_server::services(config, &store, &clock)?;
+    let result = match command {
+        AuditCommand::Verify { team } => verify(&services.audit, team).await,
+        AuditCommand::Prune => {
+            let removed = services.audit.prune_expired().await?;
+            println!(
+                "removed {removed} audit events older than {} days",
+                config.audit.retention_days
+            );
+            Ok(())
+        }
+        AuditCommand::Export { team, format, from, to } => {
+            let format = tollgate_http::ExportFormat::parse(&format).map_err(anyhow::Error::msg)?;
+            let filter = tollgate_core::AuditFilter {
+                from,
+                to,
+                oldest_first: true,
+                ..Default::default()
+            };
+            let mut export = services.audit.export_as_operator(team, filter, format.name()).await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            if let Some(header) = format.header() {
+                out.write_all(header.as_bytes())?;
+            }
+            while let Some(page) = export.next_page().await? {
+                for record in &page {
+                    out.write_all(format.line(record).as_bytes())?;
+                }
+            }
+            out.flush()?;
+            Ok(())
+        }
+    };
+    store.close().await;
+    result
+}
+
+async fn verify(audit: &tollgate_core::AuditService, team: Option<TeamId>) -> anyhow::Result<()> {
+    let reports = match team {
+        Some(team) => audit.verify(Some(team)).await?.into_iter().collect(),
+        None => audit.verify_all().await?,
+    };
+    if reports.is_empty() {
+        println!("no audit events yet");
+        return Ok(());
+    }
+    let mut broken = 0;
+    for report in &reports {
+        let chain = report
+            .team_id
+            .map_or_else(|| "platform".to_owned(), |t| format!("team {t}"));
+        match &report.result {
+            Ok(()) => {
+                let pruned = report
+                    .pruned_through
+                    .map(|seq| format!(", retention removed #1..#{seq}"))
+                    .unwrap_or_default();
+                let unchained = if report.unchained > 0 {
+                    format!(", {} older events predate the chain", report.unchained)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{chain}: ok, {} events verified{pruned}{unchained}; head #{} {}",
+                    report.checked,
+                    report.head.seq,
+                    hex_of(&report.head.hash)
+                );
+            }
+            Err(first_break) => {
+                broken += 1;
+                println!("{chain}: BROKEN: {first_break}");
+            }
+        }
+    }
+    anyhow::ensure!(broken == 0, "{broken} audit chain(s) do not verify");
+    Ok(())
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_password() -> anyhow::Result<String> {

@@ -95,4 +95,18 @@ pub enum OpenError {
         "database migration failed: {0}. Nothing of the failing migration was applied; fix the cause and start again"
     )]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The database's audit chains were written with another key.
+    #[error(
+        "this database's audit log is chained with another key (fingerprint {stored}; this node's is {ours}). \
+         Give every node the same audit chain key (audit.key_file)"
+    )]
+    AuditKeyMismatch {
+        /// The fingerprint the database recorded.
+        stored: String,
+        /// This node's key's fingerprint.
+        ours: String,
+    },
+    /// Reading or writing the database failed after migrating.
+    #[error("database error after migrating: {0}")]
+    Store(#[source] StoreError),
 }

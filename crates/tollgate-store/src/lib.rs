@@ -24,8 +24,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tollgate_domain::keys::KeyHash;
 use tollgate_domain::{
-    ApiKey, ApiKeyId, AuditEvent, Email, ManagementKey, Membership, Role, Team, TeamId, Timestamp, UsageRecord, User,
-    UserId,
+    ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHead, Email, ManagementKey,
+    Membership, PruneBoundary, Role, Team, TeamId, Timestamp, UsageRecord, User, UserId,
 };
 
 pub use error::{OpenError, StoreError};
@@ -103,44 +103,72 @@ pub trait UsageStore: Send + Sync {
     async fn list_usage(&self, team_id: TeamId, limit: u32) -> Result<Vec<UsageRecord>, StoreError>;
 }
 
-/// An audit event as read back.
+/// A search of one team's audit log. Filters combine with AND.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredAuditEvent {
-    /// Id.
-    pub id: tollgate_domain::AuditEventId,
-    /// When.
-    pub at: Timestamp,
-    /// Team concerned.
-    pub team_id: Option<TeamId>,
-    /// `user`, `management_key`, `api_key`, `operator` or `system`.
-    pub actor_kind: String,
-    /// The actor's id.
+pub struct AuditQuery {
+    /// The team whose log is searched.
+    pub team_id: TeamId,
+    /// Only this event.
+    pub event_id: Option<AuditEventId>,
+    /// Only events by this actor (a user id, or a key id).
     pub actor_id: Option<String>,
-    /// The actor's email or key name at the time.
-    pub actor_label: Option<String>,
-    /// Action name, e.g. `CreateApiKey`.
-    pub action: String,
-    /// Readable description.
-    pub description: String,
-    /// Target.
-    pub target: Option<String>,
-    /// `success`, `denied` or `failure`.
-    pub outcome: String,
-    /// Client address.
-    pub ip: Option<String>,
-    /// Client user agent.
-    pub user_agent: Option<String>,
-    /// Request id.
-    pub request_id: Option<String>,
+    /// Only events whose action or description contains this text, ignoring ASCII case.
+    pub text: Option<String>,
+    /// Only events at or after this time.
+    pub from: Option<Timestamp>,
+    /// Only events before this time.
+    pub to: Option<Timestamp>,
+    /// Newest first (otherwise oldest first).
+    pub newest_first: bool,
+    /// Keyset position: only events strictly beyond this `(time, id)` in the chosen order.
+    pub after: Option<(Timestamp, AuditEventId)>,
+    /// At most this many events.
+    pub limit: u32,
 }
 
-/// The audit log.
+/// A chain's stored state: its head, and where retention last cut it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditChainState {
+    /// The team whose chain this is; `None` for platform events.
+    pub team_id: Option<TeamId>,
+    /// The last event's position and hash.
+    pub head: ChainHead,
+    /// Where the chain now starts, after retention.
+    pub boundary: Option<PruneBoundary>,
+}
+
+/// The audit log: append-only, one hash chain per team (see [`tollgate_domain::audit`]).
 #[async_trait]
 pub trait AuditStore: Send + Sync {
     /// Records an event that goes with no other change (e.g. a read worth auditing).
     async fn insert_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// The team's most recent events, newest first.
-    async fn list_audit_events(&self, team_id: TeamId, limit: u32) -> Result<Vec<StoredAuditEvent>, StoreError>;
+    async fn list_audit_events(&self, team_id: TeamId, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Events matching `query`, in its order.
+    async fn search_audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Every chain's state.
+    async fn list_audit_chains(&self) -> Result<Vec<AuditChainState>, StoreError>;
+    /// The state of one chain, `None` when it has no events yet.
+    async fn get_audit_chain(&self, team_id: Option<TeamId>) -> Result<Option<AuditChainState>, StoreError>;
+    /// A page of one chain in `seq` order, from position `after_seq + 1`. Events written before
+    /// chains existed are not part of any chain and not returned.
+    async fn audit_chain_page(
+        &self,
+        team_id: Option<TeamId>,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+    /// How many of the team's events predate the chains (not covered by verification).
+    async fn count_unchained_audit_events(&self, team_id: Option<TeamId>) -> Result<u64, StoreError>;
+    /// Removes the oldest events of one chain that are all older than `before` (a prefix, so the
+    /// rest still verifies), records the MAC'd boundary, and appends `note(removed)` to the
+    /// chain, in one transaction. Returns how many events were removed (0: nothing appended).
+    async fn prune_audit_chain(
+        &self,
+        team_id: Option<TeamId>,
+        before: Timestamp,
+        note: &(dyn Fn(u64) -> AuditEvent + Send + Sync),
+    ) -> Result<u64, StoreError>;
 }
 
 /// Everything Tollgate persists.
@@ -150,6 +178,8 @@ pub trait Store: AccountStore + TeamStore + KeyStore + UsageStore + AuditStore {
     fn backend(&self) -> Backend;
     /// Applies pending migrations. Refuses a database whose applied migrations differ from the
     /// ones this binary carries (edited or unknown), and applies each migration atomically.
+    /// Then binds the database to this store's audit chain key (by fingerprint): a node started
+    /// with a different key is refused, since its events would not verify.
     async fn migrate(&self) -> Result<(), OpenError>;
     /// A cheap round trip, for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -158,10 +188,11 @@ pub trait Store: AccountStore + TeamStore + KeyStore + UsageStore + AuditStore {
 }
 
 /// Connects to the database named by `url` (`sqlite://…` or `postgres://…`), without migrating.
-pub async fn connect(url: &str) -> Result<Arc<dyn Store>, OpenError> {
+/// Audit events are chained with `audit_key`.
+pub async fn connect(url: &str, audit_key: AuditChainKey) -> Result<Arc<dyn Store>, OpenError> {
     match url.split_once(':').map(|(scheme, _)| scheme) {
-        Some("sqlite") => Ok(Arc::new(sqlite::SqlStore::connect(url).await?)),
-        Some("postgres" | "postgresql") => Ok(Arc::new(postgres::SqlStore::connect(url).await?)),
+        Some("sqlite") => Ok(Arc::new(sqlite::SqlStore::connect(url, audit_key).await?)),
+        Some("postgres" | "postgresql") => Ok(Arc::new(postgres::SqlStore::connect(url, audit_key).await?)),
         _ => Err(OpenError::UnsupportedScheme),
     }
 }

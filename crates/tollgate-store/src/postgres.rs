@@ -19,10 +19,11 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 pub(crate) struct SqlStore {
     write: Pool<Db>,
     read: Pool<Db>,
+    audit_key: tollgate_domain::AuditChainKey,
 }
 
 impl SqlStore {
-    pub(crate) async fn connect(url: &str) -> Result<Self, OpenError> {
+    pub(crate) async fn connect(url: &str, audit_key: tollgate_domain::AuditChainKey) -> Result<Self, OpenError> {
         let options = PgConnectOptions::from_str(url).map_err(OpenError::InvalidUrl)?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -33,6 +34,7 @@ impl SqlStore {
         Ok(Self {
             write: pool.clone(),
             read: pool,
+            audit_key,
         })
     }
 }

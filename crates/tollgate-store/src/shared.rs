@@ -5,13 +5,17 @@
 use async_trait::async_trait;
 use sqlx::Row as _;
 use tollgate_domain::keys::KeyHash;
+use tollgate_domain::audit::GENESIS;
 use tollgate_domain::{
-    AclSet, ApiKey, ApiKeyId, AuditEvent, AuditEventId, Email, ManagementKey, ManagementKeyId, Membership, RequestId,
-    Role, Team, TeamId, Ticks, TokenUsage, UsageRecord, User, UserId,
+    AclSet, ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHash, ChainHead, Email,
+    ManagementKey, ManagementKeyId, Membership, PruneBoundary, RequestId, Role, Team, TeamId, Ticks, Timestamp,
+    TokenUsage, UsageRecord, User, UserId,
 };
 use uuid::Uuid;
 
-use crate::{AccountStore, AuditStore, KeyStore, Store, StoreError, StoredAuditEvent, TeamStore, UsageStore};
+use crate::{
+    AccountStore, AuditChainState, AuditQuery, AuditStore, KeyStore, Store, StoreError, TeamStore, UsageStore,
+};
 
 type DbRow = <Db as sqlx::Database>::Row;
 
@@ -113,14 +117,25 @@ fn usage_from_row(row: &DbRow) -> Result<UsageRecord, StoreError> {
     })
 }
 
-fn audit_from_row(row: &DbRow) -> Result<StoredAuditEvent, StoreError> {
-    Ok(StoredAuditEvent {
+const AUDIT_COLUMNS: &str = "id, team_id, at, seq, actor_kind, actor_id, actor_label, actor_label_digest, action, \
+     description, target, outcome, ip, user_agent, request_id, hash";
+
+fn chain_hash(bytes: Option<Vec<u8>>, what: &str) -> Result<Option<ChainHash>, StoreError> {
+    bytes
+        .map(|b| ChainHash::try_from(b.as_slice()).map_err(|_| corrupt(what, "is not 32 bytes")))
+        .transpose()
+}
+
+fn audit_from_row(row: &DbRow) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord {
         id: AuditEventId::from_uuid(row.try_get("id")?),
         at: row.try_get("at")?,
         team_id: row.try_get::<Option<Uuid>, _>("team_id")?.map(TeamId::from_uuid),
+        seq: row.try_get::<Option<i64>, _>("seq")?.map(|s| to_u64(s, "audit_events.seq")).transpose()?,
         actor_kind: row.try_get("actor_kind")?,
         actor_id: row.try_get("actor_id")?,
         actor_label: row.try_get("actor_label")?,
+        actor_label_digest: chain_hash(row.try_get("actor_label_digest")?, "audit_events.actor_label_digest")?,
         action: row.try_get("action")?,
         description: row.try_get("description")?,
         target: row.try_get("target")?,
@@ -128,31 +143,104 @@ fn audit_from_row(row: &DbRow) -> Result<StoredAuditEvent, StoreError> {
         ip: row.try_get("ip")?,
         user_agent: row.try_get("user_agent")?,
         request_id: row.try_get("request_id")?,
+        hash: chain_hash(row.try_get("hash")?, "audit_events.hash")?,
     })
 }
 
-/// Writes an audit event inside the caller's transaction.
-async fn insert_audit(conn: &mut <Db as sqlx::Database>::Connection, event: &AuditEvent) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_events (id, team_id, at, actor_kind, actor_id, actor_label, action, description, \
-         target, outcome, ip, user_agent, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+/// The chain an event belongs to: its team's, or the platform's.
+fn chain_name(team_id: Option<TeamId>) -> String {
+    team_id.map_or_else(|| "platform".to_owned(), |t| t.to_string())
+}
+
+fn chain_from_row(row: &DbRow) -> Result<AuditChainState, StoreError> {
+    let head_hash = chain_hash(Some(row.try_get("head_hash")?), "audit_chains.head_hash")?.unwrap_or(GENESIS);
+    let pruned_seq: Option<i64> = row.try_get("pruned_seq")?;
+    let pruned_hash = chain_hash(row.try_get("pruned_hash")?, "audit_chains.pruned_hash")?;
+    let pruned_mac = chain_hash(row.try_get("pruned_mac")?, "audit_chains.pruned_mac")?;
+    let boundary = match (pruned_seq, pruned_hash, pruned_mac) {
+        (Some(seq), Some(hash), Some(mac)) => Some(PruneBoundary {
+            seq: to_u64(seq, "audit_chains.pruned_seq")?,
+            hash,
+            mac,
+        }),
+        (None, None, None) => None,
+        _ => return Err(corrupt("audit_chains.pruned_*", "partly set")),
+    };
+    Ok(AuditChainState {
+        team_id: row.try_get::<Option<Uuid>, _>("team_id")?.map(TeamId::from_uuid),
+        head: ChainHead {
+            seq: to_u64(row.try_get("head_seq")?, "audit_chains.head_seq")?,
+            hash: head_hash,
+        },
+        boundary,
+    })
+}
+
+/// Appends an audit event to its team's chain inside the caller's transaction. The chain's head
+/// row is locked by the upsert until the transaction ends, so concurrent writers take turns and
+/// every event gets the next position.
+async fn insert_audit(
+    conn: &mut <Db as sqlx::Database>::Connection,
+    key: &AuditChainKey,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
+    let chain = chain_name(event.team_id);
+    let head = sqlx::query(
+        "INSERT INTO audit_chains (chain, team_id, head_seq, head_hash) VALUES ($1, $2, 1, $3) \
+         ON CONFLICT (chain) DO UPDATE SET head_seq = audit_chains.head_seq + 1 RETURNING head_seq, head_hash",
     )
-    .bind(event.id.as_uuid())
+    .bind(&chain)
     .bind(event.team_id.map(|t| t.as_uuid()))
-    .bind(event.at)
-    .bind(event.actor.kind())
-    .bind(event.actor.id())
-    .bind(event.actor.label())
-    .bind(event.action)
-    .bind(&event.description)
-    .bind(event.target.as_deref())
-    .bind(event.outcome.as_str())
-    .bind(event.ip.as_deref())
-    .bind(event.user_agent.as_deref())
-    .bind(event.request_id.as_deref())
+    .bind(GENESIS.as_slice())
+    .fetch_one(&mut *conn)
+    .await?;
+    let seq = to_u64(head.try_get("head_seq")?, "audit_chains.head_seq")?;
+    let prev = chain_hash(Some(head.try_get("head_hash")?), "audit_chains.head_hash")?.unwrap_or(GENESIS);
+    let record = key.seal(event, seq, &prev);
+    let hash = record.hash.unwrap_or(GENESIS);
+    sqlx::query(
+        "INSERT INTO audit_events (id, team_id, at, seq, actor_kind, actor_id, actor_label, actor_label_digest, \
+         action, description, target, outcome, ip, user_agent, request_id, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(record.id.as_uuid())
+    .bind(record.team_id.map(|t| t.as_uuid()))
+    .bind(record.at)
+    .bind(to_i64(seq, "audit_events.seq")?)
+    .bind(&record.actor_kind)
+    .bind(record.actor_id.as_deref())
+    .bind(record.actor_label.as_deref())
+    .bind(record.actor_label_digest.as_ref().map(<[u8; 32]>::as_slice))
+    .bind(&record.action)
+    .bind(&record.description)
+    .bind(record.target.as_deref())
+    .bind(&record.outcome)
+    .bind(record.ip.as_deref())
+    .bind(record.user_agent.as_deref())
+    .bind(record.request_id.as_deref())
+    .bind(hash.as_slice())
     .execute(&mut *conn)
     .await?;
+    sqlx::query("UPDATE audit_chains SET head_hash = $2 WHERE chain = $1")
+        .bind(&chain)
+        .bind(hash.as_slice())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
+}
+
+/// `LIKE` pattern matching `text` anywhere, with the wildcards in `text` taken literally.
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.to_ascii_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 #[async_trait]
@@ -181,7 +269,7 @@ impl AccountStore for SqlStore {
             .bind(team.created_at)
             .execute(&mut *tx)
             .await?;
-        insert_audit(&mut tx, audit).await?;
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -270,7 +358,7 @@ impl KeyStore for SqlStore {
         .bind(key.modified_by.map(|u| u.as_uuid()))
         .execute(&mut *tx)
         .await?;
-        insert_audit(&mut tx, audit).await?;
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -326,7 +414,7 @@ impl KeyStore for SqlStore {
         .bind(key.revoked_at)
         .execute(&mut *tx)
         .await?;
-        insert_audit(&mut tx, audit).await?;
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -398,21 +486,197 @@ impl UsageStore for SqlStore {
 impl AuditStore for SqlStore {
     async fn insert_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        insert_audit(&mut tx, event).await?;
+        insert_audit(&mut tx, &self.audit_key, event).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn list_audit_events(&self, team_id: TeamId, limit: u32) -> Result<Vec<StoredAuditEvent>, StoreError> {
+    async fn list_audit_events(&self, team_id: TeamId, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        self.search_audit_events(&AuditQuery {
+            team_id,
+            event_id: None,
+            actor_id: None,
+            text: None,
+            from: None,
+            to: None,
+            newest_first: true,
+            after: None,
+            limit,
+        })
+        .await
+    }
+
+    async fn search_audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        // Filters are added as `$n` placeholders in a fixed order, then bound in the same order.
+        let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE team_id = $1");
+        let mut n = 1;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if query.event_id.is_some() {
+            sql.push_str(&format!(" AND id = ${}", next()));
+        }
+        if query.actor_id.is_some() {
+            sql.push_str(&format!(" AND actor_id = ${}", next()));
+        }
+        if query.text.is_some() {
+            let p = next();
+            sql.push_str(&format!(
+                " AND (LOWER(action) LIKE ${p} ESCAPE '\\' OR LOWER(description) LIKE ${p} ESCAPE '\\')"
+            ));
+        }
+        if query.from.is_some() {
+            sql.push_str(&format!(" AND at >= ${}", next()));
+        }
+        if query.to.is_some() {
+            sql.push_str(&format!(" AND at < ${}", next()));
+        }
+        let (cmp, order) = if query.newest_first { ("<", "DESC") } else { (">", "ASC") };
+        if query.after.is_some() {
+            let (t, i) = (next(), next());
+            sql.push_str(&format!(" AND (at {cmp} ${t} OR (at = ${t} AND id {cmp} ${i}))"));
+        }
+        sql.push_str(&format!(" ORDER BY at {order}, id {order} LIMIT ${}", next()));
+
+        let mut q = sqlx::query(&sql).bind(query.team_id.as_uuid());
+        if let Some(id) = query.event_id {
+            q = q.bind(id.as_uuid());
+        }
+        if let Some(actor) = &query.actor_id {
+            q = q.bind(actor.as_str());
+        }
+        if let Some(text) = &query.text {
+            q = q.bind(contains_pattern(text));
+        }
+        if let Some(from) = query.from {
+            q = q.bind(from);
+        }
+        if let Some(to) = query.to {
+            q = q.bind(to);
+        }
+        if let Some((at, id)) = query.after {
+            q = q.bind(at).bind(id.as_uuid());
+        }
+        let rows = q.bind(i64::from(query.limit)).fetch_all(&self.read).await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn list_audit_chains(&self) -> Result<Vec<AuditChainState>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, team_id, at, actor_kind, actor_id, actor_label, action, description, target, outcome, ip, \
-             user_agent, request_id FROM audit_events WHERE team_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+            "SELECT team_id, head_seq, head_hash, pruned_seq, pruned_hash, pruned_mac FROM audit_chains ORDER BY chain",
         )
-        .bind(team_id.as_uuid())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(chain_from_row).collect()
+    }
+
+    async fn get_audit_chain(&self, team_id: Option<TeamId>) -> Result<Option<AuditChainState>, StoreError> {
+        let row = sqlx::query(
+            "SELECT team_id, head_seq, head_hash, pruned_seq, pruned_hash, pruned_mac FROM audit_chains WHERE chain = $1",
+        )
+        .bind(chain_name(team_id))
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(chain_from_row).transpose()
+    }
+
+    async fn audit_chain_page(
+        &self,
+        team_id: Option<TeamId>,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let team_filter = if team_id.is_some() { "team_id = $1" } else { "team_id IS NULL AND $1 IS NULL" };
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE {team_filter} AND seq > $2 ORDER BY seq LIMIT $3"
+        ))
+        .bind(team_id.map(|t| t.as_uuid()))
+        .bind(to_i64(after_seq, "seq")?)
         .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn count_unchained_audit_events(&self, team_id: Option<TeamId>) -> Result<u64, StoreError> {
+        let team_filter = if team_id.is_some() { "team_id = $1" } else { "team_id IS NULL AND $1 IS NULL" };
+        let count: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM audit_events WHERE {team_filter} AND seq IS NULL"
+        ))
+        .bind(team_id.map(|t| t.as_uuid()))
+        .fetch_one(&self.read)
+        .await?;
+        to_u64(count, "count")
+    }
+
+    async fn prune_audit_chain(
+        &self,
+        team_id: Option<TeamId>,
+        before: Timestamp,
+        note: &(dyn Fn(u64) -> AuditEvent + Send + Sync),
+    ) -> Result<u64, StoreError> {
+        let chain = chain_name(team_id);
+        let team_filter = if team_id.is_some() { "team_id = $1" } else { "team_id IS NULL AND $1 IS NULL" };
+        let team = team_id.map(|t| t.as_uuid());
+        let mut tx = self.write.begin().await?;
+        // Lock the chain so no event is appended while its prefix is cut.
+        let Some(state) = sqlx::query(
+            "UPDATE audit_chains SET head_seq = head_seq WHERE chain = $1 \
+             RETURNING team_id, head_seq, head_hash, pruned_seq, pruned_hash, pruned_mac",
+        )
+        .bind(&chain)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(0);
+        };
+        let state = chain_from_row(&state)?;
+        let first_kept: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(seq) FROM audit_events WHERE {team_filter} AND seq IS NOT NULL AND at >= $2"
+        ))
+        .bind(team)
+        .bind(before)
+        .fetch_one(&mut *tx)
+        .await?;
+        let cut = match first_kept {
+            Some(seq) => to_u64(seq, "audit_events.seq")?.saturating_sub(1),
+            None => state.head.seq,
+        };
+        let already = state.boundary.as_ref().map_or(0, |b| b.seq);
+        if cut <= already {
+            return Ok(0);
+        }
+        let last_removed: Vec<u8> = sqlx::query_scalar(&format!(
+            "SELECT hash FROM audit_events WHERE {team_filter} AND seq = $2"
+        ))
+        .bind(team)
+        .bind(to_i64(cut, "seq")?)
+        .fetch_one(&mut *tx)
+        .await?;
+        let last_removed =
+            chain_hash(Some(last_removed), "audit_events.hash")?.unwrap_or(GENESIS);
+        sqlx::query("INSERT INTO audit_prune_permits (id) VALUES (1)").execute(&mut *tx).await?;
+        let removed = sqlx::query(&format!(
+            "DELETE FROM audit_events WHERE {team_filter} AND seq IS NOT NULL AND seq <= $2"
+        ))
+        .bind(team)
+        .bind(to_i64(cut, "seq")?)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM audit_prune_permits").execute(&mut *tx).await?;
+        let mac = self.audit_key.boundary_mac(team_id, cut, &last_removed);
+        sqlx::query("UPDATE audit_chains SET pruned_seq = $2, pruned_hash = $3, pruned_mac = $4 WHERE chain = $1")
+            .bind(&chain)
+            .bind(to_i64(cut, "seq")?)
+            .bind(last_removed.as_slice())
+            .bind(mac.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(&mut tx, &self.audit_key, &note(removed)).await?;
+        tx.commit().await?;
+        Ok(removed)
     }
 }
 
@@ -423,7 +687,21 @@ impl Store for SqlStore {
     }
 
     async fn migrate(&self) -> Result<(), crate::OpenError> {
-        MIGRATOR.run(&self.write).await.map_err(crate::OpenError::Migrate)
+        MIGRATOR.run(&self.write).await.map_err(crate::OpenError::Migrate)?;
+        let ours = self.audit_key.fingerprint();
+        sqlx::query("INSERT INTO settings (name, value) VALUES ('audit_key_fingerprint', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(&ours)
+            .execute(&self.write)
+            .await
+            .map_err(|e| crate::OpenError::Store(e.into()))?;
+        let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = 'audit_key_fingerprint'")
+            .fetch_one(&self.write)
+            .await
+            .map_err(|e| crate::OpenError::Store(e.into()))?;
+        if stored != ours {
+            return Err(crate::OpenError::AuditKeyMismatch { stored, ours });
+        }
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

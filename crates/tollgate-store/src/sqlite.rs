@@ -23,10 +23,11 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 pub(crate) struct SqlStore {
     write: Pool<Db>,
     read: Pool<Db>,
+    audit_key: tollgate_domain::AuditChainKey,
 }
 
 impl SqlStore {
-    pub(crate) async fn connect(url: &str) -> Result<Self, OpenError> {
+    pub(crate) async fn connect(url: &str, audit_key: tollgate_domain::AuditChainKey) -> Result<Self, OpenError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(OpenError::InvalidUrl)?
             .create_if_missing(true)
@@ -56,7 +57,7 @@ impl SqlStore {
             .connect_with(options)
             .await
             .map_err(OpenError::Connect)?;
-        Ok(Self { write, read })
+        Ok(Self { write, read, audit_key })
     }
 }
 

@@ -18,11 +18,15 @@ use chrono::DateTime;
 use sqlx::Connection as _;
 use tollgate_domain::keys::{KeyHash, KeyPrefix, PlainKey};
 use tollgate_domain::{
-    AclSet, Actor, ApiKey, ApiKeyId, AuditEvent, Email, ManagementKey, ManagementKeyId, RequestContext, RequestId,
-    Role, Team, TeamId, Ticks, Timestamp, TokenUsage, UsageRecord, User, UserId,
+    AclSet, Actor, ApiKey, ApiKeyId, AuditAction, AuditChainKey, AuditEvent, ChainVerifier, Email, ManagementKey,
+    ManagementKeyId, RequestContext, RequestId, Role, Team, TeamId, Ticks, Timestamp, TokenUsage, UsageRecord, User,
+    UserId,
 };
 
-use crate::{Backend, Store, StoreError};
+use crate::{AuditQuery, Backend, Store, StoreError};
+
+/// The audit chain key every test store uses.
+pub const TEST_AUDIT_KEY: AuditChainKey = AuditChainKey::from_bytes([42; 32]);
 
 /// The environment variable naming the PostgreSQL server tests use.
 pub const POSTGRES_URL_VAR: &str = "TOLLGATE_TEST_POSTGRES_URL";
@@ -46,7 +50,7 @@ impl TestDb {
     pub async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
-        let store = crate::connect(&url).await.unwrap();
+        let store = crate::connect(&url, TEST_AUDIT_KEY).await.unwrap();
         store.migrate().await.unwrap();
         Self {
             url,
@@ -79,7 +83,7 @@ impl TestDb {
         admin.close().await.unwrap();
         let separator = if admin_url.contains('?') { '&' } else { '?' };
         let url = format!("{admin_url}{separator}options=-c%20search_path%3D{schema}");
-        let store = crate::connect(&url).await.unwrap();
+        let store = crate::connect(&url, TEST_AUDIT_KEY).await.unwrap();
         store.migrate().await.unwrap();
         Some(Self {
             url,
@@ -107,7 +111,7 @@ fn at(seconds: i64) -> Timestamp {
     DateTime::from_timestamp(1_790_000_000 + seconds, 123_456_000).unwrap()
 }
 
-fn audit(team_id: Option<TeamId>, action: &'static str, when: Timestamp) -> AuditEvent {
+fn audit(team_id: Option<TeamId>, action: AuditAction, when: Timestamp) -> AuditEvent {
     let context = RequestContext {
         ip: Some("192.0.2.1".into()),
         user_agent: Some("test".into()),
@@ -141,7 +145,7 @@ pub async fn seed_user(store: &dyn Store, email: &str) -> (User, Team) {
         created_at: now,
     };
     store
-        .create_user_with_personal_team(&user, &team, &audit(Some(team.id), "CreateUser", now))
+        .create_user_with_personal_team(&user, &team, &audit(Some(team.id), AuditAction::CreateUser, now))
         .await
         .unwrap();
     (user, team)
@@ -232,7 +236,7 @@ pub async fn duplicate_email_conflicts_and_writes_nothing(store: &dyn Store) {
         created_at: at(5),
     };
     let error = store
-        .create_user_with_personal_team(&user, &team, &audit(Some(team.id), "CreateUser", at(5)))
+        .create_user_with_personal_team(&user, &team, &audit(Some(team.id), AuditAction::CreateUser, at(5)))
         .await
         .unwrap_err();
     match error {
@@ -253,7 +257,7 @@ pub async fn api_keys_round_trip_and_paginate(store: &dyn Store) {
         let key = api_key(&team, &user, &["api-key:endpoint:chat", "api-key:model:*"]);
         let hash = fresh_hash();
         store
-            .insert_api_key(&key, &hash, &audit(Some(team.id), "CreateApiKey", at(1)))
+            .insert_api_key(&key, &hash, &audit(Some(team.id), AuditAction::CreateApiKey, at(1)))
             .await
             .unwrap();
         assert_eq!(store.find_api_key_by_hash(&hash).await.unwrap().as_ref(), Some(&key));
@@ -264,7 +268,7 @@ pub async fn api_keys_round_trip_and_paginate(store: &dyn Store) {
         .insert_api_key(
             &foreign,
             &fresh_hash(),
-            &audit(Some(other_team.id), "CreateApiKey", at(1)),
+            &audit(Some(other_team.id), AuditAction::CreateApiKey, at(1)),
         )
         .await
         .unwrap();
@@ -290,7 +294,7 @@ pub async fn key_hashes_are_unique(store: &dyn Store) {
         .insert_api_key(
             &api_key(&team, &user, &[]),
             &hash,
-            &audit(Some(team.id), "CreateApiKey", at(1)),
+            &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
         )
         .await
         .unwrap();
@@ -298,7 +302,7 @@ pub async fn key_hashes_are_unique(store: &dyn Store) {
         .insert_api_key(
             &api_key(&team, &user, &[]),
             &hash,
-            &audit(Some(team.id), "CreateApiKey", at(1)),
+            &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
         )
         .await
         .unwrap_err();
@@ -324,7 +328,11 @@ pub async fn management_keys_round_trip(store: &dyn Store) {
     };
     let hash = fresh_hash();
     store
-        .insert_management_key(&key, &hash, &audit(Some(team.id), "CreateManagementKey", at(2)))
+        .insert_management_key(
+            &key,
+            &hash,
+            &audit(Some(team.id), AuditAction::CreateManagementKey, at(2)),
+        )
         .await
         .unwrap();
     assert_eq!(store.find_management_key_by_hash(&hash).await.unwrap(), Some(key));
@@ -335,7 +343,11 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
     let (user, team) = seed_user(store, "usage@example.com").await;
     let key = api_key(&team, &user, &[]);
     store
-        .insert_api_key(&key, &fresh_hash(), &audit(Some(team.id), "CreateApiKey", at(1)))
+        .insert_api_key(
+            &key,
+            &fresh_hash(),
+            &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
+        )
         .await
         .unwrap();
     let record = |seconds: i64, prompt: u64| UsageRecord {
@@ -370,7 +382,7 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
 /// A stand-alone audit event (e.g. a read) is stored with every field.
 pub async fn audit_events_round_trip(store: &dyn Store) {
     let (_, team) = seed_user(store, "audit@example.com").await;
-    let event = audit(Some(team.id), "ListApiKeys", at(30));
+    let event = audit(Some(team.id), AuditAction::ListApiKeys, at(30));
     store.insert_audit_event(&event).await.unwrap();
     let newest = &store.list_audit_events(team.id, 1).await.unwrap()[0];
     assert_eq!(newest.id, event.id);
@@ -379,6 +391,272 @@ pub async fn audit_events_round_trip(store: &dyn Store) {
     assert_eq!(newest.actor_kind, "operator");
     assert_eq!(newest.outcome, "success");
     assert_eq!(newest.request_id.as_deref(), Some("req-1"));
+}
+
+/// Walks a team's whole chain with the test key; returns how many events verified.
+pub async fn verify_chain(store: &dyn Store, team_id: Option<TeamId>) -> Result<u64, tollgate_domain::ChainBreak> {
+    let state = store.get_audit_chain(team_id).await.unwrap().unwrap();
+    let mut verifier = ChainVerifier::new(&TEST_AUDIT_KEY, team_id, state.boundary.as_ref())?;
+    let mut after = state.boundary.as_ref().map_or(0, |b| b.seq);
+    loop {
+        let page = store.audit_chain_page(team_id, after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq.unwrap();
+        for record in &page {
+            verifier.check(record)?;
+        }
+    }
+    verifier.finish(&state.head)
+}
+
+/// Every event takes the next position in its team's chain, and the chain verifies; teams'
+/// chains are separate, and platform events (no team) have their own.
+pub async fn audit_chain_links_every_event(store: &dyn Store) {
+    let (_, team) = seed_user(store, "chain@example.com").await;
+    let (_, other) = seed_user(store, "other-chain@example.com").await;
+    for i in 1..=4 {
+        store
+            .insert_audit_event(&audit(Some(team.id), AuditAction::ListApiKeys, at(i)))
+            .await
+            .unwrap();
+    }
+    store
+        .insert_audit_event(&audit(None, AuditAction::CreateUser, at(9)))
+        .await
+        .unwrap();
+    let seqs: Vec<_> = store
+        .audit_chain_page(Some(team.id), 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq.unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(verify_chain(store, Some(team.id)).await, Ok(5));
+    assert_eq!(verify_chain(store, Some(other.id)).await, Ok(1));
+    assert_eq!(verify_chain(store, None).await, Ok(1));
+    let state = store.get_audit_chain(Some(team.id)).await.unwrap().unwrap();
+    assert_eq!(state.head.seq, 5);
+    assert_eq!(state.boundary, None);
+    assert_eq!(store.list_audit_chains().await.unwrap().len(), 3);
+    assert_eq!(store.count_unchained_audit_events(Some(team.id)).await.unwrap(), 0);
+    let newest = &store.list_audit_events(team.id, 1).await.unwrap()[0];
+    assert_eq!(newest.actor_label_digest, None, "the operator has no label");
+    assert!(store.get_audit_chain(Some(TeamId::new())).await.unwrap().is_none());
+}
+
+fn event_by(team: &Team, actor: Actor, action: AuditAction, description: &str, when: Timestamp) -> AuditEvent {
+    AuditEvent::success(
+        when,
+        Some(team.id),
+        actor,
+        action,
+        description.into(),
+        None,
+        &RequestContext::default(),
+    )
+}
+
+/// Search: each filter alone and combined, both orders, keyset pages that neither skip nor repeat.
+pub async fn audit_search_filters_and_pages(store: &dyn Store) {
+    let (ada, team) = seed_user(store, "search@example.com").await;
+    let (_, other) = seed_user(store, "search-other@example.com").await;
+    let ada_actor = Actor::User {
+        id: ada.id,
+        email: "search@example.com".into(),
+    };
+    let events = [
+        event_by(
+            &team,
+            ada_actor.clone(),
+            AuditAction::ListApiKeys,
+            "Listed API keys",
+            at(10),
+        ),
+        event_by(
+            &team,
+            Actor::Operator,
+            AuditAction::CreateApiKey,
+            "Created API key 100% new",
+            at(20),
+        ),
+        event_by(
+            &team,
+            ada_actor.clone(),
+            AuditAction::CreateApiKey,
+            "Created API key ci",
+            at(20),
+        ),
+        event_by(
+            &team,
+            ada_actor.clone(),
+            AuditAction::ListApiKeys,
+            "Listed API keys",
+            at(30),
+        ),
+    ];
+    for event in &events {
+        store.insert_audit_event(event).await.unwrap();
+    }
+    store
+        .insert_audit_event(&event_by(
+            &other,
+            Actor::Operator,
+            AuditAction::ListApiKeys,
+            "Listed API keys",
+            at(15),
+        ))
+        .await
+        .unwrap();
+    let base = AuditQuery {
+        team_id: team.id,
+        event_id: None,
+        actor_id: None,
+        text: None,
+        from: Some(at(1)),
+        to: None,
+        newest_first: true,
+        after: None,
+        limit: 100,
+    };
+    let ids = |records: Vec<tollgate_domain::AuditRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let search = |query: AuditQuery| async move { ids(store.search_audit_events(&query).await.unwrap()) };
+
+    // Newest first; equal times fall back to the id (UUIDv7: creation order).
+    let newest = search(base.clone()).await;
+    assert_eq!(newest, [events[3].id, events[2].id, events[1].id, events[0].id]);
+    let oldest = search(AuditQuery {
+        newest_first: false,
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(oldest, [events[0].id, events[1].id, events[2].id, events[3].id]);
+
+    // Keyset pages of 1 in both orders visit every event exactly once.
+    for newest_first in [true, false] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .search_audit_events(&AuditQuery {
+                    newest_first,
+                    after,
+                    limit: 1,
+                    ..base.clone()
+                })
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((last.at, last.id));
+            seen.extend(page.iter().map(|r| r.id));
+        }
+        assert_eq!(seen, if newest_first { newest.clone() } else { oldest.clone() });
+    }
+
+    let by_event = search(AuditQuery {
+        event_id: Some(events[1].id),
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(by_event, [events[1].id]);
+    let by_user = search(AuditQuery {
+        actor_id: Some(ada.id.to_string()),
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(by_user, [events[3].id, events[2].id, events[0].id]);
+    let by_action = search(AuditQuery {
+        text: Some("listapikeys".into()),
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(by_action, [events[3].id, events[0].id]);
+    let by_words = search(AuditQuery {
+        text: Some("API KEY CI".into()),
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(by_words, [events[2].id]);
+    // LIKE wildcards in the search text are literal.
+    let literal = search(AuditQuery {
+        text: Some("100%".into()),
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(literal, [events[1].id]);
+    let underscore = search(AuditQuery {
+        text: Some("_".into()),
+        ..base.clone()
+    })
+    .await;
+    assert!(underscore.is_empty());
+    let window = search(AuditQuery {
+        from: Some(at(20)),
+        to: Some(at(30)),
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(window, [events[2].id, events[1].id]);
+    let combined = search(AuditQuery {
+        actor_id: Some(ada.id.to_string()),
+        text: Some("Created".into()),
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(combined, [events[2].id]);
+    // Another team's events never show.
+    let other_event = store.list_audit_events(other.id, 1).await.unwrap()[0].id;
+    assert!(
+        search(AuditQuery {
+            event_id: Some(other_event),
+            ..base.clone()
+        })
+        .await
+        .is_empty()
+    );
+}
+
+/// Pruning removes the oldest events (a prefix only), records a boundary the chain verifies from,
+/// appends a note of its own, and is a no-op when run again.
+pub async fn audit_pruning_keeps_the_chain_verifiable(store: &dyn Store) {
+    let (_, team) = seed_user(store, "prune@example.com").await; // CreateUser at at(0)
+    for i in 1..=4 {
+        store
+            .insert_audit_event(&audit(Some(team.id), AuditAction::ListApiKeys, at(i * 10)))
+            .await
+            .unwrap();
+    }
+    let note = |removed: u64| {
+        AuditEvent::success(
+            at(100),
+            Some(team.id),
+            Actor::System,
+            AuditAction::PruneAuditEvents,
+            format!("Removed {removed} events"),
+            None,
+            &RequestContext::default(),
+        )
+    };
+    // Events at 0, 10 and 20 are older than 25.
+    assert_eq!(store.prune_audit_chain(Some(team.id), at(25), &note).await.unwrap(), 3);
+    let state = store.get_audit_chain(Some(team.id)).await.unwrap().unwrap();
+    assert_eq!(state.boundary.as_ref().map(|b| b.seq), Some(3));
+    assert_eq!(state.head.seq, 6);
+    assert_eq!(verify_chain(store, Some(team.id)).await, Ok(3));
+    let newest = &store.list_audit_events(team.id, 1).await.unwrap()[0];
+    assert_eq!(newest.action, "PruneAuditEvents");
+    assert_eq!(newest.description, "Removed 3 events");
+    // Nothing more is old enough: no removal, no note.
+    assert_eq!(store.prune_audit_chain(Some(team.id), at(25), &note).await.unwrap(), 0);
+    assert_eq!(store.get_audit_chain(Some(team.id)).await.unwrap().unwrap().head.seq, 6);
+    // A team with no chain has nothing to prune.
+    assert_eq!(
+        store
+            .prune_audit_chain(Some(TeamId::new()), at(25), &note)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 /// Migrating again is a no-op, and the store answers pings.
@@ -401,6 +679,9 @@ macro_rules! for_each_conformance_case {
             management_keys_round_trip,
             usage_is_idempotent_per_request,
             audit_events_round_trip,
+            audit_chain_links_every_event,
+            audit_search_filters_and_pages,
+            audit_pruning_keeps_the_chain_verifiable,
             migrate_is_idempotent
         );
     };

@@ -37,7 +37,7 @@ fn help_explains_every_command() {
     let output = tollgate(dir.path()).arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
-    for command in ["serve", "migrate", "user", "management-key"] {
+    for command in ["serve", "migrate", "user", "management-key", "audit"] {
         assert!(help.contains(command), "{help}");
     }
     let output = tollgate(dir.path())
@@ -71,6 +71,44 @@ fn operator_bootstraps_a_team() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let key = String::from_utf8(output.stdout).unwrap();
     assert!(key.trim().starts_with("tgm_") && key.trim().len() == 42, "{key}");
+
+    // The first start created the audit chain key, readable by its owner only, and the log
+    // verifies with it.
+    let key_file = dir.path().join("data/audit-chain.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim().len(), 64);
+    let output = tollgate(dir.path()).args(["audit", "verify"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("team {team_id}: ok, 2 events verified")),
+        "{stdout}"
+    );
+    let output = tollgate(dir.path())
+        .args(["audit", "export", "--team", &team_id, "--format", "jsonl"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let actions: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(actions, ["CreateUser", "CreateManagementKey", "ExportAuditEvents"]);
+    let output = tollgate(dir.path()).args(["audit", "prune"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("removed 0 audit events older than 365 days"));
 
     // A short password is refused with a reason, and nothing is created.
     let output = create_user(dir.path(), "weak@example.com", "short");

@@ -103,6 +103,7 @@ async fn errors_are_in_xai_shape(db: TestDb) {
     let key = app.api_key().await;
     let chat = app.url("/v1/chat/completions");
     let invalid = "Client specified an invalid argument";
+    let forbidden = "The caller does not have permission to execute the specified operation";
 
     // No key: 401.
     let response = app
@@ -200,11 +201,14 @@ async fn errors_are_in_xai_shape(db: TestDb) {
     let response = app.client.get(&chat).bearer_auth(&key).send().await.unwrap();
     assert_xai_error(response, StatusCode::METHOD_NOT_ALLOWED, invalid, "Method not allowed").await;
 
-    // A management key is no inference key, and an inference key no management key.
+    // A management key is no inference key, and an inference key no management key: each is
+    // told which kind of key the API takes.
+    let wrong_kind =
+        "This kind of key cannot call this API: inference (/v1) takes an API key, the Management API a management key";
     let response = app
         .chat(&app.management_key, json!({"model": MODEL, "messages": user_message()}))
         .await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_xai_error(response, StatusCode::FORBIDDEN, forbidden, wrong_kind).await;
     let response = app
         .client
         .get(app.url("/auth/management-keys/validation"))
@@ -212,7 +216,7 @@ async fn errors_are_in_xai_shape(db: TestDb) {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_xai_error(response, StatusCode::FORBIDDEN, forbidden, wrong_kind).await;
 
     // None of that was charged.
     assert!(app.store().list_usage(app.team.id, 10).await.unwrap().is_empty());

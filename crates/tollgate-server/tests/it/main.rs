@@ -5,6 +5,7 @@
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
+mod audit;
 mod cli;
 mod config;
 mod conformance;

@@ -140,7 +140,9 @@ async fn shutdown_lets_streams_finish(db: TestDb) {
     drop(store);
     // The usage of the finished stream was flushed before the store closed.
     let db = app.db.take().unwrap();
-    let reopened = tollgate_store::connect(&db.url).await.unwrap();
+    let reopened = tollgate_store::connect(&db.url, tollgate_store::testsuite::TEST_AUDIT_KEY)
+        .await
+        .unwrap();
     assert_eq!(reopened.list_usage(app.team.id, 10).await.unwrap().len(), 1);
     reopened.close().await;
     db.finish().await;

@@ -69,6 +69,7 @@ pub struct TestApp {
     pub base: String,
     pub team: Team,
     pub management_key: String,
+    pub config: Config,
 }
 
 pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
@@ -137,7 +138,40 @@ impl TestApp {
             base,
             team,
             management_key: plain.expose().to_owned(),
+            config,
         }
+    }
+
+    /// The services over this app's store and clock, as the CLI builds them.
+    pub fn services(&self) -> tollgate_server::Services {
+        tollgate_server::services(
+            &self.config,
+            &self.server.as_ref().unwrap().store,
+            &(self.clock.clone() as Arc<dyn tollgate_domain::Clock>),
+        )
+        .unwrap()
+    }
+
+    /// Another user's Personal Team and a management key for it.
+    pub async fn other_team(&self, email: &str) -> (Team, String) {
+        let services = self.services();
+        let (_, team) = services
+            .accounts
+            .create_user(
+                email,
+                "Other",
+                "correct horse battery staple",
+                Actor::Operator,
+                &RequestContext::default(),
+            )
+            .await
+            .unwrap();
+        let (_, plain) = services
+            .keys
+            .create_management_key(team.id, "other", Actor::Operator, None, &RequestContext::default())
+            .await
+            .unwrap();
+        (team, plain.expose().to_owned())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -207,6 +241,23 @@ pub async fn assert_xai_error(response: reqwest::Response, status: StatusCode, c
     let message = body["error"].as_str().unwrap();
     assert!(message.contains(contains), "{message:?} should contain {contains:?}");
     assert_eq!(body.as_object().unwrap().len(), 2, "only code and error: {body}");
+}
+
+/// Runs `sqlite` or `postgres` behind the application's back, as an operator, an attacker with
+/// database access or a newer release would.
+pub async fn execute(url: &str, sqlite: &str, postgres: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection as _;
+    if url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(url).await?;
+        let result = sqlx::query(sqlite).execute(&mut connection).await;
+        connection.close().await?;
+        result.map(drop)
+    } else {
+        let mut connection = sqlx::PgConnection::connect(url).await?;
+        let result = sqlx::query(postgres).execute(&mut connection).await;
+        connection.close().await?;
+        result.map(drop)
+    }
 }
 
 pub fn user_message() -> Value {

@@ -142,6 +142,9 @@ pub struct AuditChainState {
 pub trait AuditStore: Send + Sync {
     /// Records an event that goes with no other change (e.g. a read worth auditing).
     async fn insert_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// Appends many events in one transaction, in order (each chain's head is read and moved
+    /// once, rows go in multi-row statements): for bulk work and imports.
+    async fn append_audit_events(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
     /// The team's most recent events, newest first.
     async fn list_audit_events(&self, team_id: TeamId, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
     /// Events matching `query`, in its order.

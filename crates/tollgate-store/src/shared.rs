@@ -184,46 +184,83 @@ async fn insert_audit(
     key: &AuditChainKey,
     event: &AuditEvent,
 ) -> Result<(), StoreError> {
-    let chain = chain_name(event.team_id);
+    append_audit_chain(conn, key, event.team_id, &[event]).await
+}
+
+/// Rows per multi-row `INSERT`: 16 columns each stays under both backends' bind limits.
+const AUDIT_ROWS_PER_INSERT: usize = 1000;
+
+/// Appends `events` (all of one chain) in the caller's transaction: one head read and lock, one
+/// head update, multi-row inserts.
+async fn append_audit_chain(
+    conn: &mut <Db as sqlx::Database>::Connection,
+    key: &AuditChainKey,
+    team_id: Option<TeamId>,
+    events: &[&AuditEvent],
+) -> Result<(), StoreError> {
+    let Some(count) = u64::try_from(events.len()).ok().filter(|&n| n > 0) else {
+        return Ok(());
+    };
+    let chain = chain_name(team_id);
     let head = sqlx::query(
-        "INSERT INTO audit_chains (chain, team_id, head_seq, head_hash) VALUES ($1, $2, 1, $3) \
-         ON CONFLICT (chain) DO UPDATE SET head_seq = audit_chains.head_seq + 1 RETURNING head_seq, head_hash",
+        "INSERT INTO audit_chains (chain, team_id, head_seq, head_hash) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (chain) DO UPDATE SET head_seq = audit_chains.head_seq + $3 RETURNING head_seq, head_hash",
     )
     .bind(&chain)
-    .bind(event.team_id.map(|t| t.as_uuid()))
+    .bind(team_id.map(|t| t.as_uuid()))
+    .bind(to_i64(count, "count")?)
     .bind(GENESIS.as_slice())
     .fetch_one(&mut *conn)
     .await?;
-    let seq = to_u64(head.try_get("head_seq")?, "audit_chains.head_seq")?;
-    let prev = chain_hash(Some(head.try_get("head_hash")?), "audit_chains.head_hash")?.unwrap_or(GENESIS);
-    let record = key.seal(event, seq, &prev);
-    let hash = record.hash.unwrap_or(GENESIS);
-    sqlx::query(
-        "INSERT INTO audit_events (id, team_id, at, seq, actor_kind, actor_id, actor_label, actor_label_digest, \
-         action, description, target, outcome, ip, user_agent, request_id, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-    )
-    .bind(record.id.as_uuid())
-    .bind(record.team_id.map(|t| t.as_uuid()))
-    .bind(record.at)
-    .bind(to_i64(seq, "audit_events.seq")?)
-    .bind(&record.actor_kind)
-    .bind(record.actor_id.as_deref())
-    .bind(record.actor_label.as_deref())
-    .bind(record.actor_label_digest.as_ref().map(<[u8; 32]>::as_slice))
-    .bind(&record.action)
-    .bind(&record.description)
-    .bind(record.target.as_deref())
-    .bind(&record.outcome)
-    .bind(record.ip.as_deref())
-    .bind(record.user_agent.as_deref())
-    .bind(record.request_id.as_deref())
-    .bind(hash.as_slice())
-    .execute(&mut *conn)
-    .await?;
+    let last_seq = to_u64(head.try_get("head_seq")?, "audit_chains.head_seq")?;
+    let mut prev = chain_hash(Some(head.try_get("head_hash")?), "audit_chains.head_hash")?.unwrap_or(GENESIS);
+    let mut seq = last_seq - count;
+    let mut records = Vec::with_capacity(events.len());
+    for event in events {
+        seq += 1;
+        let record = key.seal(event, seq, &prev);
+        prev = record.hash.unwrap_or(GENESIS);
+        records.push(record);
+    }
+    for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO audit_events (id, team_id, at, seq, actor_kind, actor_id, actor_label, actor_label_digest, \
+             action, description, target, outcome, ip, user_agent, request_id, hash) ",
+        );
+        let mut failed = None;
+        insert.push_values(chunk, |mut row, record| {
+            let seq = match record.seq.map(|s| to_i64(s, "audit_events.seq")).transpose() {
+                Ok(seq) => seq,
+                Err(error) => {
+                    failed = Some(error);
+                    None
+                }
+            };
+            row.push_bind(record.id.as_uuid())
+                .push_bind(record.team_id.map(|t| t.as_uuid()))
+                .push_bind(record.at)
+                .push_bind(seq)
+                .push_bind(record.actor_kind.clone())
+                .push_bind(record.actor_id.clone())
+                .push_bind(record.actor_label.clone())
+                .push_bind(record.actor_label_digest.map(|d| d.to_vec()))
+                .push_bind(record.action.clone())
+                .push_bind(record.description.clone())
+                .push_bind(record.target.clone())
+                .push_bind(record.outcome.clone())
+                .push_bind(record.ip.clone())
+                .push_bind(record.user_agent.clone())
+                .push_bind(record.request_id.clone())
+                .push_bind(record.hash.map(|h| h.to_vec()));
+        });
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        insert.build().execute(&mut *conn).await?;
+    }
     sqlx::query("UPDATE audit_chains SET head_hash = $2 WHERE chain = $1")
         .bind(&chain)
-        .bind(hash.as_slice())
+        .bind(prev.as_slice())
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -487,6 +524,23 @@ impl AuditStore for SqlStore {
     async fn insert_audit_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         insert_audit(&mut tx, &self.audit_key, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_audit_events(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        // Group by chain, keeping each chain's events in the order given.
+        let mut chains: Vec<(Option<TeamId>, Vec<&AuditEvent>)> = Vec::new();
+        for event in events {
+            match chains.iter_mut().find(|(team, _)| *team == event.team_id) {
+                Some((_, list)) => list.push(event),
+                None => chains.push((event.team_id, vec![event])),
+            }
+        }
+        let mut tx = self.write.begin().await?;
+        for (team_id, list) in &chains {
+            append_audit_chain(&mut tx, &self.audit_key, *team_id, list).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -424,6 +424,16 @@ pub async fn audit_chain_links_every_event(store: &dyn Store) {
         .insert_audit_event(&audit(None, AuditAction::CreateUser, at(9)))
         .await
         .unwrap();
+    // A batch spanning two chains continues each where it was.
+    store
+        .append_audit_events(&[
+            audit(Some(team.id), AuditAction::ListApiKeys, at(10)),
+            audit(None, AuditAction::CreateUser, at(10)),
+            audit(Some(team.id), AuditAction::ListApiKeys, at(11)),
+        ])
+        .await
+        .unwrap();
+    store.append_audit_events(&[]).await.unwrap();
     let seqs: Vec<_> = store
         .audit_chain_page(Some(team.id), 0, 100)
         .await
@@ -431,12 +441,12 @@ pub async fn audit_chain_links_every_event(store: &dyn Store) {
         .iter()
         .map(|r| r.seq.unwrap())
         .collect();
-    assert_eq!(seqs, [1, 2, 3, 4, 5]);
-    assert_eq!(verify_chain(store, Some(team.id)).await, Ok(5));
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(verify_chain(store, Some(team.id)).await, Ok(7));
     assert_eq!(verify_chain(store, Some(other.id)).await, Ok(1));
-    assert_eq!(verify_chain(store, None).await, Ok(1));
+    assert_eq!(verify_chain(store, None).await, Ok(2));
     let state = store.get_audit_chain(Some(team.id)).await.unwrap().unwrap();
-    assert_eq!(state.head.seq, 5);
+    assert_eq!(state.head.seq, 7);
     assert_eq!(state.boundary, None);
     assert_eq!(store.list_audit_chains().await.unwrap().len(), 3);
     assert_eq!(store.count_unchained_audit_events(Some(team.id)).await.unwrap(), 0);

@@ -157,7 +157,33 @@ pub struct AuditService {
     retention: chrono::Duration,
 }
 
-fn management_actor(caller: &ManagementKey) -> Actor {
+/// Records, in the caller's own team's log, that a management key asked to act on a team it does
+/// not manage (OWASP `authz_fail`). Written into the caller's log, never the target's, so nobody
+/// can fill another team's log. Best effort: a failure to record is logged and the caller still
+/// gets its refusal.
+pub(crate) async fn record_denied(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    caller: &ManagementKey,
+    action: AuditAction,
+    attempted_team: TeamId,
+    context: &RequestContext,
+) {
+    let event = AuditEvent::denied(
+        clock.now(),
+        Some(caller.team_id),
+        management_actor(caller),
+        action,
+        format!("Refused {action}: the management key does not manage team {attempted_team}"),
+        Some(format!("team:{attempted_team}")),
+        context,
+    );
+    if let Err(error) = store.insert_audit_event(&event).await {
+        tracing::warn!(error = %error, "could not record a refused request in the audit log");
+    }
+}
+
+pub(crate) fn management_actor(caller: &ManagementKey) -> Actor {
     Actor::ManagementKey {
         id: caller.id,
         name: caller.name.clone(),
@@ -188,6 +214,15 @@ impl AuditService {
         context: &RequestContext,
     ) -> Result<AuditPage, AuditError> {
         if caller.team_id != team_id {
+            record_denied(
+                &*self.store,
+                &*self.clock,
+                caller,
+                AuditAction::ListAuditEvents,
+                team_id,
+                context,
+            )
+            .await;
             return Err(AuditError::TeamNotFound);
         }
         filter.validate()?;
@@ -245,6 +280,15 @@ impl AuditService {
         context: &RequestContext,
     ) -> Result<AuditExport, AuditError> {
         if caller.team_id != team_id {
+            record_denied(
+                &*self.store,
+                &*self.clock,
+                caller,
+                AuditAction::ExportAuditEvents,
+                team_id,
+                context,
+            )
+            .await;
             return Err(AuditError::TeamNotFound);
         }
         self.start_export(management_actor(caller), team_id, filter, format, context)

@@ -207,6 +207,15 @@ impl KeyService {
     ) -> Result<(ApiKey, PlainKey), KeyError> {
         // A management key manages exactly one team; any other team looks like it does not exist.
         if caller.team_id != team_id {
+            crate::audit::record_denied(
+                &*self.store,
+                &*self.clock,
+                caller,
+                AuditAction::CreateApiKey,
+                team_id,
+                context,
+            )
+            .await;
             return Err(KeyError::TeamNotFound);
         }
         let name = validate_name(&new.name)?;
@@ -325,6 +334,15 @@ impl KeyService {
         context: &RequestContext,
     ) -> Result<Vec<ApiKey>, KeyError> {
         if caller.team_id != team_id {
+            crate::audit::record_denied(
+                &*self.store,
+                &*self.clock,
+                caller,
+                AuditAction::ListApiKeys,
+                team_id,
+                context,
+            )
+            .await;
             return Err(KeyError::TeamNotFound);
         }
         let keys = self.store.list_api_keys(team_id, after, limit).await?;

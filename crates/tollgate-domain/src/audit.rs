@@ -174,6 +174,23 @@ pub struct RequestContext {
 }
 
 impl AuditEvent {
+    /// A refused attempt: `action` was asked for and not allowed.
+    #[must_use]
+    pub fn denied(
+        at: Timestamp,
+        team_id: Option<TeamId>,
+        actor: Actor,
+        action: AuditAction,
+        description: String,
+        target: Option<String>,
+        context: &RequestContext,
+    ) -> Self {
+        Self {
+            outcome: Outcome::Denied,
+            ..Self::success(at, team_id, actor, action, description, target, context)
+        }
+    }
+
     /// A successful event.
     #[must_use]
     pub fn success(

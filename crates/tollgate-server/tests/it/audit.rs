@@ -227,11 +227,29 @@ async fn only_the_team_may_read_its_log(db: TestDb) {
         )
         .await;
     }
-    // The other team sees its own log, and nothing of ours.
+    // The other team sees its own log, and nothing of ours; its key's refused attempts are in
+    // its own log (never in ours), marked denied.
     let theirs = app
         .get_json(&format!("/audit/teams/{}/events", other_team.id), &other_key)
         .await;
-    assert_eq!(actions(&theirs), ["CreateManagementKey", "CreateUser"]);
+    assert_eq!(
+        actions(&theirs),
+        [
+            "ExportAuditEvents",
+            "ListAuditEvents",
+            "CreateManagementKey",
+            "CreateUser"
+        ]
+    );
+    let refused = &theirs["events"][1];
+    assert_eq!(refused["outcome"], "denied");
+    assert_eq!(refused["target"], format!("team:{}", app.team.id));
+    assert!(
+        refused["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Refused ListAuditEvents")
+    );
     assert!(
         theirs["events"]
             .as_array()

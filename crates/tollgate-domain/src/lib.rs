@@ -13,6 +13,7 @@ pub mod entities;
 pub mod ids;
 pub mod keys;
 pub mod money;
+pub mod ratelimit;
 pub mod role;
 pub mod usage;
 

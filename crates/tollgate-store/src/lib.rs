@@ -186,6 +186,8 @@ pub trait Store: AccountStore + TeamStore + KeyStore + UsageStore + AuditStore {
     async fn migrate(&self) -> Result<(), OpenError>;
     /// A cheap round trip, for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Refreshes the query planner's statistics (after a bulk load).
+    async fn analyze(&self) -> Result<(), StoreError>;
     /// Closes the connection pools, waiting for connections in use to be returned.
     async fn close(&self);
 }

@@ -589,7 +589,9 @@ impl AuditStore for SqlStore {
         let (cmp, order) = if query.newest_first { ("<", "DESC") } else { (">", "ASC") };
         if query.after.is_some() {
             let (t, i) = (next(), next());
-            sql.push_str(&format!(" AND (at {cmp} ${t} OR (at = ${t} AND id {cmp} ${i}))"));
+            // A row comparison, so both planners turn it into one index range (an OR of two
+            // conditions makes PostgreSQL scan from the start of the team's events every page).
+            sql.push_str(&format!(" AND (at, id) {cmp} (${t}, ${i})"));
         }
         sql.push_str(&format!(" ORDER BY at {order}, id {order} LIMIT ${}", next()));
 
@@ -755,6 +757,11 @@ impl Store for SqlStore {
         if stored != ours {
             return Err(crate::OpenError::AuditKeyMismatch { stored, ours });
         }
+        Ok(())
+    }
+
+    async fn analyze(&self) -> Result<(), StoreError> {
+        sqlx::query("ANALYZE").execute(&self.write).await?;
         Ok(())
     }
 

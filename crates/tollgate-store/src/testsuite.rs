@@ -673,6 +673,7 @@ pub async fn audit_pruning_keeps_the_chain_verifiable(store: &dyn Store) {
 pub async fn migrate_is_idempotent(store: &dyn Store) {
     store.migrate().await.unwrap();
     store.ping().await.unwrap();
+    store.analyze().await.unwrap();
     assert!(matches!(store.backend(), Backend::Sqlite | Backend::Postgres));
 }
 

@@ -151,6 +151,8 @@ async fn main() -> anyhow::Result<()> {
         i = end;
     }
     let fill = started.elapsed();
+    // What autovacuum would soon do after such a load: give the planner statistics.
+    store.analyze().await?;
     println!(
         "backend {:?}: wrote {} events in {:.1} s ({:.0} events/s, chained, in batches of {batch})",
         store.backend(),

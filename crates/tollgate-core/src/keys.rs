@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tollgate_domain::keys::{KeyHash, KeyPrefix, ParsedKey, PlainKey};
 use tollgate_domain::{
     AclError, AclSet, Actor, ApiKey, ApiKeyId, AuditAction, AuditEvent, Clock, ManagementKey, ManagementKeyId,
     RequestContext, Timestamp, UserId,
 };
-use tollgate_store::{Store, StoreError};
+use tollgate_store::{KeyRotation, SecretMatch, Store, StoreError};
+
+use crate::audit::management_actor;
 use tracing::instrument;
 
 /// How long an authenticated key is trusted before it is read again.
@@ -68,6 +69,18 @@ pub enum KeyError {
     /// The caller may not act on this team (or the team does not exist; the two look alike).
     #[error("team not found")]
     TeamNotFound,
+    /// No such key in the caller's team (or deleted): xAI's "Cannot find API key".
+    #[error("Cannot find API key")]
+    KeyNotFound,
+    /// An update named no field.
+    #[error("fieldMask names no field to update")]
+    NothingToUpdate,
+    /// A rotation's grace period is out of range.
+    #[error("the grace period must be between 0 and 7 days")]
+    InvalidGracePeriod,
+    /// The key is blocked by the platform; it cannot be rotated back into use.
+    #[error("the API key is blocked ({0}); create a new key instead")]
+    Blocked(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -92,7 +105,76 @@ pub struct NewApiKey {
 
 struct CachedKey {
     key: Arc<ApiKey>,
-    fetched_at: Instant,
+    matched: SecretMatch,
+    /// By the injected clock, so tests can age the cache without sleeping.
+    fetched_at: Timestamp,
+}
+
+/// Changes to an API key: each `Some` field is in the update's field mask. For the limits and
+/// the expiry, `Some(None)` clears the value.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeyChanges {
+    /// New name.
+    pub name: Option<String>,
+    /// New ACL strings (replacing the old ones).
+    pub acls: Option<Vec<String>>,
+    /// Requests per second.
+    pub qps: Option<Option<u32>>,
+    /// Requests per minute.
+    pub qpm: Option<Option<u32>>,
+    /// Tokens per minute.
+    pub tpm: Option<Option<u64>>,
+    /// Expiry.
+    pub expire_time: Option<Option<Timestamp>>,
+    /// Disabled (`false` enables; a block stays).
+    pub disabled: Option<bool>,
+}
+
+impl ApiKeyChanges {
+    fn field_names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        for (set, name) in [
+            (self.name.is_some(), "name"),
+            (self.acls.is_some(), "acls"),
+            (self.qps.is_some(), "qps"),
+            (self.qpm.is_some(), "qpm"),
+            (self.tpm.is_some(), "tpm"),
+            (self.expire_time.is_some(), "expireTime"),
+            (self.disabled.is_some(), "disabled"),
+        ] {
+            if set {
+                names.push(name);
+            }
+        }
+        names
+    }
+}
+
+/// When a change to a key is in force on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Propagation {
+    /// The key's last change.
+    pub modified_at: Timestamp,
+    /// Every node has re-read the key by then.
+    pub propagated_at: Timestamp,
+    /// Whether that time has passed.
+    pub propagated: bool,
+}
+
+/// The longest grace period a rotation may give the old secret.
+pub const MAX_ROTATION_GRACE: chrono::Duration = chrono::Duration::days(7);
+
+fn check_limits(qps: Option<u32>, qpm: Option<u32>, tpm: Option<u64>) -> Result<(), KeyError> {
+    if qps == Some(0) {
+        return Err(KeyError::InvalidLimit("qps"));
+    }
+    if qpm == Some(0) {
+        return Err(KeyError::InvalidLimit("qpm"));
+    }
+    if tpm == Some(0) {
+        return Err(KeyError::InvalidLimit("tpm"));
+    }
+    Ok(())
 }
 
 /// Keys service.
@@ -103,6 +185,7 @@ pub struct KeyService {
     api_prefix: KeyPrefix,
     management_prefix: KeyPrefix,
     cache: Arc<RwLock<HashMap<KeyHash, CachedKey>>>,
+    last_used: Arc<std::sync::Mutex<HashMap<ApiKeyId, Timestamp>>>,
 }
 
 fn validate_name(name: &str) -> Result<String, KeyError> {
@@ -127,6 +210,7 @@ impl KeyService {
             api_prefix,
             management_prefix,
             cache: Arc::default(),
+            last_used: Arc::default(),
         }
     }
 
@@ -220,15 +304,7 @@ impl KeyService {
         }
         let name = validate_name(&new.name)?;
         let acls = AclSet::parse(&new.acls)?;
-        if new.qps == Some(0) {
-            return Err(KeyError::InvalidLimit("qps"));
-        }
-        if new.qpm == Some(0) {
-            return Err(KeyError::InvalidLimit("qpm"));
-        }
-        if new.tpm == Some(0) {
-            return Err(KeyError::InvalidLimit("tpm"));
-        }
+        check_limits(new.qps, new.qpm, new.tpm)?;
         let now = self.clock.now();
         if new.expire_time.is_some_and(|at| at <= now) {
             return Err(KeyError::ExpiryInPast);
@@ -250,14 +326,15 @@ impl KeyService {
             created_at: now,
             modified_at: now,
             modified_by: caller.created_by,
+            blocked_reason: None,
+            deleted_at: None,
+            last_used_at: None,
+            previous_secret_expires_at: None,
         };
         let audit = AuditEvent::success(
             now,
             Some(team_id),
-            Actor::ManagementKey {
-                id: caller.id,
-                name: caller.name.clone(),
-            },
+            management_actor(caller),
             AuditAction::CreateApiKey,
             format!("Created API key '{}' ({})", key.name, key.redacted),
             Some(format!("api_key:{}", key.id)),
@@ -278,20 +355,22 @@ impl KeyService {
             }
         })?;
         let hash = parsed.hash();
+        let now = self.clock.now();
+        let ttl = chrono::Duration::from_std(AUTH_CACHE_TTL).unwrap_or(chrono::Duration::seconds(1));
         let cached = self
             .cache
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&hash)
-            .filter(|entry| entry.fetched_at.elapsed() < AUTH_CACHE_TTL)
-            .map(|entry| Arc::clone(&entry.key));
-        let key = match cached {
-            Some(key) => key,
+            .filter(|entry| now >= entry.fetched_at && now - entry.fetched_at < ttl)
+            .map(|entry| (Arc::clone(&entry.key), entry.matched));
+        let (key, matched) = match cached {
+            Some(hit) => hit,
             None => {
                 let found = self.store.find_api_key_by_hash(&hash).await?;
                 let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
                 match found {
-                    Some(key) => {
+                    Some((key, matched)) => {
                         if cache.len() >= AUTH_CACHE_MAX_ENTRIES {
                             cache.clear();
                         }
@@ -300,10 +379,11 @@ impl KeyService {
                             hash,
                             CachedKey {
                                 key: Arc::clone(&key),
-                                fetched_at: Instant::now(),
+                                matched,
+                                fetched_at: now,
                             },
                         );
-                        key
+                        (key, matched)
                     }
                     None => {
                         cache.remove(&hash);
@@ -312,16 +392,379 @@ impl KeyService {
                 }
             }
         };
+        // A deleted key, or a secret rotated away (past its grace), is no key at all.
+        let rotated_away =
+            matched == SecretMatch::Previous && key.previous_secret_expires_at.is_none_or(|until| until <= now);
+        if key.deleted_at.is_some() || rotated_away {
+            return Err(AuthError::Invalid);
+        }
         if key.blocked {
             return Err(AuthError::Blocked);
         }
         if key.disabled {
             return Err(AuthError::Disabled);
         }
-        if key.expire_time.is_some_and(|at| at <= self.clock.now()) {
+        if key.expire_time.is_some_and(|at| at <= now) {
             return Err(AuthError::Expired);
         }
+        self.last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.id, now);
         Ok(key)
+    }
+
+    /// Forgets cached entries of key `id`, so this node sees a change at once (others within
+    /// [`AUTH_CACHE_TTL`]).
+    fn evict(&self, id: ApiKeyId) {
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, entry| entry.key.id != id);
+    }
+
+    /// Writes the last-use times gathered since the previous flush, in one transaction. Run
+    /// periodically and at shutdown; the hot path never writes.
+    pub async fn flush_last_used(&self) -> Result<(), StoreError> {
+        let used: Vec<(ApiKeyId, Timestamp)> =
+            std::mem::take(&mut *self.last_used.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+                .into_iter()
+                .collect();
+        self.store.touch_api_keys(&used).await
+    }
+
+    /// Flushes last-use times every `every` until `stop`, then once more.
+    pub fn spawn_last_used_flusher(
+        self,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let stopping = tokio::select! {
+                    () = stop.cancelled() => true,
+                    _ = ticks.tick() => false,
+                };
+                if let Err(error) = self.flush_last_used().await {
+                    tracing::warn!(error = %error, "could not record when keys were last used");
+                }
+                if stopping {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// The caller's team's key `id`.
+    async fn team_key(&self, caller: &ManagementKey, id: ApiKeyId) -> Result<ApiKey, KeyError> {
+        self.store
+            .find_api_key(caller.team_id, id)
+            .await?
+            .ok_or(KeyError::KeyNotFound)
+    }
+
+    /// One key of the caller's team, audited as `GetApiKey`.
+    pub async fn get_api_key(
+        &self,
+        caller: &ManagementKey,
+        id: ApiKeyId,
+        context: &RequestContext,
+    ) -> Result<ApiKey, KeyError> {
+        let key = self.team_key(caller, id).await?;
+        let audit = AuditEvent::success(
+            self.clock.now(),
+            Some(key.team_id),
+            management_actor(caller),
+            AuditAction::GetApiKey,
+            format!("Read API key '{}' ({})", key.name, key.redacted),
+            Some(format!("api_key:{}", key.id)),
+            context,
+        );
+        self.store.insert_audit_event(&audit).await?;
+        Ok(key)
+    }
+
+    /// Applies `changes` to key `id` of the caller's team.
+    #[instrument(skip_all, fields(api_key.id = %id))]
+    pub async fn update_api_key(
+        &self,
+        caller: &ManagementKey,
+        id: ApiKeyId,
+        changes: ApiKeyChanges,
+        context: &RequestContext,
+    ) -> Result<ApiKey, KeyError> {
+        let fields = changes.field_names();
+        if fields.is_empty() {
+            return Err(KeyError::NothingToUpdate);
+        }
+        let mut key = self.team_key(caller, id).await?;
+        let now = self.clock.now();
+        if let Some(name) = &changes.name {
+            key.name = validate_name(name)?;
+        }
+        if let Some(acls) = &changes.acls {
+            key.acls = AclSet::parse(acls)?;
+        }
+        key.qps = changes.qps.unwrap_or(key.qps);
+        key.qpm = changes.qpm.unwrap_or(key.qpm);
+        key.tpm = changes.tpm.unwrap_or(key.tpm);
+        check_limits(key.qps, key.qpm, key.tpm)?;
+        if let Some(expire_time) = changes.expire_time {
+            if expire_time.is_some_and(|at| at <= now) {
+                return Err(KeyError::ExpiryInPast);
+            }
+            key.expire_time = expire_time;
+        }
+        let switched = changes
+            .disabled
+            .filter(|&d| d != key.disabled)
+            .map(|d| if d { "disabled" } else { "enabled" });
+        key.disabled = changes.disabled.unwrap_or(key.disabled);
+        key.modified_at = now;
+        key.modified_by = caller.created_by;
+        let description = match switched {
+            Some(state) => format!(
+                "API key '{}' ({}) {state}; fields: {}",
+                key.name,
+                key.redacted,
+                fields.join(", ")
+            ),
+            None => format!(
+                "Updated API key '{}' ({}); fields: {}",
+                key.name,
+                key.redacted,
+                fields.join(", ")
+            ),
+        };
+        let audit = AuditEvent::success(
+            now,
+            Some(key.team_id),
+            management_actor(caller),
+            AuditAction::UpdateApiKey,
+            description,
+            Some(format!("api_key:{}", key.id)),
+            context,
+        );
+        self.store
+            .update_api_key(&key, &audit)
+            .await
+            .map_err(not_found_is_key)?;
+        self.evict(key.id);
+        Ok(key)
+    }
+
+    /// Gives key `id` a new secret, same id. The old secret keeps working for `grace` (at most
+    /// [`MAX_ROTATION_GRACE`]); without grace it stops at once. The new plaintext is returned once.
+    #[instrument(skip_all, fields(api_key.id = %id))]
+    pub async fn rotate_api_key(
+        &self,
+        caller: &ManagementKey,
+        id: ApiKeyId,
+        grace: Option<chrono::Duration>,
+        context: &RequestContext,
+    ) -> Result<(ApiKey, PlainKey), KeyError> {
+        let grace = grace.filter(|g| !g.is_zero());
+        if grace.is_some_and(|g| g < chrono::Duration::zero() || g > MAX_ROTATION_GRACE) {
+            return Err(KeyError::InvalidGracePeriod);
+        }
+        let mut key = self.team_key(caller, id).await?;
+        if key.blocked {
+            return Err(KeyError::Blocked(key.blocked_reason.clone().unwrap_or_default()));
+        }
+        let now = self.clock.now();
+        let plain = PlainKey::generate(&self.api_prefix, &mut rand::rngs::OsRng);
+        let new_hash = plain.hash();
+        let new_redacted = plain.redacted(&self.api_prefix);
+        let previous_valid_until = grace.map(|g| now + g);
+        let audit = AuditEvent::success(
+            now,
+            Some(key.team_id),
+            management_actor(caller),
+            AuditAction::RotateApiKey,
+            match previous_valid_until {
+                Some(until) => format!(
+                    "Rotated API key '{}' ({} → {}); the old secret works until {}",
+                    key.name,
+                    key.redacted,
+                    new_redacted,
+                    until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                None => format!("Rotated API key '{}' ({} → {})", key.name, key.redacted, new_redacted),
+            },
+            Some(format!("api_key:{}", key.id)),
+            context,
+        );
+        let rotation = KeyRotation {
+            team_id: key.team_id,
+            id: key.id,
+            new_hash: &new_hash,
+            new_redacted: &new_redacted,
+            previous_valid_until,
+            at: now,
+            by: caller.created_by,
+        };
+        self.store
+            .rotate_api_key(&rotation, &audit)
+            .await
+            .map_err(not_found_is_key)?;
+        self.evict(key.id);
+        key.redacted = new_redacted;
+        key.modified_at = now;
+        key.modified_by = caller.created_by;
+        key.previous_secret_expires_at = previous_valid_until;
+        Ok((key, plain))
+    }
+
+    /// Deletes key `id` of the caller's team: refused from now on, gone from lists; its usage
+    /// and audit records stay.
+    #[instrument(skip_all, fields(api_key.id = %id))]
+    pub async fn delete_api_key(
+        &self,
+        caller: &ManagementKey,
+        id: ApiKeyId,
+        context: &RequestContext,
+    ) -> Result<(), KeyError> {
+        let key = self.team_key(caller, id).await?;
+        let now = self.clock.now();
+        let audit = AuditEvent::success(
+            now,
+            Some(key.team_id),
+            management_actor(caller),
+            AuditAction::DeleteApiKey,
+            format!("Deleted API key '{}' ({})", key.name, key.redacted),
+            Some(format!("api_key:{}", key.id)),
+            context,
+        );
+        self.store
+            .delete_api_key(key.team_id, key.id, now, caller.created_by, &audit)
+            .await
+            .map_err(not_found_is_key)?;
+        self.evict(key.id);
+        Ok(())
+    }
+
+    /// Whether the last change to key `id` is in force on every node (each re-reads a key at
+    /// least once per [`AUTH_CACHE_TTL`]).
+    pub async fn propagation(&self, caller: &ManagementKey, id: ApiKeyId) -> Result<Propagation, KeyError> {
+        let key = self.team_key(caller, id).await?;
+        let ttl = chrono::Duration::from_std(AUTH_CACHE_TTL).unwrap_or(chrono::Duration::seconds(1));
+        let propagated_at = key.modified_at + ttl;
+        Ok(Propagation {
+            modified_at: key.modified_at,
+            propagated_at,
+            propagated: self.clock.now() >= propagated_at,
+        })
+    }
+
+    /// Blocks the API key whose secret (current, or rotated and in grace) is `presented`: for
+    /// leaks. A key that is not ours (bad prefix or checksum, or unknown) is `Ok(None)`. A key
+    /// already blocked is returned without a second event.
+    pub async fn block_api_key_by_secret(
+        &self,
+        presented: &str,
+        reason: &str,
+        actor: Actor,
+        context: &RequestContext,
+    ) -> Result<Option<(ApiKey, bool)>, KeyError> {
+        let Ok(parsed) = ParsedKey::parse(&self.api_prefix, presented) else {
+            return Ok(None);
+        };
+        let Some((key, _)) = self.store.find_api_key_by_hash(&parsed.hash()).await? else {
+            return Ok(None);
+        };
+        let newly = self.block(&key, reason, actor, context).await?;
+        Ok(Some((key, newly)))
+    }
+
+    /// Blocks key `id` of `team_id` (the operator's command). `KeyNotFound` if there is none.
+    pub async fn block_api_key(
+        &self,
+        team_id: tollgate_domain::TeamId,
+        id: ApiKeyId,
+        reason: &str,
+        actor: Actor,
+        context: &RequestContext,
+    ) -> Result<(ApiKey, bool), KeyError> {
+        let key = self
+            .store
+            .find_api_key(team_id, id)
+            .await?
+            .ok_or(KeyError::KeyNotFound)?;
+        let newly = self.block(&key, reason, actor, context).await?;
+        Ok((key, newly))
+    }
+
+    async fn block(
+        &self,
+        key: &ApiKey,
+        reason: &str,
+        actor: Actor,
+        context: &RequestContext,
+    ) -> Result<bool, KeyError> {
+        let now = self.clock.now();
+        let audit = AuditEvent::success(
+            now,
+            Some(key.team_id),
+            actor,
+            AuditAction::BlockApiKey,
+            format!("Blocked API key '{}' ({}): {reason}", key.name, key.redacted),
+            Some(format!("api_key:{}", key.id)),
+            context,
+        );
+        let newly = self
+            .store
+            .block_api_key(key.team_id, key.id, reason, now, &audit)
+            .await?;
+        self.evict(key.id);
+        Ok(newly)
+    }
+
+    /// The team's management keys (operator), audited as `ListManagementKeys`.
+    pub async fn list_management_keys(
+        &self,
+        team_id: tollgate_domain::TeamId,
+        actor: Actor,
+        context: &RequestContext,
+    ) -> Result<Vec<ManagementKey>, KeyError> {
+        self.store.get_team(team_id).await.map_err(not_found_is_team)?;
+        let keys = self.store.list_management_keys(team_id).await?;
+        let audit = AuditEvent::success(
+            self.clock.now(),
+            Some(team_id),
+            actor,
+            AuditAction::ListManagementKeys,
+            format!("Listed {} management keys", keys.len()),
+            None,
+            context,
+        );
+        self.store.insert_audit_event(&audit).await?;
+        Ok(keys)
+    }
+
+    /// Revokes management key `id` of `team_id`: refused from now on.
+    pub async fn revoke_management_key(
+        &self,
+        team_id: tollgate_domain::TeamId,
+        id: ManagementKeyId,
+        actor: Actor,
+        context: &RequestContext,
+    ) -> Result<(), KeyError> {
+        let now = self.clock.now();
+        let audit = AuditEvent::success(
+            now,
+            Some(team_id),
+            actor,
+            AuditAction::RevokeManagementKey,
+            format!("Revoked management key {id}"),
+            Some(format!("management_key:{id}")),
+            context,
+        );
+        self.store
+            .revoke_management_key(team_id, id, now, &audit)
+            .await
+            .map_err(not_found_is_key)
     }
 
     /// A page of the team's keys (management API), audited as `ListApiKeys`.
@@ -349,10 +792,7 @@ impl KeyService {
         let audit = AuditEvent::success(
             self.clock.now(),
             Some(team_id),
-            Actor::ManagementKey {
-                id: caller.id,
-                name: caller.name.clone(),
-            },
+            management_actor(caller),
             AuditAction::ListApiKeys,
             format!("Listed {} API keys", keys.len()),
             None,
@@ -360,5 +800,19 @@ impl KeyService {
         );
         self.store.insert_audit_event(&audit).await?;
         Ok(keys)
+    }
+}
+
+fn not_found_is_key(error: StoreError) -> KeyError {
+    match error {
+        StoreError::NotFound => KeyError::KeyNotFound,
+        other => other.into(),
+    }
+}
+
+fn not_found_is_team(error: StoreError) -> KeyError {
+    match error {
+        StoreError::NotFound => KeyError::TeamNotFound,
+        other => other.into(),
     }
 }

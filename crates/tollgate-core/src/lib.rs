@@ -7,9 +7,11 @@
 pub mod accounts;
 pub mod audit;
 pub mod keys;
+pub mod ratelimit;
 pub mod usage;
 
 pub use accounts::{AccountError, AccountService};
 pub use audit::{AuditError, AuditExport, AuditFilter, AuditPage, AuditService, ChainReport};
-pub use keys::{AuthError, KeyError, KeyService, NewApiKey};
+pub use keys::{ApiKeyChanges, AuthError, KeyError, KeyService, NewApiKey, Propagation};
+pub use ratelimit::{LocalRateLimiter, RateLimiter};
 pub use usage::{UsageError, UsageRecorder};

@@ -13,15 +13,29 @@ pub enum Acl {
     Model(Option<String>),
 }
 
+/// The endpoint names `api-key:endpoint:<name>` may grant, with what each covers. A name not
+/// here is refused when a key is created or updated, so a typo cannot silently grant nothing.
+pub const ENDPOINTS: &[(&str, &str)] = &[("chat", "Chat completions (/v1/chat/completions), text and vision")];
+
 /// A string that is not an ACL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid ACL '{0}': expected 'api-key:endpoint:<name>' or 'api-key:model:<name>'")]
-pub struct AclError(String);
+pub enum AclError {
+    /// Not in the grammar.
+    #[error("invalid ACL '{0}': expected 'api-key:endpoint:<name>' or 'api-key:model:<name>'")]
+    Syntax(String),
+    /// An endpoint name that does not exist.
+    #[error("invalid ACL '{0}': unknown endpoint (known: {known})", known = known_endpoints())]
+    UnknownEndpoint(String),
+}
+
+fn known_endpoints() -> String {
+    ENDPOINTS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+}
 
 impl Acl {
     /// Parses one grant.
     pub fn parse(raw: &str) -> Result<Self, AclError> {
-        let invalid = || AclError(raw.chars().take(100).collect());
+        let invalid = || AclError::Syntax(raw.chars().take(100).collect());
         let rest = raw.strip_prefix("api-key:").ok_or_else(invalid)?;
         let (kind, name) = rest.split_once(':').ok_or_else(invalid)?;
         let valid_name = !name.is_empty()
@@ -34,7 +48,12 @@ impl Acl {
         }
         let name = (name != "*").then(|| name.to_owned());
         match kind {
-            "endpoint" => Ok(Acl::Endpoint(name)),
+            "endpoint" => match name {
+                Some(name) if !ENDPOINTS.iter().any(|(known, _)| *known == name) => {
+                    Err(AclError::UnknownEndpoint(raw.chars().take(100).collect()))
+                }
+                name => Ok(Acl::Endpoint(name)),
+            },
             "model" => Ok(Acl::Model(name)),
             _ => Err(invalid()),
         }
@@ -113,6 +132,7 @@ mod tests {
             "api-key:model:",
             "key:model:x",
             "api-key:model:a b",
+            "api-key:endpoint:imagez",
         ] {
             assert!(Acl::parse(bad).is_err(), "{bad:?}");
         }

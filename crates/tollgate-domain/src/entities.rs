@@ -76,6 +76,14 @@ pub struct ApiKey {
     pub modified_at: Timestamp,
     /// Who last changed it.
     pub modified_by: Option<UserId>,
+    /// Why it was blocked (e.g. where a leak was found).
+    pub blocked_reason: Option<String>,
+    /// When it was deleted; a deleted key is refused and no longer listed.
+    pub deleted_at: Option<Timestamp>,
+    /// When it was last used (updated in batches, not per request: may lag by a minute).
+    pub last_used_at: Option<Timestamp>,
+    /// While set, the secret a rotation replaced is still accepted, until this time.
+    pub previous_secret_expires_at: Option<Timestamp>,
 }
 
 /// A management key: authenticates one team's management API.

@@ -174,6 +174,11 @@ impl KeyWindows {
         }
     }
 
+    /// Whether every counter has drained to zero at `now` (the entry can be forgotten).
+    pub fn is_idle(&mut self, now: Timestamp) -> bool {
+        self.second.count(now) == 0 && self.minute.count(now) == 0 && self.tokens.count(now) == 0
+    }
+
     /// Counts `tokens` a finished request used.
     pub fn record_tokens(&mut self, tokens: u64, now: Timestamp) {
         self.tokens.add(now, tokens);

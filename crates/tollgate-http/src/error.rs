@@ -18,6 +18,8 @@ pub struct XaiError {
     status: StatusCode,
     message: String,
     source: Option<anyhow::Error>,
+    /// Extra response headers; boxed, as most errors have none.
+    headers: Option<Box<axum::http::HeaderMap>>,
 }
 
 /// The JSON body of every error.
@@ -52,7 +54,15 @@ impl XaiError {
             status,
             message: message.into(),
             source: None,
+            headers: None,
         }
+    }
+
+    /// This error, answered with `headers` too (e.g. `retry-after` and `x-ratelimit-*` on a 429).
+    #[must_use]
+    pub fn with_headers(mut self, headers: axum::http::HeaderMap) -> Self {
+        self.headers.get_or_insert_with(Box::default).extend(headers);
+        self
     }
 
     /// 400.
@@ -75,22 +85,22 @@ impl XaiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
+    /// An error whose cause (`source`) is logged, not shown.
+    pub fn with_source(status: StatusCode, message: impl Into<String>, source: impl Into<anyhow::Error>) -> Self {
+        Self {
+            source: Some(source.into()),
+            ..Self::new(status, message)
+        }
+    }
+
     /// 500 with an opaque body; `source` is logged.
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: "Internal error".into(),
-            source: Some(source.into()),
-        }
+        Self::with_source(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", source)
     }
 
     /// 503 with an opaque body; `source` is logged.
     pub fn unavailable(message: impl Into<String>, source: impl Into<anyhow::Error>) -> Self {
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.into(),
-            source: Some(source.into()),
-        }
+        Self::with_source(StatusCode::SERVICE_UNAVAILABLE, message, source)
     }
 
     /// The status.
@@ -121,7 +131,11 @@ impl IntoResponse for XaiError {
                 None => tracing::error!(status = self.status.as_u16(), message = %self.message, "request failed"),
             }
         }
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(headers) = self.headers {
+            response.headers_mut().extend(*headers);
+        }
+        response
     }
 }
 
@@ -137,9 +151,14 @@ impl From<StoreError> for XaiError {
 impl From<KeyError> for XaiError {
     fn from(error: KeyError) -> Self {
         match error {
-            KeyError::InvalidName | KeyError::InvalidAcl(_) | KeyError::InvalidLimit(_) | KeyError::ExpiryInPast => {
-                XaiError::invalid_argument(error.to_string())
-            }
+            KeyError::InvalidName
+            | KeyError::InvalidAcl(_)
+            | KeyError::InvalidLimit(_)
+            | KeyError::ExpiryInPast
+            | KeyError::NothingToUpdate
+            | KeyError::InvalidGracePeriod
+            | KeyError::Blocked(_) => XaiError::invalid_argument(error.to_string()),
+            KeyError::KeyNotFound => XaiError::not_found("Cannot find API key"),
             // Another team's id and an unknown one answer alike: no existence leak.
             KeyError::TeamNotFound => XaiError::permission_denied("The management key is not authorized for this team"),
             KeyError::Store(store) => store.into(),
@@ -157,21 +176,19 @@ impl From<GatewayError> for XaiError {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
                 XaiError::new(status, message.clone())
             }
-            GatewayError::Timeout => XaiError {
-                status: StatusCode::GATEWAY_TIMEOUT,
-                message: "The model server did not answer in time".into(),
-                source: Some(error.into()),
-            },
-            GatewayError::Unavailable(_) => XaiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: "The model server is unavailable".into(),
-                source: Some(error.into()),
-            },
-            GatewayError::Status { .. } | GatewayError::InvalidResponse(_) => XaiError {
-                status: StatusCode::BAD_GATEWAY,
-                message: "The model server failed to answer".into(),
-                source: Some(error.into()),
-            },
+            GatewayError::Timeout => XaiError::with_source(
+                StatusCode::GATEWAY_TIMEOUT,
+                "The model server did not answer in time",
+                error,
+            ),
+            GatewayError::Unavailable(_) => XaiError::with_source(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The model server is unavailable",
+                error,
+            ),
+            GatewayError::Status { .. } | GatewayError::InvalidResponse(_) => {
+                XaiError::with_source(StatusCode::BAD_GATEWAY, "The model server failed to answer", error)
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ mod v1;
 use std::sync::Arc;
 
 use axum::Router;
-use tollgate_core::{AuditService, KeyService, UsageRecorder};
+use tollgate_core::{AuditService, KeyService, RateLimiter, UsageRecorder};
 use tollgate_domain::Clock;
 use tollgate_gateway::Catalog;
 use tollgate_store::Store;
@@ -49,6 +49,8 @@ pub struct AppState {
     pub audit: AuditService,
     /// Group-commit usage writer.
     pub usage: UsageRecorder,
+    /// Per-key request and token limits.
+    pub limiter: Arc<dyn RateLimiter>,
     /// Models and upstreams.
     pub catalog: Arc<Catalog>,
     /// Metrics registry.

@@ -1,5 +1,6 @@
 //! Prometheus metrics, served as text on `/metrics`: requests by route, method and status,
-//! request latency by route, upstream errors by upstream and kind, tokens by model.
+//! request latency by route, upstream errors by upstream and kind, tokens by model, requests
+//! refused by a rate limit by limit.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,6 +30,11 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
     model: String,
     kind: String,
@@ -41,6 +47,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     upstream_errors: Family<UpstreamLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -67,6 +74,12 @@ impl Metrics {
         });
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         let tokens = Family::<TokenLabels, Counter>::default();
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited_requests",
+            "Requests refused by a per-key limit (qps, qpm, tpm)",
+            rate_limited.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -89,7 +102,16 @@ impl Metrics {
             latency,
             upstream_errors,
             tokens,
+            rate_limited,
         }
+    }
+
+    pub(crate) fn rate_limited(&self, limit: &str) {
+        self.rate_limited
+            .get_or_create(&LimitLabels {
+                limit: limit.to_owned(),
+            })
+            .inc();
     }
 
     pub(crate) fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {

@@ -14,7 +14,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tollgate_domain::ratelimit::{KeyLimits, LimitKind, LimitStatus};
 use tollgate_domain::{ApiKey, RequestId, TokenUsage, UsageRecord};
 use tollgate_gateway::sse::{SseDecoder, SseEvent};
 use tollgate_gateway::usage::{estimate_completion_tokens, estimate_prompt_tokens, parse_usage, usage_json};
@@ -78,6 +79,10 @@ impl Billing {
             .await
             .map_err(|e| XaiError::unavailable("The request could not be recorded; it was not charged", e))?;
         self.state.metrics.tokens(&self.route.name, &usage);
+        self.state
+            .limiter
+            .record_tokens(self.key_id, usage.total_tokens(), self.state.clock.now())
+            .await;
         Ok(cost)
     }
 }
@@ -126,6 +131,7 @@ pub(crate) async fn create_chat_completion(
         ))
     })?;
     check_acls(&key, &route.name)?;
+    let rate_headers = rate_limit(&state, &key).await?;
 
     let request_id = meta
         .request_id
@@ -160,6 +166,7 @@ pub(crate) async fn create_chat_completion(
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
         let mut response = Response::new(Body::from_stream(stream));
         let headers = response.headers_mut();
+        headers.extend(rate_headers);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -185,7 +192,72 @@ pub(crate) async fn create_chat_completion(
     let cost = billing.settle(usage, estimated).await?;
     answer["model"] = Value::String(route.name.clone());
     answer["usage"] = usage_json(&usage, cost);
-    Ok(Json(answer).into_response())
+    Ok((rate_headers, Json(answer)).into_response())
+}
+
+/// Seconds, as `x-ratelimit-reset-*` carries them (`"1.5s"`, like OpenAI's `"1s"`).
+fn reset_text(microseconds: i64) -> String {
+    let millis = (microseconds + 999) / 1000;
+    format!("{}.{:03}s", millis / 1000, millis % 1000)
+}
+
+/// Applies the key's `qps`, `qpm` and `tpm`: the `x-ratelimit-*` headers to send back, or a 429
+/// in xAI's shape (with `retry-after` and the same headers).
+async fn rate_limit(state: &AppState, key: &ApiKey) -> Result<HeaderMap, XaiError> {
+    let limits = KeyLimits {
+        qps: key.qps,
+        qpm: key.qpm,
+        tpm: key.tpm,
+    };
+    let mut headers = HeaderMap::new();
+    if !limits.any() {
+        return Ok(headers);
+    }
+    let decision = state.limiter.acquire(key.id, &limits, state.clock.now()).await;
+    let mut put = |suffix: &str, status: Option<LimitStatus>| {
+        if let Some(status) = status {
+            for (name, value) in [
+                (format!("x-ratelimit-limit-{suffix}"), status.limit.to_string()),
+                (format!("x-ratelimit-remaining-{suffix}"), status.remaining.to_string()),
+                (format!("x-ratelimit-reset-{suffix}"), reset_text(status.reset_after_us)),
+            ] {
+                if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+    };
+    put("requests", decision.requests_per_minute);
+    put("requests-second", decision.requests_per_second);
+    put("tokens", decision.tokens_per_minute);
+    let Some((kind, actual)) = decision.refused else {
+        return Ok(headers);
+    };
+    let (what, unit, status) = match kind {
+        LimitKind::RequestsPerSecond => ("requests", "Requests per Second", decision.requests_per_second),
+        LimitKind::RequestsPerMinute => ("requests", "Requests per Minute", decision.requests_per_minute),
+        LimitKind::TokensPerMinute => ("tokens", "Tokens per Minute", decision.tokens_per_minute),
+    };
+    let (limit, reset_us) = status.map_or((0, 1_000_000), |s| (s.limit, s.reset_after_us));
+    let retry_after = ((reset_us + 999_999) / 1_000_000).max(1);
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    state.metrics.rate_limited(kind_label(kind));
+    Err(XaiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "Too many {what} for API key {}. {unit} (actual/limit): {actual}/{limit}.",
+            key.redacted
+        ),
+    )
+    .with_headers(headers))
+}
+
+const fn kind_label(kind: LimitKind) -> &'static str {
+    match kind {
+        LimitKind::RequestsPerSecond => "qps",
+        LimitKind::RequestsPerMinute => "qpm",
+        LimitKind::TokensPerMinute => "tpm",
+    }
 }
 
 fn upstream_failed(state: &AppState, route: &ModelRoute, error: GatewayError) -> XaiError {

@@ -140,6 +140,9 @@ pub fn catalog(config: &Config, clock: &dyn Clock) -> anyhow::Result<Catalog> {
     Ok(Catalog::new(routes)?)
 }
 
+/// How often keys' last-use times are written (the hot path only notes them in memory).
+const LAST_USED_FLUSH: Duration = Duration::from_secs(30);
+
 /// A running server.
 pub struct Server {
     /// Where it listens.
@@ -148,6 +151,8 @@ pub struct Server {
     pub store: Arc<dyn Store>,
     /// Its audit service (tests run retention with a moved clock).
     pub audit: AuditService,
+    /// Its key service (tests flush last-use times).
+    pub keys: KeyService,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -181,9 +186,10 @@ pub async fn start(
     let state = AppState {
         store: Arc::clone(&store),
         clock,
-        keys: services.keys,
+        keys: services.keys.clone(),
         audit: services.audit.clone(),
         usage,
+        limiter: Arc::new(tollgate_core::LocalRateLimiter::default()),
         catalog,
         metrics: Arc::new(Metrics::new()),
         settings: Arc::new(HttpSettings {
@@ -204,6 +210,10 @@ pub async fn start(
         }
     });
     let stop_jobs = CancellationToken::new();
+    let last_used = services
+        .keys
+        .clone()
+        .spawn_last_used_flusher(LAST_USED_FLUSH, stop_jobs.clone());
     let retention = (config.audit.retention_days > 0).then(|| {
         services.audit.clone().spawn_retention(
             Duration::from_secs(config.audit.prune_interval_minutes * 60),
@@ -240,6 +250,8 @@ pub async fn start(
         if let Some(retention) = retention {
             let _ = retention.await;
         }
+        // Writes the last-use times gathered since its previous run.
+        let _ = last_used.await;
         // Every handle to the usage recorder is gone with the router; it drains and ends.
         if tokio::time::timeout(grace, usage_task).await.is_err() {
             tracing::error!("usage recorder did not finish writing in time");
@@ -253,6 +265,7 @@ pub async fn start(
         addr,
         store,
         audit: services.audit,
+        keys: services.keys,
         shutdown: Some(shutdown),
         task,
     })

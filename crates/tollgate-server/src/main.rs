@@ -39,9 +39,30 @@ enum Command {
     /// Manage management keys (they authenticate a team's Management API).
     #[command(subcommand, name = "management-key")]
     ManagementKey(ManagementKeyCommand),
+    /// API keys: block one that leaked.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
     /// The audit log: verify its hash chains, apply retention, export.
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Block an API key (e.g. reported leaked by a channel other than GitHub): it is refused on
+    /// every node within a second, and enabling it does not lift the block. Name it by
+    /// `--team` and `--id`, or pass the key's value on standard input.
+    Block {
+        /// The key's team (with `--id`).
+        #[arg(long, requires = "id")]
+        team: Option<TeamId>,
+        /// The key's id (with `--team`).
+        #[arg(long, requires = "team")]
+        id: Option<tollgate_domain::ApiKeyId>,
+        /// Why, for the audit log and the team (e.g. where it was found).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +118,21 @@ enum ManagementKeyCommand {
         /// A name to recognise the key by.
         #[arg(long)]
         name: String,
+    },
+    /// List a team's management keys (never their secrets).
+    List {
+        /// The team's id.
+        #[arg(long)]
+        team: TeamId,
+    },
+    /// Revoke a management key: refused from now on.
+    Revoke {
+        /// The team's id.
+        #[arg(long)]
+        team: TeamId,
+        /// The key's id (from `list`).
+        #[arg(long)]
+        id: tollgate_domain::ManagementKeyId,
     },
 }
 
@@ -158,6 +194,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(command) => audit(&config, clock, command).await,
+        Command::ApiKey(ApiKeyCommand::Block { team, id, reason }) => {
+            let presented = match (team, id) {
+                (Some(_), Some(_)) => None,
+                _ => Some(read_secret("API key to block")?),
+            };
+            let store = tollgate_server::open_store(&config).await?;
+            let services = tollgate_server::services(&config, &store, &clock)?;
+            let context = RequestContext::default();
+            let result = match (team, id, presented) {
+                (Some(team), Some(id), _) => services
+                    .keys
+                    .block_api_key(team, id, &reason, Actor::Operator, &context)
+                    .await
+                    .map(Some),
+                (_, _, Some(value)) => {
+                    services
+                        .keys
+                        .block_api_key_by_secret(&value, &reason, Actor::Operator, &context)
+                        .await
+                }
+                _ => Ok(None),
+            };
+            store.close().await;
+            match result.context("cannot block the key")? {
+                Some((key, true)) => println!("blocked API key {} ({}) of team {}", key.id, key.redacted, key.team_id),
+                Some((key, false)) => println!("API key {} ({}) was already blocked", key.id, key.redacted),
+                None => anyhow::bail!("that is not an API key of this Tollgate"),
+            }
+            Ok(())
+        }
+        Command::ManagementKey(ManagementKeyCommand::List { team }) => {
+            let store = tollgate_server::open_store(&config).await?;
+            let services = tollgate_server::services(&config, &store, &clock)?;
+            let result = services
+                .keys
+                .list_management_keys(team, Actor::Operator, &RequestContext::default())
+                .await;
+            store.close().await;
+            for key in result.context("cannot list the management keys")? {
+                let state = key
+                    .revoked_at
+                    .map_or_else(|| "active".to_owned(), |at| format!("revoked {}", at.to_rfc3339()));
+                println!("{}  {}  {:<24}  {state}", key.id, key.redacted, key.name);
+            }
+            Ok(())
+        }
+        Command::ManagementKey(ManagementKeyCommand::Revoke { team, id }) => {
+            let store = tollgate_server::open_store(&config).await?;
+            let services = tollgate_server::services(&config, &store, &clock)?;
+            let result = services
+                .keys
+                .revoke_management_key(team, id, Actor::Operator, &RequestContext::default())
+                .await;
+            store.close().await;
+            result.context("cannot revoke the management key")?;
+            println!("revoked management key {id}");
+            Ok(())
+        }
         Command::ManagementKey(ManagementKeyCommand::Create { team, name }) => {
             let store = tollgate_server::open_store(&config).await?;
             let services = tollgate_server::services(&config, &store, &clock)?;
@@ -263,17 +357,19 @@ fn hex_of(bytes: &[u8]) -> String {
 }
 
 fn read_password() -> anyhow::Result<String> {
+    read_secret("Password (15+ characters)")
+}
+
+/// One line from standard input (prompting on a terminal), without its line ending.
+fn read_secret(prompt: &str) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprint!("Password (15+ characters): ");
+        eprint!("{prompt}: ");
         std::io::stderr().flush()?;
     }
     let mut line = String::new();
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .context("reading the password from standard input")?;
-    let password = line.trim_end_matches(['\r', '\n']).to_owned();
-    anyhow::ensure!(!password.is_empty(), "no password on standard input");
-    Ok(password)
+    stdin.lock().read_line(&mut line).context("reading standard input")?;
+    let value = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(!value.is_empty(), "nothing on standard input ({prompt})");
+    Ok(value)
 }

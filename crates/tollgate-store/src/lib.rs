@@ -66,27 +66,91 @@ pub trait TeamStore: Send + Sync {
     async fn find_role(&self, team_id: TeamId, user_id: UserId) -> Result<Option<Role>, StoreError>;
 }
 
-/// API keys and management keys. Only hashes of secrets are stored.
+/// Which of a key's secrets a presented one matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretMatch {
+    /// The current secret.
+    Current,
+    /// The secret a rotation replaced (valid until `previous_secret_expires_at`).
+    Previous,
+}
+
+/// A rotation: the key's new secret, and how long the old one still works.
+#[derive(Debug, Clone)]
+pub struct KeyRotation<'a> {
+    /// The key's team.
+    pub team_id: TeamId,
+    /// The key.
+    pub id: ApiKeyId,
+    /// Hash of the new secret.
+    pub new_hash: &'a KeyHash,
+    /// Redacted form of the new secret.
+    pub new_redacted: &'a str,
+    /// The old secret is accepted until then; `None` forgets it at once.
+    pub previous_valid_until: Option<Timestamp>,
+    /// When.
+    pub at: Timestamp,
+    /// Who (a user), if a user did it.
+    pub by: Option<UserId>,
+}
+
+/// API keys and management keys. Only hashes of secrets are stored. Every method that changes a
+/// key takes the team id and answers `NotFound` for another team's key (or a deleted one).
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     /// Stores a new API key with `audit`, atomically.
     async fn insert_api_key(&self, key: &ApiKey, hash: &KeyHash, audit: &AuditEvent) -> Result<(), StoreError>;
-    /// The API key with this secret hash, whatever its state.
-    async fn find_api_key_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError>;
-    /// The team's API key with this id.
+    /// The API key one of whose secrets has this hash, whatever its state (deleted included).
+    async fn find_api_key_by_hash(&self, hash: &KeyHash) -> Result<Option<(ApiKey, SecretMatch)>, StoreError>;
+    /// The team's API key with this id, unless deleted.
     async fn find_api_key(&self, team_id: TeamId, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError>;
-    /// A page of the team's API keys in id (creation) order, after `after`.
+    /// A page of the team's API keys (deleted ones left out) in id (creation) order, after `after`.
     async fn list_api_keys(
         &self,
         team_id: TeamId,
         after: Option<ApiKeyId>,
         limit: u32,
     ) -> Result<Vec<ApiKey>, StoreError>;
+    /// Writes the key's changeable fields (name, ACLs, limits, expiry, disabled, modified).
+    async fn update_api_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Replaces the key's secret.
+    async fn rotate_api_key(&self, rotation: &KeyRotation<'_>, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Deletes the key (softly: usage and audit records keep referring to it).
+    async fn delete_api_key(
+        &self,
+        team_id: TeamId,
+        id: ApiKeyId,
+        at: Timestamp,
+        by: Option<UserId>,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Blocks the key for `reason` (and drops a rotated secret still in grace). Returns `false`,
+    /// writing nothing, when it was already blocked.
+    async fn block_api_key(
+        &self,
+        team_id: TeamId,
+        id: ApiKeyId,
+        reason: &str,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
+    /// Records when keys were last used (a batch, flushed now and then; never moves a time back).
+    async fn touch_api_keys(&self, used: &[(ApiKeyId, Timestamp)]) -> Result<(), StoreError>;
     /// Stores a new management key with `audit`, atomically.
     async fn insert_management_key(
         &self,
         key: &ManagementKey,
         hash: &KeyHash,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// The team's management keys, revoked ones included, oldest first.
+    async fn list_management_keys(&self, team_id: TeamId) -> Result<Vec<ManagementKey>, StoreError>;
+    /// Revokes a management key; `NotFound` if it is not the team's or already revoked.
+    async fn revoke_management_key(
+        &self,
+        team_id: TeamId,
+        id: tollgate_domain::ManagementKeyId,
+        at: Timestamp,
         audit: &AuditEvent,
     ) -> Result<(), StoreError>;
     /// The management key with this secret hash, whatever its state.

@@ -14,7 +14,8 @@ use tollgate_domain::{
 use uuid::Uuid;
 
 use crate::{
-    AccountStore, AuditChainState, AuditQuery, AuditStore, KeyStore, Store, StoreError, TeamStore, UsageStore,
+    AccountStore, AuditChainState, AuditQuery, AuditStore, KeyRotation, KeyStore, SecretMatch, Store, StoreError,
+    TeamStore, UsageStore,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -56,7 +57,7 @@ fn team_from_row(row: &DbRow) -> Result<Team, StoreError> {
 }
 
 const API_KEY_COLUMNS: &str = "id, team_id, name, redacted, acls, qps, qpm, tpm, expire_time, disabled, blocked, \
-     created_by, created_at, modified_at, modified_by";
+     created_by, created_at, modified_at, modified_by, blocked_reason, deleted_at, last_used_at, previous_key_expires_at";
 
 fn api_key_from_row(row: &DbRow) -> Result<ApiKey, StoreError> {
     let acls_json: String = row.try_get("acls")?;
@@ -78,7 +79,21 @@ fn api_key_from_row(row: &DbRow) -> Result<ApiKey, StoreError> {
         created_at: row.try_get("created_at")?,
         modified_at: row.try_get("modified_at")?,
         modified_by: row.try_get::<Option<Uuid>, _>("modified_by")?.map(UserId::from_uuid),
+        blocked_reason: row.try_get("blocked_reason")?,
+        deleted_at: row.try_get("deleted_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        previous_secret_expires_at: row.try_get("previous_key_expires_at")?,
     })
+}
+
+fn acls_json(key: &ApiKey) -> Result<String, StoreError> {
+    let acls: Vec<String> = key.acls.as_slice().iter().map(ToString::to_string).collect();
+    Ok(serde_json::to_string(&acls).map_err(anyhow::Error::from)?)
+}
+
+/// `NotFound` unless exactly one row changed.
+fn one_row(result: &<Db as sqlx::Database>::QueryResult) -> Result<(), StoreError> {
+    if result.rows_affected() == 1 { Ok(()) } else { Err(StoreError::NotFound) }
 }
 
 const MANAGEMENT_KEY_COLUMNS: &str = "id, team_id, name, redacted, created_by, created_at, revoked_at";
@@ -369,8 +384,7 @@ impl TeamStore for SqlStore {
 #[async_trait]
 impl KeyStore for SqlStore {
     async fn insert_api_key(&self, key: &ApiKey, hash: &KeyHash, audit: &AuditEvent) -> Result<(), StoreError> {
-        let acls: Vec<String> = key.acls.as_slice().iter().map(ToString::to_string).collect();
-        let acls = serde_json::to_string(&acls).map_err(anyhow::Error::from)?;
+        let acls = acls_json(key)?;
         let mut tx = self.write.begin().await?;
         sqlx::query(
             "INSERT INTO api_keys (id, team_id, name, key_hash, redacted, acls, qps, qpm, tpm, expire_time, disabled, \
@@ -400,32 +414,42 @@ impl KeyStore for SqlStore {
         Ok(())
     }
 
-    async fn find_api_key_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        sqlx::query(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"))
-            .bind(&hash.as_bytes()[..])
-            .fetch_optional(&self.read)
-            .await?
-            .as_ref()
-            .map(api_key_from_row)
-            .transpose()
+    async fn find_api_key_by_hash(&self, hash: &KeyHash) -> Result<Option<(ApiKey, SecretMatch)>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS}, key_hash FROM api_keys WHERE key_hash = $1 OR previous_key_hash = $1"
+        ))
+        .bind(&hash.as_bytes()[..])
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let current: Vec<u8> = row.try_get("key_hash")?;
+        let matched = if current.as_slice() == &hash.as_bytes()[..] {
+            SecretMatch::Current
+        } else {
+            SecretMatch::Previous
+        };
+        Ok(Some((api_key_from_row(&row)?, matched)))
     }
 
     async fn find_api_key(&self, team_id: TeamId, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError> {
-        sqlx::query(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE team_id = $1 AND id = $2"))
-            .bind(team_id.as_uuid())
-            .bind(id.as_uuid())
-            .fetch_optional(&self.read)
-            .await?
-            .as_ref()
-            .map(api_key_from_row)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE team_id = $1 AND id = $2 AND deleted_at IS NULL"
+        ))
+        .bind(team_id.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(api_key_from_row)
+        .transpose()
     }
 
     async fn list_api_keys(&self, team_id: TeamId, after: Option<ApiKeyId>, limit: u32) -> Result<Vec<ApiKey>, StoreError> {
         // Keyset pagination on the time-ordered id; the nil UUID sorts before every real one.
         let after = after.map_or(Uuid::nil(), |id| id.as_uuid());
         let rows = sqlx::query(&format!(
-            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE team_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE team_id = $1 AND id > $2 AND deleted_at IS NULL \
+             ORDER BY id LIMIT $3"
         ))
         .bind(team_id.as_uuid())
         .bind(after)
@@ -433,6 +457,128 @@ impl KeyStore for SqlStore {
         .fetch_all(&self.read)
         .await?;
         rows.iter().map(api_key_from_row).collect()
+    }
+
+    async fn update_api_key(&self, key: &ApiKey, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = sqlx::query(
+            "UPDATE api_keys SET name = $3, acls = $4, qps = $5, qpm = $6, tpm = $7, expire_time = $8, disabled = $9, \
+             modified_at = $10, modified_by = $11 WHERE team_id = $1 AND id = $2 AND deleted_at IS NULL",
+        )
+        .bind(key.team_id.as_uuid())
+        .bind(key.id.as_uuid())
+        .bind(&key.name)
+        .bind(acls_json(key)?)
+        .bind(key.qps.map(i64::from))
+        .bind(key.qpm.map(i64::from))
+        .bind(key.tpm.map(|v| to_i64(v, "tpm")).transpose()?)
+        .bind(key.expire_time)
+        .bind(key.disabled)
+        .bind(key.modified_at)
+        .bind(key.modified_by.map(|u| u.as_uuid()))
+        .execute(&mut *tx)
+        .await?;
+        one_row(&result)?;
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rotate_api_key(&self, rotation: &KeyRotation<'_>, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        // With a grace period the old secret moves to previous_key_hash (replacing any older
+        // one); without, it is forgotten at once.
+        let result = sqlx::query(
+            "UPDATE api_keys SET \
+             previous_key_hash = CASE WHEN $5 IS NULL THEN NULL ELSE key_hash END, previous_key_expires_at = $5, \
+             key_hash = $3, redacted = $4, modified_at = $6, modified_by = $7 \
+             WHERE team_id = $1 AND id = $2 AND deleted_at IS NULL",
+        )
+        .bind(rotation.team_id.as_uuid())
+        .bind(rotation.id.as_uuid())
+        .bind(&rotation.new_hash.as_bytes()[..])
+        .bind(rotation.new_redacted)
+        .bind(rotation.previous_valid_until)
+        .bind(rotation.at)
+        .bind(rotation.by.map(|u| u.as_uuid()))
+        .execute(&mut *tx)
+        .await?;
+        one_row(&result)?;
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_api_key(
+        &self,
+        team_id: TeamId,
+        id: ApiKeyId,
+        at: Timestamp,
+        by: Option<UserId>,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        // Soft: usage and audit records keep pointing at it.
+        let result = sqlx::query(
+            "UPDATE api_keys SET deleted_at = $3, modified_at = $3, modified_by = $4, previous_key_hash = NULL, \
+             previous_key_expires_at = NULL WHERE team_id = $1 AND id = $2 AND deleted_at IS NULL",
+        )
+        .bind(team_id.as_uuid())
+        .bind(id.as_uuid())
+        .bind(at)
+        .bind(by.map(|u| u.as_uuid()))
+        .execute(&mut *tx)
+        .await?;
+        one_row(&result)?;
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn block_api_key(
+        &self,
+        team_id: TeamId,
+        id: ApiKeyId,
+        reason: &str,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = sqlx::query(
+            "UPDATE api_keys SET blocked = TRUE, blocked_reason = $3, modified_at = $4, previous_key_hash = NULL, \
+             previous_key_expires_at = NULL WHERE team_id = $1 AND id = $2 AND NOT blocked",
+        )
+        .bind(team_id.as_uuid())
+        .bind(id.as_uuid())
+        .bind(reason)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        if result.rows_affected() == 0 {
+            // Already blocked (or not this team's): nothing to record.
+            return Ok(false);
+        }
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn touch_api_keys(&self, used: &[(ApiKeyId, Timestamp)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await?;
+        for (id, at) in used {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+            )
+            .bind(id.as_uuid())
+            .bind(*at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn insert_management_key(&self, key: &ManagementKey, hash: &KeyHash, audit: &AuditEvent) -> Result<(), StoreError> {
@@ -451,6 +597,38 @@ impl KeyStore for SqlStore {
         .bind(key.revoked_at)
         .execute(&mut *tx)
         .await?;
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_management_keys(&self, team_id: TeamId) -> Result<Vec<ManagementKey>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MANAGEMENT_KEY_COLUMNS} FROM management_keys WHERE team_id = $1 ORDER BY id"
+        ))
+        .bind(team_id.as_uuid())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(management_key_from_row).collect()
+    }
+
+    async fn revoke_management_key(
+        &self,
+        team_id: TeamId,
+        id: ManagementKeyId,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = sqlx::query(
+            "UPDATE management_keys SET revoked_at = $3 WHERE team_id = $1 AND id = $2 AND revoked_at IS NULL",
+        )
+        .bind(team_id.as_uuid())
+        .bind(id.as_uuid())
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        one_row(&result)?;
         insert_audit(&mut tx, &self.audit_key, audit).await?;
         tx.commit().await?;
         Ok(())

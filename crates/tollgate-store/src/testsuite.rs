@@ -23,7 +23,7 @@ use tollgate_domain::{
     UserId,
 };
 
-use crate::{AuditQuery, Backend, Store, StoreError};
+use crate::{AuditQuery, Backend, KeyRotation, SecretMatch, Store, StoreError};
 
 /// The audit chain key every test store uses.
 pub const TEST_AUDIT_KEY: AuditChainKey = AuditChainKey::from_bytes([42; 32]);
@@ -168,6 +168,10 @@ fn api_key(team: &Team, user: &User, acls: &[&str]) -> ApiKey {
         created_at: at(1),
         modified_at: at(1),
         modified_by: Some(user.id),
+        blocked_reason: None,
+        deleted_at: None,
+        last_used_at: None,
+        previous_secret_expires_at: None,
     }
 }
 
@@ -260,7 +264,10 @@ pub async fn api_keys_round_trip_and_paginate(store: &dyn Store) {
             .insert_api_key(&key, &hash, &audit(Some(team.id), AuditAction::CreateApiKey, at(1)))
             .await
             .unwrap();
-        assert_eq!(store.find_api_key_by_hash(&hash).await.unwrap().as_ref(), Some(&key));
+        assert_eq!(
+            store.find_api_key_by_hash(&hash).await.unwrap(),
+            Some((key.clone(), SecretMatch::Current))
+        );
         keys.push(key);
     }
     let foreign = api_key(&other_team, &other_user, &[]);
@@ -377,6 +384,198 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
     let expected: Vec<_> = batch.iter().rev().cloned().collect();
     assert_eq!(stored, expected);
     assert_eq!(stored[0].usage.total_tokens(), 7 + 7 + 2);
+}
+
+/// Update, rotate (with and without grace), block, touch and delete; each scoped to the team.
+pub async fn api_key_lifecycle(store: &dyn Store) {
+    let (user, team) = seed_user(store, "lifecycle@example.com").await;
+    let (_, other_team) = seed_user(store, "lifecycle-other@example.com").await;
+    let mut key = api_key(&team, &user, &["api-key:model:*"]);
+    let first = fresh_hash();
+    let event = |action| audit(Some(team.id), action, at(2));
+    store
+        .insert_api_key(&key, &first, &event(AuditAction::CreateApiKey))
+        .await
+        .unwrap();
+
+    key.name = "renamed".into();
+    key.qpm = Some(60);
+    key.tpm = None;
+    key.disabled = true;
+    key.expire_time = None;
+    key.modified_at = at(3);
+    store
+        .update_api_key(&key, &event(AuditAction::UpdateApiKey))
+        .await
+        .unwrap();
+    assert_eq!(store.find_api_key(team.id, key.id).await.unwrap().as_ref(), Some(&key));
+    let foreign = ApiKey {
+        team_id: other_team.id,
+        ..key.clone()
+    };
+    assert!(matches!(
+        store.update_api_key(&foreign, &event(AuditAction::UpdateApiKey)).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Rotation with grace: both secrets find the key, and say which matched.
+    let second = fresh_hash();
+    let rotation = KeyRotation {
+        team_id: team.id,
+        id: key.id,
+        new_hash: &second,
+        new_redacted: "tgk_...new2",
+        previous_valid_until: Some(at(3600)),
+        at: at(4),
+        by: Some(user.id),
+    };
+    store
+        .rotate_api_key(&rotation, &event(AuditAction::RotateApiKey))
+        .await
+        .unwrap();
+    let (found, matched) = store.find_api_key_by_hash(&first).await.unwrap().unwrap();
+    assert_eq!((found.id, matched), (key.id, SecretMatch::Previous));
+    assert_eq!(found.previous_secret_expires_at, Some(at(3600)));
+    assert_eq!(found.redacted, "tgk_...new2");
+    assert_eq!(
+        store.find_api_key_by_hash(&second).await.unwrap().unwrap().1,
+        SecretMatch::Current
+    );
+    // Rotating again without grace forgets both older secrets.
+    let third = fresh_hash();
+    let rotation = KeyRotation {
+        new_hash: &third,
+        previous_valid_until: None,
+        ..rotation
+    };
+    store
+        .rotate_api_key(&rotation, &event(AuditAction::RotateApiKey))
+        .await
+        .unwrap();
+    assert!(store.find_api_key_by_hash(&first).await.unwrap().is_none());
+    assert!(store.find_api_key_by_hash(&second).await.unwrap().is_none());
+    let (found, _) = store.find_api_key_by_hash(&third).await.unwrap().unwrap();
+    assert_eq!(found.previous_secret_expires_at, None);
+    let foreign_rotation = KeyRotation {
+        team_id: other_team.id,
+        ..rotation
+    };
+    assert!(matches!(
+        store
+            .rotate_api_key(&foreign_rotation, &event(AuditAction::RotateApiKey))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Last use only moves forward.
+    store.touch_api_keys(&[(key.id, at(50))]).await.unwrap();
+    store
+        .touch_api_keys(&[(key.id, at(40)), (ApiKeyId::new(), at(60))])
+        .await
+        .unwrap();
+    store.touch_api_keys(&[]).await.unwrap();
+    assert_eq!(
+        store.find_api_key(team.id, key.id).await.unwrap().unwrap().last_used_at,
+        Some(at(50))
+    );
+
+    // Blocking is recorded once.
+    assert!(
+        store
+            .block_api_key(team.id, key.id, "leaked", at(5), &event(AuditAction::BlockApiKey))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .block_api_key(team.id, key.id, "again", at(6), &event(AuditAction::BlockApiKey))
+            .await
+            .unwrap()
+    );
+    let blocked = store.find_api_key(team.id, key.id).await.unwrap().unwrap();
+    assert!(blocked.blocked);
+    assert_eq!(blocked.blocked_reason.as_deref(), Some("leaked"));
+
+    // Deletion is soft: gone from lookups and lists, still known by its secret.
+    assert!(matches!(
+        store
+            .delete_api_key(other_team.id, key.id, at(7), None, &event(AuditAction::DeleteApiKey))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    store
+        .delete_api_key(team.id, key.id, at(7), Some(user.id), &event(AuditAction::DeleteApiKey))
+        .await
+        .unwrap();
+    assert!(store.find_api_key(team.id, key.id).await.unwrap().is_none());
+    assert!(store.list_api_keys(team.id, None, 10).await.unwrap().is_empty());
+    let (deleted, _) = store.find_api_key_by_hash(&third).await.unwrap().unwrap();
+    assert_eq!(deleted.deleted_at, Some(at(7)));
+    assert!(matches!(
+        store
+            .delete_api_key(team.id, key.id, at(8), None, &event(AuditAction::DeleteApiKey))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    // Create, update, two rotations, one block, one delete (refused attempts write nothing).
+    let actions: Vec<_> = store
+        .list_audit_events(team.id, 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "DeleteApiKey",
+            "BlockApiKey",
+            "RotateApiKey",
+            "RotateApiKey",
+            "UpdateApiKey",
+            "CreateApiKey",
+            "CreateUser"
+        ]
+    );
+}
+
+/// Management keys list per team and revoke once.
+pub async fn management_keys_list_and_revoke(store: &dyn Store) {
+    let (_, team) = seed_user(store, "mk@example.com").await;
+    let (_, other_team) = seed_user(store, "mk-other@example.com").await;
+    let key = ManagementKey {
+        id: ManagementKeyId::new(),
+        team_id: team.id,
+        name: "ops".into(),
+        redacted: "tgm_...abcd".into(),
+        created_by: None,
+        created_at: at(1),
+        revoked_at: None,
+    };
+    let event = audit(Some(team.id), AuditAction::CreateManagementKey, at(1));
+    store.insert_management_key(&key, &fresh_hash(), &event).await.unwrap();
+    assert_eq!(
+        store.list_management_keys(team.id).await.unwrap(),
+        std::slice::from_ref(&key)
+    );
+    assert!(store.list_management_keys(other_team.id).await.unwrap().is_empty());
+    let revoke = audit(Some(team.id), AuditAction::RevokeManagementKey, at(2));
+    assert!(matches!(
+        store.revoke_management_key(other_team.id, key.id, at(2), &revoke).await,
+        Err(StoreError::NotFound)
+    ));
+    store
+        .revoke_management_key(team.id, key.id, at(2), &revoke)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_management_keys(team.id).await.unwrap()[0].revoked_at,
+        Some(at(2))
+    );
+    assert!(matches!(
+        store.revoke_management_key(team.id, key.id, at(3), &revoke).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 /// A stand-alone audit event (e.g. a read) is stored with every field.
@@ -690,6 +889,8 @@ macro_rules! for_each_conformance_case {
             management_keys_round_trip,
             usage_is_idempotent_per_request,
             audit_events_round_trip,
+            api_key_lifecycle,
+            management_keys_list_and_revoke,
             audit_chain_links_every_event,
             audit_search_filters_and_pages,
             audit_pruning_keeps_the_chain_verifiable,

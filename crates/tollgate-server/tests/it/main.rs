@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod conformance;
 mod inference;
+mod keys;
 mod management;
 mod ops;
 mod streaming;

@@ -17,6 +17,7 @@ use tollgate_domain::{
 use tollgate_store::{KeyRotation, SecretMatch, Store, StoreError};
 
 use crate::audit::management_actor;
+use crate::notices::{KeyKind, Notices, WithdrawnKey};
 use tracing::instrument;
 
 /// How long an authenticated key is trusted before it is read again.
@@ -186,6 +187,7 @@ pub struct KeyService {
     management_prefix: KeyPrefix,
     cache: Arc<RwLock<HashMap<KeyHash, CachedKey>>>,
     last_used: Arc<std::sync::Mutex<HashMap<ApiKeyId, Timestamp>>>,
+    notices: Notices,
 }
 
 fn validate_name(name: &str) -> Result<String, KeyError> {
@@ -203,6 +205,7 @@ impl KeyService {
         clock: Arc<dyn Clock>,
         api_prefix: KeyPrefix,
         management_prefix: KeyPrefix,
+        notices: Notices,
     ) -> Self {
         Self {
             store,
@@ -211,6 +214,7 @@ impl KeyService {
             management_prefix,
             cache: Arc::default(),
             last_used: Arc::default(),
+            notices,
         }
     }
 
@@ -678,6 +682,70 @@ impl KeyService {
         Ok(Some((key, newly)))
     }
 
+    /// Withdraws whatever key of ours `presented` is, because it leaked: an API key is blocked,
+    /// a management key revoked, the team's Admins told. Returns whether it was one of ours (a
+    /// key withdrawn before counts).
+    pub async fn withdraw_leaked_secret(
+        &self,
+        presented: &str,
+        reason: &str,
+        actor: Actor,
+        context: &RequestContext,
+    ) -> Result<bool, KeyError> {
+        if let Some(_blocked) = self
+            .block_api_key_by_secret(presented, reason, actor.clone(), context)
+            .await?
+        {
+            return Ok(true);
+        }
+        let Ok(parsed) = ParsedKey::parse(&self.management_prefix, presented) else {
+            return Ok(false);
+        };
+        let Some(key) = self.store.find_management_key_by_hash(&parsed.hash()).await? else {
+            return Ok(false);
+        };
+        if key.revoked_at.is_some() {
+            return Ok(true);
+        }
+        let now = self.clock.now();
+        let team = self.store.get_team(key.team_id).await?;
+        let admins = self.store.list_admin_emails(key.team_id).await?;
+        let id = key.id.to_string();
+        let withdrawn = WithdrawnKey {
+            kind: KeyKind::Management,
+            name: &key.name,
+            redacted: &key.redacted,
+            id: &id,
+        };
+        let mail: Vec<_> = self
+            .notices
+            .key_withdrawn(&team, &withdrawn, reason, now, admins)
+            .into_iter()
+            .collect();
+        let audit = AuditEvent::success(
+            now,
+            Some(key.team_id),
+            actor,
+            AuditAction::RevokeManagementKey,
+            format!("Revoked management key '{}' ({}): {reason}", key.name, key.redacted),
+            Some(format!("management_key:{}", key.id)),
+            context,
+        );
+        match self
+            .store
+            .revoke_management_key(key.team_id, key.id, now, &audit, &mail)
+            .await
+        {
+            // Revoked meanwhile by someone else: still ours, and withdrawn.
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(other) => return Err(other.into()),
+        }
+        if !mail.is_empty() {
+            self.notices.queued();
+        }
+        Ok(true)
+    }
+
     /// Blocks key `id` of `team_id` (the operator's command). `KeyNotFound` if there is none.
     pub async fn block_api_key(
         &self,
@@ -713,11 +781,28 @@ impl KeyService {
             Some(format!("api_key:{}", key.id)),
             context,
         );
+        let team = self.store.get_team(key.team_id).await?;
+        let admins = self.store.list_admin_emails(key.team_id).await?;
+        let id = key.id.to_string();
+        let withdrawn = WithdrawnKey {
+            kind: KeyKind::Api,
+            name: &key.name,
+            redacted: &key.redacted,
+            id: &id,
+        };
+        let mail: Vec<_> = self
+            .notices
+            .key_withdrawn(&team, &withdrawn, reason, now, admins)
+            .into_iter()
+            .collect();
         let newly = self
             .store
-            .block_api_key(key.team_id, key.id, reason, now, &audit)
+            .block_api_key(key.team_id, key.id, reason, now, &audit, &mail)
             .await?;
         self.evict(key.id);
+        if newly && !mail.is_empty() {
+            self.notices.queued();
+        }
         Ok(newly)
     }
 
@@ -762,7 +847,7 @@ impl KeyService {
             context,
         );
         self.store
-            .revoke_management_key(team_id, id, now, &audit)
+            .revoke_management_key(team_id, id, now, &audit, &[])
             .await
             .map_err(not_found_is_key)
     }

@@ -7,11 +7,17 @@
 pub mod accounts;
 pub mod audit;
 pub mod keys;
+pub mod mail;
+pub mod notices;
 pub mod ratelimit;
+pub mod secret_scanning;
 pub mod usage;
 
 pub use accounts::{AccountError, AccountService};
 pub use audit::{AuditError, AuditExport, AuditFilter, AuditPage, AuditService, ChainReport};
 pub use keys::{ApiKeyChanges, AuthError, KeyError, KeyService, NewApiKey, Propagation};
+pub use mail::{MailDispatcher, MailError, MailWaker, Mailer, SmtpMailer};
+pub use notices::Notices;
 pub use ratelimit::{LocalRateLimiter, RateLimiter};
+pub use secret_scanning::{Feedback, ScanError, SecretScanning, SigningKeySource};
 pub use usage::{UsageError, UsageRecorder};

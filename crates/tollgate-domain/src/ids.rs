@@ -83,3 +83,7 @@ typed_id!(
     /// One inbound request; also the usage event's id.
     RequestId
 );
+typed_id!(
+    /// One outbound email.
+    MailId
+);

@@ -12,6 +12,7 @@ pub mod email;
 pub mod entities;
 pub mod ids;
 pub mod keys;
+pub mod mail;
 pub mod money;
 pub mod ratelimit;
 pub mod role;
@@ -25,7 +26,8 @@ pub use audit::{
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use email::{Email, EmailError};
 pub use entities::{ApiKey, ManagementKey, Membership, Team, User};
-pub use ids::{ApiKeyId, AuditEventId, ManagementKeyId, RequestId, TeamId, UserId};
+pub use ids::{ApiKeyId, AuditEventId, MailId, ManagementKeyId, RequestId, TeamId, UserId};
+pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};
 pub use role::{Permission, Role};
 pub use usage::{TokenUsage, UsageRecord};

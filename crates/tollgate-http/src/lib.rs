@@ -12,11 +12,12 @@ mod middleware;
 pub mod openapi;
 mod ops;
 mod v1;
+mod webhooks;
 
 use std::sync::Arc;
 
 use axum::Router;
-use tollgate_core::{AuditService, KeyService, RateLimiter, UsageRecorder};
+use tollgate_core::{AuditService, KeyService, RateLimiter, SecretScanning, UsageRecorder};
 use tollgate_domain::Clock;
 use tollgate_gateway::Catalog;
 use tollgate_store::Store;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub usage: UsageRecorder,
     /// Per-key request and token limits.
     pub limiter: Arc<dyn RateLimiter>,
+    /// GitHub secret scanning reports.
+    pub secret_scanning: SecretScanning,
     /// Models and upstreams.
     pub catalog: Arc<Catalog>,
     /// Metrics registry.
@@ -66,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .merge(v1::router())
         .merge(management::router())
         .merge(audit::router())
+        .merge(webhooks::router())
         .merge(ops::router())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)

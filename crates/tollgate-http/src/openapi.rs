@@ -96,6 +96,7 @@ impl Modify for SecuritySchemes {
         crate::management::validate_management_key,
         crate::audit::list_events,
         crate::audit::export_events,
+        crate::webhooks::github_secret_scanning,
         crate::ops::healthz,
         crate::ops::readyz,
         crate::ops::metrics,
@@ -105,6 +106,7 @@ impl Modify for SecuritySchemes {
     tags(
         (name = "inference", description = "xAI-compatible inference API (API key)"),
         (name = "management", description = "xAI-compatible Management API (management key)"),
+        (name = "webhooks", description = "Signed callbacks: GitHub secret scanning"),
         (name = "operations", description = "Probes, metrics and this document"),
     )
 )]

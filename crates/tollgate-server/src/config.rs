@@ -55,6 +55,12 @@ pub struct Config {
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Outbound email.
+    #[serde(default)]
+    pub mail: MailConfig,
+    /// GitHub secret scanning (the partner endpoint `POST /webhooks/github/secret-scanning`).
+    #[serde(default)]
+    pub secret_scanning: SecretScanningConfig,
     /// Models, by public name.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -77,6 +83,53 @@ pub struct AuditConfig {
     /// Minutes between runs of the retention job.
     #[serde(default = "defaults::audit_prune_interval_minutes")]
     pub prune_interval_minutes: u64,
+}
+
+/// Outbound email. Without `smtp_url`, mail waits in the outbox (`tollgate mail list`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailConfig {
+    /// The SMTP server: `smtp://host:25` (add `?tls=required` for STARTTLS) or
+    /// `smtps://user:password@host:465`.
+    #[serde(default)]
+    pub smtp_url: Option<SecretString>,
+    /// The sender, `Name <address>`.
+    #[serde(default = "defaults::mail_from")]
+    pub from: String,
+    /// Seconds between looks at the outbox for retries and mail queued by other nodes.
+    #[serde(default = "defaults::mail_poll_seconds")]
+    pub poll_seconds: u64,
+}
+
+/// Where GitHub's secret scanning signing keys are fetched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretScanningConfig {
+    /// GitHub's keys endpoint (JSON `{"public_keys":[{"key_identifier","key"}]}`).
+    #[serde(default = "defaults::secret_scanning_keys_url")]
+    pub keys_url: String,
+    /// A GitHub token (no scopes needed) for the keys endpoint's higher rate limit.
+    #[serde(default)]
+    pub github_token: Option<SecretString>,
+}
+
+impl Default for SecretScanningConfig {
+    fn default() -> Self {
+        Self {
+            keys_url: defaults::secret_scanning_keys_url(),
+            github_token: None,
+        }
+    }
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            from: defaults::mail_from(),
+            poll_seconds: defaults::mail_poll_seconds(),
+        }
+    }
 }
 
 impl Default for AuditConfig {
@@ -131,6 +184,15 @@ mod defaults {
     use std::net::SocketAddr;
     use std::path::PathBuf;
 
+    pub(super) fn secret_scanning_keys_url() -> String {
+        "https://api.github.com/meta/public_keys/secret_scanning".into()
+    }
+    pub(super) fn mail_from() -> String {
+        "Tollgate <no-reply@localhost>".into()
+    }
+    pub(super) const fn mail_poll_seconds() -> u64 {
+        30
+    }
     pub(super) fn audit_key_file() -> PathBuf {
         PathBuf::from("data/audit-chain.key")
     }
@@ -235,6 +297,21 @@ impl Config {
             self.audit.prune_interval_minutes >= 1,
             "audit.prune_interval_minutes must be at least 1"
         );
+        anyhow::ensure!(
+            self.secret_scanning.keys_url.starts_with("https://")
+                || self.secret_scanning.keys_url.starts_with("http://"),
+            "secret_scanning.keys_url must be an http(s) URL"
+        );
+        anyhow::ensure!(self.mail.poll_seconds >= 1, "mail.poll_seconds must be at least 1");
+        if let Some(url) = &self.mail.smtp_url {
+            tollgate_core::SmtpMailer::new(secrecy::ExposeSecret::expose_secret(url), &self.mail.from)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        } else {
+            self.mail
+                .from
+                .parse::<lettre::message::Mailbox>()
+                .map_err(|e| anyhow::anyhow!("mail.from: {e}"))?;
+        }
         if let Some(key) = &self.audit.key {
             tollgate_domain::AuditChainKey::from_hex(secrecy::ExposeSecret::expose_secret(key))
                 .map_err(|e| anyhow::anyhow!("audit.key: {e}"))?;

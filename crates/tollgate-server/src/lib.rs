@@ -16,7 +16,7 @@ use secrecy::ExposeSecret as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tollgate_core::{AccountService, AuditService, KeyService, UsageRecorder};
+use tollgate_core::{AccountService, AuditService, KeyService, MailDispatcher, MailWaker, Notices, UsageRecorder};
 use tollgate_domain::keys::KeyPrefix;
 use tollgate_domain::{AuditChainKey, Clock, ModelPricing, Ticks};
 use tollgate_gateway::{Catalog, ModelRoute, Upstream};
@@ -77,6 +77,8 @@ pub fn audit_key(config: &Config) -> anyhow::Result<AuditChainKey> {
 
 /// The services, built from the configuration.
 pub struct Services {
+    /// Wakes the mail sender when mail was queued.
+    pub mail_waker: MailWaker,
     /// Accounts.
     pub accounts: AccountService,
     /// Keys.
@@ -89,9 +91,18 @@ pub struct Services {
 pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>) -> anyhow::Result<Services> {
     let api_prefix = KeyPrefix::parse(&config.api_key_prefix)?;
     let management_prefix = KeyPrefix::parse(&config.management_key_prefix)?;
+    let mail_waker = MailWaker::default();
+    let notices = Notices::new(&config.product_name, &config.console_url, mail_waker.clone());
     Ok(Services {
+        mail_waker,
         accounts: AccountService::new(Arc::clone(store), Arc::clone(clock)),
-        keys: KeyService::new(Arc::clone(store), Arc::clone(clock), api_prefix, management_prefix),
+        keys: KeyService::new(
+            Arc::clone(store),
+            Arc::clone(clock),
+            api_prefix,
+            management_prefix,
+            notices,
+        ),
         audit: AuditService::new(
             Arc::clone(store),
             Arc::clone(clock),
@@ -99,6 +110,63 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
             chrono::Duration::days(i64::from(config.audit.retention_days)),
         ),
     })
+}
+
+/// GitHub's secret scanning signing keys, fetched over HTTPS.
+struct GithubSigningKeys {
+    client: reqwest::Client,
+    url: String,
+    token: Option<secrecy::SecretString>,
+}
+
+#[derive(serde::Deserialize)]
+struct PublicKeys {
+    public_keys: Vec<PublicKey>,
+}
+
+#[derive(serde::Deserialize)]
+struct PublicKey {
+    key_identifier: String,
+    key: String,
+}
+
+#[async_trait::async_trait]
+impl tollgate_core::SigningKeySource for GithubSigningKeys {
+    async fn fetch(&self) -> Result<Vec<(String, String)>, String> {
+        let mut request = self
+            .client
+            .get(&self.url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::USER_AGENT, "tollgate-secret-scanning");
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose_secret());
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("{} answered {status}", self.url));
+        }
+        let keys: PublicKeys = response.json().await.map_err(|e| e.to_string())?;
+        Ok(keys
+            .public_keys
+            .into_iter()
+            .map(|k| (k.key_identifier, k.key))
+            .collect())
+    }
+}
+
+/// The SMTP mailer, when `mail.smtp_url` is set.
+pub fn mailer(config: &Config) -> anyhow::Result<Option<Arc<dyn tollgate_core::Mailer>>> {
+    config
+        .mail
+        .smtp_url
+        .as_ref()
+        .map(|url| {
+            tollgate_core::SmtpMailer::new(url.expose_secret(), &config.mail.from)
+                .map(|m| Arc::new(m) as Arc<dyn tollgate_core::Mailer>)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .transpose()
 }
 
 /// The model catalog. Models with the same upstream URL and key share one upstream and so one
@@ -153,6 +221,8 @@ pub struct Server {
     pub audit: AuditService,
     /// Its key service (tests flush last-use times).
     pub keys: KeyService,
+    /// Wakes its mail sender (tests, after moving the clock to a retry time).
+    pub mail_waker: MailWaker,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -185,11 +255,23 @@ pub async fn start(
     let (usage, usage_task) = UsageRecorder::start(Arc::clone(&store));
     let state = AppState {
         store: Arc::clone(&store),
-        clock,
+        clock: Arc::clone(&clock),
         keys: services.keys.clone(),
         audit: services.audit.clone(),
         usage,
         limiter: Arc::new(tollgate_core::LocalRateLimiter::default()),
+        secret_scanning: tollgate_core::SecretScanning::new(
+            services.keys.clone(),
+            Arc::clone(&clock),
+            Arc::new(GithubSigningKeys {
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .context("building the HTTP client for GitHub's keys")?,
+                url: config.secret_scanning.keys_url.clone(),
+                token: config.secret_scanning.github_token.clone(),
+            }),
+        ),
         catalog,
         metrics: Arc::new(Metrics::new()),
         settings: Arc::new(HttpSettings {
@@ -214,6 +296,16 @@ pub async fn start(
         .keys
         .clone()
         .spawn_last_used_flusher(LAST_USED_FLUSH, stop_jobs.clone());
+    let mail = mailer(config)?.map(|mailer| {
+        MailDispatcher::new(Arc::clone(&store), Arc::clone(&clock), mailer).spawn(
+            services.mail_waker.clone(),
+            Duration::from_secs(config.mail.poll_seconds),
+            stop_jobs.clone(),
+        )
+    });
+    if mail.is_none() {
+        tracing::info!("no mail.smtp_url: mail waits in the outbox (tollgate mail list)");
+    }
     let retention = (config.audit.retention_days > 0).then(|| {
         services.audit.clone().spawn_retention(
             Duration::from_secs(config.audit.prune_interval_minutes * 60),
@@ -252,6 +344,9 @@ pub async fn start(
         }
         // Writes the last-use times gathered since its previous run.
         let _ = last_used.await;
+        if let Some(mail) = mail {
+            let _ = mail.await;
+        }
         // Every handle to the usage recorder is gone with the router; it drains and ends.
         if tokio::time::timeout(grace, usage_task).await.is_err() {
             tracing::error!("usage recorder did not finish writing in time");
@@ -266,6 +361,7 @@ pub async fn start(
         store,
         audit: services.audit,
         keys: services.keys,
+        mail_waker: services.mail_waker,
         shutdown: Some(shutdown),
         task,
     })

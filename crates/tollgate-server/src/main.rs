@@ -45,6 +45,27 @@ enum Command {
     /// The audit log: verify its hash chains, apply retention, export.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The mail outbox: what was sent, what waits (all of it, without mail.smtp_url).
+    #[command(subcommand)]
+    Mail(MailCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MailCommand {
+    /// The newest mails: state, attempts, recipients, subject.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One mail in full, to deliver by hand when no SMTP server is configured.
+    Show {
+        /// The mail's id (from `list`).
+        #[arg(long)]
+        id: tollgate_domain::MailId,
+    },
+    /// Send every due mail now through mail.smtp_url.
+    Send,
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(command) => audit(&config, clock, command).await,
+        Command::Mail(command) => mail(&config, clock, command).await,
         Command::ApiKey(ApiKeyCommand::Block { team, id, reason }) => {
             let presented = match (team, id) {
                 (Some(_), Some(_)) => None,
@@ -306,6 +328,65 @@ async fn audit(config: &Config, clock: Arc<dyn Clock>, command: AuditCommand) ->
             Ok(())
         }
     };
+    store.close().await;
+    result
+}
+
+async fn mail(config: &Config, clock: Arc<dyn Clock>, command: MailCommand) -> anyhow::Result<()> {
+    let store = tollgate_server::open_store(config).await?;
+    let result = async {
+        match command {
+            MailCommand::List { limit } => {
+                for queued in store.list_mail(limit).await? {
+                    let state = match queued.state() {
+                        tollgate_domain::MailState::Queued => "queued",
+                        tollgate_domain::MailState::Sent => "sent",
+                        tollgate_domain::MailState::Failed => "failed",
+                    };
+                    let to: Vec<&str> = queued.mail.to.iter().map(AsRef::as_ref).collect();
+                    println!(
+                        "{}  {}  {state:<6}  attempts {}  to {}  {:?}",
+                        queued.mail.id,
+                        queued
+                            .mail
+                            .created_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        queued.attempts,
+                        to.join(", "),
+                        queued.mail.subject
+                    );
+                }
+                Ok(())
+            }
+            MailCommand::Show { id } => {
+                let queued = store
+                    .get_mail(id)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no mail {id}"))?;
+                let to: Vec<&str> = queued.mail.to.iter().map(AsRef::as_ref).collect();
+                println!(
+                    "To: {}\nSubject: {}\n\n{}",
+                    to.join(", "),
+                    queued.mail.subject,
+                    queued.mail.body
+                );
+                if let Some(error) = &queued.last_error {
+                    eprintln!("last error: {error}");
+                }
+                Ok(())
+            }
+            MailCommand::Send => {
+                let mailer = tollgate_server::mailer(config)?
+                    .ok_or_else(|| anyhow::anyhow!("mail.smtp_url is not set: there is nowhere to send mail"))?;
+                let sent = tollgate_core::MailDispatcher::new(Arc::clone(&store), clock, mailer)
+                    .run_once()
+                    .await?;
+                println!("sent {sent} mails");
+                Ok(())
+            }
+        }
+    }
+    .await;
     store.close().await;
     result
 }

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tollgate_domain::keys::KeyHash;
 use tollgate_domain::{
-    ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHead, Email, ManagementKey,
-    Membership, PruneBoundary, Role, Team, TeamId, Timestamp, UsageRecord, User, UserId,
+    ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHead, Email, MailId, ManagementKey,
+    Membership, OutboundMail, PruneBoundary, QueuedMail, Role, Team, TeamId, Timestamp, UsageRecord, User, UserId,
 };
 
 pub use error::{OpenError, StoreError};
@@ -64,6 +64,8 @@ pub trait TeamStore: Send + Sync {
     async fn list_memberships(&self, user_id: UserId) -> Result<Vec<Membership>, StoreError>;
     /// The user's role in the team, if they are a member.
     async fn find_role(&self, team_id: TeamId, user_id: UserId) -> Result<Option<Role>, StoreError>;
+    /// The email addresses of the team's Admins.
+    async fn list_admin_emails(&self, team_id: TeamId) -> Result<Vec<Email>, StoreError>;
 }
 
 /// Which of a key's secrets a presented one matched.
@@ -124,8 +126,8 @@ pub trait KeyStore: Send + Sync {
         by: Option<UserId>,
         audit: &AuditEvent,
     ) -> Result<(), StoreError>;
-    /// Blocks the key for `reason` (and drops a rotated secret still in grace). Returns `false`,
-    /// writing nothing, when it was already blocked.
+    /// Blocks the key for `reason` (and drops a rotated secret still in grace), queueing `mail`
+    /// in the same transaction. Returns `false`, writing nothing, when it was already blocked.
     async fn block_api_key(
         &self,
         team_id: TeamId,
@@ -133,6 +135,7 @@ pub trait KeyStore: Send + Sync {
         reason: &str,
         at: Timestamp,
         audit: &AuditEvent,
+        mail: &[OutboundMail],
     ) -> Result<bool, StoreError>;
     /// Records when keys were last used (a batch, flushed now and then; never moves a time back).
     async fn touch_api_keys(&self, used: &[(ApiKeyId, Timestamp)]) -> Result<(), StoreError>;
@@ -145,13 +148,15 @@ pub trait KeyStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// The team's management keys, revoked ones included, oldest first.
     async fn list_management_keys(&self, team_id: TeamId) -> Result<Vec<ManagementKey>, StoreError>;
-    /// Revokes a management key; `NotFound` if it is not the team's or already revoked.
+    /// Revokes a management key, queueing `mail` in the same transaction; `NotFound` if it is
+    /// not the team's or already revoked.
     async fn revoke_management_key(
         &self,
         team_id: TeamId,
         id: tollgate_domain::ManagementKeyId,
         at: Timestamp,
         audit: &AuditEvent,
+        mail: &[OutboundMail],
     ) -> Result<(), StoreError>;
     /// The management key with this secret hash, whatever its state.
     async fn find_management_key_by_hash(&self, hash: &KeyHash) -> Result<Option<ManagementKey>, StoreError>;
@@ -238,9 +243,39 @@ pub trait AuditStore: Send + Sync {
     ) -> Result<u64, StoreError>;
 }
 
+/// The mail outbox. Mutations that send mail queue it in their own transaction; these methods
+/// serve the sender and the operator.
+#[async_trait]
+pub trait MailStore: Send + Sync {
+    /// Queues mail on its own.
+    async fn enqueue_mail(&self, mail: &[OutboundMail]) -> Result<(), StoreError>;
+    /// Takes up to `limit` mails due at `now` that no sender holds, and holds them until
+    /// `hold_until`: on several nodes, each mail goes to one sender.
+    async fn claim_due_mail(
+        &self,
+        now: Timestamp,
+        hold_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, StoreError>;
+    /// The mail server accepted it.
+    async fn mark_mail_sent(&self, id: MailId, at: Timestamp) -> Result<(), StoreError>;
+    /// An attempt failed: try again at `retry_at`, or give up (`None`).
+    async fn mark_mail_failed(
+        &self,
+        id: MailId,
+        error: &str,
+        retry_at: Option<Timestamp>,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The newest mails, whatever their state.
+    async fn list_mail(&self, limit: u32) -> Result<Vec<QueuedMail>, StoreError>;
+    /// One mail.
+    async fn get_mail(&self, id: MailId) -> Result<Option<QueuedMail>, StoreError>;
+}
+
 /// Everything Tollgate persists.
 #[async_trait]
-pub trait Store: AccountStore + TeamStore + KeyStore + UsageStore + AuditStore {
+pub trait Store: AccountStore + TeamStore + KeyStore + UsageStore + AuditStore + MailStore {
     /// Which database this is.
     fn backend(&self) -> Backend;
     /// Applies pending migrations. Refuses a database whose applied migrations differ from the

@@ -8,14 +8,14 @@ use tollgate_domain::keys::KeyHash;
 use tollgate_domain::audit::GENESIS;
 use tollgate_domain::{
     AclSet, ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHash, ChainHead, Email,
-    ManagementKey, ManagementKeyId, Membership, PruneBoundary, RequestId, Role, Team, TeamId, Ticks, Timestamp,
-    TokenUsage, UsageRecord, User, UserId,
+    MailId, ManagementKey, ManagementKeyId, Membership, OutboundMail, PruneBoundary, QueuedMail, RequestId, Role, Team,
+    TeamId, Ticks, Timestamp, TokenUsage, UsageRecord, User, UserId,
 };
 use uuid::Uuid;
 
 use crate::{
-    AccountStore, AuditChainState, AuditQuery, AuditStore, KeyRotation, KeyStore, SecretMatch, Store, StoreError,
-    TeamStore, UsageStore,
+    AccountStore, AuditChainState, AuditQuery, AuditStore, KeyRotation, KeyStore, MailStore, SecretMatch, Store,
+    StoreError, TeamStore, UsageStore,
 };
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -281,6 +281,51 @@ async fn append_audit_chain(
     Ok(())
 }
 
+/// Queues `mail` inside the caller's transaction.
+async fn insert_mail(conn: &mut <Db as sqlx::Database>::Connection, mail: &[OutboundMail]) -> Result<(), StoreError> {
+    for item in mail {
+        let recipients: Vec<&str> = item.to.iter().map(AsRef::as_ref).collect();
+        sqlx::query(
+            "INSERT INTO mail_outbox (id, recipients, subject, body, created_at, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind(item.id.as_uuid())
+        .bind(serde_json::to_string(&recipients).map_err(anyhow::Error::from)?)
+        .bind(&item.subject)
+        .bind(&item.body)
+        .bind(item.created_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+const MAIL_COLUMNS: &str =
+    "id, recipients, subject, body, created_at, attempts, next_attempt_at, sent_at, failed_at, last_error";
+
+fn mail_from_row(row: &DbRow) -> Result<QueuedMail, StoreError> {
+    let recipients: String = row.try_get("recipients")?;
+    let recipients: Vec<String> =
+        serde_json::from_str(&recipients).map_err(|e| corrupt("mail_outbox.recipients", e))?;
+    Ok(QueuedMail {
+        mail: OutboundMail {
+            id: MailId::from_uuid(row.try_get("id")?),
+            to: recipients
+                .iter()
+                .map(|r| Email::parse(r).map_err(|e| corrupt("mail_outbox.recipients", e)))
+                .collect::<Result<_, _>>()?,
+            subject: row.try_get("subject")?,
+            body: row.try_get("body")?,
+            created_at: row.try_get("created_at")?,
+        },
+        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).map_err(|e| corrupt("mail_outbox.attempts", e))?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        sent_at: row.try_get("sent_at")?,
+        failed_at: row.try_get("failed_at")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
 /// `LIKE` pattern matching `text` anywhere, with the wildcards in `text` taken literally.
 fn contains_pattern(text: &str) -> String {
     let mut pattern = String::with_capacity(text.len() + 2);
@@ -378,6 +423,20 @@ impl TeamStore for SqlStore {
             .fetch_optional(&self.read)
             .await?;
         role.map(|r| r.parse().map_err(|e| corrupt("team_members.role", e))).transpose()
+    }
+
+    async fn list_admin_emails(&self, team_id: TeamId) -> Result<Vec<Email>, StoreError> {
+        let emails: Vec<String> = sqlx::query_scalar(
+            "SELECT u.email FROM team_members m JOIN users u ON u.id = m.user_id \
+             WHERE m.team_id = $1 AND m.role = 'admin' ORDER BY u.email",
+        )
+        .bind(team_id.as_uuid())
+        .fetch_all(&self.read)
+        .await?;
+        emails
+            .iter()
+            .map(|e| Email::parse(e).map_err(|error| corrupt("users.email", error)))
+            .collect()
     }
 }
 
@@ -542,6 +601,7 @@ impl KeyStore for SqlStore {
         reason: &str,
         at: Timestamp,
         audit: &AuditEvent,
+        mail: &[OutboundMail],
     ) -> Result<bool, StoreError> {
         let mut tx = self.write.begin().await?;
         let result = sqlx::query(
@@ -559,6 +619,7 @@ impl KeyStore for SqlStore {
             return Ok(false);
         }
         insert_audit(&mut tx, &self.audit_key, audit).await?;
+        insert_mail(&mut tx, mail).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -618,6 +679,7 @@ impl KeyStore for SqlStore {
         id: ManagementKeyId,
         at: Timestamp,
         audit: &AuditEvent,
+        mail: &[OutboundMail],
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         let result = sqlx::query(
@@ -630,6 +692,7 @@ impl KeyStore for SqlStore {
         .await?;
         one_row(&result)?;
         insert_audit(&mut tx, &self.audit_key, audit).await?;
+        insert_mail(&mut tx, mail).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -911,6 +974,92 @@ impl AuditStore for SqlStore {
         insert_audit(&mut tx, &self.audit_key, &note(removed)).await?;
         tx.commit().await?;
         Ok(removed)
+    }
+}
+
+#[async_trait]
+impl MailStore for SqlStore {
+    async fn enqueue_mail(&self, mail: &[OutboundMail]) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        insert_mail(&mut tx, mail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_due_mail(
+        &self,
+        now: Timestamp,
+        hold_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, StoreError> {
+        // The outer condition is checked again on the row as it is updated, so when two senders
+        // race for a mail, only one gets it.
+        let rows = sqlx::query(&format!(
+            "UPDATE mail_outbox SET claimed_until = $2 WHERE id IN (\
+                 SELECT id FROM mail_outbox WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 \
+                 AND (claimed_until IS NULL OR claimed_until <= $1) ORDER BY next_attempt_at LIMIT $3) \
+             AND sent_at IS NULL AND failed_at IS NULL AND (claimed_until IS NULL OR claimed_until <= $1) \
+             RETURNING {MAIL_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(hold_until)
+        .bind(i64::from(limit))
+        .fetch_all(&self.write)
+        .await?;
+        rows.iter().map(mail_from_row).collect()
+    }
+
+    async fn mark_mail_sent(&self, id: MailId, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mail_outbox SET sent_at = $2, attempts = attempts + 1, claimed_until = NULL, last_error = NULL \
+             WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .bind(at)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_mail_failed(
+        &self,
+        id: MailId,
+        error: &str,
+        retry_at: Option<Timestamp>,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mail_outbox SET attempts = attempts + 1, claimed_until = NULL, last_error = $2, \
+             next_attempt_at = COALESCE($3, next_attempt_at), failed_at = CASE WHEN $3 IS NULL THEN $4 ELSE NULL END \
+             WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .bind(error)
+        .bind(retry_at)
+        .bind(at)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_mail(&self, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MAIL_COLUMNS} FROM mail_outbox ORDER BY created_at DESC, id DESC LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(mail_from_row).collect()
+    }
+
+    async fn get_mail(&self, id: MailId) -> Result<Option<QueuedMail>, StoreError> {
+        sqlx::query(&format!("SELECT {MAIL_COLUMNS} FROM mail_outbox WHERE id = $1"))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.read)
+            .await?
+            .as_ref()
+            .map(mail_from_row)
+            .transpose()
     }
 }
 

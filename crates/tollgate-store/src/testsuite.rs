@@ -18,9 +18,9 @@ use chrono::DateTime;
 use sqlx::Connection as _;
 use tollgate_domain::keys::{KeyHash, KeyPrefix, PlainKey};
 use tollgate_domain::{
-    AclSet, Actor, ApiKey, ApiKeyId, AuditAction, AuditChainKey, AuditEvent, ChainVerifier, Email, ManagementKey,
-    ManagementKeyId, RequestContext, RequestId, Role, Team, TeamId, Ticks, Timestamp, TokenUsage, UsageRecord, User,
-    UserId,
+    AclSet, Actor, ApiKey, ApiKeyId, AuditAction, AuditChainKey, AuditEvent, ChainVerifier, Email, MailId,
+    ManagementKey, ManagementKeyId, OutboundMail, RequestContext, RequestId, Role, Team, TeamId, Ticks, Timestamp,
+    TokenUsage, UsageRecord, User, UserId,
 };
 
 use crate::{AuditQuery, Backend, KeyRotation, SecretMatch, Store, StoreError};
@@ -479,19 +479,35 @@ pub async fn api_key_lifecycle(store: &dyn Store) {
         Some(at(50))
     );
 
-    // Blocking is recorded once.
-    assert!(
-        store
-            .block_api_key(team.id, key.id, "leaked", at(5), &event(AuditAction::BlockApiKey))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .block_api_key(team.id, key.id, "again", at(6), &event(AuditAction::BlockApiKey))
-            .await
-            .unwrap()
-    );
+    // Blocking is recorded once, with its mail.
+    let notice = OutboundMail {
+        id: MailId::new(),
+        to: vec![user.email.clone()],
+        subject: "blocked".into(),
+        body: "Your key was blocked.".into(),
+        created_at: at(5),
+    };
+    let block = |reason: &'static str, when| {
+        let mail = std::slice::from_ref(&notice);
+        async move {
+            store
+                .block_api_key(
+                    team.id,
+                    key.id,
+                    reason,
+                    when,
+                    &audit(Some(team.id), AuditAction::BlockApiKey, when),
+                    mail,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert!(block("leaked", at(5)).await);
+    assert!(!block("again", at(6)).await);
+    let queued = store.list_mail(10).await.unwrap();
+    assert_eq!(queued.len(), 1, "the mail goes with the block, once");
+    assert_eq!(queued[0].mail, notice);
     let blocked = store.find_api_key(team.id, key.id).await.unwrap().unwrap();
     assert!(blocked.blocked);
     assert_eq!(blocked.blocked_reason.as_deref(), Some("leaked"));
@@ -527,9 +543,10 @@ pub async fn api_key_lifecycle(store: &dyn Store) {
         .collect();
     assert_eq!(
         actions,
+        // The block's event is stamped later (at(5)) than the others (at(2)).
         [
-            "DeleteApiKey",
             "BlockApiKey",
+            "DeleteApiKey",
             "RotateApiKey",
             "RotateApiKey",
             "UpdateApiKey",
@@ -537,6 +554,67 @@ pub async fn api_key_lifecycle(store: &dyn Store) {
             "CreateUser"
         ]
     );
+}
+
+/// Senders claim due mail exclusively; failures retry later or give up; sent mail is done.
+pub async fn mail_outbox_claims_retries_and_gives_up(store: &dyn Store) {
+    let (user, team) = seed_user(store, "mail@example.com").await;
+    assert_eq!(
+        store.list_admin_emails(team.id).await.unwrap(),
+        std::slice::from_ref(&user.email)
+    );
+    let mail = |n: i64| OutboundMail {
+        id: MailId::new(),
+        to: vec![user.email.clone(), Email::parse("second@example.com").unwrap()],
+        subject: format!("subject {n}"),
+        body: format!("body {n}"),
+        created_at: at(n),
+    };
+    let (first, second) = (mail(1), mail(2));
+    store.enqueue_mail(&[first.clone(), second.clone()]).await.unwrap();
+
+    // Due at their creation; one claim takes both, a concurrent one gets nothing.
+    let claimed = store.claim_due_mail(at(10), at(70), 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|q| q.mail.id).collect::<Vec<_>>(),
+        [first.id, second.id]
+    );
+    assert_eq!(claimed[0].mail, first);
+    assert!(store.claim_due_mail(at(11), at(71), 10).await.unwrap().is_empty());
+
+    store.mark_mail_sent(first.id, at(12)).await.unwrap();
+    store
+        .mark_mail_failed(second.id, "connection refused", Some(at(100)), at(12))
+        .await
+        .unwrap();
+    // Not due before its retry time, even once the hold has lapsed.
+    assert!(store.claim_due_mail(at(80), at(140), 10).await.unwrap().is_empty());
+    let retried = store.claim_due_mail(at(100), at(160), 10).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(
+        (retried[0].attempts, retried[0].last_error.as_deref()),
+        (1, Some("connection refused"))
+    );
+    store
+        .mark_mail_failed(second.id, "still refused", None, at(101))
+        .await
+        .unwrap();
+    assert!(store.claim_due_mail(at(1000), at(1060), 10).await.unwrap().is_empty());
+
+    let listed = store.list_mail(10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        (listed[0].mail.id, listed[0].state()),
+        (second.id, tollgate_domain::MailState::Failed)
+    );
+    assert_eq!(listed[0].attempts, 2);
+    assert_eq!(
+        (listed[1].mail.id, listed[1].state()),
+        (first.id, tollgate_domain::MailState::Sent)
+    );
+    assert_eq!(listed[1].sent_at, Some(at(12)));
+    assert_eq!(store.get_mail(first.id).await.unwrap().unwrap().mail, first);
+    assert!(store.get_mail(MailId::new()).await.unwrap().is_none());
 }
 
 /// Management keys list per team and revoke once.
@@ -561,11 +639,13 @@ pub async fn management_keys_list_and_revoke(store: &dyn Store) {
     assert!(store.list_management_keys(other_team.id).await.unwrap().is_empty());
     let revoke = audit(Some(team.id), AuditAction::RevokeManagementKey, at(2));
     assert!(matches!(
-        store.revoke_management_key(other_team.id, key.id, at(2), &revoke).await,
+        store
+            .revoke_management_key(other_team.id, key.id, at(2), &revoke, &[])
+            .await,
         Err(StoreError::NotFound)
     ));
     store
-        .revoke_management_key(team.id, key.id, at(2), &revoke)
+        .revoke_management_key(team.id, key.id, at(2), &revoke, &[])
         .await
         .unwrap();
     assert_eq!(
@@ -573,7 +653,7 @@ pub async fn management_keys_list_and_revoke(store: &dyn Store) {
         Some(at(2))
     );
     assert!(matches!(
-        store.revoke_management_key(team.id, key.id, at(3), &revoke).await,
+        store.revoke_management_key(team.id, key.id, at(3), &revoke, &[]).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -890,6 +970,7 @@ macro_rules! for_each_conformance_case {
             usage_is_idempotent_per_request,
             audit_events_round_trip,
             api_key_lifecycle,
+            mail_outbox_claims_retries_and_gives_up,
             management_keys_list_and_revoke,
             audit_chain_links_every_event,
             audit_search_filters_and_pages,

@@ -57,11 +57,6 @@ impl TestApp {
         self.manage(reqwest::Method::PUT, &format!("/auth/api-keys/{id}"), Some(body))
             .await
     }
-
-    async fn hello(&self, key: &str) -> reqwest::Response {
-        self.chat(key, json!({"model": MODEL, "messages": user_message()}))
-            .await
-    }
 }
 
 async fn update_by_field_mask(db: TestDb) {

@@ -13,6 +13,8 @@ mod inference;
 mod keys;
 mod management;
 mod ops;
+mod secret_scanning;
+mod smtp;
 mod streaming;
 mod usage;
 mod util;

@@ -217,6 +217,17 @@ impl TestApp {
             .await
     }
 
+    /// A plain chat request for `MODEL`.
+    pub async fn hello(&self, key: &str) -> reqwest::Response {
+        self.chat(key, json!({"model": MODEL, "messages": user_message()}))
+            .await
+    }
+
+    /// The status of [`Self::hello`].
+    pub async fn hello_status(&self, key: &str) -> StatusCode {
+        self.hello(key).await.status()
+    }
+
     pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
         self.client
             .post(self.url("/v1/chat/completions"))

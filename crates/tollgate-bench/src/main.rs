@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     let (_, key) = services
         .keys
         .create_api_key(
-            &management_key,
+            &management_key.into(),
             team.id,
             tollgate_core_new_key(),
             &RequestContext::default(),

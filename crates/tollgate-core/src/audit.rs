@@ -14,10 +14,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_domain::{
     Actor, AuditAction, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainBreak, ChainHead, ChainVerifier,
-    Clock, ManagementKey, RequestContext, TeamId, Timestamp,
+    Clock, Permission, RequestContext, TeamId, Timestamp,
 };
 use tollgate_store::{AuditQuery, Store, StoreError};
 use tracing::instrument;
+
+use crate::Caller;
 
 /// Most events one search page returns.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -32,6 +34,9 @@ pub enum AuditError {
     /// The caller may not read this team's log (or the team does not exist; they look alike).
     #[error("team not found")]
     TeamNotFound,
+    /// The caller's role may not read the audit log.
+    #[error("Only team Admins may read the audit log")]
+    Forbidden,
     /// A filter is out of range.
     #[error("{0}")]
     InvalidFilter(String),
@@ -157,36 +162,33 @@ pub struct AuditService {
     retention: chrono::Duration,
 }
 
-/// Records, in the caller's own team's log, that a management key asked to act on a team it does
-/// not manage (OWASP `authz_fail`). Written into the caller's log, never the target's, so nobody
-/// can fill another team's log. Best effort: a failure to record is logged and the caller still
-/// gets its refusal.
+/// Records, in the caller's own team's log, that it asked for something it may not do (OWASP
+/// `authz_fail`): act on another team, or exceed its role. Written into the caller's log, never
+/// another team's, so nobody can fill another team's log. Best effort: a failure to record is
+/// logged and the caller still gets its refusal.
 pub(crate) async fn record_denied(
     store: &dyn Store,
     clock: &dyn Clock,
-    caller: &ManagementKey,
+    caller: &Caller,
     action: AuditAction,
     attempted_team: TeamId,
     context: &RequestContext,
 ) {
     let event = AuditEvent::denied(
         clock.now(),
-        Some(caller.team_id),
-        management_actor(caller),
+        Some(caller.team_id()),
+        caller.actor(),
         action,
-        format!("Refused {action}: the management key does not manage team {attempted_team}"),
+        if attempted_team == caller.team_id() {
+            format!("Refused {action}: not allowed for this caller's role")
+        } else {
+            format!("Refused {action}: the caller may not act on team {attempted_team}")
+        },
         Some(format!("team:{attempted_team}")),
         context,
     );
     if let Err(error) = store.insert_audit_event(&event).await {
         tracing::warn!(error = %error, "could not record a refused request in the audit log");
-    }
-}
-
-pub(crate) fn management_actor(caller: &ManagementKey) -> Actor {
-    Actor::ManagementKey {
-        id: caller.id,
-        name: caller.name.clone(),
     }
 }
 
@@ -206,14 +208,14 @@ impl AuditService {
     #[instrument(skip_all, fields(team.id = %team_id), err(Debug))]
     pub async fn search(
         &self,
-        caller: &ManagementKey,
+        caller: &Caller,
         team_id: TeamId,
         filter: &AuditFilter,
         page_token: Option<&str>,
         page_size: u32,
         context: &RequestContext,
     ) -> Result<AuditPage, AuditError> {
-        if caller.team_id != team_id {
+        if caller.team_id() != team_id {
             record_denied(
                 &*self.store,
                 &*self.clock,
@@ -224,6 +226,18 @@ impl AuditService {
             )
             .await;
             return Err(AuditError::TeamNotFound);
+        }
+        if !caller.allows(Permission::ViewAuditLog) {
+            record_denied(
+                &*self.store,
+                &*self.clock,
+                caller,
+                AuditAction::ListAuditEvents,
+                team_id,
+                context,
+            )
+            .await;
+            return Err(AuditError::Forbidden);
         }
         filter.validate()?;
         let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
@@ -255,7 +269,7 @@ impl AuditService {
         let audit = AuditEvent::success(
             self.clock.now(),
             Some(team_id),
-            management_actor(caller),
+            caller.actor(),
             AuditAction::ListAuditEvents,
             format!("Searched the audit log ({} events)", events.len()),
             None,
@@ -273,13 +287,13 @@ impl AuditService {
     #[instrument(skip_all, fields(team.id = %team_id), err(Debug))]
     pub async fn export(
         &self,
-        caller: &ManagementKey,
+        caller: &Caller,
         team_id: TeamId,
         filter: AuditFilter,
         format: &str,
         context: &RequestContext,
     ) -> Result<AuditExport, AuditError> {
-        if caller.team_id != team_id {
+        if caller.team_id() != team_id {
             record_denied(
                 &*self.store,
                 &*self.clock,
@@ -291,7 +305,7 @@ impl AuditService {
             .await;
             return Err(AuditError::TeamNotFound);
         }
-        self.start_export(management_actor(caller), team_id, filter, format, context)
+        self.start_export(caller.actor(), team_id, filter, format, context)
             .await
     }
 

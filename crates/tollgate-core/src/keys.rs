@@ -12,11 +12,11 @@ use std::time::Duration;
 use tollgate_domain::keys::{KeyHash, KeyPrefix, ParsedKey, PlainKey};
 use tollgate_domain::{
     AclError, AclSet, Actor, ApiKey, ApiKeyId, AuditAction, AuditEvent, Clock, ManagementKey, ManagementKeyId,
-    RequestContext, Timestamp, UserId,
+    Permission, RequestContext, Timestamp, UserId,
 };
 use tollgate_store::{KeyRotation, SecretMatch, Store, StoreError};
 
-use crate::audit::management_actor;
+use crate::Caller;
 use crate::notices::{KeyKind, Notices, WithdrawnKey};
 use tracing::instrument;
 
@@ -70,6 +70,9 @@ pub enum KeyError {
     /// The caller may not act on this team (or the team does not exist; the two look alike).
     #[error("team not found")]
     TeamNotFound,
+    /// The caller's role does not allow this.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// No such key in the caller's team (or deleted): xAI's "Cannot find API key".
     #[error("Cannot find API key")]
     KeyNotFound,
@@ -288,13 +291,13 @@ impl KeyService {
     #[instrument(skip_all, fields(team.id = %team_id))]
     pub async fn create_api_key(
         &self,
-        caller: &ManagementKey,
+        caller: &Caller,
         team_id: tollgate_domain::TeamId,
         new: NewApiKey,
         context: &RequestContext,
     ) -> Result<(ApiKey, PlainKey), KeyError> {
         // A management key manages exactly one team; any other team looks like it does not exist.
-        if caller.team_id != team_id {
+        if caller.team_id() != team_id {
             crate::audit::record_denied(
                 &*self.store,
                 &*self.clock,
@@ -305,6 +308,9 @@ impl KeyService {
             )
             .await;
             return Err(KeyError::TeamNotFound);
+        }
+        if !caller.allows(Permission::ManageOwnApiKeys) {
+            return Err(KeyError::Forbidden("Your role may not create API keys in this team"));
         }
         let name = validate_name(&new.name)?;
         let acls = AclSet::parse(&new.acls)?;
@@ -326,10 +332,10 @@ impl KeyService {
             expire_time: new.expire_time,
             disabled: false,
             blocked: false,
-            created_by: caller.created_by,
+            created_by: caller.user_id(),
             created_at: now,
             modified_at: now,
-            modified_by: caller.created_by,
+            modified_by: caller.user_id(),
             blocked_reason: None,
             deleted_at: None,
             last_used_at: None,
@@ -338,7 +344,7 @@ impl KeyService {
         let audit = AuditEvent::success(
             now,
             Some(team_id),
-            management_actor(caller),
+            caller.actor(),
             AuditAction::CreateApiKey,
             format!("Created API key '{}' ({})", key.name, key.redacted),
             Some(format!("api_key:{}", key.id)),
@@ -461,18 +467,32 @@ impl KeyService {
         })
     }
 
-    /// The caller's team's key `id`.
-    async fn team_key(&self, caller: &ManagementKey, id: ApiKeyId) -> Result<ApiKey, KeyError> {
+    /// The caller's team's key `id`, which the caller may see.
+    async fn team_key(&self, caller: &Caller, id: ApiKeyId) -> Result<ApiKey, KeyError> {
+        if !caller.allows(Permission::UseTeam) {
+            return Err(KeyError::KeyNotFound);
+        }
         self.store
-            .find_api_key(caller.team_id, id)
+            .find_api_key(caller.team_id(), id)
             .await?
             .ok_or(KeyError::KeyNotFound)
+    }
+
+    /// The caller's team's key `id`, which the caller may change.
+    async fn managed_key(&self, caller: &Caller, id: ApiKeyId) -> Result<ApiKey, KeyError> {
+        let key = self.team_key(caller, id).await?;
+        if !caller.may_manage_key(key.created_by) {
+            return Err(KeyError::Forbidden(
+                "Only a team Admin or the key's creator may change this API key",
+            ));
+        }
+        Ok(key)
     }
 
     /// One key of the caller's team, audited as `GetApiKey`.
     pub async fn get_api_key(
         &self,
-        caller: &ManagementKey,
+        caller: &Caller,
         id: ApiKeyId,
         context: &RequestContext,
     ) -> Result<ApiKey, KeyError> {
@@ -480,7 +500,7 @@ impl KeyService {
         let audit = AuditEvent::success(
             self.clock.now(),
             Some(key.team_id),
-            management_actor(caller),
+            caller.actor(),
             AuditAction::GetApiKey,
             format!("Read API key '{}' ({})", key.name, key.redacted),
             Some(format!("api_key:{}", key.id)),
@@ -494,7 +514,7 @@ impl KeyService {
     #[instrument(skip_all, fields(api_key.id = %id))]
     pub async fn update_api_key(
         &self,
-        caller: &ManagementKey,
+        caller: &Caller,
         id: ApiKeyId,
         changes: ApiKeyChanges,
         context: &RequestContext,
@@ -503,7 +523,7 @@ impl KeyService {
         if fields.is_empty() {
             return Err(KeyError::NothingToUpdate);
         }
-        let mut key = self.team_key(caller, id).await?;
+        let mut key = self.managed_key(caller, id).await?;
         let now = self.clock.now();
         if let Some(name) = &changes.name {
             key.name = validate_name(name)?;
@@ -527,7 +547,7 @@ impl KeyService {
             .map(|d| if d { "disabled" } else { "enabled" });
         key.disabled = changes.disabled.unwrap_or(key.disabled);
         key.modified_at = now;
-        key.modified_by = caller.created_by;
+        key.modified_by = caller.user_id();
         let description = match switched {
             Some(state) => format!(
                 "API key '{}' ({}) {state}; fields: {}",
@@ -545,7 +565,7 @@ impl KeyService {
         let audit = AuditEvent::success(
             now,
             Some(key.team_id),
-            management_actor(caller),
+            caller.actor(),
             AuditAction::UpdateApiKey,
             description,
             Some(format!("api_key:{}", key.id)),
@@ -564,7 +584,7 @@ impl KeyService {
     #[instrument(skip_all, fields(api_key.id = %id))]
     pub async fn rotate_api_key(
         &self,
-        caller: &ManagementKey,
+        caller: &Caller,
         id: ApiKeyId,
         grace: Option<chrono::Duration>,
         context: &RequestContext,
@@ -573,7 +593,7 @@ impl KeyService {
         if grace.is_some_and(|g| g < chrono::Duration::zero() || g > MAX_ROTATION_GRACE) {
             return Err(KeyError::InvalidGracePeriod);
         }
-        let mut key = self.team_key(caller, id).await?;
+        let mut key = self.managed_key(caller, id).await?;
         if key.blocked {
             return Err(KeyError::Blocked(key.blocked_reason.clone().unwrap_or_default()));
         }
@@ -585,7 +605,7 @@ impl KeyService {
         let audit = AuditEvent::success(
             now,
             Some(key.team_id),
-            management_actor(caller),
+            caller.actor(),
             AuditAction::RotateApiKey,
             match previous_valid_until {
                 Some(until) => format!(
@@ -607,7 +627,7 @@ impl KeyService {
             new_redacted: &new_redacted,
             previous_valid_until,
             at: now,
-            by: caller.created_by,
+            by: caller.user_id(),
         };
         self.store
             .rotate_api_key(&rotation, &audit)
@@ -616,7 +636,7 @@ impl KeyService {
         self.evict(key.id);
         key.redacted = new_redacted;
         key.modified_at = now;
-        key.modified_by = caller.created_by;
+        key.modified_by = caller.user_id();
         key.previous_secret_expires_at = previous_valid_until;
         Ok((key, plain))
     }
@@ -626,23 +646,23 @@ impl KeyService {
     #[instrument(skip_all, fields(api_key.id = %id))]
     pub async fn delete_api_key(
         &self,
-        caller: &ManagementKey,
+        caller: &Caller,
         id: ApiKeyId,
         context: &RequestContext,
     ) -> Result<(), KeyError> {
-        let key = self.team_key(caller, id).await?;
+        let key = self.managed_key(caller, id).await?;
         let now = self.clock.now();
         let audit = AuditEvent::success(
             now,
             Some(key.team_id),
-            management_actor(caller),
+            caller.actor(),
             AuditAction::DeleteApiKey,
             format!("Deleted API key '{}' ({})", key.name, key.redacted),
             Some(format!("api_key:{}", key.id)),
             context,
         );
         self.store
-            .delete_api_key(key.team_id, key.id, now, caller.created_by, &audit)
+            .delete_api_key(key.team_id, key.id, now, caller.user_id(), &audit)
             .await
             .map_err(not_found_is_key)?;
         self.evict(key.id);
@@ -651,7 +671,7 @@ impl KeyService {
 
     /// Whether the last change to key `id` is in force on every node (each re-reads a key at
     /// least once per [`AUTH_CACHE_TTL`]).
-    pub async fn propagation(&self, caller: &ManagementKey, id: ApiKeyId) -> Result<Propagation, KeyError> {
+    pub async fn propagation(&self, caller: &Caller, id: ApiKeyId) -> Result<Propagation, KeyError> {
         let key = self.team_key(caller, id).await?;
         let ttl = chrono::Duration::from_std(AUTH_CACHE_TTL).unwrap_or(chrono::Duration::seconds(1));
         let propagated_at = key.modified_at + ttl;
@@ -855,13 +875,13 @@ impl KeyService {
     /// A page of the team's keys (management API), audited as `ListApiKeys`.
     pub async fn list_api_keys(
         &self,
-        caller: &ManagementKey,
+        caller: &Caller,
         team_id: tollgate_domain::TeamId,
         after: Option<ApiKeyId>,
         limit: u32,
         context: &RequestContext,
     ) -> Result<Vec<ApiKey>, KeyError> {
-        if caller.team_id != team_id {
+        if caller.team_id() != team_id {
             crate::audit::record_denied(
                 &*self.store,
                 &*self.clock,
@@ -877,7 +897,7 @@ impl KeyService {
         let audit = AuditEvent::success(
             self.clock.now(),
             Some(team_id),
-            management_actor(caller),
+            caller.actor(),
             AuditAction::ListApiKeys,
             format!("Listed {} API keys", keys.len()),
             None,

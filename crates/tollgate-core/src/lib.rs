@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod caller;
 pub mod keys;
 pub mod mail;
 pub mod notices;
@@ -15,6 +16,7 @@ pub mod usage;
 
 pub use accounts::{AccountError, AccountService};
 pub use audit::{AuditError, AuditExport, AuditFilter, AuditPage, AuditService, ChainReport};
+pub use caller::Caller;
 pub use keys::{ApiKeyChanges, AuthError, KeyError, KeyService, NewApiKey, Propagation};
 pub use mail::{MailDispatcher, MailError, MailWaker, Mailer, SmtpMailer};
 pub use notices::Notices;

@@ -18,7 +18,7 @@ use tollgate_domain::{AuditEventId, AuditRecord, Timestamp};
 
 use crate::AppState;
 use crate::error::XaiError;
-use crate::extract::{ManagementAuth, RequestMeta};
+use crate::extract::{ManagementCaller, RequestMeta};
 use crate::management::{parse_team_id, rfc3339};
 
 pub(crate) fn router() -> Router<AppState> {
@@ -33,6 +33,7 @@ impl From<AuditError> for XaiError {
             AuditError::TeamNotFound => {
                 XaiError::permission_denied("The management key is not authorized for this team")
             }
+            AuditError::Forbidden => XaiError::permission_denied(error.to_string()),
             AuditError::InvalidFilter(_) | AuditError::InvalidPageToken => {
                 XaiError::invalid_argument(error.to_string())
             }
@@ -227,7 +228,7 @@ fn query_or_400(
     security(("management_key" = [])))]
 pub(crate) async fn list_events(
     State(state): State<AppState>,
-    ManagementAuth(caller): ManagementAuth,
+    ManagementCaller(caller): ManagementCaller,
     Path(team_id): Path<String>,
     RequestMeta(meta): RequestMeta,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
@@ -394,7 +395,7 @@ fn csv_field(value: &str) -> String {
     security(("management_key" = [])))]
 pub(crate) async fn export_events(
     State(state): State<AppState>,
-    ManagementAuth(caller): ManagementAuth,
+    ManagementCaller(caller): ManagementCaller,
     Path(team_id): Path<String>,
     RequestMeta(meta): RequestMeta,
     format: Result<Query<ExportFormatQuery>, axum::extract::rejection::QueryRejection>,

@@ -159,6 +159,7 @@ impl From<KeyError> for XaiError {
             | KeyError::InvalidGracePeriod
             | KeyError::Blocked(_) => XaiError::invalid_argument(error.to_string()),
             KeyError::KeyNotFound => XaiError::not_found("Cannot find API key"),
+            KeyError::Forbidden(message) => XaiError::permission_denied(message),
             // Another team's id and an unknown one answer alike: no existence leak.
             KeyError::TeamNotFound => XaiError::permission_denied("The management key is not authorized for this team"),
             KeyError::Store(store) => store.into(),

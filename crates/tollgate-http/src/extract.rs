@@ -73,6 +73,18 @@ impl FromRequestParts<AppState> for ManagementAuth {
     }
 }
 
+/// A management key as the party a service acts for.
+pub struct ManagementCaller(pub tollgate_core::Caller);
+
+impl FromRequestParts<AppState> for ManagementCaller {
+    type Rejection = XaiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, XaiError> {
+        let ManagementAuth(key) = ManagementAuth::from_request_parts(parts, state).await?;
+        Ok(Self(key.into()))
+    }
+}
+
 /// Where a request came from: peer address, user agent, request id.
 pub struct RequestMeta(pub RequestContext);
 

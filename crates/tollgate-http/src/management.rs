@@ -12,7 +12,7 @@ use tollgate_domain::{ApiKey, ApiKeyId, TeamId, Timestamp};
 
 use crate::AppState;
 use crate::error::XaiError;
-use crate::extract::{ManagementAuth, RequestMeta, XaiJson};
+use crate::extract::{ManagementAuth, ManagementCaller, RequestMeta, XaiJson};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -166,7 +166,7 @@ impl ApiKeyView {
     security(("management_key" = [])))]
 pub(crate) async fn create_api_key(
     State(state): State<AppState>,
-    ManagementAuth(caller): ManagementAuth,
+    ManagementCaller(caller): ManagementCaller,
     Path(team_id): Path<String>,
     RequestMeta(meta): RequestMeta,
     XaiJson(body): XaiJson<CreateApiKeyRequest>,
@@ -214,7 +214,7 @@ pub(crate) struct ApiKeyListView {
     security(("management_key" = [])))]
 pub(crate) async fn list_api_keys(
     State(state): State<AppState>,
-    ManagementAuth(caller): ManagementAuth,
+    ManagementCaller(caller): ManagementCaller,
     Path(team_id): Path<String>,
     RequestMeta(meta): RequestMeta,
     query: Result<Query<ListApiKeysQuery>, axum::extract::rejection::QueryRejection>,
@@ -279,7 +279,7 @@ pub(crate) async fn validate_management_key(ManagementAuth(key): ManagementAuth)
     security(("management_key" = [])))]
 pub(crate) async fn get_api_key(
     State(state): State<AppState>,
-    ManagementAuth(caller): ManagementAuth,
+    ManagementCaller(caller): ManagementCaller,
     Path(id): Path<String>,
     RequestMeta(meta): RequestMeta,
 ) -> Result<Json<ApiKeyView>, XaiError> {
@@ -401,7 +401,7 @@ fn changes_from(
     security(("management_key" = [])))]
 pub(crate) async fn update_api_key(
     State(state): State<AppState>,
-    ManagementAuth(caller): ManagementAuth,
+    ManagementCaller(caller): ManagementCaller,
     Path(id): Path<String>,
     RequestMeta(meta): RequestMeta,
     XaiJson(body): XaiJson<UpdateApiKeyRequest>,
@@ -420,7 +420,7 @@ pub(crate) async fn update_api_key(
     security(("management_key" = [])))]
 pub(crate) async fn delete_api_key(
     State(state): State<AppState>,
-    ManagementAuth(caller): ManagementAuth,
+    ManagementCaller(caller): ManagementCaller,
     Path(id): Path<String>,
     RequestMeta(meta): RequestMeta,
 ) -> Result<Json<serde_json::Value>, XaiError> {
@@ -460,7 +460,7 @@ fn parse_duration(text: &str) -> Option<chrono::Duration> {
     security(("management_key" = [])))]
 pub(crate) async fn rotate_api_key(
     State(state): State<AppState>,
-    ManagementAuth(caller): ManagementAuth,
+    ManagementCaller(caller): ManagementCaller,
     Path(id): Path<String>,
     RequestMeta(meta): RequestMeta,
     body: axum::body::Bytes,
@@ -508,7 +508,7 @@ pub(crate) struct PropagationView {
     security(("management_key" = [])))]
 pub(crate) async fn key_propagation(
     State(state): State<AppState>,
-    ManagementAuth(caller): ManagementAuth,
+    ManagementCaller(caller): ManagementCaller,
     Path(id): Path<String>,
 ) -> Result<Json<PropagationView>, XaiError> {
     let id = parse_key_id(&id)?;
@@ -534,8 +534,8 @@ pub(crate) struct EndpointListView {
     endpoints: Vec<EndpointView>,
 }
 
-fn own_team(caller: &tollgate_domain::ManagementKey, raw: &str) -> Result<(), XaiError> {
-    if parse_team_id(raw)? == caller.team_id {
+fn own_team(caller: &tollgate_core::Caller, raw: &str) -> Result<(), XaiError> {
+    if parse_team_id(raw)? == caller.team_id() {
         Ok(())
     } else {
         Err(XaiError::permission_denied(
@@ -550,7 +550,7 @@ fn own_team(caller: &tollgate_domain::ManagementKey, raw: &str) -> Result<(), Xa
     responses((status = 200, body = EndpointListView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
     security(("management_key" = [])))]
 pub(crate) async fn list_endpoints(
-    ManagementAuth(caller): ManagementAuth,
+    ManagementCaller(caller): ManagementCaller,
     Path(team_id): Path<String>,
 ) -> Result<Json<EndpointListView>, XaiError> {
     own_team(&caller, &team_id)?;
@@ -583,7 +583,7 @@ pub(crate) struct AclModelListView {
     security(("management_key" = [])))]
 pub(crate) async fn list_acl_models(
     State(state): State<AppState>,
-    ManagementAuth(caller): ManagementAuth,
+    ManagementCaller(caller): ManagementCaller,
     Path(team_id): Path<String>,
 ) -> Result<Json<AclModelListView>, XaiError> {
     own_team(&caller, &team_id)?;

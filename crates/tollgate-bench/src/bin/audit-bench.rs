@@ -12,10 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tollgate_core::{AuditFilter, AuditService};
-use tollgate_domain::{
-    Actor, AuditAction, AuditEvent, Clock, ManagementKey, RequestContext, SystemClock, TeamId, Timestamp, UserId,
-};
+use tollgate_core::{AuditFilter, AuditService, Caller};
+use tollgate_domain::{Actor, AuditAction, AuditEvent, Clock, RequestContext, SystemClock, TeamId, Timestamp, UserId};
 use tollgate_server::Config;
 
 #[derive(Debug, Parser)]
@@ -85,7 +83,7 @@ struct Timing {
 
 async fn time_search(
     audit: &AuditService,
-    caller: &ManagementKey,
+    caller: &Caller,
     filter: &AuditFilter,
     token: Option<&str>,
     runs: usize,
@@ -95,7 +93,7 @@ async fn time_search(
     for _ in 0..runs {
         let started = Instant::now();
         let page = audit
-            .search(caller, caller.team_id, filter, token, 100, &RequestContext::default())
+            .search(caller, caller.team_id(), filter, token, 100, &RequestContext::default())
             .await?;
         times.push(started.elapsed());
         found = page.events.len();
@@ -132,10 +130,11 @@ async fn main() -> anyhow::Result<()> {
             &RequestContext::default(),
         )
         .await?;
-    let (caller, _) = services
+    let (key, _) = services
         .keys
         .create_management_key(team.id, "bench", Actor::Operator, None, &RequestContext::default())
         .await?;
+    let caller = Caller::from(key);
     let people: Vec<(UserId, String)> = (0..50)
         .map(|p| (UserId::new(), format!("person{p}@example.com")))
         .collect();

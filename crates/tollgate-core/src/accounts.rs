@@ -1,20 +1,29 @@
-//! Accounts: creating users (each with a Personal Team they administer).
+//! Accounts: sign-up (each user gets a Personal Team they administer), sign-in with sessions,
+//! email verification and password reset by single-use links, and the console's view of who is
+//! asking ([`AccountService::member`]).
+//!
+//! Sign-in answers the same, in about the same time, for an unknown email and a wrong password
+//! (a dummy hash is verified when there is no account), and is throttled per account and per
+//! client address. Every action writes its audit event into each of the user's teams' logs.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::{PasswordHasher as _, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use tollgate_domain::password::{PasswordError, check_password};
+use tollgate_domain::ratelimit::SlidingWindow;
 use tollgate_domain::{
-    Actor, AuditAction, AuditEvent, Clock, Email, EmailError, RequestContext, Team, TeamId, User, UserId,
+    Actor, AuditAction, AuditEvent, Clock, Email, EmailError, Membership, RequestContext, SecretToken, Session,
+    SessionId, Team, TeamId, Timestamp, TokenPurpose, User, UserId,
 };
-use tollgate_store::{Store, StoreError};
+use tollgate_store::{AccountToken, EndSessions, Store, StoreError, TokenRedemption};
 use tracing::instrument;
 
-/// Fewest characters in a password. NIST SP 800-63B-4 asks for 15 when the password is the only
-/// factor; we ask for it always.
-pub const MIN_PASSWORD_CHARS: usize = 15;
-/// Most characters in a password (NIST: allow at least 64).
-pub const MAX_PASSWORD_CHARS: usize = 256;
+use crate::Caller;
+use crate::notices::Notices;
+
+pub use tollgate_domain::password::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
 
 /// Why an account operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,12 +34,36 @@ pub enum AccountError {
     /// Display name empty or too long.
     #[error("display name must be 1 to 100 characters")]
     InvalidDisplayName,
-    /// Too short or too long.
-    #[error("password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters")]
-    InvalidPassword,
+    /// The password breaks a rule (the message says which).
+    #[error(transparent)]
+    InvalidPassword(#[from] PasswordError),
     /// An account with this email exists.
     #[error("an account with this email already exists")]
     EmailTaken,
+    /// Unknown email or wrong password: the two answer alike.
+    #[error("Incorrect email or password")]
+    BadCredentials,
+    /// Too many failed sign-ins for this account or from this address.
+    #[error("Too many failed sign-in attempts; try again in {retry_after_seconds} seconds")]
+    Throttled {
+        /// When to try again.
+        retry_after_seconds: u64,
+    },
+    /// No session, or it ended or expired.
+    #[error("You are not signed in, or your session has ended")]
+    NotSignedIn,
+    /// A state-changing request without the session's CSRF token.
+    #[error("Missing or wrong X-CSRF-Token header")]
+    CsrfMismatch,
+    /// The link is unknown, used or expired.
+    #[error("This link is invalid, already used or expired")]
+    InvalidLink,
+    /// No such session of this user.
+    #[error("session not found")]
+    SessionNotFound,
+    /// Not a member of the team (or no such team: they look alike).
+    #[error("team not found")]
+    TeamNotFound,
     /// Storage failed.
     #[error(transparent)]
     Store(StoreError),
@@ -39,20 +72,168 @@ pub enum AccountError {
     Unexpected(#[from] anyhow::Error),
 }
 
+impl From<StoreError> for AccountError {
+    fn from(error: StoreError) -> Self {
+        AccountError::Store(error)
+    }
+}
+
+/// Session lifetimes.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    /// A session unused this long ends.
+    pub idle: chrono::Duration,
+    /// A session ends this long after sign-in, however used.
+    pub absolute: chrono::Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            idle: chrono::Duration::minutes(30),
+            absolute: chrono::Duration::hours(12),
+        }
+    }
+}
+
+/// A new session: the secrets are handed to the browser once.
+#[derive(Debug)]
+pub struct SignedIn {
+    /// The user.
+    pub user: User,
+    /// The session.
+    pub session: Session,
+    /// The session token (the cookie's value).
+    pub token: SecretToken,
+    /// The CSRF token the console sends back in `X-CSRF-Token`.
+    pub csrf: SecretToken,
+}
+
+/// Failed sign-ins per account and per client address, over 15 minutes.
+const THROTTLE_WINDOW_US: i64 = 15 * 60 * 1_000_000;
+const MAX_FAILURES_PER_ACCOUNT: u64 = 10;
+const MAX_FAILURES_PER_ADDRESS: u64 = 100;
+/// A session's last use is written at most this often.
+const TOUCH_EVERY: chrono::Duration = chrono::Duration::minutes(1);
+
+#[derive(Default)]
+struct Throttle {
+    accounts: HashMap<String, SlidingWindow>,
+    addresses: HashMap<String, SlidingWindow>,
+}
+
+impl Throttle {
+    fn blocked(&mut self, email: &str, ip: Option<&str>, now: Timestamp) -> bool {
+        let over = |map: &mut HashMap<String, SlidingWindow>, key: &str, max: u64| {
+            map.get_mut(key).is_some_and(|w| w.count(now) >= max)
+        };
+        over(&mut self.accounts, email, MAX_FAILURES_PER_ACCOUNT)
+            || ip.is_some_and(|ip| over(&mut self.addresses, ip, MAX_FAILURES_PER_ADDRESS))
+    }
+
+    fn failed(&mut self, email: &str, ip: Option<&str>, now: Timestamp) {
+        if self.accounts.len() > 100_000 {
+            self.accounts.clear();
+        }
+        if self.addresses.len() > 100_000 {
+            self.addresses.clear();
+        }
+        self.accounts
+            .entry(email.to_owned())
+            .or_insert_with(|| SlidingWindow::new(THROTTLE_WINDOW_US))
+            .add(now, 1);
+        if let Some(ip) = ip {
+            self.addresses
+                .entry(ip.to_owned())
+                .or_insert_with(|| SlidingWindow::new(THROTTLE_WINDOW_US))
+                .add(now, 1);
+        }
+    }
+}
+
 /// Accounts service.
 #[derive(Clone)]
 pub struct AccountService {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    notices: Notices,
+    product: String,
+    sessions: SessionSettings,
+    throttle: Arc<Mutex<Throttle>>,
+    /// Verified when an email has no account, so both answers take as long.
+    dummy_hash: Arc<tokio::sync::OnceCell<String>>,
+}
+
+/// One event per team the user belongs to (the platform's log when none), so each team's
+/// Admins see their members' sign-ins and account changes.
+fn user_events(
+    memberships: &[Membership],
+    user: &User,
+    at: Timestamp,
+    action: AuditAction,
+    description: &str,
+    success: bool,
+    context: &RequestContext,
+) -> Vec<AuditEvent> {
+    let actor = user_actor(user);
+    let target = Some(format!("user:{}", user.id));
+    let make = |team: Option<TeamId>| {
+        let build = if success {
+            AuditEvent::success
+        } else {
+            AuditEvent::denied
+        };
+        let mut event = build(
+            at,
+            team,
+            actor.clone(),
+            action,
+            description.to_owned(),
+            target.clone(),
+            context,
+        );
+        if !success {
+            event.outcome = tollgate_domain::Outcome::Failure;
+        }
+        event
+    };
+    if memberships.is_empty() {
+        vec![make(None)]
+    } else {
+        memberships.iter().map(|m| make(Some(m.team.id))).collect()
+    }
+}
+
+fn user_actor(user: &User) -> Actor {
+    Actor::User {
+        id: user.id,
+        email: user.email.as_ref().to_owned(),
+    }
 }
 
 impl AccountService {
-    /// A service over `store`, reading time from `clock`.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+    /// A service over `store`, reading time from `clock`; mail through `notices`; `product`
+    /// names the platform (a password may not be just that).
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        notices: Notices,
+        product: impl Into<String>,
+        sessions: SessionSettings,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            notices,
+            product: product.into(),
+            sessions,
+            throttle: Arc::default(),
+            dummy_hash: Arc::default(),
+        }
     }
 
-    /// Creates a user with a password and their Personal Team (they are its Admin).
+    /// Creates a user with a password and their Personal Team (they are its Admin). Used by the
+    /// operator's command line; people sign up with [`Self::sign_up`].
     #[instrument(skip_all)]
     pub async fn create_user(
         &self,
@@ -67,10 +248,7 @@ impl AccountService {
         if display_name.is_empty() || display_name.chars().count() > 100 {
             return Err(AccountError::InvalidDisplayName);
         }
-        let password_chars = password.chars().count();
-        if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&password_chars) {
-            return Err(AccountError::InvalidPassword);
-        }
+        check_password(password, email.as_ref(), &self.product)?;
         let password_hash = hash_password(password.to_owned()).await?;
         let now = self.clock.now();
         let user = User {
@@ -79,12 +257,18 @@ impl AccountService {
             display_name: display_name.to_owned(),
             password_hash: Some(password_hash),
             created_at: now,
+            email_verified_at: None,
         };
         let team = Team {
             id: TeamId::new(),
             name: "Personal Team".to_owned(),
             personal: true,
             created_at: now,
+        };
+        let actor = match actor {
+            // Signing up, the new user is the actor.
+            Actor::System => user_actor(&user),
+            other => other,
         };
         let audit = AuditEvent::success(
             now,
@@ -103,6 +287,407 @@ impl AccountService {
             Err(other) => Err(AccountError::Store(other)),
         }
     }
+
+    /// Self-service sign-up: the account, its Personal Team, a verification link by mail, and a
+    /// session.
+    #[instrument(skip_all)]
+    pub async fn sign_up(
+        &self,
+        email: &str,
+        display_name: &str,
+        password: &str,
+        context: &RequestContext,
+    ) -> Result<SignedIn, AccountError> {
+        let (user, _team) = self
+            .create_user(email, display_name, password, Actor::System, context)
+            .await?;
+        self.send_verification(&user, context).await?;
+        self.start_session(user, context).await
+    }
+
+    /// Mails a link proving the address (24 hours, single use). Also the "resend" action.
+    pub async fn send_verification(&self, user: &User, context: &RequestContext) -> Result<(), AccountError> {
+        let token = SecretToken::generate(&mut rand::rngs::OsRng);
+        let now = self.clock.now();
+        let purpose = TokenPurpose::VerifyEmail;
+        let mail = self.notices.verify_email(user, &token, now);
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            user,
+            now,
+            AuditAction::RequestEmailVerification,
+            &format!("Sent an email verification link to {}", user.email.as_ref()),
+            true,
+            context,
+        );
+        let record = AccountToken {
+            hash: token.hash(),
+            user_id: user.id,
+            purpose,
+            created_at: now,
+            expires_at: now + purpose.lifetime(),
+            used_at: None,
+        };
+        self.store.insert_account_token(&record, &[mail], &audits).await?;
+        self.notices.queued();
+        Ok(())
+    }
+
+    /// Redeems an email verification link.
+    pub async fn verify_email(&self, token: &str, context: &RequestContext) -> Result<User, AccountError> {
+        let (record, user) = self.live_token(token, TokenPurpose::VerifyEmail).await?;
+        let now = self.clock.now();
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            &user,
+            now,
+            AuditAction::VerifyEmail,
+            &format!("Verified the email address {}", user.email.as_ref()),
+            true,
+            context,
+        );
+        let redeemed = self
+            .store
+            .redeem_account_token(&TokenRedemption {
+                hash: record.hash,
+                purpose: TokenPurpose::VerifyEmail,
+                user_id: user.id,
+                new_password_hash: None,
+                at: now,
+                mail: &[],
+                audits: &audits,
+            })
+            .await?;
+        if !redeemed {
+            return Err(AccountError::InvalidLink);
+        }
+        Ok(self.store.get_user(user.id).await?)
+    }
+
+    /// A token that exists, is for `purpose`, unused and unexpired, with its user.
+    async fn live_token(&self, token: &str, purpose: TokenPurpose) -> Result<(AccountToken, User), AccountError> {
+        let token = SecretToken::presented(token.trim()).ok_or(AccountError::InvalidLink)?;
+        let record = self
+            .store
+            .find_account_token(&token.hash())
+            .await?
+            .filter(|r| r.purpose == purpose && r.used_at.is_none() && r.expires_at > self.clock.now())
+            .ok_or(AccountError::InvalidLink)?;
+        let user = self.store.get_user(record.user_id).await?;
+        Ok((record, user))
+    }
+
+    /// Asks for a password reset link. Answers the same whether or not the account exists; the
+    /// link (60 minutes, single use) goes only to the account's address.
+    #[instrument(skip_all)]
+    pub async fn request_password_reset(&self, email: &str, context: &RequestContext) -> Result<(), AccountError> {
+        let Ok(email) = Email::parse(email) else {
+            return Ok(());
+        };
+        let Some(user) = self.store.find_user_by_email(&email).await? else {
+            return Ok(());
+        };
+        let token = SecretToken::generate(&mut rand::rngs::OsRng);
+        let now = self.clock.now();
+        let purpose = TokenPurpose::ResetPassword;
+        let mail = self.notices.reset_password(&user, &token, now);
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            &user,
+            now,
+            AuditAction::RequestPasswordReset,
+            "Asked for a password reset link",
+            true,
+            context,
+        );
+        let record = AccountToken {
+            hash: token.hash(),
+            user_id: user.id,
+            purpose,
+            created_at: now,
+            expires_at: now + purpose.lifetime(),
+            used_at: None,
+        };
+        self.store.insert_account_token(&record, &[mail], &audits).await?;
+        self.notices.queued();
+        Ok(())
+    }
+
+    /// Sets a new password with a reset link: every session ends, every other reset link dies,
+    /// and the account is told.
+    #[instrument(skip_all)]
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        password: &str,
+        context: &RequestContext,
+    ) -> Result<(), AccountError> {
+        let (record, user) = self.live_token(token, TokenPurpose::ResetPassword).await?;
+        check_password(password, user.email.as_ref(), &self.product)?;
+        let password_hash = hash_password(password.to_owned()).await?;
+        let now = self.clock.now();
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            &user,
+            now,
+            AuditAction::ResetPassword,
+            "Reset the password with an emailed link; every session was ended",
+            true,
+            context,
+        );
+        let mail = [self.notices.password_changed(&user, now, context)];
+        let redeemed = self
+            .store
+            .redeem_account_token(&TokenRedemption {
+                hash: record.hash,
+                purpose: TokenPurpose::ResetPassword,
+                user_id: user.id,
+                new_password_hash: Some(&password_hash),
+                at: now,
+                mail: &mail,
+                audits: &audits,
+            })
+            .await?;
+        if !redeemed {
+            return Err(AccountError::InvalidLink);
+        }
+        self.notices.queued();
+        Ok(())
+    }
+
+    /// Signs in with email and password: a new session (new tokens every time).
+    #[instrument(skip_all)]
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+        context: &RequestContext,
+    ) -> Result<SignedIn, AccountError> {
+        let now = self.clock.now();
+        let key = email.trim().to_lowercase();
+        let ip = context.ip.as_deref();
+        if self
+            .throttle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .blocked(&key, ip, now)
+        {
+            return Err(AccountError::Throttled {
+                retry_after_seconds: 15 * 60,
+            });
+        }
+        let user = match Email::parse(email) {
+            Ok(email) => self.store.find_user_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let stored_hash = match user.as_ref().and_then(|u| u.password_hash.clone()) {
+            Some(hash) => hash,
+            None => self.dummy_hash().await?,
+        };
+        let matches = verify_password(password.to_owned(), stored_hash).await?;
+        let user = match (user, matches) {
+            (Some(user), true) => user,
+            (user, _) => {
+                self.throttle
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .failed(&key, ip, now);
+                // A failed sign-in to an existing account is on its teams' record.
+                if let Some(user) = user {
+                    let memberships = self.store.list_memberships(user.id).await?;
+                    for event in user_events(
+                        &memberships,
+                        &user,
+                        now,
+                        AuditAction::SignIn,
+                        "Sign-in failed: wrong password",
+                        false,
+                        context,
+                    ) {
+                        self.store.insert_audit_event(&event).await?;
+                    }
+                }
+                return Err(AccountError::BadCredentials);
+            }
+        };
+        self.start_session(user, context).await
+    }
+
+    async fn dummy_hash(&self) -> Result<String, AccountError> {
+        let hash = self
+            .dummy_hash
+            .get_or_try_init(|| hash_password("not a password: uniform timing".to_owned()))
+            .await?;
+        Ok(hash.clone())
+    }
+
+    async fn start_session(&self, user: User, context: &RequestContext) -> Result<SignedIn, AccountError> {
+        let now = self.clock.now();
+        let token = SecretToken::generate(&mut rand::rngs::OsRng);
+        let csrf = SecretToken::generate(&mut rand::rngs::OsRng);
+        let session = Session {
+            id: SessionId::new(),
+            user_id: user.id,
+            created_at: now,
+            last_seen_at: now,
+            absolute_expires_at: now + self.sessions.absolute,
+            ip: context.ip.clone(),
+            user_agent: context.user_agent.clone(),
+            revoked_at: None,
+        };
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            &user,
+            now,
+            AuditAction::SignIn,
+            &format!(
+                "Signed in with a password from {}",
+                context.ip.as_deref().unwrap_or("an unknown address")
+            ),
+            true,
+            context,
+        );
+        self.store
+            .create_session(&session, &token.hash(), &csrf.hash(), &audits)
+            .await?;
+        Ok(SignedIn {
+            user,
+            session,
+            token,
+            csrf,
+        })
+    }
+
+    /// The session and user behind a session cookie. `csrf` is required (and checked, in
+    /// constant time) for requests that change state.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        csrf: Option<&str>,
+        changes_state: bool,
+    ) -> Result<(Session, User), AccountError> {
+        let token = SecretToken::presented(token).ok_or(AccountError::NotSignedIn)?;
+        let (session, csrf_hash, user) = self
+            .store
+            .find_session(&token.hash())
+            .await?
+            .ok_or(AccountError::NotSignedIn)?;
+        let now = self.clock.now();
+        if !session.is_live(now, self.sessions.idle) {
+            return Err(AccountError::NotSignedIn);
+        }
+        if changes_state {
+            let presented = csrf
+                .and_then(SecretToken::presented)
+                .ok_or(AccountError::CsrfMismatch)?;
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(&presented.hash()[..], &csrf_hash[..])) {
+                return Err(AccountError::CsrfMismatch);
+            }
+        }
+        if now - session.last_seen_at >= TOUCH_EVERY {
+            self.store.touch_session(session.id, now).await?;
+        }
+        Ok((session, user))
+    }
+
+    /// Ends the current session.
+    pub async fn sign_out(&self, session: &Session, user: &User, context: &RequestContext) -> Result<(), AccountError> {
+        self.end(
+            user,
+            EndSessions::One(session.id),
+            AuditAction::SignOut,
+            "Signed out",
+            context,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Ends one of the user's sessions.
+    pub async fn end_session(&self, user: &User, id: SessionId, context: &RequestContext) -> Result<(), AccountError> {
+        let ended = self
+            .end(
+                user,
+                EndSessions::One(id),
+                AuditAction::EndSession,
+                &format!("Ended session {id}"),
+                context,
+            )
+            .await?;
+        if ended == 0 {
+            return Err(AccountError::SessionNotFound);
+        }
+        Ok(())
+    }
+
+    /// Ends every session of the user but `current`; returns how many.
+    pub async fn end_other_sessions(
+        &self,
+        user: &User,
+        current: SessionId,
+        context: &RequestContext,
+    ) -> Result<u64, AccountError> {
+        self.end(
+            user,
+            EndSessions::AllBut(Some(current)),
+            AuditAction::EndOtherSessions,
+            "Ended every other session",
+            context,
+        )
+        .await
+    }
+
+    async fn end(
+        &self,
+        user: &User,
+        which: EndSessions,
+        action: AuditAction,
+        description: &str,
+        context: &RequestContext,
+    ) -> Result<u64, AccountError> {
+        let now = self.clock.now();
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(&memberships, user, now, action, description, true, context);
+        Ok(self.store.end_sessions(user.id, which, now, &audits).await?)
+    }
+
+    /// The user's live sessions, newest first.
+    pub async fn sessions(&self, user: &User) -> Result<Vec<Session>, AccountError> {
+        let now = self.clock.now();
+        let idle = self.sessions.idle;
+        Ok(self
+            .store
+            .list_sessions(user.id, now)
+            .await?
+            .into_iter()
+            .filter(|s| s.is_live(now, idle))
+            .collect())
+    }
+
+    /// The teams the user belongs to, with their role, oldest first.
+    pub async fn memberships(&self, user: &User) -> Result<Vec<Membership>, AccountError> {
+        Ok(self.store.list_memberships(user.id).await?)
+    }
+
+    /// The user as a [`Caller`] in `team_id`; `TeamNotFound` unless they are a member.
+    pub async fn member(&self, user: &User, team_id: TeamId) -> Result<Caller, AccountError> {
+        let role = self
+            .store
+            .find_role(team_id, user.id)
+            .await?
+            .ok_or(AccountError::TeamNotFound)?;
+        Ok(Caller::Member {
+            user_id: user.id,
+            email: user.email.clone(),
+            team_id,
+            role,
+        })
+    }
 }
 
 /// Hashes a password with argon2id at OWASP's parameters (19 MiB, 2 passes, 1 lane), off the
@@ -118,6 +703,17 @@ async fn hash_password(password: String) -> anyhow::Result<String> {
             .hash_password(password.as_bytes(), &salt)
             .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))?;
         Ok(hash.to_string())
+    })
+    .await?
+}
+
+/// Checks a password against its PHC hash, off the async runtime.
+async fn verify_password(password: String, hash: String) -> anyhow::Result<bool> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let parsed = PasswordHash::new(&hash).map_err(|e| anyhow::anyhow!("stored password hash: {e}"))?;
+        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
     })
     .await?
 }

@@ -267,6 +267,47 @@ impl KeyService {
         Ok((key, plain))
     }
 
+    /// Creates a management key in the caller's team: team Admins only.
+    pub async fn create_management_key_as(
+        &self,
+        caller: &Caller,
+        name: &str,
+        context: &RequestContext,
+    ) -> Result<(ManagementKey, PlainKey), KeyError> {
+        if !caller.allows(Permission::ManageManagementKeys) {
+            return Err(KeyError::Forbidden("Only team Admins may create management keys"));
+        }
+        self.create_management_key(caller.team_id(), name, caller.actor(), caller.user_id(), context)
+            .await
+    }
+
+    /// The caller's team's management keys: team Admins only.
+    pub async fn list_management_keys_as(
+        &self,
+        caller: &Caller,
+        context: &RequestContext,
+    ) -> Result<Vec<ManagementKey>, KeyError> {
+        if !caller.allows(Permission::ManageManagementKeys) {
+            return Err(KeyError::Forbidden("Only team Admins may see management keys"));
+        }
+        self.list_management_keys(caller.team_id(), caller.actor(), context)
+            .await
+    }
+
+    /// Revokes one of the caller's team's management keys: team Admins only.
+    pub async fn revoke_management_key_as(
+        &self,
+        caller: &Caller,
+        id: ManagementKeyId,
+        context: &RequestContext,
+    ) -> Result<(), KeyError> {
+        if !caller.allows(Permission::ManageManagementKeys) {
+            return Err(KeyError::Forbidden("Only team Admins may revoke management keys"));
+        }
+        self.revoke_management_key(caller.team_id(), id, caller.actor(), context)
+            .await
+    }
+
     /// Authenticates a management key.
     pub async fn authenticate_management_key(&self, presented: &str) -> Result<ManagementKey, AuthError> {
         let parsed = ParsedKey::parse(&self.management_prefix, presented).map_err(|_| {

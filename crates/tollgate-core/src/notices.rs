@@ -1,7 +1,7 @@
 //! The emails the platform sends, worded in one place. Each names the operator's product and
 //! console (from the configuration), says what happened and what to do.
 
-use tollgate_domain::{Email, MailId, OutboundMail, Team, Timestamp};
+use tollgate_domain::{Email, MailId, OutboundMail, RequestContext, SecretToken, Team, Timestamp, User};
 
 use crate::mail::MailWaker;
 
@@ -20,6 +20,66 @@ impl Notices {
             product: product.into(),
             console_url: console_url.into(),
             waker,
+        }
+    }
+
+    /// The link proving an address, to that address.
+    #[must_use]
+    pub fn verify_email(&self, user: &User, token: &SecretToken, at: Timestamp) -> OutboundMail {
+        let product = &self.product;
+        // The token travels in the fragment: browsers never send it to a server or in a Referer.
+        let link = format!("{}/verify-email#token={}", self.console_url, token.expose());
+        OutboundMail {
+            id: MailId::new(),
+            to: vec![user.email.clone()],
+            subject: format!("[{product}] Verify your email address"),
+            body: format!(
+                "Hello {name},\n\nConfirm that {email} is your address by opening this link within 24 hours:\n\n\
+                 {link}\n\nIf you did not create a {product} account, ignore this message.\n-- {product}\n",
+                name = user.display_name,
+                email = user.email.as_ref(),
+            ),
+            created_at: at,
+        }
+    }
+
+    /// The link setting a new password, to the account's address.
+    #[must_use]
+    pub fn reset_password(&self, user: &User, token: &SecretToken, at: Timestamp) -> OutboundMail {
+        let product = &self.product;
+        let link = format!("{}/reset-password#token={}", self.console_url, token.expose());
+        OutboundMail {
+            id: MailId::new(),
+            to: vec![user.email.clone()],
+            subject: format!("[{product}] Reset your password"),
+            body: format!(
+                "Hello {name},\n\nSomeone (we hope you) asked to reset the password of your {product} account. \
+                 Open this link within 60 minutes to choose a new one; it works once:\n\n{link}\n\n\
+                 If it was not you, ignore this message: your password stays as it is.\n-- {product}\n",
+                name = user.display_name,
+            ),
+            created_at: at,
+        }
+    }
+
+    /// "Your password was changed", after a reset.
+    #[must_use]
+    pub fn password_changed(&self, user: &User, at: Timestamp, context: &RequestContext) -> OutboundMail {
+        let product = &self.product;
+        OutboundMail {
+            id: MailId::new(),
+            to: vec![user.email.clone()],
+            subject: format!("[{product}] Your password was changed"),
+            body: format!(
+                "Hello {name},\n\nThe password of your {product} account was reset on {when} UTC from {ip}, and \
+                 every session was signed out.\n\nIf this was not you, reset your password now at \
+                 {console}/reset-password and tell your team's Admins.\n-- {product}\n",
+                name = user.display_name,
+                when = at.format("%Y-%m-%d %H:%M:%S"),
+                ip = context.ip.as_deref().unwrap_or("an unknown address"),
+                console = self.console_url,
+            ),
+            created_at: at,
         }
     }
 

@@ -48,6 +48,14 @@ macro_rules! audit_actions {
 
 audit_actions! {
     CreateUser => "An account was created, with its Personal Team.",
+    SignIn => "Someone signed in (outcome success), or failed to (outcome failure).",
+    SignOut => "A session was ended by signing out.",
+    EndSession => "A session was ended from the session list.",
+    EndOtherSessions => "Every session but the current one was ended.",
+    RequestEmailVerification => "An email verification link was sent.",
+    VerifyEmail => "An email address was verified by its link.",
+    RequestPasswordReset => "A password reset link was sent.",
+    ResetPassword => "A password was reset by its link; every session ended.",
     CreateManagementKey => "A management key was created for the team.",
     CreateApiKey => "An API key was created for the team.",
     ListApiKeys => "The team's API keys were listed.",

@@ -19,6 +19,8 @@ pub struct User {
     pub password_hash: Option<String>,
     /// When the account was created.
     pub created_at: Timestamp,
+    /// When the account proved it owns its email address (by a link); `None` until then.
+    pub email_verified_at: Option<Timestamp>,
 }
 
 /// A team.

@@ -87,3 +87,7 @@ typed_id!(
     /// One outbound email.
     MailId
 );
+typed_id!(
+    /// One signed-in session.
+    SessionId
+);

@@ -14,8 +14,10 @@ pub mod ids;
 pub mod keys;
 pub mod mail;
 pub mod money;
+pub mod password;
 pub mod ratelimit;
 pub mod role;
+pub mod session;
 pub mod usage;
 
 pub use acl::{Acl, AclError, AclSet};
@@ -26,8 +28,9 @@ pub use audit::{
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use email::{Email, EmailError};
 pub use entities::{ApiKey, ManagementKey, Membership, Team, User};
-pub use ids::{ApiKeyId, AuditEventId, MailId, ManagementKeyId, RequestId, TeamId, UserId};
+pub use ids::{ApiKeyId, AuditEventId, MailId, ManagementKeyId, RequestId, SessionId, TeamId, UserId};
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};
 pub use role::{Permission, Role};
+pub use session::{SecretToken, Session, TokenPurpose};
 pub use usage::{TokenUsage, UsageRecord};

@@ -208,7 +208,7 @@ pub(crate) struct AuditEventListView {
     next_page_token: Option<String>,
 }
 
-fn query_or_400(
+pub(crate) fn query_or_400(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<EventsQuery, XaiError> {
     query
@@ -234,7 +234,17 @@ pub(crate) async fn list_events(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditEventListView>, XaiError> {
     let team_id = parse_team_id(&team_id)?;
-    let query = query_or_400(query)?;
+    search(&state, &caller, team_id, &meta, query_or_400(query)?).await
+}
+
+/// The search both surfaces share.
+pub(crate) async fn search(
+    state: &AppState,
+    caller: &tollgate_core::Caller,
+    team_id: tollgate_domain::TeamId,
+    meta: &tollgate_domain::RequestContext,
+    query: EventsQuery,
+) -> Result<Json<AuditEventListView>, XaiError> {
     let page_size = query.page_size.unwrap_or(100);
     if !(1..=tollgate_core::audit::MAX_PAGE_SIZE).contains(&page_size) {
         return Err(XaiError::invalid_argument("pageSize must be between 1 and 1000"));
@@ -242,7 +252,7 @@ pub(crate) async fn list_events(
     let filter = query.filter(false)?;
     let page = state
         .audit
-        .search(&caller, team_id, &filter, query.page_token.as_deref(), page_size, &meta)
+        .search(caller, team_id, &filter, query.page_token.as_deref(), page_size, meta)
         .await?;
     Ok(Json(AuditEventListView {
         events: page.events.iter().map(AuditEventView::new).collect(),
@@ -402,14 +412,31 @@ pub(crate) async fn export_events(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, XaiError> {
     let team_id = parse_team_id(&team_id)?;
-    let Query(format) = format.map_err(|e| XaiError::invalid_argument(e.body_text()))?;
-    let format = ExportFormat::parse(format.format.as_deref().unwrap_or("csv")).map_err(XaiError::invalid_argument)?;
-    let query = query_or_400(query)?;
-    let filter = query.filter(true)?;
+    let (format, filter) = export_request(format, query)?;
     let export = state
         .audit
         .export(&caller, team_id, filter, format.name(), &meta)
         .await?;
+    Ok(export_response(export, format, team_id))
+}
+
+/// Reads an export request's `format` (default CSV) and filters (oldest first by default).
+pub(crate) fn export_request(
+    format: Result<Query<ExportFormatQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(ExportFormat, AuditFilter), XaiError> {
+    let Query(format) = format.map_err(|e| XaiError::invalid_argument(e.body_text()))?;
+    let format = ExportFormat::parse(format.format.as_deref().unwrap_or("csv")).map_err(XaiError::invalid_argument)?;
+    let filter = query_or_400(query)?.filter(true)?;
+    Ok((format, filter))
+}
+
+/// Streams an export as a file download, page by page.
+pub(crate) fn export_response(
+    export: tollgate_core::AuditExport,
+    format: ExportFormat,
+    team_id: tollgate_domain::TeamId,
+) -> Response {
     let header = futures_util::stream::iter(format.header().map(|h| Ok::<_, std::io::Error>(Bytes::from(h))));
     let body = futures_util::stream::unfold(Some(export), move |export| async move {
         let mut export = export?;
@@ -427,14 +454,14 @@ pub(crate) async fn export_events(
         }
     });
     let filename = format!("audit-{team_id}.{}", format.name());
-    Ok((
+    (
         [
             (CONTENT_TYPE, format.content_type().to_owned()),
             (CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
         ],
         Body::from_stream(futures_util::StreamExt::chain(header, body)),
     )
-        .into_response())
+        .into_response()
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! **Invariant:** only this crate knows HTTP status codes and JSON envelopes.
 
 mod audit;
+mod console;
 mod error;
 mod extract;
 mod management;
@@ -17,12 +18,13 @@ mod webhooks;
 use std::sync::Arc;
 
 use axum::Router;
-use tollgate_core::{AuditService, KeyService, RateLimiter, SecretScanning, UsageRecorder};
+use tollgate_core::{AccountService, AuditService, KeyService, RateLimiter, SecretScanning, UsageRecorder};
 use tollgate_domain::Clock;
 use tollgate_gateway::Catalog;
 use tollgate_store::Store;
 
 pub use audit::ExportFormat;
+pub use console::CookieSettings;
 pub use error::{ErrorBody, XaiError, code_text};
 pub use metrics::Metrics;
 
@@ -44,6 +46,10 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Accounts and sessions.
+    pub accounts: AccountService,
+    /// The console's session cookie.
+    pub cookies: CookieSettings,
     /// Keys.
     pub keys: KeyService,
     /// The audit log.
@@ -70,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(management::router())
         .merge(audit::router())
         .merge(webhooks::router())
+        .merge(console::router())
         .merge(ops::router())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)

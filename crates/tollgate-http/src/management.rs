@@ -31,7 +31,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/auth/management-keys/validation", get(validate_management_key))
 }
 
-fn parse_key_id(raw: &str) -> Result<ApiKeyId, XaiError> {
+pub(crate) fn parse_key_id(raw: &str) -> Result<ApiKeyId, XaiError> {
     // A malformed id names no key of the caller's team.
     raw.parse().map_err(|_| XaiError::not_found("Cannot find API key"))
 }
@@ -125,7 +125,7 @@ pub(crate) struct ApiKeyView {
 }
 
 impl ApiKeyView {
-    fn new(key: &ApiKey, plaintext: Option<String>) -> Self {
+    pub(crate) fn new(key: &ApiKey, plaintext: Option<String>) -> Self {
         let user = |id: Option<tollgate_domain::UserId>| id.map(|id| id.to_string()).unwrap_or_default();
         Self {
             redacted_api_key: key.redacted.clone(),
@@ -172,14 +172,7 @@ pub(crate) async fn create_api_key(
     XaiJson(body): XaiJson<CreateApiKeyRequest>,
 ) -> Result<Json<ApiKeyView>, XaiError> {
     let team_id = parse_team_id(&team_id)?;
-    let new = NewApiKey {
-        name: body.name,
-        acls: body.acls,
-        qps: body.qps,
-        qpm: body.qpm,
-        tpm: body.tpm,
-        expire_time: body.expire_time,
-    };
+    let new = NewApiKey::from(body);
     let (key, plain) = state.keys.create_api_key(&caller, team_id, new, &meta).await?;
     Ok(Json(ApiKeyView::new(&key, Some(plain.expose().to_owned()))))
 }
@@ -205,6 +198,28 @@ pub(crate) struct ApiKeyListView {
     /// Pass back to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pagination_token: Option<String>,
+}
+
+impl ApiKeyListView {
+    pub(crate) fn new(keys: &[ApiKey], pagination_token: Option<String>) -> Self {
+        Self {
+            api_keys: keys.iter().map(|k| ApiKeyView::new(k, None)).collect(),
+            pagination_token,
+        }
+    }
+}
+
+impl From<CreateApiKeyRequest> for NewApiKey {
+    fn from(body: CreateApiKeyRequest) -> Self {
+        Self {
+            name: body.name,
+            acls: body.acls,
+            qps: body.qps,
+            qpm: body.qpm,
+            tpm: body.tpm,
+            expire_time: body.expire_time,
+        }
+    }
 }
 
 /// List the team's API keys, oldest first.
@@ -240,10 +255,7 @@ pub(crate) async fn list_api_keys(
     let pagination_token = (keys.len() == page_size as usize)
         .then(|| keys.last().map(|k| k.id.to_string()))
         .flatten();
-    Ok(Json(ApiKeyListView {
-        api_keys: keys.iter().map(|k| ApiKeyView::new(k, None)).collect(),
-        pagination_token,
-    }))
+    Ok(Json(ApiKeyListView::new(&keys, pagination_token)))
 }
 
 /// `GET /auth/management-keys/validation` answer.
@@ -300,12 +312,22 @@ pub(crate) struct UpdateApiKeyRequest {
     field_mask: String,
 }
 
+impl UpdateApiKeyRequest {
+    pub(crate) fn field_mask(&self) -> &str {
+        &self.field_mask
+    }
+
+    pub(crate) fn values(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.api_key
+    }
+}
+
 fn unprocessable(message: String) -> XaiError {
     XaiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, message)
 }
 
 /// Reads the changes named by `mask` from `values`.
-fn changes_from(
+pub(crate) fn changes_from(
     mask: &str,
     values: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<tollgate_core::ApiKeyChanges, XaiError> {
@@ -439,11 +461,35 @@ pub(crate) struct RotateApiKeyRequest {
     grace_period_seconds: Option<u32>,
 }
 
-fn parse_duration(text: &str) -> Option<chrono::Duration> {
+pub(crate) fn parse_duration(text: &str) -> Option<chrono::Duration> {
     let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
     (0.0..=1e9)
         .contains(&seconds)
         .then(|| chrono::Duration::milliseconds((seconds * 1000.0).round() as i64))
+}
+
+/// The grace period asked for in a rotation's (optional) body.
+pub(crate) fn grace_from_body(body: &[u8]) -> Result<Option<chrono::Duration>, XaiError> {
+    // xAI's rotate takes no body; ours may carry a grace period.
+    let request: RotateApiKeyRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateApiKeyRequest::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| XaiError::invalid_argument(format!("invalid rotate body: {e}")))?
+    };
+    let grace =
+        match (request.grace_period.as_deref(), request.grace_period_seconds) {
+            (Some(_), Some(_)) => {
+                return Err(XaiError::invalid_argument(
+                    "give gracePeriod or gracePeriodSeconds, not both",
+                ));
+            }
+            (Some(text), None) => Some(parse_duration(text).ok_or_else(|| {
+                XaiError::invalid_argument("gracePeriod must be a duration in seconds, e.g. \"3600s\"")
+            })?),
+            (None, Some(seconds)) => Some(chrono::Duration::seconds(i64::from(seconds))),
+            (None, None) => None,
+        };
+    Ok(grace)
 }
 
 /// Rotate an API key: a new secret under the same id, shown once in `apiKey`. The old secret
@@ -466,25 +512,7 @@ pub(crate) async fn rotate_api_key(
     body: axum::body::Bytes,
 ) -> Result<Json<ApiKeyView>, XaiError> {
     let id = parse_key_id(&id)?;
-    // xAI's rotate takes no body; ours may carry a grace period.
-    let request: RotateApiKeyRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateApiKeyRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| XaiError::invalid_argument(format!("invalid rotate body: {e}")))?
-    };
-    let grace =
-        match (request.grace_period.as_deref(), request.grace_period_seconds) {
-            (Some(_), Some(_)) => {
-                return Err(XaiError::invalid_argument(
-                    "give gracePeriod or gracePeriodSeconds, not both",
-                ));
-            }
-            (Some(text), None) => Some(parse_duration(text).ok_or_else(|| {
-                XaiError::invalid_argument("gracePeriod must be a duration in seconds, e.g. \"3600s\"")
-            })?),
-            (None, Some(seconds)) => Some(chrono::Duration::seconds(i64::from(seconds))),
-            (None, None) => None,
-        };
+    let grace = grace_from_body(&body)?;
     let (key, plain) = state.keys.rotate_api_key(&caller, id, grace, &meta).await?;
     Ok(Json(ApiKeyView::new(&key, Some(plain.expose().to_owned()))))
 }

@@ -74,6 +74,15 @@ impl Modify for SecuritySchemes {
         };
         components.add_security_scheme("api_key", bearer("An inference API key"));
         components.add_security_scheme("management_key", bearer("A team's management key"));
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Cookie(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "__Host-tollgate_session",
+                    "The console session (`tollgate_session` when not served over HTTPS); state changes also need X-CSRF-Token",
+                ),
+            )),
+        );
     }
 }
 
@@ -97,6 +106,28 @@ impl Modify for SecuritySchemes {
         crate::audit::list_events,
         crate::audit::export_events,
         crate::webhooks::github_secret_scanning,
+        crate::console::sign_up,
+        crate::console::sign_in,
+        crate::console::sign_out,
+        crate::console::verify_email,
+        crate::console::resend_verification,
+        crate::console::request_password_reset,
+        crate::console::reset_password,
+        crate::console::me,
+        crate::console::list_sessions,
+        crate::console::end_session,
+        crate::console::end_other_sessions,
+        crate::console::team_audit_events,
+        crate::console::team_audit_export,
+        crate::console::team_api_keys,
+        crate::console::team_create_api_key,
+        crate::console::team_get_api_key,
+        crate::console::team_update_api_key,
+        crate::console::team_delete_api_key,
+        crate::console::team_rotate_api_key,
+        crate::console::team_management_keys,
+        crate::console::team_create_management_key,
+        crate::console::team_revoke_management_key,
         crate::ops::healthz,
         crate::ops::readyz,
         crate::ops::metrics,
@@ -106,6 +137,7 @@ impl Modify for SecuritySchemes {
     tags(
         (name = "inference", description = "xAI-compatible inference API (API key)"),
         (name = "management", description = "xAI-compatible Management API (management key)"),
+        (name = "console", description = "The console's JSON API (session cookie; X-CSRF-Token on changes)"),
         (name = "webhooks", description = "Signed callbacks: GitHub secret scanning"),
         (name = "operations", description = "Probes, metrics and this document"),
     )

@@ -58,6 +58,9 @@ pub struct Config {
     /// Outbound email.
     #[serde(default)]
     pub mail: MailConfig,
+    /// Console sessions.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
     /// GitHub secret scanning (the partner endpoint `POST /webhooks/github/secret-scanning`).
     #[serde(default)]
     pub secret_scanning: SecretScanningConfig,
@@ -99,6 +102,27 @@ pub struct MailConfig {
     /// Seconds between looks at the outbox for retries and mail queued by other nodes.
     #[serde(default = "defaults::mail_poll_seconds")]
     pub poll_seconds: u64,
+}
+
+/// How long console sessions last.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Minutes without use after which a session ends.
+    #[serde(default = "defaults::session_idle_minutes")]
+    pub idle_minutes: u32,
+    /// Hours after sign-in after which a session ends, however used.
+    #[serde(default = "defaults::session_absolute_hours")]
+    pub absolute_hours: u32,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            idle_minutes: defaults::session_idle_minutes(),
+            absolute_hours: defaults::session_absolute_hours(),
+        }
+    }
 }
 
 /// Where GitHub's secret scanning signing keys are fetched.
@@ -184,6 +208,12 @@ mod defaults {
     use std::net::SocketAddr;
     use std::path::PathBuf;
 
+    pub(super) const fn session_idle_minutes() -> u32 {
+        30
+    }
+    pub(super) const fn session_absolute_hours() -> u32 {
+        12
+    }
     pub(super) fn secret_scanning_keys_url() -> String {
         "https://api.github.com/meta/public_keys/secret_scanning".into()
     }
@@ -301,6 +331,10 @@ impl Config {
             self.secret_scanning.keys_url.starts_with("https://")
                 || self.secret_scanning.keys_url.starts_with("http://"),
             "secret_scanning.keys_url must be an http(s) URL"
+        );
+        anyhow::ensure!(
+            (1..=10_080).contains(&self.sessions.idle_minutes) && (1..=720).contains(&self.sessions.absolute_hours),
+            "sessions.idle_minutes must be 1 to 10080 and sessions.absolute_hours 1 to 720"
         );
         anyhow::ensure!(self.mail.poll_seconds >= 1, "mail.poll_seconds must be at least 1");
         if let Some(url) = &self.mail.smtp_url {

@@ -16,6 +16,7 @@ use secrecy::ExposeSecret as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tollgate_core::accounts::SessionSettings;
 use tollgate_core::{AccountService, AuditService, KeyService, MailDispatcher, MailWaker, Notices, UsageRecorder};
 use tollgate_domain::keys::KeyPrefix;
 use tollgate_domain::{AuditChainKey, Clock, ModelPricing, Ticks};
@@ -95,7 +96,16 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
     let notices = Notices::new(&config.product_name, &config.console_url, mail_waker.clone());
     Ok(Services {
         mail_waker,
-        accounts: AccountService::new(Arc::clone(store), Arc::clone(clock)),
+        accounts: AccountService::new(
+            Arc::clone(store),
+            Arc::clone(clock),
+            notices.clone(),
+            &config.product_name,
+            SessionSettings {
+                idle: chrono::Duration::minutes(i64::from(config.sessions.idle_minutes)),
+                absolute: chrono::Duration::hours(i64::from(config.sessions.absolute_hours)),
+            },
+        ),
         keys: KeyService::new(
             Arc::clone(store),
             Arc::clone(clock),
@@ -256,6 +266,8 @@ pub async fn start(
     let state = AppState {
         store: Arc::clone(&store),
         clock: Arc::clone(&clock),
+        accounts: services.accounts.clone(),
+        cookies: tollgate_http::CookieSettings::for_console(&config.console_url),
         keys: services.keys.clone(),
         audit: services.audit.clone(),
         usage,

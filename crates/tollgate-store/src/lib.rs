@@ -25,7 +25,8 @@ use async_trait::async_trait;
 use tollgate_domain::keys::KeyHash;
 use tollgate_domain::{
     ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHead, Email, MailId, ManagementKey,
-    Membership, OutboundMail, PruneBoundary, QueuedMail, Role, Team, TeamId, Timestamp, UsageRecord, User, UserId,
+    Membership, OutboundMail, PruneBoundary, QueuedMail, Role, Session, SessionId, Team, TeamId, Timestamp,
+    TokenPurpose, UsageRecord, User, UserId,
 };
 
 pub use error::{OpenError, StoreError};
@@ -53,6 +54,86 @@ pub trait AccountStore: Send + Sync {
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     /// The user with this id; `NotFound` otherwise.
     async fn get_user(&self, id: UserId) -> Result<User, StoreError>;
+    /// Starts a session, stored by the hashes of its token and CSRF token, with `audits`.
+    async fn create_session(
+        &self,
+        session: &Session,
+        token_hash: &[u8; 32],
+        csrf_hash: &[u8; 32],
+        audits: &[AuditEvent],
+    ) -> Result<(), StoreError>;
+    /// The session whose token has this hash (whatever its state), its CSRF hash, and its user.
+    async fn find_session(&self, token_hash: &[u8; 32]) -> Result<Option<(Session, [u8; 32], User)>, StoreError>;
+    /// Notes that a session was used at `at` (never moves back).
+    async fn touch_session(&self, id: SessionId, at: Timestamp) -> Result<(), StoreError>;
+    /// The user's sessions not ended and not past their absolute expiry, newest first.
+    async fn list_sessions(&self, user_id: UserId, now: Timestamp) -> Result<Vec<Session>, StoreError>;
+    /// Ends sessions of the user; returns how many (none: nothing is written, `audits` included).
+    async fn end_sessions(
+        &self,
+        user_id: UserId,
+        which: EndSessions,
+        at: Timestamp,
+        audits: &[AuditEvent],
+    ) -> Result<u64, StoreError>;
+    /// Stores a single-use account token, with the mail carrying it and `audits`.
+    async fn insert_account_token(
+        &self,
+        token: &AccountToken,
+        mail: &[OutboundMail],
+        audits: &[AuditEvent],
+    ) -> Result<(), StoreError>;
+    /// The token with this hash, whatever its state.
+    async fn find_account_token(&self, hash: &[u8; 32]) -> Result<Option<AccountToken>, StoreError>;
+    /// Uses a token once and applies what it is for, atomically: `false` (nothing written) when
+    /// it was used or expired meanwhile.
+    async fn redeem_account_token(&self, redeem: &TokenRedemption<'_>) -> Result<bool, StoreError>;
+}
+
+/// Which sessions to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndSessions {
+    /// This one.
+    One(SessionId),
+    /// All, except this one if given.
+    AllBut(Option<SessionId>),
+}
+
+/// A single-use token sent by mail, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountToken {
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// Whose account.
+    pub user_id: UserId,
+    /// What it does.
+    pub purpose: TokenPurpose,
+    /// When it was issued.
+    pub created_at: Timestamp,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+    /// When it was used.
+    pub used_at: Option<Timestamp>,
+}
+
+/// Redeeming a token: verifying the email, or setting the new password (which also ends every
+/// session and every other reset link).
+#[derive(Debug)]
+pub struct TokenRedemption<'a> {
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// What it must be for.
+    pub purpose: TokenPurpose,
+    /// Whose (from the token, already looked up).
+    pub user_id: UserId,
+    /// The new password's hash, for a reset.
+    pub new_password_hash: Option<&'a str>,
+    /// When.
+    pub at: Timestamp,
+    /// Mail to queue with it.
+    pub mail: &'a [OutboundMail],
+    /// Its audit events.
+    pub audits: &'a [AuditEvent],
 }
 
 /// Teams and memberships.

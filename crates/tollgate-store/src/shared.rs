@@ -8,13 +8,13 @@ use tollgate_domain::keys::KeyHash;
 use tollgate_domain::audit::GENESIS;
 use tollgate_domain::{
     AclSet, ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHash, ChainHead, Email,
-    MailId, ManagementKey, ManagementKeyId, Membership, OutboundMail, PruneBoundary, QueuedMail, RequestId, Role, Team,
-    TeamId, Ticks, Timestamp, TokenUsage, UsageRecord, User, UserId,
+    MailId, ManagementKey, ManagementKeyId, Membership, OutboundMail, PruneBoundary, QueuedMail, RequestId, Role,
+    Session, SessionId, Team, TeamId, Ticks, Timestamp, TokenPurpose, TokenUsage, UsageRecord, User, UserId,
 };
 use uuid::Uuid;
 
 use crate::{
-    AccountStore, AuditChainState, AuditQuery, AuditStore, KeyRotation, KeyStore, MailStore, SecretMatch, Store,
+    AccountStore, AccountToken, AuditChainState, EndSessions, TokenRedemption, AuditQuery, AuditStore, KeyRotation, KeyStore, MailStore, SecretMatch, Store,
     StoreError, TeamStore, UsageStore,
 };
 
@@ -36,6 +36,8 @@ fn opt_u32(value: Option<i64>, what: &str) -> Result<Option<u32>, StoreError> {
     value.map(|v| u32::try_from(v).map_err(|_| corrupt(what, "out of range"))).transpose()
 }
 
+const USER_COLUMNS: &str = "id, email, display_name, password_hash, created_at, email_verified_at";
+
 fn user_from_row(row: &DbRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(StoreError::from)?;
     Ok(User {
@@ -44,6 +46,7 @@ fn user_from_row(row: &DbRow) -> Result<User, StoreError> {
         display_name: row.try_get("display_name")?,
         password_hash: row.try_get("password_hash")?,
         created_at: row.try_get("created_at")?,
+        email_verified_at: row.try_get("email_verified_at")?,
     })
 }
 
@@ -281,6 +284,22 @@ async fn append_audit_chain(
     Ok(())
 }
 
+const SESSION_COLUMNS: &str = "s.id, s.user_id, s.created_at, s.last_seen_at, s.absolute_expires_at, s.ip, \
+     s.user_agent, s.revoked_at";
+
+fn session_from_row(row: &DbRow) -> Result<Session, StoreError> {
+    Ok(Session {
+        id: SessionId::from_uuid(row.try_get("id")?),
+        user_id: UserId::from_uuid(row.try_get("user_id")?),
+        created_at: row.try_get("created_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        absolute_expires_at: row.try_get("absolute_expires_at")?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
 /// Queues `mail` inside the caller's transaction.
 async fn insert_mail(conn: &mut <Db as sqlx::Database>::Connection, mail: &[OutboundMail]) -> Result<(), StoreError> {
     for item in mail {
@@ -344,12 +363,16 @@ fn contains_pattern(text: &str) -> String {
 impl AccountStore for SqlStore {
     async fn create_user_with_personal_team(&self, user: &User, team: &Team, audit: &AuditEvent) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        sqlx::query("INSERT INTO users (id, email, display_name, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query(
+            "INSERT INTO users (id, email, display_name, password_hash, created_at, email_verified_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
             .bind(user.id.as_uuid())
             .bind(user.email.as_ref())
             .bind(&user.display_name)
             .bind(user.password_hash.as_deref())
             .bind(user.created_at)
+            .bind(user.email_verified_at)
             .execute(&mut *tx)
             .await?;
         sqlx::query("INSERT INTO teams (id, name, personal, created_at) VALUES ($1, $2, $3, $4)")
@@ -372,7 +395,7 @@ impl AccountStore for SqlStore {
     }
 
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
-        sqlx::query("SELECT id, email, display_name, password_hash, created_at FROM users WHERE email = $1")
+        sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
             .bind(email.as_ref())
             .fetch_optional(&self.read)
             .await?
@@ -381,8 +404,228 @@ impl AccountStore for SqlStore {
             .transpose()
     }
 
+    async fn create_session(
+        &self,
+        session: &Session,
+        token_hash: &[u8; 32],
+        csrf_hash: &[u8; 32],
+        audits: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, token_hash, csrf_hash, created_at, last_seen_at, absolute_expires_at, \
+             ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(session.id.as_uuid())
+        .bind(session.user_id.as_uuid())
+        .bind(token_hash.as_slice())
+        .bind(csrf_hash.as_slice())
+        .bind(session.created_at)
+        .bind(session.last_seen_at)
+        .bind(session.absolute_expires_at)
+        .bind(session.ip.as_deref())
+        .bind(session.user_agent.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        for audit in audits {
+            insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_session(&self, token_hash: &[u8; 32]) -> Result<Option<(Session, [u8; 32], User)>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS}, s.csrf_hash, u.id AS u_id, u.email, u.display_name, u.password_hash, \
+             u.created_at AS u_created_at, u.email_verified_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1"
+        ))
+        .bind(token_hash.as_slice())
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let csrf: Vec<u8> = row.try_get("csrf_hash")?;
+        let csrf = <[u8; 32]>::try_from(csrf.as_slice()).map_err(|_| corrupt("sessions.csrf_hash", "not 32 bytes"))?;
+        let email: String = row.try_get("email")?;
+        let user = User {
+            id: UserId::from_uuid(row.try_get("u_id")?),
+            email: Email::parse(&email).map_err(|e| corrupt("users.email", e))?,
+            display_name: row.try_get("display_name")?,
+            password_hash: row.try_get("password_hash")?,
+            created_at: row.try_get("u_created_at")?,
+            email_verified_at: row.try_get("email_verified_at")?,
+        };
+        Ok(Some((session_from_row(&row)?, csrf, user)))
+    }
+
+    async fn touch_session(&self, id: SessionId, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
+            .bind(id.as_uuid())
+            .bind(at)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_sessions(&self, user_id: UserId, now: Timestamp) -> Result<Vec<Session>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.user_id = $1 AND s.revoked_at IS NULL \
+             AND s.absolute_expires_at > $2 ORDER BY s.created_at DESC, s.id DESC"
+        ))
+        .bind(user_id.as_uuid())
+        .bind(now)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn end_sessions(
+        &self,
+        user_id: UserId,
+        which: EndSessions,
+        at: Timestamp,
+        audits: &[AuditEvent],
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = match which {
+            EndSessions::One(id) => {
+                sqlx::query("UPDATE sessions SET revoked_at = $3 WHERE user_id = $1 AND id = $2 AND revoked_at IS NULL")
+                    .bind(user_id.as_uuid())
+                    .bind(id.as_uuid())
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?
+            }
+            EndSessions::AllBut(keep) => {
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at = $3 WHERE user_id = $1 AND revoked_at IS NULL \
+                     AND ($2 IS NULL OR id <> $2)",
+                )
+                .bind(user_id.as_uuid())
+                .bind(keep.map(|id| id.as_uuid()))
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+            }
+        };
+        let ended = result.rows_affected();
+        if ended == 0 {
+            return Ok(0);
+        }
+        for audit in audits {
+            insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    async fn insert_account_token(
+        &self,
+        token: &AccountToken,
+        mail: &[OutboundMail],
+        audits: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO account_tokens (token_hash, user_id, purpose, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token.hash.as_slice())
+        .bind(token.user_id.as_uuid())
+        .bind(token.purpose.as_str())
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_mail(&mut tx, mail).await?;
+        for audit in audits {
+            insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_account_token(&self, hash: &[u8; 32]) -> Result<Option<AccountToken>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token_hash, user_id, purpose, created_at, expires_at, used_at FROM account_tokens WHERE token_hash = $1",
+        )
+        .bind(hash.as_slice())
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let purpose: String = row.try_get("purpose")?;
+        let purpose = match purpose.as_str() {
+            "verify_email" => TokenPurpose::VerifyEmail,
+            "reset_password" => TokenPurpose::ResetPassword,
+            other => return Err(corrupt("account_tokens.purpose", other)),
+        };
+        Ok(Some(AccountToken {
+            hash: *hash,
+            user_id: UserId::from_uuid(row.try_get("user_id")?),
+            purpose,
+            created_at: row.try_get("created_at")?,
+            expires_at: row.try_get("expires_at")?,
+            used_at: row.try_get("used_at")?,
+        }))
+    }
+
+    async fn redeem_account_token(&self, redeem: &TokenRedemption<'_>) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let used = sqlx::query(
+            "UPDATE account_tokens SET used_at = $3 WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL \
+             AND expires_at > $3",
+        )
+        .bind(redeem.hash.as_slice())
+        .bind(redeem.purpose.as_str())
+        .bind(redeem.at)
+        .execute(&mut *tx)
+        .await?;
+        if used.rows_affected() != 1 {
+            // Used or expired meanwhile: nothing happens.
+            return Ok(false);
+        }
+        match redeem.purpose {
+            TokenPurpose::VerifyEmail => {
+                sqlx::query("UPDATE users SET email_verified_at = $2 WHERE id = $1 AND email_verified_at IS NULL")
+                    .bind(redeem.user_id.as_uuid())
+                    .bind(redeem.at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            TokenPurpose::ResetPassword => {
+                let hash = redeem
+                    .new_password_hash
+                    .ok_or_else(|| StoreError::Other(anyhow::anyhow!("a password reset needs the new password")))?;
+                sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+                    .bind(redeem.user_id.as_uuid())
+                    .bind(hash)
+                    .execute(&mut *tx)
+                    .await?;
+                // A reset ends every session, and every other outstanding reset link.
+                sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
+                    .bind(redeem.user_id.as_uuid())
+                    .bind(redeem.at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE account_tokens SET used_at = $2 WHERE user_id = $1 AND purpose = 'reset_password' \
+                     AND used_at IS NULL",
+                )
+                .bind(redeem.user_id.as_uuid())
+                .bind(redeem.at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        insert_mail(&mut tx, redeem.mail).await?;
+        for audit in redeem.audits {
+            insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn get_user(&self, id: UserId) -> Result<User, StoreError> {
-        let row = sqlx::query("SELECT id, email, display_name, password_hash, created_at FROM users WHERE id = $1")
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
             .bind(id.as_uuid())
             .fetch_one(&self.read)
             .await?;

@@ -137,6 +137,7 @@ pub async fn seed_user(store: &dyn Store, email: &str) -> (User, Team) {
         display_name: "Test User".into(),
         password_hash: Some("$argon2id$stub".into()),
         created_at: now,
+        email_verified_at: None,
     };
     let team = Team {
         id: TeamId::new(),
@@ -232,6 +233,7 @@ pub async fn duplicate_email_conflicts_and_writes_nothing(store: &dyn Store) {
         display_name: "Two".into(),
         password_hash: None,
         created_at: at(5),
+        email_verified_at: None,
     };
     let team = Team {
         id: TeamId::new(),

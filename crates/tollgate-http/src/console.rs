@@ -1,0 +1,737 @@
+//! The console's JSON API (`/api/...`), for people in a browser: sign-up and sign-in with a
+//! session cookie, sessions, email verification and password reset, and the team pages' calls
+//! (API keys, management keys, the audit log) as the signed-in member, per their role.
+//!
+//! The session token travels only in an HttpOnly cookie (`__Host-` prefixed and `Secure` when
+//! the console is served over HTTPS, `SameSite=Lax`). Every request that changes state also
+//! carries the session's CSRF token in `X-CSRF-Token`. Sign-in, sign-up and reset take
+//! `application/json` only, which a cross-site form cannot send.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::header::{COOKIE, SET_COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
+use tollgate_core::{AccountError, Caller, NewApiKey};
+use tollgate_domain::{ApiKeyId, ManagementKeyId, Session, SessionId, TeamId, User};
+
+use crate::AppState;
+use crate::audit::{AuditEventListView, EventsQuery, ExportFormatQuery, export_request, export_response, query_or_400};
+use crate::error::XaiError;
+use crate::extract::{RequestMeta, XaiJson};
+use crate::management::{ApiKeyListView, ApiKeyView, CreateApiKeyRequest, UpdateApiKeyRequest, changes_from, rfc3339};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/auth/sign-up", post(sign_up))
+        .route("/api/auth/sign-in", post(sign_in))
+        .route("/api/auth/sign-out", post(sign_out))
+        .route("/api/auth/verify-email", post(verify_email))
+        .route("/api/auth/verify-email/resend", post(resend_verification))
+        .route("/api/auth/password-reset", post(request_password_reset))
+        .route("/api/auth/password-reset/confirm", post(reset_password))
+        .route("/api/me", get(me))
+        .route("/api/sessions", get(list_sessions))
+        .route("/api/sessions/end-others", post(end_other_sessions))
+        .route("/api/sessions/{session_id}", delete(end_session))
+        .route("/api/teams/{team_id}/audit/events", get(team_audit_events))
+        .route("/api/teams/{team_id}/audit/events/export", get(team_audit_export))
+        .route(
+            "/api/teams/{team_id}/api-keys",
+            get(team_api_keys).post(team_create_api_key),
+        )
+        .route(
+            "/api/teams/{team_id}/api-keys/{api_key_id}",
+            get(team_get_api_key)
+                .put(team_update_api_key)
+                .delete(team_delete_api_key),
+        )
+        .route(
+            "/api/teams/{team_id}/api-keys/{api_key_id}/rotate",
+            post(team_rotate_api_key),
+        )
+        .route(
+            "/api/teams/{team_id}/management-keys",
+            get(team_management_keys).post(team_create_management_key),
+        )
+        .route(
+            "/api/teams/{team_id}/management-keys/{management_key_id}",
+            delete(team_revoke_management_key),
+        )
+}
+
+impl From<AccountError> for XaiError {
+    fn from(error: AccountError) -> Self {
+        match error {
+            AccountError::InvalidEmail(_)
+            | AccountError::InvalidDisplayName
+            | AccountError::InvalidPassword(_)
+            | AccountError::InvalidLink => XaiError::invalid_argument(error.to_string()),
+            AccountError::EmailTaken => XaiError::new(StatusCode::CONFLICT, error.to_string()),
+            AccountError::BadCredentials | AccountError::NotSignedIn => XaiError::unauthenticated(error.to_string()),
+            AccountError::CsrfMismatch => XaiError::permission_denied(error.to_string()),
+            AccountError::TeamNotFound => XaiError::permission_denied("You are not a member of this team"),
+            AccountError::SessionNotFound => XaiError::not_found("No such session"),
+            AccountError::Throttled { retry_after_seconds } => {
+                let mut headers = HeaderMap::new();
+                headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+                XaiError::new(StatusCode::TOO_MANY_REQUESTS, error.to_string()).with_headers(headers)
+            }
+            AccountError::Store(store) => store.into(),
+            AccountError::Unexpected(source) => XaiError::internal(source),
+        }
+    }
+}
+
+/// The session cookie's name and attributes, from the console's URL.
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    /// `__Host-tollgate_session` over HTTPS, `tollgate_session` otherwise.
+    pub name: &'static str,
+    /// Whether to mark it `Secure`.
+    pub secure: bool,
+}
+
+impl CookieSettings {
+    /// Settings for a console served at `console_url`.
+    #[must_use]
+    pub fn for_console(console_url: &str) -> Self {
+        let secure = console_url.starts_with("https://");
+        Self {
+            name: if secure {
+                "__Host-tollgate_session"
+            } else {
+                "tollgate_session"
+            },
+            secure,
+        }
+    }
+
+    fn set(&self, value: &str, max_age_seconds: i64) -> HeaderValue {
+        let secure = if self.secure { "; Secure" } else { "" };
+        let cookie = format!(
+            "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_seconds}{secure}",
+            self.name
+        );
+        HeaderValue::try_from(cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    fn read<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == self.name)
+            .map(|(_, value)| value)
+    }
+}
+
+/// A signed-in person: the session and its user. Requests that change state must carry the
+/// session's CSRF token.
+pub(crate) struct SignedInUser {
+    session: Session,
+    user: User,
+}
+
+impl FromRequestParts<AppState> for SignedInUser {
+    type Rejection = XaiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, XaiError> {
+        let token = state
+            .cookies
+            .read(&parts.headers)
+            .ok_or_else(|| XaiError::unauthenticated(AccountError::NotSignedIn.to_string()))?;
+        let changes_state = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let csrf = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+        let (session, user) = state.accounts.authenticate(token, csrf, changes_state).await?;
+        Ok(Self { session, user })
+    }
+}
+
+/// The signed-in user as a member of the team in the path (`{team_id}`).
+pub(crate) struct TeamMember(Caller);
+
+impl FromRequestParts<AppState> for TeamMember {
+    type Rejection = XaiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, XaiError> {
+        let signed_in = SignedInUser::from_request_parts(parts, state).await?;
+        let Path(params) = Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| XaiError::permission_denied("You are not a member of this team"))?;
+        let team_id: TeamId = params
+            .get("team_id")
+            .and_then(|raw| raw.parse().ok())
+            .ok_or_else(|| XaiError::permission_denied("You are not a member of this team"))?;
+        Ok(Self(state.accounts.member(&signed_in.user, team_id).await?))
+    }
+}
+
+/// A user as the console shows them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UserView {
+    user_id: String,
+    email: String,
+    name: String,
+    email_verified: bool,
+    create_time: String,
+}
+
+impl UserView {
+    fn new(user: &User) -> Self {
+        Self {
+            user_id: user.id.to_string(),
+            email: user.email.as_ref().to_owned(),
+            name: user.display_name.clone(),
+            email_verified: user.email_verified_at.is_some(),
+            create_time: rfc3339(user.created_at),
+        }
+    }
+}
+
+/// The answer to a sign-in or sign-up (the session token is in the cookie, not here).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SignedInView {
+    user: UserView,
+    /// Send back in `X-CSRF-Token` on every request that changes state.
+    csrf_token: String,
+    session_id: String,
+    expire_time: String,
+}
+
+fn signed_in_response(state: &AppState, signed_in: &tollgate_core::accounts::SignedIn, status: StatusCode) -> Response {
+    let max_age = (signed_in.session.absolute_expires_at - signed_in.session.created_at).num_seconds();
+    let body = SignedInView {
+        user: UserView::new(&signed_in.user),
+        csrf_token: signed_in.csrf.expose().to_owned(),
+        session_id: signed_in.session.id.to_string(),
+        expire_time: rfc3339(signed_in.session.absolute_expires_at),
+    };
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(SET_COOKIE, state.cookies.set(signed_in.token.expose(), max_age));
+    response
+        .headers_mut()
+        .insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `POST /api/auth/sign-up` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignUpRequest {
+    email: String,
+    /// 15 to 256 characters, not a common password.
+    password: String,
+    /// Shown in the console.
+    name: String,
+}
+
+/// Create an account (with its Personal Team), send the email verification link, and sign in.
+#[utoipa::path(post, path = "/api/auth/sign-up", tag = "console", request_body = SignUpRequest,
+    responses((status = 201, body = SignedInView), (status = 400, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)))]
+pub(crate) async fn sign_up(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<SignUpRequest>,
+) -> Result<Response, XaiError> {
+    let signed_in = state
+        .accounts
+        .sign_up(&body.email, &body.name, &body.password, &meta)
+        .await?;
+    Ok(signed_in_response(&state, &signed_in, StatusCode::CREATED))
+}
+
+/// `POST /api/auth/sign-in` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignInRequest {
+    email: String,
+    password: String,
+}
+
+/// Sign in with email and password: a new session cookie. An unknown email and a wrong password
+/// get the same answer; repeated failures are throttled per account and per address.
+#[utoipa::path(post, path = "/api/auth/sign-in", tag = "console", request_body = SignInRequest,
+    responses((status = 200, body = SignedInView), (status = 401, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody)))]
+pub(crate) async fn sign_in(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<SignInRequest>,
+) -> Result<Response, XaiError> {
+    let signed_in = state.accounts.sign_in(&body.email, &body.password, &meta).await?;
+    Ok(signed_in_response(&state, &signed_in, StatusCode::OK))
+}
+
+/// End this session and clear its cookie.
+#[utoipa::path(post, path = "/api/auth/sign-out", tag = "console",
+    responses((status = 204), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn sign_out(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+) -> Result<Response, XaiError> {
+    state
+        .accounts
+        .sign_out(&signed_in.session, &signed_in.user, &meta)
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(SET_COOKIE, state.cookies.set("", 0));
+    response.headers_mut().insert(
+        "clear-site-data",
+        HeaderValue::from_static("\"cache\", \"cookies\", \"storage\""),
+    );
+    Ok(response)
+}
+
+/// A single-use token from an emailed link.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenRequest {
+    token: String,
+}
+
+/// Verify the email address with the token from the emailed link.
+#[utoipa::path(post, path = "/api/auth/verify-email", tag = "console", request_body = TokenRequest,
+    responses((status = 200, body = UserView), (status = 400, body = crate::ErrorBody)))]
+pub(crate) async fn verify_email(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<TokenRequest>,
+) -> Result<Json<UserView>, XaiError> {
+    let user = state.accounts.verify_email(&body.token, &meta).await?;
+    Ok(Json(UserView::new(&user)))
+}
+
+/// Send a new verification link to the signed-in user's address.
+#[utoipa::path(post, path = "/api/auth/verify-email/resend", tag = "console",
+    responses((status = 202), (status = 401, body = crate::ErrorBody)), security(("session" = [])))]
+pub(crate) async fn resend_verification(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+) -> Result<StatusCode, XaiError> {
+    if signed_in.user.email_verified_at.is_none() {
+        state.accounts.send_verification(&signed_in.user, &meta).await?;
+    }
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /api/auth/password-reset` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResetRequest {
+    email: String,
+}
+
+/// Ask for a password reset link. The answer is the same whether or not the account exists.
+#[utoipa::path(post, path = "/api/auth/password-reset", tag = "console", request_body = ResetRequest,
+    responses((status = 202)))]
+pub(crate) async fn request_password_reset(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<ResetRequest>,
+) -> Result<StatusCode, XaiError> {
+    state.accounts.request_password_reset(&body.email, &meta).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /api/auth/password-reset/confirm` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResetConfirmRequest {
+    token: String,
+    /// The new password.
+    password: String,
+}
+
+/// Set a new password with the emailed link (60 minutes, single use). Every session ends.
+#[utoipa::path(post, path = "/api/auth/password-reset/confirm", tag = "console", request_body = ResetConfirmRequest,
+    responses((status = 204), (status = 400, body = crate::ErrorBody)))]
+pub(crate) async fn reset_password(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<ResetConfirmRequest>,
+) -> Result<StatusCode, XaiError> {
+    state
+        .accounts
+        .reset_password(&body.token, &body.password, &meta)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// One team of the user.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TeamMembershipView {
+    team_id: String,
+    name: String,
+    /// `admin` or `member`.
+    role: &'static str,
+    personal: bool,
+}
+
+/// Who is signed in, and their teams.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MeView {
+    user: UserView,
+    teams: Vec<TeamMembershipView>,
+    /// The team pages open on: the Personal Team, else the oldest.
+    current_team_id: Option<String>,
+}
+
+/// The signed-in user, their teams and roles.
+#[utoipa::path(get, path = "/api/me", tag = "console",
+    responses((status = 200, body = MeView), (status = 401, body = crate::ErrorBody)), security(("session" = [])))]
+pub(crate) async fn me(State(state): State<AppState>, signed_in: SignedInUser) -> Result<Json<MeView>, XaiError> {
+    let memberships = state.accounts.memberships(&signed_in.user).await?;
+    let current = memberships
+        .iter()
+        .find(|m| m.team.personal)
+        .or_else(|| memberships.first())
+        .map(|m| m.team.id.to_string());
+    Ok(Json(MeView {
+        user: UserView::new(&signed_in.user),
+        teams: memberships
+            .iter()
+            .map(|m| TeamMembershipView {
+                team_id: m.team.id.to_string(),
+                name: m.team.name.clone(),
+                role: m.role.as_str(),
+                personal: m.team.personal,
+            })
+            .collect(),
+        current_team_id: current,
+    }))
+}
+
+/// One session of the user.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SessionView {
+    session_id: String,
+    /// This request's session.
+    current: bool,
+    create_time: String,
+    last_seen_time: String,
+    ip_address: Option<String>,
+    user_agent: Option<String>,
+}
+
+/// Sessions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionListView {
+    sessions: Vec<SessionView>,
+}
+
+/// The signed-in user's live sessions, newest first.
+#[utoipa::path(get, path = "/api/sessions", tag = "console",
+    responses((status = 200, body = SessionListView), (status = 401, body = crate::ErrorBody)), security(("session" = [])))]
+pub(crate) async fn list_sessions(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+) -> Result<Json<SessionListView>, XaiError> {
+    let sessions = state.accounts.sessions(&signed_in.user).await?;
+    Ok(Json(SessionListView {
+        sessions: sessions
+            .iter()
+            .map(|s| SessionView {
+                session_id: s.id.to_string(),
+                current: s.id == signed_in.session.id,
+                create_time: rfc3339(s.created_at),
+                last_seen_time: rfc3339(s.last_seen_at),
+                ip_address: s.ip.clone(),
+                user_agent: s.user_agent.clone(),
+            })
+            .collect(),
+    }))
+}
+
+/// End one of the user's sessions.
+#[utoipa::path(delete, path = "/api/sessions/{session_id}", tag = "console",
+    params(("session_id" = String, Path, description = "The session's id")),
+    responses((status = 204), (status = 401, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn end_session(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    Path(session_id): Path<String>,
+    RequestMeta(meta): RequestMeta,
+) -> Result<StatusCode, XaiError> {
+    let id: SessionId = session_id.parse().map_err(|_| XaiError::not_found("No such session"))?;
+    state.accounts.end_session(&signed_in.user, id, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// How many sessions were ended.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct EndedView {
+    ended: u64,
+}
+
+/// End every session of the user but this one.
+#[utoipa::path(post, path = "/api/sessions/end-others", tag = "console",
+    responses((status = 200, body = EndedView), (status = 401, body = crate::ErrorBody)), security(("session" = [])))]
+pub(crate) async fn end_other_sessions(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+) -> Result<Json<EndedView>, XaiError> {
+    let ended = state
+        .accounts
+        .end_other_sessions(&signed_in.user, signed_in.session.id, &meta)
+        .await?;
+    Ok(Json(EndedView { ended }))
+}
+
+/// Search the team's audit log (Admins), with the Management API's query parameters.
+#[utoipa::path(get, path = "/api/teams/{team_id}/audit/events", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), EventsQuery),
+    responses((status = 200, body = AuditEventListView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_audit_events(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditEventListView>, XaiError> {
+    crate::audit::search(&state, &caller, caller.team_id(), &meta, query_or_400(query)?).await
+}
+
+/// Export the team's audit log (Admins) as CSV or JSON lines.
+#[utoipa::path(get, path = "/api/teams/{team_id}/audit/events/export", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ExportFormatQuery, EventsQuery),
+    responses((status = 200, description = "The file"), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_audit_export(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    format: Result<Query<ExportFormatQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, XaiError> {
+    let (format, filter) = export_request(format, query)?;
+    let team_id = caller.team_id();
+    let export = state
+        .audit
+        .export(&caller, team_id, filter, format.name(), &meta)
+        .await?;
+    Ok(export_response(export, format, team_id))
+}
+
+/// The team's API keys (every member sees them, redacted).
+#[utoipa::path(get, path = "/api/teams/{team_id}/api-keys", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = ApiKeyListView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_api_keys(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+) -> Result<Json<ApiKeyListView>, XaiError> {
+    let keys = state
+        .keys
+        .list_api_keys(&caller, caller.team_id(), None, 1000, &meta)
+        .await?;
+    Ok(Json(ApiKeyListView::new(&keys, None)))
+}
+
+/// Create an API key in the team (any member; the full key is in this response only).
+#[utoipa::path(post, path = "/api/teams/{team_id}/api-keys", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = CreateApiKeyRequest,
+    responses((status = 200, body = ApiKeyView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_create_api_key(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<CreateApiKeyRequest>,
+) -> Result<Json<ApiKeyView>, XaiError> {
+    let new: NewApiKey = body.into();
+    let (key, plain) = state.keys.create_api_key(&caller, caller.team_id(), new, &meta).await?;
+    Ok(Json(ApiKeyView::new(&key, Some(plain.expose().to_owned()))))
+}
+
+fn key_id(params: &std::collections::HashMap<String, String>) -> Result<ApiKeyId, XaiError> {
+    crate::management::parse_key_id(params.get("api_key_id").map_or("", String::as_str))
+}
+
+/// One API key of the team.
+#[utoipa::path(get, path = "/api/teams/{team_id}/api-keys/{api_key_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("api_key_id" = String, Path, description = "The key's id")),
+    responses((status = 200, body = ApiKeyView), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_get_api_key(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    RequestMeta(meta): RequestMeta,
+) -> Result<Json<ApiKeyView>, XaiError> {
+    let key = state.keys.get_api_key(&caller, key_id(&params)?, &meta).await?;
+    Ok(Json(ApiKeyView::new(&key, None)))
+}
+
+/// Update an API key by `fieldMask` (Admins: any key; Members: their own).
+#[utoipa::path(put, path = "/api/teams/{team_id}/api-keys/{api_key_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("api_key_id" = String, Path, description = "The key's id")),
+    request_body = UpdateApiKeyRequest,
+    responses((status = 200, body = ApiKeyView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_update_api_key(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<UpdateApiKeyRequest>,
+) -> Result<Json<ApiKeyView>, XaiError> {
+    let changes = changes_from(body.field_mask(), body.values())?;
+    let key = state
+        .keys
+        .update_api_key(&caller, key_id(&params)?, changes, &meta)
+        .await?;
+    Ok(Json(ApiKeyView::new(&key, None)))
+}
+
+/// Delete an API key (Admins: any key; Members: their own).
+#[utoipa::path(delete, path = "/api/teams/{team_id}/api-keys/{api_key_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("api_key_id" = String, Path, description = "The key's id")),
+    responses((status = 204), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_delete_api_key(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    RequestMeta(meta): RequestMeta,
+) -> Result<StatusCode, XaiError> {
+    state.keys.delete_api_key(&caller, key_id(&params)?, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rotate an API key (Admins: any key; Members: their own). Body as the Management API's.
+#[utoipa::path(post, path = "/api/teams/{team_id}/api-keys/{api_key_id}/rotate", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("api_key_id" = String, Path, description = "The key's id")),
+    responses((status = 200, body = ApiKeyView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_rotate_api_key(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    RequestMeta(meta): RequestMeta,
+    body: axum::body::Bytes,
+) -> Result<Json<ApiKeyView>, XaiError> {
+    let grace = crate::management::grace_from_body(&body)?;
+    let (key, plain) = state
+        .keys
+        .rotate_api_key(&caller, key_id(&params)?, grace, &meta)
+        .await?;
+    Ok(Json(ApiKeyView::new(&key, Some(plain.expose().to_owned()))))
+}
+
+/// A management key as the console lists it (never its secret, except once on creation).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ManagementKeyView {
+    management_key_id: String,
+    name: String,
+    redacted_key: String,
+    create_time: String,
+    revoke_time: Option<String>,
+    /// The full key: only in the create response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+impl ManagementKeyView {
+    fn new(key: &tollgate_domain::ManagementKey, plaintext: Option<String>) -> Self {
+        Self {
+            management_key_id: key.id.to_string(),
+            name: key.name.clone(),
+            redacted_key: key.redacted.clone(),
+            create_time: rfc3339(key.created_at),
+            revoke_time: key.revoked_at.map(rfc3339),
+            key: plaintext,
+        }
+    }
+}
+
+/// Management keys.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ManagementKeyListView {
+    management_keys: Vec<ManagementKeyView>,
+}
+
+/// The team's management keys (Admins).
+#[utoipa::path(get, path = "/api/teams/{team_id}/management-keys", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = ManagementKeyListView), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_management_keys(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+) -> Result<Json<ManagementKeyListView>, XaiError> {
+    let keys = state.keys.list_management_keys_as(&caller, &meta).await?;
+    Ok(Json(ManagementKeyListView {
+        management_keys: keys.iter().map(|k| ManagementKeyView::new(k, None)).collect(),
+    }))
+}
+
+/// `POST /api/teams/{team_id}/management-keys` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateManagementKeyRequest {
+    name: String,
+}
+
+/// Create a management key for the team (Admins); the full key is in this response only.
+#[utoipa::path(post, path = "/api/teams/{team_id}/management-keys", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = CreateManagementKeyRequest,
+    responses((status = 200, body = ManagementKeyView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_create_management_key(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<CreateManagementKeyRequest>,
+) -> Result<Json<ManagementKeyView>, XaiError> {
+    let (key, plain) = state.keys.create_management_key_as(&caller, &body.name, &meta).await?;
+    Ok(Json(ManagementKeyView::new(&key, Some(plain.expose().to_owned()))))
+}
+
+/// Revoke a management key of the team (Admins).
+#[utoipa::path(delete, path = "/api/teams/{team_id}/management-keys/{management_key_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("management_key_id" = String, Path, description = "The key's id")),
+    responses((status = 204), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_revoke_management_key(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    RequestMeta(meta): RequestMeta,
+) -> Result<StatusCode, XaiError> {
+    let id: ManagementKeyId = params
+        .get("management_key_id")
+        .and_then(|raw| raw.parse().ok())
+        .ok_or_else(|| XaiError::not_found("No such management key"))?;
+    state
+        .keys
+        .revoke_management_key_as(&caller, id, &meta)
+        .await
+        .map_err(|e| match e {
+            tollgate_core::KeyError::KeyNotFound => XaiError::not_found("No such management key"),
+            other => other.into(),
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -305,6 +305,18 @@ impl AuditService {
             .await;
             return Err(AuditError::TeamNotFound);
         }
+        if !caller.allows(Permission::ViewAuditLog) {
+            record_denied(
+                &*self.store,
+                &*self.clock,
+                caller,
+                AuditAction::ExportAuditEvents,
+                team_id,
+                context,
+            )
+            .await;
+            return Err(AuditError::Forbidden);
+        }
         self.start_export(caller.actor(), team_id, filter, format, context)
             .await
     }

@@ -9,6 +9,7 @@ mod audit;
 mod cli;
 mod config;
 mod conformance;
+mod console;
 mod inference;
 mod keys;
 mod management;

@@ -1,0 +1,600 @@
+//! The console's JSON API as a browser uses it: sign-up and sign-in with a session cookie and a
+//! CSRF token, sessions and their timeouts, email verification and password reset by emailed
+//! links, and the team pages (keys, management keys, audit log) per role.
+
+use chrono::Duration;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tollgate_store::testsuite::TestDb;
+
+use crate::util::{TestApp, assert_xai_error, execute, on_both_backends};
+
+on_both_backends!(
+    sign_up_sign_in_and_sessions,
+    sessions_time_out,
+    repeated_failures_are_throttled,
+    email_verification_and_password_reset,
+    team_pages_follow_roles,
+);
+
+const UNAUTHENTICATED: &str = "The request does not have valid authentication credentials";
+const FORBIDDEN: &str = "The caller does not have permission to execute the specified operation";
+const INVALID: &str = "Client specified an invalid argument";
+const PASSWORD: &str = "a sturdy passphrase for tests";
+
+/// A browser: its session cookie and CSRF token.
+#[derive(Clone, Debug)]
+struct Browser {
+    cookie: String,
+    csrf: String,
+}
+
+impl TestApp {
+    async fn post_json(&self, path: &str, body: Value, browser: Option<&Browser>) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(&body);
+        if let Some(browser) = browser {
+            request = request
+                .header("cookie", &browser.cookie)
+                .header("x-csrf-token", &browser.csrf);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn console(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        browser: &Browser,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .header("cookie", &browser.cookie)
+            .header("x-csrf-token", &browser.csrf);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn console_get(&self, path: &str, browser: &Browser) -> Value {
+        let response = self.console(reqwest::Method::GET, path, browser, None).await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    async fn sign_up(&self, email: &str) -> Browser {
+        let response = self
+            .post_json(
+                "/api/auth/sign-up",
+                json!({"email": email, "password": PASSWORD, "name": "Grace"}),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        browser(response).await
+    }
+
+    async fn sign_in(&self, email: &str, password: &str) -> reqwest::Response {
+        self.post_json("/api/auth/sign-in", json!({"email": email, "password": password}), None)
+            .await
+    }
+}
+
+async fn browser(response: reqwest::Response) -> Browser {
+    let set_cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    Browser {
+        cookie,
+        csrf: body["csrfToken"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn sign_up_sign_in_and_sessions(db: TestDb) {
+    let app = TestApp::new(db).await;
+    for (body, message) in [
+        (
+            json!({"email": "grace@example.com", "password": "short", "name": "G"}),
+            "at least 15 characters",
+        ),
+        (
+            json!({"email": "grace@example.com", "password": "polniypizdec0211", "name": "G"}),
+            "commonly used passwords",
+        ),
+        (
+            json!({"email": "grace@example.com", "password": "grace@example.com", "name": "G"}),
+            "must not be your email",
+        ),
+        (
+            json!({"email": "not-an-email", "password": PASSWORD, "name": "G"}),
+            "not a valid email",
+        ),
+    ] {
+        let response = app.post_json("/api/auth/sign-up", body, None).await;
+        assert_xai_error(response, StatusCode::BAD_REQUEST, INVALID, message).await;
+    }
+
+    let response = app
+        .post_json(
+            "/api/auth/sign-up",
+            json!({"email": "Grace@Example.com", "password": PASSWORD, "name": "Grace"}),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let set_cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.starts_with("tollgate_session="), "{set_cookie}");
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=43200"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    assert!(!set_cookie.contains("Secure"), "plain http console: no Secure");
+    let first = browser(response).await;
+
+    let me = app.console_get("/api/me", &first).await;
+    assert_eq!(me["user"]["email"], "grace@example.com");
+    assert_eq!(me["user"]["emailVerified"], false);
+    assert_eq!(me["teams"][0]["role"], "admin");
+    assert_eq!(me["teams"][0]["personal"], true);
+    assert_eq!(me["currentTeamId"], me["teams"][0]["teamId"]);
+    let team = me["currentTeamId"].as_str().unwrap().to_owned();
+
+    let response = app
+        .post_json(
+            "/api/auth/sign-up",
+            json!({"email": "grace@example.com", "password": PASSWORD, "name": "G"}),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+
+    // Unknown email and wrong password: one answer.
+    for (email, password) in [
+        ("grace@example.com", "wrong password, long enough"),
+        ("nobody@example.com", PASSWORD),
+    ] {
+        let response = app.sign_in(email, password).await;
+        assert_xai_error(
+            response,
+            StatusCode::UNAUTHORIZED,
+            UNAUTHENTICATED,
+            "Incorrect email or password",
+        )
+        .await;
+    }
+    let second = browser(app.sign_in("GRACE@example.com", PASSWORD).await).await;
+    assert_ne!(second.cookie, first.cookie, "a new token at every sign-in");
+
+    let sessions = app.console_get("/api/sessions", &second).await;
+    let sessions = sessions["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions.iter().filter(|s| s["current"] == true).count(), 1);
+    assert_eq!(sessions[0]["ipAddress"], "127.0.0.1");
+
+    // A change without the CSRF token is refused, and changes nothing.
+    let response = app
+        .client
+        .post(app.url("/api/sessions/end-others"))
+        .header("cookie", &second.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_xai_error(response, StatusCode::FORBIDDEN, FORBIDDEN, "X-CSRF-Token").await;
+    let wrong = Browser {
+        csrf: first.csrf.clone(),
+        ..second.clone()
+    };
+    let response = app
+        .console(reqwest::Method::POST, "/api/sessions/end-others", &wrong, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN, "another session's CSRF token");
+    assert_eq!(
+        app.console_get("/api/sessions", &second).await["sessions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let ended = app
+        .console(reqwest::Method::POST, "/api/sessions/end-others", &second, None)
+        .await;
+    assert_eq!(ended.json::<Value>().await.unwrap(), json!({"ended": 1}));
+    let response = app.console(reqwest::Method::GET, "/api/me", &first, None).await;
+    assert_xai_error(response, StatusCode::UNAUTHORIZED, UNAUTHENTICATED, "not signed in").await;
+
+    let response = app
+        .console(reqwest::Method::POST, "/api/auth/sign-out", &second, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert!(response.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let response = app.console(reqwest::Method::GET, "/api/me", &second, None).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // No cookie at all.
+    let response = app.client.get(app.url("/api/me")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // The team's log has the sign-ins, the failed one, and the session changes.
+    let third = browser(app.sign_in("grace@example.com", PASSWORD).await).await;
+    let log = app
+        .console_get(
+            &format!("/api/teams/{team}/audit/events?eventFilter.query=Sign"),
+            &third,
+        )
+        .await;
+    let outcomes: Vec<(String, String)> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = outcomes.iter().map(|(a, o)| (a.as_str(), o.as_str())).collect();
+    assert_eq!(
+        pairs,
+        [
+            ("SignIn", "success"),
+            ("SignOut", "success"),
+            ("SignIn", "success"),
+            ("SignIn", "failure"),
+            ("SignIn", "success")
+        ]
+    );
+    app.finish().await;
+}
+
+async fn sessions_time_out(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let idle = app.sign_up("idle@example.com").await;
+    app.clock.advance(Duration::minutes(31));
+    let response = app.console(reqwest::Method::GET, "/api/me", &idle, None).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "idle for 31 minutes");
+
+    // Kept busy, a session still ends 12 hours after sign-in.
+    let busy = browser(app.sign_in("idle@example.com", PASSWORD).await).await;
+    for _ in 0..35 {
+        app.clock.advance(Duration::minutes(20));
+        app.console_get("/api/me", &busy).await;
+    }
+    app.clock.advance(Duration::minutes(20));
+    let response = app.console(reqwest::Method::GET, "/api/me", &busy, None).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "12 hours after sign-in");
+    app.finish().await;
+}
+
+async fn repeated_failures_are_throttled(db: TestDb) {
+    let app = TestApp::new(db).await;
+    app.sign_up("target@example.com").await;
+    for _ in 0..10 {
+        assert_eq!(
+            app.sign_in("target@example.com", "not the password at all")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Even the right password waits now; other accounts do not.
+    let response = app.sign_in("target@example.com", PASSWORD).await;
+    assert_eq!(response.headers()["retry-after"], "900");
+    assert_xai_error(
+        response,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Some resource has been exhausted",
+        "Too many failed",
+    )
+    .await;
+    app.sign_up("bystander@example.com").await;
+    assert_eq!(
+        app.sign_in("bystander@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    // The window passes.
+    app.clock.advance(Duration::minutes(31));
+    assert_eq!(
+        app.sign_in("target@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    app.finish().await;
+}
+
+/// The token of the newest mail to `to` whose subject contains `subject`.
+async fn link_token(app: &TestApp, to: &str, subject: &str) -> String {
+    let mail = app
+        .store()
+        .list_mail(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.mail.to.iter().any(|t| t.as_ref() == to) && m.mail.subject.contains(subject))
+        .unwrap_or_else(|| panic!("no mail '{subject}' to {to}"));
+    let (_, rest) = mail.mail.body.split_once("#token=").unwrap();
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
+async fn email_verification_and_password_reset(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let signed_up = app.sign_up("ada@example.com").await;
+
+    // Verification: the link from the mail, once.
+    let token = link_token(&app, "ada@example.com", "Verify your email").await;
+    let response = app
+        .post_json("/api/auth/verify-email", json!({"token": token}), None)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.unwrap()["emailVerified"], true);
+    let response = app
+        .post_json("/api/auth/verify-email", json!({"token": token}), None)
+        .await;
+    assert_xai_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        INVALID,
+        "invalid, already used or expired",
+    )
+    .await;
+    assert_eq!(
+        app.console_get("/api/me", &signed_up).await["user"]["emailVerified"],
+        true
+    );
+
+    // Reset: the same answer for an unknown address, and no mail.
+    let mails_before = app.store().list_mail(50).await.unwrap().len();
+    for email in ["nobody@example.com", "ada@example.com"] {
+        let response = app
+            .post_json("/api/auth/password-reset", json!({"email": email}), None)
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    assert_eq!(app.store().list_mail(50).await.unwrap().len(), mails_before + 1);
+    let token = link_token(&app, "ada@example.com", "Reset your password").await;
+    let confirm = |token: String, password: &'static str| {
+        app.post_json(
+            "/api/auth/password-reset/confirm",
+            json!({"token": token, "password": password}),
+            None,
+        )
+    };
+    // A refused password does not use the link up.
+    let response = confirm(token.clone(), "password").await;
+    assert_xai_error(response, StatusCode::BAD_REQUEST, INVALID, "at least 15 characters").await;
+    assert_eq!(
+        confirm(token.clone(), "a brand new passphrase").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let response = confirm(token, "another new passphrase").await;
+    assert_xai_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        INVALID,
+        "invalid, already used or expired",
+    )
+    .await;
+
+    // Every session ended; the old password is gone; the account was told.
+    let response = app.console(reqwest::Method::GET, "/api/me", &signed_up, None).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.sign_in("ada@example.com", PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.sign_in("ada@example.com", "a brand new passphrase").await.status(),
+        StatusCode::OK
+    );
+    let notice = app.store().list_mail(50).await.unwrap();
+    assert!(
+        notice
+            .iter()
+            .any(|m| m.mail.subject.contains("Your password was changed"))
+    );
+
+    // A link expires after 60 minutes.
+    app.post_json("/api/auth/password-reset", json!({"email": "ada@example.com"}), None)
+        .await;
+    let late = link_token(&app, "ada@example.com", "Reset your password").await;
+    app.clock.advance(Duration::minutes(61));
+    let response = confirm(late, "yet another passphrase").await;
+    assert_xai_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        INVALID,
+        "invalid, already used or expired",
+    )
+    .await;
+    for garbage in ["", "short", &"x".repeat(43)] {
+        let response = app
+            .post_json("/api/auth/verify-email", json!({"token": garbage}), None)
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    app.finish().await;
+}
+
+async fn team_pages_follow_roles(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let admin = app.sign_up("admin@example.com").await;
+    let team = app.console_get("/api/me", &admin).await["currentTeamId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let member = app.sign_up("member@example.com").await;
+    let member_id = app.console_get("/api/me", &member).await["user"]["userId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stranger = app.sign_up("stranger@example.com").await;
+    // Membership comes with the teams work; here it is written directly.
+    let add = format!(
+        "INSERT INTO team_members (team_id, user_id, role, created_at) VALUES ('{team}', '{member_id}', 'member', '2026-11-01T12:00:00Z')"
+    );
+    let add_pg = add.clone();
+    let add_sqlite = format!(
+        "INSERT INTO team_members (team_id, user_id, role, created_at) VALUES (X'{}', X'{}', 'member', '2026-11-01T12:00:00+00:00')",
+        team.replace('-', ""),
+        member_id.replace('-', "")
+    );
+    execute(&app.config.database_url, &add_sqlite, &add_pg).await.unwrap();
+
+    let keys = format!("/api/teams/{team}/api-keys");
+    let body = |name: &str| Some(json!({"name": name, "acls": ["api-key:model:*"]}));
+    let admins: Value = app
+        .console(reqwest::Method::POST, &keys, &admin, body("admin-key"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let members: Value = app
+        .console(reqwest::Method::POST, &keys, &member, body("member-key"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(members["apiKey"].as_str().unwrap().starts_with("tgk_"));
+    assert_eq!(members["userId"], member_id);
+    let listed = app.console_get(&keys, &member).await;
+    assert_eq!(
+        listed["apiKeys"].as_array().unwrap().len(),
+        2,
+        "members see the team's keys"
+    );
+
+    let key_path = |key: &Value, rest: &str| format!("{keys}/{}{rest}", key["apiKeyId"].as_str().unwrap());
+    let rename = json!({"apiKey": {"name": "renamed"}, "fieldMask": "name"});
+    // A Member manages their own key, not the Admin's.
+    let response = app
+        .console(
+            reqwest::Method::PUT,
+            &key_path(&members, ""),
+            &member,
+            Some(rename.clone()),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = app
+        .console(
+            reqwest::Method::PUT,
+            &key_path(&admins, ""),
+            &member,
+            Some(rename.clone()),
+        )
+        .await;
+    assert_xai_error(
+        response,
+        StatusCode::FORBIDDEN,
+        FORBIDDEN,
+        "Only a team Admin or the key's creator",
+    )
+    .await;
+    let response = app
+        .console(reqwest::Method::DELETE, &key_path(&admins, ""), &member, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let response = app
+        .console(reqwest::Method::POST, &key_path(&admins, "/rotate"), &member, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // The Admin manages every key.
+    let response = app
+        .console(reqwest::Method::POST, &key_path(&members, "/rotate"), &admin, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = app
+        .console(reqwest::Method::DELETE, &key_path(&members, ""), &admin, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+
+    // The audit log and management keys are the Admins'.
+    let audit = format!("/api/teams/{team}/audit/events");
+    let log = app
+        .console_get(&format!("{audit}?eventFilter.query=ApiKey"), &admin)
+        .await;
+    let by_member = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "CreateApiKey" && e["user"]["email"] == "member@example.com");
+    assert!(by_member.is_some(), "{log}");
+    let response = app.console(reqwest::Method::GET, &audit, &member, None).await;
+    assert_xai_error(
+        response,
+        StatusCode::FORBIDDEN,
+        FORBIDDEN,
+        "Only team Admins may read the audit log",
+    )
+    .await;
+    let response = app
+        .console(reqwest::Method::GET, &format!("{audit}/export"), &member, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let export = app
+        .console(
+            reqwest::Method::GET,
+            &format!("{audit}/export?format=jsonl"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(export.status(), StatusCode::OK);
+    assert!(export.text().await.unwrap().lines().count() > 5);
+
+    let management = format!("/api/teams/{team}/management-keys");
+    let response = app
+        .console(reqwest::Method::POST, &management, &member, Some(json!({"name": "ci"})))
+        .await;
+    assert_xai_error(
+        response,
+        StatusCode::FORBIDDEN,
+        FORBIDDEN,
+        "Only team Admins may create management keys",
+    )
+    .await;
+    let created: Value = app
+        .console(reqwest::Method::POST, &management, &admin, Some(json!({"name": "ci"})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = created["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("tgm_"));
+    // It works on the Management API, then is revoked from the console.
+    let validation = app.get_json("/auth/management-keys/validation", &secret).await;
+    assert_eq!(validation["scopeId"], team);
+    let listed = app.console_get(&management, &admin).await;
+    assert_eq!(listed["managementKeys"].as_array().unwrap().len(), 1);
+    assert!(listed["managementKeys"][0].get("key").is_none());
+    let id = created["managementKeyId"].as_str().unwrap();
+    let response = app
+        .console(reqwest::Method::DELETE, &format!("{management}/{id}"), &admin, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let response = app
+        .client
+        .get(app.url("/auth/management-keys/validation"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // Someone else's team, or no team at all, answer alike.
+    for path in [
+        keys.clone(),
+        format!("/api/teams/{}/api-keys", tollgate_domain::TeamId::new()),
+        "/api/teams/nope/api-keys".to_owned(),
+    ] {
+        let response = app.console(reqwest::Method::GET, &path, &stranger, None).await;
+        assert_xai_error(
+            response,
+            StatusCode::FORBIDDEN,
+            FORBIDDEN,
+            "You are not a member of this team",
+        )
+        .await;
+    }
+    app.finish().await;
+}

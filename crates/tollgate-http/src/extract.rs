@@ -88,14 +88,49 @@ impl FromRequestParts<AppState> for ManagementCaller {
 /// Where a request came from: peer address, user agent, request id.
 pub struct RequestMeta(pub RequestContext);
 
-impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+/// The client's address: the peer's, unless the peer is a trusted proxy, in which case the
+/// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy (entries further left
+/// are the client's own claims and cannot be believed).
+pub(crate) fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in forwarded.iter().rev() {
+        let Ok(ip) = hop.parse::<std::net::IpAddr>() else {
+            // Garbage in the chain: stop at the last address we could trust.
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+impl FromRequestParts<AppState> for RequestMeta {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip().to_string());
+            .map(|info| info.0.ip());
+        let ip = client_ip(peer, &parts.headers, &state.settings.trusted_proxies).map(|ip| ip.to_string());
         let user_agent = parts
             .headers
             .get(USER_AGENT)
@@ -140,5 +175,50 @@ fn json_rejection(rejection: &JsonRejection) -> XaiError {
         ),
         JsonRejection::BytesRejection(_) => XaiError::new(rejection.status(), rejection.body_text()),
         _ => XaiError::invalid_argument(rejection.body_text()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let headers = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert("x-forwarded-for", value.parse().unwrap());
+            headers
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip(Some(ip("203.0.113.9")), &headers("198.51.100.1"), &trusted),
+            Some(ip("203.0.113.9"))
+        );
+        // Through one trusted proxy.
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), &headers("198.51.100.1"), &trusted),
+            Some(ip("198.51.100.1"))
+        );
+        // A client's forged entry to the left is not believed: the rightmost untrusted one is.
+        assert_eq!(
+            client_ip(
+                Some(ip("10.0.0.2")),
+                &headers("1.2.3.4, 198.51.100.1, 10.0.0.7"),
+                &trusted
+            ),
+            Some(ip("198.51.100.1"))
+        );
+        // No header, or garbage: the last trustworthy hop.
+        assert_eq!(
+            client_ip(Some(ip("::1")), &axum::http::HeaderMap::new(), &trusted),
+            Some(ip("::1"))
+        );
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), &headers("nonsense"), &trusted),
+            Some(ip("10.0.0.2"))
+        );
+        assert_eq!(client_ip(None, &headers("198.51.100.1"), &trusted), None);
     }
 }

@@ -37,6 +37,8 @@ pub struct HttpSettings {
     pub owned_by: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers, reverse proxies).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Everything a handler may use. Cheap to clone: a struct of `Arc`s.

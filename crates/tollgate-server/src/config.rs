@@ -46,6 +46,10 @@ pub struct Config {
     /// Largest request body, in bytes.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client. Empty: the
+    /// peer's address is the client's.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Seconds to wait for an upstream connection.
     #[serde(default = "defaults::upstream_connect_timeout_seconds")]
     pub upstream_connect_timeout_seconds: u64,
@@ -305,6 +309,19 @@ impl Config {
         config
     }
 
+    /// `trusted_proxies` parsed: `10.0.0.0/8`, or a single address.
+    pub fn trusted_proxy_nets(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| anyhow::anyhow!("trusted_proxies: '{entry}' is not an address or CIDR range"))
+            })
+            .collect()
+    }
+
     /// Checks what serde cannot: prefixes, URLs, prices.
     pub fn validate(&self) -> anyhow::Result<()> {
         KeyPrefix::parse(&self.api_key_prefix).map_err(|e| anyhow::anyhow!("api_key_prefix: {e}"))?;
@@ -336,6 +353,7 @@ impl Config {
             (1..=10_080).contains(&self.sessions.idle_minutes) && (1..=720).contains(&self.sessions.absolute_hours),
             "sessions.idle_minutes must be 1 to 10080 and sessions.absolute_hours 1 to 720"
         );
+        self.trusted_proxy_nets()?;
         anyhow::ensure!(self.mail.poll_seconds >= 1, "mail.poll_seconds must be at least 1");
         if let Some(url) = &self.mail.smtp_url {
             tollgate_core::SmtpMailer::new(secrecy::ExposeSecret::expose_secret(url), &self.mail.from)

@@ -290,6 +290,7 @@ pub async fn start(
             console_url: config.console_url.trim_end_matches('/').to_owned(),
             owned_by: config.product_name.clone(),
             max_body_bytes: config.max_body_bytes,
+            trusted_proxies: config.trusted_proxy_nets()?,
         }),
     };
     let router = tollgate_http::router(state);

@@ -15,6 +15,7 @@ on_both_backends!(
     repeated_failures_are_throttled,
     email_verification_and_password_reset,
     team_pages_follow_roles,
+    client_addresses_come_from_trusted_proxies_only,
 );
 
 const UNAUTHENTICATED: &str = "The request does not have valid authentication credentials";
@@ -596,5 +597,43 @@ async fn team_pages_follow_roles(db: TestDb) {
         )
         .await;
     }
+    app.finish().await;
+}
+
+async fn client_addresses_come_from_trusted_proxies_only(db: TestDb) {
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    config.trusted_proxies = vec!["127.0.0.1".into()];
+    let app = TestApp::with_config(db, upstream, config).await;
+    app.sign_up("proxied@example.com").await;
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .header("x-forwarded-for", "203.0.113.50, 198.51.100.7")
+        .json(&json!({"email": "proxied@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let signed_in = browser(response).await;
+    let sessions = app.console_get("/api/sessions", &signed_in).await;
+    // The proxy (loopback here) is trusted; the client's own claim to its left is not.
+    assert_eq!(sessions["sessions"][0]["ipAddress"], "198.51.100.7");
+    app.finish().await;
+
+    // Without trusted proxies the header is ignored.
+    let db = TestDb::sqlite().await;
+    let app = TestApp::new(db).await;
+    app.sign_up("direct@example.com").await;
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .json(&json!({"email": "direct@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let signed_in = browser(response).await;
+    let sessions = app.console_get("/api/sessions", &signed_in).await;
+    assert_eq!(sessions["sessions"][0]["ipAddress"], "127.0.0.1");
     app.finish().await;
 }

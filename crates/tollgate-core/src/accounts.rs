@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use tollgate_domain::mfa::{RecoveryCode, SecretSealer, TotpSecret};
 use tollgate_domain::password::{PasswordError, check_password};
 use tollgate_domain::ratelimit::SlidingWindow;
 use tollgate_domain::{
     Actor, AuditAction, AuditEvent, Clock, Email, EmailError, Membership, RequestContext, SecretToken, Session,
     SessionId, Team, TeamId, Timestamp, TokenPurpose, User, UserId,
 };
-use tollgate_store::{AccountToken, EndSessions, Store, StoreError, TokenRedemption};
+use tollgate_store::{AccountToken, EndSessions, MfaChange, PasswordChange, Store, StoreError, TokenRedemption};
 use tracing::instrument;
 
 use crate::Caller;
@@ -61,6 +62,21 @@ pub enum AccountError {
     /// No such session of this user.
     #[error("session not found")]
     SessionNotFound,
+    /// The account has a second factor, and none was given.
+    #[error("This account has two-factor authentication: send a code from the authenticator app, or a recovery code")]
+    SecondFactorRequired,
+    /// The code or recovery code is wrong, or was used before.
+    #[error("Incorrect or already used code")]
+    BadSecondFactor,
+    /// TOTP is already the second factor.
+    #[error("Two-factor authentication is already on; turn it off first")]
+    MfaAlreadyEnabled,
+    /// There is no second factor to use or remove.
+    #[error("Two-factor authentication is not on")]
+    MfaNotEnabled,
+    /// No enrolment was started.
+    #[error("Start the enrolment first (POST /api/account/mfa/totp)")]
+    NoPendingEnrollment,
     /// Not a member of the team (or no such team: they look alike).
     #[error("team not found")]
     TeamNotFound,
@@ -162,7 +178,42 @@ pub struct AccountService {
     throttle: Arc<Mutex<Throttle>>,
     /// Verified when an email has no account, so both answers take as long.
     dummy_hash: Arc<tokio::sync::OnceCell<String>>,
+    /// Seals TOTP seeds at rest.
+    sealer: SecretSealer,
 }
+
+/// What a sign-in with a password leads to.
+#[derive(Debug)]
+pub enum SignInOutcome {
+    /// Signed in.
+    SignedIn(Box<SignedIn>),
+    /// The password was right; now the second factor, with this challenge (5 minutes).
+    SecondFactor {
+        /// Sent back with the code.
+        challenge: SecretToken,
+    },
+}
+
+/// A second factor as presented.
+#[derive(Debug, Clone)]
+pub enum SecondFactor {
+    /// A 6-digit code from the authenticator app.
+    Totp(String),
+    /// One of the recovery codes.
+    RecoveryCode(String),
+}
+
+/// A TOTP enrolment in progress: shown once, confirmed with a first code.
+#[derive(Debug)]
+pub struct TotpEnrollment {
+    /// The seed in base32, to type in.
+    pub secret: String,
+    /// The `otpauth://` URI, to show as a QR code.
+    pub otpauth_uri: String,
+}
+
+/// How long the step between password and second factor stays open.
+const CHALLENGE_LIFETIME: chrono::Duration = chrono::Duration::minutes(5);
 
 /// One event per team the user belongs to (the platform's log when none), so each team's
 /// Admins see their members' sign-ins and account changes.
@@ -220,6 +271,7 @@ impl AccountService {
         notices: Notices,
         product: impl Into<String>,
         sessions: SessionSettings,
+        sealer: SecretSealer,
     ) -> Self {
         Self {
             store,
@@ -229,6 +281,7 @@ impl AccountService {
             sessions,
             throttle: Arc::default(),
             dummy_hash: Arc::default(),
+            sealer,
         }
     }
 
@@ -258,6 +311,7 @@ impl AccountService {
             password_hash: Some(password_hash),
             created_at: now,
             email_verified_at: None,
+            totp_enabled_at: None,
         };
         let team = Team {
             id: TeamId::new(),
@@ -302,7 +356,7 @@ impl AccountService {
             .create_user(email, display_name, password, Actor::System, context)
             .await?;
         self.send_verification(&user, context).await?;
-        self.start_session(user, context).await
+        self.start_session(user, "a password (new account)", context).await
     }
 
     /// Mails a link proving the address (24 hours, single use). Also the "resend" action.
@@ -423,10 +477,16 @@ impl AccountService {
         &self,
         token: &str,
         password: &str,
+        factor: Option<&SecondFactor>,
         context: &RequestContext,
     ) -> Result<(), AccountError> {
         let (record, user) = self.live_token(token, TokenPurpose::ResetPassword).await?;
         check_password(password, user.email.as_ref(), &self.product)?;
+        // A reset link proves the mailbox, not the second factor.
+        if user.totp_enabled_at.is_some() {
+            let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
+            self.check_second_factor(&user, factor, context).await?;
+        }
         let password_hash = hash_password(password.to_owned()).await?;
         let now = self.clock.now();
         let memberships = self.store.list_memberships(user.id).await?;
@@ -466,7 +526,7 @@ impl AccountService {
         email: &str,
         password: &str,
         context: &RequestContext,
-    ) -> Result<SignedIn, AccountError> {
+    ) -> Result<SignInOutcome, AccountError> {
         let now = self.clock.now();
         let key = email.trim().to_lowercase();
         let ip = context.ip.as_deref();
@@ -514,7 +574,342 @@ impl AccountService {
                 return Err(AccountError::BadCredentials);
             }
         };
-        self.start_session(user, context).await
+        if user.totp_enabled_at.is_some() {
+            let challenge = SecretToken::generate(&mut rand::rngs::OsRng);
+            self.store
+                .create_mfa_challenge(&challenge.hash(), user.id, now, now + CHALLENGE_LIFETIME)
+                .await?;
+            return Ok(SignInOutcome::SecondFactor { challenge });
+        }
+        Ok(SignInOutcome::SignedIn(Box::new(
+            self.start_session(user, "a password", context).await?,
+        )))
+    }
+
+    /// Completes a sign-in with the second factor.
+    #[instrument(skip_all)]
+    pub async fn sign_in_second_factor(
+        &self,
+        challenge: &str,
+        factor: &SecondFactor,
+        context: &RequestContext,
+    ) -> Result<SignedIn, AccountError> {
+        let challenge = SecretToken::presented(challenge.trim()).ok_or(AccountError::NotSignedIn)?;
+        let now = self.clock.now();
+        let user_id = self
+            .store
+            .find_mfa_challenge(&challenge.hash(), now)
+            .await?
+            .ok_or(AccountError::NotSignedIn)?;
+        let user = self.store.get_user(user_id).await?;
+        let how = self.check_second_factor(&user, factor, context).await?;
+        if !self.store.use_mfa_challenge(&challenge.hash(), now).await? {
+            return Err(AccountError::NotSignedIn);
+        }
+        self.start_session(user, how, context).await
+    }
+
+    /// Checks `factor` for `user` (each TOTP step and each recovery code works once); failures
+    /// count toward the sign-in throttle. Returns how the user proved it, for the audit log.
+    async fn check_second_factor(
+        &self,
+        user: &User,
+        factor: &SecondFactor,
+        context: &RequestContext,
+    ) -> Result<&'static str, AccountError> {
+        let now = self.clock.now();
+        let key = user.email.as_ref().to_owned();
+        let ip = context.ip.as_deref();
+        if self
+            .throttle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .blocked(&key, ip, now)
+        {
+            return Err(AccountError::Throttled {
+                retry_after_seconds: 15 * 60,
+            });
+        }
+        let accepted = match factor {
+            SecondFactor::Totp(code) => {
+                let state = self.store.mfa_state(user.id).await?;
+                let secret = self.open_seed(user, state.seed.as_deref())?;
+                match secret.verify(code, now, state.last_step) {
+                    Some(step) => self
+                        .store
+                        .use_totp_step(user.id, step)
+                        .await?
+                        .then_some("a password and a TOTP code"),
+                    None => None,
+                }
+            }
+            SecondFactor::RecoveryCode(code) => match RecoveryCode::presented(code) {
+                Some(code) => {
+                    let used = self.store.use_recovery_code(user.id, &code.hash(), now).await?;
+                    if used {
+                        let left = self.store.mfa_state(user.id).await?.recovery_codes_left;
+                        let mail = self.notices.security_notice(
+                            user,
+                            "A recovery code was used",
+                            &format!("One of your recovery codes was used to sign in ({left} left)"),
+                            now,
+                            context,
+                        );
+                        self.store.enqueue_mail(&[mail]).await?;
+                        self.notices.queued();
+                    }
+                    used.then_some("a password and a recovery code")
+                }
+                None => None,
+            },
+        };
+        match accepted {
+            Some(how) => Ok(how),
+            None => {
+                self.throttle
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .failed(&key, ip, now);
+                let memberships = self.store.list_memberships(user.id).await?;
+                for event in user_events(
+                    &memberships,
+                    user,
+                    now,
+                    AuditAction::SignIn,
+                    "Second factor refused (wrong or reused code)",
+                    false,
+                    context,
+                ) {
+                    self.store.insert_audit_event(&event).await?;
+                }
+                Err(AccountError::BadSecondFactor)
+            }
+        }
+    }
+
+    fn open_seed(&self, user: &User, sealed: Option<&[u8]>) -> Result<TotpSecret, AccountError> {
+        let sealed = sealed.ok_or(AccountError::MfaNotEnabled)?;
+        let plain = self
+            .sealer
+            .open(sealed, user.id.to_string().as_bytes())
+            .ok_or_else(|| anyhow::anyhow!("the TOTP seed of user {} does not open with this server key", user.id))?;
+        Ok(TotpSecret::from_bytes(&plain).map_err(anyhow::Error::msg)?)
+    }
+
+    /// Whether TOTP is on, and how many recovery codes are left.
+    pub async fn mfa_status(&self, user: &User) -> Result<(bool, u32), AccountError> {
+        let state = self.store.mfa_state(user.id).await?;
+        Ok((state.seed.is_some(), state.recovery_codes_left))
+    }
+
+    /// Starts a TOTP enrolment after checking the password again: a fresh seed, shown once,
+    /// that takes effect when confirmed with a code.
+    pub async fn begin_totp(&self, user: &User, password: &str) -> Result<TotpEnrollment, AccountError> {
+        self.check_password_again(user, password).await?;
+        if user.totp_enabled_at.is_some() {
+            return Err(AccountError::MfaAlreadyEnabled);
+        }
+        let secret = TotpSecret::generate(&mut rand::rngs::OsRng);
+        let sealed = self.sealer.seal(
+            secret.as_bytes(),
+            user.id.to_string().as_bytes(),
+            &mut rand::rngs::OsRng,
+        );
+        self.store.set_pending_totp(user.id, &sealed).await?;
+        Ok(TotpEnrollment {
+            secret: secret.to_base32(),
+            otpauth_uri: secret.otpauth_uri(&self.product, user.email.as_ref()),
+        })
+    }
+
+    /// Confirms the enrolment with a first code: TOTP is on, the other sessions end, and the 10
+    /// recovery codes are returned (once).
+    pub async fn confirm_totp(
+        &self,
+        user: &User,
+        session: &Session,
+        code: &str,
+        context: &RequestContext,
+    ) -> Result<Vec<RecoveryCode>, AccountError> {
+        if user.totp_enabled_at.is_some() {
+            return Err(AccountError::MfaAlreadyEnabled);
+        }
+        let state = self.store.mfa_state(user.id).await?;
+        let pending = state.pending_seed.ok_or(AccountError::NoPendingEnrollment)?;
+        let secret = self.open_seed(user, Some(&pending))?;
+        let now = self.clock.now();
+        let step = secret.verify(code, now, None).ok_or(AccountError::BadSecondFactor)?;
+        let codes = RecoveryCode::generate_set(&mut rand::rngs::OsRng);
+        let hashes: Vec<[u8; 32]> = codes.iter().map(RecoveryCode::hash).collect();
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            user,
+            now,
+            AuditAction::EnableMfa,
+            "Turned on two-factor authentication (TOTP)",
+            true,
+            context,
+        );
+        let mail = [self.notices.security_notice(
+            user,
+            "Two-factor authentication is on",
+            "Two-factor authentication was turned on for your account",
+            now,
+            context,
+        )];
+        let change = MfaChange {
+            user_id: user.id,
+            at: now,
+            recovery_code_hashes: &hashes,
+            keep: Some(session.id),
+            audits: &audits,
+            mail: &mail,
+        };
+        if !self.store.enable_totp(&change, step).await? {
+            return Err(AccountError::NoPendingEnrollment);
+        }
+        self.notices.queued();
+        Ok(codes)
+    }
+
+    /// Turns TOTP off, proven with a code or a recovery code (there is no other way, by design).
+    pub async fn disable_totp(
+        &self,
+        user: &User,
+        session: &Session,
+        factor: &SecondFactor,
+        context: &RequestContext,
+    ) -> Result<(), AccountError> {
+        if user.totp_enabled_at.is_none() {
+            return Err(AccountError::MfaNotEnabled);
+        }
+        self.check_second_factor(user, factor, context).await?;
+        let now = self.clock.now();
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            user,
+            now,
+            AuditAction::DisableMfa,
+            "Turned off two-factor authentication",
+            true,
+            context,
+        );
+        let mail = [self.notices.security_notice(
+            user,
+            "Two-factor authentication is off",
+            "Two-factor authentication was turned off for your account",
+            now,
+            context,
+        )];
+        let change = MfaChange {
+            user_id: user.id,
+            at: now,
+            recovery_code_hashes: &[],
+            keep: Some(session.id),
+            audits: &audits,
+            mail: &mail,
+        };
+        self.store.disable_totp(&change).await?;
+        self.notices.queued();
+        Ok(())
+    }
+
+    /// A new set of recovery codes, proven with a TOTP code; the old set dies.
+    pub async fn regenerate_recovery_codes(
+        &self,
+        user: &User,
+        session: &Session,
+        code: &str,
+        context: &RequestContext,
+    ) -> Result<Vec<RecoveryCode>, AccountError> {
+        if user.totp_enabled_at.is_none() {
+            return Err(AccountError::MfaNotEnabled);
+        }
+        self.check_second_factor(user, &SecondFactor::Totp(code.to_owned()), context)
+            .await?;
+        let now = self.clock.now();
+        let codes = RecoveryCode::generate_set(&mut rand::rngs::OsRng);
+        let hashes: Vec<[u8; 32]> = codes.iter().map(RecoveryCode::hash).collect();
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            user,
+            now,
+            AuditAction::RegenerateRecoveryCodes,
+            "Replaced the recovery codes",
+            true,
+            context,
+        );
+        let mail = [self.notices.security_notice(
+            user,
+            "New recovery codes",
+            "A new set of recovery codes replaced the old one",
+            now,
+            context,
+        )];
+        let change = MfaChange {
+            user_id: user.id,
+            at: now,
+            recovery_code_hashes: &hashes,
+            keep: Some(session.id),
+            audits: &audits,
+            mail: &mail,
+        };
+        self.store.replace_recovery_codes(&change).await?;
+        self.notices.queued();
+        Ok(codes)
+    }
+
+    /// Changes the password, given the current one: the other sessions end and the owner is told.
+    pub async fn change_password(
+        &self,
+        user: &User,
+        session: &Session,
+        current: &str,
+        new: &str,
+        context: &RequestContext,
+    ) -> Result<(), AccountError> {
+        self.check_password_again(user, current).await?;
+        check_password(new, user.email.as_ref(), &self.product)?;
+        let hash = hash_password(new.to_owned()).await?;
+        let now = self.clock.now();
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            user,
+            now,
+            AuditAction::ChangePassword,
+            "Changed the password; other sessions ended",
+            true,
+            context,
+        );
+        let mail = [self.notices.password_changed(user, now, context)];
+        self.store
+            .set_password(&PasswordChange {
+                user_id: user.id,
+                password_hash: &hash,
+                at: now,
+                keep: Some(session.id),
+                audits: &audits,
+                mail: &mail,
+            })
+            .await?;
+        self.notices.queued();
+        Ok(())
+    }
+
+    /// Re-authentication for sensitive changes.
+    async fn check_password_again(&self, user: &User, password: &str) -> Result<(), AccountError> {
+        let Some(hash) = user.password_hash.clone() else {
+            return Err(AccountError::BadCredentials);
+        };
+        if verify_password(password.to_owned(), hash).await? {
+            Ok(())
+        } else {
+            Err(AccountError::BadCredentials)
+        }
     }
 
     async fn dummy_hash(&self) -> Result<String, AccountError> {
@@ -525,7 +920,7 @@ impl AccountService {
         Ok(hash.clone())
     }
 
-    async fn start_session(&self, user: User, context: &RequestContext) -> Result<SignedIn, AccountError> {
+    async fn start_session(&self, user: User, how: &str, context: &RequestContext) -> Result<SignedIn, AccountError> {
         let now = self.clock.now();
         let token = SecretToken::generate(&mut rand::rngs::OsRng);
         let csrf = SecretToken::generate(&mut rand::rngs::OsRng);
@@ -546,7 +941,7 @@ impl AccountService {
             now,
             AuditAction::SignIn,
             &format!(
-                "Signed in with a password from {}",
+                "Signed in with {how} from {}",
                 context.ip.as_deref().unwrap_or("an unknown address")
             ),
             true,

@@ -62,18 +62,37 @@ impl Notices {
         }
     }
 
-    /// "Your password was changed", after a reset.
+    /// "Your password was changed", after a reset or a change.
     #[must_use]
     pub fn password_changed(&self, user: &User, at: Timestamp, context: &RequestContext) -> OutboundMail {
+        self.security_notice(
+            user,
+            "Your password was changed",
+            "The password of your account was changed",
+            at,
+            context,
+        )
+    }
+
+    /// A change to how the account signs in (second factor, recovery codes), to its owner.
+    #[must_use]
+    pub fn security_notice(
+        &self,
+        user: &User,
+        subject: &str,
+        what: &str,
+        at: Timestamp,
+        context: &RequestContext,
+    ) -> OutboundMail {
         let product = &self.product;
         OutboundMail {
             id: MailId::new(),
             to: vec![user.email.clone()],
-            subject: format!("[{product}] Your password was changed"),
+            subject: format!("[{product}] {subject}"),
             body: format!(
-                "Hello {name},\n\nThe password of your {product} account was reset on {when} UTC from {ip}, and \
-                 every session was signed out.\n\nIf this was not you, reset your password now at \
-                 {console}/reset-password and tell your team's Admins.\n-- {product}\n",
+                "Hello {name},\n\n{what} on {when} UTC from {ip}; your other sessions were signed out.\n\n\
+                 If this was not you, reset your password now at {console}/reset-password and tell your \
+                 team's Admins.\n-- {product}\n",
                 name = user.display_name,
                 when = at.format("%Y-%m-%d %H:%M:%S"),
                 ip = context.ip.as_deref().unwrap_or("an unknown address"),

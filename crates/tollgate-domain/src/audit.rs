@@ -56,6 +56,10 @@ audit_actions! {
     VerifyEmail => "An email address was verified by its link.",
     RequestPasswordReset => "A password reset link was sent.",
     ResetPassword => "A password was reset by its link; every session ended.",
+    ChangePassword => "A password was changed by its owner; their other sessions ended.",
+    EnableMfa => "TOTP became the account's second factor, with new recovery codes.",
+    DisableMfa => "The account's second factor was removed.",
+    RegenerateRecoveryCodes => "A new set of recovery codes replaced the old one.",
     CreateManagementKey => "A management key was created for the team.",
     CreateApiKey => "An API key was created for the team.",
     ListApiKeys => "The team's API keys were listed.",
@@ -301,6 +305,15 @@ impl AuditChainKey {
         let mut bytes = [0; 32];
         rng.fill_bytes(&mut bytes);
         Self(bytes)
+    }
+
+    /// A 256-bit key for `purpose`, derived from this one (so one server secret serves several
+    /// uses without any two sharing a key), e.g. the key sealing TOTP seeds.
+    #[must_use]
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac(b"tollgate.derive.v1");
+        mac.update(purpose);
+        mac.finalize().into_bytes().into()
     }
 
     /// The key as 64 hex digits, for its key file.

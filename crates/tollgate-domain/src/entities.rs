@@ -21,6 +21,8 @@ pub struct User {
     pub created_at: Timestamp,
     /// When the account proved it owns its email address (by a link); `None` until then.
     pub email_verified_at: Option<Timestamp>,
+    /// When TOTP became the account's second factor; `None` without one.
+    pub totp_enabled_at: Option<Timestamp>,
 }
 
 /// A team.

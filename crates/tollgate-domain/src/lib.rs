@@ -13,6 +13,7 @@ pub mod entities;
 pub mod ids;
 pub mod keys;
 pub mod mail;
+pub mod mfa;
 pub mod money;
 pub mod password;
 pub mod ratelimit;

@@ -16,7 +16,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
+use tollgate_core::accounts::{SecondFactor, SignInOutcome};
 use tollgate_core::{AccountError, Caller, NewApiKey};
+use tollgate_domain::mfa::RecoveryCode;
 use tollgate_domain::{ApiKeyId, ManagementKeyId, Session, SessionId, TeamId, User};
 
 use crate::AppState;
@@ -29,6 +31,13 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/auth/sign-up", post(sign_up))
         .route("/api/auth/sign-in", post(sign_in))
+        .route("/api/auth/sign-in/second-factor", post(sign_in_second_factor))
+        .route("/api/account/password", post(change_password))
+        .route("/api/account/mfa", get(mfa_status))
+        .route("/api/account/mfa/totp", post(begin_totp))
+        .route("/api/account/mfa/totp/confirm", post(confirm_totp))
+        .route("/api/account/mfa/disable", post(disable_mfa))
+        .route("/api/account/mfa/recovery-codes", post(regenerate_recovery_codes))
         .route("/api/auth/sign-out", post(sign_out))
         .route("/api/auth/verify-email", post(verify_email))
         .route("/api/auth/verify-email/resend", post(resend_verification))
@@ -75,6 +84,11 @@ impl From<AccountError> for XaiError {
             AccountError::BadCredentials | AccountError::NotSignedIn => XaiError::unauthenticated(error.to_string()),
             AccountError::CsrfMismatch => XaiError::permission_denied(error.to_string()),
             AccountError::TeamNotFound => XaiError::permission_denied("You are not a member of this team"),
+            AccountError::BadSecondFactor => XaiError::unauthenticated(error.to_string()),
+            AccountError::SecondFactorRequired
+            | AccountError::MfaAlreadyEnabled
+            | AccountError::MfaNotEnabled
+            | AccountError::NoPendingEnrollment => XaiError::invalid_argument(error.to_string()),
             AccountError::SessionNotFound => XaiError::not_found("No such session"),
             AccountError::Throttled { retry_after_seconds } => {
                 let mut headers = HeaderMap::new();
@@ -181,6 +195,8 @@ pub(crate) struct UserView {
     email: String,
     name: String,
     email_verified: bool,
+    /// Two-factor authentication is on.
+    mfa_enabled: bool,
     create_time: String,
 }
 
@@ -191,6 +207,7 @@ impl UserView {
             email: user.email.as_ref().to_owned(),
             name: user.display_name.clone(),
             email_verified: user.email_verified_at.is_some(),
+            mfa_enabled: user.totp_enabled_at.is_some(),
             create_time: rfc3339(user.created_at),
         }
     }
@@ -259,17 +276,253 @@ pub(crate) struct SignInRequest {
     password: String,
 }
 
-/// Sign in with email and password: a new session cookie. An unknown email and a wrong password
-/// get the same answer; repeated failures are throttled per account and per address.
+/// The password was right; the second factor is next.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SecondFactorView {
+    /// Always true.
+    mfa_required: bool,
+    /// Send with the code to `/api/auth/sign-in/second-factor` within 5 minutes.
+    mfa_token: String,
+}
+
+/// Sign in with email and password: a new session cookie (200), or, for an account with
+/// two-factor authentication, a token for the second step (202). An unknown email and a wrong
+/// password get the same answer; repeated failures are throttled per account and per address.
 #[utoipa::path(post, path = "/api/auth/sign-in", tag = "console", request_body = SignInRequest,
-    responses((status = 200, body = SignedInView), (status = 401, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody)))]
+    responses(
+        (status = 200, body = SignedInView),
+        (status = 202, description = "A second factor is needed", body = SecondFactorView),
+        (status = 401, body = crate::ErrorBody),
+        (status = 429, body = crate::ErrorBody),
+    ))]
 pub(crate) async fn sign_in(
     State(state): State<AppState>,
     RequestMeta(meta): RequestMeta,
     XaiJson(body): XaiJson<SignInRequest>,
 ) -> Result<Response, XaiError> {
-    let signed_in = state.accounts.sign_in(&body.email, &body.password, &meta).await?;
+    match state.accounts.sign_in(&body.email, &body.password, &meta).await? {
+        SignInOutcome::SignedIn(signed_in) => Ok(signed_in_response(&state, &signed_in, StatusCode::OK)),
+        SignInOutcome::SecondFactor { challenge } => Ok((
+            StatusCode::ACCEPTED,
+            Json(SecondFactorView {
+                mfa_required: true,
+                mfa_token: challenge.expose().to_owned(),
+            }),
+        )
+            .into_response()),
+    }
+}
+
+/// A second factor: a TOTP `code`, or a `recoveryCode`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct FactorFields {
+    /// The 6-digit code from the authenticator app.
+    code: Option<String>,
+    /// One of the recovery codes (`XXXXXX-XXXXXX-XXXXXX-XXXXXX`).
+    recovery_code: Option<String>,
+}
+
+impl FactorFields {
+    fn factor(&self) -> Result<Option<SecondFactor>, XaiError> {
+        match (&self.code, &self.recovery_code) {
+            (Some(_), Some(_)) => Err(XaiError::invalid_argument("send code or recoveryCode, not both")),
+            (Some(code), None) => Ok(Some(SecondFactor::Totp(code.clone()))),
+            (None, Some(code)) => Ok(Some(SecondFactor::RecoveryCode(code.clone()))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn required(&self) -> Result<SecondFactor, XaiError> {
+        self.factor()?
+            .ok_or_else(|| XaiError::invalid_argument(AccountError::SecondFactorRequired.to_string()))
+    }
+}
+
+/// `POST /api/auth/sign-in/second-factor` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SecondFactorRequest {
+    mfa_token: String,
+    code: Option<String>,
+    recovery_code: Option<String>,
+}
+
+/// Complete a sign-in with the second factor: a TOTP code (each accepted once) or a recovery code
+/// (each works once; the owner is emailed when one is used).
+#[utoipa::path(post, path = "/api/auth/sign-in/second-factor", tag = "console", request_body = SecondFactorRequest,
+    responses((status = 200, body = SignedInView), (status = 401, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody)))]
+pub(crate) async fn sign_in_second_factor(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<SecondFactorRequest>,
+) -> Result<Response, XaiError> {
+    let factor = FactorFields {
+        code: body.code,
+        recovery_code: body.recovery_code,
+    }
+    .required()?;
+    let signed_in = state
+        .accounts
+        .sign_in_second_factor(&body.mfa_token, &factor, &meta)
+        .await?;
     Ok(signed_in_response(&state, &signed_in, StatusCode::OK))
+}
+
+/// `POST /api/account/password` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ChangePasswordRequest {
+    current_password: String,
+    new_password: String,
+}
+
+/// Change the password (the current one is asked again); the other sessions end.
+#[utoipa::path(post, path = "/api/account/password", tag = "console", request_body = ChangePasswordRequest,
+    responses((status = 204), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn change_password(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<ChangePasswordRequest>,
+) -> Result<StatusCode, XaiError> {
+    state
+        .accounts
+        .change_password(
+            &signed_in.user,
+            &signed_in.session,
+            &body.current_password,
+            &body.new_password,
+            &meta,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The account's second factors.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MfaStatusView {
+    totp_enabled: bool,
+    recovery_codes_left: u32,
+}
+
+/// Whether two-factor authentication is on, and how many recovery codes are left.
+#[utoipa::path(get, path = "/api/account/mfa", tag = "console",
+    responses((status = 200, body = MfaStatusView), (status = 401, body = crate::ErrorBody)), security(("session" = [])))]
+pub(crate) async fn mfa_status(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+) -> Result<Json<MfaStatusView>, XaiError> {
+    let (totp_enabled, recovery_codes_left) = state.accounts.mfa_status(&signed_in.user).await?;
+    Ok(Json(MfaStatusView {
+        totp_enabled,
+        recovery_codes_left,
+    }))
+}
+
+/// `POST /api/account/mfa/totp` body: the password, again.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PasswordAgain {
+    password: String,
+}
+
+/// A TOTP enrolment: show `otpauthUri` as a QR code (or `secret` to type), then confirm.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TotpEnrollmentView {
+    secret: String,
+    otpauth_uri: String,
+}
+
+/// Start turning on two-factor authentication (asks for the password again).
+#[utoipa::path(post, path = "/api/account/mfa/totp", tag = "console", request_body = PasswordAgain,
+    responses((status = 200, body = TotpEnrollmentView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn begin_totp(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    XaiJson(body): XaiJson<PasswordAgain>,
+) -> Result<Json<TotpEnrollmentView>, XaiError> {
+    let enrollment = state.accounts.begin_totp(&signed_in.user, &body.password).await?;
+    Ok(Json(TotpEnrollmentView {
+        secret: enrollment.secret,
+        otpauth_uri: enrollment.otpauth_uri,
+    }))
+}
+
+/// A TOTP code.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CodeRequest {
+    code: String,
+}
+
+/// Recovery codes, shown once.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RecoveryCodesView {
+    recovery_codes: Vec<String>,
+}
+
+/// Confirm the enrolment with a first code: two-factor authentication is on, the other sessions
+/// end, and 10 recovery codes are shown, once.
+#[utoipa::path(post, path = "/api/account/mfa/totp/confirm", tag = "console", request_body = CodeRequest,
+    responses((status = 200, body = RecoveryCodesView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn confirm_totp(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<CodeRequest>,
+) -> Result<Json<RecoveryCodesView>, XaiError> {
+    let codes = state
+        .accounts
+        .confirm_totp(&signed_in.user, &signed_in.session, &body.code, &meta)
+        .await?;
+    Ok(Json(RecoveryCodesView {
+        recovery_codes: codes.iter().map(RecoveryCode::display).collect(),
+    }))
+}
+
+/// Turn two-factor authentication off: only with a code or a recovery code.
+#[utoipa::path(post, path = "/api/account/mfa/disable", tag = "console", request_body = FactorFields,
+    responses((status = 204), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn disable_mfa(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<FactorFields>,
+) -> Result<StatusCode, XaiError> {
+    let factor = body.required()?;
+    state
+        .accounts
+        .disable_totp(&signed_in.user, &signed_in.session, &factor, &meta)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replace the recovery codes (with a TOTP code); the old ones stop working.
+#[utoipa::path(post, path = "/api/account/mfa/recovery-codes", tag = "console", request_body = CodeRequest,
+    responses((status = 200, body = RecoveryCodesView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn regenerate_recovery_codes(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<CodeRequest>,
+) -> Result<Json<RecoveryCodesView>, XaiError> {
+    let codes = state
+        .accounts
+        .regenerate_recovery_codes(&signed_in.user, &signed_in.session, &body.code, &meta)
+        .await?;
+    Ok(Json(RecoveryCodesView {
+        recovery_codes: codes.iter().map(RecoveryCode::display).collect(),
+    }))
 }
 
 /// End this session and clear its cookie.
@@ -348,11 +601,15 @@ pub(crate) async fn request_password_reset(
 
 /// `POST /api/auth/password-reset/confirm` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ResetConfirmRequest {
     token: String,
     /// The new password.
     password: String,
+    /// With two-factor authentication on: a TOTP code (a reset does not bypass the second factor).
+    code: Option<String>,
+    /// Or a recovery code.
+    recovery_code: Option<String>,
 }
 
 /// Set a new password with the emailed link (60 minutes, single use). Every session ends.
@@ -363,9 +620,14 @@ pub(crate) async fn reset_password(
     RequestMeta(meta): RequestMeta,
     XaiJson(body): XaiJson<ResetConfirmRequest>,
 ) -> Result<StatusCode, XaiError> {
+    let factor = FactorFields {
+        code: body.code,
+        recovery_code: body.recovery_code,
+    }
+    .factor()?;
     state
         .accounts
-        .reset_password(&body.token, &body.password, &meta)
+        .reset_password(&body.token, &body.password, factor.as_ref(), &meta)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

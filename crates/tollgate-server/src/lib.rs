@@ -105,6 +105,7 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
                 idle: chrono::Duration::minutes(i64::from(config.sessions.idle_minutes)),
                 absolute: chrono::Duration::hours(i64::from(config.sessions.absolute_hours)),
             },
+            tollgate_domain::mfa::SecretSealer::new(&audit_key(config)?.derive(b"tollgate.totp-seed.v1")),
         ),
         keys: KeyService::new(
             Arc::clone(store),

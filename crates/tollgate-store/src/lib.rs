@@ -88,6 +88,25 @@ pub trait AccountStore: Send + Sync {
     /// Uses a token once and applies what it is for, atomically: `false` (nothing written) when
     /// it was used or expired meanwhile.
     async fn redeem_account_token(&self, redeem: &TokenRedemption<'_>) -> Result<bool, StoreError>;
+    /// Sets a new password and ends every session but `keep`, with `audits` and `mail`.
+    async fn set_password(&self, change: &PasswordChange<'_>) -> Result<(), StoreError>;
+}
+
+/// A password change by the account's owner.
+#[derive(Debug)]
+pub struct PasswordChange<'a> {
+    /// Whose.
+    pub user_id: UserId,
+    /// The new hash.
+    pub password_hash: &'a str,
+    /// When.
+    pub at: Timestamp,
+    /// The session that stays signed in.
+    pub keep: Option<SessionId>,
+    /// Audit events.
+    pub audits: &'a [AuditEvent],
+    /// Mail to queue.
+    pub mail: &'a [OutboundMail],
 }
 
 /// Which sessions to end.
@@ -354,9 +373,72 @@ pub trait MailStore: Send + Sync {
     async fn get_mail(&self, id: MailId) -> Result<Option<QueuedMail>, StoreError>;
 }
 
+/// A user's second-factor state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MfaState {
+    /// The sealed TOTP seed in force.
+    pub seed: Option<Vec<u8>>,
+    /// The sealed seed awaiting its first code.
+    pub pending_seed: Option<Vec<u8>>,
+    /// The last TOTP step accepted (each is accepted once).
+    pub last_step: Option<u64>,
+    /// Unused recovery codes.
+    pub recovery_codes_left: u32,
+}
+
+/// Second factors. Every change also ends the user's other sessions where it says so.
+#[async_trait]
+pub trait MfaStore: Send + Sync {
+    /// The user's second-factor state.
+    async fn mfa_state(&self, user_id: UserId) -> Result<MfaState, StoreError>;
+    /// Stores a seed awaiting confirmation (replacing any earlier one).
+    async fn set_pending_totp(&self, user_id: UserId, sealed: &[u8]) -> Result<(), StoreError>;
+    /// Puts the pending seed in force (`step` used), with a new set of recovery codes, ends every
+    /// session but `keep`, with `audits` and `mail`. `false` (nothing written) when no seed was
+    /// pending.
+    async fn enable_totp(&self, change: &MfaChange<'_>, step: u64) -> Result<bool, StoreError>;
+    /// Removes TOTP and the recovery codes, ends every session but `keep`.
+    async fn disable_totp(&self, change: &MfaChange<'_>) -> Result<(), StoreError>;
+    /// Replaces the recovery codes (the old set dies).
+    async fn replace_recovery_codes(&self, change: &MfaChange<'_>) -> Result<(), StoreError>;
+    /// Accepts TOTP `step` once: `false` when it (or a later one) was already used.
+    async fn use_totp_step(&self, user_id: UserId, step: u64) -> Result<bool, StoreError>;
+    /// Uses a recovery code once: `false` when unknown or already used.
+    async fn use_recovery_code(&self, user_id: UserId, hash: &[u8; 32], at: Timestamp) -> Result<bool, StoreError>;
+    /// Stores a sign-in challenge (the step between password and second factor).
+    async fn create_mfa_challenge(
+        &self,
+        hash: &[u8; 32],
+        user_id: UserId,
+        at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The user of a live challenge (unused, unexpired), without using it.
+    async fn find_mfa_challenge(&self, hash: &[u8; 32], now: Timestamp) -> Result<Option<UserId>, StoreError>;
+    /// Uses a challenge once: `false` when used or expired meanwhile.
+    async fn use_mfa_challenge(&self, hash: &[u8; 32], at: Timestamp) -> Result<bool, StoreError>;
+}
+
+/// A change to a user's second factors.
+#[derive(Debug)]
+pub struct MfaChange<'a> {
+    /// Whose.
+    pub user_id: UserId,
+    /// When.
+    pub at: Timestamp,
+    /// Hashes of the new recovery codes (enable, replace).
+    pub recovery_code_hashes: &'a [[u8; 32]],
+    /// The session that stays signed in (the one making the change).
+    pub keep: Option<SessionId>,
+    /// Audit events.
+    pub audits: &'a [AuditEvent],
+    /// Mail to queue.
+    pub mail: &'a [OutboundMail],
+}
+
 /// Everything Tollgate persists.
 #[async_trait]
-pub trait Store: AccountStore + TeamStore + KeyStore + UsageStore + AuditStore + MailStore {
+pub trait Store: AccountStore + TeamStore + KeyStore + UsageStore + AuditStore + MailStore + MfaStore {
     /// Which database this is.
     fn backend(&self) -> Backend;
     /// Applies pending migrations. Refuses a database whose applied migrations differ from the

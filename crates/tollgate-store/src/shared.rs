@@ -14,7 +14,7 @@ use tollgate_domain::{
 use uuid::Uuid;
 
 use crate::{
-    AccountStore, AccountToken, AuditChainState, EndSessions, TokenRedemption, AuditQuery, AuditStore, KeyRotation, KeyStore, MailStore, SecretMatch, Store,
+    MfaChange, MfaState, MfaStore, PasswordChange, AccountStore, AccountToken, AuditChainState, EndSessions, TokenRedemption, AuditQuery, AuditStore, KeyRotation, KeyStore, MailStore, SecretMatch, Store,
     StoreError, TeamStore, UsageStore,
 };
 
@@ -36,7 +36,7 @@ fn opt_u32(value: Option<i64>, what: &str) -> Result<Option<u32>, StoreError> {
     value.map(|v| u32::try_from(v).map_err(|_| corrupt(what, "out of range"))).transpose()
 }
 
-const USER_COLUMNS: &str = "id, email, display_name, password_hash, created_at, email_verified_at";
+const USER_COLUMNS: &str = "id, email, display_name, password_hash, created_at, email_verified_at, totp_enabled_at";
 
 fn user_from_row(row: &DbRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(StoreError::from)?;
@@ -47,6 +47,7 @@ fn user_from_row(row: &DbRow) -> Result<User, StoreError> {
         password_hash: row.try_get("password_hash")?,
         created_at: row.try_get("created_at")?,
         email_verified_at: row.try_get("email_verified_at")?,
+        totp_enabled_at: row.try_get("totp_enabled_at")?,
     })
 }
 
@@ -437,7 +438,7 @@ impl AccountStore for SqlStore {
     async fn find_session(&self, token_hash: &[u8; 32]) -> Result<Option<(Session, [u8; 32], User)>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS}, s.csrf_hash, u.id AS u_id, u.email, u.display_name, u.password_hash, \
-             u.created_at AS u_created_at, u.email_verified_at \
+             u.created_at AS u_created_at, u.email_verified_at, u.totp_enabled_at \
              FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1"
         ))
         .bind(token_hash.as_slice())
@@ -454,6 +455,7 @@ impl AccountStore for SqlStore {
             password_hash: row.try_get("password_hash")?,
             created_at: row.try_get("u_created_at")?,
             email_verified_at: row.try_get("email_verified_at")?,
+            totp_enabled_at: row.try_get("totp_enabled_at")?,
         };
         Ok(Some((session_from_row(&row)?, csrf, user)))
     }
@@ -622,6 +624,23 @@ impl AccountStore for SqlStore {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn set_password(&self, change: &PasswordChange<'_>) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+            .bind(change.user_id.as_uuid())
+            .bind(change.password_hash)
+            .execute(&mut *tx)
+            .await?;
+        one_row(&result)?;
+        end_other_sessions_in(&mut tx, change.user_id, change.keep, change.at).await?;
+        insert_mail(&mut tx, change.mail).await?;
+        for audit in change.audits {
+            insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn get_user(&self, id: UserId) -> Result<User, StoreError> {
@@ -1303,6 +1322,196 @@ impl MailStore for SqlStore {
             .as_ref()
             .map(mail_from_row)
             .transpose()
+    }
+}
+
+/// Replaces the user's recovery codes inside the caller's transaction.
+async fn put_recovery_codes(
+    conn: &mut <Db as sqlx::Database>::Connection,
+    user_id: UserId,
+    hashes: &[[u8; 32]],
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+        .bind(user_id.as_uuid())
+        .execute(&mut *conn)
+        .await?;
+    for hash in hashes {
+        sqlx::query("INSERT INTO recovery_codes (code_hash, user_id, created_at) VALUES ($1, $2, $3)")
+            .bind(hash.as_slice())
+            .bind(user_id.as_uuid())
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ends every session of the user but `keep`, inside the caller's transaction.
+async fn end_other_sessions_in(
+    conn: &mut <Db as sqlx::Database>::Connection,
+    user_id: UserId,
+    keep: Option<SessionId>,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE sessions SET revoked_at = $3 WHERE user_id = $1 AND revoked_at IS NULL AND ($2 IS NULL OR id <> $2)")
+        .bind(user_id.as_uuid())
+        .bind(keep.map(|id| id.as_uuid()))
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn finish_change(
+    conn: &mut <Db as sqlx::Database>::Connection,
+    key: &AuditChainKey,
+    change: &MfaChange<'_>,
+) -> Result<(), StoreError> {
+    end_other_sessions_in(conn, change.user_id, change.keep, change.at).await?;
+    insert_mail(conn, change.mail).await?;
+    for audit in change.audits {
+        insert_audit(conn, key, audit).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl MfaStore for SqlStore {
+    async fn mfa_state(&self, user_id: UserId) -> Result<MfaState, StoreError> {
+        let row = sqlx::query("SELECT totp_seed, totp_pending_seed, totp_last_step FROM users WHERE id = $1")
+            .bind(user_id.as_uuid())
+            .fetch_one(&self.read)
+            .await?;
+        let left: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL")
+                .bind(user_id.as_uuid())
+                .fetch_one(&self.read)
+                .await?;
+        Ok(MfaState {
+            seed: row.try_get("totp_seed")?,
+            pending_seed: row.try_get("totp_pending_seed")?,
+            last_step: row
+                .try_get::<Option<i64>, _>("totp_last_step")?
+                .map(|s| to_u64(s, "users.totp_last_step"))
+                .transpose()?,
+            recovery_codes_left: u32::try_from(left).map_err(|e| corrupt("recovery_codes", e))?,
+        })
+    }
+
+    async fn set_pending_totp(&self, user_id: UserId, sealed: &[u8]) -> Result<(), StoreError> {
+        let result = sqlx::query("UPDATE users SET totp_pending_seed = $2 WHERE id = $1")
+            .bind(user_id.as_uuid())
+            .bind(sealed)
+            .execute(&self.write)
+            .await?;
+        one_row(&result)
+    }
+
+    async fn enable_totp(&self, change: &MfaChange<'_>, step: u64) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = sqlx::query(
+            "UPDATE users SET totp_seed = totp_pending_seed, totp_pending_seed = NULL, totp_enabled_at = $2, \
+             totp_last_step = $3 WHERE id = $1 AND totp_pending_seed IS NOT NULL",
+        )
+        .bind(change.user_id.as_uuid())
+        .bind(change.at)
+        .bind(to_i64(step, "step")?)
+        .execute(&mut *tx)
+        .await?;
+        if result.rows_affected() != 1 {
+            return Ok(false);
+        }
+        put_recovery_codes(&mut tx, change.user_id, change.recovery_code_hashes, change.at).await?;
+        finish_change(&mut tx, &self.audit_key, change).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn disable_totp(&self, change: &MfaChange<'_>) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "UPDATE users SET totp_seed = NULL, totp_pending_seed = NULL, totp_enabled_at = NULL, totp_last_step = NULL \
+             WHERE id = $1",
+        )
+        .bind(change.user_id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+        put_recovery_codes(&mut tx, change.user_id, &[], change.at).await?;
+        finish_change(&mut tx, &self.audit_key, change).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn replace_recovery_codes(&self, change: &MfaChange<'_>) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        put_recovery_codes(&mut tx, change.user_id, change.recovery_code_hashes, change.at).await?;
+        finish_change(&mut tx, &self.audit_key, change).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn use_totp_step(&self, user_id: UserId, step: u64) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_seed IS NOT NULL \
+             AND (totp_last_step IS NULL OR totp_last_step < $2)",
+        )
+        .bind(user_id.as_uuid())
+        .bind(to_i64(step, "step")?)
+        .execute(&self.write)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn use_recovery_code(&self, user_id: UserId, hash: &[u8; 32], at: Timestamp) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE recovery_codes SET used_at = $3 WHERE code_hash = $1 AND user_id = $2 AND used_at IS NULL",
+        )
+        .bind(hash.as_slice())
+        .bind(user_id.as_uuid())
+        .bind(at)
+        .execute(&self.write)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn create_mfa_challenge(
+        &self,
+        hash: &[u8; 32],
+        user_id: UserId,
+        at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO mfa_challenges (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(hash.as_slice())
+            .bind(user_id.as_uuid())
+            .bind(at)
+            .bind(expires_at)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn find_mfa_challenge(&self, hash: &[u8; 32], now: Timestamp) -> Result<Option<UserId>, StoreError> {
+        let user: Option<Uuid> = sqlx::query_scalar(
+            "SELECT user_id FROM mfa_challenges WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(hash.as_slice())
+        .bind(now)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(user.map(UserId::from_uuid))
+    }
+
+    async fn use_mfa_challenge(&self, hash: &[u8; 32], at: Timestamp) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE mfa_challenges SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(hash.as_slice())
+        .bind(at)
+        .execute(&self.write)
+        .await?;
+        Ok(result.rows_affected() == 1)
     }
 }
 

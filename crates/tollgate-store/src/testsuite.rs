@@ -138,6 +138,7 @@ pub async fn seed_user(store: &dyn Store, email: &str) -> (User, Team) {
         password_hash: Some("$argon2id$stub".into()),
         created_at: now,
         email_verified_at: None,
+        totp_enabled_at: None,
     };
     let team = Team {
         id: TeamId::new(),
@@ -234,6 +235,7 @@ pub async fn duplicate_email_conflicts_and_writes_nothing(store: &dyn Store) {
         password_hash: None,
         created_at: at(5),
         email_verified_at: None,
+        totp_enabled_at: None,
     };
     let team = Team {
         id: TeamId::new(),

@@ -64,6 +64,29 @@ impl TotpSecret {
         out
     }
 
+    /// A seed from its base32 form (as an authenticator app or a test reads it).
+    ///
+    /// # Errors
+    /// When the text is not base32 of 20 bytes.
+    pub fn from_base32(text: &str) -> Result<Self, &'static str> {
+        let mut bits = 0_u64;
+        let mut count = 0;
+        let mut bytes = Vec::with_capacity(20);
+        for c in text.trim().trim_end_matches('=').bytes() {
+            let value = BASE32
+                .iter()
+                .position(|b| *b == c.to_ascii_uppercase())
+                .ok_or("not base32")?;
+            bits = (bits << 5) | value as u64;
+            count += 5;
+            if count >= 8 {
+                count -= 8;
+                bytes.push(((bits >> count) & 0xff) as u8);
+            }
+        }
+        Self::from_bytes(&bytes)
+    }
+
     /// The `otpauth://` URI an authenticator app scans as a QR code.
     #[must_use]
     pub fn otpauth_uri(&self, issuer: &str, account: &str) -> String {
@@ -255,6 +278,8 @@ mod tests {
             assert_eq!(secret.code_at_step(u64::try_from(time / 30).unwrap()), code, "t={time}");
         }
         assert_eq!(secret.to_base32(), "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
+        assert_eq!(TotpSecret::from_base32("gezdgnbvgy3tqojqgezdgnbvgy3tqojq"), Ok(secret));
+        assert!(TotpSecret::from_base32("not base 32!").is_err());
     }
 
     #[test]

@@ -16,6 +16,8 @@ on_both_backends!(
     email_verification_and_password_reset,
     team_pages_follow_roles,
     client_addresses_come_from_trusted_proxies_only,
+    two_factor_authentication,
+    changing_the_password_ends_other_sessions,
 );
 
 const UNAUTHENTICATED: &str = "The request does not have valid authentication credentials";
@@ -635,5 +637,286 @@ async fn client_addresses_come_from_trusted_proxies_only(db: TestDb) {
     let signed_in = browser(response).await;
     let sessions = app.console_get("/api/sessions", &signed_in).await;
     assert_eq!(sessions["sessions"][0]["ipAddress"], "127.0.0.1");
+    app.finish().await;
+}
+
+fn totp_code(secret: &tollgate_domain::mfa::TotpSecret, app: &TestApp) -> String {
+    use tollgate_domain::Clock as _;
+    let step = u64::try_from(app.clock.now().timestamp() / 30).unwrap();
+    format!("{:06}", secret.code_at_step(step))
+}
+
+async fn two_factor_authentication(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let main = app.sign_up("mfa@example.com").await;
+    let other = browser(app.sign_in("mfa@example.com", PASSWORD).await).await;
+
+    // Enrolment asks for the password again, and takes effect with a first code.
+    let response = app
+        .console(
+            reqwest::Method::POST,
+            "/api/account/mfa/totp",
+            &main,
+            Some(json!({"password": "not my password at all"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let enrollment: Value = app
+        .console(
+            reqwest::Method::POST,
+            "/api/account/mfa/totp",
+            &main,
+            Some(json!({"password": PASSWORD})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let uri = enrollment["otpauthUri"].as_str().unwrap();
+    assert!(
+        uri.starts_with("otpauth://totp/tollgate:mfa@example.com?secret="),
+        "{uri}"
+    );
+    let secret = tollgate_domain::mfa::TotpSecret::from_base32(enrollment["secret"].as_str().unwrap()).unwrap();
+    let response = app
+        .console(
+            reqwest::Method::POST,
+            "/api/account/mfa/totp/confirm",
+            &main,
+            Some(json!({"code": "000000"})),
+        )
+        .await;
+    assert_xai_error(
+        response,
+        StatusCode::UNAUTHORIZED,
+        UNAUTHENTICATED,
+        "Incorrect or already used code",
+    )
+    .await;
+    let first_code = totp_code(&secret, &app);
+    let confirmed: Value = app
+        .console(
+            reqwest::Method::POST,
+            "/api/account/mfa/totp/confirm",
+            &main,
+            Some(json!({"code": first_code})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let recovery: Vec<String> = confirmed["recoveryCodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+    assert_eq!(recovery[0].len(), 27);
+    // The other session ended; this one goes on.
+    assert_eq!(
+        app.console(reqwest::Method::GET, "/api/me", &other, None)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.console_get("/api/me", &main).await["user"]["mfaEnabled"], true);
+    assert_eq!(
+        app.console_get("/api/account/mfa", &main).await,
+        json!({"totpEnabled": true, "recoveryCodesLeft": 10})
+    );
+
+    // Sign-in now takes two steps.
+    let second_step = |token: String, factor: Value| {
+        let mut body = json!({"mfaToken": token});
+        for (k, v) in factor.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        app.post_json("/api/auth/sign-in/second-factor", body, None)
+    };
+    let challenge = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert!(
+            response.headers().get("set-cookie").is_none(),
+            "no session before the second factor"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["mfaRequired"], true);
+        body["mfaToken"].as_str().unwrap().to_owned()
+    };
+    let token = challenge(app.sign_in("mfa@example.com", PASSWORD).await).await;
+    // The code used to confirm is spent.
+    let response = second_step(token.clone(), json!({"code": first_code})).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    app.clock.advance(Duration::seconds(30));
+    let fresh = totp_code(&secret, &app);
+    let response = second_step(token.clone(), json!({"code": fresh})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // The challenge and the code are both single use.
+    assert_eq!(
+        second_step(token, json!({"code": fresh})).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let token = challenge(app.sign_in("mfa@example.com", PASSWORD).await).await;
+    assert_eq!(
+        second_step(token.clone(), json!({"code": fresh})).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let response = second_step(token.clone(), json!({})).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // A recovery code works once, typed loosely; its use is mailed.
+    let typed = recovery[3].to_lowercase().replace('-', " ");
+    assert_eq!(
+        second_step(token, json!({"recoveryCode": typed})).await.status(),
+        StatusCode::OK
+    );
+    let token = challenge(app.sign_in("mfa@example.com", PASSWORD).await).await;
+    assert_eq!(
+        second_step(token.clone(), json!({"recoveryCode": recovery[3]}))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.console_get("/api/account/mfa", &main).await["recoveryCodesLeft"], 9);
+    let mail = app.store().list_mail(50).await.unwrap();
+    assert!(
+        mail.iter()
+            .any(|m| m.mail.subject.contains("A recovery code was used") && m.mail.body.contains("9 left"))
+    );
+    // A challenge lasts 5 minutes.
+    app.clock.advance(Duration::minutes(6));
+    let fresh = totp_code(&secret, &app);
+    assert_eq!(
+        second_step(token, json!({"code": fresh})).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A reset link does not get around the second factor.
+    app.post_json("/api/auth/password-reset", json!({"email": "mfa@example.com"}), None)
+        .await;
+    let reset = link_token(&app, "mfa@example.com", "Reset your password").await;
+    let response = app
+        .post_json(
+            "/api/auth/password-reset/confirm",
+            json!({"token": reset, "password": "a brand new passphrase"}),
+            None,
+        )
+        .await;
+    assert_xai_error(response, StatusCode::BAD_REQUEST, INVALID, "two-factor authentication").await;
+
+    // New recovery codes replace the old ones.
+    app.clock.advance(Duration::seconds(30));
+    let token = challenge(app.sign_in("mfa@example.com", PASSWORD).await).await;
+    let main = browser(second_step(token, json!({"code": totp_code(&secret, &app)})).await).await;
+    app.clock.advance(Duration::seconds(30));
+    let regenerated: Value = app
+        .console(
+            reqwest::Method::POST,
+            "/api/account/mfa/recovery-codes",
+            &main,
+            Some(json!({"code": totp_code(&secret, &app)})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(regenerated["recoveryCodes"].as_array().unwrap().len(), 10);
+    let token = challenge(app.sign_in("mfa@example.com", PASSWORD).await).await;
+    assert_eq!(
+        second_step(token, json!({"recoveryCode": recovery[5]})).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Turning it off needs a code (or a recovery code); nothing else will do.
+    let disable = |factor: Value| app.console(reqwest::Method::POST, "/api/account/mfa/disable", &main, Some(factor));
+    assert_eq!(disable(json!({})).await.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        disable(json!({"code": "123456"})).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let new_recovery = regenerated["recoveryCodes"][0].as_str().unwrap();
+    assert_eq!(
+        disable(json!({"recoveryCode": new_recovery})).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.console_get("/api/account/mfa", &main).await,
+        json!({"totpEnabled": false, "recoveryCodesLeft": 0})
+    );
+    assert_eq!(
+        app.sign_in("mfa@example.com", PASSWORD).await.status(),
+        StatusCode::OK,
+        "one step again"
+    );
+
+    let team = app.console_get("/api/me", &main).await["currentTeamId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let log = app
+        .console_get(&format!("/api/teams/{team}/audit/events?eventFilter.query=Mfa"), &main)
+        .await;
+    // (The address "mfa@example.com" matches too; only the MFA actions matter here.)
+    let actions: Vec<&str> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .filter(|a| a.ends_with("Mfa"))
+        .collect();
+    assert_eq!(actions, ["DisableMfa", "EnableMfa"]);
+    app.finish().await;
+}
+
+async fn changing_the_password_ends_other_sessions(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let current = app.sign_up("change@example.com").await;
+    let other = browser(app.sign_in("change@example.com", PASSWORD).await).await;
+    let change = |current_password: &str, new_password: &str| {
+        app.console(
+            reqwest::Method::POST,
+            "/api/account/password",
+            &current,
+            Some(json!({"currentPassword": current_password, "newPassword": new_password})),
+        )
+    };
+    assert_eq!(
+        change("wrong current password", "a new passphrase here").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let response = change(PASSWORD, "short").await;
+    assert_xai_error(response, StatusCode::BAD_REQUEST, INVALID, "at least 15 characters").await;
+    assert_eq!(
+        change(PASSWORD, "a new passphrase here").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.console(reqwest::Method::GET, "/api/me", &other, None)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.console(reqwest::Method::GET, "/api/me", &current, None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.sign_in("change@example.com", PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.sign_in("change@example.com", "a new passphrase here")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let mail = app.store().list_mail(50).await.unwrap();
+    assert!(
+        mail.iter()
+            .any(|m| m.mail.subject.contains("Your password was changed"))
+    );
     app.finish().await;
 }

@@ -41,6 +41,9 @@ pub enum AccountError {
     /// An account with this email exists.
     #[error("an account with this email already exists")]
     EmailTaken,
+    /// The new address is the current one.
+    #[error("that is already the account's email address")]
+    SameEmail,
     /// Unknown email or wrong password: the two answer alike.
     #[error("Incorrect email or password")]
     BadCredentials,
@@ -382,6 +385,7 @@ impl AccountService {
             created_at: now,
             expires_at: now + purpose.lifetime(),
             used_at: None,
+            data: None,
         };
         self.store.insert_account_token(&record, &[mail], &audits).await?;
         self.notices.queued();
@@ -464,6 +468,7 @@ impl AccountService {
             created_at: now,
             expires_at: now + purpose.lifetime(),
             used_at: None,
+            data: None,
         };
         self.store.insert_account_token(&record, &[mail], &audits).await?;
         self.notices.queued();
@@ -897,6 +902,144 @@ impl AccountService {
             })
             .await?;
         self.notices.queued();
+        Ok(())
+    }
+
+    /// Asks to change the account's address (password again, and the second factor if on): the new
+    /// address gets a confirmation link, the old one a notice with a link to stop it. Nothing
+    /// changes until the new address confirms.
+    #[instrument(skip_all)]
+    pub async fn request_email_change(
+        &self,
+        user: &User,
+        password: &str,
+        factor: Option<&SecondFactor>,
+        new_email: &str,
+        context: &RequestContext,
+    ) -> Result<(), AccountError> {
+        self.check_password_again(user, password).await?;
+        if user.totp_enabled_at.is_some() {
+            let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
+            self.check_second_factor(user, factor, context).await?;
+        }
+        let new = Email::parse(new_email)?;
+        if new == user.email {
+            return Err(AccountError::SameEmail);
+        }
+        if self.store.find_user_by_email(&new).await?.is_some() {
+            return Err(AccountError::EmailTaken);
+        }
+        let now = self.clock.now();
+        let confirm = SecretToken::generate(&mut rand::rngs::OsRng);
+        let report = SecretToken::generate(&mut rand::rngs::OsRng);
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            user,
+            now,
+            AuditAction::RequestEmailChange,
+            &format!("Asked to change the email address to {}", new.as_ref()),
+            true,
+            context,
+        );
+        let token = |token: &SecretToken, purpose: TokenPurpose, data: Option<String>| AccountToken {
+            hash: token.hash(),
+            user_id: user.id,
+            purpose,
+            created_at: now,
+            expires_at: now + purpose.lifetime(),
+            used_at: None,
+            data,
+        };
+        let mail = [
+            self.notices.confirm_new_email(user, &new, &confirm, now),
+            self.notices.email_change_requested(user, &new, &report, now, context),
+        ];
+        self.store
+            .insert_account_token(&token(&report, TokenPurpose::ReportEmailChange, None), &[], &[])
+            .await?;
+        self.store
+            .insert_account_token(
+                &token(&confirm, TokenPurpose::ChangeEmail, Some(new.as_ref().to_owned())),
+                &mail,
+                &audits,
+            )
+            .await?;
+        self.notices.queued();
+        Ok(())
+    }
+
+    /// Confirms an email change from the new address: the address changes (verified), every
+    /// session ends, and the old address is told.
+    #[instrument(skip_all)]
+    pub async fn confirm_email_change(&self, token: &str, context: &RequestContext) -> Result<(), AccountError> {
+        let (record, user) = self.live_token(token, TokenPurpose::ChangeEmail).await?;
+        let new = record.data.clone().unwrap_or_default();
+        let now = self.clock.now();
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            &user,
+            now,
+            AuditAction::ChangeEmail,
+            &format!("Changed the email address from {} to {new}", user.email.as_ref()),
+            true,
+            context,
+        );
+        let mail = [self.notices.email_changed(&user, &new, now)];
+        let redeemed = self
+            .store
+            .redeem_account_token(&TokenRedemption {
+                hash: record.hash,
+                purpose: TokenPurpose::ChangeEmail,
+                user_id: user.id,
+                new_password_hash: None,
+                at: now,
+                mail: &mail,
+                audits: &audits,
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => AccountError::EmailTaken,
+                other => other.into(),
+            })?;
+        if !redeemed {
+            return Err(AccountError::InvalidLink);
+        }
+        self.notices.queued();
+        Ok(())
+    }
+
+    /// Stops a pending email change from the old address's link, and ends every session.
+    #[instrument(skip_all)]
+    pub async fn report_email_change(&self, token: &str, context: &RequestContext) -> Result<(), AccountError> {
+        let (record, user) = self.live_token(token, TokenPurpose::ReportEmailChange).await?;
+        let now = self.clock.now();
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            &user,
+            now,
+            AuditAction::ReportEmailChange,
+            "Reported an email change they did not ask for; it was stopped and every session ended",
+            true,
+            context,
+        );
+        let redeemed = self
+            .store
+            .redeem_account_token(&TokenRedemption {
+                hash: record.hash,
+                purpose: TokenPurpose::ReportEmailChange,
+                user_id: user.id,
+                new_password_hash: None,
+                at: now,
+                mail: &[],
+                audits: &audits,
+            })
+            .await?;
+        if !redeemed {
+            return Err(AccountError::InvalidLink);
+        }
         Ok(())
     }
 

@@ -102,6 +102,74 @@ impl Notices {
         }
     }
 
+    /// The link confirming a new address, to the new address.
+    #[must_use]
+    pub fn confirm_new_email(&self, user: &User, new: &Email, token: &SecretToken, at: Timestamp) -> OutboundMail {
+        let product = &self.product;
+        let link = format!("{}/confirm-email-change#token={}", self.console_url, token.expose());
+        OutboundMail {
+            id: MailId::new(),
+            to: vec![new.clone()],
+            subject: format!("[{product}] Confirm your new email address"),
+            body: format!(
+                "Hello {name},\n\nTo make {new} the address of your {product} account, open this link within 24 \
+                 hours:\n\n{link}\n\nIf you did not ask for this, ignore this message.\n-- {product}\n",
+                name = user.display_name,
+                new = new.as_ref(),
+            ),
+            created_at: at,
+        }
+    }
+
+    /// "Your address is about to change", to the old address, with a way to stop it.
+    #[must_use]
+    pub fn email_change_requested(
+        &self,
+        user: &User,
+        new: &Email,
+        report: &SecretToken,
+        at: Timestamp,
+        context: &RequestContext,
+    ) -> OutboundMail {
+        let product = &self.product;
+        let link = format!("{}/report-email-change#token={}", self.console_url, report.expose());
+        OutboundMail {
+            id: MailId::new(),
+            to: vec![user.email.clone()],
+            subject: format!("[{product}] Your email address is about to change"),
+            body: format!(
+                "Hello {name},\n\nOn {when} UTC, from {ip}, someone signed in to your {product} account asked to \
+                 change its email address to {new}. It changes only once the new address confirms.\n\n\
+                 If this was not you, stop it and sign every session out with this link (valid 7 days):\n\n\
+                 {link}\n\nthen reset your password.\n-- {product}\n",
+                name = user.display_name,
+                when = at.format("%Y-%m-%d %H:%M:%S"),
+                ip = context.ip.as_deref().unwrap_or("an unknown address"),
+                new = new.as_ref(),
+            ),
+            created_at: at,
+        }
+    }
+
+    /// "Your address changed", to the old address.
+    #[must_use]
+    pub fn email_changed(&self, user: &User, new: &str, at: Timestamp) -> OutboundMail {
+        let product = &self.product;
+        OutboundMail {
+            id: MailId::new(),
+            to: vec![user.email.clone()],
+            subject: format!("[{product}] Your email address was changed"),
+            body: format!(
+                "Hello {name},\n\nThe email address of your {product} account is now {new} (since {when} UTC); \
+                 every session was signed out. If this was not you, contact your team's Admins and the \
+                 operator of {product} at once.\n-- {product}\n",
+                name = user.display_name,
+                when = at.format("%Y-%m-%d %H:%M:%S"),
+            ),
+            created_at: at,
+        }
+    }
+
     /// Tells the sender that mail was queued.
     pub fn queued(&self) {
         self.waker.wake();

@@ -88,6 +88,10 @@ pub enum TokenPurpose {
     VerifyEmail,
     /// Sets a new password.
     ResetPassword,
+    /// Confirms a new email address (sent to the new address).
+    ChangeEmail,
+    /// Stops an email change the owner did not ask for (sent to the old address).
+    ReportEmailChange,
 }
 
 impl TokenPurpose {
@@ -97,6 +101,8 @@ impl TokenPurpose {
         match self {
             TokenPurpose::VerifyEmail => "verify_email",
             TokenPurpose::ResetPassword => "reset_password",
+            TokenPurpose::ChangeEmail => "change_email",
+            TokenPurpose::ReportEmailChange => "report_email_change",
         }
     }
 
@@ -106,6 +112,8 @@ impl TokenPurpose {
         match self {
             TokenPurpose::VerifyEmail => chrono::Duration::hours(24),
             TokenPurpose::ResetPassword => chrono::Duration::minutes(60),
+            TokenPurpose::ChangeEmail => chrono::Duration::hours(24),
+            TokenPurpose::ReportEmailChange => chrono::Duration::days(7),
         }
     }
 }

@@ -33,6 +33,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/auth/sign-in", post(sign_in))
         .route("/api/auth/sign-in/second-factor", post(sign_in_second_factor))
         .route("/api/account/password", post(change_password))
+        .route("/api/account/email", post(request_email_change))
+        .route("/api/auth/email-change/confirm", post(confirm_email_change))
+        .route("/api/auth/email-change/report", post(report_email_change))
         .route("/api/account/mfa", get(mfa_status))
         .route("/api/account/mfa/totp", post(begin_totp))
         .route("/api/account/mfa/totp/confirm", post(confirm_totp))
@@ -79,7 +82,8 @@ impl From<AccountError> for XaiError {
             AccountError::InvalidEmail(_)
             | AccountError::InvalidDisplayName
             | AccountError::InvalidPassword(_)
-            | AccountError::InvalidLink => XaiError::invalid_argument(error.to_string()),
+            | AccountError::InvalidLink
+            | AccountError::SameEmail => XaiError::invalid_argument(error.to_string()),
             AccountError::EmailTaken => XaiError::new(StatusCode::CONFLICT, error.to_string()),
             AccountError::BadCredentials | AccountError::NotSignedIn => XaiError::unauthenticated(error.to_string()),
             AccountError::CsrfMismatch => XaiError::permission_denied(error.to_string()),
@@ -398,6 +402,68 @@ pub(crate) async fn change_password(
             &meta,
         )
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/account/email` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct EmailChangeRequest {
+    /// The password, again.
+    password: String,
+    /// The new address.
+    new_email: String,
+    /// With two-factor authentication on: a TOTP code.
+    code: Option<String>,
+    /// Or a recovery code.
+    recovery_code: Option<String>,
+}
+
+/// Ask to change the email address: the new address gets a confirmation link, the old one a
+/// notice with a link to stop it. Nothing changes until the new address confirms.
+#[utoipa::path(post, path = "/api/account/email", tag = "console", request_body = EmailChangeRequest,
+    responses((status = 202), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn request_email_change(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<EmailChangeRequest>,
+) -> Result<StatusCode, XaiError> {
+    let factor = FactorFields {
+        code: body.code,
+        recovery_code: body.recovery_code,
+    }
+    .factor()?;
+    state
+        .accounts
+        .request_email_change(&signed_in.user, &body.password, factor.as_ref(), &body.new_email, &meta)
+        .await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Confirm a new email address with the link sent to it: the address changes, every session ends.
+#[utoipa::path(post, path = "/api/auth/email-change/confirm", tag = "console", request_body = TokenRequest,
+    responses((status = 204), (status = 400, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)))]
+pub(crate) async fn confirm_email_change(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<TokenRequest>,
+) -> Result<StatusCode, XaiError> {
+    state.accounts.confirm_email_change(&body.token, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stop an email change you did not ask for, with the link sent to the old address; every
+/// session ends.
+#[utoipa::path(post, path = "/api/auth/email-change/report", tag = "console", request_body = TokenRequest,
+    responses((status = 204), (status = 400, body = crate::ErrorBody)))]
+pub(crate) async fn report_email_change(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<TokenRequest>,
+) -> Result<StatusCode, XaiError> {
+    state.accounts.report_email_change(&body.token, &meta).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

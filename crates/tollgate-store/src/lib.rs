@@ -133,10 +133,14 @@ pub struct AccountToken {
     pub expires_at: Timestamp,
     /// When it was used.
     pub used_at: Option<Timestamp>,
+    /// For an email change: the new address.
+    pub data: Option<String>,
 }
 
-/// Redeeming a token: verifying the email, or setting the new password (which also ends every
-/// session and every other reset link).
+/// Redeeming a token: verifying the email; setting the new password (which also ends every
+/// session and every other reset link); changing the email to the token's address (which ends
+/// every session and every other pending change); or stopping a pending change (which ends every
+/// session).
 #[derive(Debug)]
 pub struct TokenRedemption<'a> {
     /// SHA-256 of the token.

@@ -529,13 +529,15 @@ impl AccountStore for SqlStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         sqlx::query(
-            "INSERT INTO account_tokens (token_hash, user_id, purpose, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO account_tokens (token_hash, user_id, purpose, created_at, expires_at, data) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(token.hash.as_slice())
         .bind(token.user_id.as_uuid())
         .bind(token.purpose.as_str())
         .bind(token.created_at)
         .bind(token.expires_at)
+        .bind(token.data.as_deref())
         .execute(&mut *tx)
         .await?;
         insert_mail(&mut tx, mail).await?;
@@ -548,7 +550,8 @@ impl AccountStore for SqlStore {
 
     async fn find_account_token(&self, hash: &[u8; 32]) -> Result<Option<AccountToken>, StoreError> {
         let row = sqlx::query(
-            "SELECT token_hash, user_id, purpose, created_at, expires_at, used_at FROM account_tokens WHERE token_hash = $1",
+            "SELECT token_hash, user_id, purpose, created_at, expires_at, used_at, data FROM account_tokens \
+             WHERE token_hash = $1",
         )
         .bind(hash.as_slice())
         .fetch_optional(&self.read)
@@ -558,6 +561,8 @@ impl AccountStore for SqlStore {
         let purpose = match purpose.as_str() {
             "verify_email" => TokenPurpose::VerifyEmail,
             "reset_password" => TokenPurpose::ResetPassword,
+            "change_email" => TokenPurpose::ChangeEmail,
+            "report_email_change" => TokenPurpose::ReportEmailChange,
             other => return Err(corrupt("account_tokens.purpose", other)),
         };
         Ok(Some(AccountToken {
@@ -567,6 +572,7 @@ impl AccountStore for SqlStore {
             created_at: row.try_get("created_at")?,
             expires_at: row.try_get("expires_at")?,
             used_at: row.try_get("used_at")?,
+            data: row.try_get("data")?,
         }))
     }
 
@@ -611,6 +617,39 @@ impl AccountStore for SqlStore {
                 sqlx::query(
                     "UPDATE account_tokens SET used_at = $2 WHERE user_id = $1 AND purpose = 'reset_password' \
                      AND used_at IS NULL",
+                )
+                .bind(redeem.user_id.as_uuid())
+                .bind(redeem.at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            TokenPurpose::ChangeEmail => {
+                let email: Option<String> = sqlx::query_scalar("SELECT data FROM account_tokens WHERE token_hash = $1")
+                    .bind(redeem.hash.as_slice())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let email = email.ok_or_else(|| corrupt("account_tokens.data", "an email change without an address"))?;
+                sqlx::query("UPDATE users SET email = $2, email_verified_at = $3 WHERE id = $1")
+                    .bind(redeem.user_id.as_uuid())
+                    .bind(&email)
+                    .bind(redeem.at)
+                    .execute(&mut *tx)
+                    .await?;
+                end_other_sessions_in(&mut tx, redeem.user_id, None, redeem.at).await?;
+                sqlx::query(
+                    "UPDATE account_tokens SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL \
+                     AND purpose IN ('change_email', 'report_email_change')",
+                )
+                .bind(redeem.user_id.as_uuid())
+                .bind(redeem.at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            TokenPurpose::ReportEmailChange => {
+                end_other_sessions_in(&mut tx, redeem.user_id, None, redeem.at).await?;
+                sqlx::query(
+                    "UPDATE account_tokens SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL \
+                     AND purpose IN ('change_email', 'report_email_change')",
                 )
                 .bind(redeem.user_id.as_uuid())
                 .bind(redeem.at)

@@ -18,6 +18,7 @@ on_both_backends!(
     client_addresses_come_from_trusted_proxies_only,
     two_factor_authentication,
     changing_the_password_ends_other_sessions,
+    email_change_needs_both_addresses,
 );
 
 const UNAUTHENTICATED: &str = "The request does not have valid authentication credentials";
@@ -918,5 +919,118 @@ async fn changing_the_password_ends_other_sessions(db: TestDb) {
         mail.iter()
             .any(|m| m.mail.subject.contains("Your password was changed"))
     );
+    app.finish().await;
+}
+
+async fn email_change_needs_both_addresses(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let first = app.sign_up("old@example.com").await;
+    app.sign_up("taken@example.com").await;
+    let second = browser(app.sign_in("old@example.com", PASSWORD).await).await;
+    let ask = |password: &str, new_email: &str| {
+        app.console(
+            reqwest::Method::POST,
+            "/api/account/email",
+            &first,
+            Some(json!({"password": password, "newEmail": new_email})),
+        )
+    };
+    assert_eq!(
+        ask("wrong password, long enough", "new@example.com").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(ask(PASSWORD, "OLD@example.com").await.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(ask(PASSWORD, "taken@example.com").await.status(), StatusCode::CONFLICT);
+    assert_eq!(ask(PASSWORD, "New@Example.com").await.status(), StatusCode::ACCEPTED);
+
+    // Nothing changes until the new address confirms; the old one is told, with a way out.
+    assert_eq!(
+        app.console_get("/api/me", &first).await["user"]["email"],
+        "old@example.com"
+    );
+    let confirm = link_token(&app, "new@example.com", "Confirm your new email address").await;
+    let mail = app.store().list_mail(50).await.unwrap();
+    let notice = mail
+        .iter()
+        .find(|m| m.mail.subject.contains("about to change"))
+        .unwrap();
+    assert_eq!(notice.mail.to[0].as_ref(), "old@example.com");
+    assert!(notice.mail.body.contains("new@example.com") && notice.mail.body.contains("/report-email-change#token="));
+
+    let confirm_change = |token: String| app.post_json("/api/auth/email-change/confirm", json!({"token": token}), None);
+    assert_eq!(confirm_change(confirm.clone()).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        confirm_change(confirm).await.status(),
+        StatusCode::BAD_REQUEST,
+        "single use"
+    );
+    // Every session ended; the new address signs in, verified; the old one is told.
+    for browser in [&first, &second] {
+        assert_eq!(
+            app.console(reqwest::Method::GET, "/api/me", browser, None)
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        app.sign_in("old@example.com", PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let now = browser(app.sign_in("new@example.com", PASSWORD).await).await;
+    let me = app.console_get("/api/me", &now).await;
+    assert_eq!(
+        (me["user"]["email"].clone(), me["user"]["emailVerified"].clone()),
+        (json!("new@example.com"), json!(true))
+    );
+    let mail = app.store().list_mail(50).await.unwrap();
+    assert!(
+        mail.iter()
+            .any(|m| m.mail.subject.contains("was changed") && m.mail.to[0].as_ref() == "old@example.com")
+    );
+
+    // A change the owner did not ask for is stopped from the (current) address.
+    let response = app
+        .console(
+            reqwest::Method::POST,
+            "/api/account/email",
+            &now,
+            Some(json!({"password": PASSWORD, "newEmail": "thief@example.com"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let stolen = link_token(&app, "thief@example.com", "Confirm your new email address").await;
+    let report_mail = app
+        .store()
+        .list_mail(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.mail.subject.contains("about to change") && m.mail.to[0].as_ref() == "new@example.com")
+        .unwrap();
+    let report = report_mail
+        .mail
+        .body
+        .split_once("#token=")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let response = app
+        .post_json("/api/auth/email-change/report", json!({"token": report}), None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        confirm_change(stolen).await.status(),
+        StatusCode::BAD_REQUEST,
+        "the change was stopped"
+    );
+    assert_eq!(
+        app.console(reqwest::Method::GET, "/api/me", &now, None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.sign_in("new@example.com", PASSWORD).await.status(), StatusCode::OK);
     app.finish().await;
 }

@@ -17,11 +17,14 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_user_id_idx ON sessions (user_id, created_at);
 
--- Links sent by mail (verify an address, reset a password): single use, stored hashed.
+-- Links sent by mail (verify an address, reset a password, confirm or report an email change):
+-- single use, stored hashed.
 CREATE TABLE account_tokens (
     token_hash BLOB PRIMARY KEY NOT NULL,
     user_id    BLOB NOT NULL REFERENCES users (id),
-    purpose    TEXT NOT NULL CHECK (purpose IN ('verify_email', 'reset_password')),
+    purpose    TEXT NOT NULL CHECK (purpose IN ('verify_email', 'reset_password', 'change_email', 'report_email_change')),
+    -- For an email change: the new address.
+    data       TEXT,
     created_at TEXT NOT NULL,
     expires_at TEXT NOT NULL,
     used_at    TEXT

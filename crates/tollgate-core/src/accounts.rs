@@ -22,6 +22,7 @@ use tollgate_store::{AccountToken, EndSessions, MfaChange, PasswordChange, Store
 use tracing::instrument;
 
 use crate::Caller;
+use crate::geo::Locator;
 use crate::notices::Notices;
 
 pub use tollgate_domain::password::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
@@ -183,7 +184,12 @@ pub struct AccountService {
     dummy_hash: Arc<tokio::sync::OnceCell<String>>,
     /// Seals TOTP seeds at rest.
     sealer: SecretSealer,
+    /// Places addresses, for sessions and sign-in alerts.
+    locator: Arc<dyn Locator>,
 }
+
+/// A sign-in from a device (browser) and place pair not seen in this long is announced by mail.
+const SEEN_WITHIN: chrono::Duration = chrono::Duration::days(90);
 
 /// What a sign-in with a password leads to.
 #[derive(Debug)]
@@ -275,6 +281,7 @@ impl AccountService {
         product: impl Into<String>,
         sessions: SessionSettings,
         sealer: SecretSealer,
+        locator: Arc<dyn Locator>,
     ) -> Self {
         Self {
             store,
@@ -285,6 +292,7 @@ impl AccountService {
             throttle: Arc::default(),
             dummy_hash: Arc::default(),
             sealer,
+            locator,
         }
     }
 
@@ -1075,8 +1083,23 @@ impl AccountService {
             absolute_expires_at: now + self.sessions.absolute,
             ip: context.ip.clone(),
             user_agent: context.user_agent.clone(),
+            location: context
+                .ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok())
+                .and_then(|ip| self.locator.locate(ip)),
             revoked_at: None,
         };
+        // A device and place not seen lately (and not the very first session) is announced.
+        let earlier = self.store.sessions_since(user.id, now - SEEN_WITHIN).await?;
+        let place = |s: &Session| s.location.clone().or_else(|| s.ip.clone());
+        let seen = earlier
+            .iter()
+            .any(|s| s.user_agent == session.user_agent && place(s) == place(&session));
+        let alert: Vec<_> = (!earlier.is_empty() && !seen)
+            .then(|| self.notices.new_sign_in(&user, &session, self.locator.attribution()))
+            .into_iter()
+            .collect();
         let memberships = self.store.list_memberships(user.id).await?;
         let audits = user_events(
             &memberships,
@@ -1091,8 +1114,11 @@ impl AccountService {
             context,
         );
         self.store
-            .create_session(&session, &token.hash(), &csrf.hash(), &audits)
+            .create_session(&session, &token.hash(), &csrf.hash(), &audits, &alert)
             .await?;
+        if !alert.is_empty() {
+            self.notices.queued();
+        }
         Ok(SignedIn {
             user,
             session,

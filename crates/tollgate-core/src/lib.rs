@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod caller;
+pub mod geo;
 pub mod keys;
 pub mod mail;
 pub mod notices;

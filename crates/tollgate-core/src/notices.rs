@@ -170,6 +170,40 @@ impl Notices {
         }
     }
 
+    /// "New sign-in to your account", when a sign-in comes from a device or place not seen before.
+    #[must_use]
+    pub fn new_sign_in(
+        &self,
+        user: &User,
+        session: &tollgate_domain::Session,
+        attribution: Option<&str>,
+    ) -> OutboundMail {
+        let product = &self.product;
+        let location = match &session.location {
+            Some(place) => format!("{place} (approximate: derived from the IP address)"),
+            None => "unknown (it could not be derived from the IP address)".to_owned(),
+        };
+        let credit = attribution.map(|a| format!("\n{a}\n")).unwrap_or_default();
+        OutboundMail {
+            id: MailId::new(),
+            to: vec![user.email.clone()],
+            subject: format!("[{product}] New sign-in to your account"),
+            body: format!(
+                "Hello {name},\n\nYour {product} account was signed in to from a device or place it had not been \
+                 signed in from recently.\n\n\
+                 Time: {when} UTC\nIP address: {ip}\nLocation: {location}\nBrowser: {browser}\n\n\
+                 If this was you, there is nothing to do. If not, reset your password at {console}/reset-password \
+                 and sign every session out at {console}/sessions.\n-- {product}\n{credit}",
+                name = user.display_name,
+                when = session.created_at.format("%Y-%m-%d %H:%M:%S"),
+                ip = session.ip.as_deref().unwrap_or("unknown"),
+                browser = session.user_agent.as_deref().unwrap_or("unknown"),
+                console = self.console_url,
+            ),
+            created_at: session.created_at,
+        }
+    }
+
     /// Tells the sender that mail was queued.
     pub fn queued(&self) {
         self.waker.wake();

@@ -69,6 +69,8 @@ pub struct Session {
     pub ip: Option<String>,
     /// Browser at sign-in.
     pub user_agent: Option<String>,
+    /// Approximate place at sign-in, from the address (`None`: unknown).
+    pub location: Option<String>,
     /// When it was ended (sign-out, "end other sessions", password change).
     pub revoked_at: Option<Timestamp>,
 }

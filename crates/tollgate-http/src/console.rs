@@ -754,6 +754,8 @@ pub(crate) struct SessionView {
     create_time: String,
     last_seen_time: String,
     ip_address: Option<String>,
+    /// Approximate place, derived from the IP address at sign-in; absent when unknown.
+    location: Option<String>,
     user_agent: Option<String>,
 }
 
@@ -780,6 +782,7 @@ pub(crate) async fn list_sessions(
                 create_time: rfc3339(s.created_at),
                 last_seen_time: rfc3339(s.last_seen_at),
                 ip_address: s.ip.clone(),
+                location: s.location.clone(),
                 user_agent: s.user_agent.clone(),
             })
             .collect(),

@@ -46,6 +46,10 @@ pub struct Config {
     /// Largest request body, in bytes.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
+    /// A MaxMind-format city database (`.mmdb`: DB-IP City Lite, GeoLite2) placing sign-ins
+    /// approximately. Without one, places are unknown.
+    #[serde(default)]
+    pub geoip_database: Option<PathBuf>,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client. Empty: the
     /// peer's address is the client's.
     #[serde(default)]

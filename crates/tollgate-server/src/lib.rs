@@ -106,6 +106,7 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
                 absolute: chrono::Duration::hours(i64::from(config.sessions.absolute_hours)),
             },
             tollgate_domain::mfa::SecretSealer::new(&audit_key(config)?.derive(b"tollgate.totp-seed.v1")),
+            locator(config)?,
         ),
         keys: KeyService::new(
             Arc::clone(store),
@@ -163,6 +164,16 @@ impl tollgate_core::SigningKeySource for GithubSigningKeys {
             .into_iter()
             .map(|k| (k.key_identifier, k.key))
             .collect())
+    }
+}
+
+/// The configured location database, or none.
+pub fn locator(config: &Config) -> anyhow::Result<Arc<dyn tollgate_core::geo::Locator>> {
+    match &config.geoip_database {
+        Some(path) => Ok(Arc::new(
+            tollgate_core::geo::MaxMindLocator::open(path).map_err(|e| anyhow::anyhow!("geoip_database: {e}"))?,
+        )),
+        None => Ok(Arc::new(tollgate_core::geo::NoLocator)),
     }
 }
 

@@ -54,18 +54,23 @@ pub trait AccountStore: Send + Sync {
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     /// The user with this id; `NotFound` otherwise.
     async fn get_user(&self, id: UserId) -> Result<User, StoreError>;
-    /// Starts a session, stored by the hashes of its token and CSRF token, with `audits`.
+    /// Starts a session, stored by the hashes of its token and CSRF token, with `audits` and
+    /// `mail` (a sign-in alert).
     async fn create_session(
         &self,
         session: &Session,
         token_hash: &[u8; 32],
         csrf_hash: &[u8; 32],
         audits: &[AuditEvent],
+        mail: &[OutboundMail],
     ) -> Result<(), StoreError>;
     /// The session whose token has this hash (whatever its state), its CSRF hash, and its user.
     async fn find_session(&self, token_hash: &[u8; 32]) -> Result<Option<(Session, [u8; 32], User)>, StoreError>;
     /// Notes that a session was used at `at` (never moves back).
     async fn touch_session(&self, id: SessionId, at: Timestamp) -> Result<(), StoreError>;
+    /// The user's sessions begun since `since`, ended or not, newest first (at most 500): where
+    /// and on what they signed in before.
+    async fn sessions_since(&self, user_id: UserId, since: Timestamp) -> Result<Vec<Session>, StoreError>;
     /// The user's sessions not ended and not past their absolute expiry, newest first.
     async fn list_sessions(&self, user_id: UserId, now: Timestamp) -> Result<Vec<Session>, StoreError>;
     /// Ends sessions of the user; returns how many (none: nothing is written, `audits` included).

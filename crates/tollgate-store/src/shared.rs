@@ -286,7 +286,7 @@ async fn append_audit_chain(
 }
 
 const SESSION_COLUMNS: &str = "s.id, s.user_id, s.created_at, s.last_seen_at, s.absolute_expires_at, s.ip, \
-     s.user_agent, s.revoked_at";
+     s.user_agent, s.location, s.revoked_at";
 
 fn session_from_row(row: &DbRow) -> Result<Session, StoreError> {
     Ok(Session {
@@ -297,6 +297,7 @@ fn session_from_row(row: &DbRow) -> Result<Session, StoreError> {
         absolute_expires_at: row.try_get("absolute_expires_at")?,
         ip: row.try_get("ip")?,
         user_agent: row.try_get("user_agent")?,
+        location: row.try_get("location")?,
         revoked_at: row.try_get("revoked_at")?,
     })
 }
@@ -411,11 +412,12 @@ impl AccountStore for SqlStore {
         token_hash: &[u8; 32],
         csrf_hash: &[u8; 32],
         audits: &[AuditEvent],
+        mail: &[OutboundMail],
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (id, user_id, token_hash, csrf_hash, created_at, last_seen_at, absolute_expires_at, \
-             ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             ip, user_agent, location) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(session.id.as_uuid())
         .bind(session.user_id.as_uuid())
@@ -426,8 +428,10 @@ impl AccountStore for SqlStore {
         .bind(session.absolute_expires_at)
         .bind(session.ip.as_deref())
         .bind(session.user_agent.as_deref())
+        .bind(session.location.as_deref())
         .execute(&mut *tx)
         .await?;
+        insert_mail(&mut tx, mail).await?;
         for audit in audits {
             insert_audit(&mut tx, &self.audit_key, audit).await?;
         }
@@ -467,6 +471,18 @@ impl AccountStore for SqlStore {
             .execute(&self.write)
             .await?;
         Ok(())
+    }
+
+    async fn sessions_since(&self, user_id: UserId, since: Timestamp) -> Result<Vec<Session>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.user_id = $1 AND s.created_at >= $2 \
+             ORDER BY s.created_at DESC, s.id DESC LIMIT 500"
+        ))
+        .bind(user_id.as_uuid())
+        .bind(since)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(session_from_row).collect()
     }
 
     async fn list_sessions(&self, user_id: UserId, now: Timestamp) -> Result<Vec<Session>, StoreError> {

@@ -19,6 +19,7 @@ on_both_backends!(
     two_factor_authentication,
     changing_the_password_ends_other_sessions,
     email_change_needs_both_addresses,
+    sign_ins_from_new_places_are_announced,
 );
 
 const UNAUTHENTICATED: &str = "The request does not have valid authentication credentials";
@@ -1032,5 +1033,109 @@ async fn email_change_needs_both_addresses(db: TestDb) {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(app.sign_in("new@example.com", PASSWORD).await.status(), StatusCode::OK);
+    app.finish().await;
+}
+
+/// A tiny MaxMind-format database, written by the test with the PyPI package `mmdb-writer`;
+/// `None` (skip) when it is not installed and not under CI.
+fn location_database(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let path = dir.join("test-city.mmdb");
+    let script = format!(
+        "from mmdb_writer import MMDBWriter\n\
+         from netaddr import IPSet\n\
+         w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type='DBIP-City-Lite', languages=['en'], description='tollgate test')\n\
+         w.insert_network(IPSet(['198.51.100.0/24']), {{'city': {{'names': {{'en': 'Lisbon'}}}}, 'country': {{'iso_code': 'PT', 'names': {{'en': 'Portugal'}}}}}})\n\
+         w.insert_network(IPSet(['203.0.113.0/24']), {{'city': {{'names': {{'en': 'Osaka'}}}}, 'country': {{'iso_code': 'JP', 'names': {{'en': 'Japan'}}}}}})\n\
+         w.to_db_file('{}')\n",
+        path.display()
+    );
+    let status = std::process::Command::new("python3").args(["-c", &script]).status();
+    if status.is_ok_and(|s| s.success()) {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "mmdb-writer is missing: pip install -r requirements-test.txt"
+    );
+    eprintln!("skipped: mmdb-writer is not installed (pip install -r requirements-test.txt)");
+    None
+}
+
+async fn sign_ins_from_new_places_are_announced(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(database) = location_database(dir.path()) else {
+        return;
+    };
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    config.geoip_database = Some(database);
+    config.trusted_proxies = vec!["127.0.0.1".into()];
+    let app = TestApp::with_config(db, upstream, config).await;
+    let from = |ip: &'static str, browser_name: &'static str, path: &'static str, body: Value| {
+        app.client
+            .post(app.url(path))
+            .header("x-forwarded-for", ip)
+            .header("user-agent", browser_name)
+            .json(&body)
+            .send()
+    };
+    let credentials = json!({"email": "traveller@example.com", "password": PASSWORD});
+    let alerts = || async {
+        app.store()
+            .list_mail(50)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.mail.subject.contains("New sign-in"))
+            .collect::<Vec<_>>()
+    };
+
+    let response = from(
+        "198.51.100.7",
+        "Firefox/140",
+        "/api/auth/sign-up",
+        json!({"email": "traveller@example.com", "password": PASSWORD, "name": "T"}),
+    )
+    .await
+    .unwrap();
+    let signed_up = browser(response).await;
+    from("198.51.100.8", "Firefox/140", "/api/auth/sign-in", credentials.clone())
+        .await
+        .unwrap();
+    assert!(
+        alerts().await.is_empty(),
+        "the first session, and the same browser and place again"
+    );
+    let sessions = app.console_get("/api/sessions", &signed_up).await;
+    assert_eq!(sessions["sessions"][0]["location"], "Lisbon, Portugal");
+
+    // Another place.
+    from("203.0.113.9", "Firefox/140", "/api/auth/sign-in", credentials.clone())
+        .await
+        .unwrap();
+    let sent = alerts().await;
+    assert_eq!(sent.len(), 1);
+    let body = &sent[0].mail.body;
+    for expected in [
+        "IP address: 203.0.113.9",
+        "Location: Osaka, Japan (approximate: derived from the IP address)",
+        "Browser: Firefox/140",
+        "/reset-password",
+        "/sessions",
+        "IP Geolocation by DB-IP",
+    ] {
+        assert!(body.contains(expected), "{expected:?} in {body}");
+    }
+    assert_eq!(sent[0].mail.to[0].as_ref(), "traveller@example.com");
+    // Another browser; and a place the database does not know.
+    from("198.51.100.7", "Safari/19", "/api/auth/sign-in", credentials.clone())
+        .await
+        .unwrap();
+    from("192.0.2.1", "Safari/19", "/api/auth/sign-in", credentials.clone())
+        .await
+        .unwrap();
+    let sent = alerts().await;
+    assert_eq!(sent.len(), 3);
+    assert!(sent[0].mail.body.contains("Location: unknown"), "{}", sent[0].mail.body);
     app.finish().await;
 }

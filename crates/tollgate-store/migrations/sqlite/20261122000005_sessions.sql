@@ -12,6 +12,8 @@ CREATE TABLE sessions (
     absolute_expires_at TEXT NOT NULL,
     ip                  TEXT,
     user_agent          TEXT,
+    -- Approximate place, from the IP address at sign-in (e.g. "Lisbon, Portugal").
+    location            TEXT,
     revoked_at          TEXT,
     CONSTRAINT sessions_token_hash_key UNIQUE (token_hash)
 );

@@ -382,7 +382,7 @@ impl AccountService {
             user,
             now,
             AuditAction::RequestEmailVerification,
-            &format!("Sent an email verification link to {}", user.email.as_ref()),
+            "Sent an email verification link to the account's address",
             true,
             context,
         );
@@ -410,7 +410,7 @@ impl AccountService {
             &user,
             now,
             AuditAction::VerifyEmail,
-            &format!("Verified the email address {}", user.email.as_ref()),
+            "Verified the account's email address",
             true,
             context,
         );
@@ -946,7 +946,7 @@ impl AccountService {
             user,
             now,
             AuditAction::RequestEmailChange,
-            &format!("Asked to change the email address to {}", new.as_ref()),
+            "Asked to change the account's email address (the new address must confirm)",
             true,
             context,
         );
@@ -990,7 +990,7 @@ impl AccountService {
             &user,
             now,
             AuditAction::ChangeEmail,
-            &format!("Changed the email address from {} to {new}", user.email.as_ref()),
+            "Changed the account's email address (confirmed from the new address)",
             true,
             context,
         );

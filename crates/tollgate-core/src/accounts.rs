@@ -327,6 +327,7 @@ impl AccountService {
         let team = Team {
             id: TeamId::new(),
             name: "Personal Team".to_owned(),
+            description: None,
             personal: true,
             created_at: now,
         };
@@ -429,7 +430,10 @@ impl AccountService {
         if !redeemed {
             return Err(AccountError::InvalidLink);
         }
-        Ok(self.store.get_user(user.id).await?)
+        let user = self.store.get_user(user.id).await?;
+        // A verified address takes up the invitations waiting for it.
+        crate::teams::join_invited_teams(&*self.store, &*self.clock, &user, context).await?;
+        Ok(user)
     }
 
     /// A token that exists, is for `purpose`, unused and unexpired, with its user.

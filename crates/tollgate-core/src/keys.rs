@@ -474,6 +474,15 @@ impl KeyService {
             .retain(|_, entry| entry.key.id != id);
     }
 
+    /// Forgets every cached key of `team_id` (the team was deleted): refused at once on this
+    /// node, within [`AUTH_CACHE_TTL`] on the others.
+    pub fn forget_team(&self, team_id: tollgate_domain::TeamId) {
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, entry| entry.key.team_id != team_id);
+    }
+
     /// Writes the last-use times gathered since the previous flush, in one transaction. Run
     /// periodically and at shutdown; the hot path never writes.
     pub async fn flush_last_used(&self) -> Result<(), StoreError> {

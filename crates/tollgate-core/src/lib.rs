@@ -13,6 +13,7 @@ pub mod mail;
 pub mod notices;
 pub mod ratelimit;
 pub mod secret_scanning;
+pub mod teams;
 pub mod usage;
 
 pub use accounts::{AccountError, AccountService};
@@ -23,4 +24,5 @@ pub use mail::{MailDispatcher, MailError, MailWaker, Mailer, SmtpMailer};
 pub use notices::Notices;
 pub use ratelimit::{LocalRateLimiter, RateLimiter};
 pub use secret_scanning::{Feedback, ScanError, SecretScanning, SigningKeySource};
+pub use teams::{Added, TeamError, TeamService};
 pub use usage::{UsageError, UsageRecorder};

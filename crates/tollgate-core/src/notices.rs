@@ -204,6 +204,33 @@ impl Notices {
         }
     }
 
+    /// An invitation to join a team, to the invited address.
+    #[must_use]
+    pub fn invitation(
+        &self,
+        team: &Team,
+        inviter: &str,
+        invitation: &tollgate_domain::Invitation,
+        token: &SecretToken,
+    ) -> OutboundMail {
+        let product = &self.product;
+        let link = format!("{}/accept-invitation#token={}", self.console_url, token.expose());
+        OutboundMail {
+            id: MailId::new(),
+            to: vec![invitation.email.clone()],
+            subject: format!("[{product}] You are invited to the team \"{}\"", team.name),
+            body: format!(
+                "Hello,\n\n{inviter} invited you to the team \"{team}\" on {product}, as {role}.\n\n\
+                 Accept within 7 days with this link (sign up first with this address if you have no account):\n\n\
+                 {link}\n\nSigning up with this address and verifying it also accepts. If you do not know \
+                 {inviter}, ignore this message.\n-- {product}\n",
+                team = team.name,
+                role = invitation.role,
+            ),
+            created_at: invitation.created_at,
+        }
+    }
+
     /// Tells the sender that mail was queued.
     pub fn queued(&self) {
         self.waker.wake();

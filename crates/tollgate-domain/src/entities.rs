@@ -3,7 +3,7 @@
 use crate::acl::AclSet;
 use crate::clock::Timestamp;
 use crate::email::Email;
-use crate::ids::{ApiKeyId, ManagementKeyId, TeamId, UserId};
+use crate::ids::{ApiKeyId, InvitationId, ManagementKeyId, TeamId, UserId};
 use crate::role::Role;
 
 /// A person's account.
@@ -32,10 +32,50 @@ pub struct Team {
     pub id: TeamId,
     /// Display name.
     pub name: String,
+    /// What the team is for (optional).
+    pub description: Option<String>,
     /// Whether this is a user's Personal Team.
     pub personal: bool,
     /// When it was created.
     pub created_at: Timestamp,
+}
+
+/// A person in a team's member list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Who.
+    pub user_id: UserId,
+    /// Their address.
+    pub email: Email,
+    /// Their name.
+    pub display_name: String,
+    /// Their role.
+    pub role: Role,
+    /// When they joined.
+    pub joined_at: Timestamp,
+}
+
+/// An invitation to join a team, for an address with no account yet (or not yet accepted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    /// Id.
+    pub id: InvitationId,
+    /// The team.
+    pub team_id: TeamId,
+    /// Who is invited.
+    pub email: Email,
+    /// The role they get.
+    pub role: Role,
+    /// The Admin who invited them.
+    pub invited_by: Option<UserId>,
+    /// When.
+    pub created_at: Timestamp,
+    /// It stops working then.
+    pub expires_at: Timestamp,
+    /// When it became a membership.
+    pub accepted_at: Option<Timestamp>,
+    /// When an Admin withdrew it.
+    pub revoked_at: Option<Timestamp>,
 }
 
 /// A user's membership of a team.

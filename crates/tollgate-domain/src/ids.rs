@@ -91,3 +91,7 @@ typed_id!(
     /// One signed-in session.
     SessionId
 );
+typed_id!(
+    /// An invitation to join a team.
+    InvitationId
+);

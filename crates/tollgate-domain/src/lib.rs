@@ -28,8 +28,8 @@ pub use audit::{
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use email::{Email, EmailError};
-pub use entities::{ApiKey, ManagementKey, Membership, Team, User};
-pub use ids::{ApiKeyId, AuditEventId, MailId, ManagementKeyId, RequestId, SessionId, TeamId, UserId};
+pub use entities::{ApiKey, Invitation, ManagementKey, Member, Membership, Team, User};
+pub use ids::{ApiKeyId, AuditEventId, InvitationId, MailId, ManagementKeyId, RequestId, SessionId, TeamId, UserId};
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};
 pub use role::{Permission, Role};

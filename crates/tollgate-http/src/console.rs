@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use tollgate_core::accounts::{SecondFactor, SignInOutcome};
-use tollgate_core::{AccountError, Caller, NewApiKey};
+use tollgate_core::{AccountError, Added, Caller, NewApiKey, TeamError};
 use tollgate_domain::mfa::RecoveryCode;
 use tollgate_domain::{ApiKeyId, ManagementKeyId, Session, SessionId, TeamId, User};
 
@@ -50,6 +50,22 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/end-others", post(end_other_sessions))
         .route("/api/sessions/{session_id}", delete(end_session))
+        .route("/api/teams", post(create_team))
+        .route(
+            "/api/teams/{team_id}",
+            get(get_team).patch(update_team).delete(delete_team),
+        )
+        .route("/api/teams/{team_id}/members", get(team_members).post(add_team_member))
+        .route(
+            "/api/teams/{team_id}/members/{user_id}",
+            axum::routing::patch(change_member_role).delete(remove_team_member),
+        )
+        .route("/api/teams/{team_id}/invitations", get(team_invitations))
+        .route(
+            "/api/teams/{team_id}/invitations/{invitation_id}",
+            delete(revoke_team_invitation),
+        )
+        .route("/api/invitations/accept", post(accept_invitation))
         .route("/api/teams/{team_id}/audit/events", get(team_audit_events))
         .route("/api/teams/{team_id}/audit/events/export", get(team_audit_export))
         .route(
@@ -74,6 +90,25 @@ pub(crate) fn router() -> Router<AppState> {
             "/api/teams/{team_id}/management-keys/{management_key_id}",
             delete(team_revoke_management_key),
         )
+}
+
+impl From<TeamError> for XaiError {
+    fn from(error: TeamError) -> Self {
+        match error {
+            TeamError::TeamNotFound => XaiError::permission_denied("You are not a member of this team"),
+            TeamError::Forbidden(message) => XaiError::permission_denied(message),
+            TeamError::InvalidName
+            | TeamError::NameMismatch
+            | TeamError::PersonalTeam
+            | TeamError::LastAdmin
+            | TeamError::InvalidInvitation
+            | TeamError::InvalidEmail(_) => XaiError::invalid_argument(error.to_string()),
+            TeamError::AlreadyMember => XaiError::new(StatusCode::CONFLICT, error.to_string()),
+            TeamError::NotAMember | TeamError::InvitationNotFound => XaiError::not_found(error.to_string()),
+            TeamError::WrongAccount => XaiError::permission_denied(error.to_string()),
+            TeamError::Store(store) => store.into(),
+        }
+    }
 }
 
 impl From<AccountError> for XaiError {
@@ -824,6 +859,356 @@ pub(crate) async fn end_other_sessions(
         .end_other_sessions(&signed_in.user, signed_in.session.id, &meta)
         .await?;
     Ok(Json(EndedView { ended }))
+}
+
+/// A team, as its members see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TeamView {
+    team_id: String,
+    name: String,
+    description: Option<String>,
+    personal: bool,
+    create_time: String,
+}
+
+impl TeamView {
+    fn new(team: &tollgate_domain::Team) -> Self {
+        Self {
+            team_id: team.id.to_string(),
+            name: team.name.clone(),
+            description: team.description.clone(),
+            personal: team.personal,
+            create_time: rfc3339(team.created_at),
+        }
+    }
+}
+
+/// `POST /api/teams` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateTeamRequest {
+    name: String,
+    description: Option<String>,
+}
+
+/// Create a team; you are its Admin.
+#[utoipa::path(post, path = "/api/teams", tag = "console", request_body = CreateTeamRequest,
+    responses((status = 201, body = TeamView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn create_team(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<CreateTeamRequest>,
+) -> Result<(StatusCode, Json<TeamView>), XaiError> {
+    let team = state
+        .teams
+        .create_team(&signed_in.user, &body.name, body.description.as_deref(), &meta)
+        .await?;
+    Ok((StatusCode::CREATED, Json(TeamView::new(&team))))
+}
+
+/// The team (members).
+#[utoipa::path(get, path = "/api/teams/{team_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = TeamView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn get_team(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+) -> Result<Json<TeamView>, XaiError> {
+    Ok(Json(TeamView::new(&state.teams.team(&caller).await?)))
+}
+
+/// `PATCH /api/teams/{team_id}` body: what to change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateTeamRequest {
+    name: Option<String>,
+    /// `null` clears it; absent leaves it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    description: Option<Option<String>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+/// Rename or describe the team (Admins).
+#[utoipa::path(patch, path = "/api/teams/{team_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = UpdateTeamRequest,
+    responses((status = 200, body = TeamView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn update_team(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<UpdateTeamRequest>,
+) -> Result<Json<TeamView>, XaiError> {
+    let description = body.description.as_ref().map(|d| d.as_deref());
+    let team = state
+        .teams
+        .update_team(&caller, body.name.as_deref(), description, &meta)
+        .await?;
+    Ok(Json(TeamView::new(&team)))
+}
+
+/// `DELETE /api/teams/{team_id}` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct DeleteTeamRequest {
+    /// The team's name, typed exactly.
+    confirm_name: String,
+}
+
+/// Delete the team (Admins), confirmed by typing its name: its API keys and management keys stop
+/// working at once; its prepaid credits are forfeited; invoices and audit records are kept. A
+/// Personal Team goes only with its account.
+#[utoipa::path(delete, path = "/api/teams/{team_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = DeleteTeamRequest,
+    responses((status = 204), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn delete_team(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<DeleteTeamRequest>,
+) -> Result<StatusCode, XaiError> {
+    state.teams.delete_team(&caller, &body.confirm_name, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A member.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MemberView {
+    user_id: String,
+    email: String,
+    name: String,
+    /// `admin` or `member`.
+    role: &'static str,
+    join_time: String,
+}
+
+impl MemberView {
+    fn new(member: &tollgate_domain::Member) -> Self {
+        Self {
+            user_id: member.user_id.to_string(),
+            email: member.email.as_ref().to_owned(),
+            name: member.display_name.clone(),
+            role: member.role.as_str(),
+            join_time: rfc3339(member.joined_at),
+        }
+    }
+}
+
+/// Members.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MemberListView {
+    members: Vec<MemberView>,
+}
+
+/// The team's members (members).
+#[utoipa::path(get, path = "/api/teams/{team_id}/members", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = MemberListView), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_members(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+) -> Result<Json<MemberListView>, XaiError> {
+    let members = state.teams.members(&caller).await?;
+    Ok(Json(MemberListView {
+        members: members.iter().map(MemberView::new).collect(),
+    }))
+}
+
+fn parse_role(raw: &str) -> Result<tollgate_domain::Role, XaiError> {
+    raw.parse()
+        .map_err(|e: tollgate_domain::role::RoleError| XaiError::invalid_argument(e.to_string()))
+}
+
+/// `POST /api/teams/{team_id}/members` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AddMemberRequest {
+    email: String,
+    /// `admin` or `member`.
+    role: String,
+}
+
+/// An invitation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InvitationView {
+    invitation_id: String,
+    email: String,
+    role: &'static str,
+    create_time: String,
+    expire_time: String,
+}
+
+impl InvitationView {
+    fn new(invitation: &tollgate_domain::Invitation) -> Self {
+        Self {
+            invitation_id: invitation.id.to_string(),
+            email: invitation.email.as_ref().to_owned(),
+            role: invitation.role.as_str(),
+            create_time: rfc3339(invitation.created_at),
+            expire_time: rfc3339(invitation.expires_at),
+        }
+    }
+}
+
+/// What adding by email did: a member (201), or an invitation (202).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AddedView {
+    member: Option<MemberView>,
+    invitation: Option<InvitationView>,
+}
+
+/// Add someone by email (Admins): with an account they are a member at once (201); without one
+/// they get an emailed invitation (202) that becomes a membership when they accept, or sign up
+/// and verify that address.
+#[utoipa::path(post, path = "/api/teams/{team_id}/members", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = AddMemberRequest,
+    responses((status = 201, body = AddedView), (status = 202, body = AddedView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn add_team_member(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<AddMemberRequest>,
+) -> Result<(StatusCode, Json<AddedView>), XaiError> {
+    let role = parse_role(&body.role)?;
+    Ok(match state.teams.add_member(&caller, &body.email, role, &meta).await? {
+        Added::Member(member) => (
+            StatusCode::CREATED,
+            Json(AddedView {
+                member: Some(MemberView::new(&member)),
+                invitation: None,
+            }),
+        ),
+        Added::Invited(invitation) => (
+            StatusCode::ACCEPTED,
+            Json(AddedView {
+                member: None,
+                invitation: Some(InvitationView::new(&invitation)),
+            }),
+        ),
+    })
+}
+
+fn path_user(params: &std::collections::HashMap<String, String>) -> Result<tollgate_domain::UserId, XaiError> {
+    params
+        .get("user_id")
+        .and_then(|raw| raw.parse().ok())
+        .ok_or_else(|| XaiError::not_found("no such member"))
+}
+
+/// `PATCH /api/teams/{team_id}/members/{user_id}` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChangeRoleRequest {
+    /// `admin` or `member`.
+    role: String,
+}
+
+/// Change a member's role (Admins). The team keeps at least one Admin.
+#[utoipa::path(patch, path = "/api/teams/{team_id}/members/{user_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("user_id" = String, Path, description = "The member's user id")),
+    request_body = ChangeRoleRequest,
+    responses((status = 204), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn change_member_role(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<ChangeRoleRequest>,
+) -> Result<StatusCode, XaiError> {
+    let role = parse_role(&body.role)?;
+    state
+        .teams
+        .change_role(&caller, path_user(&params)?, role, &meta)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Remove a member (Admins), or leave the team (yourself). Their API keys stay with the team and
+/// keep working. The team keeps at least one Admin.
+#[utoipa::path(delete, path = "/api/teams/{team_id}/members/{user_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("user_id" = String, Path, description = "The member's user id")),
+    responses((status = 204), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn remove_team_member(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    RequestMeta(meta): RequestMeta,
+) -> Result<StatusCode, XaiError> {
+    state.teams.remove_member(&caller, path_user(&params)?, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Invitations.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct InvitationListView {
+    invitations: Vec<InvitationView>,
+}
+
+/// Pending invitations (Admins).
+#[utoipa::path(get, path = "/api/teams/{team_id}/invitations", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = InvitationListView), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_invitations(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+) -> Result<Json<InvitationListView>, XaiError> {
+    let invitations = state.teams.invitations(&caller).await?;
+    Ok(Json(InvitationListView {
+        invitations: invitations.iter().map(InvitationView::new).collect(),
+    }))
+}
+
+/// Withdraw a pending invitation (Admins).
+#[utoipa::path(delete, path = "/api/teams/{team_id}/invitations/{invitation_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("invitation_id" = String, Path, description = "The invitation's id")),
+    responses((status = 204), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn revoke_team_invitation(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    RequestMeta(meta): RequestMeta,
+) -> Result<StatusCode, XaiError> {
+    let id = params
+        .get("invitation_id")
+        .and_then(|raw| raw.parse().ok())
+        .ok_or_else(|| XaiError::not_found("no such invitation"))?;
+    state.teams.revoke_invitation(&caller, id, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Accept an invitation with the token from its emailed link, as the invited address's account.
+#[utoipa::path(post, path = "/api/invitations/accept", tag = "console", request_body = TokenRequest,
+    responses((status = 200, body = TeamView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn accept_invitation(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<TokenRequest>,
+) -> Result<Json<TeamView>, XaiError> {
+    let team = state
+        .teams
+        .accept_invitation(&signed_in.user, &body.token, &meta)
+        .await?;
+    Ok(Json(TeamView::new(&team)))
 }
 
 /// Search the team's audit log (Admins), with the Management API's query parameters.

@@ -18,7 +18,9 @@ mod webhooks;
 use std::sync::Arc;
 
 use axum::Router;
-use tollgate_core::{AccountService, AuditService, KeyService, RateLimiter, SecretScanning, UsageRecorder};
+use tollgate_core::{
+    AccountService, AuditService, KeyService, RateLimiter, SecretScanning, TeamService, UsageRecorder,
+};
 use tollgate_domain::Clock;
 use tollgate_gateway::Catalog;
 use tollgate_store::Store;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub accounts: AccountService,
     /// The console's session cookie.
     pub cookies: CookieSettings,
+    /// Teams and members.
+    pub teams: TeamService,
     /// Keys.
     pub keys: KeyService,
     /// The audit log.

@@ -86,6 +86,8 @@ pub struct Services {
     pub keys: KeyService,
     /// The audit log.
     pub audit: AuditService,
+    /// Teams and members.
+    pub teams: tollgate_core::TeamService,
 }
 
 /// Builds the services over `store`.
@@ -94,6 +96,13 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
     let management_prefix = KeyPrefix::parse(&config.management_key_prefix)?;
     let mail_waker = MailWaker::default();
     let notices = Notices::new(&config.product_name, &config.console_url, mail_waker.clone());
+    let keys = KeyService::new(
+        Arc::clone(store),
+        Arc::clone(clock),
+        api_prefix,
+        management_prefix,
+        notices.clone(),
+    );
     Ok(Services {
         mail_waker,
         accounts: AccountService::new(
@@ -108,13 +117,8 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
             tollgate_domain::mfa::SecretSealer::new(&audit_key(config)?.derive(b"tollgate.totp-seed.v1")),
             locator(config)?,
         ),
-        keys: KeyService::new(
-            Arc::clone(store),
-            Arc::clone(clock),
-            api_prefix,
-            management_prefix,
-            notices,
-        ),
+        teams: tollgate_core::TeamService::new(Arc::clone(store), Arc::clone(clock), notices, keys.clone()),
+        keys,
         audit: AuditService::new(
             Arc::clone(store),
             Arc::clone(clock),
@@ -280,6 +284,7 @@ pub async fn start(
         clock: Arc::clone(&clock),
         accounts: services.accounts.clone(),
         cookies: tollgate_http::CookieSettings::for_console(&config.console_url),
+        teams: services.teams.clone(),
         keys: services.keys.clone(),
         audit: services.audit.clone(),
         usage,

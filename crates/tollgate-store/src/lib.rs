@@ -24,9 +24,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tollgate_domain::keys::KeyHash;
 use tollgate_domain::{
-    ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHead, Email, MailId, ManagementKey,
-    Membership, OutboundMail, PruneBoundary, QueuedMail, Role, Session, SessionId, Team, TeamId, Timestamp,
-    TokenPurpose, UsageRecord, User, UserId,
+    ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHead, Email, Invitation, MailId,
+    ManagementKey, Member, Membership, OutboundMail, PruneBoundary, QueuedMail, Role, Session, SessionId, Team, TeamId,
+    Timestamp, TokenPurpose, UsageRecord, User, UserId,
 };
 
 pub use error::{OpenError, StoreError};
@@ -114,6 +114,15 @@ pub struct PasswordChange<'a> {
     pub mail: &'a [OutboundMail],
 }
 
+/// A change to a membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    /// A new role.
+    SetRole(Role),
+    /// Out of the team.
+    Remove,
+}
+
 /// Which sessions to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndSessions {
@@ -175,6 +184,64 @@ pub trait TeamStore: Send + Sync {
     async fn find_role(&self, team_id: TeamId, user_id: UserId) -> Result<Option<Role>, StoreError>;
     /// The email addresses of the team's Admins.
     async fn list_admin_emails(&self, team_id: TeamId) -> Result<Vec<Email>, StoreError>;
+    /// Creates a team with `admin` as its Admin.
+    async fn create_team(&self, team: &Team, admin: UserId, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Writes the team's name and description.
+    async fn update_team(&self, team: &Team, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Deletes the team: gone from every list, its API keys deleted and management keys revoked
+    /// (they stop working), its invitations withdrawn. Usage and audit records stay.
+    async fn delete_team(&self, team_id: TeamId, at: Timestamp, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// The team's members, oldest first.
+    async fn list_members(&self, team_id: TeamId) -> Result<Vec<Member>, StoreError>;
+    /// Adds a member; `Conflict` when they are one already.
+    async fn add_member(
+        &self,
+        team_id: TeamId,
+        user_id: UserId,
+        role: Role,
+        at: Timestamp,
+        audits: &[AuditEvent],
+    ) -> Result<(), StoreError>;
+    /// Changes a member's role or removes them; `NotFound` if not a member, `Conflict` named
+    /// `team_members_last_admin` (nothing written) when the team would have no Admin left.
+    async fn change_member(
+        &self,
+        team_id: TeamId,
+        user_id: UserId,
+        change: MemberChange,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Stores an invitation (by its token's hash), with its mail.
+    async fn create_invitation(
+        &self,
+        invitation: &Invitation,
+        token_hash: &[u8; 32],
+        mail: &[OutboundMail],
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// The team's pending invitations.
+    async fn list_invitations(&self, team_id: TeamId, now: Timestamp) -> Result<Vec<Invitation>, StoreError>;
+    /// The invitation with this token, whatever its state.
+    async fn find_invitation(&self, token_hash: &[u8; 32]) -> Result<Option<Invitation>, StoreError>;
+    /// Pending invitations for an address (to teams that still exist).
+    async fn pending_invitations_for(&self, email: &Email, now: Timestamp) -> Result<Vec<Invitation>, StoreError>;
+    /// Withdraws a pending invitation.
+    async fn revoke_invitation(
+        &self,
+        team_id: TeamId,
+        id: tollgate_domain::InvitationId,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Turns a pending invitation into a membership of `user_id`; `false` when it was used,
+    /// withdrawn or expired meanwhile.
+    async fn accept_invitation(
+        &self,
+        invitation: &Invitation,
+        user_id: UserId,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Which of a key's secrets a presented one matched.

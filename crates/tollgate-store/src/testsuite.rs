@@ -143,6 +143,7 @@ pub async fn seed_user(store: &dyn Store, email: &str) -> (User, Team) {
     let team = Team {
         id: TeamId::new(),
         name: "Personal Team".into(),
+        description: None,
         personal: true,
         created_at: now,
     };
@@ -240,6 +241,7 @@ pub async fn duplicate_email_conflicts_and_writes_nothing(store: &dyn Store) {
     let team = Team {
         id: TeamId::new(),
         name: "Personal Team".into(),
+        description: None,
         personal: true,
         created_at: at(5),
     };

@@ -17,5 +17,6 @@ mod ops;
 mod secret_scanning;
 mod smtp;
 mod streaming;
+mod teams;
 mod usage;
 mod util;

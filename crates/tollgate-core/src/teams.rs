@@ -1,0 +1,483 @@
+//! Teams: create, rename and describe, delete; members by email (an address with no account
+//! gets an invitation that becomes a membership when its owner accepts, or signs up and verifies
+//! the address); roles, with at least one Admin always. What each role may do is
+//! [`tollgate_domain::Role::allows`]; management keys do not manage teams ([`Caller::allows`]).
+
+use std::sync::Arc;
+
+use tollgate_domain::{
+    AuditAction, AuditEvent, Clock, Email, EmailError, Invitation, InvitationId, Member, Permission, RequestContext,
+    Role, SecretToken, Team, TeamId, User, UserId,
+};
+use tollgate_store::{MemberChange, Store, StoreError};
+use tracing::instrument;
+
+use crate::notices::Notices;
+use crate::{Caller, KeyService};
+
+/// How long an invitation stays open.
+pub const INVITATION_LIFETIME: chrono::Duration = chrono::Duration::days(7);
+
+/// Why a team operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TeamError {
+    /// Not a member of the team (or no such team: they look alike).
+    #[error("team not found")]
+    TeamNotFound,
+    /// The caller's role does not allow this.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// Name empty or too long, description too long.
+    #[error("a team name is 1 to 100 characters, a description at most 1000")]
+    InvalidName,
+    /// Deleting needs the team's name typed exactly.
+    #[error("type the team's name exactly to delete it")]
+    NameMismatch,
+    /// A Personal Team goes with its account, not on its own.
+    #[error("a Personal Team cannot be deleted; it is deleted with its account")]
+    PersonalTeam,
+    /// Already a member.
+    #[error("that person is already a member of the team")]
+    AlreadyMember,
+    /// The change would leave the team without an Admin.
+    #[error("a team must keep at least one Admin: make another member Admin first")]
+    LastAdmin,
+    /// Not a member.
+    #[error("no such member")]
+    NotAMember,
+    /// No such pending invitation.
+    #[error("no such invitation")]
+    InvitationNotFound,
+    /// The link is unknown, used, withdrawn or expired.
+    #[error("This invitation is invalid, already used, withdrawn or expired")]
+    InvalidInvitation,
+    /// The invitation is for another address.
+    #[error("This invitation is for another email address; sign in with that address to accept it")]
+    WrongAccount,
+    /// Not an email address.
+    #[error(transparent)]
+    InvalidEmail(#[from] EmailError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What adding someone by email did.
+#[derive(Debug, Clone)]
+pub enum Added {
+    /// They had an account: they are a member now.
+    Member(Member),
+    /// They had none: they are invited (and emailed).
+    Invited(Invitation),
+}
+
+/// Teams service.
+#[derive(Clone)]
+pub struct TeamService {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    notices: Notices,
+    keys: KeyService,
+}
+
+fn valid_name(name: &str) -> Result<String, TeamError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(TeamError::InvalidName);
+    }
+    Ok(name.to_owned())
+}
+
+fn valid_description(description: Option<&str>) -> Result<Option<String>, TeamError> {
+    match description.map(str::trim).filter(|d| !d.is_empty()) {
+        Some(d) if d.chars().count() > 1000 => Err(TeamError::InvalidName),
+        other => Ok(other.map(str::to_owned)),
+    }
+}
+
+impl TeamService {
+    /// A service over `store`; mail through `notices`; a deleted team's keys leave `keys`' cache.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, notices: Notices, keys: KeyService) -> Self {
+        Self {
+            store,
+            clock,
+            notices,
+            keys,
+        }
+    }
+
+    fn require(caller: &Caller, permission: Permission, message: &'static str) -> Result<(), TeamError> {
+        if caller.allows(permission) {
+            Ok(())
+        } else {
+            Err(TeamError::Forbidden(message))
+        }
+    }
+
+    fn event(
+        &self,
+        caller: &Caller,
+        action: AuditAction,
+        description: String,
+        target: Option<String>,
+        context: &RequestContext,
+    ) -> AuditEvent {
+        AuditEvent::success(
+            self.clock.now(),
+            Some(caller.team_id()),
+            caller.actor(),
+            action,
+            description,
+            target,
+            context,
+        )
+    }
+
+    /// Creates a team; `user` is its Admin.
+    #[instrument(skip_all)]
+    pub async fn create_team(
+        &self,
+        user: &User,
+        name: &str,
+        description: Option<&str>,
+        context: &RequestContext,
+    ) -> Result<Team, TeamError> {
+        let team = Team {
+            id: TeamId::new(),
+            name: valid_name(name)?,
+            description: valid_description(description)?,
+            personal: false,
+            created_at: self.clock.now(),
+        };
+        let audit = AuditEvent::success(
+            team.created_at,
+            Some(team.id),
+            tollgate_domain::Actor::User {
+                id: user.id,
+                email: user.email.as_ref().to_owned(),
+            },
+            AuditAction::CreateTeam,
+            format!("Created the team \"{}\"", team.name),
+            Some(format!("team:{}", team.id)),
+            context,
+        );
+        self.store.create_team(&team, user.id, &audit).await?;
+        Ok(team)
+    }
+
+    /// The caller's team.
+    pub async fn team(&self, caller: &Caller) -> Result<Team, TeamError> {
+        self.store.get_team(caller.team_id()).await.map_err(|e| match e {
+            StoreError::NotFound => TeamError::TeamNotFound,
+            other => other.into(),
+        })
+    }
+
+    /// Renames or describes the team (Admins). `description: Some(None)` clears it.
+    pub async fn update_team(
+        &self,
+        caller: &Caller,
+        name: Option<&str>,
+        description: Option<Option<&str>>,
+        context: &RequestContext,
+    ) -> Result<Team, TeamError> {
+        Self::require(
+            caller,
+            Permission::ManageTeam,
+            "Only team Admins may rename or describe the team",
+        )?;
+        let mut team = self.team(caller).await?;
+        let before = team.name.clone();
+        if let Some(name) = name {
+            team.name = valid_name(name)?;
+        }
+        if let Some(description) = description {
+            team.description = valid_description(description)?;
+        }
+        let text = if before == team.name {
+            "Updated the team's description".to_owned()
+        } else {
+            format!("Renamed the team from \"{before}\" to \"{}\"", team.name)
+        };
+        let audit = self.event(
+            caller,
+            AuditAction::UpdateTeam,
+            text,
+            Some(format!("team:{}", team.id)),
+            context,
+        );
+        self.store.update_team(&team, &audit).await?;
+        Ok(team)
+    }
+
+    /// Deletes the team (Admins), confirmed by its exact name: its keys stop working at once,
+    /// its prepaid credits are forfeited, its invoices and audit records are kept.
+    pub async fn delete_team(
+        &self,
+        caller: &Caller,
+        confirm_name: &str,
+        context: &RequestContext,
+    ) -> Result<(), TeamError> {
+        Self::require(caller, Permission::ManageTeam, "Only team Admins may delete the team")?;
+        let team = self.team(caller).await?;
+        if team.personal {
+            return Err(TeamError::PersonalTeam);
+        }
+        if confirm_name != team.name {
+            return Err(TeamError::NameMismatch);
+        }
+        let audit = self.event(
+            caller,
+            AuditAction::DeleteTeam,
+            format!(
+                "Deleted the team \"{}\": its API keys and management keys stopped working; its prepaid credits \
+                 (none are recorded before billing exists) were forfeited",
+                team.name
+            ),
+            Some(format!("team:{}", team.id)),
+            context,
+        );
+        self.store.delete_team(team.id, self.clock.now(), &audit).await?;
+        self.keys.forget_team(team.id);
+        Ok(())
+    }
+
+    /// The members (every member sees them).
+    pub async fn members(&self, caller: &Caller) -> Result<Vec<Member>, TeamError> {
+        Self::require(caller, Permission::UseTeam, "Not a member of this team")?;
+        Ok(self.store.list_members(caller.team_id()).await?)
+    }
+
+    /// Adds someone by email (Admins): a member at once if they have an account, else an
+    /// emailed invitation.
+    #[instrument(skip_all)]
+    pub async fn add_member(
+        &self,
+        caller: &Caller,
+        email: &str,
+        role: Role,
+        context: &RequestContext,
+    ) -> Result<Added, TeamError> {
+        Self::require(caller, Permission::ManageMembers, "Only team Admins may add members")?;
+        let email = Email::parse(email)?;
+        let team = self.team(caller).await?;
+        let now = self.clock.now();
+        if let Some(user) = self.store.find_user_by_email(&email).await? {
+            let audit = self.event(
+                caller,
+                AuditAction::AddTeamMember,
+                format!("Added a member as {role}"),
+                Some(format!("user:{}", user.id)),
+                context,
+            );
+            return match self.store.add_member(team.id, user.id, role, now, &[audit]).await {
+                Ok(()) => Ok(Added::Member(Member {
+                    user_id: user.id,
+                    email: user.email,
+                    display_name: user.display_name,
+                    role,
+                    joined_at: now,
+                })),
+                Err(StoreError::Conflict { .. }) => Err(TeamError::AlreadyMember),
+                Err(other) => Err(other.into()),
+            };
+        }
+        let token = SecretToken::generate(&mut rand::rngs::OsRng);
+        let invitation = Invitation {
+            id: InvitationId::new(),
+            team_id: team.id,
+            email,
+            role,
+            invited_by: caller.user_id(),
+            created_at: now,
+            expires_at: now + INVITATION_LIFETIME,
+            accepted_at: None,
+            revoked_at: None,
+        };
+        let inviter = match caller.actor() {
+            tollgate_domain::Actor::User { email, .. } => email,
+            _ => "A team Admin".to_owned(),
+        };
+        let mail = [self.notices.invitation(&team, &inviter, &invitation, &token)];
+        let audit = self.event(
+            caller,
+            AuditAction::InviteTeamMember,
+            format!("Invited an address with no account yet, as {role}"),
+            Some(format!("invitation:{}", invitation.id)),
+            context,
+        );
+        self.store
+            .create_invitation(&invitation, &token.hash(), &mail, &audit)
+            .await?;
+        self.notices.queued();
+        Ok(Added::Invited(invitation))
+    }
+
+    /// Changes a member's role (Admins). The team keeps at least one Admin.
+    pub async fn change_role(
+        &self,
+        caller: &Caller,
+        user_id: UserId,
+        role: Role,
+        context: &RequestContext,
+    ) -> Result<(), TeamError> {
+        Self::require(caller, Permission::ManageMembers, "Only team Admins may change roles")?;
+        let audit = self.event(
+            caller,
+            AuditAction::ChangeTeamMemberRole,
+            format!("Made a member {role}"),
+            Some(format!("user:{user_id}")),
+            context,
+        );
+        self.change(caller, user_id, MemberChange::SetRole(role), &audit).await
+    }
+
+    /// Removes a member (Admins), or leaves the team (anyone, themselves). Their API keys stay
+    /// with the team and keep working; the team keeps at least one Admin.
+    pub async fn remove_member(
+        &self,
+        caller: &Caller,
+        user_id: UserId,
+        context: &RequestContext,
+    ) -> Result<(), TeamError> {
+        let leaving = caller.user_id() == Some(user_id) && matches!(caller, Caller::Member { .. });
+        if !leaving {
+            Self::require(caller, Permission::ManageMembers, "Only team Admins may remove members")?;
+        }
+        let text = if leaving {
+            "Left the team"
+        } else {
+            "Removed a member; their API keys stay with the team"
+        };
+        let audit = self.event(
+            caller,
+            AuditAction::RemoveTeamMember,
+            text.to_owned(),
+            Some(format!("user:{user_id}")),
+            context,
+        );
+        self.change(caller, user_id, MemberChange::Remove, &audit).await
+    }
+
+    async fn change(
+        &self,
+        caller: &Caller,
+        user_id: UserId,
+        change: MemberChange,
+        audit: &AuditEvent,
+    ) -> Result<(), TeamError> {
+        match self.store.change_member(caller.team_id(), user_id, change, audit).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::NotFound) => Err(TeamError::NotAMember),
+            Err(StoreError::Conflict { constraint }) if constraint == "team_members_last_admin" => {
+                Err(TeamError::LastAdmin)
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Pending invitations (Admins).
+    pub async fn invitations(&self, caller: &Caller) -> Result<Vec<Invitation>, TeamError> {
+        Self::require(
+            caller,
+            Permission::ManageMembers,
+            "Only team Admins may see invitations",
+        )?;
+        Ok(self.store.list_invitations(caller.team_id(), self.clock.now()).await?)
+    }
+
+    /// Withdraws a pending invitation (Admins).
+    pub async fn revoke_invitation(
+        &self,
+        caller: &Caller,
+        id: InvitationId,
+        context: &RequestContext,
+    ) -> Result<(), TeamError> {
+        Self::require(
+            caller,
+            Permission::ManageMembers,
+            "Only team Admins may withdraw invitations",
+        )?;
+        let audit = self.event(
+            caller,
+            AuditAction::RevokeInvitation,
+            "Withdrew an invitation".to_owned(),
+            Some(format!("invitation:{id}")),
+            context,
+        );
+        self.store
+            .revoke_invitation(caller.team_id(), id, self.clock.now(), &audit)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => TeamError::InvitationNotFound,
+                other => other.into(),
+            })
+    }
+
+    /// Accepts an invitation from its emailed link, as the signed-in `user` (whose address must
+    /// be the invited one).
+    pub async fn accept_invitation(
+        &self,
+        user: &User,
+        token: &str,
+        context: &RequestContext,
+    ) -> Result<Team, TeamError> {
+        let token = SecretToken::presented(token.trim()).ok_or(TeamError::InvalidInvitation)?;
+        let now = self.clock.now();
+        let invitation = self
+            .store
+            .find_invitation(&token.hash())
+            .await?
+            .filter(|i| i.accepted_at.is_none() && i.revoked_at.is_none() && i.expires_at > now)
+            .ok_or(TeamError::InvalidInvitation)?;
+        if invitation.email != user.email {
+            return Err(TeamError::WrongAccount);
+        }
+        if !join(&*self.store, now, user, &invitation, context).await? {
+            return Err(TeamError::InvalidInvitation);
+        }
+        self.store.get_team(invitation.team_id).await.map_err(|e| match e {
+            StoreError::NotFound => TeamError::InvalidInvitation,
+            other => other.into(),
+        })
+    }
+}
+
+async fn join(
+    store: &dyn Store,
+    now: chrono::DateTime<chrono::Utc>,
+    user: &User,
+    invitation: &Invitation,
+    context: &RequestContext,
+) -> Result<bool, StoreError> {
+    let audit = AuditEvent::success(
+        now,
+        Some(invitation.team_id),
+        tollgate_domain::Actor::User {
+            id: user.id,
+            email: user.email.as_ref().to_owned(),
+        },
+        AuditAction::AcceptInvitation,
+        format!("Joined the team as {} by invitation", invitation.role),
+        Some(format!("invitation:{}", invitation.id)),
+        context,
+    );
+    store.accept_invitation(invitation, user.id, now, &audit).await
+}
+
+/// Turns every pending invitation for `user`'s (just verified) address into a membership.
+pub(crate) async fn join_invited_teams(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    user: &User,
+    context: &RequestContext,
+) -> Result<usize, StoreError> {
+    let now = clock.now();
+    let mut joined = 0;
+    for invitation in store.pending_invitations_for(&user.email, now).await? {
+        if join(store, now, user, &invitation, context).await? {
+            joined += 1;
+        }
+    }
+    Ok(joined)
+}

@@ -1,0 +1,730 @@
+//! Teams: create, rename, members by email and invitations, roles with at least one Admin,
+//! deletion; and the authorization matrix: every team-scoped route, as every kind of caller.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tollgate_store::testsuite::TestDb;
+
+use crate::util::{TestApp, on_both_backends};
+
+on_both_backends!(teams_members_and_invitations, authorization_matrix);
+
+const PASSWORD: &str = "a sturdy passphrase for tests";
+
+#[derive(Clone, Debug)]
+struct Browser {
+    cookie: String,
+    csrf: String,
+}
+
+impl TestApp {
+    async fn signed_up(&self, email: &str) -> Browser {
+        let response = self
+            .client
+            .post(self.url("/api/auth/sign-up"))
+            .json(&json!({"email": email, "password": PASSWORD, "name": email.split('@').next().unwrap()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let body: Value = response.json().await.unwrap();
+        Browser {
+            cookie,
+            csrf: body["csrfToken"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, browser: &Browser, body: Option<Value>) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .header("cookie", &browser.cookie)
+            .header("x-csrf-token", &browser.csrf);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn call_json(
+        &self,
+        method: Method,
+        path: &str,
+        browser: &Browser,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let response = self.call(method, path, browser, body).await;
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn verify_email_of(&self, email: &str) {
+        let mail = self
+            .store()
+            .list_mail(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|m| m.mail.to[0].as_ref() == email && m.mail.subject.contains("Verify your email"))
+            .unwrap();
+        let token = mail
+            .mail
+            .body
+            .split_once("#token=")
+            .unwrap()
+            .1
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        let response = self
+            .client
+            .post(self.url("/api/auth/verify-email"))
+            .json(&json!({"token": token}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    fn invitation_token(&self, mail: &[tollgate_domain::QueuedMail], email: &str) -> String {
+        let mail = mail
+            .iter()
+            .find(|m| m.mail.to[0].as_ref() == email && m.mail.subject.contains("You are invited"))
+            .unwrap();
+        mail.mail
+            .body
+            .split_once("#token=")
+            .unwrap()
+            .1
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+async fn teams_of(app: &TestApp, browser: &Browser) -> Vec<(String, String)> {
+    let (_, me) = app.call_json(Method::GET, "/api/me", browser, None).await;
+    me["teams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["role"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn teams_members_and_invitations(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let ada = app.signed_up("ada@example.com").await;
+    let bob = app.signed_up("bob@example.com").await;
+    let (status, team) = app
+        .call_json(
+            Method::POST,
+            "/api/teams",
+            &ada,
+            Some(json!({"name": "Research", "description": "Models"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let team_id = team["teamId"].as_str().unwrap().to_owned();
+    let base = format!("/api/teams/{team_id}");
+    assert_eq!(
+        teams_of(&app, &ada).await,
+        [
+            ("Personal Team".into(), "admin".into()),
+            ("Research".into(), "admin".into())
+        ]
+    );
+
+    let (status, renamed) = app
+        .call_json(
+            Method::PATCH,
+            &base,
+            &ada,
+            Some(json!({"name": "Research Lab", "description": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (renamed["name"].clone(), renamed["description"].clone()),
+        (json!("Research Lab"), Value::Null)
+    );
+
+    // Someone with an account is a member at once.
+    let members = format!("{base}/members");
+    let (status, added) = app
+        .call_json(
+            Method::POST,
+            &members,
+            &ada,
+            Some(json!({"email": "Bob@example.com", "role": "member"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let bob_id = added["member"]["userId"].as_str().unwrap().to_owned();
+    assert!(
+        teams_of(&app, &bob)
+            .await
+            .contains(&("Research Lab".into(), "member".into()))
+    );
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            &members,
+            &ada,
+            Some(json!({"email": "bob@example.com", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Addresses with no account are invited by mail.
+    for email in ["carol@example.com", "dave@example.com", "eve@example.com"] {
+        let (status, invited) = app
+            .call_json(
+                Method::POST,
+                &members,
+                &ada,
+                Some(json!({"email": email, "role": "member"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(invited["invitation"]["email"], email);
+    }
+    let mail = app.store().list_mail(100).await.unwrap();
+    let invite = mail
+        .iter()
+        .find(|m| m.mail.to[0].as_ref() == "carol@example.com")
+        .unwrap();
+    assert!(
+        invite
+            .mail
+            .body
+            .contains("ada@example.com invited you to the team \"Research Lab\""),
+        "{}",
+        invite.mail.body
+    );
+    let dave_token = app.invitation_token(&mail, "dave@example.com");
+    let eve_token = app.invitation_token(&mail, "eve@example.com");
+    let (_, pending) = app
+        .call_json(Method::GET, &format!("{base}/invitations"), &ada, None)
+        .await;
+    assert_eq!(pending["invitations"].as_array().unwrap().len(), 3);
+
+    // Carol signs up: not a member until her address is verified; then she is, as a Member.
+    let carol = app.signed_up("carol@example.com").await;
+    assert_eq!(teams_of(&app, &carol).await.len(), 1);
+    app.verify_email_of("carol@example.com").await;
+    assert!(
+        teams_of(&app, &carol)
+            .await
+            .contains(&("Research Lab".into(), "member".into()))
+    );
+
+    // A withdrawn invitation no longer works.
+    let dave_id = pending["invitations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["email"] == "dave@example.com")
+        .unwrap()["invitationId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = app
+        .call(Method::DELETE, &format!("{base}/invitations/{dave_id}"), &ada, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let dave = app.signed_up("dave@example.com").await;
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            "/api/invitations/accept",
+            &dave,
+            Some(json!({"token": dave_token})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Eve accepts by link; nobody else can use her link.
+    let eve = app.signed_up("eve@example.com").await;
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            "/api/invitations/accept",
+            &dave,
+            Some(json!({"token": eve_token})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, joined) = app
+        .call_json(
+            Method::POST,
+            "/api/invitations/accept",
+            &eve,
+            Some(json!({"token": eve_token})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(joined["name"], "Research Lab");
+
+    // Members see the team, not its administration.
+    let (status, list) = app.call_json(Method::GET, &members, &carol, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["members"].as_array().unwrap().len(), 4);
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            &members,
+            &carol,
+            Some(json!({"email": "x@example.com", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Roles: at least one Admin, always.
+    let bob_path = format!("{members}/{bob_id}");
+    assert_eq!(
+        app.call(Method::PATCH, &bob_path, &ada, Some(json!({"role": "admin"})))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let (_, me) = app.call_json(Method::GET, "/api/me", &ada, None).await;
+    let ada_id = me["user"]["userId"].as_str().unwrap().to_owned();
+    let ada_path = format!("{members}/{ada_id}");
+    assert_eq!(
+        app.call(Method::PATCH, &ada_path, &ada, Some(json!({"role": "member"})))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let (status, refused) = app
+        .call_json(Method::PATCH, &bob_path, &bob, Some(json!({"role": "member"})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused["error"].as_str().unwrap().contains("at least one Admin"));
+    assert_eq!(
+        app.call(Method::DELETE, &bob_path, &bob, None).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let (status, _) = app
+        .call_json(Method::PATCH, &bob_path, &bob, Some(json!({"role": "owner"})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A removed member's API keys stay with the team and keep working.
+    let (_, key) = app
+        .call_json(
+            Method::POST,
+            &format!("{base}/api-keys"),
+            &carol,
+            Some(json!({"name": "carol's", "acls": ["api-key:endpoint:*", "api-key:model:*"]})),
+        )
+        .await;
+    let carol_key = key["apiKey"].as_str().unwrap().to_owned();
+    let (_, me) = app.call_json(Method::GET, "/api/me", &carol, None).await;
+    let carol_path = format!("{members}/{}", me["user"]["userId"].as_str().unwrap());
+    assert_eq!(
+        app.call(Method::DELETE, &carol_path, &bob, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        !teams_of(&app, &carol)
+            .await
+            .iter()
+            .any(|(name, _)| name == "Research Lab")
+    );
+    assert_eq!(app.hello_status(&carol_key).await, StatusCode::OK);
+    // Eve leaves by herself.
+    let (_, me) = app.call_json(Method::GET, "/api/me", &eve, None).await;
+    let eve_path = format!("{members}/{}", me["user"]["userId"].as_str().unwrap());
+    assert_eq!(
+        app.call(Method::DELETE, &eve_path, &eve, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // Deleting needs the exact name; a Personal Team goes only with its account.
+    let (status, _) = app
+        .call_json(
+            Method::DELETE,
+            &base,
+            &bob,
+            Some(json!({"confirmName": "research lab"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let personal = me["teams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["personal"] == true)
+        .unwrap()["teamId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, refused) = app
+        .call_json(
+            Method::DELETE,
+            &format!("/api/teams/{personal}"),
+            &eve,
+            Some(json!({"confirmName": "Personal Team"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused["error"].as_str().unwrap().contains("Personal Team"));
+    let (status, _) = app
+        .call_json(
+            Method::DELETE,
+            &base,
+            &bob,
+            Some(json!({"confirmName": "Research Lab"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Its keys stopped; it is gone from every list and page.
+    assert_eq!(app.hello_status(&carol_key).await, StatusCode::BAD_REQUEST);
+    assert!(
+        !teams_of(&app, &bob)
+            .await
+            .iter()
+            .any(|(name, _)| name == "Research Lab")
+    );
+    assert_eq!(
+        app.call(Method::GET, &base, &bob, None).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let log = app
+        .store()
+        .list_audit_events(team_id.parse().unwrap(), 50)
+        .await
+        .unwrap();
+    assert_eq!(log[0].action, "DeleteTeam");
+    for action in [
+        "CreateTeam",
+        "UpdateTeam",
+        "AddTeamMember",
+        "InviteTeamMember",
+        "RevokeInvitation",
+        "AcceptInvitation",
+        "ChangeTeamMemberRole",
+        "RemoveTeamMember",
+    ] {
+        assert!(log.iter().any(|e| e.action == action), "{action}");
+    }
+    app.finish().await;
+}
+
+/// One team-scoped route of the matrix: its method, path (`{team_id}`, `{api_key_id}`, other ids
+/// filled in by the test), a body that passes authorization but changes nothing for good where
+/// it can, and whether a Member may call it.
+struct Route {
+    method: Method,
+    path: &'static str,
+    body: Option<Value>,
+    member: bool,
+}
+
+fn route(method: Method, path: &'static str, body: Option<Value>, member: bool) -> Route {
+    Route {
+        method,
+        path,
+        body,
+        member,
+    }
+}
+
+/// Every team-scoped route. A tidy test below fails when a route of the OpenAPI document is
+/// missing here.
+fn matrix_routes() -> Vec<Route> {
+    let rename = Some(json!({"apiKey": {"name": "renamed"}, "fieldMask": "name"}));
+    vec![
+        // The console (session).
+        route(Method::GET, "/api/teams/{team_id}", None, true),
+        route(Method::PATCH, "/api/teams/{team_id}", Some(json!({"name": ""})), false),
+        route(
+            Method::DELETE,
+            "/api/teams/{team_id}",
+            Some(json!({"confirmName": "not its name"})),
+            false,
+        ),
+        route(Method::GET, "/api/teams/{team_id}/members", None, true),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/members",
+            Some(json!({"email": "not-an-email", "role": "member"})),
+            false,
+        ),
+        route(
+            Method::PATCH,
+            "/api/teams/{team_id}/members/{user_id}",
+            Some(json!({"role": "admin"})),
+            false,
+        ),
+        route(Method::DELETE, "/api/teams/{team_id}/members/{user_id}", None, false),
+        route(Method::GET, "/api/teams/{team_id}/invitations", None, false),
+        route(
+            Method::DELETE,
+            "/api/teams/{team_id}/invitations/{invitation_id}",
+            None,
+            false,
+        ),
+        route(Method::GET, "/api/teams/{team_id}/api-keys", None, true),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/api-keys",
+            Some(json!({"name": ""})),
+            true,
+        ),
+        route(Method::GET, "/api/teams/{team_id}/api-keys/{api_key_id}", None, true),
+        route(
+            Method::PUT,
+            "/api/teams/{team_id}/api-keys/{api_key_id}",
+            rename.clone(),
+            false,
+        ),
+        route(
+            Method::DELETE,
+            "/api/teams/{team_id}/api-keys/{api_key_id}",
+            None,
+            false,
+        ),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/api-keys/{api_key_id}/rotate",
+            None,
+            false,
+        ),
+        route(Method::GET, "/api/teams/{team_id}/management-keys", None, false),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/management-keys",
+            Some(json!({"name": ""})),
+            false,
+        ),
+        route(
+            Method::DELETE,
+            "/api/teams/{team_id}/management-keys/{management_key_id}",
+            None,
+            false,
+        ),
+        route(Method::GET, "/api/teams/{team_id}/audit/events", None, false),
+        route(Method::GET, "/api/teams/{team_id}/audit/events/export", None, false),
+        // The Management API (management key).
+        route(Method::GET, "/auth/teams/{team_id}/api-keys", None, false),
+        route(
+            Method::POST,
+            "/auth/teams/{team_id}/api-keys",
+            Some(json!({"name": ""})),
+            false,
+        ),
+        route(Method::GET, "/auth/teams/{team_id}/endpoints", None, false),
+        route(Method::GET, "/auth/teams/{team_id}/models", None, false),
+        route(Method::GET, "/auth/api-keys/{api_key_id}", None, false),
+        route(Method::PUT, "/auth/api-keys/{api_key_id}", rename, false),
+        route(Method::DELETE, "/auth/api-keys/{api_key_id}", None, false),
+        route(Method::POST, "/auth/api-keys/{api_key_id}/rotate", None, false),
+        route(Method::GET, "/auth/api-keys/{api_key_id}/propagation", None, false),
+        route(Method::GET, "/audit/teams/{team_id}/events", None, false),
+        route(Method::GET, "/audit/teams/{team_id}/events/export", None, false),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Admin,
+    Member,
+    OtherTeamAdmin,
+    SignedOut,
+    ApiKey,
+    ManagementKey,
+    OtherTeamManagementKey,
+}
+
+async fn authorization_matrix(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let admin = app.signed_up("admin@example.com").await;
+    let member = app.signed_up("member@example.com").await;
+    let outsider = app.signed_up("outsider@example.com").await;
+    let (_, team) = app
+        .call_json(Method::POST, "/api/teams", &admin, Some(json!({"name": "Matrix"})))
+        .await;
+    let team_id = team["teamId"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            &format!("/api/teams/{team_id}/members"),
+            &admin,
+            Some(json!({"email": "member@example.com", "role": "member"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, management) = app
+        .call_json(
+            Method::POST,
+            &format!("/api/teams/{team_id}/management-keys"),
+            &admin,
+            Some(json!({"name": "matrix"})),
+        )
+        .await;
+    let management_key = management["key"].as_str().unwrap().to_owned();
+    let (_, outsider_me) = app.call_json(Method::GET, "/api/me", &outsider, None).await;
+    let outsider_team = outsider_me["currentTeamId"].as_str().unwrap().to_owned();
+    let (_, other_management) = app
+        .call_json(
+            Method::POST,
+            &format!("/api/teams/{outsider_team}/management-keys"),
+            &outsider,
+            Some(json!({"name": "o"})),
+        )
+        .await;
+    let other_management_key = other_management["key"].as_str().unwrap().to_owned();
+    let (_, api) = app
+        .call_json(
+            Method::POST,
+            &format!("/api/teams/{team_id}/api-keys"),
+            &admin,
+            Some(json!({"name": "matrix", "acls": ["api-key:model:*"]})),
+        )
+        .await;
+    let api_key = api["apiKey"].as_str().unwrap().to_owned();
+
+    let callers = [
+        Who::Admin,
+        Who::Member,
+        Who::OtherTeamAdmin,
+        Who::SignedOut,
+        Who::ApiKey,
+        Who::ManagementKey,
+        Who::OtherTeamManagementKey,
+    ];
+    let mut failures = Vec::new();
+    for route in matrix_routes() {
+        for who in callers {
+            // A fresh key of the team (the Admin's) for each call, so destructive calls that are
+            // allowed do not change what the next caller sees.
+            let (_, fresh) = app
+                .call_json(
+                    Method::POST,
+                    &format!("/api/teams/{team_id}/api-keys"),
+                    &admin,
+                    Some(json!({"name": "target"})),
+                )
+                .await;
+            let path = route
+                .path
+                .replace("{team_id}", &team_id)
+                .replace("{api_key_id}", fresh["apiKeyId"].as_str().unwrap())
+                .replace("{user_id}", &tollgate_domain::UserId::new().to_string())
+                .replace("{invitation_id}", &tollgate_domain::InvitationId::new().to_string())
+                .replace(
+                    "{management_key_id}",
+                    &tollgate_domain::ManagementKeyId::new().to_string(),
+                );
+            let mut request = app.client.request(route.method.clone(), app.url(&path));
+            request = match who {
+                Who::Admin => request
+                    .header("cookie", &admin.cookie)
+                    .header("x-csrf-token", &admin.csrf),
+                Who::Member => request
+                    .header("cookie", &member.cookie)
+                    .header("x-csrf-token", &member.csrf),
+                Who::OtherTeamAdmin => request
+                    .header("cookie", &outsider.cookie)
+                    .header("x-csrf-token", &outsider.csrf),
+                Who::SignedOut => request,
+                Who::ApiKey => request.bearer_auth(&api_key),
+                Who::ManagementKey => request.bearer_auth(&management_key),
+                Who::OtherTeamManagementKey => request.bearer_auth(&other_management_key),
+            };
+            if let Some(body) = &route.body {
+                request = request.json(body);
+            }
+            let status = request.send().await.unwrap().status();
+            let console = route.path.starts_with("/api/");
+            let allowed =
+                |s: StatusCode| s != StatusCode::UNAUTHORIZED && s != StatusCode::FORBIDDEN && !s.is_server_error();
+            let ok = match (console, who) {
+                (true, Who::Admin) | (false, Who::ManagementKey) => allowed(status),
+                (true, Who::Member) if route.member => allowed(status),
+                (true, Who::Member | Who::OtherTeamAdmin) => status == StatusCode::FORBIDDEN,
+                (true, Who::SignedOut | Who::ApiKey | Who::ManagementKey | Who::OtherTeamManagementKey) => {
+                    status == StatusCode::UNAUTHORIZED
+                }
+                (false, Who::Admin | Who::Member | Who::OtherTeamAdmin | Who::SignedOut) => {
+                    status == StatusCode::UNAUTHORIZED
+                }
+                (false, Who::ApiKey) => status == StatusCode::FORBIDDEN,
+                // Another team's key: its team routes are forbidden; its per-key routes cannot
+                // even find the key (no existence leak either way).
+                (false, Who::OtherTeamManagementKey) => {
+                    status == StatusCode::FORBIDDEN
+                        || (route.path.starts_with("/auth/api-keys/") && status == StatusCode::NOT_FOUND)
+                }
+            };
+            if !ok {
+                failures.push(format!("{} {} as {who:?}: {status}", route.method, route.path));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "authorization matrix:\n{}", failures.join("\n"));
+    // Unknown teams answer exactly like forbidden ones.
+    let unknown = tollgate_domain::TeamId::new();
+    let response = app
+        .call(Method::GET, &format!("/api/teams/{unknown}/members"), &admin, None)
+        .await;
+    let body: Value = response.json().await.unwrap();
+    let response = app
+        .call(
+            Method::GET,
+            &format!("/api/teams/{outsider_team}/members"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(response.json::<Value>().await.unwrap(), body);
+    app.finish().await;
+}
+
+/// Every team-scoped route in the OpenAPI document is in the matrix.
+#[test]
+fn every_team_scoped_route_is_in_the_matrix() {
+    let document: Value = serde_json::from_str(&tollgate_http::openapi::document_json()).unwrap();
+    let listed: BTreeSet<(String, String)> = matrix_routes()
+        .iter()
+        .map(|r| (r.method.as_str().to_owned(), r.path.to_owned()))
+        .collect();
+    let mut missing = Vec::new();
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        let scoped = ["{team_id}", "{api_key_id}", "{management_key_id}"]
+            .iter()
+            .any(|p| path.contains(p));
+        if !scoped {
+            continue;
+        }
+        for method in operations.as_object().unwrap().keys() {
+            let key = (method.to_uppercase(), path.clone());
+            if !listed.contains(&key) {
+                missing.push(format!("{} {}", key.0, key.1));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "team-scoped routes missing from the authorization matrix: {missing:?}"
+    );
+}

@@ -432,7 +432,7 @@ impl AccountService {
         }
         let user = self.store.get_user(user.id).await?;
         // A verified address takes up the invitations waiting for it.
-        crate::teams::join_invited_teams(&*self.store, &*self.clock, &user, context).await?;
+        crate::teams::join_teams_on_verification(&*self.store, &*self.clock, &self.notices, &user, context).await?;
         Ok(user)
     }
 

@@ -231,6 +231,26 @@ impl Notices {
         }
     }
 
+    /// "You joined a team", after an automatic join by verified domain.
+    #[must_use]
+    pub fn auto_joined(&self, user: &User, team: &Team, at: Timestamp) -> OutboundMail {
+        let product = &self.product;
+        OutboundMail {
+            id: MailId::new(),
+            to: vec![user.email.clone()],
+            subject: format!("[{product}] You joined the team \"{}\"", team.name),
+            body: format!(
+                "Hello {name},\n\nYour address is at {domain}, which the team \"{team}\" has verified, so you joined \
+                 it as a Member. You can leave it from the console ({console}).\n-- {product}\n",
+                name = user.display_name,
+                domain = user.email.domain(),
+                team = team.name,
+                console = self.console_url,
+            ),
+            created_at: at,
+        }
+    }
+
     /// Tells the sender that mail was queued.
     pub fn queued(&self) {
         self.waker.wake();

@@ -7,13 +7,22 @@ use std::sync::Arc;
 
 use tollgate_domain::{
     AuditAction, AuditEvent, Clock, Email, EmailError, Invitation, InvitationId, Member, Permission, RequestContext,
-    Role, SecretToken, Team, TeamId, User, UserId,
+    Role, SecretToken, Team, TeamDomain, TeamId, User, UserId,
 };
 use tollgate_store::{MemberChange, Store, StoreError};
 use tracing::instrument;
 
 use crate::notices::Notices;
 use crate::{Caller, KeyService};
+
+/// DNS TXT lookups, for domain verification (hickory in the server; the tests point it at a
+/// DNS server they start).
+#[async_trait::async_trait]
+pub trait TxtResolver: Send + Sync {
+    /// The TXT values at `name` (each record's strings joined); empty when there are none or the
+    /// name does not exist.
+    async fn txt(&self, name: &str) -> Result<Vec<String>, String>;
+}
 
 /// How long an invitation stays open.
 pub const INVITATION_LIFETIME: chrono::Duration = chrono::Duration::days(7);
@@ -57,6 +66,15 @@ pub enum TeamError {
     /// Not an email address.
     #[error(transparent)]
     InvalidEmail(#[from] EmailError),
+    /// Not a domain this platform lets a team verify.
+    #[error(transparent)]
+    InvalidDomain(#[from] tollgate_domain::domains::DomainError),
+    /// Already added to this team, or verified by another team.
+    #[error("this domain is already added to this team, or verified by another team")]
+    DomainTaken,
+    /// No such domain in the team.
+    #[error("no such domain")]
+    DomainNotFound,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -78,6 +96,7 @@ pub struct TeamService {
     clock: Arc<dyn Clock>,
     notices: Notices,
     keys: KeyService,
+    resolver: Arc<dyn TxtResolver>,
 }
 
 fn valid_name(name: &str) -> Result<String, TeamError> {
@@ -97,13 +116,218 @@ fn valid_description(description: Option<&str>) -> Result<Option<String>, TeamEr
 
 impl TeamService {
     /// A service over `store`; mail through `notices`; a deleted team's keys leave `keys`' cache.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, notices: Notices, keys: KeyService) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        notices: Notices,
+        keys: KeyService,
+        resolver: Arc<dyn TxtResolver>,
+    ) -> Self {
         Self {
             store,
             clock,
             notices,
             keys,
+            resolver,
         }
+    }
+
+    /// Adds a domain to verify (Admins): returns it with the token to publish.
+    pub async fn add_domain(
+        &self,
+        caller: &Caller,
+        domain: &str,
+        context: &RequestContext,
+    ) -> Result<TeamDomain, TeamError> {
+        Self::require(
+            caller,
+            Permission::ManageTeam,
+            "Only team Admins may manage verified domains",
+        )?;
+        let domain = tollgate_domain::domains::parse_domain(domain)?;
+        let record = TeamDomain {
+            id: tollgate_domain::DomainId::new(),
+            team_id: caller.team_id(),
+            domain,
+            token: tollgate_domain::domains::new_token(&mut rand::rngs::OsRng),
+            created_at: self.clock.now(),
+            verified_at: None,
+            checked_at: None,
+            last_error: None,
+        };
+        let audit = self.event(
+            caller,
+            AuditAction::AddDomain,
+            format!("Added the domain {} to verify", record.domain),
+            Some(format!("domain:{}", record.id)),
+            context,
+        );
+        self.store.insert_domain(&record, &audit).await.map_err(|e| match e {
+            StoreError::Conflict { .. } => TeamError::DomainTaken,
+            other => other.into(),
+        })?;
+        Ok(record)
+    }
+
+    /// The team's domains (Admins).
+    pub async fn domains(&self, caller: &Caller) -> Result<Vec<TeamDomain>, TeamError> {
+        Self::require(
+            caller,
+            Permission::ManageTeam,
+            "Only team Admins may manage verified domains",
+        )?;
+        Ok(self.store.list_domains(caller.team_id()).await?)
+    }
+
+    /// Looks the record up now (Admins): verified if found.
+    pub async fn verify_domain(
+        &self,
+        caller: &Caller,
+        id: tollgate_domain::DomainId,
+        context: &RequestContext,
+    ) -> Result<TeamDomain, TeamError> {
+        Self::require(
+            caller,
+            Permission::ManageTeam,
+            "Only team Admins may manage verified domains",
+        )?;
+        let domain = self
+            .store
+            .list_domains(caller.team_id())
+            .await?
+            .into_iter()
+            .find(|d| d.id == id)
+            .ok_or(TeamError::DomainNotFound)?;
+        self.check_domain(domain, Some(caller.actor()), context).await
+    }
+
+    /// Removes a domain (Admins).
+    pub async fn remove_domain(
+        &self,
+        caller: &Caller,
+        id: tollgate_domain::DomainId,
+        context: &RequestContext,
+    ) -> Result<(), TeamError> {
+        Self::require(
+            caller,
+            Permission::ManageTeam,
+            "Only team Admins may manage verified domains",
+        )?;
+        let audit = self.event(
+            caller,
+            AuditAction::RemoveDomain,
+            "Removed a domain".to_owned(),
+            Some(format!("domain:{id}")),
+            context,
+        );
+        self.store
+            .delete_domain(caller.team_id(), id, &audit)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => TeamError::DomainNotFound,
+                other => other.into(),
+            })
+    }
+
+    /// Re-checks every domain (the periodic job): newly published records verify, records gone
+    /// unverify. Returns how many changed.
+    pub async fn recheck_domains(&self) -> Result<usize, TeamError> {
+        let mut changed = 0;
+        for domain in self.store.list_all_domains().await? {
+            let before = domain.verified_at.is_some();
+            match self.check_domain(domain, None, &RequestContext::default()).await {
+                Ok(after) if after.verified_at.is_some() != before => changed += 1,
+                Ok(_) | Err(TeamError::DomainTaken) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn check_domain(
+        &self,
+        mut domain: TeamDomain,
+        actor: Option<tollgate_domain::Actor>,
+        context: &RequestContext,
+    ) -> Result<TeamDomain, TeamError> {
+        let now = self.clock.now();
+        let mut found = false;
+        let mut error = None;
+        for name in tollgate_domain::domains::record_names(&domain.domain) {
+            match self.resolver.txt(&name).await {
+                Ok(values) if tollgate_domain::domains::matches(&values, &domain.token) => {
+                    found = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => error = Some(e),
+            }
+        }
+        let was_verified = domain.verified_at.is_some();
+        domain.checked_at = Some(now);
+        domain.last_error = (!found).then(|| {
+            error.unwrap_or_else(|| {
+                format!(
+                    "no TXT record {} at {} or {}",
+                    tollgate_domain::domains::record_value(&domain.token),
+                    tollgate_domain::domains::record_names(&domain.domain)[0],
+                    domain.domain
+                )
+            })
+        });
+        domain.verified_at = if found { domain.verified_at.or(Some(now)) } else { None };
+        let actor = actor.unwrap_or(tollgate_domain::Actor::System);
+        let audit = match (was_verified, found) {
+            (false, true) => Some((
+                AuditAction::VerifyDomain,
+                format!("Verified the domain {}", domain.domain),
+            )),
+            (true, false) => Some((
+                AuditAction::UnverifyDomain,
+                format!("The domain {} is no longer verified: its record is gone", domain.domain),
+            )),
+            _ => None,
+        }
+        .map(|(action, text)| {
+            AuditEvent::success(
+                now,
+                Some(domain.team_id),
+                actor,
+                action,
+                text,
+                Some(format!("domain:{}", domain.id)),
+                context,
+            )
+        });
+        self.store
+            .record_domain_check(&domain, audit.as_ref())
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => TeamError::DomainTaken,
+                other => other.into(),
+            })?;
+        Ok(domain)
+    }
+
+    /// Re-checks domains every `every` until `stop`.
+    pub fn spawn_domain_checks(
+        self,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                if let Err(error) = self.recheck_domains().await {
+                    tracing::warn!(error = %error, "re-checking verified domains failed");
+                }
+            }
+        })
     }
 
     fn require(caller: &Caller, permission: Permission, message: &'static str) -> Result<(), TeamError> {
@@ -465,10 +689,12 @@ async fn join(
     store.accept_invitation(invitation, user.id, now, &audit).await
 }
 
-/// Turns every pending invitation for `user`'s (just verified) address into a membership.
-pub(crate) async fn join_invited_teams(
+/// Turns every pending invitation for `user`'s (just verified) address into a membership, and
+/// joins the team that has the address's domain verified, as a Member.
+pub(crate) async fn join_teams_on_verification(
     store: &dyn Store,
     clock: &dyn Clock,
+    notices: &Notices,
     user: &User,
     context: &RequestContext,
 ) -> Result<usize, StoreError> {
@@ -477,6 +703,35 @@ pub(crate) async fn join_invited_teams(
     for invitation in store.pending_invitations_for(&user.email, now).await? {
         if join(store, now, user, &invitation, context).await? {
             joined += 1;
+        }
+    }
+    if let Some(team_id) = store.team_with_verified_domain(user.email.domain()).await? {
+        if store.find_role(team_id, user.id).await?.is_none() {
+            let team = store.get_team(team_id).await?;
+            let audit = AuditEvent::success(
+                now,
+                Some(team_id),
+                tollgate_domain::Actor::User {
+                    id: user.id,
+                    email: user.email.as_ref().to_owned(),
+                },
+                AuditAction::AutoJoinTeam,
+                format!(
+                    "Joined as a Member: the address is at the verified domain {}",
+                    user.email.domain()
+                ),
+                Some(format!("user:{}", user.id)),
+                context,
+            );
+            match store.add_member(team_id, user.id, Role::Member, now, &[audit]).await {
+                Ok(()) => {
+                    store.enqueue_mail(&[notices.auto_joined(user, &team, now)]).await?;
+                    notices.queued();
+                    joined += 1;
+                }
+                Err(StoreError::Conflict { .. }) => {}
+                Err(other) => return Err(other),
+            }
         }
     }
     Ok(joined)

@@ -3,7 +3,7 @@
 use crate::acl::AclSet;
 use crate::clock::Timestamp;
 use crate::email::Email;
-use crate::ids::{ApiKeyId, InvitationId, ManagementKeyId, TeamId, UserId};
+use crate::ids::{ApiKeyId, DomainId, InvitationId, ManagementKeyId, TeamId, UserId};
 use crate::role::Role;
 
 /// A person's account.
@@ -76,6 +76,27 @@ pub struct Invitation {
     pub accepted_at: Option<Timestamp>,
     /// When an Admin withdrew it.
     pub revoked_at: Option<Timestamp>,
+}
+
+/// A domain a team has verified, or is verifying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamDomain {
+    /// Id.
+    pub id: DomainId,
+    /// The team.
+    pub team_id: TeamId,
+    /// The domain, lower case.
+    pub domain: String,
+    /// What the TXT record must carry (`domain-verification=<token>`).
+    pub token: String,
+    /// When it was added.
+    pub created_at: Timestamp,
+    /// Since when the record has been found; `None` while unverified.
+    pub verified_at: Option<Timestamp>,
+    /// The last lookup.
+    pub checked_at: Option<Timestamp>,
+    /// Why the last lookup did not verify it.
+    pub last_error: Option<String>,
 }
 
 /// A user's membership of a team.

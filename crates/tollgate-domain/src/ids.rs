@@ -95,3 +95,7 @@ typed_id!(
     /// An invitation to join a team.
     InvitationId
 );
+typed_id!(
+    /// A domain a team verifies.
+    DomainId
+);

@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod audit;
 pub mod clock;
+pub mod domains;
 pub mod email;
 pub mod entities;
 pub mod ids;
@@ -28,8 +29,10 @@ pub use audit::{
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use email::{Email, EmailError};
-pub use entities::{ApiKey, Invitation, ManagementKey, Member, Membership, Team, User};
-pub use ids::{ApiKeyId, AuditEventId, InvitationId, MailId, ManagementKeyId, RequestId, SessionId, TeamId, UserId};
+pub use entities::{ApiKey, Invitation, ManagementKey, Member, Membership, Team, TeamDomain, User};
+pub use ids::{
+    ApiKeyId, AuditEventId, DomainId, InvitationId, MailId, ManagementKeyId, RequestId, SessionId, TeamId, UserId,
+};
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};
 pub use role::{Permission, Role};

@@ -66,6 +66,12 @@ pub(crate) fn router() -> Router<AppState> {
             delete(revoke_team_invitation),
         )
         .route("/api/invitations/accept", post(accept_invitation))
+        .route("/api/teams/{team_id}/domains", get(team_domains).post(add_team_domain))
+        .route("/api/teams/{team_id}/domains/{domain_id}", delete(remove_team_domain))
+        .route(
+            "/api/teams/{team_id}/domains/{domain_id}/verify",
+            post(verify_team_domain),
+        )
         .route("/api/teams/{team_id}/audit/events", get(team_audit_events))
         .route("/api/teams/{team_id}/audit/events/export", get(team_audit_export))
         .route(
@@ -103,8 +109,11 @@ impl From<TeamError> for XaiError {
             | TeamError::LastAdmin
             | TeamError::InvalidInvitation
             | TeamError::InvalidEmail(_) => XaiError::invalid_argument(error.to_string()),
-            TeamError::AlreadyMember => XaiError::new(StatusCode::CONFLICT, error.to_string()),
-            TeamError::NotAMember | TeamError::InvitationNotFound => XaiError::not_found(error.to_string()),
+            TeamError::AlreadyMember | TeamError::DomainTaken => XaiError::new(StatusCode::CONFLICT, error.to_string()),
+            TeamError::NotAMember | TeamError::InvitationNotFound | TeamError::DomainNotFound => {
+                XaiError::not_found(error.to_string())
+            }
+            TeamError::InvalidDomain(_) => XaiError::invalid_argument(error.to_string()),
             TeamError::WrongAccount => XaiError::permission_denied(error.to_string()),
             TeamError::Store(store) => store.into(),
         }
@@ -1209,6 +1218,120 @@ pub(crate) async fn accept_invitation(
         .accept_invitation(&signed_in.user, &body.token, &meta)
         .await?;
     Ok(Json(TeamView::new(&team)))
+}
+
+/// A domain of the team, and the DNS record that verifies it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DomainView {
+    domain_id: String,
+    domain: String,
+    verified: bool,
+    /// Publish a TXT record with this value...
+    record_value: String,
+    /// ...at this name (preferred), or at the domain itself.
+    record_name: String,
+    verify_time: Option<String>,
+    check_time: Option<String>,
+    /// Why the last lookup did not verify it.
+    last_error: Option<String>,
+}
+
+impl DomainView {
+    fn new(domain: &tollgate_domain::TeamDomain) -> Self {
+        let [preferred, _] = tollgate_domain::domains::record_names(&domain.domain);
+        Self {
+            domain_id: domain.id.to_string(),
+            domain: domain.domain.clone(),
+            verified: domain.verified_at.is_some(),
+            record_value: tollgate_domain::domains::record_value(&domain.token),
+            record_name: preferred,
+            verify_time: domain.verified_at.map(rfc3339),
+            check_time: domain.checked_at.map(rfc3339),
+            last_error: domain.last_error.clone(),
+        }
+    }
+}
+
+/// Domains.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct DomainListView {
+    domains: Vec<DomainView>,
+}
+
+/// The team's domains (Admins).
+#[utoipa::path(get, path = "/api/teams/{team_id}/domains", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = DomainListView), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_domains(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+) -> Result<Json<DomainListView>, XaiError> {
+    let domains = state.teams.domains(&caller).await?;
+    Ok(Json(DomainListView {
+        domains: domains.iter().map(DomainView::new).collect(),
+    }))
+}
+
+/// `POST /api/teams/{team_id}/domains` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AddDomainRequest {
+    domain: String,
+}
+
+/// Add a domain to verify (Admins): publish the returned TXT record, then ask for a check. Once
+/// verified, everyone who signs up and verifies an address at the domain joins as a Member.
+#[utoipa::path(post, path = "/api/teams/{team_id}/domains", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = AddDomainRequest,
+    responses((status = 201, body = DomainView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn add_team_domain(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<AddDomainRequest>,
+) -> Result<(StatusCode, Json<DomainView>), XaiError> {
+    let domain = state.teams.add_domain(&caller, &body.domain, &meta).await?;
+    Ok((StatusCode::CREATED, Json(DomainView::new(&domain))))
+}
+
+fn path_domain(params: &std::collections::HashMap<String, String>) -> Result<tollgate_domain::DomainId, XaiError> {
+    params
+        .get("domain_id")
+        .and_then(|raw| raw.parse().ok())
+        .ok_or_else(|| XaiError::not_found("no such domain"))
+}
+
+/// Look the domain's TXT record up now (Admins).
+#[utoipa::path(post, path = "/api/teams/{team_id}/domains/{domain_id}/verify", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("domain_id" = String, Path, description = "The domain's id")),
+    responses((status = 200, body = DomainView), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn verify_team_domain(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    RequestMeta(meta): RequestMeta,
+) -> Result<Json<DomainView>, XaiError> {
+    let domain = state.teams.verify_domain(&caller, path_domain(&params)?, &meta).await?;
+    Ok(Json(DomainView::new(&domain)))
+}
+
+/// Remove a domain from the team (Admins).
+#[utoipa::path(delete, path = "/api/teams/{team_id}/domains/{domain_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("domain_id" = String, Path, description = "The domain's id")),
+    responses((status = 204), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn remove_team_domain(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    RequestMeta(meta): RequestMeta,
+) -> Result<StatusCode, XaiError> {
+    state.teams.remove_domain(&caller, path_domain(&params)?, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Search the team's audit log (Admins), with the Management API's query parameters.

@@ -50,6 +50,12 @@ pub struct Config {
     /// approximately. Without one, places are unknown.
     #[serde(default)]
     pub geoip_database: Option<PathBuf>,
+    /// The DNS server verified domains are looked up at (`address:port`); default: the system's.
+    #[serde(default)]
+    pub dns_resolver: Option<SocketAddr>,
+    /// Hours between re-checks of every team domain's DNS record.
+    #[serde(default = "defaults::domain_recheck_hours")]
+    pub domain_recheck_hours: u64,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client. Empty: the
     /// peer's address is the client's.
     #[serde(default)]
@@ -216,6 +222,9 @@ mod defaults {
     use std::net::SocketAddr;
     use std::path::PathBuf;
 
+    pub(super) const fn domain_recheck_hours() -> u64 {
+        24
+    }
     pub(super) const fn session_idle_minutes() -> u32 {
         30
     }
@@ -358,6 +367,10 @@ impl Config {
             "sessions.idle_minutes must be 1 to 10080 and sessions.absolute_hours 1 to 720"
         );
         self.trusted_proxy_nets()?;
+        anyhow::ensure!(
+            self.domain_recheck_hours >= 1,
+            "domain_recheck_hours must be at least 1"
+        );
         anyhow::ensure!(self.mail.poll_seconds >= 1, "mail.poll_seconds must be at least 1");
         if let Some(url) = &self.mail.smtp_url {
             tollgate_core::SmtpMailer::new(secrecy::ExposeSecret::expose_secret(url), &self.mail.from)

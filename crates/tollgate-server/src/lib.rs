@@ -117,7 +117,13 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
             tollgate_domain::mfa::SecretSealer::new(&audit_key(config)?.derive(b"tollgate.totp-seed.v1")),
             locator(config)?,
         ),
-        teams: tollgate_core::TeamService::new(Arc::clone(store), Arc::clone(clock), notices, keys.clone()),
+        teams: tollgate_core::TeamService::new(
+            Arc::clone(store),
+            Arc::clone(clock),
+            notices,
+            keys.clone(),
+            Arc::new(DnsTxt::new(config.dns_resolver)?),
+        ),
         keys,
         audit: AuditService::new(
             Arc::clone(store),
@@ -126,6 +132,53 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
             chrono::Duration::days(i64::from(config.audit.retention_days)),
         ),
     })
+}
+
+/// TXT lookups through hickory, at the configured DNS server or the system's.
+struct DnsTxt(hickory_resolver::TokioResolver);
+
+impl DnsTxt {
+    fn new(server: Option<SocketAddr>) -> anyhow::Result<Self> {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+        use hickory_resolver::name_server::TokioConnectionProvider;
+        let provider = TokioConnectionProvider::default();
+        let builder = match server {
+            Some(address) => {
+                let mut config = ResolverConfig::new();
+                config.add_name_server(NameServerConfig::new(
+                    address,
+                    hickory_resolver::proto::xfer::Protocol::Udp,
+                ));
+                hickory_resolver::Resolver::builder_with_config(config, provider)
+            }
+            None => hickory_resolver::Resolver::builder(provider).context("reading the system's DNS configuration")?,
+        };
+        let mut options = hickory_resolver::config::ResolverOpts::default();
+        // Re-checks must see a record as soon as it is published (or removed).
+        options.cache_size = 0;
+        options.attempts = 2;
+        options.timeout = Duration::from_secs(3);
+        Ok(Self(builder.with_options(options).build()))
+    }
+}
+
+#[async_trait::async_trait]
+impl tollgate_core::teams::TxtResolver for DnsTxt {
+    async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        match self.0.txt_lookup(format!("{name}.")).await {
+            Ok(lookup) => Ok(lookup
+                .iter()
+                .map(|txt| {
+                    txt.txt_data()
+                        .iter()
+                        .map(|chunk| String::from_utf8_lossy(chunk).into_owned())
+                        .collect::<String>()
+                })
+                .collect()),
+            Err(error) if error.is_no_records_found() => Ok(Vec::new()),
+            Err(error) => Err(format!("DNS lookup of {name} failed: {error}")),
+        }
+    }
 }
 
 /// GitHub's secret scanning signing keys, fetched over HTTPS.
@@ -336,6 +389,10 @@ pub async fn start(
     if mail.is_none() {
         tracing::info!("no mail.smtp_url: mail waits in the outbox (tollgate mail list)");
     }
+    let domain_checks = services.teams.clone().spawn_domain_checks(
+        Duration::from_secs(config.domain_recheck_hours * 3600),
+        stop_jobs.clone(),
+    );
     let retention = (config.audit.retention_days > 0).then(|| {
         services.audit.clone().spawn_retention(
             Duration::from_secs(config.audit.prune_interval_minutes * 60),
@@ -374,6 +431,7 @@ pub async fn start(
         }
         // Writes the last-use times gathered since its previous run.
         let _ = last_used.await;
+        let _ = domain_checks.await;
         if let Some(mail) = mail {
             let _ = mail.await;
         }

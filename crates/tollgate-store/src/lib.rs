@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use tollgate_domain::keys::KeyHash;
 use tollgate_domain::{
     ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHead, Email, Invitation, MailId,
-    ManagementKey, Member, Membership, OutboundMail, PruneBoundary, QueuedMail, Role, Session, SessionId, Team, TeamId,
-    Timestamp, TokenPurpose, UsageRecord, User, UserId,
+    ManagementKey, Member, Membership, OutboundMail, PruneBoundary, QueuedMail, Role, Session, SessionId, Team,
+    TeamDomain, TeamId, Timestamp, TokenPurpose, UsageRecord, User, UserId,
 };
 
 pub use error::{OpenError, StoreError};
@@ -233,6 +233,25 @@ pub trait TeamStore: Send + Sync {
         at: Timestamp,
         audit: &AuditEvent,
     ) -> Result<(), StoreError>;
+    /// Adds a domain to verify.
+    async fn insert_domain(&self, domain: &TeamDomain, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// The team's domains.
+    async fn list_domains(&self, team_id: TeamId) -> Result<Vec<TeamDomain>, StoreError>;
+    /// Every domain (the periodic re-check).
+    async fn list_all_domains(&self) -> Result<Vec<TeamDomain>, StoreError>;
+    /// Records a lookup: verified since `verified_at` (or not, with `error`), with `audit` when the
+    /// state changed. `Conflict` named `team_domains_verified_domain_key` when another team has
+    /// the domain verified.
+    async fn record_domain_check(&self, domain: &TeamDomain, audit: Option<&AuditEvent>) -> Result<(), StoreError>;
+    /// Removes one of the team's domains.
+    async fn delete_domain(
+        &self,
+        team_id: TeamId,
+        id: tollgate_domain::DomainId,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// The team (not deleted) that has `domain` verified, if any.
+    async fn team_with_verified_domain(&self, domain: &str) -> Result<Option<TeamId>, StoreError>;
     /// Turns a pending invitation into a membership of `user_id`; `false` when it was used,
     /// withdrawn or expired meanwhile.
     async fn accept_invitation(

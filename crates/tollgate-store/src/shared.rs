@@ -8,7 +8,7 @@ use tollgate_domain::keys::KeyHash;
 use tollgate_domain::audit::GENESIS;
 use tollgate_domain::{
     AclSet, ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHash, ChainHead, Email,
-    Invitation, MailId, ManagementKey, ManagementKeyId, Member, Membership, OutboundMail, PruneBoundary, QueuedMail, RequestId, Role,
+    Invitation, MailId, ManagementKey, TeamDomain, ManagementKeyId, Member, Membership, OutboundMail, PruneBoundary, QueuedMail, RequestId, Role,
     Session, SessionId, Team, TeamId, Ticks, Timestamp, TokenPurpose, TokenUsage, UsageRecord, User, UserId,
 };
 use uuid::Uuid;
@@ -284,6 +284,21 @@ async fn append_audit_chain(
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+const DOMAIN_COLUMNS: &str = "id, team_id, domain, token, created_at, verified_at, checked_at, last_error";
+
+fn domain_from_row(row: &DbRow) -> Result<TeamDomain, StoreError> {
+    Ok(TeamDomain {
+        id: tollgate_domain::DomainId::from_uuid(row.try_get("id")?),
+        team_id: TeamId::from_uuid(row.try_get("team_id")?),
+        domain: row.try_get("domain")?,
+        token: row.try_get("token")?,
+        created_at: row.try_get("created_at")?,
+        verified_at: row.try_get("verified_at")?,
+        checked_at: row.try_get("checked_at")?,
+        last_error: row.try_get("last_error")?,
+    })
 }
 
 const INVITATION_COLUMNS: &str =
@@ -1015,6 +1030,83 @@ impl TeamStore for SqlStore {
         insert_audit(&mut tx, &self.audit_key, audit).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn insert_domain(&self, domain: &TeamDomain, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("INSERT INTO team_domains (id, team_id, domain, token, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(domain.id.as_uuid())
+            .bind(domain.team_id.as_uuid())
+            .bind(&domain.domain)
+            .bind(&domain.token)
+            .bind(domain.created_at)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_domains(&self, team_id: TeamId) -> Result<Vec<TeamDomain>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {DOMAIN_COLUMNS} FROM team_domains WHERE team_id = $1 ORDER BY created_at, id"))
+            .bind(team_id.as_uuid())
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(domain_from_row).collect()
+    }
+
+    async fn list_all_domains(&self) -> Result<Vec<TeamDomain>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DOMAIN_COLUMNS} FROM team_domains d WHERE EXISTS \
+             (SELECT 1 FROM teams t WHERE t.id = d.team_id AND t.deleted_at IS NULL) ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(domain_from_row).collect()
+    }
+
+    async fn record_domain_check(&self, domain: &TeamDomain, audit: Option<&AuditEvent>) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = sqlx::query(
+            "UPDATE team_domains SET verified_at = $3, checked_at = $4, last_error = $5 WHERE team_id = $1 AND id = $2",
+        )
+        .bind(domain.team_id.as_uuid())
+        .bind(domain.id.as_uuid())
+        .bind(domain.verified_at)
+        .bind(domain.checked_at)
+        .bind(domain.last_error.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        one_row(&result)?;
+        if let Some(audit) = audit {
+            insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_domain(&self, team_id: TeamId, id: tollgate_domain::DomainId, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = sqlx::query("DELETE FROM team_domains WHERE team_id = $1 AND id = $2")
+            .bind(team_id.as_uuid())
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        one_row(&result)?;
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn team_with_verified_domain(&self, domain: &str) -> Result<Option<TeamId>, StoreError> {
+        let team: Option<Uuid> = sqlx::query_scalar(
+            "SELECT d.team_id FROM team_domains d JOIN teams t ON t.id = d.team_id \
+             WHERE d.domain = $1 AND d.verified_at IS NOT NULL AND t.deleted_at IS NULL",
+        )
+        .bind(domain)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(team.map(TeamId::from_uuid))
     }
 
     async fn accept_invitation(

@@ -9,7 +9,11 @@ use tollgate_store::testsuite::TestDb;
 
 use crate::util::{TestApp, on_both_backends};
 
-on_both_backends!(teams_members_and_invitations, authorization_matrix);
+on_both_backends!(
+    teams_members_and_invitations,
+    authorization_matrix,
+    verified_domains_auto_join
+);
 
 const PASSWORD: &str = "a sturdy passphrase for tests";
 
@@ -477,6 +481,20 @@ fn matrix_routes() -> Vec<Route> {
         ),
         route(Method::DELETE, "/api/teams/{team_id}/members/{user_id}", None, false),
         route(Method::GET, "/api/teams/{team_id}/invitations", None, false),
+        route(Method::GET, "/api/teams/{team_id}/domains", None, false),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/domains",
+            Some(json!({"domain": "gmail.com"})),
+            false,
+        ),
+        route(Method::DELETE, "/api/teams/{team_id}/domains/{domain_id}", None, false),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/domains/{domain_id}/verify",
+            None,
+            false,
+        ),
         route(
             Method::DELETE,
             "/api/teams/{team_id}/invitations/{invitation_id}",
@@ -631,6 +649,7 @@ async fn authorization_matrix(db: TestDb) {
                 .replace("{api_key_id}", fresh["apiKeyId"].as_str().unwrap())
                 .replace("{user_id}", &tollgate_domain::UserId::new().to_string())
                 .replace("{invitation_id}", &tollgate_domain::InvitationId::new().to_string())
+                .replace("{domain_id}", &tollgate_domain::DomainId::new().to_string())
                 .replace(
                     "{management_key_id}",
                     &tollgate_domain::ManagementKeyId::new().to_string(),
@@ -727,4 +746,208 @@ fn every_team_scoped_route_is_in_the_matrix() {
         missing.is_empty(),
         "team-scoped routes missing from the authorization matrix: {missing:?}"
     );
+}
+
+/// A real DNS server for the test: Python's `dnslib` on a loopback port, answering TXT queries
+/// from a JSON file the test rewrites (`{"name": ["value", ...]}`); other names are NXDOMAIN.
+struct DnsServer {
+    child: std::process::Child,
+    zone: std::path::PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+const DNS_SERVER: &str = r#"
+import json, sys
+from dnslib import RR, QTYPE, TXT, RCODE
+from dnslib.server import DNSServer, BaseResolver
+class Zone(BaseResolver):
+    def resolve(self, request, handler):
+        reply = request.reply()
+        name = str(request.q.qname).rstrip('.').lower()
+        try:
+            records = json.load(open(sys.argv[1]))
+        except Exception:
+            records = {}
+        if name not in records:
+            reply.header.rcode = RCODE.NXDOMAIN
+        elif request.q.qtype == QTYPE.TXT:
+            for value in records[name]:
+                reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(value), ttl=1))
+        return reply
+DNSServer(Zone(), port=int(sys.argv[2]), address='127.0.0.1').start()
+"#;
+
+impl DnsServer {
+    async fn start() -> Option<Self> {
+        let available = std::process::Command::new("python3")
+            .args(["-c", "import dnslib"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !available {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "dnslib is missing: pip install -r requirements-test.txt"
+            );
+            eprintln!("skipped: dnslib is not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let zone = dir.path().join("zone.json");
+        std::fs::write(&zone, "{}").unwrap();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("python3")
+            .args(["-c", DNS_SERVER])
+            .arg(&zone)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            zone,
+            port,
+            _dir: dir,
+        };
+        // Ready once it answers a query.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let query = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 0, 0, 16, 0, 1];
+        for _ in 0..100 {
+            let _ = socket.send_to(&query, ("127.0.0.1", port));
+            let mut buf = [0_u8; 512];
+            if socket.recv_from(&mut buf).is_ok() {
+                return Some(server);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the DNS server did not start");
+    }
+
+    fn publish(&self, records: Value) {
+        std::fs::write(&self.zone, records.to_string()).unwrap();
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn verified_domains_auto_join(db: TestDb) {
+    let Some(dns) = DnsServer::start().await else { return };
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    config.dns_resolver = Some(format!("127.0.0.1:{}", dns.port).parse().unwrap());
+    let app = TestApp::with_config(db, upstream, config).await;
+    let admin = app.signed_up("admin@acme-corp.test").await;
+    let (_, team) = app
+        .call_json(Method::POST, "/api/teams", &admin, Some(json!({"name": "Acme"})))
+        .await;
+    let domains = format!("/api/teams/{}/domains", team["teamId"].as_str().unwrap());
+
+    for (domain, message) in [
+        ("gmail.com", "public mail provider"),
+        ("co.uk", "public suffix"),
+        ("not a domain", "not a domain name"),
+    ] {
+        let (status, body) = app
+            .call_json(Method::POST, &domains, &admin, Some(json!({"domain": domain})))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{domain}");
+        assert!(body["error"].as_str().unwrap().contains(message), "{body}");
+    }
+    let (status, added) = app
+        .call_json(
+            Method::POST,
+            &domains,
+            &admin,
+            Some(json!({"domain": "Acme-Corp.test"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(added["domain"], "acme-corp.test");
+    assert_eq!(added["recordName"], "_tollgate-challenge.acme-corp.test");
+    let value = added["recordValue"].as_str().unwrap().to_owned();
+    assert!(value.starts_with("domain-verification="));
+    let verify = format!("{domains}/{}/verify", added["domainId"].as_str().unwrap());
+
+    // Not published yet.
+    let (status, checked) = app.call_json(Method::POST, &verify, &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(checked["verified"], false);
+    assert!(
+        checked["lastError"].as_str().unwrap().contains("no TXT record"),
+        "{checked}"
+    );
+    // Published (among other records) at the challenge name.
+    dns.publish(json!({"_tollgate-challenge.acme-corp.test": ["v=spf1 -all", value]}));
+    let (_, checked) = app.call_json(Method::POST, &verify, &admin, None).await;
+    assert_eq!(checked["verified"], true, "{checked}");
+
+    // Another team cannot have it verified too.
+    let rival = app.signed_up("rival@example.com").await;
+    let (_, rival_team) = app
+        .call_json(Method::POST, "/api/teams", &rival, Some(json!({"name": "Rival"})))
+        .await;
+    let rival_domains = format!("/api/teams/{}/domains", rival_team["teamId"].as_str().unwrap());
+    let (_, rival_added) = app
+        .call_json(
+            Method::POST,
+            &rival_domains,
+            &rival,
+            Some(json!({"domain": "acme-corp.test"})),
+        )
+        .await;
+    let mut records = json!({"_tollgate-challenge.acme-corp.test": [value]});
+    records["acme-corp.test"] = json!([rival_added["recordValue"]]);
+    dns.publish(records);
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            &format!("{rival_domains}/{}/verify", rival_added["domainId"].as_str().unwrap()),
+            &rival,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Someone signing up at the domain joins once their address is verified, and is told.
+    let dev = app.signed_up("dev@acme-corp.test").await;
+    assert!(!teams_of(&app, &dev).await.iter().any(|(name, _)| name == "Acme"));
+    app.verify_email_of("dev@acme-corp.test").await;
+    assert!(teams_of(&app, &dev).await.contains(&("Acme".into(), "member".into())));
+    let mail = app.store().list_mail(100).await.unwrap();
+    assert!(
+        mail.iter().any(|m| m.mail.to[0].as_ref() == "dev@acme-corp.test"
+            && m.mail.subject.contains("You joined the team \"Acme\""))
+    );
+
+    // The record is removed: the periodic re-check unverifies it, and nobody else joins.
+    dns.publish(json!({}));
+    assert_eq!(app.services().teams.recheck_domains().await.unwrap(), 1);
+    let (_, list) = app.call_json(Method::GET, &domains, &admin, None).await;
+    assert_eq!(list["domains"][0]["verified"], false);
+    let late = app.signed_up("late@acme-corp.test").await;
+    app.verify_email_of("late@acme-corp.test").await;
+    assert!(!teams_of(&app, &late).await.iter().any(|(name, _)| name == "Acme"));
+    let (status, _) = app
+        .call_json(
+            Method::DELETE,
+            &format!("{domains}/{}", added["domainId"].as_str().unwrap()),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.finish().await;
 }

@@ -1,0 +1,15 @@
+-- Verified domains: a team publishes a DNS TXT record; signing up at the domain joins the team.
+
+CREATE TABLE team_domains (
+    id          BLOB PRIMARY KEY NOT NULL,
+    team_id     BLOB NOT NULL REFERENCES teams (id),
+    domain      TEXT NOT NULL,
+    token       TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    verified_at TEXT,
+    checked_at  TEXT,
+    last_error  TEXT,
+    CONSTRAINT team_domains_team_id_domain_key UNIQUE (team_id, domain)
+);
+-- A domain is verified for one team at a time.
+CREATE UNIQUE INDEX team_domains_verified_domain_key ON team_domains (domain) WHERE verified_at IS NOT NULL;

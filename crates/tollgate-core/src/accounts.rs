@@ -84,6 +84,9 @@ pub enum AccountError {
     /// Not a member of the team (or no such team: they look alike).
     #[error("team not found")]
     TeamNotFound,
+    /// Deleting would leave these teams without an Admin.
+    #[error("You are the only Admin of {0}: make another member Admin, or delete the team, first")]
+    SoleAdmin(String),
     /// Storage failed.
     #[error(transparent)]
     Store(StoreError),
@@ -201,7 +204,17 @@ pub enum SignInOutcome {
         /// Sent back with the code.
         challenge: SecretToken,
     },
+    /// The account was deleted and can still be restored, with this token (15 minutes).
+    Deleted {
+        /// Sent back to restore.
+        restore: SecretToken,
+        /// The end of the restore period.
+        purge_after: Timestamp,
+    },
 }
+
+/// How long after deletion an account can be restored.
+pub const RESTORE_PERIOD: chrono::Duration = chrono::Duration::days(30);
 
 /// A second factor as presented.
 #[derive(Debug, Clone)]
@@ -323,6 +336,8 @@ impl AccountService {
             created_at: now,
             email_verified_at: None,
             totp_enabled_at: None,
+            deleted_at: None,
+            purge_after: None,
         };
         let team = Team {
             id: TeamId::new(),
@@ -592,15 +607,193 @@ impl AccountService {
             }
         };
         if user.totp_enabled_at.is_some() {
+            // (A deleted account with a second factor proves it too before it may be restored.)
             let challenge = SecretToken::generate(&mut rand::rngs::OsRng);
             self.store
                 .create_mfa_challenge(&challenge.hash(), user.id, now, now + CHALLENGE_LIFETIME)
                 .await?;
             return Ok(SignInOutcome::SecondFactor { challenge });
         }
+        if user.deleted_at.is_some() {
+            return self.offer_restore(&user).await;
+        }
         Ok(SignInOutcome::SignedIn(Box::new(
             self.start_session(user, "a password", context).await?,
         )))
+    }
+
+    /// A deleted account that proved itself: a token to restore it, while the period lasts.
+    async fn offer_restore(&self, user: &User) -> Result<SignInOutcome, AccountError> {
+        let now = self.clock.now();
+        let purge_after = user
+            .purge_after
+            .filter(|at| *at > now)
+            .ok_or(AccountError::BadCredentials)?;
+        let restore = SecretToken::generate(&mut rand::rngs::OsRng);
+        let purpose = TokenPurpose::RestoreAccount;
+        let record = AccountToken {
+            hash: restore.hash(),
+            user_id: user.id,
+            purpose,
+            created_at: now,
+            expires_at: now + purpose.lifetime(),
+            used_at: None,
+            data: None,
+        };
+        self.store.insert_account_token(&record, &[], &[]).await?;
+        Ok(SignInOutcome::Deleted { restore, purge_after })
+    }
+
+    /// Restores a deleted account with the token its sign-in gave: back on its teams' member
+    /// lists, and signed in.
+    #[instrument(skip_all)]
+    pub async fn restore_account(&self, token: &str, context: &RequestContext) -> Result<SignedIn, AccountError> {
+        let (record, user) = self.live_token(token, TokenPurpose::RestoreAccount).await?;
+        let now = self.clock.now();
+        let audit = AuditEvent::success(
+            now,
+            None,
+            user_actor(&user),
+            AuditAction::RestoreAccount,
+            "Restored the account within its 30 days".to_owned(),
+            Some(format!("user:{}", user.id)),
+            context,
+        );
+        let redeemed = self
+            .store
+            .redeem_account_token(&TokenRedemption {
+                hash: record.hash,
+                purpose: TokenPurpose::RestoreAccount,
+                user_id: user.id,
+                new_password_hash: None,
+                at: now,
+                mail: &[],
+                audits: std::slice::from_ref(&audit),
+            })
+            .await?;
+        if !redeemed {
+            return Err(AccountError::InvalidLink);
+        }
+        // Its teams' logs hear of it too, now that it is back on their lists.
+        let user = self.store.get_user(user.id).await?;
+        let memberships = self.store.list_memberships(user.id).await?;
+        for event in user_events(
+            &memberships,
+            &user,
+            now,
+            AuditAction::RestoreAccount,
+            "Restored the account",
+            true,
+            context,
+        ) {
+            if event.team_id.is_some() {
+                self.store.insert_audit_event(&event).await?;
+            }
+        }
+        self.start_session(user, "a password (account restored)", context).await
+    }
+
+    /// Deletes the account (password again, and the second factor if on). Refused while it is the
+    /// only Admin of a team that is not its Personal Team: that team needs another Admin, or to
+    /// be deleted, first. Returns when the account's data will be purged.
+    #[instrument(skip_all)]
+    pub async fn delete_account(
+        &self,
+        user: &User,
+        password: &str,
+        factor: Option<&SecondFactor>,
+        context: &RequestContext,
+    ) -> Result<Timestamp, AccountError> {
+        self.check_password_again(user, password).await?;
+        if user.totp_enabled_at.is_some() {
+            let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
+            self.check_second_factor(user, factor, context).await?;
+        }
+        let memberships = self.store.list_memberships(user.id).await?;
+        let mut sole = Vec::new();
+        for membership in memberships
+            .iter()
+            .filter(|m| m.role == tollgate_domain::Role::Admin && !m.team.personal)
+        {
+            let members = self.store.list_members(membership.team.id).await?;
+            let other_admin = members
+                .iter()
+                .any(|m| m.user_id != user.id && m.role == tollgate_domain::Role::Admin);
+            if !other_admin {
+                sole.push(format!("\"{}\"", membership.team.name));
+            }
+        }
+        if !sole.is_empty() {
+            return Err(AccountError::SoleAdmin(sole.join(", ")));
+        }
+        let now = self.clock.now();
+        let purge_after = now + RESTORE_PERIOD;
+        let audits = user_events(
+            &memberships,
+            user,
+            now,
+            AuditAction::DeleteAccount,
+            "Deleted the account (restorable for 30 days); it left the team's member list",
+            true,
+            context,
+        );
+        let mail = [self.notices.account_deleted(user, now, purge_after)];
+        self.store
+            .delete_account(&tollgate_store::AccountDeletion {
+                user_id: user.id,
+                at: now,
+                purge_after,
+                audits: &audits,
+                mail: &mail,
+            })
+            .await?;
+        self.notices.queued();
+        Ok(purge_after)
+    }
+
+    /// Purges the personal data of accounts deleted more than 30 days ago (the daily job).
+    pub async fn purge_deleted_accounts(&self) -> Result<usize, AccountError> {
+        let now = self.clock.now();
+        let due = self.store.accounts_due_for_purge(now).await?;
+        for user in &due {
+            let audit = AuditEvent::success(
+                now,
+                None,
+                Actor::System,
+                AuditAction::PurgeAccount,
+                format!("Purged the personal data of deleted account {}", user.id),
+                Some(format!("user:{}", user.id)),
+                &RequestContext::default(),
+            );
+            self.store
+                .purge_account(user.id, now, std::slice::from_ref(&audit))
+                .await?;
+        }
+        if !due.is_empty() {
+            tracing::info!(purged = due.len(), "purged deleted accounts");
+        }
+        Ok(due.len())
+    }
+
+    /// Runs [`Self::purge_deleted_accounts`] every `every` until `stop`.
+    pub fn spawn_purge(
+        self,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                if let Err(error) = self.purge_deleted_accounts().await {
+                    tracing::error!(error = %error, "purging deleted accounts failed");
+                }
+            }
+        })
     }
 
     /// Completes a sign-in with the second factor.
@@ -610,7 +803,7 @@ impl AccountService {
         challenge: &str,
         factor: &SecondFactor,
         context: &RequestContext,
-    ) -> Result<SignedIn, AccountError> {
+    ) -> Result<SignInOutcome, AccountError> {
         let challenge = SecretToken::presented(challenge.trim()).ok_or(AccountError::NotSignedIn)?;
         let now = self.clock.now();
         let user_id = self
@@ -623,7 +816,12 @@ impl AccountService {
         if !self.store.use_mfa_challenge(&challenge.hash(), now).await? {
             return Err(AccountError::NotSignedIn);
         }
-        self.start_session(user, how, context).await
+        if user.deleted_at.is_some() {
+            return self.offer_restore(&user).await;
+        }
+        Ok(SignInOutcome::SignedIn(Box::new(
+            self.start_session(user, how, context).await?,
+        )))
     }
 
     /// Checks `factor` for `user` (each TOTP step and each recovery code works once); failures

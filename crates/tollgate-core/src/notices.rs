@@ -251,6 +251,27 @@ impl Notices {
         }
     }
 
+    /// "Your account was deleted", with how to restore it.
+    #[must_use]
+    pub fn account_deleted(&self, user: &User, at: Timestamp, purge_after: Timestamp) -> OutboundMail {
+        let product = &self.product;
+        OutboundMail {
+            id: MailId::new(),
+            to: vec![user.email.clone()],
+            subject: format!("[{product}] Your account was deleted"),
+            body: format!(
+                "Hello {name},\n\nYour {product} account was deleted on {when} UTC and signed out everywhere. \
+                 Until {until} UTC you can restore it by signing in at {console}; after that its personal \
+                 data is purged for good. API keys you created stay with their teams.\n-- {product}\n",
+                name = user.display_name,
+                when = at.format("%Y-%m-%d %H:%M:%S"),
+                until = purge_after.format("%Y-%m-%d %H:%M:%S"),
+                console = self.console_url,
+            ),
+            created_at: at,
+        }
+    }
+
     /// Tells the sender that mail was queued.
     pub fn queued(&self) {
         self.waker.wake();

@@ -23,6 +23,10 @@ pub struct User {
     pub email_verified_at: Option<Timestamp>,
     /// When TOTP became the account's second factor; `None` without one.
     pub totp_enabled_at: Option<Timestamp>,
+    /// When its owner deleted the account; it can be restored until `purge_after`.
+    pub deleted_at: Option<Timestamp>,
+    /// When a deleted account's personal data is purged.
+    pub purge_after: Option<Timestamp>,
 }
 
 /// A team.

@@ -94,6 +94,8 @@ pub enum TokenPurpose {
     ChangeEmail,
     /// Stops an email change the owner did not ask for (sent to the old address).
     ReportEmailChange,
+    /// Restores a deleted account (handed out at sign-in, within the 30 days).
+    RestoreAccount,
 }
 
 impl TokenPurpose {
@@ -105,6 +107,7 @@ impl TokenPurpose {
             TokenPurpose::ResetPassword => "reset_password",
             TokenPurpose::ChangeEmail => "change_email",
             TokenPurpose::ReportEmailChange => "report_email_change",
+            TokenPurpose::RestoreAccount => "restore_account",
         }
     }
 
@@ -116,6 +119,7 @@ impl TokenPurpose {
             TokenPurpose::ResetPassword => chrono::Duration::minutes(60),
             TokenPurpose::ChangeEmail => chrono::Duration::hours(24),
             TokenPurpose::ReportEmailChange => chrono::Duration::days(7),
+            TokenPurpose::RestoreAccount => chrono::Duration::minutes(15),
         }
     }
 }

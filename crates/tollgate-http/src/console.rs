@@ -33,6 +33,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/auth/sign-in", post(sign_in))
         .route("/api/auth/sign-in/second-factor", post(sign_in_second_factor))
         .route("/api/account/password", post(change_password))
+        .route("/api/account/delete", post(delete_account))
+        .route("/api/auth/restore", post(restore_account))
         .route("/api/account/email", post(request_email_change))
         .route("/api/auth/email-change/confirm", post(confirm_email_change))
         .route("/api/auth/email-change/report", post(report_email_change))
@@ -127,7 +129,8 @@ impl From<AccountError> for XaiError {
             | AccountError::InvalidDisplayName
             | AccountError::InvalidPassword(_)
             | AccountError::InvalidLink
-            | AccountError::SameEmail => XaiError::invalid_argument(error.to_string()),
+            | AccountError::SameEmail
+            | AccountError::SoleAdmin(_) => XaiError::invalid_argument(error.to_string()),
             AccountError::EmailTaken => XaiError::new(StatusCode::CONFLICT, error.to_string()),
             AccountError::BadCredentials | AccountError::NotSignedIn => XaiError::unauthenticated(error.to_string()),
             AccountError::CsrfMismatch => XaiError::permission_denied(error.to_string()),
@@ -349,17 +352,104 @@ pub(crate) async fn sign_in(
     RequestMeta(meta): RequestMeta,
     XaiJson(body): XaiJson<SignInRequest>,
 ) -> Result<Response, XaiError> {
-    match state.accounts.sign_in(&body.email, &body.password, &meta).await? {
-        SignInOutcome::SignedIn(signed_in) => Ok(signed_in_response(&state, &signed_in, StatusCode::OK)),
-        SignInOutcome::SecondFactor { challenge } => Ok((
+    let outcome = state.accounts.sign_in(&body.email, &body.password, &meta).await?;
+    Ok(outcome_response(&state, outcome))
+}
+
+/// The account was deleted; it can be restored for a while.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeletedAccountView {
+    /// Always true.
+    account_deleted: bool,
+    /// Send to `/api/auth/restore` within 15 minutes to restore the account.
+    restore_token: String,
+    /// After this the account's data is purged.
+    restore_until: String,
+}
+
+fn outcome_response(state: &AppState, outcome: SignInOutcome) -> Response {
+    match outcome {
+        SignInOutcome::SignedIn(signed_in) => signed_in_response(state, &signed_in, StatusCode::OK),
+        SignInOutcome::SecondFactor { challenge } => (
             StatusCode::ACCEPTED,
             Json(SecondFactorView {
                 mfa_required: true,
                 mfa_token: challenge.expose().to_owned(),
             }),
         )
-            .into_response()),
+            .into_response(),
+        SignInOutcome::Deleted { restore, purge_after } => (
+            StatusCode::ACCEPTED,
+            Json(DeletedAccountView {
+                account_deleted: true,
+                restore_token: restore.expose().to_owned(),
+                restore_until: rfc3339(purge_after),
+            }),
+        )
+            .into_response(),
     }
+}
+
+/// Restore a deleted account (within its 30 days) with the token its sign-in answered with.
+#[utoipa::path(post, path = "/api/auth/restore", tag = "console", request_body = TokenRequest,
+    responses((status = 200, body = SignedInView), (status = 400, body = crate::ErrorBody)))]
+pub(crate) async fn restore_account(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<TokenRequest>,
+) -> Result<Response, XaiError> {
+    let signed_in = state.accounts.restore_account(&body.token, &meta).await?;
+    Ok(signed_in_response(&state, &signed_in, StatusCode::OK))
+}
+
+/// `POST /api/account/delete` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct DeleteAccountRequest {
+    /// The password, again.
+    password: String,
+    /// With two-factor authentication on: a TOTP code.
+    code: Option<String>,
+    /// Or a recovery code.
+    recovery_code: Option<String>,
+}
+
+/// When the data goes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AccountDeletedView {
+    /// Sign in before this to restore the account; after it, its personal data is purged.
+    restore_until: String,
+}
+
+/// Delete your account: at once every session ends, its management keys stop, and it leaves its
+/// teams' member lists (the API keys it created stay with their teams). Signing in within 30 days
+/// offers to restore it. Refused while you are the only Admin of a team.
+#[utoipa::path(post, path = "/api/account/delete", tag = "console", request_body = DeleteAccountRequest,
+    responses((status = 200, body = AccountDeletedView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn delete_account(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<DeleteAccountRequest>,
+) -> Result<Response, XaiError> {
+    let factor = FactorFields {
+        code: body.code,
+        recovery_code: body.recovery_code,
+    }
+    .factor()?;
+    let purge_after = state
+        .accounts
+        .delete_account(&signed_in.user, &body.password, factor.as_ref(), &meta)
+        .await?;
+    let mut response = Json(AccountDeletedView {
+        restore_until: rfc3339(purge_after),
+    })
+    .into_response();
+    response.headers_mut().insert(SET_COOKIE, state.cookies.set("", 0));
+    Ok(response)
 }
 
 /// A second factor: a TOTP `code`, or a `recoveryCode`.
@@ -411,11 +501,11 @@ pub(crate) async fn sign_in_second_factor(
         recovery_code: body.recovery_code,
     }
     .required()?;
-    let signed_in = state
+    let outcome = state
         .accounts
         .sign_in_second_factor(&body.mfa_token, &factor, &meta)
         .await?;
-    Ok(signed_in_response(&state, &signed_in, StatusCode::OK))
+    Ok(outcome_response(&state, outcome))
 }
 
 /// `POST /api/account/password` body.

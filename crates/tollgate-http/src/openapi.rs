@@ -110,6 +110,8 @@ impl Modify for SecuritySchemes {
         crate::console::sign_in,
         crate::console::sign_in_second_factor,
         crate::console::change_password,
+        crate::console::delete_account,
+        crate::console::restore_account,
         crate::console::request_email_change,
         crate::console::confirm_email_change,
         crate::console::report_email_change,

@@ -389,6 +389,10 @@ pub async fn start(
     if mail.is_none() {
         tracing::info!("no mail.smtp_url: mail waits in the outbox (tollgate mail list)");
     }
+    let purge = services
+        .accounts
+        .clone()
+        .spawn_purge(Duration::from_secs(3600), stop_jobs.clone());
     let domain_checks = services.teams.clone().spawn_domain_checks(
         Duration::from_secs(config.domain_recheck_hours * 3600),
         stop_jobs.clone(),
@@ -432,6 +436,7 @@ pub async fn start(
         // Writes the last-use times gathered since its previous run.
         let _ = last_used.await;
         let _ = domain_checks.await;
+        let _ = purge.await;
         if let Some(mail) = mail {
             let _ = mail.await;
         }

@@ -93,8 +93,31 @@ pub trait AccountStore: Send + Sync {
     /// Uses a token once and applies what it is for, atomically: `false` (nothing written) when
     /// it was used or expired meanwhile.
     async fn redeem_account_token(&self, redeem: &TokenRedemption<'_>) -> Result<bool, StoreError>;
+    /// Deletes an account (restorable until `purge_after`): off every member list, sessions
+    /// ended, its management keys revoked, its pending links dead; with `audits` and `mail`.
+    async fn delete_account(&self, deletion: &AccountDeletion<'_>) -> Result<(), StoreError>;
+    /// Deleted accounts whose restore period is over and that are not purged yet.
+    async fn accounts_due_for_purge(&self, now: Timestamp) -> Result<Vec<User>, StoreError>;
+    /// Purges a deleted account's personal data: address, name, secrets, sessions, memberships,
+    /// its Personal Team; audit events keep only the user id (their email label is erased).
+    async fn purge_account(&self, user_id: UserId, at: Timestamp, audits: &[AuditEvent]) -> Result<(), StoreError>;
     /// Sets a new password and ends every session but `keep`, with `audits` and `mail`.
     async fn set_password(&self, change: &PasswordChange<'_>) -> Result<(), StoreError>;
+}
+
+/// An account deletion.
+#[derive(Debug)]
+pub struct AccountDeletion<'a> {
+    /// Whose.
+    pub user_id: UserId,
+    /// When.
+    pub at: Timestamp,
+    /// The end of the restore period.
+    pub purge_after: Timestamp,
+    /// Audit events (written first, into the teams the account was in).
+    pub audits: &'a [AuditEvent],
+    /// Mail to queue.
+    pub mail: &'a [OutboundMail],
 }
 
 /// A password change by the account's owner.

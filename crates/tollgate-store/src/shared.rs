@@ -14,7 +14,7 @@ use tollgate_domain::{
 use uuid::Uuid;
 
 use crate::{
-    MemberChange, MfaChange, MfaState, MfaStore, PasswordChange, AccountStore, AccountToken, AuditChainState, EndSessions, TokenRedemption, AuditQuery, AuditStore, KeyRotation, KeyStore, MailStore, SecretMatch, Store,
+    AccountDeletion, MemberChange, MfaChange, MfaState, MfaStore, PasswordChange, AccountStore, AccountToken, AuditChainState, EndSessions, TokenRedemption, AuditQuery, AuditStore, KeyRotation, KeyStore, MailStore, SecretMatch, Store,
     StoreError, TeamStore, UsageStore,
 };
 
@@ -36,7 +36,8 @@ fn opt_u32(value: Option<i64>, what: &str) -> Result<Option<u32>, StoreError> {
     value.map(|v| u32::try_from(v).map_err(|_| corrupt(what, "out of range"))).transpose()
 }
 
-const USER_COLUMNS: &str = "id, email, display_name, password_hash, created_at, email_verified_at, totp_enabled_at";
+const USER_COLUMNS: &str =
+    "id, email, display_name, password_hash, created_at, email_verified_at, totp_enabled_at, deleted_at, purge_after";
 
 fn user_from_row(row: &DbRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(StoreError::from)?;
@@ -48,6 +49,8 @@ fn user_from_row(row: &DbRow) -> Result<User, StoreError> {
         created_at: row.try_get("created_at")?,
         email_verified_at: row.try_get("email_verified_at")?,
         totp_enabled_at: row.try_get("totp_enabled_at")?,
+        deleted_at: row.try_get("deleted_at")?,
+        purge_after: row.try_get("purge_after")?,
     })
 }
 
@@ -478,7 +481,7 @@ impl AccountStore for SqlStore {
     async fn find_session(&self, token_hash: &[u8; 32]) -> Result<Option<(Session, [u8; 32], User)>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS}, s.csrf_hash, u.id AS u_id, u.email, u.display_name, u.password_hash, \
-             u.created_at AS u_created_at, u.email_verified_at, u.totp_enabled_at \
+             u.created_at AS u_created_at, u.email_verified_at, u.totp_enabled_at, u.deleted_at, u.purge_after \
              FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1"
         ))
         .bind(token_hash.as_slice())
@@ -496,6 +499,8 @@ impl AccountStore for SqlStore {
             created_at: row.try_get("u_created_at")?,
             email_verified_at: row.try_get("email_verified_at")?,
             totp_enabled_at: row.try_get("totp_enabled_at")?,
+            deleted_at: row.try_get("deleted_at")?,
+            purge_after: row.try_get("purge_after")?,
         };
         Ok(Some((session_from_row(&row)?, csrf, user)))
     }
@@ -613,6 +618,7 @@ impl AccountStore for SqlStore {
         let purpose = match purpose.as_str() {
             "verify_email" => TokenPurpose::VerifyEmail,
             "reset_password" => TokenPurpose::ResetPassword,
+            "restore_account" => TokenPurpose::RestoreAccount,
             "change_email" => TokenPurpose::ChangeEmail,
             "report_email_change" => TokenPurpose::ReportEmailChange,
             other => return Err(corrupt("account_tokens.purpose", other)),
@@ -697,6 +703,22 @@ impl AccountStore for SqlStore {
                 .execute(&mut *tx)
                 .await?;
             }
+            TokenPurpose::RestoreAccount => {
+                let restored = sqlx::query(
+                    "UPDATE users SET deleted_at = NULL, purge_after = NULL WHERE id = $1 AND deleted_at IS NOT NULL \
+                     AND purged_at IS NULL",
+                )
+                .bind(redeem.user_id.as_uuid())
+                .execute(&mut *tx)
+                .await?;
+                if restored.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                sqlx::query("UPDATE team_members SET suspended_at = NULL WHERE user_id = $1")
+                    .bind(redeem.user_id.as_uuid())
+                    .execute(&mut *tx)
+                    .await?;
+            }
             TokenPurpose::ReportEmailChange => {
                 end_other_sessions_in(&mut tx, redeem.user_id, None, redeem.at).await?;
                 sqlx::query(
@@ -734,6 +756,113 @@ impl AccountStore for SqlStore {
         Ok(())
     }
 
+    async fn delete_account(&self, deletion: &AccountDeletion<'_>) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        // Events first: they land in the teams' logs while the account is still a member.
+        for audit in deletion.audits {
+            insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        let user = deletion.user_id.as_uuid();
+        let result = sqlx::query("UPDATE users SET deleted_at = $2, purge_after = $3 WHERE id = $1 AND deleted_at IS NULL")
+            .bind(user)
+            .bind(deletion.at)
+            .bind(deletion.purge_after)
+            .execute(&mut *tx)
+            .await?;
+        one_row(&result)?;
+        sqlx::query("UPDATE team_members SET suspended_at = $2 WHERE user_id = $1")
+            .bind(user)
+            .bind(deletion.at)
+            .execute(&mut *tx)
+            .await?;
+        end_other_sessions_in(&mut tx, deletion.user_id, None, deletion.at).await?;
+        // Its management keys stop; the API keys it created stay with their teams.
+        sqlx::query("UPDATE management_keys SET revoked_at = $2 WHERE created_by = $1 AND revoked_at IS NULL")
+            .bind(user)
+            .bind(deletion.at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE account_tokens SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
+            .bind(user)
+            .bind(deletion.at)
+            .execute(&mut *tx)
+            .await?;
+        insert_mail(&mut tx, deletion.mail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn accounts_due_for_purge(&self, now: Timestamp) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE purge_after IS NOT NULL AND purge_after <= $1 AND purged_at IS NULL"
+        ))
+        .bind(now)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn purge_account(&self, user_id: UserId, at: Timestamp, audits: &[AuditEvent]) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let user = user_id.as_uuid();
+        // The audit log keeps the events, with the user id as a pseudonym: the email at the time
+        // is erased (the chain commits to its keyed digest, which stays).
+        sqlx::query("INSERT INTO audit_prune_permits (id) VALUES (2)").execute(&mut *tx).await?;
+        sqlx::query("UPDATE audit_events SET actor_label = NULL WHERE actor_kind = 'user' AND actor_id = $1 AND actor_label IS NOT NULL")
+            .bind(user_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM audit_prune_permits").execute(&mut *tx).await?;
+        for table in ["sessions", "account_tokens", "recovery_codes", "mfa_challenges"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE team_invitations SET invited_by = NULL WHERE invited_by = $1")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        // Its Personal Team goes with it (and that team's keys).
+        sqlx::query(
+            "UPDATE api_keys SET deleted_at = $2 WHERE deleted_at IS NULL AND team_id IN \
+             (SELECT t.id FROM teams t JOIN team_members m ON m.team_id = t.id WHERE m.user_id = $1 AND t.personal)",
+        )
+        .bind(user)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE teams SET deleted_at = $2 WHERE deleted_at IS NULL AND personal AND id IN \
+             (SELECT team_id FROM team_members WHERE user_id = $1)",
+        )
+        .bind(user)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM team_members WHERE user_id = $1")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        // The address becomes free for a new account; the row stays for the records that name it.
+        let result = sqlx::query(
+            "UPDATE users SET email = $2, display_name = 'Deleted user', password_hash = NULL, totp_seed = NULL, \
+             totp_pending_seed = NULL, totp_enabled_at = NULL, totp_last_step = NULL, email_verified_at = NULL, \
+             purged_at = $3 WHERE id = $1 AND purged_at IS NULL",
+        )
+        .bind(user)
+        .bind(format!("deleted-{}@purged.invalid", user_id.as_uuid().simple()))
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        one_row(&result)?;
+        for audit in audits {
+            insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn get_user(&self, id: UserId) -> Result<User, StoreError> {
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
             .bind(id.as_uuid())
@@ -758,7 +887,7 @@ impl TeamStore for SqlStore {
     async fn list_memberships(&self, user_id: UserId) -> Result<Vec<Membership>, StoreError> {
         let rows = sqlx::query(
             "SELECT t.id, t.name, t.description, t.personal, t.created_at, m.role FROM team_members m \
-             JOIN teams t ON t.id = m.team_id WHERE m.user_id = $1 AND t.deleted_at IS NULL \
+             JOIN teams t ON t.id = m.team_id WHERE m.user_id = $1 AND t.deleted_at IS NULL AND m.suspended_at IS NULL \
              ORDER BY t.created_at, t.id",
         )
         .bind(user_id.as_uuid())
@@ -775,7 +904,7 @@ impl TeamStore for SqlStore {
     async fn find_role(&self, team_id: TeamId, user_id: UserId) -> Result<Option<Role>, StoreError> {
         let role: Option<String> = sqlx::query_scalar(
             "SELECT m.role FROM team_members m JOIN teams t ON t.id = m.team_id \
-             WHERE m.team_id = $1 AND m.user_id = $2 AND t.deleted_at IS NULL",
+             WHERE m.team_id = $1 AND m.user_id = $2 AND t.deleted_at IS NULL AND m.suspended_at IS NULL",
         )
             .bind(team_id.as_uuid())
             .bind(user_id.as_uuid())
@@ -857,7 +986,8 @@ impl TeamStore for SqlStore {
     async fn list_members(&self, team_id: TeamId) -> Result<Vec<Member>, StoreError> {
         let rows = sqlx::query(
             "SELECT u.id, u.email, u.display_name, m.role, m.created_at FROM team_members m \
-             JOIN users u ON u.id = m.user_id WHERE m.team_id = $1 ORDER BY m.created_at, u.id",
+             JOIN users u ON u.id = m.user_id WHERE m.team_id = $1 AND m.suspended_at IS NULL \
+             ORDER BY m.created_at, u.id",
         )
         .bind(team_id.as_uuid())
         .fetch_all(&self.read)
@@ -931,7 +1061,9 @@ impl TeamStore for SqlStore {
             }
         };
         one_row(&result)?;
-        let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM team_members WHERE team_id = $1 AND role = 'admin'")
+        let admins: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM team_members WHERE team_id = $1 AND role = 'admin' AND suspended_at IS NULL",
+        )
             .bind(team_id.as_uuid())
             .fetch_one(&mut *tx)
             .await?;
@@ -1146,7 +1278,7 @@ impl TeamStore for SqlStore {
     async fn list_admin_emails(&self, team_id: TeamId) -> Result<Vec<Email>, StoreError> {
         let emails: Vec<String> = sqlx::query_scalar(
             "SELECT u.email FROM team_members m JOIN users u ON u.id = m.user_id \
-             WHERE m.team_id = $1 AND m.role = 'admin' ORDER BY u.email",
+             WHERE m.team_id = $1 AND m.role = 'admin' AND m.suspended_at IS NULL ORDER BY u.email",
         )
         .bind(team_id.as_uuid())
         .fetch_all(&self.read)

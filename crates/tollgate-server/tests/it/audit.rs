@@ -382,7 +382,7 @@ async fn edits_behind_the_back_are_caught(db: TestDb) {
     execute(
         &url,
         "DROP TRIGGER audit_events_no_update",
-        "ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only",
+        "ALTER TABLE audit_events DISABLE TRIGGER USER",
     )
     .await
     .unwrap();

@@ -12,7 +12,8 @@ use crate::util::{TestApp, on_both_backends};
 on_both_backends!(
     teams_members_and_invitations,
     authorization_matrix,
-    verified_domains_auto_join
+    verified_domains_auto_join,
+    account_deletion_restore_and_purge,
 );
 
 const PASSWORD: &str = "a sturdy passphrase for tests";
@@ -949,5 +950,174 @@ async fn verified_domains_auto_join(db: TestDb) {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    app.finish().await;
+}
+
+async fn account_deletion_restore_and_purge(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let ada = app.signed_up("ada@example.com").await;
+    let bob = app.signed_up("bob@example.com").await;
+    let (_, team) = app
+        .call_json(Method::POST, "/api/teams", &ada, Some(json!({"name": "Shared"})))
+        .await;
+    let team_id = team["teamId"].as_str().unwrap().to_owned();
+    let base = format!("/api/teams/{team_id}");
+    let (_, added) = app
+        .call_json(
+            Method::POST,
+            &format!("{base}/members"),
+            &ada,
+            Some(json!({"email": "bob@example.com", "role": "member"})),
+        )
+        .await;
+    let bob_id = added["member"]["userId"].as_str().unwrap().to_owned();
+    let (_, management) = app
+        .call_json(
+            Method::POST,
+            &format!("{base}/management-keys"),
+            &ada,
+            Some(json!({"name": "ada's"})),
+        )
+        .await;
+    let management_key = management["key"].as_str().unwrap().to_owned();
+    let (_, key) = app
+        .call_json(
+            Method::POST,
+            &format!("{base}/api-keys"),
+            &ada,
+            Some(json!({"name": "ada's", "acls": ["api-key:endpoint:*", "api-key:model:*"]})),
+        )
+        .await;
+    let api_key = key["apiKey"].as_str().unwrap().to_owned();
+    async fn delete(app: &TestApp, browser: &Browser, password: &str) -> (StatusCode, Value) {
+        app.call_json(
+            Method::POST,
+            "/api/account/delete",
+            browser,
+            Some(json!({"password": password})),
+        )
+        .await
+    }
+
+    // The only Admin of a team must hand it over (or delete it) first.
+    let (status, refused) = delete(&app, &ada, PASSWORD).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused["error"].as_str().unwrap().contains("only Admin of \"Shared\""),
+        "{refused}"
+    );
+    let response = app
+        .call(
+            Method::PATCH,
+            &format!("{base}/members/{bob_id}"),
+            &ada,
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        delete(&app, &ada, "not the password, though long").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, deleted) = delete(&app, &ada, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deleted["restoreUntil"], "2026-12-01T12:00:00.000000Z");
+
+    // At once: signed out, off the member list, its management keys dead; its API keys stay.
+    assert_eq!(
+        app.call(Method::GET, "/api/me", &ada, None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, members) = app.call_json(Method::GET, &format!("{base}/members"), &bob, None).await;
+    assert_eq!(members["members"].as_array().unwrap().len(), 1);
+    let response = app
+        .client
+        .get(app.url("/auth/management-keys/validation"))
+        .bearer_auth(&management_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.hello_status(&api_key).await, StatusCode::OK);
+    let mail = app.store().list_mail(100).await.unwrap();
+    assert!(
+        mail.iter()
+            .any(|m| m.mail.subject.contains("Your account was deleted") && m.mail.body.contains("2026-12-01"))
+    );
+
+    // Signing in within 30 days offers a restore; taking it brings the memberships back.
+    let sign_in = || {
+        app.client
+            .post(app.url("/api/auth/sign-in"))
+            .json(&json!({"email": "ada@example.com", "password": PASSWORD}))
+            .send()
+    };
+    let response = sign_in().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert!(response.headers().get("set-cookie").is_none());
+    let offer: Value = response.json().await.unwrap();
+    assert_eq!(offer["accountDeleted"], true);
+    let response = app
+        .client
+        .post(app.url("/api/auth/restore"))
+        .json(&json!({"token": offer["restoreToken"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    let ada = Browser {
+        cookie,
+        csrf: body["csrfToken"].as_str().unwrap().to_owned(),
+    };
+    assert!(teams_of(&app, &ada).await.contains(&("Shared".into(), "admin".into())));
+    let response = app
+        .client
+        .post(app.url("/api/auth/restore"))
+        .json(&json!({"token": offer["restoreToken"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "a restore token works once");
+
+    // Deleted again, and not restored: 30 days later the personal data is purged.
+    assert_eq!(delete(&app, &ada, PASSWORD).await.0, StatusCode::OK);
+    app.clock.advance(chrono::Duration::days(29));
+    assert_eq!(app.services().accounts.purge_deleted_accounts().await.unwrap(), 0);
+    app.clock.advance(chrono::Duration::days(2));
+    assert_eq!(app.services().accounts.purge_deleted_accounts().await.unwrap(), 1);
+    assert_eq!(sign_in().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // The team's log keeps the events, by user id only, and its chain still verifies.
+    let team_uuid: tollgate_domain::TeamId = team_id.parse().unwrap();
+    let events = app.store().list_audit_events(team_uuid, 100).await.unwrap();
+    let by_ada: Vec<_> = events
+        .iter()
+        .filter(|e| e.actor_kind == "user" && e.actor_label.is_none())
+        .collect();
+    assert!(!by_ada.is_empty());
+    assert!(
+        events
+            .iter()
+            .all(|e| e.actor_label.as_deref() != Some("ada@example.com"))
+    );
+    let report = app
+        .server
+        .as_ref()
+        .unwrap()
+        .audit
+        .verify(Some(team_uuid))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.result, Ok(()));
+    // The address is free again.
+    app.signed_up("ada@example.com").await;
     app.finish().await;
 }

@@ -21,7 +21,9 @@ CREATE TABLE audit_chains (
     pruned_mac  BYTEA
 );
 
--- A row exists here only inside the retention job's own transaction; nothing else can delete.
+-- A row exists here only inside the retention job's, or an account purge's, own transaction:
+-- nothing else can delete an event, and an update may only erase an actor's label (the chain
+-- commits to the label's keyed digest, which stays).
 CREATE TABLE audit_prune_permits (id BIGINT PRIMARY KEY NOT NULL);
 
 CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -34,8 +36,28 @@ END;
 $$;
 
 CREATE TRIGGER audit_events_append_only
-    BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_events
+    BEFORE DELETE OR TRUNCATE ON audit_events
     FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
+
+CREATE FUNCTION audit_events_erase_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM audit_prune_permits)
+        AND NEW.actor_label IS NULL
+        AND (NEW.id, NEW.team_id, NEW.at, NEW.seq, NEW.actor_kind, NEW.actor_id, NEW.actor_label_digest,
+             NEW.action, NEW.description, NEW.target, NEW.outcome, NEW.ip, NEW.user_agent, NEW.request_id, NEW.hash)
+            IS NOT DISTINCT FROM
+            (OLD.id, OLD.team_id, OLD.at, OLD.seq, OLD.actor_kind, OLD.actor_id, OLD.actor_label_digest,
+             OLD.action, OLD.description, OLD.target, OLD.outcome, OLD.ip, OLD.user_agent, OLD.request_id, OLD.hash)
+    THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'audit events are append-only';
+END;
+$$;
+
+CREATE TRIGGER audit_events_erase_only
+    BEFORE UPDATE ON audit_events
+    FOR EACH ROW EXECUTE FUNCTION audit_events_erase_only();
 
 -- Facts about this database, e.g. the fingerprint of the audit chain key its chains use.
 CREATE TABLE settings (

@@ -20,10 +20,22 @@ CREATE TABLE audit_chains (
     pruned_mac  BLOB
 );
 
--- A row exists here only inside the retention job's own transaction; nothing else can delete.
+-- A row exists here only inside the retention job's, or an account purge's, own transaction:
+-- nothing else can delete an event, and an update may only erase an actor's label (the chain
+-- commits to the label's keyed digest, which stays).
 CREATE TABLE audit_prune_permits (id INTEGER PRIMARY KEY NOT NULL);
 
 CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+WHEN NOT (
+    EXISTS (SELECT 1 FROM audit_prune_permits)
+    AND NEW.actor_label IS NULL
+    AND NEW.id IS OLD.id AND NEW.team_id IS OLD.team_id AND NEW.at IS OLD.at AND NEW.seq IS OLD.seq
+    AND NEW.actor_kind IS OLD.actor_kind AND NEW.actor_id IS OLD.actor_id
+    AND NEW.actor_label_digest IS OLD.actor_label_digest AND NEW.action IS OLD.action
+    AND NEW.description IS OLD.description AND NEW.target IS OLD.target AND NEW.outcome IS OLD.outcome
+    AND NEW.ip IS OLD.ip AND NEW.user_agent IS OLD.user_agent AND NEW.request_id IS OLD.request_id
+    AND NEW.hash IS OLD.hash
+)
 BEGIN
     SELECT RAISE(ABORT, 'audit events are append-only');
 END;

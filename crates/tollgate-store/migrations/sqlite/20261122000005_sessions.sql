@@ -24,7 +24,7 @@ CREATE INDEX sessions_user_id_idx ON sessions (user_id, created_at);
 CREATE TABLE account_tokens (
     token_hash BLOB PRIMARY KEY NOT NULL,
     user_id    BLOB NOT NULL REFERENCES users (id),
-    purpose    TEXT NOT NULL CHECK (purpose IN ('verify_email', 'reset_password', 'change_email', 'report_email_change')),
+    purpose    TEXT NOT NULL CHECK (purpose IN ('verify_email', 'reset_password', 'change_email', 'report_email_change', 'restore_account')),
     -- For an email change: the new address.
     data       TEXT,
     created_at TEXT NOT NULL,

@@ -402,15 +402,7 @@ impl AccountService {
             true,
             context,
         );
-        let record = AccountToken {
-            hash: token.hash(),
-            user_id: user.id,
-            purpose,
-            created_at: now,
-            expires_at: now + purpose.lifetime(),
-            used_at: None,
-            data: None,
-        };
+        let record = AccountToken::issue(token.hash(), user.id, purpose, now, None);
         self.store.insert_account_token(&record, &[mail], &audits).await?;
         self.notices.queued();
         Ok(())
@@ -488,15 +480,7 @@ impl AccountService {
             true,
             context,
         );
-        let record = AccountToken {
-            hash: token.hash(),
-            user_id: user.id,
-            purpose,
-            created_at: now,
-            expires_at: now + purpose.lifetime(),
-            used_at: None,
-            data: None,
-        };
+        let record = AccountToken::issue(token.hash(), user.id, purpose, now, None);
         self.store.insert_account_token(&record, &[mail], &audits).await?;
         self.notices.queued();
         Ok(())
@@ -631,15 +615,7 @@ impl AccountService {
             .ok_or(AccountError::BadCredentials)?;
         let restore = SecretToken::generate(&mut rand::rngs::OsRng);
         let purpose = TokenPurpose::RestoreAccount;
-        let record = AccountToken {
-            hash: restore.hash(),
-            user_id: user.id,
-            purpose,
-            created_at: now,
-            expires_at: now + purpose.lifetime(),
-            used_at: None,
-            data: None,
-        };
+        let record = AccountToken::issue(restore.hash(), user.id, purpose, now, None);
         self.store.insert_account_token(&record, &[], &[]).await?;
         Ok(SignInOutcome::Deleted { restore, purge_after })
     }
@@ -781,18 +757,9 @@ impl AccountService {
         every: std::time::Duration,
         stop: tokio_util::sync::CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                if let Err(error) = self.purge_deleted_accounts().await {
-                    tracing::error!(error = %error, "purging deleted accounts failed");
-                }
-            }
+        crate::jobs::every("account purge", every, stop, move || {
+            let service = self.clone();
+            async move { service.purge_deleted_accounts().await.map(drop) }
         })
     }
 
@@ -1152,14 +1119,8 @@ impl AccountService {
             true,
             context,
         );
-        let token = |token: &SecretToken, purpose: TokenPurpose, data: Option<String>| AccountToken {
-            hash: token.hash(),
-            user_id: user.id,
-            purpose,
-            created_at: now,
-            expires_at: now + purpose.lifetime(),
-            used_at: None,
-            data,
+        let token = |token: &SecretToken, purpose: TokenPurpose, data: Option<String>| {
+            AccountToken::issue(token.hash(), user.id, purpose, now, data)
         };
         let mail = [
             self.notices.confirm_new_email(user, &new, &confirm, now),

@@ -447,18 +447,9 @@ impl AuditService {
     /// Runs [`Self::prune_expired`] now and then every `every`, until `stop` is cancelled. A
     /// failed run is logged and retried at the next tick.
     pub fn spawn_retention(self, every: Duration, stop: CancellationToken) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                if let Err(error) = self.prune_expired().await {
-                    tracing::error!(error = %error, "audit retention failed; retrying at the next run");
-                }
-            }
+        crate::jobs::every("audit retention", every, stop, move || {
+            let service = self.clone();
+            async move { service.prune_expired().await.map(drop) }
         })
     }
 }

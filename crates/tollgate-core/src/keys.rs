@@ -778,20 +778,16 @@ impl KeyService {
             return Ok(true);
         }
         let now = self.clock.now();
-        let team = self.store.get_team(key.team_id).await?;
-        let admins = self.store.list_admin_emails(key.team_id).await?;
-        let id = key.id.to_string();
-        let withdrawn = WithdrawnKey {
-            kind: KeyKind::Management,
-            name: &key.name,
-            redacted: &key.redacted,
-            id: &id,
-        };
-        let mail: Vec<_> = self
-            .notices
-            .key_withdrawn(&team, &withdrawn, reason, now, admins)
-            .into_iter()
-            .collect();
+        let mail = self
+            .withdrawal_notice(
+                key.team_id,
+                KeyKind::Management,
+                &key.name,
+                &key.redacted,
+                &key.id.to_string(),
+                reason,
+            )
+            .await?;
         let audit = AuditEvent::success(
             now,
             Some(key.team_id),
@@ -814,6 +810,31 @@ impl KeyService {
             self.notices.queued();
         }
         Ok(true)
+    }
+
+    /// The mail telling a team's Admins that one of its keys was withdrawn (none if no Admin).
+    async fn withdrawal_notice(
+        &self,
+        team_id: tollgate_domain::TeamId,
+        kind: KeyKind,
+        name: &str,
+        redacted: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<Vec<tollgate_domain::OutboundMail>, KeyError> {
+        let team = self.store.get_team(team_id).await?;
+        let admins = self.store.list_admin_emails(team_id).await?;
+        let withdrawn = WithdrawnKey {
+            kind,
+            name,
+            redacted,
+            id,
+        };
+        Ok(self
+            .notices
+            .key_withdrawn(&team, &withdrawn, reason, self.clock.now(), admins)
+            .into_iter()
+            .collect())
     }
 
     /// Blocks key `id` of `team_id` (the operator's command). `KeyNotFound` if there is none.
@@ -851,20 +872,16 @@ impl KeyService {
             Some(format!("api_key:{}", key.id)),
             context,
         );
-        let team = self.store.get_team(key.team_id).await?;
-        let admins = self.store.list_admin_emails(key.team_id).await?;
-        let id = key.id.to_string();
-        let withdrawn = WithdrawnKey {
-            kind: KeyKind::Api,
-            name: &key.name,
-            redacted: &key.redacted,
-            id: &id,
-        };
-        let mail: Vec<_> = self
-            .notices
-            .key_withdrawn(&team, &withdrawn, reason, now, admins)
-            .into_iter()
-            .collect();
+        let mail = self
+            .withdrawal_notice(
+                key.team_id,
+                KeyKind::Api,
+                &key.name,
+                &key.redacted,
+                &key.id.to_string(),
+                reason,
+            )
+            .await?;
         let newly = self
             .store
             .block_api_key(key.team_id, key.id, reason, now, &audit, &mail)

@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod audit;
 pub mod caller;
 pub mod geo;
+pub mod jobs;
 pub mod keys;
 pub mod mail;
 pub mod notices;

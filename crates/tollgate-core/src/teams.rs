@@ -315,18 +315,9 @@ impl TeamService {
         every: std::time::Duration,
         stop: tokio_util::sync::CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                if let Err(error) = self.recheck_domains().await {
-                    tracing::warn!(error = %error, "re-checking verified domains failed");
-                }
-            }
+        crate::jobs::every("domain re-check", every, stop, move || {
+            let service = self.clone();
+            async move { service.recheck_domains().await.map(drop) }
         })
     }
 

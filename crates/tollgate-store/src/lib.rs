@@ -174,6 +174,22 @@ pub struct AccountToken {
     pub data: Option<String>,
 }
 
+impl AccountToken {
+    /// A fresh token record for `user_id`, living `purpose`'s lifetime from `now`.
+    #[must_use]
+    pub fn issue(hash: [u8; 32], user_id: UserId, purpose: TokenPurpose, now: Timestamp, data: Option<String>) -> Self {
+        Self {
+            hash,
+            user_id,
+            purpose,
+            created_at: now,
+            expires_at: now + purpose.lifetime(),
+            used_at: None,
+            data,
+        }
+    }
+}
+
 /// Redeeming a token: verifying the email; setting the new password (which also ends every
 /// session and every other reset link); changing the email to the token's address (which ends
 /// every session and every other pending change); or stopping a pending change (which ends every

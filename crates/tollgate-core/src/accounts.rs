@@ -143,7 +143,15 @@ const TOUCH_EVERY: chrono::Duration = chrono::Duration::minutes(1);
 struct Throttle {
     accounts: HashMap<String, SlidingWindow>,
     addresses: HashMap<String, SlidingWindow>,
+    /// Actions that send mail or create accounts, per key (`reset:<email>`, `signup:<ip>`, …),
+    /// over an hour: nobody can mail-bomb an address or mass-create accounts.
+    actions: HashMap<String, SlidingWindow>,
 }
+
+/// Per hour: reset links per address, verification mails per account, sign-ups per client address.
+const MAX_RESETS_PER_HOUR: u64 = 5;
+const MAX_VERIFICATIONS_PER_HOUR: u64 = 5;
+const MAX_SIGN_UPS_PER_HOUR: u64 = 20;
 
 impl Throttle {
     fn blocked(&mut self, email: &str, ip: Option<&str>, now: Timestamp) -> bool {
@@ -152,6 +160,22 @@ impl Throttle {
         };
         over(&mut self.accounts, email, MAX_FAILURES_PER_ACCOUNT)
             || ip.is_some_and(|ip| over(&mut self.addresses, ip, MAX_FAILURES_PER_ADDRESS))
+    }
+
+    /// Counts one `key` action; `false` when `max` were already counted in the past hour.
+    fn allow(&mut self, key: String, max: u64, now: Timestamp) -> bool {
+        if self.actions.len() > 100_000 {
+            self.actions.clear();
+        }
+        let window = self
+            .actions
+            .entry(key)
+            .or_insert_with(|| SlidingWindow::new(60 * 60 * 1_000_000));
+        if window.count(now) >= max {
+            return false;
+        }
+        window.add(now, 1);
+        true
     }
 
     fn failed(&mut self, email: &str, ip: Option<&str>, now: Timestamp) {
@@ -379,6 +403,16 @@ impl AccountService {
         password: &str,
         context: &RequestContext,
     ) -> Result<SignedIn, AccountError> {
+        if let Some(ip) = &context.ip {
+            if !self
+                .throttle()
+                .allow(format!("signup:{ip}"), MAX_SIGN_UPS_PER_HOUR, self.clock.now())
+            {
+                return Err(AccountError::Throttled {
+                    retry_after_seconds: 3600,
+                });
+            }
+        }
         let (user, _team) = self
             .create_user(email, display_name, password, Actor::System, context)
             .await?;
@@ -388,6 +422,15 @@ impl AccountService {
 
     /// Mails a link proving the address (24 hours, single use). Also the "resend" action.
     pub async fn send_verification(&self, user: &User, context: &RequestContext) -> Result<(), AccountError> {
+        if !self.throttle().allow(
+            format!("verify:{}", user.id),
+            MAX_VERIFICATIONS_PER_HOUR,
+            self.clock.now(),
+        ) {
+            return Err(AccountError::Throttled {
+                retry_after_seconds: 3600,
+            });
+        }
         let token = SecretToken::generate(&mut rand::rngs::OsRng);
         let now = self.clock.now();
         let purpose = TokenPurpose::VerifyEmail;
@@ -466,6 +509,15 @@ impl AccountService {
         let Some(user) = self.store.find_user_by_email(&email).await? else {
             return Ok(());
         };
+        // The same answer when over the limit too: the address is not mail-bombed, and nobody
+        // learns whether it has an account.
+        if !self
+            .throttle()
+            .allow(format!("reset:{}", user.id), MAX_RESETS_PER_HOUR, self.clock.now())
+        {
+            tracing::warn!(user.id = %user.id, "password reset links asked too often; none sent");
+            return Ok(());
+        }
         let token = SecretToken::generate(&mut rand::rngs::OsRng);
         let now = self.clock.now();
         let purpose = TokenPurpose::ResetPassword;
@@ -1224,6 +1276,10 @@ impl AccountService {
         } else {
             Err(AccountError::BadCredentials)
         }
+    }
+
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        self.throttle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn dummy_hash(&self) -> Result<String, AccountError> {

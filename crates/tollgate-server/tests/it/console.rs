@@ -20,6 +20,7 @@ on_both_backends!(
     changing_the_password_ends_other_sessions,
     email_change_needs_both_addresses,
     sign_ins_from_new_places_are_announced,
+    mail_and_sign_ups_are_rate_limited,
 );
 
 const UNAUTHENTICATED: &str = "The request does not have valid authentication credentials";
@@ -1137,5 +1138,62 @@ async fn sign_ins_from_new_places_are_announced(db: TestDb) {
     let sent = alerts().await;
     assert_eq!(sent.len(), 3);
     assert!(sent[0].mail.body.contains("Location: unknown"), "{}", sent[0].mail.body);
+    app.finish().await;
+}
+
+async fn mail_and_sign_ups_are_rate_limited(db: TestDb) {
+    let app = TestApp::new(db).await;
+    app.sign_up("bombed@example.com").await;
+    for _ in 0..8 {
+        let response = app
+            .post_json("/api/auth/password-reset", json!({"email": "bombed@example.com"}), None)
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::ACCEPTED,
+            "the same answer, over the limit too"
+        );
+    }
+    let resets = app
+        .store()
+        .list_mail(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.mail.subject.contains("Reset your password"))
+        .count();
+    assert_eq!(resets, 5, "at most 5 reset links an hour");
+    app.clock.advance(Duration::minutes(61));
+    app.post_json("/api/auth/password-reset", json!({"email": "bombed@example.com"}), None)
+        .await;
+    let resets = app
+        .store()
+        .list_mail(50)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|m| m.mail.subject.contains("Reset"))
+        .count();
+    assert_eq!(resets, 6);
+
+    // Sign-ups from one address: 20 an hour.
+    for i in 0..20 {
+        app.sign_up(&format!("user{i}@example.com")).await;
+    }
+    let response = app
+        .post_json(
+            "/api/auth/sign-up",
+            json!({"email": "one-too-many@example.com", "password": PASSWORD, "name": "X"}),
+            None,
+        )
+        .await;
+    assert_eq!(response.headers()["retry-after"], "3600");
+    assert_xai_error(
+        response,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Some resource has been exhausted",
+        "Too many",
+    )
+    .await;
     app.finish().await;
 }

@@ -642,6 +642,18 @@ impl AccountService {
                 return Err(AccountError::BadCredentials);
             }
         };
+        self.after_first_factor(user, "a password", context).await
+    }
+
+    /// What follows a first factor (a password, or an external sign-in `how`): the second factor
+    /// if the account has one, a restore offer if it was deleted, else a session.
+    pub async fn after_first_factor(
+        &self,
+        user: User,
+        how: &str,
+        context: &RequestContext,
+    ) -> Result<SignInOutcome, AccountError> {
+        let now = self.clock.now();
         if user.totp_enabled_at.is_some() {
             // (A deleted account with a second factor proves it too before it may be restored.)
             let challenge = SecretToken::generate(&mut rand::rngs::OsRng);
@@ -654,8 +666,34 @@ impl AccountService {
             return self.offer_restore(&user).await;
         }
         Ok(SignInOutcome::SignedIn(Box::new(
-            self.start_session(user, "a password", context).await?,
+            self.start_session(user, how, context).await?,
         )))
+    }
+
+    /// One audit event per team of the user (the platform's log when none).
+    pub(crate) fn events_for(
+        &self,
+        memberships: &[Membership],
+        user: &User,
+        action: AuditAction,
+        description: &str,
+        context: &RequestContext,
+    ) -> Vec<AuditEvent> {
+        user_events(memberships, user, self.clock.now(), action, description, true, context)
+    }
+
+    /// The notices (mail wording).
+    pub(crate) fn notices(&self) -> &Notices {
+        &self.notices
+    }
+
+    /// Joins the teams a verified address entitles the user to (invitations, verified domains).
+    pub(crate) async fn joined_by_verification(
+        &self,
+        user: &User,
+        context: &RequestContext,
+    ) -> Result<usize, AccountError> {
+        Ok(crate::teams::join_teams_on_verification(&*self.store, &*self.clock, &self.notices, user, context).await?)
     }
 
     /// A deleted account that proved itself: a token to restore it, while the period lasts.

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod caller;
+pub mod federation;
 pub mod geo;
 pub mod jobs;
 pub mod keys;
@@ -20,6 +21,7 @@ pub mod usage;
 pub use accounts::{AccountError, AccountService};
 pub use audit::{AuditError, AuditExport, AuditFilter, AuditPage, AuditService, ChainReport};
 pub use caller::Caller;
+pub use federation::{ExternalIdentity, Federated, Federation, FederationError, IdentityProvider};
 pub use keys::{ApiKeyChanges, AuthError, KeyError, KeyService, NewApiKey, Propagation};
 pub use mail::{MailDispatcher, MailError, MailWaker, Mailer, SmtpMailer};
 pub use notices::Notices;

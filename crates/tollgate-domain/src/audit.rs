@@ -57,6 +57,8 @@ audit_actions! {
     RequestPasswordReset => "A password reset link was sent.",
     ResetPassword => "A password was reset by its link; every session ended.",
     ChangePassword => "A password was changed by its owner; their other sessions ended.",
+    LinkIdentity => "An external sign-in (OpenID Connect) was linked to the account.",
+    UnlinkIdentity => "An external sign-in was removed from the account.",
     DeleteAccount => "An account was deleted by its owner (restorable for 30 days); it left its teams' member lists.",
     RestoreAccount => "A deleted account was restored within its 30 days.",
     PurgeAccount => "A deleted account's personal data was purged; its events keep only its id.",

@@ -3,7 +3,7 @@
 use crate::acl::AclSet;
 use crate::clock::Timestamp;
 use crate::email::Email;
-use crate::ids::{ApiKeyId, DomainId, InvitationId, ManagementKeyId, TeamId, UserId};
+use crate::ids::{ApiKeyId, DomainId, IdentityId, InvitationId, ManagementKeyId, TeamId, UserId};
 use crate::role::Role;
 
 /// A person's account.
@@ -101,6 +101,70 @@ pub struct TeamDomain {
     pub checked_at: Option<Timestamp>,
     /// Why the last lookup did not verify it.
     pub last_error: Option<String>,
+}
+
+/// An external identity an account signs in with, keyed by (issuer, subject): never by email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Id.
+    pub id: IdentityId,
+    /// Whose.
+    pub user_id: UserId,
+    /// The configured provider's name.
+    pub provider: String,
+    /// The provider's issuer URL.
+    pub issuer: String,
+    /// The provider's subject for the person.
+    pub subject: String,
+    /// The address the provider gave when it was linked, if any.
+    pub email: Option<String>,
+    /// When it was linked.
+    pub linked_at: Timestamp,
+}
+
+/// A sign-in at an external provider in progress (between the redirect and the callback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcFlow {
+    /// SHA-256 of the `state` sent to the provider.
+    pub state_hash: [u8; 32],
+    /// Which provider.
+    pub provider: String,
+    /// The ID token must carry this.
+    pub nonce: String,
+    /// PKCE: the verifier of the challenge sent.
+    pub pkce_verifier: String,
+    /// SHA-256 of the cookie binding the flow to the browser that began it.
+    pub browser_hash: [u8; 32],
+    /// For linking: the signed-in account the identity goes to.
+    pub link_user_id: Option<UserId>,
+    /// When it began.
+    pub created_at: Timestamp,
+    /// When it stops being accepted.
+    pub expires_at: Timestamp,
+}
+
+/// An external identity that signed in but is not linked yet: it needs an address, or the owner
+/// of the account with its address must sign in to link it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingIdentity {
+    /// SHA-256 of the token handed to the browser.
+    pub token_hash: [u8; 32],
+    /// Which provider.
+    pub provider: String,
+    /// Issuer.
+    pub issuer: String,
+    /// Subject.
+    pub subject: String,
+    /// The address the provider gave, if any.
+    pub email: Option<String>,
+    /// Whether the provider vouches for that address.
+    pub email_verified: bool,
+    /// The name the provider gave.
+    pub name: Option<String>,
+    /// When.
+    pub created_at: Timestamp,
+    /// When it stops being accepted.
+    pub expires_at: Timestamp,
 }
 
 /// A user's membership of a team.

@@ -99,3 +99,7 @@ typed_id!(
     /// A domain a team verifies.
     DomainId
 );
+typed_id!(
+    /// An external identity (OpenID Connect) linked to an account.
+    IdentityId
+);

@@ -29,9 +29,12 @@ pub use audit::{
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use email::{Email, EmailError};
-pub use entities::{ApiKey, Invitation, ManagementKey, Member, Membership, Team, TeamDomain, User};
+pub use entities::{
+    ApiKey, Identity, Invitation, ManagementKey, Member, Membership, OidcFlow, PendingIdentity, Team, TeamDomain, User,
+};
 pub use ids::{
-    ApiKeyId, AuditEventId, DomainId, InvitationId, MailId, ManagementKeyId, RequestId, SessionId, TeamId, UserId,
+    ApiKeyId, AuditEventId, DomainId, IdentityId, InvitationId, MailId, ManagementKeyId, RequestId, SessionId, TeamId,
+    UserId,
 };
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use tollgate_core::accounts::{SecondFactor, SignInOutcome};
-use tollgate_core::{AccountError, Added, Caller, NewApiKey, TeamError};
+use tollgate_core::{AccountError, Added, Caller, Federated, FederationError, NewApiKey, TeamError};
 use tollgate_domain::mfa::RecoveryCode;
 use tollgate_domain::{ApiKeyId, ManagementKeyId, Session, SessionId, TeamId, User};
 
@@ -35,6 +35,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/account/password", post(change_password))
         .route("/api/account/delete", post(delete_account))
         .route("/api/auth/restore", post(restore_account))
+        .route("/api/auth/providers", get(list_providers))
+        .route("/api/auth/oidc/{provider}/start", get(oidc_start))
+        .route("/api/auth/oidc/{provider}/callback", get(oidc_callback))
+        .route("/api/auth/oidc/complete", post(oidc_complete))
+        .route("/api/account/identities", get(list_identities))
+        .route("/api/account/identities/link", post(link_pending_identity))
+        .route("/api/account/identities/{identity_id}", delete(unlink_identity))
+        .route("/api/account/identities/{provider}/start", post(start_linking))
         .route("/api/account/email", post(request_email_change))
         .route("/api/auth/email-change/confirm", post(confirm_email_change))
         .route("/api/auth/email-change/report", post(report_email_change))
@@ -98,6 +106,24 @@ pub(crate) fn router() -> Router<AppState> {
             "/api/teams/{team_id}/management-keys/{management_key_id}",
             delete(team_revoke_management_key),
         )
+}
+
+impl From<FederationError> for XaiError {
+    fn from(error: FederationError) -> Self {
+        match error {
+            FederationError::UnknownProvider | FederationError::IdentityNotFound => {
+                XaiError::not_found(error.to_string())
+            }
+            FederationError::BadState
+            | FederationError::PendingInvalid
+            | FederationError::LastMethod
+            | FederationError::InvalidEmail(_) => XaiError::invalid_argument(error.to_string()),
+            FederationError::Provider(_) => XaiError::unauthenticated(error.to_string()),
+            FederationError::IdentityTaken => XaiError::new(StatusCode::CONFLICT, error.to_string()),
+            FederationError::Account(account) => account.into(),
+            FederationError::Store(store) => store.into(),
+        }
+    }
 }
 
 impl From<TeamError> for XaiError {
@@ -354,6 +380,304 @@ pub(crate) async fn sign_in(
 ) -> Result<Response, XaiError> {
     let outcome = state.accounts.sign_in(&body.email, &body.password, &meta).await?;
     Ok(outcome_response(&state, outcome))
+}
+
+/// One configured external sign-in provider.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ProviderView {
+    name: String,
+    display_name: String,
+    /// Send the browser here to sign in with it.
+    start_url: String,
+}
+
+/// Providers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ProviderListView {
+    providers: Vec<ProviderView>,
+}
+
+/// The external sign-in providers the operator configured.
+#[utoipa::path(get, path = "/api/auth/providers", tag = "console", responses((status = 200, body = ProviderListView)))]
+pub(crate) async fn list_providers(State(state): State<AppState>) -> Json<ProviderListView> {
+    Json(ProviderListView {
+        providers: state
+            .federation
+            .providers()
+            .into_iter()
+            .map(|(name, display_name)| ProviderView {
+                start_url: format!("/api/auth/oidc/{name}/start"),
+                name,
+                display_name,
+            })
+            .collect(),
+    })
+}
+
+const FLOW_COOKIE: &str = "tollgate_oidc";
+
+fn flow_cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
+    let secure = if state.cookies.secure { "; Secure" } else { "" };
+    HeaderValue::try_from(format!(
+        "{FLOW_COOKIE}={value}; Path=/api; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn read_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value)
+}
+
+/// Sign in with an external provider: redirects the browser there (authorization code with
+/// PKCE; the flow is bound to this browser by a cookie).
+#[utoipa::path(get, path = "/api/auth/oidc/{provider}/start", tag = "console",
+    params(("provider" = String, Path, description = "The provider's name")),
+    responses((status = 303, description = "To the provider"), (status = 404, body = crate::ErrorBody)))]
+pub(crate) async fn oidc_start(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+) -> Result<Response, XaiError> {
+    let (url, browser) = state.federation.start(&provider, None).await?;
+    let mut response = (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, url)]).into_response();
+    response
+        .headers_mut()
+        .insert(SET_COOKIE, flow_cookie(&state, browser.expose(), 600));
+    Ok(response)
+}
+
+/// Link an external provider to the signed-in account: answers the URL to send the browser to.
+#[utoipa::path(post, path = "/api/account/identities/{provider}/start", tag = "console",
+    params(("provider" = String, Path, description = "The provider's name")),
+    responses((status = 200, body = LinkStartView), (status = 401, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn start_linking(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    Path(provider): Path<String>,
+) -> Result<Response, XaiError> {
+    let (url, browser) = state.federation.start(&provider, Some(&signed_in.user)).await?;
+    let mut response = Json(LinkStartView { authorization_url: url }).into_response();
+    response
+        .headers_mut()
+        .insert(SET_COOKIE, flow_cookie(&state, browser.expose(), 600));
+    Ok(response)
+}
+
+/// Where to send the browser to link a provider.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LinkStartView {
+    authorization_url: String,
+}
+
+/// The provider's answer.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// What an external sign-in needs next.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FederatedView {
+    /// `linked`, `email_in_use` (sign in to that account and link with `pendingToken`, or give
+    /// another address), `email_needed` (give an address).
+    outcome: &'static str,
+    pending_token: Option<String>,
+    email: Option<String>,
+    identity: Option<IdentityView>,
+}
+
+/// The provider redirects the browser here. Checks state (bound to this browser), exchanges the
+/// code with the PKCE verifier, validates the ID token (signature, issuer, audience, nonce), then
+/// signs in, links, or asks what to do.
+#[utoipa::path(get, path = "/api/auth/oidc/{provider}/callback", tag = "console",
+    params(("provider" = String, Path, description = "The provider's name"), CallbackQuery),
+    responses(
+        (status = 200, description = "Signed in (the session cookie is set), or linked", body = SignedInView),
+        (status = 202, description = "A second factor, a restore, or a choice is needed", body = FederatedView),
+        (status = 400, body = crate::ErrorBody),
+        (status = 401, body = crate::ErrorBody),
+    ))]
+pub(crate) async fn oidc_callback(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    RequestMeta(meta): RequestMeta,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Result<Response, XaiError> {
+    if let Some(error) = query.error {
+        let detail = query.error_description.unwrap_or_default();
+        return Err(XaiError::unauthenticated(
+            format!("The sign-in provider refused: {error} {detail}")
+                .trim_end()
+                .to_owned(),
+        ));
+    }
+    let (Some(code), Some(flow_state)) = (query.code, query.state) else {
+        return Err(XaiError::invalid_argument("the callback needs code and state"));
+    };
+    let outcome = state
+        .federation
+        .callback(&provider, &code, &flow_state, read_cookie(&headers, FLOW_COOKIE), &meta)
+        .await?;
+    let mut response = match outcome {
+        Federated::SignIn(outcome) => outcome_response(&state, outcome),
+        Federated::Linked(identity) => Json(FederatedView {
+            outcome: "linked",
+            pending_token: None,
+            email: None,
+            identity: Some(IdentityView::new(&identity)),
+        })
+        .into_response(),
+        Federated::EmailInUse { pending, email } => (
+            StatusCode::ACCEPTED,
+            Json(FederatedView {
+                outcome: "email_in_use",
+                pending_token: Some(pending.expose().to_owned()),
+                email: Some(email),
+                identity: None,
+            }),
+        )
+            .into_response(),
+        Federated::EmailNeeded { pending } => (
+            StatusCode::ACCEPTED,
+            Json(FederatedView {
+                outcome: "email_needed",
+                pending_token: Some(pending.expose().to_owned()),
+                email: None,
+                identity: None,
+            }),
+        )
+            .into_response(),
+    };
+    response.headers_mut().append(SET_COOKIE, flow_cookie(&state, "", 0));
+    Ok(response)
+}
+
+/// `POST /api/auth/oidc/complete` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct CompleteRequest {
+    pending_token: String,
+    /// The new account's address (a verification link goes to it unless the provider vouched for it).
+    email: String,
+}
+
+/// Create the account for a pending external sign-in, with the address given.
+#[utoipa::path(post, path = "/api/auth/oidc/complete", tag = "console", request_body = CompleteRequest,
+    responses((status = 200, body = SignedInView), (status = 400, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)))]
+pub(crate) async fn oidc_complete(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<CompleteRequest>,
+) -> Result<Response, XaiError> {
+    let signed_in = state
+        .federation
+        .complete_with_email(&body.pending_token, &body.email, &meta)
+        .await?;
+    Ok(signed_in_response(&state, &signed_in, StatusCode::OK))
+}
+
+/// An external sign-in of the account.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct IdentityView {
+    identity_id: String,
+    provider: String,
+    issuer: String,
+    subject: String,
+    email: Option<String>,
+    link_time: String,
+}
+
+impl IdentityView {
+    fn new(identity: &tollgate_domain::Identity) -> Self {
+        Self {
+            identity_id: identity.id.to_string(),
+            provider: identity.provider.clone(),
+            issuer: identity.issuer.clone(),
+            subject: identity.subject.clone(),
+            email: identity.email.clone(),
+            link_time: rfc3339(identity.linked_at),
+        }
+    }
+}
+
+/// Identities.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct IdentityListView {
+    identities: Vec<IdentityView>,
+    /// Whether the account also signs in with a password.
+    password: bool,
+}
+
+/// The account's sign-in methods.
+#[utoipa::path(get, path = "/api/account/identities", tag = "console",
+    responses((status = 200, body = IdentityListView), (status = 401, body = crate::ErrorBody)), security(("session" = [])))]
+pub(crate) async fn list_identities(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+) -> Result<Json<IdentityListView>, XaiError> {
+    let identities = state.federation.identities(&signed_in.user).await?;
+    Ok(Json(IdentityListView {
+        identities: identities.iter().map(IdentityView::new).collect(),
+        password: signed_in.user.password_hash.is_some(),
+    }))
+}
+
+/// `POST /api/account/identities/link` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct LinkRequest {
+    pending_token: String,
+}
+
+/// Link a pending external sign-in (whose address is this account's) to the signed-in account.
+#[utoipa::path(post, path = "/api/account/identities/link", tag = "console", request_body = LinkRequest,
+    responses((status = 200, body = IdentityView), (status = 400, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn link_pending_identity(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<LinkRequest>,
+) -> Result<Json<IdentityView>, XaiError> {
+    let identity = state
+        .federation
+        .link_pending(&signed_in.user, &body.pending_token, &meta)
+        .await?;
+    Ok(Json(IdentityView::new(&identity)))
+}
+
+/// Remove an external sign-in (not the account's last way to sign in).
+#[utoipa::path(delete, path = "/api/account/identities/{identity_id}", tag = "console",
+    params(("identity_id" = String, Path, description = "The identity's id")),
+    responses((status = 204), (status = 400, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn unlink_identity(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    Path(identity_id): Path<String>,
+    RequestMeta(meta): RequestMeta,
+) -> Result<StatusCode, XaiError> {
+    let id = identity_id
+        .parse()
+        .map_err(|_| XaiError::not_found("no such sign-in method"))?;
+    state.federation.unlink(&signed_in.user, id, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The account was deleted; it can be restored for a while.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use tollgate_core::{
-    AccountService, AuditService, KeyService, RateLimiter, SecretScanning, TeamService, UsageRecorder,
+    AccountService, AuditService, Federation, KeyService, RateLimiter, SecretScanning, TeamService, UsageRecorder,
 };
 use tollgate_domain::Clock;
 use tollgate_gateway::Catalog;
@@ -56,6 +56,8 @@ pub struct AppState {
     pub cookies: CookieSettings,
     /// Teams and members.
     pub teams: TeamService,
+    /// External sign-in.
+    pub federation: Federation,
     /// Keys.
     pub keys: KeyService,
     /// The audit log.

@@ -75,6 +75,9 @@ pub struct Config {
     /// Console sessions.
     #[serde(default)]
     pub sessions: SessionsConfig,
+    /// External sign-in providers (OpenID Connect), by the name used in their URLs.
+    #[serde(default)]
+    pub oidc: BTreeMap<String, OidcConfig>,
     /// GitHub secret scanning (the partner endpoint `POST /webhooks/github/secret-scanning`).
     #[serde(default)]
     pub secret_scanning: SecretScanningConfig,
@@ -116,6 +119,22 @@ pub struct MailConfig {
     /// Seconds between looks at the outbox for retries and mail queued by other nodes.
     #[serde(default = "defaults::mail_poll_seconds")]
     pub poll_seconds: u64,
+}
+
+/// One OpenID Connect provider. Register `<console_url>/api/auth/oidc/<name>/callback` as its
+/// redirect URI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL (discovery is at `<issuer>/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// The client id Tollgate has there.
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret: SecretString,
+    /// "Sign in with …" (default: the name).
+    #[serde(default)]
+    pub display_name: Option<String>,
 }
 
 /// How long console sessions last.
@@ -371,6 +390,21 @@ impl Config {
             self.domain_recheck_hours >= 1,
             "domain_recheck_hours must be at least 1"
         );
+        for (name, provider) in &self.oidc {
+            anyhow::ensure!(
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "oidc.{name}: provider names are lower-case letters, digits and '-'"
+            );
+            anyhow::ensure!(
+                provider.issuer.starts_with("https://")
+                    || provider.issuer.starts_with("http://127.0.0.1")
+                    || provider.issuer.starts_with("http://localhost"),
+                "oidc.{name}.issuer must be an https:// URL"
+            );
+        }
         anyhow::ensure!(self.mail.poll_seconds >= 1, "mail.poll_seconds must be at least 1");
         if let Some(url) = &self.mail.smtp_url {
             tollgate_core::SmtpMailer::new(secrecy::ExposeSecret::expose_secret(url), &self.mail.from)

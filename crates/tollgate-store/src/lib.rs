@@ -24,9 +24,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tollgate_domain::keys::KeyHash;
 use tollgate_domain::{
-    ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHead, Email, Invitation, MailId,
-    ManagementKey, Member, Membership, OutboundMail, PruneBoundary, QueuedMail, Role, Session, SessionId, Team,
-    TeamDomain, TeamId, Timestamp, TokenPurpose, UsageRecord, User, UserId,
+    ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHead, Email, Identity, IdentityId,
+    Invitation, MailId, ManagementKey, Member, Membership, OidcFlow, OutboundMail, PendingIdentity, PruneBoundary,
+    QueuedMail, Role, Session, SessionId, Team, TeamDomain, TeamId, Timestamp, TokenPurpose, UsageRecord, User, UserId,
 };
 
 pub use error::{OpenError, StoreError};
@@ -570,9 +570,56 @@ pub struct MfaChange<'a> {
     pub mail: &'a [OutboundMail],
 }
 
+/// External sign-in: identities, flows, pending identities.
+#[async_trait]
+pub trait FederationStore: Send + Sync {
+    /// The identity with this issuer and subject.
+    async fn find_identity(&self, issuer: &str, subject: &str) -> Result<Option<Identity>, StoreError>;
+    /// The user's identities.
+    async fn list_identities(&self, user_id: UserId) -> Result<Vec<Identity>, StoreError>;
+    /// Links an identity (with `audits` and `mail`); `Conflict` when it is linked already.
+    async fn insert_identity(
+        &self,
+        identity: &Identity,
+        audits: &[AuditEvent],
+        mail: &[OutboundMail],
+    ) -> Result<(), StoreError>;
+    /// A new account (and its Personal Team) that signs in with `identity`.
+    async fn create_federated_user(
+        &self,
+        user: &User,
+        team: &Team,
+        identity: &Identity,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Unlinks an identity; `NotFound` if not the user's, `Conflict` named
+    /// `identities_last_method` (nothing written) when the account would have no way to sign in.
+    async fn delete_identity(&self, user_id: UserId, id: IdentityId, audits: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Stores a flow.
+    async fn create_oidc_flow(&self, flow: &OidcFlow) -> Result<(), StoreError>;
+    /// Takes a live flow by its state's hash, once, and only for the browser that began it (its
+    /// binding token's hash): a callback replayed in another browser leaves the flow untouched.
+    async fn take_oidc_flow(
+        &self,
+        state_hash: &[u8; 32],
+        browser_hash: &[u8; 32],
+        at: Timestamp,
+    ) -> Result<Option<OidcFlow>, StoreError>;
+    /// Stores a pending identity.
+    async fn insert_pending_identity(&self, pending: &PendingIdentity) -> Result<(), StoreError>;
+    /// Takes a live pending identity by its token's hash, once.
+    async fn take_pending_identity(
+        &self,
+        hash: &[u8; 32],
+        at: Timestamp,
+    ) -> Result<Option<PendingIdentity>, StoreError>;
+}
+
 /// Everything Tollgate persists.
 #[async_trait]
-pub trait Store: AccountStore + TeamStore + KeyStore + UsageStore + AuditStore + MailStore + MfaStore {
+pub trait Store:
+    AccountStore + TeamStore + KeyStore + UsageStore + AuditStore + MailStore + MfaStore + FederationStore
+{
     /// Which database this is.
     fn backend(&self) -> Backend;
     /// Applies pending migrations. Refuses a database whose applied migrations differ from the

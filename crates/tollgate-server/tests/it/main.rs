@@ -13,6 +13,7 @@ mod console;
 mod inference;
 mod keys;
 mod management;
+mod oidc;
 mod ops;
 mod secret_scanning;
 mod smtp;

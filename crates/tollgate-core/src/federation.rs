@@ -1,0 +1,464 @@
+//! Signing in with an external OpenID Connect provider the operator configured: authorization
+//! code with PKCE (S256), `state` bound to the browser by a cookie, `nonce` in the ID token, issuer
+//! and audience checked (by the provider client, [`IdentityProvider`]). Identities are keyed by
+//! (issuer, subject), never by email; an identity whose address already has an account is never
+//! linked silently: its owner signs in to that account and links it, or uses another address.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tollgate_domain::{
+    Actor, AuditAction, AuditEvent, Clock, Email, EmailError, Identity, IdentityId, OidcFlow, PendingIdentity,
+    RequestContext, SecretToken, Team, TeamId, User, UserId,
+};
+use tollgate_store::{Store, StoreError};
+use tracing::instrument;
+
+use crate::accounts::{AccountError, AccountService, SignInOutcome, SignedIn};
+
+/// Who the provider says signed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIdentity {
+    /// The provider's issuer URL (checked against its configuration).
+    pub issuer: String,
+    /// The provider's stable id for the person.
+    pub subject: String,
+    /// Their address, if the provider gave one.
+    pub email: Option<String>,
+    /// Whether the provider vouches for the address.
+    pub email_verified: bool,
+    /// Their name, if given.
+    pub name: Option<String>,
+}
+
+/// One configured provider (OpenID Connect discovery, token exchange, ID token validation).
+#[async_trait]
+pub trait IdentityProvider: Send + Sync {
+    /// The name used in paths and configuration.
+    fn name(&self) -> &str;
+    /// The name people see ("Sign in with …").
+    fn display_name(&self) -> &str;
+    /// Where to send the browser.
+    async fn authorization_url(&self, state: &str, nonce: &str, pkce_verifier: &str) -> Result<String, String>;
+    /// Exchanges the code (with the PKCE verifier) and validates the ID token (signature, issuer,
+    /// audience, nonce).
+    async fn finish(&self, code: &str, pkce_verifier: &str, nonce: &str) -> Result<ExternalIdentity, String>;
+}
+
+/// Why an external sign-in failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    /// No such provider is configured.
+    #[error("no such sign-in provider")]
+    UnknownProvider,
+    /// The callback does not belong to a sign-in this browser began (state unknown, used,
+    /// expired, or begun elsewhere).
+    #[error("This sign-in could not be completed: it was not begun here, or it expired. Start again.")]
+    BadState,
+    /// The provider refused, or its answer did not validate.
+    #[error("The sign-in provider's answer was refused: {0}")]
+    Provider(String),
+    /// The pending sign-in is unknown, used or expired.
+    #[error("This sign-in is no longer pending; start again")]
+    PendingInvalid,
+    /// The identity is linked to an account already.
+    #[error("that sign-in is already linked to an account")]
+    IdentityTaken,
+    /// Removing it would leave the account with no way to sign in.
+    #[error("this is the account's last way to sign in; add another first")]
+    LastMethod,
+    /// No such identity on the account.
+    #[error("no such sign-in method")]
+    IdentityNotFound,
+    /// Not an address.
+    #[error(transparent)]
+    InvalidEmail(#[from] EmailError),
+    /// An account (sign-in, creation) failure.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a provider's callback led to.
+#[derive(Debug)]
+pub enum Federated {
+    /// Signed in (or a second factor, or a restore, is next), as with a password.
+    SignIn(SignInOutcome),
+    /// The identity was linked to the signed-in account that began the flow.
+    Linked(Identity),
+    /// Its address has an account: sign in to that account and link (`pending`), or give another
+    /// address for a new account.
+    EmailInUse {
+        /// Hand back to link, or with another address.
+        pending: SecretToken,
+        /// The address in use.
+        email: String,
+    },
+    /// The provider gave no address it vouches for: give one for the new account.
+    EmailNeeded {
+        /// Hand back with the address.
+        pending: SecretToken,
+    },
+}
+
+/// How long a flow (redirect to callback) and a pending identity stay open.
+const FLOW_LIFETIME: chrono::Duration = chrono::Duration::minutes(10);
+const PENDING_LIFETIME: chrono::Duration = chrono::Duration::minutes(30);
+
+/// External sign-in.
+#[derive(Clone)]
+pub struct Federation {
+    providers: Arc<BTreeMap<String, Arc<dyn IdentityProvider>>>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    accounts: AccountService,
+}
+
+fn user_actor(user: &User) -> Actor {
+    Actor::User {
+        id: user.id,
+        email: user.email.as_ref().to_owned(),
+    }
+}
+
+impl Federation {
+    /// Sign-in through `providers`; accounts through `accounts`.
+    pub fn new(
+        providers: Vec<Arc<dyn IdentityProvider>>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        accounts: AccountService,
+    ) -> Self {
+        Self {
+            providers: Arc::new(providers.into_iter().map(|p| (p.name().to_owned(), p)).collect()),
+            store,
+            clock,
+            accounts,
+        }
+    }
+
+    /// The configured providers: (name, display name).
+    pub fn providers(&self) -> Vec<(String, String)> {
+        self.providers
+            .values()
+            .map(|p| (p.name().to_owned(), p.display_name().to_owned()))
+            .collect()
+    }
+
+    fn provider(&self, name: &str) -> Result<&Arc<dyn IdentityProvider>, FederationError> {
+        self.providers.get(name).ok_or(FederationError::UnknownProvider)
+    }
+
+    /// Begins a sign-in (or, with `link_to`, linking to that signed-in account): the URL to send
+    /// the browser to, and the token to bind the flow to the browser (a cookie).
+    pub async fn start(
+        &self,
+        provider: &str,
+        link_to: Option<&User>,
+    ) -> Result<(String, SecretToken), FederationError> {
+        let provider = self.provider(provider)?;
+        let state = SecretToken::generate(&mut rand::rngs::OsRng);
+        let nonce = SecretToken::generate(&mut rand::rngs::OsRng);
+        let verifier = SecretToken::generate(&mut rand::rngs::OsRng);
+        let browser = SecretToken::generate(&mut rand::rngs::OsRng);
+        let url = provider
+            .authorization_url(state.expose(), nonce.expose(), verifier.expose())
+            .await
+            .map_err(FederationError::Provider)?;
+        let now = self.clock.now();
+        self.store
+            .create_oidc_flow(&OidcFlow {
+                state_hash: state.hash(),
+                provider: provider.name().to_owned(),
+                nonce: nonce.expose().to_owned(),
+                pkce_verifier: verifier.expose().to_owned(),
+                browser_hash: browser.hash(),
+                link_user_id: link_to.map(|u| u.id),
+                created_at: now,
+                expires_at: now + FLOW_LIFETIME,
+            })
+            .await?;
+        Ok((url, browser))
+    }
+
+    /// Completes the provider's callback.
+    #[instrument(skip_all, fields(provider = provider_name))]
+    pub async fn callback(
+        &self,
+        provider_name: &str,
+        code: &str,
+        state: &str,
+        browser: Option<&str>,
+        context: &RequestContext,
+    ) -> Result<Federated, FederationError> {
+        let provider = self.provider(provider_name)?;
+        let state = SecretToken::presented(state).ok_or(FederationError::BadState)?;
+        // Bound to the browser by the cookie: without it (or with another's) the flow is not even
+        // consumed, so a forged or replayed callback cannot spoil the real one.
+        let browser = browser
+            .and_then(SecretToken::presented)
+            .ok_or(FederationError::BadState)?;
+        let flow = self
+            .store
+            .take_oidc_flow(&state.hash(), &browser.hash(), self.clock.now())
+            .await?
+            .filter(|f| f.provider == provider_name)
+            .ok_or(FederationError::BadState)?;
+        let identity = provider
+            .finish(code, &flow.pkce_verifier, &flow.nonce)
+            .await
+            .map_err(FederationError::Provider)?;
+
+        if let Some(user_id) = flow.link_user_id {
+            let user = self.store.get_user(user_id).await?;
+            return Ok(Federated::Linked(
+                self.link(&user, provider_name, &identity, context).await?,
+            ));
+        }
+        if let Some(known) = self.store.find_identity(&identity.issuer, &identity.subject).await? {
+            let user = self.store.get_user(known.user_id).await?;
+            let how = format!("{} ({})", provider.display_name(), provider_name);
+            return Ok(Federated::SignIn(
+                self.accounts.after_first_factor(user, &how, context).await?,
+            ));
+        }
+        let email = identity
+            .email
+            .as_deref()
+            .filter(|_| identity.email_verified)
+            .and_then(|e| Email::parse(e).ok());
+        match email {
+            Some(email) if self.store.find_user_by_email(&email).await?.is_some() => {
+                let pending = self.pend(provider_name, &identity).await?;
+                Ok(Federated::EmailInUse {
+                    pending,
+                    email: email.as_ref().to_owned(),
+                })
+            }
+            Some(email) => {
+                let signed_in = self
+                    .create_account(provider_name, &identity, email, true, context)
+                    .await?;
+                Ok(Federated::SignIn(SignInOutcome::SignedIn(Box::new(signed_in))))
+            }
+            None => Ok(Federated::EmailNeeded {
+                pending: self.pend(provider_name, &identity).await?,
+            }),
+        }
+    }
+
+    async fn pend(&self, provider: &str, identity: &ExternalIdentity) -> Result<SecretToken, FederationError> {
+        let token = SecretToken::generate(&mut rand::rngs::OsRng);
+        let now = self.clock.now();
+        self.store
+            .insert_pending_identity(&PendingIdentity {
+                token_hash: token.hash(),
+                provider: provider.to_owned(),
+                issuer: identity.issuer.clone(),
+                subject: identity.subject.clone(),
+                email: identity.email.clone(),
+                email_verified: identity.email_verified,
+                name: identity.name.clone(),
+                created_at: now,
+                expires_at: now + PENDING_LIFETIME,
+            })
+            .await?;
+        Ok(token)
+    }
+
+    async fn take_pending(&self, token: &str) -> Result<PendingIdentity, FederationError> {
+        let token = SecretToken::presented(token.trim()).ok_or(FederationError::PendingInvalid)?;
+        self.store
+            .take_pending_identity(&token.hash(), self.clock.now())
+            .await?
+            .ok_or(FederationError::PendingInvalid)
+    }
+
+    /// A new account for a pending identity, with the address given (a verification link goes
+    /// to it, unless it is the address the provider vouched for).
+    pub async fn complete_with_email(
+        &self,
+        token: &str,
+        email: &str,
+        context: &RequestContext,
+    ) -> Result<SignedIn, FederationError> {
+        let email = Email::parse(email)?;
+        if self.store.find_user_by_email(&email).await?.is_some() {
+            return Err(FederationError::Account(AccountError::EmailTaken));
+        }
+        let pending = self.take_pending(token).await?;
+        let vouched = pending.email_verified
+            && pending.email.as_deref().and_then(|e| Email::parse(e).ok()).as_ref() == Some(&email);
+        let identity = ExternalIdentity {
+            issuer: pending.issuer,
+            subject: pending.subject,
+            email: pending.email,
+            email_verified: pending.email_verified,
+            name: pending.name,
+        };
+        let signed_in = self
+            .create_account(&pending.provider, &identity, email, vouched, context)
+            .await?;
+        if !vouched {
+            self.accounts.send_verification(&signed_in.user, context).await?;
+        }
+        Ok(signed_in)
+    }
+
+    /// Links a pending identity to the signed-in account (its owner proved it by signing in).
+    pub async fn link_pending(
+        &self,
+        user: &User,
+        token: &str,
+        context: &RequestContext,
+    ) -> Result<Identity, FederationError> {
+        let pending = self.take_pending(token).await?;
+        let identity = ExternalIdentity {
+            issuer: pending.issuer,
+            subject: pending.subject,
+            email: pending.email,
+            email_verified: pending.email_verified,
+            name: pending.name,
+        };
+        self.link(user, &pending.provider, &identity, context).await
+    }
+
+    async fn link(
+        &self,
+        user: &User,
+        provider: &str,
+        identity: &ExternalIdentity,
+        context: &RequestContext,
+    ) -> Result<Identity, FederationError> {
+        let now = self.clock.now();
+        let record = Identity {
+            id: IdentityId::new(),
+            user_id: user.id,
+            provider: provider.to_owned(),
+            issuer: identity.issuer.clone(),
+            subject: identity.subject.clone(),
+            email: identity.email.clone(),
+            linked_at: now,
+        };
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = self.accounts.events_for(
+            &memberships,
+            user,
+            AuditAction::LinkIdentity,
+            &format!("Linked a sign-in with {provider}"),
+            context,
+        );
+        let mail = [self.accounts.notices().security_notice(
+            user,
+            "A sign-in method was added",
+            &format!("Signing in with {provider} was added to your account"),
+            now,
+            context,
+        )];
+        match self.store.insert_identity(&record, &audits, &mail).await {
+            Ok(()) => {
+                self.accounts.notices().queued();
+                Ok(record)
+            }
+            Err(StoreError::Conflict { .. }) => Err(FederationError::IdentityTaken),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    async fn create_account(
+        &self,
+        provider: &str,
+        identity: &ExternalIdentity,
+        email: Email,
+        verified: bool,
+        context: &RequestContext,
+    ) -> Result<SignedIn, FederationError> {
+        let now = self.clock.now();
+        let user = User {
+            id: UserId::new(),
+            display_name: identity
+                .name
+                .clone()
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| email.as_ref().split('@').next().unwrap_or("New user").to_owned()),
+            email,
+            password_hash: None,
+            created_at: now,
+            email_verified_at: verified.then_some(now),
+            totp_enabled_at: None,
+            deleted_at: None,
+            purge_after: None,
+        };
+        let team = Team {
+            id: TeamId::new(),
+            name: "Personal Team".to_owned(),
+            description: None,
+            personal: true,
+            created_at: now,
+        };
+        let record = Identity {
+            id: IdentityId::new(),
+            user_id: user.id,
+            provider: provider.to_owned(),
+            issuer: identity.issuer.clone(),
+            subject: identity.subject.clone(),
+            email: identity.email.clone(),
+            linked_at: now,
+        };
+        let audit = AuditEvent::success(
+            now,
+            Some(team.id),
+            user_actor(&user),
+            AuditAction::CreateUser,
+            format!(
+                "Created user {} with Personal Team {}, signing in with {provider}",
+                user.id, team.id
+            ),
+            Some(format!("user:{}", user.id)),
+            context,
+        );
+        match self.store.create_federated_user(&user, &team, &record, &audit).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { constraint }) if constraint == "users_email_key" => {
+                return Err(FederationError::Account(AccountError::EmailTaken));
+            }
+            Err(StoreError::Conflict { .. }) => return Err(FederationError::IdentityTaken),
+            Err(other) => return Err(other.into()),
+        }
+        if verified {
+            self.accounts.joined_by_verification(&user, context).await?;
+        }
+        let how = format!("{provider} (new account)");
+        match self.accounts.after_first_factor(user, &how, context).await? {
+            SignInOutcome::SignedIn(signed_in) => Ok(*signed_in),
+            // A brand-new account has no second factor and is not deleted.
+            _ => Err(FederationError::PendingInvalid),
+        }
+    }
+
+    /// The account's external sign-ins.
+    pub async fn identities(&self, user: &User) -> Result<Vec<Identity>, FederationError> {
+        Ok(self.store.list_identities(user.id).await?)
+    }
+
+    /// Removes an external sign-in, unless it is the account's last way to sign in.
+    pub async fn unlink(&self, user: &User, id: IdentityId, context: &RequestContext) -> Result<(), FederationError> {
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = self.accounts.events_for(
+            &memberships,
+            user,
+            AuditAction::UnlinkIdentity,
+            "Removed an external sign-in",
+            context,
+        );
+        match self.store.delete_identity(user.id, id, &audits).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::NotFound) => Err(FederationError::IdentityNotFound),
+            Err(StoreError::Conflict { .. }) => Err(FederationError::LastMethod),
+            Err(other) => Err(other.into()),
+        }
+    }
+}

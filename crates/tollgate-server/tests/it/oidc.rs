@@ -1,0 +1,476 @@
+//! External sign-in against a real OpenID provider (the npm package `oidc-provider`, started by
+//! the test on loopback): new accounts, returning identities, linking to an existing account only
+//! after its owner signs in, an address asked for when the provider gives none, the last sign-in
+//! method kept, and a forged or unbound state refused.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tollgate_store::testsuite::TestDb;
+use tollgate_testkit::MockUpstream;
+
+use crate::util::{TestApp, on_both_backends, test_config};
+
+on_both_backends!(sign_in_with_an_openid_provider);
+
+const REDIRECT_URI: &str = "http://127.0.0.1:8080/api/auth/oidc/test/callback";
+
+struct Provider {
+    child: Child,
+    port: u16,
+    accounts: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Provider {
+    /// The provider, or `None` (skip) when node or the package is missing and not under CI.
+    async fn start() -> Option<Self> {
+        let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
+        let installed = fixture.join("node_modules/oidc-provider").exists()
+            && Command::new("node")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the OpenID provider is missing: cd crates/tollgate-server/tests/oidc && npm ci"
+            );
+            eprintln!("skipped: the OpenID provider is not installed (npm ci in tests/oidc)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let accounts = dir.path().join("accounts.json");
+        std::fs::write(
+            &accounts,
+            json!({
+                "alice": {"email": "alice@example.com", "email_verified": true, "name": "Alice"},
+                "bob": {"email": "bob@example.com", "email_verified": true, "name": "Bob"},
+                "carol": {"name": "Carol"},
+                "dave": {"email": "dave@example.net", "email_verified": true, "name": "Dave"},
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("node")
+            .current_dir(&fixture)
+            .arg("provider.mjs")
+            .arg(port.to_string())
+            .args(["tollgate", "secret-for-tests", REDIRECT_URI])
+            .arg(&accounts)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let provider = Self {
+            child,
+            port,
+            accounts,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Some(provider);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the OpenID provider did not start");
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A browser: a cookie jar, no automatic redirects.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(response: &reqwest::Response) -> String {
+    assert!(
+        response.status().is_redirection(),
+        "expected a redirect, got {}",
+        response.status()
+    );
+    let target = response.headers()["location"].to_str().unwrap();
+    response.url().join(target).unwrap().to_string()
+}
+
+/// Goes through the provider as `login` from `start` (a Tollgate start URL, or the provider URL of
+/// a linking flow); returns the callback query (`code=…&state=…`).
+async fn through_provider(browser: &reqwest::Client, provider_url: String, login: &str) -> String {
+    let interaction = location(&browser.get(&provider_url).send().await.unwrap());
+    let response = browser
+        .post(&interaction)
+        .form(&[("prompt", "login"), ("login", login), ("password", "x")])
+        .send()
+        .await
+        .unwrap();
+    let resume = location(&response);
+    let consent = location(&browser.get(&resume).send().await.unwrap());
+    let response = browser
+        .post(&consent)
+        .form(&[("prompt", "consent")])
+        .send()
+        .await
+        .unwrap();
+    let resume = location(&response);
+    let callback = location(&browser.get(&resume).send().await.unwrap());
+    assert!(callback.starts_with(REDIRECT_URI), "{callback}");
+    callback.split_once('?').unwrap().1.to_owned()
+}
+
+/// Signs in as `login` at the provider from Tollgate's start URL; returns Tollgate's answer to
+/// the callback.
+async fn sign_in(app: &TestApp, browser: &reqwest::Client, login: &str) -> reqwest::Response {
+    let start = browser.get(app.url("/api/auth/oidc/test/start")).send().await.unwrap();
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    let query = through_provider(browser, location(&start), login).await;
+    browser
+        .get(app.url(&format!("/api/auth/oidc/test/callback?{query}")))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The CSRF token of a signed-in answer; the browser keeps the session cookie.
+async fn csrf(response: reqwest::Response) -> String {
+    assert!(response.status().is_success(), "{}", response.status());
+    let body: Value = response.json().await.unwrap();
+    body["csrfToken"].as_str().unwrap().to_owned()
+}
+
+async fn sign_in_with_an_openid_provider(db: TestDb) {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let upstream = MockUpstream::start().await.unwrap();
+    let mut config = test_config(&db, &upstream);
+    config.oidc.insert(
+        "test".into(),
+        tollgate_server::config::OidcConfig {
+            issuer: provider.issuer(),
+            client_id: "tollgate".into(),
+            client_secret: "secret-for-tests".to_owned().into(),
+            display_name: Some("Test ID".into()),
+        },
+    );
+    let app = TestApp::with_config(db, upstream, config).await;
+    let _ = &provider.accounts;
+
+    let providers: Value = app
+        .client
+        .get(app.url("/api/auth/providers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(providers["providers"][0]["displayName"], "Test ID");
+
+    // A new person with an address the provider vouches for: a new account, verified, signed in.
+    let alice = browser();
+    let token = csrf(sign_in(&app, &alice, "alice").await).await;
+    let me: Value = alice
+        .get(app.url("/api/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"]["email"], "alice@example.com");
+    assert_eq!(me["user"]["emailVerified"], true);
+    assert_eq!(me["user"]["name"], "Alice");
+    let identities: Value = alice
+        .get(app.url("/api/account/identities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(identities["password"], false);
+    assert_eq!(identities["identities"][0]["subject"], "alice");
+    assert_eq!(identities["identities"][0]["issuer"], provider.issuer());
+    // Its only way to sign in cannot be removed.
+    let id = identities["identities"][0]["identityId"].as_str().unwrap();
+    let response = alice
+        .delete(app.url(&format!("/api/account/identities/{id}")))
+        .header("x-csrf-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Signing in again finds the same account.
+    let again = browser();
+    csrf(sign_in(&app, &again, "alice").await).await;
+    let me_again: Value = again
+        .get(app.url("/api/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me_again["user"]["userId"], me["user"]["userId"]);
+
+    // Bob has a password account with the same address: never linked silently.
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-up"))
+        .json(&json!({"email": "bob@example.com", "password": "a sturdy passphrase for tests", "name": "Bob"}))
+        .send()
+        .await
+        .unwrap();
+    let bob_csrf = response.json::<Value>().await.unwrap()["csrfToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob_cookie_jar = browser();
+    let response = sign_in(&app, &bob_cookie_jar, "bob").await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert!(
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| !c.to_str().unwrap().starts_with("tollgate_session="))
+    );
+    let offer: Value = response.json().await.unwrap();
+    assert_eq!(offer["outcome"], "email_in_use");
+    assert_eq!(offer["email"], "bob@example.com");
+    let pending = offer["pendingToken"].as_str().unwrap().to_owned();
+    // Bob proves the account is his by signing in to it, then links.
+    let bob = browser();
+    let response = bob
+        .post(app.url("/api/auth/sign-in"))
+        .json(&json!({"email": "bob@example.com", "password": "a sturdy passphrase for tests"}))
+        .send()
+        .await
+        .unwrap();
+    let bob_token = csrf(response).await;
+    let linked = bob
+        .post(app.url("/api/account/identities/link"))
+        .header("x-csrf-token", &bob_token)
+        .json(&json!({"pendingToken": pending}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(linked.status(), StatusCode::OK);
+    let _ = bob_csrf;
+    // From now on the provider signs Bob in to that account.
+    let later = browser();
+    csrf(sign_in(&app, &later, "bob").await).await;
+    let me: Value = later
+        .get(app.url("/api/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"]["email"], "bob@example.com");
+    // Bob has a password too, so the identity may go.
+    let identities: Value = bob
+        .get(app.url("/api/account/identities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = identities["identities"][0]["identityId"].as_str().unwrap();
+    let response = bob
+        .delete(app.url(&format!("/api/account/identities/{id}")))
+        .header("x-csrf-token", &bob_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+
+    // Carol's provider gives no address: she gives one (and verifies it by mail).
+    let carol = browser();
+    let response = sign_in(&app, &carol, "carol").await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let needed: Value = response.json().await.unwrap();
+    assert_eq!(needed["outcome"], "email_needed");
+    let response = carol
+        .post(app.url("/api/auth/oidc/complete"))
+        .json(&json!({"pendingToken": needed["pendingToken"], "email": "carol@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    csrf(response).await;
+    let me: Value = carol
+        .get(app.url("/api/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (me["user"]["email"].clone(), me["user"]["emailVerified"].clone()),
+        (json!("carol@example.com"), json!(false))
+    );
+    let mail = app.store().list_mail(50).await.unwrap();
+    assert!(
+        mail.iter()
+            .any(|m| m.mail.to[0].as_ref() == "carol@example.com" && m.mail.subject.contains("Verify"))
+    );
+
+    // Bob adds another sign-in from his signed-in account; it then signs in to his account.
+    let response = bob
+        .post(app.url("/api/account/identities/test/start"))
+        .header("x-csrf-token", &bob_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let url = response.json::<Value>().await.unwrap()["authorizationUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let query = through_provider(&bob, url, "dave").await;
+    let response = bob
+        .get(app.url(&format!("/api/auth/oidc/test/callback?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let linked: Value = response.json().await.unwrap();
+    assert_eq!(
+        (linked["outcome"].as_str(), linked["identity"]["subject"].as_str()),
+        (Some("linked"), Some("dave"))
+    );
+    let dave = browser();
+    csrf(sign_in(&app, &dave, "dave").await).await;
+    let me: Value = dave.get(app.url("/api/me")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["user"]["email"], "bob@example.com", "linked, not a new account");
+    // Linking needs a signed-in session (and its CSRF token).
+    let response = app
+        .client
+        .post(app.url("/api/account/identities/test/start"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // An identity linked to one account cannot be linked to another.
+    let mallory = browser();
+    let response = mallory
+        .post(app.url("/api/auth/sign-up"))
+        .json(&json!({"email": "mallory@example.com", "password": "a sturdy passphrase for tests", "name": "M"}))
+        .send()
+        .await
+        .unwrap();
+    let mallory_token = csrf(response).await;
+    let response = mallory
+        .post(app.url("/api/account/identities/test/start"))
+        .header("x-csrf-token", &mallory_token)
+        .send()
+        .await
+        .unwrap();
+    let url = response.json::<Value>().await.unwrap()["authorizationUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let query = through_provider(&mallory, url, "carol").await;
+    let response = mallory
+        .get(app.url(&format!("/api/auth/oidc/test/callback?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    // Linking and removing are in Bob's audit log.
+    let me: Value = bob.get(app.url("/api/me")).send().await.unwrap().json().await.unwrap();
+    let team = me["currentTeamId"].as_str().unwrap();
+    let log: Value = bob
+        .get(app.url(&format!("/api/teams/{team}/audit/events?eventFilter.query=Identity")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut actions: Vec<&str> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    actions.sort_unstable();
+    assert_eq!(actions, ["LinkIdentity", "LinkIdentity", "UnlinkIdentity"], "{log}");
+
+    // A forged state, or a callback in a browser that did not begin the flow, is refused.
+    let eve = browser();
+    let start = eve.get(app.url("/api/auth/oidc/test/start")).send().await.unwrap();
+    let query = through_provider(&eve, location(&start), "alice").await;
+    let forged = query.replace("state=", "state=x");
+    let response = eve
+        .get(app.url(&format!("/api/auth/oidc/test/callback?{forged}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let elsewhere = browser();
+    let response = elsewhere
+        .get(app.url(&format!("/api/auth/oidc/test/callback?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::BAD_REQUEST,
+        "the state is bound to the browser that began"
+    );
+    // The right browser can still finish it once: the state was not used up by the forgeries.
+    let response = eve
+        .get(app.url(&format!("/api/auth/oidc/test/callback?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = eve
+        .get(app.url(&format!("/api/auth/oidc/test/callback?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "a state works once");
+    // The provider's refusal, and unknown providers.
+    let response = app
+        .client
+        .get(app.url("/api/auth/oidc/test/callback?error=access_denied"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = app
+        .client
+        .get(app.url("/api/auth/oidc/nope/start"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    app.finish().await;
+}

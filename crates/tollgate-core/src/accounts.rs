@@ -48,6 +48,15 @@ pub enum AccountError {
     /// Unknown email or wrong password: the two answer alike.
     #[error("Incorrect email or password")]
     BadCredentials,
+    /// A sensitive change on an account with a password, sent without it.
+    #[error("Enter your password again to confirm this change")]
+    PasswordRequired,
+    /// A sensitive change on an account without a password (it signs in with a provider), from a
+    /// session older than the re-authentication window.
+    #[error(
+        "Sign in again to confirm this change: your account has no password, so a sign-in within the last 10 minutes stands in for it"
+    )]
+    ReauthenticationRequired,
     /// Too many failed sign-ins for this account or from this address.
     #[error("Too many failed sign-in attempts; try again in {retry_after_seconds} seconds")]
     Throttled {
@@ -138,6 +147,8 @@ const MAX_FAILURES_PER_ACCOUNT: u64 = 10;
 const MAX_FAILURES_PER_ADDRESS: u64 = 100;
 /// A session's last use is written at most this often.
 const TOUCH_EVERY: chrono::Duration = chrono::Duration::minutes(1);
+/// How recent a sign-in stands in for the password, for accounts that have none.
+pub const REAUTH_WINDOW: chrono::Duration = chrono::Duration::minutes(10);
 
 #[derive(Default)]
 struct Throttle {
@@ -766,11 +777,12 @@ impl AccountService {
     pub async fn delete_account(
         &self,
         user: &User,
-        password: &str,
+        session: &Session,
+        password: Option<&str>,
         factor: Option<&SecondFactor>,
         context: &RequestContext,
     ) -> Result<Timestamp, AccountError> {
-        self.check_password_again(user, password).await?;
+        self.reauthenticate(user, session, password).await?;
         if user.totp_enabled_at.is_some() {
             let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
             self.check_second_factor(user, factor, context).await?;
@@ -976,8 +988,13 @@ impl AccountService {
 
     /// Starts a TOTP enrolment after checking the password again: a fresh seed, shown once,
     /// that takes effect when confirmed with a code.
-    pub async fn begin_totp(&self, user: &User, password: &str) -> Result<TotpEnrollment, AccountError> {
-        self.check_password_again(user, password).await?;
+    pub async fn begin_totp(
+        &self,
+        user: &User,
+        session: &Session,
+        password: Option<&str>,
+    ) -> Result<TotpEnrollment, AccountError> {
+        self.reauthenticate(user, session, password).await?;
         if user.totp_enabled_at.is_some() {
             return Err(AccountError::MfaAlreadyEnabled);
         }
@@ -1134,26 +1151,33 @@ impl AccountService {
         Ok(codes)
     }
 
-    /// Changes the password, given the current one: the other sessions end and the owner is told.
+    /// Changes the password, given the current one, or sets the first one of an account that
+    /// signs in with a provider (after a fresh sign-in): the other sessions end and the owner is
+    /// told.
     pub async fn change_password(
         &self,
         user: &User,
         session: &Session,
-        current: &str,
+        current: Option<&str>,
         new: &str,
         context: &RequestContext,
     ) -> Result<(), AccountError> {
-        self.check_password_again(user, current).await?;
+        self.reauthenticate(user, session, current).await?;
         check_password(new, user.email.as_ref(), &self.product)?;
         let hash = hash_password(new.to_owned()).await?;
         let now = self.clock.now();
         let memberships = self.store.list_memberships(user.id).await?;
+        let description = if user.password_hash.is_some() {
+            "Changed the password; other sessions ended"
+        } else {
+            "Set a password (the account signed in only with providers); other sessions ended"
+        };
         let audits = user_events(
             &memberships,
             user,
             now,
             AuditAction::ChangePassword,
-            "Changed the password; other sessions ended",
+            description,
             true,
             context,
         );
@@ -1179,12 +1203,13 @@ impl AccountService {
     pub async fn request_email_change(
         &self,
         user: &User,
-        password: &str,
+        session: &Session,
+        password: Option<&str>,
         factor: Option<&SecondFactor>,
         new_email: &str,
         context: &RequestContext,
     ) -> Result<(), AccountError> {
-        self.check_password_again(user, password).await?;
+        self.reauthenticate(user, session, password).await?;
         if user.totp_enabled_at.is_some() {
             let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
             self.check_second_factor(user, factor, context).await?;
@@ -1304,15 +1329,21 @@ impl AccountService {
         Ok(())
     }
 
-    /// Re-authentication for sensitive changes.
-    async fn check_password_again(&self, user: &User, password: &str) -> Result<(), AccountError> {
-        let Some(hash) = user.password_hash.clone() else {
-            return Err(AccountError::BadCredentials);
-        };
-        if verify_password(password.to_owned(), hash).await? {
-            Ok(())
-        } else {
-            Err(AccountError::BadCredentials)
+    /// Re-authentication for sensitive changes: the password; or, for an account without one (it
+    /// signs in with a provider, which is where it re-authenticates), a session begun within
+    /// [`REAUTH_WINDOW`].
+    async fn reauthenticate(&self, user: &User, session: &Session, password: Option<&str>) -> Result<(), AccountError> {
+        match (user.password_hash.clone(), password) {
+            (Some(hash), Some(password)) => {
+                if verify_password(password.to_owned(), hash).await? {
+                    Ok(())
+                } else {
+                    Err(AccountError::BadCredentials)
+                }
+            }
+            (Some(_), None) => Err(AccountError::PasswordRequired),
+            (None, _) if self.clock.now() - session.created_at <= REAUTH_WINDOW => Ok(()),
+            (None, _) => Err(AccountError::ReauthenticationRequired),
         }
     }
 

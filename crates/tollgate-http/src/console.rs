@@ -158,7 +158,10 @@ impl From<AccountError> for XaiError {
             | AccountError::SameEmail
             | AccountError::SoleAdmin(_) => XaiError::invalid_argument(error.to_string()),
             AccountError::EmailTaken => XaiError::new(StatusCode::CONFLICT, error.to_string()),
-            AccountError::BadCredentials | AccountError::NotSignedIn => XaiError::unauthenticated(error.to_string()),
+            AccountError::BadCredentials | AccountError::NotSignedIn | AccountError::ReauthenticationRequired => {
+                XaiError::unauthenticated(error.to_string())
+            }
+            AccountError::PasswordRequired => XaiError::invalid_argument(error.to_string()),
             AccountError::CsrfMismatch => XaiError::permission_denied(error.to_string()),
             AccountError::TeamNotFound => XaiError::permission_denied("You are not a member of this team"),
             AccountError::BadSecondFactor => XaiError::unauthenticated(error.to_string()),
@@ -731,8 +734,8 @@ pub(crate) async fn restore_account(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct DeleteAccountRequest {
-    /// The password, again.
-    password: String,
+    /// The password, again (an account without one: sign in again first instead).
+    password: Option<String>,
     /// With two-factor authentication on: a TOTP code.
     code: Option<String>,
     /// Or a recovery code.
@@ -766,7 +769,13 @@ pub(crate) async fn delete_account(
     .factor()?;
     let purge_after = state
         .accounts
-        .delete_account(&signed_in.user, &body.password, factor.as_ref(), &meta)
+        .delete_account(
+            &signed_in.user,
+            &signed_in.session,
+            body.password.as_deref(),
+            factor.as_ref(),
+            &meta,
+        )
         .await?;
     let mut response = Json(AccountDeletedView {
         restore_until: rfc3339(purge_after),
@@ -836,11 +845,14 @@ pub(crate) async fn sign_in_second_factor(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ChangePasswordRequest {
-    current_password: String,
+    /// The current password; leave it out to set the first password of an account that signs in
+    /// with a provider (within 10 minutes of signing in).
+    current_password: Option<String>,
     new_password: String,
 }
 
-/// Change the password (the current one is asked again); the other sessions end.
+/// Change the password (the current one is asked again), or add one to an account that signs in
+/// with a provider; the other sessions end.
 #[utoipa::path(post, path = "/api/account/password", tag = "console", request_body = ChangePasswordRequest,
     responses((status = 204), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
     security(("session" = [])))]
@@ -855,7 +867,7 @@ pub(crate) async fn change_password(
         .change_password(
             &signed_in.user,
             &signed_in.session,
-            &body.current_password,
+            body.current_password.as_deref(),
             &body.new_password,
             &meta,
         )
@@ -867,8 +879,8 @@ pub(crate) async fn change_password(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct EmailChangeRequest {
-    /// The password, again.
-    password: String,
+    /// The password, again (an account without one: sign in again first instead).
+    password: Option<String>,
     /// The new address.
     new_email: String,
     /// With two-factor authentication on: a TOTP code.
@@ -895,7 +907,14 @@ pub(crate) async fn request_email_change(
     .factor()?;
     state
         .accounts
-        .request_email_change(&signed_in.user, &body.password, factor.as_ref(), &body.new_email, &meta)
+        .request_email_change(
+            &signed_in.user,
+            &signed_in.session,
+            body.password.as_deref(),
+            factor.as_ref(),
+            &body.new_email,
+            &meta,
+        )
         .await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -947,11 +966,12 @@ pub(crate) async fn mfa_status(
     }))
 }
 
-/// `POST /api/account/mfa/totp` body: the password, again.
+/// `POST /api/account/mfa/totp` body: the password, again (an account without one: sign in
+/// again first instead, and send `{}`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PasswordAgain {
-    password: String,
+    password: Option<String>,
 }
 
 /// A TOTP enrolment: show `otpauthUri` as a QR code (or `secret` to type), then confirm.
@@ -971,7 +991,10 @@ pub(crate) async fn begin_totp(
     signed_in: SignedInUser,
     XaiJson(body): XaiJson<PasswordAgain>,
 ) -> Result<Json<TotpEnrollmentView>, XaiError> {
-    let enrollment = state.accounts.begin_totp(&signed_in.user, &body.password).await?;
+    let enrollment = state
+        .accounts
+        .begin_totp(&signed_in.user, &signed_in.session, body.password.as_deref())
+        .await?;
     Ok(Json(TotpEnrollmentView {
         secret: enrollment.secret,
         otpauth_uri: enrollment.otpauth_uri,

@@ -13,14 +13,16 @@ use tollgate_testkit::MockUpstream;
 
 use crate::util::{TestApp, on_both_backends, test_config};
 
-on_both_backends!(sign_in_with_an_openid_provider);
+on_both_backends!(
+    sign_in_with_an_openid_provider,
+    accounts_without_a_password_reauthenticate_by_signing_in,
+);
 
 const REDIRECT_URI: &str = "http://127.0.0.1:8080/api/auth/oidc/test/callback";
 
 struct Provider {
     child: Child,
     port: u16,
-    accounts: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -57,6 +59,7 @@ impl Provider {
                 "bob": {"email": "bob@example.com", "email_verified": true, "name": "Bob"},
                 "carol": {"name": "Carol"},
                 "dave": {"email": "dave@example.net", "email_verified": true, "name": "Dave"},
+                "erin": {"email": "erin@example.com", "email_verified": true, "name": "Erin"},
             })
             .to_string(),
         )
@@ -76,12 +79,7 @@ impl Provider {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let provider = Self {
-            child,
-            port,
-            accounts,
-            _dir: dir,
-        };
+        let provider = Self { child, port, _dir: dir };
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return Some(provider);
@@ -159,10 +157,9 @@ async fn csrf(response: reqwest::Response) -> String {
     body["csrfToken"].as_str().unwrap().to_owned()
 }
 
-async fn sign_in_with_an_openid_provider(db: TestDb) {
-    let Some(provider) = Provider::start().await else {
-        return;
-    };
+/// A Tollgate with the provider configured as `test`.
+async fn app_with_provider(db: TestDb) -> Option<(Provider, TestApp)> {
+    let provider = Provider::start().await?;
     let upstream = MockUpstream::start().await.unwrap();
     let mut config = test_config(&db, &upstream);
     config.oidc.insert(
@@ -175,7 +172,13 @@ async fn sign_in_with_an_openid_provider(db: TestDb) {
         },
     );
     let app = TestApp::with_config(db, upstream, config).await;
-    let _ = &provider.accounts;
+    Some((provider, app))
+}
+
+async fn sign_in_with_an_openid_provider(db: TestDb) {
+    let Some((provider, app)) = app_with_provider(db).await else {
+        return;
+    };
 
     let providers: Value = app
         .client
@@ -472,5 +475,121 @@ async fn sign_in_with_an_openid_provider(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    app.finish().await;
+}
+
+fn totp_code(secret: &tollgate_domain::mfa::TotpSecret, app: &TestApp) -> String {
+    use tollgate_domain::Clock as _;
+    let step = u64::try_from(app.clock.now().timestamp() / 30).unwrap();
+    format!("{:06}", secret.code_at_step(step))
+}
+
+/// Signs in as `login` through the provider and then the second factor; the browser keeps the
+/// session. Returns the CSRF token.
+async fn sign_in_with_code(
+    app: &TestApp,
+    browser: &reqwest::Client,
+    login: &str,
+    secret: &tollgate_domain::mfa::TotpSecret,
+) -> String {
+    let response = sign_in(app, browser, login).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::ACCEPTED,
+        "a provider sign-in still asks for the second factor"
+    );
+    let challenge: Value = response.json().await.unwrap();
+    assert_eq!(challenge["mfaRequired"], true);
+    let response = browser
+        .post(app.url("/api/auth/sign-in/second-factor"))
+        .json(&json!({"mfaToken": challenge["mfaToken"], "code": totp_code(secret, app)}))
+        .send()
+        .await
+        .unwrap();
+    csrf(response).await
+}
+
+async fn post(app: &TestApp, browser: &reqwest::Client, path: &str, token: &str, body: Value) -> reqwest::Response {
+    browser
+        .post(app.url(path))
+        .header("x-csrf-token", token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn accounts_without_a_password_reauthenticate_by_signing_in(db: TestDb) {
+    let Some((_provider, app)) = app_with_provider(db).await else {
+        return;
+    };
+
+    // Just signed in with the provider, Erin turns on two-factor authentication: the fresh
+    // sign-in stands in for the password she does not have.
+    let erin = browser();
+    let token = csrf(sign_in(&app, &erin, "erin").await).await;
+    let response = post(&app, &erin, "/api/account/mfa/totp", &token, json!({})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let enrollment: Value = response.json().await.unwrap();
+    let secret = tollgate_domain::mfa::TotpSecret::from_base32(enrollment["secret"].as_str().unwrap()).unwrap();
+    let code = totp_code(&secret, &app);
+    let response = post(
+        &app,
+        &erin,
+        "/api/account/mfa/totp/confirm",
+        &token,
+        json!({"code": code}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // From now on the provider's sign-in is only the first factor.
+    app.clock.advance(chrono::Duration::seconds(30));
+    let later = browser();
+    let token = sign_in_with_code(&app, &later, "erin", &secret).await;
+
+    // Ten minutes on, that sign-in is too old to stand in for a password.
+    app.clock.advance(chrono::Duration::minutes(11));
+    let code = totp_code(&secret, &app);
+    let body = json!({"newEmail": "erin@example.org", "code": code});
+    let response = post(&app, &later, "/api/account/email", &token, body).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.text().await.unwrap().contains("Sign in again to confirm"));
+    let body = json!({"newPassword": "a sturdy passphrase for erin"});
+    let response = post(&app, &later, "/api/account/password", &token, body).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // Signed in afresh, she adds a password: the account now has two ways to sign in.
+    let fresh = browser();
+    let token = sign_in_with_code(&app, &fresh, "erin", &secret).await;
+    let body = json!({"newPassword": "a sturdy passphrase for erin"});
+    let response = post(&app, &fresh, "/api/account/password", &token, body).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let identities: Value = fresh
+        .get(app.url("/api/account/identities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(identities["password"], true);
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .json(&json!({"email": "erin@example.com", "password": "a sturdy passphrase for erin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::ACCEPTED,
+        "the password, then the second factor"
+    );
+    // Once there is a password, it is what confirms changes: a fresh sign-in no longer does.
+    let body = json!({"newPassword": "yet another sturdy passphrase"});
+    let response = post(&app, &fresh, "/api/account/password", &token, body).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.text().await.unwrap().contains("Enter your password again"));
     app.finish().await;
 }

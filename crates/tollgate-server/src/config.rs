@@ -78,6 +78,9 @@ pub struct Config {
     /// External sign-in providers (OpenID Connect), by the name used in their URLs.
     #[serde(default)]
     pub oidc: BTreeMap<String, OidcConfig>,
+    /// External sign-in providers speaking plain OAuth 2.0 (no ID token), such as X.
+    #[serde(default)]
+    pub oauth2: BTreeMap<String, OAuth2Config>,
     /// GitHub secret scanning (the partner endpoint `POST /webhooks/github/secret-scanning`).
     #[serde(default)]
     pub secret_scanning: SecretScanningConfig,
@@ -135,6 +138,64 @@ pub struct OidcConfig {
     /// "Sign in with …" (default: the name).
     #[serde(default)]
     pub display_name: Option<String>,
+}
+
+/// A provider speaking OAuth 2.0 without OpenID Connect (X, for one): authorization code with
+/// PKCE, then the person's id, and name, read from a user-info endpoint with the access token.
+/// `preset = "x"` fills in X's endpoints, scopes and fields; anything set here overrides it.
+/// Register `<console_url>/api/auth/oidc/<name>/callback` as its redirect URI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// Known providers' settings.
+    #[serde(default)]
+    pub preset: Option<OAuth2Preset>,
+    /// The client id Tollgate has there.
+    pub client_id: String,
+    /// The client secret (sent with HTTP Basic authentication to the token endpoint).
+    pub client_secret: SecretString,
+    /// "Sign in with …" (default: the preset's, else the name).
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Where the browser is sent to sign in.
+    #[serde(default)]
+    pub authorization_url: Option<String>,
+    /// Where the code is exchanged for an access token.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// Answers, with the access token, who signed in (JSON).
+    #[serde(default)]
+    pub userinfo_url: Option<String>,
+    /// Scopes to ask for.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// Names the provider in stored identities, which are (issuer, subject): never change it once
+    /// people sign in with it.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// JSON pointer (RFC 6901) to the person's stable id in the user-info answer.
+    #[serde(default)]
+    pub subject_pointer: Option<String>,
+    /// JSON pointer to their name, if any.
+    #[serde(default)]
+    pub name_pointer: Option<String>,
+    /// JSON pointer to their address, if any. Plain OAuth 2.0 does not say whether an address is
+    /// verified, so it never counts as verified: the account confirms one by mail.
+    #[serde(default)]
+    pub email_pointer: Option<String>,
+}
+
+/// Whether `url` is HTTPS, or plain HTTP to this machine (for tests and local providers).
+pub(crate) fn https_or_loopback(url: &str) -> bool {
+    url.starts_with("https://") || url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost")
+}
+
+/// Providers whose OAuth 2.0 settings Tollgate knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OAuth2Preset {
+    /// X (formerly Twitter): no address is given, so the account asks for one.
+    X,
 }
 
 /// How long console sessions last.
@@ -390,18 +451,21 @@ impl Config {
             self.domain_recheck_hours >= 1,
             "domain_recheck_hours must be at least 1"
         );
-        for (name, provider) in &self.oidc {
+        for name in self.oidc.keys().chain(self.oauth2.keys()) {
             anyhow::ensure!(
                 !name.is_empty()
                     && name
                         .bytes()
                         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
-                "oidc.{name}: provider names are lower-case letters, digits and '-'"
+                "sign-in provider \"{name}\": provider names appear in URLs: lower-case letters, digits and '-'"
             );
+        }
+        if let Some(name) = self.oauth2.keys().find(|name| self.oidc.contains_key(*name)) {
+            anyhow::bail!("sign-in provider \"{name}\" is configured twice, under [oidc] and [oauth2]");
+        }
+        for (name, provider) in &self.oidc {
             anyhow::ensure!(
-                provider.issuer.starts_with("https://")
-                    || provider.issuer.starts_with("http://127.0.0.1")
-                    || provider.issuer.starts_with("http://localhost"),
+                https_or_loopback(&provider.issuer),
                 "oidc.{name}.issuer must be an https:// URL"
             );
         }

@@ -3,6 +3,7 @@
 //! line; tests and the benchmark start servers through [`start`].
 
 pub mod config;
+mod federation;
 pub mod telemetry;
 
 use std::collections::HashMap;
@@ -25,6 +26,12 @@ use tollgate_http::{AppState, HttpSettings, Metrics};
 use tollgate_store::Store;
 
 pub use config::Config;
+
+/// Checks the configured sign-in providers (names, presets, URLs) without reaching them; the
+/// number configured.
+pub fn check_sign_in_providers(config: &Config) -> anyhow::Result<usize> {
+    Ok(federation::identity_providers(config)?.len())
+}
 
 /// Opens the configured database and applies migrations; start-up stops on any failure.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -179,175 +186,6 @@ impl tollgate_core::teams::TxtResolver for DnsTxt {
             Err(error) => Err(format!("DNS lookup of {name} failed: {error}")),
         }
     }
-}
-
-/// An OpenID Connect provider through the `openidconnect` crate: discovery (on first use, again
-/// after an hour, and at once when an ID token names a key we do not have, so the provider can
-/// rotate its keys), authorization code with PKCE S256, ID token checked for signature, issuer,
-/// audience and nonce.
-struct OidcProvider {
-    name: String,
-    display_name: String,
-    issuer: String,
-    client_id: String,
-    client_secret: secrecy::SecretString,
-    redirect_uri: String,
-    http: reqwest::Client,
-    metadata: tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<openidconnect::core::CoreProviderMetadata>)>>,
-}
-
-type OidcClient = openidconnect::core::CoreClient<
-    openidconnect::EndpointSet,
-    openidconnect::EndpointNotSet,
-    openidconnect::EndpointNotSet,
-    openidconnect::EndpointNotSet,
-    openidconnect::EndpointMaybeSet,
-    openidconnect::EndpointMaybeSet,
->;
-
-/// How long discovered metadata (endpoints and signing keys) is kept.
-const OIDC_METADATA_TTL: Duration = Duration::from_secs(3600);
-
-impl OidcProvider {
-    /// The provider's metadata: cached, or discovered afresh when stale or when `refresh`.
-    async fn metadata(&self, refresh: bool) -> Result<Arc<openidconnect::core::CoreProviderMetadata>, String> {
-        let mut cached = self.metadata.lock().await;
-        if let Some((fetched, metadata)) = cached.as_ref()
-            && !refresh
-            && fetched.elapsed() < OIDC_METADATA_TTL
-        {
-            return Ok(metadata.clone());
-        }
-        let issuer = openidconnect::IssuerUrl::new(self.issuer.clone()).map_err(|e| e.to_string())?;
-        let metadata = Arc::new(
-            openidconnect::core::CoreProviderMetadata::discover_async(issuer, &self.http)
-                .await
-                .map_err(|e| format!("discovery at {} failed: {e}", self.issuer))?,
-        );
-        *cached = Some((tokio::time::Instant::now(), metadata.clone()));
-        Ok(metadata)
-    }
-
-    async fn client(&self, refresh: bool) -> Result<OidcClient, String> {
-        let metadata = self.metadata(refresh).await?;
-        let redirect = openidconnect::RedirectUrl::new(self.redirect_uri.clone()).map_err(|e| e.to_string())?;
-        Ok(openidconnect::core::CoreClient::from_provider_metadata(
-            (*metadata).clone(),
-            openidconnect::ClientId::new(self.client_id.clone()),
-            Some(openidconnect::ClientSecret::new(
-                self.client_secret.expose_secret().to_owned(),
-            )),
-        )
-        .set_redirect_uri(redirect))
-    }
-}
-
-#[async_trait::async_trait]
-impl tollgate_core::IdentityProvider for OidcProvider {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn display_name(&self) -> &str {
-        &self.display_name
-    }
-
-    async fn authorization_url(&self, state: &str, nonce: &str, pkce_verifier: &str) -> Result<String, String> {
-        let client = self.client(false).await?;
-        let challenge = openidconnect::PkceCodeChallenge::from_code_verifier_sha256(
-            &openidconnect::PkceCodeVerifier::new(pkce_verifier.to_owned()),
-        );
-        let (state, nonce) = (state.to_owned(), nonce.to_owned());
-        let (url, _, _) = client
-            .authorize_url(
-                openidconnect::core::CoreAuthenticationFlow::AuthorizationCode,
-                move || openidconnect::CsrfToken::new(state),
-                move || openidconnect::Nonce::new(nonce),
-            )
-            .add_scope(openidconnect::Scope::new("email".into()))
-            .add_scope(openidconnect::Scope::new("profile".into()))
-            .set_pkce_challenge(challenge)
-            .url();
-        Ok(url.to_string())
-    }
-
-    async fn finish(
-        &self,
-        code: &str,
-        pkce_verifier: &str,
-        nonce: &str,
-    ) -> Result<tollgate_core::ExternalIdentity, String> {
-        use openidconnect::TokenResponse as _;
-        let client = self.client(false).await?;
-        let response = client
-            .exchange_code(openidconnect::AuthorizationCode::new(code.to_owned()))
-            .map_err(|e| e.to_string())?
-            .set_pkce_verifier(openidconnect::PkceCodeVerifier::new(pkce_verifier.to_owned()))
-            .request_async(&self.http)
-            .await
-            .map_err(|e| format!("the code exchange failed: {e}"))?;
-        let id_token = response.id_token().ok_or("the provider returned no ID token")?;
-        let nonce = openidconnect::Nonce::new(nonce.to_owned());
-        let claims = match id_token.claims(&client.id_token_verifier(), &nonce) {
-            Ok(claims) => claims.clone(),
-            // Signed with a key we have not seen: the provider may have rotated; look again once.
-            Err(openidconnect::ClaimsVerificationError::SignatureVerification(_)) => {
-                let client = self.client(true).await?;
-                id_token
-                    .claims(&client.id_token_verifier(), &nonce)
-                    .map_err(|e| format!("the ID token is not valid: {e}"))?
-                    .clone()
-            }
-            Err(other) => return Err(format!("the ID token is not valid: {other}")),
-        };
-        Ok(tollgate_core::ExternalIdentity {
-            issuer: claims.issuer().to_string(),
-            subject: claims.subject().to_string(),
-            email: claims.email().map(|e| e.to_string()),
-            email_verified: claims.email_verified().unwrap_or(false),
-            name: claims.name().and_then(|n| n.get(None)).map(|n| n.to_string()),
-        })
-    }
-}
-
-/// The configured OpenID Connect providers.
-pub fn identity_providers(config: &Config) -> anyhow::Result<Vec<Arc<dyn tollgate_core::IdentityProvider>>> {
-    let http = reqwest::Client::builder()
-        // Following redirects would open the server to SSRF.
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building the HTTP client for sign-in providers")?;
-    for (name, provider) in &config.oidc {
-        anyhow::ensure!(
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
-            "[oidc.{name}]: a provider's name appears in URLs: use lowercase letters, digits and '-'"
-        );
-        openidconnect::IssuerUrl::new(provider.issuer.clone())
-            .with_context(|| format!("[oidc.{name}].issuer is not a URL"))?;
-    }
-    Ok(config
-        .oidc
-        .iter()
-        .map(|(name, provider)| {
-            Arc::new(OidcProvider {
-                name: name.clone(),
-                display_name: provider.display_name.clone().unwrap_or_else(|| name.clone()),
-                issuer: provider.issuer.trim_end_matches('/').to_owned(),
-                client_id: provider.client_id.clone(),
-                client_secret: provider.client_secret.clone(),
-                redirect_uri: format!(
-                    "{}/api/auth/oidc/{name}/callback",
-                    config.console_url.trim_end_matches('/')
-                ),
-                http: http.clone(),
-                metadata: tokio::sync::Mutex::new(None),
-            }) as Arc<dyn tollgate_core::IdentityProvider>
-        })
-        .collect())
 }
 
 /// GitHub's secret scanning signing keys, fetched over HTTPS.
@@ -508,7 +346,7 @@ pub async fn start(
         cookies: tollgate_http::CookieSettings::for_console(&config.console_url),
         teams: services.teams.clone(),
         federation: tollgate_core::Federation::new(
-            identity_providers(config)?,
+            federation::identity_providers(config)?,
             Arc::clone(&store),
             Arc::clone(&clock),
             services.accounts.clone(),

@@ -185,7 +185,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             validate_and_exit: true,
         } => {
-            println!("configuration is valid ({} models)", config.models.len());
+            let providers = tollgate_server::check_sign_in_providers(&config)?;
+            println!(
+                "configuration is valid ({} models, {providers} sign-in providers)",
+                config.models.len()
+            );
             Ok(())
         }
         Command::Serve {

@@ -71,3 +71,62 @@ fn the_example_config_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tollgate.example.toml");
     Config::load(&path, true).unwrap();
 }
+
+#[test]
+fn sign_in_providers_are_checked() {
+    let good = write_config(
+        r#"
+        [oidc.corp]
+        issuer = "https://id.example.com"
+        client_id = "tollgate"
+        client_secret = "s"
+        [oauth2.x]
+        preset = "x"
+        client_id = "tollgate"
+        client_secret = "s"
+        "#,
+    );
+    let config = Config::load(good.path(), true).unwrap();
+    assert_eq!(tollgate_server::check_sign_in_providers(&config).unwrap(), 2);
+    // Checked when the file is read: names, each name once, https.
+    for (text, expected) in [
+        (
+            "[oauth2.Bad_Name]\npreset = \"x\"\nclient_id = \"c\"\nclient_secret = \"s\"",
+            "appear in URLs",
+        ),
+        (
+            "[oidc.corp]\nissuer = \"http://id.example.com\"\nclient_id = \"c\"\nclient_secret = \"s\"",
+            "https",
+        ),
+        (
+            "[oidc.x]\nissuer = \"https://x.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+             [oauth2.x]\npreset = \"x\"\nclient_id = \"c\"\nclient_secret = \"s\"",
+            "configured twice",
+        ),
+    ] {
+        let file = write_config(text);
+        let error = format!("{:#}", Config::load(file.path(), true).unwrap_err());
+        assert!(error.contains(expected), "{text}: {error}");
+    }
+    // Checked when the providers are built (at start, and by `serve --validate-and-exit`).
+    for (text, expected) in [
+        (
+            "[oauth2.gh]\nclient_id = \"c\"\nclient_secret = \"s\"",
+            "needs authorization_url",
+        ),
+        (
+            "[oauth2.x]\npreset = \"x\"\ntoken_url = \"http://tokens.example\"\nclient_id = \"c\"\n\
+             client_secret = \"s\"",
+            "token_url must be an https:// URL",
+        ),
+    ] {
+        let file = write_config(text);
+        let config = Config::load(file.path(), true).unwrap();
+        let error = format!("{:#}", tollgate_server::check_sign_in_providers(&config).unwrap_err());
+        assert!(error.contains(expected), "{text}: {error}");
+    }
+    // An unknown preset is refused when the file is read.
+    let file = write_config("[oauth2.y]\npreset = \"myspace\"\nclient_id = \"c\"\nclient_secret = \"s\"");
+    let error = format!("{:#}", Config::load(file.path(), true).unwrap_err());
+    assert!(error.contains("myspace"), "{error}");
+}

@@ -11,14 +11,18 @@ use serde_json::{Value, json};
 use tollgate_store::testsuite::TestDb;
 use tollgate_testkit::MockUpstream;
 
-use crate::util::{TestApp, on_both_backends, test_config};
+use crate::util::{TestApp, execute, on_both_backends, test_config};
 
 on_both_backends!(
     sign_in_with_an_openid_provider,
+    sign_in_with_a_plain_oauth2_provider,
     accounts_without_a_password_reauthenticate_by_signing_in,
 );
 
-const REDIRECT_URI: &str = "http://127.0.0.1:8080/api/auth/oidc/test/callback";
+/// The callbacks registered at the provider: `test` (OpenID Connect) and `plain` (the same
+/// server used as a plain OAuth 2.0 provider with a user-info endpoint, as X is).
+const REDIRECT_URIS: &str =
+    "http://127.0.0.1:8080/api/auth/oidc/test/callback,http://127.0.0.1:8080/api/auth/oidc/plain/callback";
 
 struct Provider {
     child: Child,
@@ -60,6 +64,7 @@ impl Provider {
                 "carol": {"name": "Carol"},
                 "dave": {"email": "dave@example.net", "email_verified": true, "name": "Dave"},
                 "erin": {"email": "erin@example.com", "email_verified": true, "name": "Erin"},
+                "frank": {"name": "Frank"},
             })
             .to_string(),
         )
@@ -73,7 +78,7 @@ impl Provider {
             .current_dir(&fixture)
             .arg("provider.mjs")
             .arg(port.to_string())
-            .args(["tollgate", "secret-for-tests", REDIRECT_URI])
+            .args(["tollgate", "secret-for-tests", REDIRECT_URIS])
             .arg(&accounts)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -133,18 +138,30 @@ async fn through_provider(browser: &reqwest::Client, provider_url: String, login
         .unwrap();
     let resume = location(&response);
     let callback = location(&browser.get(&resume).send().await.unwrap());
-    assert!(callback.starts_with(REDIRECT_URI), "{callback}");
+    assert!(
+        callback.starts_with("http://127.0.0.1:8080/api/auth/oidc/"),
+        "{callback}"
+    );
     callback.split_once('?').unwrap().1.to_owned()
 }
 
 /// Signs in as `login` at the provider from Tollgate's start URL; returns Tollgate's answer to
 /// the callback.
 async fn sign_in(app: &TestApp, browser: &reqwest::Client, login: &str) -> reqwest::Response {
-    let start = browser.get(app.url("/api/auth/oidc/test/start")).send().await.unwrap();
+    sign_in_with(app, browser, "test", login).await
+}
+
+/// [`sign_in`] with the provider configured as `provider`.
+async fn sign_in_with(app: &TestApp, browser: &reqwest::Client, provider: &str, login: &str) -> reqwest::Response {
+    let start = browser
+        .get(app.url(&format!("/api/auth/oidc/{provider}/start")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(start.status(), StatusCode::SEE_OTHER);
     let query = through_provider(browser, location(&start), login).await;
     browser
-        .get(app.url(&format!("/api/auth/oidc/test/callback?{query}")))
+        .get(app.url(&format!("/api/auth/oidc/{provider}/callback?{query}")))
         .send()
         .await
         .unwrap()
@@ -171,6 +188,25 @@ async fn app_with_provider(db: TestDb) -> Option<(Provider, TestApp)> {
             display_name: Some("Test ID".into()),
         },
     );
+    // The same server as a plain OAuth 2.0 provider, configured as X would be: no ID token, the
+    // id and name read from the user-info endpoint, no address.
+    config.oauth2.insert(
+        "plain".into(),
+        tollgate_server::config::OAuth2Config {
+            preset: None,
+            client_id: "tollgate".into(),
+            client_secret: "secret-for-tests".to_owned().into(),
+            display_name: Some("Plain".into()),
+            authorization_url: Some(format!("{}/auth", provider.issuer())),
+            token_url: Some(format!("{}/token", provider.issuer())),
+            userinfo_url: Some(format!("{}/me", provider.issuer())),
+            scopes: Some(vec!["openid".into(), "profile".into()]),
+            issuer: Some("https://plain.example".into()),
+            subject_pointer: Some("/sub".into()),
+            name_pointer: Some("/name".into()),
+            email_pointer: Some("/email".into()),
+        },
+    );
     let app = TestApp::with_config(db, upstream, config).await;
     Some((provider, app))
 }
@@ -189,7 +225,7 @@ async fn sign_in_with_an_openid_provider(db: TestDb) {
         .json()
         .await
         .unwrap();
-    assert_eq!(providers["providers"][0]["displayName"], "Test ID");
+    assert_eq!(providers["providers"][1]["startUrl"], "/api/auth/oidc/test/start");
 
     // A new person with an address the provider vouches for: a new account, verified, signed in.
     let alice = browser();
@@ -425,6 +461,22 @@ async fn sign_in_with_an_openid_provider(db: TestDb) {
     actions.sort_unstable();
     assert_eq!(actions, ["LinkIdentity", "LinkIdentity", "UnlinkIdentity"], "{log}");
 
+    // An ID token whose nonce is not the one its flow sent is refused: the stored nonce is
+    // changed behind Tollgate's back, as if the token had been lifted from another flow.
+    let replayed = browser();
+    let start = replayed.get(app.url("/api/auth/oidc/test/start")).send().await.unwrap();
+    let query = through_provider(&replayed, location(&start), "alice").await;
+    let tamper = "UPDATE oidc_flows SET nonce = 'another-flows-nonce' WHERE used_at IS NULL";
+    execute(&app.config.database_url, tamper, tamper).await.unwrap();
+    let response = replayed
+        .get(app.url(&format!("/api/auth/oidc/test/callback?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("nonce"), "{body}");
+
     // A forged state, or a callback in a browser that did not begin the flow, is refused.
     let eve = browser();
     let start = eve.get(app.url("/api/auth/oidc/test/start")).send().await.unwrap();
@@ -591,5 +643,97 @@ async fn accounts_without_a_password_reauthenticate_by_signing_in(db: TestDb) {
     let response = post(&app, &fresh, "/api/account/password", &token, body).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert!(response.text().await.unwrap().contains("Enter your password again"));
+    app.finish().await;
+}
+
+async fn sign_in_with_a_plain_oauth2_provider(db: TestDb) {
+    let Some((_provider, app)) = app_with_provider(db).await else {
+        return;
+    };
+    let providers: Value = app
+        .client
+        .get(app.url("/api/auth/providers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = providers["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["displayName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Plain", "Test ID"]);
+
+    // No address from the provider (as with X): the new account asks for one, and verifies it.
+    let frank = browser();
+    let response = sign_in_with(&app, &frank, "plain", "frank").await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let needed: Value = response.json().await.unwrap();
+    assert_eq!(needed["outcome"], "email_needed");
+    let response = frank
+        .post(app.url("/api/auth/oidc/complete"))
+        .json(&json!({"pendingToken": needed["pendingToken"], "email": "frank@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    csrf(response).await;
+    let me: Value = frank
+        .get(app.url("/api/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"]["name"], "Frank", "the name comes from the user-info answer");
+    assert_eq!(me["user"]["emailVerified"], false);
+    let identities: Value = frank
+        .get(app.url("/api/account/identities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let identity = &identities["identities"][0];
+    assert_eq!(
+        (
+            identity["provider"].as_str(),
+            identity["issuer"].as_str(),
+            identity["subject"].as_str()
+        ),
+        (Some("plain"), Some("https://plain.example"), Some("frank"))
+    );
+    // A pending sign-in is used once.
+    let response = app
+        .client
+        .post(app.url("/api/auth/oidc/complete"))
+        .json(&json!({"pendingToken": needed["pendingToken"], "email": "frank2@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // Next time the provider's id finds the account.
+    let again = browser();
+    csrf(sign_in_with(&app, &again, "plain", "frank").await).await;
+    let me_again: Value = again
+        .get(app.url("/api/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me_again["user"]["userId"], me["user"]["userId"]);
+    // The same person at the same server through OpenID Connect is another identity (another
+    // issuer): identities are (issuer, subject), never a name or an address.
+    let other = browser();
+    let response = sign_in(&app, &other, "frank").await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(response.json::<Value>().await.unwrap()["outcome"], "email_needed");
     app.finish().await;
 }

@@ -1,18 +1,18 @@
 // A real OpenID provider for Tollgate's integration tests: the npm package oidc-provider.
-//   node provider.mjs <port> <client_id> <client_secret> <redirect_uri> <accounts.json>
+//   node provider.mjs <port> <client_id> <client_secret> <redirect_uris, comma-separated> <accounts.json>
 // accounts.json maps a login to its claims: {"alice": {"sub": "alice", "email": ..., "email_verified": true, "name": ...}}.
 // Sign-in is headless: POST prompt=login&login=<login>&password=x to the interaction URL, then
 // prompt=consent (oidc-provider's development interactions).
 import Provider from 'oidc-provider';
 import { readFileSync } from 'node:fs';
 
-const [port, clientId, clientSecret, redirectUri, accountsPath] = process.argv.slice(2);
+const [port, clientId, clientSecret, redirectUris, accountsPath] = process.argv.slice(2);
 const issuer = `http://127.0.0.1:${port}`;
 const provider = new Provider(issuer, {
   clients: [{
     client_id: clientId,
     client_secret: clientSecret,
-    redirect_uris: [redirectUri],
+    redirect_uris: redirectUris.split(','),
     grant_types: ['authorization_code'],
     response_types: ['code'],
     token_endpoint_auth_method: 'client_secret_basic',

@@ -227,7 +227,7 @@ pub struct AccountService {
 }
 
 /// A sign-in from a device (browser) and place pair not seen in this long is announced by mail.
-const SEEN_WITHIN: chrono::Duration = chrono::Duration::days(90);
+pub(crate) const SEEN_WITHIN: chrono::Duration = chrono::Duration::days(90);
 
 /// What a sign-in with a password leads to.
 #[derive(Debug)]

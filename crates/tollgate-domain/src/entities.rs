@@ -237,3 +237,33 @@ pub struct ManagementKey {
     /// Refused from this time on.
     pub revoked_at: Option<Timestamp>,
 }
+
+/// What housekeeping deletes: rows that can no longer be used, once they are old enough that
+/// nothing looks at them. Everything is older than these times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// Single-use account links, second-factor challenges, external sign-in flows and pending
+    /// identities that expired before this.
+    pub expired_before: Timestamp,
+    /// Sessions begun before this (long over: sign-in alerts look back at recent ones).
+    pub sessions_begun_before: Timestamp,
+    /// Invitations that expired before this (answered or not).
+    pub invitations_expired_before: Timestamp,
+    /// Outbox mail created before this and not being sent now (its links are long dead).
+    pub mail_created_before: Timestamp,
+    /// The time of the sweep (a mail held by a sender until after it is left alone).
+    pub now: Timestamp,
+}
+
+/// How many rows a sweep deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Account links, challenges, sign-in flows and pending identities.
+    pub tokens: u64,
+    /// Sessions.
+    pub sessions: u64,
+    /// Invitations.
+    pub invitations: u64,
+    /// Mail.
+    pub mail: u64,
+}

@@ -30,7 +30,8 @@ pub use audit::{
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use email::{Email, EmailError};
 pub use entities::{
-    ApiKey, Identity, Invitation, ManagementKey, Member, Membership, OidcFlow, PendingIdentity, Team, TeamDomain, User,
+    ApiKey, Identity, Invitation, ManagementKey, Member, Membership, OidcFlow, PendingIdentity, Sweep, Swept, Team,
+    TeamDomain, User,
 };
 pub use ids::{
     ApiKeyId, AuditEventId, DomainId, IdentityId, InvitationId, MailId, ManagementKeyId, RequestId, SessionId, TeamId,

@@ -406,6 +406,8 @@ pub async fn start(
         .accounts
         .clone()
         .spawn_purge(Duration::from_secs(3600), stop_jobs.clone());
+    let housekeeping = tollgate_core::Housekeeping::new(Arc::clone(&store), Arc::clone(&clock))
+        .spawn(Duration::from_secs(3600), stop_jobs.clone());
     let domain_checks = services.teams.clone().spawn_domain_checks(
         Duration::from_secs(config.domain_recheck_hours * 3600),
         stop_jobs.clone(),
@@ -450,6 +452,7 @@ pub async fn start(
         let _ = last_used.await;
         let _ = domain_checks.await;
         let _ = purge.await;
+        let _ = housekeeping.await;
         if let Some(mail) = mail {
             let _ = mail.await;
         }

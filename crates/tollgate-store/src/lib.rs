@@ -631,6 +631,8 @@ pub trait Store:
     async fn ping(&self) -> Result<(), StoreError>;
     /// Refreshes the query planner's statistics (after a bulk load).
     async fn analyze(&self) -> Result<(), StoreError>;
+    /// Deletes what `sweep` says is over, in one transaction.
+    async fn sweep(&self, sweep: &tollgate_domain::Sweep) -> Result<tollgate_domain::Swept, StoreError>;
     /// Closes the connection pools, waiting for connections in use to be returned.
     async fn close(&self);
 }

@@ -2346,6 +2346,43 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn sweep(&self, sweep: &tollgate_domain::Sweep) -> Result<tollgate_domain::Swept, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let mut tokens = 0;
+        for table in ["account_tokens", "mfa_challenges", "oidc_flows", "pending_identities"] {
+            tokens += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
+                .bind(sweep.expired_before)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        let sessions = sqlx::query("DELETE FROM sessions WHERE created_at < $1")
+            .bind(sweep.sessions_begun_before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let invitations = sqlx::query("DELETE FROM team_invitations WHERE expires_at < $1")
+            .bind(sweep.invitations_expired_before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let mail = sqlx::query(
+            "DELETE FROM mail_outbox WHERE created_at < $1 AND (claimed_until IS NULL OR claimed_until < $2)",
+        )
+        .bind(sweep.mail_created_before)
+        .bind(sweep.now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(tollgate_domain::Swept {
+            tokens,
+            sessions,
+            invitations,
+            mail,
+        })
+    }
+
     async fn analyze(&self) -> Result<(), StoreError> {
         sqlx::query("ANALYZE").execute(&self.write).await?;
         Ok(())

@@ -966,6 +966,145 @@ pub async fn migrate_is_idempotent(store: &dyn Store) {
     assert!(matches!(store.backend(), Backend::Sqlite | Backend::Postgres));
 }
 
+/// Housekeeping deletes what is over, and nothing else.
+pub async fn sweep_deletes_what_is_over(store: &dyn Store) {
+    use tollgate_domain::{
+        Invitation, InvitationId, OidcFlow, PendingIdentity, Session, SessionId, Sweep, Swept, TokenPurpose,
+    };
+    let (user, team) = seed_user(store, "sweep@example.com").await;
+    let hour = chrono::Duration::hours(1);
+    // Two of each: one begun at 0 (over by the sweep at 5000), one begun at 10000.
+    for (n, begun) in [(1u8, at(0)), (2, at(10_000))] {
+        let mut token = crate::AccountToken::issue([n; 32], user.id, TokenPurpose::VerifyEmail, begun, None);
+        token.expires_at = begun + hour;
+        store.insert_account_token(&token, &[], &[]).await.unwrap();
+        store
+            .create_mfa_challenge(&[n + 10; 32], user.id, begun, begun + hour)
+            .await
+            .unwrap();
+        let session = Session {
+            id: SessionId::new(),
+            user_id: user.id,
+            created_at: begun,
+            last_seen_at: begun,
+            absolute_expires_at: begun + hour,
+            ip: None,
+            user_agent: None,
+            location: None,
+            revoked_at: None,
+        };
+        store
+            .create_session(&session, &[n + 20; 32], &[n + 30; 32], &[], &[])
+            .await
+            .unwrap();
+        store
+            .enqueue_mail(&[OutboundMail {
+                id: MailId::new(),
+                to: vec![user.email.clone()],
+                subject: format!("mail {n}"),
+                body: "a link".into(),
+                created_at: begun,
+            }])
+            .await
+            .unwrap();
+        let invitation = Invitation {
+            id: InvitationId::new(),
+            team_id: team.id,
+            email: Email::parse(&format!("guest{n}@example.com")).unwrap(),
+            role: Role::Member,
+            invited_by: Some(user.id),
+            created_at: begun,
+            expires_at: begun + hour,
+            accepted_at: None,
+            revoked_at: None,
+        };
+        store
+            .create_invitation(
+                &invitation,
+                &[n + 40; 32],
+                &[],
+                &audit(Some(team.id), AuditAction::InviteTeamMember, begun),
+            )
+            .await
+            .unwrap();
+        store
+            .create_oidc_flow(&OidcFlow {
+                state_hash: [n + 50; 32],
+                provider: "test".into(),
+                nonce: "n".into(),
+                pkce_verifier: "v".into(),
+                browser_hash: [n + 60; 32],
+                link_user_id: None,
+                created_at: begun,
+                expires_at: begun + hour,
+            })
+            .await
+            .unwrap();
+        store
+            .insert_pending_identity(&PendingIdentity {
+                token_hash: [n + 70; 32],
+                provider: "test".into(),
+                issuer: "https://id.example".into(),
+                subject: format!("s{n}"),
+                email: None,
+                email_verified: false,
+                name: None,
+                created_at: begun,
+                expires_at: begun + hour,
+            })
+            .await
+            .unwrap();
+    }
+    let sweep = Sweep {
+        expired_before: at(5_000),
+        sessions_begun_before: at(5_000),
+        invitations_expired_before: at(5_000),
+        mail_created_before: at(5_000),
+        now: at(5_000),
+    };
+    let swept = store.sweep(&sweep).await.unwrap();
+    assert_eq!(
+        swept,
+        Swept {
+            tokens: 4,
+            sessions: 1,
+            invitations: 1,
+            mail: 1
+        }
+    );
+    // What is not over stays.
+    assert!(store.find_account_token(&[1; 32]).await.unwrap().is_none());
+    assert!(store.find_account_token(&[2; 32]).await.unwrap().is_some());
+    assert_eq!(
+        store.find_mfa_challenge(&[12; 32], at(10_001)).await.unwrap(),
+        Some(user.id)
+    );
+    assert!(store.find_session(&[21; 32]).await.unwrap().is_none());
+    assert!(store.find_session(&[22; 32]).await.unwrap().is_some());
+    let mail = store.list_mail(10).await.unwrap();
+    assert_eq!(
+        mail.iter().map(|m| m.mail.subject.as_str()).collect::<Vec<_>>(),
+        ["mail 2"]
+    );
+    assert_eq!(store.list_invitations(team.id, at(10_001)).await.unwrap().len(), 1);
+    assert!(
+        store
+            .take_oidc_flow(&[52; 32], &[62; 32], at(10_001))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .take_pending_identity(&[72; 32], at(10_001))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // A second sweep finds nothing.
+    assert_eq!(store.sweep(&sweep).await.unwrap(), Swept::default());
+}
+
 /// Every case, by name, for the test generator.
 #[macro_export]
 macro_rules! for_each_conformance_case {
@@ -985,6 +1124,7 @@ macro_rules! for_each_conformance_case {
             audit_chain_links_every_event,
             audit_search_filters_and_pages,
             audit_pruning_keeps_the_chain_verifiable,
+            sweep_deletes_what_is_over,
             migrate_is_idempotent
         );
     };

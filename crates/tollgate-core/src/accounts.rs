@@ -48,6 +48,12 @@ pub enum AccountError {
     /// Unknown email or wrong password: the two answer alike.
     #[error("Incorrect email or password")]
     BadCredentials,
+    /// Removing the password would leave the account with no way to sign in.
+    #[error("this is the account's last way to sign in: link a sign-in provider before removing the password")]
+    LastSignInMethod,
+    /// The account has no password to remove.
+    #[error("the account has no password")]
+    NoPassword,
     /// A sensitive change on an account with a password, sent without it.
     #[error("Enter your password again to confirm this change")]
     PasswordRequired,
@@ -1194,6 +1200,53 @@ impl AccountService {
             .await?;
         self.notices.queued();
         Ok(())
+    }
+
+    /// Removes the password of an account that also signs in with a provider (password again,
+    /// and the second factor if on). Sessions go on; the owner is told.
+    #[instrument(skip_all)]
+    pub async fn remove_password(
+        &self,
+        user: &User,
+        session: &Session,
+        password: Option<&str>,
+        factor: Option<&SecondFactor>,
+        context: &RequestContext,
+    ) -> Result<(), AccountError> {
+        if user.password_hash.is_none() {
+            return Err(AccountError::NoPassword);
+        }
+        self.reauthenticate(user, session, password).await?;
+        if user.totp_enabled_at.is_some() {
+            let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
+            self.check_second_factor(user, factor, context).await?;
+        }
+        let now = self.clock.now();
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            user,
+            now,
+            AuditAction::RemovePassword,
+            "Removed the password; the account signs in with its providers",
+            true,
+            context,
+        );
+        let mail = [self.notices.security_notice(
+            user,
+            "Your password was removed",
+            "The password of your account was removed; you sign in with your linked providers",
+            now,
+            context,
+        )];
+        match self.store.remove_password(user.id, &audits, &mail).await {
+            Ok(()) => {
+                self.notices.queued();
+                Ok(())
+            }
+            Err(StoreError::Conflict { .. }) => Err(AccountError::LastSignInMethod),
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// Asks to change the account's address (password again, and the second factor if on): the new

@@ -33,6 +33,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/auth/sign-in", post(sign_in))
         .route("/api/auth/sign-in/second-factor", post(sign_in_second_factor))
         .route("/api/account/password", post(change_password))
+        .route("/api/account/password/remove", post(remove_password))
         .route("/api/account/delete", post(delete_account))
         .route("/api/auth/restore", post(restore_account))
         .route("/api/auth/providers", get(list_providers))
@@ -161,7 +162,9 @@ impl From<AccountError> for XaiError {
             AccountError::BadCredentials | AccountError::NotSignedIn | AccountError::ReauthenticationRequired => {
                 XaiError::unauthenticated(error.to_string())
             }
-            AccountError::PasswordRequired => XaiError::invalid_argument(error.to_string()),
+            AccountError::PasswordRequired | AccountError::LastSignInMethod | AccountError::NoPassword => {
+                XaiError::invalid_argument(error.to_string())
+            }
             AccountError::CsrfMismatch => XaiError::permission_denied(error.to_string()),
             AccountError::TeamNotFound => XaiError::permission_denied("You are not a member of this team"),
             AccountError::BadSecondFactor => XaiError::unauthenticated(error.to_string()),
@@ -869,6 +872,47 @@ pub(crate) async fn change_password(
             &signed_in.session,
             body.current_password.as_deref(),
             &body.new_password,
+            &meta,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/account/password/remove` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct RemovePasswordRequest {
+    /// The password, again.
+    password: String,
+    /// With two-factor authentication on: a TOTP code.
+    code: Option<String>,
+    /// Or a recovery code.
+    recovery_code: Option<String>,
+}
+
+/// Remove the password, when the account also signs in with a provider (it cannot be the last
+/// way to sign in).
+#[utoipa::path(post, path = "/api/account/password/remove", tag = "console", request_body = RemovePasswordRequest,
+    responses((status = 204), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn remove_password(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<RemovePasswordRequest>,
+) -> Result<StatusCode, XaiError> {
+    let factor = FactorFields {
+        code: body.code,
+        recovery_code: body.recovery_code,
+    }
+    .factor()?;
+    state
+        .accounts
+        .remove_password(
+            &signed_in.user,
+            &signed_in.session,
+            Some(&body.password),
+            factor.as_ref(),
             &meta,
         )
         .await?;

@@ -110,6 +110,7 @@ impl Modify for SecuritySchemes {
         crate::console::sign_in,
         crate::console::sign_in_second_factor,
         crate::console::change_password,
+        crate::console::remove_password,
         crate::console::delete_account,
         crate::console::list_providers,
         crate::console::oidc_start,

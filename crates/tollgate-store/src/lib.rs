@@ -595,6 +595,15 @@ pub trait FederationStore: Send + Sync {
     /// Unlinks an identity; `NotFound` if not the user's, `Conflict` named
     /// `identities_last_method` (nothing written) when the account would have no way to sign in.
     async fn delete_identity(&self, user_id: UserId, id: IdentityId, audits: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Removes the user's password (with `audits` and `mail`); `Conflict` when the account has no
+    /// external sign-in to fall back on. Serialized per user with unlinking, so the two together
+    /// can never leave an account with no way in.
+    async fn remove_password(
+        &self,
+        user_id: UserId,
+        audits: &[AuditEvent],
+        mail: &[OutboundMail],
+    ) -> Result<(), StoreError>;
     /// Stores a flow.
     async fn create_oidc_flow(&self, flow: &OidcFlow) -> Result<(), StoreError>;
     /// Takes a live flow by its state's hash, once, and only for the browser that began it (its

@@ -99,6 +99,16 @@ fn acls_json(key: &ApiKey) -> Result<String, StoreError> {
     Ok(serde_json::to_string(&acls).map_err(anyhow::Error::from)?)
 }
 
+/// Takes the user's row lock for the rest of the transaction (PostgreSQL; SQLite has one writer
+/// anyway), so checks over the user's sign-in methods see every other change committed.
+async fn lock_user(conn: &mut <Db as sqlx::Database>::Connection, user_id: UserId) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET password_hash = password_hash WHERE id = $1")
+        .bind(user_id.as_uuid())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// `NotFound` unless exactly one row changed.
 fn one_row(result: &<Db as sqlx::Database>::QueryResult) -> Result<(), StoreError> {
     if result.rows_affected() == 1 { Ok(()) } else { Err(StoreError::NotFound) }
@@ -2207,6 +2217,7 @@ impl FederationStore for SqlStore {
 
     async fn delete_identity(&self, user_id: UserId, id: IdentityId, audits: &[AuditEvent]) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
+        lock_user(&mut tx, user_id).await?;
         let result = sqlx::query("DELETE FROM identities WHERE user_id = $1 AND id = $2")
             .bind(user_id.as_uuid())
             .bind(id.as_uuid())
@@ -2228,6 +2239,34 @@ impl FederationStore for SqlStore {
         for audit in audits {
             insert_audit(&mut tx, &self.audit_key, audit).await?;
         }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_password(
+        &self,
+        user_id: UserId,
+        audits: &[AuditEvent],
+        mail: &[OutboundMail],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        lock_user(&mut tx, user_id).await?;
+        let result = sqlx::query(
+            "UPDATE users SET password_hash = NULL WHERE id = $1 AND password_hash IS NOT NULL \
+             AND EXISTS (SELECT 1 FROM identities WHERE user_id = $1)",
+        )
+        .bind(user_id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                constraint: "identities_last_method".into(),
+            });
+        }
+        for audit in audits {
+            insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        insert_mail(&mut tx, mail).await?;
         tx.commit().await?;
         Ok(())
     }

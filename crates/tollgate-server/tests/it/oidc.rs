@@ -461,6 +461,67 @@ async fn sign_in_with_an_openid_provider(db: TestDb) {
     actions.sort_unstable();
     assert_eq!(actions, ["LinkIdentity", "LinkIdentity", "UnlinkIdentity"], "{log}");
 
+    // Bob now signs in with the provider, so the password may go; then the provider is his last
+    // way in and stays. Mallory has only a password: it stays.
+    let response = post(
+        &app,
+        &mallory,
+        "/api/account/password/remove",
+        &mallory_token,
+        json!({"password": "a sturdy passphrase for tests"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.text().await.unwrap().contains("last way to sign in"));
+    let response = post(
+        &app,
+        &bob,
+        "/api/account/password/remove",
+        &bob_token,
+        json!({"password": "not the password"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = post(
+        &app,
+        &bob,
+        "/api/account/password/remove",
+        &bob_token,
+        json!({"password": "a sturdy passphrase for tests"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let identities: Value = bob
+        .get(app.url("/api/account/identities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(identities["password"], false);
+    let dave_id = identities["identities"][0]["identityId"].as_str().unwrap();
+    let response = bob
+        .delete(app.url(&format!("/api/account/identities/{dave_id}")))
+        .header("x-csrf-token", &bob_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .json(&json!({"email": "bob@example.com", "password": "a sturdy passphrase for tests"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let mail = app.store().list_mail(100).await.unwrap();
+    assert!(
+        mail.iter()
+            .any(|m| m.mail.to[0].as_ref() == "bob@example.com" && m.mail.subject.contains("password was removed"))
+    );
+
     // An ID token whose nonce is not the one its flow sent is refused: the stored nonce is
     // changed behind Tollgate's back, as if the token had been lifted from another flow.
     let replayed = browser();

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tollgate_domain::{
     Actor, AuditAction, AuditEvent, Clock, Email, EmailError, Identity, IdentityId, OidcFlow, PendingIdentity,
-    RequestContext, SecretToken, Team, TeamId, User, UserId,
+    RequestContext, SecretToken, Session, Team, TeamId, User, UserId,
 };
 use tollgate_store::{Store, StoreError};
 use tracing::instrument;
 
-use crate::accounts::{AccountError, AccountService, SignInOutcome, SignedIn};
+use crate::accounts::{AccountError, AccountService, REAUTH_WINDOW, SignInOutcome, SignedIn};
 
 /// Who the provider says signed in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +65,9 @@ pub enum FederationError {
     /// The identity is linked to an account already.
     #[error("that sign-in is already linked to an account")]
     IdentityTaken,
+    /// Linking needs a fresh sign-in of the account it links to.
+    #[error("Sign in again to link a sign-in method: linking needs a sign-in within the last 10 minutes")]
+    StaleSession,
     /// Removing it would leave the account with no way to sign in.
     #[error("this is the account's last way to sign in; add another first")]
     LastMethod,
@@ -157,9 +160,13 @@ impl Federation {
     pub async fn start(
         &self,
         provider: &str,
-        link_to: Option<&User>,
+        link_to: Option<(&User, &Session)>,
     ) -> Result<(String, SecretToken), FederationError> {
         let provider = self.provider(provider)?;
+        if let Some((_, session)) = link_to {
+            self.require_recent(session)?;
+        }
+        let link_to = link_to.map(|(user, _)| user);
         let state = SecretToken::generate(&mut rand::rngs::OsRng);
         let nonce = SecretToken::generate(&mut rand::rngs::OsRng);
         let verifier = SecretToken::generate(&mut rand::rngs::OsRng);
@@ -250,6 +257,15 @@ impl Federation {
         }
     }
 
+    /// Linking proves the account's owner is here: the session must be a fresh sign-in.
+    fn require_recent(&self, session: &Session) -> Result<(), FederationError> {
+        if self.clock.now() - session.created_at <= REAUTH_WINDOW {
+            Ok(())
+        } else {
+            Err(FederationError::StaleSession)
+        }
+    }
+
     async fn pend(&self, provider: &str, identity: &ExternalIdentity) -> Result<SecretToken, FederationError> {
         let token = SecretToken::generate(&mut rand::rngs::OsRng);
         let now = self.clock.now();
@@ -312,9 +328,11 @@ impl Federation {
     pub async fn link_pending(
         &self,
         user: &User,
+        session: &Session,
         token: &str,
         context: &RequestContext,
     ) -> Result<Identity, FederationError> {
+        self.require_recent(session)?;
         let pending = self.take_pending(token).await?;
         let identity = ExternalIdentity {
             issuer: pending.issuer,

@@ -119,7 +119,9 @@ impl From<FederationError> for XaiError {
             | FederationError::PendingInvalid
             | FederationError::LastMethod
             | FederationError::InvalidEmail(_) => XaiError::invalid_argument(error.to_string()),
-            FederationError::Provider(_) => XaiError::unauthenticated(error.to_string()),
+            FederationError::Provider(_) | FederationError::StaleSession => {
+                XaiError::unauthenticated(error.to_string())
+            }
             FederationError::IdentityTaken => XaiError::new(StatusCode::CONFLICT, error.to_string()),
             FederationError::Account(account) => account.into(),
             FederationError::Store(store) => store.into(),
@@ -460,6 +462,7 @@ pub(crate) async fn oidc_start(
 }
 
 /// Link an external provider to the signed-in account: answers the URL to send the browser to.
+/// Needs a sign-in within the last 10 minutes.
 #[utoipa::path(post, path = "/api/account/identities/{provider}/start", tag = "console",
     params(("provider" = String, Path, description = "The provider's name")),
     responses((status = 200, body = LinkStartView), (status = 401, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
@@ -469,7 +472,10 @@ pub(crate) async fn start_linking(
     signed_in: SignedInUser,
     Path(provider): Path<String>,
 ) -> Result<Response, XaiError> {
-    let (url, browser) = state.federation.start(&provider, Some(&signed_in.user)).await?;
+    let (url, browser) = state
+        .federation
+        .start(&provider, Some((&signed_in.user, &signed_in.session)))
+        .await?;
     let mut response = Json(LinkStartView { authorization_url: url }).into_response();
     response
         .headers_mut()
@@ -652,6 +658,7 @@ pub(crate) struct LinkRequest {
 }
 
 /// Link a pending external sign-in (whose address is this account's) to the signed-in account.
+/// Needs a sign-in within the last 10 minutes (the owner proves the account is theirs).
 #[utoipa::path(post, path = "/api/account/identities/link", tag = "console", request_body = LinkRequest,
     responses((status = 200, body = IdentityView), (status = 400, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)),
     security(("session" = [])))]
@@ -663,7 +670,7 @@ pub(crate) async fn link_pending_identity(
 ) -> Result<Json<IdentityView>, XaiError> {
     let identity = state
         .federation
-        .link_pending(&signed_in.user, &body.pending_token, &meta)
+        .link_pending(&signed_in.user, &signed_in.session, &body.pending_token, &meta)
         .await?;
     Ok(Json(IdentityView::new(&identity)))
 }

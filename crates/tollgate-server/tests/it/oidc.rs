@@ -538,6 +538,22 @@ async fn sign_in_with_an_openid_provider(db: TestDb) {
     let body = response.text().await.unwrap();
     assert!(body.contains("nonce"), "{body}");
 
+    // Likewise a code redeemed with another PKCE verifier: the provider refuses the exchange.
+    let lifted = browser();
+    let start = lifted.get(app.url("/api/auth/oidc/test/start")).send().await.unwrap();
+    let query = through_provider(&lifted, location(&start), "alice").await;
+    let tamper = "UPDATE oidc_flows SET pkce_verifier = 'another-flows-verifier-that-is-long-enough-for-pkce' \
+                  WHERE used_at IS NULL";
+    execute(&app.config.database_url, tamper, tamper).await.unwrap();
+    let response = lifted
+        .get(app.url(&format!("/api/auth/oidc/test/callback?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("code exchange failed"), "{body}");
+
     // A forged state, or a callback in a browser that did not begin the flow, is refused.
     let eve = browser();
     let start = eve.get(app.url("/api/auth/oidc/test/start")).send().await.unwrap();
@@ -573,6 +589,12 @@ async fn sign_in_with_an_openid_provider(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST, "a state works once");
+    // Linking needs a fresh sign-in: Bob's is now too old.
+    app.clock.advance(chrono::Duration::minutes(11));
+    let response = post(&app, &bob, "/api/account/identities/test/start", &bob_token, json!({})).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.text().await.unwrap().contains("Sign in again to link"));
+
     // The provider's refusal, and unknown providers.
     let response = app
         .client

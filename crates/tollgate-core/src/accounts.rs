@@ -169,6 +169,8 @@ struct Throttle {
 const MAX_RESETS_PER_HOUR: u64 = 5;
 const MAX_VERIFICATIONS_PER_HOUR: u64 = 5;
 const MAX_SIGN_UPS_PER_HOUR: u64 = 20;
+/// Per hour and client address: external sign-ins begun (each stores a flow until it expires).
+pub(crate) const MAX_EXTERNAL_STARTS_PER_HOUR: u64 = 300;
 
 impl Throttle {
     fn blocked(&mut self, email: &str, ip: Option<&str>, now: Timestamp) -> bool {
@@ -410,6 +412,24 @@ impl AccountService {
         }
     }
 
+    /// Counts one `what` from the request's client address against `max` an hour; `Throttled`
+    /// beyond it. Requests without a known address are not counted.
+    pub(crate) fn throttle_per_address(
+        &self,
+        what: &str,
+        max: u64,
+        context: &RequestContext,
+    ) -> Result<(), AccountError> {
+        let Some(ip) = &context.ip else { return Ok(()) };
+        if self.throttle().allow(format!("{what}:{ip}"), max, self.clock.now()) {
+            Ok(())
+        } else {
+            Err(AccountError::Throttled {
+                retry_after_seconds: 3600,
+            })
+        }
+    }
+
     /// Self-service sign-up: the account, its Personal Team, a verification link by mail, and a
     /// session.
     #[instrument(skip_all)]
@@ -420,16 +440,7 @@ impl AccountService {
         password: &str,
         context: &RequestContext,
     ) -> Result<SignedIn, AccountError> {
-        if let Some(ip) = &context.ip {
-            if !self
-                .throttle()
-                .allow(format!("signup:{ip}"), MAX_SIGN_UPS_PER_HOUR, self.clock.now())
-            {
-                return Err(AccountError::Throttled {
-                    retry_after_seconds: 3600,
-                });
-            }
-        }
+        self.throttle_per_address("signup", MAX_SIGN_UPS_PER_HOUR, context)?;
         let (user, _team) = self
             .create_user(email, display_name, password, Actor::System, context)
             .await?;

@@ -15,7 +15,9 @@ use tollgate_domain::{
 use tollgate_store::{Store, StoreError};
 use tracing::instrument;
 
-use crate::accounts::{AccountError, AccountService, REAUTH_WINDOW, SignInOutcome, SignedIn};
+use crate::accounts::{
+    AccountError, AccountService, MAX_EXTERNAL_STARTS_PER_HOUR, REAUTH_WINDOW, SignInOutcome, SignedIn,
+};
 
 /// Who the provider says signed in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,8 +163,12 @@ impl Federation {
         &self,
         provider: &str,
         link_to: Option<(&User, &Session)>,
+        context: &RequestContext,
     ) -> Result<(String, SecretToken), FederationError> {
         let provider = self.provider(provider)?;
+        // Each start stores a flow: bounded per client address.
+        self.accounts
+            .throttle_per_address("external-sign-in", MAX_EXTERNAL_STARTS_PER_HOUR, context)?;
         if let Some((_, session)) = link_to {
             self.require_recent(session)?;
         }

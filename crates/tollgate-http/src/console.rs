@@ -448,12 +448,13 @@ fn read_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// PKCE; the flow is bound to this browser by a cookie).
 #[utoipa::path(get, path = "/api/auth/oidc/{provider}/start", tag = "console",
     params(("provider" = String, Path, description = "The provider's name")),
-    responses((status = 303, description = "To the provider"), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 303, description = "To the provider"), (status = 404, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody)))]
 pub(crate) async fn oidc_start(
     State(state): State<AppState>,
     Path(provider): Path<String>,
+    RequestMeta(meta): RequestMeta,
 ) -> Result<Response, XaiError> {
-    let (url, browser) = state.federation.start(&provider, None).await?;
+    let (url, browser) = state.federation.start(&provider, None, &meta).await?;
     let mut response = (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, url)]).into_response();
     response
         .headers_mut()
@@ -471,10 +472,11 @@ pub(crate) async fn start_linking(
     State(state): State<AppState>,
     signed_in: SignedInUser,
     Path(provider): Path<String>,
+    RequestMeta(meta): RequestMeta,
 ) -> Result<Response, XaiError> {
     let (url, browser) = state
         .federation
-        .start(&provider, Some((&signed_in.user, &signed_in.session)))
+        .start(&provider, Some((&signed_in.user, &signed_in.session)), &meta)
         .await?;
     let mut response = Json(LinkStartView { authorization_url: url }).into_response();
     response

@@ -818,5 +818,22 @@ async fn sign_in_with_a_plain_oauth2_provider(db: TestDb) {
     let response = sign_in(&app, &other, "frank").await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     assert_eq!(response.json::<Value>().await.unwrap()["outcome"], "email_needed");
+
+    // Each start stores a flow: one client address gets 300 an hour.
+    let client = browser();
+    let mut refused = None;
+    for _ in 0..300 {
+        let response = client.get(app.url("/api/auth/oidc/plain/start")).send().await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    }
+    let refused = refused.expect("the 300th start in an hour is refused");
+    assert_eq!(refused.headers()["retry-after"], "3600");
+    app.clock.advance(chrono::Duration::minutes(61));
+    let response = client.get(app.url("/api/auth/oidc/plain/start")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER, "an hour later it works again");
     app.finish().await;
 }

@@ -830,7 +830,8 @@ async fn sign_in_with_a_plain_oauth2_provider(db: TestDb) {
         }
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
     }
-    let refused = refused.expect("the 300th start in an hour is refused");
+    assert!(refused.is_some(), "the 300th start in an hour is refused");
+    let refused = refused.unwrap();
     assert_eq!(refused.headers()["retry-after"], "3600");
     app.clock.advance(chrono::Duration::minutes(61));
     let response = client.get(app.url("/api/auth/oidc/plain/start")).send().await.unwrap();

@@ -34,6 +34,26 @@ pub struct ExternalIdentity {
     pub name: Option<String>,
 }
 
+/// Why a provider call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider could not be reached, or failed (network, 5xx, discovery): try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The provider refused, or its answer did not validate (code, ID token, user info).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<ProviderError> for FederationError {
+    fn from(error: ProviderError) -> Self {
+        match error {
+            ProviderError::Unavailable(message) => FederationError::ProviderUnavailable(message),
+            ProviderError::Refused(message) => FederationError::Provider(message),
+        }
+    }
+}
+
 /// One configured provider (OpenID Connect discovery, token exchange, ID token validation).
 #[async_trait]
 pub trait IdentityProvider: Send + Sync {
@@ -42,10 +62,10 @@ pub trait IdentityProvider: Send + Sync {
     /// The name people see ("Sign in with …").
     fn display_name(&self) -> &str;
     /// Where to send the browser.
-    async fn authorization_url(&self, state: &str, nonce: &str, pkce_verifier: &str) -> Result<String, String>;
+    async fn authorization_url(&self, state: &str, nonce: &str, pkce_verifier: &str) -> Result<String, ProviderError>;
     /// Exchanges the code (with the PKCE verifier) and validates the ID token (signature, issuer,
     /// audience, nonce).
-    async fn finish(&self, code: &str, pkce_verifier: &str, nonce: &str) -> Result<ExternalIdentity, String>;
+    async fn finish(&self, code: &str, pkce_verifier: &str, nonce: &str) -> Result<ExternalIdentity, ProviderError>;
 }
 
 /// Why an external sign-in failed.
@@ -61,6 +81,9 @@ pub enum FederationError {
     /// The provider refused, or its answer did not validate.
     #[error("The sign-in provider's answer was refused: {0}")]
     Provider(String),
+    /// The provider could not be reached or failed.
+    #[error("The sign-in provider is unavailable; try again later ({0})")]
+    ProviderUnavailable(String),
     /// The pending sign-in is unknown, used or expired.
     #[error("This sign-in is no longer pending; start again")]
     PendingInvalid,
@@ -180,7 +203,7 @@ impl Federation {
         let url = provider
             .authorization_url(state.expose(), nonce.expose(), verifier.expose())
             .await
-            .map_err(FederationError::Provider)?;
+            .map_err(FederationError::from)?;
         let now = self.clock.now();
         self.store
             .create_oidc_flow(&OidcFlow {
@@ -223,7 +246,7 @@ impl Federation {
         let identity = provider
             .finish(code, &flow.pkce_verifier, &flow.nonce)
             .await
-            .map_err(FederationError::Provider)?;
+            .map_err(FederationError::from)?;
 
         if let Some(user_id) = flow.link_user_id {
             let user = self.store.get_user(user_id).await?;

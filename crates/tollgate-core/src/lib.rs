@@ -22,7 +22,7 @@ pub mod usage;
 pub use accounts::{AccountError, AccountService};
 pub use audit::{AuditError, AuditExport, AuditFilter, AuditPage, AuditService, ChainReport};
 pub use caller::Caller;
-pub use federation::{ExternalIdentity, Federated, Federation, FederationError, IdentityProvider};
+pub use federation::{ExternalIdentity, Federated, Federation, FederationError, IdentityProvider, ProviderError};
 pub use housekeeping::Housekeeping;
 pub use keys::{ApiKeyChanges, AuthError, KeyError, KeyService, NewApiKey, Propagation};
 pub use mail::{MailDispatcher, MailError, MailWaker, Mailer, SmtpMailer};

@@ -122,6 +122,9 @@ impl From<FederationError> for XaiError {
             FederationError::Provider(_) | FederationError::StaleSession => {
                 XaiError::unauthenticated(error.to_string())
             }
+            FederationError::ProviderUnavailable(_) => {
+                XaiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            }
             FederationError::IdentityTaken => XaiError::new(StatusCode::CONFLICT, error.to_string()),
             FederationError::Account(account) => account.into(),
             FederationError::Store(store) => store.into(),

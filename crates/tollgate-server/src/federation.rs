@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
-use tollgate_core::{ExternalIdentity, IdentityProvider};
+use tollgate_core::{ExternalIdentity, IdentityProvider, ProviderError};
 
 use crate::config::{Config, OAuth2Config, OAuth2Preset, https_or_loopback};
 
@@ -40,7 +40,7 @@ const OIDC_METADATA_TTL: Duration = Duration::from_secs(3600);
 
 impl OidcProvider {
     /// The provider's metadata: cached, or discovered afresh when stale or when `refresh`.
-    async fn metadata(&self, refresh: bool) -> Result<Arc<openidconnect::core::CoreProviderMetadata>, String> {
+    async fn metadata(&self, refresh: bool) -> Result<Arc<openidconnect::core::CoreProviderMetadata>, ProviderError> {
         let mut cached = self.metadata.lock().await;
         if let Some((fetched, metadata)) = cached.as_ref()
             && !refresh
@@ -48,19 +48,21 @@ impl OidcProvider {
         {
             return Ok(metadata.clone());
         }
-        let issuer = openidconnect::IssuerUrl::new(self.issuer.clone()).map_err(|e| e.to_string())?;
+        let issuer = openidconnect::IssuerUrl::new(self.issuer.clone())
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         let metadata = Arc::new(
             openidconnect::core::CoreProviderMetadata::discover_async(issuer, &self.http)
                 .await
-                .map_err(|e| format!("discovery at {} failed: {e}", self.issuer))?,
+                .map_err(|e| ProviderError::Unavailable(format!("discovery at {} failed: {e}", self.issuer)))?,
         );
         *cached = Some((tokio::time::Instant::now(), metadata.clone()));
         Ok(metadata)
     }
 
-    async fn client(&self, refresh: bool) -> Result<OidcClient, String> {
+    async fn client(&self, refresh: bool) -> Result<OidcClient, ProviderError> {
         let metadata = self.metadata(refresh).await?;
-        let redirect = openidconnect::RedirectUrl::new(self.redirect_uri.clone()).map_err(|e| e.to_string())?;
+        let redirect = openidconnect::RedirectUrl::new(self.redirect_uri.clone())
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         Ok(openidconnect::core::CoreClient::from_provider_metadata(
             (*metadata).clone(),
             openidconnect::ClientId::new(self.client_id.clone()),
@@ -82,7 +84,7 @@ impl IdentityProvider for OidcProvider {
         &self.display_name
     }
 
-    async fn authorization_url(&self, state: &str, nonce: &str, pkce_verifier: &str) -> Result<String, String> {
+    async fn authorization_url(&self, state: &str, nonce: &str, pkce_verifier: &str) -> Result<String, ProviderError> {
         let client = self.client(false).await?;
         let challenge = openidconnect::PkceCodeChallenge::from_code_verifier_sha256(
             &openidconnect::PkceCodeVerifier::new(pkce_verifier.to_owned()),
@@ -101,17 +103,19 @@ impl IdentityProvider for OidcProvider {
         Ok(url.to_string())
     }
 
-    async fn finish(&self, code: &str, pkce_verifier: &str, nonce: &str) -> Result<ExternalIdentity, String> {
+    async fn finish(&self, code: &str, pkce_verifier: &str, nonce: &str) -> Result<ExternalIdentity, ProviderError> {
         use openidconnect::TokenResponse as _;
         let client = self.client(false).await?;
         let response = client
             .exchange_code(openidconnect::AuthorizationCode::new(code.to_owned()))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?
             .set_pkce_verifier(openidconnect::PkceCodeVerifier::new(pkce_verifier.to_owned()))
             .request_async(&self.http)
             .await
-            .map_err(|e| format!("the code exchange failed: {e}"))?;
-        let id_token = response.id_token().ok_or("the provider returned no ID token")?;
+            .map_err(exchange_error)?;
+        let id_token = response
+            .id_token()
+            .ok_or_else(|| ProviderError::Refused("the provider returned no ID token".into()))?;
         let nonce = openidconnect::Nonce::new(nonce.to_owned());
         let claims = match id_token.claims(&client.id_token_verifier(), &nonce) {
             Ok(claims) => claims.clone(),
@@ -120,10 +124,10 @@ impl IdentityProvider for OidcProvider {
                 let client = self.client(true).await?;
                 id_token
                     .claims(&client.id_token_verifier(), &nonce)
-                    .map_err(|e| format!("the ID token is not valid: {e}"))?
+                    .map_err(|e| ProviderError::Refused(format!("the ID token is not valid: {e}")))?
                     .clone()
             }
-            Err(other) => return Err(format!("the ID token is not valid: {other}")),
+            Err(other) => return Err(ProviderError::Refused(format!("the ID token is not valid: {other}"))),
         };
         Ok(ExternalIdentity {
             issuer: claims.issuer().to_string(),
@@ -169,7 +173,7 @@ impl IdentityProvider for OAuth2Provider {
         &self.display_name
     }
 
-    async fn authorization_url(&self, state: &str, _nonce: &str, pkce_verifier: &str) -> Result<String, String> {
+    async fn authorization_url(&self, state: &str, _nonce: &str, pkce_verifier: &str) -> Result<String, ProviderError> {
         let challenge = oauth2::PkceCodeChallenge::from_code_verifier_sha256(&oauth2::PkceCodeVerifier::new(
             pkce_verifier.to_owned(),
         ));
@@ -183,7 +187,7 @@ impl IdentityProvider for OAuth2Provider {
         Ok(url.to_string())
     }
 
-    async fn finish(&self, code: &str, pkce_verifier: &str, _nonce: &str) -> Result<ExternalIdentity, String> {
+    async fn finish(&self, code: &str, pkce_verifier: &str, _nonce: &str) -> Result<ExternalIdentity, ProviderError> {
         use oauth2::TokenResponse as _;
         let token = self
             .client
@@ -191,7 +195,7 @@ impl IdentityProvider for OAuth2Provider {
             .set_pkce_verifier(oauth2::PkceCodeVerifier::new(pkce_verifier.to_owned()))
             .request_async(&self.http)
             .await
-            .map_err(|e| format!("the code exchange failed: {e}"))?;
+            .map_err(exchange_error)?;
         let mut response = self
             .http
             .get(&self.userinfo_url)
@@ -199,19 +203,31 @@ impl IdentityProvider for OAuth2Provider {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("the user-info request failed: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("the user-info endpoint answered {}", response.status()));
+            .map_err(|e| ProviderError::Unavailable(format!("the user-info request failed: {e}")))?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(ProviderError::Unavailable(format!(
+                "the user-info endpoint answered {status}"
+            )));
+        }
+        if !status.is_success() {
+            return Err(ProviderError::Refused(format!(
+                "the user-info endpoint answered {status}"
+            )));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| format!("reading user info: {e}"))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| ProviderError::Unavailable(format!("reading user info: {e}")))?
+        {
             if body.len() + chunk.len() > MAX_USERINFO_BYTES {
-                return Err("the user-info answer is too large".to_owned());
+                return Err(ProviderError::Refused("the user-info answer is too large".to_owned()));
             }
             body.extend_from_slice(&chunk);
         }
-        let info: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| format!("the user-info answer is not JSON: {e}"))?;
+        let info: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Refused(format!("the user-info answer is not JSON: {e}")))?;
         userinfo_identity(
             &info,
             &self.issuer,
@@ -219,6 +235,21 @@ impl IdentityProvider for OAuth2Provider {
             self.name_pointer.as_deref(),
             self.email_pointer.as_deref(),
         )
+        .map_err(ProviderError::Refused)
+    }
+}
+
+/// A failed code exchange: the provider's refusal (an OAuth error answer, such as `invalid_grant`
+/// for a wrong code or PKCE verifier), or the provider being unreachable or broken.
+fn exchange_error<RE, T>(error: oauth2::RequestTokenError<RE, T>) -> ProviderError
+where
+    RE: std::error::Error + 'static,
+    T: oauth2::ErrorResponse + 'static,
+{
+    let message = format!("the code exchange failed: {error}");
+    match error {
+        oauth2::RequestTokenError::ServerResponse(_) => ProviderError::Refused(message),
+        _ => ProviderError::Unavailable(message),
     }
 }
 

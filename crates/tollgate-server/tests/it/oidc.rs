@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 use tollgate_store::testsuite::TestDb;
 use tollgate_testkit::MockUpstream;
 
-use crate::util::{TestApp, execute, on_both_backends, test_config};
+use crate::util::{TestApp, assert_xai_error, execute, on_both_backends, test_config};
 
 on_both_backends!(
+    an_unreachable_provider_answers_503,
     sign_in_with_an_openid_provider,
     sign_in_with_a_plain_oauth2_provider,
     accounts_without_a_password_reauthenticate_by_signing_in,
@@ -836,5 +837,52 @@ async fn sign_in_with_a_plain_oauth2_provider(db: TestDb) {
     app.clock.advance(chrono::Duration::minutes(61));
     let response = client.get(app.url("/api/auth/oidc/plain/start")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SEE_OTHER, "an hour later it works again");
+    app.finish().await;
+}
+
+/// No provider process needed: the configured issuer answers nothing.
+async fn an_unreachable_provider_answers_503(db: TestDb) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let upstream = MockUpstream::start().await.unwrap();
+    let mut config = test_config(&db, &upstream);
+    config.oidc.insert(
+        "down".into(),
+        tollgate_server::config::OidcConfig {
+            issuer: format!("http://127.0.0.1:{closed}"),
+            client_id: "tollgate".into(),
+            client_secret: "s".to_owned().into(),
+            display_name: None,
+        },
+    );
+    let app = TestApp::with_config(db, upstream, config).await;
+    let response = browser()
+        .get(app.url("/api/auth/oidc/down/start"))
+        .send()
+        .await
+        .unwrap();
+    assert_xai_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The service is currently unavailable",
+        "The sign-in provider is unavailable",
+    )
+    .await;
+    // Nothing was stored for it, and a bad callback is still a clear 4xx.
+    let response = browser()
+        .get(app.url("/api/auth/oidc/down/callback?code=x&state=y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = browser()
+        .get(app.url("/api/auth/oidc/down/callback"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     app.finish().await;
 }

@@ -799,11 +799,7 @@ impl AccountService {
         factor: Option<&SecondFactor>,
         context: &RequestContext,
     ) -> Result<Timestamp, AccountError> {
-        self.reauthenticate(user, session, password).await?;
-        if user.totp_enabled_at.is_some() {
-            let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
-            self.check_second_factor(user, factor, context).await?;
-        }
+        self.confirm_sensitive(user, session, password, factor, context).await?;
         let memberships = self.store.list_memberships(user.id).await?;
         let mut sole = Vec::new();
         for membership in memberships
@@ -1227,11 +1223,7 @@ impl AccountService {
         if user.password_hash.is_none() {
             return Err(AccountError::NoPassword);
         }
-        self.reauthenticate(user, session, password).await?;
-        if user.totp_enabled_at.is_some() {
-            let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
-            self.check_second_factor(user, factor, context).await?;
-        }
+        self.confirm_sensitive(user, session, password, factor, context).await?;
         let now = self.clock.now();
         let memberships = self.store.list_memberships(user.id).await?;
         let audits = user_events(
@@ -1273,11 +1265,7 @@ impl AccountService {
         new_email: &str,
         context: &RequestContext,
     ) -> Result<(), AccountError> {
-        self.reauthenticate(user, session, password).await?;
-        if user.totp_enabled_at.is_some() {
-            let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
-            self.check_second_factor(user, factor, context).await?;
-        }
+        self.confirm_sensitive(user, session, password, factor, context).await?;
         let new = Email::parse(new_email)?;
         if new == user.email {
             return Err(AccountError::SameEmail);
@@ -1389,6 +1377,23 @@ impl AccountService {
             .await?;
         if !redeemed {
             return Err(AccountError::InvalidLink);
+        }
+        Ok(())
+    }
+
+    /// Confirms a sensitive change: [`Self::reauthenticate`], then the second factor if it is on.
+    async fn confirm_sensitive(
+        &self,
+        user: &User,
+        session: &Session,
+        password: Option<&str>,
+        factor: Option<&SecondFactor>,
+        context: &RequestContext,
+    ) -> Result<(), AccountError> {
+        self.reauthenticate(user, session, password).await?;
+        if user.totp_enabled_at.is_some() {
+            let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
+            self.check_second_factor(user, factor, context).await?;
         }
         Ok(())
     }

@@ -54,6 +54,33 @@ impl From<ProviderError> for FederationError {
     }
 }
 
+impl ExternalIdentity {
+    /// The stored link of this identity to `user_id`.
+    fn linked_to(&self, user_id: UserId, provider: &str, at: tollgate_domain::Timestamp) -> Identity {
+        Identity {
+            id: IdentityId::new(),
+            user_id,
+            provider: provider.to_owned(),
+            issuer: self.issuer.clone(),
+            subject: self.subject.clone(),
+            email: self.email.clone(),
+            linked_at: at,
+        }
+    }
+}
+
+impl From<PendingIdentity> for ExternalIdentity {
+    fn from(pending: PendingIdentity) -> Self {
+        Self {
+            issuer: pending.issuer,
+            subject: pending.subject,
+            email: pending.email,
+            email_verified: pending.email_verified,
+            name: pending.name,
+        }
+    }
+}
+
 /// One configured provider (OpenID Connect discovery, token exchange, ID token validation).
 #[async_trait]
 pub trait IdentityProvider: Send + Sync {
@@ -337,15 +364,10 @@ impl Federation {
         let pending = self.take_pending(token).await?;
         let vouched = pending.email_verified
             && pending.email.as_deref().and_then(|e| Email::parse(e).ok()).as_ref() == Some(&email);
-        let identity = ExternalIdentity {
-            issuer: pending.issuer,
-            subject: pending.subject,
-            email: pending.email,
-            email_verified: pending.email_verified,
-            name: pending.name,
-        };
+        let provider = pending.provider.clone();
+        let identity = ExternalIdentity::from(pending);
         let signed_in = self
-            .create_account(&pending.provider, &identity, email, vouched, context)
+            .create_account(&provider, &identity, email, vouched, context)
             .await?;
         if !vouched {
             self.accounts.send_verification(&signed_in.user, context).await?;
@@ -363,14 +385,9 @@ impl Federation {
     ) -> Result<Identity, FederationError> {
         self.require_recent(session)?;
         let pending = self.take_pending(token).await?;
-        let identity = ExternalIdentity {
-            issuer: pending.issuer,
-            subject: pending.subject,
-            email: pending.email,
-            email_verified: pending.email_verified,
-            name: pending.name,
-        };
-        self.link(user, &pending.provider, &identity, context).await
+        let provider = pending.provider.clone();
+        self.link(user, &provider, &ExternalIdentity::from(pending), context)
+            .await
     }
 
     async fn link(
@@ -381,15 +398,7 @@ impl Federation {
         context: &RequestContext,
     ) -> Result<Identity, FederationError> {
         let now = self.clock.now();
-        let record = Identity {
-            id: IdentityId::new(),
-            user_id: user.id,
-            provider: provider.to_owned(),
-            issuer: identity.issuer.clone(),
-            subject: identity.subject.clone(),
-            email: identity.email.clone(),
-            linked_at: now,
-        };
+        let record = identity.linked_to(user.id, provider, now);
         let memberships = self.store.list_memberships(user.id).await?;
         let audits = self.accounts.events_for(
             &memberships,
@@ -446,15 +455,7 @@ impl Federation {
             personal: true,
             created_at: now,
         };
-        let record = Identity {
-            id: IdentityId::new(),
-            user_id: user.id,
-            provider: provider.to_owned(),
-            issuer: identity.issuer.clone(),
-            subject: identity.subject.clone(),
-            email: identity.email.clone(),
-            linked_at: now,
-        };
+        let record = identity.linked_to(user.id, provider, now);
         let audit = AuditEvent::success(
             now,
             Some(team.id),

@@ -99,6 +99,42 @@ fn acls_json(key: &ApiKey) -> Result<String, StoreError> {
     Ok(serde_json::to_string(&acls).map_err(anyhow::Error::from)?)
 }
 
+/// A new user, its Personal Team, and the user as that team's Admin.
+async fn insert_user_with_personal_team(
+    conn: &mut <Db as sqlx::Database>::Connection,
+    user: &User,
+    team: &Team,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO users (id, email, display_name, password_hash, created_at, email_verified_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(user.id.as_uuid())
+    .bind(user.email.as_ref())
+    .bind(&user.display_name)
+    .bind(user.password_hash.as_deref())
+    .bind(user.created_at)
+    .bind(user.email_verified_at)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO teams (id, name, description, personal, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(team.id.as_uuid())
+        .bind(&team.name)
+        .bind(team.description.as_deref())
+        .bind(team.personal)
+        .bind(team.created_at)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO team_members (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(team.id.as_uuid())
+        .bind(user.id.as_uuid())
+        .bind(Role::Admin.as_str())
+        .bind(team.created_at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Takes the user's row lock for the rest of the transaction (PostgreSQL; SQLite has one writer
 /// anyway), so checks over the user's sign-in methods see every other change committed.
 async fn lock_user(conn: &mut <Db as sqlx::Database>::Connection, user_id: UserId) -> Result<(), StoreError> {
@@ -413,33 +449,7 @@ fn contains_pattern(text: &str) -> String {
 impl AccountStore for SqlStore {
     async fn create_user_with_personal_team(&self, user: &User, team: &Team, audit: &AuditEvent) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO users (id, email, display_name, password_hash, created_at, email_verified_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-            .bind(user.id.as_uuid())
-            .bind(user.email.as_ref())
-            .bind(&user.display_name)
-            .bind(user.password_hash.as_deref())
-            .bind(user.created_at)
-            .bind(user.email_verified_at)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO teams (id, name, description, personal, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(team.id.as_uuid())
-            .bind(&team.name)
-            .bind(team.description.as_deref())
-            .bind(team.personal)
-            .bind(team.created_at)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO team_members (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(team.id.as_uuid())
-            .bind(user.id.as_uuid())
-            .bind(Role::Admin.as_str())
-            .bind(team.created_at)
-            .execute(&mut *tx)
-            .await?;
+        insert_user_with_personal_team(&mut tx, user, team).await?;
         insert_audit(&mut tx, &self.audit_key, audit).await?;
         tx.commit().await?;
         Ok(())
@@ -2182,33 +2192,7 @@ impl FederationStore for SqlStore {
 
     async fn create_federated_user(&self, user: &User, team: &Team, identity: &Identity, audit: &AuditEvent) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO users (id, email, display_name, password_hash, created_at, email_verified_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(user.id.as_uuid())
-        .bind(user.email.as_ref())
-        .bind(&user.display_name)
-        .bind(user.password_hash.as_deref())
-        .bind(user.created_at)
-        .bind(user.email_verified_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO teams (id, name, description, personal, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(team.id.as_uuid())
-            .bind(&team.name)
-            .bind(team.description.as_deref())
-            .bind(team.personal)
-            .bind(team.created_at)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO team_members (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(team.id.as_uuid())
-            .bind(user.id.as_uuid())
-            .bind(Role::Admin.as_str())
-            .bind(team.created_at)
-            .execute(&mut *tx)
-            .await?;
+        insert_user_with_personal_team(&mut tx, user, team).await?;
         insert_identity_in(&mut tx, identity).await?;
         insert_audit(&mut tx, &self.audit_key, audit).await?;
         tx.commit().await?;

@@ -66,6 +66,7 @@ impl Provider {
                 "dave": {"email": "dave@example.net", "email_verified": true, "name": "Dave"},
                 "erin": {"email": "erin@example.com", "email_verified": true, "name": "Erin"},
                 "frank": {"name": "Frank"},
+                "gus": {"name": "Gus"},
             })
             .to_string(),
         )
@@ -819,6 +820,47 @@ async fn sign_in_with_a_plain_oauth2_provider(db: TestDb) {
     let response = sign_in(&app, &other, "frank").await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     assert_eq!(response.json::<Value>().await.unwrap()["outcome"], "email_needed");
+
+    // Gus is Frank on another X account: he gives Frank's address, is told it has an account,
+    // signs in to it and links the new sign-in with the same pending token.
+    let gus = browser();
+    let response = sign_in_with(&app, &gus, "plain", "gus").await;
+    let pending = response.json::<Value>().await.unwrap()["pendingToken"].clone();
+    let response = gus
+        .post(app.url("/api/auth/oidc/complete"))
+        .json(&json!({"pendingToken": pending, "email": "frank@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    // (Another browser: this one is still signed in at the provider as Gus.)
+    let frank = browser();
+    let token = csrf(sign_in_with(&app, &frank, "plain", "frank").await).await;
+    let response = post(
+        &app,
+        &frank,
+        "/api/account/identities/link",
+        &token,
+        json!({"pendingToken": pending}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let identities: Value = frank
+        .get(app.url("/api/account/identities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut subjects: Vec<&str> = identities["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["subject"].as_str().unwrap())
+        .collect();
+    subjects.sort_unstable();
+    assert_eq!(subjects, ["frank", "gus"]);
 
     // Each start stores a flow: one client address gets 300 an hour.
     let client = browser();

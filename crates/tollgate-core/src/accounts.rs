@@ -22,8 +22,11 @@ use tollgate_store::{AccountToken, EndSessions, MfaChange, PasswordChange, Store
 use tracing::instrument;
 
 use crate::Caller;
+
+mod passkeys;
 use crate::geo::Locator;
 use crate::notices::Notices;
+pub use passkeys::{PasskeyChallenge, relying_party};
 
 pub use tollgate_domain::password::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
 
@@ -48,6 +51,30 @@ pub enum AccountError {
     /// Unknown email or wrong password: the two answer alike.
     #[error("Incorrect email or password")]
     BadCredentials,
+    /// Passkeys are not available here (the console URL names no host).
+    #[error("Passkeys are not available on this server (its console URL must name a host, not an IP address)")]
+    PasskeysUnavailable,
+    /// The account has as many passkeys as it may.
+    #[error("an account may have at most {0} passkeys; remove one first")]
+    TooManyPasskeys(usize),
+    /// A passkey's name is empty or too long.
+    #[error("a passkey's name is 1 to 64 characters")]
+    InvalidPasskeyName,
+    /// The passkey ceremony is unknown, used, expired or someone else's.
+    #[error("This passkey request expired or was already answered; start again")]
+    InvalidCeremony,
+    /// The authenticator's answer did not validate.
+    #[error("The passkey was not accepted: {0}")]
+    BadPasskey(String),
+    /// The credential is registered already.
+    #[error("this passkey is registered already")]
+    PasskeyTaken,
+    /// No such passkey on the account.
+    #[error("no such passkey")]
+    PasskeyNotFound,
+    /// The account has no passkeys.
+    #[error("the account has no passkeys")]
+    NoPasskeys,
     /// Removing the password would leave the account with no way to sign in.
     #[error("this is the account's last way to sign in: link a sign-in provider before removing the password")]
     LastSignInMethod,
@@ -82,7 +109,9 @@ pub enum AccountError {
     #[error("session not found")]
     SessionNotFound,
     /// The account has a second factor, and none was given.
-    #[error("This account has two-factor authentication: send a code from the authenticator app, or a recovery code")]
+    #[error(
+        "This account has two-factor authentication: send a code from the authenticator app, a passkey, or a recovery code"
+    )]
     SecondFactorRequired,
     /// The code or recovery code is wrong, or was used before.
     #[error("Incorrect or already used code")]
@@ -232,6 +261,8 @@ pub struct AccountService {
     sealer: SecretSealer,
     /// Places addresses, for sessions and sign-in alerts.
     locator: Arc<dyn Locator>,
+    /// The WebAuthn relying party, when passkeys are available.
+    webauthn: Option<Arc<webauthn_rs::Webauthn>>,
 }
 
 /// A sign-in from a device (browser) and place pair not seen in this long is announced by mail.
@@ -266,6 +297,13 @@ pub enum SecondFactor {
     Totp(String),
     /// One of the recovery codes.
     RecoveryCode(String),
+    /// A passkey's answer to a challenge from [`AccountService::passkey_challenge`].
+    Passkey {
+        /// The ceremony token the challenge came with.
+        ceremony: String,
+        /// The browser's `PublicKeyCredential`, as JSON.
+        credential: serde_json::Value,
+    },
 }
 
 /// A TOTP enrolment in progress: shown once, confirmed with a first code.
@@ -349,7 +387,15 @@ impl AccountService {
             dummy_hash: Arc::default(),
             sealer,
             locator,
+            webauthn: None,
         }
+    }
+
+    /// Turns passkeys on, with this relying party ([`relying_party`]).
+    #[must_use]
+    pub fn with_passkeys(mut self, webauthn: Arc<webauthn_rs::Webauthn>) -> Self {
+        self.webauthn = Some(webauthn);
+        self
     }
 
     /// Creates a user with a password and their Personal Team (they are its Admin). Used by the
@@ -379,6 +425,7 @@ impl AccountService {
             created_at: now,
             email_verified_at: None,
             totp_enabled_at: None,
+            passkeys: 0,
             deleted_at: None,
             purge_after: None,
         };
@@ -579,7 +626,7 @@ impl AccountService {
         let (record, user) = self.live_token(token, TokenPurpose::ResetPassword).await?;
         check_password(password, user.email.as_ref(), &self.product)?;
         // A reset link proves the mailbox, not the second factor.
-        if user.totp_enabled_at.is_some() {
+        if user.has_second_factor() {
             let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
             self.check_second_factor(&user, factor, context).await?;
         }
@@ -682,7 +729,7 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<SignInOutcome, AccountError> {
         let now = self.clock.now();
-        if user.totp_enabled_at.is_some() {
+        if user.has_second_factor() {
             // (A deleted account with a second factor proves it too before it may be restored.)
             let challenge = SecretToken::generate(&mut rand::rngs::OsRng);
             self.store
@@ -959,6 +1006,7 @@ impl AccountService {
                 }
                 None => None,
             },
+            SecondFactor::Passkey { ceremony, credential } => self.check_passkey(user, ceremony, credential).await?,
         };
         match accepted {
             Some(how) => Ok(how),
@@ -1126,7 +1174,7 @@ impl AccountService {
         code: &str,
         context: &RequestContext,
     ) -> Result<Vec<RecoveryCode>, AccountError> {
-        if user.totp_enabled_at.is_none() {
+        if !user.has_second_factor() {
             return Err(AccountError::MfaNotEnabled);
         }
         self.check_second_factor(user, &SecondFactor::Totp(code.to_owned()), context)
@@ -1391,7 +1439,7 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<(), AccountError> {
         self.reauthenticate(user, session, password).await?;
-        if user.totp_enabled_at.is_some() {
+        if user.has_second_factor() {
             let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
             self.check_second_factor(user, factor, context).await?;
         }

@@ -445,6 +445,7 @@ impl Federation {
             created_at: now,
             email_verified_at: verified.then_some(now),
             totp_enabled_at: None,
+            passkeys: 0,
             deleted_at: None,
             purge_after: None,
         };

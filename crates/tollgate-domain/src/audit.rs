@@ -69,6 +69,8 @@ audit_actions! {
     EnableMfa => "TOTP became the account's second factor, with new recovery codes.",
     DisableMfa => "The account's second factor was removed.",
     RegenerateRecoveryCodes => "A new set of recovery codes replaced the old one.",
+    AddPasskey => "A passkey was added as a second factor; the owner's other sessions ended.",
+    RemovePasskey => "A passkey was removed; the owner's other sessions ended.",
     CreateTeam => "A team was created; its creator is its Admin.",
     UpdateTeam => "The team's name or description changed.",
     DeleteTeam => "The team was deleted: its keys stopped working, its prepaid credits were forfeited.",

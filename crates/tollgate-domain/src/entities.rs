@@ -3,7 +3,7 @@
 use crate::acl::AclSet;
 use crate::clock::Timestamp;
 use crate::email::Email;
-use crate::ids::{ApiKeyId, DomainId, IdentityId, InvitationId, ManagementKeyId, TeamId, UserId};
+use crate::ids::{ApiKeyId, DomainId, IdentityId, InvitationId, ManagementKeyId, PasskeyId, TeamId, UserId};
 use crate::role::Role;
 
 /// A person's account.
@@ -23,10 +23,21 @@ pub struct User {
     pub email_verified_at: Option<Timestamp>,
     /// When TOTP became the account's second factor; `None` without one.
     pub totp_enabled_at: Option<Timestamp>,
+    /// How many passkeys the account has (each is a second factor).
+    pub passkeys: u32,
     /// When its owner deleted the account; it can be restored until `purge_after`.
     pub deleted_at: Option<Timestamp>,
     /// When a deleted account's personal data is purged.
     pub purge_after: Option<Timestamp>,
+}
+
+impl User {
+    /// Whether signing in (and confirming sensitive changes) needs a second factor: TOTP or a
+    /// passkey.
+    #[must_use]
+    pub fn has_second_factor(&self) -> bool {
+        self.totp_enabled_at.is_some() || self.passkeys > 0
+    }
 }
 
 /// A team.
@@ -266,4 +277,61 @@ pub struct Swept {
     pub invitations: u64,
     /// Mail.
     pub mail: u64,
+}
+
+/// A passkey of an account: a WebAuthn credential, used as a second factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPasskey {
+    /// Id.
+    pub id: PasskeyId,
+    /// Whose.
+    pub user_id: UserId,
+    /// The name its owner gave it ("YubiKey", "laptop").
+    pub name: String,
+    /// The credential's id (as the authenticator names it).
+    pub credential_id: Vec<u8>,
+    /// The credential (public key, counter, flags) as the WebAuthn library serialises it.
+    pub data: String,
+    /// When it was added.
+    pub created_at: Timestamp,
+    /// When it was last used.
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// What a WebAuthn ceremony is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CeremonyPurpose {
+    /// Adding a passkey.
+    Register,
+    /// Proving one (a second factor).
+    Authenticate,
+}
+
+impl CeremonyPurpose {
+    /// As stored.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::Authenticate => "authenticate",
+        }
+    }
+}
+
+/// A WebAuthn ceremony begun: the challenge's server-side state, kept until it is answered once
+/// or expires, found by its token's hash and only for its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebauthnCeremony {
+    /// SHA-256 of the token handed to the client.
+    pub token_hash: [u8; 32],
+    /// Whose.
+    pub user_id: UserId,
+    /// What for.
+    pub purpose: CeremonyPurpose,
+    /// The library's state (challenge, allowed credentials), serialised.
+    pub state: String,
+    /// When it began.
+    pub created_at: Timestamp,
+    /// When it stops being accepted.
+    pub expires_at: Timestamp,
 }

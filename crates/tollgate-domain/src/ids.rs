@@ -103,3 +103,7 @@ typed_id!(
     /// An external identity (OpenID Connect) linked to an account.
     IdentityId
 );
+typed_id!(
+    /// A passkey (WebAuthn credential) of an account.
+    PasskeyId
+);

@@ -30,12 +30,12 @@ pub use audit::{
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use email::{Email, EmailError};
 pub use entities::{
-    ApiKey, Identity, Invitation, ManagementKey, Member, Membership, OidcFlow, PendingIdentity, Sweep, Swept, Team,
-    TeamDomain, User,
+    ApiKey, CeremonyPurpose, Identity, Invitation, ManagementKey, Member, Membership, OidcFlow, PendingIdentity,
+    StoredPasskey, Sweep, Swept, Team, TeamDomain, User, WebauthnCeremony,
 };
 pub use ids::{
-    ApiKeyId, AuditEventId, DomainId, IdentityId, InvitationId, MailId, ManagementKeyId, RequestId, SessionId, TeamId,
-    UserId,
+    ApiKeyId, AuditEventId, DomainId, IdentityId, InvitationId, MailId, ManagementKeyId, PasskeyId, RequestId,
+    SessionId, TeamId, UserId,
 };
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};

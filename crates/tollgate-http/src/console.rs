@@ -34,6 +34,11 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/auth/sign-in/second-factor", post(sign_in_second_factor))
         .route("/api/account/password", post(change_password))
         .route("/api/account/password/remove", post(remove_password))
+        .route("/api/account/passkeys", get(list_passkeys).post(add_passkey))
+        .route("/api/account/passkeys/register", post(begin_passkey_registration))
+        .route("/api/account/passkeys/challenge", post(passkey_challenge))
+        .route("/api/account/passkeys/{passkey_id}/remove", post(remove_passkey))
+        .route("/api/auth/sign-in/passkey-challenge", post(sign_in_passkey_challenge))
         .route("/api/account/delete", post(delete_account))
         .route("/api/auth/restore", post(restore_account))
         .route("/api/auth/providers", get(list_providers))
@@ -57,6 +62,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/auth/verify-email/resend", post(resend_verification))
         .route("/api/auth/password-reset", post(request_password_reset))
         .route("/api/auth/password-reset/confirm", post(reset_password))
+        .route(
+            "/api/auth/password-reset/passkey-challenge",
+            post(reset_passkey_challenge),
+        )
         .route("/api/me", get(me))
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/end-others", post(end_other_sessions))
@@ -157,6 +166,14 @@ impl From<TeamError> for XaiError {
 impl From<AccountError> for XaiError {
     fn from(error: AccountError) -> Self {
         match error {
+            AccountError::PasskeysUnavailable
+            | AccountError::TooManyPasskeys(_)
+            | AccountError::InvalidPasskeyName
+            | AccountError::InvalidCeremony
+            | AccountError::BadPasskey(_)
+            | AccountError::NoPasskeys => XaiError::invalid_argument(error.to_string()),
+            AccountError::PasskeyTaken => XaiError::new(StatusCode::CONFLICT, error.to_string()),
+            AccountError::PasskeyNotFound => XaiError::not_found(error.to_string()),
             AccountError::InvalidEmail(_)
             | AccountError::InvalidDisplayName
             | AccountError::InvalidPassword(_)
@@ -295,7 +312,7 @@ impl UserView {
             email: user.email.as_ref().to_owned(),
             name: user.display_name.clone(),
             email_verified: user.email_verified_at.is_some(),
-            mfa_enabled: user.totp_enabled_at.is_some(),
+            mfa_enabled: user.has_second_factor(),
             create_time: rfc3339(user.created_at),
         }
     }
@@ -755,6 +772,8 @@ pub(crate) struct DeleteAccountRequest {
     code: Option<String>,
     /// Or a recovery code.
     recovery_code: Option<String>,
+    /// Or a passkey\'s answer to a challenge.
+    passkey: Option<PasskeyAnswer>,
 }
 
 /// When the data goes.
@@ -780,6 +799,7 @@ pub(crate) async fn delete_account(
     let factor = FactorFields {
         code: body.code,
         recovery_code: body.recovery_code,
+        passkey: body.passkey,
     }
     .factor()?;
     let purge_after = state
@@ -800,7 +820,17 @@ pub(crate) async fn delete_account(
     Ok(response)
 }
 
-/// A second factor: a TOTP `code`, or a `recoveryCode`.
+/// A passkey's answer to a challenge: the challenge's `ceremony`, and the `PublicKeyCredential`
+/// the browser's `navigator.credentials.get` gave (as JSON).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct PasskeyAnswer {
+    ceremony: String,
+    #[schema(value_type = Object)]
+    credential: serde_json::Value,
+}
+
+/// A second factor: a TOTP `code`, a `recoveryCode`, or a `passkey`'s answer.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct FactorFields {
@@ -808,19 +838,27 @@ pub(crate) struct FactorFields {
     code: Option<String>,
     /// One of the recovery codes (`XXXXXX-XXXXXX-XXXXXX-XXXXXX`).
     recovery_code: Option<String>,
+    /// A passkey's answer to a challenge.
+    passkey: Option<PasskeyAnswer>,
 }
 
 impl FactorFields {
-    fn factor(&self) -> Result<Option<SecondFactor>, XaiError> {
-        match (&self.code, &self.recovery_code) {
-            (Some(_), Some(_)) => Err(XaiError::invalid_argument("send code or recoveryCode, not both")),
-            (Some(code), None) => Ok(Some(SecondFactor::Totp(code.clone()))),
-            (None, Some(code)) => Ok(Some(SecondFactor::RecoveryCode(code.clone()))),
-            (None, None) => Ok(None),
+    fn factor(self) -> Result<Option<SecondFactor>, XaiError> {
+        match (self.code, self.recovery_code, self.passkey) {
+            (Some(code), None, None) => Ok(Some(SecondFactor::Totp(code))),
+            (None, Some(code), None) => Ok(Some(SecondFactor::RecoveryCode(code))),
+            (None, None, Some(answer)) => Ok(Some(SecondFactor::Passkey {
+                ceremony: answer.ceremony,
+                credential: answer.credential,
+            })),
+            (None, None, None) => Ok(None),
+            _ => Err(XaiError::invalid_argument(
+                "send one second factor: code, recoveryCode or passkey",
+            )),
         }
     }
 
-    fn required(&self) -> Result<SecondFactor, XaiError> {
+    fn required(self) -> Result<SecondFactor, XaiError> {
         self.factor()?
             .ok_or_else(|| XaiError::invalid_argument(AccountError::SecondFactorRequired.to_string()))
     }
@@ -833,6 +871,8 @@ pub(crate) struct SecondFactorRequest {
     mfa_token: String,
     code: Option<String>,
     recovery_code: Option<String>,
+    /// A passkey's answer to `POST /api/auth/sign-in/passkey-challenge`.
+    passkey: Option<PasskeyAnswer>,
 }
 
 /// Complete a sign-in with the second factor: a TOTP code (each accepted once) or a recovery code
@@ -847,6 +887,7 @@ pub(crate) async fn sign_in_second_factor(
     let factor = FactorFields {
         code: body.code,
         recovery_code: body.recovery_code,
+        passkey: body.passkey,
     }
     .required()?;
     let outcome = state
@@ -900,6 +941,8 @@ pub(crate) struct RemovePasswordRequest {
     code: Option<String>,
     /// Or a recovery code.
     recovery_code: Option<String>,
+    /// Or a passkey\'s answer to a challenge.
+    passkey: Option<PasskeyAnswer>,
 }
 
 /// Remove the password, when the account also signs in with a provider (it cannot be the last
@@ -916,6 +959,7 @@ pub(crate) async fn remove_password(
     let factor = FactorFields {
         code: body.code,
         recovery_code: body.recovery_code,
+        passkey: body.passkey,
     }
     .factor()?;
     state
@@ -943,6 +987,8 @@ pub(crate) struct EmailChangeRequest {
     code: Option<String>,
     /// Or a recovery code.
     recovery_code: Option<String>,
+    /// Or a passkey\'s answer to a challenge.
+    passkey: Option<PasskeyAnswer>,
 }
 
 /// Ask to change the email address: the new address gets a confirmation link, the old one a
@@ -959,6 +1005,7 @@ pub(crate) async fn request_email_change(
     let factor = FactorFields {
         code: body.code,
         recovery_code: body.recovery_code,
+        passkey: body.passkey,
     }
     .factor()?;
     state
@@ -1005,6 +1052,8 @@ pub(crate) async fn report_email_change(
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MfaStatusView {
     totp_enabled: bool,
+    /// Passkeys registered as second factors.
+    passkeys: u32,
     recovery_codes_left: u32,
 }
 
@@ -1018,6 +1067,7 @@ pub(crate) async fn mfa_status(
     let (totp_enabled, recovery_codes_left) = state.accounts.mfa_status(&signed_in.user).await?;
     Ok(Json(MfaStatusView {
         totp_enabled,
+        passkeys: signed_in.user.passkeys,
         recovery_codes_left,
     }))
 }
@@ -1213,6 +1263,8 @@ pub(crate) struct ResetConfirmRequest {
     code: Option<String>,
     /// Or a recovery code.
     recovery_code: Option<String>,
+    /// Or a passkey\'s answer to a challenge.
+    passkey: Option<PasskeyAnswer>,
 }
 
 /// Set a new password with the emailed link (60 minutes, single use). Every session ends.
@@ -1226,6 +1278,7 @@ pub(crate) async fn reset_password(
     let factor = FactorFields {
         code: body.code,
         recovery_code: body.recovery_code,
+        passkey: body.passkey,
     }
     .factor()?;
     state
@@ -2066,4 +2119,253 @@ pub(crate) async fn team_revoke_management_key(
             other => other.into(),
         })?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A WebAuthn challenge: pass `options` to `navigator.credentials.create` (adding a passkey) or
+/// `.get` (proving one), and send the result back with `ceremony` within 5 minutes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PasskeyChallengeView {
+    ceremony: String,
+    #[schema(value_type = Object)]
+    options: serde_json::Value,
+}
+
+impl From<tollgate_core::accounts::PasskeyChallenge> for PasskeyChallengeView {
+    fn from(challenge: tollgate_core::accounts::PasskeyChallenge) -> Self {
+        Self {
+            ceremony: challenge.ceremony.expose().to_owned(),
+            options: challenge.options,
+        }
+    }
+}
+
+/// A passkey of the account (its key material stays on the server).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PasskeyView {
+    passkey_id: String,
+    name: String,
+    create_time: String,
+    last_use_time: Option<String>,
+}
+
+impl PasskeyView {
+    fn new(passkey: &tollgate_domain::StoredPasskey) -> Self {
+        Self {
+            passkey_id: passkey.id.to_string(),
+            name: passkey.name.clone(),
+            create_time: rfc3339(passkey.created_at),
+            last_use_time: passkey.last_used_at.map(rfc3339),
+        }
+    }
+}
+
+/// Passkeys.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct PasskeyListView {
+    passkeys: Vec<PasskeyView>,
+}
+
+/// The account's passkeys.
+#[utoipa::path(get, path = "/api/account/passkeys", tag = "console",
+    responses((status = 200, body = PasskeyListView), (status = 401, body = crate::ErrorBody)), security(("session" = [])))]
+pub(crate) async fn list_passkeys(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+) -> Result<Json<PasskeyListView>, XaiError> {
+    let passkeys = state.accounts.passkeys(&signed_in.user).await?;
+    Ok(Json(PasskeyListView {
+        passkeys: passkeys.iter().map(PasskeyView::new).collect(),
+    }))
+}
+
+/// Confirmation of a sensitive change: the password again (an account without one: a recent
+/// sign-in instead), and, with two-factor authentication on, a second factor.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ConfirmRequest {
+    password: Option<String>,
+    /// A TOTP code.
+    code: Option<String>,
+    /// Or a recovery code.
+    recovery_code: Option<String>,
+    /// Or a passkey's answer to a challenge.
+    passkey: Option<PasskeyAnswer>,
+}
+
+impl ConfirmRequest {
+    fn split(self) -> Result<(Option<String>, Option<SecondFactor>), XaiError> {
+        let factor = FactorFields {
+            code: self.code,
+            recovery_code: self.recovery_code,
+            passkey: self.passkey,
+        }
+        .factor()?;
+        Ok((self.password, factor))
+    }
+}
+
+/// Start adding a passkey as a second factor (asks for the password again, and the second
+/// factor if on): answers the options for `navigator.credentials.create`.
+#[utoipa::path(post, path = "/api/account/passkeys/register", tag = "console", request_body = ConfirmRequest,
+    responses((status = 200, body = PasskeyChallengeView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn begin_passkey_registration(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<ConfirmRequest>,
+) -> Result<Json<PasskeyChallengeView>, XaiError> {
+    let (password, factor) = body.split()?;
+    let challenge = state
+        .accounts
+        .begin_passkey_registration(
+            &signed_in.user,
+            &signed_in.session,
+            password.as_deref(),
+            factor.as_ref(),
+            &meta,
+        )
+        .await?;
+    Ok(Json(challenge.into()))
+}
+
+/// `POST /api/account/passkeys` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct AddPasskeyRequest {
+    /// From `POST /api/account/passkeys/register`.
+    ceremony: String,
+    /// A name to tell it by (1 to 64 characters).
+    name: String,
+    /// What `navigator.credentials.create` gave (JSON).
+    #[schema(value_type = Object)]
+    credential: serde_json::Value,
+}
+
+/// A passkey added; the account's first second factor comes with recovery codes, shown once.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PasskeyAddedView {
+    passkey: PasskeyView,
+    recovery_codes: Option<Vec<String>>,
+}
+
+/// Add the passkey that answered the registration challenge. Other sessions end.
+#[utoipa::path(post, path = "/api/account/passkeys", tag = "console", request_body = AddPasskeyRequest,
+    responses((status = 201, body = PasskeyAddedView), (status = 400, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn add_passkey(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<AddPasskeyRequest>,
+) -> Result<(StatusCode, Json<PasskeyAddedView>), XaiError> {
+    let (passkey, codes) = state
+        .accounts
+        .finish_passkey_registration(
+            &signed_in.user,
+            &signed_in.session,
+            &body.ceremony,
+            &body.name,
+            body.credential,
+            &meta,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(PasskeyAddedView {
+            passkey: PasskeyView::new(&passkey),
+            recovery_codes: codes.map(|codes| codes.iter().map(RecoveryCode::display).collect()),
+        }),
+    ))
+}
+
+/// A challenge for the account's passkeys, to confirm a sensitive change with one.
+#[utoipa::path(post, path = "/api/account/passkeys/challenge", tag = "console",
+    responses((status = 200, body = PasskeyChallengeView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn passkey_challenge(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+) -> Result<Json<PasskeyChallengeView>, XaiError> {
+    Ok(Json(state.accounts.passkey_challenge(&signed_in.user).await?.into()))
+}
+
+/// `POST /api/auth/sign-in/passkey-challenge` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SignInChallengeRequest {
+    /// From the first step of the sign-in.
+    mfa_token: String,
+}
+
+/// A challenge for the second step of a sign-in with a passkey; answer it at
+/// `POST /api/auth/sign-in/second-factor` with `passkey`.
+#[utoipa::path(post, path = "/api/auth/sign-in/passkey-challenge", tag = "console", request_body = SignInChallengeRequest,
+    responses((status = 200, body = PasskeyChallengeView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)))]
+pub(crate) async fn sign_in_passkey_challenge(
+    State(state): State<AppState>,
+    XaiJson(body): XaiJson<SignInChallengeRequest>,
+) -> Result<Json<PasskeyChallengeView>, XaiError> {
+    Ok(Json(
+        state
+            .accounts
+            .passkey_challenge_for_sign_in(&body.mfa_token)
+            .await?
+            .into(),
+    ))
+}
+
+/// Remove a passkey (password again, and a second factor). Removing the last second factor
+/// turns two-factor authentication off. Other sessions end.
+#[utoipa::path(post, path = "/api/account/passkeys/{passkey_id}/remove", tag = "console", request_body = ConfirmRequest,
+    params(("passkey_id" = String, Path, description = "The passkey's id")),
+    responses((status = 204), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn remove_passkey(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    Path(passkey_id): Path<String>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<ConfirmRequest>,
+) -> Result<StatusCode, XaiError> {
+    let id = passkey_id
+        .parse()
+        .map_err(|_| XaiError::not_found(AccountError::PasskeyNotFound.to_string()))?;
+    let (password, factor) = body.split()?;
+    state
+        .accounts
+        .remove_passkey(
+            &signed_in.user,
+            &signed_in.session,
+            id,
+            password.as_deref(),
+            factor.as_ref(),
+            &meta,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/auth/password-reset/passkey-challenge` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResetChallengeRequest {
+    /// The emailed link's token (not used up by this).
+    token: String,
+}
+
+/// A challenge for the second factor of a password reset, for an account with passkeys; answer
+/// it at `POST /api/auth/password-reset/confirm` with `passkey`.
+#[utoipa::path(post, path = "/api/auth/password-reset/passkey-challenge", tag = "console", request_body = ResetChallengeRequest,
+    responses((status = 200, body = PasskeyChallengeView), (status = 400, body = crate::ErrorBody)))]
+pub(crate) async fn reset_passkey_challenge(
+    State(state): State<AppState>,
+    XaiJson(body): XaiJson<ResetChallengeRequest>,
+) -> Result<Json<PasskeyChallengeView>, XaiError> {
+    Ok(Json(
+        state.accounts.passkey_challenge_for_reset(&body.token).await?.into(),
+    ))
 }

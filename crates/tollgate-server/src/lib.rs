@@ -110,20 +110,25 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
         management_prefix,
         notices.clone(),
     );
+    let mut accounts = AccountService::new(
+        Arc::clone(store),
+        Arc::clone(clock),
+        notices.clone(),
+        &config.product_name,
+        SessionSettings {
+            idle: chrono::Duration::minutes(i64::from(config.sessions.idle_minutes)),
+            absolute: chrono::Duration::hours(i64::from(config.sessions.absolute_hours)),
+        },
+        tollgate_domain::mfa::SecretSealer::new(&audit_key(config)?.derive(b"tollgate.totp-seed.v1")),
+        locator(config)?,
+    );
+    match tollgate_core::accounts::relying_party(&config.console_url, &config.product_name) {
+        Ok(relying_party) => accounts = accounts.with_passkeys(relying_party),
+        Err(reason) => tracing::info!(%reason, "passkeys are off"),
+    }
     Ok(Services {
         mail_waker,
-        accounts: AccountService::new(
-            Arc::clone(store),
-            Arc::clone(clock),
-            notices.clone(),
-            &config.product_name,
-            SessionSettings {
-                idle: chrono::Duration::minutes(i64::from(config.sessions.idle_minutes)),
-                absolute: chrono::Duration::hours(i64::from(config.sessions.absolute_hours)),
-            },
-            tollgate_domain::mfa::SecretSealer::new(&audit_key(config)?.derive(b"tollgate.totp-seed.v1")),
-            locator(config)?,
-        ),
+        accounts,
         teams: tollgate_core::TeamService::new(
             Arc::clone(store),
             Arc::clone(clock),

@@ -24,9 +24,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tollgate_domain::keys::KeyHash;
 use tollgate_domain::{
-    ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHead, Email, Identity, IdentityId,
-    Invitation, MailId, ManagementKey, Member, Membership, OidcFlow, OutboundMail, PendingIdentity, PruneBoundary,
-    QueuedMail, Role, Session, SessionId, Team, TeamDomain, TeamId, Timestamp, TokenPurpose, UsageRecord, User, UserId,
+    ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, CeremonyPurpose, ChainHead, Email,
+    Identity, IdentityId, Invitation, MailId, ManagementKey, Member, Membership, OidcFlow, OutboundMail, PasskeyId,
+    PendingIdentity, PruneBoundary, QueuedMail, Role, Session, SessionId, StoredPasskey, Team, TeamDomain, TeamId,
+    Timestamp, TokenPurpose, UsageRecord, User, UserId, WebauthnCeremony,
 };
 
 pub use error::{OpenError, StoreError};
@@ -537,6 +538,26 @@ pub trait MfaStore: Send + Sync {
     async fn replace_recovery_codes(&self, change: &MfaChange<'_>) -> Result<(), StoreError>;
     /// Accepts TOTP `step` once: `false` when it (or a later one) was already used.
     async fn use_totp_step(&self, user_id: UserId, step: u64) -> Result<bool, StoreError>;
+    /// Adds a passkey (with the first recovery codes when `change` has them), ends every session
+    /// but `keep`. `Conflict` when the credential is registered already.
+    async fn add_passkey(&self, passkey: &StoredPasskey, change: &MfaChange<'_>) -> Result<(), StoreError>;
+    /// Removes a passkey of the user (`NotFound` otherwise); when it was the last second factor,
+    /// the recovery codes go too. Ends every session but `keep`.
+    async fn remove_passkey(&self, id: PasskeyId, change: &MfaChange<'_>) -> Result<(), StoreError>;
+    /// The user's passkeys, oldest first.
+    async fn list_passkeys(&self, user_id: UserId) -> Result<Vec<StoredPasskey>, StoreError>;
+    /// Records a passkey's use: its updated data (counter) and the time.
+    async fn touch_passkey(&self, id: PasskeyId, data: &str, at: Timestamp) -> Result<(), StoreError>;
+    /// Stores a ceremony begun.
+    async fn create_ceremony(&self, ceremony: &WebauthnCeremony) -> Result<(), StoreError>;
+    /// Takes a live ceremony of `user_id` for `purpose` by its token's hash, once.
+    async fn take_ceremony(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: UserId,
+        purpose: CeremonyPurpose,
+        at: Timestamp,
+    ) -> Result<Option<WebauthnCeremony>, StoreError>;
     /// Uses a recovery code once: `false` when unknown or already used.
     async fn use_recovery_code(&self, user_id: UserId, hash: &[u8; 32], at: Timestamp) -> Result<bool, StoreError>;
     /// Stores a sign-in challenge (the step between password and second factor).

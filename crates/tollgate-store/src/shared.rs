@@ -10,6 +10,7 @@ use tollgate_domain::{
     AclSet, ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHash, ChainHead, Email,
     Identity, IdentityId, Invitation, MailId, ManagementKey, OidcFlow, PendingIdentity, TeamDomain, ManagementKeyId, Member, Membership, OutboundMail, PruneBoundary, QueuedMail, RequestId, Role,
     Session, SessionId, Team, TeamId, Ticks, Timestamp, TokenPurpose, TokenUsage, UsageRecord, User, UserId,
+    CeremonyPurpose, PasskeyId, StoredPasskey, WebauthnCeremony,
 };
 use uuid::Uuid;
 
@@ -36,8 +37,8 @@ fn opt_u32(value: Option<i64>, what: &str) -> Result<Option<u32>, StoreError> {
     value.map(|v| u32::try_from(v).map_err(|_| corrupt(what, "out of range"))).transpose()
 }
 
-const USER_COLUMNS: &str =
-    "id, email, display_name, password_hash, created_at, email_verified_at, totp_enabled_at, deleted_at, purge_after";
+const USER_COLUMNS: &str = "id, email, display_name, password_hash, created_at, email_verified_at, totp_enabled_at, \
+                            passkey_count, deleted_at, purge_after";
 
 fn user_from_row(row: &DbRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(StoreError::from)?;
@@ -49,6 +50,8 @@ fn user_from_row(row: &DbRow) -> Result<User, StoreError> {
         created_at: row.try_get("created_at")?,
         email_verified_at: row.try_get("email_verified_at")?,
         totp_enabled_at: row.try_get("totp_enabled_at")?,
+        passkeys: u32::try_from(row.try_get::<i32, _>("passkey_count")?)
+            .map_err(|e| corrupt("users.passkey_count", e))?,
         deleted_at: row.try_get("deleted_at")?,
         purge_after: row.try_get("purge_after")?,
     })
@@ -501,7 +504,8 @@ impl AccountStore for SqlStore {
     async fn find_session(&self, token_hash: &[u8; 32]) -> Result<Option<(Session, [u8; 32], User)>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS}, s.csrf_hash, u.id AS u_id, u.email, u.display_name, u.password_hash, \
-             u.created_at AS u_created_at, u.email_verified_at, u.totp_enabled_at, u.deleted_at, u.purge_after \
+             u.created_at AS u_created_at, u.email_verified_at, u.totp_enabled_at, u.passkey_count, u.deleted_at, \
+             u.purge_after \
              FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1"
         ))
         .bind(token_hash.as_slice())
@@ -519,6 +523,8 @@ impl AccountStore for SqlStore {
             created_at: row.try_get("u_created_at")?,
             email_verified_at: row.try_get("email_verified_at")?,
             totp_enabled_at: row.try_get("totp_enabled_at")?,
+            passkeys: u32::try_from(row.try_get::<i32, _>("passkey_count")?)
+                .map_err(|e| corrupt("users.passkey_count", e))?,
             deleted_at: row.try_get("deleted_at")?,
             purge_after: row.try_get("purge_after")?,
         };
@@ -833,7 +839,15 @@ impl AccountStore for SqlStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM audit_prune_permits").execute(&mut *tx).await?;
-        for table in ["sessions", "account_tokens", "recovery_codes", "mfa_challenges"] {
+        for table in [
+            "sessions",
+            "account_tokens",
+            "recovery_codes",
+            "mfa_challenges",
+            "identities",
+            "passkeys",
+            "webauthn_ceremonies",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
                 .bind(user)
                 .execute(&mut *tx)
@@ -868,7 +882,7 @@ impl AccountStore for SqlStore {
         let result = sqlx::query(
             "UPDATE users SET email = $2, display_name = 'Deleted user', password_hash = NULL, totp_seed = NULL, \
              totp_pending_seed = NULL, totp_enabled_at = NULL, totp_last_step = NULL, email_verified_at = NULL, \
-             purged_at = $3 WHERE id = $1 AND purged_at IS NULL",
+             passkey_count = 0, purged_at = $3 WHERE id = $1 AND purged_at IS NULL",
         )
         .bind(user)
         .bind(format!("deleted-{}@purged.invalid", user_id.as_uuid().simple()))
@@ -1934,6 +1948,13 @@ impl MailStore for SqlStore {
 }
 
 /// Replaces the user's recovery codes inside the caller's transaction.
+async fn passkey_count(conn: &mut <Db as sqlx::Database>::Connection, user_id: UserId) -> Result<i32, StoreError> {
+    Ok(sqlx::query_scalar("SELECT passkey_count FROM users WHERE id = $1")
+        .bind(user_id.as_uuid())
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
 async fn put_recovery_codes(
     conn: &mut <Db as sqlx::Database>::Connection,
     user_id: UserId,
@@ -2045,7 +2066,10 @@ impl MfaStore for SqlStore {
         .bind(change.user_id.as_uuid())
         .execute(&mut *tx)
         .await?;
-        put_recovery_codes(&mut tx, change.user_id, &[], change.at).await?;
+        // Recovery codes belong to two-factor authentication: they stay while passkeys do.
+        if passkey_count(&mut tx, change.user_id).await? == 0 {
+            put_recovery_codes(&mut tx, change.user_id, &[], change.at).await?;
+        }
         finish_change(&mut tx, &self.audit_key, change).await?;
         tx.commit().await?;
         Ok(())
@@ -2069,6 +2093,133 @@ impl MfaStore for SqlStore {
         .execute(&self.write)
         .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    async fn add_passkey(&self, passkey: &StoredPasskey, change: &MfaChange<'_>) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO passkeys (id, user_id, name, credential_id, data, created_at, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+        )
+        .bind(passkey.id.as_uuid())
+        .bind(passkey.user_id.as_uuid())
+        .bind(&passkey.name)
+        .bind(passkey.credential_id.as_slice())
+        .bind(&passkey.data)
+        .bind(passkey.created_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE users SET passkey_count = passkey_count + 1 WHERE id = $1")
+            .bind(passkey.user_id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        if !change.recovery_code_hashes.is_empty() {
+            put_recovery_codes(&mut tx, change.user_id, change.recovery_code_hashes, change.at).await?;
+        }
+        finish_change(&mut tx, &self.audit_key, change).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_passkey(&self, id: PasskeyId, change: &MfaChange<'_>) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = sqlx::query("DELETE FROM passkeys WHERE id = $1 AND user_id = $2")
+            .bind(id.as_uuid())
+            .bind(change.user_id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        one_row(&result)?;
+        sqlx::query("UPDATE users SET passkey_count = passkey_count - 1 WHERE id = $1")
+            .bind(change.user_id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        let totp: Option<Timestamp> = sqlx::query_scalar("SELECT totp_enabled_at FROM users WHERE id = $1")
+            .bind(change.user_id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
+        if totp.is_none() && passkey_count(&mut tx, change.user_id).await? == 0 {
+            put_recovery_codes(&mut tx, change.user_id, &[], change.at).await?;
+        }
+        finish_change(&mut tx, &self.audit_key, change).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_passkeys(&self, user_id: UserId) -> Result<Vec<StoredPasskey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, name, credential_id, data, created_at, last_used_at FROM passkeys \
+             WHERE user_id = $1 ORDER BY created_at, id",
+        )
+        .bind(user_id.as_uuid())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredPasskey {
+                    id: PasskeyId::from_uuid(row.try_get("id")?),
+                    user_id: UserId::from_uuid(row.try_get("user_id")?),
+                    name: row.try_get("name")?,
+                    credential_id: row.try_get("credential_id")?,
+                    data: row.try_get("data")?,
+                    created_at: row.try_get("created_at")?,
+                    last_used_at: row.try_get("last_used_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn touch_passkey(&self, id: PasskeyId, data: &str, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE passkeys SET data = $2, last_used_at = $3 WHERE id = $1")
+            .bind(id.as_uuid())
+            .bind(data)
+            .bind(at)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_ceremony(&self, ceremony: &WebauthnCeremony) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webauthn_ceremonies (token_hash, user_id, purpose, state, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(ceremony.token_hash.as_slice())
+        .bind(ceremony.user_id.as_uuid())
+        .bind(ceremony.purpose.as_str())
+        .bind(&ceremony.state)
+        .bind(ceremony.created_at)
+        .bind(ceremony.expires_at)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_ceremony(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: UserId,
+        purpose: CeremonyPurpose,
+        at: Timestamp,
+    ) -> Result<Option<WebauthnCeremony>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE webauthn_ceremonies SET used_at = $4 WHERE token_hash = $1 AND user_id = $2 AND purpose = $3 \
+             AND used_at IS NULL AND expires_at > $4 RETURNING state, created_at, expires_at",
+        )
+        .bind(token_hash.as_slice())
+        .bind(user_id.as_uuid())
+        .bind(purpose.as_str())
+        .bind(at)
+        .fetch_optional(&self.write)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(WebauthnCeremony {
+            token_hash: *token_hash,
+            user_id,
+            purpose,
+            state: row.try_get("state")?,
+            created_at: row.try_get("created_at")?,
+            expires_at: row.try_get("expires_at")?,
+        }))
     }
 
     async fn use_recovery_code(&self, user_id: UserId, hash: &[u8; 32], at: Timestamp) -> Result<bool, StoreError> {
@@ -2372,7 +2523,13 @@ impl Store for SqlStore {
     async fn sweep(&self, sweep: &tollgate_domain::Sweep) -> Result<tollgate_domain::Swept, StoreError> {
         let mut tx = self.write.begin().await?;
         let mut tokens = 0;
-        for table in ["account_tokens", "mfa_challenges", "oidc_flows", "pending_identities"] {
+        for table in [
+            "account_tokens",
+            "mfa_challenges",
+            "oidc_flows",
+            "pending_identities",
+            "webauthn_ceremonies",
+        ] {
             tokens += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
                 .bind(sweep.expired_before)
                 .execute(&mut *tx)

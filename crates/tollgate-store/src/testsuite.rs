@@ -139,6 +139,7 @@ pub async fn seed_user(store: &dyn Store, email: &str) -> (User, Team) {
         created_at: now,
         email_verified_at: None,
         totp_enabled_at: None,
+        passkeys: 0,
         deleted_at: None,
         purge_after: None,
     };
@@ -239,6 +240,7 @@ pub async fn duplicate_email_conflicts_and_writes_nothing(store: &dyn Store) {
         created_at: at(5),
         email_verified_at: None,
         totp_enabled_at: None,
+        passkeys: 0,
         deleted_at: None,
         purge_after: None,
     };

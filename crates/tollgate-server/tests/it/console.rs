@@ -21,6 +21,8 @@ on_both_backends!(
     email_change_needs_both_addresses,
     sign_ins_from_new_places_are_announced,
     mail_and_sign_ups_are_rate_limited,
+    passkeys_as_a_second_factor,
+    passkeys_need_a_host_name,
 );
 
 const UNAUTHENTICATED: &str = "The request does not have valid authentication credentials";
@@ -62,6 +64,10 @@ impl TestApp {
             request = request.json(&body);
         }
         request.send().await.unwrap()
+    }
+
+    async fn console_post(&self, path: &str, browser: &Browser, body: Value) -> reqwest::Response {
+        self.console(reqwest::Method::POST, path, browser, Some(body)).await
     }
 
     async fn console_get(&self, path: &str, browser: &Browser) -> Value {
@@ -726,7 +732,7 @@ async fn two_factor_authentication(db: TestDb) {
     assert_eq!(app.console_get("/api/me", &main).await["user"]["mfaEnabled"], true);
     assert_eq!(
         app.console_get("/api/account/mfa", &main).await,
-        json!({"totpEnabled": true, "recoveryCodesLeft": 10})
+        json!({"totpEnabled": true, "passkeys": 0, "recoveryCodesLeft": 10})
     );
 
     // Sign-in now takes two steps.
@@ -845,7 +851,7 @@ async fn two_factor_authentication(db: TestDb) {
     );
     assert_eq!(
         app.console_get("/api/account/mfa", &main).await,
-        json!({"totpEnabled": false, "recoveryCodesLeft": 0})
+        json!({"totpEnabled": false, "passkeys": 0, "recoveryCodesLeft": 0})
     );
     assert_eq!(
         app.sign_in("mfa@example.com", PASSWORD).await.status(),
@@ -1193,6 +1199,279 @@ async fn mail_and_sign_ups_are_rate_limited(db: TestDb) {
         StatusCode::TOO_MANY_REQUESTS,
         "Some resource has been exhausted",
         "Too many",
+    )
+    .await;
+    app.finish().await;
+}
+
+/// A console served as `http://localhost:8080` (WebAuthn needs a host name), and the origin a
+/// browser there would report.
+async fn passkey_app(db: TestDb) -> (TestApp, webauthn_authenticator_rs::prelude::Url) {
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    config.console_url = "http://localhost:8080".into();
+    let app = TestApp::with_config(db, upstream, config).await;
+    (app, "http://localhost:8080".parse().unwrap())
+}
+
+/// A software authenticator's answer to a challenge from Tollgate, as a browser at `origin`.
+fn assert_with(
+    authenticator: &mut webauthn_authenticator_rs::WebauthnAuthenticator<
+        webauthn_authenticator_rs::softpasskey::SoftPasskey,
+    >,
+    origin: &webauthn_authenticator_rs::prelude::Url,
+    challenge: &Value,
+) -> Value {
+    let options = serde_json::from_value(challenge["options"].clone()).unwrap();
+    let credential = authenticator.do_authentication(origin.clone(), options).unwrap();
+    json!({"ceremony": challenge["ceremony"], "credential": credential})
+}
+
+async fn passkeys_as_a_second_factor(db: TestDb) {
+    use webauthn_authenticator_rs::WebauthnAuthenticator;
+    use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+    let (app, origin) = passkey_app(db).await;
+    let main = app.sign_up("key@example.com").await;
+    let other = browser(app.sign_in("key@example.com", PASSWORD).await).await;
+
+    // Adding one asks for the password again.
+    let response = app
+        .console_post(
+            "/api/account/passkeys/register",
+            &main,
+            json!({"password": "not my password at all"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = app
+        .console_post("/api/account/passkeys/register", &main, json!({"password": PASSWORD}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let challenge: Value = response.json().await.unwrap();
+    let mut authenticator = WebauthnAuthenticator::new(SoftPasskey::new(true));
+    let options = serde_json::from_value(challenge["options"].clone()).unwrap();
+    let credential = authenticator.do_registration(origin.clone(), options).unwrap();
+    let body = json!({"ceremony": challenge["ceremony"], "name": "Soft key", "credential": credential});
+    let response = app.console_post("/api/account/passkeys", &main, body.clone()).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let added: Value = response.json().await.unwrap();
+    assert_eq!(added["passkey"]["name"], "Soft key");
+    assert_eq!(
+        added["recoveryCodes"].as_array().unwrap().len(),
+        10,
+        "the first second factor"
+    );
+    // A challenge is answered once; the other session ended.
+    let response = app.console_post("/api/account/passkeys", &main, body).await;
+    assert_xai_error(response, StatusCode::BAD_REQUEST, INVALID, "already answered").await;
+    let response = app.console(reqwest::Method::GET, "/api/me", &other, None).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let mfa = app.console_get("/api/account/mfa", &main).await;
+    assert_eq!(
+        mfa,
+        json!({"totpEnabled": false, "passkeys": 1, "recoveryCodesLeft": 10})
+    );
+    let listed = app.console_get("/api/account/passkeys", &main).await;
+    let passkey_id = listed["passkeys"][0]["passkeyId"].as_str().unwrap().to_owned();
+
+    // Signing in now takes the passkey as the second step.
+    let first: Value = app.sign_in("key@example.com", PASSWORD).await.json().await.unwrap();
+    let mfa_token = first["mfaToken"].clone();
+    let response = app
+        .post_json(
+            "/api/auth/sign-in/passkey-challenge",
+            json!({"mfaToken": mfa_token}),
+            None,
+        )
+        .await;
+    let challenge: Value = response.json().await.unwrap();
+    let answer = assert_with(&mut authenticator, &origin, &challenge);
+    let response = app
+        .post_json(
+            "/api/auth/sign-in/second-factor",
+            json!({"mfaToken": mfa_token, "passkey": answer}),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let listed = app.console_get("/api/account/passkeys", &main).await;
+    assert!(listed["passkeys"][0]["lastUseTime"].is_string());
+
+    // The same answer again (a replay), or a forged one, is refused. (An answer for another site
+    // cannot be made: the authenticator signs only for the site's own host.)
+    let again: Value = app.sign_in("key@example.com", PASSWORD).await.json().await.unwrap();
+    let response = app
+        .post_json(
+            "/api/auth/sign-in/second-factor",
+            json!({"mfaToken": again["mfaToken"], "passkey": answer}),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let challenge: Value = app
+        .post_json(
+            "/api/auth/sign-in/passkey-challenge",
+            json!({"mfaToken": again["mfaToken"]}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut forged = assert_with(&mut authenticator, &origin, &challenge);
+    let signature = forged["credential"]["response"]["signature"].as_str().unwrap();
+    let flipped = if signature.starts_with('A') { "B" } else { "A" };
+    forged["credential"]["response"]["signature"] = json!(format!("{flipped}{}", &signature[1..]));
+    let response = app
+        .post_json(
+            "/api/auth/sign-in/second-factor",
+            json!({"mfaToken": again["mfaToken"], "passkey": forged}),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "a forged signature");
+    // A password reset does not get around it either.
+    let response = app
+        .console_post(
+            "/api/account/email",
+            &main,
+            json!({"password": PASSWORD, "newEmail": "key2@example.com"}),
+        )
+        .await;
+    assert_xai_error(response, StatusCode::BAD_REQUEST, INVALID, "two-factor authentication").await;
+
+    // A password reset asks for the passkey too (the link proves only the mailbox).
+    app.post_json("/api/auth/password-reset", json!({"email": "key@example.com"}), None)
+        .await;
+    let token = link_token(&app, "key@example.com", "Reset your password").await;
+    let new_password = "another sturdy passphrase for tests";
+    let response = app
+        .post_json(
+            "/api/auth/password-reset/confirm",
+            json!({"token": token, "password": new_password}),
+            None,
+        )
+        .await;
+    assert_xai_error(response, StatusCode::BAD_REQUEST, INVALID, "two-factor authentication").await;
+    let challenge: Value = app
+        .post_json(
+            "/api/auth/password-reset/passkey-challenge",
+            json!({"token": token}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let answer = assert_with(&mut authenticator, &origin, &challenge);
+    let response = app
+        .post_json(
+            "/api/auth/password-reset/confirm",
+            json!({"token": token, "password": new_password, "passkey": answer}),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    // (A reset ends every session, this one's too.)
+    let first: Value = app.sign_in("key@example.com", new_password).await.json().await.unwrap();
+    let challenge: Value = app
+        .post_json(
+            "/api/auth/sign-in/passkey-challenge",
+            json!({"mfaToken": first["mfaToken"]}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let answer = assert_with(&mut authenticator, &origin, &challenge);
+    let main = browser(
+        app.post_json(
+            "/api/auth/sign-in/second-factor",
+            json!({"mfaToken": first["mfaToken"], "passkey": answer}),
+            None,
+        )
+        .await,
+    )
+    .await;
+
+    // Removing it takes the password and a second factor; then two-factor authentication is off.
+    let challenge = app
+        .console(reqwest::Method::POST, "/api/account/passkeys/challenge", &main, None)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let answer = assert_with(&mut authenticator, &origin, &challenge);
+    let path = format!("/api/account/passkeys/{passkey_id}/remove");
+    let response = app
+        .console(
+            reqwest::Method::POST,
+            &path,
+            &main,
+            Some(json!({"password": new_password})),
+        )
+        .await;
+    assert_xai_error(response, StatusCode::BAD_REQUEST, INVALID, "two-factor authentication").await;
+    let response = app
+        .console(
+            reqwest::Method::POST,
+            &path,
+            &main,
+            Some(json!({"password": new_password, "passkey": answer})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let mfa = app.console_get("/api/account/mfa", &main).await;
+    assert_eq!(
+        mfa,
+        json!({"totpEnabled": false, "passkeys": 0, "recoveryCodesLeft": 0})
+    );
+    let response = app.sign_in("key@example.com", new_password).await;
+    assert_eq!(response.status(), StatusCode::OK, "one factor again");
+
+    // The changes and the passkey sign-in are in the account's audit log; the owner was told of
+    // each change.
+    let me = app.console_get("/api/me", &main).await;
+    let team = me["currentTeamId"].as_str().unwrap();
+    let log = app
+        .console_get(
+            &format!("/api/teams/{team}/audit/events?eventFilter.query=Passkey"),
+            &main,
+        )
+        .await;
+    let mut actions: Vec<&str> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    actions.sort_unstable();
+    // (The two sign-ins made with a passkey say so in their descriptions.)
+    assert_eq!(actions, ["AddPasskey", "RemovePasskey", "SignIn", "SignIn"]);
+    let mail = app.store().list_mail(50).await.unwrap();
+    assert!(mail.iter().any(|m| m.mail.subject.contains("A passkey was added")));
+    assert!(mail.iter().any(|m| m.mail.subject.contains("A passkey was removed")));
+    app.finish().await;
+}
+
+/// WebAuthn names the site by host: a console at an IP address cannot have passkeys.
+async fn passkeys_need_a_host_name(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let main = app.sign_up("ip@example.com").await;
+    let response = app
+        .console(
+            reqwest::Method::POST,
+            "/api/account/passkeys/register",
+            &main,
+            Some(json!({"password": PASSWORD})),
+        )
+        .await;
+    assert_xai_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        INVALID,
+        "not available on this server",
     )
     .await;
     app.finish().await;

@@ -1,0 +1,25 @@
+-- Passkeys (WebAuthn credentials) as second factors, and the ceremonies that add and prove them.
+
+ALTER TABLE users ADD COLUMN passkey_count INTEGER NOT NULL DEFAULT 0 CHECK (passkey_count >= 0);
+
+CREATE TABLE passkeys (
+    id            BLOB PRIMARY KEY NOT NULL,
+    user_id       BLOB NOT NULL REFERENCES users (id),
+    name          TEXT NOT NULL,
+    credential_id BLOB NOT NULL,
+    data          TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    last_used_at  TEXT,
+    CONSTRAINT passkeys_credential_id_key UNIQUE (credential_id)
+);
+CREATE INDEX passkeys_user_id_idx ON passkeys (user_id);
+
+CREATE TABLE webauthn_ceremonies (
+    token_hash BLOB PRIMARY KEY NOT NULL,
+    user_id    BLOB NOT NULL REFERENCES users (id),
+    purpose    TEXT NOT NULL CHECK (purpose IN ('register', 'authenticate')),
+    state      TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at    TEXT
+);

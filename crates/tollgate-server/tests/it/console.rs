@@ -1274,6 +1274,37 @@ async fn passkeys_as_a_second_factor(db: TestDb) {
     let listed = app.console_get("/api/account/passkeys", &main).await;
     let passkey_id = listed["passkeys"][0]["passkeyId"].as_str().unwrap().to_owned();
 
+    // TOTP beside it, then off again: the recovery codes stay while a passkey does.
+    let enrollment: Value = app
+        .console_post("/api/account/mfa/totp", &main, json!({"password": PASSWORD}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = tollgate_domain::mfa::TotpSecret::from_base32(enrollment["secret"].as_str().unwrap()).unwrap();
+    let response = app
+        .console_post(
+            "/api/account/mfa/totp/confirm",
+            &main,
+            json!({"code": totp_code(&secret, &app)}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    app.clock.advance(Duration::seconds(30));
+    let response = app
+        .console_post(
+            "/api/account/mfa/disable",
+            &main,
+            json!({"code": totp_code(&secret, &app)}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let mfa = app.console_get("/api/account/mfa", &main).await;
+    assert_eq!(
+        mfa,
+        json!({"totpEnabled": false, "passkeys": 1, "recoveryCodesLeft": 10})
+    );
+
     // Signing in now takes the passkey as the second step.
     let first: Value = app.sign_in("key@example.com", PASSWORD).await.json().await.unwrap();
     let mfa_token = first["mfaToken"].clone();

@@ -277,6 +277,8 @@ pub enum SignInOutcome {
     SecondFactor {
         /// Sent back with the code.
         challenge: SecretToken,
+        /// The factors the account has: `totp`, `passkey`, `recovery_code`.
+        methods: Vec<&'static str>,
     },
     /// The account was deleted and can still be restored, with this token (15 minutes).
     Deleted {
@@ -735,7 +737,15 @@ impl AccountService {
             self.store
                 .create_mfa_challenge(&challenge.hash(), user.id, now, now + CHALLENGE_LIFETIME)
                 .await?;
-            return Ok(SignInOutcome::SecondFactor { challenge });
+            let mut methods = Vec::new();
+            if user.totp_enabled_at.is_some() {
+                methods.push("totp");
+            }
+            if user.passkeys > 0 {
+                methods.push("passkey");
+            }
+            methods.push("recovery_code");
+            return Ok(SignInOutcome::SecondFactor { challenge, methods });
         }
         if user.deleted_at.is_some() {
             return self.offer_restore(&user).await;

@@ -389,6 +389,9 @@ pub(crate) struct SecondFactorView {
     mfa_required: bool,
     /// Send with the code to `/api/auth/sign-in/second-factor` within 5 minutes.
     mfa_token: String,
+    /// The second factors the account has: `totp`, `passkey` (get a challenge at
+    /// `/api/auth/sign-in/passkey-challenge`), `recovery_code`.
+    methods: Vec<&'static str>,
 }
 
 /// Sign in with email and password: a new session cookie (200), or, for an account with
@@ -730,11 +733,12 @@ pub(crate) struct DeletedAccountView {
 fn outcome_response(state: &AppState, outcome: SignInOutcome) -> Response {
     match outcome {
         SignInOutcome::SignedIn(signed_in) => signed_in_response(state, &signed_in, StatusCode::OK),
-        SignInOutcome::SecondFactor { challenge } => (
+        SignInOutcome::SecondFactor { challenge, methods } => (
             StatusCode::ACCEPTED,
             Json(SecondFactorView {
                 mfa_required: true,
                 mfa_token: challenge.expose().to_owned(),
+                methods,
             }),
         )
             .into_response(),

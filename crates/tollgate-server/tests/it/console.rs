@@ -751,6 +751,7 @@ async fn two_factor_authentication(db: TestDb) {
         );
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["mfaRequired"], true);
+        assert_eq!(body["methods"], json!(["totp", "recovery_code"]));
         body["mfaToken"].as_str().unwrap().to_owned()
     };
     let token = challenge(app.sign_in("mfa@example.com", PASSWORD).await).await;
@@ -1307,6 +1308,7 @@ async fn passkeys_as_a_second_factor(db: TestDb) {
 
     // Signing in now takes the passkey as the second step.
     let first: Value = app.sign_in("key@example.com", PASSWORD).await.json().await.unwrap();
+    assert_eq!(first["methods"], json!(["passkey", "recovery_code"]));
     let mfa_token = first["mfaToken"].clone();
     let response = app
         .post_json(

@@ -66,6 +66,10 @@ impl QueuedMail {
 /// Attempts before a mail is given up on.
 pub const MAX_MAIL_ATTEMPTS: u32 = 10;
 
+/// What a sent mail's body becomes in the outbox: bodies carry single-use links (password
+/// resets, verifications, invitations), which the database need not keep once they are sent.
+pub const SENT_BODY: &str = "(sent; the body, which may hold single-use links, is not kept)";
+
 /// How long to wait after failed attempt number `attempts` (1-based): 1, 2, 4, … minutes, at
 /// most six hours, so ten attempts span about a day.
 #[must_use]

@@ -492,7 +492,8 @@ pub trait MailStore: Send + Sync {
         hold_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<QueuedMail>, StoreError>;
-    /// The mail server accepted it.
+    /// The mail server accepted it: marked sent, its body dropped (replaced by
+    /// [`tollgate_domain::mail::SENT_BODY`]).
     async fn mark_mail_sent(&self, id: MailId, at: Timestamp) -> Result<(), StoreError>;
     /// An attempt failed: try again at `retry_at`, or give up (`None`).
     async fn mark_mail_failed(

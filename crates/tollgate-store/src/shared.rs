@@ -1895,11 +1895,12 @@ impl MailStore for SqlStore {
 
     async fn mark_mail_sent(&self, id: MailId, at: Timestamp) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE mail_outbox SET sent_at = $2, attempts = attempts + 1, claimed_until = NULL, last_error = NULL \
-             WHERE id = $1",
+            "UPDATE mail_outbox SET sent_at = $2, attempts = attempts + 1, claimed_until = NULL, last_error = NULL, \
+             body = $3 WHERE id = $1",
         )
         .bind(id.as_uuid())
         .bind(at)
+        .bind(tollgate_domain::mail::SENT_BODY)
         .execute(&self.write)
         .await?;
         Ok(())

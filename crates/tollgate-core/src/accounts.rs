@@ -412,10 +412,7 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<(User, Team), AccountError> {
         let email = Email::parse(email)?;
-        let display_name = display_name.trim();
-        if display_name.is_empty() || display_name.chars().count() > 100 {
-            return Err(AccountError::InvalidDisplayName);
-        }
+        let display_name = valid_display_name(display_name)?;
         check_password(password, email.as_ref(), &self.product)?;
         let password_hash = hash_password(password.to_owned()).await?;
         let now = self.clock.now();
@@ -477,6 +474,31 @@ impl AccountService {
                 retry_after_seconds: 3600,
             })
         }
+    }
+
+    /// Changes the name shown in the console; the changed account.
+    pub async fn rename(
+        &self,
+        user: &User,
+        display_name: &str,
+        context: &RequestContext,
+    ) -> Result<User, AccountError> {
+        let display_name = valid_display_name(display_name)?;
+        let memberships = self.store.list_memberships(user.id).await?;
+        let audits = user_events(
+            &memberships,
+            user,
+            self.clock.now(),
+            AuditAction::UpdateProfile,
+            "Changed the account's display name",
+            true,
+            context,
+        );
+        self.store.set_display_name(user.id, display_name, &audits).await?;
+        Ok(User {
+            display_name: display_name.to_owned(),
+            ..user.clone()
+        })
     }
 
     /// Self-service sign-up: the account, its Personal Team, a verification link by mail, and a
@@ -1695,4 +1717,13 @@ async fn verify_password(password: String, hash: String) -> anyhow::Result<bool>
         Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
     })
     .await?
+}
+
+/// A display name: trimmed, 1 to 100 characters.
+pub(crate) fn valid_display_name(name: &str) -> Result<&str, AccountError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(AccountError::InvalidDisplayName);
+    }
+    Ok(name)
 }

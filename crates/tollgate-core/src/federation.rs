@@ -435,11 +435,15 @@ impl Federation {
         let now = self.clock.now();
         let user = User {
             id: UserId::new(),
+            // The provider's name when it is a valid one, else the address's local part.
             display_name: identity
                 .name
-                .clone()
-                .filter(|n| !n.trim().is_empty())
-                .unwrap_or_else(|| email.as_ref().split('@').next().unwrap_or("New user").to_owned()),
+                .as_deref()
+                .and_then(|n| crate::accounts::valid_display_name(n).ok())
+                .or_else(|| email.as_ref().split('@').next())
+                .and_then(|n| crate::accounts::valid_display_name(n).ok())
+                .unwrap_or("New user")
+                .to_owned(),
             email,
             password_hash: None,
             created_at: now,

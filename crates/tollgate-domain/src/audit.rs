@@ -57,6 +57,7 @@ audit_actions! {
     RequestPasswordReset => "A password reset link was sent.",
     ResetPassword => "A password was reset by its link; every session ended.",
     ChangePassword => "A password was changed by its owner; their other sessions ended.",
+    UpdateProfile => "An account's display name changed.",
     RemovePassword => "The account's password was removed; it signs in with its external sign-ins.",
     LinkIdentity => "An external sign-in (OpenID Connect) was linked to the account.",
     UnlinkIdentity => "An external sign-in was removed from the account.",

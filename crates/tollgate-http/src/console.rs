@@ -67,6 +67,7 @@ pub(crate) fn router() -> Router<AppState> {
             post(reset_passkey_challenge),
         )
         .route("/api/me", get(me))
+        .route("/api/account", axum::routing::patch(update_account))
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/end-others", post(end_other_sessions))
         .route("/api/sessions/{session_id}", delete(end_session))
@@ -2372,4 +2373,26 @@ pub(crate) async fn reset_passkey_challenge(
     Ok(Json(
         state.accounts.passkey_challenge_for_reset(&body.token).await?.into(),
     ))
+}
+
+/// `PATCH /api/account` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateAccountRequest {
+    /// The name shown in the console (1 to 100 characters).
+    name: String,
+}
+
+/// Change the account's display name.
+#[utoipa::path(patch, path = "/api/account", tag = "console", request_body = UpdateAccountRequest,
+    responses((status = 200, body = UserView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn update_account(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<UpdateAccountRequest>,
+) -> Result<Json<UserView>, XaiError> {
+    let user = state.accounts.rename(&signed_in.user, &body.name, &meta).await?;
+    Ok(Json(UserView::new(&user)))
 }

@@ -111,6 +111,7 @@ impl Modify for SecuritySchemes {
         crate::console::sign_in_second_factor,
         crate::console::change_password,
         crate::console::remove_password,
+        crate::console::update_account,
         crate::console::list_passkeys,
         crate::console::add_passkey,
         crate::console::begin_passkey_registration,

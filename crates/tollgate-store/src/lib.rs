@@ -102,6 +102,8 @@ pub trait AccountStore: Send + Sync {
     /// Purges a deleted account's personal data: address, name, secrets, sessions, memberships,
     /// its Personal Team; audit events keep only the user id (their email label is erased).
     async fn purge_account(&self, user_id: UserId, at: Timestamp, audits: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Renames the user, with `audits`.
+    async fn set_display_name(&self, user_id: UserId, name: &str, audits: &[AuditEvent]) -> Result<(), StoreError>;
     /// Sets a new password and ends every session but `keep`, with `audits` and `mail`.
     async fn set_password(&self, change: &PasswordChange<'_>) -> Result<(), StoreError>;
 }

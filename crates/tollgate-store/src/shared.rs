@@ -458,6 +458,21 @@ impl AccountStore for SqlStore {
         Ok(())
     }
 
+    async fn set_display_name(&self, user_id: UserId, name: &str, audits: &[AuditEvent]) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = sqlx::query("UPDATE users SET display_name = $2 WHERE id = $1 AND deleted_at IS NULL")
+            .bind(user_id.as_uuid())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        one_row(&result)?;
+        for audit in audits {
+            insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
             .bind(email.as_ref())

@@ -23,6 +23,7 @@ on_both_backends!(
     mail_and_sign_ups_are_rate_limited,
     passkeys_as_a_second_factor,
     passkeys_need_a_host_name,
+    renaming_the_account,
 );
 
 const UNAUTHENTICATED: &str = "The request does not have valid authentication credentials";
@@ -1507,5 +1508,57 @@ async fn passkeys_need_a_host_name(db: TestDb) {
         "not available on this server",
     )
     .await;
+    app.finish().await;
+}
+
+async fn renaming_the_account(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let main = app.sign_up("name@example.com").await;
+    let response = app
+        .console(
+            reqwest::Method::PATCH,
+            "/api/account",
+            &main,
+            Some(json!({"name": "  Grace Hopper "})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.unwrap()["name"], "Grace Hopper");
+    let me = app.console_get("/api/me", &main).await;
+    assert_eq!(me["user"]["name"], "Grace Hopper");
+    for bad in [json!({"name": "   "}), json!({"name": "x".repeat(101)})] {
+        let response = app
+            .console(reqwest::Method::PATCH, "/api/account", &main, Some(bad))
+            .await;
+        assert_xai_error(response, StatusCode::BAD_REQUEST, INVALID, "display name").await;
+    }
+    let response = app
+        .console(
+            reqwest::Method::PATCH,
+            "/api/account",
+            &main,
+            Some(json!({"name": "G", "email": "x@example.com"})),
+        )
+        .await;
+    assert!(response.status().is_client_error());
+    // Without the CSRF token, nothing changes.
+    let response = app
+        .client
+        .patch(app.url("/api/account"))
+        .header("cookie", &main.cookie)
+        .json(&json!({"name": "Mallory"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.console_get("/api/me", &main).await["user"]["name"], "Grace Hopper");
+    let team = me["currentTeamId"].as_str().unwrap();
+    let log = app
+        .console_get(
+            &format!("/api/teams/{team}/audit/events?eventFilter.query=UpdateProfile"),
+            &main,
+        )
+        .await;
+    assert_eq!(log["events"].as_array().unwrap().len(), 1);
     app.finish().await;
 }

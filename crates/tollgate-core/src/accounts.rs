@@ -1123,32 +1123,23 @@ impl AccountService {
         let step = secret.verify(code, now, None).ok_or(AccountError::BadSecondFactor)?;
         let codes = RecoveryCode::generate_set(&mut rand::rngs::OsRng);
         let hashes: Vec<[u8; 32]> = codes.iter().map(RecoveryCode::hash).collect();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            user,
-            now,
-            AuditAction::EnableMfa,
-            "Turned on two-factor authentication (TOTP)",
-            true,
-            context,
-        );
-        let mail = [self.notices.security_notice(
-            user,
-            "Two-factor authentication is on",
-            "Two-factor authentication was turned on for your account",
-            now,
-            context,
-        )];
-        let change = MfaChange {
-            user_id: user.id,
-            at: now,
-            recovery_code_hashes: &hashes,
-            keep: Some(session.id),
-            audits: &audits,
-            mail: &mail,
-        };
-        if !self.store.enable_totp(&change, step).await? {
+        let record = self
+            .factor_change(
+                user,
+                AuditAction::EnableMfa,
+                "Turned on two-factor authentication (TOTP)",
+                (
+                    "Two-factor authentication is on",
+                    "Two-factor authentication was turned on for your account",
+                ),
+                context,
+            )
+            .await?;
+        if !self
+            .store
+            .enable_totp(&record.change(user, session, &hashes), step)
+            .await?
+        {
             return Err(AccountError::NoPendingEnrollment);
         }
         self.notices.queued();
@@ -1167,79 +1158,58 @@ impl AccountService {
             return Err(AccountError::MfaNotEnabled);
         }
         self.check_second_factor(user, factor, context).await?;
-        let now = self.clock.now();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            user,
-            now,
-            AuditAction::DisableMfa,
-            "Turned off two-factor authentication",
-            true,
-            context,
-        );
-        let mail = [self.notices.security_notice(
-            user,
-            "Two-factor authentication is off",
-            "Two-factor authentication was turned off for your account",
-            now,
-            context,
-        )];
-        let change = MfaChange {
-            user_id: user.id,
-            at: now,
-            recovery_code_hashes: &[],
-            keep: Some(session.id),
-            audits: &audits,
-            mail: &mail,
+        // With passkeys left, two-factor authentication stays on, without TOTP.
+        let (description, notice) = if user.passkeys > 0 {
+            (
+                "Turned off TOTP (passkeys remain)",
+                (
+                    "TOTP is off",
+                    "Codes from an authenticator app no longer count as your second factor",
+                ),
+            )
+        } else {
+            (
+                "Turned off two-factor authentication",
+                (
+                    "Two-factor authentication is off",
+                    "Two-factor authentication was turned off for your account",
+                ),
+            )
         };
-        self.store.disable_totp(&change).await?;
+        let record = self
+            .factor_change(user, AuditAction::DisableMfa, description, notice, context)
+            .await?;
+        self.store.disable_totp(&record.change(user, session, &[])).await?;
         self.notices.queued();
         Ok(())
     }
 
-    /// A new set of recovery codes, proven with a TOTP code; the old set dies.
+    /// A new set of recovery codes, proven with a second factor; the old set dies.
     pub async fn regenerate_recovery_codes(
         &self,
         user: &User,
         session: &Session,
-        code: &str,
+        factor: &SecondFactor,
         context: &RequestContext,
     ) -> Result<Vec<RecoveryCode>, AccountError> {
         if !user.has_second_factor() {
             return Err(AccountError::MfaNotEnabled);
         }
-        self.check_second_factor(user, &SecondFactor::Totp(code.to_owned()), context)
-            .await?;
-        let now = self.clock.now();
+        self.check_second_factor(user, factor, context).await?;
         let codes = RecoveryCode::generate_set(&mut rand::rngs::OsRng);
         let hashes: Vec<[u8; 32]> = codes.iter().map(RecoveryCode::hash).collect();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            user,
-            now,
-            AuditAction::RegenerateRecoveryCodes,
-            "Replaced the recovery codes",
-            true,
-            context,
-        );
-        let mail = [self.notices.security_notice(
-            user,
-            "New recovery codes",
-            "A new set of recovery codes replaced the old one",
-            now,
-            context,
-        )];
-        let change = MfaChange {
-            user_id: user.id,
-            at: now,
-            recovery_code_hashes: &hashes,
-            keep: Some(session.id),
-            audits: &audits,
-            mail: &mail,
-        };
-        self.store.replace_recovery_codes(&change).await?;
+        let record = self
+            .factor_change(
+                user,
+                AuditAction::RegenerateRecoveryCodes,
+                "Replaced the recovery codes",
+                ("New recovery codes", "A new set of recovery codes replaced the old one"),
+                context,
+            )
+            .await?;
+        self.store
+            .replace_recovery_codes(&record.change(user, session, &hashes))
+            .await?;
         self.notices.queued();
         Ok(codes)
     }
@@ -1459,6 +1429,25 @@ impl AccountService {
             return Err(AccountError::InvalidLink);
         }
         Ok(())
+    }
+
+    /// The audit events and the owner's notice (`subject`, `what`) of a change to the account's
+    /// second factors, made now.
+    async fn factor_change(
+        &self,
+        user: &User,
+        action: AuditAction,
+        description: &str,
+        (subject, what): (&str, &str),
+        context: &RequestContext,
+    ) -> Result<FactorChange, AccountError> {
+        let at = self.clock.now();
+        let memberships = self.store.list_memberships(user.id).await?;
+        Ok(FactorChange {
+            audits: user_events(&memberships, user, at, action, description, true, context),
+            mail: [self.notices.security_notice(user, subject, what, at, context)],
+            at,
+        })
     }
 
     /// Confirms a sensitive change: [`Self::reauthenticate`], then the second factor if it is on.
@@ -1726,4 +1715,25 @@ pub(crate) fn valid_display_name(name: &str) -> Result<&str, AccountError> {
         return Err(AccountError::InvalidDisplayName);
     }
     Ok(name)
+}
+
+/// What a change to the second factors writes besides itself: its audit events and the notice.
+struct FactorChange {
+    audits: Vec<AuditEvent>,
+    mail: [tollgate_domain::OutboundMail; 1],
+    at: Timestamp,
+}
+
+impl FactorChange {
+    /// The store's change for `user`, keeping `session` signed in.
+    fn change<'a>(&'a self, user: &User, session: &Session, recovery_code_hashes: &'a [[u8; 32]]) -> MfaChange<'a> {
+        MfaChange {
+            user_id: user.id,
+            at: self.at,
+            recovery_code_hashes,
+            keep: Some(session.id),
+            audits: &self.audits,
+            mail: &self.mail,
+        }
+    }
 }

@@ -1164,19 +1164,21 @@ pub(crate) async fn disable_mfa(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Replace the recovery codes (with a TOTP code); the old ones stop working.
-#[utoipa::path(post, path = "/api/account/mfa/recovery-codes", tag = "console", request_body = CodeRequest,
+/// Replace the recovery codes (with a second factor: a TOTP code, a passkey, or a recovery
+/// code); the old ones stop working.
+#[utoipa::path(post, path = "/api/account/mfa/recovery-codes", tag = "console", request_body = FactorFields,
     responses((status = 200, body = RecoveryCodesView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody)),
     security(("session" = [])))]
 pub(crate) async fn regenerate_recovery_codes(
     State(state): State<AppState>,
     signed_in: SignedInUser,
     RequestMeta(meta): RequestMeta,
-    XaiJson(body): XaiJson<CodeRequest>,
+    XaiJson(body): XaiJson<FactorFields>,
 ) -> Result<Json<RecoveryCodesView>, XaiError> {
+    let factor = body.required()?;
     let codes = state
         .accounts
-        .regenerate_recovery_codes(&signed_in.user, &signed_in.session, &body.code, &meta)
+        .regenerate_recovery_codes(&signed_in.user, &signed_in.session, &factor, &meta)
         .await?;
     Ok(Json(RecoveryCodesView {
         recovery_codes: codes.iter().map(RecoveryCode::display).collect(),

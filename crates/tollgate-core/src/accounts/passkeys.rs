@@ -10,13 +10,13 @@ use tollgate_domain::{
     AuditAction, CeremonyPurpose, PasskeyId, RequestContext, SecretToken, Session, StoredPasskey, User,
     WebauthnCeremony,
 };
-use tollgate_store::{MfaChange, StoreError};
+use tollgate_store::StoreError;
 use webauthn_rs::prelude::{
     Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, Url,
     Webauthn, WebauthnBuilder,
 };
 
-use super::{AccountError, AccountService, SecondFactor, user_events};
+use super::{AccountError, AccountService, SecondFactor};
 
 /// How long a challenge may take to answer.
 const CEREMONY_LIFETIME: chrono::Duration = chrono::Duration::minutes(5);
@@ -168,32 +168,23 @@ impl AccountService {
         };
         let codes = (!user.has_second_factor()).then(|| RecoveryCode::generate_set(&mut rand::rngs::OsRng));
         let hashes: Vec<[u8; 32]> = codes.iter().flatten().map(RecoveryCode::hash).collect();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            user,
-            now,
-            AuditAction::AddPasskey,
-            &format!("Added a passkey ({}); other sessions ended", record.id),
-            true,
-            context,
-        );
-        let mail = [self.notices.security_notice(
-            user,
-            "A passkey was added",
-            &format!("A passkey named \"{name}\" was added to your account as a second factor"),
-            now,
-            context,
-        )];
-        let change = MfaChange {
-            user_id: user.id,
-            at: now,
-            recovery_code_hashes: &hashes,
-            keep: Some(session.id),
-            audits: &audits,
-            mail: &mail,
-        };
-        match self.store.add_passkey(&record, &change).await {
+        let change = self
+            .factor_change(
+                user,
+                AuditAction::AddPasskey,
+                &format!("Added a passkey ({}); other sessions ended", record.id),
+                (
+                    "A passkey was added",
+                    &format!("A passkey named \"{name}\" was added to your account as a second factor"),
+                ),
+                context,
+            )
+            .await?;
+        match self
+            .store
+            .add_passkey(&record, &change.change(user, session, &hashes))
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::Conflict { .. }) => return Err(AccountError::PasskeyTaken),
             Err(other) => return Err(other.into()),
@@ -293,33 +284,16 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<(), AccountError> {
         self.confirm_sensitive(user, session, password, factor, context).await?;
-        let now = self.clock.now();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            user,
-            now,
-            AuditAction::RemovePasskey,
-            &format!("Removed a passkey ({id}); other sessions ended"),
-            true,
-            context,
-        );
-        let mail = [self.notices.security_notice(
-            user,
-            "A passkey was removed",
-            "A passkey was removed from your account",
-            now,
-            context,
-        )];
-        let change = MfaChange {
-            user_id: user.id,
-            at: now,
-            recovery_code_hashes: &[],
-            keep: Some(session.id),
-            audits: &audits,
-            mail: &mail,
-        };
-        match self.store.remove_passkey(id, &change).await {
+        let change = self
+            .factor_change(
+                user,
+                AuditAction::RemovePasskey,
+                &format!("Removed a passkey ({id}); other sessions ended"),
+                ("A passkey was removed", "A passkey was removed from your account"),
+                context,
+            )
+            .await?;
+        match self.store.remove_passkey(id, &change.change(user, session, &[])).await {
             Ok(()) => {
                 self.notices.queued();
                 Ok(())

@@ -1307,6 +1307,26 @@ async fn passkeys_as_a_second_factor(db: TestDb) {
         json!({"totpEnabled": false, "passkeys": 1, "recoveryCodesLeft": 10})
     );
 
+    // New recovery codes, proven with the passkey.
+    let challenge = app
+        .console(reqwest::Method::POST, "/api/account/passkeys/challenge", &main, None)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let answer = assert_with(&mut authenticator, &origin, &challenge);
+    let response = app
+        .console_post("/api/account/mfa/recovery-codes", &main, json!({"passkey": answer}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["recoveryCodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+
     // Signing in now takes the passkey as the second step.
     let first: Value = app.sign_in("key@example.com", PASSWORD).await.json().await.unwrap();
     assert_eq!(first["methods"], json!(["passkey", "recovery_code"]));
@@ -1481,8 +1501,12 @@ async fn passkeys_as_a_second_factor(db: TestDb) {
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     actions.sort_unstable();
-    // (The two sign-ins made with a passkey say so in their descriptions.)
-    assert_eq!(actions, ["AddPasskey", "RemovePasskey", "SignIn", "SignIn"]);
+    // (TOTP turned off while the passkey stayed, and the two sign-ins made with a passkey, say so
+    // in their descriptions.)
+    assert_eq!(
+        actions,
+        ["AddPasskey", "DisableMfa", "RemovePasskey", "SignIn", "SignIn"]
+    );
     let mail = app.store().list_mail(50).await.unwrap();
     assert!(mail.iter().any(|m| m.mail.subject.contains("A passkey was added")));
     assert!(mail.iter().any(|m| m.mail.subject.contains("A passkey was removed")));

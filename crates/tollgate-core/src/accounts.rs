@@ -37,8 +37,8 @@ pub enum AccountError {
     #[error(transparent)]
     InvalidEmail(#[from] EmailError),
     /// Display name empty or too long.
-    #[error("display name must be 1 to 100 characters")]
-    InvalidDisplayName,
+    #[error("display name {0}")]
+    InvalidDisplayName(tollgate_domain::NameError),
     /// The password breaks a rule (the message says which).
     #[error(transparent)]
     InvalidPassword(#[from] PasswordError),
@@ -57,9 +57,9 @@ pub enum AccountError {
     /// The account has as many passkeys as it may.
     #[error("an account may have at most {0} passkeys; remove one first")]
     TooManyPasskeys(usize),
-    /// A passkey's name is empty or too long.
-    #[error("a passkey's name is 1 to 64 characters")]
-    InvalidPasskeyName,
+    /// A passkey's name is empty, too long or has control characters.
+    #[error("a passkey's name {0}")]
+    InvalidPasskeyName(tollgate_domain::NameError),
     /// The passkey ceremony is unknown, used, expired or someone else's.
     #[error("This passkey request expired or was already answered; start again")]
     InvalidCeremony,
@@ -494,7 +494,7 @@ impl AccountService {
             true,
             context,
         );
-        self.store.set_display_name(user.id, display_name, &audits).await?;
+        self.store.set_display_name(user.id, &display_name, &audits).await?;
         Ok(User {
             display_name: display_name.to_owned(),
             ..user.clone()
@@ -1708,13 +1708,11 @@ async fn verify_password(password: String, hash: String) -> anyhow::Result<bool>
     .await?
 }
 
-/// A display name: trimmed, 1 to 100 characters.
-pub(crate) fn valid_display_name(name: &str) -> Result<&str, AccountError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(AccountError::InvalidDisplayName);
-    }
-    Ok(name)
+/// A display name: trimmed, 1 to 100 characters, no control characters.
+pub(crate) fn valid_display_name(name: &str) -> Result<String, AccountError> {
+    Ok(tollgate_domain::Name::parse(name)
+        .map_err(AccountError::InvalidDisplayName)?
+        .into_string())
 }
 
 /// What a change to the second factors writes besides itself: its audit events and the notice.

@@ -440,10 +440,14 @@ impl Federation {
                 .name
                 .as_deref()
                 .and_then(|n| crate::accounts::valid_display_name(n).ok())
-                .or_else(|| email.as_ref().split('@').next())
-                .and_then(|n| crate::accounts::valid_display_name(n).ok())
-                .unwrap_or("New user")
-                .to_owned(),
+                .or_else(|| {
+                    email
+                        .as_ref()
+                        .split('@')
+                        .next()
+                        .and_then(|n| crate::accounts::valid_display_name(n).ok())
+                })
+                .unwrap_or_else(|| "New user".to_owned()),
             email,
             password_hash: None,
             created_at: now,

@@ -55,15 +55,18 @@ pub enum AuthError {
 /// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    /// Name empty or too long.
-    #[error("name must be 1 to 100 characters")]
-    InvalidName,
+    /// Name empty, too long or with control characters.
+    #[error("name {0}")]
+    InvalidName(tollgate_domain::NameError),
     /// An ACL string is not in the grammar.
     #[error(transparent)]
     InvalidAcl(#[from] AclError),
     /// A limit is zero.
     #[error("{0} must be a positive integer")]
     InvalidLimit(&'static str),
+    /// A limit is beyond what an int64 holds.
+    #[error("{0} must be at most 9223372036854775807")]
+    LimitTooLarge(&'static str),
     /// Expiry in the past.
     #[error("expireTime must be in the future")]
     ExpiryInPast,
@@ -178,6 +181,10 @@ fn check_limits(qps: Option<u32>, qpm: Option<u32>, tpm: Option<u64>) -> Result<
     if tpm == Some(0) {
         return Err(KeyError::InvalidLimit("tpm"));
     }
+    // Stored as a signed 64-bit integer (xAI sends it as an int64 string).
+    if tpm.is_some_and(|tpm| i64::try_from(tpm).is_err()) {
+        return Err(KeyError::LimitTooLarge("tpm"));
+    }
     Ok(())
 }
 
@@ -194,11 +201,9 @@ pub struct KeyService {
 }
 
 fn validate_name(name: &str) -> Result<String, KeyError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(KeyError::InvalidName);
-    }
-    Ok(name.to_owned())
+    Ok(tollgate_domain::Name::parse(name)
+        .map_err(KeyError::InvalidName)?
+        .into_string())
 }
 
 impl KeyService {

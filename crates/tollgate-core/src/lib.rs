@@ -29,5 +29,5 @@ pub use mail::{MailDispatcher, MailError, MailWaker, Mailer, SmtpMailer};
 pub use notices::Notices;
 pub use ratelimit::{LocalRateLimiter, RateLimiter};
 pub use secret_scanning::{Feedback, ScanError, SecretScanning, SigningKeySource};
-pub use teams::{Added, TeamError, TeamService};
+pub use teams::{TeamError, TeamService};
 pub use usage::{UsageError, UsageRecorder};

@@ -1,13 +1,13 @@
-//! Teams: create, rename and describe, delete; members by email (an address with no account
-//! gets an invitation that becomes a membership when its owner accepts, or signs up and verifies
-//! the address); roles, with at least one Admin always. What each role may do is
+//! Teams: create, rename and describe, delete; members by email (every address gets an
+//! invitation, which becomes a membership only when an account that verified the address
+//! accepts it); roles, with at least one Admin always. What each role may do is
 //! [`tollgate_domain::Role::allows`]; management keys do not manage teams ([`Caller::allows`]).
 
 use std::sync::Arc;
 
 use tollgate_domain::{
-    AuditAction, AuditEvent, Clock, Email, EmailError, Invitation, InvitationId, Member, Permission, RequestContext,
-    Role, SecretToken, Team, TeamDomain, TeamId, User, UserId,
+    AuditAction, AuditEvent, Clock, Email, EmailError, Invitation, InvitationId, Member, Name, Permission,
+    RequestContext, Role, SecretToken, Team, TeamDomain, TeamId, User, UserId,
 };
 use tollgate_store::{MemberChange, Store, StoreError};
 use tracing::instrument;
@@ -36,9 +36,12 @@ pub enum TeamError {
     /// The caller's role does not allow this.
     #[error("{0}")]
     Forbidden(&'static str),
-    /// Name empty or too long, description too long.
-    #[error("a team name is 1 to 100 characters, a description at most 1000")]
-    InvalidName,
+    /// The name is empty, too long or has control characters.
+    #[error("the team name {0}")]
+    InvalidName(tollgate_domain::NameError),
+    /// The description is too long or has control characters.
+    #[error("the description {0}")]
+    InvalidDescription(tollgate_domain::NameError),
     /// Deleting needs the team's name typed exactly.
     #[error("type the team's name exactly to delete it")]
     NameMismatch,
@@ -63,6 +66,12 @@ pub enum TeamError {
     /// The invitation is for another address.
     #[error("This invitation is for another email address; sign in with that address to accept it")]
     WrongAccount,
+    /// The account has not proved it owns the invited address.
+    #[error("Verify your email address first: only an account that has verified the invited address can accept")]
+    EmailNotVerified,
+    /// Another invitation to the address was made at the same moment.
+    #[error("an invitation to this address is being sent; try again")]
+    InvitationPending,
     /// Not an email address.
     #[error(transparent)]
     InvalidEmail(#[from] EmailError),
@@ -80,15 +89,6 @@ pub enum TeamError {
     Store(#[from] StoreError),
 }
 
-/// What adding someone by email did.
-#[derive(Debug, Clone)]
-pub enum Added {
-    /// They had an account: they are a member now.
-    Member(Member),
-    /// They had none: they are invited (and emailed).
-    Invited(Invitation),
-}
-
 /// Teams service.
 #[derive(Clone)]
 pub struct TeamService {
@@ -99,19 +99,15 @@ pub struct TeamService {
     resolver: Arc<dyn TxtResolver>,
 }
 
+/// The longest team description.
+pub const MAX_DESCRIPTION_CHARS: usize = 1000;
+
 fn valid_name(name: &str) -> Result<String, TeamError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(TeamError::InvalidName);
-    }
-    Ok(name.to_owned())
+    Ok(Name::parse(name).map_err(TeamError::InvalidName)?.into_string())
 }
 
 fn valid_description(description: Option<&str>) -> Result<Option<String>, TeamError> {
-    match description.map(str::trim).filter(|d| !d.is_empty()) {
-        Some(d) if d.chars().count() > 1000 => Err(TeamError::InvalidName),
-        other => Ok(other.map(str::to_owned)),
-    }
+    tollgate_domain::name::parse_description(description, MAX_DESCRIPTION_CHARS).map_err(TeamError::InvalidDescription)
 }
 
 impl TeamService {
@@ -463,8 +459,10 @@ impl TeamService {
         Ok(self.store.list_members(caller.team_id()).await?)
     }
 
-    /// Adds someone by email (Admins): a member at once if they have an account, else an
-    /// emailed invitation.
+    /// Invites someone by email (Admins). Adding an address always sends an invitation, whether
+    /// or not it has an account, and the answer is the same either way: only a signed-in account
+    /// that has *verified* the address joins, by accepting. A new invitation to the same address
+    /// replaces a pending one (its link stops working), so there is one per (team, address).
     #[instrument(skip_all)]
     pub async fn add_member(
         &self,
@@ -472,31 +470,21 @@ impl TeamService {
         email: &str,
         role: Role,
         context: &RequestContext,
-    ) -> Result<Added, TeamError> {
+    ) -> Result<Invitation, TeamError> {
         Self::require(caller, Permission::ManageMembers, "Only team Admins may add members")?;
         let email = Email::parse(email)?;
         let team = self.team(caller).await?;
-        let now = self.clock.now();
-        if let Some(user) = self.store.find_user_by_email(&email).await? {
-            let audit = self.event(
-                caller,
-                AuditAction::AddTeamMember,
-                format!("Added a member as {role}"),
-                Some(format!("user:{}", user.id)),
-                context,
-            );
-            return match self.store.add_member(team.id, user.id, role, now, &[audit]).await {
-                Ok(()) => Ok(Added::Member(Member {
-                    user_id: user.id,
-                    email: user.email,
-                    display_name: user.display_name,
-                    role,
-                    joined_at: now,
-                })),
-                Err(StoreError::Conflict { .. }) => Err(TeamError::AlreadyMember),
-                Err(other) => Err(other.into()),
-            };
+        // The member list is the Admins' to see, so this reveals nothing about accounts.
+        if self
+            .store
+            .list_members(team.id)
+            .await?
+            .iter()
+            .any(|member| member.email == email)
+        {
+            return Err(TeamError::AlreadyMember);
         }
+        let now = self.clock.now();
         let token = SecretToken::generate(&mut rand::rngs::OsRng);
         let invitation = Invitation {
             id: InvitationId::new(),
@@ -517,15 +505,20 @@ impl TeamService {
         let audit = self.event(
             caller,
             AuditAction::InviteTeamMember,
-            format!("Invited an address with no account yet, as {role}"),
+            format!("Invited an address as {role}"),
             Some(format!("invitation:{}", invitation.id)),
             context,
         );
         self.store
             .create_invitation(&invitation, &token.hash(), &mail, &audit)
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // Another Admin invited the same address at the same moment.
+                StoreError::Conflict { .. } => TeamError::InvitationPending,
+                other => other.into(),
+            })?;
         self.notices.queued();
-        Ok(Added::Invited(invitation))
+        Ok(invitation)
     }
 
     /// Changes a member's role (Admins). The team keeps at least one Admin.
@@ -544,11 +537,13 @@ impl TeamService {
             Some(format!("user:{user_id}")),
             context,
         );
-        self.change(caller, user_id, MemberChange::SetRole(role), &audit).await
+        self.change(caller, user_id, MemberChange::SetRole(role), audit, context)
+            .await
     }
 
     /// Removes a member (Admins), or leaves the team (anyone, themselves). Their API keys stay
-    /// with the team and keep working; the team keeps at least one Admin.
+    /// with the team and keep working, their management keys are revoked; the team keeps at
+    /// least one Admin.
     pub async fn remove_member(
         &self,
         caller: &Caller,
@@ -562,7 +557,7 @@ impl TeamService {
         let text = if leaving {
             "Left the team"
         } else {
-            "Removed a member; their API keys stay with the team"
+            "Removed a member; their API keys stay with the team, their management keys are revoked"
         };
         let audit = self.event(
             caller,
@@ -571,17 +566,72 @@ impl TeamService {
             Some(format!("user:{user_id}")),
             context,
         );
-        self.change(caller, user_id, MemberChange::Remove, &audit).await
+        self.change(caller, user_id, MemberChange::Remove, audit, context).await
     }
 
+    /// Applies `change`. A member who stops being an Admin loses the management keys they
+    /// created: they are revoked in the same transaction, each audited, and the team's remaining
+    /// Admins are told. (Revoking rather than keeping them unusable: a key is a bearer secret
+    /// that may have been copied anywhere, so reviving it later would revive every copy.)
     async fn change(
         &self,
         caller: &Caller,
         user_id: UserId,
         change: MemberChange,
-        audit: &AuditEvent,
+        audit: AuditEvent,
+        context: &RequestContext,
     ) -> Result<(), TeamError> {
-        match self.store.change_member(caller.team_id(), user_id, change, audit).await {
+        let now = self.clock.now();
+        let mut audits = vec![audit];
+        let mut mail = Vec::new();
+        if !matches!(change, MemberChange::SetRole(Role::Admin)) {
+            let keys: Vec<_> = self
+                .store
+                .list_management_keys(caller.team_id())
+                .await?
+                .into_iter()
+                .filter(|key| key.created_by == Some(user_id) && key.revoked_at.is_none())
+                .collect();
+            if !keys.is_empty() {
+                let team = self.team(caller).await?;
+                let admins: Vec<Email> = self
+                    .store
+                    .list_members(team.id)
+                    .await?
+                    .into_iter()
+                    .filter(|member| member.role == Role::Admin && member.user_id != user_id)
+                    .map(|member| member.email)
+                    .collect();
+                let reason = "the Admin who created it is no longer an Admin of the team";
+                for key in &keys {
+                    audits.push(self.event(
+                        caller,
+                        AuditAction::RevokeManagementKey,
+                        format!("Revoked management key '{}' ({}): {reason}", key.name, key.redacted),
+                        Some(format!("management_key:{}", key.id)),
+                        context,
+                    ));
+                    let withdrawn = crate::notices::WithdrawnKey {
+                        kind: crate::notices::KeyKind::Management,
+                        name: &key.name,
+                        redacted: &key.redacted,
+                        id: &key.id.to_string(),
+                    };
+                    mail.extend(
+                        self.notices
+                            .key_withdrawn(&team, &withdrawn, reason, now, admins.clone()),
+                    );
+                }
+            }
+        }
+        let result = self
+            .store
+            .change_member(caller.team_id(), user_id, change, now, &audits, &mail)
+            .await;
+        if result.is_ok() && !mail.is_empty() {
+            self.notices.queued();
+        }
+        match result {
             Ok(()) => Ok(()),
             Err(StoreError::NotFound) => Err(TeamError::NotAMember),
             Err(StoreError::Conflict { constraint }) if constraint == "team_members_last_admin" => {
@@ -648,6 +698,9 @@ impl TeamService {
         if invitation.email != user.email {
             return Err(TeamError::WrongAccount);
         }
+        if user.email_verified_at.is_none() {
+            return Err(TeamError::EmailNotVerified);
+        }
         if !join(&*self.store, now, user, &invitation, context).await? {
             return Err(TeamError::InvalidInvitation);
         }
@@ -680,8 +733,9 @@ async fn join(
     store.accept_invitation(invitation, user.id, now, &audit).await
 }
 
-/// Turns every pending invitation for `user`'s (just verified) address into a membership, and
-/// joins the team that has the address's domain verified, as a Member.
+/// Joins the team that has `user`'s (just verified) address's domain verified, as a Member
+/// (this counts as accepted: the seeds ask for it). Pending invitations are *not* taken up
+/// here: only an explicit accept joins a team by invitation.
 pub(crate) async fn join_teams_on_verification(
     store: &dyn Store,
     clock: &dyn Clock,
@@ -691,11 +745,6 @@ pub(crate) async fn join_teams_on_verification(
 ) -> Result<usize, StoreError> {
     let now = clock.now();
     let mut joined = 0;
-    for invitation in store.pending_invitations_for(&user.email, now).await? {
-        if join(store, now, user, &invitation, context).await? {
-            joined += 1;
-        }
-    }
     if let Some(team_id) = store.team_with_verified_domain(user.email.domain()).await? {
         if store.find_role(team_id, user.id).await?.is_none() {
             let team = store.get_team(team_id).await?;

@@ -26,7 +26,17 @@ pub enum AclError {
     /// An endpoint name that does not exist.
     #[error("invalid ACL '{0}': unknown endpoint (known: {known})", known = known_endpoints())]
     UnknownEndpoint(String),
+    /// More grants than a key may have.
+    #[error("a key has at most {max} ACLs ({given} given)", max = MAX_ACLS)]
+    TooMany {
+        /// How many were given.
+        given: usize,
+    },
 }
+
+/// The most grants one key may have. Matching is linear in the grants and runs on every
+/// request, and each is parsed when a key is loaded, so the set stays small.
+pub const MAX_ACLS: usize = 100;
 
 fn known_endpoints() -> String {
     ENDPOINTS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
@@ -75,12 +85,17 @@ impl fmt::Display for Acl {
 pub struct AclSet(Vec<Acl>);
 
 impl AclSet {
-    /// Parses every grant, failing on the first invalid one.
+    /// Parses every grant, failing on the first invalid one, or at once when there are more
+    /// than [`MAX_ACLS`]. Duplicates are kept once, in the order first given.
     pub fn parse<S: AsRef<str>>(raw: &[S]) -> Result<Self, AclError> {
+        if raw.len() > MAX_ACLS {
+            return Err(AclError::TooMany { given: raw.len() });
+        }
+        let mut seen = std::collections::HashSet::with_capacity(raw.len());
         let mut acls = Vec::with_capacity(raw.len());
         for item in raw {
             let acl = Acl::parse(item.as_ref())?;
-            if !acls.contains(&acl) {
+            if seen.insert(acl.clone()) {
                 acls.push(acl);
             }
         }
@@ -136,6 +151,15 @@ mod tests {
         ] {
             assert!(Acl::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn sets_are_capped_and_deduplicated() {
+        let many: Vec<String> = (0..=MAX_ACLS).map(|i| format!("api-key:model:m{i}")).collect();
+        assert_eq!(AclSet::parse(&many), Err(AclError::TooMany { given: MAX_ACLS + 1 }));
+        assert_eq!(AclSet::parse(&many[..MAX_ACLS]).unwrap().as_slice().len(), MAX_ACLS);
+        let twice = AclSet::parse(&["api-key:model:*", "api-key:endpoint:chat", "api-key:model:*"]).unwrap();
+        assert_eq!(twice.as_slice(), [Acl::Model(None), Acl::Endpoint(Some("chat".into()))]);
     }
 
     #[test]

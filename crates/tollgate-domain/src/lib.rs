@@ -16,6 +16,7 @@ pub mod keys;
 pub mod mail;
 pub mod mfa;
 pub mod money;
+pub mod name;
 pub mod password;
 pub mod ratelimit;
 pub mod role;
@@ -39,6 +40,7 @@ pub use ids::{
 };
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};
+pub use name::{Name, NameError};
 pub use role::{Permission, Role};
 pub use session::{SecretToken, Session, TokenPurpose};
 pub use usage::{TokenUsage, UsageRecord};

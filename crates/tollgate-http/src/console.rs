@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use tollgate_core::accounts::{SecondFactor, SignInOutcome};
-use tollgate_core::{AccountError, Added, Caller, Federated, FederationError, NewApiKey, TeamError};
+use tollgate_core::{AccountError, Caller, Federated, FederationError, NewApiKey, TeamError};
 use tollgate_domain::mfa::RecoveryCode;
 use tollgate_domain::{ApiKeyId, ManagementKeyId, Session, SessionId, TeamId, User};
 
@@ -147,7 +147,8 @@ impl From<TeamError> for XaiError {
         match error {
             TeamError::TeamNotFound => XaiError::permission_denied("You are not a member of this team"),
             TeamError::Forbidden(message) => XaiError::permission_denied(message),
-            TeamError::InvalidName
+            TeamError::InvalidName(_)
+            | TeamError::InvalidDescription(_)
             | TeamError::NameMismatch
             | TeamError::PersonalTeam
             | TeamError::LastAdmin
@@ -158,7 +159,8 @@ impl From<TeamError> for XaiError {
                 XaiError::not_found(error.to_string())
             }
             TeamError::InvalidDomain(_) => XaiError::invalid_argument(error.to_string()),
-            TeamError::WrongAccount => XaiError::permission_denied(error.to_string()),
+            TeamError::WrongAccount | TeamError::EmailNotVerified => XaiError::permission_denied(error.to_string()),
+            TeamError::InvitationPending => XaiError::new(StatusCode::CONFLICT, error.to_string()),
             TeamError::Store(store) => store.into(),
         }
     }
@@ -169,14 +171,14 @@ impl From<AccountError> for XaiError {
         match error {
             AccountError::PasskeysUnavailable
             | AccountError::TooManyPasskeys(_)
-            | AccountError::InvalidPasskeyName
+            | AccountError::InvalidPasskeyName(_)
             | AccountError::InvalidCeremony
             | AccountError::BadPasskey(_)
             | AccountError::NoPasskeys => XaiError::invalid_argument(error.to_string()),
             AccountError::PasskeyTaken => XaiError::new(StatusCode::CONFLICT, error.to_string()),
             AccountError::PasskeyNotFound => XaiError::not_found(error.to_string()),
             AccountError::InvalidEmail(_)
-            | AccountError::InvalidDisplayName
+            | AccountError::InvalidDisplayName(_)
             | AccountError::InvalidPassword(_)
             | AccountError::InvalidLink
             | AccountError::SameEmail
@@ -1624,20 +1626,20 @@ impl InvitationView {
     }
 }
 
-/// What adding by email did: a member (201), or an invitation (202).
+/// What adding by email did: an invitation, always (whether the address has an account is not
+/// said).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct AddedView {
-    member: Option<MemberView>,
-    invitation: Option<InvitationView>,
+    invitation: InvitationView,
 }
 
-/// Add someone by email (Admins): with an account they are a member at once (201); without one
-/// they get an emailed invitation (202) that becomes a membership when they accept, or sign up
-/// and verify that address.
+/// Add someone by email (Admins): the address gets an emailed invitation (202), whether or not
+/// it has an account; an account that has verified the address joins by accepting it. A new
+/// invitation to the same address replaces the pending one.
 #[utoipa::path(post, path = "/api/teams/{team_id}/members", tag = "console",
     params(("team_id" = String, Path, description = "The team's id")), request_body = AddMemberRequest,
-    responses((status = 201, body = AddedView), (status = 202, body = AddedView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)),
+    responses((status = 202, body = AddedView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)),
     security(("session" = [])))]
 pub(crate) async fn add_team_member(
     State(state): State<AppState>,
@@ -1646,22 +1648,13 @@ pub(crate) async fn add_team_member(
     XaiJson(body): XaiJson<AddMemberRequest>,
 ) -> Result<(StatusCode, Json<AddedView>), XaiError> {
     let role = parse_role(&body.role)?;
-    Ok(match state.teams.add_member(&caller, &body.email, role, &meta).await? {
-        Added::Member(member) => (
-            StatusCode::CREATED,
-            Json(AddedView {
-                member: Some(MemberView::new(&member)),
-                invitation: None,
-            }),
-        ),
-        Added::Invited(invitation) => (
-            StatusCode::ACCEPTED,
-            Json(AddedView {
-                member: None,
-                invitation: Some(InvitationView::new(&invitation)),
-            }),
-        ),
-    })
+    let invitation = state.teams.add_member(&caller, &body.email, role, &meta).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AddedView {
+            invitation: InvitationView::new(&invitation),
+        }),
+    ))
 }
 
 fn path_user(params: &std::collections::HashMap<String, String>) -> Result<tollgate_domain::UserId, XaiError> {

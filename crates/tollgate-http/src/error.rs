@@ -151,9 +151,10 @@ impl From<StoreError> for XaiError {
 impl From<KeyError> for XaiError {
     fn from(error: KeyError) -> Self {
         match error {
-            KeyError::InvalidName
+            KeyError::InvalidName(_)
             | KeyError::InvalidAcl(_)
             | KeyError::InvalidLimit(_)
+            | KeyError::LimitTooLarge(_)
             | KeyError::ExpiryInPast
             | KeyError::NothingToUpdate
             | KeyError::InvalidGracePeriod

@@ -14,8 +14,27 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: String,
-    method: String,
+    method: &'static str,
     status: u16,
+}
+
+/// A method as a label: the standard ones by name, anything else as `other`, so a client
+/// inventing methods cannot grow the label set (each label set is kept for the process's life).
+/// Routes are the router's own templates (or `unmatched`), so they are bounded too.
+pub(crate) fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,11 +133,11 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+    pub(crate) fn observe_request(&self, route: &str, method: &axum::http::Method, status: u16, elapsed: Duration) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_owned(),
-                method: method.to_owned(),
+                method: method_label(method),
                 status,
             })
             .inc();

@@ -43,7 +43,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         "request",
         request.id = %request_id,
         client.request_id = client_request_id.as_deref(),
-        http.method = %method,
+        http.method = crate::metrics::method_label(&method),
         http.route = %route,
         http.status = tracing::field::Empty,
         team.id = tracing::field::Empty,
@@ -55,7 +55,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     span.record("http.status", status);
     span.record("duration_ms", elapsed.as_millis() as u64);
     span.in_scope(|| tracing::info!("request finished"));
-    state.metrics.observe_request(&route, method.as_str(), status, elapsed);
+    state.metrics.observe_request(&route, &method, status, elapsed);
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

@@ -246,14 +246,20 @@ pub trait TeamStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Changes a member's role or removes them; `NotFound` if not a member, `Conflict` named
     /// `team_members_last_admin` (nothing written) when the team would have no Admin left.
+    /// A member who is no longer an Admin (made Member, or removed) loses the management keys
+    /// they created in the team: each is revoked in the same transaction.
     async fn change_member(
         &self,
         team_id: TeamId,
         user_id: UserId,
         change: MemberChange,
-        audit: &AuditEvent,
+        at: Timestamp,
+        audits: &[AuditEvent],
+        mail: &[OutboundMail],
     ) -> Result<(), StoreError>;
-    /// Stores an invitation (by its token's hash), with its mail.
+    /// Stores an invitation (by its token's hash), with its mail. A pending invitation to the
+    /// same address in the same team is withdrawn first, so there is one at most (a unique
+    /// index holds it; `Conflict` when a concurrent one won).
     async fn create_invitation(
         &self,
         invitation: &Invitation,

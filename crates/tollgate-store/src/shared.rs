@@ -1084,7 +1084,9 @@ impl TeamStore for SqlStore {
         team_id: TeamId,
         user_id: UserId,
         change: MemberChange,
-        audit: &AuditEvent,
+        at: Timestamp,
+        audits: &[AuditEvent],
+        mail: &[OutboundMail],
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         // Take the team's row lock, so two Admins demoting each other take turns.
@@ -1122,7 +1124,21 @@ impl TeamStore for SqlStore {
                 constraint: "team_members_last_admin".into(),
             });
         }
-        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        if !matches!(change, MemberChange::SetRole(Role::Admin)) {
+            // Admin power held through a key ends with the Admin role that made it.
+            sqlx::query(
+                "UPDATE management_keys SET revoked_at = $3 WHERE team_id = $1 AND created_by = $2 AND revoked_at IS NULL",
+            )
+            .bind(team_id.as_uuid())
+            .bind(user_id.as_uuid())
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for audit in audits {
+            insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        insert_mail(&mut tx, mail).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1135,6 +1151,15 @@ impl TeamStore for SqlStore {
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "UPDATE team_invitations SET revoked_at = $3 WHERE team_id = $1 AND email = $2 \
+             AND accepted_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(invitation.team_id.as_uuid())
+        .bind(invitation.email.as_ref())
+        .bind(invitation.created_at)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO team_invitations (id, team_id, email, role, token_hash, invited_by, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

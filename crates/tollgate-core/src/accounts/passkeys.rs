@@ -142,10 +142,9 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<(StoredPasskey, Option<Vec<RecoveryCode>>), AccountError> {
         let webauthn = self.webauthn()?;
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > 64 {
-            return Err(AccountError::InvalidPasskeyName);
-        }
+        let name = tollgate_domain::Name::parse_max(name, 64)
+            .map_err(AccountError::InvalidPasskeyName)?
+            .into_string();
         let ceremony = self
             .take_ceremony(user, CeremonyPurpose::Register, ceremony)
             .await?

@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod conformance;
 mod console;
+mod hardening;
 mod inference;
 mod keys;
 mod management;

@@ -11,6 +11,7 @@ use crate::util::{TestApp, on_both_backends};
 
 on_both_backends!(
     teams_members_and_invitations,
+    management_keys_end_with_their_creators_admin_role,
     authorization_matrix,
     verified_domains_auto_join,
     account_deletion_restore_and_purge,
@@ -118,6 +119,37 @@ impl TestApp {
     }
 }
 
+/// Invites `email` into `team_id` as `role`, then signs them up, verifies and accepts.
+async fn joined(app: &TestApp, admin: &Browser, team_id: &str, email: &str, role: &str) -> Browser {
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            &format!("/api/teams/{team_id}/members"),
+            admin,
+            Some(json!({"email": email, "role": role})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let token = app.invitation_token(&app.store().list_mail(100).await.unwrap(), email);
+    let browser = app.signed_up(email).await;
+    app.verify_email_of(email).await;
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            "/api/invitations/accept",
+            &browser,
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    browser
+}
+
+async fn user_id_of(app: &TestApp, browser: &Browser) -> String {
+    let (_, me) = app.call_json(Method::GET, "/api/me", browser, None).await;
+    me["user"]["userId"].as_str().unwrap().to_owned()
+}
+
 async fn teams_of(app: &TestApp, browser: &Browser) -> Vec<(String, String)> {
     let (_, me) = app.call_json(Method::GET, "/api/me", browser, None).await;
     me["teams"]
@@ -131,6 +163,120 @@ async fn teams_of(app: &TestApp, browser: &Browser) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// A management key carries its creator's Admin power, so it ends with it: demoting or removing
+/// the creator revokes their keys in the same change, audited, and the other Admins are told.
+/// Keys made by the operator (no creator) stay.
+async fn management_keys_end_with_their_creators_admin_role(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let ada = app.signed_up("ada@example.com").await;
+    let (_, team) = app
+        .call_json(Method::POST, "/api/teams", &ada, Some(json!({"name": "Ops"})))
+        .await;
+    let team_id = team["teamId"].as_str().unwrap().to_owned();
+    let bob = joined(&app, &ada, &team_id, "bob@example.com", "admin").await;
+    let bob_path = format!("/api/teams/{team_id}/members/{}", user_id_of(&app, &bob).await);
+    let create_key = |name: &'static str| {
+        let (app, bob, team_id) = (&app, &bob, &team_id);
+        async move {
+            let (status, key) = app
+                .call_json(
+                    Method::POST,
+                    &format!("/api/teams/{team_id}/management-keys"),
+                    bob,
+                    Some(json!({"name": name})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            key["key"].as_str().unwrap().to_owned()
+        }
+    };
+    let validates = |secret: String| {
+        let app = &app;
+        async move {
+            app.client
+                .get(app.url("/auth/management-keys/validation"))
+                .bearer_auth(secret)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let operator_key = app
+        .services()
+        .keys
+        .create_management_key(
+            team_id.parse().unwrap(),
+            "operator's",
+            tollgate_domain::Actor::System,
+            None,
+            &tollgate_domain::RequestContext::default(),
+        )
+        .await
+        .unwrap()
+        .1
+        .expose()
+        .to_owned();
+
+    // Demoted: Bob's key stops at once; the operator's stays.
+    let first = create_key("deploy").await;
+    assert_eq!(validates(first.clone()).await, StatusCode::OK);
+    let response = app
+        .call(Method::PATCH, &bob_path, &ada, Some(json!({"role": "member"})))
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(validates(first).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(validates(operator_key.clone()).await, StatusCode::OK);
+    let (_, keys) = app
+        .call_json(
+            Method::GET,
+            &format!("/api/teams/{team_id}/management-keys"),
+            &ada,
+            None,
+        )
+        .await;
+    let deploy = keys["managementKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "deploy")
+        .unwrap();
+    assert!(deploy["revokeTime"].is_string());
+    let (_, log) = app
+        .call_json(Method::GET, &format!("/api/teams/{team_id}/audit/events"), &ada, None)
+        .await;
+    assert!(log.to_string().contains("Revoked management key 'deploy'"), "{log}");
+    let notice = app
+        .store()
+        .list_mail(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.mail.subject.contains("management key 'deploy' was revoked"))
+        .unwrap();
+    assert_eq!(notice.mail.to[0].as_ref(), "ada@example.com");
+
+    // Promoted again and removed: the new key goes too.
+    let response = app
+        .call(Method::PATCH, &bob_path, &ada, Some(json!({"role": "admin"})))
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let second = create_key("ci").await;
+    assert_eq!(validates(second.clone()).await, StatusCode::OK);
+    // Promoting keeps keys: only losing the role ends them.
+    let response = app
+        .call(Method::PATCH, &bob_path, &ada, Some(json!({"role": "admin"})))
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(validates(second.clone()).await, StatusCode::OK);
+    assert_eq!(
+        app.call(Method::DELETE, &bob_path, &ada, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(validates(second).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(validates(operator_key).await, StatusCode::OK);
 }
 
 async fn teams_members_and_invitations(db: TestDb) {
@@ -170,43 +316,136 @@ async fn teams_members_and_invitations(db: TestDb) {
         (json!("Research Lab"), Value::Null)
     );
 
-    // Someone with an account is a member at once.
+    // Adding an address always invites, and the answer does not tell whether it has an
+    // account: Bob (signed up, address not verified) gets exactly what a stranger gets.
     let members = format!("{base}/members");
-    let (status, added) = app
+    let invite = |email: &'static str, role: &'static str| {
+        let (app, ada, members) = (&app, &ada, &members);
+        async move {
+            app.call_json(Method::POST, members, ada, Some(json!({"email": email, "role": role})))
+                .await
+        }
+    };
+    let (status, bob_invited) = invite("Bob@example.com", "admin").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, stranger_invited) = invite("stranger@example.com", "admin").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let shape = |v: &Value| {
+        let mut keys: Vec<String> = v["invitation"].as_object().unwrap().keys().cloned().collect();
+        keys.extend(v.as_object().unwrap().keys().cloned());
+        keys
+    };
+    assert_eq!(shape(&bob_invited), shape(&stranger_invited));
+    assert_eq!(bob_invited["invitation"]["email"], "bob@example.com");
+    assert_eq!(teams_of(&app, &bob).await.len(), 1, "not a member before accepting");
+
+    // Bob's own sign-ins are not copied into a team he has not joined.
+    let (_, log) = app
+        .call_json(Method::GET, &format!("{base}/audit/events"), &ada, None)
+        .await;
+    assert!(
+        !log.to_string().contains("bob@example.com"),
+        "an invited account's events stay out of the team's log: {log}"
+    );
+
+    // Only an account that verified the address accepts; verifying alone joins nothing.
+    let bob_token = app.invitation_token(&app.store().list_mail(100).await.unwrap(), "bob@example.com");
+    let (status, refused) = app
         .call_json(
             Method::POST,
-            &members,
-            &ada,
-            Some(json!({"email": "Bob@example.com", "role": "member"})),
+            "/api/invitations/accept",
+            &bob,
+            Some(json!({"token": bob_token})),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let bob_id = added["member"]["userId"].as_str().unwrap().to_owned();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(refused["error"].as_str().unwrap().contains("Verify your email address"));
+    app.verify_email_of("bob@example.com").await;
+    assert_eq!(teams_of(&app, &bob).await.len(), 1, "verifying does not accept");
+
+    // A second invitation to one address replaces the first: one pending, the old link dead.
+    let (status, _) = invite("bob@example.com", "member").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, pending) = app
+        .call_json(Method::GET, &format!("{base}/invitations"), &ada, None)
+        .await;
+    let for_bob: Vec<&Value> = pending["invitations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["email"] == "bob@example.com")
+        .collect();
+    assert_eq!(for_bob.len(), 1);
+    assert_eq!(for_bob[0]["role"], "member");
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            "/api/invitations/accept",
+            &bob,
+            Some(json!({"token": bob_token})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the replaced link no longer works");
+    let mail = app.store().list_mail(100).await.unwrap();
+    let newest_bob_token = mail
+        .iter()
+        .filter(|m| m.mail.to[0].as_ref() == "bob@example.com" && m.mail.subject.contains("You are invited"))
+        .map(|m| {
+            m.mail
+                .body
+                .split_once("#token=")
+                .unwrap()
+                .1
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .find(|token| *token != bob_token)
+        .unwrap();
+    let (status, joined) = app
+        .call_json(
+            Method::POST,
+            "/api/invitations/accept",
+            &bob,
+            Some(json!({"token": newest_bob_token})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(joined["name"], "Research Lab");
     assert!(
         teams_of(&app, &bob)
             .await
             .contains(&("Research Lab".into(), "member".into()))
     );
-    let (status, _) = app
-        .call_json(
-            Method::POST,
-            &members,
+    let (_, list) = app.call_json(Method::GET, &members, &ada, None).await;
+    let bob_id = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == "bob@example.com")
+        .unwrap()["userId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = invite("bob@example.com", "admin").await;
+    assert_eq!(status, StatusCode::CONFLICT, "already a member");
+    let response = app
+        .call(
+            Method::DELETE,
+            &format!(
+                "{base}/invitations/{}",
+                stranger_invited["invitation"]["invitationId"].as_str().unwrap()
+            ),
             &ada,
-            Some(json!({"email": "bob@example.com", "role": "admin"})),
+            None,
         )
         .await;
-    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
 
     // Addresses with no account are invited by mail.
     for email in ["carol@example.com", "dave@example.com", "eve@example.com"] {
-        let (status, invited) = app
-            .call_json(
-                Method::POST,
-                &members,
-                &ada,
-                Some(json!({"email": email, "role": "member"})),
-            )
-            .await;
+        let (status, invited) = invite(email, "member").await;
         assert_eq!(status, StatusCode::ACCEPTED);
         assert_eq!(invited["invitation"]["email"], email);
     }
@@ -223,6 +462,7 @@ async fn teams_members_and_invitations(db: TestDb) {
         "{}",
         invite.mail.body
     );
+    let carol_token = app.invitation_token(&mail, "carol@example.com");
     let dave_token = app.invitation_token(&mail, "dave@example.com");
     let eve_token = app.invitation_token(&mail, "eve@example.com");
     let (_, pending) = app
@@ -230,10 +470,19 @@ async fn teams_members_and_invitations(db: TestDb) {
         .await;
     assert_eq!(pending["invitations"].as_array().unwrap().len(), 3);
 
-    // Carol signs up: not a member until her address is verified; then she is, as a Member.
+    // Carol signs up and verifies: not a member until she accepts.
     let carol = app.signed_up("carol@example.com").await;
-    assert_eq!(teams_of(&app, &carol).await.len(), 1);
     app.verify_email_of("carol@example.com").await;
+    assert_eq!(teams_of(&app, &carol).await.len(), 1);
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            "/api/invitations/accept",
+            &carol,
+            Some(json!({"token": carol_token})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     assert!(
         teams_of(&app, &carol)
             .await
@@ -267,6 +516,7 @@ async fn teams_members_and_invitations(db: TestDb) {
 
     // Eve accepts by link; nobody else can use her link.
     let eve = app.signed_up("eve@example.com").await;
+    app.verify_email_of("eve@example.com").await;
     let (status, _) = app
         .call_json(
             Method::POST,
@@ -422,7 +672,6 @@ async fn teams_members_and_invitations(db: TestDb) {
     for action in [
         "CreateTeam",
         "UpdateTeam",
-        "AddTeamMember",
         "InviteTeamMember",
         "RevokeInvitation",
         "AcceptInvitation",
@@ -577,21 +826,12 @@ enum Who {
 async fn authorization_matrix(db: TestDb) {
     let app = TestApp::new(db).await;
     let admin = app.signed_up("admin@example.com").await;
-    let member = app.signed_up("member@example.com").await;
     let outsider = app.signed_up("outsider@example.com").await;
     let (_, team) = app
         .call_json(Method::POST, "/api/teams", &admin, Some(json!({"name": "Matrix"})))
         .await;
     let team_id = team["teamId"].as_str().unwrap().to_owned();
-    let (status, _) = app
-        .call_json(
-            Method::POST,
-            &format!("/api/teams/{team_id}/members"),
-            &admin,
-            Some(json!({"email": "member@example.com", "role": "member"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    let member = joined(&app, &admin, &team_id, "member@example.com", "member").await;
     let (_, management) = app
         .call_json(
             Method::POST,
@@ -956,21 +1196,13 @@ async fn verified_domains_auto_join(db: TestDb) {
 async fn account_deletion_restore_and_purge(db: TestDb) {
     let app = TestApp::new(db).await;
     let ada = app.signed_up("ada@example.com").await;
-    let bob = app.signed_up("bob@example.com").await;
     let (_, team) = app
         .call_json(Method::POST, "/api/teams", &ada, Some(json!({"name": "Shared"})))
         .await;
     let team_id = team["teamId"].as_str().unwrap().to_owned();
     let base = format!("/api/teams/{team_id}");
-    let (_, added) = app
-        .call_json(
-            Method::POST,
-            &format!("{base}/members"),
-            &ada,
-            Some(json!({"email": "bob@example.com", "role": "member"})),
-        )
-        .await;
-    let bob_id = added["member"]["userId"].as_str().unwrap().to_owned();
+    let bob = joined(&app, &ada, &team_id, "bob@example.com", "member").await;
+    let bob_id = user_id_of(&app, &bob).await;
     let (_, management) = app
         .call_json(
             Method::POST,

@@ -6,14 +6,10 @@
 //! (a dummy hash is verified when there is no account), and is throttled per account and per
 //! client address. Every action writes its audit event into each of the user's teams' logs.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use tollgate_domain::mfa::{RecoveryCode, SecretSealer, TotpSecret};
 use tollgate_domain::password::{PasswordError, check_password};
-use tollgate_domain::ratelimit::SlidingWindow;
 use tollgate_domain::{
     Actor, AuditAction, AuditEvent, Clock, Email, EmailError, Membership, RequestContext, SecretToken, Session,
     SessionId, Team, TeamId, Timestamp, TokenPurpose, User, UserId,
@@ -24,9 +20,12 @@ use tracing::instrument;
 use crate::Caller;
 
 mod passkeys;
+mod throttle;
 use crate::geo::Locator;
 use crate::notices::Notices;
+use crate::passwords::{HashingError, PasswordHashing};
 pub use passkeys::{PasskeyChallenge, relying_party};
+use throttle::Throttle;
 
 pub use tollgate_domain::password::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
 
@@ -131,6 +130,9 @@ pub enum AccountError {
     /// Deleting would leave these teams without an Admin.
     #[error("You are the only Admin of {0}: make another member Admin, or delete the team, first")]
     SoleAdmin(String),
+    /// Every password hashing worker is busy and the queue is full: try again in a moment.
+    #[error("Too many sign-ins at once; try again in a moment")]
+    Busy,
     /// Storage failed.
     #[error(transparent)]
     Store(StoreError),
@@ -142,6 +144,15 @@ pub enum AccountError {
 impl From<StoreError> for AccountError {
     fn from(error: StoreError) -> Self {
         AccountError::Store(error)
+    }
+}
+
+impl From<HashingError> for AccountError {
+    fn from(error: HashingError) -> Self {
+        match error {
+            HashingError::Busy => AccountError::Busy,
+            HashingError::Failed(error) => AccountError::Unexpected(error),
+        }
     }
 }
 
@@ -176,75 +187,18 @@ pub struct SignedIn {
     pub csrf: SecretToken,
 }
 
-/// Failed sign-ins per account and per client address, over 15 minutes.
-const THROTTLE_WINDOW_US: i64 = 15 * 60 * 1_000_000;
-const MAX_FAILURES_PER_ACCOUNT: u64 = 10;
-const MAX_FAILURES_PER_ADDRESS: u64 = 100;
-/// A session's last use is written at most this often.
-const TOUCH_EVERY: chrono::Duration = chrono::Duration::minutes(1);
-/// How recent a sign-in stands in for the password, for accounts that have none.
-pub const REAUTH_WINDOW: chrono::Duration = chrono::Duration::minutes(10);
-
-#[derive(Default)]
-struct Throttle {
-    accounts: HashMap<String, SlidingWindow>,
-    addresses: HashMap<String, SlidingWindow>,
-    /// Actions that send mail or create accounts, per key (`reset:<email>`, `signup:<ip>`, …),
-    /// over an hour: nobody can mail-bomb an address or mass-create accounts.
-    actions: HashMap<String, SlidingWindow>,
-}
-
 /// Per hour: reset links per address, verification mails per account, sign-ups per client address.
 const MAX_RESETS_PER_HOUR: u64 = 5;
 const MAX_VERIFICATIONS_PER_HOUR: u64 = 5;
 const MAX_SIGN_UPS_PER_HOUR: u64 = 20;
 /// Per hour and client address: external sign-ins begun (each stores a flow until it expires).
 pub(crate) const MAX_EXTERNAL_STARTS_PER_HOUR: u64 = 300;
-
-impl Throttle {
-    fn blocked(&mut self, email: &str, ip: Option<&str>, now: Timestamp) -> bool {
-        let over = |map: &mut HashMap<String, SlidingWindow>, key: &str, max: u64| {
-            map.get_mut(key).is_some_and(|w| w.count(now) >= max)
-        };
-        over(&mut self.accounts, email, MAX_FAILURES_PER_ACCOUNT)
-            || ip.is_some_and(|ip| over(&mut self.addresses, ip, MAX_FAILURES_PER_ADDRESS))
-    }
-
-    /// Counts one `key` action; `false` when `max` were already counted in the past hour.
-    fn allow(&mut self, key: String, max: u64, now: Timestamp) -> bool {
-        if self.actions.len() > 100_000 {
-            self.actions.clear();
-        }
-        let window = self
-            .actions
-            .entry(key)
-            .or_insert_with(|| SlidingWindow::new(60 * 60 * 1_000_000));
-        if window.count(now) >= max {
-            return false;
-        }
-        window.add(now, 1);
-        true
-    }
-
-    fn failed(&mut self, email: &str, ip: Option<&str>, now: Timestamp) {
-        if self.accounts.len() > 100_000 {
-            self.accounts.clear();
-        }
-        if self.addresses.len() > 100_000 {
-            self.addresses.clear();
-        }
-        self.accounts
-            .entry(email.to_owned())
-            .or_insert_with(|| SlidingWindow::new(THROTTLE_WINDOW_US))
-            .add(now, 1);
-        if let Some(ip) = ip {
-            self.addresses
-                .entry(ip.to_owned())
-                .or_insert_with(|| SlidingWindow::new(THROTTLE_WINDOW_US))
-                .add(now, 1);
-        }
-    }
-}
+/// How long a tripped sign-in throttle asks the client to wait.
+const THROTTLED_FOR_SECONDS: u64 = 15 * 60;
+/// A session's last use is written at most this often.
+const TOUCH_EVERY: chrono::Duration = chrono::Duration::minutes(1);
+/// How recent a sign-in stands in for the password, for accounts that have none.
+pub const REAUTH_WINDOW: chrono::Duration = chrono::Duration::minutes(10);
 
 /// Accounts service.
 #[derive(Clone)]
@@ -254,7 +208,8 @@ pub struct AccountService {
     notices: Notices,
     product: String,
     sessions: SessionSettings,
-    throttle: Arc<Mutex<Throttle>>,
+    throttle: Throttle,
+    hashing: PasswordHashing,
     /// Verified when an email has no account, so both answers take as long.
     dummy_hash: Arc<tokio::sync::OnceCell<String>>,
     /// Seals TOTP seeds at rest.
@@ -385,12 +340,20 @@ impl AccountService {
             notices,
             product: product.into(),
             sessions,
-            throttle: Arc::default(),
+            throttle: Throttle::default(),
+            hashing: PasswordHashing::for_this_machine(),
             dummy_hash: Arc::default(),
             sealer,
             locator,
             webauthn: None,
         }
+    }
+
+    /// Hashes passwords with `hashing` (tests count and hold hashes through it).
+    #[must_use]
+    pub fn with_password_hashing(mut self, hashing: PasswordHashing) -> Self {
+        self.hashing = hashing;
+        self
     }
 
     /// Turns passkeys on, with this relying party ([`relying_party`]).
@@ -414,7 +377,7 @@ impl AccountService {
         let email = Email::parse(email)?;
         let display_name = valid_display_name(display_name)?;
         check_password(password, email.as_ref(), &self.product)?;
-        let password_hash = hash_password(password.to_owned()).await?;
+        let password_hash = self.hashing.hash(password.to_owned()).await?;
         let now = self.clock.now();
         let user = User {
             id: UserId::new(),
@@ -467,7 +430,8 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<(), AccountError> {
         let Some(ip) = &context.ip else { return Ok(()) };
-        if self.throttle().allow(format!("{what}:{ip}"), max, self.clock.now()) {
+        let address = throttle::address_key(ip);
+        if self.throttle.allow(format!("{what}:{address}"), max, self.clock.now()) {
             Ok(())
         } else {
             Err(AccountError::Throttled {
@@ -521,7 +485,7 @@ impl AccountService {
 
     /// Mails a link proving the address (24 hours, single use). Also the "resend" action.
     pub async fn send_verification(&self, user: &User, context: &RequestContext) -> Result<(), AccountError> {
-        if !self.throttle().allow(
+        if !self.throttle.allow(
             format!("verify:{}", user.id),
             MAX_VERIFICATIONS_PER_HOUR,
             self.clock.now(),
@@ -611,7 +575,7 @@ impl AccountService {
         // The same answer when over the limit too: the address is not mail-bombed, and nobody
         // learns whether it has an account.
         if !self
-            .throttle()
+            .throttle
             .allow(format!("reset:{}", user.id), MAX_RESETS_PER_HOUR, self.clock.now())
         {
             tracing::warn!(user.id = %user.id, "password reset links asked too often; none sent");
@@ -654,7 +618,7 @@ impl AccountService {
             let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
             self.check_second_factor(&user, factor, context).await?;
         }
-        let password_hash = hash_password(password.to_owned()).await?;
+        let password_hash = self.hashing.hash(password.to_owned()).await?;
         let now = self.clock.now();
         let memberships = self.store.list_memberships(user.id).await?;
         let audits = user_events(
@@ -696,17 +660,13 @@ impl AccountService {
     ) -> Result<SignInOutcome, AccountError> {
         let now = self.clock.now();
         let key = email.trim().to_lowercase();
-        let ip = context.ip.as_deref();
-        if self
+        // Counted before any work, so concurrent guesses cannot all pass the check.
+        let attempt = self
             .throttle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .blocked(&key, ip, now)
-        {
-            return Err(AccountError::Throttled {
-                retry_after_seconds: 15 * 60,
-            });
-        }
+            .begin(&key, context.ip.as_deref(), now)
+            .map_err(|_| AccountError::Throttled {
+                retry_after_seconds: THROTTLED_FOR_SECONDS,
+            })?;
         let user = match Email::parse(email) {
             Ok(email) => self.store.find_user_by_email(&email).await?,
             Err(_) => None,
@@ -715,14 +675,14 @@ impl AccountService {
             Some(hash) => hash,
             None => self.dummy_hash().await?,
         };
-        let matches = verify_password(password.to_owned(), stored_hash).await?;
+        let matches = self.hashing.verify(password.to_owned(), stored_hash).await?;
         let user = match (user, matches) {
-            (Some(user), true) => user,
+            (Some(user), true) => {
+                attempt.succeeded();
+                user
+            }
             (user, _) => {
-                self.throttle
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .failed(&key, ip, now);
+                attempt.failed(now);
                 // A failed sign-in to an existing account is on its teams' record.
                 if let Some(user) = user {
                     let memberships = self.store.list_memberships(user.id).await?;
@@ -994,18 +954,12 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<&'static str, AccountError> {
         let now = self.clock.now();
-        let key = user.email.as_ref().to_owned();
-        let ip = context.ip.as_deref();
-        if self
+        let attempt = self
             .throttle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .blocked(&key, ip, now)
-        {
-            return Err(AccountError::Throttled {
-                retry_after_seconds: 15 * 60,
-            });
-        }
+            .begin(user.email.as_ref(), context.ip.as_deref(), now)
+            .map_err(|_| AccountError::Throttled {
+                retry_after_seconds: THROTTLED_FOR_SECONDS,
+            })?;
         let accepted = match factor {
             SecondFactor::Totp(code) => {
                 let state = self.store.mfa_state(user.id).await?;
@@ -1041,12 +995,12 @@ impl AccountService {
             SecondFactor::Passkey { ceremony, credential } => self.check_passkey(user, ceremony, credential).await?,
         };
         match accepted {
-            Some(how) => Ok(how),
+            Some(how) => {
+                attempt.succeeded();
+                Ok(how)
+            }
             None => {
-                self.throttle
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .failed(&key, ip, now);
+                attempt.failed(now);
                 let memberships = self.store.list_memberships(user.id).await?;
                 for event in user_events(
                     &memberships,
@@ -1086,8 +1040,9 @@ impl AccountService {
         user: &User,
         session: &Session,
         password: Option<&str>,
+        context: &RequestContext,
     ) -> Result<TotpEnrollment, AccountError> {
-        self.reauthenticate(user, session, password).await?;
+        self.reauthenticate(user, session, password, context).await?;
         if user.totp_enabled_at.is_some() {
             return Err(AccountError::MfaAlreadyEnabled);
         }
@@ -1225,9 +1180,9 @@ impl AccountService {
         new: &str,
         context: &RequestContext,
     ) -> Result<(), AccountError> {
-        self.reauthenticate(user, session, current).await?;
+        self.reauthenticate(user, session, current, context).await?;
         check_password(new, user.email.as_ref(), &self.product)?;
-        let hash = hash_password(new.to_owned()).await?;
+        let hash = self.hashing.hash(new.to_owned()).await?;
         let now = self.clock.now();
         let memberships = self.store.list_memberships(user.id).await?;
         let description = if user.password_hash.is_some() {
@@ -1459,7 +1414,7 @@ impl AccountService {
         factor: Option<&SecondFactor>,
         context: &RequestContext,
     ) -> Result<(), AccountError> {
-        self.reauthenticate(user, session, password).await?;
+        self.reauthenticate(user, session, password, context).await?;
         if user.has_second_factor() {
             let factor = factor.ok_or(AccountError::SecondFactorRequired)?;
             self.check_second_factor(user, factor, context).await?;
@@ -1470,12 +1425,42 @@ impl AccountService {
     /// Re-authentication for sensitive changes: the password; or, for an account without one (it
     /// signs in with a provider, which is where it re-authenticates), a session begun within
     /// [`REAUTH_WINDOW`].
-    async fn reauthenticate(&self, user: &User, session: &Session, password: Option<&str>) -> Result<(), AccountError> {
+    ///
+    /// A password goes through the sign-in throttle (a stolen session cannot guess it faster
+    /// than a sign-in could), and a wrong one is on the account's teams' record.
+    async fn reauthenticate(
+        &self,
+        user: &User,
+        session: &Session,
+        password: Option<&str>,
+        context: &RequestContext,
+    ) -> Result<(), AccountError> {
         match (user.password_hash.clone(), password) {
             (Some(hash), Some(password)) => {
-                if verify_password(password.to_owned(), hash).await? {
+                let now = self.clock.now();
+                let attempt = self
+                    .throttle
+                    .begin(user.email.as_ref(), context.ip.as_deref(), now)
+                    .map_err(|_| AccountError::Throttled {
+                        retry_after_seconds: THROTTLED_FOR_SECONDS,
+                    })?;
+                if self.hashing.verify(password.to_owned(), hash).await? {
+                    attempt.succeeded();
                     Ok(())
                 } else {
+                    attempt.failed(now);
+                    let memberships = self.store.list_memberships(user.id).await?;
+                    for event in user_events(
+                        &memberships,
+                        user,
+                        now,
+                        AuditAction::Reauthenticate,
+                        "Re-authentication for a sensitive change failed: wrong password",
+                        false,
+                        context,
+                    ) {
+                        self.store.insert_audit_event(&event).await?;
+                    }
                     Err(AccountError::BadCredentials)
                 }
             }
@@ -1485,14 +1470,10 @@ impl AccountService {
         }
     }
 
-    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
-        self.throttle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     async fn dummy_hash(&self) -> Result<String, AccountError> {
         let hash = self
             .dummy_hash
-            .get_or_try_init(|| hash_password("not a password: uniform timing".to_owned()))
+            .get_or_try_init(|| self.hashing.hash("not a password: uniform timing".to_owned()))
             .await?;
         Ok(hash.clone())
     }
@@ -1678,34 +1659,6 @@ impl AccountService {
             role,
         })
     }
-}
-
-/// Hashes a password with argon2id at OWASP's parameters (19 MiB, 2 passes, 1 lane), off the
-/// async runtime: it takes tens of milliseconds of CPU by design.
-async fn hash_password(password: String) -> anyhow::Result<String> {
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _entered = span.enter();
-        let params = Params::new(19 * 1024, 2, 1, None).map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?;
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        let hash = argon2
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))?;
-        Ok(hash.to_string())
-    })
-    .await?
-}
-
-/// Checks a password against its PHC hash, off the async runtime.
-async fn verify_password(password: String, hash: String) -> anyhow::Result<bool> {
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _entered = span.enter();
-        let parsed = PasswordHash::new(&hash).map_err(|e| anyhow::anyhow!("stored password hash: {e}"))?;
-        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-    })
-    .await?
 }
 
 /// A display name: trimmed, 1 to 100 characters, no control characters.

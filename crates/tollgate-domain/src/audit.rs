@@ -49,6 +49,7 @@ macro_rules! audit_actions {
 audit_actions! {
     CreateUser => "An account was created, with its Personal Team.",
     SignIn => "Someone signed in (outcome success), or failed to (outcome failure).",
+    Reauthenticate => "Someone confirming a sensitive change gave a wrong password (outcome failure).",
     SignOut => "A session was ended by signing out.",
     EndSession => "A session was ended from the session list.",
     EndOtherSessions => "Every session but the current one was ended.",

@@ -203,6 +203,11 @@ impl From<AccountError> for XaiError {
                 headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
                 XaiError::new(StatusCode::TOO_MANY_REQUESTS, error.to_string()).with_headers(headers)
             }
+            AccountError::Busy => {
+                let mut headers = HeaderMap::new();
+                headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(1));
+                XaiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_headers(headers)
+            }
             AccountError::Store(store) => store.into(),
             AccountError::Unexpected(source) => XaiError::internal(source),
         }
@@ -1102,11 +1107,12 @@ pub(crate) struct TotpEnrollmentView {
 pub(crate) async fn begin_totp(
     State(state): State<AppState>,
     signed_in: SignedInUser,
+    RequestMeta(meta): RequestMeta,
     XaiJson(body): XaiJson<PasswordAgain>,
 ) -> Result<Json<TotpEnrollmentView>, XaiError> {
     let enrollment = state
         .accounts
-        .begin_totp(&signed_in.user, &signed_in.session, body.password.as_deref())
+        .begin_totp(&signed_in.user, &signed_in.session, body.password.as_deref(), &meta)
         .await?;
     Ok(Json(TotpEnrollmentView {
         secret: enrollment.secret,

@@ -2,13 +2,239 @@
 //! beyond int64, ACL floods, invented HTTP methods. Each answer is a clear 4xx in the surface's
 //! shape, never a 500, and nothing is written.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tollgate_core::{AccountError, AccountService, PasswordHasher, PasswordHashing};
+use tollgate_domain::{Actor, RequestContext};
 use tollgate_store::testsuite::TestDb;
 
 use crate::util::{TestApp, on_both_backends};
 
-on_both_backends!(bad_names_and_limits_are_refused, acl_floods_are_refused);
+on_both_backends!(
+    bad_names_and_limits_are_refused,
+    acl_floods_are_refused,
+    concurrent_guesses_are_counted_before_hashing,
+    password_hashing_is_bounded,
+    reauthentication_is_throttled_and_audited,
+);
+
+/// A hasher that counts and can hold its work: `hash` is instant, `verify` waits while the gate
+/// is shut. Its PHC strings are `test$<password>`.
+#[derive(Default)]
+struct GatedHasher {
+    verified: AtomicUsize,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    shut: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl GatedHasher {
+    fn shut(&self) {
+        *self.shut.lock().unwrap() = true;
+    }
+
+    fn open(&self) {
+        *self.shut.lock().unwrap() = false;
+        self.opened.notify_all();
+    }
+}
+
+impl PasswordHasher for GatedHasher {
+    fn hash(&self, password: &str) -> anyhow::Result<String> {
+        Ok(format!("test${password}"))
+    }
+
+    fn verify(&self, password: &str, phc: &str) -> anyhow::Result<bool> {
+        self.verified.fetch_add(1, Ordering::SeqCst);
+        let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(running, Ordering::SeqCst);
+        let mut shut = self.shut.lock().unwrap();
+        while *shut {
+            shut = self.opened.wait(shut).unwrap();
+        }
+        drop(shut);
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(phc == format!("test${password}"))
+    }
+}
+
+const PASSWORD: &str = "a sturdy passphrase for tests";
+
+/// The accounts service over `app`'s store, hashing with `hasher` through `workers` running and
+/// `queue` waiting slots; with an account `victim@example.com`.
+async fn accounts_with(app: &TestApp, hasher: &Arc<GatedHasher>, workers: usize, queue: usize) -> AccountService {
+    let accounts = app
+        .services()
+        .accounts
+        .with_password_hashing(PasswordHashing::new(hasher.clone(), workers, queue));
+    accounts
+        .create_user(
+            "victim@example.com",
+            "Victim",
+            PASSWORD,
+            Actor::Operator,
+            &RequestContext::default(),
+        )
+        .await
+        .unwrap();
+    accounts
+}
+
+fn from(ip: &str) -> RequestContext {
+    RequestContext {
+        ip: Some(ip.to_owned()),
+        ..RequestContext::default()
+    }
+}
+
+/// 60 wrong passwords at once against one account: the throttle counts each before hashing, so
+/// at most 10 are evaluated and the rest are refused without work.
+async fn concurrent_guesses_are_counted_before_hashing(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let hasher = Arc::new(GatedHasher::default());
+    let accounts = accounts_with(&app, &hasher, 64, 64).await;
+    hasher.shut();
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let accounts = accounts.clone();
+        guesses.spawn(async move {
+            accounts
+                .sign_in(
+                    "victim@example.com",
+                    &format!("guess {i}"),
+                    &from(&format!("198.51.100.{i}")),
+                )
+                .await
+        });
+    }
+    // Those refused answer at once, while the admitted ones are held in the hasher.
+    let mut throttled = 0;
+    while throttled < 50 {
+        match guesses.join_next().await.unwrap().unwrap() {
+            Err(AccountError::Throttled { .. }) => throttled += 1,
+            other => panic!("only refusals can answer while the gate is shut: {other:?}"),
+        }
+    }
+    hasher.open();
+    while let Some(result) = guesses.join_next().await {
+        assert!(matches!(result.unwrap(), Err(AccountError::BadCredentials)));
+    }
+    assert_eq!(hasher.verified.load(Ordering::SeqCst), 10);
+    // The right password is refused too now: the lockout holds.
+    let locked = accounts
+        .sign_in("victim@example.com", PASSWORD, &from("203.0.113.1"))
+        .await;
+    assert!(matches!(locked, Err(AccountError::Throttled { .. })), "{locked:?}");
+}
+
+/// Many sign-ins at once: never more hashes running than workers, a bounded queue, and the rest
+/// refused at once as busy (a 503 with Retry-After at the edge).
+async fn password_hashing_is_bounded(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let hasher = Arc::new(GatedHasher::default());
+    let accounts = accounts_with(&app, &hasher, 2, 2).await;
+    // The dummy hash (unknown addresses) is made once, before the gate shuts.
+    let _ = accounts.sign_in("nobody@example.com", "x", &from("192.0.2.200")).await;
+    hasher.shut();
+    let mut sign_ins = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let accounts = accounts.clone();
+        sign_ins.spawn(async move {
+            accounts
+                .sign_in(&format!("user{i}@example.com"), "wrong", &from(&format!("192.0.2.{i}")))
+                .await
+        });
+    }
+    let mut busy = 0;
+    while busy < 6 {
+        match sign_ins.join_next().await.unwrap().unwrap() {
+            Err(AccountError::Busy) => busy += 1,
+            other => panic!("only refusals can answer while the gate is shut: {other:?}"),
+        }
+    }
+    hasher.open();
+    while let Some(result) = sign_ins.join_next().await {
+        assert!(matches!(result.unwrap(), Err(AccountError::BadCredentials)));
+    }
+    assert!(hasher.max_running.load(Ordering::SeqCst) <= 2);
+    assert_eq!(hasher.verified.load(Ordering::SeqCst), 1 + 4);
+}
+
+/// Confirming a sensitive change with the password goes through the sign-in throttle, and a
+/// wrong password is on the team's record.
+async fn reauthentication_is_throttled_and_audited(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let signed_up = app
+        .client
+        .post(app.url("/api/auth/sign-up"))
+        .json(&json!({"email": "ada@example.com", "password": PASSWORD, "name": "Ada"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_up.status(), StatusCode::CREATED);
+    let cookie = signed_up.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = signed_up.json::<Value>().await.unwrap()["csrfToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let totp = |password: &'static str| {
+        let (app, cookie, csrf) = (&app, &cookie, &csrf);
+        async move {
+            app.client
+                .post(app.url("/api/account/mfa/totp"))
+                .header("cookie", cookie)
+                .header("x-csrf-token", csrf)
+                .json(&json!({"password": password}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..10 {
+        assert_eq!(totp("wrong").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let refused = totp(PASSWORD).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let me: Value = app
+        .client
+        .get(app.url("/api/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let team = me["teams"][0]["teamId"].as_str().unwrap();
+    let log: Value = app
+        .client
+        .get(app.url(&format!("/api/teams/{team}/audit/events")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failures = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "Reauthenticate")
+        .count();
+    assert_eq!(failures, 10, "{log}");
+}
 
 async fn management(app: &TestApp, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
     let response = app

@@ -157,6 +157,29 @@ impl ApiKeyChanges {
     }
 }
 
+/// What reporting a leaked API key secret did ([`KeyService::block_api_key_by_secret`]).
+#[derive(Debug, Clone)]
+pub enum LeakOutcome {
+    /// The key was blocked now.
+    Blocked(ApiKey),
+    /// The key was blocked before; nothing new was written.
+    AlreadyBlocked(ApiKey),
+    /// The secret was the key's previous one, in its rotation grace: the grace ended now.
+    GraceEnded(ApiKey),
+    /// The secret opened nothing any more (rotated out, key or team deleted): recorded only.
+    AlreadyDead(ApiKey),
+}
+
+impl LeakOutcome {
+    /// The key the secret belonged to.
+    #[must_use]
+    pub fn key(&self) -> &ApiKey {
+        match self {
+            Self::Blocked(key) | Self::AlreadyBlocked(key) | Self::GraceEnded(key) | Self::AlreadyDead(key) => key,
+        }
+    }
+}
+
 /// When a change to a key is in force on every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Propagation {
@@ -737,24 +760,128 @@ impl KeyService {
         })
     }
 
-    /// Blocks the API key whose secret (current, or rotated and in grace) is `presented`: for
-    /// leaks. A key that is not ours (bad prefix or checksum, or unknown) is `Ok(None)`. A key
-    /// already blocked is returned without a second event.
+    /// Withdraws the API key secret `presented`, for leaks. A key that is not ours (bad prefix
+    /// or checksum, or unknown) is `Ok(None)`. What happens depends on what the secret still
+    /// opens:
+    /// - the key's current secret: the key is blocked (once; a second report writes nothing);
+    /// - its previous secret, still in its rotation grace: the grace ends now, and the current
+    ///   secret (which the rotation was for) works on;
+    /// - a secret that opens nothing any more (rotated out, key or team deleted): nothing
+    ///   changes, and the report is recorded in the team's log.
     pub async fn block_api_key_by_secret(
         &self,
         presented: &str,
         reason: &str,
         actor: Actor,
         context: &RequestContext,
-    ) -> Result<Option<(ApiKey, bool)>, KeyError> {
+    ) -> Result<Option<LeakOutcome>, KeyError> {
         let Ok(parsed) = ParsedKey::parse(&self.api_prefix, presented) else {
             return Ok(None);
         };
-        let Some((key, _)) = self.store.find_api_key_by_hash(&parsed.hash()).await? else {
+        let hash = parsed.hash();
+        let Some((key, matched)) = self.store.find_api_key_by_hash(&hash).await? else {
             return Ok(None);
         };
-        let newly = self.block(&key, reason, actor, context).await?;
-        Ok(Some((key, newly)))
+        if let Some(why) = self.opens_nothing(&key, matched).await? {
+            return self.record_dead(key, why, reason, actor, context).await.map(Some);
+        }
+        if matched == SecretMatch::Previous {
+            return self.end_grace(key, &hash, reason, actor, context).await.map(Some);
+        }
+        self.block(key, reason, actor, context).await.map(Some)
+    }
+
+    /// Why `key`'s secret (`matched`) opens nothing any more, if it does not.
+    async fn opens_nothing(&self, key: &ApiKey, matched: SecretMatch) -> Result<Option<&'static str>, KeyError> {
+        match self.store.get_team(key.team_id).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound) => return Ok(Some("its team was deleted")),
+            Err(other) => return Err(other.into()),
+        }
+        let in_grace = key
+            .previous_secret_expires_at
+            .is_some_and(|until| until > self.clock.now());
+        Ok(match (key.deleted_at, matched) {
+            (Some(_), _) => Some("the key was deleted"),
+            (None, SecretMatch::Previous) if !in_grace => Some("it was rotated out and its grace period is over"),
+            _ => None,
+        })
+    }
+
+    /// Records a report of a secret that opens nothing any more: nothing else changes.
+    async fn record_dead(
+        &self,
+        key: ApiKey,
+        why: &str,
+        reason: &str,
+        actor: Actor,
+        context: &RequestContext,
+    ) -> Result<LeakOutcome, KeyError> {
+        let audit = AuditEvent::success(
+            self.clock.now(),
+            Some(key.team_id),
+            actor,
+            AuditAction::ReportLeakedSecret,
+            format!(
+                "A leaked secret of API key '{}' ({}) was reported ({reason}); it opens nothing any more ({why}), so \
+                 nothing changed",
+                key.name, key.redacted
+            ),
+            Some(format!("api_key:{}", key.id)),
+            context,
+        );
+        self.store.insert_audit_event(&audit).await?;
+        Ok(LeakOutcome::AlreadyDead(key))
+    }
+
+    /// Ends the rotation grace of `key`'s previous secret `hash`, which leaked: that secret is
+    /// refused from now on, the current one works on; audited, the team's Admins told.
+    async fn end_grace(
+        &self,
+        key: ApiKey,
+        hash: &KeyHash,
+        reason: &str,
+        actor: Actor,
+        context: &RequestContext,
+    ) -> Result<LeakOutcome, KeyError> {
+        let now = self.clock.now();
+        let audit = AuditEvent::success(
+            now,
+            Some(key.team_id),
+            actor,
+            AuditAction::EndRotationGrace,
+            format!(
+                "Ended the grace period of API key '{}' ({}): its previous secret leaked ({reason}); the current \
+                 secret works on",
+                key.name, key.redacted
+            ),
+            Some(format!("api_key:{}", key.id)),
+            context,
+        );
+        let team = self.store.get_team(key.team_id).await?;
+        let admins = self.store.list_admin_emails(key.team_id).await?;
+        let mail: Vec<_> = self
+            .notices
+            .previous_secret_ended(
+                &team,
+                &key.name,
+                &key.redacted,
+                &key.id.to_string(),
+                reason,
+                now,
+                admins,
+            )
+            .into_iter()
+            .collect();
+        let ended = self
+            .store
+            .end_previous_secret(key.team_id, key.id, hash, now, &audit, &mail)
+            .await?;
+        self.evict(key.id);
+        if ended && !mail.is_empty() {
+            self.notices.queued();
+        }
+        Ok(LeakOutcome::GraceEnded(key))
     }
 
     /// Withdraws whatever key of ours `presented` is, because it leaked: an API key is blocked,
@@ -767,9 +894,10 @@ impl KeyService {
         actor: Actor,
         context: &RequestContext,
     ) -> Result<bool, KeyError> {
-        if let Some(_blocked) = self
+        if self
             .block_api_key_by_secret(presented, reason, actor.clone(), context)
             .await?
+            .is_some()
         {
             return Ok(true);
         }
@@ -783,6 +911,12 @@ impl KeyService {
             return Ok(true);
         }
         let now = self.clock.now();
+        match self.store.get_team(key.team_id).await {
+            // A deleted team's management keys were revoked with it.
+            Err(StoreError::NotFound) => return Ok(true),
+            Err(other) => return Err(other.into()),
+            Ok(_) => {}
+        }
         let mail = self
             .withdrawal_notice(
                 key.team_id,
@@ -842,7 +976,8 @@ impl KeyService {
             .collect())
     }
 
-    /// Blocks key `id` of `team_id` (the operator's command). `KeyNotFound` if there is none.
+    /// Blocks key `id` of `team_id` (the operator's command). `KeyNotFound` if there never was
+    /// one; a deleted key, or one of a deleted team, is already withdrawn (recorded only).
     pub async fn block_api_key(
         &self,
         team_id: tollgate_domain::TeamId,
@@ -850,23 +985,25 @@ impl KeyService {
         reason: &str,
         actor: Actor,
         context: &RequestContext,
-    ) -> Result<(ApiKey, bool), KeyError> {
+    ) -> Result<LeakOutcome, KeyError> {
         let key = self
             .store
-            .find_api_key(team_id, id)
+            .find_api_key_any_state(team_id, id)
             .await?
             .ok_or(KeyError::KeyNotFound)?;
-        let newly = self.block(&key, reason, actor, context).await?;
-        Ok((key, newly))
+        if let Some(why) = self.opens_nothing(&key, SecretMatch::Current).await? {
+            return self.record_dead(key, why, reason, actor, context).await;
+        }
+        self.block(key, reason, actor, context).await
     }
 
     async fn block(
         &self,
-        key: &ApiKey,
+        key: ApiKey,
         reason: &str,
         actor: Actor,
         context: &RequestContext,
-    ) -> Result<bool, KeyError> {
+    ) -> Result<LeakOutcome, KeyError> {
         let now = self.clock.now();
         let audit = AuditEvent::success(
             now,
@@ -895,7 +1032,11 @@ impl KeyService {
         if newly && !mail.is_empty() {
             self.notices.queued();
         }
-        Ok(newly)
+        Ok(if newly {
+            LeakOutcome::Blocked(key)
+        } else {
+            LeakOutcome::AlreadyBlocked(key)
+        })
     }
 
     /// The team's management keys (operator), audited as `ListManagementKeys`.

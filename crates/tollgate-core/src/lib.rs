@@ -25,7 +25,7 @@ pub use audit::{AuditError, AuditExport, AuditFilter, AuditPage, AuditService, C
 pub use caller::Caller;
 pub use federation::{ExternalIdentity, Federated, Federation, FederationError, IdentityProvider, ProviderError};
 pub use housekeeping::Housekeeping;
-pub use keys::{ApiKeyChanges, AuthError, KeyError, KeyService, NewApiKey, Propagation};
+pub use keys::{ApiKeyChanges, AuthError, KeyError, KeyService, LeakOutcome, NewApiKey, Propagation};
 pub use mail::{MailDispatcher, MailError, MailWaker, Mailer, SmtpMailer};
 pub use notices::Notices;
 pub use passwords::{Argon2id, HashingError, PasswordHasher, PasswordHashing};

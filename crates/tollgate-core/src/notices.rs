@@ -328,6 +328,45 @@ impl Notices {
     }
 }
 
+impl Notices {
+    /// "Your rotated key's old secret leaked; it no longer works", to the team's Admins. `None`
+    /// when there is nobody to tell.
+    #[must_use]
+    #[expect(clippy::too_many_arguments, reason = "one notice, each part of its text")]
+    pub fn previous_secret_ended(
+        &self,
+        team: &Team,
+        name: &str,
+        redacted: &str,
+        id: &str,
+        reason: &str,
+        at: Timestamp,
+        to: Vec<Email>,
+    ) -> Option<OutboundMail> {
+        if to.is_empty() {
+            return None;
+        }
+        let product = &self.product;
+        Some(OutboundMail {
+            id: MailId::new(),
+            to,
+            subject: format!("[{product}] The previous secret of API key '{name}' was refused"),
+            body: format!(
+                "The API key '{name}' ({redacted}, id {id}) of your team \"{team}\" was rotated, and its previous \
+                 secret, still accepted during the rotation's grace period, was reported leaked on {when} UTC.\n\n\
+                 Why: {reason}\n\n\
+                 The previous secret is refused from now on. The key's current secret is not affected and works on: \
+                 make sure everything that used the old secret has the new one.\n\n\
+                 You receive this because you are an Admin of the team.\n\
+                 -- {product}\n",
+                team = team.name,
+                when = at.format("%Y-%m-%d %H:%M:%S"),
+            ),
+            created_at: at,
+        })
+    }
+}
+
 /// Which kind of key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {

@@ -78,6 +78,17 @@ const REFETCH_EVERY: chrono::Duration = chrono::Duration::minutes(1);
 struct KeyCache {
     keys: HashMap<String, VerifyingKey>,
     fetched_at: Option<Timestamp>,
+    /// Fetches failed in a row since the last success, and the last failure's time and error:
+    /// no fetch is tried again before the back-off ([`retry_after`]) has passed.
+    failures: u32,
+    failed: Option<(Timestamp, String)>,
+}
+
+/// How long after `failures` failed fetches in a row the next may be tried: 1 minute, doubling
+/// up to an hour. Unsigned callers must not be able to make us fetch at will.
+fn retry_after(failures: u32) -> chrono::Duration {
+    let minutes = 1_i64 << failures.saturating_sub(1).min(6);
+    chrono::Duration::minutes(minutes.min(60))
 }
 
 /// The secret scanning endpoint's logic.
@@ -100,6 +111,8 @@ impl SecretScanning {
             cache: Arc::new(RwLock::new(KeyCache {
                 keys: HashMap::new(),
                 fetched_at: None,
+                failures: 0,
+                failed: None,
             })),
             refetch: Arc::default(),
         }
@@ -124,16 +137,28 @@ impl SecretScanning {
             return Ok(key);
         }
         let now = self.clock.now();
-        let recently = self
-            .cache
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .fetched_at
-            .is_some_and(|at| now - at < REFETCH_EVERY && now >= at);
-        if recently {
-            return Err(ScanError::BadSignature);
+        {
+            let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, error)) = &cache.failed
+                && now >= *at
+                && now - *at < retry_after(cache.failures)
+            {
+                return Err(ScanError::KeysUnavailable(error.clone()));
+            }
+            if cache.fetched_at.is_some_and(|at| now - at < REFETCH_EVERY && now >= at) {
+                return Err(ScanError::BadSignature);
+            }
         }
-        let fetched = self.source.fetch().await.map_err(ScanError::KeysUnavailable)?;
+        let fetched = match self.source.fetch().await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                cache.failures = cache.failures.saturating_add(1);
+                cache.failed = Some((now, error.clone()));
+                tracing::warn!(failures = cache.failures, %error, "GitHub's signing keys cannot be fetched; backing off");
+                return Err(ScanError::KeysUnavailable(error));
+            }
+        };
         let mut keys = HashMap::new();
         for (key_id, pem) in fetched {
             match VerifyingKey::from_public_key_pem(&pem) {
@@ -146,6 +171,8 @@ impl SecretScanning {
         let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         cache.keys = keys;
         cache.fetched_at = Some(now);
+        cache.failures = 0;
+        cache.failed = None;
         cache.keys.get(id).copied().ok_or(ScanError::BadSignature)
     }
 
@@ -168,6 +195,7 @@ impl SecretScanning {
 
         let matches: Vec<Match> = serde_json::from_slice(body).map_err(|e| ScanError::InvalidBody(e.to_string()))?;
         let mut feedback = Vec::with_capacity(matches.len());
+        let mut first_failure = None;
         for found in matches {
             let place = match (found.source.as_str(), found.url.as_str()) {
                 ("", "") => "GitHub secret scanning found it in public code".to_owned(),
@@ -175,10 +203,21 @@ impl SecretScanning {
                 ("", url) => format!("GitHub secret scanning found it at {url}"),
                 (source, url) => format!("GitHub secret scanning found it at {url} ({source})"),
             };
-            let ours = self
+            // Each token on its own: one that cannot be handled now does not keep the others
+            // from being withdrawn. GitHub retries the whole report on a 5xx, and withdrawing
+            // is idempotent, so the ones done now are not done twice.
+            let ours = match self
                 .keys
                 .withdraw_leaked_secret(&found.token, &place, Actor::System, context)
-                .await?;
+                .await
+            {
+                Ok(ours) => ours,
+                Err(error) => {
+                    tracing::error!(%error, "a reported token could not be withdrawn; the others are handled");
+                    first_failure.get_or_insert(error);
+                    continue;
+                }
+            };
             feedback.push(Feedback {
                 token_hash: hex::encode(Sha256::digest(found.token.as_bytes())),
                 token_type: found.token_type,
@@ -187,7 +226,10 @@ impl SecretScanning {
         }
         let hits = feedback.iter().filter(|f| f.label == "true_positive").count();
         tracing::info!(matches = feedback.len(), ours = hits, "secret scanning report handled");
-        Ok(feedback)
+        match first_failure {
+            Some(error) => Err(error.into()),
+            None => Ok(feedback),
+        }
     }
 }
 
@@ -201,6 +243,12 @@ mod tests {
     const SAMPLE_SIGNATURE: &str =
         "MEQCIQDaMKqrGnE27S0kgMrEK0eYBmyG0LeZismAEz/BgZyt7AIfXt9fErtRS4XaeSt/AO1RtBY66YcAdjxji410VQV4xg==";
     const SAMPLE_KEY: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEYAGMWO8XgCamYKMJS6jc/qgvSlAd\nAjPuDPRcXU22YxgBrz+zoN19MzuRyW87qEt9/AmtoNP5GrobzUvQSyJFVw==\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn failed_fetches_back_off_up_to_an_hour() {
+        let minutes: Vec<i64> = (1..=9).map(|n| retry_after(n).num_minutes()).collect();
+        assert_eq!(minutes, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    }
 
     #[test]
     fn githubs_published_sample_verifies_and_a_changed_byte_does_not() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tollgate_core::LeakOutcome;
 use tollgate_domain::{Actor, Clock, RequestContext, SystemClock, TeamId};
 use tollgate_server::{Config, telemetry};
 
@@ -244,8 +245,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             store.close().await;
             match result.context("cannot block the key")? {
-                Some((key, true)) => println!("blocked API key {} ({}) of team {}", key.id, key.redacted, key.team_id),
-                Some((key, false)) => println!("API key {} ({}) was already blocked", key.id, key.redacted),
+                Some(LeakOutcome::Blocked(key)) => {
+                    println!("blocked API key {} ({}) of team {}", key.id, key.redacted, key.team_id);
+                }
+                Some(LeakOutcome::AlreadyBlocked(key)) => {
+                    println!("API key {} ({}) was already blocked", key.id, key.redacted);
+                }
+                Some(LeakOutcome::GraceEnded(key)) => println!(
+                    "that was the previous secret of API key {} ({}), still in its rotation grace: the grace ended, \
+                     the current secret works on",
+                    key.id, key.redacted
+                ),
+                Some(LeakOutcome::AlreadyDead(key)) => println!(
+                    "that secret of API key {} ({}) opens nothing any more (rotated out, or the key or its team \
+                     deleted): nothing to block; the report is on the team's record",
+                    key.id, key.redacted
+                ),
                 None => anyhow::bail!("that is not an API key of this Tollgate"),
             }
             Ok(())

@@ -349,6 +349,8 @@ pub trait KeyStore: Send + Sync {
     async fn find_api_key_by_hash(&self, hash: &KeyHash) -> Result<Option<(ApiKey, SecretMatch)>, StoreError>;
     /// The team's API key with this id, unless deleted.
     async fn find_api_key(&self, team_id: TeamId, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError>;
+    /// The team's API key with this id, deleted or not (the operator's block of a dead key).
+    async fn find_api_key_any_state(&self, team_id: TeamId, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError>;
     /// A page of the team's API keys (deleted ones left out) in id (creation) order, after `after`.
     async fn list_api_keys(
         &self,
@@ -376,6 +378,18 @@ pub trait KeyStore: Send + Sync {
         team_id: TeamId,
         id: ApiKeyId,
         reason: &str,
+        at: Timestamp,
+        audit: &AuditEvent,
+        mail: &[OutboundMail],
+    ) -> Result<bool, StoreError>;
+    /// Ends the rotation grace of key `id` whose previous secret is `previous_hash` (it leaked):
+    /// that secret is refused from now on, with `mail` queued in the same transaction. Returns
+    /// `false`, writing nothing, when that secret is no longer the key's previous one.
+    async fn end_previous_secret(
+        &self,
+        team_id: TeamId,
+        id: ApiKeyId,
+        previous_hash: &KeyHash,
         at: Timestamp,
         audit: &AuditEvent,
         mail: &[OutboundMail],

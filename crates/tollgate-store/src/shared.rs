@@ -1414,6 +1414,17 @@ impl KeyStore for SqlStore {
         Ok(Some((api_key_from_row(&row)?, matched)))
     }
 
+    async fn find_api_key_any_state(&self, team_id: TeamId, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError> {
+        sqlx::query(&format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE team_id = $1 AND id = $2"))
+            .bind(team_id.as_uuid())
+            .bind(id.as_uuid())
+            .fetch_optional(&self.read)
+            .await?
+            .as_ref()
+            .map(api_key_from_row)
+            .transpose()
+    }
+
     async fn find_api_key(&self, team_id: TeamId, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError> {
         sqlx::query(&format!(
             "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE team_id = $1 AND id = $2 AND deleted_at IS NULL"
@@ -1540,6 +1551,35 @@ impl KeyStore for SqlStore {
         .await?;
         if result.rows_affected() == 0 {
             // Already blocked (or not this team's): nothing to record.
+            return Ok(false);
+        }
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        insert_mail(&mut tx, mail).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn end_previous_secret(
+        &self,
+        team_id: TeamId,
+        id: ApiKeyId,
+        previous_hash: &KeyHash,
+        at: Timestamp,
+        audit: &AuditEvent,
+        mail: &[OutboundMail],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = sqlx::query(
+            "UPDATE api_keys SET previous_key_hash = NULL, previous_key_expires_at = NULL, modified_at = $4 \
+             WHERE team_id = $1 AND id = $2 AND previous_key_hash = $3",
+        )
+        .bind(team_id.as_uuid())
+        .bind(id.as_uuid())
+        .bind(&previous_hash.as_bytes()[..])
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        if result.rows_affected() == 0 {
             return Ok(false);
         }
         insert_audit(&mut tx, &self.audit_key, audit).await?;

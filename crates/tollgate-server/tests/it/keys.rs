@@ -5,6 +5,7 @@
 use chrono::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tollgate_core::LeakOutcome;
 use tollgate_store::testsuite::TestDb;
 
 use crate::util::{MODEL, TestApp, assert_xai_error, on_both_backends, user_message};
@@ -19,6 +20,7 @@ on_both_backends!(
     token_limit_engages_once_exceeded,
     acl_names_are_listed_and_checked,
     blocked_keys_stay_blocked,
+    leaked_secrets_withdraw_only_what_they_open,
     last_use_is_recorded_without_a_write_per_request,
 );
 
@@ -542,6 +544,117 @@ fn tollgate_cli(app: &TestApp, args: &[&str], stdin: Option<&str>) -> std::proce
     }
     drop(input);
     child.wait_with_output().unwrap()
+}
+
+/// A leaked secret withdraws what it opens, and only that: a rotated key's previous secret still
+/// in its grace loses the grace (the current secret works on); one past its grace, or of a
+/// deleted key or team, opens nothing, so nothing changes, and the report is recorded.
+async fn leaked_secrets_withdraw_only_what_they_open(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let (id, first) = app.key_with(json!({})).await;
+    let rotate = |grace: &'static str| {
+        let (app, id) = (&app, &id);
+        async move {
+            let rotated: Value = app
+                .manage(
+                    reqwest::Method::POST,
+                    &format!("/auth/api-keys/{id}/rotate"),
+                    Some(json!({"gracePeriod": grace})),
+                )
+                .await
+                .json()
+                .await
+                .unwrap();
+            rotated["apiKey"].as_str().unwrap().to_owned()
+        }
+    };
+    // The service the webhook and the command line call, on the test's clock (the command line
+    // runs on the wall clock; it is used below where time does not matter).
+    let services = app.services();
+    let report = |secret: String| {
+        let services = &services;
+        async move {
+            services
+                .keys
+                .block_api_key_by_secret(
+                    &secret,
+                    "in a gist",
+                    tollgate_domain::Actor::Operator,
+                    &Default::default(),
+                )
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+
+    // In its grace: the old secret stops, the new one works on.
+    let second = rotate("600s").await;
+    assert_eq!(app.hello_status(&first).await, StatusCode::OK);
+    assert!(matches!(report(first.clone()).await, LeakOutcome::GraceEnded(_)));
+    // (Reported through another service instance, as another node: in force within a second.)
+    app.clock.advance(Duration::seconds(1));
+    assert_xai_error(
+        app.hello(&first).await,
+        StatusCode::BAD_REQUEST,
+        INVALID,
+        "Incorrect API key provided",
+    )
+    .await;
+    assert_eq!(app.hello_status(&second).await, StatusCode::OK);
+    let notice = app
+        .store()
+        .list_mail(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.mail.subject.contains("previous secret of API key 'app'"))
+        .unwrap();
+    assert!(
+        notice.mail.body.contains("current secret is not affected"),
+        "{}",
+        notice.mail.body
+    );
+
+    // Past its grace: nothing to block; the live key is untouched and can still be rotated.
+    let third = rotate("60s").await;
+    app.clock.advance(Duration::minutes(2));
+    assert!(matches!(report(second.clone()).await, LeakOutcome::AlreadyDead(_)));
+    app.clock.advance(Duration::seconds(1));
+    assert_eq!(app.hello_status(&third).await, StatusCode::OK);
+    let fourth = rotate("0s").await;
+    assert_eq!(app.hello_status(&fourth).await, StatusCode::OK);
+
+    // A key whose team was deleted: by secret or by id, already withdrawn, not an error.
+    let (team, doomed_id, doomed) = app.key_of_a_deleted_team().await;
+    let output = tollgate_cli(
+        &app,
+        &["api-key", "block", "--reason", "in a gist"],
+        Some(&format!("{doomed}\n")),
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("opens nothing any more"));
+    let team = team.to_string();
+    let by_id = ["api-key", "block", "--team", &team, "--id", &doomed_id, "--reason", "x"];
+    let output = tollgate_cli(&app, &by_id, None);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // Each report is on the record.
+    let events = app
+        .get_json(
+            &format!("/audit/teams/{}/events?pageSize=50", app.team.id),
+            &app.management_key,
+        )
+        .await;
+    let actions: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"EndRotationGrace"), "{actions:?}");
+    assert!(actions.contains(&"ReportLeakedSecret"), "{actions:?}");
+    assert!(!actions.contains(&"BlockApiKey"), "{actions:?}");
 }
 
 async fn blocked_keys_stay_blocked(db: TestDb) {

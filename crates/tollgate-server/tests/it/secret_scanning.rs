@@ -24,6 +24,8 @@ on_both_backends!(
     unsigned_or_forged_reports_change_nothing,
     githubs_sample_request_is_accepted,
     mail_is_retried_until_the_server_answers,
+    each_reported_token_is_handled_on_its_own,
+    failed_key_fetches_back_off,
 );
 
 const GITHUB_SAMPLE_ID: &str = "bcb53661c06b4728e59d897fb6165d5c9cda0fd9cdf9d09ead458168deb7518c";
@@ -39,12 +41,16 @@ const GITHUB_SAMPLE_SIGNATURE: &str =
 struct KeysEndpoint {
     keys: Arc<Mutex<Vec<(String, String)>>>,
     fetches: Arc<Mutex<usize>>,
+    failing: Arc<Mutex<bool>>,
 }
 
 impl KeysEndpoint {
     async fn start(&self) -> String {
-        async fn serve(State(endpoint): State<KeysEndpoint>) -> Json<Value> {
+        async fn serve(State(endpoint): State<KeysEndpoint>) -> Result<Json<Value>, StatusCode> {
             *endpoint.fetches.lock().unwrap() += 1;
+            if *endpoint.failing.lock().unwrap() {
+                return Err(StatusCode::BAD_GATEWAY);
+            }
             let keys: Vec<Value> = endpoint
                 .keys
                 .lock()
@@ -52,7 +58,7 @@ impl KeysEndpoint {
                 .iter()
                 .map(|(id, pem)| json!({"key_identifier": id, "key": pem, "is_current": true}))
                 .collect();
-            Json(json!({"public_keys": keys}))
+            Ok(Json(json!({"public_keys": keys})))
         }
         let router = axum::Router::new()
             .route("/meta/public_keys/secret_scanning", axum::routing::get(serve))
@@ -65,6 +71,10 @@ impl KeysEndpoint {
 
     fn publish(&self, id: &str, pem: &str) {
         self.keys.lock().unwrap().push((id.to_owned(), pem.to_owned()));
+    }
+
+    fn fail(&self, failing: bool) {
+        *self.failing.lock().unwrap() = failing;
     }
 
     fn fetches(&self) -> usize {
@@ -369,5 +379,65 @@ async fn mail_is_retried_until_the_server_answers(db: TestDb) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(sent.map(|m| m.attempts), Some(2));
+    app.finish().await;
+}
+
+/// A report naming a token that opens nothing any more (its team was deleted) next to a live
+/// one: each is handled on its own, and the live one is blocked.
+async fn each_reported_token_is_handled_on_its_own(db: TestDb) {
+    let Some(Setup { app, endpoint, .. }) = setup(db, false).await else {
+        return;
+    };
+    let github = signing_key(&endpoint, "key-1");
+    let (_, _, doomed) = app.key_of_a_deleted_team().await;
+    let live = app.api_key().await;
+    let body = json!([
+        {"token": doomed, "type": "tollgate_api_key", "url": "", "source": "commit"},
+        {"token": live, "type": "tollgate_api_key", "url": "", "source": "commit"},
+    ])
+    .to_string();
+    let response = app.report(Some("key-1"), Some(&sign(&github, &body)), &body).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let labels: Vec<Value> = response
+        .json::<Value>()
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["label"].clone())
+        .collect();
+    assert_eq!(labels, [json!("true_positive"), json!("true_positive")]);
+    assert_eq!(app.hello_status(&live).await, StatusCode::FORBIDDEN);
+    app.finish().await;
+}
+
+/// GitHub's keys endpoint failing: the failure is remembered, so unsigned callers cannot make
+/// the server fetch at will; the next try waits 1 minute, then 2, 4, … up to an hour.
+async fn failed_key_fetches_back_off(db: TestDb) {
+    let Some(Setup { app, endpoint, .. }) = setup(db, false).await else {
+        return;
+    };
+    let github = signing_key(&endpoint, "key-1");
+    let body = "[]";
+    let signature = sign(&github, body);
+    endpoint.fail(true);
+    let attempt = || app.report(Some("key-1"), Some(&signature), body);
+    assert_eq!(attempt().await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(endpoint.fetches(), 1);
+    for _ in 0..5 {
+        assert_eq!(attempt().await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(endpoint.fetches(), 1, "no fetch within the back-off");
+    app.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(attempt().await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(endpoint.fetches(), 2);
+    app.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(attempt().await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(endpoint.fetches(), 2, "the second failure waits two minutes");
+    endpoint.fail(false);
+    app.clock.advance(chrono::Duration::seconds(60));
+    assert_eq!(attempt().await.status(), StatusCode::OK);
+    assert_eq!(endpoint.fetches(), 3);
     app.finish().await;
 }

@@ -174,6 +174,42 @@ impl TestApp {
         (team, plain.expose().to_owned())
     }
 
+    /// An API key (allowed everything) of a team the owner created and then deleted; returns
+    /// (team id, key id, secret).
+    pub async fn key_of_a_deleted_team(&self) -> (tollgate_domain::TeamId, String, String) {
+        let services = self.services();
+        let owner = self
+            .store()
+            .find_user_by_email(&tollgate_domain::Email::parse("owner@example.com").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let context = RequestContext::default();
+        let team = services
+            .teams
+            .create_team(&owner, "Doomed", None, &context)
+            .await
+            .unwrap();
+        let caller = tollgate_core::Caller::Member {
+            user_id: owner.id,
+            email: owner.email.clone(),
+            team_id: team.id,
+            role: tollgate_domain::Role::Admin,
+        };
+        let new = tollgate_core::NewApiKey {
+            name: "doomed".into(),
+            acls: vec!["api-key:endpoint:*".into(), "api-key:model:*".into()],
+            ..Default::default()
+        };
+        let (key, plain) = services
+            .keys
+            .create_api_key(&caller, team.id, new, &context)
+            .await
+            .unwrap();
+        services.teams.delete_team(&caller, "Doomed", &context).await.unwrap();
+        (team.id, key.id.to_string(), plain.expose().to_owned())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -108,20 +108,33 @@ pub fn estimate_prompt_tokens(request: &crate::wire::ChatCompletionRequest) -> u
     chars.div_ceil(4)
 }
 
-/// A rough completion token count of a non-streaming answer, for when the upstream reports none.
+/// A rough completion token count of a non-streaming answer, for when the upstream reports none:
+/// every generated text of every choice ([`generated_chars`]).
 #[must_use]
 pub fn estimate_completion_tokens(answer: &Value) -> u64 {
     let chars: u64 = answer["choices"]
         .as_array()
-        .map(|choices| {
-            choices
-                .iter()
-                .filter_map(|choice| choice["message"]["content"].as_str())
-                .map(|text| text.chars().count() as u64)
-                .sum()
-        })
+        .map(|choices| choices.iter().map(|choice| generated_chars(&choice["message"])).sum())
         .unwrap_or(0);
     chars.div_ceil(4)
+}
+
+/// The characters a model generated in one message (an answer's `message`, or a stream chunk's
+/// `delta`): its content, refusal and reasoning, and the names and arguments of the tools it
+/// called (`tool_calls`, or the legacy `function_call`). All of it is output the model was paid
+/// to produce, so none of it may be left out of an estimate.
+#[must_use]
+pub fn generated_chars(message: &Value) -> u64 {
+    let text = |value: &Value| value.as_str().map_or(0, |text| text.chars().count() as u64);
+    let call = |function: &Value| text(&function["name"]) + text(&function["arguments"]);
+    let mut chars = ["content", "refusal", "reasoning_content", "reasoning"]
+        .iter()
+        .map(|field| text(&message[*field]))
+        .sum::<u64>();
+    if let Some(calls) = message["tool_calls"].as_array() {
+        chars += calls.iter().map(|tool_call| call(&tool_call["function"])).sum::<u64>();
+    }
+    chars + call(&message["function_call"])
 }
 
 #[cfg(test)]
@@ -156,6 +169,24 @@ mod tests {
         .unwrap();
         assert_eq!(usage.completion_tokens, 530);
         assert_eq!(usage.total_tokens(), 800);
+    }
+
+    #[test]
+    fn every_generated_text_is_counted() {
+        let message = json!({
+            "content": "abcd",
+            "reasoning_content": "efgh",
+            "tool_calls": [
+                {"function": {"name": "lookup", "arguments": "{\"q\":1}"}},
+                {"function": {"name": "x", "arguments": ""}},
+            ],
+            "function_call": {"name": "ab", "arguments": "cd"},
+        });
+        assert_eq!(generated_chars(&message), 4 + 4 + 6 + 7 + 1 + 2 + 2);
+        let answer = json!({"choices": [{"message": {"content": null, "tool_calls": [
+            {"function": {"name": "lookup", "arguments": "x".repeat(40_000)}}]}}]});
+        assert_eq!(estimate_completion_tokens(&answer), (40_000 + 6_u64).div_ceil(4));
+        assert_eq!(generated_chars(&json!({})), 0);
     }
 
     #[test]

@@ -2019,7 +2019,7 @@ pub(crate) async fn team_rotate_api_key(
     TeamMember(caller): TeamMember,
     Path(params): Path<std::collections::HashMap<String, String>>,
     RequestMeta(meta): RequestMeta,
-    body: axum::body::Bytes,
+    crate::extract::XaiBytes(body): crate::extract::XaiBytes,
 ) -> Result<Json<ApiKeyView>, XaiError> {
     let grace = crate::management::grace_from_body(&body)?;
     let (key, plain) = state

@@ -1,6 +1,6 @@
 //! Extractors. A handler's signature states what it needs: `ApiKeyAuth` (an inference key,
 //! `/v1` only), `ManagementAuth` (a management key, management API only), `XaiJson<T>` (a JSON
-//! body whose every rejection is answered in xAI's shape), `RequestMeta` (where the request
+//! body whose every rejection is answered in xAI's shape), `XaiBytes` (a raw body, likewise), `RequestMeta` (where the request
 //! came from, for audit events).
 
 use std::net::SocketAddr;
@@ -156,6 +156,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for XaiJson<T> {
         match axum::Json::<T>::from_request(request, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(&rejection)),
+        }
+    }
+}
+
+/// A raw body (a signed webhook, an optional JSON body read by hand) whose rejections, a body
+/// over the size limit above all, are answered in xAI's shape like every other error.
+pub struct XaiBytes(pub bytes::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for XaiBytes {
+    type Rejection = XaiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, XaiError> {
+        match bytes::Bytes::from_request(request, state).await {
+            Ok(body) => Ok(Self(body)),
+            Err(rejection) => Err(XaiError::new(rejection.status(), rejection.body_text())),
         }
     }
 }

@@ -509,7 +509,7 @@ pub(crate) async fn rotate_api_key(
     ManagementCaller(caller): ManagementCaller,
     Path(id): Path<String>,
     RequestMeta(meta): RequestMeta,
-    body: axum::body::Bytes,
+    crate::extract::XaiBytes(body): crate::extract::XaiBytes,
 ) -> Result<Json<ApiKeyView>, XaiError> {
     let id = parse_key_id(&id)?;
     let grace = grace_from_body(&body)?;

@@ -173,25 +173,33 @@ pub(crate) async fn create_chat_completion(
         return Ok(response);
     }
 
-    let mut answer = route
-        .upstream
-        .chat(&body)
+    // The upstream call and the settle run in a task of their own: a client that hangs up
+    // drops this handler, but what the upstream produced is still charged.
+    let settled = tokio::spawn(async move {
+        let mut answer = route
+            .upstream
+            .chat(&body)
+            .await
+            .map_err(|e| upstream_failed(&state, &route, e))?;
+        let (usage, estimated) = match parse_usage(&answer["usage"]) {
+            Some(usage) => (usage, false),
+            None => (
+                TokenUsage {
+                    prompt_tokens: prompt_estimate,
+                    completion_tokens: estimate_completion_tokens(&answer),
+                    ..TokenUsage::default()
+                },
+                true,
+            ),
+        };
+        let cost = billing.settle(usage, estimated).await?;
+        answer["model"] = Value::String(route.name.clone());
+        answer["usage"] = usage_json(&usage, cost);
+        Ok::<_, XaiError>(answer)
+    });
+    let answer = settled
         .await
-        .map_err(|e| upstream_failed(&state, &route, e))?;
-    let (usage, estimated) = match parse_usage(&answer["usage"]) {
-        Some(usage) => (usage, false),
-        None => (
-            TokenUsage {
-                prompt_tokens: prompt_estimate,
-                completion_tokens: estimate_completion_tokens(&answer),
-                ..TokenUsage::default()
-            },
-            true,
-        ),
-    };
-    let cost = billing.settle(usage, estimated).await?;
-    answer["model"] = Value::String(route.name.clone());
-    answer["usage"] = usage_json(&usage, cost);
+        .map_err(|e| XaiError::internal(anyhow::anyhow!("the request's task failed: {e}")))??;
     Ok((rate_headers, Json(answer)).into_response())
 }
 
@@ -383,11 +391,7 @@ fn rewrite_chunk(
     };
     if let Some(choices) = chunk["choices"].as_array() {
         for choice in choices {
-            for field in ["content", "reasoning_content"] {
-                if let Some(text) = choice["delta"][field].as_str() {
-                    *completion_chars += text.chars().count() as u64;
-                }
-            }
+            *completion_chars += tollgate_gateway::usage::generated_chars(&choice["delta"]);
         }
     }
     if chunk.is_object() {

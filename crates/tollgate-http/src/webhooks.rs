@@ -5,7 +5,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use bytes::Bytes;
 use tollgate_core::{Feedback, ScanError};
 
 use crate::AppState;
@@ -74,7 +73,7 @@ pub(crate) async fn github_secret_scanning(
     State(state): State<AppState>,
     RequestMeta(meta): RequestMeta,
     headers: HeaderMap,
-    body: Bytes,
+    crate::extract::XaiBytes(body): crate::extract::XaiBytes,
 ) -> Result<Json<Vec<FeedbackView>>, XaiError> {
     let feedback = state
         .secret_scanning

@@ -37,6 +37,9 @@ struct MockState {
     cut_streams: AtomicBool,
     requests: Mutex<Vec<Value>>,
     gate: Mutex<Option<Arc<Notify>>>,
+    answer_gate: Mutex<Option<Arc<Notify>>>,
+    answered: Notify,
+    tool_call_arguments: Mutex<Option<String>>,
 }
 
 /// A running mock upstream. Stops when dropped.
@@ -105,6 +108,28 @@ impl MockUpstream {
         notify
     }
 
+    /// Holds the next non-streaming answer until the returned `Notify` is notified.
+    pub fn hold_answers(&self) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        *self.state.answer_gate.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&notify));
+        notify
+    }
+
+    /// Resolves when the mock has sent its next non-streaming answer.
+    pub async fn answered(&self) {
+        self.state.answered.notified().await;
+    }
+
+    /// From now on, answer with a call of the tool `lookup` with these arguments (after the
+    /// words, when streaming), or, with `None`, with words only.
+    pub fn call_tool_with(&self, arguments: Option<String>) {
+        *self
+            .state
+            .tool_call_arguments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = arguments;
+    }
+
     /// Every request body received so far.
     pub fn requests(&self) -> Vec<Value> {
         self.state
@@ -145,18 +170,33 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
     }
     let model = body["model"].as_str().unwrap_or("mock-model").to_owned();
     let with_usage = !state.omit_usage.load(Ordering::SeqCst);
+    let tool_call = state
+        .tool_call_arguments
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .map(|arguments| json!([{"id": "call_mock", "type": "function", "function": {"name": "lookup", "arguments": arguments}}]));
     if body["stream"].as_bool() != Some(true) {
+        let message = match &tool_call {
+            Some(calls) => json!({"role": "assistant", "content": null, "tool_calls": calls}),
+            None => json!({"role": "assistant", "content": ANSWER_WORDS.concat()}),
+        };
         let mut answer = json!({
             "id": "chatcmpl-mock",
             "object": "chat.completion",
             "created": 1_700_000_000,
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER_WORDS.concat()}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "system_fingerprint": "fp_mock",
         });
         if with_usage {
             answer["usage"] = usage();
         }
+        let gate = state.answer_gate.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
+        state.answered.notify_one();
         return Json(answer).into_response();
     }
 
@@ -189,6 +229,9 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
                     gate.notified().await;
                 }
             }
+        }
+        if let Some(calls) = tool_call {
+            let _ = sender.send(Ok(chunk(json!({"tool_calls": calls}), Value::Null))).await;
         }
         let _ = sender.send(Ok(chunk(json!({}), json!("stop")))).await;
         if include_usage {

@@ -19,6 +19,8 @@ on_both_backends!(
     concurrent_guesses_are_counted_before_hashing,
     password_hashing_is_bounded,
     reauthentication_is_throttled_and_audited,
+    estimates_count_every_generated_text,
+    a_client_that_hangs_up_is_still_charged,
 );
 
 /// A hasher that counts and can hold its work: `hash` is instant, `verify` waits while the gate
@@ -331,6 +333,33 @@ async fn acl_floods_are_refused(db: TestDb) {
     assert_eq!(created["aclStrings"].as_array().unwrap().len(), 99);
 }
 
+/// A body over the limit is answered in the surface's error shape on every route, raw-body ones
+/// (the signed webhook, key rotation) included.
+#[tokio::test]
+async fn oversized_bodies_are_answered_in_the_error_shape() {
+    let app = TestApp::new(TestDb::sqlite().await).await;
+    let key = app.create_api_key(json!({"name": "k"})).await;
+    let huge = "x".repeat(app.config.max_body_bytes + 1);
+    for path in [
+        "/webhooks/github/secret-scanning".to_owned(),
+        format!("/auth/api-keys/{}/rotate", key["apiKeyId"].as_str().unwrap()),
+        format!("/auth/teams/{}/api-keys", app.team.id),
+    ] {
+        let response = app
+            .client
+            .post(app.url(&path))
+            .bearer_auth(&app.management_key)
+            .header("content-type", "application/json")
+            .body(huge.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["code"].is_string() && body["error"].is_string(), "{path}: {body}");
+    }
+}
+
 /// Invented methods share one `other` label: the metric's label sets stay bounded.
 #[tokio::test]
 async fn metric_labels_are_bounded() {
@@ -357,4 +386,67 @@ async fn metric_labels_are_bounded() {
         .unwrap();
     assert!(!metrics.contains("BOGUS"), "{metrics}");
     assert!(metrics.contains("method=\"other\""), "{metrics}");
+}
+
+/// Without upstream usage, the estimate counts all generated text: 40,000 characters of
+/// tool-call arguments are about 10,000 completion tokens, not 0, streaming or not.
+async fn estimates_count_every_generated_text(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let key = app.api_key().await;
+    app.upstream.omit_usage(true);
+    app.upstream.call_tool_with(Some("x".repeat(40_000)));
+    let answer: Value = app.hello(&key).await.json().await.unwrap();
+    let lookup = "lookup".len() as u64;
+    assert_eq!(
+        answer["usage"]["completion_tokens"],
+        (40_000 + lookup).div_ceil(4),
+        "{answer}"
+    );
+
+    let streamed = app.stream_chat(&key).await.text().await.unwrap();
+    assert!(streamed.ends_with("data: [DONE]\n\n"), "{streamed}");
+    let records = app.store().list_usage(app.team.id, 10).await.unwrap();
+    let record = records.iter().find(|r| r.streamed).unwrap();
+    let words = tollgate_testkit::ANSWER_WORDS.concat().len() as u64;
+    assert!(record.estimated);
+    assert_eq!(record.usage.completion_tokens, (words + 40_000 + lookup).div_ceil(4));
+}
+
+/// A non-streaming client that hangs up before the answer is still charged for what the
+/// upstream produced: settling does not depend on the client staying.
+async fn a_client_that_hangs_up_is_still_charged(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let key = app.api_key().await;
+    let release = app.upstream.hold_answers();
+    let request = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": crate::util::MODEL, "messages": crate::util::user_message()}))
+        .send();
+    let client = tokio::spawn(request);
+    // Wait (bounded) until the upstream has the request, then hang up.
+    for _ in 0..500 {
+        if !app.upstream.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.upstream.requests().len(), 1);
+    client.abort();
+    let _ = client.await;
+    let answered = app.upstream.answered();
+    release.notify_one();
+    answered.await;
+    // The settle finishes after the upstream's answer: wait for it (bounded).
+    let mut records = Vec::new();
+    for _ in 0..500 {
+        records = app.store().list_usage(app.team.id, 10).await.unwrap();
+        if !records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(records.len(), 1, "charged although the client left");
+    assert_eq!(records[0].cost.get(), crate::util::expected_cost());
 }

@@ -130,6 +130,9 @@ pub enum AccountError {
     /// Deleting would leave these teams without an Admin.
     #[error("You are the only Admin of {0}: make another member Admin, or delete the team, first")]
     SoleAdmin(String),
+    /// The account, or the address, had its hour's share of mail a person can cause.
+    #[error("Too many emails from your account or to this address; try again in an hour")]
+    MailLimited,
     /// Every password hashing worker is busy and the queue is full: try again in a moment.
     #[error("Too many sign-ins at once; try again in a moment")]
     Busy,
@@ -431,7 +434,7 @@ impl AccountService {
     ) -> Result<(), AccountError> {
         let Some(ip) = &context.ip else { return Ok(()) };
         let address = throttle::address_key(ip);
-        if self.throttle.allow(format!("{what}:{address}"), max, self.clock.now()) {
+        if self.throttle.allow(&format!("{what}:{address}"), max, self.clock.now()) {
             Ok(())
         } else {
             Err(AccountError::Throttled {
@@ -486,7 +489,7 @@ impl AccountService {
     /// Mails a link proving the address (24 hours, single use). Also the "resend" action.
     pub async fn send_verification(&self, user: &User, context: &RequestContext) -> Result<(), AccountError> {
         if !self.throttle.allow(
-            format!("verify:{}", user.id),
+            &format!("verify:{}", user.id),
             MAX_VERIFICATIONS_PER_HOUR,
             self.clock.now(),
         ) {
@@ -576,7 +579,7 @@ impl AccountService {
         // learns whether it has an account.
         if !self
             .throttle
-            .allow(format!("reset:{}", user.id), MAX_RESETS_PER_HOUR, self.clock.now())
+            .allow(&format!("reset:{}", user.id), MAX_RESETS_PER_HOUR, self.clock.now())
         {
             tracing::warn!(user.id = %user.id, "password reset links asked too often; none sent");
             return Ok(());
@@ -1279,6 +1282,9 @@ impl AccountService {
             return Err(AccountError::EmailTaken);
         }
         let now = self.clock.now();
+        if !self.notices.allow_user_mail(&format!("user:{}", user.id), &new, now) {
+            return Err(AccountError::MailLimited);
+        }
         let confirm = SecretToken::generate(&mut rand::rngs::OsRng);
         let report = SecretToken::generate(&mut rand::rngs::OsRng);
         let memberships = self.store.list_memberships(user.id).await?;

@@ -12,6 +12,7 @@ pub mod geo;
 pub mod housekeeping;
 pub mod jobs;
 pub mod keys;
+pub mod limits;
 pub mod mail;
 pub mod notices;
 pub mod passwords;

@@ -5,12 +5,25 @@ use tollgate_domain::{Email, MailId, OutboundMail, RequestContext, SecretToken, 
 
 use crate::mail::MailWaker;
 
+/// Mail a person may cause to be sent to an address (an invitation, an email-change
+/// confirmation), per hour: per sender, and per recipient from all senders together.
+pub const MAX_USER_MAIL_PER_SENDER_PER_HOUR: u64 = 100;
+/// See [`MAX_USER_MAIL_PER_SENDER_PER_HOUR`].
+pub const MAX_USER_MAIL_PER_RECIPIENT_PER_HOUR: u64 = 5;
+
+/// A name people chose (a team's), as it appears in mail: quoted and escaped as data, so it
+/// can never read as a sentence of ours ("Your account is locked, visit …").
+fn quoted(name: &str) -> String {
+    format!("{name:?}")
+}
+
 /// Composes notices and wakes the mail sender once they are queued.
 #[derive(Clone)]
 pub struct Notices {
     product: String,
     console_url: String,
     waker: MailWaker,
+    limits: crate::limits::HourlyLimits,
 }
 
 impl Notices {
@@ -20,7 +33,24 @@ impl Notices {
             product: product.into(),
             console_url: console_url.into(),
             waker,
+            limits: crate::limits::HourlyLimits::default(),
         }
+    }
+
+    /// Counts one mail that `sender` causes to `recipient` (an address that may not be theirs);
+    /// `false`, counting nothing, when the sender or the recipient had their hour's share.
+    #[must_use]
+    pub fn allow_user_mail(&self, sender: &str, recipient: &Email, now: Timestamp) -> bool {
+        self.limits.allow_all(
+            &[
+                (&format!("mail-from:{sender}"), MAX_USER_MAIL_PER_SENDER_PER_HOUR),
+                (
+                    &format!("mail-to:{}", recipient.as_ref()),
+                    MAX_USER_MAIL_PER_RECIPIENT_PER_HOUR,
+                ),
+            ],
+            now,
+        )
     }
 
     /// The link proving an address, to that address.
@@ -218,13 +248,13 @@ impl Notices {
         OutboundMail {
             id: MailId::new(),
             to: vec![invitation.email.clone()],
-            subject: format!("[{product}] You are invited to the team \"{}\"", team.name),
+            subject: format!("[{product}] You are invited to join a team"),
             body: format!(
-                "Hello,\n\n{inviter} invited you to the team \"{team}\" on {product}, as {role}.\n\n\
-                 Accept within 7 days with this link (sign up first with this address if you have no account):\n\n\
-                 {link}\n\nSigning up with this address and verifying it also accepts. If you do not know \
-                 {inviter}, ignore this message.\n-- {product}\n",
-                team = team.name,
+                "Hello,\n\n{inviter} invited you to the team {team} on {product}, as {role}.\n\n\
+                 Accept within 7 days with this link, signed in with an account that has verified this \
+                 address (sign up first with this address if you have no account):\n\n\
+                 {link}\n\nIf you do not know {inviter}, ignore this message.\n-- {product}\n",
+                team = quoted(&team.name),
                 role = invitation.role,
             ),
             created_at: invitation.created_at,
@@ -238,13 +268,13 @@ impl Notices {
         OutboundMail {
             id: MailId::new(),
             to: vec![user.email.clone()],
-            subject: format!("[{product}] You joined the team \"{}\"", team.name),
+            subject: format!("[{product}] You joined a team"),
             body: format!(
-                "Hello {name},\n\nYour address is at {domain}, which the team \"{team}\" has verified, so you joined \
+                "Hello {name},\n\nYour address is at {domain}, which the team {team} has verified, so you joined \
                  it as a Member. You can leave it from the console ({console}).\n-- {product}\n",
                 name = user.display_name,
                 domain = user.email.domain(),
-                team = team.name,
+                team = quoted(&team.name),
                 console = self.console_url,
             ),
             created_at: at,
@@ -305,7 +335,7 @@ impl Notices {
             ),
         };
         let body = format!(
-            "The {kind} '{name}' ({redacted}, id {id}) of your team \"{team}\" was {verb} on {when} UTC.\n\n\
+            "The {kind} '{name}' ({redacted}, id {id}) of your team {team} was {verb} on {when} UTC.\n\n\
              Why: {reason}\n\n\
              {consequence} Create a new key ({console}) and replace the old one wherever it is used. The \
              team's audit log shows what was done with the key.\n\n\
@@ -314,7 +344,7 @@ impl Notices {
             name = key.name,
             redacted = key.redacted,
             id = key.id,
-            team = team.name,
+            team = quoted(&team.name),
             when = at.format("%Y-%m-%d %H:%M:%S"),
             console = self.console_url,
         );
@@ -352,14 +382,14 @@ impl Notices {
             to,
             subject: format!("[{product}] The previous secret of API key '{name}' was refused"),
             body: format!(
-                "The API key '{name}' ({redacted}, id {id}) of your team \"{team}\" was rotated, and its previous \
+                "The API key '{name}' ({redacted}, id {id}) of your team {team} was rotated, and its previous \
                  secret, still accepted during the rotation's grace period, was reported leaked on {when} UTC.\n\n\
                  Why: {reason}\n\n\
                  The previous secret is refused from now on. The key's current secret is not affected and works on: \
                  make sure everything that used the old secret has the new one.\n\n\
                  You receive this because you are an Admin of the team.\n\
                  -- {product}\n",
-                team = team.name,
+                team = quoted(&team.name),
                 when = at.format("%Y-%m-%d %H:%M:%S"),
             ),
             created_at: at,

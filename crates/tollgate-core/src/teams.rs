@@ -69,6 +69,9 @@ pub enum TeamError {
     /// The account has not proved it owns the invited address.
     #[error("Verify your email address first: only an account that has verified the invited address can accept")]
     EmailNotVerified,
+    /// The sender, or the address, had its hour's share of invitations.
+    #[error("Too many invitations from you or to this address; try again in an hour")]
+    MailLimited,
     /// Another invitation to the address was made at the same moment.
     #[error("an invitation to this address is being sent; try again")]
     InvitationPending,
@@ -485,6 +488,12 @@ impl TeamService {
             return Err(TeamError::AlreadyMember);
         }
         let now = self.clock.now();
+        let sender = caller
+            .user_id()
+            .map_or_else(|| format!("team:{}", team.id), |id| format!("user:{id}"));
+        if !self.notices.allow_user_mail(&sender, &email, now) {
+            return Err(TeamError::MailLimited);
+        }
         let token = SecretToken::generate(&mut rand::rngs::OsRng);
         let invitation = Invitation {
             id: InvitationId::new(),

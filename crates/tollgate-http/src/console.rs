@@ -161,6 +161,11 @@ impl From<TeamError> for XaiError {
             TeamError::InvalidDomain(_) => XaiError::invalid_argument(error.to_string()),
             TeamError::WrongAccount | TeamError::EmailNotVerified => XaiError::permission_denied(error.to_string()),
             TeamError::InvitationPending => XaiError::new(StatusCode::CONFLICT, error.to_string()),
+            TeamError::MailLimited => {
+                let mut headers = HeaderMap::new();
+                headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(3600));
+                XaiError::new(StatusCode::TOO_MANY_REQUESTS, error.to_string()).with_headers(headers)
+            }
             TeamError::Store(store) => store.into(),
         }
     }
@@ -201,6 +206,11 @@ impl From<AccountError> for XaiError {
             AccountError::Throttled { retry_after_seconds } => {
                 let mut headers = HeaderMap::new();
                 headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+                XaiError::new(StatusCode::TOO_MANY_REQUESTS, error.to_string()).with_headers(headers)
+            }
+            AccountError::MailLimited => {
+                let mut headers = HeaderMap::new();
+                headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(3600));
                 XaiError::new(StatusCode::TOO_MANY_REQUESTS, error.to_string()).with_headers(headers)
             }
             AccountError::Busy => {

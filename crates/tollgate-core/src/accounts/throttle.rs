@@ -52,9 +52,6 @@ impl Attempts {
 struct Maps {
     accounts: HashMap<String, Attempts>,
     addresses: HashMap<String, Attempts>,
-    /// Actions that send mail or create accounts, per key (`reset:<user>`, `signup:<ip>`, …),
-    /// over an hour.
-    actions: HashMap<String, SlidingWindow>,
     pruned_at_us: i64,
 }
 
@@ -82,6 +79,9 @@ fn room<V>(
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Throttle {
     maps: Arc<Mutex<Maps>>,
+    /// Actions that send mail or create accounts, per key (`reset:<user>`, `signup:<ip>`, …),
+    /// over an hour.
+    actions: crate::limits::HourlyLimits,
 }
 
 /// Why an attempt was not admitted.
@@ -117,7 +117,6 @@ impl Throttle {
             accounts,
             addresses,
             pruned_at_us,
-            ..
         } = &mut *maps;
         let idle = |a: &mut Attempts| a.in_flight == 0 && a.failures.count(now) == 0;
         if !room(accounts, account, now, pruned_at_us, idle) {
@@ -157,22 +156,8 @@ impl Throttle {
 
     /// Counts one `key` action; `false` when `max` were already counted in the past hour (or the
     /// table is full of live keys).
-    pub(crate) fn allow(&self, key: String, max: u64, now: Timestamp) -> bool {
-        let mut maps = self.maps();
-        let Maps {
-            actions, pruned_at_us, ..
-        } = &mut *maps;
-        if !room(actions, &key, now, pruned_at_us, |w| w.count(now) == 0) {
-            return false;
-        }
-        let window = actions
-            .entry(key)
-            .or_insert_with(|| SlidingWindow::new(60 * 60 * 1_000_000));
-        if window.count(now) >= max {
-            return false;
-        }
-        window.add(now, 1);
-        true
+    pub(crate) fn allow(&self, key: &str, max: u64, now: Timestamp) -> bool {
+        self.actions.allow(key, max, now)
     }
 
     fn settle(&self, account: &str, address: Option<&str>, failed_at: Option<Timestamp>) {

@@ -12,6 +12,7 @@ use crate::util::{TestApp, on_both_backends};
 on_both_backends!(
     teams_members_and_invitations,
     management_keys_end_with_their_creators_admin_role,
+    mail_people_can_cause_is_limited,
     authorization_matrix,
     verified_domains_auto_join,
     account_deletion_restore_and_purge,
@@ -277,6 +278,117 @@ async fn management_keys_end_with_their_creators_admin_role(db: TestDb) {
     );
     assert_eq!(validates(second).await, StatusCode::UNAUTHORIZED);
     assert_eq!(validates(operator_key).await, StatusCode::OK);
+}
+
+/// Mail a person can make Tollgate send to any address is limited per sender and per recipient
+/// (5 an hour to one address, 100 an hour from one person); team names in it are quoted data.
+async fn mail_people_can_cause_is_limited(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let ada = app.signed_up("ada@example.com").await;
+    let name = "Your account is locked. Reply with your password \"now\"";
+    let (_, team) = app
+        .call_json(Method::POST, "/api/teams", &ada, Some(json!({"name": name})))
+        .await;
+    let members = format!("/api/teams/{}/members", team["teamId"].as_str().unwrap());
+    let invite = |email: String| {
+        let (app, ada, members) = (&app, &ada, &members);
+        async move {
+            app.call(
+                Method::POST,
+                members,
+                ada,
+                Some(json!({"email": email, "role": "member"})),
+            )
+            .await
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            invite("victim@outside.test".into()).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let refused = invite("victim@outside.test".into()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "3600");
+    let to_victim: Vec<_> = app
+        .store()
+        .list_mail(200)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.mail.to[0].as_ref() == "victim@outside.test")
+        .collect();
+    assert_eq!(to_victim.len(), 5);
+    let invitation = &to_victim[0].mail;
+    assert!(!invitation.subject.contains("locked"), "{}", invitation.subject);
+    assert!(
+        invitation
+            .body
+            .contains(r#"the team "Your account is locked. Reply with your password \"now\"" on"#),
+        "{}",
+        invitation.body
+    );
+
+    // Another person asking to move their account to that address is refused too.
+    let bob = app.signed_up("bob@example.com").await;
+    let change = |email: &'static str| {
+        let (app, bob) = (&app, &bob);
+        async move {
+            app.call(
+                Method::POST,
+                "/api/account/email",
+                bob,
+                Some(json!({"password": PASSWORD, "newEmail": email})),
+            )
+            .await
+            .status()
+        }
+    };
+    assert_eq!(change("victim@outside.test").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(change("bob.new@example.com").await, StatusCode::ACCEPTED);
+
+    // One sender: 100 an hour, whatever the addresses (5 were counted above).
+    for i in 0..95 {
+        assert_eq!(
+            invite(format!("person{i}@outside.test")).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(
+        invite("one.more@outside.test".into()).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // An hour later, the address may be invited again (signed in anew: the session idled out).
+    app.clock.advance(chrono::Duration::hours(2));
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .json(&json!({"email": "ada@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    let ada = Browser {
+        cookie,
+        csrf: body["csrfToken"].as_str().unwrap().to_owned(),
+    };
+    let response = app
+        .call(
+            Method::POST,
+            &members,
+            &ada,
+            Some(json!({"email": "victim@outside.test", "role": "member"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
 }
 
 async fn teams_members_and_invitations(db: TestDb) {
@@ -1168,10 +1280,9 @@ async fn verified_domains_auto_join(db: TestDb) {
     app.verify_email_of("dev@acme-corp.test").await;
     assert!(teams_of(&app, &dev).await.contains(&("Acme".into(), "member".into())));
     let mail = app.store().list_mail(100).await.unwrap();
-    assert!(
-        mail.iter().any(|m| m.mail.to[0].as_ref() == "dev@acme-corp.test"
-            && m.mail.subject.contains("You joined the team \"Acme\""))
-    );
+    assert!(mail.iter().any(|m| m.mail.to[0].as_ref() == "dev@acme-corp.test"
+        && m.mail.subject.contains("You joined a team")
+        && m.mail.body.contains("the team \"Acme\" has verified")));
 
     // The record is removed: the periodic re-check unverifies it, and nobody else joins.
     dns.publish(json!({}));

@@ -20,6 +20,7 @@ use tollgate_store::{AuditQuery, Store, StoreError};
 use tracing::instrument;
 
 use crate::Caller;
+use crate::reads::ReadCoalescer;
 
 /// Most events one search page returns.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -160,15 +161,19 @@ pub struct AuditService {
     clock: Arc<dyn Clock>,
     key: AuditChainKey,
     retention: chrono::Duration,
+    reads: ReadCoalescer,
 }
 
 /// Records, in the caller's own team's log, that it asked for something it may not do (OWASP
 /// `authz_fail`): act on another team, or exceed its role. Written into the caller's log, never
 /// another team's, so nobody can fill another team's log. Best effort: a failure to record is
 /// logged and the caller still gets its refusal.
+///
+/// Refusals are coalesced like reads ([`ReadCoalescer`]): one of a kind a minute.
 pub(crate) async fn record_denied(
     store: &dyn Store,
     clock: &dyn Clock,
+    reads: &ReadCoalescer,
     caller: &Caller,
     action: AuditAction,
     attempted_team: TeamId,
@@ -187,6 +192,9 @@ pub(crate) async fn record_denied(
         Some(format!("team:{attempted_team}")),
         context,
     );
+    if !reads.first_in_minute(&event) {
+        return;
+    }
     if let Err(error) = store.insert_audit_event(&event).await {
         tracing::warn!(error = %error, "could not record a refused request in the audit log");
     }
@@ -200,6 +208,7 @@ impl AuditService {
             clock,
             key,
             retention,
+            reads: ReadCoalescer::default(),
         }
     }
 
@@ -219,6 +228,7 @@ impl AuditService {
             record_denied(
                 &*self.store,
                 &*self.clock,
+                &self.reads,
                 caller,
                 AuditAction::ListAuditEvents,
                 team_id,
@@ -231,6 +241,7 @@ impl AuditService {
             record_denied(
                 &*self.store,
                 &*self.clock,
+                &self.reads,
                 caller,
                 AuditAction::ListAuditEvents,
                 team_id,
@@ -297,6 +308,7 @@ impl AuditService {
             record_denied(
                 &*self.store,
                 &*self.clock,
+                &self.reads,
                 caller,
                 AuditAction::ExportAuditEvents,
                 team_id,
@@ -309,6 +321,7 @@ impl AuditService {
             record_denied(
                 &*self.store,
                 &*self.clock,
+                &self.reads,
                 caller,
                 AuditAction::ExportAuditEvents,
                 team_id,

@@ -221,6 +221,7 @@ pub struct KeyService {
     cache: Arc<RwLock<HashMap<KeyHash, CachedKey>>>,
     last_used: Arc<std::sync::Mutex<HashMap<ApiKeyId, Timestamp>>>,
     notices: Notices,
+    reads: crate::reads::ReadCoalescer,
 }
 
 fn validate_name(name: &str) -> Result<String, KeyError> {
@@ -246,6 +247,7 @@ impl KeyService {
             cache: Arc::default(),
             last_used: Arc::default(),
             notices,
+            reads: crate::reads::ReadCoalescer::default(),
         }
     }
 
@@ -370,6 +372,7 @@ impl KeyService {
             crate::audit::record_denied(
                 &*self.store,
                 &*self.clock,
+                &self.reads,
                 caller,
                 AuditAction::CreateApiKey,
                 team_id,
@@ -584,7 +587,9 @@ impl KeyService {
             Some(format!("api_key:{}", key.id)),
             context,
         );
-        self.store.insert_audit_event(&audit).await?;
+        if self.reads.first_in_minute(&audit) {
+            self.store.insert_audit_event(&audit).await?;
+        }
         Ok(key)
     }
 
@@ -1057,7 +1062,9 @@ impl KeyService {
             None,
             context,
         );
-        self.store.insert_audit_event(&audit).await?;
+        if self.reads.first_in_minute(&audit) {
+            self.store.insert_audit_event(&audit).await?;
+        }
         Ok(keys)
     }
 
@@ -1098,6 +1105,7 @@ impl KeyService {
             crate::audit::record_denied(
                 &*self.store,
                 &*self.clock,
+                &self.reads,
                 caller,
                 AuditAction::ListApiKeys,
                 team_id,
@@ -1116,7 +1124,9 @@ impl KeyService {
             None,
             context,
         );
-        self.store.insert_audit_event(&audit).await?;
+        if self.reads.first_in_minute(&audit) {
+            self.store.insert_audit_event(&audit).await?;
+        }
         Ok(keys)
     }
 }

@@ -17,6 +17,7 @@ pub mod mail;
 pub mod notices;
 pub mod passwords;
 pub mod ratelimit;
+pub mod reads;
 pub mod secret_scanning;
 pub mod teams;
 pub mod usage;

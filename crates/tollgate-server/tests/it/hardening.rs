@@ -21,6 +21,7 @@ on_both_backends!(
     reauthentication_is_throttled_and_audited,
     estimates_count_every_generated_text,
     a_client_that_hangs_up_is_still_charged,
+    reads_are_coalesced_but_log_reads_are_not,
 );
 
 /// A hasher that counts and can hold its work: `hash` is instant, `verify` waits while the gate
@@ -449,4 +450,57 @@ async fn a_client_that_hangs_up_is_still_charged(db: TestDb) {
     }
     assert_eq!(records.len(), 1, "charged although the client left");
     assert_eq!(records[0].cost.get(), crate::util::expected_cost());
+}
+
+/// Reading in a loop cannot grow the append-only log: one read event of a kind (actor, action,
+/// target) a minute. Every read of the audit log itself is still recorded.
+async fn reads_are_coalesced_but_log_reads_are_not(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let created = app.create_api_key(json!({"name": "k"})).await;
+    let key_path = format!("/auth/api-keys/{}", created["apiKeyId"].as_str().unwrap());
+    let list_path = format!("/auth/teams/{}/api-keys", app.team.id);
+    let (other_team, _) = app.other_team("other@example.com").await;
+    let foreign = format!("/auth/teams/{other_team}/api-keys", other_team = other_team.id);
+    let get = |path: String| {
+        let app = &app;
+        async move {
+            app.client
+                .get(app.url(&path))
+                .bearer_auth(&app.management_key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for _ in 0..20 {
+        assert_eq!(get(key_path.clone()).await, StatusCode::OK);
+        assert_eq!(get(list_path.clone()).await, StatusCode::OK);
+        assert!(get(foreign.clone()).await.is_client_error());
+    }
+    let log_path = format!("/audit/teams/{}/events?pageSize=100", app.team.id);
+    let count = |log: &Value, action: &str| {
+        log["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .count()
+    };
+    let log = app.get_json(&log_path, &app.management_key).await;
+    assert_eq!(count(&log, "GetApiKey"), 1, "{log}");
+    assert_eq!(count(&log, "ListApiKeys"), 2, "one success and one refusal: {log}");
+    app.get_json(&log_path, &app.management_key).await;
+    let log = app.get_json(&log_path, &app.management_key).await;
+    assert_eq!(
+        count(&log, "ListAuditEvents"),
+        2,
+        "the log's own reads are each recorded"
+    );
+
+    // A minute later, a read is recorded again.
+    app.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(get(key_path.clone()).await, StatusCode::OK);
+    let log = app.get_json(&log_path, &app.management_key).await;
+    assert_eq!(count(&log, "GetApiKey"), 2);
 }

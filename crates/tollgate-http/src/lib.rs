@@ -41,6 +41,9 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// Peers whose `X-Forwarded-For` is believed (load balancers, reverse proxies).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// SHA-256 of the bearer token that opens `/metrics` on the public listener; `None`: the
+    /// public listener has no `/metrics` (the operator's listener serves it).
+    pub metrics_token_hash: Option<[u8; 32]>,
 }
 
 /// Everything a handler may use. Cheap to clone: a struct of `Arc`s.
@@ -74,6 +77,15 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Settings.
     pub settings: Arc<HttpSettings>,
+}
+
+/// The operator's listener: `/healthz`, `/readyz` and `/metrics`, without authentication (it is
+/// bound to a private address). Requests here are not counted in the metrics.
+pub fn operator_router(state: AppState) -> Router {
+    ops::operator_router()
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .with_state(state)
 }
 
 /// The whole application: every surface, with middleware.

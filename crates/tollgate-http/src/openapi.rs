@@ -75,6 +75,10 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme("api_key", bearer("An inference API key"));
         components.add_security_scheme("management_key", bearer("A team's management key"));
         components.add_security_scheme(
+            "metrics_token",
+            bearer("The operator's metrics_token (configuration), for /metrics on the public listener"),
+        );
+        components.add_security_scheme(
             "session",
             SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Cookie(
                 utoipa::openapi::security::ApiKeyValue::with_description(
@@ -174,7 +178,7 @@ impl Modify for SecuritySchemes {
         crate::console::team_revoke_management_key,
         crate::ops::healthz,
         crate::ops::readyz,
-        crate::ops::metrics,
+        crate::ops::public_metrics,
         crate::ops::openapi,
     ),
     modifiers(&SecuritySchemes),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -18,8 +18,16 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(public_metrics))
         .route("/openapi.json", get(openapi))
+}
+
+/// The operator's listener: probes and metrics, no token (it listens on a private address).
+pub(crate) fn operator_router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 /// Health answer.
@@ -48,8 +56,31 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<StatusV
     }
 }
 
-/// Prometheus metrics, text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
+/// Prometheus metrics, text format: on the public listener only with the configured
+/// `metrics_token` as a bearer token (without one configured, there is no such endpoint here;
+/// the operator's listener, `metrics_listen`, serves it).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("metrics_token" = [])))]
+pub(crate) async fn public_metrics(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+    use sha2::Digest as _;
+    use subtle::ConstantTimeEq as _;
+    let Some(expected) = state.settings.metrics_token_hash else {
+        return not_found(uri).await.into_response();
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(|token| sha2::Sha256::digest(token.trim().as_bytes()));
+    match presented {
+        Some(digest) if bool::from(digest.as_slice().ct_eq(&expected)) => metrics(State(state)).await,
+        _ => XaiError::unauthenticated("/metrics needs the metrics token: 'Authorization: Bearer <metrics_token>'")
+            .into_response(),
+    }
+}
+
+/// Prometheus metrics, text format (the operator's listener).
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     match state.metrics.encode() {
         Ok(text) => (

@@ -19,6 +19,17 @@ pub struct Config {
     /// Address to listen on.
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
+    /// The operator's listener (`/healthz`, `/readyz`, `/metrics`, no authentication): keep it
+    /// off the public network. Unset: none.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// A bearer token that opens `/metrics` on the public listener. Unset: `/metrics` is served
+    /// only on `metrics_listen`.
+    #[serde(default)]
+    pub metrics_token: Option<SecretString>,
+    /// Limits on connections to the public listener (slow clients, floods).
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
     /// `sqlite://path` (created if missing) or `postgres://…`.
     #[serde(default = "defaults::database_url")]
     pub database_url: String,
@@ -87,6 +98,35 @@ pub struct Config {
     /// Models, by public name.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// Limits on connections to the public listener. Clients that open connections and send
+/// nothing, or send headers a byte at a time, cannot starve the others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Open connections in all; beyond it, new ones are closed at once. Also kept below the
+    /// process's open-file limit (raised to its hard limit at start).
+    #[serde(default = "defaults::max_connections")]
+    pub max: usize,
+    /// Open connections per client address (the TCP peer; trusted proxies are exempt, their
+    /// clients sharing the proxy's address).
+    #[serde(default = "defaults::max_connections_per_client")]
+    pub max_per_client: usize,
+    /// Seconds a request's headers may take to arrive, counted from when the connection is
+    /// ready for a request: it also closes an idle keep-alive connection.
+    #[serde(default = "defaults::header_read_timeout_seconds")]
+    pub header_read_timeout_seconds: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            max: defaults::max_connections(),
+            max_per_client: defaults::max_connections_per_client(),
+            header_read_timeout_seconds: defaults::header_read_timeout_seconds(),
+        }
+    }
 }
 
 /// The audit log's chain key and retention.
@@ -362,6 +402,15 @@ mod defaults {
     pub(super) const fn upstream_read_timeout_seconds() -> u64 {
         600
     }
+    pub(super) const fn max_connections() -> usize {
+        10_000
+    }
+    pub(super) const fn max_connections_per_client() -> usize {
+        256
+    }
+    pub(super) const fn header_read_timeout_seconds() -> u64 {
+        10
+    }
 }
 
 /// Environment variables under our prefix that are not configuration keys.
@@ -447,6 +496,20 @@ impl Config {
             "sessions.idle_minutes must be 1 to 10080 and sessions.absolute_hours 1 to 720"
         );
         self.trusted_proxy_nets()?;
+        anyhow::ensure!(
+            self.connections.max >= 1 && (1..=self.connections.max).contains(&self.connections.max_per_client),
+            "connections.max must be at least 1, and connections.max_per_client 1 to connections.max"
+        );
+        anyhow::ensure!(
+            (1..=300).contains(&self.connections.header_read_timeout_seconds),
+            "connections.header_read_timeout_seconds must be 1 to 300"
+        );
+        if let Some(token) = &self.metrics_token {
+            anyhow::ensure!(
+                secrecy::ExposeSecret::expose_secret(token).len() >= 16,
+                "metrics_token must be at least 16 characters"
+            );
+        }
         anyhow::ensure!(
             self.domain_recheck_hours >= 1,
             "domain_recheck_hours must be at least 1"

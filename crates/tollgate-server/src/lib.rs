@@ -4,6 +4,7 @@
 
 pub mod config;
 mod federation;
+pub mod listener;
 pub mod telemetry;
 
 use std::collections::HashMap;
@@ -306,6 +307,8 @@ const LAST_USED_FLUSH: Duration = Duration::from_secs(30);
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the operator's listener is (`metrics_listen`), if configured.
+    pub operator_addr: Option<SocketAddr>,
     /// The store it uses (tests inspect it).
     pub store: Arc<dyn Store>,
     /// Its audit service (tests run retention with a moved clock).
@@ -379,19 +382,34 @@ pub async fn start(
             owned_by: config.product_name.clone(),
             max_body_bytes: config.max_body_bytes,
             trusted_proxies: config.trusted_proxy_nets()?,
+            metrics_token_hash: config.metrics_token.as_ref().map(|token| {
+                use sha2::Digest as _;
+                sha2::Sha256::digest(secrecy::ExposeSecret::expose_secret(token).trim().as_bytes()).into()
+            }),
         }),
     };
+    let operator_router = tollgate_http::operator_router(state.clone());
     let router = tollgate_http::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    // Small writes (SSE chunks) go out at once instead of waiting for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
+    let limits = listener::ConnectionLimits {
+        max: listener::fit_open_files(config.connections.max),
+        max_per_client: config.connections.max_per_client,
+        header_read_timeout: Duration::from_secs(config.connections.header_read_timeout_seconds),
+        exempt: config.trusted_proxy_nets()?,
+    };
+    let operator = match config.metrics_listen {
+        Some(at) => {
+            let operator = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at} (metrics_listen)"))?;
+            Some(operator)
         }
-    });
+        None => None,
+    };
+    let operator_addr = operator.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
     let stop_jobs = CancellationToken::new();
     let last_used = services
         .keys
@@ -427,27 +445,41 @@ pub async fn start(
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let task_store = Arc::clone(&store);
     let task = tokio::spawn(async move {
-        let (stopping_tx, stopping_rx) = oneshot::channel::<()>();
-        let stop = async move {
-            tokio::select! {
-                () = signal => {}
-                _ = shutdown_requested => {}
-            }
-            tracing::info!("shutting down: no new connections; letting in-flight requests finish");
-            let _ = stopping_tx.send(());
-        };
-        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop);
-        let grace_expired = async move {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
+        let stopping = CancellationToken::new();
+        let stop = {
+            let stopping = stopping.clone();
+            async move {
+                tokio::select! {
+                    () = signal => {}
+                    _ = shutdown_requested => {}
+                }
+                tracing::info!("shutting down: no new connections; letting in-flight requests finish");
+                stopping.cancel();
             }
         };
-        tokio::select! {
-            result = serve => result.context("serving HTTP")?,
-            () = grace_expired => tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway"),
+        let operator_task = operator.map(|operator| {
+            let stopping = stopping.clone();
+            tokio::spawn(listener::serve(
+                operator,
+                operator_router,
+                listener::ConnectionLimits::operator(),
+                async move { stopping.cancelled().await },
+                Duration::from_secs(1),
+            ))
+        });
+        let public = {
+            let stopping = stopping.clone();
+            listener::serve(
+                listener,
+                router,
+                limits,
+                async move { stopping.cancelled().await },
+                grace,
+            )
+        };
+        tokio::join!(stop, public);
+        if let Some(operator_task) = operator_task {
+            let _ = operator_task.await;
         }
         stop_jobs.cancel();
         if let Some(retention) = retention {
@@ -470,8 +502,12 @@ pub async fn start(
         Ok(())
     });
     tracing::info!(%addr, backend = ?store.backend(), "listening");
+    if let Some(operator_addr) = operator_addr {
+        tracing::info!(%operator_addr, "operator listener (/healthz, /readyz, /metrics)");
+    }
     Ok(Server {
         addr,
+        operator_addr,
         store,
         audit: services.audit,
         keys: services.keys,

@@ -376,15 +376,7 @@ async fn metric_labels_are_bounded() {
             .status();
         assert!(status.is_client_error(), "{status}");
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(!metrics.contains("BOGUS"), "{metrics}");
     assert!(metrics.contains("method=\"other\""), "{metrics}");
 }
@@ -503,4 +495,110 @@ async fn reads_are_coalesced_but_log_reads_are_not(db: TestDb) {
     assert_eq!(get(key_path.clone()).await, StatusCode::OK);
     let log = app.get_json(&log_path, &app.management_key).await;
     assert_eq!(count(&log, "GetApiKey"), 2);
+}
+
+/// A server whose public listener has these connection limits.
+async fn app_with_connections(max: usize, per_client: usize, header_timeout: u64, trust_loopback: bool) -> TestApp {
+    let db = TestDb::sqlite().await;
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    config.connections.max = max;
+    config.connections.max_per_client = per_client;
+    config.connections.header_read_timeout_seconds = header_timeout;
+    if trust_loopback {
+        config.trusted_proxies = vec!["127.0.0.1".into()];
+    }
+    TestApp::with_config(db, upstream, config).await
+}
+
+/// Sends a whole `GET /healthz` on a new connection; the answer's bytes (none if the server
+/// closed the connection without answering).
+async fn healthz_on_new_connection(app: &TestApp) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(app.server.as_ref().unwrap().addr)
+        .await
+        .unwrap();
+    let _ = tcp
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: tollgate\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    answer
+}
+
+/// Until `check` holds, bounded: the server notices closed sockets as they close.
+async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// A slowloris client (headers trickled, never finished) is cut off once the header read timeout
+/// passes, here set to 1 s.
+#[tokio::test]
+async fn unfinished_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = app_with_connections(100, 100, 1, false).await;
+    let mut slow = tokio::net::TcpStream::connect(app.server.as_ref().unwrap().addr)
+        .await
+        .unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: tol").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the server closes the connection");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+    // A well-behaved client is served meanwhile.
+    assert!(String::from_utf8_lossy(&healthz_on_new_connection(&app).await).starts_with("HTTP/1.1 200"));
+}
+
+/// One client address holds at most `max_per_client` connections; beyond, new ones are closed
+/// unanswered, and a slot frees when one of its connections closes.
+#[tokio::test]
+async fn one_client_cannot_hold_every_connection() {
+    let app = app_with_connections(1000, 20, 60, false).await;
+    let addr = app.server.as_ref().unwrap().addr;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    assert!(
+        eventually(async || healthz_on_new_connection(&app).await.is_empty()).await,
+        "the 21st connection is closed unanswered"
+    );
+    idle.pop();
+    assert!(
+        eventually(async || String::from_utf8_lossy(&healthz_on_new_connection(&app).await).starts_with("HTTP/1.1 200"))
+            .await
+    );
+    // The operator's listener answers whatever the public one is doing.
+    let operator = app.server.as_ref().unwrap().operator_addr.unwrap();
+    let health = app
+        .client
+        .get(format!("http://{operator}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+/// All connections together: at most `connections.max`; a trusted proxy is exempt from the
+/// per-client cap (its clients share its address), not from the global one.
+#[tokio::test]
+async fn the_global_cap_holds_for_trusted_proxies_too() {
+    let app = app_with_connections(10, 2, 60, true).await;
+    let addr = app.server.as_ref().unwrap().addr;
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    assert!(eventually(async || healthz_on_new_connection(&app).await.is_empty()).await);
+    drop(idle);
+    assert!(
+        eventually(async || String::from_utf8_lossy(&healthz_on_new_connection(&app).await).starts_with("HTTP/1.1 200"))
+            .await
+    );
 }

@@ -427,15 +427,7 @@ async fn request_limits_answer_429_with_headers(db: TestDb) {
     let (_, free) = app.key_with(json!({})).await;
     assert_eq!(app.hello(&free).await.status(), StatusCode::OK);
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("tollgate_rate_limited_requests_total{limit=\"qps\"} 2"),
         "{metrics}"

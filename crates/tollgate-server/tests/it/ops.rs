@@ -8,6 +8,34 @@ use crate::util::{MODEL, TestApp, on_both_backends, user_message};
 
 on_both_backends!(probes_and_metrics);
 
+/// With a `metrics_token`, the public listener serves /metrics to that bearer token only.
+#[tokio::test]
+async fn public_metrics_need_the_token() {
+    let db = TestDb::sqlite().await;
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    config.metrics_token = Some("a-long-enough-metrics-token".to_owned().into());
+    let app = TestApp::with_config(db, upstream, config).await;
+    let get = |token: Option<&'static str>| {
+        let app = &app;
+        async move {
+            let mut request = app.client.get(app.url("/metrics"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    assert_eq!(get(None).await.status(), StatusCode::UNAUTHORIZED);
+    let wrong = get(Some("a-long-enough-metrics-tokem")).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = wrong.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    let right = get(Some("a-long-enough-metrics-token")).await;
+    assert_eq!(right.status(), StatusCode::OK);
+    assert!(right.text().await.unwrap().contains("tollgate_http_requests_total"));
+}
+
 async fn probes_and_metrics(db: TestDb) {
     let app = TestApp::new(db).await;
     let health: Value = app
@@ -41,7 +69,14 @@ async fn probes_and_metrics(db: TestDb) {
         .await;
     assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
 
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    // Metrics are on the operator's listener; the public one has no /metrics without a token.
+    let operator = app.server.as_ref().unwrap().operator_addr.unwrap();
+    let metrics = app
+        .client
+        .get(format!("http://{operator}/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert!(
         metrics.headers()["content-type"]
             .to_str()
@@ -49,6 +84,17 @@ async fn probes_and_metrics(db: TestDb) {
             .starts_with("text/plain")
     );
     let text = metrics.text().await.unwrap();
+    let public = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    for probe in ["/healthz", "/readyz"] {
+        let answer = app
+            .client
+            .get(format!("http://{operator}{probe}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{probe} on the operator listener");
+    }
     assert!(
         text.contains(r#"tollgate_http_requests_total{route="/healthz",method="GET",status="200"} 2"#),
         "{text}"

@@ -74,6 +74,7 @@ pub struct TestApp {
 
 pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
     let mut config = Config::for_test(db.url.clone());
+    config.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     config.models.insert(
         MODEL.into(),
         ModelConfig {
@@ -208,6 +209,19 @@ impl TestApp {
             .unwrap();
         services.teams.delete_team(&caller, "Doomed", &context).await.unwrap();
         (team.id, key.id.to_string(), plain.expose().to_owned())
+    }
+
+    /// The operator listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let operator = self.server.as_ref().unwrap().operator_addr.unwrap();
+        self.client
+            .get(format!("http://{operator}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -160,11 +160,18 @@ async fn password_hashing_is_bounded(db: TestDb) {
         }
     }
     hasher.open();
+    // (A worker frees its queue slot as it takes a job, so a burst may be refused a little
+    // earlier than workers + queue; never later.)
     while let Some(result) = sign_ins.join_next().await {
-        assert!(matches!(result.unwrap(), Err(AccountError::BadCredentials)));
+        match result.unwrap() {
+            Err(AccountError::Busy) => busy += 1,
+            Err(AccountError::BadCredentials) => {}
+            other => panic!("{other:?}"),
+        }
     }
+    assert!(busy >= 6, "{busy}");
     assert!(hasher.max_running.load(Ordering::SeqCst) <= 2);
-    assert_eq!(hasher.verified.load(Ordering::SeqCst), 1 + 4);
+    assert_eq!(hasher.verified.load(Ordering::SeqCst), 1 + (10 - busy));
 }
 
 /// Confirming a sensitive change with the password goes through the sign-in throttle, and a

@@ -18,6 +18,7 @@ use tollgate_store::{KeyRotation, SecretMatch, Store, StoreError};
 
 use crate::Caller;
 use crate::notices::{KeyKind, Notices, WithdrawnKey};
+use tollgate_domain::{KeyPolicy, KeyShape};
 use tracing::instrument;
 
 /// How long an authenticated key is trusted before it is read again.
@@ -88,6 +89,9 @@ pub enum KeyError {
     /// The key is blocked by the platform; it cannot be rotated back into use.
     #[error("the API key is blocked ({0}); create a new key instead")]
     Blocked(String),
+    /// A Member's key beyond the team's key policy.
+    #[error(transparent)]
+    BeyondPolicy(#[from] tollgate_domain::PolicyViolation),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -387,6 +391,13 @@ impl KeyService {
         let name = validate_name(&new.name)?;
         let acls = AclSet::parse(&new.acls)?;
         check_limits(new.qps, new.qpm, new.tpm)?;
+        let shape = KeyShape {
+            acls: &acls,
+            qps: new.qps,
+            qpm: new.qpm,
+            tpm: new.tpm,
+        };
+        self.within_policy(caller, shape, None).await?;
         let now = self.clock.now();
         if new.expire_time.is_some_and(|at| at <= now) {
             return Err(KeyError::ExpiryInPast);
@@ -559,6 +570,89 @@ impl KeyService {
             .ok_or(KeyError::KeyNotFound)
     }
 
+    /// Checks a key a Member makes or changes against the team's key policy; Admins and
+    /// management keys are not bound by it.
+    async fn within_policy(
+        &self,
+        caller: &Caller,
+        new: KeyShape<'_>,
+        before: Option<KeyShape<'_>>,
+    ) -> Result<(), KeyError> {
+        if caller.allows(Permission::ManageAllApiKeys) {
+            return Ok(());
+        }
+        let policy = self.store.key_policy(caller.team_id()).await?;
+        Ok(policy.check(new, before)?)
+    }
+
+    /// The team's key policy (every member may read it).
+    pub async fn key_policy(&self, caller: &Caller) -> Result<KeyPolicy, KeyError> {
+        if !caller.allows(Permission::UseTeam) {
+            return Err(KeyError::TeamNotFound);
+        }
+        Ok(self.store.key_policy(caller.team_id()).await?)
+    }
+
+    /// Sets the team's key policy (Admins): the widest grants and highest limits a Member's
+    /// key may have; `KeyPolicy::default()` lifts every ceiling. Keys already beyond it stay as
+    /// they are; their Members may tighten them, not loosen them.
+    pub async fn set_key_policy(
+        &self,
+        caller: &Caller,
+        acls: Option<&[String]>,
+        qps: Option<u32>,
+        qpm: Option<u32>,
+        tpm: Option<u64>,
+        context: &RequestContext,
+    ) -> Result<KeyPolicy, KeyError> {
+        if !caller.allows(Permission::ManageAllApiKeys) {
+            return Err(KeyError::Forbidden("Only team Admins may set the key policy"));
+        }
+        check_limits(qps, qpm, tpm)?;
+        let policy = KeyPolicy {
+            acls: acls.map(AclSet::parse).transpose()?,
+            qps,
+            qpm,
+            tpm,
+        };
+        let now = self.clock.now();
+        let describe =
+            |field: &str, value: Option<String>| format!("{field} {}", value.unwrap_or_else(|| "unbounded".to_owned()));
+        let description = if policy.is_open() {
+            "Lifted the team's key policy: Members' keys have no ceiling".to_owned()
+        } else {
+            format!(
+                "Set the team's key policy for Members' keys: {}; {}; {}; {}",
+                describe(
+                    "ACLs",
+                    policy.acls.as_ref().map(|set| {
+                        set.as_slice()
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                ),
+                describe("qps", policy.qps.map(|v| v.to_string())),
+                describe("qpm", policy.qpm.map(|v| v.to_string())),
+                describe("tpm", policy.tpm.map(|v| v.to_string())),
+            )
+        };
+        let audit = AuditEvent::success(
+            now,
+            Some(caller.team_id()),
+            caller.actor(),
+            AuditAction::SetKeyPolicy,
+            description,
+            Some(format!("team:{}", caller.team_id())),
+            context,
+        );
+        self.store
+            .set_key_policy(caller.team_id(), &policy, now, caller.user_id(), &audit)
+            .await?;
+        Ok(policy)
+    }
+
     /// The caller's team's key `id`, which the caller may change.
     async fn managed_key(&self, caller: &Caller, id: ApiKeyId) -> Result<ApiKey, KeyError> {
         let key = self.team_key(caller, id).await?;
@@ -607,6 +701,7 @@ impl KeyService {
             return Err(KeyError::NothingToUpdate);
         }
         let mut key = self.managed_key(caller, id).await?;
+        let before = key.clone();
         let now = self.clock.now();
         if let Some(name) = &changes.name {
             key.name = validate_name(name)?;
@@ -618,6 +713,8 @@ impl KeyService {
         key.qpm = changes.qpm.unwrap_or(key.qpm);
         key.tpm = changes.tpm.unwrap_or(key.tpm);
         check_limits(key.qps, key.qpm, key.tpm)?;
+        self.within_policy(caller, KeyShape::of(&key), Some(KeyShape::of(&before)))
+            .await?;
         if let Some(expire_time) = changes.expire_time {
             if expire_time.is_some_and(|at| at <= now) {
                 return Err(KeyError::ExpiryInPast);

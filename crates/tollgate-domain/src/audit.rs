@@ -95,6 +95,7 @@ audit_actions! {
     RotateApiKey => "An API key got a new secret (the old one possibly kept for a grace period).",
     DeleteApiKey => "An API key was deleted.",
     BlockApiKey => "An API key was blocked by the platform (a leak was reported, or the operator blocked it).",
+    SetKeyPolicy => "A team Admin set (or lifted) the team's key policy: the widest ACLs and highest limits a Member's key may have.",
     EndRotationGrace => "A rotated API key's previous secret leaked while still in its grace period: the grace ended, the current secret works on.",
     ReportLeakedSecret => "A leaked secret was reported that opens nothing any more (rotated out, key or team deleted): nothing changed.",
     ListManagementKeys => "The team's management keys were listed.",

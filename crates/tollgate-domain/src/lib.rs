@@ -12,6 +12,7 @@ pub mod domains;
 pub mod email;
 pub mod entities;
 pub mod ids;
+pub mod key_policy;
 pub mod keys;
 pub mod mail;
 pub mod mfa;
@@ -38,6 +39,7 @@ pub use ids::{
     ApiKeyId, AuditEventId, DomainId, IdentityId, InvitationId, MailId, ManagementKeyId, PasskeyId, RequestId,
     SessionId, TeamId, UserId,
 };
+pub use key_policy::{KeyPolicy, KeyShape, PolicyViolation};
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};
 pub use name::{Name, NameError};

@@ -110,6 +110,10 @@ pub(crate) fn router() -> Router<AppState> {
             post(team_rotate_api_key),
         )
         .route(
+            "/api/teams/{team_id}/key-policy",
+            get(team_key_policy).put(team_set_key_policy),
+        )
+        .route(
             "/api/teams/{team_id}/management-keys",
             get(team_management_keys).post(team_create_management_key),
         )
@@ -1946,6 +1950,66 @@ pub(crate) async fn team_api_keys(
         .list_api_keys(&caller, caller.team_id(), None, 1000, &meta)
         .await?;
     Ok(Json(ApiKeyListView::new(&keys, None)))
+}
+
+/// The team's key policy: the widest ACLs and highest limits a Member's API key may have.
+/// `null` is no ceiling.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyPolicyView {
+    /// The widest grants (ACL strings), or `null`.
+    acls: Option<Vec<String>>,
+    /// The highest requests per second, or `null`.
+    qps: Option<u32>,
+    /// The highest requests per minute, or `null`.
+    qpm: Option<u32>,
+    /// The highest tokens per minute, or `null`.
+    tpm: Option<u64>,
+}
+
+impl KeyPolicyView {
+    fn new(policy: &tollgate_domain::KeyPolicy) -> Self {
+        Self {
+            acls: policy
+                .acls
+                .as_ref()
+                .map(|set| set.as_slice().iter().map(ToString::to_string).collect()),
+            qps: policy.qps,
+            qpm: policy.qpm,
+            tpm: policy.tpm,
+        }
+    }
+}
+
+/// The team's key policy (every member may read it).
+#[utoipa::path(get, path = "/api/teams/{team_id}/key-policy", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = KeyPolicyView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_key_policy(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+) -> Result<Json<KeyPolicyView>, XaiError> {
+    Ok(Json(KeyPolicyView::new(&state.keys.key_policy(&caller).await?)))
+}
+
+/// Set the team's key policy (Admins). Members then create and change their own keys within
+/// it (and may always tighten a key); Admins are not bound by it. All `null` lifts it.
+#[utoipa::path(put, path = "/api/teams/{team_id}/key-policy", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = KeyPolicyView,
+    responses((status = 200, body = KeyPolicyView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_set_key_policy(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<KeyPolicyView>,
+) -> Result<Json<KeyPolicyView>, XaiError> {
+    let policy = state
+        .keys
+        .set_key_policy(&caller, body.acls.as_deref(), body.qps, body.qpm, body.tpm, &meta)
+        .await?;
+    Ok(Json(KeyPolicyView::new(&policy)))
 }
 
 /// Create an API key in the team (any member; the full key is in this response only).

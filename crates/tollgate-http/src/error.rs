@@ -151,6 +151,7 @@ impl From<StoreError> for XaiError {
 impl From<KeyError> for XaiError {
     fn from(error: KeyError) -> Self {
         match error {
+            KeyError::BeyondPolicy(_) => XaiError::permission_denied(error.to_string()),
             KeyError::InvalidName(_)
             | KeyError::InvalidAcl(_)
             | KeyError::InvalidLimit(_)

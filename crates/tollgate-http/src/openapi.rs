@@ -169,6 +169,8 @@ impl Modify for SecuritySchemes {
         crate::console::team_audit_export,
         crate::console::team_api_keys,
         crate::console::team_create_api_key,
+        crate::console::team_key_policy,
+        crate::console::team_set_key_policy,
         crate::console::team_get_api_key,
         crate::console::team_update_api_key,
         crate::console::team_delete_api_key,

@@ -25,9 +25,9 @@ use async_trait::async_trait;
 use tollgate_domain::keys::KeyHash;
 use tollgate_domain::{
     ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, CeremonyPurpose, ChainHead, Email,
-    Identity, IdentityId, Invitation, MailId, ManagementKey, Member, Membership, OidcFlow, OutboundMail, PasskeyId,
-    PendingIdentity, PruneBoundary, QueuedMail, Role, Session, SessionId, StoredPasskey, Team, TeamDomain, TeamId,
-    Timestamp, TokenPurpose, UsageRecord, User, UserId, WebauthnCeremony,
+    Identity, IdentityId, Invitation, KeyPolicy, MailId, ManagementKey, Member, Membership, OidcFlow, OutboundMail,
+    PasskeyId, PendingIdentity, PruneBoundary, QueuedMail, Role, Session, SessionId, StoredPasskey, Team, TeamDomain,
+    TeamId, Timestamp, TokenPurpose, UsageRecord, User, UserId, WebauthnCeremony,
 };
 
 pub use error::{OpenError, StoreError};
@@ -349,6 +349,17 @@ pub trait KeyStore: Send + Sync {
     async fn find_api_key_by_hash(&self, hash: &KeyHash) -> Result<Option<(ApiKey, SecretMatch)>, StoreError>;
     /// The team's API key with this id, unless deleted.
     async fn find_api_key(&self, team_id: TeamId, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError>;
+    /// The team's key policy (the default, no ceiling, when none was set).
+    async fn key_policy(&self, team_id: TeamId) -> Result<KeyPolicy, StoreError>;
+    /// Sets the team's key policy (an open one removes it), with `audit`, atomically.
+    async fn set_key_policy(
+        &self,
+        team_id: TeamId,
+        policy: &KeyPolicy,
+        at: Timestamp,
+        by: Option<UserId>,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
     /// The team's API key with this id, deleted or not (the operator's block of a dead key).
     async fn find_api_key_any_state(&self, team_id: TeamId, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError>;
     /// A page of the team's API keys (deleted ones left out) in id (creation) order, after `after`.

@@ -8,7 +8,7 @@ use tollgate_domain::keys::KeyHash;
 use tollgate_domain::audit::GENESIS;
 use tollgate_domain::{
     AclSet, ApiKey, ApiKeyId, AuditChainKey, AuditEvent, AuditEventId, AuditRecord, ChainHash, ChainHead, Email,
-    Identity, IdentityId, Invitation, MailId, ManagementKey, OidcFlow, PendingIdentity, TeamDomain, ManagementKeyId, Member, Membership, OutboundMail, PruneBoundary, QueuedMail, RequestId, Role,
+    Identity, IdentityId, Invitation, KeyPolicy, MailId, ManagementKey, OidcFlow, PendingIdentity, TeamDomain, ManagementKeyId, Member, Membership, OutboundMail, PruneBoundary, QueuedMail, RequestId, Role,
     Session, SessionId, Team, TeamId, Ticks, Timestamp, TokenPurpose, TokenUsage, UsageRecord, User, UserId,
     CeremonyPurpose, PasskeyId, StoredPasskey, WebauthnCeremony,
 };
@@ -1412,6 +1412,73 @@ impl KeyStore for SqlStore {
             SecretMatch::Previous
         };
         Ok(Some((api_key_from_row(&row)?, matched)))
+    }
+
+    async fn key_policy(&self, team_id: TeamId) -> Result<KeyPolicy, StoreError> {
+        let Some(row) = sqlx::query("SELECT acls, max_qps, max_qpm, max_tpm FROM team_key_policies WHERE team_id = $1")
+            .bind(team_id.as_uuid())
+            .fetch_optional(&self.read)
+            .await?
+        else {
+            return Ok(KeyPolicy::default());
+        };
+        let acls = row
+            .try_get::<Option<String>, _>("acls")?
+            .map(|json| {
+                let strings: Vec<String> =
+                    serde_json::from_str(&json).map_err(|e| corrupt("team_key_policies.acls", e))?;
+                AclSet::parse(&strings).map_err(|e| corrupt("team_key_policies.acls", e))
+            })
+            .transpose()?;
+        let tpm: Option<i64> = row.try_get("max_tpm")?;
+        Ok(KeyPolicy {
+            acls,
+            qps: opt_u32(row.try_get("max_qps")?, "team_key_policies.max_qps")?,
+            qpm: opt_u32(row.try_get("max_qpm")?, "team_key_policies.max_qpm")?,
+            tpm: tpm.map(|v| to_u64(v, "team_key_policies.max_tpm")).transpose()?,
+        })
+    }
+
+    async fn set_key_policy(
+        &self,
+        team_id: TeamId,
+        policy: &KeyPolicy,
+        at: Timestamp,
+        by: Option<UserId>,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("DELETE FROM team_key_policies WHERE team_id = $1")
+            .bind(team_id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        if !policy.is_open() {
+            let acls = policy
+                .acls
+                .as_ref()
+                .map(|set| {
+                    let strings: Vec<String> = set.as_slice().iter().map(ToString::to_string).collect();
+                    serde_json::to_string(&strings).map_err(anyhow::Error::from)
+                })
+                .transpose()?;
+            let tpm = policy.tpm.map(|v| to_i64(v, "max_tpm")).transpose()?;
+            sqlx::query(
+                "INSERT INTO team_key_policies (team_id, acls, max_qps, max_qpm, max_tpm, updated_at, updated_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(team_id.as_uuid())
+            .bind(acls)
+            .bind(policy.qps.map(i64::from))
+            .bind(policy.qpm.map(i64::from))
+            .bind(tpm)
+            .bind(at)
+            .bind(by.map(|u| u.as_uuid()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn find_api_key_any_state(&self, team_id: TeamId, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError> {

@@ -13,6 +13,7 @@ on_both_backends!(
     teams_members_and_invitations,
     management_keys_end_with_their_creators_admin_role,
     mail_people_can_cause_is_limited,
+    members_keys_stay_within_the_key_policy,
     authorization_matrix,
     verified_domains_auto_join,
     account_deletion_restore_and_purge,
@@ -389,6 +390,119 @@ async fn mail_people_can_cause_is_limited(db: TestDb) {
         )
         .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
+}
+
+/// An Admin's key policy binds Members: their new keys and changes stay within it (they may
+/// always tighten), and they cannot undo limits an Admin set; Admins are not bound.
+async fn members_keys_stay_within_the_key_policy(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let ada = app.signed_up("ada@example.com").await;
+    let (_, team) = app
+        .call_json(Method::POST, "/api/teams", &ada, Some(json!({"name": "Policy"})))
+        .await;
+    let team_id = team["teamId"].as_str().unwrap().to_owned();
+    let bob = joined(&app, &ada, &team_id, "bob@example.com", "member").await;
+    let keys = format!("/api/teams/{team_id}/api-keys");
+    let policy_path = format!("/api/teams/{team_id}/key-policy");
+
+    let (status, open) = app.call_json(Method::GET, &policy_path, &bob, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(open, json!({"acls": null, "qps": null, "qpm": null, "tpm": null}));
+    let policy =
+        json!({"acls": ["api-key:endpoint:chat", "api-key:model:grok-test"], "qps": 10, "qpm": null, "tpm": 100000});
+    let (status, _) = app
+        .call_json(Method::PUT, &policy_path, &bob, Some(policy.clone()))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "Members do not set the policy");
+    let (status, set) = app
+        .call_json(Method::PUT, &policy_path, &ada, Some(policy.clone()))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(set, policy);
+
+    // A Member's new key: within the policy, or refused with what is beyond it.
+    let create = |who: &Browser, body: Value| {
+        let (app, keys, who) = (&app, &keys, who.clone());
+        async move { app.call_json(Method::POST, keys, &who, Some(body)).await }
+    };
+    let within =
+        json!({"name": "ok", "acls": ["api-key:endpoint:chat", "api-key:model:grok-test"], "qps": 5, "tpm": 1000});
+    let (status, key) = create(&bob, within).await;
+    assert_eq!(status, StatusCode::OK, "{key}");
+    for (beyond, says) in [
+        (
+            json!({"name": "wide", "acls": ["api-key:model:*"], "qps": 5, "tpm": 1}),
+            "api-key:model:*",
+        ),
+        (
+            json!({"name": "fast", "acls": [], "qps": 11, "tpm": 1}),
+            "qps of at most 10",
+        ),
+        (
+            json!({"name": "unlimited", "acls": [], "qps": 1}),
+            "tpm of at most 100000",
+        ),
+    ] {
+        let (status, refused) = create(&bob, beyond).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(refused["error"].as_str().unwrap().contains(says), "{refused}");
+    }
+    // Admins are not bound.
+    let (status, admins) = create(&ada, json!({"name": "admin's", "acls": ["api-key:model:*"]})).await;
+    assert_eq!(status, StatusCode::OK, "{admins}");
+
+    // An Admin limits Bob's key further; Bob may tighten it, not undo it.
+    let key_path = format!("{keys}/{}", key["apiKeyId"].as_str().unwrap());
+    let update = |who: &Browser, api_key: Value, mask: &'static str| {
+        let (app, key_path, who) = (&app, &key_path, who.clone());
+        async move {
+            app.call_json(
+                Method::PUT,
+                key_path,
+                &who,
+                Some(json!({"apiKey": api_key, "fieldMask": mask})),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(update(&ada, json!({"qps": 2}), "qps").await, StatusCode::OK);
+    assert_eq!(update(&bob, json!({"qps": null}), "qps").await, StatusCode::FORBIDDEN);
+    assert_eq!(update(&bob, json!({"qps": 50}), "qps").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        update(&bob, json!({"qps": 8}), "qps").await,
+        StatusCode::OK,
+        "within the policy"
+    );
+    assert_eq!(update(&bob, json!({"qps": 1}), "qps").await, StatusCode::OK);
+    assert_eq!(update(&bob, json!({"name": "renamed"}), "name").await, StatusCode::OK);
+
+    // A key beyond the policy (an Admin's, handed over) may be tightened by its Member.
+    let (_, wide) = app
+        .call_json(
+            Method::GET,
+            &format!("{keys}/{}", admins["apiKeyId"].as_str().unwrap()),
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(wide["aclStrings"], json!(["api-key:model:*"]));
+
+    // The policy is on the record; lifting it frees Members again.
+    let (_, log) = app
+        .call_json(Method::GET, &format!("/api/teams/{team_id}/audit/events"), &ada, None)
+        .await;
+    assert!(log.to_string().contains("SetKeyPolicy"), "{log}");
+    let (status, _) = app
+        .call_json(
+            Method::PUT,
+            &policy_path,
+            &ada,
+            Some(json!({"acls": null, "qps": null, "qpm": null, "tpm": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(update(&bob, json!({"qps": null}), "qps").await, StatusCode::OK);
 }
 
 async fn teams_members_and_invitations(db: TestDb) {
@@ -864,6 +978,13 @@ fn matrix_routes() -> Vec<Route> {
             false,
         ),
         route(Method::GET, "/api/teams/{team_id}/api-keys", None, true),
+        route(Method::GET, "/api/teams/{team_id}/key-policy", None, true),
+        route(
+            Method::PUT,
+            "/api/teams/{team_id}/key-policy",
+            Some(json!({"acls": null, "qps": null, "qpm": null, "tpm": null})),
+            false,
+        ),
         route(
             Method::POST,
             "/api/teams/{team_id}/api-keys",

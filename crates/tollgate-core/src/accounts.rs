@@ -14,6 +14,7 @@ use tollgate_domain::{
     Actor, AuditAction, AuditEvent, Clock, Email, EmailError, Membership, RequestContext, SecretToken, Session,
     SessionId, Team, TeamId, Timestamp, TokenPurpose, User, UserId,
 };
+use tollgate_domain::{Entropy, EntropyRng, OsEntropy};
 use tollgate_store::{AccountToken, EndSessions, MfaChange, PasswordChange, Store, StoreError, TokenRedemption};
 use tracing::instrument;
 
@@ -221,6 +222,8 @@ pub struct AccountService {
     locator: Arc<dyn Locator>,
     /// The WebAuthn relying party, when passkeys are available.
     webauthn: Option<Arc<webauthn_rs::Webauthn>>,
+    /// Where tokens, seeds and codes are drawn from.
+    entropy: Arc<dyn Entropy>,
 }
 
 /// A sign-in from a device (browser) and place pair not seen in this long is announced by mail.
@@ -349,7 +352,20 @@ impl AccountService {
             sealer,
             locator,
             webauthn: None,
+            entropy: Arc::new(OsEntropy),
         }
+    }
+
+    /// Draws secrets from `entropy` (tests pin it with a seeded one).
+    #[must_use]
+    pub fn with_entropy(mut self, entropy: Arc<dyn Entropy>) -> Self {
+        self.entropy = entropy;
+        self
+    }
+
+    /// A generator over this service's entropy.
+    pub(crate) fn rng(&self) -> EntropyRng<'_> {
+        EntropyRng(&*self.entropy)
     }
 
     /// Hashes passwords with `hashing` (tests count and hold hashes through it).
@@ -497,7 +513,7 @@ impl AccountService {
                 retry_after_seconds: 3600,
             });
         }
-        let token = SecretToken::generate(&mut rand::rngs::OsRng);
+        let token = SecretToken::generate(&mut self.rng());
         let now = self.clock.now();
         let purpose = TokenPurpose::VerifyEmail;
         let mail = self.notices.verify_email(user, &token, now);
@@ -584,7 +600,7 @@ impl AccountService {
             tracing::warn!(user.id = %user.id, "password reset links asked too often; none sent");
             return Ok(());
         }
-        let token = SecretToken::generate(&mut rand::rngs::OsRng);
+        let token = SecretToken::generate(&mut self.rng());
         let now = self.clock.now();
         let purpose = TokenPurpose::ResetPassword;
         let mail = self.notices.reset_password(&user, &token, now);
@@ -718,7 +734,7 @@ impl AccountService {
         let now = self.clock.now();
         if user.has_second_factor() {
             // (A deleted account with a second factor proves it too before it may be restored.)
-            let challenge = SecretToken::generate(&mut rand::rngs::OsRng);
+            let challenge = SecretToken::generate(&mut self.rng());
             self.store
                 .create_mfa_challenge(&challenge.hash(), user.id, now, now + CHALLENGE_LIFETIME)
                 .await?;
@@ -773,7 +789,7 @@ impl AccountService {
             .purge_after
             .filter(|at| *at > now)
             .ok_or(AccountError::BadCredentials)?;
-        let restore = SecretToken::generate(&mut rand::rngs::OsRng);
+        let restore = SecretToken::generate(&mut self.rng());
         let purpose = TokenPurpose::RestoreAccount;
         let record = AccountToken::issue(restore.hash(), user.id, purpose, now, None);
         self.store.insert_account_token(&record, &[], &[]).await?;
@@ -1049,12 +1065,10 @@ impl AccountService {
         if user.totp_enabled_at.is_some() {
             return Err(AccountError::MfaAlreadyEnabled);
         }
-        let secret = TotpSecret::generate(&mut rand::rngs::OsRng);
-        let sealed = self.sealer.seal(
-            secret.as_bytes(),
-            user.id.to_string().as_bytes(),
-            &mut rand::rngs::OsRng,
-        );
+        let secret = TotpSecret::generate(&mut self.rng());
+        let sealed = self
+            .sealer
+            .seal(secret.as_bytes(), user.id.to_string().as_bytes(), &mut self.rng());
         self.store.set_pending_totp(user.id, &sealed).await?;
         Ok(TotpEnrollment {
             secret: secret.to_base32(),
@@ -1079,7 +1093,7 @@ impl AccountService {
         let secret = self.open_seed(user, Some(&pending))?;
         let now = self.clock.now();
         let step = secret.verify(code, now, None).ok_or(AccountError::BadSecondFactor)?;
-        let codes = RecoveryCode::generate_set(&mut rand::rngs::OsRng);
+        let codes = RecoveryCode::generate_set(&mut self.rng());
         let hashes: Vec<[u8; 32]> = codes.iter().map(RecoveryCode::hash).collect();
         let record = self
             .factor_change(
@@ -1154,7 +1168,7 @@ impl AccountService {
             return Err(AccountError::MfaNotEnabled);
         }
         self.check_second_factor(user, factor, context).await?;
-        let codes = RecoveryCode::generate_set(&mut rand::rngs::OsRng);
+        let codes = RecoveryCode::generate_set(&mut self.rng());
         let hashes: Vec<[u8; 32]> = codes.iter().map(RecoveryCode::hash).collect();
         let record = self
             .factor_change(
@@ -1285,8 +1299,8 @@ impl AccountService {
         if !self.notices.allow_user_mail(&format!("user:{}", user.id), &new, now) {
             return Err(AccountError::MailLimited);
         }
-        let confirm = SecretToken::generate(&mut rand::rngs::OsRng);
-        let report = SecretToken::generate(&mut rand::rngs::OsRng);
+        let confirm = SecretToken::generate(&mut self.rng());
+        let report = SecretToken::generate(&mut self.rng());
         let memberships = self.store.list_memberships(user.id).await?;
         let audits = user_events(
             &memberships,
@@ -1486,8 +1500,8 @@ impl AccountService {
 
     async fn start_session(&self, user: User, how: &str, context: &RequestContext) -> Result<SignedIn, AccountError> {
         let now = self.clock.now();
-        let token = SecretToken::generate(&mut rand::rngs::OsRng);
-        let csrf = SecretToken::generate(&mut rand::rngs::OsRng);
+        let token = SecretToken::generate(&mut self.rng());
+        let csrf = SecretToken::generate(&mut self.rng());
         let session = Session {
             id: SessionId::new(),
             user_id: user.id,

@@ -172,6 +172,13 @@ pub struct Federation {
     accounts: AccountService,
 }
 
+impl Federation {
+    /// A generator over the accounts service's entropy.
+    fn rng(&self) -> tollgate_domain::EntropyRng<'_> {
+        self.accounts.rng()
+    }
+}
+
 fn user_actor(user: &User) -> Actor {
     Actor::User {
         id: user.id,
@@ -223,10 +230,10 @@ impl Federation {
             self.require_recent(session)?;
         }
         let link_to = link_to.map(|(user, _)| user);
-        let state = SecretToken::generate(&mut rand::rngs::OsRng);
-        let nonce = SecretToken::generate(&mut rand::rngs::OsRng);
-        let verifier = SecretToken::generate(&mut rand::rngs::OsRng);
-        let browser = SecretToken::generate(&mut rand::rngs::OsRng);
+        let state = SecretToken::generate(&mut self.rng());
+        let nonce = SecretToken::generate(&mut self.rng());
+        let verifier = SecretToken::generate(&mut self.rng());
+        let browser = SecretToken::generate(&mut self.rng());
         let url = provider
             .authorization_url(state.expose(), nonce.expose(), verifier.expose())
             .await
@@ -323,7 +330,7 @@ impl Federation {
     }
 
     async fn pend(&self, provider: &str, identity: &ExternalIdentity) -> Result<SecretToken, FederationError> {
-        let token = SecretToken::generate(&mut rand::rngs::OsRng);
+        let token = SecretToken::generate(&mut self.rng());
         let now = self.clock.now();
         self.store
             .insert_pending_identity(&PendingIdentity {

@@ -226,6 +226,7 @@ pub struct KeyService {
     last_used: Arc<std::sync::Mutex<HashMap<ApiKeyId, Timestamp>>>,
     notices: Notices,
     reads: crate::reads::ReadCoalescer,
+    entropy: Arc<dyn tollgate_domain::Entropy>,
 }
 
 fn validate_name(name: &str) -> Result<String, KeyError> {
@@ -235,6 +236,17 @@ fn validate_name(name: &str) -> Result<String, KeyError> {
 }
 
 impl KeyService {
+    /// Draws key secrets from `entropy` (tests pin it with a seeded one).
+    #[must_use]
+    pub fn with_entropy(mut self, entropy: Arc<dyn tollgate_domain::Entropy>) -> Self {
+        self.entropy = entropy;
+        self
+    }
+
+    fn rng(&self) -> tollgate_domain::EntropyRng<'_> {
+        tollgate_domain::EntropyRng(&*self.entropy)
+    }
+
     /// A service issuing keys with the given prefixes.
     pub fn new(
         store: Arc<dyn Store>,
@@ -252,6 +264,7 @@ impl KeyService {
             last_used: Arc::default(),
             notices,
             reads: crate::reads::ReadCoalescer::default(),
+            entropy: Arc::new(tollgate_domain::OsEntropy),
         }
     }
 
@@ -277,7 +290,7 @@ impl KeyService {
             Err(StoreError::NotFound) => return Err(KeyError::TeamNotFound),
             Err(other) => return Err(other.into()),
         }
-        let plain = PlainKey::generate(&self.management_prefix, &mut rand::rngs::OsRng);
+        let plain = PlainKey::generate(&self.management_prefix, &mut self.rng());
         let now = self.clock.now();
         let key = ManagementKey {
             id: ManagementKeyId::new(),
@@ -402,7 +415,7 @@ impl KeyService {
         if new.expire_time.is_some_and(|at| at <= now) {
             return Err(KeyError::ExpiryInPast);
         }
-        let plain = PlainKey::generate(&self.api_prefix, &mut rand::rngs::OsRng);
+        let plain = PlainKey::generate(&self.api_prefix, &mut self.rng());
         let key = ApiKey {
             id: ApiKeyId::new(),
             team_id,
@@ -778,7 +791,7 @@ impl KeyService {
             return Err(KeyError::Blocked(key.blocked_reason.clone().unwrap_or_default()));
         }
         let now = self.clock.now();
-        let plain = PlainKey::generate(&self.api_prefix, &mut rand::rngs::OsRng);
+        let plain = PlainKey::generate(&self.api_prefix, &mut self.rng());
         let new_hash = plain.hash();
         let new_redacted = plain.redacted(&self.api_prefix);
         let previous_valid_until = grace.map(|g| now + g);

@@ -100,6 +100,7 @@ pub struct TeamService {
     notices: Notices,
     keys: KeyService,
     resolver: Arc<dyn TxtResolver>,
+    entropy: Arc<dyn tollgate_domain::Entropy>,
 }
 
 /// The longest team description.
@@ -128,7 +129,19 @@ impl TeamService {
             notices,
             keys,
             resolver,
+            entropy: Arc::new(tollgate_domain::OsEntropy),
         }
+    }
+
+    /// Draws tokens from `entropy` (tests pin it with a seeded one).
+    #[must_use]
+    pub fn with_entropy(mut self, entropy: Arc<dyn tollgate_domain::Entropy>) -> Self {
+        self.entropy = entropy;
+        self
+    }
+
+    fn rng(&self) -> tollgate_domain::EntropyRng<'_> {
+        tollgate_domain::EntropyRng(&*self.entropy)
     }
 
     /// Adds a domain to verify (Admins): returns it with the token to publish.
@@ -148,7 +161,7 @@ impl TeamService {
             id: tollgate_domain::DomainId::new(),
             team_id: caller.team_id(),
             domain,
-            token: tollgate_domain::domains::new_token(&mut rand::rngs::OsRng),
+            token: tollgate_domain::domains::new_token(&mut self.rng()),
             created_at: self.clock.now(),
             verified_at: None,
             checked_at: None,
@@ -494,7 +507,7 @@ impl TeamService {
         if !self.notices.allow_user_mail(&sender, &email, now) {
             return Err(TeamError::MailLimited);
         }
-        let token = SecretToken::generate(&mut rand::rngs::OsRng);
+        let token = SecretToken::generate(&mut self.rng());
         let invitation = Invitation {
             id: InvitationId::new(),
             team_id: team.id,

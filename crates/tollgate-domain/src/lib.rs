@@ -11,6 +11,7 @@ pub mod clock;
 pub mod domains;
 pub mod email;
 pub mod entities;
+pub mod entropy;
 pub mod ids;
 pub mod key_policy;
 pub mod keys;
@@ -35,6 +36,7 @@ pub use entities::{
     ApiKey, CeremonyPurpose, Identity, Invitation, ManagementKey, Member, Membership, OidcFlow, PendingIdentity,
     StoredPasskey, Sweep, Swept, Team, TeamDomain, User, WebauthnCeremony,
 };
+pub use entropy::{Entropy, EntropyRng, OsEntropy, SeededEntropy};
 pub use ids::{
     ApiKeyId, AuditEventId, DomainId, IdentityId, InvitationId, MailId, ManagementKeyId, PasskeyId, RequestId,
     SessionId, TeamId, UserId,

@@ -104,13 +104,16 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
     let management_prefix = KeyPrefix::parse(&config.management_key_prefix)?;
     let mail_waker = MailWaker::default();
     let notices = Notices::new(&config.product_name, &config.console_url, mail_waker.clone());
+    // Every secret a service draws comes from here: the operating system's generator.
+    let entropy: Arc<dyn tollgate_domain::Entropy> = Arc::new(tollgate_domain::OsEntropy);
     let keys = KeyService::new(
         Arc::clone(store),
         Arc::clone(clock),
         api_prefix,
         management_prefix,
         notices.clone(),
-    );
+    )
+    .with_entropy(Arc::clone(&entropy));
     let mut accounts = AccountService::new(
         Arc::clone(store),
         Arc::clone(clock),
@@ -122,7 +125,8 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
         },
         tollgate_domain::mfa::SecretSealer::new(&audit_key(config)?.derive(b"tollgate.totp-seed.v1")),
         locator(config)?,
-    );
+    )
+    .with_entropy(Arc::clone(&entropy));
     match tollgate_core::accounts::relying_party(&config.console_url, &config.product_name) {
         Ok(relying_party) => accounts = accounts.with_passkeys(relying_party),
         Err(reason) => tracing::info!(%reason, "passkeys are off"),
@@ -136,7 +140,8 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
             notices,
             keys.clone(),
             Arc::new(DnsTxt::new(config.dns_resolver)?),
-        ),
+        )
+        .with_entropy(entropy),
         keys,
         audit: AuditService::new(
             Arc::clone(store),

@@ -67,7 +67,7 @@ impl AccountService {
         state: String,
         options: serde_json::Value,
     ) -> Result<PasskeyChallenge, AccountError> {
-        let ceremony = SecretToken::generate(&mut rand::rngs::OsRng);
+        let ceremony = SecretToken::generate(&mut self.rng());
         let now = self.clock.now();
         self.store
             .create_ceremony(&WebauthnCeremony {
@@ -165,7 +165,7 @@ impl AccountService {
             created_at: now,
             last_used_at: None,
         };
-        let codes = (!user.has_second_factor()).then(|| RecoveryCode::generate_set(&mut rand::rngs::OsRng));
+        let codes = (!user.has_second_factor()).then(|| RecoveryCode::generate_set(&mut self.rng()));
         let hashes: Vec<[u8; 32]> = codes.iter().flatten().map(RecoveryCode::hash).collect();
         let change = self
             .factor_change(

@@ -21,6 +21,7 @@ on_both_backends!(
     acl_names_are_listed_and_checked,
     blocked_keys_stay_blocked,
     leaked_secrets_withdraw_only_what_they_open,
+    secrets_come_from_the_injected_entropy,
     last_use_is_recorded_without_a_write_per_request,
 );
 
@@ -536,6 +537,33 @@ fn tollgate_cli(app: &TestApp, args: &[&str], stdin: Option<&str>) -> std::proce
     }
     drop(input);
     child.wait_with_output().unwrap()
+}
+
+/// Key secrets are drawn from the entropy the service is given (beside the clock), so a test
+/// can pin them: a seeded service makes exactly the key the same seed predicts.
+async fn secrets_come_from_the_injected_entropy(db: TestDb) {
+    use std::sync::Arc;
+    use tollgate_domain::{EntropyRng, SeededEntropy};
+    let app = TestApp::new(db).await;
+    let keys = app.services().keys.with_entropy(Arc::new(SeededEntropy::new(9)));
+    let management = keys.authenticate_management_key(&app.management_key).await.unwrap();
+    let (_, plain) = keys
+        .create_api_key(
+            &management.into(),
+            app.team.id,
+            tollgate_core::NewApiKey {
+                name: "pinned".into(),
+                acls: vec!["api-key:endpoint:*".into(), "api-key:model:*".into()],
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let prefix = tollgate_domain::keys::KeyPrefix::parse(&app.config.api_key_prefix).unwrap();
+    let predicted = tollgate_domain::keys::PlainKey::generate(&prefix, &mut EntropyRng(&SeededEntropy::new(9)));
+    assert_eq!(plain.expose(), predicted.expose());
+    assert_eq!(app.hello_status(plain.expose()).await, StatusCode::OK);
 }
 
 /// A leaked secret withdraws what it opens, and only that: a rotated key's previous secret still

@@ -467,16 +467,15 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<User, AccountError> {
         let display_name = valid_display_name(display_name)?;
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            user,
-            self.clock.now(),
-            AuditAction::UpdateProfile,
-            "Changed the account's display name",
-            true,
-            context,
-        );
+        let audits = self
+            .account_events(
+                user,
+                self.clock.now(),
+                AuditAction::UpdateProfile,
+                "Changed the account's display name",
+                context,
+            )
+            .await?;
         self.store.set_display_name(user.id, &display_name, &audits).await?;
         Ok(User {
             display_name: display_name.to_owned(),
@@ -517,16 +516,15 @@ impl AccountService {
         let now = self.clock.now();
         let purpose = TokenPurpose::VerifyEmail;
         let mail = self.notices.verify_email(user, &token, now);
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            user,
-            now,
-            AuditAction::RequestEmailVerification,
-            "Sent an email verification link to the account's address",
-            true,
-            context,
-        );
+        let audits = self
+            .account_events(
+                user,
+                now,
+                AuditAction::RequestEmailVerification,
+                "Sent an email verification link to the account's address",
+                context,
+            )
+            .await?;
         let record = AccountToken::issue(token.hash(), user.id, purpose, now, None);
         self.store.insert_account_token(&record, &[mail], &audits).await?;
         self.notices.queued();
@@ -537,16 +535,15 @@ impl AccountService {
     pub async fn verify_email(&self, token: &str, context: &RequestContext) -> Result<User, AccountError> {
         let (record, user) = self.live_token(token, TokenPurpose::VerifyEmail).await?;
         let now = self.clock.now();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            &user,
-            now,
-            AuditAction::VerifyEmail,
-            "Verified the account's email address",
-            true,
-            context,
-        );
+        let audits = self
+            .account_events(
+                &user,
+                now,
+                AuditAction::VerifyEmail,
+                "Verified the account's email address",
+                context,
+            )
+            .await?;
         let redeemed = self
             .store
             .redeem_account_token(&TokenRedemption {
@@ -604,16 +601,15 @@ impl AccountService {
         let now = self.clock.now();
         let purpose = TokenPurpose::ResetPassword;
         let mail = self.notices.reset_password(&user, &token, now);
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            &user,
-            now,
-            AuditAction::RequestPasswordReset,
-            "Asked for a password reset link",
-            true,
-            context,
-        );
+        let audits = self
+            .account_events(
+                &user,
+                now,
+                AuditAction::RequestPasswordReset,
+                "Asked for a password reset link",
+                context,
+            )
+            .await?;
         let record = AccountToken::issue(token.hash(), user.id, purpose, now, None);
         self.store.insert_account_token(&record, &[mail], &audits).await?;
         self.notices.queued();
@@ -639,16 +635,15 @@ impl AccountService {
         }
         let password_hash = self.hashing.hash(password.to_owned()).await?;
         let now = self.clock.now();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            &user,
-            now,
-            AuditAction::ResetPassword,
-            "Reset the password with an emailed link; every session was ended",
-            true,
-            context,
-        );
+        let audits = self
+            .account_events(
+                &user,
+                now,
+                AuditAction::ResetPassword,
+                "Reset the password with an emailed link; every session was ended",
+                context,
+            )
+            .await?;
         let mail = [self.notices.password_changed(&user, now, context)];
         let redeemed = self
             .store
@@ -704,18 +699,14 @@ impl AccountService {
                 attempt.failed(now);
                 // A failed sign-in to an existing account is on its teams' record.
                 if let Some(user) = user {
-                    let memberships = self.store.list_memberships(user.id).await?;
-                    for event in user_events(
-                        &memberships,
+                    self.record_account_failure(
                         &user,
                         now,
                         AuditAction::SignIn,
                         "Sign-in failed: wrong password",
-                        false,
                         context,
-                    ) {
-                        self.store.insert_audit_event(&event).await?;
-                    }
+                    )
+                    .await?;
                 }
                 return Err(AccountError::BadCredentials);
             }
@@ -756,16 +747,35 @@ impl AccountService {
         )))
     }
 
-    /// One audit event per team of the user (the platform's log when none).
-    pub(crate) fn events_for(
+    /// The audit events of an action on `user`'s account: one per team they belong to (the
+    /// platform's log when none), so each team's Admins see their members' account changes.
+    pub(crate) async fn account_events(
         &self,
-        memberships: &[Membership],
         user: &User,
+        at: Timestamp,
         action: AuditAction,
         description: &str,
         context: &RequestContext,
-    ) -> Vec<AuditEvent> {
-        user_events(memberships, user, self.clock.now(), action, description, true, context)
+    ) -> Result<Vec<AuditEvent>, AccountError> {
+        let memberships = self.store.list_memberships(user.id).await?;
+        Ok(user_events(&memberships, user, at, action, description, true, context))
+    }
+
+    /// Records a failed attempt on `user`'s account (a wrong password or code) in each of their
+    /// teams' logs.
+    async fn record_account_failure(
+        &self,
+        user: &User,
+        at: Timestamp,
+        action: AuditAction,
+        description: &str,
+        context: &RequestContext,
+    ) -> Result<(), AccountError> {
+        let memberships = self.store.list_memberships(user.id).await?;
+        for event in user_events(&memberships, user, at, action, description, false, context) {
+            self.store.insert_audit_event(&event).await?;
+        }
+        Ok(())
     }
 
     /// The notices (mail wording).
@@ -1020,18 +1030,14 @@ impl AccountService {
             }
             None => {
                 attempt.failed(now);
-                let memberships = self.store.list_memberships(user.id).await?;
-                for event in user_events(
-                    &memberships,
+                self.record_account_failure(
                     user,
                     now,
                     AuditAction::SignIn,
                     "Second factor refused (wrong or reused code)",
-                    false,
                     context,
-                ) {
-                    self.store.insert_audit_event(&event).await?;
-                }
+                )
+                .await?;
                 Err(AccountError::BadSecondFactor)
             }
         }
@@ -1201,21 +1207,14 @@ impl AccountService {
         check_password(new, user.email.as_ref(), &self.product)?;
         let hash = self.hashing.hash(new.to_owned()).await?;
         let now = self.clock.now();
-        let memberships = self.store.list_memberships(user.id).await?;
         let description = if user.password_hash.is_some() {
             "Changed the password; other sessions ended"
         } else {
             "Set a password (the account signed in only with providers); other sessions ended"
         };
-        let audits = user_events(
-            &memberships,
-            user,
-            now,
-            AuditAction::ChangePassword,
-            description,
-            true,
-            context,
-        );
+        let audits = self
+            .account_events(user, now, AuditAction::ChangePassword, description, context)
+            .await?;
         let mail = [self.notices.password_changed(user, now, context)];
         self.store
             .set_password(&PasswordChange {
@@ -1247,16 +1246,15 @@ impl AccountService {
         }
         self.confirm_sensitive(user, session, password, factor, context).await?;
         let now = self.clock.now();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            user,
-            now,
-            AuditAction::RemovePassword,
-            "Removed the password; the account signs in with its providers",
-            true,
-            context,
-        );
+        let audits = self
+            .account_events(
+                user,
+                now,
+                AuditAction::RemovePassword,
+                "Removed the password; the account signs in with its providers",
+                context,
+            )
+            .await?;
         let mail = [self.notices.security_notice(
             user,
             "Your password was removed",
@@ -1301,16 +1299,15 @@ impl AccountService {
         }
         let confirm = SecretToken::generate(&mut self.rng());
         let report = SecretToken::generate(&mut self.rng());
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            user,
-            now,
-            AuditAction::RequestEmailChange,
-            "Asked to change the account's email address (the new address must confirm)",
-            true,
-            context,
-        );
+        let audits = self
+            .account_events(
+                user,
+                now,
+                AuditAction::RequestEmailChange,
+                "Asked to change the account's email address (the new address must confirm)",
+                context,
+            )
+            .await?;
         let token = |token: &SecretToken, purpose: TokenPurpose, data: Option<String>| {
             AccountToken::issue(token.hash(), user.id, purpose, now, data)
         };
@@ -1339,16 +1336,15 @@ impl AccountService {
         let (record, user) = self.live_token(token, TokenPurpose::ChangeEmail).await?;
         let new = record.data.clone().unwrap_or_default();
         let now = self.clock.now();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            &user,
-            now,
-            AuditAction::ChangeEmail,
-            "Changed the account's email address (confirmed from the new address)",
-            true,
-            context,
-        );
+        let audits = self
+            .account_events(
+                &user,
+                now,
+                AuditAction::ChangeEmail,
+                "Changed the account's email address (confirmed from the new address)",
+                context,
+            )
+            .await?;
         let mail = [self.notices.email_changed(&user, &new, now)];
         let redeemed = self
             .store
@@ -1378,16 +1374,15 @@ impl AccountService {
     pub async fn report_email_change(&self, token: &str, context: &RequestContext) -> Result<(), AccountError> {
         let (record, user) = self.live_token(token, TokenPurpose::ReportEmailChange).await?;
         let now = self.clock.now();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            &user,
-            now,
-            AuditAction::ReportEmailChange,
-            "Reported an email change they did not ask for; it was stopped and every session ended",
-            true,
-            context,
-        );
+        let audits = self
+            .account_events(
+                &user,
+                now,
+                AuditAction::ReportEmailChange,
+                "Reported an email change they did not ask for; it was stopped and every session ended",
+                context,
+            )
+            .await?;
         let redeemed = self
             .store
             .redeem_account_token(&TokenRedemption {
@@ -1417,9 +1412,8 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<FactorChange, AccountError> {
         let at = self.clock.now();
-        let memberships = self.store.list_memberships(user.id).await?;
         Ok(FactorChange {
-            audits: user_events(&memberships, user, at, action, description, true, context),
+            audits: self.account_events(user, at, action, description, context).await?,
             mail: [self.notices.security_notice(user, subject, what, at, context)],
             at,
         })
@@ -1469,18 +1463,14 @@ impl AccountService {
                     Ok(())
                 } else {
                     attempt.failed(now);
-                    let memberships = self.store.list_memberships(user.id).await?;
-                    for event in user_events(
-                        &memberships,
+                    self.record_account_failure(
                         user,
                         now,
                         AuditAction::Reauthenticate,
                         "Re-authentication for a sensitive change failed: wrong password",
-                        false,
                         context,
-                    ) {
-                        self.store.insert_audit_event(&event).await?;
-                    }
+                    )
+                    .await?;
                     Err(AccountError::BadCredentials)
                 }
             }
@@ -1527,19 +1517,13 @@ impl AccountService {
             .then(|| self.notices.new_sign_in(&user, &session, self.locator.attribution()))
             .into_iter()
             .collect();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(
-            &memberships,
-            &user,
-            now,
-            AuditAction::SignIn,
-            &format!(
-                "Signed in with {how} from {}",
-                context.ip.as_deref().unwrap_or("an unknown address")
-            ),
-            true,
-            context,
+        let description = format!(
+            "Signed in with {how} from {}",
+            context.ip.as_deref().unwrap_or("an unknown address")
         );
+        let audits = self
+            .account_events(&user, now, AuditAction::SignIn, &description, context)
+            .await?;
         self.store
             .create_session(&session, &token.hash(), &csrf.hash(), &audits, &alert)
             .await?;
@@ -1642,8 +1626,7 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<u64, AccountError> {
         let now = self.clock.now();
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = user_events(&memberships, user, now, action, description, true, context);
+        let audits = self.account_events(user, now, action, description, context).await?;
         Ok(self.store.end_sessions(user.id, which, now, &audits).await?)
     }
 

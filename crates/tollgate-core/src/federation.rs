@@ -406,14 +406,16 @@ impl Federation {
     ) -> Result<Identity, FederationError> {
         let now = self.clock.now();
         let record = identity.linked_to(user.id, provider, now);
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = self.accounts.events_for(
-            &memberships,
-            user,
-            AuditAction::LinkIdentity,
-            &format!("Linked a sign-in with {provider}"),
-            context,
-        );
+        let audits = self
+            .accounts
+            .account_events(
+                user,
+                now,
+                AuditAction::LinkIdentity,
+                &format!("Linked a sign-in with {provider}"),
+                context,
+            )
+            .await?;
         let mail = [self.accounts.notices().security_notice(
             user,
             "A sign-in method was added",
@@ -510,14 +512,16 @@ impl Federation {
 
     /// Removes an external sign-in, unless it is the account's last way to sign in.
     pub async fn unlink(&self, user: &User, id: IdentityId, context: &RequestContext) -> Result<(), FederationError> {
-        let memberships = self.store.list_memberships(user.id).await?;
-        let audits = self.accounts.events_for(
-            &memberships,
-            user,
-            AuditAction::UnlinkIdentity,
-            "Removed an external sign-in",
-            context,
-        );
+        let audits = self
+            .accounts
+            .account_events(
+                user,
+                self.clock.now(),
+                AuditAction::UnlinkIdentity,
+                "Removed an external sign-in",
+                context,
+            )
+            .await?;
         match self.store.delete_identity(user.id, id, &audits).await {
             Ok(()) => Ok(()),
             Err(StoreError::NotFound) => Err(FederationError::IdentityNotFound),

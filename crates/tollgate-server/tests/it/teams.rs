@@ -279,6 +279,41 @@ async fn management_keys_end_with_their_creators_admin_role(db: TestDb) {
     );
     assert_eq!(validates(second).await, StatusCode::UNAUTHORIZED);
     assert_eq!(validates(operator_key).await, StatusCode::OK);
+
+    // An Admin who deletes their account: their keys go with them, on the record, Ada told.
+    let carol = joined(&app, &ada, &team_id, "carol@example.com", "admin").await;
+    let (status, key) = app
+        .call_json(
+            Method::POST,
+            &format!("/api/teams/{team_id}/management-keys"),
+            &carol,
+            Some(json!({"name": "carol's"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let carols = key["key"].as_str().unwrap().to_owned();
+    assert_eq!(validates(carols.clone()).await, StatusCode::OK);
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            "/api/account/delete",
+            &carol,
+            Some(json!({"password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(validates(carols).await, StatusCode::UNAUTHORIZED);
+    let (_, log) = app
+        .call_json(Method::GET, &format!("/api/teams/{team_id}/audit/events"), &ada, None)
+        .await;
+    assert!(log.to_string().contains("Revoked management key 'carol's'"), "{log}");
+    assert!(
+        app.store().list_mail(100).await.unwrap().iter().any(|m| m
+            .mail
+            .subject
+            .contains("management key 'carol's' was revoked")
+            && m.mail.to[0].as_ref() == "ada@example.com")
+    );
 }
 
 /// Mail a person can make Tollgate send to any address is limited per sender and per recipient
@@ -566,6 +601,14 @@ async fn teams_members_and_invitations(db: TestDb) {
     assert_eq!(teams_of(&app, &bob).await.len(), 1, "not a member before accepting");
 
     // Bob's own sign-ins are not copied into a team he has not joined.
+    let signed_in = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .json(&json!({"email": "bob@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::OK);
     let (_, log) = app
         .call_json(Method::GET, &format!("{base}/audit/events"), &ada, None)
         .await;

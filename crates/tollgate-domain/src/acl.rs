@@ -13,9 +13,10 @@ pub enum Acl {
     Model(Option<String>),
 }
 
-/// The endpoint names `api-key:endpoint:<name>` may grant, with what each covers. A name not
-/// here is refused when a key is created or updated, so a typo cannot silently grant nothing.
-pub const ENDPOINTS: &[(&str, &str)] = &[("chat", "Chat completions (/v1/chat/completions), text and vision")];
+/// The endpoint names `api-key:endpoint:<name>` may grant are [`Endpoint`]'s. A name not
+/// among them is refused when a key is created or updated, so a typo cannot silently grant
+/// nothing.
+use crate::endpoint::Endpoint;
 
 /// A string that is not an ACL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +40,7 @@ pub enum AclError {
 pub const MAX_ACLS: usize = 100;
 
 fn known_endpoints() -> String {
-    ENDPOINTS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+    Endpoint::ALL.map(Endpoint::as_str).join(", ")
 }
 
 impl Acl {
@@ -59,7 +60,7 @@ impl Acl {
         let name = (name != "*").then(|| name.to_owned());
         match kind {
             "endpoint" => match name {
-                Some(name) if !ENDPOINTS.iter().any(|(known, _)| *known == name) => {
+                Some(name) if name.parse::<Endpoint>().is_err() => {
                     Err(AclError::UnknownEndpoint(raw.chars().take(100).collect()))
                 }
                 name => Ok(Acl::Endpoint(name)),
@@ -106,6 +107,12 @@ impl AclSet {
     #[must_use]
     pub fn as_slice(&self) -> &[Acl] {
         &self.0
+    }
+
+    /// Whether `endpoint` is granted.
+    #[must_use]
+    pub fn allows(&self, endpoint: Endpoint) -> bool {
+        self.allows_endpoint(endpoint.as_str())
     }
 
     /// Whether the endpoint `name` (e.g. `chat`) is granted.

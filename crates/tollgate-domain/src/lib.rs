@@ -10,6 +10,7 @@ pub mod audit;
 pub mod clock;
 pub mod domains;
 pub mod email;
+pub mod endpoint;
 pub mod entities;
 pub mod entropy;
 pub mod ids;
@@ -32,6 +33,7 @@ pub use audit::{
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use email::{Email, EmailError};
+pub use endpoint::Endpoint;
 pub use entities::{
     ApiKey, CeremonyPurpose, Identity, Invitation, ManagementKey, Member, Membership, OidcFlow, PendingIdentity,
     StoredPasskey, Sweep, Swept, Team, TeamDomain, User, WebauthnCeremony,

@@ -39,8 +39,8 @@ pub struct UsageRecord {
     pub api_key_id: ApiKeyId,
     /// The public model name (after alias resolution).
     pub model: String,
-    /// The endpoint, e.g. `chat`.
-    pub endpoint: String,
+    /// The endpoint.
+    pub endpoint: crate::Endpoint,
     /// Tokens used.
     pub usage: TokenUsage,
     /// The exact cost.

@@ -18,11 +18,8 @@ mod webhooks;
 use std::sync::Arc;
 
 use axum::Router;
-use tollgate_core::{
-    AccountService, AuditService, Federation, KeyService, RateLimiter, SecretScanning, TeamService, UsageRecorder,
-};
+use tollgate_core::{AccountService, AuditService, Federation, KeyService, SecretScanning, TeamService};
 use tollgate_domain::Clock;
-use tollgate_gateway::Catalog;
 use tollgate_store::Store;
 
 pub use audit::ExportFormat;
@@ -65,14 +62,10 @@ pub struct AppState {
     pub keys: KeyService,
     /// The audit log.
     pub audit: AuditService,
-    /// Group-commit usage writer.
-    pub usage: UsageRecorder,
-    /// Per-key request and token limits.
-    pub limiter: Arc<dyn RateLimiter>,
+    /// The inference use case (admit, settle), with the models, limits and usage writer.
+    pub inference: tollgate_core::Inference,
     /// GitHub secret scanning reports.
     pub secret_scanning: SecretScanning,
-    /// Models and upstreams.
-    pub catalog: Arc<Catalog>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// Settings.

@@ -583,9 +583,12 @@ pub(crate) async fn list_endpoints(
 ) -> Result<Json<EndpointListView>, XaiError> {
     own_team(&caller, &team_id)?;
     Ok(Json(EndpointListView {
-        endpoints: tollgate_domain::acl::ENDPOINTS
+        endpoints: tollgate_domain::Endpoint::ALL
             .iter()
-            .map(|(name, description)| EndpointView { name, description })
+            .map(|endpoint| EndpointView {
+                name: endpoint.as_str(),
+                description: endpoint.describe(),
+            })
             .collect(),
     }))
 }
@@ -617,7 +620,8 @@ pub(crate) async fn list_acl_models(
     own_team(&caller, &team_id)?;
     Ok(Json(AclModelListView {
         models: state
-            .catalog
+            .inference
+            .catalog()
             .models()
             .iter()
             .map(|route| AclModelView {

@@ -8,7 +8,6 @@
 //! has been recorded exactly once; a failed upstream call is not charged.
 
 use std::convert::Infallible;
-use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
@@ -22,8 +21,9 @@ use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tollgate_domain::ratelimit::{KeyLimits, LimitKind, LimitStatus};
-use tollgate_domain::{ApiKey, RequestId, TokenUsage, UsageRecord};
+use tollgate_core::{Admission, AdmitError, SettleError};
+use tollgate_domain::ratelimit::{LimitDecision, LimitKind, LimitStatus};
+use tollgate_domain::{Endpoint, RequestId, TokenUsage};
 use tollgate_gateway::sse::{SseDecoder, SseEvent};
 use tollgate_gateway::usage::{estimate_completion_tokens, estimate_prompt_tokens, parse_usage, usage_json};
 use tollgate_gateway::wire::{ChatCompletionRequest, StreamOptions};
@@ -40,63 +40,30 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/api-key", get(get_api_key))
 }
 
-/// What a request was, for billing once it finishes.
+/// A request admitted by the inference service, and what its surface adds: the metrics.
 struct Billing {
     state: AppState,
-    key_id: tollgate_domain::ApiKeyId,
-    team_id: tollgate_domain::TeamId,
-    route: std::sync::Arc<ModelRoute>,
-    request_id: RequestId,
-    started_at: tollgate_domain::Timestamp,
-    started: Instant,
-    streamed: bool,
+    admission: Admission,
 }
 
 impl Billing {
-    /// Prices `usage` and stores it; resolves once the record is durable.
-    async fn settle(&self, usage: TokenUsage, estimated: bool) -> Result<tollgate_domain::Ticks, XaiError> {
+    /// Settles through the inference service; resolves once the record is durable.
+    async fn settle(self, usage: TokenUsage, estimated: bool) -> Result<tollgate_domain::Ticks, XaiError> {
+        let model = self.admission.route().name.clone();
         let cost = self
-            .route
-            .pricing
-            .cost(&usage)
-            .map_err(|_| XaiError::internal(anyhow::anyhow!("cost overflow for model {}", self.route.name)))?;
-        let record = UsageRecord {
-            request_id: self.request_id,
-            team_id: self.team_id,
-            api_key_id: self.key_id,
-            model: self.route.name.clone(),
-            endpoint: "chat".into(),
-            usage,
-            cost,
-            estimated,
-            streamed: self.streamed,
-            started_at: self.started_at,
-            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        };
-        self.state
-            .usage
-            .record(record)
+            .state
+            .inference
+            .settle(self.admission, usage, estimated)
             .await
-            .map_err(|e| XaiError::unavailable("The request could not be recorded; it was not charged", e))?;
-        self.state.metrics.tokens(&self.route.name, &usage);
-        self.state
-            .limiter
-            .record_tokens(self.key_id, usage.total_tokens(), self.state.clock.now())
-            .await;
+            .map_err(|error| match error {
+                SettleError::CostOverflow(_) => XaiError::internal(anyhow::Error::new(error)),
+                SettleError::Record(error) => {
+                    XaiError::unavailable("The request could not be recorded; it was not charged", error)
+                }
+            })?;
+        self.state.metrics.tokens(&model, &usage);
         Ok(cost)
     }
-}
-
-fn check_acls(key: &ApiKey, model: &str) -> Result<(), XaiError> {
-    if !key.acls.allows_endpoint("chat") {
-        return Err(XaiError::permission_denied("access to the chat endpoint is denied"));
-    }
-    if !key.acls.allows_model(model) {
-        return Err(XaiError::permission_denied(format!(
-            "access to model {model} is denied"
-        )));
-    }
-    Ok(())
 }
 
 /// Create a chat completion.
@@ -124,28 +91,20 @@ pub(crate) async fn create_chat_completion(
     XaiJson(mut body): XaiJson<ChatCompletionRequest>,
 ) -> Result<Response, XaiError> {
     body.validate().map_err(XaiError::invalid_argument)?;
-    let route = state.catalog.resolve(&body.model).cloned().ok_or_else(|| {
-        XaiError::not_found(format!(
-            "The model {} does not exist or your team does not have access to it.",
-            body.model
-        ))
-    })?;
-    check_acls(&key, &route.name)?;
-    let rate_headers = rate_limit(&state, &key).await?;
-
     let request_id = meta
         .request_id
         .as_deref()
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(RequestId::new);
+    let admission = state
+        .inference
+        .admit(key, Endpoint::Chat, &body.model, body.is_stream(), request_id)
+        .await
+        .map_err(|error| admission_refused(&state, error))?;
+    let rate_headers = rate_limit_headers(admission.limits());
+    let route = std::sync::Arc::clone(admission.route());
     let billing = Billing {
-        key_id: key.id,
-        team_id: key.team_id,
-        route: std::sync::Arc::clone(&route),
-        request_id,
-        started_at: state.clock.now(),
-        started: Instant::now(),
-        streamed: body.is_stream(),
+        admission,
         state: state.clone(),
     };
     let prompt_estimate = estimate_prompt_tokens(&body);
@@ -209,19 +168,12 @@ fn reset_text(microseconds: i64) -> String {
     format!("{}.{:03}s", millis / 1000, millis % 1000)
 }
 
-/// Applies the key's `qps`, `qpm` and `tpm`: the `x-ratelimit-*` headers to send back, or a 429
-/// in xAI's shape (with `retry-after` and the same headers).
-async fn rate_limit(state: &AppState, key: &ApiKey) -> Result<HeaderMap, XaiError> {
-    let limits = KeyLimits {
-        qps: key.qps,
-        qpm: key.qpm,
-        tpm: key.tpm,
-    };
+/// The `x-ratelimit-*` headers for a key's limits as they stood.
+fn rate_limit_headers(decision: Option<&LimitDecision>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if !limits.any() {
-        return Ok(headers);
-    }
-    let decision = state.limiter.acquire(key.id, &limits, state.clock.now()).await;
+    let Some(decision) = decision else {
+        return headers;
+    };
     let mut put = |suffix: &str, status: Option<LimitStatus>| {
         if let Some(status) = status {
             for (name, value) in [
@@ -238,26 +190,38 @@ async fn rate_limit(state: &AppState, key: &ApiKey) -> Result<HeaderMap, XaiErro
     put("requests", decision.requests_per_minute);
     put("requests-second", decision.requests_per_second);
     put("tokens", decision.tokens_per_minute);
-    let Some((kind, actual)) = decision.refused else {
-        return Ok(headers);
-    };
-    let (what, unit, status) = match kind {
-        LimitKind::RequestsPerSecond => ("requests", "Requests per Second", decision.requests_per_second),
-        LimitKind::RequestsPerMinute => ("requests", "Requests per Minute", decision.requests_per_minute),
-        LimitKind::TokensPerMinute => ("tokens", "Tokens per Minute", decision.tokens_per_minute),
-    };
-    let (limit, reset_us) = status.map_or((0, 1_000_000), |s| (s.limit, s.reset_after_us));
-    let retry_after = ((reset_us + 999_999) / 1_000_000).max(1);
-    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    state.metrics.rate_limited(kind_label(kind));
-    Err(XaiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        format!(
-            "Too many {what} for API key {}. {unit} (actual/limit): {actual}/{limit}.",
-            key.redacted
-        ),
-    )
-    .with_headers(headers))
+    headers
+}
+
+/// A refused admission in xAI's shape: 404 for an unknown model, 403 for an ACL, and a 429 with
+/// `retry-after` and the `x-ratelimit-*` headers for a limit.
+fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
+    match error {
+        AdmitError::UnknownModel(_) => XaiError::not_found(error.to_string()),
+        AdmitError::EndpointDenied(_) | AdmitError::ModelDenied(_) => XaiError::permission_denied(error.to_string()),
+        AdmitError::RateLimited {
+            kind,
+            actual,
+            decision,
+            redacted,
+        } => {
+            let mut headers = rate_limit_headers(Some(&decision));
+            let (what, unit, status) = match kind {
+                LimitKind::RequestsPerSecond => ("requests", "Requests per Second", decision.requests_per_second),
+                LimitKind::RequestsPerMinute => ("requests", "Requests per Minute", decision.requests_per_minute),
+                LimitKind::TokensPerMinute => ("tokens", "Tokens per Minute", decision.tokens_per_minute),
+            };
+            let (limit, reset_us) = status.map_or((0, 1_000_000), |s| (s.limit, s.reset_after_us));
+            let retry_after = ((reset_us + 999_999) / 1_000_000).max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            state.metrics.rate_limited(kind_label(kind));
+            XaiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many {what} for API key {redacted}. {unit} (actual/limit): {actual}/{limit}."),
+            )
+            .with_headers(headers)
+        }
+    }
 }
 
 const fn kind_label(kind: LimitKind) -> &'static str {
@@ -340,7 +304,7 @@ async fn relay_stream(
         billing
             .state
             .metrics
-            .upstream_error(billing.route.upstream.name(), "stream");
+            .upstream_error(billing.admission.route().upstream.name(), "stream");
         tracing::warn!(error = %error, "upstream stream failed");
     }
 
@@ -398,11 +362,11 @@ fn rewrite_chunk(
         if let Some(usage) = parse_usage(&chunk["usage"]) {
             // Usage is cumulative; the last report is the bill. Show its cost as we go.
             *last_usage = Some(usage);
-            let cost = billing.route.pricing.cost(&usage).unwrap_or_default();
+            let cost = billing.admission.route().pricing.cost(&usage).unwrap_or_default();
             chunk["usage"] = usage_json(&usage, cost);
         }
         if chunk.get("model").is_some() {
-            chunk["model"] = Value::String(billing.route.name.clone());
+            chunk["model"] = Value::String(billing.admission.route().name.clone());
         }
     }
     sse_data(&chunk.to_string())
@@ -430,7 +394,8 @@ pub(crate) struct ModelListView {
     security(("api_key" = [])))]
 pub(crate) async fn list_models(State(state): State<AppState>, ApiKeyAuth(key): ApiKeyAuth) -> Json<ModelListView> {
     let data = state
-        .catalog
+        .inference
+        .catalog()
         .models()
         .iter()
         .filter(|model| key.acls.allows_model(&model.name))

@@ -366,8 +366,12 @@ pub async fn start(
         ),
         keys: services.keys.clone(),
         audit: services.audit.clone(),
-        usage,
-        limiter: Arc::new(tollgate_core::LocalRateLimiter::default()),
+        inference: tollgate_core::Inference::new(
+            catalog,
+            Arc::new(tollgate_core::LocalRateLimiter::default()),
+            usage,
+            Arc::clone(&clock),
+        ),
         secret_scanning: tollgate_core::SecretScanning::new(
             services.keys.clone(),
             Arc::clone(&clock),
@@ -380,7 +384,6 @@ pub async fn start(
                 token: config.secret_scanning.github_token.clone(),
             }),
         ),
-        catalog,
         metrics: Arc::new(Metrics::new()),
         settings: Arc::new(HttpSettings {
             console_url: config.console_url.trim_end_matches('/').to_owned(),

@@ -174,7 +174,10 @@ fn usage_from_row(row: &DbRow) -> Result<UsageRecord, StoreError> {
         team_id: TeamId::from_uuid(row.try_get("team_id")?),
         api_key_id: ApiKeyId::from_uuid(row.try_get("api_key_id")?),
         model: row.try_get("model")?,
-        endpoint: row.try_get("endpoint")?,
+        endpoint: row
+            .try_get::<String, _>("endpoint")?
+            .parse()
+            .map_err(|e| corrupt("usage_events.endpoint", e))?,
         usage: TokenUsage {
             prompt_tokens: get_u64("prompt_tokens")?,
             cached_prompt_tokens: get_u64("cached_prompt_tokens")?,
@@ -1759,7 +1762,7 @@ impl UsageStore for SqlStore {
             .bind(record.team_id.as_uuid())
             .bind(record.api_key_id.as_uuid())
             .bind(&record.model)
-            .bind(&record.endpoint)
+            .bind(record.endpoint.as_str())
             .bind(to_i64(usage.prompt_tokens, "prompt_tokens")?)
             .bind(to_i64(usage.cached_prompt_tokens, "cached_prompt_tokens")?)
             .bind(to_i64(usage.completion_tokens, "completion_tokens")?)

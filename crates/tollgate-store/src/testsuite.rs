@@ -374,7 +374,7 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
         team_id: team.id,
         api_key_id: key.id,
         model: "grok-test".into(),
-        endpoint: "chat".into(),
+        endpoint: tollgate_domain::Endpoint::Chat,
         usage: TokenUsage {
             prompt_tokens: prompt,
             cached_prompt_tokens: 3,

@@ -19,7 +19,7 @@ async fn a_bad_record_fails_alone(db: TestDb) {
         team_id: app.team.id,
         api_key_id,
         model: MODEL.into(),
-        endpoint: "chat".into(),
+        endpoint: tollgate_domain::Endpoint::Chat,
         usage: TokenUsage {
             prompt_tokens: 3,
             completion_tokens: 4,

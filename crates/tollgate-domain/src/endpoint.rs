@@ -1,0 +1,66 @@
+//! The inference endpoints a key's ACLs name (`api-key:endpoint:<name>`) and usage records carry.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// An inference endpoint, as ACLs and usage name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// Chat completions (`/v1/chat/completions`), text and vision.
+    Chat,
+}
+
+impl Endpoint {
+    /// Every endpoint.
+    pub const ALL: [Endpoint; 1] = [Endpoint::Chat];
+
+    /// The name in ACLs and usage records.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+        }
+    }
+
+    /// What it covers, for the endpoint list.
+    #[must_use]
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "Chat completions (/v1/chat/completions), text and vision",
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is no endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown endpoint '{0}'")]
+pub struct UnknownEndpoint(pub String);
+
+impl FromStr for Endpoint {
+    type Err = UnknownEndpoint;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Endpoint::ALL
+            .into_iter()
+            .find(|endpoint| endpoint.as_str() == s)
+            .ok_or_else(|| UnknownEndpoint(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for endpoint in Endpoint::ALL {
+            assert_eq!(endpoint.as_str().parse::<Endpoint>(), Ok(endpoint));
+        }
+        assert!("image".parse::<Endpoint>().is_err());
+    }
+}

@@ -39,4 +39,5 @@ impl SqlStore {
     }
 }
 
-include!("shared.rs");
+#[path = "sql/mod.rs"]
+mod sql;

@@ -61,4 +61,5 @@ impl SqlStore {
     }
 }
 
-include!("shared.rs");
+#[path = "sql/mod.rs"]
+mod sql;

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod billing;
 pub mod caller;
 pub mod federation;
 pub mod geo;

@@ -453,13 +453,16 @@ impl TeamService {
         if confirm_name != team.name {
             return Err(TeamError::NameMismatch);
         }
+        let balance = self.store.balance(team.id).await?;
         let audit = self.event(
             caller,
             AuditAction::DeleteTeam,
             format!(
-                "Deleted the team \"{}\": its API keys and management keys stopped working; its prepaid credits \
-                 (none are recorded before billing exists) were forfeited",
-                team.name
+                "Deleted the team \"{}\": its API keys and management keys stopped working; its credit was forfeited \
+                 (${} prepaid, ${} promotional)",
+                team.name,
+                tollgate_domain::ledger::format_usd(balance.prepaid),
+                tollgate_domain::ledger::format_usd(balance.promo),
             ),
             Some(format!("team:{}", team.id)),
             context,

@@ -16,6 +16,7 @@ pub mod entropy;
 pub mod ids;
 pub mod key_policy;
 pub mod keys;
+pub mod ledger;
 pub mod mail;
 pub mod mfa;
 pub mod money;
@@ -44,6 +45,7 @@ pub use ids::{
     SessionId, TeamId, UserId,
 };
 pub use key_policy::{KeyPolicy, KeyShape, PolicyViolation};
+pub use ledger::{Balance, Bucket, EntryKind, LedgerEntry};
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};
 pub use name::{Name, NameError};

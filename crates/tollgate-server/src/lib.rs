@@ -96,6 +96,8 @@ pub struct Services {
     pub audit: AuditService,
     /// Teams and members.
     pub teams: tollgate_core::TeamService,
+    /// The credit ledger.
+    pub ledger: tollgate_core::billing::Ledger,
 }
 
 /// Builds the services over `store`.
@@ -143,6 +145,7 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
         )
         .with_entropy(entropy),
         keys,
+        ledger: tollgate_core::billing::Ledger::new(Arc::clone(store), Arc::clone(clock)),
         audit: AuditService::new(
             Arc::clone(store),
             Arc::clone(clock),
@@ -439,6 +442,10 @@ pub async fn start(
         .spawn_purge(Duration::from_secs(3600), stop_jobs.clone());
     let housekeeping = tollgate_core::Housekeeping::new(Arc::clone(&store), Arc::clone(&clock))
         .spawn(Duration::from_secs(3600), stop_jobs.clone());
+    let credit_expiry = services
+        .ledger
+        .clone()
+        .spawn_expiry(Duration::from_secs(3600), stop_jobs.clone());
     let domain_checks = services.teams.clone().spawn_domain_checks(
         Duration::from_secs(config.domain_recheck_hours * 3600),
         stop_jobs.clone(),
@@ -498,6 +505,7 @@ pub async fn start(
         let _ = domain_checks.await;
         let _ = purge.await;
         let _ = housekeeping.await;
+        let _ = credit_expiry.await;
         if let Some(mail) = mail {
             let _ = mail.await;
         }

@@ -49,6 +49,54 @@ enum Command {
     /// The mail outbox: what was sent, what waits (all of it, without mail.smtp_url).
     #[command(subcommand)]
     Mail(MailCommand),
+    /// Credits: grant, adjust, show a balance, verify the ledger.
+    #[command(subcommand)]
+    Billing(BillingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BillingCommand {
+    /// Grant credit to a team (audited; each call is a new entry): prepaid, or with `--promo`
+    /// promotional credit that expires at `--expires`.
+    Grant {
+        /// The team.
+        #[arg(long)]
+        team: TeamId,
+        /// USD, an exact decimal with at most 10 places (e.g. 12.50).
+        #[arg(long)]
+        usd: String,
+        /// Why, for the team's audit log.
+        #[arg(long)]
+        reason: String,
+        /// Promotional credit (consumed first; expires).
+        #[arg(long, requires = "expires")]
+        promo: bool,
+        /// When promotional credit expires (RFC 3339).
+        #[arg(long, requires = "promo")]
+        expires: Option<String>,
+    },
+    /// Adjust a team's prepaid credit by an amount of either sign (audited).
+    Adjust {
+        /// The team.
+        #[arg(long)]
+        team: TeamId,
+        /// USD, an exact decimal of either sign (e.g. -5 or 2.25).
+        #[arg(long, allow_hyphen_values = true)]
+        usd: String,
+        /// Why, for the team's audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// A team's credit, and its newest ledger entries.
+    Balance {
+        /// The team.
+        #[arg(long)]
+        team: TeamId,
+    },
+    /// Check every team's balances against the sums of its ledger entries (on one consistent
+    /// snapshot, so a running server raises no false alarm). Exits with status 1 naming the
+    /// first mismatch.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(command) => audit(&config, clock, command).await,
+        Command::Billing(command) => billing(&config, clock, command).await,
         Command::Mail(command) => mail(&config, clock, command).await,
         Command::ApiKey(ApiKeyCommand::Block { team, id, reason }) => {
             let presented = match (team, id) {
@@ -472,4 +521,72 @@ fn read_secret(prompt: &str) -> anyhow::Result<String> {
     let value = line.trim_end_matches(['\r', '\n']).to_owned();
     anyhow::ensure!(!value.is_empty(), "nothing on standard input ({prompt})");
     Ok(value)
+}
+
+async fn billing(config: &Config, clock: Arc<dyn Clock>, command: BillingCommand) -> anyhow::Result<()> {
+    use tollgate_domain::ledger::{format_usd, parse_usd};
+    let store = tollgate_server::open_store(config).await?;
+    let ledger = tollgate_server::services(config, &store, &clock)?.ledger;
+    let context = RequestContext::default();
+    let result = async {
+        match command {
+            BillingCommand::Grant {
+                team,
+                usd,
+                reason,
+                promo: _,
+                expires,
+            } => {
+                let amount = parse_usd(&usd)?;
+                let expires = expires
+                    .map(|text| {
+                        chrono::DateTime::parse_from_rfc3339(&text)
+                            .map(|at| at.with_timezone(&chrono::Utc))
+                            .with_context(|| format!("--expires '{text}' is not an RFC 3339 time"))
+                    })
+                    .transpose()?;
+                let entry = ledger
+                    .grant(team, amount, &reason, expires, Actor::Operator, &context)
+                    .await?;
+                println!(
+                    "granted ${} to team {team} (entry {})",
+                    format_usd(entry.amount),
+                    entry.id
+                );
+            }
+            BillingCommand::Adjust { team, usd, reason } => {
+                let entry = ledger
+                    .adjust(team, parse_usd(&usd)?, &reason, Actor::Operator, &context)
+                    .await?;
+                println!(
+                    "adjusted team {team} by ${} (entry {})",
+                    format_usd(entry.amount),
+                    entry.id
+                );
+            }
+            BillingCommand::Balance { team } => {
+                let balance = ledger.balance(team).await?;
+                println!("prepaid: ${}", format_usd(balance.prepaid));
+                println!("promotional: ${}", format_usd(balance.promo));
+                for entry in ledger.entries(team, 20).await? {
+                    println!(
+                        "{}  {:<12} {:<8} {:>16}  {}",
+                        entry.created_at.format("%Y-%m-%d %H:%M:%S"),
+                        entry.kind,
+                        entry.bucket.as_str(),
+                        format_usd(entry.amount),
+                        entry.reason.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            BillingCommand::Verify => match ledger.verify().await? {
+                None => println!("ledger verified: every balance equals the sum of its entries"),
+                Some(mismatch) => anyhow::bail!("ledger mismatch: {mismatch}"),
+            },
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    store.close().await;
+    result
 }

@@ -686,10 +686,62 @@ pub trait FederationStore: Send + Sync {
     ) -> Result<Option<PendingIdentity>, StoreError>;
 }
 
+/// A promotional lot whose expiry has come, with what is left of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiredLot {
+    /// The lot (its grant's entry id).
+    pub id: uuid::Uuid,
+    /// Its team.
+    pub team_id: TeamId,
+    /// What is left, in ticks (> 0).
+    pub remaining: tollgate_domain::Ticks,
+    /// When it expired.
+    pub expires_at: Timestamp,
+}
+
+/// The credit ledger: append-only entries, the balances maintained from them, and promotional
+/// lots.
+///
+/// **Invariant:** a team's balance in each bucket always equals the sum of its entries there,
+/// and its promotional balance the sum of its lots' remainders: every write changes the entry,
+/// the balance (and the lot) in one transaction.
+#[async_trait]
+pub trait LedgerStore: Send + Sync {
+    /// Appends `entry` with `audit` in one transaction, moving the team's balance (a
+    /// promotional grant also opens its lot). `false`, writing nothing, when an entry with the
+    /// same idempotency key exists.
+    async fn append_ledger_entry(
+        &self,
+        entry: &tollgate_domain::LedgerEntry,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
+    /// The team's balance (zero in both buckets when nothing was ever written).
+    async fn balance(&self, team_id: TeamId) -> Result<tollgate_domain::Balance, StoreError>;
+    /// The team's entries, newest first, at most `limit`.
+    async fn ledger_entries(
+        &self,
+        team_id: TeamId,
+        limit: u32,
+    ) -> Result<Vec<tollgate_domain::LedgerEntry>, StoreError>;
+    /// Promotional lots expired by `now` with credit left.
+    async fn expired_lots(&self, now: Timestamp) -> Result<Vec<ExpiredLot>, StoreError>;
+    /// Writes off `lot` with `entry` (its `promo_expiry`) and `audit`, if it still has exactly
+    /// what `lot` says (else `false`, nothing written: it changed meanwhile, the next run sees it).
+    async fn expire_lot(
+        &self,
+        lot: &ExpiredLot,
+        entry: &tollgate_domain::LedgerEntry,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
+    /// Checks, on one consistent snapshot, every team's balances against the sums of its
+    /// entries and lots: the first mismatch found (by team id), or `None`.
+    async fn verify_ledger(&self) -> Result<Option<String>, StoreError>;
+}
+
 /// Everything Tollgate persists.
 #[async_trait]
 pub trait Store:
-    AccountStore + TeamStore + KeyStore + UsageStore + AuditStore + MailStore + MfaStore + FederationStore
+    AccountStore + TeamStore + KeyStore + UsageStore + AuditStore + MailStore + MfaStore + FederationStore + LedgerStore
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

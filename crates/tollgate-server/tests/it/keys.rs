@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tollgate_core::LeakOutcome;
 use tollgate_store::testsuite::TestDb;
 
-use crate::util::{MODEL, TestApp, assert_xai_error, on_both_backends, user_message};
+use crate::util::{MODEL, TestApp, assert_xai_error, on_both_backends, tollgate_cli, user_message};
 
 on_both_backends!(
     update_by_field_mask,
@@ -514,29 +514,6 @@ async fn acl_names_are_listed_and_checked(db: TestDb) {
     )
     .await;
     app.finish().await;
-}
-
-/// The `tollgate` binary against this app's database.
-fn tollgate_cli(app: &TestApp, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    use std::io::Write as _;
-    let key = tollgate_domain::AuditChainKey::from_bytes([42; 32]).to_hex();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .env("TOLLGATE_DATABASE_URL", &app.config.database_url)
-        .env("TOLLGATE_AUDIT__KEY", key)
-        .env("TOLLGATE_LOG_FILTER", "warn")
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
 }
 
 /// Key secrets are drawn from the entropy the service is given (beside the clock), so a test

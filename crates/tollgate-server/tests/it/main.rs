@@ -6,6 +6,7 @@
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
 mod audit;
+mod billing;
 mod cli;
 mod config;
 mod conformance;

@@ -324,3 +324,26 @@ pub async fn execute(url: &str, sqlite: &str, postgres: &str) -> Result<(), sqlx
 pub fn user_message() -> Value {
     json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}])
 }
+
+/// The `tollgate` binary against this app's database.
+pub fn tollgate_cli(app: &TestApp, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write as _;
+    let key = tollgate_domain::AuditChainKey::from_bytes([42; 32]).to_hex();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env("TOLLGATE_DATABASE_URL", &app.config.database_url)
+        .env("TOLLGATE_AUDIT__KEY", key)
+        .env("TOLLGATE_LOG_FILTER", "warn")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}

@@ -23,6 +23,7 @@ mod accounts;
 mod audit;
 mod federation;
 mod keys;
+mod ledger;
 mod mail;
 mod mfa;
 mod teams;

@@ -124,6 +124,8 @@ impl TeamStore for SqlStore {
         .bind(at)
         .execute(&mut *tx)
         .await?;
+        // Its credit is forfeited, on the ledger (no refunds of prepaid credit).
+        super::ledger::forfeit(&mut tx, team_id, at, &audit.actor).await?;
         insert_audit(&mut tx, &self.audit_key, audit).await?;
         tx.commit().await?;
         Ok(())

@@ -1,0 +1,250 @@
+//! The credit ledger's pure rules: what an entry is, the two buckets of credit, and exact USD
+//! amounts typed by people (`12.50`) as ticks. No float ever touches an amount.
+//!
+//! Entries are append-only and signed from the team's side: credit to the team is positive,
+//! consumption negative. A team's balance in each bucket is the sum of its entries there, and
+//! the store keeps it maintained in the entries' own transactions.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::clock::Timestamp;
+use crate::ids::TeamId;
+use crate::money::Ticks;
+
+/// Which credit an entry moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// Bought (or granted) credit that does not expire.
+    Prepaid,
+    /// Promotional credit: consumed first, soonest expiry first; expires lot by lot.
+    Promo,
+}
+
+/// What an entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// Credit bought through the payment provider.
+    Purchase,
+    /// Promotional credit granted, with an expiry.
+    PromoGrant,
+    /// Consumption by requests.
+    Spend,
+    /// The operator's correction or grant (either sign), with a reason.
+    Adjustment,
+    /// Credit forfeited when its team was deleted.
+    Forfeiture,
+    /// Promotional credit left when its lot expired.
+    PromoExpiry,
+}
+
+impl EntryKind {
+    /// Every kind.
+    pub const ALL: [EntryKind; 6] = [
+        EntryKind::Purchase,
+        EntryKind::PromoGrant,
+        EntryKind::Spend,
+        EntryKind::Adjustment,
+        EntryKind::Forfeiture,
+        EntryKind::PromoExpiry,
+    ];
+
+    /// The stored name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Purchase => "purchase",
+            EntryKind::PromoGrant => "promo_grant",
+            EntryKind::Spend => "spend",
+            EntryKind::Adjustment => "adjustment",
+            EntryKind::Forfeiture => "forfeiture",
+            EntryKind::PromoExpiry => "promo_expiry",
+        }
+    }
+}
+
+impl Bucket {
+    /// The stored name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Bucket::Prepaid => "prepaid",
+            Bucket::Promo => "promo",
+        }
+    }
+}
+
+/// A stored name that is not one of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown ledger name '{0}'")]
+pub struct UnknownLedgerName(pub String);
+
+impl FromStr for EntryKind {
+    type Err = UnknownLedgerName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EntryKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+            .ok_or_else(|| UnknownLedgerName(s.to_owned()))
+    }
+}
+
+impl FromStr for Bucket {
+    type Err = UnknownLedgerName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "prepaid" => Ok(Bucket::Prepaid),
+            "promo" => Ok(Bucket::Promo),
+            other => Err(UnknownLedgerName(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// Id (a promotional grant's id is also its lot's).
+    pub id: uuid::Uuid,
+    /// The team.
+    pub team_id: TeamId,
+    /// What it records.
+    pub kind: EntryKind,
+    /// Which credit it moves.
+    pub bucket: Bucket,
+    /// Signed: positive credits the team.
+    pub amount: Ticks,
+    /// Unique: the same key is the same entry, written once however often it is asked for.
+    pub idempotency_key: String,
+    /// The promotional lot it concerns (a grant, an expiry).
+    pub lot_id: Option<uuid::Uuid>,
+    /// When a promotional grant expires.
+    pub expires_at: Option<Timestamp>,
+    /// Why (the operator's reason, a purchase's reference).
+    pub reason: Option<String>,
+    /// When.
+    pub created_at: Timestamp,
+}
+
+/// A team's credit, per bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Balance {
+    /// Prepaid credit (may be below zero after an operator's negative adjustment).
+    pub prepaid: Ticks,
+    /// Unexpired promotional credit.
+    pub promo: Ticks,
+}
+
+impl Balance {
+    /// Both buckets together.
+    pub fn total(&self) -> Result<Ticks, crate::money::TicksError> {
+        self.prepaid.checked_add(self.promo)
+    }
+}
+
+/// An amount of USD that is not exact or not in range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsdError {
+    /// Not a decimal number.
+    #[error("'{0}' is not an amount in USD (e.g. 12.50)")]
+    Syntax(String),
+    /// More than 10 decimal places (a tick is 1e-10 USD).
+    #[error("'{0}' has more than 10 decimal places")]
+    TooPrecise(String),
+    /// Beyond what an i64 of ticks holds.
+    #[error("'{0}' is too large")]
+    TooLarge(String),
+}
+
+/// Parses an exact decimal amount of USD (`12.50`, `-5`, `0.0000000001`) into ticks.
+pub fn parse_usd(text: &str) -> Result<Ticks, UsdError> {
+    let raw = text.trim();
+    let syntax = || UsdError::Syntax(raw.chars().take(40).collect());
+    let (negative, digits) = match raw.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, raw.strip_prefix('+').unwrap_or(raw)),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) || (digits.contains('.') && fraction.is_empty())
+    {
+        return Err(syntax());
+    }
+    if fraction.len() > 10 {
+        return Err(UsdError::TooPrecise(raw.chars().take(40).collect()));
+    }
+    let too_large = || UsdError::TooLarge(raw.chars().take(40).collect());
+    let whole: i64 = whole.parse().map_err(|_| too_large())?;
+    let fraction_ticks: i64 = if fraction.is_empty() {
+        0
+    } else {
+        let padded = format!("{fraction:0<10}");
+        padded.parse().map_err(|_| syntax())?
+    };
+    let ticks = whole
+        .checked_mul(Ticks::PER_USD)
+        .and_then(|t| t.checked_add(fraction_ticks))
+        .ok_or_else(too_large)?;
+    Ok(Ticks::new(if negative { -ticks } else { ticks }))
+}
+
+/// Ticks as USD with every digit (`12.5000000000` → `12.50`): exact, for people to read.
+#[must_use]
+pub fn format_usd(amount: Ticks) -> String {
+    let ticks = amount.get();
+    let sign = if ticks < 0 { "-" } else { "" };
+    let abs = ticks.unsigned_abs();
+    let per_usd = Ticks::PER_USD.unsigned_abs();
+    let fraction = format!("{:010}", abs % per_usd);
+    let fraction = fraction.trim_end_matches('0');
+    let fraction = if fraction.len() < 2 {
+        format!("{fraction:0<2}")
+    } else {
+        fraction.to_owned()
+    };
+    format!("{sign}{}.{fraction}", abs / per_usd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usd_is_parsed_exactly() {
+        assert_eq!(parse_usd("12.50"), Ok(Ticks::new(125_000_000_000)));
+        assert_eq!(parse_usd("-5"), Ok(Ticks::new(-50_000_000_000)));
+        assert_eq!(parse_usd("0.0000000001"), Ok(Ticks::new(1)));
+        assert_eq!(parse_usd(" +3.1 "), Ok(Ticks::new(31_000_000_000)));
+        assert!(matches!(parse_usd("0.00000000001"), Err(UsdError::TooPrecise(_))));
+        for bad in ["", "abc", "1.2.3", "1e3", ".5", "5.", "--1", "1,5", "NaN"] {
+            assert!(matches!(parse_usd(bad), Err(UsdError::Syntax(_))), "{bad:?}");
+        }
+        assert!(matches!(parse_usd("922337204"), Err(UsdError::TooLarge(_))));
+        assert_eq!(parse_usd("922337203.6854775807"), Ok(Ticks::new(i64::MAX)));
+    }
+
+    #[test]
+    fn usd_is_formatted_exactly() {
+        assert_eq!(format_usd(Ticks::new(125_000_000_000)), "12.50");
+        assert_eq!(format_usd(Ticks::new(-50_000_000_000)), "-5.00");
+        assert_eq!(format_usd(Ticks::new(1)), "0.0000000001");
+        assert_eq!(format_usd(Ticks::ZERO), "0.00");
+        for text in ["12.50", "-5.00", "0.0000000001", "7.123"] {
+            assert_eq!(format_usd(parse_usd(text).unwrap()), text);
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for kind in EntryKind::ALL {
+            assert_eq!(kind.as_str().parse::<EntryKind>(), Ok(kind));
+        }
+        assert_eq!("promo".parse::<Bucket>(), Ok(Bucket::Promo));
+        assert!("credit".parse::<Bucket>().is_err());
+    }
+}

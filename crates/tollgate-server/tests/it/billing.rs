@@ -1,0 +1,232 @@
+//! The credit ledger: the operator's grants and adjustments (exact decimal USD), balances that
+//! always equal the sum of their entries, promotional credit that expires (moved clock),
+//! forfeiture when a team is deleted, and `tollgate billing verify` catching a tampered balance.
+
+use serde_json::Value;
+use tollgate_domain::{Actor, Bucket, Clock as _, EntryKind, RequestContext, Ticks};
+use tollgate_store::testsuite::TestDb;
+
+use crate::util::{TestApp, execute, on_both_backends, tollgate_cli};
+
+on_both_backends!(
+    operators_grant_and_adjust_exactly,
+    credit_expires_is_forfeited_and_verified
+);
+
+fn usd(text: &str) -> Ticks {
+    tollgate_domain::ledger::parse_usd(text).unwrap()
+}
+
+fn run(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let output = tollgate_cli(app, args, None);
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+async fn operators_grant_and_adjust_exactly(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let team = app.team.id.to_string();
+    let (ok, out) = run(
+        &app,
+        &[
+            "billing", "grant", "--team", &team, "--usd", "12.50", "--reason", "welcome",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("granted $12.50"), "{out}");
+    let (ok, out) = run(
+        &app,
+        &[
+            "billing",
+            "adjust",
+            "--team",
+            &team,
+            "--usd",
+            "-5",
+            "--reason",
+            "correction",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        &app,
+        &[
+            "billing",
+            "adjust",
+            "--team",
+            &team,
+            "--usd",
+            "0.0000000001",
+            "--reason",
+            "a tick",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(&app, &["billing", "balance", "--team", &team]);
+    assert!(ok, "{out}");
+    assert!(out.contains("prepaid: $7.5000000001"), "{out}");
+    assert!(out.contains("promotional: $0.00"), "{out}");
+
+    // Refused plainly, nothing written.
+    for (args, says) in [
+        (vec!["grant", "--usd", "0", "--reason", "x"], "more than $0"),
+        (vec!["grant", "--usd", "1.5e3", "--reason", "x"], "not an amount"),
+        (
+            vec!["grant", "--usd", "0.00000000001", "--reason", "x"],
+            "more than 10 decimal places",
+        ),
+        (vec!["adjust", "--usd", "0", "--reason", "x"], "must not be $0"),
+        (vec!["grant", "--usd", "1", "--reason", " "], "reason must not be empty"),
+    ] {
+        let mut full = vec!["billing"];
+        full.push(args[0]);
+        full.extend(["--team", &team]);
+        full.extend(&args[1..]);
+        let (ok, out) = run(&app, &full);
+        assert!(!ok, "{full:?}: {out}");
+        assert!(out.contains(says), "{full:?}: {out}");
+    }
+    let unknown = tollgate_domain::TeamId::new().to_string();
+    let (ok, out) = run(
+        &app,
+        &["billing", "grant", "--team", &unknown, "--usd", "1", "--reason", "x"],
+    );
+    assert!(!ok && out.contains("no such team"), "{out}");
+    assert_eq!(
+        app.store().balance(app.team.id).await.unwrap().prepaid,
+        usd("7.5000000001")
+    );
+
+    // On the team's record, by the operator.
+    let log = app
+        .get_json(
+            &format!("/audit/teams/{}/events?pageSize=50", app.team.id),
+            &app.management_key,
+        )
+        .await;
+    let events: Vec<&Value> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "GrantCredits" || e["action"] == "AdjustCredits")
+        .collect();
+    assert_eq!(events.len(), 3, "{log}");
+    assert!(events.iter().all(|e| e["actor"]["type"] == "operator"), "{log}");
+    let (ok, out) = run(&app, &["billing", "verify"]);
+    assert!(ok, "{out}");
+}
+
+async fn credit_expires_is_forfeited_and_verified(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let ledger = app.services().ledger;
+    let context = RequestContext::default();
+    let team = app.team.id;
+    let in_a_day = app.clock.now() + chrono::Duration::days(1);
+    ledger
+        .grant(
+            team,
+            usd("3"),
+            "launch promotion",
+            Some(in_a_day),
+            Actor::Operator,
+            &context,
+        )
+        .await
+        .unwrap();
+    ledger
+        .grant(team, usd("10"), "prepaid", None, Actor::Operator, &context)
+        .await
+        .unwrap();
+    let past = ledger
+        .grant(
+            team,
+            usd("1"),
+            "too late",
+            Some(app.clock.now()),
+            Actor::Operator,
+            &context,
+        )
+        .await;
+    assert!(past.is_err(), "an expiry must be in the future");
+    let balance = ledger.balance(team).await.unwrap();
+    assert_eq!((balance.prepaid, balance.promo), (usd("10"), usd("3")));
+
+    // Nothing expires early; after its day the lot's remainder is written off, once.
+    assert_eq!(ledger.expire_promotions().await.unwrap(), 0);
+    app.clock.advance(chrono::Duration::days(2));
+    assert_eq!(ledger.expire_promotions().await.unwrap(), 1);
+    assert_eq!(ledger.expire_promotions().await.unwrap(), 0);
+    let balance = ledger.balance(team).await.unwrap();
+    assert_eq!((balance.prepaid, balance.promo), (usd("10"), Ticks::ZERO));
+    let entries = ledger.entries(team, 10).await.unwrap();
+    let expiry = entries.iter().find(|e| e.kind == EntryKind::PromoExpiry).unwrap();
+    assert_eq!((expiry.bucket, expiry.amount), (Bucket::Promo, usd("-3")));
+    assert_eq!(ledger.verify().await.unwrap(), None);
+
+    // A deleted team's credit is forfeited on the ledger, in the deletion's transaction.
+    let (doomed, _, _) = app.key_of_a_deleted_team().await;
+    assert_eq!(app.store().balance(doomed).await.unwrap(), Default::default());
+    let (other, _) = app.other_team("other@example.com").await;
+    ledger
+        .grant(other.id, usd("4.25"), "credit", None, Actor::Operator, &context)
+        .await
+        .unwrap();
+    forfeit_by_deleting(&app, other.id).await;
+    let forfeited = app.store().ledger_entries(other.id, 10).await.unwrap();
+    let forfeiture = forfeited.iter().find(|e| e.kind == EntryKind::Forfeiture).unwrap();
+    assert_eq!(forfeiture.amount, usd("-4.25"));
+    assert_eq!(app.store().balance(other.id).await.unwrap().prepaid, Ticks::ZERO);
+    assert_eq!(ledger.verify().await.unwrap(), None);
+
+    // A balance edited behind the ledger's back is caught, and named.
+    execute(
+        &app.config.database_url,
+        "UPDATE team_balances SET prepaid = prepaid + 1",
+        "UPDATE team_balances SET prepaid = prepaid + 1",
+    )
+    .await
+    .unwrap();
+    let (ok, out) = run(&app, &["billing", "verify"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("ledger mismatch: team"), "{out}");
+    assert!(out.contains("prepaid balance"), "{out}");
+}
+
+/// Deletes `team` (not a Personal Team: it is made a normal one for the test) through the
+/// team service, as an Admin would.
+async fn forfeit_by_deleting(app: &TestApp, team: tollgate_domain::TeamId) {
+    execute(
+        &app.config.database_url,
+        &format!(
+            "UPDATE teams SET personal = 0 WHERE id = X'{}'",
+            team.as_uuid().simple()
+        ),
+        &format!("UPDATE teams SET personal = FALSE WHERE id = '{team}'"),
+    )
+    .await
+    .unwrap();
+    let owner = app
+        .store()
+        .find_user_by_email(&tollgate_domain::Email::parse("other@example.com").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let caller = tollgate_core::Caller::Member {
+        user_id: owner.id,
+        email: owner.email.clone(),
+        team_id: team,
+        role: tollgate_domain::Role::Admin,
+    };
+    let name = app.store().get_team(team).await.unwrap().name;
+    app.services()
+        .teams
+        .delete_team(&caller, &name, &RequestContext::default())
+        .await
+        .unwrap();
+}

@@ -1,0 +1,279 @@
+//! The credit ledger: entries, the balances maintained from them, promotional lots.
+
+use async_trait::async_trait;
+use sqlx::Row as _;
+use tollgate_domain::{AuditEvent, Balance, LedgerEntry, TeamId, Ticks, Timestamp};
+use uuid::Uuid;
+
+use super::{BACKEND, DbRow, SqlStore, corrupt, insert_audit};
+use crate::{ExpiredLot, LedgerStore, StoreError};
+
+const ENTRY_COLUMNS: &str =
+    "id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, reason, created_at";
+
+fn entry_from_row(row: &DbRow) -> Result<LedgerEntry, StoreError> {
+    Ok(LedgerEntry {
+        id: row.try_get("id")?,
+        team_id: TeamId::from_uuid(row.try_get("team_id")?),
+        kind: row
+            .try_get::<String, _>("kind")?
+            .parse()
+            .map_err(|e| corrupt("ledger_entries.kind", e))?,
+        bucket: row
+            .try_get::<String, _>("bucket")?
+            .parse()
+            .map_err(|e| corrupt("ledger_entries.bucket", e))?,
+        amount: Ticks::new(row.try_get("amount")?),
+        idempotency_key: row.try_get("idempotency_key")?,
+        lot_id: row.try_get("lot_id")?,
+        expires_at: row.try_get("expires_at")?,
+        reason: row.try_get("reason")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Inserts `entry` and moves its team's balance, in `conn`'s transaction; `false` (nothing
+/// written) when its idempotency key was used before.
+pub(super) async fn write_entry(
+    conn: &mut <super::Db as sqlx::Database>::Connection,
+    entry: &LedgerEntry,
+    actor: &tollgate_domain::Actor,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, reason, \
+         actor_kind, actor_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(entry.id)
+    .bind(entry.team_id.as_uuid())
+    .bind(entry.kind.as_str())
+    .bind(entry.bucket.as_str())
+    .bind(entry.amount.get())
+    .bind(&entry.idempotency_key)
+    .bind(entry.lot_id)
+    .bind(entry.expires_at)
+    .bind(&entry.reason)
+    .bind(actor.kind())
+    .bind(actor.id())
+    .bind(entry.created_at)
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let (prepaid, promo) = match entry.bucket {
+        tollgate_domain::Bucket::Prepaid => (entry.amount.get(), 0),
+        tollgate_domain::Bucket::Promo => (0, entry.amount.get()),
+    };
+    sqlx::query(
+        "INSERT INTO team_balances (team_id, prepaid, promo, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (team_id) DO UPDATE SET prepaid = team_balances.prepaid + $2, \
+         promo = team_balances.promo + $3, updated_at = $4",
+    )
+    .bind(entry.team_id.as_uuid())
+    .bind(prepaid)
+    .bind(promo)
+    .bind(entry.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+/// Forfeits everything `team_id` holds, in `conn`'s transaction (its deletion): one entry per
+/// non-empty bucket, its lots emptied.
+pub(super) async fn forfeit(
+    conn: &mut <super::Db as sqlx::Database>::Connection,
+    team_id: TeamId,
+    at: Timestamp,
+    actor: &tollgate_domain::Actor,
+) -> Result<(), StoreError> {
+    let Some(row) = sqlx::query("SELECT prepaid, promo FROM team_balances WHERE team_id = $1")
+        .bind(team_id.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(());
+    };
+    for (bucket, held) in [
+        (tollgate_domain::Bucket::Prepaid, row.try_get::<i64, _>("prepaid")?),
+        (tollgate_domain::Bucket::Promo, row.try_get::<i64, _>("promo")?),
+    ] {
+        if held == 0 {
+            continue;
+        }
+        let entry = LedgerEntry {
+            id: Uuid::now_v7(),
+            team_id,
+            kind: tollgate_domain::EntryKind::Forfeiture,
+            bucket,
+            amount: Ticks::new(-held),
+            idempotency_key: format!("forfeit:{team_id}:{}", bucket.as_str()),
+            lot_id: None,
+            expires_at: None,
+            reason: Some("the team was deleted".into()),
+            created_at: at,
+        };
+        write_entry(conn, &entry, actor).await?;
+    }
+    sqlx::query("UPDATE credit_lots SET remaining = 0 WHERE team_id = $1")
+        .bind(team_id.as_uuid())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl LedgerStore for SqlStore {
+    async fn append_ledger_entry(&self, entry: &LedgerEntry, audit: &AuditEvent) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        if !write_entry(&mut tx, entry, &audit.actor).await? {
+            return Ok(false);
+        }
+        if entry.kind == tollgate_domain::EntryKind::PromoGrant {
+            let expires_at = entry
+                .expires_at
+                .ok_or_else(|| corrupt("ledger_entries.expires_at", "a promotional grant without an expiry"))?;
+            sqlx::query(
+                "INSERT INTO credit_lots (id, team_id, granted, remaining, expires_at) VALUES ($1, $2, $3, $3, $4)",
+            )
+            .bind(entry.id)
+            .bind(entry.team_id.as_uuid())
+            .bind(entry.amount.get())
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn balance(&self, team_id: TeamId) -> Result<Balance, StoreError> {
+        let row = sqlx::query("SELECT prepaid, promo FROM team_balances WHERE team_id = $1")
+            .bind(team_id.as_uuid())
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(match row {
+            Some(row) => Balance {
+                prepaid: Ticks::new(row.try_get("prepaid")?),
+                promo: Ticks::new(row.try_get("promo")?),
+            },
+            None => Balance::default(),
+        })
+    }
+
+    async fn ledger_entries(&self, team_id: TeamId, limit: u32) -> Result<Vec<LedgerEntry>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE team_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+        ))
+        .bind(team_id.as_uuid())
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    async fn expired_lots(&self, now: Timestamp) -> Result<Vec<ExpiredLot>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, team_id, remaining, expires_at FROM credit_lots WHERE expires_at <= $1 AND remaining > 0 \
+             ORDER BY expires_at, id",
+        )
+        .bind(now)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ExpiredLot {
+                    id: row.try_get("id")?,
+                    team_id: TeamId::from_uuid(row.try_get("team_id")?),
+                    remaining: Ticks::new(row.try_get("remaining")?),
+                    expires_at: row.try_get("expires_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn expire_lot(&self, lot: &ExpiredLot, entry: &LedgerEntry, audit: &AuditEvent) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let emptied = sqlx::query("UPDATE credit_lots SET remaining = 0 WHERE id = $1 AND remaining = $2")
+            .bind(lot.id)
+            .bind(lot.remaining.get())
+            .execute(&mut *tx)
+            .await?;
+        if emptied.rows_affected() == 0 || !write_entry(&mut tx, entry, &audit.actor).await? {
+            return Ok(false);
+        }
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn verify_ledger(&self) -> Result<Option<String>, StoreError> {
+        use std::collections::BTreeMap;
+        // One snapshot for the three reads, so a server writing meanwhile raises no false alarm.
+        let mut tx = self.read.begin().await?;
+        if BACKEND == crate::Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        #[derive(Default)]
+        struct Sums {
+            entries_prepaid: i64,
+            entries_promo: i64,
+            lots: i64,
+            balance: Option<(i64, i64)>,
+        }
+        let mut teams: BTreeMap<Uuid, Sums> = BTreeMap::new();
+        for row in sqlx::query(
+            "SELECT team_id, bucket, CAST(SUM(amount) AS BIGINT) AS total FROM ledger_entries GROUP BY team_id, bucket",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let sums = teams.entry(row.try_get("team_id")?).or_default();
+            let total: i64 = row.try_get("total")?;
+            match row.try_get::<String, _>("bucket")?.as_str() {
+                "prepaid" => sums.entries_prepaid = total,
+                _ => sums.entries_promo = total,
+            }
+        }
+        for row in
+            sqlx::query("SELECT team_id, CAST(SUM(remaining) AS BIGINT) AS total FROM credit_lots GROUP BY team_id")
+                .fetch_all(&mut *tx)
+                .await?
+        {
+            teams.entry(row.try_get("team_id")?).or_default().lots = row.try_get("total")?;
+        }
+        for row in sqlx::query("SELECT team_id, prepaid, promo FROM team_balances")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            teams.entry(row.try_get("team_id")?).or_default().balance =
+                Some((row.try_get("prepaid")?, row.try_get("promo")?));
+        }
+        tx.commit().await?;
+        for (team, sums) in teams {
+            let (prepaid, promo) = sums.balance.unwrap_or((0, 0));
+            if prepaid != sums.entries_prepaid {
+                return Ok(Some(format!(
+                    "team {team}: prepaid balance {prepaid} ticks, but its prepaid entries sum to {}",
+                    sums.entries_prepaid
+                )));
+            }
+            if promo != sums.entries_promo {
+                return Ok(Some(format!(
+                    "team {team}: promotional balance {promo} ticks, but its promotional entries sum to {}",
+                    sums.entries_promo
+                )));
+            }
+            if promo != sums.lots {
+                return Ok(Some(format!(
+                    "team {team}: promotional balance {promo} ticks, but its lots hold {}",
+                    sums.lots
+                )));
+            }
+        }
+        Ok(None)
+    }
+}

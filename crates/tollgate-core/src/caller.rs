@@ -68,6 +68,7 @@ impl Caller {
                     | Permission::ManageOwnApiKeys
                     | Permission::ManageAllApiKeys
                     | Permission::ViewAuditLog
+                    | Permission::ManageBilling
             ),
             Caller::Member { role, .. } => role.allows(permission),
         }

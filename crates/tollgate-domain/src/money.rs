@@ -24,6 +24,22 @@ impl Ticks {
     pub const ZERO: Ticks = Ticks(0);
     /// One US dollar.
     pub const PER_USD: i64 = 10_000_000_000;
+    /// One US cent.
+    pub const PER_CENT: i64 = 100_000_000;
+
+    /// Whole cents, rounded half away from zero: the one rule by which ticks become the cents
+    /// of the billing API (a total is rounded from its exact ticks, never summed from rounded
+    /// parts).
+    #[must_use]
+    pub const fn to_cents_rounded(self) -> i64 {
+        let whole = self.0 / Self::PER_CENT;
+        let rest = self.0 % Self::PER_CENT;
+        if rest.unsigned_abs() * 2 >= Self::PER_CENT.unsigned_abs() {
+            whole + self.0.signum()
+        } else {
+            whole
+        }
+    }
 
     /// Wraps a raw tick count.
     #[must_use]
@@ -102,6 +118,22 @@ impl ModelPricing {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cents_round_half_away_from_zero() {
+        for (ticks, cents) in [
+            (0, 0),
+            (49_999_999, 0),
+            (50_000_000, 1),
+            (-50_000_000, -1),
+            (-49_999_999, 0),
+            (125_000_000_000, 1250),
+            (150_000_000, 2),
+        ] {
+            assert_eq!(Ticks::new(ticks).to_cents_rounded(), cents, "{ticks}");
+        }
+    }
+
     use super::*;
 
     fn usage(prompt: u64, cached: u64, completion: u64, reasoning: u64) -> TokenUsage {

@@ -296,7 +296,7 @@ impl FromRequestParts<AppState> for SignedInUser {
 }
 
 /// The signed-in user as a member of the team in the path (`{team_id}`).
-pub(crate) struct TeamMember(Caller);
+pub(crate) struct TeamMember(pub(crate) Caller);
 
 impl FromRequestParts<AppState> for TeamMember {
     type Rejection = XaiError;

@@ -4,6 +4,7 @@
 //! **Invariant:** only this crate knows HTTP status codes and JSON envelopes.
 
 mod audit;
+mod billing;
 mod console;
 mod error;
 mod extract;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub keys: KeyService,
     /// The audit log.
     pub audit: AuditService,
+    /// The credit ledger.
+    pub ledger: tollgate_core::billing::Ledger,
     /// The inference use case (admit, settle), with the models, limits and usage writer.
     pub inference: tollgate_core::Inference,
     /// GitHub secret scanning reports.
@@ -87,6 +90,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(v1::router())
         .merge(management::router())
+        .merge(billing::router())
         .merge(audit::router())
         .merge(webhooks::router())
         .merge(console::router())

@@ -562,7 +562,7 @@ pub(crate) struct EndpointListView {
     endpoints: Vec<EndpointView>,
 }
 
-fn own_team(caller: &tollgate_core::Caller, raw: &str) -> Result<(), XaiError> {
+pub(crate) fn own_team(caller: &tollgate_core::Caller, raw: &str) -> Result<(), XaiError> {
     if parse_team_id(raw)? == caller.team_id() {
         Ok(())
     } else {

@@ -369,6 +369,7 @@ pub async fn start(
         ),
         keys: services.keys.clone(),
         audit: services.audit.clone(),
+        ledger: services.ledger.clone(),
         inference: tollgate_core::Inference::new(
             catalog,
             Arc::new(tollgate_core::LocalRateLimiter::default()),

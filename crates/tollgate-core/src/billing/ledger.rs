@@ -29,6 +29,9 @@ pub enum LedgerError {
     /// A promotional grant needs an expiry in the future.
     #[error("a promotional grant needs an expiry in the future")]
     InvalidExpiry,
+    /// The caller's role does not allow this.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -165,6 +168,22 @@ impl Ledger {
         let description = format!("Adjusted prepaid credit by ${}: {why}", format_usd(amount));
         self.append(entry, AuditAction::AdjustCredits, description, actor, context)
             .await
+    }
+
+    /// The caller's team's credit and its newest entries (Admins and management keys).
+    pub async fn team_credit(
+        &self,
+        caller: &crate::Caller,
+        limit: u32,
+    ) -> Result<(Balance, Vec<LedgerEntry>), LedgerError> {
+        if !caller.allows(tollgate_domain::Permission::ManageBilling) {
+            return Err(LedgerError::Forbidden("Only team Admins may see the team's credit"));
+        }
+        let team_id = caller.team_id();
+        Ok((
+            self.store.balance(team_id).await?,
+            self.store.ledger_entries(team_id, limit).await?,
+        ))
     }
 
     /// The team's balance.

@@ -10,8 +10,51 @@ use crate::util::{TestApp, execute, on_both_backends, tollgate_cli};
 
 on_both_backends!(
     operators_grant_and_adjust_exactly,
-    credit_expires_is_forfeited_and_verified
+    credit_expires_is_forfeited_and_verified,
+    the_prepaid_balance_in_xais_shape,
 );
+
+/// `GET /v1/billing/teams/{id}/prepaid/balance`: xAI's inverted ledger in cents as strings; a
+/// team with no credit answers 200 and `"0"`.
+async fn the_prepaid_balance_in_xais_shape(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let path = format!("/v1/billing/teams/{}/prepaid/balance", app.team.id);
+    let empty = app.get_json(&path, &app.management_key).await;
+    assert_eq!(empty, serde_json::json!({"changes": [], "total": {"val": "0"}}));
+    let ledger = app.services().ledger;
+    let context = RequestContext::default();
+    ledger
+        .grant(app.team.id, usd("12.50"), "welcome", None, Actor::Operator, &context)
+        .await
+        .unwrap();
+    app.clock.advance(chrono::Duration::seconds(1));
+    ledger
+        .adjust(app.team.id, usd("-0.005"), "rounding check", Actor::Operator, &context)
+        .await
+        .unwrap();
+    let balance = app.get_json(&path, &app.management_key).await;
+    // $12.495 left: -1249.5 cents rounds half away from zero to -1250; each change rounds alone.
+    assert_eq!(balance["total"], serde_json::json!({"val": "-1250"}));
+    let changes = balance["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(
+        changes[0]["amount"]["val"], "1",
+        "the newest first: the adjustment, inverted"
+    );
+    assert_eq!(changes[1]["amount"]["val"], "-1250");
+    assert_eq!(changes[1]["changeOrigin"], "MANUAL");
+    assert_eq!(changes[1]["teamId"], app.team.id.to_string());
+    // Another team's key sees its own team only.
+    let (_, other_key) = app.other_team("other@example.com").await;
+    let refused = app
+        .client
+        .get(app.url(&path))
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+}
 
 fn usd(text: &str) -> Ticks {
     tollgate_domain::ledger::parse_usd(text).unwrap()

@@ -1022,6 +1022,7 @@ fn matrix_routes() -> Vec<Route> {
         ),
         route(Method::GET, "/api/teams/{team_id}/api-keys", None, true),
         route(Method::GET, "/api/teams/{team_id}/key-policy", None, true),
+        route(Method::GET, "/api/teams/{team_id}/billing/prepaid/balance", None, false),
         route(
             Method::PUT,
             "/api/teams/{team_id}/key-policy",
@@ -1084,6 +1085,7 @@ fn matrix_routes() -> Vec<Route> {
         route(Method::POST, "/auth/api-keys/{api_key_id}/rotate", None, false),
         route(Method::GET, "/auth/api-keys/{api_key_id}/propagation", None, false),
         route(Method::GET, "/audit/teams/{team_id}/events", None, false),
+        route(Method::GET, "/v1/billing/teams/{team_id}/prepaid/balance", None, false),
         route(Method::GET, "/audit/teams/{team_id}/events/export", None, false),
     ]
 }

@@ -1,0 +1,132 @@
+//! Billing routes of the Management API (`/v1/billing/teams/{team_id}/…`, a management key of
+//! the team, as xAI's), and the same data in the console JSON API (`/api/teams/{team_id}/billing/…`,
+//! Admins). Amounts are xAI's: USD cents as strings, rounded half away from zero from exact ticks
+//! ([`tollgate_domain::Ticks::to_cents_rounded`]); the prepaid ledger is shown inverted, as
+//! xAI's is (credit negative, consumption positive).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use serde::Serialize;
+use tollgate_core::billing::LedgerError;
+use tollgate_domain::{Balance, EntryKind, LedgerEntry, Ticks};
+
+use crate::AppState;
+use crate::console::TeamMember;
+use crate::error::XaiError;
+use crate::extract::ManagementCaller;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/billing/teams/{team_id}/prepaid/balance", get(prepaid_balance))
+        .route(
+            "/api/teams/{team_id}/billing/prepaid/balance",
+            get(team_prepaid_balance),
+        )
+}
+
+impl From<LedgerError> for XaiError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::TeamNotFound => XaiError::not_found(error.to_string()),
+            LedgerError::Forbidden(message) => XaiError::permission_denied(message),
+            LedgerError::NotPositive
+            | LedgerError::Zero
+            | LedgerError::InvalidReason(_)
+            | LedgerError::InvalidExpiry => XaiError::invalid_argument(error.to_string()),
+            LedgerError::Store(store) => store.into(),
+        }
+    }
+}
+
+/// USD cents, as a string (proto3 JSON of an int64).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct CentView {
+    val: String,
+}
+
+impl CentView {
+    fn of(amount: Ticks) -> Self {
+        Self {
+            val: amount.to_cents_rounded().to_string(),
+        }
+    }
+}
+
+/// One change of the prepaid balance (xAI's `PrepaidBalanceChange`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PrepaidBalanceChangeView {
+    team_id: String,
+    /// `PURCHASE`, `SPEND`, `REFUND` or `MANUAL` (grants, adjustments, promotional credit and its
+    /// expiry, forfeiture).
+    change_origin: &'static str,
+    /// Inverted: credit negative, consumption positive.
+    amount: CentView,
+    create_time: String,
+}
+
+/// The prepaid balance and its changes (xAI's shape: the credit left is `-total.val` cents).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct PrepaidBalanceView {
+    changes: Vec<PrepaidBalanceChangeView>,
+    total: CentView,
+}
+
+fn change_origin(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Purchase => "PURCHASE",
+        EntryKind::Spend => "SPEND",
+        EntryKind::Adjustment | EntryKind::PromoGrant | EntryKind::PromoExpiry | EntryKind::Forfeiture => "MANUAL",
+    }
+}
+
+fn balance_view(balance: Balance, entries: &[LedgerEntry]) -> Result<PrepaidBalanceView, XaiError> {
+    let total = balance
+        .total()
+        .map_err(|_| XaiError::internal(anyhow::anyhow!("balance overflows")))?;
+    Ok(PrepaidBalanceView {
+        changes: entries
+            .iter()
+            .map(|entry| PrepaidBalanceChangeView {
+                team_id: entry.team_id.to_string(),
+                change_origin: change_origin(entry.kind),
+                amount: CentView::of(Ticks::new(-entry.amount.get())),
+                create_time: crate::management::rfc3339(entry.created_at),
+            })
+            .collect(),
+        total: CentView::of(Ticks::new(-total.get())),
+    })
+}
+
+/// Most changes listed.
+const CHANGES: u32 = 1000;
+
+/// The team's prepaid balance and its changes, newest first (a team with no credit: `"0"`).
+#[utoipa::path(get, path = "/v1/billing/teams/{team_id}/prepaid/balance", tag = "management",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = PrepaidBalanceView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("management_key" = [])))]
+pub(crate) async fn prepaid_balance(
+    State(state): State<AppState>,
+    ManagementCaller(caller): ManagementCaller,
+    Path(team_id): Path<String>,
+) -> Result<Json<PrepaidBalanceView>, XaiError> {
+    crate::management::own_team(&caller, &team_id)?;
+    let (balance, entries) = state.ledger.team_credit(&caller, CHANGES).await?;
+    Ok(Json(balance_view(balance, &entries)?))
+}
+
+/// The team's prepaid balance and its changes (Admins), as the Management API shows them.
+#[utoipa::path(get, path = "/api/teams/{team_id}/billing/prepaid/balance", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = PrepaidBalanceView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_prepaid_balance(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+) -> Result<Json<PrepaidBalanceView>, XaiError> {
+    let (balance, entries) = state.ledger.team_credit(&caller, CHANGES).await?;
+    Ok(Json(balance_view(balance, &entries)?))
+}

@@ -704,6 +704,55 @@ impl TeamService {
             })
     }
 
+    /// The invitations waiting for `user`'s address, with their teams (empty until the address
+    /// is verified: only a verified address may accept).
+    pub async fn my_invitations(&self, user: &User) -> Result<Vec<(Invitation, Team)>, TeamError> {
+        if user.email_verified_at.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut pending = Vec::new();
+        for invitation in self
+            .store
+            .pending_invitations_for(&user.email, self.clock.now())
+            .await?
+        {
+            match self.store.get_team(invitation.team_id).await {
+                Ok(team) => pending.push((invitation, team)),
+                Err(StoreError::NotFound) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Accepts invitation `id`, addressed to `user`'s verified address (the signed-in
+    /// counterpart of the emailed link: proving the mailbox once, by verifying it, is enough).
+    pub async fn accept_invitation_by_id(
+        &self,
+        user: &User,
+        id: InvitationId,
+        context: &RequestContext,
+    ) -> Result<Team, TeamError> {
+        if user.email_verified_at.is_none() {
+            return Err(TeamError::EmailNotVerified);
+        }
+        let now = self.clock.now();
+        let invitation = self
+            .store
+            .pending_invitations_for(&user.email, now)
+            .await?
+            .into_iter()
+            .find(|invitation| invitation.id == id)
+            .ok_or(TeamError::InvitationNotFound)?;
+        if !join(&*self.store, now, user, &invitation, context).await? {
+            return Err(TeamError::InvalidInvitation);
+        }
+        self.store.get_team(invitation.team_id).await.map_err(|e| match e {
+            StoreError::NotFound => TeamError::InvalidInvitation,
+            other => other.into(),
+        })
+    }
+
     /// Accepts an invitation from its emailed link, as the signed-in `user` (whose address must
     /// be the invited one).
     pub async fn accept_invitation(

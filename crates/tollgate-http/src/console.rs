@@ -87,6 +87,8 @@ pub(crate) fn router() -> Router<AppState> {
             delete(revoke_team_invitation),
         )
         .route("/api/invitations/accept", post(accept_invitation))
+        .route("/api/invitations", get(my_invitations))
+        .route("/api/invitations/{invitation_id}/accept", post(accept_my_invitation))
         .route("/api/teams/{team_id}/domains", get(team_domains).post(add_team_domain))
         .route("/api/teams/{team_id}/domains/{domain_id}", delete(remove_team_domain))
         .route(
@@ -1783,6 +1785,65 @@ pub(crate) async fn accept_invitation(
         .teams
         .accept_invitation(&signed_in.user, &body.token, &meta)
         .await?;
+    Ok(Json(TeamView::new(&team)))
+}
+
+/// An invitation waiting for the signed-in account.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MyInvitationView {
+    invitation_id: String,
+    team_id: String,
+    team_name: String,
+    role: &'static str,
+    expire_time: String,
+}
+
+/// Invitations waiting for the signed-in account.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MyInvitationListView {
+    invitations: Vec<MyInvitationView>,
+}
+
+/// The invitations waiting for the signed-in account's address (none until it is verified).
+#[utoipa::path(get, path = "/api/invitations", tag = "console",
+    responses((status = 200, body = MyInvitationListView), (status = 401, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn my_invitations(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+) -> Result<Json<MyInvitationListView>, XaiError> {
+    let pending = state.teams.my_invitations(&signed_in.user).await?;
+    Ok(Json(MyInvitationListView {
+        invitations: pending
+            .iter()
+            .map(|(invitation, team)| MyInvitationView {
+                invitation_id: invitation.id.to_string(),
+                team_id: team.id.to_string(),
+                team_name: team.name.clone(),
+                role: invitation.role.as_str(),
+                expire_time: rfc3339(invitation.expires_at),
+            })
+            .collect(),
+    }))
+}
+
+/// Accept an invitation waiting for the signed-in account's verified address.
+#[utoipa::path(post, path = "/api/invitations/{invitation_id}/accept", tag = "console",
+    params(("invitation_id" = String, Path, description = "The invitation's id")),
+    responses((status = 200, body = TeamView), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn accept_my_invitation(
+    State(state): State<AppState>,
+    signed_in: SignedInUser,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    RequestMeta(meta): RequestMeta,
+) -> Result<Json<TeamView>, XaiError> {
+    let id = params
+        .get("invitation_id")
+        .and_then(|raw| raw.parse().ok())
+        .ok_or_else(|| XaiError::not_found("no such invitation"))?;
+    let team = state.teams.accept_invitation_by_id(&signed_in.user, id, &meta).await?;
     Ok(Json(TeamView::new(&team)))
 }
 

@@ -170,6 +170,8 @@ impl Modify for SecuritySchemes {
         crate::console::team_api_keys,
         crate::console::team_create_api_key,
         crate::console::team_key_policy,
+        crate::console::my_invitations,
+        crate::console::accept_my_invitation,
         crate::billing::prepaid_balance,
         crate::billing::team_prepaid_balance,
         crate::console::team_set_key_policy,

@@ -14,6 +14,7 @@ on_both_backends!(
     management_keys_end_with_their_creators_admin_role,
     mail_people_can_cause_is_limited,
     members_keys_stay_within_the_key_policy,
+    invitations_wait_for_a_verified_account,
     authorization_matrix,
     verified_domains_auto_join,
     account_deletion_restore_and_purge,
@@ -538,6 +539,52 @@ async fn members_keys_stay_within_the_key_policy(db: TestDb) {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(update(&bob, json!({"qps": null}), "qps").await, StatusCode::OK);
+}
+
+/// A signed-in account sees the invitations waiting for its address once it has verified it,
+/// and accepts one without the emailed link; nobody else can accept it.
+async fn invitations_wait_for_a_verified_account(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let ada = app.signed_up("ada@example.com").await;
+    let (_, team) = app
+        .call_json(Method::POST, "/api/teams", &ada, Some(json!({"name": "Waiting Room"})))
+        .await;
+    let team_id = team["teamId"].as_str().unwrap().to_owned();
+    let bob = app.signed_up("bob@example.com").await;
+    let eve = app.signed_up("eve@example.com").await;
+    app.verify_email_of("eve@example.com").await;
+    let (status, _) = app
+        .call_json(
+            Method::POST,
+            &format!("/api/teams/{team_id}/members"),
+            &ada,
+            Some(json!({"email": "bob@example.com", "role": "member"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, list) = app.call_json(Method::GET, "/api/invitations", &bob, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["invitations"], json!([]), "not until the address is verified");
+    app.verify_email_of("bob@example.com").await;
+    let (_, list) = app.call_json(Method::GET, "/api/invitations", &bob, None).await;
+    let waiting = &list["invitations"][0];
+    assert_eq!(waiting["teamName"], "Waiting Room");
+    assert_eq!(waiting["role"], "member");
+    let accept = format!("/api/invitations/{}/accept", waiting["invitationId"].as_str().unwrap());
+    let (status, _) = app.call_json(Method::POST, &accept, &eve, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not Eve's invitation");
+    let (status, joined) = app.call_json(Method::POST, &accept, &bob, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(joined["name"], "Waiting Room");
+    assert!(
+        teams_of(&app, &bob)
+            .await
+            .contains(&("Waiting Room".into(), "member".into()))
+    );
+    let (_, list) = app.call_json(Method::GET, "/api/invitations", &bob, None).await;
+    assert_eq!(list["invitations"], json!([]));
+    let (status, _) = app.call_json(Method::POST, &accept, &bob, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "used once");
 }
 
 async fn teams_members_and_invitations(db: TestDb) {

@@ -107,9 +107,10 @@ async fn main() -> anyhow::Result<()> {
             api_key: None,
             upstream_model: Some("mock-model".into()),
             aliases: vec![],
-            prompt_price: 20_000,
+            prompt_price: Some(20_000),
             cached_prompt_price: None,
-            completion_price: 100_000,
+            completion_price: Some(100_000),
+            max_output_tokens: 16_384,
         },
     );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

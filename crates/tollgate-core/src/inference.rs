@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tollgate_domain::ratelimit::{KeyLimits, LimitDecision, LimitKind};
-use tollgate_domain::{ApiKey, Clock, Endpoint, RequestId, Ticks, Timestamp, TokenUsage, UsageRecord};
+use tollgate_domain::{ApiKey, Clock, Endpoint, ModelPricing, RequestId, Ticks, Timestamp, TokenUsage, UsageRecord};
 use tollgate_gateway::{Catalog, ModelRoute};
 
 use crate::ratelimit::RateLimiter;
@@ -33,6 +33,9 @@ pub enum AdmitError {
     /// The key's ACLs do not grant the model.
     #[error("access to model {0} is denied")]
     ModelDenied(String),
+    /// The operator set no prices for the model, so it cannot be billed.
+    #[error("The model {0} is not available: it has no prices configured")]
+    Unpriced(String),
     /// A limit of the key is reached.
     #[error("rate limited ({kind:?}: {actual})")]
     RateLimited {
@@ -63,6 +66,7 @@ pub enum SettleError {
 pub struct Admission {
     key: Arc<ApiKey>,
     route: Arc<ModelRoute>,
+    pricing: ModelPricing,
     endpoint: Endpoint,
     request_id: RequestId,
     started_at: Timestamp,
@@ -83,6 +87,12 @@ impl Admission {
     #[must_use]
     pub fn limits(&self) -> Option<&LimitDecision> {
         self.limits.as_ref()
+    }
+
+    /// The model's prices.
+    #[must_use]
+    pub fn pricing(&self) -> &ModelPricing {
+        &self.pricing
     }
 
     /// The key it came with.
@@ -144,6 +154,7 @@ impl Inference {
         if !key.acls.allows_model(&route.name) {
             return Err(AdmitError::ModelDenied(route.name.clone()));
         }
+        let pricing = route.pricing.ok_or_else(|| AdmitError::Unpriced(route.name.clone()))?;
         let limits = KeyLimits {
             qps: key.qps,
             qpm: key.qpm,
@@ -167,6 +178,7 @@ impl Inference {
         Ok(Admission {
             key,
             route,
+            pricing,
             endpoint,
             request_id,
             started_at: now,
@@ -181,7 +193,7 @@ impl Inference {
     /// key's `tpm`. Returns the cost.
     pub async fn settle(&self, admission: Admission, usage: TokenUsage, estimated: bool) -> Result<Ticks, SettleError> {
         let route = &admission.route;
-        let cost = route
+        let cost = admission
             .pricing
             .cost(&usage)
             .map_err(|_| SettleError::CostOverflow(route.name.clone()))?;

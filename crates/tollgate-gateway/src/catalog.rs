@@ -19,8 +19,10 @@ pub struct ModelRoute {
     pub upstream_model: String,
     /// Where requests go.
     pub upstream: Arc<Upstream>,
-    /// Prices, in ticks per token.
-    pub pricing: ModelPricing,
+    /// Prices, in ticks per token; `None`: not priced, so not served (it could not be billed).
+    pub pricing: Option<ModelPricing>,
+    /// The most output tokens one request may be charged for in advance.
+    pub max_output_tokens: u64,
     /// When the model was added (shown in model lists).
     pub created: Timestamp,
 }

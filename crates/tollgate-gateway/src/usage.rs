@@ -108,6 +108,70 @@ pub fn estimate_prompt_tokens(request: &crate::wire::ChatCompletionRequest) -> u
     chars.div_ceil(4)
 }
 
+/// Tokens an image input may cost at most (448×448 tiles of 256 tokens, at most 6 plus one).
+pub const MAX_IMAGE_TOKENS: u64 = 1_792;
+/// The chat template's tokens per message, and per request, at most (role markers, separators).
+const TEMPLATE_TOKENS_PER_MESSAGE: u64 = 16;
+const TEMPLATE_TOKENS_PER_REQUEST: u64 = 64;
+
+/// An upper bound of the request's prompt tokens, safe without a tokenizer: a token is at least
+/// one byte of the text it encodes, so every message's text, tool call and tool schema counts
+/// its bytes; each image counts [`MAX_IMAGE_TOKENS`]; the chat template adds a bounded number
+/// per message and per request. What a credit hold is computed from.
+#[must_use]
+pub fn prompt_upper_bound(request: &crate::wire::ChatCompletionRequest) -> u64 {
+    use crate::wire::MessageContent;
+    let bytes = |value: &Value| match value {
+        Value::Null => 0,
+        Value::String(text) => text.len() as u64,
+        other => other.to_string().len() as u64,
+    };
+    let mut tokens = TEMPLATE_TOKENS_PER_REQUEST;
+    for message in &request.messages {
+        tokens = tokens.saturating_add(TEMPLATE_TOKENS_PER_MESSAGE);
+        match &message.content {
+            Some(MessageContent::Text(text)) => tokens = tokens.saturating_add(text.len() as u64),
+            Some(MessageContent::Parts(parts)) => {
+                for part in parts {
+                    let image = part.get("type").and_then(Value::as_str) == Some("image_url");
+                    let size = if image {
+                        MAX_IMAGE_TOKENS
+                    } else {
+                        serde_json::to_string(part).map_or(0, |text| text.len() as u64)
+                    };
+                    tokens = tokens.saturating_add(size);
+                }
+            }
+            None => {}
+        }
+        for value in message.extra.values() {
+            // Tool calls, names, reasoning carried back: every byte may be a token.
+            tokens = tokens.saturating_add(bytes(value));
+        }
+    }
+    for (field, value) in &request.extra {
+        if matches!(
+            field.as_str(),
+            "tools" | "functions" | "tool_choice" | "response_format"
+        ) {
+            tokens = tokens.saturating_add(bytes(value));
+        }
+    }
+    tokens
+}
+
+/// The output tokens a request may be charged for: its `max_completion_tokens` or `max_tokens`
+/// (else the model's maximum), clamped to the model's maximum, times `n` choices.
+#[must_use]
+pub fn output_budget(request: &crate::wire::ChatCompletionRequest, model_max: u64) -> u64 {
+    let asked = request
+        .max_completion_tokens
+        .or(request.max_tokens)
+        .map_or(model_max, u64::from);
+    let choices = request.extra.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    asked.min(model_max).saturating_mul(choices)
+}
+
 /// A rough completion token count of a non-streaming answer, for when the upstream reports none:
 /// every generated text of every choice ([`generated_chars`]).
 #[must_use]
@@ -187,6 +251,58 @@ mod tests {
             {"function": {"name": "lookup", "arguments": "x".repeat(40_000)}}]}}]});
         assert_eq!(estimate_completion_tokens(&answer), (40_000 + 6_u64).div_ceil(4));
         assert_eq!(generated_chars(&json!({})), 0);
+    }
+
+    #[test]
+    fn prompt_bounds_cover_every_byte_and_image() {
+        let request: crate::wire::ChatCompletionRequest = serde_json::from_value(json!({
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+                    "function": {"name": "lookup", "arguments": "{\"q\":\"x\"}"}}]},
+            ],
+            "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+        }))
+        .unwrap();
+        let bound = prompt_upper_bound(&request);
+        let text_part = json!({"type": "text", "text": "What is this?"}).to_string().len() as u64;
+        let tool_calls = request.messages[2].extra["tool_calls"].to_string().len() as u64;
+        let tools = request.extra["tools"].to_string().len() as u64;
+        assert_eq!(
+            bound,
+            64 + 3 * 16 + "Be brief.".len() as u64 + text_part + MAX_IMAGE_TOKENS + tool_calls + tools
+        );
+        assert!(bound >= estimate_prompt_tokens(&request));
+    }
+
+    #[test]
+    fn output_budgets_are_clamped_and_multiplied() {
+        let request = |extra: Value| -> crate::wire::ChatCompletionRequest {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            serde_json::from_value(body).unwrap()
+        };
+        assert_eq!(output_budget(&request(json!({})), 16_384), 16_384);
+        assert_eq!(output_budget(&request(json!({"max_tokens": 100})), 16_384), 100);
+        assert_eq!(
+            output_budget(
+                &request(json!({"max_completion_tokens": 50, "max_tokens": 100})),
+                16_384
+            ),
+            50
+        );
+        assert_eq!(
+            output_budget(&request(json!({"max_tokens": 1_000_000})), 16_384),
+            16_384
+        );
+        assert_eq!(output_budget(&request(json!({"max_tokens": 100, "n": 3})), 16_384), 300);
     }
 
     #[test]

@@ -198,7 +198,9 @@ fn rate_limit_headers(decision: Option<&LimitDecision>) -> HeaderMap {
 fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
     match error {
         AdmitError::UnknownModel(_) => XaiError::not_found(error.to_string()),
-        AdmitError::EndpointDenied(_) | AdmitError::ModelDenied(_) => XaiError::permission_denied(error.to_string()),
+        AdmitError::EndpointDenied(_) | AdmitError::ModelDenied(_) | AdmitError::Unpriced(_) => {
+            XaiError::permission_denied(error.to_string())
+        }
         AdmitError::RateLimited {
             kind,
             actual,
@@ -362,7 +364,7 @@ fn rewrite_chunk(
         if let Some(usage) = parse_usage(&chunk["usage"]) {
             // Usage is cumulative; the last report is the bill. Show its cost as we go.
             *last_usage = Some(usage);
-            let cost = billing.admission.route().pricing.cost(&usage).unwrap_or_default();
+            let cost = billing.admission.pricing().cost(&usage).unwrap_or_default();
             chunk["usage"] = usage_json(&usage, cost);
         }
         if chunk.get("model").is_some() {
@@ -398,7 +400,8 @@ pub(crate) async fn list_models(State(state): State<AppState>, ApiKeyAuth(key): 
         .catalog()
         .models()
         .iter()
-        .filter(|model| key.acls.allows_model(&model.name))
+        // A model without prices is refused, so it is not offered either.
+        .filter(|model| model.pricing.is_some() && key.acls.allows_model(&model.name))
         .map(|model| ModelView {
             id: model.name.clone(),
             object: "model",

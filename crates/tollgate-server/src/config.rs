@@ -328,14 +328,19 @@ pub struct ModelConfig {
     #[serde(default)]
     pub aliases: Vec<String>,
     /// Price of a prompt token, in USD ticks (1e-10 USD), which is xAI's "1e-4 USD per 1M tokens".
+    /// A model without prices is refused (it could not be billed); an explicit 0 is free.
     #[serde(default)]
-    pub prompt_price: i64,
-    /// Price of a cached prompt token (default: the prompt price).
+    pub prompt_price: Option<i64>,
+    /// Price of a cached prompt token (default: the prompt price; never above it).
     #[serde(default)]
     pub cached_prompt_price: Option<i64>,
-    /// Price of a completion or reasoning token.
+    /// Price of a completion or reasoning token (set together with `prompt_price`).
     #[serde(default)]
-    pub completion_price: i64,
+    pub completion_price: Option<i64>,
+    /// The most output tokens one request of this model may be charged for in advance: a
+    /// request's `max_tokens` is clamped to it, and a request naming none is held for this many.
+    #[serde(default = "defaults::max_output_tokens")]
+    pub max_output_tokens: u64,
 }
 
 mod defaults {
@@ -401,6 +406,9 @@ mod defaults {
     }
     pub(super) const fn upstream_read_timeout_seconds() -> u64 {
         600
+    }
+    pub(super) const fn max_output_tokens() -> u64 {
+        16_384
     }
     pub(super) const fn max_connections() -> usize {
         10_000
@@ -551,9 +559,23 @@ impl Config {
                 model.base_url.starts_with("http://") || model.base_url.starts_with("https://"),
                 "models.{name}.base_url must be an http:// or https:// URL"
             );
+            let prices = [model.prompt_price, model.cached_prompt_price, model.completion_price];
             anyhow::ensure!(
-                model.prompt_price >= 0 && model.completion_price >= 0 && model.cached_prompt_price.unwrap_or(0) >= 0,
+                prices.iter().flatten().all(|price| *price >= 0),
                 "models.{name}: prices must not be negative"
+            );
+            anyhow::ensure!(
+                model.prompt_price.is_some() == model.completion_price.is_some()
+                    && (model.cached_prompt_price.is_none() || model.prompt_price.is_some()),
+                "models.{name}: set prompt_price and completion_price together (0 is free; a model without prices is refused)"
+            );
+            anyhow::ensure!(
+                model.cached_prompt_price.unwrap_or(0) <= model.prompt_price.unwrap_or(0),
+                "models.{name}: cached_prompt_price must not be above prompt_price"
+            );
+            anyhow::ensure!(
+                model.max_output_tokens >= 1,
+                "models.{name}: max_output_tokens must be at least 1"
             );
         }
         Ok(())

@@ -297,11 +297,18 @@ pub fn catalog(config: &Config, clock: &dyn Clock) -> anyhow::Result<Catalog> {
             aliases: model.aliases.clone(),
             upstream_model: model.upstream_model.clone().unwrap_or_else(|| name.clone()),
             upstream: Arc::clone(upstream),
-            pricing: ModelPricing {
-                prompt: Ticks::new(model.prompt_price),
-                cached_prompt: Ticks::new(model.cached_prompt_price.unwrap_or(model.prompt_price)),
-                completion: Ticks::new(model.completion_price),
+            pricing: match (model.prompt_price, model.completion_price) {
+                (Some(prompt), Some(completion)) => Some(ModelPricing {
+                    prompt: Ticks::new(prompt),
+                    cached_prompt: Ticks::new(model.cached_prompt_price.unwrap_or(prompt)),
+                    completion: Ticks::new(completion),
+                }),
+                _ => {
+                    tracing::warn!(model = %name, "the model has no prices: its requests are refused");
+                    None
+                }
             },
+            max_output_tokens: model.max_output_tokens,
             created: now,
         });
     }

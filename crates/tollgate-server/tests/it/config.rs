@@ -57,7 +57,19 @@ fn invalid_values_are_refused() {
         ("api_key_prefix = \"BAD\"", "api_key_prefix"),
         ("database_url = \"mysql://x\"", "database_url"),
         ("[models.m]\nbase_url = \"ftp://x\"", "base_url"),
-        ("[models.m]\nbase_url = \"http://x\"\nprompt_price = -1", "negative"),
+        (
+            "[models.m]\nbase_url = \"http://x\"\nprompt_price = -1\ncompletion_price = 1",
+            "negative",
+        ),
+        ("[models.m]\nbase_url = \"http://x\"\nprompt_price = 1", "together"),
+        (
+            "[models.m]\nbase_url = \"http://x\"\nprompt_price = 1\ncompletion_price = 1\ncached_prompt_price = 2",
+            "must not be above",
+        ),
+        (
+            "[models.m]\nbase_url = \"http://x\"\nmax_output_tokens = 0",
+            "max_output_tokens",
+        ),
         ("listen = \"not an address\"", "listen"),
     ] {
         let file = write_config(text);

@@ -15,7 +15,55 @@ on_both_backends!(
     upstream_failures_are_not_charged,
     acls_are_enforced,
     models_and_key_info,
+    models_without_prices_are_refused_and_zero_is_free,
 );
+
+/// A model the operator gave no prices is neither offered nor served (it could not be billed);
+/// an explicit price of 0 is free.
+async fn models_without_prices_are_refused_and_zero_is_free(db: TestDb) {
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    let model = |prompt: Option<i64>, completion: Option<i64>| tollgate_server::config::ModelConfig {
+        base_url: upstream.base_url.clone(),
+        api_key: None,
+        upstream_model: Some(crate::util::UPSTREAM_MODEL.into()),
+        aliases: vec![],
+        prompt_price: prompt,
+        cached_prompt_price: None,
+        completion_price: completion,
+        max_output_tokens: 16_384,
+    };
+    config.models.insert("unpriced".into(), model(None, None));
+    config.models.insert("free".into(), model(Some(0), Some(0)));
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let models = app.get_json("/v1/models", &key).await;
+    let names: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"free") && !names.contains(&"unpriced"), "{names:?}");
+
+    let refused = app
+        .chat(&key, json!({"model": "unpriced", "messages": user_message()}))
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("no prices configured"),
+        "{body}"
+    );
+    assert!(app.upstream.requests().is_empty(), "no upstream call");
+
+    let free = app
+        .chat(&key, json!({"model": "free", "messages": user_message()}))
+        .await;
+    assert_eq!(free.status(), StatusCode::OK);
+    let answer: Value = free.json().await.unwrap();
+    assert_eq!(answer["usage"]["cost_in_usd_ticks"], 0);
+}
 
 async fn paid_request_end_to_end(db: TestDb) {
     let app = TestApp::new(db).await;

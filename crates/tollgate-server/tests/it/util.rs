@@ -82,9 +82,10 @@ pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
             api_key: Some("upstream-secret".to_owned().into()),
             upstream_model: Some(UPSTREAM_MODEL.into()),
             aliases: vec![ALIAS.into()],
-            prompt_price: PROMPT_PRICE,
+            prompt_price: Some(PROMPT_PRICE),
             cached_prompt_price: Some(CACHED_PRICE),
-            completion_price: COMPLETION_PRICE,
+            completion_price: Some(COMPLETION_PRICE),
+            max_output_tokens: 16_384,
         },
     );
     config

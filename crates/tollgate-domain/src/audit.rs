@@ -99,6 +99,7 @@ audit_actions! {
     GrantCredits => "The operator granted credit to the team (prepaid, or promotional with an expiry).",
     AdjustCredits => "The operator adjusted the team's prepaid credit (either sign), with a reason.",
     ExpireCredits => "Promotional credit left in a lot expired.",
+    SetSpendingLimit => "A team's monthly invoiced spending limit was set (by its Admins), or its maximum (by the operator).",
     EndRotationGrace => "A rotated API key's previous secret leaked while still in its grace period: the grace ended, the current secret works on.",
     ReportLeakedSecret => "A leaked secret was reported that opens nothing any more (rotated out, key or team deleted): nothing changed.",
     ListManagementKeys => "The team's management keys were listed.",

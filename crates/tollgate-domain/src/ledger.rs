@@ -147,6 +147,34 @@ impl Balance {
     }
 }
 
+/// A team's monthly invoiced spending limits (xAI's `spendingLimits`). Usage beyond the team's
+/// credit is invoiced up to the effective limit; $0 (the default) means prepaid only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpendingLimits {
+    /// The operator's default maximum for every team (`hardSlAuto`).
+    pub hard_auto: Ticks,
+    /// The operator's maximum for this team, replacing the default (`hardSlOverride`).
+    pub hard_override: Option<Ticks>,
+    /// The limit the team's Admins chose (`softSl`), at most the effective maximum.
+    pub soft: Option<Ticks>,
+}
+
+impl SpendingLimits {
+    /// The maximum the team's Admins may choose (`effectiveHardSl`).
+    #[must_use]
+    pub fn effective_hard(&self) -> Ticks {
+        self.hard_override.unwrap_or(self.hard_auto)
+    }
+
+    /// The limit in force (`effectiveSl`): the Admins' choice, never above the maximum (an
+    /// operator lowering the maximum lowers it too); the maximum when they chose none.
+    #[must_use]
+    pub fn effective(&self) -> Ticks {
+        let hard = self.effective_hard();
+        self.soft.map_or(hard, |soft| soft.min(hard))
+    }
+}
+
 /// An amount of USD that is not exact or not in range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UsdError {
@@ -237,6 +265,30 @@ mod tests {
         for text in ["12.50", "-5.00", "0.0000000001", "7.123"] {
             assert_eq!(format_usd(parse_usd(text).unwrap()), text);
         }
+    }
+
+    #[test]
+    fn limits_never_exceed_the_maximum() {
+        let mut limits = SpendingLimits {
+            hard_auto: Ticks::new(100),
+            ..SpendingLimits::default()
+        };
+        assert_eq!(
+            (limits.effective_hard(), limits.effective()),
+            (Ticks::new(100), Ticks::new(100))
+        );
+        limits.soft = Some(Ticks::new(40));
+        assert_eq!(limits.effective(), Ticks::new(40));
+        limits.hard_override = Some(Ticks::new(30));
+        assert_eq!(
+            (limits.effective_hard(), limits.effective()),
+            (Ticks::new(30), Ticks::new(30))
+        );
+        assert_eq!(
+            SpendingLimits::default().effective(),
+            Ticks::ZERO,
+            "prepaid only by default"
+        );
     }
 
     #[test]

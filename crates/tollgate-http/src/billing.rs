@@ -8,14 +8,15 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
+use serde::Deserialize;
 use serde::Serialize;
 use tollgate_core::billing::LedgerError;
-use tollgate_domain::{Balance, EntryKind, LedgerEntry, Ticks};
+use tollgate_domain::{Balance, EntryKind, LedgerEntry, SpendingLimits, Ticks};
 
 use crate::AppState;
 use crate::console::TeamMember;
 use crate::error::XaiError;
-use crate::extract::ManagementCaller;
+use crate::extract::{ManagementCaller, RequestMeta, XaiJson};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -23,6 +24,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route(
             "/api/teams/{team_id}/billing/prepaid/balance",
             get(team_prepaid_balance),
+        )
+        .route(
+            "/v1/billing/teams/{team_id}/postpaid/spending-limits",
+            get(spending_limits).post(set_spending_limit),
+        )
+        .route(
+            "/api/teams/{team_id}/billing/spending-limits",
+            get(team_spending_limits).post(team_set_spending_limit),
         )
 }
 
@@ -34,14 +43,17 @@ impl From<LedgerError> for XaiError {
             LedgerError::NotPositive
             | LedgerError::Zero
             | LedgerError::InvalidReason(_)
-            | LedgerError::InvalidExpiry => XaiError::invalid_argument(error.to_string()),
+            | LedgerError::InvalidExpiry
+            | LedgerError::AboveCap(_)
+            | LedgerError::NegativeLimit => XaiError::invalid_argument(error.to_string()),
             LedgerError::Store(store) => store.into(),
         }
     }
 }
 
 /// USD cents, as a string (proto3 JSON of an int64).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct CentView {
     val: String,
 }
@@ -129,4 +141,138 @@ pub(crate) async fn team_prepaid_balance(
 ) -> Result<Json<PrepaidBalanceView>, XaiError> {
     let (balance, entries) = state.ledger.team_credit(&caller, CHANGES).await?;
     Ok(Json(balance_view(balance, &entries)?))
+}
+
+/// A team's monthly invoiced spending limits (xAI's `spendingLimits`, in cents).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SpendingLimitsView {
+    /// The operator's maximum for this team, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hard_sl_override: Option<CentView>,
+    /// The operator's default maximum.
+    hard_sl_auto: CentView,
+    /// The maximum the team's Admins may set.
+    effective_hard_sl: CentView,
+    /// The Admins' limit, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    soft_sl: Option<CentView>,
+    /// The limit in force.
+    effective_sl: CentView,
+}
+
+/// `GET …/postpaid/spending-limits` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SpendingLimitsAnswer {
+    spending_limits: SpendingLimitsView,
+}
+
+impl SpendingLimitsAnswer {
+    fn of(limits: &SpendingLimits) -> Self {
+        Self {
+            spending_limits: SpendingLimitsView {
+                hard_sl_override: limits.hard_override.map(CentView::of),
+                hard_sl_auto: CentView::of(limits.hard_auto),
+                effective_hard_sl: CentView::of(limits.effective_hard()),
+                soft_sl: limits.soft.map(CentView::of),
+                effective_sl: CentView::of(limits.effective()),
+            },
+        }
+    }
+}
+
+/// `POST …/postpaid/spending-limits` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SetSpendingLimitRequest {
+    /// The monthly invoiced spending limit, in whole cents (`"0"`: prepaid credit only).
+    desired_soft_spending_limit: CentView,
+}
+
+/// `POST …/postpaid/spending-limits` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SetSpendingLimitAnswer {
+    this_bp_soft_spending_limit: CentView,
+}
+
+fn cents(value: &CentView) -> Result<Ticks, XaiError> {
+    value
+        .val
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|cents| cents.checked_mul(Ticks::PER_CENT))
+        .map(Ticks::new)
+        .ok_or_else(|| XaiError::invalid_argument("desiredSoftSpendingLimit.val must be a whole number of cents"))
+}
+
+/// The team's monthly invoiced spending limits.
+#[utoipa::path(get, path = "/v1/billing/teams/{team_id}/postpaid/spending-limits", tag = "management",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = SpendingLimitsAnswer), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("management_key" = [])))]
+pub(crate) async fn spending_limits(
+    State(state): State<AppState>,
+    ManagementCaller(caller): ManagementCaller,
+    Path(team_id): Path<String>,
+) -> Result<Json<SpendingLimitsAnswer>, XaiError> {
+    crate::management::own_team(&caller, &team_id)?;
+    Ok(Json(SpendingLimitsAnswer::of(
+        &state.ledger.spending_limits(&caller).await?,
+    )))
+}
+
+/// Set the team's monthly invoiced spending limit: at most `effectiveHardSl` (a limit above it
+/// is a 400, never clamped).
+#[utoipa::path(post, path = "/v1/billing/teams/{team_id}/postpaid/spending-limits", tag = "management",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = SetSpendingLimitRequest,
+    responses((status = 200, body = SetSpendingLimitAnswer), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("management_key" = [])))]
+pub(crate) async fn set_spending_limit(
+    State(state): State<AppState>,
+    ManagementCaller(caller): ManagementCaller,
+    Path(team_id): Path<String>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<SetSpendingLimitRequest>,
+) -> Result<Json<SetSpendingLimitAnswer>, XaiError> {
+    crate::management::own_team(&caller, &team_id)?;
+    let limit = cents(&body.desired_soft_spending_limit)?;
+    let limits = state.ledger.set_soft_limit(&caller, limit, &meta).await?;
+    Ok(Json(SetSpendingLimitAnswer {
+        this_bp_soft_spending_limit: CentView::of(limits.effective()),
+    }))
+}
+
+/// The team's monthly invoiced spending limits (Admins).
+#[utoipa::path(get, path = "/api/teams/{team_id}/billing/spending-limits", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = SpendingLimitsAnswer), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_spending_limits(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+) -> Result<Json<SpendingLimitsAnswer>, XaiError> {
+    Ok(Json(SpendingLimitsAnswer::of(
+        &state.ledger.spending_limits(&caller).await?,
+    )))
+}
+
+/// Set the team's monthly invoiced spending limit (Admins), as the Management API does.
+#[utoipa::path(post, path = "/api/teams/{team_id}/billing/spending-limits", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = SetSpendingLimitRequest,
+    responses((status = 200, body = SetSpendingLimitAnswer), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_set_spending_limit(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<SetSpendingLimitRequest>,
+) -> Result<Json<SetSpendingLimitAnswer>, XaiError> {
+    let limit = cents(&body.desired_soft_spending_limit)?;
+    let limits = state.ledger.set_soft_limit(&caller, limit, &meta).await?;
+    Ok(Json(SetSpendingLimitAnswer {
+        this_bp_soft_spending_limit: CentView::of(limits.effective()),
+    }))
 }

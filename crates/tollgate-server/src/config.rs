@@ -95,9 +95,36 @@ pub struct Config {
     /// GitHub secret scanning (the partner endpoint `POST /webhooks/github/secret-scanning`).
     #[serde(default)]
     pub secret_scanning: SecretScanningConfig,
+    /// Billing.
+    #[serde(default)]
+    pub billing: BillingConfig,
     /// Models, by public name.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// Billing settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    /// The most a team's Admins may set as the monthly invoiced spending limit, in USD (an exact
+    /// decimal, as a string): xAI's `hardSlAuto`. Default "0": prepaid credit only, unless the
+    /// operator raises one team's maximum with `tollgate billing limit`.
+    #[serde(default)]
+    pub max_invoiced_limit_usd: Option<String>,
+}
+
+impl BillingConfig {
+    /// The maximum, in ticks.
+    pub fn max_invoiced_limit(&self) -> anyhow::Result<tollgate_domain::Ticks> {
+        let Some(text) = &self.max_invoiced_limit_usd else {
+            return Ok(tollgate_domain::Ticks::ZERO);
+        };
+        let limit = tollgate_domain::ledger::parse_usd(text)
+            .map_err(|e| anyhow::anyhow!("billing.max_invoiced_limit_usd: {e}"))?;
+        anyhow::ensure!(limit.get() >= 0, "billing.max_invoiced_limit_usd must not be negative");
+        Ok(limit)
+    }
 }
 
 /// Limits on connections to the public listener. Clients that open connections and send
@@ -504,6 +531,7 @@ impl Config {
             "sessions.idle_minutes must be 1 to 10080 and sessions.absolute_hours 1 to 720"
         );
         self.trusted_proxy_nets()?;
+        self.billing.max_invoiced_limit()?;
         anyhow::ensure!(
             self.connections.max >= 1 && (1..=self.connections.max).contains(&self.connections.max_per_client),
             "connections.max must be at least 1, and connections.max_per_client 1 to connections.max"

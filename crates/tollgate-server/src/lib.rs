@@ -145,7 +145,8 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
         )
         .with_entropy(entropy),
         keys,
-        ledger: tollgate_core::billing::Ledger::new(Arc::clone(store), Arc::clone(clock)),
+        ledger: tollgate_core::billing::Ledger::new(Arc::clone(store), Arc::clone(clock))
+            .with_default_hard_limit(config.billing.max_invoiced_limit()?),
         audit: AuditService::new(
             Arc::clone(store),
             Arc::clone(clock),

@@ -87,6 +87,19 @@ enum BillingCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Set the most a team's Admins may set as its monthly invoiced spending limit (xAI's
+    /// `hardSlOverride`), or with `--default` return it to `billing.max_invoiced_limit_usd`.
+    Limit {
+        /// The team.
+        #[arg(long)]
+        team: TeamId,
+        /// USD, an exact decimal (0: prepaid credit only).
+        #[arg(long, conflicts_with = "default", required_unless_present = "default")]
+        max_usd: Option<String>,
+        /// Back to the configured default.
+        #[arg(long)]
+        default: bool,
+    },
     /// A team's credit, and its newest ledger entries.
     Balance {
         /// The team.
@@ -562,6 +575,15 @@ async fn billing(config: &Config, clock: Arc<dyn Clock>, command: BillingCommand
                     "adjusted team {team} by ${} (entry {})",
                     format_usd(entry.amount),
                     entry.id
+                );
+            }
+            BillingCommand::Limit { team, max_usd, .. } => {
+                let limit = max_usd.as_deref().map(parse_usd).transpose()?;
+                let limits = ledger.set_hard_override(team, limit, Actor::Operator, &context).await?;
+                println!(
+                    "team {team}: maximum invoiced spending limit ${}, in force ${}",
+                    format_usd(limits.effective_hard()),
+                    format_usd(limits.effective())
                 );
             }
             BillingCommand::Balance { team } => {

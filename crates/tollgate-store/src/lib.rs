@@ -733,6 +733,27 @@ pub trait LedgerStore: Send + Sync {
         entry: &tollgate_domain::LedgerEntry,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError>;
+    /// The team's stored limits: (the Admins' soft limit, the operator's override), in ticks.
+    async fn spending_limits(
+        &self,
+        team_id: TeamId,
+    ) -> Result<(Option<tollgate_domain::Ticks>, Option<tollgate_domain::Ticks>), StoreError>;
+    /// Sets the Admins' soft limit (`None` clears it), with `audit`, atomically.
+    async fn set_soft_limit(
+        &self,
+        team_id: TeamId,
+        limit: Option<tollgate_domain::Ticks>,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Sets the operator's override of the maximum (`None` clears it), with `audit`, atomically.
+    async fn set_hard_override(
+        &self,
+        team_id: TeamId,
+        limit: Option<tollgate_domain::Ticks>,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
     /// Checks, on one consistent snapshot, every team's balances against the sums of its
     /// entries and lots: the first mismatch found (by team id), or `None`.
     async fn verify_ledger(&self) -> Result<Option<String>, StoreError>;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tollgate_domain::ledger::format_usd;
 use tollgate_domain::{
-    Actor, AuditAction, AuditEvent, Balance, Bucket, Clock, EntryKind, LedgerEntry, RequestContext, TeamId, Ticks,
-    Timestamp,
+    Actor, AuditAction, AuditEvent, Balance, Bucket, Clock, EntryKind, LedgerEntry, RequestContext, SpendingLimits,
+    TeamId, Ticks, Timestamp,
 };
 use tollgate_store::{Store, StoreError};
 
@@ -32,6 +32,12 @@ pub enum LedgerError {
     /// The caller's role does not allow this.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A spending limit above the maximum the operator allows the team.
+    #[error("the spending limit may be at most ${0} for this team")]
+    AboveCap(String),
+    /// A negative spending limit.
+    #[error("a spending limit must not be negative")]
+    NegativeLimit,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -42,6 +48,8 @@ pub enum LedgerError {
 pub struct Ledger {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    /// The operator's default maximum invoiced spending limit (`hardSlAuto`).
+    default_hard_limit: Ticks,
 }
 
 fn reason(text: &str) -> Result<String, LedgerError> {
@@ -53,7 +61,106 @@ fn reason(text: &str) -> Result<String, LedgerError> {
 impl Ledger {
     /// A ledger over `store`.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            default_hard_limit: Ticks::ZERO,
+        }
+    }
+
+    /// Every team's maximum invoiced spending limit, unless the operator overrides it for one.
+    #[must_use]
+    pub fn with_default_hard_limit(mut self, limit: Ticks) -> Self {
+        self.default_hard_limit = limit;
+        self
+    }
+
+    /// The team's limits.
+    async fn limits_of(&self, team_id: TeamId) -> Result<SpendingLimits, LedgerError> {
+        let (soft, hard_override) = self.store.spending_limits(team_id).await?;
+        Ok(SpendingLimits {
+            hard_auto: self.default_hard_limit,
+            hard_override,
+            soft,
+        })
+    }
+
+    /// The caller's team's invoiced spending limits (Admins and management keys).
+    pub async fn spending_limits(&self, caller: &crate::Caller) -> Result<SpendingLimits, LedgerError> {
+        if !caller.allows(tollgate_domain::Permission::ManageBilling) {
+            return Err(LedgerError::Forbidden("Only team Admins may see the spending limits"));
+        }
+        self.limits_of(caller.team_id()).await
+    }
+
+    /// Sets the caller's team's monthly invoiced spending limit (Admins and management keys):
+    /// at most the maximum the operator allows (`0`: prepaid credit only).
+    pub async fn set_soft_limit(
+        &self,
+        caller: &crate::Caller,
+        limit: Ticks,
+        context: &RequestContext,
+    ) -> Result<SpendingLimits, LedgerError> {
+        if !caller.allows(tollgate_domain::Permission::ManageBilling) {
+            return Err(LedgerError::Forbidden("Only team Admins may set the spending limit"));
+        }
+        if limit.get() < 0 {
+            return Err(LedgerError::NegativeLimit);
+        }
+        let mut limits = self.limits_of(caller.team_id()).await?;
+        let cap = limits.effective_hard();
+        if limit > cap {
+            return Err(LedgerError::AboveCap(format_usd(cap)));
+        }
+        let now = self.clock.now();
+        let audit = AuditEvent::success(
+            now,
+            Some(caller.team_id()),
+            caller.actor(),
+            AuditAction::SetSpendingLimit,
+            format!("Set the monthly invoiced spending limit to ${}", format_usd(limit)),
+            Some(format!("team:{}", caller.team_id())),
+            context,
+        );
+        self.store
+            .set_soft_limit(caller.team_id(), Some(limit), now, &audit)
+            .await?;
+        limits.soft = Some(limit);
+        Ok(limits)
+    }
+
+    /// Sets the operator's maximum for one team (`hardSlOverride`; `None` returns it to the
+    /// default).
+    pub async fn set_hard_override(
+        &self,
+        team_id: TeamId,
+        limit: Option<Ticks>,
+        actor: Actor,
+        context: &RequestContext,
+    ) -> Result<SpendingLimits, LedgerError> {
+        if limit.is_some_and(|limit| limit.get() < 0) {
+            return Err(LedgerError::NegativeLimit);
+        }
+        self.live_team(team_id).await?;
+        let now = self.clock.now();
+        let description = match limit {
+            Some(limit) => format!(
+                "The operator set the team's maximum invoiced spending limit to ${}",
+                format_usd(limit)
+            ),
+            None => "The operator returned the team's maximum invoiced spending limit to the default".to_owned(),
+        };
+        let audit = AuditEvent::success(
+            now,
+            Some(team_id),
+            actor,
+            AuditAction::SetSpendingLimit,
+            description,
+            Some(format!("team:{team_id}")),
+            context,
+        );
+        self.store.set_hard_override(team_id, limit, now, &audit).await?;
+        self.limits_of(team_id).await
     }
 
     async fn live_team(&self, team_id: TeamId) -> Result<(), LedgerError> {

@@ -12,7 +12,61 @@ on_both_backends!(
     operators_grant_and_adjust_exactly,
     credit_expires_is_forfeited_and_verified,
     the_prepaid_balance_in_xais_shape,
+    spending_limits_stay_under_the_operators_maximum,
 );
+
+/// Admins set the monthly invoiced spending limit up to the operator's maximum (default $0:
+/// prepaid only); above it is a 400, never a silent clamp; the operator raises one team's
+/// maximum from the command line.
+async fn spending_limits_stay_under_the_operators_maximum(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let path = format!("/v1/billing/teams/{}/postpaid/spending-limits", app.team.id);
+    let limits = app.get_json(&path, &app.management_key).await;
+    assert_eq!(
+        limits,
+        serde_json::json!({"spendingLimits": {"hardSlAuto": {"val": "0"}, "effectiveHardSl": {"val": "0"}, "effectiveSl": {"val": "0"}}})
+    );
+    let set = |cents: &'static str| {
+        let (app, path) = (&app, &path);
+        async move {
+            app.client
+                .post(app.url(path))
+                .bearer_auth(&app.management_key)
+                .json(&serde_json::json!({"desiredSoftSpendingLimit": {"val": cents}}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let refused = set("20000").await;
+    assert_eq!(refused.status(), reqwest::StatusCode::BAD_REQUEST);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("at most $0.00"), "{body}");
+
+    let team = app.team.id.to_string();
+    let (ok, out) = run(&app, &["billing", "limit", "--team", &team, "--max-usd", "500"]);
+    assert!(ok, "{out}");
+    let answer: Value = set("20000").await.json().await.unwrap();
+    assert_eq!(answer, serde_json::json!({"thisBpSoftSpendingLimit": {"val": "20000"}}));
+    let limits = app.get_json(&path, &app.management_key).await;
+    assert_eq!(limits["spendingLimits"]["hardSlOverride"]["val"], "50000");
+    assert_eq!(limits["spendingLimits"]["softSl"]["val"], "20000");
+    assert_eq!(limits["spendingLimits"]["effectiveSl"]["val"], "20000");
+    assert_eq!(set("50001").await.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert_eq!(set("-1").await.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert_eq!(set("1.5").await.status(), reqwest::StatusCode::BAD_REQUEST);
+
+    // The operator lowering the maximum lowers the limit in force with it.
+    let (ok, out) = run(&app, &["billing", "limit", "--team", &team, "--max-usd", "100"]);
+    assert!(ok, "{out}");
+    let limits = app.get_json(&path, &app.management_key).await;
+    assert_eq!(limits["spendingLimits"]["effectiveSl"]["val"], "10000");
+    let (ok, _) = run(&app, &["billing", "limit", "--team", &team, "--default"]);
+    assert!(ok);
+    let limits = app.get_json(&path, &app.management_key).await;
+    assert_eq!(limits["spendingLimits"]["effectiveSl"]["val"], "0");
+    assert!(limits["spendingLimits"].get("hardSlOverride").is_none());
+}
 
 /// `GET /v1/billing/teams/{id}/prepaid/balance`: xAI's inverted ledger in cents as strings; a
 /// team with no credit answers 200 and `"0"`.

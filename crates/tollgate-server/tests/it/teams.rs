@@ -1070,6 +1070,13 @@ fn matrix_routes() -> Vec<Route> {
         route(Method::GET, "/api/teams/{team_id}/api-keys", None, true),
         route(Method::GET, "/api/teams/{team_id}/key-policy", None, true),
         route(Method::GET, "/api/teams/{team_id}/billing/prepaid/balance", None, false),
+        route(Method::GET, "/api/teams/{team_id}/billing/spending-limits", None, false),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/billing/spending-limits",
+            Some(json!({"desiredSoftSpendingLimit": {"val": "0"}})),
+            false,
+        ),
         route(
             Method::PUT,
             "/api/teams/{team_id}/key-policy",
@@ -1133,6 +1140,18 @@ fn matrix_routes() -> Vec<Route> {
         route(Method::GET, "/auth/api-keys/{api_key_id}/propagation", None, false),
         route(Method::GET, "/audit/teams/{team_id}/events", None, false),
         route(Method::GET, "/v1/billing/teams/{team_id}/prepaid/balance", None, false),
+        route(
+            Method::GET,
+            "/v1/billing/teams/{team_id}/postpaid/spending-limits",
+            None,
+            false,
+        ),
+        route(
+            Method::POST,
+            "/v1/billing/teams/{team_id}/postpaid/spending-limits",
+            Some(json!({"desiredSoftSpendingLimit": {"val": "0"}})),
+            false,
+        ),
         route(Method::GET, "/audit/teams/{team_id}/events/export", None, false),
     ]
 }

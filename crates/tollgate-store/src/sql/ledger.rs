@@ -122,6 +122,30 @@ pub(super) async fn forfeit(
     Ok(())
 }
 
+/// Sets one limit `column` (a constant of ours, never input) of the team, with `audit`.
+async fn set_limit(
+    store: &SqlStore,
+    column: &'static str,
+    team_id: TeamId,
+    limit: Option<Ticks>,
+    at: Timestamp,
+    audit: &AuditEvent,
+) -> Result<(), StoreError> {
+    let mut tx = store.write.begin().await?;
+    sqlx::query(&format!(
+        "INSERT INTO team_spending_limits (team_id, {column}, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (team_id) DO UPDATE SET {column} = $2, updated_at = $3"
+    ))
+    .bind(team_id.as_uuid())
+    .bind(limit.map(Ticks::get))
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    insert_audit(&mut tx, &store.audit_key, audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 #[async_trait]
 impl LedgerStore for SqlStore {
     async fn append_ledger_entry(&self, entry: &LedgerEntry, audit: &AuditEvent) -> Result<bool, StoreError> {
@@ -206,6 +230,40 @@ impl LedgerStore for SqlStore {
         insert_audit(&mut tx, &self.audit_key, audit).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn spending_limits(&self, team_id: TeamId) -> Result<(Option<Ticks>, Option<Ticks>), StoreError> {
+        let row = sqlx::query("SELECT soft_limit, hard_override FROM team_spending_limits WHERE team_id = $1")
+            .bind(team_id.as_uuid())
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(match row {
+            Some(row) => (
+                row.try_get::<Option<i64>, _>("soft_limit")?.map(Ticks::new),
+                row.try_get::<Option<i64>, _>("hard_override")?.map(Ticks::new),
+            ),
+            None => (None, None),
+        })
+    }
+
+    async fn set_soft_limit(
+        &self,
+        team_id: TeamId,
+        limit: Option<Ticks>,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        set_limit(self, "soft_limit", team_id, limit, at, audit).await
+    }
+
+    async fn set_hard_override(
+        &self,
+        team_id: TeamId,
+        limit: Option<Ticks>,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        set_limit(self, "hard_override", team_id, limit, at, audit).await
     }
 
     async fn verify_ledger(&self) -> Result<Option<String>, StoreError> {

@@ -1254,3 +1254,66 @@ fn not_found_is_team(error: StoreError) -> KeyError {
         other => other.into(),
     }
 }
+
+/// The management keys a person created in a team, ended because they no longer hold its Admin
+/// role (demoted, removed, or their account deleted).
+pub(crate) struct CreatorKeys<'a> {
+    /// The team.
+    pub team: &'a tollgate_domain::Team,
+    /// Whose keys.
+    pub creator: tollgate_domain::UserId,
+    /// Who acts (recorded in the events).
+    pub actor: Actor,
+    /// Why, in the events and the notice.
+    pub reason: &'a str,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// The audit events and the notices to the team's other Admins for revoking `keys.creator`'s
+/// live management keys in `keys.team`; the caller's store transaction revokes them.
+pub(crate) async fn creator_key_revocations(
+    store: &dyn Store,
+    notices: &Notices,
+    keys: &CreatorKeys<'_>,
+    context: &RequestContext,
+) -> Result<(Vec<AuditEvent>, Vec<tollgate_domain::OutboundMail>), StoreError> {
+    let live: Vec<_> = store
+        .list_management_keys(keys.team.id)
+        .await?
+        .into_iter()
+        .filter(|key| key.created_by == Some(keys.creator) && key.revoked_at.is_none())
+        .collect();
+    if live.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let admins: Vec<tollgate_domain::Email> = store
+        .list_members(keys.team.id)
+        .await?
+        .into_iter()
+        .filter(|member| member.role == tollgate_domain::Role::Admin && member.user_id != keys.creator)
+        .map(|member| member.email)
+        .collect();
+    let reason = keys.reason;
+    let mut audits = Vec::with_capacity(live.len());
+    let mut mail = Vec::with_capacity(live.len());
+    for key in &live {
+        audits.push(AuditEvent::success(
+            keys.at,
+            Some(keys.team.id),
+            keys.actor.clone(),
+            AuditAction::RevokeManagementKey,
+            format!("Revoked management key '{}' ({}): {reason}", key.name, key.redacted),
+            Some(format!("management_key:{}", key.id)),
+            context,
+        ));
+        let withdrawn = WithdrawnKey {
+            kind: KeyKind::Management,
+            name: &key.name,
+            redacted: &key.redacted,
+            id: &key.id.to_string(),
+        };
+        mail.extend(notices.key_withdrawn(keys.team, &withdrawn, reason, keys.at, admins.clone()));
+    }
+    Ok((audits, mail))
+}

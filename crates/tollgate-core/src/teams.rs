@@ -610,44 +610,18 @@ impl TeamService {
         let mut audits = vec![audit];
         let mut mail = Vec::new();
         if !matches!(change, MemberChange::SetRole(Role::Admin)) {
-            let keys: Vec<_> = self
-                .store
-                .list_management_keys(caller.team_id())
-                .await?
-                .into_iter()
-                .filter(|key| key.created_by == Some(user_id) && key.revoked_at.is_none())
-                .collect();
-            if !keys.is_empty() {
-                let team = self.team(caller).await?;
-                let admins: Vec<Email> = self
-                    .store
-                    .list_members(team.id)
-                    .await?
-                    .into_iter()
-                    .filter(|member| member.role == Role::Admin && member.user_id != user_id)
-                    .map(|member| member.email)
-                    .collect();
-                let reason = "the Admin who created it is no longer an Admin of the team";
-                for key in &keys {
-                    audits.push(self.event(
-                        caller,
-                        AuditAction::RevokeManagementKey,
-                        format!("Revoked management key '{}' ({}): {reason}", key.name, key.redacted),
-                        Some(format!("management_key:{}", key.id)),
-                        context,
-                    ));
-                    let withdrawn = crate::notices::WithdrawnKey {
-                        kind: crate::notices::KeyKind::Management,
-                        name: &key.name,
-                        redacted: &key.redacted,
-                        id: &key.id.to_string(),
-                    };
-                    mail.extend(
-                        self.notices
-                            .key_withdrawn(&team, &withdrawn, reason, now, admins.clone()),
-                    );
-                }
-            }
+            let team = self.team(caller).await?;
+            let keys = crate::keys::CreatorKeys {
+                team: &team,
+                creator: user_id,
+                actor: caller.actor(),
+                reason: "the Admin who created it is no longer an Admin of the team",
+                at: now,
+            };
+            let (revoked, notices) =
+                crate::keys::creator_key_revocations(&*self.store, &self.notices, &keys, context).await?;
+            audits.extend(revoked);
+            mail.extend(notices);
         }
         let result = self
             .store

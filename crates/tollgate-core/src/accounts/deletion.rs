@@ -119,48 +119,18 @@ impl AccountService {
         let mut mail = vec![self.notices.account_deleted(user, now, purge_after)];
         // The management keys it created end with it (the store revokes them in the same
         // transaction): each on its team's record, and the team's other Admins told.
-        let reason = "the Admin who created it deleted their account";
         for membership in &memberships {
-            let team = &membership.team;
-            let keys: Vec<_> = self
-                .store
-                .list_management_keys(team.id)
-                .await?
-                .into_iter()
-                .filter(|key| key.created_by == Some(user.id) && key.revoked_at.is_none())
-                .collect();
-            if keys.is_empty() {
-                continue;
-            }
-            let admins: Vec<_> = self
-                .store
-                .list_members(team.id)
-                .await?
-                .into_iter()
-                .filter(|m| m.role == tollgate_domain::Role::Admin && m.user_id != user.id)
-                .map(|m| m.email)
-                .collect();
-            for key in keys {
-                audits.push(AuditEvent::success(
-                    now,
-                    Some(team.id),
-                    user_actor(user),
-                    AuditAction::RevokeManagementKey,
-                    format!("Revoked management key '{}' ({}): {reason}", key.name, key.redacted),
-                    Some(format!("management_key:{}", key.id)),
-                    context,
-                ));
-                let withdrawn = crate::notices::WithdrawnKey {
-                    kind: crate::notices::KeyKind::Management,
-                    name: &key.name,
-                    redacted: &key.redacted,
-                    id: &key.id.to_string(),
-                };
-                mail.extend(
-                    self.notices
-                        .key_withdrawn(team, &withdrawn, reason, now, admins.clone()),
-                );
-            }
+            let keys = crate::keys::CreatorKeys {
+                team: &membership.team,
+                creator: user.id,
+                actor: user_actor(user),
+                reason: "the Admin who created it deleted their account",
+                at: now,
+            };
+            let (revoked, notices) =
+                crate::keys::creator_key_revocations(&*self.store, &self.notices, &keys, context).await?;
+            audits.extend(revoked);
+            mail.extend(notices);
         }
         self.store
             .delete_account(&tollgate_store::AccountDeletion {

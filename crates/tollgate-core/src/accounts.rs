@@ -392,6 +392,21 @@ impl AccountService {
         self
     }
 
+    /// Counts a password or second-factor attempt on `account` (before any work), or refuses
+    /// it: the account or the client address has no attempts left.
+    fn begin_attempt(
+        &self,
+        account: &str,
+        context: &RequestContext,
+        now: Timestamp,
+    ) -> Result<throttle::Attempt, AccountError> {
+        self.throttle
+            .begin(account, context.ip.as_deref(), now)
+            .map_err(|_| AccountError::Throttled {
+                retry_after_seconds: THROTTLED_FOR_SECONDS,
+            })
+    }
+
     /// The audit events of an action on `user`'s account: one per team they belong to (the
     /// platform's log when none), so each team's Admins see their members' account changes.
     pub(crate) async fn account_events(

@@ -6,7 +6,7 @@ use tollgate_domain::{AuditAction, RequestContext, Session, User};
 use tollgate_store::{PasswordChange, StoreError};
 use tracing::instrument;
 
-use super::{AccountError, AccountService, REAUTH_WINDOW, SecondFactor, THROTTLED_FOR_SECONDS};
+use super::{AccountError, AccountService, REAUTH_WINDOW, SecondFactor};
 
 impl AccountService {
     /// Changes the password, given the current one, or sets the first one of an account that
@@ -122,12 +122,7 @@ impl AccountService {
         match (user.password_hash.clone(), password) {
             (Some(hash), Some(password)) => {
                 let now = self.clock.now();
-                let attempt = self
-                    .throttle
-                    .begin(user.email.as_ref(), context.ip.as_deref(), now)
-                    .map_err(|_| AccountError::Throttled {
-                        retry_after_seconds: THROTTLED_FOR_SECONDS,
-                    })?;
+                let attempt = self.begin_attempt(user.email.as_ref(), context, now)?;
                 if self.hashing.verify(password.to_owned(), hash).await? {
                     attempt.succeeded();
                     Ok(())

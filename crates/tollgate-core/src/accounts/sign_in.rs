@@ -6,10 +6,7 @@ use tollgate_domain::mfa::RecoveryCode;
 use tollgate_domain::{AuditAction, Email, RequestContext, SecretToken, Session, SessionId, User};
 use tracing::instrument;
 
-use super::{
-    AccountError, AccountService, CHALLENGE_LIFETIME, SEEN_WITHIN, SecondFactor, SignInOutcome, SignedIn,
-    THROTTLED_FOR_SECONDS,
-};
+use super::{AccountError, AccountService, CHALLENGE_LIFETIME, SEEN_WITHIN, SecondFactor, SignInOutcome, SignedIn};
 
 impl AccountService {
     /// Signs in with email and password: a new session (new tokens every time).
@@ -23,12 +20,7 @@ impl AccountService {
         let now = self.clock.now();
         let key = email.trim().to_lowercase();
         // Counted before any work, so concurrent guesses cannot all pass the check.
-        let attempt = self
-            .throttle
-            .begin(&key, context.ip.as_deref(), now)
-            .map_err(|_| AccountError::Throttled {
-                retry_after_seconds: THROTTLED_FOR_SECONDS,
-            })?;
+        let attempt = self.begin_attempt(&key, context, now)?;
         let user = match Email::parse(email) {
             Ok(email) => self.store.find_user_by_email(&email).await?,
             Err(_) => None,
@@ -132,12 +124,7 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<&'static str, AccountError> {
         let now = self.clock.now();
-        let attempt = self
-            .throttle
-            .begin(user.email.as_ref(), context.ip.as_deref(), now)
-            .map_err(|_| AccountError::Throttled {
-                retry_after_seconds: THROTTLED_FOR_SECONDS,
-            })?;
+        let attempt = self.begin_attempt(user.email.as_ref(), context, now)?;
         let accepted = match factor {
             SecondFactor::Totp(code) => {
                 let state = self.store.mfa_state(user.id).await?;

@@ -364,8 +364,9 @@ pub struct ModelConfig {
     /// Price of a completion or reasoning token (set together with `prompt_price`).
     #[serde(default)]
     pub completion_price: Option<i64>,
-    /// The most output tokens one request of this model may be charged for in advance: a
-    /// request's `max_tokens` is clamped to it, and a request naming none is held for this many.
+    /// The most output tokens one request of this model will be held for in advance, once credit
+    /// holds are enforced (not yet): a request's `max_tokens` is clamped to it, and a request
+    /// naming none is held for this many. It does not limit what the upstream generates.
     #[serde(default = "defaults::max_output_tokens")]
     pub max_output_tokens: u64,
 }

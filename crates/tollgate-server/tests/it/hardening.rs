@@ -65,7 +65,7 @@ impl PasswordHasher for GatedHasher {
     }
 }
 
-const PASSWORD: &str = "a sturdy passphrase for tests";
+use crate::teams::PASSWORD;
 
 /// The accounts service over `app`'s store, hashing with `hasher` through `workers` running and
 /// `queue` waiting slots; with an account `victim@example.com`.
@@ -178,36 +178,17 @@ async fn password_hashing_is_bounded(db: TestDb) {
 /// wrong password is on the team's record.
 async fn reauthentication_is_throttled_and_audited(db: TestDb) {
     let app = TestApp::new(db).await;
-    let signed_up = app
-        .client
-        .post(app.url("/api/auth/sign-up"))
-        .json(&json!({"email": "ada@example.com", "password": PASSWORD, "name": "Ada"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_up.status(), StatusCode::CREATED);
-    let cookie = signed_up.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let csrf = signed_up.json::<Value>().await.unwrap()["csrfToken"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = app.signed_up("ada@example.com").await;
     let totp = |password: &'static str| {
-        let (app, cookie, csrf) = (&app, &cookie, &csrf);
+        let (app, ada) = (&app, &ada);
         async move {
-            app.client
-                .post(app.url("/api/account/mfa/totp"))
-                .header("cookie", cookie)
-                .header("x-csrf-token", csrf)
-                .json(&json!({"password": password}))
-                .send()
-                .await
-                .unwrap()
+            app.call(
+                Method::POST,
+                "/api/account/mfa/totp",
+                ada,
+                Some(json!({"password": password})),
+            )
+            .await
         }
     };
     for _ in 0..10 {
@@ -216,27 +197,11 @@ async fn reauthentication_is_throttled_and_audited(db: TestDb) {
     let refused = totp(PASSWORD).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.headers().contains_key("retry-after"));
-    let me: Value = app
-        .client
-        .get(app.url("/api/me"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, me) = app.call_json(Method::GET, "/api/me", &ada, None).await;
     let team = me["teams"][0]["teamId"].as_str().unwrap();
-    let log: Value = app
-        .client
-        .get(app.url(&format!("/api/teams/{team}/audit/events")))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, log) = app
+        .call_json(Method::GET, &format!("/api/teams/{team}/audit/events"), &ada, None)
+        .await;
     let failures = log["events"]
         .as_array()
         .unwrap()

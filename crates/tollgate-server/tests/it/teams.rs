@@ -20,24 +20,18 @@ on_both_backends!(
     account_deletion_restore_and_purge,
 );
 
-const PASSWORD: &str = "a sturdy passphrase for tests";
+pub(crate) const PASSWORD: &str = "a sturdy passphrase for tests";
 
+/// A signed-in browser: its session cookie and CSRF token.
 #[derive(Clone, Debug)]
-struct Browser {
+pub(crate) struct Browser {
     cookie: String,
     csrf: String,
 }
 
-impl TestApp {
-    async fn signed_up(&self, email: &str) -> Browser {
-        let response = self
-            .client
-            .post(self.url("/api/auth/sign-up"))
-            .json(&json!({"email": email, "password": PASSWORD, "name": email.split('@').next().unwrap()}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
+impl Browser {
+    /// The session a sign-up, sign-in or restore answered with.
+    pub(crate) async fn from_response(response: reqwest::Response) -> Self {
         let cookie = response.headers()["set-cookie"]
             .to_str()
             .unwrap()
@@ -46,13 +40,33 @@ impl TestApp {
             .unwrap()
             .to_owned();
         let body: Value = response.json().await.unwrap();
-        Browser {
+        Self {
             cookie,
             csrf: body["csrfToken"].as_str().unwrap().to_owned(),
         }
     }
+}
 
-    async fn call(&self, method: Method, path: &str, browser: &Browser, body: Option<Value>) -> reqwest::Response {
+impl TestApp {
+    pub(crate) async fn signed_up(&self, email: &str) -> Browser {
+        let response = self
+            .client
+            .post(self.url("/api/auth/sign-up"))
+            .json(&json!({"email": email, "password": PASSWORD, "name": email.split('@').next().unwrap()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        Browser::from_response(response).await
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        browser: &Browser,
+        body: Option<Value>,
+    ) -> reqwest::Response {
         let mut request = self
             .client
             .request(method, self.url(path))
@@ -64,7 +78,7 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
-    async fn call_json(
+    pub(crate) async fn call_json(
         &self,
         method: Method,
         path: &str,
@@ -405,18 +419,7 @@ async fn mail_people_can_cause_is_limited(db: TestDb) {
         .send()
         .await
         .unwrap();
-    let cookie = response.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let body: Value = response.json().await.unwrap();
-    let ada = Browser {
-        cookie,
-        csrf: body["csrfToken"].as_str().unwrap().to_owned(),
-    };
+    let ada = Browser::from_response(response).await;
     let response = app
         .call(
             Method::POST,
@@ -1640,18 +1643,7 @@ async fn account_deletion_restore_and_purge(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let cookie = response.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let body: Value = response.json().await.unwrap();
-    let ada = Browser {
-        cookie,
-        csrf: body["csrfToken"].as_str().unwrap().to_owned(),
-    };
+    let ada = Browser::from_response(response).await;
     assert!(teams_of(&app, &ada).await.contains(&("Shared".into(), "admin".into())));
     let response = app
         .client

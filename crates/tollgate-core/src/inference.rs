@@ -94,12 +94,6 @@ impl Admission {
     pub fn pricing(&self) -> &ModelPricing {
         &self.pricing
     }
-
-    /// The key it came with.
-    #[must_use]
-    pub fn key(&self) -> &ApiKey {
-        &self.key
-    }
 }
 
 /// The inference service.

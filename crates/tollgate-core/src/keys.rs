@@ -174,16 +174,6 @@ pub enum LeakOutcome {
     AlreadyDead(ApiKey),
 }
 
-impl LeakOutcome {
-    /// The key the secret belonged to.
-    #[must_use]
-    pub fn key(&self) -> &ApiKey {
-        match self {
-            Self::Blocked(key) | Self::AlreadyBlocked(key) | Self::GraceEnded(key) | Self::AlreadyDead(key) => key,
-        }
-    }
-}
-
 /// When a change to a key is in force on every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Propagation {

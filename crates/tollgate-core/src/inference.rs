@@ -2,22 +2,27 @@
 //! by (REST today; gRPC and the deferred-completion worker will call the same two functions).
 //!
 //! 1. [`Inference::admit`]: the model is resolved (aliases included), the key's ACLs allow the
-//!    endpoint and the model, the key's `qps`/`qpm`/`tpm` allow one more request. The answer is
-//!    an [`Admission`], which carries everything settling needs.
-//! 2. The caller calls the upstream (the gateway) and relays its answer.
-//! 3. [`Inference::settle`]: the usage is priced exactly and recorded durably through the group
-//!    commit before the caller sends its last byte; the tokens count against the key's `tpm`.
+//!    endpoint and the model, the key's `qps`/`qpm`/`tpm` allow one more request, and the
+//!    request's worst-case cost is held against its team's credit ([`crate::billing::credit`]).
+//!    The answer is an [`Admission`], which carries everything settling needs.
+//! 2. The caller calls the upstream (the gateway), holding it to
+//!    [`Admission::output_per_choice`] and [`Admission::deadline`], and relays its answer.
+//! 3. [`Inference::settle`]: the usage is priced exactly and recorded durably with its spend
+//!    through the group commit before the caller sends its last byte; the hold is released and
+//!    the tokens count against the key's `tpm`.
 //!
-//! Metrics and transport statuses stay at the edges. The credit hold (the money path) joins
-//! `admit`, and its release an `Admission` dropped unsettled, with the ledger.
+//! An `Admission` dropped unsettled (an upstream error, a panic, a cancelled task) releases its
+//! hold and charges nothing. Metrics and transport statuses stay at the edges.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tollgate_domain::ratelimit::{KeyLimits, LimitDecision, LimitKind};
 use tollgate_domain::{ApiKey, Clock, Endpoint, ModelPricing, RequestId, Ticks, Timestamp, TokenUsage, UsageRecord};
+use tollgate_gateway::usage::Demand;
 use tollgate_gateway::{Catalog, ModelRoute};
 
+use crate::billing::credit::{CreditError, Credits, Hold};
 use crate::ratelimit::RateLimiter;
 use crate::usage::{UsageError, UsageRecorder};
 
@@ -48,6 +53,15 @@ pub enum AdmitError {
         /// The key's redacted form, for the message.
         redacted: String,
     },
+    /// The team's credit and invoice headroom do not cover the request's worst-case cost.
+    #[error(
+        "Your team {0} has either used all available credits or reached its monthly spending limit. To continue \
+         making API requests, please purchase more credits or raise your spending limit."
+    )]
+    OutOfCredit(tollgate_domain::TeamId),
+    /// Credit could not be held: the database is unavailable.
+    #[error("credit could not be checked: {0}")]
+    Unavailable(tollgate_store::StoreError),
 }
 
 /// Why a finished request could not be settled; the caller must not report it complete.
@@ -73,6 +87,9 @@ pub struct Admission {
     started: Instant,
     streamed: bool,
     limits: Option<LimitDecision>,
+    hold: Hold,
+    output_per_choice: u64,
+    deadline: Instant,
 }
 
 impl Admission {
@@ -94,6 +111,34 @@ impl Admission {
     pub fn pricing(&self) -> &ModelPricing {
         &self.pricing
     }
+
+    /// The most output tokens per choice the upstream may produce: what the hold assumed.
+    #[must_use]
+    pub fn output_per_choice(&self) -> u64 {
+        self.output_per_choice
+    }
+
+    /// When the request must be cut off (its credit lease is guaranteed only until then).
+    #[must_use]
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The credit held for it.
+    #[must_use]
+    pub fn held(&self) -> Ticks {
+        self.hold.amount()
+    }
+}
+
+/// A settled request's charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charged {
+    /// What it cost.
+    pub cost: Ticks,
+    /// How much the cost exceeded its hold (an upstream that ignored its output budget): charged
+    /// all the same, and the team's balance may go below zero by this much.
+    pub beyond_hold: Ticks,
 }
 
 /// The inference service.
@@ -102,21 +147,24 @@ pub struct Inference {
     catalog: Arc<Catalog>,
     limiter: Arc<dyn RateLimiter>,
     usage: UsageRecorder,
+    credits: Credits,
     clock: Arc<dyn Clock>,
 }
 
 impl Inference {
-    /// A service over these models, limits and usage writer.
+    /// A service over these models, limits, credit and usage writer.
     pub fn new(
         catalog: Arc<Catalog>,
         limiter: Arc<dyn RateLimiter>,
         usage: UsageRecorder,
+        credits: Credits,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             catalog,
             limiter,
             usage,
+            credits,
             clock,
         }
     }
@@ -127,13 +175,15 @@ impl Inference {
         &self.catalog
     }
 
-    /// Admits a request of `key` to `endpoint` for `model` (a name or an alias), or says why
-    /// not. `request_id` keys its usage record; `streamed` is recorded with it.
+    /// Admits a request of `key` to `endpoint` for `model` (a name or an alias), which may use
+    /// up to `demand`, or says why not. `request_id` keys its usage record; `streamed` is
+    /// recorded with it.
     pub async fn admit(
         &self,
         key: Arc<ApiKey>,
         endpoint: Endpoint,
         model: &str,
+        demand: Demand,
         streamed: bool,
         request_id: RequestId,
     ) -> Result<Admission, AdmitError> {
@@ -169,6 +219,20 @@ impl Inference {
         } else {
             None
         };
+        let output_per_choice = demand.output_per_choice(route.max_output_tokens);
+        let out_of_credit = || AdmitError::OutOfCredit(key.team_id);
+        let worst_case = pricing
+            .upper_bound(demand.prompt_tokens, demand.output_budget(route.max_output_tokens))
+            .map_err(|_| out_of_credit())?;
+        let hold = self
+            .credits
+            .hold(key.team_id, worst_case)
+            .await
+            .map_err(|error| match error {
+                CreditError::Exhausted => out_of_credit(),
+                CreditError::Store(error) => AdmitError::Unavailable(error),
+            })?;
+        let started = Instant::now();
         Ok(Admission {
             key,
             route,
@@ -176,16 +240,24 @@ impl Inference {
             endpoint,
             request_id,
             started_at: now,
-            started: Instant::now(),
+            started,
             streamed,
             limits: decision,
+            hold,
+            output_per_choice,
+            deadline: started + self.credits.settings().max_request,
         })
     }
 
     /// Settles `admission` with what the upstream used (`estimated` when counted by Tollgate
-    /// rather than reported): prices it, records it durably, and counts its tokens against the
-    /// key's `tpm`. Returns the cost.
-    pub async fn settle(&self, admission: Admission, usage: TokenUsage, estimated: bool) -> Result<Ticks, SettleError> {
+    /// rather than reported): prices it, records it durably with its spend, releases its hold,
+    /// and counts its tokens against the key's `tpm`.
+    pub async fn settle(
+        &self,
+        admission: Admission,
+        usage: TokenUsage,
+        estimated: bool,
+    ) -> Result<Charged, SettleError> {
         let route = &admission.route;
         let cost = admission
             .pricing
@@ -204,10 +276,13 @@ impl Inference {
             started_at: admission.started_at,
             duration_ms: u64::try_from(admission.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
-        self.usage.record(record).await?;
+        self.usage.record(record, admission.hold.lease_id()).await?;
+        let beyond_hold = Ticks::new(cost.get().saturating_sub(admission.hold.amount().get()).max(0));
+        let key_id = admission.key.id;
+        self.credits.settled(admission.hold, cost);
         self.limiter
-            .record_tokens(admission.key.id, usage.total_tokens(), self.clock.now())
+            .record_tokens(key_id, usage.total_tokens(), self.clock.now())
             .await;
-        Ok(cost)
+        Ok(Charged { cost, beyond_hold })
     }
 }

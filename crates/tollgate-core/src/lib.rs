@@ -29,7 +29,7 @@ pub use audit::{AuditError, AuditExport, AuditFilter, AuditPage, AuditService, C
 pub use caller::Caller;
 pub use federation::{ExternalIdentity, Federated, Federation, FederationError, IdentityProvider, ProviderError};
 pub use housekeeping::Housekeeping;
-pub use inference::{Admission, AdmitError, Inference, SettleError};
+pub use inference::{Admission, AdmitError, Charged, Inference, SettleError};
 pub use keys::{ApiKeyChanges, AuthError, KeyError, KeyService, LeakOutcome, NewApiKey, Propagation};
 pub use mail::{MailDispatcher, MailError, MailWaker, Mailer, SmtpMailer};
 pub use notices::Notices;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tollgate_domain::UsageRecord;
-use tollgate_store::{Store, StoreError};
+use tollgate_domain::{Clock, Ticks, UsageRecord};
+use tollgate_store::{Charge, Store, StoreError};
 
 /// Most records written in one transaction.
 const MAX_BATCH: usize = 512;
@@ -35,7 +35,7 @@ pub enum UsageError {
 }
 
 struct Job {
-    record: UsageRecord,
+    charge: Charge,
     done: oneshot::Sender<Result<(), UsageError>>,
 }
 
@@ -47,29 +47,45 @@ pub struct UsageRecorder {
 
 impl UsageRecorder {
     /// Starts the writer task. It ends, after writing everything queued, once every handle is
-    /// dropped; await the returned handle at shutdown.
-    pub fn start(store: Arc<dyn Store>) -> (Self, JoinHandle<()>) {
+    /// dropped; await the returned handle at shutdown. Spends beyond a team's credit go to its
+    /// invoice up to its spending limit, whose default maximum is `default_hard_limit`.
+    pub fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>, default_hard_limit: Ticks) -> (Self, JoinHandle<()>) {
         let (jobs, receiver) = mpsc::channel(8192);
-        let task = tokio::spawn(run(store, receiver));
+        let writer = Writer {
+            store,
+            clock,
+            default_hard_limit,
+        };
+        let task = tokio::spawn(run(writer, receiver));
         (Self { jobs }, task)
     }
 
-    /// Stores `record` durably; returns once it is committed.
-    pub async fn record(&self, record: UsageRecord) -> Result<(), UsageError> {
+    /// Stores `record` and its spend (drawn on the lease `lease_id`) durably; returns once it
+    /// is committed.
+    pub async fn record(&self, record: UsageRecord, lease_id: Option<uuid::Uuid>) -> Result<(), UsageError> {
         let (done, committed) = oneshot::channel();
         self.jobs
-            .send(Job { record, done })
+            .send(Job {
+                charge: Charge { record, lease_id },
+                done,
+            })
             .await
             .map_err(|_| UsageError::Stopped)?;
         committed.await.map_err(|_| UsageError::Stopped)?
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Job>) {
+struct Writer {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    default_hard_limit: Ticks,
+}
+
+async fn run(writer: Writer, mut receiver: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let records: Vec<UsageRecord> = batch.iter().map(|job| job.record.clone()).collect();
-        match write_with_retry(store.as_ref(), &records).await {
+        let records: Vec<Charge> = batch.iter().map(|job| job.charge.clone()).collect();
+        match write_with_retry(&writer, &records).await {
             Ok(()) => {
                 tracing::debug!(records = records.len(), "usage batch committed");
                 for job in batch.drain(..) {
@@ -82,9 +98,9 @@ async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Job>) {
             // down: then every single write would fail too.)
             Err(UsageError::Store { retryable: false, .. }) if batch.len() > 1 => {
                 for job in batch.drain(..) {
-                    let result = write_with_retry(store.as_ref(), std::slice::from_ref(&job.record)).await;
+                    let result = write_with_retry(&writer, std::slice::from_ref(&job.charge)).await;
                     if let Err(error) = &result {
-                        tracing::error!(error = %error, request.id = %job.record.request_id, "usage record could not be stored");
+                        tracing::error!(error = %error, request.id = %job.charge.record.request_id, "usage record could not be stored");
                     }
                     let _ = job.done.send(result);
                 }
@@ -99,10 +115,15 @@ async fn run(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Job>) {
     }
 }
 
-async fn write_with_retry(store: &dyn Store, records: &[UsageRecord]) -> Result<(), UsageError> {
+async fn write_with_retry(writer: &Writer, charges: &[Charge]) -> Result<(), UsageError> {
     let mut attempt = 1;
     loop {
-        match store.insert_usage_batch(records).await {
+        let at = writer.clock.now();
+        match writer
+            .store
+            .insert_usage_batch(charges, at, writer.default_hard_limit)
+            .await
+        {
             Ok(()) => return Ok(()),
             // Inserts are idempotent on the request id, so a retry cannot double-count.
             Err(StoreError::Unavailable(_)) if attempt < ATTEMPTS => {

@@ -19,6 +19,9 @@ pub enum Bucket {
     Prepaid,
     /// Promotional credit: consumed first, soonest expiry first; expires lot by lot.
     Promo,
+    /// The month's invoice: consumption beyond the team's credit, up to its spending limit.
+    /// Only spend is written here; the month's entries sum to what the invoice will bill.
+    Invoice,
 }
 
 /// What an entry records.
@@ -70,6 +73,7 @@ impl Bucket {
         match self {
             Bucket::Prepaid => "prepaid",
             Bucket::Promo => "promo",
+            Bucket::Invoice => "invoice",
         }
     }
 }
@@ -95,6 +99,7 @@ impl FromStr for Bucket {
         match s {
             "prepaid" => Ok(Bucket::Prepaid),
             "promo" => Ok(Bucket::Promo),
+            "invoice" => Ok(Bucket::Invoice),
             other => Err(UnknownLedgerName(other.to_owned())),
         }
     }
@@ -172,6 +177,88 @@ impl SpendingLimits {
     pub fn effective(&self) -> Ticks {
         let hard = self.effective_hard();
         self.soft.map_or(hard, |soft| soft.min(hard))
+    }
+}
+
+/// The billing month a moment falls in (`2026-11`, UTC): invoices and spend are per month.
+#[must_use]
+pub fn billing_month(at: Timestamp) -> String {
+    at.format("%Y-%m").to_string()
+}
+
+/// Which credit pays (part of) a spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpendPart {
+    /// The bucket.
+    pub bucket: Bucket,
+    /// The promotional lot, for [`Bucket::Promo`].
+    pub lot_id: Option<uuid::Uuid>,
+    /// How much (positive; the entry is its negation).
+    pub amount: Ticks,
+}
+
+/// What a team's spends may draw on, in consumption order: promotional lots (unexpired, soonest
+/// expiry first), prepaid credit, then the month's invoice up to the spending limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Funds {
+    /// Unexpired promotional lots with credit left, soonest expiry first: (lot, remaining).
+    pub lots: Vec<(uuid::Uuid, Ticks)>,
+    /// Prepaid credit (below zero after a negative adjustment or an overage).
+    pub prepaid: Ticks,
+    /// What the month's invoice may still take: the effective limit less what it holds.
+    pub invoice_headroom: Ticks,
+}
+
+impl Funds {
+    /// Everything spendable: lots, prepaid credit (negative prepaid credit counts against the
+    /// rest) and the invoice's headroom.
+    #[must_use]
+    pub fn spendable(&self) -> Ticks {
+        let lots: i64 = self.lots.iter().map(|(_, t)| t.get()).fold(0, i64::saturating_add);
+        Ticks::new(
+            lots.saturating_add(self.prepaid.get())
+                .saturating_add(self.invoice_headroom.get().max(0)),
+        )
+    }
+
+    /// Takes `cost` (≥ 0) in consumption order and says from where. What nothing covers (an
+    /// upstream that produced more than its hold allowed) is taken from prepaid credit, which
+    /// goes below zero by exactly that much: the charge is never dropped.
+    pub fn take(&mut self, cost: Ticks) -> Vec<SpendPart> {
+        let mut left = cost.get().max(0);
+        let mut parts = Vec::new();
+        for (lot, remaining) in &mut self.lots {
+            if left == 0 {
+                break;
+            }
+            let take = left.min(remaining.get());
+            if take > 0 {
+                *remaining = Ticks::new(remaining.get() - take);
+                left -= take;
+                parts.push(SpendPart {
+                    bucket: Bucket::Promo,
+                    lot_id: Some(*lot),
+                    amount: Ticks::new(take),
+                });
+            }
+        }
+        let mut from_prepaid = left.min(self.prepaid.get().max(0));
+        left -= from_prepaid;
+        let from_invoice = left.min(self.invoice_headroom.get().max(0));
+        left -= from_invoice;
+        self.invoice_headroom = Ticks::new(self.invoice_headroom.get() - from_invoice);
+        from_prepaid += left;
+        self.prepaid = Ticks::new(self.prepaid.get().saturating_sub(from_prepaid));
+        for (bucket, amount) in [(Bucket::Prepaid, from_prepaid), (Bucket::Invoice, from_invoice)] {
+            if amount > 0 {
+                parts.push(SpendPart {
+                    bucket,
+                    lot_id: None,
+                    amount: Ticks::new(amount),
+                });
+            }
+        }
+        parts
     }
 }
 
@@ -289,6 +376,53 @@ mod tests {
             Ticks::ZERO,
             "prepaid only by default"
         );
+    }
+
+    #[test]
+    fn spend_takes_promo_then_prepaid_then_invoice() {
+        let (soon, later) = (uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2));
+        let mut funds = Funds {
+            lots: vec![(soon, Ticks::new(3)), (later, Ticks::new(5))],
+            prepaid: Ticks::new(10),
+            invoice_headroom: Ticks::new(20),
+        };
+        assert_eq!(funds.spendable(), Ticks::new(38));
+        let part = |bucket, lot_id, amount| SpendPart {
+            bucket,
+            lot_id,
+            amount: Ticks::new(amount),
+        };
+        assert_eq!(funds.take(Ticks::new(2)), vec![part(Bucket::Promo, Some(soon), 2)]);
+        assert_eq!(
+            funds.take(Ticks::new(10)),
+            vec![
+                part(Bucket::Promo, Some(soon), 1),
+                part(Bucket::Promo, Some(later), 5),
+                part(Bucket::Prepaid, None, 4)
+            ]
+        );
+        assert_eq!(
+            funds.take(Ticks::new(16)),
+            vec![part(Bucket::Prepaid, None, 6), part(Bucket::Invoice, None, 10)]
+        );
+        assert_eq!(funds.spendable(), Ticks::new(10));
+        // Beyond everything (an upstream that ignored its budget): charged, from prepaid.
+        assert_eq!(
+            funds.take(Ticks::new(15)),
+            vec![part(Bucket::Prepaid, None, 5), part(Bucket::Invoice, None, 10)]
+        );
+        assert_eq!((funds.prepaid, funds.invoice_headroom), (Ticks::new(-5), Ticks::ZERO));
+        assert_eq!(funds.take(Ticks::ZERO), vec![]);
+    }
+
+    #[test]
+    fn negative_prepaid_credit_counts_against_the_rest() {
+        let funds = Funds {
+            lots: vec![],
+            prepaid: Ticks::new(-4),
+            invoice_headroom: Ticks::new(10),
+        };
+        assert_eq!(funds.spendable(), Ticks::new(6));
     }
 
     #[test]

@@ -160,16 +160,43 @@ pub fn prompt_upper_bound(request: &crate::wire::ChatCompletionRequest) -> u64 {
     tokens
 }
 
-/// The output tokens a request may be charged for: its `max_completion_tokens` or `max_tokens`
-/// (else the model's maximum), clamped to the model's maximum, times `n` choices.
-#[must_use]
-pub fn output_budget(request: &crate::wire::ChatCompletionRequest, model_max: u64) -> u64 {
-    let asked = request
-        .max_completion_tokens
-        .or(request.max_tokens)
-        .map_or(model_max, u64::from);
-    let choices = request.extra.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
-    asked.min(model_max).saturating_mul(choices)
+/// What a request may cost at most, in tokens, before the model's limits apply: what a credit
+/// hold is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demand {
+    /// An upper bound of its prompt tokens ([`prompt_upper_bound`]).
+    pub prompt_tokens: u64,
+    /// The output tokens it asks for at most per choice (`max_completion_tokens` or
+    /// `max_tokens`), if it names any.
+    pub output_tokens: Option<u64>,
+    /// How many choices it asks for (`n`, at least 1).
+    pub choices: u64,
+}
+
+impl Demand {
+    /// A chat completion's demand.
+    #[must_use]
+    pub fn of_chat(request: &crate::wire::ChatCompletionRequest) -> Self {
+        Self {
+            prompt_tokens: prompt_upper_bound(request),
+            output_tokens: request.max_completion_tokens.or(request.max_tokens).map(u64::from),
+            choices: request.extra.get("n").and_then(Value::as_u64).unwrap_or(1).max(1),
+        }
+    }
+
+    /// The output tokens per choice the upstream is held to: what the request asks for
+    /// (else the model's maximum), never above the model's maximum.
+    #[must_use]
+    pub fn output_per_choice(&self, model_max: u64) -> u64 {
+        self.output_tokens.map_or(model_max, |asked| asked.min(model_max))
+    }
+
+    /// The output tokens the request may be charged for: [`Self::output_per_choice`] times
+    /// its choices.
+    #[must_use]
+    pub fn output_budget(&self, model_max: u64) -> u64 {
+        self.output_per_choice(model_max).saturating_mul(self.choices)
+    }
 }
 
 /// A rough completion token count of a non-streaming answer, for when the upstream reports none:
@@ -289,20 +316,23 @@ mod tests {
             }
             serde_json::from_value(body).unwrap()
         };
-        assert_eq!(output_budget(&request(json!({})), 16_384), 16_384);
-        assert_eq!(output_budget(&request(json!({"max_tokens": 100})), 16_384), 100);
+        assert_eq!(Demand::of_chat(&request(json!({}))).output_budget(16_384), 16_384);
         assert_eq!(
-            output_budget(
-                &request(json!({"max_completion_tokens": 50, "max_tokens": 100})),
-                16_384
-            ),
+            Demand::of_chat(&request(json!({"max_tokens": 100}))).output_budget(16_384),
+            100
+        );
+        assert_eq!(
+            Demand::of_chat(&request(json!({"max_completion_tokens": 50, "max_tokens": 100}))).output_budget(16_384),
             50
         );
         assert_eq!(
-            output_budget(&request(json!({"max_tokens": 1_000_000})), 16_384),
+            Demand::of_chat(&request(json!({"max_tokens": 1_000_000}))).output_budget(16_384),
             16_384
         );
-        assert_eq!(output_budget(&request(json!({"max_tokens": 100, "n": 3})), 16_384), 300);
+        assert_eq!(
+            Demand::of_chat(&request(json!({"max_tokens": 100, "n": 3}))).output_budget(16_384),
+            300
+        );
     }
 
     #[test]

@@ -93,6 +93,17 @@ impl ChatCompletionRequest {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
+    /// Holds the upstream to `per_choice` output tokens at most: the field the client used is
+    /// lowered to it, or `max_tokens` set when the client named none. The credit hold assumed
+    /// this budget; an upstream that ignores it is charged anyway (and counted).
+    pub fn limit_output(&mut self, per_choice: u64) {
+        let cap = u32::try_from(per_choice).unwrap_or(u32::MAX);
+        match (&mut self.max_completion_tokens, &mut self.max_tokens) {
+            (Some(asked), _) | (None, Some(asked)) => *asked = (*asked).min(cap),
+            (None, None) => self.max_tokens = Some(cap),
+        }
+    }
+
     /// A semantic check after parsing: what the types cannot say.
     pub fn validate(&self) -> Result<(), String> {
         if self.model.trim().is_empty() {

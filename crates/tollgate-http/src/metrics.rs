@@ -67,6 +67,14 @@ pub struct Metrics {
     upstream_errors: Family<UpstreamLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
+    out_of_credit: Counter,
+    beyond_hold_requests: Family<ModelLabels, Counter>,
+    beyond_hold_ticks: Family<ModelLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -115,6 +123,24 @@ impl Metrics {
             upstream_errors.clone(),
         );
         registry.register("tokens", "Tokens served by model and kind", tokens.clone());
+        let out_of_credit = Counter::default();
+        registry.register(
+            "out_of_credit_requests",
+            "Requests refused because their team's credit and spending limit did not cover them",
+            out_of_credit.clone(),
+        );
+        let beyond_hold_requests = Family::<ModelLabels, Counter>::default();
+        let beyond_hold_ticks = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "charged_beyond_hold_requests",
+            "Requests whose actual cost exceeded their credit hold (an upstream that ignored its output budget), by model",
+            beyond_hold_requests.clone(),
+        );
+        registry.register(
+            "charged_beyond_hold_ticks",
+            "How far such requests' costs exceeded their holds, in USD ticks (1e-10 USD), by model",
+            beyond_hold_ticks.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -122,7 +148,25 @@ impl Metrics {
             upstream_errors,
             tokens,
             rate_limited,
+            out_of_credit,
+            beyond_hold_requests,
+            beyond_hold_ticks,
         }
+    }
+
+    pub(crate) fn out_of_credit(&self) {
+        self.out_of_credit.inc();
+    }
+
+    /// A request charged `ticks` beyond its hold.
+    pub(crate) fn beyond_hold(&self, model: &str, ticks: tollgate_domain::Ticks) {
+        let labels = ModelLabels {
+            model: model.to_owned(),
+        };
+        self.beyond_hold_requests.get_or_create(&labels).inc();
+        self.beyond_hold_ticks
+            .get_or_create(&labels)
+            .inc_by(u64::try_from(ticks.get()).unwrap_or(0));
     }
 
     pub(crate) fn rate_limited(&self, limit: &str) {

@@ -25,7 +25,7 @@ use tollgate_core::{Admission, AdmitError, SettleError};
 use tollgate_domain::ratelimit::{LimitDecision, LimitKind, LimitStatus};
 use tollgate_domain::{Endpoint, RequestId, TokenUsage};
 use tollgate_gateway::sse::{SseDecoder, SseEvent};
-use tollgate_gateway::usage::{estimate_completion_tokens, estimate_prompt_tokens, parse_usage, usage_json};
+use tollgate_gateway::usage::{Demand, estimate_completion_tokens, estimate_prompt_tokens, parse_usage, usage_json};
 use tollgate_gateway::wire::{ChatCompletionRequest, StreamOptions};
 use tollgate_gateway::{GatewayError, ModelRoute};
 
@@ -50,7 +50,7 @@ impl Billing {
     /// Settles through the inference service; resolves once the record is durable.
     async fn settle(self, usage: TokenUsage, estimated: bool) -> Result<tollgate_domain::Ticks, XaiError> {
         let model = self.admission.route().name.clone();
-        let cost = self
+        let charged = self
             .state
             .inference
             .settle(self.admission, usage, estimated)
@@ -62,7 +62,11 @@ impl Billing {
                 }
             })?;
         self.state.metrics.tokens(&model, &usage);
-        Ok(cost)
+        if charged.beyond_hold.get() > 0 {
+            tracing::warn!(model = %model, beyond_hold = charged.beyond_hold.get(), "the upstream produced more than its budget; charged in full");
+            self.state.metrics.beyond_hold(&model, charged.beyond_hold);
+        }
+        Ok(charged.cost)
     }
 }
 
@@ -79,6 +83,7 @@ impl Billing {
         (status = 403, description = "The key may not use this endpoint or model", body = crate::ErrorBody),
         (status = 404, description = "Unknown model", body = crate::ErrorBody),
         (status = 422, description = "A field has the wrong type", body = crate::ErrorBody),
+        (status = 429, description = "A limit of the key is reached, or the team's credit and spending limit do not cover the request", body = crate::ErrorBody),
         (status = 502, description = "The model server failed", body = crate::ErrorBody),
         (status = 503, description = "The model server is unavailable", body = crate::ErrorBody),
     ),
@@ -96,11 +101,15 @@ pub(crate) async fn create_chat_completion(
         .as_deref()
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(RequestId::new);
+    let demand = Demand::of_chat(&body);
     let admission = state
         .inference
-        .admit(key, Endpoint::Chat, &body.model, body.is_stream(), request_id)
+        .admit(key, Endpoint::Chat, &body.model, demand, body.is_stream(), request_id)
         .await
         .map_err(|error| admission_refused(&state, error))?;
+    // The upstream is held to the budget the credit hold assumed, and to the deadline.
+    body.limit_output(admission.output_per_choice());
+    let deadline = tokio::time::Instant::from_std(admission.deadline());
     let rate_headers = rate_limit_headers(admission.limits());
     let route = std::sync::Arc::clone(admission.route());
     let billing = Billing {
@@ -121,7 +130,13 @@ pub(crate) async fn create_chat_completion(
             .await
             .map_err(|e| upstream_failed(&state, &route, e))?;
         let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
-        tokio::spawn(relay_stream(billing, upstream_stream, sender, prompt_estimate));
+        tokio::spawn(relay_stream(
+            billing,
+            upstream_stream,
+            sender,
+            prompt_estimate,
+            deadline,
+        ));
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
         let mut response = Response::new(Body::from_stream(stream));
         let headers = response.headers_mut();
@@ -135,10 +150,9 @@ pub(crate) async fn create_chat_completion(
     // The upstream call and the settle run in a task of their own: a client that hangs up
     // drops this handler, but what the upstream produced is still charged.
     let settled = tokio::spawn(async move {
-        let mut answer = route
-            .upstream
-            .chat(&body)
+        let mut answer = tokio::time::timeout_at(deadline, route.upstream.chat(&body))
             .await
+            .unwrap_or(Err(GatewayError::Timeout))
             .map_err(|e| upstream_failed(&state, &route, e))?;
         let (usage, estimated) = match parse_usage(&answer["usage"]) {
             Some(usage) => (usage, false),
@@ -201,6 +215,11 @@ fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
         AdmitError::EndpointDenied(_) | AdmitError::ModelDenied(_) | AdmitError::Unpriced(_) => {
             XaiError::permission_denied(error.to_string())
         }
+        AdmitError::OutOfCredit(_) => {
+            state.metrics.out_of_credit();
+            XaiError::new(StatusCode::TOO_MANY_REQUESTS, error.to_string())
+        }
+        AdmitError::Unavailable(source) => XaiError::unavailable("Credit could not be checked; try again", source),
         AdmitError::RateLimited {
             kind,
             actual,
@@ -261,6 +280,7 @@ async fn relay_stream(
     upstream: impl futures_util::Stream<Item = Result<Bytes, GatewayError>> + Send,
     sender: mpsc::Sender<Result<Bytes, Infallible>>,
     prompt_estimate: u64,
+    deadline: tokio::time::Instant,
 ) {
     let mut upstream = std::pin::pin!(upstream);
     let mut decoder = SseDecoder::default();
@@ -270,7 +290,14 @@ async fn relay_stream(
     let mut upstream_error: Option<GatewayError> = None;
     let mut finished = false;
 
-    'relay: while let Some(item) = upstream.next().await {
+    'relay: loop {
+        // Past the deadline the request is cut off (its credit lease is guaranteed no longer)
+        // and charged for what it produced.
+        let Ok(next) = tokio::time::timeout_at(deadline, upstream.next()).await else {
+            upstream_error = Some(GatewayError::Timeout);
+            break;
+        };
+        let Some(item) = next else { break };
         let bytes = match item {
             Ok(bytes) => bytes,
             Err(error) => {

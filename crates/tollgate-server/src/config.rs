@@ -104,7 +104,7 @@ pub struct Config {
 }
 
 /// Billing settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BillingConfig {
     /// The most a team's Admins may set as the monthly invoiced spending limit, in USD (an exact
@@ -112,6 +112,25 @@ pub struct BillingConfig {
     /// operator raises one team's maximum with `tollgate billing limit`.
     #[serde(default)]
     pub max_invoiced_limit_usd: Option<String>,
+    /// The longest an inference request may run, in seconds; it is cut off then (a stream ends
+    /// with an error event) and charged for what it produced. Default 600.
+    #[serde(default = "defaults::max_request_seconds")]
+    pub max_request_seconds: u64,
+    /// How long a node's lease of a team's credit lives unless renewed, in seconds: what a
+    /// crashed node's unspent lease is locked for. Must exceed `max_request_seconds` by a
+    /// quarter at least. Default 900.
+    #[serde(default = "defaults::lease_seconds")]
+    pub lease_seconds: u64,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            max_invoiced_limit_usd: None,
+            max_request_seconds: defaults::max_request_seconds(),
+            lease_seconds: defaults::lease_seconds(),
+        }
+    }
 }
 
 impl BillingConfig {
@@ -124,6 +143,26 @@ impl BillingConfig {
             .map_err(|e| anyhow::anyhow!("billing.max_invoiced_limit_usd: {e}"))?;
         anyhow::ensure!(limit.get() >= 0, "billing.max_invoiced_limit_usd must not be negative");
         Ok(limit)
+    }
+
+    /// The credit leases' settings.
+    pub fn credit(&self) -> anyhow::Result<tollgate_core::billing::CreditSettings> {
+        anyhow::ensure!(
+            self.max_request_seconds >= 1,
+            "billing.max_request_seconds must be at least 1"
+        );
+        let settings = tollgate_core::billing::CreditSettings {
+            lease_ttl: std::time::Duration::from_secs(self.lease_seconds),
+            max_request: std::time::Duration::from_secs(self.max_request_seconds),
+            default_hard_limit: self.max_invoiced_limit()?,
+        };
+        anyhow::ensure!(
+            settings.is_consistent() && self.lease_seconds * 4 >= self.max_request_seconds * 5,
+            "billing.lease_seconds ({}) must exceed billing.max_request_seconds ({}) by a quarter at least",
+            self.lease_seconds,
+            self.max_request_seconds
+        );
+        Ok(settings)
     }
 }
 
@@ -435,6 +474,12 @@ mod defaults {
     pub(super) const fn upstream_read_timeout_seconds() -> u64 {
         600
     }
+    pub(super) const fn max_request_seconds() -> u64 {
+        600
+    }
+    pub(super) const fn lease_seconds() -> u64 {
+        900
+    }
     pub(super) const fn max_output_tokens() -> u64 {
         16_384
     }
@@ -532,7 +577,7 @@ impl Config {
             "sessions.idle_minutes must be 1 to 10080 and sessions.absolute_hours 1 to 720"
         );
         self.trusted_proxy_nets()?;
-        self.billing.max_invoiced_limit()?;
+        self.billing.credit()?;
         anyhow::ensure!(
             self.connections.max >= 1 && (1..=self.connections.max).contains(&self.connections.max_per_client),
             "connections.max must be at least 1, and connections.max_per_client 1 to connections.max"

@@ -362,7 +362,13 @@ pub async fn start(
     let store = open_store(config).await?;
     let services = services(config, &store, &clock)?;
     let catalog = Arc::new(catalog(config, clock.as_ref())?);
-    let (usage, usage_task) = UsageRecorder::start(Arc::clone(&store));
+    let credit_settings = config.billing.credit()?;
+    let (usage, usage_task) = UsageRecorder::start(
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        credit_settings.default_hard_limit,
+    );
+    let credits = tollgate_core::billing::Credits::new(Arc::clone(&store), Arc::clone(&clock), credit_settings);
     let state = AppState {
         store: Arc::clone(&store),
         clock: Arc::clone(&clock),
@@ -382,6 +388,7 @@ pub async fn start(
             catalog,
             Arc::new(tollgate_core::LocalRateLimiter::default()),
             usage,
+            credits.clone(),
             Arc::clone(&clock),
         ),
         secret_scanning: tollgate_core::SecretScanning::new(
@@ -459,6 +466,9 @@ pub async fn start(
         Duration::from_secs(config.domain_recheck_hours * 3600),
         stop_jobs.clone(),
     );
+    // Its own token: leases are returned only after the last usage is written.
+    let stop_leases = CancellationToken::new();
+    let lease_keeper = credits.spawn_keeper(stop_leases.clone());
     let retention = (config.audit.retention_days > 0).then(|| {
         services.audit.clone().spawn_retention(
             Duration::from_secs(config.audit.prune_interval_minutes * 60),
@@ -522,6 +532,10 @@ pub async fn start(
         if tokio::time::timeout(grace, usage_task).await.is_err() {
             tracing::error!("usage recorder did not finish writing in time");
         }
+        // Unused credit goes back to the team for other nodes (a lease still holding for a
+        // request cut off by the grace period expires instead).
+        stop_leases.cancel();
+        let _ = lease_keeper.await;
         task_store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -437,12 +437,30 @@ pub trait KeyStore: Send + Sync {
     async fn find_management_key_by_hash(&self, hash: &KeyHash) -> Result<Option<ManagementKey>, StoreError>;
 }
 
-/// Per-request usage.
+/// A finished request to record: its usage, and the credit lease its charge was held on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// The usage, with its exact cost.
+    pub record: UsageRecord,
+    /// The lease the request's hold drew on (`None`: a free request, held nothing).
+    pub lease_id: Option<uuid::Uuid>,
+}
+
+/// Per-request usage, and its spend.
 #[async_trait]
 pub trait UsageStore: Send + Sync {
-    /// Stores many usage records in one transaction (group commit). Idempotent on the request id:
-    /// a record already stored is skipped.
-    async fn insert_usage_batch(&self, batch: &[UsageRecord]) -> Result<(), StoreError>;
+    /// Stores many charges in one transaction (group commit): each usage record, and for each
+    /// with a cost its spend entries, taken in consumption order (promotional lots, prepaid
+    /// credit, then the month of `at`'s invoice up to the team's effective spending limit, the
+    /// operator's default maximum being `default_hard_limit`). Each team's balance, lots,
+    /// invoice month and lease move once per batch. Idempotent on the request id: a record
+    /// already stored is skipped with its spend, so a retried batch cannot charge twice.
+    async fn insert_usage_batch(
+        &self,
+        batch: &[Charge],
+        at: Timestamp,
+        default_hard_limit: tollgate_domain::Ticks,
+    ) -> Result<(), StoreError>;
     /// The team's most recent usage, newest first.
     async fn list_usage(&self, team_id: TeamId, limit: u32) -> Result<Vec<UsageRecord>, StoreError>;
 }
@@ -699,6 +717,69 @@ pub struct ExpiredLot {
     pub expires_at: Timestamp,
 }
 
+/// A node asks for (more of) a credit lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// The team.
+    pub team_id: TeamId,
+    /// The node's current lease of the team, to grow and renew (`None`: take a new one).
+    pub lease_id: Option<uuid::Uuid>,
+    /// The node.
+    pub node_id: uuid::Uuid,
+    /// What must be added at least, or nothing is (a request's hold not covered yet; may be 0
+    /// to only renew).
+    pub need: tollgate_domain::Ticks,
+    /// What to add at most.
+    pub want: tollgate_domain::Ticks,
+    /// How long the lease lasts from now on the database's clock, in milliseconds.
+    pub ttl_ms: i64,
+    /// The application's now: which month's invoice the headroom is read from.
+    pub now: Timestamp,
+    /// Promotional lots expiring before this are not lent (they would be gone before the
+    /// lease is spent).
+    pub promo_horizon: Timestamp,
+    /// The operator's default maximum invoiced spending limit.
+    pub default_hard_limit: tollgate_domain::Ticks,
+}
+
+/// The answer to a [`LeaseRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseGrant {
+    /// `added` (at least what was needed) was added to the lease `lease_id`, which now lasts
+    /// `ttl_ms` more. `renewed` is false when it is a new lease: the one named had expired or
+    /// been returned, and its credit is no longer the node's.
+    Granted {
+        /// The lease.
+        lease_id: uuid::Uuid,
+        /// What was added.
+        added: tollgate_domain::Ticks,
+        /// Whether the named lease was grown (else a new one was taken).
+        renewed: bool,
+    },
+    /// The team's unleased spendable credit does not cover what was needed; nothing changed.
+    Insufficient {
+        /// What was spendable and not leased.
+        free: tollgate_domain::Ticks,
+    },
+}
+
+/// Credit leases: slices of a team's spendable credit that a node spends locally.
+///
+/// **Invariant:** the live leases of a team (not expired on the database's clock) never sum to
+/// more than its spendable credit at the moment each was granted; a grant, a spend and a
+/// renewal of the same team are serialized.
+#[async_trait]
+pub trait CreditStore: Send + Sync {
+    /// Grows (or takes) a lease, in one transaction that also drops the team's expired leases.
+    async fn take_lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, StoreError>;
+    /// Extends a live lease by `ttl_ms` from now; `false` when it had expired or is gone.
+    async fn renew_lease(&self, lease_id: uuid::Uuid, ttl_ms: i64) -> Result<bool, StoreError>;
+    /// Returns a lease: what is left of it is spendable by any node again.
+    async fn return_lease(&self, lease_id: uuid::Uuid) -> Result<(), StoreError>;
+    /// What the team's live leases hold in all.
+    async fn leased(&self, team_id: TeamId) -> Result<tollgate_domain::Ticks, StoreError>;
+}
+
 /// The credit ledger: append-only entries, the balances maintained from them, and promotional
 /// lots.
 ///
@@ -762,7 +843,16 @@ pub trait LedgerStore: Send + Sync {
 /// Everything Tollgate persists.
 #[async_trait]
 pub trait Store:
-    AccountStore + TeamStore + KeyStore + UsageStore + AuditStore + MailStore + MfaStore + FederationStore + LedgerStore
+    AccountStore
+    + TeamStore
+    + KeyStore
+    + UsageStore
+    + AuditStore
+    + MailStore
+    + MfaStore
+    + FederationStore
+    + LedgerStore
+    + CreditStore
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

@@ -24,6 +24,7 @@ use tollgate_domain::{
 };
 
 use crate::{AuditQuery, Backend, KeyRotation, SecretMatch, Store, StoreError};
+use uuid::Uuid;
 
 /// The audit chain key every test store uses.
 pub const TEST_AUDIT_KEY: AuditChainKey = AuditChainKey::from_bytes([42; 32]);
@@ -388,14 +389,169 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
         duration_ms: 42,
     };
     let batch = vec![record(10, 5), record(11, 6), record(12, 7)];
-    store.insert_usage_batch(&batch).await.unwrap();
-    // Replaying a batch (a retried group commit) stores nothing twice.
-    store.insert_usage_batch(&batch[1..]).await.unwrap();
-    store.insert_usage_batch(&[]).await.unwrap();
+    let charges = |records: &[UsageRecord]| -> Vec<crate::Charge> {
+        records
+            .iter()
+            .map(|record| crate::Charge {
+                record: record.clone(),
+                lease_id: None,
+            })
+            .collect()
+    };
+    store
+        .insert_usage_batch(&charges(&batch), at(20), Ticks::ZERO)
+        .await
+        .unwrap();
+    // Replaying a batch (a retried group commit) stores and charges nothing twice.
+    store
+        .insert_usage_batch(&charges(&batch[1..]), at(21), Ticks::ZERO)
+        .await
+        .unwrap();
+    store.insert_usage_batch(&[], at(22), Ticks::ZERO).await.unwrap();
     let stored = store.list_usage(team.id, 10).await.unwrap();
     let expected: Vec<_> = batch.iter().rev().cloned().collect();
     assert_eq!(stored, expected);
     assert_eq!(stored[0].usage.total_tokens(), 7 + 7 + 2);
+    // A team without credit or invoice headroom is still charged (an overage): below zero.
+    let balance = store.balance(team.id).await.unwrap();
+    assert_eq!(balance.prepaid, Ticks::new(-3 * 1_234_567));
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
+}
+
+/// Leases never lend more than a team may spend; spends shrink them, expiry and return free
+/// them, and a lease that expired cannot be renewed.
+pub async fn credit_leases_lend_only_what_is_spendable(store: &dyn Store) {
+    use crate::{LeaseGrant, LeaseRequest};
+    let (user, team) = seed_user(store, "leases@example.com").await;
+    let grant = |amount: i64, seconds: i64| tollgate_domain::LedgerEntry {
+        id: Uuid::now_v7(),
+        team_id: team.id,
+        kind: tollgate_domain::EntryKind::Adjustment,
+        bucket: tollgate_domain::Bucket::Prepaid,
+        amount: Ticks::new(amount),
+        idempotency_key: format!("test:{}", Uuid::now_v7()),
+        lot_id: None,
+        expires_at: None,
+        reason: Some("test".into()),
+        created_at: at(seconds),
+    };
+    store
+        .append_ledger_entry(
+            &grant(1_000, 1),
+            &audit(Some(team.id), AuditAction::GrantCredits, at(1)),
+        )
+        .await
+        .unwrap();
+    let (node_a, node_b) = (Uuid::now_v7(), Uuid::now_v7());
+    let request = |node_id, lease_id, need: i64, want: i64, ttl_ms| LeaseRequest {
+        team_id: team.id,
+        lease_id,
+        node_id,
+        need: Ticks::new(need),
+        want: Ticks::new(want),
+        ttl_ms,
+        now: at(2),
+        promo_horizon: at(2),
+        default_hard_limit: Ticks::ZERO,
+    };
+    let LeaseGrant::Granted {
+        lease_id: a,
+        added,
+        renewed,
+    } = store
+        .take_lease(&request(node_a, None, 100, 600, 60_000))
+        .await
+        .unwrap()
+    else {
+        panic!("1000 spendable, nothing leased")
+    };
+    assert_eq!((added, renewed), (Ticks::new(600), false));
+    // Node B wants 500 and needs 450: only 400 are free, so nothing is lent.
+    assert_eq!(
+        store
+            .take_lease(&request(node_b, None, 450, 500, 60_000))
+            .await
+            .unwrap(),
+        LeaseGrant::Insufficient { free: Ticks::new(400) }
+    );
+    let LeaseGrant::Granted { lease_id: b, added, .. } = store
+        .take_lease(&request(node_b, None, 100, 500, 60_000))
+        .await
+        .unwrap()
+    else {
+        panic!("400 free")
+    };
+    assert_eq!(added, Ticks::new(400), "at most what is free");
+    assert_eq!(store.leased(team.id).await.unwrap(), Ticks::new(1_000));
+    // Growing A's lease: nothing is free.
+    assert!(matches!(
+        store
+            .take_lease(&request(node_a, Some(a), 1, 10, 60_000))
+            .await
+            .unwrap(),
+        LeaseGrant::Insufficient { .. }
+    ));
+    // A spend on A's lease moves balance and lease alike: still nothing free.
+    let key = api_key(&team, &user, &[]);
+    store
+        .insert_api_key(
+            &key,
+            &fresh_hash(),
+            &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
+        )
+        .await
+        .unwrap();
+    let spend = crate::Charge {
+        record: UsageRecord {
+            request_id: RequestId::new(),
+            team_id: team.id,
+            api_key_id: key.id,
+            model: "grok-test".into(),
+            endpoint: tollgate_domain::Endpoint::Chat,
+            usage: TokenUsage::default(),
+            cost: Ticks::new(250),
+            estimated: false,
+            streamed: false,
+            started_at: at(3),
+            duration_ms: 1,
+        },
+        lease_id: Some(a),
+    };
+    store.insert_usage_batch(&[spend], at(3), Ticks::ZERO).await.unwrap();
+    assert_eq!(store.balance(team.id).await.unwrap().prepaid, Ticks::new(750));
+    assert_eq!(store.leased(team.id).await.unwrap(), Ticks::new(750));
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
+    // B returns its lease: 400 free again, and A grows by it (renewed, same lease).
+    store.return_lease(b).await.unwrap();
+    assert_eq!(
+        store
+            .take_lease(&request(node_a, Some(a), 1, 1_000, 60_000))
+            .await
+            .unwrap(),
+        LeaseGrant::Granted {
+            lease_id: a,
+            added: Ticks::new(400),
+            renewed: true
+        }
+    );
+    assert!(store.renew_lease(a, 0).await.unwrap(), "live, so renewable");
+    // A lease renewed for 0 ms has expired: it is not renewable, lends nothing, and a grow
+    // takes a new lease with all the credit.
+    assert!(!store.renew_lease(a, 60_000).await.unwrap());
+    assert_eq!(store.leased(team.id).await.unwrap(), Ticks::ZERO);
+    let LeaseGrant::Granted {
+        lease_id,
+        added,
+        renewed,
+    } = store
+        .take_lease(&request(node_a, Some(a), 1, 5_000, 60_000))
+        .await
+        .unwrap()
+    else {
+        panic!("750 free")
+    };
+    assert_ne!(lease_id, a);
+    assert_eq!((added, renewed), (Ticks::new(750), false));
 }
 
 /// Update, rotate (with and without grace), block, touch and delete; each scoped to the team.
@@ -1127,6 +1283,7 @@ macro_rules! for_each_conformance_case {
             key_hashes_are_unique,
             management_keys_round_trip,
             usage_is_idempotent_per_request,
+            credit_leases_lend_only_what_is_spendable,
             audit_events_round_trip,
             api_key_lifecycle,
             mail_outbox_claims_retries_and_gives_up,

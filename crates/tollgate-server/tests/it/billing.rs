@@ -19,7 +19,7 @@ on_both_backends!(
 /// prepaid only); above it is a 400, never a silent clamp; the operator raises one team's
 /// maximum from the command line.
 async fn spending_limits_stay_under_the_operators_maximum(db: TestDb) {
-    let app = TestApp::new(db).await;
+    let app = TestApp::prepaid_only(db).await;
     let path = format!("/v1/billing/teams/{}/postpaid/spending-limits", app.team.id);
     let limits = app.get_json(&path, &app.management_key).await;
     assert_eq!(

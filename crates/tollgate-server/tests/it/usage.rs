@@ -31,12 +31,16 @@ async fn a_bad_record_fails_alone(db: TestDb) {
         started_at: crate::util::start_time(),
         duration_ms: 1,
     };
-    let (recorder, task) = UsageRecorder::start(Arc::clone(&app.server.as_ref().unwrap().store));
+    let (recorder, task) = UsageRecorder::start(
+        Arc::clone(&app.server.as_ref().unwrap().store),
+        app.clock.clone(),
+        tollgate_domain::Ticks::ZERO,
+    );
     let good = record(key_id);
     // No such key: the foreign key refuses it. Both are queued before the writer runs, so they
     // share a commit.
     let bad = record(ApiKeyId::new());
-    let (good_result, bad_result) = tokio::join!(recorder.record(good.clone()), recorder.record(bad));
+    let (good_result, bad_result) = tokio::join!(recorder.record(good.clone(), None), recorder.record(bad, None));
     good_result.unwrap();
     assert!(bad_result.is_err());
     let stored = app.store().list_usage(app.team.id, 10).await.unwrap();

@@ -75,6 +75,9 @@ pub struct TestApp {
 pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
     let mut config = Config::for_test(db.url.clone());
     config.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    // Every team may be invoiced up to $1,000 a month, so requests are served without credit
+    // to grant first; tests/it/credit.rs runs prepaid-only teams.
+    config.billing.max_invoiced_limit_usd = Some("1000".into());
     config.models.insert(
         MODEL.into(),
         ModelConfig {
@@ -98,6 +101,15 @@ impl TestApp {
         }
         let upstream = MockUpstream::start().await.unwrap();
         let config = test_config(&db, &upstream);
+        Self::with_config(db, upstream, config).await
+    }
+
+    /// An app whose teams are prepaid only (the operator's default maximum invoiced limit is $0,
+    /// as out of the box): requests need credit.
+    pub async fn prepaid_only(db: TestDb) -> Self {
+        let upstream = MockUpstream::start().await.unwrap();
+        let mut config = test_config(&db, &upstream);
+        config.billing.max_invoiced_limit_usd = None;
         Self::with_config(db, upstream, config).await
     }
 

@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use sqlx::Row as _;
-use tollgate_domain::{AuditEvent, Balance, LedgerEntry, TeamId, Ticks, Timestamp};
+use tollgate_domain::{
+    AuditEvent, Balance, Funds, LedgerEntry, SpendingLimits, TeamId, Ticks, Timestamp, billing_month,
+};
 use uuid::Uuid;
 
 use super::{BACKEND, DbRow, SqlStore, corrupt, insert_audit};
@@ -32,16 +34,17 @@ fn entry_from_row(row: &DbRow) -> Result<LedgerEntry, StoreError> {
     })
 }
 
-/// Inserts `entry` and moves its team's balance, in `conn`'s transaction; `false` (nothing
-/// written) when its idempotency key was used before.
-pub(super) async fn write_entry(
+/// Inserts `entry` in `conn`'s transaction, for `request_id` when it is a spend; `false`
+/// (nothing written) when its idempotency key was used before. The caller moves the balance.
+pub(super) async fn insert_entry(
     conn: &mut <super::Db as sqlx::Database>::Connection,
     entry: &LedgerEntry,
     actor: &tollgate_domain::Actor,
+    request_id: Option<Uuid>,
 ) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
         "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, reason, \
-         actor_kind, actor_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         actor_kind, actor_id, created_at, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(entry.id)
@@ -56,28 +59,126 @@ pub(super) async fn write_entry(
     .bind(actor.kind())
     .bind(actor.id())
     .bind(entry.created_at)
+    .bind(request_id)
     .execute(&mut *conn)
     .await?;
-    if inserted.rows_affected() == 0 {
-        return Ok(false);
-    }
-    let (prepaid, promo) = match entry.bucket {
-        tollgate_domain::Bucket::Prepaid => (entry.amount.get(), 0),
-        tollgate_domain::Bucket::Promo => (0, entry.amount.get()),
-    };
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Moves the team's balance row by these amounts, in `conn`'s transaction.
+pub(super) async fn move_balance(
+    conn: &mut <super::Db as sqlx::Database>::Connection,
+    team_id: TeamId,
+    prepaid: i64,
+    promo: i64,
+    at: Timestamp,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO team_balances (team_id, prepaid, promo, updated_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (team_id) DO UPDATE SET prepaid = team_balances.prepaid + $2, \
          promo = team_balances.promo + $3, updated_at = $4",
     )
-    .bind(entry.team_id.as_uuid())
+    .bind(team_id.as_uuid())
     .bind(prepaid)
     .bind(promo)
-    .bind(entry.created_at)
+    .bind(at)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Inserts `entry` and moves its team's balance, in `conn`'s transaction; `false` (nothing
+/// written) when its idempotency key was used before. Not for the invoice bucket (spends only).
+pub(super) async fn write_entry(
+    conn: &mut <super::Db as sqlx::Database>::Connection,
+    entry: &LedgerEntry,
+    actor: &tollgate_domain::Actor,
+) -> Result<bool, StoreError> {
+    if !insert_entry(conn, entry, actor, None).await? {
+        return Ok(false);
+    }
+    let (prepaid, promo) = match entry.bucket {
+        tollgate_domain::Bucket::Prepaid => (entry.amount.get(), 0),
+        tollgate_domain::Bucket::Promo => (0, entry.amount.get()),
+        tollgate_domain::Bucket::Invoice => {
+            return Err(corrupt("ledger_entries.bucket", "an invoice entry outside a spend"));
+        }
+    };
+    move_balance(conn, entry.team_id, prepaid, promo, entry.created_at).await?;
     Ok(true)
 }
+
+/// Locks the team's balance (creating its row) in `conn`'s transaction, so grants of credit
+/// leases and spends of one team are serialized, and reads what its spends may draw on at
+/// `now`: the lots unexpired at `lot_horizon`, prepaid credit, and the headroom of `now`'s
+/// month's invoice under the effective spending limit.
+pub(super) async fn lock_funds(
+    conn: &mut <super::Db as sqlx::Database>::Connection,
+    team_id: TeamId,
+    now: Timestamp,
+    lot_horizon: Timestamp,
+    default_hard_limit: Ticks,
+) -> Result<Funds, StoreError> {
+    sqlx::query(
+        "INSERT INTO team_balances (team_id, prepaid, promo, updated_at) VALUES ($1, 0, 0, $2) \
+         ON CONFLICT (team_id) DO NOTHING",
+    )
+    .bind(team_id.as_uuid())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let prepaid: i64 = sqlx::query(&format!("SELECT prepaid FROM team_balances WHERE team_id = $1{LOCK}"))
+        .bind(team_id.as_uuid())
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("prepaid")?;
+    let lots = sqlx::query(&format!(
+        "SELECT id, remaining FROM credit_lots WHERE team_id = $1 AND remaining > 0 AND expires_at > $2 \
+         ORDER BY expires_at, id{LOCK}"
+    ))
+    .bind(team_id.as_uuid())
+    .bind(lot_horizon)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|row| Ok((row.try_get("id")?, Ticks::new(row.try_get("remaining")?))))
+    .collect::<Result<Vec<_>, StoreError>>()?;
+    let limits = sqlx::query("SELECT soft_limit, hard_override FROM team_spending_limits WHERE team_id = $1")
+        .bind(team_id.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let limits = match limits {
+        Some(row) => SpendingLimits {
+            hard_auto: default_hard_limit,
+            hard_override: row.try_get::<Option<i64>, _>("hard_override")?.map(Ticks::new),
+            soft: row.try_get::<Option<i64>, _>("soft_limit")?.map(Ticks::new),
+        },
+        None => SpendingLimits {
+            hard_auto: default_hard_limit,
+            ..SpendingLimits::default()
+        },
+    };
+    let owed: i64 = sqlx::query("SELECT owed FROM invoice_months WHERE team_id = $1 AND month = $2")
+        .bind(team_id.as_uuid())
+        .bind(billing_month(now))
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| row.try_get("owed"))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(Funds {
+        lots,
+        prepaid: Ticks::new(prepaid),
+        invoice_headroom: Ticks::new(limits.effective().get().saturating_sub(owed)),
+    })
+}
+
+/// Row locks where the database has them (PostgreSQL); SQLite has one writer, which is a lock.
+const LOCK: &str = if matches!(BACKEND, crate::Backend::Postgres) {
+    " FOR UPDATE"
+} else {
+    ""
+};
 
 /// Forfeits everything `team_id` holds, in `conn`'s transaction (its deletion): one entry per
 /// non-empty bucket, its lots emptied.
@@ -116,6 +217,11 @@ pub(super) async fn forfeit(
         write_entry(conn, &entry, actor).await?;
     }
     sqlx::query("UPDATE credit_lots SET remaining = 0 WHERE team_id = $1")
+        .bind(team_id.as_uuid())
+        .execute(&mut *conn)
+        .await?;
+    // Nothing is left to lend: a node's next grant finds no credit.
+    sqlx::query("DELETE FROM credit_leases WHERE team_id = $1")
         .bind(team_id.as_uuid())
         .execute(&mut *conn)
         .await?;
@@ -219,6 +325,11 @@ impl LedgerStore for SqlStore {
 
     async fn expire_lot(&self, lot: &ExpiredLot, entry: &LedgerEntry, audit: &AuditEvent) -> Result<bool, StoreError> {
         let mut tx = self.write.begin().await?;
+        // The balance first, then the lot: the order spends lock them in.
+        sqlx::query(&format!("SELECT prepaid FROM team_balances WHERE team_id = $1{LOCK}"))
+            .bind(lot.team_id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?;
         let emptied = sqlx::query("UPDATE credit_lots SET remaining = 0 WHERE id = $1 AND remaining = $2")
             .bind(lot.id)
             .bind(lot.remaining.get())
@@ -279,7 +390,9 @@ impl LedgerStore for SqlStore {
         struct Sums {
             entries_prepaid: i64,
             entries_promo: i64,
+            entries_invoice: i64,
             lots: i64,
+            owed: i64,
             balance: Option<(i64, i64)>,
         }
         let mut teams: BTreeMap<Uuid, Sums> = BTreeMap::new();
@@ -293,9 +406,37 @@ impl LedgerStore for SqlStore {
             let total: i64 = row.try_get("total")?;
             match row.try_get::<String, _>("bucket")?.as_str() {
                 "prepaid" => sums.entries_prepaid = total,
-                _ => sums.entries_promo = total,
+                "promo" => sums.entries_promo = total,
+                _ => sums.entries_invoice = total,
             }
         }
+        for row in
+            sqlx::query("SELECT team_id, CAST(SUM(owed) AS BIGINT) AS total FROM invoice_months GROUP BY team_id")
+                .fetch_all(&mut *tx)
+                .await?
+        {
+            teams.entry(row.try_get("team_id")?).or_default().owed = row.try_get("total")?;
+        }
+        // Every charged request against its spend entries: usage recorded since spending began
+        // with a cost must have spend entries summing to exactly that cost, and no spend entry
+        // may lack its usage row.
+        let unmatched = sqlx::query(
+            "SELECT u.request_id AS request_id, u.cost_ticks AS cost, CAST(COALESCE(SUM(e.amount), 0) AS BIGINT) AS spent \
+             FROM usage_events u LEFT JOIN ledger_entries e ON e.request_id = u.request_id AND e.kind = 'spend' \
+             WHERE u.cost_ticks <> 0 \
+             AND u.created_at >= (SELECT MIN(created_at) FROM ledger_entries WHERE kind = 'spend') \
+             GROUP BY u.request_id, u.cost_ticks HAVING u.cost_ticks + COALESCE(SUM(e.amount), 0) <> 0 \
+             ORDER BY u.request_id LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let orphan = sqlx::query(
+            "SELECT e.request_id AS request_id FROM ledger_entries e \
+             LEFT JOIN usage_events u ON u.request_id = e.request_id \
+             WHERE e.kind = 'spend' AND u.request_id IS NULL ORDER BY e.request_id LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
         for row in
             sqlx::query("SELECT team_id, CAST(SUM(remaining) AS BIGINT) AS total FROM credit_lots GROUP BY team_id")
                 .fetch_all(&mut *tx)
@@ -311,6 +452,19 @@ impl LedgerStore for SqlStore {
                 Some((row.try_get("prepaid")?, row.try_get("promo")?));
         }
         tx.commit().await?;
+        if let Some(row) = unmatched {
+            let request: Uuid = row.try_get("request_id")?;
+            let (cost, spent): (i64, i64) = (row.try_get("cost")?, row.try_get("spent")?);
+            return Ok(Some(format!(
+                "request {request}: its usage costs {cost} ticks, but its spend entries sum to {}",
+                -spent
+            )));
+        }
+        if let Some(row) = orphan {
+            let request: Option<Uuid> = row.try_get("request_id")?;
+            let request = request.map_or_else(|| "(none)".to_owned(), |id| id.to_string());
+            return Ok(Some(format!("spend for request {request} has no usage record")));
+        }
         for (team, sums) in teams {
             let (prepaid, promo) = sums.balance.unwrap_or((0, 0));
             if prepaid != sums.entries_prepaid {
@@ -323,6 +477,12 @@ impl LedgerStore for SqlStore {
                 return Ok(Some(format!(
                     "team {team}: promotional balance {promo} ticks, but its promotional entries sum to {}",
                     sums.entries_promo
+                )));
+            }
+            if -sums.entries_invoice != sums.owed {
+                return Ok(Some(format!(
+                    "team {team}: its invoices hold {} ticks, but its invoice entries sum to {}",
+                    sums.owed, -sums.entries_invoice
                 )));
             }
             if promo != sums.lots {

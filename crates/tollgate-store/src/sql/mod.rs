@@ -21,6 +21,7 @@ use super::{BACKEND, Db, MIGRATOR, SqlStore};
 
 mod accounts;
 mod audit;
+mod credit;
 mod federation;
 mod keys;
 mod ledger;

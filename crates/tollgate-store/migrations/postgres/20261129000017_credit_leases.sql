@@ -1,0 +1,29 @@
+-- Spend: the month's invoice becomes a bucket of its own, and a spend entry names the request
+-- it charges (billing verify matches usage rows to their spend entries).
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_bucket_check;
+ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_bucket_check CHECK (bucket IN ('prepaid', 'promo', 'invoice'));
+ALTER TABLE ledger_entries ADD COLUMN request_id UUID;
+CREATE INDEX ledger_entries_request_id_idx ON ledger_entries (request_id) WHERE request_id IS NOT NULL;
+
+-- What each team's invoice holds per billing month ('2026-11'), maintained from the invoice
+-- entries in their transactions: the headroom under the spending limit is read from here.
+CREATE TABLE invoice_months (
+    team_id    UUID NOT NULL REFERENCES teams (id),
+    month      TEXT NOT NULL,
+    owed       BIGINT NOT NULL CHECK (owed >= 0),
+    updated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (team_id, month)
+);
+
+-- Credit leases: a node's slice of a team's spendable credit, taken in one transaction and
+-- spent locally. Spends shrink it in the group commit; what is left goes back when the node
+-- returns it, or when it expires (a crashed node). Expiry is on the database's clock, in
+-- milliseconds since the epoch, so every node judges it alike.
+CREATE TABLE credit_leases (
+    id            UUID PRIMARY KEY NOT NULL,
+    team_id       UUID NOT NULL REFERENCES teams (id),
+    node_id       UUID NOT NULL,
+    amount        BIGINT NOT NULL CHECK (amount >= 0),
+    expires_at_ms BIGINT NOT NULL
+);
+CREATE INDEX credit_leases_team_id_idx ON credit_leases (team_id, expires_at_ms);

@@ -1,0 +1,136 @@
+//! Credit leases: slices of a team's spendable credit that a node spends locally. Expiry is
+//! judged on the database's clock, so every node sees a lease end at the same moment.
+
+use async_trait::async_trait;
+use sqlx::Row as _;
+use tollgate_domain::{TeamId, Ticks};
+use uuid::Uuid;
+
+use super::{BACKEND, SqlStore};
+use crate::{CreditStore, LeaseGrant, LeaseRequest, StoreError};
+
+/// The database's clock, in milliseconds since the epoch.
+const DB_NOW_MS: &str = if matches!(BACKEND, crate::Backend::Postgres) {
+    "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) AS now_ms"
+} else {
+    "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS now_ms"
+};
+
+async fn db_now_ms(conn: &mut <super::Db as sqlx::Database>::Connection) -> Result<i64, StoreError> {
+    Ok(sqlx::query(DB_NOW_MS).fetch_one(&mut *conn).await?.try_get("now_ms")?)
+}
+
+#[async_trait]
+impl CreditStore for SqlStore {
+    async fn take_lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let funds = super::ledger::lock_funds(
+            &mut tx,
+            request.team_id,
+            request.now,
+            request.promo_horizon,
+            request.default_hard_limit,
+        )
+        .await?;
+        let now_ms = db_now_ms(&mut tx).await?;
+        sqlx::query("DELETE FROM credit_leases WHERE team_id = $1 AND expires_at_ms <= $2")
+            .bind(request.team_id.as_uuid())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        let leased: i64 = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS leased FROM credit_leases WHERE team_id = $1",
+        )
+        .bind(request.team_id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("leased")?;
+        let free = funds.spendable().get().saturating_sub(leased);
+        if free < request.need.get() {
+            return Ok(LeaseGrant::Insufficient {
+                free: Ticks::new(free.max(0)),
+            });
+        }
+        let added = request.want.get().max(request.need.get()).min(free).max(0);
+        let expires_at_ms = now_ms.saturating_add(request.ttl_ms);
+        let renewed = match request.lease_id {
+            Some(id) => {
+                sqlx::query(
+                    "UPDATE credit_leases SET amount = amount + $1, expires_at_ms = $2 \
+                     WHERE id = $3 AND team_id = $4 AND expires_at_ms > $5",
+                )
+                .bind(added)
+                .bind(expires_at_ms)
+                .bind(id)
+                .bind(request.team_id.as_uuid())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1
+            }
+            None => false,
+        };
+        let lease_id = match (renewed, request.lease_id) {
+            (true, Some(id)) => id,
+            _ => {
+                let id = Uuid::now_v7();
+                sqlx::query(
+                    "INSERT INTO credit_leases (id, team_id, node_id, amount, expires_at_ms) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(request.team_id.as_uuid())
+                .bind(request.node_id)
+                .bind(added)
+                .bind(expires_at_ms)
+                .execute(&mut *tx)
+                .await?;
+                id
+            }
+        };
+        tx.commit().await?;
+        Ok(LeaseGrant::Granted {
+            lease_id,
+            added: Ticks::new(added),
+            renewed,
+        })
+    }
+
+    async fn renew_lease(&self, lease_id: Uuid, ttl_ms: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let now_ms = db_now_ms(&mut tx).await?;
+        let renewed = sqlx::query("UPDATE credit_leases SET expires_at_ms = $1 WHERE id = $2 AND expires_at_ms > $3")
+            .bind(now_ms.saturating_add(ttl_ms))
+            .bind(lease_id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(renewed)
+    }
+
+    async fn return_lease(&self, lease_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM credit_leases WHERE id = $1")
+            .bind(lease_id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn leased(&self, team_id: TeamId) -> Result<Ticks, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        let now_ms = db_now_ms(&mut conn).await?;
+        let leased: i64 = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS leased FROM credit_leases \
+             WHERE team_id = $1 AND expires_at_ms > $2",
+        )
+        .bind(team_id.as_uuid())
+        .bind(now_ms)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("leased")?;
+        Ok(Ticks::new(leased))
+    }
+}

@@ -282,7 +282,7 @@ async fn relay_stream(
     prompt_estimate: u64,
     deadline: tokio::time::Instant,
 ) {
-    let mut upstream = std::pin::pin!(upstream);
+    let mut upstream = Box::pin(upstream);
     let mut decoder = SseDecoder::default();
     let mut last_usage: Option<TokenUsage> = None;
     let mut completion_chars: u64 = 0;
@@ -293,7 +293,16 @@ async fn relay_stream(
     'relay: loop {
         // Past the deadline the request is cut off (its credit lease is guaranteed no longer)
         // and charged for what it produced.
-        let Ok(next) = tokio::time::timeout_at(deadline, upstream.next()).await else {
+        // A client that hangs up while the upstream is silent is noticed at once: dropping the
+        // upstream stream cancels the upstream call, and what it produced so far is charged.
+        let next = tokio::select! {
+            () = sender.closed() => {
+                client_gone = true;
+                break;
+            }
+            next = tokio::time::timeout_at(deadline, upstream.next()) => next,
+        };
+        let Ok(next) = next else {
             upstream_error = Some(GatewayError::Timeout);
             break;
         };
@@ -324,6 +333,8 @@ async fn relay_stream(
             }
         }
     }
+    // Done with the upstream: closing its connection now cancels a call still generating.
+    drop(upstream);
     // A stream that ends without `[DONE]` was cut short (a crashed model server, a proxy
     // timeout): the client must not be told the answer is complete.
     if !finished && !client_gone && upstream_error.is_none() && decoder.finish() != Some(SseEvent::Done) {

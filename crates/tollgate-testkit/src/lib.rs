@@ -7,7 +7,7 @@
 //! outside Tollgate.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Json;
@@ -40,6 +40,9 @@ struct MockState {
     answer_gate: Mutex<Option<Arc<Notify>>>,
     answered: Notify,
     tool_call_arguments: Mutex<Option<String>>,
+    reported_usage: Mutex<Option<(u64, u64)>>,
+    barrier: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    abandoned_streams: AtomicUsize,
 }
 
 /// A running mock upstream. Stops when dropped.
@@ -115,6 +118,14 @@ impl MockUpstream {
         notify
     }
 
+    /// Holds every non-streaming answer from now on until the returned semaphore is given a
+    /// permit (then all pass, one after the other).
+    pub fn hold_all_answers(&self) -> Arc<tokio::sync::Semaphore> {
+        let barrier = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.state.barrier.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&barrier));
+        barrier
+    }
+
     /// Resolves when the mock has sent its next non-streaming answer.
     pub async fn answered(&self) {
         self.state.answered.notified().await;
@@ -130,6 +141,19 @@ impl MockUpstream {
             .unwrap_or_else(PoisonError::into_inner) = arguments;
     }
 
+    /// From now on, report this usage (prompt, completion tokens, none cached) whatever the
+    /// request (a model that ignores `max_tokens`, or one that uses its whole budget); `None`
+    /// returns to the default report.
+    pub fn report_usage(&self, usage: Option<(u64, u64)>) {
+        *self.state.reported_usage.lock().unwrap_or_else(PoisonError::into_inner) = usage;
+    }
+
+    /// How many streams the mock could not finish because the caller had gone away: the
+    /// upstream side of a cancelled request.
+    pub fn abandoned_streams(&self) -> usize {
+        self.state.abandoned_streams.load(Ordering::SeqCst)
+    }
+
     /// Every request body received so far.
     pub fn requests(&self) -> Vec<Value> {
         self.state
@@ -140,7 +164,14 @@ impl MockUpstream {
     }
 }
 
-fn usage() -> Value {
+fn usage(state: &MockState) -> Value {
+    if let Some((prompt, completion)) = *state.reported_usage.lock().unwrap_or_else(PoisonError::into_inner) {
+        return json!({
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        });
+    }
     json!({
         "prompt_tokens": PROMPT_TOKENS,
         "completion_tokens": COMPLETION_TOKENS,
@@ -190,11 +221,16 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
             "system_fingerprint": "fp_mock",
         });
         if with_usage {
-            answer["usage"] = usage();
+            answer["usage"] = usage(&state);
         }
         let gate = state.answer_gate.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(gate) = gate {
             gate.notified().await;
+        }
+        let barrier = state.barrier.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(barrier) = barrier {
+            // A closed or released barrier lets everyone through.
+            let _ = barrier.acquire().await;
         }
         state.answered.notify_one();
         return Json(answer).into_response();
@@ -204,6 +240,7 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
     let gate = state.gate.lock().unwrap_or_else(PoisonError::into_inner).take();
     let cut = state.cut_streams.load(Ordering::SeqCst);
     let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+    let final_usage = usage(&state);
     tokio::spawn(async move {
         let chunk = |delta: Value, finish: Value| {
             let chunk = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
@@ -219,6 +256,7 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
                 .await
                 .is_err()
             {
+                state.abandoned_streams.fetch_add(1, Ordering::SeqCst);
                 return;
             }
             if index == 0 && cut {
@@ -236,7 +274,7 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
         let _ = sender.send(Ok(chunk(json!({}), json!("stop")))).await;
         if include_usage {
             let last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
-                "model": model, "choices": [], "usage": usage()});
+                "model": model, "choices": [], "usage": final_usage});
             let _ = sender.send(Ok(Bytes::from(format!("data: {last}\n\n")))).await;
         }
         let _ = sender.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;

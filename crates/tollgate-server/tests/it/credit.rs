@@ -1,0 +1,364 @@
+//! Reserve, then settle: a request holds its worst-case cost against its team's credit before
+//! the upstream is called, and settles its actual cost with its usage. Never overspent, however
+//! many requests or nodes; a team without credit is refused in xAI's words; every exit path
+//! releases what it held.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tollgate_domain::{Actor, Bucket, EntryKind, RequestContext, TeamId, Ticks};
+use tollgate_gateway::usage::Demand;
+use tollgate_gateway::wire::ChatCompletionRequest;
+use tollgate_store::testsuite::TestDb;
+
+use crate::util::{COMPLETION_PRICE, MODEL, PROMPT_PRICE, TestApp, on_both_backends, tollgate_cli, user_message};
+
+on_both_backends!(
+    a_team_without_credit_is_refused_before_the_upstream,
+    a_thousand_requests_against_credit_for_five_hundred,
+    an_upstream_that_ignores_its_budget_is_charged_in_full,
+    credit_is_consumed_promo_then_prepaid_then_invoice,
+    a_client_that_hangs_up_mid_stream_is_charged_and_the_upstream_cancelled,
+    two_nodes_on_one_database_never_overspend_together,
+);
+
+const MAX_TOKENS: u64 = 100;
+
+fn request() -> Value {
+    json!({"model": MODEL, "messages": user_message(), "max_tokens": MAX_TOKENS})
+}
+
+/// The worst case of [`request`]: its prompt bound and its whole output budget.
+fn hold_of_request() -> (u64, Ticks) {
+    let parsed: ChatCompletionRequest = serde_json::from_value(request()).unwrap();
+    let prompt = Demand::of_chat(&parsed).prompt_tokens;
+    let hold = PROMPT_PRICE * i64::try_from(prompt).unwrap() + COMPLETION_PRICE * MAX_TOKENS as i64;
+    (prompt, Ticks::new(hold))
+}
+
+fn out_of_credit_text(team_id: TeamId) -> String {
+    format!(
+        "Your team {team_id} has either used all available credits or reached its monthly spending limit. To \
+         continue making API requests, please purchase more credits or raise your spending limit."
+    )
+}
+
+async fn grant(app: &TestApp, amount: Ticks, promo_expires: Option<tollgate_domain::Timestamp>) {
+    app.services()
+        .ledger
+        .grant(
+            app.team.id,
+            amount,
+            "test credit",
+            promo_expires,
+            Actor::Operator,
+            &RequestContext::default(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn assert_ledger_consistent(app: &TestApp) {
+    assert_eq!(app.store().verify_ledger().await.unwrap(), None);
+}
+
+/// A brand-new team with no credit gets the 429 xAI sends, with its bare id, and the model
+/// server is never called; with credit, the same request is served and its cost taken from it.
+async fn a_team_without_credit_is_refused_before_the_upstream(db: TestDb) {
+    let app = TestApp::prepaid_only(db).await;
+    let key = app.api_key().await;
+    let refused = app.chat(&key, request()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"code": "Some resource has been exhausted", "error": out_of_credit_text(app.team.id)})
+    );
+    assert!(app.upstream.requests().is_empty(), "no upstream call");
+    assert!(app.metrics().await.contains("out_of_credit_requests_total 1"));
+
+    let (_, hold) = hold_of_request();
+    grant(&app, hold, None).await;
+    let served = app.chat(&key, request()).await;
+    assert_eq!(served.status(), StatusCode::OK);
+    let answer: Value = served.json().await.unwrap();
+    let cost = answer["usage"]["cost_in_usd_ticks"].as_i64().unwrap();
+    let sent = &app.upstream.requests()[0];
+    assert_eq!(sent["max_tokens"], MAX_TOKENS, "the upstream is held to the budget");
+    let balance = app.store().balance(app.team.id).await.unwrap();
+    assert_eq!(balance.prepaid, Ticks::new(hold.get() - cost));
+    let spends: Vec<_> = app
+        .store()
+        .ledger_entries(app.team.id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.kind == EntryKind::Spend)
+        .collect();
+    assert_eq!(spends.len(), 1);
+    assert_eq!(
+        (spends[0].bucket, spends[0].amount),
+        (Bucket::Prepaid, Ticks::new(-cost))
+    );
+    let out = tollgate_cli(&app, &["billing", "verify"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    app.finish().await;
+}
+
+/// 1,000 requests at once against credit for exactly 500 worst-case holds, with an upstream
+/// whose usage equals the hold: 500 are served, 500 refused, and the credit ends at exactly 0.
+async fn a_thousand_requests_against_credit_for_five_hundred(db: TestDb) {
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    config.billing.max_invoiced_limit_usd = None;
+    config.connections.max = 4_000;
+    config.connections.max_per_client = 4_000;
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let (prompt, hold) = hold_of_request();
+    app.upstream.report_usage(Some((prompt, MAX_TOKENS)));
+    grant(&app, Ticks::new(hold.get() * 500), None).await;
+    // Every admitted request waits at the upstream, so all 500 holds are in flight at once.
+    let barrier = app.upstream.hold_all_answers();
+
+    let client = reqwest::Client::new();
+    let url = app.url("/v1/chat/completions");
+    let requests: Vec<_> = (0..1_000)
+        .map(|_| {
+            let (client, url, key) = (client.clone(), url.clone(), key.clone());
+            tokio::spawn(async move {
+                let response = client.post(url).bearer_auth(key).json(&request()).send().await.unwrap();
+                let status = response.status();
+                (status, response.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    // The refusals come back while the admitted requests wait at the upstream.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while requests.iter().filter(|r| r.is_finished()).count() < 500 || app.upstream.requests().len() < 500 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} answered, {} at the upstream",
+            requests.iter().filter(|r| r.is_finished()).count(),
+            app.upstream.requests().len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (mut served, mut refused) = (0, 0);
+    let mut waiting = Vec::new();
+    for request in requests {
+        if request.is_finished() {
+            let (status, body) = request.await.unwrap();
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+            assert_eq!(body["error"].as_str(), Some(out_of_credit_text(app.team.id).as_str()));
+            refused += 1;
+        } else {
+            waiting.push(request);
+        }
+    }
+    barrier.add_permits(1);
+    for request in waiting {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["usage"]["cost_in_usd_ticks"].as_i64(), Some(hold.get()));
+        served += 1;
+    }
+    assert_eq!((served, refused), (500, 500));
+    assert_eq!(app.upstream.requests().len(), 500, "no upstream call for a refusal");
+    let balance = app.store().balance(app.team.id).await.unwrap();
+    assert_eq!(balance.prepaid, Ticks::ZERO, "never below zero, nothing left unspent");
+    assert_eq!(app.store().list_usage(app.team.id, 1_000).await.unwrap().len(), 500);
+    assert_ledger_consistent(&app).await;
+    app.finish().await;
+}
+
+/// An upstream that produces more than the budget it was held to is charged in full, counted
+/// in a metric, and the balance goes below zero by exactly the excess; then nothing more runs.
+async fn an_upstream_that_ignores_its_budget_is_charged_in_full(db: TestDb) {
+    let app = TestApp::prepaid_only(db).await;
+    let key = app.api_key().await;
+    let (prompt, hold) = hold_of_request();
+    grant(&app, hold, None).await;
+    app.upstream.report_usage(Some((prompt, MAX_TOKENS + 7)));
+    let response = app.chat(&key, request()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let excess = 7 * COMPLETION_PRICE;
+    let balance = app.store().balance(app.team.id).await.unwrap();
+    assert_eq!(balance.prepaid, Ticks::new(-excess));
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "charged_beyond_hold_ticks_total{{model=\"{MODEL}\"}} {excess}"
+        )),
+        "{metrics}"
+    );
+    assert_eq!(app.chat(&key, request()).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_ledger_consistent(&app).await;
+    app.finish().await;
+}
+
+/// Promotional credit first (soonest expiry first), then prepaid credit, then the month's
+/// invoice up to the spending limit; beyond that, refused.
+async fn credit_is_consumed_promo_then_prepaid_then_invoice(db: TestDb) {
+    let app = TestApp::prepaid_only(db).await;
+    let key = app.api_key().await;
+    let (prompt, hold) = hold_of_request();
+    app.upstream.report_usage(Some((prompt, MAX_TOKENS)));
+    let now = crate::util::start_time();
+    // Two promotional lots (the later one granted first), one request's worth of prepaid
+    // credit, and an invoice limit of one request's worth.
+    grant(&app, hold, Some(now + chrono::Duration::days(30))).await;
+    grant(&app, hold, Some(now + chrono::Duration::days(10))).await;
+    grant(&app, hold, None).await;
+    let limit = tollgate_domain::ledger::format_usd(hold);
+    let team = app.team.id.to_string();
+    let out = tollgate_cli(&app, &["billing", "limit", "--team", &team, "--max-usd", &limit], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    for _ in 0..4 {
+        assert_eq!(app.chat(&key, request()).await.status(), StatusCode::OK);
+    }
+    assert_eq!(app.chat(&key, request()).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    let mut spends: Vec<_> = app
+        .store()
+        .ledger_entries(app.team.id, 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.kind == EntryKind::Spend)
+        .collect();
+    spends.reverse();
+    let grants: Vec<_> = app
+        .store()
+        .ledger_entries(app.team.id, 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.kind == EntryKind::PromoGrant)
+        .collect();
+    let soonest = grants
+        .iter()
+        .find(|g| g.expires_at == Some(now + chrono::Duration::days(10)))
+        .unwrap();
+    let latest = grants
+        .iter()
+        .find(|g| g.expires_at == Some(now + chrono::Duration::days(30)))
+        .unwrap();
+    let taken: Vec<(Bucket, Option<uuid::Uuid>, i64)> =
+        spends.iter().map(|e| (e.bucket, e.lot_id, -e.amount.get())).collect();
+    assert_eq!(
+        taken,
+        [
+            (Bucket::Promo, Some(soonest.id), hold.get()),
+            (Bucket::Promo, Some(latest.id), hold.get()),
+            (Bucket::Prepaid, None, hold.get()),
+            (Bucket::Invoice, None, hold.get()),
+        ]
+    );
+    let balance = app.store().balance(app.team.id).await.unwrap();
+    assert_eq!((balance.prepaid, balance.promo), (Ticks::ZERO, Ticks::ZERO));
+    assert_ledger_consistent(&app).await;
+
+    // Raising the soft limit cannot pass the maximum; a new month has fresh headroom.
+    app.clock.advance(chrono::Duration::days(31));
+    assert_eq!(app.chat(&key, request()).await.status(), StatusCode::OK);
+    assert_ledger_consistent(&app).await;
+    app.finish().await;
+}
+
+/// A client that hangs up mid-stream is charged for what was produced, and the upstream call is
+/// cancelled (the mock sees its stream abandoned).
+async fn a_client_that_hangs_up_mid_stream_is_charged_and_the_upstream_cancelled(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let key = app.api_key().await;
+    let gate = app.upstream.hold_streams();
+    let mut response = app
+        .chat(
+            &key,
+            json!({"model": MODEL, "messages": user_message(), "stream": true}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // Read until the first word arrives, then hang up.
+    let mut seen = String::new();
+    while !seen.contains("Hello") {
+        let chunk = response.chunk().await.unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(response);
+    // The charge commits once Tollgate notices; wait for it (bounded), then let the mock go on.
+    let mut usage = Vec::new();
+    for _ in 0..200 {
+        usage = app.store().list_usage(app.team.id, 10).await.unwrap();
+        if !usage.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(usage.len(), 1, "the cut-off request is charged");
+    assert!(usage[0].estimated && usage[0].streamed);
+    assert!(usage[0].cost.get() > 0);
+    gate.notify_one();
+    for _ in 0..200 {
+        if app.upstream.abandoned_streams() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(app.upstream.abandoned_streams(), 1, "the upstream call was cancelled");
+    assert_ledger_consistent(&app).await;
+    app.finish().await;
+}
+
+/// Two servers (two nodes, each with its own pool and lease) on one database serving one team
+/// never spend more than its credit together.
+async fn two_nodes_on_one_database_never_overspend_together(db: TestDb) {
+    let app = TestApp::prepaid_only(db).await;
+    let second = tollgate_server::start(
+        &app.config,
+        app.clock.clone() as Arc<dyn tollgate_domain::Clock>,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let key = app.api_key().await;
+    let (prompt, hold) = hold_of_request();
+    app.upstream.report_usage(Some((prompt, MAX_TOKENS)));
+    grant(&app, Ticks::new(hold.get() * 60), None).await;
+    let bases = [app.base.clone(), format!("http://{}", second.addr)];
+    let client = reqwest::Client::new();
+    let requests: Vec<_> = (0..200)
+        .map(|i| {
+            let (client, key) = (client.clone(), key.clone());
+            let url = format!("{}/v1/chat/completions", bases[i % 2]);
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&request())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for request in requests {
+        match request.await.unwrap() {
+            StatusCode::OK => served += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}"),
+        }
+    }
+    // Never more than the credit; a node may refuse while the other holds a lease it has not
+    // returned yet, so fewer may be served, and what is left is still the team's.
+    assert!(served <= 60, "{served} served on credit for 60");
+    let balance = app.store().balance(app.team.id).await.unwrap();
+    assert_eq!(balance.prepaid, Ticks::new(hold.get() * (60 - served)));
+    assert!(balance.prepaid.get() >= 0);
+    assert_ledger_consistent(&app).await;
+    second.shutdown().await.unwrap();
+    app.finish().await;
+}

@@ -48,6 +48,14 @@ impl CreditSettings {
         self.lease_ttl > self.max_request + self.margin() * 2
     }
 
+    /// How long after it is taken or renewed a lease may admit requests.
+    #[must_use]
+    pub fn admit_window(&self) -> Duration {
+        self.lease_ttl
+            .saturating_sub(self.max_request)
+            .saturating_sub(self.margin())
+    }
+
     fn ttl_ms(&self) -> i64 {
         i64::try_from(self.lease_ttl.as_millis()).unwrap_or(i64::MAX)
     }
@@ -317,7 +325,7 @@ impl Credits {
             if idle {
                 slot.state().lease = None;
                 self.inner.store.return_lease(lease_id).await?;
-            } else if now - asked_at >= settings.lease_ttl / 4 {
+            } else if now - asked_at >= settings.admit_window() / 2 {
                 let asked = Instant::now();
                 let renewed = self.inner.store.renew_lease(lease_id, settings.ttl_ms()).await?;
                 let mut state = slot.state();
@@ -339,7 +347,7 @@ impl Credits {
 
     /// Runs [`Self::keep`] until `stop`, then returns every lease.
     pub fn spawn_keeper(self, stop: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()> {
-        let every = (self.inner.settings.lease_ttl / 8).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let every = (self.inner.settings.admit_window() / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let credits = self.clone();
         let keeper = crate::jobs::every("credit lease keeper", every, stop.clone(), move || {
             let credits = credits.clone();

@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod conformance;
 mod console;
+mod crash;
 mod credit;
 mod hardening;
 mod inference;

@@ -32,7 +32,9 @@ impl SqlStore {
             .map_err(OpenError::InvalidUrl)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit is on disk before it is acknowledged, so a power loss cannot undo a
+            // charge a client saw complete (the group commit shares one fsync among many).
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         if let Some(dir) = options

@@ -1,7 +1,8 @@
 //! `tollgate-bench`: starts the mock upstream and a real tollgate (SQLite in a temporary
-//! directory), drives the same load at the upstream directly and through tollgate, and reports
-//! requests/s and the latency tollgate adds. A measurement, not a test: it asserts nothing
-//! about speed.
+//! directory, or the PostgreSQL database given), drives the same load at the upstream directly
+//! and through tollgate — once on a priced model (credit held and spent: billing in the path) and
+//! once on a free one (no hold, no spend) — spread over one team or many, and reports requests/s
+//! and the latency tollgate adds. A measurement, not a test: it asserts nothing about speed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,13 @@ struct Args {
     /// Requests per run sent first and not measured.
     #[arg(long, default_value_t = 1_000)]
     warmup: usize,
+    /// Teams the requests are spread over (round robin, one key each).
+    #[arg(long, default_value_t = 1)]
+    teams: usize,
+    /// A PostgreSQL database to use instead of a temporary SQLite file (it should be empty:
+    /// the benchmark migrates it and leaves its rows).
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 struct Run {
@@ -43,34 +51,53 @@ impl Run {
     fn rps(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// Runs one after the other, as one.
+    fn merge(runs: Vec<Run>) -> Run {
+        let mut merged = Run {
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+        };
+        for run in runs {
+            merged.elapsed += run.elapsed;
+            merged.latencies.extend(run.latencies);
+        }
+        merged.latencies.sort_unstable();
+        merged
+    }
 }
 
 async fn drive(
     client: &reqwest::Client,
     url: &str,
-    key: Option<&str>,
+    keys: &[String],
     body: &serde_json::Value,
     requests: usize,
     concurrency: usize,
 ) -> anyhow::Result<Run> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let keys: Arc<[String]> = keys.into();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, key, body, next) = (
+        let (client, url, keys, body, next) = (
             client.clone(),
             url.to_owned(),
-            key.map(str::to_owned),
+            Arc::clone(&keys),
             body.clone(),
             Arc::clone(&next),
         );
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= requests {
+                    break;
+                }
                 let sent = Instant::now();
                 let mut request = client.post(&url).json(&body);
-                if let Some(key) = &key {
-                    request = request.bearer_auth(key);
+                if !keys.is_empty() {
+                    request = request.bearer_auth(&keys[n % keys.len()]);
                 }
                 let response = request.send().await?;
                 anyhow::ensure!(response.status().is_success(), "status {}", response.status());
@@ -97,49 +124,74 @@ fn ms(duration: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(args.teams >= 1, "--teams must be at least 1");
     let upstream = tollgate_testkit::MockUpstream::start().await?;
     let dir = tempfile::tempdir()?;
-    let mut config = tollgate_server::Config::for_test(format!("sqlite://{}", dir.path().join("bench.db").display()));
-    config.models.insert(
-        "bench".into(),
-        ModelConfig {
-            base_url: upstream.base_url.clone(),
-            api_key: None,
-            upstream_model: Some("mock-model".into()),
-            aliases: vec![],
-            prompt_price: Some(20_000),
-            cached_prompt_price: None,
-            completion_price: Some(100_000),
-            max_output_tokens: 16_384,
-        },
-    );
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let mut config = tollgate_server::Config::for_test(database_url);
+    config.connections.max_per_client = 4_096;
+    let model = |price: i64| ModelConfig {
+        base_url: upstream.base_url.clone(),
+        api_key: None,
+        upstream_model: Some("mock-model".into()),
+        aliases: vec![],
+        prompt_price: Some(price / 5),
+        cached_prompt_price: None,
+        completion_price: Some(price),
+        max_output_tokens: 16_384,
+    };
+    config.models.insert("bench".into(), model(100_000));
+    config.models.insert("bench-free".into(), model(0));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let server = tollgate_server::start(&config, Arc::clone(&clock), std::future::pending()).await?;
     let services = tollgate_server::services(&config, &server.store, &clock)?;
-    let (_, team) = services
+    let context = RequestContext::default();
+    let (user, first) = services
         .accounts
         .create_user(
             "bench@example.com",
             "Bench",
             "benchmark password 123",
             Actor::Operator,
-            &RequestContext::default(),
+            &context,
         )
         .await?;
-    let (management_key, _) = services
-        .keys
-        .create_management_key(team.id, "bench", Actor::Operator, None, &RequestContext::default())
-        .await?;
-    let (_, key) = services
-        .keys
-        .create_api_key(
-            &management_key.into(),
-            team.id,
-            tollgate_core_new_key(),
-            &RequestContext::default(),
-        )
-        .await?;
-    let key = key.expose().to_owned();
+    let mut teams = vec![first];
+    for n in 1..args.teams {
+        teams.push(
+            services
+                .teams
+                .create_team(&user, &format!("bench {n}"), None, &context)
+                .await?,
+        );
+    }
+    let mut keys = Vec::with_capacity(teams.len());
+    for team in &teams {
+        let (management_key, _) = services
+            .keys
+            .create_management_key(team.id, "bench", Actor::Operator, None, &context)
+            .await?;
+        let (_, key) = services
+            .keys
+            .create_api_key(&management_key.into(), team.id, tollgate_core_new_key(), &context)
+            .await?;
+        keys.push(key.expose().to_owned());
+        // Plenty of prepaid credit: the path measured is hold, spend and release, not refusal.
+        services
+            .ledger
+            .grant(
+                team.id,
+                tollgate_domain::Ticks::new(1_000_000 * tollgate_domain::Ticks::PER_USD),
+                "benchmark credit",
+                None,
+                Actor::Operator,
+                &context,
+            )
+            .await?;
+    }
 
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
@@ -149,56 +201,76 @@ async fn main() -> anyhow::Result<()> {
     let direct_url = format!("{}/chat/completions", upstream.base_url);
     let tollgate_url = format!("http://{}/v1/chat/completions", server.addr);
     let direct_body = json!({"model": "mock-model", "messages": messages, "stream": args.stream, "stream_options": {"include_usage": true}});
-    let tollgate_body = json!({"model": "bench", "messages": messages, "stream": args.stream});
+    let body = |model: &str| json!({"model": model, "messages": messages, "stream": args.stream, "max_tokens": 256});
+    let (billed_body, free_body) = (body("bench"), body("bench-free"));
 
     println!(
-        "tollgate-bench: {} requests, concurrency {}, {} answers, SQLite, {} cores",
+        "tollgate-bench: {} requests, concurrency {}, {} answers, {}, {} team(s), {} cores",
         args.requests,
         args.concurrency,
         if args.stream { "streamed" } else { "JSON" },
+        if args.database_url.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+        args.teams,
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
-    drive(&client, &direct_url, None, &direct_body, args.warmup, args.concurrency)
+    for (url, keys, body) in [
+        (&direct_url, &[][..], &direct_body),
+        (&tollgate_url, &keys[..], &free_body),
+        (&tollgate_url, &keys[..], &billed_body),
+    ] {
+        drive(&client, url, keys, body, args.warmup, args.concurrency)
+            .await
+            .context("warm-up")?;
+    }
+    let direct = drive(&client, &direct_url, &[], &direct_body, args.requests, args.concurrency)
         .await
-        .context("warm-up, direct")?;
-    drive(
-        &client,
-        &tollgate_url,
-        Some(&key),
-        &tollgate_body,
-        args.warmup,
-        args.concurrency,
-    )
-    .await
-    .context("warm-up, tollgate")?;
-    let direct = drive(
-        &client,
-        &direct_url,
-        None,
-        &direct_body,
-        args.requests,
-        args.concurrency,
-    )
-    .await
-    .context("direct")?;
-    let through = drive(
-        &client,
-        &tollgate_url,
-        Some(&key),
-        &tollgate_body,
-        args.requests,
-        args.concurrency,
-    )
-    .await
-    .context("tollgate")?;
+        .context("direct")?;
+    // Alternate the two, twice each, so neither gets the warmer machine.
+    let mut free = Vec::new();
+    let mut billed = Vec::new();
+    for _ in 0..2 {
+        free.push(
+            drive(
+                &client,
+                &tollgate_url,
+                &keys,
+                &free_body,
+                args.requests / 2,
+                args.concurrency,
+            )
+            .await
+            .context("tollgate, free model")?,
+        );
+        billed.push(
+            drive(
+                &client,
+                &tollgate_url,
+                &keys,
+                &billed_body,
+                args.requests / 2,
+                args.concurrency,
+            )
+            .await
+            .context("tollgate, billed model")?,
+        );
+    }
+    let (free, billed) = (Run::merge(free), Run::merge(billed));
 
     println!(
-        "{:<10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<18} {:>10} {:>10} {:>10} {:>10}",
         "path", "req/s", "p50 ms", "p99 ms", "max ms"
     );
-    for (name, run) in [("upstream", &direct), ("tollgate", &through)] {
+    for (name, run) in [
+        ("upstream", &direct),
+        ("tollgate, no bill", &free),
+        ("tollgate, billed", &billed),
+    ] {
         println!(
-            "{:<10} {:>10.0} {:>10.3} {:>10.3} {:>10.3}",
+            "{:<18} {:>10.0} {:>10.3} {:>10.3} {:>10.3}",
             name,
             run.rps(),
             ms(run.percentile(0.50)),
@@ -206,16 +278,29 @@ async fn main() -> anyhow::Result<()> {
             ms(*run.latencies.last().unwrap_or(&Duration::ZERO))
         );
     }
+    for (name, run) in [("without billing", &free), ("with billing", &billed)] {
+        println!(
+            "added by tollgate {name}: p50 {:+.3} ms, p99 {:+.3} ms",
+            ms(run.percentile(0.50)) - ms(direct.percentile(0.50)),
+            ms(run.percentile(0.99)) - ms(direct.percentile(0.99))
+        );
+    }
     println!(
-        "added by tollgate: p50 {:+.3} ms, p99 {:+.3} ms",
-        ms(through.percentile(0.50)) - ms(direct.percentile(0.50)),
-        ms(through.percentile(0.99)) - ms(direct.percentile(0.99))
+        "billing's cost: {:+.1}% req/s, p50 {:+.3} ms, p99 {:+.3} ms",
+        (billed.rps() / free.rps() - 1.0) * 100.0,
+        ms(billed.percentile(0.50)) - ms(free.percentile(0.50)),
+        ms(billed.percentile(0.99)) - ms(free.percentile(0.99))
     );
-    let stored = server.store.list_usage(team.id, u32::MAX).await?.len();
-    println!(
-        "usage records stored: {stored} (expected {})",
-        args.requests + args.warmup
-    );
+    let mut stored = 0;
+    for team in &teams {
+        stored += server.store.list_usage(team.id, u32::MAX).await?.len();
+    }
+    let expected = 2 * (args.requests / 2) * 2 + args.warmup * 2;
+    println!("usage records stored: {stored} (expected {expected})");
+    match server.store.verify_ledger().await? {
+        None => println!("billing verify: every balance equals its entries, every charge its spend"),
+        Some(mismatch) => anyhow::bail!("billing verify: {mismatch}"),
+    }
     server.shutdown().await?;
     Ok(())
 }

@@ -180,6 +180,27 @@ impl SpendingLimits {
     }
 }
 
+/// A team's spend of credit in one billing month, summed (how xAI lists spend among a prepaid
+/// balance's changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonthlySpend {
+    /// `2026-11`.
+    pub month: String,
+    /// The month's spend entries summed (negative: credit consumed).
+    pub amount: Ticks,
+    /// The newest of them.
+    pub last_at: Timestamp,
+}
+
+impl MonthlySpend {
+    /// The year and month as numbers (`spendBpKeyYear`, `spendBpKeyMonth`).
+    #[must_use]
+    pub fn year_month(&self) -> Option<(i32, u32)> {
+        let (year, month) = self.month.split_once('-')?;
+        Some((year.parse().ok()?, month.parse().ok()?))
+    }
+}
+
 /// The billing month a moment falls in (`2026-11`, UTC): invoices and spend are per month.
 #[must_use]
 pub fn billing_month(at: Timestamp) -> String {

@@ -45,7 +45,9 @@ pub use ids::{
     SessionId, TeamId, UserId,
 };
 pub use key_policy::{KeyPolicy, KeyShape, PolicyViolation};
-pub use ledger::{Balance, Bucket, EntryKind, Funds, LedgerEntry, SpendPart, SpendingLimits, billing_month};
+pub use ledger::{
+    Balance, Bucket, EntryKind, Funds, LedgerEntry, MonthlySpend, SpendPart, SpendingLimits, billing_month,
+};
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};
 pub use name::{Name, NameError};

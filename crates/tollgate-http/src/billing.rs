@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use serde::Deserialize;
 use serde::Serialize;
-use tollgate_core::billing::LedgerError;
-use tollgate_domain::{Balance, EntryKind, LedgerEntry, SpendingLimits, Ticks};
+use tollgate_core::billing::{LedgerError, TeamCredit};
+use tollgate_domain::{EntryKind, SpendingLimits, TeamId, Ticks};
 
 use crate::AppState;
 use crate::console::TeamMember;
@@ -77,6 +77,12 @@ pub(crate) struct PrepaidBalanceChangeView {
     /// Inverted: credit negative, consumption positive.
     amount: CentView,
     create_time: String,
+    /// For spend: the billing month it sums (year).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spend_bp_key_year: Option<i32>,
+    /// For spend: the billing month it sums (1 to 12).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spend_bp_key_month: Option<u32>,
 }
 
 /// The prepaid balance and its changes (xAI's shape: the credit left is `-total.val` cents).
@@ -94,20 +100,43 @@ fn change_origin(kind: EntryKind) -> &'static str {
     }
 }
 
-fn balance_view(balance: Balance, entries: &[LedgerEntry]) -> Result<PrepaidBalanceView, XaiError> {
-    let total = balance
+fn balance_view(credit: TeamCredit, team_id: TeamId) -> Result<PrepaidBalanceView, XaiError> {
+    let total = credit
+        .balance
         .total()
         .map_err(|_| XaiError::internal(anyhow::anyhow!("balance overflows")))?;
-    Ok(PrepaidBalanceView {
-        changes: entries
-            .iter()
-            .map(|entry| PrepaidBalanceChangeView {
+    let entries = credit.entries.iter().map(|entry| {
+        (
+            entry.created_at,
+            PrepaidBalanceChangeView {
                 team_id: entry.team_id.to_string(),
                 change_origin: change_origin(entry.kind),
                 amount: CentView::of(Ticks::new(-entry.amount.get())),
                 create_time: crate::management::rfc3339(entry.created_at),
-            })
-            .collect(),
+                spend_bp_key_year: None,
+                spend_bp_key_month: None,
+            },
+        )
+    });
+    // Spend is one change per billing month, as xAI lists it.
+    let spend = credit.monthly_spend.iter().map(|month| {
+        let year_month = month.year_month();
+        (
+            month.last_at,
+            PrepaidBalanceChangeView {
+                team_id: team_id.to_string(),
+                change_origin: "SPEND",
+                amount: CentView::of(Ticks::new(-month.amount.get())),
+                create_time: crate::management::rfc3339(month.last_at),
+                spend_bp_key_year: year_month.map(|(year, _)| year),
+                spend_bp_key_month: year_month.map(|(_, month)| month),
+            },
+        )
+    });
+    let mut changes: Vec<_> = entries.chain(spend).collect();
+    changes.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(PrepaidBalanceView {
+        changes: changes.into_iter().map(|(_, change)| change).collect(),
         total: CentView::of(Ticks::new(-total.get())),
     })
 }
@@ -126,8 +155,8 @@ pub(crate) async fn prepaid_balance(
     Path(team_id): Path<String>,
 ) -> Result<Json<PrepaidBalanceView>, XaiError> {
     crate::management::own_team(&caller, &team_id)?;
-    let (balance, entries) = state.ledger.team_credit(&caller, CHANGES).await?;
-    Ok(Json(balance_view(balance, &entries)?))
+    let credit = state.ledger.team_credit(&caller, CHANGES).await?;
+    Ok(Json(balance_view(credit, caller.team_id())?))
 }
 
 /// The team's prepaid balance and its changes (Admins), as the Management API shows them.
@@ -139,8 +168,8 @@ pub(crate) async fn team_prepaid_balance(
     State(state): State<AppState>,
     TeamMember(caller): TeamMember,
 ) -> Result<Json<PrepaidBalanceView>, XaiError> {
-    let (balance, entries) = state.ledger.team_credit(&caller, CHANGES).await?;
-    Ok(Json(balance_view(balance, &entries)?))
+    let credit = state.ledger.team_credit(&caller, CHANGES).await?;
+    Ok(Json(balance_view(credit, caller.team_id())?))
 }
 
 /// A team's monthly invoiced spending limits (xAI's `spendingLimits`, in cents).

@@ -804,6 +804,14 @@ pub trait LedgerStore: Send + Sync {
         team_id: TeamId,
         limit: u32,
     ) -> Result<Vec<tollgate_domain::LedgerEntry>, StoreError>;
+    /// The changes of the team's prepaid and promotional credit as xAI lists them: its entries
+    /// other than spend, newest first, at most `limit`; and its spend of that credit summed
+    /// per billing month, newest month first.
+    async fn credit_changes(
+        &self,
+        team_id: TeamId,
+        limit: u32,
+    ) -> Result<(Vec<tollgate_domain::LedgerEntry>, Vec<tollgate_domain::MonthlySpend>), StoreError>;
     /// Promotional lots expired by `now` with credit left.
     async fn expired_lots(&self, now: Timestamp) -> Result<Vec<ExpiredLot>, StoreError>;
     /// Writes off `lot` with `entry` (its `promo_expiry`) and `audit`, if it still has exactly

@@ -43,6 +43,17 @@ pub enum LedgerError {
     Store(#[from] StoreError),
 }
 
+/// A team's credit and how it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamCredit {
+    /// What is left.
+    pub balance: Balance,
+    /// The newest entries other than spend.
+    pub entries: Vec<LedgerEntry>,
+    /// Spend of the credit, per billing month, newest first.
+    pub monthly_spend: Vec<tollgate_domain::MonthlySpend>,
+}
+
 /// The ledger service.
 #[derive(Clone)]
 pub struct Ledger {
@@ -277,20 +288,19 @@ impl Ledger {
             .await
     }
 
-    /// The caller's team's credit and its newest entries (Admins and management keys).
-    pub async fn team_credit(
-        &self,
-        caller: &crate::Caller,
-        limit: u32,
-    ) -> Result<(Balance, Vec<LedgerEntry>), LedgerError> {
+    /// The caller's team's credit and its changes (Admins and management keys): its newest
+    /// entries other than spend, and its spend summed per billing month.
+    pub async fn team_credit(&self, caller: &crate::Caller, limit: u32) -> Result<TeamCredit, LedgerError> {
         if !caller.allows(tollgate_domain::Permission::ManageBilling) {
             return Err(LedgerError::Forbidden("Only team Admins may see the team's credit"));
         }
         let team_id = caller.team_id();
-        Ok((
-            self.store.balance(team_id).await?,
-            self.store.ledger_entries(team_id, limit).await?,
-        ))
+        let (entries, monthly_spend) = self.store.credit_changes(team_id, limit).await?;
+        Ok(TeamCredit {
+            balance: self.store.balance(team_id).await?,
+            entries,
+            monthly_spend,
+        })
     }
 
     /// The team's balance.

@@ -80,6 +80,7 @@ async fn a_team_without_credit_is_refused_before_the_upstream(db: TestDb) {
 
     let (_, hold) = hold_of_request();
     grant(&app, hold, None).await;
+    app.clock.advance(chrono::Duration::minutes(1));
     let served = app.chat(&key, request()).await;
     assert_eq!(served.status(), StatusCode::OK);
     let answer: Value = served.json().await.unwrap();
@@ -100,6 +101,34 @@ async fn a_team_without_credit_is_refused_before_the_upstream(db: TestDb) {
     assert_eq!(
         (spends[0].bucket, spends[0].amount),
         (Bucket::Prepaid, Ticks::new(-cost))
+    );
+    // Spend shows among the balance's changes once per billing month, as xAI lists it.
+    assert_eq!(
+        app.chat(
+            &key,
+            json!({"model": MODEL, "messages": user_message(), "max_tokens": 1})
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+    let path = format!("/v1/billing/teams/{}/prepaid/balance", app.team.id);
+    let shown = app.get_json(&path, &app.management_key).await;
+    let changes = shown["changes"].as_array().unwrap();
+    let origins: Vec<&str> = changes.iter().map(|c| c["changeOrigin"].as_str().unwrap()).collect();
+    assert_eq!(origins, ["SPEND", "MANUAL"], "{shown}");
+    assert_eq!(
+        (
+            changes[0]["spendBpKeyYear"].as_i64(),
+            changes[0]["spendBpKeyMonth"].as_i64()
+        ),
+        (Some(2026), Some(11))
+    );
+    let balance = app.store().balance(app.team.id).await.unwrap();
+    let spent = hold.get() - balance.prepaid.get();
+    assert_eq!(
+        changes[0]["amount"]["val"],
+        Ticks::new(spent).to_cents_rounded().to_string()
     );
     let out = tollgate_cli(&app, &["billing", "verify"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use sqlx::Row as _;
 use tollgate_domain::{
-    AuditEvent, Balance, Funds, LedgerEntry, SpendingLimits, TeamId, Ticks, Timestamp, billing_month,
+    AuditEvent, Balance, Funds, LedgerEntry, MonthlySpend, SpendingLimits, TeamId, Ticks, Timestamp, billing_month,
 };
 use uuid::Uuid;
 
@@ -173,6 +173,14 @@ pub(super) async fn lock_funds(
     })
 }
 
+/// `created_at`'s billing month (`2026-11`, UTC). SQLite stores the instant as RFC 3339 text in
+/// UTC, whose first seven characters are the month.
+const MONTH_OF_CREATED_AT: &str = if matches!(BACKEND, crate::Backend::Postgres) {
+    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM')"
+} else {
+    "substr(created_at, 1, 7)"
+};
+
 /// Row locks where the database has them (PostgreSQL); SQLite has one writer, which is a lock.
 const LOCK: &str = if matches!(BACKEND, crate::Backend::Postgres) {
     " FOR UPDATE"
@@ -301,6 +309,42 @@ impl LedgerStore for SqlStore {
         .fetch_all(&self.read)
         .await?;
         rows.iter().map(entry_from_row).collect()
+    }
+
+    async fn credit_changes(
+        &self,
+        team_id: TeamId,
+        limit: u32,
+    ) -> Result<(Vec<LedgerEntry>, Vec<MonthlySpend>), StoreError> {
+        let entries = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE team_id = $1 AND kind <> 'spend' \
+             ORDER BY created_at DESC, id DESC LIMIT $2"
+        ))
+        .bind(team_id.as_uuid())
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(entry_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let months = sqlx::query(&format!(
+            "SELECT {MONTH_OF_CREATED_AT} AS month, CAST(SUM(amount) AS BIGINT) AS total, MAX(created_at) AS last_at \
+             FROM ledger_entries WHERE team_id = $1 AND kind = 'spend' AND bucket IN ('prepaid', 'promo') \
+             GROUP BY {MONTH_OF_CREATED_AT} ORDER BY month DESC"
+        ))
+        .bind(team_id.as_uuid())
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(MonthlySpend {
+                month: row.try_get("month")?,
+                amount: Ticks::new(row.try_get("total")?),
+                last_at: row.try_get("last_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((entries, months))
     }
 
     async fn expired_lots(&self, now: Timestamp) -> Result<Vec<ExpiredLot>, StoreError> {

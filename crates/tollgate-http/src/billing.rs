@@ -134,7 +134,7 @@ fn balance_view(credit: TeamCredit, team_id: TeamId) -> Result<PrepaidBalanceVie
         )
     });
     let mut changes: Vec<_> = entries.chain(spend).collect();
-    changes.sort_by(|a, b| b.0.cmp(&a.0));
+    changes.sort_by_key(|change| std::cmp::Reverse(change.0));
     Ok(PrepaidBalanceView {
         changes: changes.into_iter().map(|(_, change)| change).collect(),
         total: CentView::of(Ticks::new(-total.get())),

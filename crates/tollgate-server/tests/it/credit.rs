@@ -132,6 +132,13 @@ async fn a_team_without_credit_is_refused_before_the_upstream(db: TestDb) {
     );
     let out = tollgate_cli(&app, &["billing", "verify"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A usage row changed behind the ledger's back no longer matches its charge.
+    let tamper = "UPDATE usage_events SET cost_ticks = cost_ticks + 1";
+    crate::util::execute(&app.config.database_url, tamper, tamper)
+        .await
+        .unwrap();
+    let mismatch = app.store().verify_ledger().await.unwrap().unwrap();
+    assert!(mismatch.starts_with("charge "), "{mismatch}");
     app.finish().await;
 }
 

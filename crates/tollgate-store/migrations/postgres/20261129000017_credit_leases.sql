@@ -1,9 +1,10 @@
--- Spend: the month's invoice becomes a bucket of its own, and a spend entry names the request
--- it charges (billing verify matches usage rows to their spend entries).
+-- Spend: the month's invoice becomes a bucket of its own. The group commit charges each team's
+-- requests of a batch as one charge: its spend entries and its usage rows share a charge id
+-- (billing verify matches each charge's usage costs to its entries).
 ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_bucket_check;
 ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_bucket_check CHECK (bucket IN ('prepaid', 'promo', 'invoice'));
-ALTER TABLE ledger_entries ADD COLUMN request_id UUID;
-CREATE INDEX ledger_entries_request_id_idx ON ledger_entries (request_id) WHERE request_id IS NOT NULL;
+ALTER TABLE ledger_entries ADD COLUMN charge_id UUID;
+ALTER TABLE usage_events ADD COLUMN charge_id UUID;
 
 -- What each team's invoice holds per billing month ('2026-11'), maintained from the invoice
 -- entries in their transactions: the headroom under the spending limit is read from here.

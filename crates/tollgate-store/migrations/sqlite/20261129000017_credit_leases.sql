@@ -1,5 +1,6 @@
--- Spend: the month's invoice becomes a bucket of its own, and a spend entry names the request
--- it charges (billing verify matches usage rows to their spend entries). SQLite cannot alter a
+-- Spend: the month's invoice becomes a bucket of its own. The group commit charges each team's
+-- requests of a batch as one charge: its spend entries and its usage rows share a charge id
+-- (billing verify matches each charge's usage costs to its entries). SQLite cannot alter a
 -- CHECK constraint, so the table is rebuilt (nothing references it).
 CREATE TABLE ledger_entries_new (
     id              BLOB PRIMARY KEY NOT NULL,
@@ -14,7 +15,7 @@ CREATE TABLE ledger_entries_new (
     actor_kind      TEXT NOT NULL,
     actor_id        TEXT,
     created_at      TEXT NOT NULL,
-    request_id      BLOB,
+    charge_id       BLOB,
     CONSTRAINT ledger_entries_idempotency_key_key UNIQUE (idempotency_key)
 );
 INSERT INTO ledger_entries_new (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, reason,
@@ -24,7 +25,7 @@ INSERT INTO ledger_entries_new (id, team_id, kind, bucket, amount, idempotency_k
 DROP TABLE ledger_entries;
 ALTER TABLE ledger_entries_new RENAME TO ledger_entries;
 CREATE INDEX ledger_entries_team_id_idx ON ledger_entries (team_id, created_at);
-CREATE INDEX ledger_entries_request_id_idx ON ledger_entries (request_id) WHERE request_id IS NOT NULL;
+ALTER TABLE usage_events ADD COLUMN charge_id BLOB;
 
 -- What each team's invoice holds per billing month ('2026-11'), maintained from the invoice
 -- entries in their transactions: the headroom under the spending limit is read from here.

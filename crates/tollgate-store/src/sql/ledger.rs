@@ -34,17 +34,16 @@ fn entry_from_row(row: &DbRow) -> Result<LedgerEntry, StoreError> {
     })
 }
 
-/// Inserts `entry` in `conn`'s transaction, for `request_id` when it is a spend; `false`
-/// (nothing written) when its idempotency key was used before. The caller moves the balance.
+/// Inserts `entry` in `conn`'s transaction; `false` (nothing written) when its idempotency key
+/// was used before. The caller moves the balance. (Spend is inserted by the group commit.)
 pub(super) async fn insert_entry(
     conn: &mut <super::Db as sqlx::Database>::Connection,
     entry: &LedgerEntry,
     actor: &tollgate_domain::Actor,
-    request_id: Option<Uuid>,
 ) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
         "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, reason, \
-         actor_kind, actor_id, created_at, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         actor_kind, actor_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(entry.id)
@@ -59,7 +58,6 @@ pub(super) async fn insert_entry(
     .bind(actor.kind())
     .bind(actor.id())
     .bind(entry.created_at)
-    .bind(request_id)
     .execute(&mut *conn)
     .await?;
     Ok(inserted.rows_affected() == 1)
@@ -94,7 +92,7 @@ pub(super) async fn write_entry(
     entry: &LedgerEntry,
     actor: &tollgate_domain::Actor,
 ) -> Result<bool, StoreError> {
-    if !insert_entry(conn, entry, actor, None).await? {
+    if !insert_entry(conn, entry, actor).await? {
         return Ok(false);
     }
     let (prepaid, promo) = match entry.bucket {
@@ -119,6 +117,8 @@ pub(super) async fn lock_funds(
     lot_horizon: Timestamp,
     default_hard_limit: Ticks,
 ) -> Result<Funds, StoreError> {
+    // A write first: on SQLite the transaction then holds the write lock from its start (a
+    // read that later writes may find another process's commit in its way).
     sqlx::query(
         "INSERT INTO team_balances (team_id, prepaid, promo, updated_at) VALUES ($1, 0, 0, $2) \
          ON CONFLICT (team_id) DO NOTHING",
@@ -127,45 +127,47 @@ pub(super) async fn lock_funds(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    let prepaid: i64 = sqlx::query(&format!("SELECT prepaid FROM team_balances WHERE team_id = $1{LOCK}"))
-        .bind(team_id.as_uuid())
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get("prepaid")?;
-    let lots = sqlx::query(&format!(
-        "SELECT id, remaining FROM credit_lots WHERE team_id = $1 AND remaining > 0 AND expires_at > $2 \
-         ORDER BY expires_at, id{LOCK}"
+    let balance = sqlx::query(&format!(
+        "SELECT prepaid, promo FROM team_balances WHERE team_id = $1{LOCK}"
     ))
     .bind(team_id.as_uuid())
-    .bind(lot_horizon)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|row| Ok((row.try_get("id")?, Ticks::new(row.try_get("remaining")?))))
-    .collect::<Result<Vec<_>, StoreError>>()?;
-    let limits = sqlx::query("SELECT soft_limit, hard_override FROM team_spending_limits WHERE team_id = $1")
+    .fetch_optional(&mut *conn)
+    .await?;
+    let balance = balance.ok_or(StoreError::NotFound)?;
+    let prepaid: i64 = balance.try_get("prepaid")?;
+    let promo: i64 = balance.try_get("promo")?;
+    let lots = if promo > 0 {
+        sqlx::query(&format!(
+            "SELECT id, remaining FROM credit_lots WHERE team_id = $1 AND remaining > 0 AND expires_at > $2 \
+             ORDER BY expires_at, id{LOCK}"
+        ))
         .bind(team_id.as_uuid())
-        .fetch_optional(&mut *conn)
-        .await?;
-    let limits = match limits {
-        Some(row) => SpendingLimits {
-            hard_auto: default_hard_limit,
-            hard_override: row.try_get::<Option<i64>, _>("hard_override")?.map(Ticks::new),
-            soft: row.try_get::<Option<i64>, _>("soft_limit")?.map(Ticks::new),
-        },
-        None => SpendingLimits {
-            hard_auto: default_hard_limit,
-            ..SpendingLimits::default()
-        },
-    };
-    let owed: i64 = sqlx::query("SELECT owed FROM invoice_months WHERE team_id = $1 AND month = $2")
-        .bind(team_id.as_uuid())
-        .bind(billing_month(now))
-        .fetch_optional(&mut *conn)
+        .bind(lot_horizon)
+        .fetch_all(&mut *conn)
         .await?
-        .map(|row| row.try_get("owed"))
-        .transpose()?
-        .unwrap_or(0);
+        .iter()
+        .map(|row| Ok((row.try_get("id")?, Ticks::new(row.try_get("remaining")?))))
+        .collect::<Result<Vec<_>, StoreError>>()?
+    } else {
+        Vec::new()
+    };
+    // The limits and what the month's invoice holds, in one trip.
+    let row = sqlx::query(
+        "SELECT l.soft_limit AS soft_limit, l.hard_override AS hard_override, m.owed AS owed \
+         FROM (SELECT 1 AS one) AS one \
+         LEFT JOIN team_spending_limits l ON l.team_id = $1 \
+         LEFT JOIN invoice_months m ON m.team_id = $1 AND m.month = $2",
+    )
+    .bind(team_id.as_uuid())
+    .bind(billing_month(now))
+    .fetch_one(&mut *conn)
+    .await?;
+    let limits = SpendingLimits {
+        hard_auto: default_hard_limit,
+        hard_override: row.try_get::<Option<i64>, _>("hard_override")?.map(Ticks::new),
+        soft: row.try_get::<Option<i64>, _>("soft_limit")?.map(Ticks::new),
+    };
+    let owed = row.try_get::<Option<i64>, _>("owed")?.unwrap_or(0);
     Ok(Funds {
         lots,
         prepaid: Ticks::new(prepaid),
@@ -461,23 +463,28 @@ impl LedgerStore for SqlStore {
         {
             teams.entry(row.try_get("team_id")?).or_default().owed = row.try_get("total")?;
         }
-        // Every charged request against its spend entries: usage recorded since spending began
-        // with a cost must have spend entries summing to exactly that cost, and no spend entry
-        // may lack its usage row.
+        // Every charge against its spend entries: each charge's usage costs sum to exactly its
+        // spend entries, no spend lacks its usage rows, and no usage with a cost recorded since
+        // spending began lacks a charge.
         let unmatched = sqlx::query(
-            "SELECT u.request_id AS request_id, u.cost_ticks AS cost, CAST(COALESCE(SUM(e.amount), 0) AS BIGINT) AS spent \
-             FROM usage_events u LEFT JOIN ledger_entries e ON e.request_id = u.request_id AND e.kind = 'spend' \
-             WHERE u.cost_ticks <> 0 \
-             AND u.created_at >= (SELECT MIN(created_at) FROM ledger_entries WHERE kind = 'spend') \
-             GROUP BY u.request_id, u.cost_ticks HAVING u.cost_ticks + COALESCE(SUM(e.amount), 0) <> 0 \
-             ORDER BY u.request_id LIMIT 1",
+            "SELECT u.charge_id AS charge_id, u.cost AS cost, CAST(COALESCE(e.spent, 0) AS BIGINT) AS spent FROM \
+             (SELECT charge_id, CAST(SUM(cost_ticks) AS BIGINT) AS cost FROM usage_events \
+              WHERE charge_id IS NOT NULL GROUP BY charge_id) u \
+             LEFT JOIN (SELECT charge_id, CAST(SUM(amount) AS BIGINT) AS spent FROM ledger_entries \
+              WHERE kind = 'spend' GROUP BY charge_id) e ON e.charge_id = u.charge_id \
+             WHERE u.cost + COALESCE(e.spent, 0) <> 0 LIMIT 1",
         )
         .fetch_optional(&mut *tx)
         .await?;
         let orphan = sqlx::query(
-            "SELECT e.request_id AS request_id FROM ledger_entries e \
-             LEFT JOIN usage_events u ON u.request_id = e.request_id \
-             WHERE e.kind = 'spend' AND u.request_id IS NULL ORDER BY e.request_id LIMIT 1",
+            "SELECT e.charge_id AS charge_id FROM ledger_entries e WHERE e.kind = 'spend' \
+             AND NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.charge_id = e.charge_id) LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let unbilled = sqlx::query(
+            "SELECT request_id FROM usage_events WHERE charge_id IS NULL AND cost_ticks <> 0 \
+             AND created_at >= (SELECT MIN(created_at) FROM ledger_entries WHERE kind = 'spend') LIMIT 1",
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -496,18 +503,28 @@ impl LedgerStore for SqlStore {
                 Some((row.try_get("prepaid")?, row.try_get("promo")?));
         }
         tx.commit().await?;
+        let charge_of = |row: &DbRow| -> Result<String, StoreError> {
+            Ok(row
+                .try_get::<Option<Uuid>, _>("charge_id")?
+                .map_or_else(|| "(none)".to_owned(), |id| id.to_string()))
+        };
         if let Some(row) = unmatched {
-            let request: Uuid = row.try_get("request_id")?;
             let (cost, spent): (i64, i64) = (row.try_get("cost")?, row.try_get("spent")?);
             return Ok(Some(format!(
-                "request {request}: its usage costs {cost} ticks, but its spend entries sum to {}",
+                "charge {}: its usage costs {cost} ticks, but its spend entries sum to {}",
+                charge_of(&row)?,
                 -spent
             )));
         }
         if let Some(row) = orphan {
-            let request: Option<Uuid> = row.try_get("request_id")?;
-            let request = request.map_or_else(|| "(none)".to_owned(), |id| id.to_string());
-            return Ok(Some(format!("spend for request {request} has no usage record")));
+            return Ok(Some(format!(
+                "spend of charge {} has no usage records",
+                charge_of(&row)?
+            )));
+        }
+        if let Some(row) = unbilled {
+            let request: Uuid = row.try_get("request_id")?;
+            return Ok(Some(format!("request {request} has a cost but was never charged")));
         }
         for (team, sums) in teams {
             let (prepaid, promo) = sums.balance.unwrap_or((0, 0));

@@ -1,53 +1,89 @@
 //! Usage records and their spend (the group commit writes them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
-use tollgate_domain::{Actor, EntryKind, LedgerEntry, TeamId, Ticks, Timestamp, UsageRecord, billing_month};
+use tollgate_domain::{Actor, EntryKind, TeamId, Ticks, Timestamp, UsageRecord, billing_month};
 use uuid::Uuid;
 
-use super::ledger::{insert_entry, lock_funds, move_balance};
+use sqlx::Row as _;
+
+use super::ledger::{lock_funds, move_balance};
 use super::{SqlStore, to_i64, usage_from_row};
 use crate::{Charge, StoreError, UsageStore};
 
-/// Inserts the usage row; `false` when the request was recorded before.
-async fn insert_record(
+/// Rows per multi-row insert (16 parameters a row: well under both databases' limits).
+const ROWS_PER_INSERT: usize = 256;
+
+/// Inserts the usage rows in multi-row statements, each with its team's charge id; returns the
+/// request ids that were new (a request recorded before is skipped, with its charge).
+async fn insert_records(
     conn: &mut <super::Db as sqlx::Database>::Connection,
-    record: &UsageRecord,
-) -> Result<bool, StoreError> {
-    let usage = &record.usage;
-    let inserted = sqlx::query(
-        "INSERT INTO usage_events (request_id, team_id, api_key_id, model, endpoint, prompt_tokens, \
-         cached_prompt_tokens, completion_tokens, reasoning_tokens, total_tokens, cost_ticks, estimated, \
-         streamed, duration_ms, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-         ON CONFLICT (request_id) DO NOTHING",
-    )
-    .bind(record.request_id.as_uuid())
-    .bind(record.team_id.as_uuid())
-    .bind(record.api_key_id.as_uuid())
-    .bind(&record.model)
-    .bind(record.endpoint.as_str())
-    .bind(to_i64(usage.prompt_tokens, "prompt_tokens")?)
-    .bind(to_i64(usage.cached_prompt_tokens, "cached_prompt_tokens")?)
-    .bind(to_i64(usage.completion_tokens, "completion_tokens")?)
-    .bind(to_i64(usage.reasoning_tokens, "reasoning_tokens")?)
-    .bind(to_i64(usage.total_tokens(), "total_tokens")?)
-    .bind(record.cost.get())
-    .bind(record.estimated)
-    .bind(record.streamed)
-    .bind(to_i64(record.duration_ms, "duration_ms")?)
-    .bind(record.started_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(inserted.rows_affected() == 1)
+    batch: &[Charge],
+    charges: &HashMap<Uuid, Uuid>,
+) -> Result<HashSet<Uuid>, StoreError> {
+    let mut inserted = HashSet::with_capacity(batch.len());
+    for chunk in batch.chunks(ROWS_PER_INSERT) {
+        let mut rows = Vec::with_capacity(chunk.len());
+        for charge in chunk {
+            let record = &charge.record;
+            let usage = &record.usage;
+            let charge_id = (record.cost.get() > 0)
+                .then(|| charges.get(&record.team_id.as_uuid()).copied())
+                .flatten();
+            rows.push((
+                record,
+                charge_id,
+                [
+                    to_i64(usage.prompt_tokens, "prompt_tokens")?,
+                    to_i64(usage.cached_prompt_tokens, "cached_prompt_tokens")?,
+                    to_i64(usage.completion_tokens, "completion_tokens")?,
+                    to_i64(usage.reasoning_tokens, "reasoning_tokens")?,
+                    to_i64(usage.total_tokens(), "total_tokens")?,
+                    to_i64(record.duration_ms, "duration_ms")?,
+                ],
+            ));
+        }
+        let mut insert = sqlx::QueryBuilder::<super::Db>::new(
+            "INSERT INTO usage_events (request_id, team_id, api_key_id, model, endpoint, prompt_tokens, \
+             cached_prompt_tokens, completion_tokens, reasoning_tokens, total_tokens, cost_ticks, estimated, \
+             streamed, duration_ms, created_at, charge_id) ",
+        );
+        insert.push_values(&rows, |mut row, (record, charge_id, numbers)| {
+            let [prompt, cached, completion, reasoning, total, duration] = *numbers;
+            row.push_bind(record.request_id.as_uuid())
+                .push_bind(record.team_id.as_uuid())
+                .push_bind(record.api_key_id.as_uuid())
+                .push_bind(record.model.clone())
+                .push_bind(record.endpoint.as_str())
+                .push_bind(prompt)
+                .push_bind(cached)
+                .push_bind(completion)
+                .push_bind(reasoning)
+                .push_bind(total)
+                .push_bind(record.cost.get())
+                .push_bind(record.estimated)
+                .push_bind(record.streamed)
+                .push_bind(duration)
+                .push_bind(record.started_at)
+                .push_bind(*charge_id);
+        });
+        insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+        for row in insert.build().fetch_all(&mut *conn).await? {
+            inserted.insert(row.try_get("request_id")?);
+        }
+    }
+    Ok(inserted)
 }
 
-/// Charges one team's new records in `conn`'s transaction: their spend entries in consumption
-/// order, then the team's balance, lots, invoice month and leases, each moved once.
+/// Charges one team's new records of the batch as one charge, in `conn`'s transaction: spend
+/// entries for their total cost in consumption order (taking the sum at once splits it across
+/// buckets exactly as taking each request in turn would), then the team's balance, lots,
+/// invoice month and leases, each moved once.
 async fn charge_team(
     conn: &mut <super::Db as sqlx::Database>::Connection,
     team_id: TeamId,
+    charge_id: Uuid,
     charges: &[&Charge],
     at: Timestamp,
     default_hard_limit: Ticks,
@@ -55,28 +91,43 @@ async fn charge_team(
     let before = lock_funds(conn, team_id, at, at, default_hard_limit).await?;
     let mut funds = before.clone();
     let mut leases: BTreeMap<Uuid, i64> = BTreeMap::new();
+    let mut total = 0i64;
     for charge in charges {
-        let record = &charge.record;
-        for (index, part) in funds.take(record.cost).into_iter().enumerate() {
-            let entry = LedgerEntry {
-                id: Uuid::now_v7(),
-                team_id,
-                kind: EntryKind::Spend,
-                bucket: part.bucket,
-                amount: Ticks::new(-part.amount.get()),
-                idempotency_key: format!("spend:{}:{index}", record.request_id),
-                lot_id: part.lot_id,
-                expires_at: None,
-                reason: None,
-                created_at: at,
-            };
-            let actor = Actor::ApiKey { id: record.api_key_id };
-            insert_entry(conn, &entry, &actor, Some(record.request_id.as_uuid())).await?;
-        }
+        let cost = charge.record.cost.get();
+        total = total.saturating_add(cost);
         if let Some(lease) = charge.lease_id {
             let spent = leases.entry(lease).or_default();
-            *spent = spent.saturating_add(record.cost.get());
+            *spent = spent.saturating_add(cost);
         }
+    }
+    // Spend names the key when one key made every request of the charge.
+    let key = charges.first().map(|c| c.record.api_key_id);
+    let actor = match key {
+        Some(id) if charges.iter().all(|c| c.record.api_key_id == id) => Actor::ApiKey { id },
+        _ => Actor::System,
+    };
+    let parts = funds.take(Ticks::new(total));
+    let mut insert = sqlx::QueryBuilder::<super::Db>::new(
+        "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, \
+         reason, actor_kind, actor_id, created_at, charge_id) ",
+    );
+    insert.push_values(parts.iter().enumerate(), |mut row, (index, part)| {
+        row.push_bind(Uuid::now_v7())
+            .push_bind(team_id.as_uuid())
+            .push_bind(EntryKind::Spend.as_str())
+            .push_bind(part.bucket.as_str())
+            .push_bind(-part.amount.get())
+            .push_bind(format!("spend:{charge_id}:{index}"))
+            .push_bind(part.lot_id)
+            .push_bind(None::<Timestamp>)
+            .push_bind(format!("{} requests", charges.len()))
+            .push_bind(actor.kind())
+            .push_bind(actor.id())
+            .push_bind(at)
+            .push_bind(charge_id);
+    });
+    if !parts.is_empty() {
+        insert.build().execute(&mut *conn).await?;
     }
     let mut promo_moved = 0i64;
     for ((lot, was), (_, now)) in before.lots.iter().zip(&funds.lots) {
@@ -130,15 +181,31 @@ impl UsageStore for SqlStore {
             return Ok(());
         }
         let mut tx = self.write.begin().await?;
+        // One charge per team with a cost in the batch.
+        let charges: HashMap<Uuid, Uuid> = batch
+            .iter()
+            .filter(|charge| charge.record.cost.get() > 0)
+            .map(|charge| (charge.record.team_id.as_uuid(), Uuid::now_v7()))
+            .collect();
+        let new = insert_records(&mut tx, batch, &charges).await?;
         // Teams in id order, so two nodes' batches lock them in the same order.
         let mut teams: BTreeMap<Uuid, Vec<&Charge>> = BTreeMap::new();
         for charge in batch {
-            if insert_record(&mut tx, &charge.record).await? && charge.record.cost.get() > 0 {
+            if charge.record.cost.get() > 0 && new.contains(&charge.record.request_id.as_uuid()) {
                 teams.entry(charge.record.team_id.as_uuid()).or_default().push(charge);
             }
         }
-        for (team, charges) in teams {
-            charge_team(&mut tx, TeamId::from_uuid(team), &charges, at, default_hard_limit).await?;
+        for (team, team_charges) in teams {
+            let charge_id = charges.get(&team).copied().unwrap_or_else(Uuid::now_v7);
+            charge_team(
+                &mut tx,
+                TeamId::from_uuid(team),
+                charge_id,
+                &team_charges,
+                at,
+                default_hard_limit,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -418,6 +418,121 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
     assert_eq!(store.verify_ledger().await.unwrap(), None);
 }
 
+/// One batch charges many teams at once, each in its consumption order: prepaid credit,
+/// promotional lots then the invoice, the invoice alone.
+pub async fn one_batch_charges_many_teams(store: &dyn Store) {
+    let mut teams = Vec::new();
+    for name in ["batch-a", "batch-b", "batch-c"] {
+        let (user, team) = seed_user(store, &format!("{name}@example.com")).await;
+        let key = api_key(&team, &user, &[]);
+        store
+            .insert_api_key(
+                &key,
+                &fresh_hash(),
+                &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
+            )
+            .await
+            .unwrap();
+        teams.push((team, key));
+    }
+    let entry = |team: TeamId, amount: i64, promo: bool| tollgate_domain::LedgerEntry {
+        id: Uuid::now_v7(),
+        team_id: team,
+        kind: if promo {
+            tollgate_domain::EntryKind::PromoGrant
+        } else {
+            tollgate_domain::EntryKind::Adjustment
+        },
+        bucket: if promo {
+            tollgate_domain::Bucket::Promo
+        } else {
+            tollgate_domain::Bucket::Prepaid
+        },
+        amount: Ticks::new(amount),
+        idempotency_key: format!("test:{}", Uuid::now_v7()),
+        lot_id: None,
+        expires_at: promo.then(|| at(10_000)),
+        reason: Some("test".into()),
+        created_at: at(1),
+    };
+    let grant = |team: TeamId, amount, promo| {
+        let mut entry = entry(team, amount, promo);
+        if promo {
+            entry.lot_id = Some(entry.id);
+        }
+        entry
+    };
+    for (team, amount, promo) in [(teams[0].0.id, 100, false), (teams[1].0.id, 50, true)] {
+        store
+            .append_ledger_entry(
+                &grant(team, amount, promo),
+                &audit(Some(team), AuditAction::GrantCredits, at(1)),
+            )
+            .await
+            .unwrap();
+    }
+    let charge = |index: usize, cost: i64| crate::Charge {
+        record: UsageRecord {
+            request_id: RequestId::new(),
+            team_id: teams[index].0.id,
+            api_key_id: teams[index].1.id,
+            model: "grok-test".into(),
+            endpoint: tollgate_domain::Endpoint::Chat,
+            usage: TokenUsage::default(),
+            cost: Ticks::new(cost),
+            estimated: false,
+            streamed: false,
+            started_at: at(2),
+            duration_ms: 1,
+        },
+        lease_id: None,
+    };
+    let batch = [charge(0, 30), charge(1, 70), charge(0, 30), charge(2, 40)];
+    store
+        .insert_usage_batch(&batch, at(3), Ticks::new(1_000))
+        .await
+        .unwrap();
+    store
+        .insert_usage_batch(&batch, at(4), Ticks::new(1_000))
+        .await
+        .unwrap();
+    let balance = |index: usize| {
+        let team = teams[index].0.id;
+        async move { store.balance(team).await.unwrap() }
+    };
+    assert_eq!(balance(0).await.prepaid, Ticks::new(40));
+    assert_eq!(
+        (balance(1).await.prepaid, balance(1).await.promo),
+        (Ticks::ZERO, Ticks::ZERO)
+    );
+    assert_eq!(balance(2).await.prepaid, Ticks::ZERO);
+    let buckets = |index: usize| {
+        let team = teams[index].0.id;
+        async move {
+            let mut spends: Vec<(tollgate_domain::Bucket, i64)> = store
+                .ledger_entries(team, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == tollgate_domain::EntryKind::Spend)
+                .map(|e| (e.bucket, e.amount.get()))
+                .collect();
+            spends.sort_by_key(|(bucket, _)| bucket.as_str());
+            spends
+        }
+    };
+    assert_eq!(buckets(0).await, [(tollgate_domain::Bucket::Prepaid, -60)]);
+    assert_eq!(
+        buckets(1).await,
+        [
+            (tollgate_domain::Bucket::Invoice, -20),
+            (tollgate_domain::Bucket::Promo, -50)
+        ]
+    );
+    assert_eq!(buckets(2).await, [(tollgate_domain::Bucket::Invoice, -40)]);
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
+}
+
 /// Leases never lend more than a team may spend; spends shrink them, expiry and return free
 /// them, and a lease that expired cannot be renewed.
 pub async fn credit_leases_lend_only_what_is_spendable(store: &dyn Store) {
@@ -1284,6 +1399,7 @@ macro_rules! for_each_conformance_case {
             management_keys_round_trip,
             usage_is_idempotent_per_request,
             credit_leases_lend_only_what_is_spendable,
+            one_batch_charges_many_teams,
             audit_events_round_trip,
             api_key_lifecycle,
             mail_outbox_claims_retries_and_gives_up,

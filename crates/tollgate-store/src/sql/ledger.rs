@@ -2,6 +2,8 @@
 
 use async_trait::async_trait;
 use sqlx::Row as _;
+use std::collections::BTreeMap;
+
 use tollgate_domain::{
     AuditEvent, Balance, Funds, LedgerEntry, MonthlySpend, SpendingLimits, TeamId, Ticks, Timestamp, billing_month,
 };
@@ -117,62 +119,110 @@ pub(super) async fn lock_funds(
     lot_horizon: Timestamp,
     default_hard_limit: Ticks,
 ) -> Result<Funds, StoreError> {
+    let mut funds = lock_funds_of(conn, &[team_id.as_uuid()], now, lot_horizon, default_hard_limit).await?;
+    funds.remove(&team_id.as_uuid()).ok_or(StoreError::NotFound)
+}
+
+/// [`lock_funds`] for many teams (in id order, so concurrent writers lock them in one order),
+/// in a fixed number of statements however many teams.
+pub(super) async fn lock_funds_of(
+    conn: &mut <super::Db as sqlx::Database>::Connection,
+    teams: &[Uuid],
+    now: Timestamp,
+    lot_horizon: Timestamp,
+    default_hard_limit: Ticks,
+) -> Result<BTreeMap<Uuid, Funds>, StoreError> {
+    let mut teams = teams.to_vec();
+    teams.sort_unstable();
+    teams.dedup();
+    let mut funds = BTreeMap::new();
+    if teams.is_empty() {
+        return Ok(funds);
+    }
+    let in_teams = |query: &mut sqlx::QueryBuilder<'_, super::Db>| {
+        query.push(" team_id IN (");
+        let mut list = query.separated(", ");
+        for team in &teams {
+            list.push_bind(*team);
+        }
+        list.push_unseparated(")");
+    };
     // A write first: on SQLite the transaction then holds the write lock from its start (a
     // read that later writes may find another process's commit in its way).
-    sqlx::query(
-        "INSERT INTO team_balances (team_id, prepaid, promo, updated_at) VALUES ($1, 0, 0, $2) \
-         ON CONFLICT (team_id) DO NOTHING",
-    )
-    .bind(team_id.as_uuid())
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    let balance = sqlx::query(&format!(
-        "SELECT prepaid, promo FROM team_balances WHERE team_id = $1{LOCK}"
-    ))
-    .bind(team_id.as_uuid())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let balance = balance.ok_or(StoreError::NotFound)?;
-    let prepaid: i64 = balance.try_get("prepaid")?;
-    let promo: i64 = balance.try_get("promo")?;
-    let lots = if promo > 0 {
-        sqlx::query(&format!(
-            "SELECT id, remaining FROM credit_lots WHERE team_id = $1 AND remaining > 0 AND expires_at > $2 \
-             ORDER BY expires_at, id{LOCK}"
-        ))
-        .bind(team_id.as_uuid())
-        .bind(lot_horizon)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| Ok((row.try_get("id")?, Ticks::new(row.try_get("remaining")?))))
-        .collect::<Result<Vec<_>, StoreError>>()?
-    } else {
-        Vec::new()
-    };
-    // The limits and what the month's invoice holds, in one trip.
-    let row = sqlx::query(
-        "SELECT l.soft_limit AS soft_limit, l.hard_override AS hard_override, m.owed AS owed \
-         FROM (SELECT 1 AS one) AS one \
-         LEFT JOIN team_spending_limits l ON l.team_id = $1 \
-         LEFT JOIN invoice_months m ON m.team_id = $1 AND m.month = $2",
-    )
-    .bind(team_id.as_uuid())
-    .bind(billing_month(now))
-    .fetch_one(&mut *conn)
-    .await?;
-    let limits = SpendingLimits {
-        hard_auto: default_hard_limit,
-        hard_override: row.try_get::<Option<i64>, _>("hard_override")?.map(Ticks::new),
-        soft: row.try_get::<Option<i64>, _>("soft_limit")?.map(Ticks::new),
-    };
-    let owed = row.try_get::<Option<i64>, _>("owed")?.unwrap_or(0);
-    Ok(Funds {
-        lots,
-        prepaid: Ticks::new(prepaid),
-        invoice_headroom: Ticks::new(limits.effective().get().saturating_sub(owed)),
-    })
+    let mut create =
+        sqlx::QueryBuilder::<super::Db>::new("INSERT INTO team_balances (team_id, prepaid, promo, updated_at) ");
+    create.push_values(&teams, |mut row, team| {
+        row.push_bind(*team).push_bind(0i64).push_bind(0i64).push_bind(now);
+    });
+    create.push(" ON CONFLICT (team_id) DO NOTHING");
+    create.build().execute(&mut *conn).await?;
+    let mut balances = sqlx::QueryBuilder::<super::Db>::new("SELECT team_id, prepaid, promo FROM team_balances WHERE");
+    in_teams(&mut balances);
+    balances.push(" ORDER BY team_id");
+    balances.push(LOCK);
+    let mut with_promo = Vec::new();
+    for row in balances.build().fetch_all(&mut *conn).await? {
+        let team: Uuid = row.try_get("team_id")?;
+        if row.try_get::<i64, _>("promo")? > 0 {
+            with_promo.push(team);
+        }
+        funds.insert(
+            team,
+            Funds {
+                lots: Vec::new(),
+                prepaid: Ticks::new(row.try_get("prepaid")?),
+                invoice_headroom: default_hard_limit,
+            },
+        );
+    }
+    if !with_promo.is_empty() {
+        let mut lots = sqlx::QueryBuilder::<super::Db>::new(
+            "SELECT team_id, id, remaining FROM credit_lots WHERE remaining > 0 AND expires_at > ",
+        );
+        lots.push_bind(lot_horizon);
+        lots.push(" AND team_id IN (");
+        let mut list = lots.separated(", ");
+        for team in &with_promo {
+            list.push_bind(*team);
+        }
+        list.push_unseparated(")");
+        lots.push(" ORDER BY team_id, expires_at, id");
+        lots.push(LOCK);
+        for row in lots.build().fetch_all(&mut *conn).await? {
+            let team: Uuid = row.try_get("team_id")?;
+            if let Some(funds) = funds.get_mut(&team) {
+                funds
+                    .lots
+                    .push((row.try_get("id")?, Ticks::new(row.try_get("remaining")?)));
+            }
+        }
+    }
+    let mut limits = sqlx::QueryBuilder::<super::Db>::new(
+        "SELECT team_id, soft_limit, hard_override FROM team_spending_limits WHERE",
+    );
+    in_teams(&mut limits);
+    for row in limits.build().fetch_all(&mut *conn).await? {
+        let team: Uuid = row.try_get("team_id")?;
+        if let Some(funds) = funds.get_mut(&team) {
+            let limits = SpendingLimits {
+                hard_auto: default_hard_limit,
+                hard_override: row.try_get::<Option<i64>, _>("hard_override")?.map(Ticks::new),
+                soft: row.try_get::<Option<i64>, _>("soft_limit")?.map(Ticks::new),
+            };
+            funds.invoice_headroom = limits.effective();
+        }
+    }
+    let mut owed = sqlx::QueryBuilder::<super::Db>::new("SELECT team_id, owed FROM invoice_months WHERE month = ");
+    owed.push_bind(billing_month(now));
+    owed.push(" AND");
+    in_teams(&mut owed);
+    for row in owed.build().fetch_all(&mut *conn).await? {
+        let team: Uuid = row.try_get("team_id")?;
+        if let Some(funds) = funds.get_mut(&team) {
+            funds.invoice_headroom = Ticks::new(funds.invoice_headroom.get().saturating_sub(row.try_get("owed")?));
+        }
+    }
+    Ok(funds)
 }
 
 /// `created_at`'s billing month (`2026-11`, UTC). SQLite stores the instant as RFC 3339 text in
@@ -424,7 +474,6 @@ impl LedgerStore for SqlStore {
     }
 
     async fn verify_ledger(&self) -> Result<Option<String>, StoreError> {
-        use std::collections::BTreeMap;
         // One snapshot for the three reads, so a server writing meanwhile raises no false alarm.
         let mut tx = self.read.begin().await?;
         if BACKEND == crate::Backend::Postgres {

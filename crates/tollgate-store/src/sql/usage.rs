@@ -3,12 +3,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
-use tollgate_domain::{Actor, EntryKind, TeamId, Ticks, Timestamp, UsageRecord, billing_month};
+use tollgate_domain::{Actor, EntryKind, Funds, TeamId, Ticks, Timestamp, UsageRecord, billing_month};
 use uuid::Uuid;
 
 use sqlx::Row as _;
 
-use super::ledger::{lock_funds, move_balance};
+use super::ledger::lock_funds_of;
 use super::{SqlStore, to_i64, usage_from_row};
 use crate::{Charge, StoreError, UsageStore};
 
@@ -76,19 +76,23 @@ async fn insert_records(
     Ok(inserted)
 }
 
-/// Charges one team's new records of the batch as one charge, in `conn`'s transaction: spend
-/// entries for their total cost in consumption order (taking the sum at once splits it across
-/// buckets exactly as taking each request in turn would), then the team's balance, lots,
-/// invoice month and leases, each moved once.
-async fn charge_team(
-    conn: &mut <super::Db as sqlx::Database>::Connection,
-    team_id: TeamId,
+/// What one team's charge changes, computed in memory from its locked funds.
+struct TeamCharge {
+    team_id: Uuid,
     charge_id: Uuid,
-    charges: &[&Charge],
-    at: Timestamp,
-    default_hard_limit: Ticks,
-) -> Result<(), StoreError> {
-    let before = lock_funds(conn, team_id, at, at, default_hard_limit).await?;
+    prepaid_moved: i64,
+    promo_moved: i64,
+    invoiced: i64,
+    lots: Vec<(Uuid, i64)>,
+    leases: BTreeMap<Uuid, i64>,
+    parts: Vec<tollgate_domain::SpendPart>,
+    actor: Actor,
+    requests: usize,
+}
+
+/// Works out one team's charge: its requests' total cost taken in consumption order (taking
+/// the sum at once splits it across buckets exactly as taking each request in turn would).
+fn team_charge(team_id: Uuid, charge_id: Uuid, charges: &[&Charge], before: &Funds) -> TeamCharge {
     let mut funds = before.clone();
     let mut leases: BTreeMap<Uuid, i64> = BTreeMap::new();
     let mut total = 0i64;
@@ -100,71 +104,166 @@ async fn charge_team(
             *spent = spent.saturating_add(cost);
         }
     }
+    let parts = funds.take(Ticks::new(total));
+    let mut lots = Vec::new();
+    let mut promo_moved = 0i64;
+    for ((lot, was), (_, now)) in before.lots.iter().zip(&funds.lots) {
+        if was != now {
+            promo_moved += now.get() - was.get();
+            lots.push((*lot, now.get()));
+        }
+    }
     // Spend names the key when one key made every request of the charge.
     let key = charges.first().map(|c| c.record.api_key_id);
     let actor = match key {
         Some(id) if charges.iter().all(|c| c.record.api_key_id == id) => Actor::ApiKey { id },
         _ => Actor::System,
     };
-    let parts = funds.take(Ticks::new(total));
-    let mut insert = sqlx::QueryBuilder::<super::Db>::new(
-        "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, \
-         reason, actor_kind, actor_id, created_at, charge_id) ",
-    );
-    insert.push_values(parts.iter().enumerate(), |mut row, (index, part)| {
-        row.push_bind(Uuid::now_v7())
-            .push_bind(team_id.as_uuid())
-            .push_bind(EntryKind::Spend.as_str())
-            .push_bind(part.bucket.as_str())
-            .push_bind(-part.amount.get())
-            .push_bind(format!("spend:{charge_id}:{index}"))
-            .push_bind(part.lot_id)
-            .push_bind(None::<Timestamp>)
-            .push_bind(format!("{} requests", charges.len()))
-            .push_bind(actor.kind())
-            .push_bind(actor.id())
-            .push_bind(at)
-            .push_bind(charge_id);
-    });
-    if !parts.is_empty() {
+    TeamCharge {
+        team_id,
+        charge_id,
+        prepaid_moved: funds.prepaid.get() - before.prepaid.get(),
+        promo_moved,
+        invoiced: before.invoice_headroom.get() - funds.invoice_headroom.get(),
+        lots,
+        leases,
+        parts,
+        actor,
+        requests: charges.len(),
+    }
+}
+
+/// `UPDATE table SET … FROM (VALUES …) AS v WHERE …` over `rows`, in chunks: one statement per
+/// chunk however many rows (both databases name a VALUES list's columns `column1`, …).
+async fn update_from_values<T>(
+    conn: &mut <super::Db as sqlx::Database>::Connection,
+    head: &str,
+    tail: &str,
+    rows: &[T],
+    mut bind: impl FnMut(&mut sqlx::query_builder::Separated<'_, '_, super::Db, &'static str>, &T),
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut update = sqlx::QueryBuilder::<super::Db>::new(head);
+        update.push(" FROM (");
+        update.push_values(chunk, |mut row, value| bind(&mut row, value));
+        update.push(") AS v WHERE ");
+        update.push(tail);
+        update.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Charges every team's new records of a batch, in `conn`'s transaction, in a fixed number of
+/// statements however many teams: their funds locked and read at once, each team's spend
+/// entries inserted, and balances, lots, invoice months and leases moved once each.
+async fn charge_teams(
+    conn: &mut <super::Db as sqlx::Database>::Connection,
+    teams: &BTreeMap<Uuid, Vec<&Charge>>,
+    charge_ids: &HashMap<Uuid, Uuid>,
+    at: Timestamp,
+    default_hard_limit: Ticks,
+) -> Result<(), StoreError> {
+    let ids: Vec<Uuid> = teams.keys().copied().collect();
+    let funds = lock_funds_of(conn, &ids, at, at, default_hard_limit).await?;
+    let mut charges = Vec::with_capacity(teams.len());
+    for (team, requests) in teams {
+        let before = funds.get(team).ok_or(StoreError::NotFound)?;
+        let charge_id = charge_ids.get(team).copied().unwrap_or_else(Uuid::now_v7);
+        charges.push(team_charge(*team, charge_id, requests, before));
+    }
+
+    let spends: Vec<(&TeamCharge, usize, &tollgate_domain::SpendPart)> = charges
+        .iter()
+        .flat_map(|charge| {
+            charge
+                .parts
+                .iter()
+                .enumerate()
+                .map(move |(index, part)| (charge, index, part))
+        })
+        .collect();
+    for chunk in spends.chunks(ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<super::Db>::new(
+            "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, \
+             reason, actor_kind, actor_id, created_at, charge_id) ",
+        );
+        insert.push_values(chunk, |mut row, (charge, index, part)| {
+            row.push_bind(Uuid::now_v7())
+                .push_bind(charge.team_id)
+                .push_bind(EntryKind::Spend.as_str())
+                .push_bind(part.bucket.as_str())
+                .push_bind(-part.amount.get())
+                .push_bind(format!("spend:{}:{index}", charge.charge_id))
+                .push_bind(part.lot_id)
+                .push_bind(None::<Timestamp>)
+                .push_bind(format!("{} requests", charge.requests))
+                .push_bind(charge.actor.kind())
+                .push_bind(charge.actor.id())
+                .push_bind(at)
+                .push_bind(charge.charge_id);
+        });
         insert.build().execute(&mut *conn).await?;
     }
-    let mut promo_moved = 0i64;
-    for ((lot, was), (_, now)) in before.lots.iter().zip(&funds.lots) {
-        if was != now {
-            promo_moved += now.get() - was.get();
-            sqlx::query("UPDATE credit_lots SET remaining = $1 WHERE id = $2")
-                .bind(now.get())
-                .bind(lot)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
-    let prepaid_moved = funds.prepaid.get() - before.prepaid.get();
-    if prepaid_moved != 0 || promo_moved != 0 {
-        move_balance(conn, team_id, prepaid_moved, promo_moved, at).await?;
-    }
-    let invoiced = before.invoice_headroom.get() - funds.invoice_headroom.get();
-    if invoiced > 0 {
-        sqlx::query(
-            "INSERT INTO invoice_months (team_id, month, owed, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (team_id, month) DO UPDATE SET owed = invoice_months.owed + $3, updated_at = $4",
-        )
-        .bind(team_id.as_uuid())
-        .bind(billing_month(at))
-        .bind(invoiced)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-    }
-    for (lease, spent) in leases {
-        sqlx::query(
-            "UPDATE credit_leases SET amount = CASE WHEN amount > $1 THEN amount - $1 ELSE 0 END WHERE id = $2",
-        )
-        .bind(spent)
-        .bind(lease)
-        .execute(&mut *conn)
-        .await?;
+
+    let balances: Vec<&TeamCharge> = charges
+        .iter()
+        .filter(|c| c.prepaid_moved != 0 || c.promo_moved != 0)
+        .collect();
+    update_from_values(
+        conn,
+        "UPDATE team_balances SET prepaid = team_balances.prepaid + v.column2, \
+         promo = team_balances.promo + v.column3, updated_at = v.column4",
+        "team_balances.team_id = v.column1",
+        &balances,
+        |row, charge| {
+            row.push_bind(charge.team_id)
+                .push_bind(charge.prepaid_moved)
+                .push_bind(charge.promo_moved)
+                .push_bind(at);
+        },
+    )
+    .await?;
+    let lots: Vec<(Uuid, i64)> = charges.iter().flat_map(|c| c.lots.iter().copied()).collect();
+    update_from_values(
+        conn,
+        "UPDATE credit_lots SET remaining = v.column2",
+        "credit_lots.id = v.column1",
+        &lots,
+        |row, (lot, remaining)| {
+            row.push_bind(*lot).push_bind(*remaining);
+        },
+    )
+    .await?;
+    let leases: Vec<(Uuid, i64)> = charges
+        .iter()
+        .flat_map(|c| c.leases.iter().map(|(lease, spent)| (*lease, *spent)))
+        .collect();
+    update_from_values(
+        conn,
+        "UPDATE credit_leases SET amount = CASE WHEN credit_leases.amount > v.column2 \
+         THEN credit_leases.amount - v.column2 ELSE 0 END",
+        "credit_leases.id = v.column1",
+        &leases,
+        |row, (lease, spent)| {
+            row.push_bind(*lease).push_bind(*spent);
+        },
+    )
+    .await?;
+    let invoiced: Vec<&TeamCharge> = charges.iter().filter(|c| c.invoiced > 0).collect();
+    for chunk in invoiced.chunks(ROWS_PER_INSERT) {
+        let mut upsert =
+            sqlx::QueryBuilder::<super::Db>::new("INSERT INTO invoice_months (team_id, month, owed, updated_at) ");
+        upsert.push_values(chunk, |mut row, charge| {
+            row.push_bind(charge.team_id)
+                .push_bind(billing_month(at))
+                .push_bind(charge.invoiced)
+                .push_bind(at);
+        });
+        upsert.push(
+            " ON CONFLICT (team_id, month) DO UPDATE SET owed = invoice_months.owed + excluded.owed, \
+             updated_at = excluded.updated_at",
+        );
+        upsert.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -195,18 +294,7 @@ impl UsageStore for SqlStore {
                 teams.entry(charge.record.team_id.as_uuid()).or_default().push(charge);
             }
         }
-        for (team, team_charges) in teams {
-            let charge_id = charges.get(&team).copied().unwrap_or_else(Uuid::now_v7);
-            charge_team(
-                &mut tx,
-                TeamId::from_uuid(team),
-                charge_id,
-                &team_charges,
-                at,
-                default_hard_limit,
-            )
-            .await?;
-        }
+        charge_teams(&mut tx, &teams, &charges, at, default_hard_limit).await?;
         tx.commit().await?;
         Ok(())
     }

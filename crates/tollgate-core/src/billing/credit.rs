@@ -23,6 +23,9 @@ use tollgate_domain::{Clock, TeamId, Ticks};
 use tollgate_store::{LeaseGrant, LeaseRequest, Store, StoreError};
 use uuid::Uuid;
 
+/// A lease grows by at least this many holds of the request that grows it.
+const LEASE_HOLDS: i64 = 8;
+
 /// How leases are sized in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CreditSettings {
@@ -239,8 +242,10 @@ impl Credits {
             (lease.map(|l| l.id), lease.map_or(0, |l| l.granted), state.held)
         };
         let need = amount.saturating_add(held).saturating_sub(granted).max(0);
-        // Grow geometrically: a busy team costs a database trip per doubling, not per request.
-        let want = need.saturating_add(amount.max(granted));
+        // Grow geometrically, and by several holds at least: a busy team costs a database trip
+        // per doubling, and a quiet one a trip per few requests (holds are worst cases, so a
+        // lease of a few outlasts many actual costs), not one per request.
+        let want = need.saturating_add(amount.saturating_mul(LEASE_HOLDS).max(granted));
         let settings = self.inner.settings;
         let now = self.inner.clock.now();
         let asked_at = Instant::now();

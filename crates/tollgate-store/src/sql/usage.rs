@@ -164,7 +164,16 @@ async fn charge_teams(
     default_hard_limit: Ticks,
 ) -> Result<(), StoreError> {
     let ids: Vec<Uuid> = teams.keys().copied().collect();
-    let funds = lock_funds_of(conn, &ids, at, at, default_hard_limit).await?;
+    let spends: BTreeMap<Uuid, i64> = teams
+        .iter()
+        .map(|(team, charges)| {
+            let total = charges
+                .iter()
+                .fold(0i64, |sum, c| sum.saturating_add(c.record.cost.get()));
+            (*team, total)
+        })
+        .collect();
+    let funds = lock_funds_of(conn, &ids, at, at, default_hard_limit, Some(&spends)).await?;
     let mut charges = Vec::with_capacity(teams.len());
     for (team, requests) in teams {
         let before = funds.get(team).ok_or(StoreError::NotFound)?;

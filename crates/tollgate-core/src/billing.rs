@@ -5,4 +5,4 @@ pub mod credit;
 pub mod ledger;
 
 pub use credit::{CreditError, CreditSettings, Credits, Hold};
-pub use ledger::{Ledger, LedgerError, TeamCredit};
+pub use ledger::{InvoicePreview, Ledger, LedgerError, TeamCredit};

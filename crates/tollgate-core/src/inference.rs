@@ -276,7 +276,13 @@ impl Inference {
             started_at: admission.started_at,
             duration_ms: u64::try_from(admission.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
-        self.usage.record(record, admission.hold.lease_id()).await?;
+        self.usage
+            .record(tollgate_store::Charge {
+                record,
+                pricing: admission.pricing,
+                lease_id: admission.hold.lease_id(),
+            })
+            .await?;
         let beyond_hold = Ticks::new(cost.get().saturating_sub(admission.hold.amount().get()).max(0));
         let key_id = admission.key.id;
         self.credits.settled(admission.hold, cost);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tollgate_domain::{Clock, Ticks, UsageRecord};
+use tollgate_domain::{Clock, Ticks};
 use tollgate_store::{Charge, Store, StoreError};
 
 /// Most records written in one transaction.
@@ -60,15 +60,12 @@ impl UsageRecorder {
         (Self { jobs }, task)
     }
 
-    /// Stores `record` and its spend (drawn on the lease `lease_id`) durably; returns once it
-    /// is committed.
-    pub async fn record(&self, record: UsageRecord, lease_id: Option<uuid::Uuid>) -> Result<(), UsageError> {
+    /// Stores `charge` (a usage record, its prices, and the lease its spend draws on) durably;
+    /// returns once it is committed.
+    pub async fn record(&self, charge: Charge) -> Result<(), UsageError> {
         let (done, committed) = oneshot::channel();
         self.jobs
-            .send(Job {
-                charge: Charge { record, lease_id },
-                done,
-            })
+            .send(Job { charge, done })
             .await
             .map_err(|_| UsageError::Stopped)?;
         committed.await.map_err(|_| UsageError::Stopped)?

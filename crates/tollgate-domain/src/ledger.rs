@@ -201,6 +201,71 @@ impl MonthlySpend {
     }
 }
 
+/// The first instant of the billing month `at` falls in, and of the next one (UTC).
+#[must_use]
+pub fn month_bounds(at: Timestamp) -> (Timestamp, Timestamp) {
+    use chrono::{Datelike as _, TimeZone as _};
+    let start = |year: i32, month: u32| {
+        chrono::Utc
+            .with_ymd_and_hms(year, month, 1, 0, 0, 0)
+            .single()
+            .unwrap_or(at)
+    };
+    let (year, month) = (at.year(), at.month());
+    let next = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    (start(year, month), start(next.0, next.1))
+}
+
+/// The kinds of tokens an invoice line counts, each at its own price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TokenKind {
+    /// Prompt tokens not served from a cache.
+    Prompt,
+    /// Prompt tokens served from the upstream's cache.
+    CachedPrompt,
+    /// Completion and reasoning tokens.
+    Completion,
+}
+
+impl TokenKind {
+    /// How a line names it.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            TokenKind::Prompt => "prompt tokens",
+            TokenKind::CachedPrompt => "cached prompt tokens",
+            TokenKind::Completion => "completion tokens",
+        }
+    }
+}
+
+/// One line of a month's invoice: a model's tokens of one kind at one price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceLine {
+    /// The model.
+    pub model: String,
+    /// Which tokens.
+    pub kind: TokenKind,
+    /// Ticks per token (xAI's price unit, 1e-4 USD per million tokens).
+    pub unit_price: Ticks,
+    /// How many.
+    pub tokens: u64,
+    /// `tokens × unit_price`, exactly.
+    pub amount: Ticks,
+}
+
+/// What a team's month so far comes to: the lines of every request charged in it, and how the
+/// charges were paid. The lines sum to `credit_used + invoiced` exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MonthUsage {
+    /// Per model, token kind and price.
+    pub lines: Vec<InvoiceLine>,
+    /// Paid from promotional and prepaid credit.
+    pub credit_used: Ticks,
+    /// Left to the month's invoice.
+    pub invoiced: Ticks,
+}
+
 /// The billing month a moment falls in (`2026-11`, UTC): invoices and spend are per month.
 #[must_use]
 pub fn billing_month(at: Timestamp) -> String {
@@ -444,6 +509,20 @@ mod tests {
             invoice_headroom: Ticks::new(10),
         };
         assert_eq!(funds.spendable(), Ticks::new(6));
+    }
+
+    #[test]
+    fn months_are_bounded_in_utc() {
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().to_utc();
+        assert_eq!(
+            month_bounds(at("2026-11-29T17:00:00Z")),
+            (at("2026-11-01T00:00:00Z"), at("2026-12-01T00:00:00Z"))
+        );
+        assert_eq!(
+            month_bounds(at("2026-12-31T23:59:59Z")),
+            (at("2026-12-01T00:00:00Z"), at("2027-01-01T00:00:00Z"))
+        );
+        assert_eq!(billing_month(at("2026-02-03T00:00:00Z")), "2026-02");
     }
 
     #[test]

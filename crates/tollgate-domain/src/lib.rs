@@ -46,7 +46,8 @@ pub use ids::{
 };
 pub use key_policy::{KeyPolicy, KeyShape, PolicyViolation};
 pub use ledger::{
-    Balance, Bucket, EntryKind, Funds, LedgerEntry, MonthlySpend, SpendPart, SpendingLimits, billing_month,
+    Balance, Bucket, EntryKind, Funds, InvoiceLine, LedgerEntry, MonthUsage, MonthlySpend, SpendPart, SpendingLimits,
+    TokenKind, billing_month, month_bounds,
 };
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use serde::Deserialize;
 use serde::Serialize;
-use tollgate_core::billing::{LedgerError, TeamCredit};
+use tollgate_core::billing::{InvoicePreview, LedgerError, TeamCredit};
 use tollgate_domain::{EntryKind, SpendingLimits, TeamId, Ticks};
 
 use crate::AppState;
@@ -32,6 +32,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route(
             "/api/teams/{team_id}/billing/spending-limits",
             get(team_spending_limits).post(team_set_spending_limit),
+        )
+        .route(
+            "/v1/billing/teams/{team_id}/postpaid/invoice/preview",
+            get(invoice_preview),
+        )
+        .route(
+            "/api/teams/{team_id}/billing/invoice/preview",
+            get(team_invoice_preview),
         )
 }
 
@@ -304,4 +312,128 @@ pub(crate) async fn team_set_spending_limit(
     Ok(Json(SetSpendingLimitAnswer {
         this_bp_soft_spending_limit: CentView::of(limits.effective()),
     }))
+}
+
+/// One line of the month's invoice: a model's tokens of one kind at one price.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InvoiceLineView {
+    /// Who serves it (the operator's product name).
+    cluster_name: String,
+    /// `<model> <token kind>`, e.g. `grok-4 prompt tokens`.
+    description: String,
+    /// Always `tokens`.
+    unit_type: &'static str,
+    /// USD ticks per token: xAI's price unit, 1e-4 USD per million tokens.
+    unit_price: String,
+    /// Tokens.
+    num_units: String,
+    /// Cents, rounded half away from zero from the exact amount.
+    amount: String,
+    /// The exact amount, in USD ticks (1e-10 USD).
+    amount_in_usd_ticks: String,
+}
+
+/// The month's invoice so far (xAI's `coreInvoice`); amounts in cents.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CoreInvoiceView {
+    lines: Vec<InvoiceLineView>,
+    /// Every line: what the month's requests cost.
+    amount_before_vat: String,
+    /// Tax is not computed yet.
+    vat_cost: String,
+    amount_after_vat: String,
+    /// Credit left (prepaid and promotional).
+    prepaid_credits: CentView,
+    /// What the month's requests took from credit.
+    prepaid_credits_used: CentView,
+    /// What the month leaves to be invoiced.
+    total_with_corr: CentView,
+}
+
+/// The billing cycle: a calendar month in UTC.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct BillingCycleView {
+    year: i32,
+    month: u32,
+}
+
+/// `GET …/postpaid/invoice/preview` answer (xAI's shape).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InvoicePreviewView {
+    core_invoice: CoreInvoiceView,
+    /// Cents.
+    effective_spending_limit: String,
+    billing_cycle: BillingCycleView,
+}
+
+fn invoice_preview_view(preview: &InvoicePreview, cluster: &str) -> Result<InvoicePreviewView, XaiError> {
+    use chrono::Datelike as _;
+    let overflow = || XaiError::internal(anyhow::anyhow!("the invoice overflows"));
+    let usage = &preview.usage;
+    let total = usage
+        .lines
+        .iter()
+        .try_fold(Ticks::ZERO, |sum, line| sum.checked_add(line.amount))
+        .map_err(|_| overflow())?;
+    let cents = |amount: Ticks| amount.to_cents_rounded().to_string();
+    Ok(InvoicePreviewView {
+        core_invoice: CoreInvoiceView {
+            lines: usage
+                .lines
+                .iter()
+                .map(|line| InvoiceLineView {
+                    cluster_name: cluster.to_owned(),
+                    description: format!("{} {}", line.model, line.kind.label()),
+                    unit_type: "tokens",
+                    unit_price: line.unit_price.get().to_string(),
+                    num_units: line.tokens.to_string(),
+                    amount: cents(line.amount),
+                    amount_in_usd_ticks: line.amount.get().to_string(),
+                })
+                .collect(),
+            amount_before_vat: cents(total),
+            vat_cost: "0".into(),
+            amount_after_vat: cents(total),
+            prepaid_credits: CentView::of(preview.balance.total().map_err(|_| overflow())?),
+            prepaid_credits_used: CentView::of(usage.credit_used),
+            total_with_corr: CentView::of(usage.invoiced),
+        },
+        effective_spending_limit: cents(preview.limits.effective()),
+        billing_cycle: BillingCycleView {
+            year: preview.month_start.year(),
+            month: preview.month_start.month(),
+        },
+    })
+}
+
+/// The current month's invoice so far: lines per model, token kind and price for every request
+/// charged this month, what credit paid and what is left to invoice.
+#[utoipa::path(get, path = "/v1/billing/teams/{team_id}/postpaid/invoice/preview", tag = "management",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = InvoicePreviewView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("management_key" = [])))]
+pub(crate) async fn invoice_preview(
+    State(state): State<AppState>,
+    ManagementCaller(caller): ManagementCaller,
+    Path(team_id): Path<String>,
+) -> Result<Json<InvoicePreviewView>, XaiError> {
+    crate::management::own_team(&caller, &team_id)?;
+    let preview = state.ledger.invoice_preview(&caller).await?;
+    Ok(Json(invoice_preview_view(&preview, &state.settings.owned_by)?))
+}
+
+/// The current month's invoice so far (Admins).
+#[utoipa::path(get, path = "/api/teams/{team_id}/billing/invoice/preview", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = InvoicePreviewView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_invoice_preview(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+) -> Result<Json<InvoicePreviewView>, XaiError> {
+    let preview = state.ledger.invoice_preview(&caller).await?;
+    Ok(Json(invoice_preview_view(&preview, &state.settings.owned_by)?))
 }

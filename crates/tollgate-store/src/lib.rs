@@ -442,6 +442,8 @@ pub trait KeyStore: Send + Sync {
 pub struct Charge {
     /// The usage, with its exact cost.
     pub record: UsageRecord,
+    /// The prices it was charged at.
+    pub pricing: tollgate_domain::ModelPricing,
     /// The lease the request's hold drew on (`None`: a free request, held nothing).
     pub lease_id: Option<uuid::Uuid>,
 }
@@ -812,6 +814,14 @@ pub trait LedgerStore: Send + Sync {
         team_id: TeamId,
         limit: u32,
     ) -> Result<(Vec<tollgate_domain::LedgerEntry>, Vec<tollgate_domain::MonthlySpend>), StoreError>;
+    /// What the team's requests charged in `[from, to)` (a billing month) come to: lines per
+    /// model, token kind and price, and how the charges were paid.
+    async fn month_usage(
+        &self,
+        team_id: TeamId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<tollgate_domain::MonthUsage, StoreError>;
     /// Promotional lots expired by `now` with credit left.
     async fn expired_lots(&self, now: Timestamp) -> Result<Vec<ExpiredLot>, StoreError>;
     /// Writes off `lot` with `entry` (its `promo_expiry`) and `audit`, if it still has exactly

@@ -394,6 +394,7 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
             .iter()
             .map(|record| crate::Charge {
                 record: record.clone(),
+                pricing: tollgate_domain::ModelPricing::default(),
                 lease_id: None,
             })
             .collect()
@@ -485,6 +486,7 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
             started_at: at(2),
             duration_ms: 1,
         },
+        pricing: tollgate_domain::ModelPricing::default(),
         lease_id: None,
     };
     let batch = [charge(0, 30), charge(1, 70), charge(0, 30), charge(2, 40)];
@@ -630,6 +632,7 @@ pub async fn credit_leases_lend_only_what_is_spendable(store: &dyn Store) {
             started_at: at(3),
             duration_ms: 1,
         },
+        pricing: tollgate_domain::ModelPricing::default(),
         lease_id: Some(a),
     };
     store.insert_usage_batch(&[spend], at(3), Ticks::ZERO).await.unwrap();

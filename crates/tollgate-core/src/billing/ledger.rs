@@ -54,6 +54,19 @@ pub struct TeamCredit {
     pub monthly_spend: Vec<tollgate_domain::MonthlySpend>,
 }
 
+/// A team's month so far, as its invoice will show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoicePreview {
+    /// The month's first instant (UTC).
+    pub month_start: Timestamp,
+    /// Its lines and how they were paid.
+    pub usage: tollgate_domain::MonthUsage,
+    /// The spending limits in force.
+    pub limits: SpendingLimits,
+    /// The credit left.
+    pub balance: Balance,
+}
+
 /// The ledger service.
 #[derive(Clone)]
 pub struct Ledger {
@@ -300,6 +313,22 @@ impl Ledger {
             balance: self.store.balance(team_id).await?,
             entries,
             monthly_spend,
+        })
+    }
+
+    /// The caller's team's current month so far (Admins and management keys): what its
+    /// charged requests come to, line by line, how they were paid, its limits and its credit.
+    pub async fn invoice_preview(&self, caller: &crate::Caller) -> Result<InvoicePreview, LedgerError> {
+        if !caller.allows(tollgate_domain::Permission::ManageBilling) {
+            return Err(LedgerError::Forbidden("Only team Admins may see the invoice"));
+        }
+        let team_id = caller.team_id();
+        let (from, to) = tollgate_domain::month_bounds(self.clock.now());
+        Ok(InvoicePreview {
+            month_start: from,
+            usage: self.store.month_usage(team_id, from, to).await?,
+            limits: self.limits_of(team_id).await?,
+            balance: self.store.balance(team_id).await?,
         })
     }
 

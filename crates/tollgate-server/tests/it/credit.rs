@@ -296,10 +296,55 @@ async fn credit_is_consumed_promo_then_prepaid_then_invoice(db: TestDb) {
     assert_eq!((balance.prepaid, balance.promo), (Ticks::ZERO, Ticks::ZERO));
     assert_ledger_consistent(&app).await;
 
-    // Raising the soft limit cannot pass the maximum; a new month has fresh headroom.
+    // The month's invoice so far: lines per model and token kind, exact to the tick, and how
+    // the month was paid (three holds from credit, one left to invoice).
+    let path = format!("/v1/billing/teams/{}/postpaid/invoice/preview", app.team.id);
+    let preview = app.get_json(&path, &app.management_key).await;
+    let invoice = &preview["coreInvoice"];
+    let lines = invoice["lines"].as_array().unwrap();
+    let described: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["description"].as_str().unwrap(),
+                l["unitPrice"].as_str().unwrap(),
+                l["numUnits"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let (prompt_tokens, completion_tokens) = ((4 * prompt).to_string(), (4 * MAX_TOKENS).to_string());
+    let (prompt_price, completion_price) = (PROMPT_PRICE.to_string(), COMPLETION_PRICE.to_string());
+    assert_eq!(
+        described,
+        [
+            ("grok-test prompt tokens", prompt_price.as_str(), prompt_tokens.as_str()),
+            (
+                "grok-test completion tokens",
+                completion_price.as_str(),
+                completion_tokens.as_str()
+            ),
+        ]
+    );
+    let exact: i64 = lines
+        .iter()
+        .map(|l| l["amountInUsdTicks"].as_str().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(exact, 4 * hold.get(), "the lines are the month's charges, to the tick");
+    let cents = |ticks: i64| Ticks::new(ticks).to_cents_rounded().to_string();
+    assert_eq!(invoice["amountBeforeVat"], cents(4 * hold.get()));
+    assert_eq!(invoice["prepaidCreditsUsed"]["val"], cents(3 * hold.get()));
+    assert_eq!(invoice["totalWithCorr"]["val"], cents(hold.get()));
+    assert_eq!(preview["effectiveSpendingLimit"], cents(hold.get()));
+    assert_eq!(preview["billingCycle"], json!({"year": 2026, "month": 11}));
+
+    // A new month has fresh headroom and an invoice of its own.
     app.clock.advance(chrono::Duration::days(31));
     assert_eq!(app.chat(&key, request()).await.status(), StatusCode::OK);
     assert_ledger_consistent(&app).await;
+    let preview = app.get_json(&path, &app.management_key).await;
+    assert_eq!(preview["billingCycle"], json!({"year": 2026, "month": 12}));
+    assert_eq!(preview["coreInvoice"]["totalWithCorr"]["val"], cents(hold.get()));
+    assert_eq!(preview["coreInvoice"]["prepaidCreditsUsed"]["val"], "0");
     app.finish().await;
 }
 

@@ -1074,6 +1074,7 @@ fn matrix_routes() -> Vec<Route> {
         route(Method::GET, "/api/teams/{team_id}/key-policy", None, true),
         route(Method::GET, "/api/teams/{team_id}/billing/prepaid/balance", None, false),
         route(Method::GET, "/api/teams/{team_id}/billing/spending-limits", None, false),
+        route(Method::GET, "/api/teams/{team_id}/billing/invoice/preview", None, false),
         route(
             Method::POST,
             "/api/teams/{team_id}/billing/spending-limits",
@@ -1143,6 +1144,12 @@ fn matrix_routes() -> Vec<Route> {
         route(Method::GET, "/auth/api-keys/{api_key_id}/propagation", None, false),
         route(Method::GET, "/audit/teams/{team_id}/events", None, false),
         route(Method::GET, "/v1/billing/teams/{team_id}/prepaid/balance", None, false),
+        route(
+            Method::GET,
+            "/v1/billing/teams/{team_id}/postpaid/invoice/preview",
+            None,
+            false,
+        ),
         route(
             Method::GET,
             "/v1/billing/teams/{team_id}/postpaid/spending-limits",

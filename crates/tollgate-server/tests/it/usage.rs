@@ -14,6 +14,11 @@ async fn a_bad_record_fails_alone(db: TestDb) {
     let app = TestApp::new(db).await;
     let created = app.create_api_key(serde_json::json!({"name": "k"})).await;
     let key_id: ApiKeyId = created["apiKeyId"].as_str().unwrap().parse().unwrap();
+    let charge = |record| tollgate_store::Charge {
+        record,
+        pricing: tollgate_domain::ModelPricing::default(),
+        lease_id: None,
+    };
     let record = |api_key_id| UsageRecord {
         request_id: RequestId::new(),
         team_id: app.team.id,
@@ -40,7 +45,7 @@ async fn a_bad_record_fails_alone(db: TestDb) {
     // No such key: the foreign key refuses it. Both are queued before the writer runs, so they
     // share a commit.
     let bad = record(ApiKeyId::new());
-    let (good_result, bad_result) = tokio::join!(recorder.record(good.clone(), None), recorder.record(bad, None));
+    let (good_result, bad_result) = tokio::join!(recorder.record(charge(good.clone())), recorder.record(charge(bad)));
     good_result.unwrap();
     assert!(bad_result.is_err());
     let stored = app.store().list_usage(app.team.id, 10).await.unwrap();

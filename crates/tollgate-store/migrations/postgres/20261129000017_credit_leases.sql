@@ -5,6 +5,11 @@ ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_bucket_check;
 ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_bucket_check CHECK (bucket IN ('prepaid', 'promo', 'invoice'));
 ALTER TABLE ledger_entries ADD COLUMN charge_id UUID;
 ALTER TABLE usage_events ADD COLUMN charge_id UUID;
+-- The prices a request was charged at (ticks per token), so a month's invoice itemizes it
+-- exactly however prices change later.
+ALTER TABLE usage_events ADD COLUMN prompt_price BIGINT;
+ALTER TABLE usage_events ADD COLUMN cached_prompt_price BIGINT;
+ALTER TABLE usage_events ADD COLUMN completion_price BIGINT;
 
 -- What each team's invoice holds per billing month ('2026-11'), maintained from the invoice
 -- entries in their transactions: the headroom under the spending limit is read from here.

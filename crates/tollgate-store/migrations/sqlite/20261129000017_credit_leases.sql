@@ -26,6 +26,11 @@ DROP TABLE ledger_entries;
 ALTER TABLE ledger_entries_new RENAME TO ledger_entries;
 CREATE INDEX ledger_entries_team_id_idx ON ledger_entries (team_id, created_at);
 ALTER TABLE usage_events ADD COLUMN charge_id BLOB;
+-- The prices a request was charged at (ticks per token), so a month's invoice itemizes it
+-- exactly however prices change later.
+ALTER TABLE usage_events ADD COLUMN prompt_price INTEGER;
+ALTER TABLE usage_events ADD COLUMN cached_prompt_price INTEGER;
+ALTER TABLE usage_events ADD COLUMN completion_price INTEGER;
 
 -- What each team's invoice holds per billing month ('2026-11'), maintained from the invoice
 -- entries in their transactions: the headroom under the spending limit is read from here.

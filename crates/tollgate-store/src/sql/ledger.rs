@@ -5,7 +5,8 @@ use sqlx::Row as _;
 use std::collections::BTreeMap;
 
 use tollgate_domain::{
-    AuditEvent, Balance, Funds, LedgerEntry, MonthlySpend, SpendingLimits, TeamId, Ticks, Timestamp, billing_month,
+    AuditEvent, Balance, Funds, InvoiceLine, LedgerEntry, MonthUsage, MonthlySpend, SpendingLimits, TeamId, Ticks,
+    Timestamp, TokenKind, billing_month,
 };
 use uuid::Uuid;
 
@@ -431,6 +432,78 @@ impl LedgerStore for SqlStore {
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
         Ok((entries, months))
+    }
+
+    async fn month_usage(&self, team_id: TeamId, from: Timestamp, to: Timestamp) -> Result<MonthUsage, StoreError> {
+        // One snapshot, so the lines and the spend agree to the tick.
+        let mut tx = self.read.begin().await?;
+        if BACKEND == crate::Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        // The requests of the charges spent this month (a charge's month is its spend's).
+        let rows = sqlx::query(
+            "SELECT model, prompt_price, cached_prompt_price, completion_price, \
+             CAST(SUM(CASE WHEN cached_prompt_tokens > prompt_tokens THEN 0 \
+                 ELSE prompt_tokens - cached_prompt_tokens END) AS BIGINT) AS uncached, \
+             CAST(SUM(CASE WHEN cached_prompt_tokens > prompt_tokens THEN prompt_tokens \
+                 ELSE cached_prompt_tokens END) AS BIGINT) AS cached, \
+             CAST(SUM(completion_tokens + reasoning_tokens) AS BIGINT) AS output \
+             FROM usage_events WHERE team_id = $1 AND charge_id IN \
+             (SELECT charge_id FROM ledger_entries WHERE team_id = $1 AND kind = 'spend' \
+              AND created_at >= $2 AND created_at < $3) \
+             GROUP BY model, prompt_price, cached_prompt_price, completion_price \
+             ORDER BY model, prompt_price, cached_prompt_price, completion_price",
+        )
+        .bind(team_id.as_uuid())
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut usage = MonthUsage::default();
+        for row in &rows {
+            let model: String = row.try_get("model")?;
+            for (kind, price, tokens) in [
+                (TokenKind::Prompt, "prompt_price", "uncached"),
+                (TokenKind::CachedPrompt, "cached_prompt_price", "cached"),
+                (TokenKind::Completion, "completion_price", "output"),
+            ] {
+                let tokens = super::to_u64(row.try_get(tokens)?, "usage_events tokens")?;
+                let unit_price = Ticks::new(row.try_get::<Option<i64>, _>(price)?.unwrap_or(0));
+                if tokens == 0 {
+                    continue;
+                }
+                let amount = unit_price
+                    .checked_mul(tokens)
+                    .map_err(|_| corrupt("usage_events", "a month's line overflows"))?;
+                usage.lines.push(InvoiceLine {
+                    model: model.clone(),
+                    kind,
+                    unit_price,
+                    tokens,
+                    amount,
+                });
+            }
+        }
+        for row in sqlx::query(
+            "SELECT bucket, CAST(SUM(amount) AS BIGINT) AS total FROM ledger_entries \
+             WHERE team_id = $1 AND kind = 'spend' AND created_at >= $2 AND created_at < $3 GROUP BY bucket",
+        )
+        .bind(team_id.as_uuid())
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let spent = Ticks::new(-row.try_get::<i64, _>("total")?);
+            match row.try_get::<String, _>("bucket")?.as_str() {
+                "invoice" => usage.invoiced = spent,
+                _ => usage.credit_used = Ticks::new(usage.credit_used.get().saturating_add(spent.get())),
+            }
+        }
+        tx.commit().await?;
+        Ok(usage)
     }
 
     async fn expired_lots(&self, now: Timestamp) -> Result<Vec<ExpiredLot>, StoreError> {

@@ -12,7 +12,7 @@ use super::ledger::lock_funds_of;
 use super::{SqlStore, to_i64, usage_from_row};
 use crate::{Charge, StoreError, UsageStore};
 
-/// Rows per multi-row insert (16 parameters a row: well under both databases' limits).
+/// Rows per multi-row insert (19 parameters a row: well under both databases' limits).
 const ROWS_PER_INSERT: usize = 256;
 
 /// Inserts the usage rows in multi-row statements, each with its team's charge id; returns the
@@ -32,7 +32,7 @@ async fn insert_records(
                 .then(|| charges.get(&record.team_id.as_uuid()).copied())
                 .flatten();
             rows.push((
-                record,
+                charge,
                 charge_id,
                 [
                     to_i64(usage.prompt_tokens, "prompt_tokens")?,
@@ -47,10 +47,11 @@ async fn insert_records(
         let mut insert = sqlx::QueryBuilder::<super::Db>::new(
             "INSERT INTO usage_events (request_id, team_id, api_key_id, model, endpoint, prompt_tokens, \
              cached_prompt_tokens, completion_tokens, reasoning_tokens, total_tokens, cost_ticks, estimated, \
-             streamed, duration_ms, created_at, charge_id) ",
+             streamed, duration_ms, created_at, charge_id, prompt_price, cached_prompt_price, completion_price) ",
         );
-        insert.push_values(&rows, |mut row, (record, charge_id, numbers)| {
+        insert.push_values(&rows, |mut row, (charge, charge_id, numbers)| {
             let [prompt, cached, completion, reasoning, total, duration] = *numbers;
+            let (record, pricing) = (&charge.record, &charge.pricing);
             row.push_bind(record.request_id.as_uuid())
                 .push_bind(record.team_id.as_uuid())
                 .push_bind(record.api_key_id.as_uuid())
@@ -66,7 +67,10 @@ async fn insert_records(
                 .push_bind(record.streamed)
                 .push_bind(duration)
                 .push_bind(record.started_at)
-                .push_bind(*charge_id);
+                .push_bind(*charge_id)
+                .push_bind(pricing.prompt.get())
+                .push_bind(pricing.cached_prompt.get())
+                .push_bind(pricing.completion.get());
         });
         insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
         for row in insert.build().fetch_all(&mut *conn).await? {

@@ -1,8 +1,10 @@
 //! Billing: the credit ledger, and the credit held by requests in flight (reserve, then settle).
 //! Invoices and payments join it here.
 
+pub mod analytics;
 pub mod credit;
 pub mod ledger;
 
+pub use analytics::UsageQuery;
 pub use credit::{CreditError, CreditSettings, Credits, Hold};
 pub use ledger::{InvoicePreview, Ledger, LedgerError, TeamCredit};

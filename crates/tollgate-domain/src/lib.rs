@@ -6,6 +6,7 @@
 //! `axum` nor `reqwest`; nothing here derives `Serialize` (each surface has its own views).
 
 pub mod acl;
+pub mod analytics;
 pub mod audit;
 pub mod clock;
 pub mod domains;

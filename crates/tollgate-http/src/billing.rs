@@ -7,10 +7,11 @@
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::Serialize;
-use tollgate_core::billing::{InvoicePreview, LedgerError, TeamCredit};
+use tollgate_core::billing::{InvoicePreview, LedgerError, TeamCredit, UsageQuery};
+use tollgate_domain::analytics::{Dimension, Measure, Series, TimeUnit, UsageFilter, Value};
 use tollgate_domain::{EntryKind, SpendingLimits, TeamId, Ticks};
 
 use crate::AppState;
@@ -41,6 +42,8 @@ pub(crate) fn router() -> Router<AppState> {
             "/api/teams/{team_id}/billing/invoice/preview",
             get(team_invoice_preview),
         )
+        .route("/v1/billing/teams/{team_id}/usage", post(usage))
+        .route("/api/teams/{team_id}/billing/usage", post(team_usage))
 }
 
 impl From<LedgerError> for XaiError {
@@ -53,7 +56,8 @@ impl From<LedgerError> for XaiError {
             | LedgerError::InvalidReason(_)
             | LedgerError::InvalidExpiry
             | LedgerError::AboveCap(_)
-            | LedgerError::NegativeLimit => XaiError::invalid_argument(error.to_string()),
+            | LedgerError::NegativeLimit
+            | LedgerError::InvalidQuery(_) => XaiError::invalid_argument(error.to_string()),
             LedgerError::Store(store) => store.into(),
         }
     }
@@ -436,4 +440,245 @@ pub(crate) async fn team_invoice_preview(
 ) -> Result<Json<InvoicePreviewView>, XaiError> {
     let preview = state.ledger.invoice_preview(&caller).await?;
     Ok(Json(invoice_preview_view(&preview, &state.settings.owned_by)?))
+}
+
+/// `timeRange` of a usage request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct TimeRangeRequest {
+    /// `2026-11-01 00:00:00` (or RFC 3339), inclusive.
+    start_time: String,
+    /// Exclusive.
+    end_time: String,
+    /// Only UTC is supported (`Etc/GMT`, `UTC`).
+    #[serde(default)]
+    timezone: Option<String>,
+}
+
+/// One value asked for.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ValueRequest {
+    /// `usd`, `tokens` or `requests`.
+    name: String,
+    /// Only `AGGREGATION_SUM`.
+    #[serde(default)]
+    aggregation: Option<String>,
+}
+
+/// xAI's `analyticsRequest`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct AnalyticsRequest {
+    time_range: TimeRangeRequest,
+    /// `TIME_UNIT_HOUR`, `TIME_UNIT_DAY`, `TIME_UNIT_MONTH` or `TIME_UNIT_NONE`.
+    time_unit: String,
+    values: Vec<ValueRequest>,
+    /// `model`, `api_key_id`, `token_type`.
+    #[serde(default)]
+    group_by: Vec<String>,
+    /// `model:<name>`, `api_key_id:<id>`, `token_type:<prompt|cached_prompt|completion>`, each
+    /// optionally prefixed `NOT `; all must hold.
+    #[serde(default)]
+    filters: Vec<String>,
+}
+
+/// `POST …/usage` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct UsageRequest {
+    analytics_request: AnalyticsRequest,
+}
+
+/// One point of a series.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct DataPointView {
+    timestamp: String,
+    /// One per value asked for (USD as a number, for charts).
+    values: Vec<f64>,
+    /// The same, exactly: USD as a decimal with every digit, counts as integers.
+    #[serde(rename = "exactValues")]
+    exact_values: Vec<String>,
+}
+
+/// One series.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TimeSeriesView {
+    group: Vec<String>,
+    group_labels: Vec<String>,
+    data_points: Vec<DataPointView>,
+}
+
+/// `POST …/usage` answer (xAI's shape).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UsageAnswer {
+    time_series: Vec<TimeSeriesView>,
+    limit_reached: bool,
+}
+
+fn parse_time(text: &str) -> Result<tollgate_domain::Timestamp, XaiError> {
+    chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S")
+        .map(|at| at.and_utc())
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(text.trim()).map(|at| at.to_utc()))
+        .map_err(|_| XaiError::invalid_argument(format!("'{text}' is not a time (2026-11-01 00:00:00)")))
+}
+
+fn dimension(name: &str) -> Result<Dimension, XaiError> {
+    match name.trim() {
+        "model" => Ok(Dimension::Model),
+        "api_key_id" | "api_key" | "apiKeyId" => Ok(Dimension::ApiKey),
+        "token_type" | "tokenType" => Ok(Dimension::TokenType),
+        other => Err(XaiError::invalid_argument(format!(
+            "cannot group or filter by '{other}' (model, api_key_id, token_type)"
+        ))),
+    }
+}
+
+fn usage_query(request: AnalyticsRequest) -> Result<(UsageQuery, Vec<String>), XaiError> {
+    let range = &request.time_range;
+    if let Some(zone) = range.timezone.as_deref() {
+        if !matches!(zone, "Etc/GMT" | "Etc/UTC" | "UTC" | "GMT" | "") {
+            return Err(XaiError::invalid_argument(format!(
+                "only UTC is supported, not '{zone}'"
+            )));
+        }
+    }
+    let unit = match request.time_unit.trim_start_matches("TIME_UNIT_") {
+        "HOUR" => TimeUnit::Hour,
+        "DAY" => TimeUnit::Day,
+        "MONTH" => TimeUnit::Month,
+        "NONE" => TimeUnit::None,
+        other => {
+            return Err(XaiError::invalid_argument(format!(
+                "time unit '{other}' is not supported (TIME_UNIT_HOUR, TIME_UNIT_DAY, TIME_UNIT_MONTH, TIME_UNIT_NONE)"
+            )));
+        }
+    };
+    let mut measures = Vec::new();
+    for value in &request.values {
+        if value.aggregation.as_deref().is_some_and(|a| a != "AGGREGATION_SUM") {
+            return Err(XaiError::invalid_argument("only AGGREGATION_SUM is supported"));
+        }
+        measures.push(match value.name.as_str() {
+            "usd" => Measure::Usd,
+            "tokens" => Measure::Tokens,
+            "requests" => Measure::Requests,
+            other => {
+                return Err(XaiError::invalid_argument(format!(
+                    "value '{other}' is not supported (usd, tokens, requests)"
+                )));
+            }
+        });
+    }
+    let group_by = request
+        .group_by
+        .iter()
+        .map(|g| dimension(g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut filters = Vec::new();
+    for filter in &request.filters {
+        let (negate, rest) = match filter.trim().strip_prefix("NOT ") {
+            Some(rest) => (true, rest),
+            None => (false, filter.trim()),
+        };
+        if rest.contains(" OR ") {
+            return Err(XaiError::invalid_argument(
+                "OR in filters is not supported; filters all hold",
+            ));
+        }
+        let (field, value) = rest
+            .split_once(':')
+            .ok_or_else(|| XaiError::invalid_argument(format!("filter '{filter}' is not field:value")))?;
+        filters.push(UsageFilter {
+            dimension: dimension(field)?,
+            value: value.trim().to_owned(),
+            negate,
+        });
+    }
+    let labels = request.group_by.iter().map(|g| g.trim().to_owned()).collect();
+    Ok((
+        UsageQuery {
+            from: parse_time(&range.start_time)?,
+            to: parse_time(&range.end_time)?,
+            unit,
+            measures,
+            group_by,
+            filters,
+        },
+        labels,
+    ))
+}
+
+fn usage_answer(series: Vec<Series>, labels: &[String]) -> UsageAnswer {
+    UsageAnswer {
+        time_series: series
+            .into_iter()
+            .map(|series| TimeSeriesView {
+                group: series.group,
+                group_labels: labels.to_vec(),
+                data_points: series
+                    .points
+                    .into_iter()
+                    .map(|(at, values)| DataPointView {
+                        timestamp: at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                        // Display only: the exact figures are beside them.
+                        #[allow(clippy::cast_precision_loss, reason = "a chart's number; exactValues is exact")]
+                        values: values
+                            .iter()
+                            .map(|value| match value {
+                                Value::Usd(ticks) => ticks.get() as f64 / Ticks::PER_USD as f64,
+                                Value::Count(count) => *count as f64,
+                            })
+                            .collect(),
+                        exact_values: values
+                            .iter()
+                            .map(|value| match value {
+                                Value::Usd(ticks) => tollgate_domain::ledger::format_usd(*ticks),
+                                Value::Count(count) => count.to_string(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        limit_reached: false,
+    }
+}
+
+/// Usage analytics: cost, tokens or requests over a time range (UTC), by hour, day or month,
+/// grouped by model, API key or token type, filtered; exactly what the ledger charged.
+#[utoipa::path(post, path = "/v1/billing/teams/{team_id}/usage", tag = "management",
+    params(("team_id" = String, Path, description = "The team's id")),
+    request_body = UsageRequest,
+    responses((status = 200, body = UsageAnswer), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("management_key" = [])))]
+pub(crate) async fn usage(
+    State(state): State<AppState>,
+    ManagementCaller(caller): ManagementCaller,
+    Path(team_id): Path<String>,
+    XaiJson(body): XaiJson<UsageRequest>,
+) -> Result<Json<UsageAnswer>, XaiError> {
+    crate::management::own_team(&caller, &team_id)?;
+    let (query, labels) = usage_query(body.analytics_request)?;
+    let series = state.ledger.usage(&caller, &query).await?;
+    Ok(Json(usage_answer(series, &labels)))
+}
+
+/// Usage analytics in the console: Admins see the team's; a Member the usage of the keys they
+/// created.
+#[utoipa::path(post, path = "/api/teams/{team_id}/billing/usage", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    request_body = UsageRequest,
+    responses((status = 200, body = UsageAnswer), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_usage(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    XaiJson(body): XaiJson<UsageRequest>,
+) -> Result<Json<UsageAnswer>, XaiError> {
+    let (query, labels) = usage_query(body.analytics_request)?;
+    let series = state.ledger.usage(&caller, &query).await?;
+    Ok(Json(usage_answer(series, &labels)))
 }

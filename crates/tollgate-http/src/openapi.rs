@@ -180,6 +180,8 @@ impl Modify for SecuritySchemes {
         crate::billing::team_set_spending_limit,
         crate::billing::invoice_preview,
         crate::billing::team_invoice_preview,
+        crate::billing::usage,
+        crate::billing::team_usage,
         crate::console::team_set_key_policy,
         crate::console::team_get_api_key,
         crate::console::team_update_api_key,

@@ -463,6 +463,16 @@ pub trait UsageStore: Send + Sync {
         at: Timestamp,
         default_hard_limit: tollgate_domain::Ticks,
     ) -> Result<(), StoreError>;
+    /// The team's usage that started in `[from, to)`, summed per hour (UTC), model and key —
+    /// only `keys`' when given — each cost split by token kind exactly (the parts sum to the
+    /// recorded cost).
+    async fn usage_cells(
+        &self,
+        team_id: TeamId,
+        from: Timestamp,
+        to: Timestamp,
+        keys: Option<&[tollgate_domain::ApiKeyId]>,
+    ) -> Result<Vec<tollgate_domain::analytics::UsageCell>, StoreError>;
     /// The team's most recent usage, newest first.
     async fn list_usage(&self, team_id: TeamId, limit: u32) -> Result<Vec<UsageRecord>, StoreError>;
 }

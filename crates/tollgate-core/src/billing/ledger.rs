@@ -38,6 +38,9 @@ pub enum LedgerError {
     /// A negative spending limit.
     #[error("a spending limit must not be negative")]
     NegativeLimit,
+    /// A usage question that cannot be answered as asked.
+    #[error("{0}")]
+    InvalidQuery(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -97,6 +100,10 @@ impl Ledger {
     pub fn with_default_hard_limit(mut self, limit: Ticks) -> Self {
         self.default_hard_limit = limit;
         self
+    }
+
+    pub(super) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     /// The team's limits.

@@ -21,6 +21,7 @@ on_both_backends!(
     credit_is_consumed_promo_then_prepaid_then_invoice,
     a_client_that_hangs_up_mid_stream_is_charged_and_the_upstream_cancelled,
     two_nodes_on_one_database_never_overspend_together,
+    usage_analytics_match_the_ledger,
 );
 
 const MAX_TOKENS: u64 = 100;
@@ -441,5 +442,150 @@ async fn two_nodes_on_one_database_never_overspend_together(db: TestDb) {
     assert!(balance.prepaid.get() >= 0);
     assert_ledger_consistent(&app).await;
     second.shutdown().await.unwrap();
+    app.finish().await;
+}
+
+async fn usage_of(app: &TestApp, request: Value) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/v1/billing/teams/{}/usage", app.team.id)))
+        .bearer_auth(&app.management_key)
+        .json(&json!({"analyticsRequest": request}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST /v1/billing/teams/{id}/usage`: by day, by model and token type, filtered by key, and in
+/// all exactly what the ledger spent.
+async fn usage_analytics_match_the_ledger(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let (first, second) = (app.api_key().await, app.api_key().await);
+    for _ in 0..2 {
+        assert_eq!(app.chat(&first, request()).await.status(), StatusCode::OK);
+    }
+    app.clock.advance(chrono::Duration::days(1));
+    assert_eq!(app.chat(&second, request()).await.status(), StatusCode::OK);
+    let cost = crate::util::expected_cost();
+    let range = json!({"startTime": "2026-11-01 00:00:00", "endTime": "2026-12-01 00:00:00", "timezone": "Etc/GMT"});
+
+    let by_day: Value = usage_of(
+        &app,
+        json!({"timeRange": range, "timeUnit": "TIME_UNIT_DAY",
+               "values": [{"name": "usd", "aggregation": "AGGREGATION_SUM"}, {"name": "requests"}], "groupBy": [], "filters": []}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let points = &by_day["timeSeries"][0]["dataPoints"];
+    let usd = |ticks: i64| tollgate_domain::ledger::format_usd(Ticks::new(ticks));
+    assert_eq!(
+        points,
+        &json!([
+            {"timestamp": "2026-11-01T00:00:00Z", "values": [(2 * cost) as f64 / 1e10, 2.0], "exactValues": [usd(2 * cost), "2"]},
+            {"timestamp": "2026-11-02T00:00:00Z", "values": [cost as f64 / 1e10, 1.0], "exactValues": [usd(cost), "1"]},
+        ]),
+        "{by_day}"
+    );
+    assert_eq!(by_day["limitReached"], false);
+
+    // The first key's tokens by kind, in one point for the whole range.
+    // The oldest usage is the first key's.
+    let stored = app.store().list_usage(app.team.id, 10).await.unwrap();
+    let first_id = stored.last().unwrap().api_key_id.to_string();
+    assert_ne!(stored[0].api_key_id.to_string(), first_id);
+    let by_kind: Value = usage_of(
+        &app,
+        json!({"timeRange": range, "timeUnit": "TIME_UNIT_NONE", "values": [{"name": "tokens"}, {"name": "usd"}],
+               "groupBy": ["model", "token_type"], "filters": [format!("api_key_id:{first_id}")]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let series: Vec<(Value, Value)> = by_kind["timeSeries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["group"].clone(), s["dataPoints"][0]["exactValues"].clone()))
+        .collect();
+    use tollgate_testkit::{CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS};
+    let uncached = (PROMPT_TOKENS - CACHED_TOKENS) as i64;
+    assert_eq!(
+        series,
+        [
+            (
+                json!([MODEL, "cached_prompt"]),
+                json!([
+                    (2 * CACHED_TOKENS).to_string(),
+                    usd(2 * CACHED_TOKENS as i64 * crate::util::CACHED_PRICE)
+                ])
+            ),
+            (
+                json!([MODEL, "completion"]),
+                json!([
+                    (2 * COMPLETION_TOKENS).to_string(),
+                    usd(2 * COMPLETION_TOKENS as i64 * COMPLETION_PRICE)
+                ])
+            ),
+            (
+                json!([MODEL, "prompt"]),
+                json!([(2 * uncached).to_string(), usd(2 * uncached * PROMPT_PRICE)])
+            ),
+        ],
+        "{by_kind}"
+    );
+
+    // In all, exactly what the ledger spent.
+    let total: Value = usage_of(
+        &app,
+        json!({"timeRange": range, "timeUnit": "TIME_UNIT_MONTH", "values": [{"name": "usd"}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let spent: i64 = app
+        .store()
+        .ledger_entries(app.team.id, 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == EntryKind::Spend)
+        .map(|e| -e.amount.get())
+        .sum();
+    assert_eq!(spent, 3 * cost);
+    assert_eq!(total["timeSeries"][0]["dataPoints"][0]["exactValues"][0], usd(spent));
+
+    for (bad, fragment) in [
+        (
+            json!({"timeRange": {"startTime": "2026-11-01 00:00:00", "endTime": "2026-12-01 00:00:00", "timezone": "America/New_York"}, "timeUnit": "TIME_UNIT_DAY", "values": [{"name": "usd"}]}),
+            "only UTC",
+        ),
+        (
+            json!({"timeRange": {"startTime": "2026-12-01 00:00:00", "endTime": "2026-11-01 00:00:00"}, "timeUnit": "TIME_UNIT_DAY", "values": [{"name": "usd"}]}),
+            "must end after",
+        ),
+        (
+            json!({"timeRange": range, "timeUnit": "TIME_UNIT_FORTNIGHT", "values": [{"name": "usd"}]}),
+            "not supported",
+        ),
+        (
+            json!({"timeRange": range, "timeUnit": "TIME_UNIT_DAY", "values": [{"name": "usd"}], "groupBy": ["ip"]}),
+            "cannot group",
+        ),
+        (
+            json!({"timeRange": {"startTime": "yesterday", "endTime": "2026-11-01 00:00:00"}, "timeUnit": "TIME_UNIT_DAY", "values": [{"name": "usd"}]}),
+            "is not a time",
+        ),
+    ] {
+        crate::util::assert_xai_error(
+            usage_of(&app, bad).await,
+            StatusCode::BAD_REQUEST,
+            "Client specified an invalid argument",
+            fragment,
+        )
+        .await;
+    }
     app.finish().await;
 }

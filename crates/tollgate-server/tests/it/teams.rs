@@ -1075,6 +1075,15 @@ fn matrix_routes() -> Vec<Route> {
         route(Method::GET, "/api/teams/{team_id}/billing/prepaid/balance", None, false),
         route(Method::GET, "/api/teams/{team_id}/billing/spending-limits", None, false),
         route(Method::GET, "/api/teams/{team_id}/billing/invoice/preview", None, false),
+        // Members see the usage of their own keys.
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/billing/usage",
+            Some(
+                json!({"analyticsRequest": {"timeRange": {"startTime": "2026-11-01 00:00:00", "endTime": "2026-11-02 00:00:00"}, "timeUnit": "TIME_UNIT_DAY", "values": [{"name": "usd"}]}}),
+            ),
+            true,
+        ),
         route(
             Method::POST,
             "/api/teams/{team_id}/billing/spending-limits",
@@ -1148,6 +1157,14 @@ fn matrix_routes() -> Vec<Route> {
             Method::GET,
             "/v1/billing/teams/{team_id}/postpaid/invoice/preview",
             None,
+            false,
+        ),
+        route(
+            Method::POST,
+            "/v1/billing/teams/{team_id}/usage",
+            Some(
+                json!({"analyticsRequest": {"timeRange": {"startTime": "2026-11-01 00:00:00", "endTime": "2026-11-02 00:00:00"}, "timeUnit": "TIME_UNIT_DAY", "values": [{"name": "usd"}]}}),
+            ),
             false,
         ),
         route(

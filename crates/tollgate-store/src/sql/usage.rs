@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
-use tollgate_domain::{Actor, EntryKind, Funds, TeamId, Ticks, Timestamp, UsageRecord, billing_month};
+use tollgate_domain::analytics::UsageCell;
+use tollgate_domain::{Actor, ApiKeyId, EntryKind, Funds, TeamId, Ticks, Timestamp, UsageRecord, billing_month};
 use uuid::Uuid;
 
 use sqlx::Row as _;
@@ -11,6 +12,20 @@ use sqlx::Row as _;
 use super::ledger::lock_funds_of;
 use super::{SqlStore, to_i64, usage_from_row};
 use crate::{Charge, StoreError, UsageStore};
+
+/// `created_at`'s hour as `YYYY-MM-DD?HH` (UTC): SQLite keeps the instant as RFC 3339 text.
+const HOUR_OF_CREATED_AT: &str = if matches!(super::BACKEND, crate::Backend::Postgres) {
+    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24')"
+} else {
+    "substr(created_at, 1, 13)"
+};
+
+fn parse_hour(text: &str) -> Option<Timestamp> {
+    use chrono::TimeZone as _;
+    let date = chrono::NaiveDate::parse_from_str(text.get(..10)?, "%Y-%m-%d").ok()?;
+    let hour: u32 = text.get(11..13)?.parse().ok()?;
+    chrono::Utc.from_local_datetime(&date.and_hms_opt(hour, 0, 0)?).single()
+}
 
 /// Rows per multi-row insert (19 parameters a row: well under both databases' limits).
 const ROWS_PER_INSERT: usize = 256;
@@ -310,6 +325,70 @@ impl UsageStore for SqlStore {
         charge_teams(&mut tx, &teams, &charges, at, default_hard_limit).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn usage_cells(
+        &self,
+        team_id: TeamId,
+        from: Timestamp,
+        to: Timestamp,
+        keys: Option<&[ApiKeyId]>,
+    ) -> Result<Vec<UsageCell>, StoreError> {
+        if keys.is_some_and(<[ApiKeyId]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let mut query = sqlx::QueryBuilder::<super::Db>::new(format!(
+            "SELECT hour, model, api_key_id, COUNT(*) AS requests, \
+             CAST(SUM(uncached) AS BIGINT) AS uncached, CAST(SUM(cached) AS BIGINT) AS cached, \
+             CAST(SUM(output) AS BIGINT) AS output, CAST(SUM(cost_ticks) AS BIGINT) AS cost, \
+             CAST(SUM(cached * COALESCE(cached_prompt_price, 0)) AS BIGINT) AS cached_cost, \
+             CAST(SUM(output * COALESCE(completion_price, 0)) AS BIGINT) AS output_cost FROM \
+             (SELECT {HOUR_OF_CREATED_AT} AS hour, model, api_key_id, cost_ticks, cached_prompt_price, completion_price, \
+              CASE WHEN cached_prompt_tokens > prompt_tokens THEN 0 ELSE prompt_tokens - cached_prompt_tokens END AS uncached, \
+              CASE WHEN cached_prompt_tokens > prompt_tokens THEN prompt_tokens ELSE cached_prompt_tokens END AS cached, \
+              completion_tokens + reasoning_tokens AS output \
+              FROM usage_events WHERE team_id = "
+        ));
+        query.push_bind(team_id.as_uuid());
+        query.push(" AND created_at >= ");
+        query.push_bind(from);
+        query.push(" AND created_at < ");
+        query.push_bind(to);
+        if let Some(keys) = keys {
+            query.push(" AND api_key_id IN (");
+            let mut list = query.separated(", ");
+            for key in keys {
+                list.push_bind(key.as_uuid());
+            }
+            list.push_unseparated(")");
+        }
+        query.push(") AS u GROUP BY hour, model, api_key_id ORDER BY hour, model, api_key_id");
+        let rows = query.build().fetch_all(&self.read).await?;
+        rows.iter()
+            .map(|row| {
+                let hour: String = row.try_get("hour")?;
+                let hour = parse_hour(&hour).ok_or_else(|| super::corrupt("usage_events.created_at", &hour))?;
+                let count = |column: &str| -> Result<u64, StoreError> { super::to_u64(row.try_get(column)?, column) };
+                let (cost, cached_cost, output_cost): (i64, i64, i64) = (
+                    row.try_get("cost")?,
+                    row.try_get("cached_cost")?,
+                    row.try_get("output_cost")?,
+                );
+                Ok(UsageCell {
+                    hour,
+                    model: row.try_get("model")?,
+                    api_key_id: ApiKeyId::from_uuid(row.try_get("api_key_id")?),
+                    requests: count("requests")?,
+                    tokens: [count("uncached")?, count("cached")?, count("output")?],
+                    // The prompt's part is the rest, so the parts sum to the recorded cost.
+                    cost: [
+                        Ticks::new(cost.saturating_sub(cached_cost).saturating_sub(output_cost)),
+                        Ticks::new(cached_cost),
+                        Ticks::new(output_cost),
+                    ],
+                })
+            })
+            .collect()
     }
 
     async fn list_usage(&self, team_id: TeamId, limit: u32) -> Result<Vec<UsageRecord>, StoreError> {

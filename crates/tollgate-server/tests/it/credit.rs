@@ -22,6 +22,7 @@ on_both_backends!(
     a_client_that_hangs_up_mid_stream_is_charged_and_the_upstream_cancelled,
     two_nodes_on_one_database_never_overspend_together,
     usage_analytics_match_the_ledger,
+    members_see_the_usage_of_their_own_keys,
 );
 
 const MAX_TOKENS: u64 = 100;
@@ -587,5 +588,60 @@ async fn usage_analytics_match_the_ledger(db: TestDb) {
         )
         .await;
     }
+    app.finish().await;
+}
+
+/// In the console, an Admin sees the team's usage; a Member only that of the keys they created.
+async fn members_see_the_usage_of_their_own_keys(db: TestDb) {
+    use reqwest::Method;
+    let app = TestApp::new(db).await;
+    let ada = app.signed_up("ada@example.com").await;
+    let (_, team) = app
+        .call_json(Method::POST, "/api/teams", &ada, Some(json!({"name": "Usage"})))
+        .await;
+    let team_id = team["teamId"].as_str().unwrap().to_owned();
+    let bob = crate::teams::joined(&app, &ada, &team_id, "bob@example.com", "member").await;
+    let keys = format!("/api/teams/{team_id}/api-keys");
+    let acls = json!(["api-key:endpoint:*", "api-key:model:*"]);
+    let (_, ada_key) = app
+        .call_json(Method::POST, &keys, &ada, Some(json!({"name": "ada", "acls": acls})))
+        .await;
+    let (_, bob_key) = app
+        .call_json(Method::POST, &keys, &bob, Some(json!({"name": "bob", "acls": acls})))
+        .await;
+    for key in [&ada_key, &ada_key, &bob_key] {
+        let key = key["apiKey"].as_str().unwrap();
+        assert_eq!(app.chat(key, request()).await.status(), StatusCode::OK);
+    }
+    let body = json!({"analyticsRequest": {"timeRange": {"startTime": "2026-11-01 00:00:00", "endTime": "2026-12-01 00:00:00"},
+        "timeUnit": "TIME_UNIT_NONE", "values": [{"name": "requests"}], "groupBy": ["api_key_id"]}});
+    let usage = format!("/api/teams/{team_id}/billing/usage");
+    let requests_by_key = |answer: &Value| -> Vec<(String, String)> {
+        answer["timeSeries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["group"][0].as_str().unwrap().to_owned(),
+                    s["dataPoints"][0]["exactValues"][0].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (status, everything) = app.call_json(Method::POST, &usage, &ada, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{everything}");
+    let mut expected = vec![
+        (ada_key["apiKeyId"].as_str().unwrap().to_owned(), "2".to_owned()),
+        (bob_key["apiKeyId"].as_str().unwrap().to_owned(), "1".to_owned()),
+    ];
+    expected.sort();
+    let mut seen = requests_by_key(&everything);
+    seen.sort();
+    assert_eq!(seen, expected);
+    let (status, own) = app.call_json(Method::POST, &usage, &bob, Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{own}");
+    let bob_id = bob_key["apiKeyId"].as_str().unwrap().to_owned();
+    assert_eq!(requests_by_key(&own), [(bob_id, "1".to_owned())]);
     app.finish().await;
 }

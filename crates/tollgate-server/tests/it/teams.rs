@@ -137,7 +137,7 @@ impl TestApp {
 }
 
 /// Invites `email` into `team_id` as `role`, then signs them up, verifies and accepts.
-async fn joined(app: &TestApp, admin: &Browser, team_id: &str, email: &str, role: &str) -> Browser {
+pub(crate) async fn joined(app: &TestApp, admin: &Browser, team_id: &str, email: &str, role: &str) -> Browser {
     let (status, _) = app
         .call_json(
             Method::POST,

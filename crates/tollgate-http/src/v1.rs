@@ -289,6 +289,7 @@ async fn relay_stream(
     let mut client_gone = false;
     let mut upstream_error: Option<GatewayError> = None;
     let mut finished = false;
+    let mut cut_off = false;
 
     'relay: loop {
         // Past the deadline the request is cut off (its credit lease is guaranteed no longer)
@@ -304,6 +305,7 @@ async fn relay_stream(
         };
         let Ok(next) = next else {
             upstream_error = Some(GatewayError::Timeout);
+            cut_off = true;
             break;
         };
         let Some(item) = next else { break };
@@ -377,6 +379,10 @@ async fn relay_stream(
     }
     let last = match (settled, upstream_error) {
         (Ok(_), None) => Bytes::from_static(b"data: [DONE]\n\n"),
+        (Ok(_), Some(_)) if cut_off => sse_error(
+            "The request ran longer than this server allows and was cut off; what was produced is charged",
+            StatusCode::GATEWAY_TIMEOUT,
+        ),
         (Ok(_), Some(_)) => sse_error("The model server failed while streaming", StatusCode::BAD_GATEWAY),
         (Err(error), _) => sse_error(&error.body().error, error.status()),
     };

@@ -23,6 +23,7 @@ on_both_backends!(
     two_nodes_on_one_database_never_overspend_together,
     usage_analytics_match_the_ledger,
     members_see_the_usage_of_their_own_keys,
+    a_request_past_its_deadline_is_cut_off_and_charged,
 );
 
 const MAX_TOKENS: u64 = 100;
@@ -643,5 +644,43 @@ async fn members_see_the_usage_of_their_own_keys(db: TestDb) {
     assert_eq!(status, StatusCode::OK, "{own}");
     let bob_id = bob_key["apiKeyId"].as_str().unwrap().to_owned();
     assert_eq!(requests_by_key(&own), [(bob_id, "1".to_owned())]);
+    app.finish().await;
+}
+
+/// A stream still running at `billing.max_request_seconds` is cut off (its credit lease is
+/// guaranteed no longer): the client gets an error event instead of `[DONE]`, the upstream call
+/// is cancelled, and what was produced is charged. (One second of real time: the deadline is
+/// the node's monotonic clock, as the lease's is.)
+async fn a_request_past_its_deadline_is_cut_off_and_charged(db: TestDb) {
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    config.billing.max_request_seconds = 1;
+    config.billing.lease_seconds = 2;
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let gate = app.upstream.hold_streams();
+    let response = app
+        .chat(
+            &key,
+            json!({"model": MODEL, "messages": user_message(), "stream": true}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("Hello"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(text.contains("cut off"), "{text}");
+    let usage = app.store().list_usage(app.team.id, 10).await.unwrap();
+    assert_eq!(usage.len(), 1, "what was produced is charged");
+    assert!(usage[0].estimated && usage[0].cost.get() > 0);
+    gate.notify_one();
+    for _ in 0..200 {
+        if app.upstream.abandoned_streams() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(app.upstream.abandoned_streams(), 1, "the upstream call was cancelled");
+    assert_ledger_consistent(&app).await;
     app.finish().await;
 }

@@ -328,8 +328,19 @@ impl Credits {
                 (lease.id, lease.asked_at, idle)
             };
             if idle {
-                slot.state().lease = None;
-                self.inner.store.return_lease(lease_id).await?;
+                // Checked again under the lock a hold takes: a request may have taken a hold
+                // since, and a lease with a hold is never returned.
+                let returned = {
+                    let mut state = slot.state();
+                    let still_idle = state.holds == 0 && state.lease.as_ref().is_some_and(|lease| lease.id == lease_id);
+                    if still_idle {
+                        state.lease = None;
+                    }
+                    still_idle
+                };
+                if returned {
+                    self.inner.store.return_lease(lease_id).await?;
+                }
             } else if now - asked_at >= settings.admit_window() / 2 {
                 let asked = Instant::now();
                 let renewed = self.inner.store.renew_lease(lease_id, settings.ttl_ms()).await?;

@@ -24,6 +24,7 @@ on_both_backends!(
     usage_analytics_match_the_ledger,
     members_see_the_usage_of_their_own_keys,
     a_request_past_its_deadline_is_cut_off_and_charged,
+    leases_go_back_when_idle_and_at_shutdown,
 );
 
 const MAX_TOKENS: u64 = 100;
@@ -683,4 +684,53 @@ async fn a_request_past_its_deadline_is_cut_off_and_charged(db: TestDb) {
     assert_eq!(app.upstream.abandoned_streams(), 1, "the upstream call was cancelled");
     assert_ledger_consistent(&app).await;
     app.finish().await;
+}
+
+async fn leased(app: &TestApp) -> Ticks {
+    app.store().leased(app.team.id).await.unwrap()
+}
+
+/// What a node leased goes back to the team when the node has been idle a while, and at once
+/// when it shuts down (not only when the lease expires). Real time: leases live on the
+/// database's clock.
+async fn leases_go_back_when_idle_and_at_shutdown(db: TestDb) {
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    config.billing.max_invoiced_limit_usd = None;
+    // Idle after a quarter of the lease: 1 s.
+    config.billing.lease_seconds = 4;
+    config.billing.max_request_seconds = 2;
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let (_, hold) = hold_of_request();
+    grant(&app, Ticks::new(hold.get() * 100), None).await;
+    assert_eq!(app.chat(&key, request()).await.status(), StatusCode::OK);
+    assert!(leased(&app).await.get() > 0, "the node leased some credit");
+    let mut left = leased(&app).await;
+    // 2.5 s at most: well before the lease (renewed while fresh) would expire.
+    for _ in 0..50 {
+        if left == Ticks::ZERO {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        left = leased(&app).await;
+    }
+    assert_eq!(left, Ticks::ZERO, "returned when idle, long before it would expire");
+
+    // Leased again, then the server stops: returned at shutdown.
+    assert_eq!(app.chat(&key, request()).await.status(), StatusCode::OK);
+    assert!(leased(&app).await.get() > 0);
+    let mut app = app;
+    app.server.take().unwrap().shutdown().await.unwrap();
+    let db = app.db.take().unwrap();
+    let reopened = tollgate_store::connect(&db.url, tollgate_store::testsuite::TEST_AUDIT_KEY)
+        .await
+        .unwrap();
+    assert_eq!(
+        reopened.leased(app.team.id).await.unwrap(),
+        Ticks::ZERO,
+        "returned at shutdown"
+    );
+    reopened.close().await;
+    db.finish().await;
 }

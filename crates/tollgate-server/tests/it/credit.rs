@@ -67,6 +67,42 @@ async fn assert_ledger_consistent(app: &TestApp) {
     assert_eq!(app.store().verify_ledger().await.unwrap(), None);
 }
 
+/// The team's newest ledger entries of `kind`, oldest first.
+async fn entries_of(app: &TestApp, kind: EntryKind) -> Vec<tollgate_domain::LedgerEntry> {
+    let mut entries: Vec<_> = app
+        .store()
+        .ledger_entries(app.team.id, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.kind == kind)
+        .collect();
+    entries.reverse();
+    entries
+}
+
+/// Whether `done` holds within `seconds`, asked every 25 ms: for what a server does on its own
+/// tasks after the client has its answer (a charge after a hang-up, a cancelled upstream call,
+/// a lease returned).
+pub(crate) async fn within<F, Fut>(seconds: f64, mut done: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    while !done().await {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    true
+}
+
+async fn upstream_call_cancelled(app: &TestApp) -> bool {
+    within(5.0, || async { app.upstream.abandoned_streams() == 1 }).await
+}
+
 /// A brand-new team with no credit gets the 429 xAI sends, with its bare id, and the model
 /// server is never called; with credit, the same request is served and its cost taken from it.
 async fn a_team_without_credit_is_refused_before_the_upstream(db: TestDb) {
@@ -93,14 +129,7 @@ async fn a_team_without_credit_is_refused_before_the_upstream(db: TestDb) {
     assert_eq!(sent["max_tokens"], MAX_TOKENS, "the upstream is held to the budget");
     let balance = app.store().balance(app.team.id).await.unwrap();
     assert_eq!(balance.prepaid, Ticks::new(hold.get() - cost));
-    let spends: Vec<_> = app
-        .store()
-        .ledger_entries(app.team.id, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|entry| entry.kind == EntryKind::Spend)
-        .collect();
+    let spends = entries_of(&app, EntryKind::Spend).await;
     assert_eq!(spends.len(), 1);
     assert_eq!(
         (spends[0].bucket, spends[0].amount),
@@ -260,23 +289,8 @@ async fn credit_is_consumed_promo_then_prepaid_then_invoice(db: TestDb) {
         assert_eq!(app.chat(&key, request()).await.status(), StatusCode::OK);
     }
     assert_eq!(app.chat(&key, request()).await.status(), StatusCode::TOO_MANY_REQUESTS);
-    let mut spends: Vec<_> = app
-        .store()
-        .ledger_entries(app.team.id, 20)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|entry| entry.kind == EntryKind::Spend)
-        .collect();
-    spends.reverse();
-    let grants: Vec<_> = app
-        .store()
-        .ledger_entries(app.team.id, 20)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|entry| entry.kind == EntryKind::PromoGrant)
-        .collect();
+    let spends = entries_of(&app, EntryKind::Spend).await;
+    let grants = entries_of(&app, EntryKind::PromoGrant).await;
     let soonest = grants
         .iter()
         .find(|g| g.expires_at == Some(now + chrono::Duration::days(10)))
@@ -373,25 +387,16 @@ async fn a_client_that_hangs_up_mid_stream_is_charged_and_the_upstream_cancelled
     }
     drop(response);
     // The charge commits once Tollgate notices; wait for it (bounded), then let the mock go on.
-    let mut usage = Vec::new();
-    for _ in 0..200 {
-        usage = app.store().list_usage(app.team.id, 10).await.unwrap();
-        if !usage.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert_eq!(usage.len(), 1, "the cut-off request is charged");
+    let charged = within(5.0, || async {
+        !app.store().list_usage(app.team.id, 10).await.unwrap().is_empty()
+    });
+    assert!(charged.await, "the cut-off request is charged");
+    let usage = app.store().list_usage(app.team.id, 10).await.unwrap();
+    assert_eq!(usage.len(), 1);
     assert!(usage[0].estimated && usage[0].streamed);
     assert!(usage[0].cost.get() > 0);
     gate.notify_one();
-    for _ in 0..200 {
-        if app.upstream.abandoned_streams() == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert_eq!(app.upstream.abandoned_streams(), 1, "the upstream call was cancelled");
+    assert!(upstream_call_cancelled(&app).await, "the upstream call was cancelled");
     assert_ledger_consistent(&app).await;
     app.finish().await;
 }
@@ -548,13 +553,9 @@ async fn usage_analytics_match_the_ledger(db: TestDb) {
     .json()
     .await
     .unwrap();
-    let spent: i64 = app
-        .store()
-        .ledger_entries(app.team.id, 100)
+    let spent: i64 = entries_of(&app, EntryKind::Spend)
         .await
-        .unwrap()
         .iter()
-        .filter(|e| e.kind == EntryKind::Spend)
         .map(|e| -e.amount.get())
         .sum();
     assert_eq!(spent, 3 * cost);
@@ -675,13 +676,7 @@ async fn a_request_past_its_deadline_is_cut_off_and_charged(db: TestDb) {
     assert_eq!(usage.len(), 1, "what was produced is charged");
     assert!(usage[0].estimated && usage[0].cost.get() > 0);
     gate.notify_one();
-    for _ in 0..200 {
-        if app.upstream.abandoned_streams() == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert_eq!(app.upstream.abandoned_streams(), 1, "the upstream call was cancelled");
+    assert!(upstream_call_cancelled(&app).await, "the upstream call was cancelled");
     assert_ledger_consistent(&app).await;
     app.finish().await;
 }
@@ -706,16 +701,9 @@ async fn leases_go_back_when_idle_and_at_shutdown(db: TestDb) {
     grant(&app, Ticks::new(hold.get() * 100), None).await;
     assert_eq!(app.chat(&key, request()).await.status(), StatusCode::OK);
     assert!(leased(&app).await.get() > 0, "the node leased some credit");
-    let mut left = leased(&app).await;
     // 2.5 s at most: well before the lease (renewed while fresh) would expire.
-    for _ in 0..50 {
-        if left == Ticks::ZERO {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        left = leased(&app).await;
-    }
-    assert_eq!(left, Ticks::ZERO, "returned when idle, long before it would expire");
+    let returned = within(2.5, || async { leased(&app).await == Ticks::ZERO });
+    assert!(returned.await, "returned when idle, long before it would expire");
 
     // Leased again, then the server stops: returned at shutdown.
     assert_eq!(app.chat(&key, request()).await.status(), StatusCode::OK);

@@ -37,13 +37,21 @@ fn entry_from_row(row: &DbRow) -> Result<LedgerEntry, StoreError> {
     })
 }
 
-/// Inserts `entry` in `conn`'s transaction; `false` (nothing written) when its idempotency key
-/// was used before. The caller moves the balance. (Spend is inserted by the group commit.)
-pub(super) async fn insert_entry(
+/// Inserts `entry` and moves its team's balance, in `conn`'s transaction; `false` (nothing
+/// written) when its idempotency key was used before. Not for spend: the group commit writes
+/// spend, a batch at a time (`usage.rs`).
+pub(super) async fn write_entry(
     conn: &mut <super::Db as sqlx::Database>::Connection,
     entry: &LedgerEntry,
     actor: &tollgate_domain::Actor,
 ) -> Result<bool, StoreError> {
+    let (prepaid, promo) = match entry.bucket {
+        tollgate_domain::Bucket::Prepaid => (entry.amount.get(), 0),
+        tollgate_domain::Bucket::Promo => (0, entry.amount.get()),
+        tollgate_domain::Bucket::Invoice => {
+            return Err(corrupt("ledger_entries.bucket", "an invoice entry outside a spend"));
+        }
+    };
     let inserted = sqlx::query(
         "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, reason, \
          actor_kind, actor_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
@@ -63,50 +71,33 @@ pub(super) async fn insert_entry(
     .bind(entry.created_at)
     .execute(&mut *conn)
     .await?;
-    Ok(inserted.rows_affected() == 1)
-}
-
-/// Moves the team's balance row by these amounts, in `conn`'s transaction.
-pub(super) async fn move_balance(
-    conn: &mut <super::Db as sqlx::Database>::Connection,
-    team_id: TeamId,
-    prepaid: i64,
-    promo: i64,
-    at: Timestamp,
-) -> Result<(), StoreError> {
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
     sqlx::query(
         "INSERT INTO team_balances (team_id, prepaid, promo, updated_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (team_id) DO UPDATE SET prepaid = team_balances.prepaid + $2, \
          promo = team_balances.promo + $3, updated_at = $4",
     )
-    .bind(team_id.as_uuid())
+    .bind(entry.team_id.as_uuid())
     .bind(prepaid)
     .bind(promo)
-    .bind(at)
+    .bind(entry.created_at)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(true)
 }
 
-/// Inserts `entry` and moves its team's balance, in `conn`'s transaction; `false` (nothing
-/// written) when its idempotency key was used before. Not for the invoice bucket (spends only).
-pub(super) async fn write_entry(
-    conn: &mut <super::Db as sqlx::Database>::Connection,
-    entry: &LedgerEntry,
-    actor: &tollgate_domain::Actor,
-) -> Result<bool, StoreError> {
-    if !insert_entry(conn, entry, actor).await? {
-        return Ok(false);
+/// A read-only transaction that sees one snapshot throughout (SQLite's read transactions
+/// always do), so several reads agree with each other while a server writes.
+async fn snapshot(store: &SqlStore) -> Result<sqlx::Transaction<'static, super::Db>, StoreError> {
+    let mut tx = store.read.begin().await?;
+    if BACKEND == crate::Backend::Postgres {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
     }
-    let (prepaid, promo) = match entry.bucket {
-        tollgate_domain::Bucket::Prepaid => (entry.amount.get(), 0),
-        tollgate_domain::Bucket::Promo => (0, entry.amount.get()),
-        tollgate_domain::Bucket::Invoice => {
-            return Err(corrupt("ledger_entries.bucket", "an invoice entry outside a spend"));
-        }
-    };
-    move_balance(conn, entry.team_id, prepaid, promo, entry.created_at).await?;
-    Ok(true)
+    Ok(tx)
 }
 
 /// Locks the team's balance (creating its row) in `conn`'s transaction, so grants of credit
@@ -436,12 +427,7 @@ impl LedgerStore for SqlStore {
 
     async fn month_usage(&self, team_id: TeamId, from: Timestamp, to: Timestamp) -> Result<MonthUsage, StoreError> {
         // One snapshot, so the lines and the spend agree to the tick.
-        let mut tx = self.read.begin().await?;
-        if BACKEND == crate::Backend::Postgres {
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = snapshot(self).await?;
         // The requests of the charges spent this month (a charge's month is its spend's).
         let rows = sqlx::query(
             "SELECT model, prompt_price, cached_prompt_price, completion_price, \
@@ -581,13 +567,8 @@ impl LedgerStore for SqlStore {
     }
 
     async fn verify_ledger(&self) -> Result<Option<String>, StoreError> {
-        // One snapshot for the three reads, so a server writing meanwhile raises no false alarm.
-        let mut tx = self.read.begin().await?;
-        if BACKEND == crate::Backend::Postgres {
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await?;
-        }
+        // One snapshot for every read, so a server writing meanwhile raises no false alarm.
+        let mut tx = snapshot(self).await?;
         #[derive(Default)]
         struct Sums {
             entries_prepaid: i64,

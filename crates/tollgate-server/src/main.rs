@@ -602,7 +602,9 @@ async fn billing(config: &Config, clock: Arc<dyn Clock>, command: BillingCommand
                 }
             }
             BillingCommand::Verify => match ledger.verify().await? {
-                None => println!("ledger verified: every balance equals the sum of its entries"),
+                None => {
+                    println!("ledger verified: every balance equals the sum of its entries, every charge its usage")
+                }
                 Some(mismatch) => anyhow::bail!("ledger mismatch: {mismatch}"),
             },
         }

@@ -4,7 +4,12 @@
 pub mod analytics;
 pub mod credit;
 pub mod ledger;
+pub mod payments;
 
 pub use analytics::UsageQuery;
 pub use credit::{CreditError, CreditSettings, Credits, Hold};
 pub use ledger::{InvoicePreview, Ledger, LedgerError, TeamCredit};
+pub use payments::{
+    Card, CustomerDetails, EventError, EventObject, EventOutcome, Payment, PaymentError, PaymentMethod,
+    PaymentProvider, PaymentRequest, PaymentSettings, PaymentStatus, Payments, ProviderError, ProviderEvent,
+};

@@ -39,17 +39,21 @@ pub enum EntryKind {
     Forfeiture,
     /// Promotional credit left when its lot expired.
     PromoExpiry,
+    /// Bought credit taken back because its payment was refunded or disputed at the payment
+    /// provider (negative).
+    Refund,
 }
 
 impl EntryKind {
     /// Every kind.
-    pub const ALL: [EntryKind; 6] = [
+    pub const ALL: [EntryKind; 7] = [
         EntryKind::Purchase,
         EntryKind::PromoGrant,
         EntryKind::Spend,
         EntryKind::Adjustment,
         EntryKind::Forfeiture,
         EntryKind::PromoExpiry,
+        EntryKind::Refund,
     ];
 
     /// The stored name.
@@ -62,6 +66,7 @@ impl EntryKind {
             EntryKind::Adjustment => "adjustment",
             EntryKind::Forfeiture => "forfeiture",
             EntryKind::PromoExpiry => "promo_expiry",
+            EntryKind::Refund => "refund",
         }
     }
 }
@@ -296,10 +301,14 @@ pub struct Funds {
 }
 
 impl Funds {
-    /// Everything spendable: lots, prepaid credit (negative prepaid credit counts against the
-    /// rest) and the invoice's headroom.
+    /// Everything spendable: lots, prepaid credit and the invoice's headroom. Prepaid credit
+    /// below zero (bought credit taken back after a refund or dispute, or a charge beyond its
+    /// hold) is a debt: nothing is spendable until it is paid.
     #[must_use]
     pub fn spendable(&self) -> Ticks {
+        if self.prepaid.get() < 0 {
+            return Ticks::ZERO;
+        }
         let lots: i64 = self.lots.iter().map(|(_, t)| t.get()).fold(0, i64::saturating_add);
         Ticks::new(
             lots.saturating_add(self.prepaid.get())
@@ -502,13 +511,15 @@ mod tests {
     }
 
     #[test]
-    fn negative_prepaid_credit_counts_against_the_rest() {
-        let funds = Funds {
-            lots: vec![],
+    fn negative_prepaid_credit_stops_spending_until_paid() {
+        let mut funds = Funds {
+            lots: vec![(uuid::Uuid::from_u128(1), Ticks::new(3))],
             prepaid: Ticks::new(-4),
             invoice_headroom: Ticks::new(10),
         };
-        assert_eq!(funds.spendable(), Ticks::new(6));
+        assert_eq!(funds.spendable(), Ticks::ZERO);
+        funds.prepaid = Ticks::ZERO;
+        assert_eq!(funds.spendable(), Ticks::new(13));
     }
 
     #[test]

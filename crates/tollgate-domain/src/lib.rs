@@ -23,6 +23,7 @@ pub mod mfa;
 pub mod money;
 pub mod name;
 pub mod password;
+pub mod payments;
 pub mod ratelimit;
 pub mod role;
 pub mod session;
@@ -53,6 +54,7 @@ pub use ledger::{
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};
 pub use name::{Name, NameError};
+pub use payments::{Address, BillingInfo, CardCountryRule, CountryCode, TopUp, TopUpStatus};
 pub use role::{Permission, Role};
 pub use session::{SecretToken, Session, TokenPurpose};
 pub use usage::{TokenUsage, UsageRecord};

@@ -67,14 +67,19 @@ impl From<LedgerError> for XaiError {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CentView {
-    val: String,
+    pub(crate) val: String,
 }
 
 impl CentView {
-    fn of(amount: Ticks) -> Self {
+    pub(crate) fn of(amount: Ticks) -> Self {
         Self {
             val: amount.to_cents_rounded().to_string(),
         }
+    }
+
+    /// Whole cents.
+    pub(crate) fn cents(cents: i64) -> Self {
+        Self { val: cents.to_string() }
     }
 }
 
@@ -86,6 +91,10 @@ pub(crate) struct PrepaidBalanceChangeView {
     /// `PURCHASE`, `SPEND`, `REFUND` or `MANUAL` (grants, adjustments, promotional credit and its
     /// expiry, forfeiture).
     change_origin: &'static str,
+    /// For purchases: `SUCCEEDED` (the credit granted), `TO_CHARGE` (pending, not in `total`)
+    /// or `FAILED_TO_CHARGE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topup_status: Option<&'static str>,
     /// Inverted: credit negative, consumption positive.
     amount: CentView,
     create_time: String,
@@ -108,11 +117,16 @@ fn change_origin(kind: EntryKind) -> &'static str {
     match kind {
         EntryKind::Purchase => "PURCHASE",
         EntryKind::Spend => "SPEND",
+        EntryKind::Refund => "REFUND",
         EntryKind::Adjustment | EntryKind::PromoGrant | EntryKind::PromoExpiry | EntryKind::Forfeiture => "MANUAL",
     }
 }
 
-fn balance_view(credit: TeamCredit, team_id: TeamId) -> Result<PrepaidBalanceView, XaiError> {
+fn balance_view(
+    credit: TeamCredit,
+    top_ups: &[tollgate_domain::TopUp],
+    team_id: TeamId,
+) -> Result<PrepaidBalanceView, XaiError> {
     let total = credit
         .balance
         .total()
@@ -123,6 +137,7 @@ fn balance_view(credit: TeamCredit, team_id: TeamId) -> Result<PrepaidBalanceVie
             PrepaidBalanceChangeView {
                 team_id: entry.team_id.to_string(),
                 change_origin: change_origin(entry.kind),
+                topup_status: (entry.kind == EntryKind::Purchase).then_some("SUCCEEDED"),
                 amount: CentView::of(Ticks::new(-entry.amount.get())),
                 create_time: crate::management::rfc3339(entry.created_at),
                 spend_bp_key_year: None,
@@ -138,6 +153,7 @@ fn balance_view(credit: TeamCredit, team_id: TeamId) -> Result<PrepaidBalanceVie
             PrepaidBalanceChangeView {
                 team_id: team_id.to_string(),
                 change_origin: "SPEND",
+                topup_status: None,
                 amount: CentView::of(Ticks::new(-month.amount.get())),
                 create_time: crate::management::rfc3339(month.last_at),
                 spend_bp_key_year: year_month.map(|(year, _)| year),
@@ -145,7 +161,25 @@ fn balance_view(credit: TeamCredit, team_id: TeamId) -> Result<PrepaidBalanceVie
             },
         )
     });
-    let mut changes: Vec<_> = entries.chain(spend).collect();
+    // Purchases not (yet) granted: listed with their status, not in the total.
+    let unsettled = top_ups
+        .iter()
+        .filter(|top_up| top_up.status != tollgate_domain::TopUpStatus::Succeeded)
+        .map(|top_up| {
+            (
+                top_up.created_at,
+                PrepaidBalanceChangeView {
+                    team_id: team_id.to_string(),
+                    change_origin: "PURCHASE",
+                    topup_status: Some(crate::payments::topup_status(top_up.status)),
+                    amount: CentView::cents(-top_up.amount_cents),
+                    create_time: crate::management::rfc3339(top_up.created_at),
+                    spend_bp_key_year: None,
+                    spend_bp_key_month: None,
+                },
+            )
+        });
+    let mut changes: Vec<_> = entries.chain(spend).chain(unsettled).collect();
     changes.sort_by_key(|change| std::cmp::Reverse(change.0));
     Ok(PrepaidBalanceView {
         changes: changes.into_iter().map(|(_, change)| change).collect(),
@@ -168,7 +202,8 @@ pub(crate) async fn prepaid_balance(
 ) -> Result<Json<PrepaidBalanceView>, XaiError> {
     crate::management::own_team(&caller, &team_id)?;
     let credit = state.ledger.team_credit(&caller, CHANGES).await?;
-    Ok(Json(balance_view(credit, caller.team_id())?))
+    let top_ups = state.payments.top_ups(&caller, CHANGES).await?;
+    Ok(Json(balance_view(credit, &top_ups, caller.team_id())?))
 }
 
 /// The team's prepaid balance and its changes (Admins), as the Management API shows them.
@@ -181,7 +216,8 @@ pub(crate) async fn team_prepaid_balance(
     TeamMember(caller): TeamMember,
 ) -> Result<Json<PrepaidBalanceView>, XaiError> {
     let credit = state.ledger.team_credit(&caller, CHANGES).await?;
-    Ok(Json(balance_view(credit, caller.team_id())?))
+    let top_ups = state.payments.top_ups(&caller, CHANGES).await?;
+    Ok(Json(balance_view(credit, &top_ups, caller.team_id())?))
 }
 
 /// A team's monthly invoiced spending limits (xAI's `spendingLimits`, in cents).

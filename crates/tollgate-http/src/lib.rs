@@ -13,6 +13,7 @@ pub mod metrics;
 mod middleware;
 pub mod openapi;
 mod ops;
+mod payments;
 mod v1;
 mod webhooks;
 
@@ -65,6 +66,8 @@ pub struct AppState {
     pub audit: AuditService,
     /// The credit ledger.
     pub ledger: tollgate_core::billing::Ledger,
+    /// Purchases, billing details, payment methods, the payment provider's events.
+    pub payments: tollgate_core::billing::Payments,
     /// The inference use case (admit, settle), with the models, limits and usage writer.
     pub inference: tollgate_core::Inference,
     /// GitHub secret scanning reports.
@@ -91,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .merge(v1::router())
         .merge(management::router())
         .merge(billing::router())
+        .merge(payments::router())
         .merge(audit::router())
         .merge(webhooks::router())
         .merge(console::router())

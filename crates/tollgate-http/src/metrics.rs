@@ -70,6 +70,12 @@ pub struct Metrics {
     out_of_credit: Counter,
     beyond_hold_requests: Family<ModelLabels, Counter>,
     beyond_hold_ticks: Family<ModelLabels, Counter>,
+    payment_events: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,6 +147,12 @@ impl Metrics {
             "How far such requests' costs exceeded their holds, in USD ticks (1e-10 USD), by model",
             beyond_hold_ticks.clone(),
         );
+        let payment_events = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "payment_events",
+            "Payment provider webhooks by outcome: processed, duplicate, ignored, refused (bad signature or body), failed (retry asked)",
+            payment_events.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -151,7 +163,13 @@ impl Metrics {
             out_of_credit,
             beyond_hold_requests,
             beyond_hold_ticks,
+            payment_events,
         }
+    }
+
+    /// A payment provider webhook answered with `outcome`.
+    pub(crate) fn payment_event(&self, outcome: &'static str) {
+        self.payment_events.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     pub(crate) fn out_of_credit(&self) {

@@ -98,6 +98,9 @@ pub struct Config {
     /// Billing.
     #[serde(default)]
     pub billing: BillingConfig,
+    /// Purchases through a payment provider (Stripe); off unless `payments.stripe_secret_key` is set.
+    #[serde(default)]
+    pub payments: PaymentsConfig,
     /// Models, by public name.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -163,6 +166,79 @@ impl BillingConfig {
             self.max_request_seconds
         );
         Ok(settings)
+    }
+}
+
+/// Purchases of prepaid credit through Stripe (or a server speaking its protocol). With no secret
+/// key, purchases are off: the console says so and operators grant credit by CLI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// Stripe's API base URL.
+    #[serde(default = "defaults::stripe_api_base")]
+    pub stripe_api_base: String,
+    /// The secret API key (`sk_live_…`); unset: purchases are off.
+    #[serde(default)]
+    pub stripe_secret_key: Option<SecretString>,
+    /// The webhook endpoint's signing secret (`whsec_…`), for `/webhooks/stripe`.
+    #[serde(default)]
+    pub stripe_webhook_secret: Option<SecretString>,
+    /// The smallest top-up, in USD (an exact decimal, as a string). Default "5".
+    #[serde(default = "defaults::min_top_up_usd")]
+    pub min_top_up_usd: String,
+    /// The largest top-up, in USD. Default "10000".
+    #[serde(default = "defaults::max_top_up_usd")]
+    pub max_top_up_usd: String,
+    /// Cards issued in these countries (ISO 3166-1 alpha-2, e.g. `["IN"]`) are refused before
+    /// money moves.
+    #[serde(default)]
+    pub refused_card_countries: Vec<String>,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            stripe_api_base: defaults::stripe_api_base(),
+            stripe_secret_key: None,
+            stripe_webhook_secret: None,
+            min_top_up_usd: defaults::min_top_up_usd(),
+            max_top_up_usd: defaults::max_top_up_usd(),
+            refused_card_countries: Vec::new(),
+        }
+    }
+}
+
+impl PaymentsConfig {
+    /// The service's settings: bounds in whole cents, refused countries parsed.
+    pub fn settings(&self) -> anyhow::Result<tollgate_core::billing::PaymentSettings> {
+        let whole_cents = |name: &str, text: &str| -> anyhow::Result<i64> {
+            let ticks =
+                tollgate_domain::ledger::parse_usd(text).map_err(|e| anyhow::anyhow!("payments.{name}: {e}"))?;
+            anyhow::ensure!(
+                ticks.get() > 0 && ticks.get() % tollgate_domain::Ticks::PER_CENT == 0,
+                "payments.{name} must be a positive amount in whole cents"
+            );
+            Ok(ticks.get() / tollgate_domain::Ticks::PER_CENT)
+        };
+        let min_top_up_cents = whole_cents("min_top_up_usd", &self.min_top_up_usd)?;
+        let max_top_up_cents = whole_cents("max_top_up_usd", &self.max_top_up_usd)?;
+        anyhow::ensure!(
+            min_top_up_cents <= max_top_up_cents,
+            "payments.min_top_up_usd must not be above payments.max_top_up_usd"
+        );
+        let refused = self
+            .refused_card_countries
+            .iter()
+            .map(|code| {
+                code.parse::<tollgate_domain::CountryCode>()
+                    .map_err(|e| anyhow::anyhow!("payments.refused_card_countries: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(tollgate_core::billing::PaymentSettings {
+            min_top_up_cents,
+            max_top_up_cents,
+            card_countries: tollgate_domain::CardCountryRule::new(refused),
+        })
     }
 }
 
@@ -423,6 +499,18 @@ mod defaults {
     pub(super) const fn session_absolute_hours() -> u32 {
         12
     }
+    pub(super) fn stripe_api_base() -> String {
+        "https://api.stripe.com".into()
+    }
+
+    pub(super) fn min_top_up_usd() -> String {
+        "5".into()
+    }
+
+    pub(super) fn max_top_up_usd() -> String {
+        "10000".into()
+    }
+
     pub(super) fn secret_scanning_keys_url() -> String {
         "https://api.github.com/meta/public_keys/secret_scanning".into()
     }
@@ -578,6 +666,16 @@ impl Config {
         );
         self.trusted_proxy_nets()?;
         self.billing.credit()?;
+        self.payments.settings()?;
+        anyhow::ensure!(
+            https_or_loopback(&self.payments.stripe_api_base),
+            "payments.stripe_api_base must be an https:// URL"
+        );
+        anyhow::ensure!(
+            self.payments.stripe_secret_key.is_none() || self.payments.stripe_webhook_secret.is_some(),
+            "payments.stripe_webhook_secret is required with payments.stripe_secret_key: credit is granted from \
+             Stripe's events"
+        );
         anyhow::ensure!(
             self.connections.max >= 1 && (1..=self.connections.max).contains(&self.connections.max_per_client),
             "connections.max must be at least 1, and connections.max_per_client 1 to connections.max"

@@ -5,6 +5,7 @@
 pub mod config;
 mod federation;
 pub mod listener;
+pub mod stripe;
 pub mod telemetry;
 
 use std::collections::HashMap;
@@ -352,6 +353,31 @@ impl Server {
     }
 }
 
+/// The payments service: Stripe when `payments.stripe_secret_key` is set, else purchases off.
+fn payments(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<tollgate_core::billing::Payments> {
+    let provider: Option<Arc<dyn tollgate_core::billing::PaymentProvider>> = match (
+        &config.payments.stripe_secret_key,
+        &config.payments.stripe_webhook_secret,
+    ) {
+        (Some(key), Some(webhook)) => Some(Arc::new(stripe::Stripe::new(
+            &config.payments.stripe_api_base,
+            key.clone(),
+            webhook.clone(),
+        )?)),
+        _ => None,
+    };
+    Ok(tollgate_core::billing::Payments::new(
+        Arc::clone(store),
+        Arc::clone(clock),
+        provider,
+        config.payments.settings()?,
+    ))
+}
+
 /// Migrates, wires and starts serving on `config.listen` (port 0 picks a free port). The
 /// server stops when `signal` resolves or [`Server::shutdown`] is called.
 pub async fn start(
@@ -384,6 +410,7 @@ pub async fn start(
         keys: services.keys.clone(),
         audit: services.audit.clone(),
         ledger: services.ledger.clone(),
+        payments: payments(config, &store, &clock)?.with_credits(credits.clone()),
         inference: tollgate_core::Inference::new(
             catalog,
             Arc::new(tollgate_core::LocalRateLimiter::default()),

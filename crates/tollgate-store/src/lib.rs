@@ -868,6 +868,99 @@ pub trait LedgerStore: Send + Sync {
     async fn verify_ledger(&self) -> Result<Option<String>, StoreError>;
 }
 
+/// A change to a top-up, applied in one transaction only if the top-up is still as the caller
+/// read it (`expect_*`): the provider event that caused it (recorded, so a redelivery changes
+/// nothing), the new status and taken-back amount, the ledger entry it makes, and its audit.
+#[derive(Debug, Clone)]
+pub struct TopUpChange<'a> {
+    /// The top-up.
+    pub top_up_id: uuid::Uuid,
+    /// The provider event `(id, type)` behind the change, if any.
+    pub event: Option<(&'a str, &'a str)>,
+    /// The status it must have now.
+    pub expect_status: tollgate_domain::TopUpStatus,
+    /// What it must have had taken back now, in cents.
+    pub expect_taken_back_cents: i64,
+    /// Its new status.
+    pub status: tollgate_domain::TopUpStatus,
+    /// Why it failed or was refused (kept when `None`).
+    pub failure: Option<&'a str>,
+    /// What has been taken back in all, in cents.
+    pub taken_back_cents: i64,
+    /// The provider's payment and method, when now known (kept when `None`).
+    pub provider_ref: Option<&'a str>,
+    /// The payment method charged (kept when `None`).
+    pub payment_method: Option<&'a str>,
+    /// The ledger entry (a purchase or a refund), idempotent on its key.
+    pub entry: Option<&'a tollgate_domain::LedgerEntry>,
+    /// The audit event.
+    pub audit: Option<&'a AuditEvent>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// What became of a [`TopUpChange`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopUpChanged {
+    /// Written.
+    Applied,
+    /// Its event was processed before: nothing written.
+    Duplicate,
+    /// The top-up is no longer as expected (or gone): nothing written; read it again.
+    Stale,
+}
+
+/// Payments: the team's customer at the provider, its billing details, top-ups and the
+/// provider events processed.
+///
+/// **Invariant:** a top-up's status, its ledger entries and the event that moved them commit
+/// together; an event id is processed at most once; at most one top-up per team is pending.
+#[async_trait]
+pub trait PaymentStore: Send + Sync {
+    /// The team's customer id at the provider, if one was made.
+    async fn payment_customer(&self, team_id: TeamId) -> Result<Option<String>, StoreError>;
+    /// Records the team's customer id unless one is recorded; returns the recorded one (a
+    /// concurrent first writer wins).
+    async fn save_payment_customer(
+        &self,
+        team_id: TeamId,
+        provider: &str,
+        customer_id: &str,
+        at: Timestamp,
+    ) -> Result<String, StoreError>;
+    /// The team's billing details, if set.
+    async fn billing_info(&self, team_id: TeamId) -> Result<Option<tollgate_domain::BillingInfo>, StoreError>;
+    /// Sets the team's billing details with `audit`, atomically.
+    async fn set_billing_info(
+        &self,
+        team_id: TeamId,
+        info: &tollgate_domain::BillingInfo,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Records `top_up` (pending) with `audit`, unless the team has a pending one: that one is
+    /// returned instead, and nothing is written.
+    async fn start_top_up(
+        &self,
+        top_up: &tollgate_domain::TopUp,
+        audit: &AuditEvent,
+    ) -> Result<tollgate_domain::TopUp, StoreError>;
+    /// One top-up of the team.
+    async fn top_up(&self, team_id: TeamId, id: uuid::Uuid) -> Result<Option<tollgate_domain::TopUp>, StoreError>;
+    /// The top-up whose provider payment is `provider_ref`.
+    async fn top_up_by_ref(&self, provider_ref: &str) -> Result<Option<tollgate_domain::TopUp>, StoreError>;
+    /// The team's pending top-up, if any.
+    async fn pending_top_up(&self, team_id: TeamId) -> Result<Option<tollgate_domain::TopUp>, StoreError>;
+    /// The team's top-ups, newest first, at most `limit`.
+    async fn top_ups(&self, team_id: TeamId, limit: u32) -> Result<Vec<tollgate_domain::TopUp>, StoreError>;
+    /// Applies `change` (see [`TopUpChange`]).
+    async fn change_top_up(&self, change: &TopUpChange<'_>) -> Result<TopUpChanged, StoreError>;
+    /// Whether the provider event was processed.
+    async fn payment_event_seen(&self, event_id: &str) -> Result<bool, StoreError>;
+    /// Records a provider event that changes nothing of ours; `false` when it was seen before.
+    async fn record_payment_event(&self, event_id: &str, event_type: &str, at: Timestamp) -> Result<bool, StoreError>;
+}
+
 /// Everything Tollgate persists.
 #[async_trait]
 pub trait Store:
@@ -881,6 +974,7 @@ pub trait Store:
     + FederationStore
     + LedgerStore
     + CreditStore
+    + PaymentStore
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

@@ -1389,6 +1389,102 @@ pub async fn sweep_deletes_what_is_over(store: &dyn Store) {
     assert_eq!(store.sweep(&sweep).await.unwrap(), Swept::default());
 }
 
+/// One pending top-up per team (a second start returns it); a change applies only to the top-up
+/// as it was read, commits its entry with it, and an event id is processed once.
+pub async fn top_ups_are_one_pending_and_change_once(store: &dyn Store) {
+    use crate::{TopUpChange, TopUpChanged};
+    use tollgate_domain::{TopUp, TopUpStatus};
+    let (_, team) = seed_user(store, "topup@example.com").await;
+    let top_up = |id: u128| TopUp {
+        id: Uuid::from_u128(id),
+        team_id: team.id,
+        amount_cents: 2500,
+        status: TopUpStatus::Pending,
+        provider_ref: None,
+        payment_method: Some("pm_1".into()),
+        failure: None,
+        taken_back_cents: 0,
+        created_at: at(1),
+        updated_at: at(1),
+    };
+    let first = store
+        .start_top_up(&top_up(1), &audit(Some(team.id), AuditAction::TopUpCredits, at(1)))
+        .await
+        .unwrap();
+    let second = store
+        .start_top_up(&top_up(2), &audit(Some(team.id), AuditAction::TopUpCredits, at(2)))
+        .await
+        .unwrap();
+    assert_eq!(second.id, first.id, "the pending one is returned");
+    assert!(store.top_up(team.id, Uuid::from_u128(2)).await.unwrap().is_none());
+    let entry = tollgate_domain::LedgerEntry {
+        id: Uuid::now_v7(),
+        team_id: team.id,
+        kind: tollgate_domain::EntryKind::Purchase,
+        bucket: tollgate_domain::Bucket::Prepaid,
+        amount: Ticks::new(2500 * Ticks::PER_CENT),
+        idempotency_key: "top-up:1".into(),
+        lot_id: None,
+        expires_at: None,
+        reason: None,
+        created_at: at(3),
+    };
+    let grant_audit = audit(Some(team.id), AuditAction::TopUpCredits, at(3));
+    let grant = TopUpChange {
+        top_up_id: first.id,
+        event: Some(("evt_1", "payment_intent.succeeded")),
+        expect_status: TopUpStatus::Pending,
+        expect_taken_back_cents: 0,
+        status: TopUpStatus::Succeeded,
+        failure: None,
+        taken_back_cents: 0,
+        provider_ref: Some("pi_1"),
+        payment_method: None,
+        entry: Some(&entry),
+        audit: Some(&grant_audit),
+        at: at(3),
+    };
+    assert_eq!(store.change_top_up(&grant).await.unwrap(), TopUpChanged::Applied);
+    assert_eq!(store.change_top_up(&grant).await.unwrap(), TopUpChanged::Duplicate);
+    let again = TopUpChange {
+        event: Some(("evt_2", "payment_intent.succeeded")),
+        ..grant.clone()
+    };
+    assert_eq!(store.change_top_up(&again).await.unwrap(), TopUpChanged::Stale);
+    assert!(
+        !store.payment_event_seen("evt_2").await.unwrap(),
+        "a stale change records nothing"
+    );
+    assert!(store.payment_event_seen("evt_1").await.unwrap());
+    let stored = store.top_up_by_ref("pi_1").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.payment_method.as_deref()),
+        (TopUpStatus::Succeeded, Some("pm_1"))
+    );
+    assert_eq!(store.balance(team.id).await.unwrap().prepaid, entry.amount);
+    assert!(store.pending_top_up(team.id).await.unwrap().is_none());
+    // Now a new one may start.
+    let third = store
+        .start_top_up(&top_up(3), &audit(Some(team.id), AuditAction::TopUpCredits, at(4)))
+        .await
+        .unwrap();
+    assert_eq!(third.id, Uuid::from_u128(3));
+    assert_eq!(store.top_ups(team.id, 10).await.unwrap().len(), 2);
+    assert!(
+        store
+            .record_payment_event("evt_3", "customer.created", at(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_payment_event("evt_3", "customer.created", at(5))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
+}
+
 /// Every case, by name, for the test generator.
 #[macro_export]
 macro_rules! for_each_conformance_case {
@@ -1403,6 +1499,7 @@ macro_rules! for_each_conformance_case {
             usage_is_idempotent_per_request,
             credit_leases_lend_only_what_is_spendable,
             one_batch_charges_many_teams,
+            top_ups_are_one_pending_and_change_once,
             audit_events_round_trip,
             api_key_lifecycle,
             mail_outbox_claims_retries_and_gives_up,

@@ -302,6 +302,21 @@ impl Credits {
         drop(hold);
     }
 
+    /// Stops admitting the team's requests on this node's lease at once (credit was taken back,
+    /// e.g. a refund or dispute): holds in flight go on; a new request needs a fresh lease,
+    /// which the database lends only from what is spendable now. The lease is returned when
+    /// idle.
+    pub fn revoke(&self, team_id: TeamId) {
+        let Some(slot) = self.teams().get(&team_id).cloned() else {
+            return;
+        };
+        let mut state = slot.state();
+        let held = state.held;
+        if let Some(lease) = state.lease.as_mut() {
+            lease.granted = lease.granted.min(held);
+        }
+    }
+
     /// One round of the keeper: renews leases in use before they stop admitting, returns those
     /// idle for a while, and forgets teams with nothing held.
     pub async fn keep(&self) -> Result<(), StoreError> {

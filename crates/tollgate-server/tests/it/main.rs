@@ -19,6 +19,7 @@ mod keys;
 mod management;
 mod oidc;
 mod ops;
+mod payments;
 mod secret_scanning;
 mod smtp;
 mod streaming;

@@ -1090,6 +1090,26 @@ fn matrix_routes() -> Vec<Route> {
             Some(json!({"desiredSoftSpendingLimit": {"val": "0"}})),
             false,
         ),
+        route(Method::GET, "/api/teams/{team_id}/billing/billing-info", None, false),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/billing/billing-info",
+            Some(json!({"billingInfo": {"name": ""}})),
+            false,
+        ),
+        route(Method::GET, "/api/teams/{team_id}/billing/payment-methods", None, false),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/billing/payment-methods/default",
+            Some(json!({"paymentMethodId": "pm_none"})),
+            false,
+        ),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/billing/top-up",
+            Some(json!({"amount": {"val": "1"}})),
+            false,
+        ),
         route(
             Method::PUT,
             "/api/teams/{team_id}/key-policy",
@@ -1180,6 +1200,26 @@ fn matrix_routes() -> Vec<Route> {
             false,
         ),
         route(Method::GET, "/audit/teams/{team_id}/events/export", None, false),
+        route(Method::GET, "/v1/billing/teams/{team_id}/billing-info", None, false),
+        route(
+            Method::POST,
+            "/v1/billing/teams/{team_id}/billing-info",
+            Some(json!({"billingInfo": {"name": ""}})),
+            false,
+        ),
+        route(Method::GET, "/v1/billing/teams/{team_id}/payment-method", None, false),
+        route(
+            Method::POST,
+            "/v1/billing/teams/{team_id}/payment-method/default",
+            Some(json!({"paymentMethodId": "pm_none"})),
+            false,
+        ),
+        route(
+            Method::POST,
+            "/v1/billing/teams/{team_id}/prepaid/top-up",
+            Some(json!({"amount": {"val": "1"}})),
+            false,
+        ),
     ]
 }
 

@@ -27,6 +27,7 @@ mod keys;
 mod ledger;
 mod mail;
 mod mfa;
+mod payments;
 mod teams;
 mod usage;
 

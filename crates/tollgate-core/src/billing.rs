@@ -3,6 +3,7 @@
 
 pub mod analytics;
 pub mod credit;
+pub mod invoicing;
 pub mod ledger;
 pub mod payments;
 
@@ -11,5 +12,5 @@ pub use credit::{CreditError, CreditSettings, Credits, Hold};
 pub use ledger::{InvoicePreview, Ledger, LedgerError, TeamCredit};
 pub use payments::{
     Card, CustomerDetails, EventError, EventObject, EventOutcome, Payment, PaymentError, PaymentMethod,
-    PaymentProvider, PaymentRequest, PaymentSettings, PaymentStatus, Payments, ProviderError, ProviderEvent,
+    PaymentProvider, PaymentRequest, PaymentSettings, PaymentStatus, Payments, ProviderError, ProviderEvent, Purpose,
 };

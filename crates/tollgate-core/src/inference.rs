@@ -59,6 +59,17 @@ pub enum AdmitError {
          making API requests, please purchase more credits or raise your spending limit."
     )]
     OutOfCredit(tollgate_domain::TeamId),
+    /// The team is blocked until an unpaid invoice is paid.
+    #[error(
+        "Your team {team} is blocked because invoice {invoice} is unpaid. Pay it in the console (Billing, \
+         Invoices) or ask the operator; requests resume as soon as it is paid."
+    )]
+    TeamBlocked {
+        /// The team.
+        team: tollgate_domain::TeamId,
+        /// The unpaid invoice's number.
+        invoice: String,
+    },
     /// Credit could not be held: the database is unavailable.
     #[error("credit could not be checked: {0}")]
     Unavailable(tollgate_store::StoreError),
@@ -192,6 +203,12 @@ impl Inference {
             .resolve(model)
             .cloned()
             .ok_or_else(|| AdmitError::UnknownModel(model.to_owned()))?;
+        if let Some(invoice) = &key.team_blocked_by {
+            return Err(AdmitError::TeamBlocked {
+                team: key.team_id,
+                invoice: invoice.clone(),
+            });
+        }
         if !key.acls.allows(endpoint) {
             return Err(AdmitError::EndpointDenied(endpoint));
         }

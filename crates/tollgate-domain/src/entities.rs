@@ -228,6 +228,9 @@ pub struct ApiKey {
     pub last_used_at: Option<Timestamp>,
     /// While set, the secret a rotation replaced is still accepted, until this time.
     pub previous_secret_expires_at: Option<Timestamp>,
+    /// The unpaid invoice (its number) for which the key's team is blocked, if any: its
+    /// requests are refused until it is paid.
+    pub team_blocked_by: Option<String>,
 }
 
 /// A management key: authenticates one team's management API.

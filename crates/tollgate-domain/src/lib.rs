@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod entities;
 pub mod entropy;
 pub mod ids;
+pub mod invoices;
 pub mod key_policy;
 pub mod keys;
 pub mod ledger;
@@ -46,6 +47,7 @@ pub use ids::{
     ApiKeyId, AuditEventId, DomainId, IdentityId, InvitationId, MailId, ManagementKeyId, PasskeyId, RequestId,
     SessionId, TeamId, UserId,
 };
+pub use invoices::{Invoice, InvoiceKind, InvoiceStatus, IssuedLine};
 pub use key_policy::{KeyPolicy, KeyShape, PolicyViolation};
 pub use ledger::{
     Balance, Bucket, EntryKind, Funds, InvoiceLine, LedgerEntry, MonthUsage, MonthlySpend, SpendPart, SpendingLimits,

@@ -399,6 +399,12 @@ pub(crate) struct BillingCycleView {
     month: u32,
 }
 
+impl BillingCycleView {
+    pub(crate) fn new(year: i32, month: u32) -> Self {
+        Self { year, month }
+    }
+}
+
 /// `GET …/postpaid/invoice/preview` answer (xAI's shape).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

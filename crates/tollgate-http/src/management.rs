@@ -139,7 +139,7 @@ impl ApiKeyView {
             api_key_id: key.id.to_string(),
             disabled: key.disabled,
             api_key_blocked: key.blocked,
-            team_blocked: false,
+            team_blocked: key.team_blocked_by.is_some(),
             expire_time: key.expire_time.map(rfc3339),
             qps: key.qps,
             qpm: key.qpm,

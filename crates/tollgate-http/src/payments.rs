@@ -5,12 +5,13 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tollgate_core::billing::{EventError, EventOutcome, PaymentError, PaymentMethod, ProviderError};
-use tollgate_domain::{Address, BillingInfo, TopUp, TopUpStatus};
+use tollgate_domain::{Address, BillingInfo, Invoice, InvoiceKind, InvoiceStatus, TopUp, TopUpStatus};
+use tollgate_store::InvoiceFilter;
 
 use crate::AppState;
 use crate::billing::CentView;
@@ -43,6 +44,16 @@ pub(crate) fn router() -> Router<AppState> {
             "/api/teams/{team_id}/billing/payment-methods/default",
             post(team_set_default_payment_method),
         )
+        .route("/v1/billing/teams/{team_id}/invoices", get(invoices))
+        .route("/api/teams/{team_id}/billing/invoices", get(team_invoices))
+        .route(
+            "/api/teams/{team_id}/billing/invoices/{invoice_id}",
+            get(team_invoice_page),
+        )
+        .route(
+            "/api/teams/{team_id}/billing/invoices/{invoice_id}/pay",
+            post(team_pay_invoice),
+        )
         .route("/webhooks/stripe", post(stripe_webhook))
 }
 
@@ -56,7 +67,9 @@ impl From<PaymentError> for XaiError {
             | PaymentError::Declined(_)
             | PaymentError::Event(_) => XaiError::invalid_argument(error.to_string()),
             PaymentError::Forbidden(_) | PaymentError::Refused(_) => XaiError::permission_denied(error.to_string()),
-            PaymentError::NoSuchPaymentMethod | PaymentError::TeamNotFound => XaiError::not_found(error.to_string()),
+            PaymentError::NoSuchPaymentMethod | PaymentError::NoSuchInvoice | PaymentError::TeamNotFound => {
+                XaiError::not_found(error.to_string())
+            }
             PaymentError::Provider(ProviderError::Unavailable(_)) => {
                 XaiError::unavailable("The payment provider cannot be reached; retry later", error)
             }
@@ -519,4 +532,336 @@ pub(crate) async fn stripe_webhook(
         received: true,
         outcome,
     }))
+}
+
+/// xAI's `invoiceStatus`.
+fn invoice_status(status: InvoiceStatus) -> &'static str {
+    match status {
+        InvoiceStatus::Open => "PENDING",
+        InvoiceStatus::Paid => "PAID",
+        InvoiceStatus::Failed => "FAILED",
+        InvoiceStatus::Void => "WILL_NEVER_BE_CHARGED",
+    }
+}
+
+/// One line of an issued invoice (xAI's `Line`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct IssuedLineView {
+    cluster_name: String,
+    description: String,
+    /// `tokens` or `credit`.
+    unit_type: String,
+    /// USD ticks per unit.
+    unit_price: String,
+    num_units: String,
+    /// Cents, rounded half away from zero from the exact amount.
+    amount: String,
+    /// The exact amount, in USD ticks (1e-10 USD).
+    amount_in_usd_ticks: String,
+}
+
+/// A monthly invoice's billing cycle.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MonthlyView {
+    billing_cycle: crate::billing::BillingCycleView,
+}
+
+/// An issued invoice or receipt (xAI's `InvoiceBundle`); amounts in cents.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InvoiceView {
+    team_id: String,
+    invoice_id: String,
+    invoice_number: String,
+    create_time: String,
+    /// `PENDING`, `PAID`, `FAILED` or `WILL_NEVER_BE_CHARGED`.
+    invoice_status: &'static str,
+    lines: Vec<IssuedLineView>,
+    /// Every line.
+    subtotal: String,
+    /// What credit paid already (monthly invoices; ours).
+    credits_applied: String,
+    tax: String,
+    /// What is (or was) charged.
+    total: String,
+    /// For a monthly invoice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    monthly: Option<MonthlyView>,
+    /// For a receipt of prepaid credit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prepaid: Option<serde_json::Value>,
+    /// Who it is made out to, as on the day it was issued.
+    billing_info: BillingInfoView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paid_time: Option<String>,
+    /// Why the last charge failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<String>,
+}
+
+fn invoice_view(invoice: Invoice, cluster: &str) -> InvoiceView {
+    let cents = |amount: tollgate_domain::Ticks| amount.to_cents_rounded().to_string();
+    let cycle = invoice
+        .month
+        .split_once('-')
+        .and_then(|(year, month)| Some((year.parse().ok()?, month.parse().ok()?)));
+    let total = invoice.total_cents().to_string();
+    InvoiceView {
+        team_id: invoice.team_id.to_string(),
+        invoice_id: invoice.id.to_string(),
+        invoice_number: invoice.number,
+        create_time: crate::management::rfc3339(invoice.issued_at),
+        invoice_status: invoice_status(invoice.status),
+        lines: invoice
+            .lines
+            .iter()
+            .map(|line| IssuedLineView {
+                cluster_name: cluster.to_owned(),
+                description: line.description.clone(),
+                unit_type: line.unit_type.clone(),
+                unit_price: line.unit_price.get().to_string(),
+                num_units: line.units.to_string(),
+                amount: cents(line.amount),
+                amount_in_usd_ticks: line.amount.get().to_string(),
+            })
+            .collect(),
+        subtotal: cents(invoice.subtotal),
+        credits_applied: cents(invoice.credit_used),
+        tax: "0".into(),
+        total,
+        monthly: match (invoice.kind, cycle) {
+            (InvoiceKind::Monthly, Some((year, month))) => Some(MonthlyView {
+                billing_cycle: crate::billing::BillingCycleView::new(year, month),
+            }),
+            _ => None,
+        },
+        prepaid: (invoice.kind == InvoiceKind::Receipt).then(|| serde_json::json!({})),
+        billing_info: invoice.billed_to.into(),
+        paid_time: invoice.paid_at.map(crate::management::rfc3339),
+        failure: invoice.failure,
+    }
+}
+
+/// `GET …/invoices` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct InvoicesAnswer {
+    invoices: Vec<InvoiceView>,
+}
+
+/// xAI's filters: `billingCycle.year` with `billingCycle.month`, `since.year` with
+/// `since.month`, `invoiceIds.invoiceIds` (repeated, or comma-separated).
+fn invoice_filter(query: Option<&str>) -> Result<InvoiceFilter, XaiError> {
+    let mut filter = InvoiceFilter {
+        limit: 500,
+        ..InvoiceFilter::default()
+    };
+    let (mut cycle, mut since) = ((None, None), (None, None));
+    let number = |name: &str, value: &str| {
+        value
+            .parse::<u32>()
+            .map_err(|_| XaiError::invalid_argument(format!("{name} must be a number")))
+    };
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "billingCycle.year" => cycle.0 = Some(number(&name, &value)?),
+            "billingCycle.month" => cycle.1 = Some(number(&name, &value)?),
+            "since.year" => since.0 = Some(number(&name, &value)?),
+            "since.month" => since.1 = Some(number(&name, &value)?),
+            "invoiceIds.invoiceIds" | "invoiceIds" => {
+                for id in value.split(',').filter(|id| !id.trim().is_empty()) {
+                    filter.ids.push(
+                        id.trim().parse().map_err(|_| {
+                            XaiError::invalid_argument(format!("invoiceIds: {id:?} is not an invoice id"))
+                        })?,
+                    );
+                }
+            }
+            other => {
+                return Err(XaiError::invalid_argument(format!("unknown query parameter {other:?}")));
+            }
+        }
+    }
+    let month = |(year, month): (Option<u32>, Option<u32>), what: &str| match (year, month) {
+        (None, None) => Ok(None),
+        (Some(year), Some(month)) if (1..=12).contains(&month) && (1970..=9999).contains(&year) => {
+            Ok(Some(format!("{year:04}-{month:02}")))
+        }
+        _ => Err(XaiError::invalid_argument(format!(
+            "{what}.year and {what}.month go together (month 1 to 12)"
+        ))),
+    };
+    filter.month = month(cycle, "billingCycle")?;
+    filter.since_month = month(since, "since")?;
+    Ok(filter)
+}
+
+/// The team's invoices and receipts, newest first; filters as xAI's.
+#[utoipa::path(get, path = "/v1/billing/teams/{team_id}/invoices", tag = "management",
+    params(("team_id" = String, Path, description = "The team's id"),
+        ("billingCycle.year" = Option<u32>, Query, description = "With billingCycle.month: that month's only"),
+        ("billingCycle.month" = Option<u32>, Query, description = "1 to 12"),
+        ("since.year" = Option<u32>, Query, description = "With since.month: that month and later"),
+        ("since.month" = Option<u32>, Query, description = "1 to 12"),
+        ("invoiceIds.invoiceIds" = Option<String>, Query, description = "Only these (repeated or comma-separated)")),
+    responses((status = 200, body = InvoicesAnswer), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody),
+        (status = 403, body = crate::ErrorBody)),
+    security(("management_key" = [])))]
+pub(crate) async fn invoices(
+    State(state): State<AppState>,
+    ManagementCaller(caller): ManagementCaller,
+    Path(team_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<InvoicesAnswer>, XaiError> {
+    crate::management::own_team(&caller, &team_id)?;
+    let filter = invoice_filter(query.as_deref())?;
+    let invoices = state.payments.invoices(&caller, &filter).await?;
+    Ok(Json(InvoicesAnswer {
+        invoices: invoices
+            .into_iter()
+            .map(|invoice| invoice_view(invoice, &state.settings.owned_by))
+            .collect(),
+    }))
+}
+
+/// The team's invoices and receipts (Admins), as the Management API lists them.
+#[utoipa::path(get, path = "/api/teams/{team_id}/billing/invoices", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = InvoicesAnswer), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody),
+        (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_invoices(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RawQuery(query): RawQuery,
+) -> Result<Json<InvoicesAnswer>, XaiError> {
+    let filter = invoice_filter(query.as_deref())?;
+    let invoices = state.payments.invoices(&caller, &filter).await?;
+    Ok(Json(InvoicesAnswer {
+        invoices: invoices
+            .into_iter()
+            .map(|invoice| invoice_view(invoice, &state.settings.owned_by))
+            .collect(),
+    }))
+}
+
+fn invoice_id(raw: &str) -> Result<uuid::Uuid, XaiError> {
+    raw.parse().map_err(|_| XaiError::not_found("Invoice not found"))
+}
+
+/// Charge an unpaid invoice now with the default payment method (Admins): how a team blocked
+/// for an unpaid invoice pays it.
+#[utoipa::path(post, path = "/api/teams/{team_id}/billing/invoices/{invoice_id}/pay", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("invoice_id" = String, Path, description = "The invoice's id")),
+    responses((status = 200, body = InvoiceView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody),
+        (status = 404, body = crate::ErrorBody), (status = 503, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_pay_invoice(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<InvoiceView>, XaiError> {
+    let invoice = state.payments.pay_now(&caller, invoice_id(&id)?).await?;
+    Ok(Json(invoice_view(invoice, &state.settings.owned_by)))
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An invoice as a page to print (or save as PDF from the browser).
+fn invoice_page(invoice: &Invoice, product: &str) -> String {
+    use std::fmt::Write as _;
+    let usd = |amount: tollgate_domain::Ticks| {
+        let cents = amount.to_cents_rounded();
+        format!("${}.{:02}", cents / 100, (cents % 100).abs())
+    };
+    let title = match invoice.kind {
+        InvoiceKind::Monthly => format!("Invoice {}", invoice.number),
+        InvoiceKind::Receipt => format!("Receipt {}", invoice.number),
+    };
+    let billed = &invoice.billed_to;
+    let address = [
+        billed.address.line1.as_str(),
+        billed.address.line2.as_str(),
+        &[billed.address.postal_code.as_str(), billed.address.city.as_str()].join(" "),
+        billed.address.state.as_str(),
+        &billed.address.country.map(|c| c.to_string()).unwrap_or_default(),
+    ]
+    .iter()
+    .map(|part| part.trim())
+    .filter(|part| !part.is_empty())
+    .map(escape)
+    .collect::<Vec<_>>()
+    .join("<br>");
+    let mut rows = String::new();
+    for line in &invoice.lines {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td class=n>{}</td><td class=n>{}</td></tr>",
+            escape(&line.description),
+            line.units,
+            usd(line.amount)
+        );
+    }
+    let status = match invoice.status {
+        InvoiceStatus::Open => "Unpaid",
+        InvoiceStatus::Paid => "Paid",
+        InvoiceStatus::Failed => "Payment failed",
+        InvoiceStatus::Void => "Not charged",
+    };
+    let tax = if billed.tax_number.is_empty() {
+        String::new()
+    } else {
+        format!("<br>{}: {}", escape(&billed.tax_id_type), escape(&billed.tax_number))
+    };
+    format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title>\
+         <style>body{{font:14px/1.4 system-ui,sans-serif;max-width:48rem;margin:2rem auto;color:#111}}\
+         table{{width:100%;border-collapse:collapse}}td,th{{padding:.3rem;border-bottom:1px solid #ddd;text-align:left}}\
+         .n{{text-align:right}}h1{{font-size:1.4rem}}</style></head><body>\
+         <h1>{title}</h1><p>{product} · issued {issued} · {month} · <strong>{status}</strong></p>\
+         <p><strong>Billed to</strong><br>{name}<br>{address}{tax}<br>{email}<br>Team: {team}</p>\
+         <table><thead><tr><th>Description</th><th class=n>Units</th><th class=n>Amount</th></tr></thead>\
+         <tbody>{rows}</tbody></table>\
+         <p class=n>Subtotal {subtotal}<br>Paid from credit −{credit}<br>Tax $0.00<br><strong>Total {total}</strong></p>\
+         </body></html>",
+        title = escape(&title),
+        product = escape(product),
+        issued = invoice.issued_at.format("%Y-%m-%d"),
+        month = escape(&invoice.month),
+        name = escape(&billed.name),
+        email = escape(&billed.email),
+        team = escape(&invoice.team_name),
+        subtotal = usd(invoice.subtotal),
+        credit = usd(invoice.credit_used),
+        total = usd(invoice.total),
+    )
+}
+
+/// One invoice as a printable HTML page (Admins).
+#[utoipa::path(get, path = "/api/teams/{team_id}/billing/invoices/{invoice_id}", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("invoice_id" = String, Path, description = "The invoice's id")),
+    responses((status = 200, content_type = "text/html", body = String), (status = 403, body = crate::ErrorBody),
+        (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_invoice_page(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<axum::response::Html<String>, XaiError> {
+    let invoice = state.payments.invoice(&caller, invoice_id(&id)?).await?;
+    Ok(axum::response::Html(invoice_page(&invoice, &state.settings.owned_by)))
 }

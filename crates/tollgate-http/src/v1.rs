@@ -212,9 +212,10 @@ fn rate_limit_headers(decision: Option<&LimitDecision>) -> HeaderMap {
 fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
     match error {
         AdmitError::UnknownModel(_) => XaiError::not_found(error.to_string()),
-        AdmitError::EndpointDenied(_) | AdmitError::ModelDenied(_) | AdmitError::Unpriced(_) => {
-            XaiError::permission_denied(error.to_string())
-        }
+        AdmitError::EndpointDenied(_)
+        | AdmitError::ModelDenied(_)
+        | AdmitError::Unpriced(_)
+        | AdmitError::TeamBlocked { .. } => XaiError::permission_denied(error.to_string()),
         AdmitError::OutOfCredit(_) => {
             state.metrics.out_of_credit();
             XaiError::new(StatusCode::TOO_MANY_REQUESTS, error.to_string())
@@ -489,7 +490,7 @@ pub(crate) async fn get_api_key(ApiKeyAuth(key): ApiKeyAuth) -> Json<ApiKeyInfoV
         team_id: key.team_id.to_string(),
         acls: key.acls.as_slice().iter().map(ToString::to_string).collect(),
         api_key_id: key.id.to_string(),
-        team_blocked: false,
+        team_blocked: key.team_blocked_by.is_some(),
         api_key_blocked: key.blocked,
         api_key_disabled: key.disabled,
     })

@@ -193,6 +193,16 @@ pub struct PaymentsConfig {
     /// money moves.
     #[serde(default)]
     pub refused_card_countries: Vec<String>,
+    /// Invoice numbers are `<prefix>-000001`, … in one gap-free series. Default "TG".
+    #[serde(default = "defaults::invoice_prefix")]
+    pub invoice_prefix: String,
+    /// Hours after a month ends before its invoices are issued. Default 1.
+    #[serde(default = "defaults::invoice_after_hours")]
+    pub invoice_after_hours: u32,
+    /// Days a monthly invoice may stay unpaid before the team's requests are refused (with a
+    /// payment provider only). Default 14.
+    #[serde(default = "defaults::unpaid_grace_days")]
+    pub unpaid_grace_days: u32,
 }
 
 impl Default for PaymentsConfig {
@@ -204,6 +214,9 @@ impl Default for PaymentsConfig {
             min_top_up_usd: defaults::min_top_up_usd(),
             max_top_up_usd: defaults::max_top_up_usd(),
             refused_card_countries: Vec::new(),
+            invoice_prefix: defaults::invoice_prefix(),
+            invoice_after_hours: defaults::invoice_after_hours(),
+            unpaid_grace_days: defaults::unpaid_grace_days(),
         }
     }
 }
@@ -234,10 +247,25 @@ impl PaymentsConfig {
                     .map_err(|e| anyhow::anyhow!("payments.refused_card_countries: {e}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            (1..=12).contains(&self.invoice_prefix.len())
+                && self
+                    .invoice_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()),
+            "payments.invoice_prefix must be 1 to 12 upper-case letters or digits"
+        );
+        anyhow::ensure!(
+            (1..=720).contains(&self.invoice_after_hours) && (1..=365).contains(&self.unpaid_grace_days),
+            "payments.invoice_after_hours must be 1 to 720 and payments.unpaid_grace_days 1 to 365"
+        );
         Ok(tollgate_core::billing::PaymentSettings {
             min_top_up_cents,
             max_top_up_cents,
             card_countries: tollgate_domain::CardCountryRule::new(refused),
+            invoice_prefix: self.invoice_prefix.clone(),
+            close_grace: chrono::Duration::hours(i64::from(self.invoice_after_hours)),
+            unpaid_grace: chrono::Duration::days(i64::from(self.unpaid_grace_days)),
         })
     }
 }
@@ -501,6 +529,18 @@ mod defaults {
     }
     pub(super) fn stripe_api_base() -> String {
         "https://api.stripe.com".into()
+    }
+
+    pub(super) fn invoice_prefix() -> String {
+        "TG".into()
+    }
+
+    pub(super) fn invoice_after_hours() -> u32 {
+        1
+    }
+
+    pub(super) fn unpaid_grace_days() -> u32 {
+        14
     }
 
     pub(super) fn min_top_up_usd() -> String {

@@ -99,6 +99,8 @@ pub struct Services {
     pub teams: tollgate_core::TeamService,
     /// The credit ledger.
     pub ledger: tollgate_core::billing::Ledger,
+    /// Purchases, invoices and the payment provider.
+    pub payments: tollgate_core::billing::Payments,
 }
 
 /// Builds the services over `store`.
@@ -148,6 +150,7 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
         keys,
         ledger: tollgate_core::billing::Ledger::new(Arc::clone(store), Arc::clone(clock))
             .with_default_hard_limit(config.billing.max_invoiced_limit()?),
+        payments: payments(config, store, clock)?,
         audit: AuditService::new(
             Arc::clone(store),
             Arc::clone(clock),
@@ -410,7 +413,7 @@ pub async fn start(
         keys: services.keys.clone(),
         audit: services.audit.clone(),
         ledger: services.ledger.clone(),
-        payments: payments(config, &store, &clock)?.with_credits(credits.clone()),
+        payments: services.payments.clone().with_credits(credits.clone()),
         inference: tollgate_core::Inference::new(
             catalog,
             Arc::new(tollgate_core::LocalRateLimiter::default()),
@@ -489,6 +492,12 @@ pub async fn start(
         .ledger
         .clone()
         .spawn_expiry(Duration::from_secs(3600), stop_jobs.clone());
+    // Issues invoices and receipts and charges what is due; every few minutes, so a month's
+    // invoices go out soon after `payments.invoice_after_hours`.
+    let billing = services
+        .payments
+        .clone()
+        .spawn_billing(Duration::from_secs(300), stop_jobs.clone());
     let domain_checks = services.teams.clone().spawn_domain_checks(
         Duration::from_secs(config.domain_recheck_hours * 3600),
         stop_jobs.clone(),
@@ -552,6 +561,7 @@ pub async fn start(
         let _ = purge.await;
         let _ = housekeeping.await;
         let _ = credit_expiry.await;
+        let _ = billing.await;
         if let Some(mail) = mail {
             let _ = mail.await;
         }

@@ -110,6 +110,31 @@ enum BillingCommand {
     /// snapshot, so a running server raises no false alarm). Exits with status 1 naming the
     /// first mismatch.
     Verify,
+    /// Invoices: list a team's, issue what is due now, mark one paid.
+    #[command(subcommand)]
+    Invoice(InvoiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum InvoiceCommand {
+    /// A team's invoices and receipts, newest first.
+    List {
+        /// The team.
+        #[arg(long)]
+        team: TeamId,
+    },
+    /// Issue the invoices of months that are over and receipts that are missing, charge what is
+    /// due and block teams unpaid past the grace, now (the server does it every few minutes).
+    Run,
+    /// Mark an unpaid invoice paid (a bank transfer, say), with how; lifts the team's block.
+    MarkPaid {
+        /// The invoice's number (e.g. TG-000042).
+        #[arg(long)]
+        number: String,
+        /// How it was paid, for the team's audit log.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -539,7 +564,8 @@ fn read_secret(prompt: &str) -> anyhow::Result<String> {
 async fn billing(config: &Config, clock: Arc<dyn Clock>, command: BillingCommand) -> anyhow::Result<()> {
     use tollgate_domain::ledger::{format_usd, parse_usd};
     let store = tollgate_server::open_store(config).await?;
-    let ledger = tollgate_server::services(config, &store, &clock)?.ledger;
+    let services = tollgate_server::services(config, &store, &clock)?;
+    let (ledger, payments) = (services.ledger, services.payments);
     let context = RequestContext::default();
     let result = async {
         match command {
@@ -607,6 +633,39 @@ async fn billing(config: &Config, clock: Arc<dyn Clock>, command: BillingCommand
                 }
                 Some(mismatch) => anyhow::bail!("ledger mismatch: {mismatch}"),
             },
+            BillingCommand::Invoice(InvoiceCommand::List { team }) => {
+                let filter = tollgate_store::InvoiceFilter {
+                    limit: 1000,
+                    ..tollgate_store::InvoiceFilter::default()
+                };
+                for invoice in store.invoices(team, &filter).await? {
+                    println!(
+                        "{}  {:<8} {:<7} {}  {:>14}  {}",
+                        invoice.number,
+                        invoice.kind.as_str(),
+                        invoice.status.as_str(),
+                        invoice.month,
+                        format_usd(invoice.total),
+                        invoice.failure.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            BillingCommand::Invoice(InvoiceCommand::Run) => {
+                let run = payments.run_billing().await?;
+                println!(
+                    "issued {} invoices and {} receipts, {} charge attempts, {} teams blocked",
+                    run.invoices, run.receipts, run.charges, run.blocked
+                );
+            }
+            BillingCommand::Invoice(InvoiceCommand::MarkPaid { number, reason }) => {
+                let invoice = payments.mark_paid(&number, &reason, Actor::Operator).await?;
+                println!(
+                    "invoice {} (team {}, ${}) is paid",
+                    invoice.number,
+                    invoice.team_id,
+                    format_usd(invoice.total)
+                );
+            }
         }
         anyhow::Ok(())
     }

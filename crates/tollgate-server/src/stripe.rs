@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 use tollgate_core::billing::{
     Card, CustomerDetails, EventError, EventObject, Payment, PaymentMethod, PaymentProvider, PaymentRequest,
-    PaymentStatus, ProviderError, ProviderEvent,
+    PaymentStatus, ProviderError, ProviderEvent, Purpose,
 };
 use tollgate_domain::{TeamId, Timestamp};
 
@@ -204,14 +204,11 @@ impl From<PaymentIntentObject> for Payment {
             "canceled" => PaymentStatus::Canceled,
             _ => PaymentStatus::Other,
         };
-        let top_up = match (object.metadata.get("team_id"), object.metadata.get("top_up_id")) {
-            (Some(team), Some(top_up)) => team
-                .parse::<uuid::Uuid>()
-                .ok()
-                .zip(top_up.parse::<uuid::Uuid>().ok())
-                .map(|(team, top_up)| (TeamId::from_uuid(team), top_up)),
-            _ => None,
-        };
+        let id = |key: &str| object.metadata.get(key).and_then(|v| v.parse::<uuid::Uuid>().ok());
+        let purpose = id("top_up_id")
+            .map(Purpose::TopUp)
+            .or_else(|| id("invoice_id").map(Purpose::Invoice));
+        let purpose = id("team_id").zip(purpose).map(|(team, p)| (TeamId::from_uuid(team), p));
         Payment {
             id: object.id,
             status,
@@ -219,7 +216,7 @@ impl From<PaymentIntentObject> for Payment {
             received_cents: object.amount_received,
             payment_method: object.payment_method.map(IdOrObject::into_id),
             failure: object.last_payment_error.and_then(|e| e.message),
-            top_up,
+            purpose,
         }
     }
 }
@@ -330,7 +327,10 @@ impl PaymentProvider for Stripe {
             ("confirm".to_owned(), "true".to_owned()),
             ("off_session".to_owned(), "true".to_owned()),
             ("metadata[team_id]".to_owned(), request.team_id.to_string()),
-            ("metadata[top_up_id]".to_owned(), request.top_up_id.to_string()),
+            match request.purpose {
+                Purpose::TopUp(id) => ("metadata[top_up_id]".to_owned(), id.to_string()),
+                Purpose::Invoice(id) => ("metadata[invoice_id]".to_owned(), id.to_string()),
+            },
         ];
         let intent: PaymentIntentObject = self
             .call(

@@ -899,14 +899,14 @@ pub struct TopUpChange<'a> {
     pub at: Timestamp,
 }
 
-/// What became of a [`TopUpChange`].
+/// What became of a conditional change ([`TopUpChange`], [`InvoicePayment`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopUpChanged {
+pub enum Changed {
     /// Written.
     Applied,
     /// Its event was processed before: nothing written.
     Duplicate,
-    /// The top-up is no longer as expected (or gone): nothing written; read it again.
+    /// The row is no longer as expected (or gone): nothing written; read it again.
     Stale,
 }
 
@@ -954,11 +954,102 @@ pub trait PaymentStore: Send + Sync {
     /// The team's top-ups, newest first, at most `limit`.
     async fn top_ups(&self, team_id: TeamId, limit: u32) -> Result<Vec<tollgate_domain::TopUp>, StoreError>;
     /// Applies `change` (see [`TopUpChange`]).
-    async fn change_top_up(&self, change: &TopUpChange<'_>) -> Result<TopUpChanged, StoreError>;
+    async fn change_top_up(&self, change: &TopUpChange<'_>) -> Result<Changed, StoreError>;
     /// Whether the provider event was processed.
     async fn payment_event_seen(&self, event_id: &str) -> Result<bool, StoreError>;
     /// Records a provider event that changes nothing of ours; `false` when it was seen before.
     async fn record_payment_event(&self, event_id: &str, event_type: &str, at: Timestamp) -> Result<bool, StoreError>;
+}
+
+/// Which invoices to list (xAI's filters); all `None`: every invoice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InvoiceFilter {
+    /// Only those of this billing month (`2026-11`): the month a monthly invoice bills, the
+    /// month a receipt was issued in.
+    pub month: Option<String>,
+    /// Only those of this month or later.
+    pub since_month: Option<String>,
+    /// Only these.
+    pub ids: Vec<uuid::Uuid>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// A change of an invoice's payment state, applied only if it is still `expect` (with the
+/// provider event behind it recorded, once, and its audit event).
+#[derive(Debug, Clone)]
+pub struct InvoicePayment<'a> {
+    /// The invoice.
+    pub invoice_id: uuid::Uuid,
+    /// Its team.
+    pub team_id: TeamId,
+    /// The state it must be in.
+    pub expect: tollgate_domain::InvoiceStatus,
+    /// Its new state.
+    pub status: tollgate_domain::InvoiceStatus,
+    /// Charge attempts made in all.
+    pub attempts: u32,
+    /// When to try again (`None`: not scheduled).
+    pub next_attempt_at: Option<Timestamp>,
+    /// Why the last attempt failed (`None` clears it).
+    pub failure: Option<&'a str>,
+    /// The provider's payment of the latest attempt (kept when `None`).
+    pub payment_ref: Option<&'a str>,
+    /// When it was paid.
+    pub paid_at: Option<Timestamp>,
+    /// The provider event `(id, type)` behind the change.
+    pub event: Option<(&'a str, &'a str)>,
+    /// Its audit event.
+    pub audit: Option<&'a AuditEvent>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Invoices and receipts: issued once, numbered without gaps, never changed but for their
+/// payment state.
+///
+/// **Invariant:** the series counter moves only in the transaction that inserts the invoice
+/// numbered with it, so numbers have no gaps; a team's month has at most one monthly invoice and
+/// a top-up at most one receipt; the database refuses any change to an issued invoice's lines,
+/// amounts or billing details.
+#[async_trait]
+pub trait InvoiceStore: Send + Sync {
+    /// `(team, month)` pairs before `before_month` with invoiced usage and no invoice yet (deleted
+    /// teams included).
+    async fn months_to_invoice(&self, before_month: &str) -> Result<Vec<(TeamId, String)>, StoreError>;
+    /// Succeeded top-ups without a receipt yet.
+    async fn top_ups_without_receipt(&self, limit: u32) -> Result<Vec<tollgate_domain::TopUp>, StoreError>;
+    /// Issues `invoice` with `audit` in one transaction: its number is the next of `prefix`'s
+    /// series and its team name is read there (both as the store sets them). `None`, nothing
+    /// written and no number used, when the team's month (or the top-up) has one already.
+    async fn issue_invoice(
+        &self,
+        invoice: &tollgate_domain::Invoice,
+        prefix: &str,
+        audit: &AuditEvent,
+    ) -> Result<Option<tollgate_domain::Invoice>, StoreError>;
+    /// The team's invoices, newest first.
+    async fn invoices(
+        &self,
+        team_id: TeamId,
+        filter: &InvoiceFilter,
+    ) -> Result<Vec<tollgate_domain::Invoice>, StoreError>;
+    /// One invoice of the team.
+    async fn invoice(&self, team_id: TeamId, id: uuid::Uuid) -> Result<Option<tollgate_domain::Invoice>, StoreError>;
+    /// An invoice by its number (any team), for the operator.
+    async fn invoice_by_number(&self, number: &str) -> Result<Option<tollgate_domain::Invoice>, StoreError>;
+    /// The invoice whose latest charge is the provider's payment `payment_ref`.
+    async fn invoice_by_payment(&self, payment_ref: &str) -> Result<Option<tollgate_domain::Invoice>, StoreError>;
+    /// Unpaid invoices whose next charge attempt is due at `now`.
+    async fn invoices_due(&self, now: Timestamp, limit: u32) -> Result<Vec<tollgate_domain::Invoice>, StoreError>;
+    /// Teams not blocked yet with a monthly invoice unpaid since before `before`: (team, the
+    /// oldest such invoice's number).
+    async fn teams_to_block(&self, before: Timestamp) -> Result<Vec<(TeamId, String)>, StoreError>;
+    /// Blocks the team for the unpaid invoice `number`, with `audit` (`false`: blocked already).
+    async fn block_team(&self, team_id: TeamId, number: &str, audit: &AuditEvent) -> Result<bool, StoreError>;
+    /// Applies `change`; `Duplicate` when its event was processed, `Stale` when the invoice is
+    /// no longer in `expect`. Paid, it lifts the team's block for it in the same transaction.
+    async fn set_invoice_payment(&self, change: &InvoicePayment<'_>) -> Result<Changed, StoreError>;
 }
 
 /// Everything Tollgate persists.
@@ -975,6 +1066,7 @@ pub trait Store:
     + LedgerStore
     + CreditStore
     + PaymentStore
+    + InvoiceStore
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

@@ -179,6 +179,7 @@ fn api_key(team: &Team, user: &User, acls: &[&str]) -> ApiKey {
         deleted_at: None,
         last_used_at: None,
         previous_secret_expires_at: None,
+        team_blocked_by: None,
     }
 }
 
@@ -1392,7 +1393,7 @@ pub async fn sweep_deletes_what_is_over(store: &dyn Store) {
 /// One pending top-up per team (a second start returns it); a change applies only to the top-up
 /// as it was read, commits its entry with it, and an event id is processed once.
 pub async fn top_ups_are_one_pending_and_change_once(store: &dyn Store) {
-    use crate::{TopUpChange, TopUpChanged};
+    use crate::{Changed, TopUpChange};
     use tollgate_domain::{TopUp, TopUpStatus};
     let (_, team) = seed_user(store, "topup@example.com").await;
     let top_up = |id: u128| TopUp {
@@ -1444,13 +1445,13 @@ pub async fn top_ups_are_one_pending_and_change_once(store: &dyn Store) {
         audit: Some(&grant_audit),
         at: at(3),
     };
-    assert_eq!(store.change_top_up(&grant).await.unwrap(), TopUpChanged::Applied);
-    assert_eq!(store.change_top_up(&grant).await.unwrap(), TopUpChanged::Duplicate);
+    assert_eq!(store.change_top_up(&grant).await.unwrap(), Changed::Applied);
+    assert_eq!(store.change_top_up(&grant).await.unwrap(), Changed::Duplicate);
     let again = TopUpChange {
         event: Some(("evt_2", "payment_intent.succeeded")),
         ..grant.clone()
     };
-    assert_eq!(store.change_top_up(&again).await.unwrap(), TopUpChanged::Stale);
+    assert_eq!(store.change_top_up(&again).await.unwrap(), Changed::Stale);
     assert!(
         !store.payment_event_seen("evt_2").await.unwrap(),
         "a stale change records nothing"
@@ -1485,6 +1486,125 @@ pub async fn top_ups_are_one_pending_and_change_once(store: &dyn Store) {
     assert_eq!(store.verify_ledger().await.unwrap(), None);
 }
 
+/// Invoice numbers have no gaps (a second invoice for the same month writes nothing and uses no
+/// number); a team blocked for an unpaid invoice shows on its keys, and paying lifts it.
+pub async fn invoices_are_numbered_without_gaps_and_block_until_paid(store: &dyn Store) {
+    use crate::{Changed, InvoiceFilter, InvoicePayment};
+    use tollgate_domain::{Invoice, InvoiceKind, InvoiceStatus, IssuedLine};
+    let (user, team) = seed_user(store, "invoice@example.com").await;
+    let key = api_key(&team, &user, &[]);
+    let hash = fresh_hash();
+    store
+        .insert_api_key(&key, &hash, &audit(Some(team.id), AuditAction::CreateApiKey, at(1)))
+        .await
+        .unwrap();
+    let invoice = |month: &str| Invoice {
+        id: Uuid::now_v7(),
+        team_id: team.id,
+        number: String::new(),
+        kind: InvoiceKind::Monthly,
+        month: month.into(),
+        top_up_id: None,
+        status: InvoiceStatus::Open,
+        lines: vec![IssuedLine {
+            description: "grok prompt tokens".into(),
+            unit_type: "tokens".into(),
+            unit_price: Ticks::new(20_000),
+            units: 500_000,
+            amount: Ticks::new(10_000_000_000),
+        }],
+        subtotal: Ticks::new(10_000_000_000),
+        credit_used: Ticks::ZERO,
+        total: Ticks::new(10_000_000_000),
+        billed_to: tollgate_domain::BillingInfo {
+            name: "Acme".into(),
+            ..Default::default()
+        },
+        team_name: String::new(),
+        issued_at: at(10),
+        paid_at: None,
+        attempts: 0,
+        next_attempt_at: Some(at(10)),
+        failure: None,
+    };
+    let issue = |invoice: Invoice| async move {
+        store
+            .issue_invoice(&invoice, "TG", &audit(Some(team.id), AuditAction::IssueInvoice, at(10)))
+            .await
+            .unwrap()
+    };
+    let first = issue(invoice("2026-10")).await.unwrap();
+    assert_eq!(
+        (first.number.as_str(), first.team_name.as_str()),
+        ("TG-000001", "Personal Team")
+    );
+    assert!(issue(invoice("2026-10")).await.is_none(), "one per month");
+    let second = issue(invoice("2026-11")).await.unwrap();
+    assert_eq!(second.number, "TG-000002", "no gap");
+    let listed = store
+        .invoices(
+            team.id,
+            &InvoiceFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1].lines, first.lines);
+    assert_eq!(store.invoices_due(at(10), 10).await.unwrap().len(), 2);
+
+    assert_eq!(store.teams_to_block(at(5)).await.unwrap(), vec![]);
+    assert_eq!(
+        store.teams_to_block(at(11)).await.unwrap(),
+        vec![(team.id, "TG-000001".to_owned())]
+    );
+    assert!(
+        store
+            .block_team(
+                team.id,
+                "TG-000001",
+                &audit(Some(team.id), AuditAction::BlockTeam, at(11))
+            )
+            .await
+            .unwrap()
+    );
+    let (found, _) = store.find_api_key_by_hash(&hash).await.unwrap().unwrap();
+    assert_eq!(found.team_blocked_by.as_deref(), Some("TG-000001"));
+    let pay = InvoicePayment {
+        invoice_id: first.id,
+        team_id: team.id,
+        expect: InvoiceStatus::Open,
+        status: InvoiceStatus::Paid,
+        attempts: 1,
+        next_attempt_at: None,
+        failure: None,
+        payment_ref: Some("pi_1"),
+        paid_at: Some(at(12)),
+        event: Some(("evt_paid", "payment_intent.succeeded")),
+        audit: None,
+        at: at(12),
+    };
+    assert_eq!(store.set_invoice_payment(&pay).await.unwrap(), Changed::Applied);
+    assert_eq!(store.set_invoice_payment(&pay).await.unwrap(), Changed::Duplicate);
+    let again = InvoicePayment {
+        event: None,
+        ..pay.clone()
+    };
+    assert_eq!(store.set_invoice_payment(&again).await.unwrap(), Changed::Stale);
+    let (found, _) = store.find_api_key_by_hash(&hash).await.unwrap().unwrap();
+    assert_eq!(found.team_blocked_by, None, "paying lifts the block");
+    assert_eq!(
+        store.invoice_by_payment("pi_1").await.unwrap().map(|i| i.id),
+        Some(first.id)
+    );
+    assert_eq!(
+        store.invoice_by_number("TG-000002").await.unwrap().map(|i| i.id),
+        Some(second.id)
+    );
+}
+
 /// Every case, by name, for the test generator.
 #[macro_export]
 macro_rules! for_each_conformance_case {
@@ -1500,6 +1620,7 @@ macro_rules! for_each_conformance_case {
             credit_leases_lend_only_what_is_spendable,
             one_batch_charges_many_teams,
             top_ups_are_one_pending_and_change_once,
+            invoices_are_numbered_without_gaps_and_block_until_paid,
             audit_events_round_trip,
             api_key_lifecycle,
             mail_outbox_claims_retries_and_gives_up,

@@ -19,7 +19,7 @@ use tollgate_domain::{
     Actor, Address, AuditAction, AuditEvent, BillingInfo, Bucket, CardCountryRule, Clock, CountryCode, EntryKind,
     LedgerEntry, Outcome, Permission, RequestContext, TeamId, Timestamp, TopUp, TopUpStatus,
 };
-use tollgate_store::{Store, StoreError, TopUpChange, TopUpChanged};
+use tollgate_store::{Changed, Store, StoreError, TopUpChange};
 
 use crate::Caller;
 
@@ -98,8 +98,17 @@ pub struct Payment {
     pub payment_method: Option<String>,
     /// The last failure, for people.
     pub failure: Option<String>,
-    /// Our top-up, from the payment's metadata.
-    pub top_up: Option<(TeamId, uuid::Uuid)>,
+    /// What it pays for, from the payment's metadata.
+    pub purpose: Option<(TeamId, Purpose)>,
+}
+
+/// What a payment pays for (kept in the provider's metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A top-up.
+    TopUp(uuid::Uuid),
+    /// A monthly invoice.
+    Invoice(uuid::Uuid),
 }
 
 /// A payment asked for.
@@ -115,8 +124,8 @@ pub struct PaymentRequest<'a> {
     pub idempotency_key: String,
     /// The team (metadata).
     pub team_id: TeamId,
-    /// The top-up (metadata).
-    pub top_up_id: uuid::Uuid,
+    /// What it pays for (metadata).
+    pub purpose: Purpose,
 }
 
 /// A provider event, checked and parsed.
@@ -223,6 +232,14 @@ pub struct PaymentSettings {
     pub max_top_up_cents: i64,
     /// Cards refused by their country of issue.
     pub card_countries: CardCountryRule,
+    /// The invoice series' prefix (`TG` numbers `TG-000001`, …).
+    pub invoice_prefix: String,
+    /// How long after a month ends its invoices are issued (charges still committing land
+    /// first).
+    pub close_grace: chrono::Duration,
+    /// How long a monthly invoice may stay unpaid before the team is blocked (with a payment
+    /// provider only).
+    pub unpaid_grace: chrono::Duration,
 }
 
 impl Default for PaymentSettings {
@@ -231,6 +248,9 @@ impl Default for PaymentSettings {
             min_top_up_cents: 500,
             max_top_up_cents: 1_000_000,
             card_countries: CardCountryRule::default(),
+            invoice_prefix: "TG".into(),
+            close_grace: chrono::Duration::hours(1),
+            unpaid_grace: chrono::Duration::days(14),
         }
     }
 }
@@ -256,6 +276,9 @@ pub enum PaymentError {
     /// No such payment method for this team.
     #[error("Payment method not found")]
     NoSuchPaymentMethod,
+    /// No such invoice for this team.
+    #[error("Invoice not found")]
+    NoSuchInvoice,
     /// No such team (or it was deleted).
     #[error("no such team (or it was deleted)")]
     TeamNotFound,
@@ -299,17 +322,17 @@ pub enum EventOutcome {
 /// The payments service.
 #[derive(Clone)]
 pub struct Payments {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    provider: Option<Arc<dyn PaymentProvider>>,
-    settings: PaymentSettings,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) provider: Option<Arc<dyn PaymentProvider>>,
+    pub(super) settings: PaymentSettings,
     credits: Option<super::Credits>,
 }
 
 /// How often a change is retried after reading a top-up that moved meanwhile.
 const RETRIES: usize = 5;
 
-fn require_admin(caller: &Caller, what: &'static str) -> Result<(), PaymentError> {
+pub(super) fn require_admin(caller: &Caller, what: &'static str) -> Result<(), PaymentError> {
     if caller.allows(Permission::ManageBilling) {
         Ok(())
     } else {
@@ -347,7 +370,7 @@ impl Payments {
         self.provider.is_some()
     }
 
-    fn provider(&self) -> Result<&dyn PaymentProvider, PaymentError> {
+    pub(super) fn provider(&self) -> Result<&dyn PaymentProvider, PaymentError> {
         self.provider.as_deref().ok_or(PaymentError::Off)
     }
 
@@ -582,7 +605,7 @@ impl Payments {
                     amount_cents: top_up.amount_cents,
                     idempotency_key: format!("top-up:{}", top_up.id),
                     team_id: top_up.team_id,
-                    top_up_id: top_up.id,
+                    purpose: Purpose::TopUp(top_up.id),
                 };
                 match provider.authorize(&request).await {
                     Ok(payment) => payment,
@@ -717,11 +740,17 @@ impl Payments {
                 self.record(event).await?;
                 return Ok(top_up);
             }
-            let received = if payment.received_cents > 0 {
-                payment.received_cents
-            } else {
-                top_up.amount_cents
-            };
+            // What was asked for is what is captured (in full, never partly); a provider that
+            // says otherwise is logged, and the purchase (and its receipt) stays as asked.
+            let received = top_up.amount_cents;
+            if payment.received_cents > 0 && payment.received_cents != received {
+                tracing::warn!(
+                    payment = %payment.id,
+                    asked = received,
+                    received = payment.received_cents,
+                    "the provider captured another amount than the top-up asked for"
+                );
+            }
             let now = self.clock.now();
             let entry = LedgerEntry {
                 id: uuid::Uuid::now_v7(),
@@ -763,10 +792,15 @@ impl Payments {
                 at: now,
             };
             match self.store.change_top_up(&change).await? {
-                TopUpChanged::Applied | TopUpChanged::Duplicate => {
-                    return Ok(self.reread(&top_up).await?.unwrap_or(top_up));
+                Changed::Applied | Changed::Duplicate => {
+                    let granted = self.reread(&top_up).await?.unwrap_or(top_up);
+                    // The receipt follows; were this node to stop first, the billing job issues it.
+                    if let Err(error) = self.issue_receipt(&granted).await {
+                        tracing::warn!(%error, top_up.id = %granted.id, "the receipt will be issued by the billing job");
+                    }
+                    return Ok(granted);
                 }
-                TopUpChanged::Stale => match self.reread(&top_up).await? {
+                Changed::Stale => match self.reread(&top_up).await? {
                     Some(fresh) => top_up = fresh,
                     None => return Ok(top_up),
                 },
@@ -827,7 +861,7 @@ impl Payments {
             audit: Some(&audit),
             at: now,
         };
-        if self.store.change_top_up(&change).await? == TopUpChanged::Stale {
+        if self.store.change_top_up(&change).await? == Changed::Stale {
             // It moved meanwhile (e.g. captured): nothing to fail; the event is still processed.
             self.record(event).await?;
         }
@@ -889,7 +923,7 @@ impl Payments {
                 at: now,
             };
             match self.store.change_top_up(&change).await? {
-                TopUpChanged::Applied => {
+                Changed::Applied => {
                     if difference > 0
                         && let Some(credits) = &self.credits
                     {
@@ -897,8 +931,8 @@ impl Payments {
                     }
                     return Ok(EventOutcome::Processed);
                 }
-                TopUpChanged::Duplicate => return Ok(EventOutcome::Duplicate),
-                TopUpChanged::Stale => match self.reread(&top_up).await? {
+                Changed::Duplicate => return Ok(EventOutcome::Duplicate),
+                Changed::Stale => match self.reread(&top_up).await? {
                     Some(fresh) => top_up = fresh,
                     None => return Ok(EventOutcome::Ignored),
                 },
@@ -939,7 +973,17 @@ impl Payments {
         let seen = (event.id.as_str(), event.kind.as_str());
         match &event.object {
             EventObject::Payment(payment) => {
-                let Some(top_up) = self.top_up_of(&payment.id, payment.top_up).await? else {
+                let top_up_id = match payment.purpose {
+                    Some((team, Purpose::TopUp(id))) => Some((team, id)),
+                    Some((_, Purpose::Invoice(_))) => {
+                        return self.invoice_event(&event.kind, payment, seen, context).await;
+                    }
+                    None => None,
+                };
+                let Some(top_up) = self.top_up_of(&payment.id, top_up_id).await? else {
+                    if self.store.invoice_by_payment(&payment.id).await?.is_some() {
+                        return self.invoice_event(&event.kind, payment, seen, context).await;
+                    }
                     return self.ignore(seen).await;
                 };
                 let top_up = self.note_payment(top_up, payment).await?;
@@ -996,7 +1040,7 @@ impl Payments {
         }
     }
 
-    async fn ignore(&self, (id, kind): (&str, &str)) -> Result<EventOutcome, PaymentError> {
+    pub(super) async fn ignore(&self, (id, kind): (&str, &str)) -> Result<EventOutcome, PaymentError> {
         if self.store.record_payment_event(id, kind, self.clock.now()).await? {
             Ok(EventOutcome::Ignored)
         } else {

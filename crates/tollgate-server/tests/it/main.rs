@@ -15,6 +15,7 @@ mod crash;
 mod credit;
 mod hardening;
 mod inference;
+mod invoices;
 mod keys;
 mod management;
 mod oidc;

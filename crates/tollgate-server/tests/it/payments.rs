@@ -24,10 +24,10 @@ on_both_backends!(
     without_a_provider_purchases_are_off,
 );
 
-const WEBHOOK_SECRET: &str = "whsec_tollgate_test_secret";
+pub(crate) const WEBHOOK_SECRET: &str = "whsec_tollgate_test_secret";
 
 /// A localstripe server on a free loopback port, killed on drop.
-struct LocalStripe {
+pub(crate) struct LocalStripe {
     child: Child,
     port: u16,
     http: reqwest::Client,
@@ -40,7 +40,7 @@ impl Drop for LocalStripe {
     }
 }
 
-fn installed(module: &str) -> bool {
+pub(crate) fn installed(module: &str) -> bool {
     let ok = Command::new("python3")
         .args(["-c", &format!("import {module}")])
         .status()
@@ -56,7 +56,7 @@ fn installed(module: &str) -> bool {
 }
 
 impl LocalStripe {
-    async fn start() -> Option<Self> {
+    pub(crate) async fn start() -> Option<Self> {
         if !installed("localstripe") || !installed("stripe") {
             return None;
         }
@@ -86,11 +86,11 @@ impl LocalStripe {
         panic!("localstripe did not start on port {port}");
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, form: &[(&str, &str)]) -> Value {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str, form: &[(&str, &str)]) -> Value {
         let request = self
             .http
             .request(method.clone(), format!("{}{path}", self.url()))
@@ -108,7 +108,7 @@ impl LocalStripe {
     }
 
     /// Sends every event to `url`, signed with `secret`.
-    async fn deliver_to(&self, url: &str) {
+    pub(crate) async fn deliver_to(&self, url: &str) {
         let response = self
             .http
             .post(format!("{}/_config/webhooks/tollgate", self.url()))
@@ -119,7 +119,7 @@ impl LocalStripe {
         assert!(response.status().is_success());
     }
 
-    async fn customer_with_email(&self, email: &str) -> String {
+    pub(crate) async fn customer_with_email(&self, email: &str) -> String {
         let list = self
             .call(reqwest::Method::GET, "/v1/customers", &[("email", email)])
             .await;
@@ -128,7 +128,7 @@ impl LocalStripe {
 
     /// Saves a card to `customer`, as Stripe's hosted pages would (the console's card form is
     /// Stripe's, not ours).
-    async fn save_card(&self, customer: &str, number: &str) -> String {
+    pub(crate) async fn save_card(&self, customer: &str, number: &str) -> String {
         let method = self
             .call(
                 reqwest::Method::POST,
@@ -152,19 +152,19 @@ impl LocalStripe {
         id
     }
 
-    async fn events(&self, kind: &str) -> Vec<Value> {
+    pub(crate) async fn events(&self, kind: &str) -> Vec<Value> {
         let list = self.call(reqwest::Method::GET, "/v1/events", &[("type", kind)]).await;
         list["data"].as_array().unwrap().clone()
     }
 
-    async fn payment_intents(&self) -> Vec<Value> {
+    pub(crate) async fn payment_intents(&self) -> Vec<Value> {
         let list = self.call(reqwest::Method::GET, "/v1/payment_intents", &[]).await;
         list["data"].as_array().unwrap().clone()
     }
 }
 
 /// `Stripe-Signature` for `payload` at `t`, made by the official `stripe` library.
-fn stripe_signature(payload: &str, secret: &str, t: i64) -> String {
+pub(crate) fn stripe_signature(payload: &str, secret: &str, t: i64) -> String {
     let output = Command::new("python3")
         .args([
             "-c",
@@ -186,7 +186,7 @@ fn stripe_signature(payload: &str, secret: &str, t: i64) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-async fn post_event(app: &TestApp, event: &Value, signature: Option<String>) -> reqwest::Response {
+pub(crate) async fn post_event(app: &TestApp, event: &Value, signature: Option<String>) -> reqwest::Response {
     let payload = event.to_string();
     let mut request = app
         .client
@@ -200,7 +200,7 @@ async fn post_event(app: &TestApp, event: &Value, signature: Option<String>) -> 
 }
 
 /// Posts `event` signed by the `stripe` library at the app's clock; the answer's `outcome`.
-async fn deliver(app: &TestApp, event: &Value) -> String {
+pub(crate) async fn deliver(app: &TestApp, event: &Value) -> String {
     let signature = stripe_signature(&event.to_string(), WEBHOOK_SECRET, app.clock.now().timestamp());
     let response = post_event(app, event, Some(signature)).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -208,7 +208,7 @@ async fn deliver(app: &TestApp, event: &Value) -> String {
     body["outcome"].as_str().unwrap().to_owned()
 }
 
-async fn app_with_stripe(db: TestDb, stripe: Option<&LocalStripe>, refused: &[&str]) -> TestApp {
+pub(crate) async fn app_with_stripe(db: TestDb, stripe: Option<&LocalStripe>, refused: &[&str]) -> TestApp {
     let upstream = MockUpstream::start().await.unwrap();
     let mut config = test_config(&db, &upstream);
     config.billing.max_invoiced_limit_usd = None;
@@ -228,7 +228,12 @@ async fn app_with_stripe(db: TestDb, stripe: Option<&LocalStripe>, refused: &[&s
     app
 }
 
-async fn management(app: &TestApp, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+pub(crate) async fn management(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let url = app.url(&format!("/v1/billing/teams/{}/{path}", app.team.id));
     let mut request = app.client.request(method, url).bearer_auth(&app.management_key);
     if let Some(body) = body {
@@ -240,7 +245,7 @@ async fn management(app: &TestApp, method: reqwest::Method, path: &str, body: Op
 }
 
 /// Billing details sent to the provider (its customer is made then), a card saved there.
-async fn customer_with_card(app: &TestApp, stripe: &LocalStripe) -> (String, String) {
+pub(crate) async fn customer_with_card(app: &TestApp, stripe: &LocalStripe) -> (String, String) {
     let info = json!({"billingInfo": {
         "name": "Acme Research", "email": "billing@acme.example",
         "address": {"line1": "1 Main St", "city": "Paris", "postalCode": "75001", "country": "fr"},
@@ -254,7 +259,7 @@ async fn customer_with_card(app: &TestApp, stripe: &LocalStripe) -> (String, Str
     (customer, card)
 }
 
-async fn prepaid(app: &TestApp) -> Ticks {
+pub(crate) async fn prepaid(app: &TestApp) -> Ticks {
     app.store().balance(app.team.id).await.unwrap().prepaid
 }
 
@@ -284,7 +289,7 @@ async fn succeeded_event(stripe: &LocalStripe, payment: &str) -> Value {
     panic!("localstripe never made the succeeded event of {payment}");
 }
 
-const CENT: i64 = Ticks::PER_CENT;
+pub(crate) const CENT: i64 = Ticks::PER_CENT;
 
 /// A saved card becomes the default; a top-up is authorized, its card checked, captured, and
 /// the credit granted once: by the capture, and not again by localstripe's webhook, a redelivery

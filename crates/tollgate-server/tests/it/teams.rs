@@ -1104,6 +1104,19 @@ fn matrix_routes() -> Vec<Route> {
             Some(json!({"paymentMethodId": "pm_none"})),
             false,
         ),
+        route(Method::GET, "/api/teams/{team_id}/billing/invoices", None, false),
+        route(
+            Method::GET,
+            "/api/teams/{team_id}/billing/invoices/{invoice_id}",
+            None,
+            false,
+        ),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/billing/invoices/{invoice_id}/pay",
+            None,
+            false,
+        ),
         route(
             Method::POST,
             "/api/teams/{team_id}/billing/top-up",
@@ -1208,6 +1221,7 @@ fn matrix_routes() -> Vec<Route> {
             false,
         ),
         route(Method::GET, "/v1/billing/teams/{team_id}/payment-method", None, false),
+        route(Method::GET, "/v1/billing/teams/{team_id}/invoices", None, false),
         route(
             Method::POST,
             "/v1/billing/teams/{team_id}/payment-method/default",
@@ -1302,6 +1316,7 @@ async fn authorization_matrix(db: TestDb) {
                 .replace("{user_id}", &tollgate_domain::UserId::new().to_string())
                 .replace("{invitation_id}", &tollgate_domain::InvitationId::new().to_string())
                 .replace("{domain_id}", &tollgate_domain::DomainId::new().to_string())
+                .replace("{invoice_id}", &uuid::Uuid::now_v7().to_string())
                 .replace(
                     "{management_key_id}",
                     &tollgate_domain::ManagementKeyId::new().to_string(),

@@ -625,6 +625,37 @@ impl LedgerStore for SqlStore {
         )
         .fetch_optional(&mut *tx)
         .await?;
+        // Every issued invoice against the ledger: a month's invoice bills exactly what the month
+        // owed (usage charged into a closed month would show here), a receipt exactly the
+        // purchase it is for.
+        let misbilled = sqlx::query(
+            "SELECT i.number AS number, i.total AS total, CAST(COALESCE(m.owed, 0) AS BIGINT) AS expected \
+             FROM invoices i LEFT JOIN invoice_months m ON m.team_id = i.team_id AND m.month = i.month \
+             WHERE i.kind = 'monthly' AND i.total <> COALESCE(m.owed, 0) LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let receipts = sqlx::query("SELECT number, total, top_up_id FROM invoices WHERE kind = 'receipt'")
+            .fetch_all(&mut *tx)
+            .await?;
+        let purchases: std::collections::HashMap<String, i64> = sqlx::query(
+            "SELECT idempotency_key, amount FROM ledger_entries WHERE kind = 'purchase' AND idempotency_key LIKE 'top-up:%'",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("idempotency_key")?, row.try_get("amount")?)))
+        .collect::<Result<_, StoreError>>()?;
+        let mut misreceipted = None;
+        for row in &receipts {
+            let top_up: Option<Uuid> = row.try_get("top_up_id")?;
+            let bought = top_up.and_then(|id| purchases.get(&format!("top-up:{id}")).copied());
+            let total: i64 = row.try_get("total")?;
+            if bought != Some(total) {
+                misreceipted = Some((row.try_get::<String, _>("number")?, total, bought.unwrap_or(0)));
+                break;
+            }
+        }
         for row in
             sqlx::query("SELECT team_id, CAST(SUM(remaining) AS BIGINT) AS total FROM credit_lots GROUP BY team_id")
                 .fetch_all(&mut *tx)
@@ -657,6 +688,18 @@ impl LedgerStore for SqlStore {
             return Ok(Some(format!(
                 "spend of charge {} has no usage records",
                 charge_of(&row)?
+            )));
+        }
+        if let Some(row) = misbilled {
+            let (number, total, expected): (String, i64, i64) =
+                (row.try_get("number")?, row.try_get("total")?, row.try_get("expected")?);
+            return Ok(Some(format!(
+                "invoice {number} bills {total} ticks, but the ledger says {expected}"
+            )));
+        }
+        if let Some((number, total, bought)) = misreceipted {
+            return Ok(Some(format!(
+                "receipt {number} is for {total} ticks, but its purchase credited {bought}"
             )));
         }
         if let Some(row) = unbilled {

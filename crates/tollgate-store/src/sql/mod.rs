@@ -23,6 +23,7 @@ mod accounts;
 mod audit;
 mod credit;
 mod federation;
+mod invoices;
 mod keys;
 mod ledger;
 mod mail;
@@ -82,7 +83,8 @@ fn team_from_row(row: &DbRow) -> Result<Team, StoreError> {
 }
 
 const API_KEY_COLUMNS: &str = "id, team_id, name, redacted, acls, qps, qpm, tpm, expire_time, disabled, blocked, \
-     created_by, created_at, modified_at, modified_by, blocked_reason, deleted_at, last_used_at, previous_key_expires_at";
+     created_by, created_at, modified_at, modified_by, blocked_reason, deleted_at, last_used_at, previous_key_expires_at, \
+     (SELECT t.blocked_invoice FROM teams t WHERE t.id = api_keys.team_id) AS team_blocked_by";
 
 fn api_key_from_row(row: &DbRow) -> Result<ApiKey, StoreError> {
     let acls_json: String = row.try_get("acls")?;
@@ -108,6 +110,7 @@ fn api_key_from_row(row: &DbRow) -> Result<ApiKey, StoreError> {
         deleted_at: row.try_get("deleted_at")?,
         last_used_at: row.try_get("last_used_at")?,
         previous_secret_expires_at: row.try_get("previous_key_expires_at")?,
+        team_blocked_by: row.try_get("team_blocked_by")?,
     })
 }
 

@@ -7,7 +7,7 @@ use tollgate_domain::{Address, AuditEvent, BillingInfo, TeamId, Timestamp, TopUp
 use uuid::Uuid;
 
 use super::{DbRow, SqlStore, corrupt, insert_audit};
-use crate::{PaymentStore, StoreError, TopUpChange, TopUpChanged};
+use crate::{Changed, PaymentStore, StoreError, TopUpChange};
 
 const TOP_UP_COLUMNS: &str = "id, team_id, amount_cents, status, provider_ref, payment_method, failure, \
      taken_back_cents, created_at, updated_at";
@@ -225,12 +225,12 @@ impl PaymentStore for SqlStore {
         rows.iter().map(top_up_from_row).collect()
     }
 
-    async fn change_top_up(&self, change: &TopUpChange<'_>) -> Result<TopUpChanged, StoreError> {
+    async fn change_top_up(&self, change: &TopUpChange<'_>) -> Result<Changed, StoreError> {
         let mut tx = self.write.begin().await?;
         if let Some((id, kind)) = change.event
             && !record_event(&mut tx, id, kind, change.at).await?
         {
-            return Ok(TopUpChanged::Duplicate);
+            return Ok(Changed::Duplicate);
         }
         let updated = sqlx::query(
             "UPDATE top_ups SET status = $1, failure = COALESCE($2, failure), taken_back_cents = $3, \
@@ -250,7 +250,7 @@ impl PaymentStore for SqlStore {
         .await?;
         if updated.rows_affected() != 1 {
             // Rolled back: the event is not recorded, so it is processed again once re-read.
-            return Ok(TopUpChanged::Stale);
+            return Ok(Changed::Stale);
         }
         if let Some(entry) = change.entry {
             let actor = change
@@ -262,7 +262,7 @@ impl PaymentStore for SqlStore {
             insert_audit(&mut tx, &self.audit_key, audit).await?;
         }
         tx.commit().await?;
-        Ok(TopUpChanged::Applied)
+        Ok(Changed::Applied)
     }
 
     async fn payment_event_seen(&self, event_id: &str) -> Result<bool, StoreError> {

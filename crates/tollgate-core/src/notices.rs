@@ -418,3 +418,77 @@ pub struct WithdrawnKey<'a> {
     /// Its id, as text.
     pub id: &'a str,
 }
+
+impl Notices {
+    /// "Charging invoice N failed; we retry on …; pay it by …", to the team's Admins (and its
+    /// billing address). `None` when there is nobody to tell.
+    #[must_use]
+    pub fn invoice_unpaid(
+        &self,
+        invoice: &tollgate_domain::Invoice,
+        why: &str,
+        next_attempt: Timestamp,
+        blocked_from: Timestamp,
+        at: Timestamp,
+        to: Vec<Email>,
+    ) -> Option<OutboundMail> {
+        if to.is_empty() {
+            return None;
+        }
+        let product = &self.product;
+        Some(OutboundMail {
+            id: MailId::new(),
+            to,
+            subject: format!("[{product}] Payment of invoice {} failed", invoice.number),
+            body: format!(
+                "Charging invoice {number} (${total}, {month}) of your team {team} to its default payment method \
+                 failed on {when} UTC.\n\n\
+                 Why: {why}\n\n\
+                 We try again on {next} UTC. If it is still unpaid on {blocked} UTC, the team's API requests are \
+                 refused until it is paid. To pay now, make a working card the default and choose \"Pay now\" on \
+                 the invoice: {console}\n\n\
+                 You receive this because you are an Admin of the team.\n\
+                 -- {product}\n",
+                number = invoice.number,
+                total = tollgate_domain::ledger::format_usd(invoice.total),
+                month = invoice.month,
+                team = quoted(&invoice.team_name),
+                when = at.format("%Y-%m-%d %H:%M"),
+                next = next_attempt.format("%Y-%m-%d %H:%M"),
+                blocked = blocked_from.format("%Y-%m-%d %H:%M"),
+                console = self.console_url,
+            ),
+            created_at: at,
+        })
+    }
+
+    /// "Your team's requests are refused until invoice N is paid", to the team's Admins (and
+    /// its billing address). `None` when there is nobody to tell.
+    #[must_use]
+    pub fn team_blocked(&self, team: &Team, number: &str, at: Timestamp, to: Vec<Email>) -> Option<OutboundMail> {
+        if to.is_empty() {
+            return None;
+        }
+        let product = &self.product;
+        Some(OutboundMail {
+            id: MailId::new(),
+            to,
+            subject: format!(
+                "[{product}] API requests of {} are stopped: invoice {number} is unpaid",
+                team.name
+            ),
+            body: format!(
+                "Invoice {number} of your team {team} is still unpaid, past its grace period, so from {when} UTC \
+                 the team's API requests are refused.\n\n\
+                 They resume as soon as it is paid: make a working card the default and choose \"Pay now\" on the \
+                 invoice ({console}), or pay by bank transfer and ask the operator to mark it paid.\n\n\
+                 You receive this because you are an Admin of the team.\n\
+                 -- {product}\n",
+                team = quoted(&team.name),
+                when = at.format("%Y-%m-%d %H:%M"),
+                console = self.console_url,
+            ),
+            created_at: at,
+        })
+    }
+}

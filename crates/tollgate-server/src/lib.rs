@@ -142,7 +142,7 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
         teams: tollgate_core::TeamService::new(
             Arc::clone(store),
             Arc::clone(clock),
-            notices,
+            notices.clone(),
             keys.clone(),
             Arc::new(DnsTxt::new(config.dns_resolver)?),
         )
@@ -150,7 +150,7 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
         keys,
         ledger: tollgate_core::billing::Ledger::new(Arc::clone(store), Arc::clone(clock))
             .with_default_hard_limit(config.billing.max_invoiced_limit()?),
-        payments: payments(config, store, clock)?,
+        payments: payments(config, store, clock)?.with_notices(notices.clone()),
         audit: AuditService::new(
             Arc::clone(store),
             Arc::clone(clock),

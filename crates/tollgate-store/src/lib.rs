@@ -1001,6 +1001,8 @@ pub struct InvoicePayment<'a> {
     pub event: Option<(&'a str, &'a str)>,
     /// Its audit event.
     pub audit: Option<&'a AuditEvent>,
+    /// Mail it sends (queued in the same transaction).
+    pub mail: Option<&'a tollgate_domain::OutboundMail>,
     /// When.
     pub at: Timestamp,
 }
@@ -1045,8 +1047,15 @@ pub trait InvoiceStore: Send + Sync {
     /// Teams not blocked yet with a monthly invoice unpaid since before `before`: (team, the
     /// oldest such invoice's number).
     async fn teams_to_block(&self, before: Timestamp) -> Result<Vec<(TeamId, String)>, StoreError>;
-    /// Blocks the team for the unpaid invoice `number`, with `audit` (`false`: blocked already).
-    async fn block_team(&self, team_id: TeamId, number: &str, audit: &AuditEvent) -> Result<bool, StoreError>;
+    /// Blocks the team for the unpaid invoice `number`, with `audit` and `mail` (`false`:
+    /// blocked already, nothing written).
+    async fn block_team(
+        &self,
+        team_id: TeamId,
+        number: &str,
+        audit: &AuditEvent,
+        mail: Option<&tollgate_domain::OutboundMail>,
+    ) -> Result<bool, StoreError>;
     /// Applies `change`; `Duplicate` when its event was processed, `Stale` when the invoice is
     /// no longer in `expect`. Paid, it lifts the team's block for it in the same transaction.
     async fn set_invoice_payment(&self, change: &InvoicePayment<'_>) -> Result<Changed, StoreError>;

@@ -1565,7 +1565,8 @@ pub async fn invoices_are_numbered_without_gaps_and_block_until_paid(store: &dyn
             .block_team(
                 team.id,
                 "TG-000001",
-                &audit(Some(team.id), AuditAction::BlockTeam, at(11))
+                &audit(Some(team.id), AuditAction::BlockTeam, at(11)),
+                None,
             )
             .await
             .unwrap()
@@ -1584,6 +1585,7 @@ pub async fn invoices_are_numbered_without_gaps_and_block_until_paid(store: &dyn
         paid_at: Some(at(12)),
         event: Some(("evt_paid", "payment_intent.succeeded")),
         audit: None,
+        mail: None,
         at: at(12),
     };
     assert_eq!(store.set_invoice_payment(&pay).await.unwrap(), Changed::Applied);

@@ -72,8 +72,17 @@ impl Payments {
                 Some(format!("team:{team_id}")),
                 &RequestContext::default(),
             );
-            if self.store.block_team(team_id, &number, &audit).await? {
+            let mail = match (&self.notices, self.store.get_team(team_id).await) {
+                (Some(notices), Ok(team)) => {
+                    notices.team_blocked(&team, &number, now, self.billing_recipients(team_id).await?)
+                }
+                _ => None,
+            };
+            if self.store.block_team(team_id, &number, &audit, mail.as_ref()).await? {
                 blocked += 1;
+                if let (Some(notices), Some(_)) = (&self.notices, &mail) {
+                    notices.queued();
+                }
             }
         }
         Ok(blocked)
@@ -342,6 +351,7 @@ impl Payments {
                     paid_at: invoice.paid_at,
                     event,
                     audit: None,
+                    mail: None,
                     at: self.clock.now(),
                 };
                 self.store.set_invoice_payment(&change).await?;
@@ -401,6 +411,7 @@ impl Payments {
             paid_at: Some(now),
             event,
             audit: Some(&audit),
+            mail: None,
             at: now,
         };
         self.store.set_invoice_payment(&change).await?;
@@ -432,6 +443,17 @@ impl Payments {
             &RequestContext::default(),
         );
         audit.outcome = Outcome::Failure;
+        let mail = match &self.notices {
+            Some(notices) => notices.invoice_unpaid(
+                invoice,
+                why,
+                next,
+                invoice.issued_at + self.settings.unpaid_grace,
+                now,
+                self.billing_recipients(invoice.team_id).await?,
+            ),
+            None => None,
+        };
         let change = InvoicePayment {
             invoice_id: invoice.id,
             team_id: invoice.team_id,
@@ -444,9 +466,15 @@ impl Payments {
             paid_at: None,
             event,
             audit: Some(&audit),
+            mail: mail.as_ref(),
             at: now,
         };
-        self.store.set_invoice_payment(&change).await?;
+        if self.store.set_invoice_payment(&change).await? == tollgate_store::Changed::Applied
+            && mail.is_some()
+            && let Some(notices) = &self.notices
+        {
+            notices.queued();
+        }
         self.reread_invoice(invoice).await
     }
 

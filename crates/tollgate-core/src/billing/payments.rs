@@ -327,6 +327,7 @@ pub struct Payments {
     pub(super) provider: Option<Arc<dyn PaymentProvider>>,
     pub(super) settings: PaymentSettings,
     credits: Option<super::Credits>,
+    pub(super) notices: Option<crate::Notices>,
 }
 
 /// How often a change is retried after reading a top-up that moved meanwhile.
@@ -354,7 +355,30 @@ impl Payments {
             provider,
             settings,
             credits: None,
+            notices: None,
         }
+    }
+
+    /// Failed charges and blocks are mailed to the team's Admins.
+    #[must_use]
+    pub fn with_notices(mut self, notices: crate::Notices) -> Self {
+        self.notices = Some(notices);
+        self
+    }
+
+    /// Who hears about the team's billing: its Admins, and its billing address if set.
+    pub(super) async fn billing_recipients(
+        &self,
+        team_id: TeamId,
+    ) -> Result<Vec<tollgate_domain::Email>, PaymentError> {
+        let mut to = self.store.list_admin_emails(team_id).await?;
+        if let Some(info) = self.store.billing_info(team_id).await?
+            && let Ok(email) = tollgate_domain::Email::parse(&info.email)
+            && !to.contains(&email)
+        {
+            to.push(email);
+        }
+        Ok(to)
     }
 
     /// Credit taken back (a refund or dispute) also stops this node's lease of it at once.

@@ -238,14 +238,32 @@ async fn an_unpaid_invoice_blocks_after_the_grace_and_paying_lifts_it(db: TestDb
     let invoice = invoices(&app, "").await.remove(0);
     assert_eq!(invoice["invoiceStatus"], "FAILED", "{invoice}");
     assert!(invoice["failure"].as_str().unwrap().contains("declined"), "{invoice}");
+    // The Admins (and the billing address) are told, once per failed attempt.
+    let failed_mail = |mail: &Vec<tollgate_domain::QueuedMail>| {
+        mail.iter()
+            .filter(|m| m.mail.subject.contains("Payment of invoice TG-000001 failed"))
+            .count()
+    };
+    let mail = app.store().list_mail(100).await.unwrap();
+    assert_eq!(failed_mail(&mail), 1);
+    let notice = mail.iter().find(|m| m.mail.subject.contains("TG-000001")).unwrap();
+    let to: Vec<&str> = notice.mail.to.iter().map(AsRef::as_ref).collect();
+    assert_eq!(to, ["owner@example.com", "billing@acme.example"]);
+    assert!(notice.mail.body.contains("declined"), "{}", notice.mail.body);
     app.clock.advance(Duration::days(1));
     assert_eq!(payments.run_billing().await.unwrap().charges, 1, "retried after a day");
+    assert_eq!(failed_mail(&app.store().list_mail(100).await.unwrap()), 2);
     assert_eq!(invoices(&app, "").await[0]["invoiceStatus"], "FAILED");
     // Within the grace, requests go on.
     chat(&app, &key).await;
 
     app.clock.set(start("2026-12") + Duration::days(15));
     assert_eq!(payments.run_billing().await.unwrap().blocked, 1);
+    let mail = app.store().list_mail(100).await.unwrap();
+    assert!(
+        mail.iter()
+            .any(|m| m.mail.subject.contains("are stopped: invoice TG-000001 is unpaid"))
+    );
     let number = {
         let out = tollgate_cli(
             &app,

@@ -289,7 +289,13 @@ impl InvoiceStore for SqlStore {
             .collect()
     }
 
-    async fn block_team(&self, team_id: TeamId, number: &str, audit: &AuditEvent) -> Result<bool, StoreError> {
+    async fn block_team(
+        &self,
+        team_id: TeamId,
+        number: &str,
+        audit: &AuditEvent,
+        mail: Option<&tollgate_domain::OutboundMail>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.write.begin().await?;
         let updated = sqlx::query("UPDATE teams SET blocked_invoice = $1 WHERE id = $2 AND blocked_invoice IS NULL")
             .bind(number)
@@ -300,6 +306,9 @@ impl InvoiceStore for SqlStore {
             return Ok(false);
         }
         insert_audit(&mut tx, &self.audit_key, audit).await?;
+        if let Some(mail) = mail {
+            super::insert_mail(&mut tx, std::slice::from_ref(mail)).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -350,6 +359,9 @@ impl InvoiceStore for SqlStore {
         }
         if let Some(audit) = change.audit {
             insert_audit(&mut tx, &self.audit_key, audit).await?;
+        }
+        if let Some(mail) = change.mail {
+            super::insert_mail(&mut tx, std::slice::from_ref(mail)).await?;
         }
         tx.commit().await?;
         Ok(Changed::Applied)

@@ -6,6 +6,7 @@ pub mod credit;
 pub mod invoicing;
 pub mod ledger;
 pub mod payments;
+pub mod watch;
 
 pub use analytics::UsageQuery;
 pub use credit::{CreditError, CreditSettings, Credits, Hold};

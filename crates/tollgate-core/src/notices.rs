@@ -492,3 +492,110 @@ impl Notices {
         })
     }
 }
+
+/// A billing alert's subject and what it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BillingAlert<'a> {
+    /// Prepaid credit fell below the team's threshold.
+    LowBalance {
+        /// Left.
+        prepaid: tollgate_domain::Ticks,
+        /// The threshold set.
+        threshold: tollgate_domain::Ticks,
+    },
+    /// The month's invoiced usage reached a share of the spending limit.
+    InvoicedLimit {
+        /// 80 or 100.
+        percent: u8,
+        /// Invoiced so far this month.
+        owed: tollgate_domain::Ticks,
+        /// The limit in force.
+        limit: tollgate_domain::Ticks,
+    },
+    /// Promotional credit is about to expire.
+    PromoExpiring {
+        /// Left in the lot.
+        remaining: tollgate_domain::Ticks,
+        /// When it expires.
+        expires_at: Timestamp,
+    },
+    /// An automatic top-up could not be made.
+    AutoTopUpFailed {
+        /// Why.
+        why: &'a str,
+    },
+}
+
+impl Notices {
+    /// A billing alert, to the team's Admins (and its billing address). `None` when there is
+    /// nobody to tell.
+    #[must_use]
+    pub fn billing_alert(
+        &self,
+        team: &Team,
+        alert: BillingAlert<'_>,
+        at: Timestamp,
+        to: Vec<Email>,
+    ) -> Option<OutboundMail> {
+        use tollgate_domain::ledger::format_usd;
+        if to.is_empty() {
+            return None;
+        }
+        let product = &self.product;
+        let team_name = quoted(&team.name);
+        let (subject, what) = match alert {
+            BillingAlert::LowBalance { prepaid, threshold } => (
+                format!("Prepaid credit of {} is below ${}", team.name, format_usd(threshold)),
+                format!(
+                    "The prepaid credit of your team {team_name} is ${}, below the ${} you asked to be told about. \
+                     Buy credit (or turn on auto top-up) in the console to keep its requests running.",
+                    format_usd(prepaid),
+                    format_usd(threshold)
+                ),
+            ),
+            BillingAlert::InvoicedLimit { percent, owed, limit } => (
+                format!("{} has used {percent}% of its monthly spending limit", team.name),
+                if percent >= 100 {
+                    format!(
+                        "Your team {team_name} has reached its monthly invoiced spending limit (${} of ${}). Its \
+                         requests are refused once its credit is used up, until next month or until an Admin \
+                         raises the limit.",
+                        format_usd(owed),
+                        format_usd(limit)
+                    )
+                } else {
+                    format!(
+                        "Your team {team_name} has used ${} of its ${} monthly invoiced spending limit ({percent}%).",
+                        format_usd(owed),
+                        format_usd(limit)
+                    )
+                },
+            ),
+            BillingAlert::PromoExpiring { remaining, expires_at } => (
+                format!("Promotional credit of {} expires soon", team.name),
+                format!(
+                    "${} of promotional credit of your team {team_name} expires on {} UTC; what is left then is gone.",
+                    format_usd(remaining),
+                    expires_at.format("%Y-%m-%d %H:%M")
+                ),
+            ),
+            BillingAlert::AutoTopUpFailed { why } => (
+                format!("An automatic top-up of {} failed", team.name),
+                format!(
+                    "An automatic top-up of your team {team_name} could not be made: {why}. Check its default \
+                     payment method in the console."
+                ),
+            ),
+        };
+        Some(OutboundMail {
+            id: MailId::new(),
+            to,
+            subject: format!("[{product}] {subject}"),
+            body: format!(
+                "{what}\n\n{console}\n\nYou receive this because you are an Admin of the team.\n-- {product}\n",
+                console = self.console_url
+            ),
+            created_at: at,
+        })
+    }
+}

@@ -107,6 +107,7 @@ audit_actions! {
     IssueInvoice => "An invoice was issued: a month's invoiced usage, or a receipt for a purchase (numbered, never changed after).",
     PayInvoice => "An invoice was paid (charged, or marked paid by the operator), or charging it failed (outcome failure).",
     BlockTeam => "A team's requests were stopped because a monthly invoice stayed unpaid past its grace (paying it lifts the block).",
+    SetBillingSettings => "A team Admin set the team's auto top-up (threshold, amount, monthly maximum) or low-balance alert.",
     SetSpendingLimit => "A team's monthly invoiced spending limit was set (by its Admins), or its maximum (by the operator).",
     EndRotationGrace => "A rotated API key's previous secret leaked while still in its grace period: the grace ended, the current secret works on.",
     ReportLeakedSecret => "A leaked secret was reported that opens nothing any more (rotated out, key or team deleted): nothing changed.",

@@ -56,7 +56,7 @@ pub use ledger::{
 pub use mail::{MailState, OutboundMail, QueuedMail};
 pub use money::{ModelPricing, Ticks, TicksError};
 pub use name::{Name, NameError};
-pub use payments::{Address, BillingInfo, CardCountryRule, CountryCode, TopUp, TopUpStatus};
+pub use payments::{Address, AutoTopUp, BillingInfo, CardCountryRule, CountryCode, TopUp, TopUpStatus};
 pub use role::{Permission, Role};
 pub use session::{SecretToken, Session, TokenPurpose};
 pub use usage::{TokenUsage, UsageRecord};

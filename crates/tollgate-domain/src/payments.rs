@@ -231,6 +231,8 @@ pub struct TopUp {
     pub failure: Option<String>,
     /// Refunded or disputed at the provider so far, in cents (taken back from the credit).
     pub taken_back_cents: i64,
+    /// Asked for by the team's auto top-up, not a person.
+    pub automatic: bool,
     /// When it was asked for.
     pub created_at: Timestamp,
     /// Its last change.
@@ -242,6 +244,31 @@ impl TopUp {
     #[must_use]
     pub fn credit(&self) -> Ticks {
         Ticks::new(self.amount_cents.saturating_mul(Ticks::PER_CENT))
+    }
+}
+
+/// A team's auto top-up: when its prepaid credit falls below `threshold`, buy `amount_cents`
+/// with the default payment method, at most `monthly_max_cents` a calendar month (UTC) and at
+/// most [`AUTO_TOP_UPS_PER_DAY`] times in 24 hours (xAI's rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoTopUp {
+    /// Below this much prepaid credit, buy.
+    pub threshold: Ticks,
+    /// How much each time, in cents.
+    pub amount_cents: i64,
+    /// The most bought automatically in a calendar month, in cents.
+    pub monthly_max_cents: i64,
+}
+
+/// At most this many automatic top-ups (tried, whatever became of them) in 24 hours.
+pub const AUTO_TOP_UPS_PER_DAY: u32 = 5;
+
+impl AutoTopUp {
+    /// Whether another `amount_cents` fits: fewer than [`AUTO_TOP_UPS_PER_DAY`] in the last 24
+    /// hours, and the month's automatic purchases plus this one within the monthly maximum.
+    #[must_use]
+    pub fn allows(&self, last_day: u32, this_month_cents: i64) -> bool {
+        last_day < AUTO_TOP_UPS_PER_DAY && this_month_cents.saturating_add(self.amount_cents) <= self.monthly_max_cents
     }
 }
 
@@ -340,6 +367,19 @@ mod tests {
             ..info("Acme", ("", ""))
         };
         assert_eq!(BillingInfo::parse(bad_email), Err(BillingInfoError::Email));
+    }
+
+    #[test]
+    fn auto_top_ups_respect_both_caps() {
+        let auto = AutoTopUp {
+            threshold: Ticks::new(1),
+            amount_cents: 2500,
+            monthly_max_cents: 10_000,
+        };
+        assert!(auto.allows(0, 0));
+        assert!(auto.allows(4, 7500), "the fifth in a day, reaching the maximum exactly");
+        assert!(!auto.allows(5, 0), "a sixth in 24 hours");
+        assert!(!auto.allows(0, 7501), "beyond the monthly maximum");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tollgate_core::billing::{EventError, EventOutcome, PaymentError, PaymentMethod, ProviderError};
 use tollgate_domain::{Address, BillingInfo, Invoice, InvoiceKind, InvoiceStatus, TopUp, TopUpStatus};
-use tollgate_store::InvoiceFilter;
+use tollgate_store::{BillingSettings, InvoiceFilter};
 
 use crate::AppState;
 use crate::billing::CentView;
@@ -53,6 +53,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route(
             "/api/teams/{team_id}/billing/invoices/{invoice_id}/pay",
             post(team_pay_invoice),
+        )
+        .route(
+            "/v1/billing/teams/{team_id}/billing-settings",
+            get(billing_settings).put(set_billing_settings),
+        )
+        .route(
+            "/api/teams/{team_id}/billing/settings",
+            get(team_billing_settings).put(team_set_billing_settings),
         )
         .route("/webhooks/stripe", post(stripe_webhook))
 }
@@ -864,4 +872,128 @@ pub(crate) async fn team_invoice_page(
 ) -> Result<axum::response::Html<String>, XaiError> {
     let invoice = state.payments.invoice(&caller, invoice_id(&id)?).await?;
     Ok(axum::response::Html(invoice_page(&invoice, &state.settings.owned_by)))
+}
+
+/// An auto top-up (ours: xAI's console has one, its API does not); cents as strings.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct AutoTopUpView {
+    /// Buy when prepaid credit is below this.
+    threshold: CentView,
+    /// How much each time (within the top-up bounds).
+    amount: CentView,
+    /// The most bought automatically in a calendar month (UTC); at most 5 in 24 hours.
+    monthly_maximum: CentView,
+}
+
+/// A team's billing settings.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct BillingSettingsView {
+    /// `null`: off.
+    auto_top_up: Option<AutoTopUpView>,
+    /// Mail the Admins when prepaid credit falls below this (`null`: never).
+    low_balance_alert: Option<CentView>,
+}
+
+impl From<BillingSettings> for BillingSettingsView {
+    fn from(settings: BillingSettings) -> Self {
+        Self {
+            auto_top_up: settings.auto_top_up.map(|auto| AutoTopUpView {
+                threshold: CentView::of(auto.threshold),
+                amount: CentView::cents(auto.amount_cents),
+                monthly_maximum: CentView::cents(auto.monthly_max_cents),
+            }),
+            low_balance_alert: settings.low_balance_alert.map(CentView::of),
+        }
+    }
+}
+
+impl BillingSettingsView {
+    fn parse(self) -> Result<BillingSettings, XaiError> {
+        // Signs and bounds are the service's to check (after the caller's permission).
+        let cents = |value: &CentView, field: &str| whole_cents(value, field);
+        let ticks = |cents: i64| tollgate_domain::payments::cents(cents);
+        Ok(BillingSettings {
+            auto_top_up: match &self.auto_top_up {
+                Some(auto) => Some(tollgate_domain::AutoTopUp {
+                    threshold: ticks(cents(&auto.threshold, "autoTopUp.threshold")?),
+                    amount_cents: cents(&auto.amount, "autoTopUp.amount")?,
+                    monthly_max_cents: cents(&auto.monthly_maximum, "autoTopUp.monthlyMaximum")?,
+                }),
+                None => None,
+            },
+            low_balance_alert: match &self.low_balance_alert {
+                Some(value) => Some(ticks(cents(value, "lowBalanceAlert")?)),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The team's auto top-up and low-balance alert.
+#[utoipa::path(get, path = "/v1/billing/teams/{team_id}/billing-settings", tag = "management",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = BillingSettingsView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("management_key" = [])))]
+pub(crate) async fn billing_settings(
+    State(state): State<AppState>,
+    ManagementCaller(caller): ManagementCaller,
+    Path(team_id): Path<String>,
+) -> Result<Json<BillingSettingsView>, XaiError> {
+    crate::management::own_team(&caller, &team_id)?;
+    Ok(Json(state.payments.billing_settings(&caller).await?.into()))
+}
+
+/// Set the team's auto top-up (when prepaid credit falls below `threshold`, buy `amount` with the
+/// default payment method; at most `monthlyMaximum` a month and 5 times in 24 hours) and
+/// low-balance alert. Auto top-up needs a payment provider.
+#[utoipa::path(put, path = "/v1/billing/teams/{team_id}/billing-settings", tag = "management",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = BillingSettingsView,
+    responses((status = 200, body = BillingSettingsView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody),
+        (status = 403, body = crate::ErrorBody)),
+    security(("management_key" = [])))]
+pub(crate) async fn set_billing_settings(
+    State(state): State<AppState>,
+    ManagementCaller(caller): ManagementCaller,
+    Path(team_id): Path<String>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<BillingSettingsView>,
+) -> Result<Json<BillingSettingsView>, XaiError> {
+    crate::management::own_team(&caller, &team_id)?;
+    let settings = state
+        .payments
+        .set_billing_settings(&caller, body.parse()?, &meta)
+        .await?;
+    Ok(Json(settings.into()))
+}
+
+/// The team's auto top-up and low-balance alert (Admins).
+#[utoipa::path(get, path = "/api/teams/{team_id}/billing/settings", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = BillingSettingsView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_billing_settings(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+) -> Result<Json<BillingSettingsView>, XaiError> {
+    Ok(Json(state.payments.billing_settings(&caller).await?.into()))
+}
+
+/// Set the team's auto top-up and low-balance alert (Admins).
+#[utoipa::path(put, path = "/api/teams/{team_id}/billing/settings", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = BillingSettingsView,
+    responses((status = 200, body = BillingSettingsView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_set_billing_settings(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<BillingSettingsView>,
+) -> Result<Json<BillingSettingsView>, XaiError> {
+    let settings = state
+        .payments
+        .set_billing_settings(&caller, body.parse()?, &meta)
+        .await?;
+    Ok(Json(settings.into()))
 }

@@ -498,6 +498,12 @@ pub async fn start(
         .payments
         .clone()
         .spawn_billing(Duration::from_secs(300), stop_jobs.clone());
+    // Auto top-ups and alerts: every minute.
+    let watch = services.payments.clone().spawn_watch(
+        config.billing.max_invoiced_limit()?,
+        Duration::from_secs(60),
+        stop_jobs.clone(),
+    );
     let domain_checks = services.teams.clone().spawn_domain_checks(
         Duration::from_secs(config.domain_recheck_hours * 3600),
         stop_jobs.clone(),
@@ -562,6 +568,7 @@ pub async fn start(
         let _ = housekeeping.await;
         let _ = credit_expiry.await;
         let _ = billing.await;
+        let _ = watch.await;
         if let Some(mail) = mail {
             let _ = mail.await;
         }

@@ -1061,6 +1061,75 @@ pub trait InvoiceStore: Send + Sync {
     async fn set_invoice_payment(&self, change: &InvoicePayment<'_>) -> Result<Changed, StoreError>;
 }
 
+/// A team's billing settings: its auto top-up and low-balance alert.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BillingSettings {
+    /// The auto top-up, when on.
+    pub auto_top_up: Option<tollgate_domain::AutoTopUp>,
+    /// Mail the Admins when prepaid credit falls below this.
+    pub low_balance_alert: Option<tollgate_domain::Ticks>,
+}
+
+/// A team the billing watch looks at: its settings and credit now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedTeam {
+    /// The team.
+    pub team_id: TeamId,
+    /// Its settings.
+    pub settings: BillingSettings,
+    /// Its prepaid credit.
+    pub prepaid: tollgate_domain::Ticks,
+    /// Whether a top-up of it is pending.
+    pub top_up_pending: bool,
+}
+
+/// Auto top-up and alert settings, and the alerts sent.
+///
+/// **Invariant:** an alert is recorded at most once per `(team, kind, key)`, with its mail, in one
+/// transaction; so each crossing is mailed once whatever the number of nodes.
+#[async_trait]
+pub trait AlertStore: Send + Sync {
+    /// The team's billing settings (all off when never set).
+    async fn billing_settings(&self, team_id: TeamId) -> Result<BillingSettings, StoreError>;
+    /// Sets the team's billing settings with `audit`, atomically.
+    async fn set_billing_settings(
+        &self,
+        team_id: TeamId,
+        settings: &BillingSettings,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Live teams with an auto top-up or a low-balance alert set.
+    async fn watched_teams(&self) -> Result<Vec<WatchedTeam>, StoreError>;
+    /// The team's automatic top-ups since `day_ago` (how many) and since `month_start` (their
+    /// cents, pending or succeeded).
+    async fn auto_top_ups_since(
+        &self,
+        team_id: TeamId,
+        day_ago: Timestamp,
+        month_start: Timestamp,
+    ) -> Result<(u32, i64), StoreError>;
+    /// Records an alert with its mail; `false` (nothing written) when it was sent before.
+    async fn record_alert(
+        &self,
+        team_id: TeamId,
+        kind: &str,
+        key: &str,
+        at: Timestamp,
+        mail: Option<&tollgate_domain::OutboundMail>,
+    ) -> Result<bool, StoreError>;
+    /// Forgets an alert, so the next crossing sends it again.
+    async fn clear_alert(&self, team_id: TeamId, kind: &str, key: &str) -> Result<(), StoreError>;
+    /// Teams with invoiced usage this month: (team, owed so far).
+    async fn invoiced_this_month(&self, month: &str) -> Result<Vec<(TeamId, tollgate_domain::Ticks)>, StoreError>;
+    /// Promotional lots with credit left expiring in `[now, until)`: (team, lot, remaining, expiry).
+    async fn lots_expiring(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<(TeamId, uuid::Uuid, tollgate_domain::Ticks, Timestamp)>, StoreError>;
+}
+
 /// Everything Tollgate persists.
 #[async_trait]
 pub trait Store:
@@ -1076,6 +1145,7 @@ pub trait Store:
     + CreditStore
     + PaymentStore
     + InvoiceStore
+    + AlertStore
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

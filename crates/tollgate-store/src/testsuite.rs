@@ -1405,6 +1405,7 @@ pub async fn top_ups_are_one_pending_and_change_once(store: &dyn Store) {
         payment_method: Some("pm_1".into()),
         failure: None,
         taken_back_cents: 0,
+        automatic: false,
         created_at: at(1),
         updated_at: at(1),
     };

@@ -571,20 +571,25 @@ impl Payments {
         context: &RequestContext,
     ) -> Result<TopUp, PaymentError> {
         require_admin(caller, "Only team Admins may buy credit")?;
+        self.purchase(caller.team_id(), amount_cents, false, caller.actor(), context)
+            .await
+    }
+
+    /// Buys credit for the team (see [`Self::top_up`]); `automatic` for the auto top-up.
+    pub(super) async fn purchase(
+        &self,
+        team_id: TeamId,
+        amount_cents: i64,
+        automatic: bool,
+        actor: Actor,
+        context: &RequestContext,
+    ) -> Result<TopUp, PaymentError> {
         let provider = self.provider()?;
-        let team_id = caller.team_id();
         if let Some(pending) = self.store.pending_top_up(team_id).await? {
-            return self.carry_on(pending, caller.actor(), context).await;
+            return self.carry_on(pending, actor, context).await;
         }
         let amount_cents = amount_cents.checked_abs().unwrap_or(i64::MAX);
-        let (min, max) = (self.settings.min_top_up_cents, self.settings.max_top_up_cents);
-        if amount_cents < min || amount_cents > max {
-            return Err(PaymentError::InvalidAmount(format!(
-                "A top-up is between ${} and ${}",
-                format_usd(cents(min)),
-                format_usd(cents(max))
-            )));
-        }
+        self.check_amount(amount_cents)?;
         let customer = self.customer(team_id).await?;
         let (_, default) = provider.payment_methods(&customer).await?;
         let payment_method = default.ok_or(PaymentError::NoPaymentMethod)?;
@@ -598,20 +603,38 @@ impl Payments {
             payment_method: Some(payment_method),
             failure: None,
             taken_back_cents: 0,
+            automatic,
             created_at: now,
             updated_at: now,
         };
         let audit = AuditEvent::success(
             now,
             Some(team_id),
-            caller.actor(),
+            actor.clone(),
             AuditAction::TopUpCredits,
-            format!("Asked to buy ${} of prepaid credit", format_usd(top_up.credit())),
+            format!(
+                "Asked to buy ${} of prepaid credit{}",
+                format_usd(top_up.credit()),
+                if automatic { " (auto top-up)" } else { "" }
+            ),
             Some(format!("top_up:{}", top_up.id)),
             context,
         );
         let started = self.store.start_top_up(&top_up, &audit).await?;
-        self.carry_on(started, caller.actor(), context).await
+        self.carry_on(started, actor, context).await
+    }
+
+    /// An amount within the operator's bounds.
+    pub(super) fn check_amount(&self, amount_cents: i64) -> Result<(), PaymentError> {
+        let (min, max) = (self.settings.min_top_up_cents, self.settings.max_top_up_cents);
+        if amount_cents < min || amount_cents > max {
+            return Err(PaymentError::InvalidAmount(format!(
+                "A top-up is between ${} and ${}",
+                format_usd(cents(min)),
+                format_usd(cents(max))
+            )));
+        }
+        Ok(())
     }
 
     /// Takes a pending top-up as far as it goes now: authorizes it (the same payment on a

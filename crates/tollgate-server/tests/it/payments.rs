@@ -22,6 +22,8 @@ on_both_backends!(
     a_card_from_a_refused_country_is_refused_before_money_moves,
     forged_stale_and_unsigned_webhooks_change_nothing,
     without_a_provider_purchases_are_off,
+    auto_top_up_respects_its_caps,
+    alerts_are_mailed_once_per_crossing,
 );
 
 pub(crate) const WEBHOOK_SECRET: &str = "whsec_tollgate_test_secret";
@@ -615,5 +617,216 @@ async fn without_a_provider_purchases_are_off(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    app.finish().await;
+}
+
+/// Auto top-up: below the threshold it buys the amount with the default card, at most five times
+/// in 24 hours (the sixth waits a day) and within the monthly maximum.
+async fn auto_top_up_respects_its_caps(db: TestDb) {
+    let Some(stripe) = LocalStripe::start().await else {
+        return;
+    };
+    let app = app_with_stripe(db, Some(&stripe), &[]).await;
+    let (_, card) = customer_with_card(&app, &stripe).await;
+    let (status, _) = management(
+        &app,
+        reqwest::Method::POST,
+        "payment-method/default",
+        Some(json!({"paymentMethodId": card})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let settings = |monthly: &str| {
+        json!({"autoTopUp": {"threshold": {"val": "1000"}, "amount": {"val": "2500"}, "monthlyMaximum": {"val": monthly}},
+            "lowBalanceAlert": null})
+    };
+    // The monthly maximum must cover one top-up.
+    let (status, _) = management(&app, reqwest::Method::PUT, "billing-settings", Some(settings("2000"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, saved) = management(&app, reqwest::Method::PUT, "billing-settings", Some(settings("100000"))).await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    assert_eq!(saved["autoTopUp"]["amount"]["val"], "2500");
+
+    let payments = app.services().payments;
+    let limit = Ticks::ZERO;
+    let drain = |app: &TestApp| {
+        let ledger = app.services().ledger;
+        let team = app.team.id;
+        async move {
+            let prepaid = ledger.balance(team).await.unwrap().prepaid;
+            // Down to $5, below the $10 threshold.
+            ledger
+                .adjust(
+                    team,
+                    Ticks::new(5 * Ticks::PER_USD - prepaid.get()),
+                    "test: spend",
+                    tollgate_domain::Actor::Operator,
+                    &tollgate_domain::RequestContext::default(),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    assert_eq!(payments.watch(limit).await.unwrap().auto_top_ups, 1, "from $0");
+    assert_eq!(prepaid(&app).await, Ticks::new(2500 * CENT));
+    assert_eq!(
+        payments.watch(limit).await.unwrap().auto_top_ups,
+        0,
+        "above the threshold"
+    );
+    for _ in 0..4 {
+        drain(&app).await;
+        assert_eq!(payments.watch(limit).await.unwrap().auto_top_ups, 1);
+        assert_eq!(prepaid(&app).await, Ticks::new(3000 * CENT));
+    }
+    drain(&app).await;
+    assert_eq!(
+        payments.watch(limit).await.unwrap().auto_top_ups,
+        0,
+        "a sixth in 24 hours waits"
+    );
+    app.clock
+        .advance(chrono::Duration::hours(24) + chrono::Duration::seconds(1));
+    assert_eq!(payments.watch(limit).await.unwrap().auto_top_ups, 1, "a day later");
+    // Six bought this month ($150); a maximum of $150 allows no seventh.
+    let (status, _) = management(&app, reqwest::Method::PUT, "billing-settings", Some(settings("15000"))).await;
+    assert_eq!(status, StatusCode::OK);
+    drain(&app).await;
+    assert_eq!(
+        payments.watch(limit).await.unwrap().auto_top_ups,
+        0,
+        "the monthly maximum"
+    );
+    let top_ups = app.store().top_ups(app.team.id, 100).await.unwrap();
+    assert_eq!(top_ups.len(), 6);
+    assert!(
+        top_ups
+            .iter()
+            .all(|t| t.automatic && t.status == tollgate_domain::TopUpStatus::Succeeded)
+    );
+    assert_eq!(app.services().ledger.verify().await.unwrap(), None);
+    app.finish().await;
+}
+
+/// Alerts go to the Admins once per crossing: prepaid credit below their threshold (again after
+/// it went back above), 80% and then 100% of the month's invoiced limit, promotional credit
+/// expiring within a week.
+async fn alerts_are_mailed_once_per_crossing(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let payments = app.services().payments;
+    let limit = Ticks::new(1000 * Ticks::PER_USD);
+    let (status, _) = management(
+        &app,
+        reqwest::Method::PUT,
+        "billing-settings",
+        Some(json!({"autoTopUp": {"threshold": {"val": "1000"}, "amount": {"val": "2500"}, "monthlyMaximum": {"val": "10000"}}, "lowBalanceAlert": null})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "auto top-up needs a payment provider");
+    let (status, _) = management(
+        &app,
+        reqwest::Method::PUT,
+        "billing-settings",
+        Some(json!({"autoTopUp": null, "lowBalanceAlert": {"val": "500"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let count = |mail: &[tollgate_domain::QueuedMail], subject: &str| {
+        mail.iter().filter(|m| m.mail.subject.contains(subject)).count()
+    };
+    let mail = || async { app.store().list_mail(200).await.unwrap() };
+    assert_eq!(payments.watch(limit).await.unwrap().alerts, 1);
+    assert_eq!(payments.watch(limit).await.unwrap().alerts, 0, "once per crossing");
+    assert_eq!(count(&mail().await, "is below $5"), 1);
+    let ledger = app.services().ledger;
+    let context = tollgate_domain::RequestContext::default();
+    let operator = || tollgate_domain::Actor::Operator;
+    ledger
+        .adjust(
+            app.team.id,
+            Ticks::new(10 * Ticks::PER_USD),
+            "test",
+            operator(),
+            &context,
+        )
+        .await
+        .unwrap();
+    assert_eq!(payments.watch(limit).await.unwrap().alerts, 0, "above: re-armed");
+    ledger
+        .adjust(
+            app.team.id,
+            Ticks::new(-7 * Ticks::PER_USD),
+            "test",
+            operator(),
+            &context,
+        )
+        .await
+        .unwrap();
+    assert_eq!(payments.watch(limit).await.unwrap().alerts, 1, "the second crossing");
+    assert_eq!(count(&mail().await, "is below $5"), 2);
+    ledger
+        .adjust(
+            app.team.id,
+            Ticks::new(-3 * Ticks::PER_USD),
+            "test",
+            operator(),
+            &context,
+        )
+        .await
+        .unwrap();
+    let _ = payments.watch(limit).await.unwrap();
+
+    // Invoiced usage against a 50-cent limit: three requests of about 16 cents are 96%.
+    let (status, _) = management(
+        &app,
+        reqwest::Method::POST,
+        "postpaid/spending-limits",
+        Some(json!({"desiredSoftSpendingLimit": {"val": "50"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let key = app.api_key().await;
+    app.upstream.report_usage(Some((20, 16_000)));
+    for _ in 0..3 {
+        let response = app
+            .chat(
+                &key,
+                json!({"model": crate::util::MODEL, "messages": user_message(), "max_tokens": 16_000}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(payments.watch(limit).await.unwrap().alerts, 1);
+    assert_eq!(payments.watch(limit).await.unwrap().alerts, 0);
+    assert_eq!(count(&mail().await, "used 80% of its monthly spending limit"), 1);
+    let (status, _) = management(
+        &app,
+        reqwest::Method::POST,
+        "postpaid/spending-limits",
+        Some(json!({"desiredSoftSpendingLimit": {"val": "40"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(payments.watch(limit).await.unwrap().alerts, 1);
+    assert_eq!(count(&mail().await, "used 100% of its monthly spending limit"), 1);
+
+    // Promotional credit expiring in three days: announced once.
+    let expires = app.clock.now() + chrono::Duration::days(3);
+    ledger
+        .grant(
+            app.team.id,
+            Ticks::new(Ticks::PER_USD),
+            "launch",
+            Some(expires),
+            operator(),
+            &context,
+        )
+        .await
+        .unwrap();
+    assert_eq!(payments.watch(limit).await.unwrap().alerts, 1);
+    assert_eq!(payments.watch(limit).await.unwrap().alerts, 0);
+    let promo = mail().await;
+    let notice = promo.iter().find(|m| m.mail.subject.contains("expires soon")).unwrap();
+    assert_eq!(notice.mail.to[0].as_ref(), "owner@example.com");
     app.finish().await;
 }

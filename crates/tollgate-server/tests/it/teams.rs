@@ -1105,6 +1105,13 @@ fn matrix_routes() -> Vec<Route> {
             false,
         ),
         route(Method::GET, "/api/teams/{team_id}/billing/invoices", None, false),
+        route(Method::GET, "/api/teams/{team_id}/billing/settings", None, false),
+        route(
+            Method::PUT,
+            "/api/teams/{team_id}/billing/settings",
+            Some(json!({"autoTopUp": null, "lowBalanceAlert": {"val": "-1"}})),
+            false,
+        ),
         route(
             Method::GET,
             "/api/teams/{team_id}/billing/invoices/{invoice_id}",
@@ -1222,6 +1229,13 @@ fn matrix_routes() -> Vec<Route> {
         ),
         route(Method::GET, "/v1/billing/teams/{team_id}/payment-method", None, false),
         route(Method::GET, "/v1/billing/teams/{team_id}/invoices", None, false),
+        route(Method::GET, "/v1/billing/teams/{team_id}/billing-settings", None, false),
+        route(
+            Method::PUT,
+            "/v1/billing/teams/{team_id}/billing-settings",
+            Some(json!({"autoTopUp": null, "lowBalanceAlert": {"val": "-1"}})),
+            false,
+        ),
         route(
             Method::POST,
             "/v1/billing/teams/{team_id}/payment-method/default",

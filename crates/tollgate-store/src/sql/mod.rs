@@ -20,6 +20,7 @@ use crate::{AuditChainState, MfaChange, Store, StoreError};
 use super::{BACKEND, Db, MIGRATOR, SqlStore};
 
 mod accounts;
+mod alerts;
 mod audit;
 mod credit;
 mod federation;

@@ -10,7 +10,7 @@ use super::{DbRow, SqlStore, corrupt, insert_audit};
 use crate::{Changed, PaymentStore, StoreError, TopUpChange};
 
 const TOP_UP_COLUMNS: &str = "id, team_id, amount_cents, status, provider_ref, payment_method, failure, \
-     taken_back_cents, created_at, updated_at";
+     taken_back_cents, created_at, updated_at, automatic";
 
 fn top_up_from_row(row: &DbRow) -> Result<TopUp, StoreError> {
     Ok(TopUp {
@@ -25,6 +25,7 @@ fn top_up_from_row(row: &DbRow) -> Result<TopUp, StoreError> {
         payment_method: row.try_get("payment_method")?,
         failure: row.try_get("failure")?,
         taken_back_cents: row.try_get("taken_back_cents")?,
+        automatic: row.try_get("automatic")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -153,7 +154,7 @@ impl PaymentStore for SqlStore {
         // The partial unique index allows one pending top-up per team; a conflict with it (or
         // the id) writes nothing, and the pending one is returned.
         let inserted = sqlx::query(&format!(
-            "INSERT INTO top_ups ({TOP_UP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+            "INSERT INTO top_ups ({TOP_UP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT DO NOTHING"
         ))
         .bind(top_up.id)
@@ -166,6 +167,7 @@ impl PaymentStore for SqlStore {
         .bind(top_up.taken_back_cents)
         .bind(top_up.created_at)
         .bind(top_up.updated_at)
+        .bind(top_up.automatic)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {

@@ -2,6 +2,7 @@
 //! Invoices and payments join it here.
 
 pub mod analytics;
+pub mod checkout;
 pub mod credit;
 pub mod invoicing;
 pub mod ledger;
@@ -12,6 +13,7 @@ pub use analytics::UsageQuery;
 pub use credit::{CreditError, CreditSettings, Credits, Hold};
 pub use ledger::{InvoicePreview, Ledger, LedgerError, TeamCredit};
 pub use payments::{
-    Card, CustomerDetails, EventError, EventObject, EventOutcome, Payment, PaymentError, PaymentMethod,
-    PaymentProvider, PaymentRequest, PaymentSettings, PaymentStatus, Payments, ProviderError, ProviderEvent, Purpose,
+    Card, CheckoutRequest, CheckoutSession, CustomerDetails, EventError, EventObject, EventOutcome, Payment,
+    PaymentError, PaymentMethod, PaymentProvider, PaymentRequest, PaymentSettings, PaymentStatus, Payments,
+    ProviderError, ProviderEvent, Purpose,
 };

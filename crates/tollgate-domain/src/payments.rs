@@ -233,6 +233,8 @@ pub struct TopUp {
     pub taken_back_cents: i64,
     /// Asked for by the team's auto top-up, not a person.
     pub automatic: bool,
+    /// Bought on the provider's hosted checkout page: the session's id and page.
+    pub checkout: Option<(String, String)>,
     /// When it was asked for.
     pub created_at: Timestamp,
     /// Its last change.

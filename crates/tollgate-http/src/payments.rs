@@ -62,6 +62,11 @@ pub(crate) fn router() -> Router<AppState> {
             "/api/teams/{team_id}/billing/settings",
             get(team_billing_settings).put(team_set_billing_settings),
         )
+        .route("/api/teams/{team_id}/billing/checkout", post(team_checkout))
+        .route(
+            "/api/teams/{team_id}/billing/payment-methods/setup",
+            post(team_add_payment_method),
+        )
         .route("/webhooks/stripe", post(stripe_webhook))
 }
 
@@ -117,6 +122,9 @@ pub(crate) struct TopUpChangeView {
     /// Why it failed, for people.
     #[serde(skip_serializing_if = "Option::is_none")]
     failure: Option<String>,
+    /// Bought on the provider's hosted page: where to send the person (ours).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkout_url: Option<String>,
 }
 
 impl From<&TopUp> for TopUpChangeView {
@@ -129,6 +137,11 @@ impl From<&TopUp> for TopUpChangeView {
             create_time: crate::management::rfc3339(top_up.created_at),
             top_up_id: top_up.id.to_string(),
             failure: top_up.failure.clone(),
+            checkout_url: top_up
+                .checkout
+                .as_ref()
+                .filter(|_| top_up.status == TopUpStatus::Pending)
+                .map(|(_, url)| url.clone()),
         }
     }
 }
@@ -996,4 +1009,48 @@ pub(crate) async fn team_set_billing_settings(
         .set_billing_settings(&caller, body.parse()?, &meta)
         .await?;
     Ok(Json(settings.into()))
+}
+
+/// Buy prepaid credit on the payment provider's hosted checkout page (Admins): the answer's
+/// `change.checkoutUrl` is the page. The card's country is checked before money moves; the
+/// credit arrives when the payment is captured. While a purchase is pending, it is returned.
+#[utoipa::path(post, path = "/api/teams/{team_id}/billing/checkout", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = TopUpRequest,
+    responses((status = 200, body = TopUpAnswer), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody),
+        (status = 503, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_checkout(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<TopUpRequest>,
+) -> Result<Json<TopUpAnswer>, XaiError> {
+    let amount = whole_cents(&body.amount, "amount")?;
+    let top_up = state.payments.checkout_top_up(&caller, amount, &meta).await?;
+    Ok(Json(TopUpAnswer {
+        change: (&top_up).into(),
+    }))
+}
+
+/// Where an Admin saves a card.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SetupAnswer {
+    /// The provider's hosted page.
+    url: String,
+}
+
+/// Save a card to the team on the payment provider's hosted page (Admins): the answer is the
+/// page. The card becomes the default if the team has none.
+#[utoipa::path(post, path = "/api/teams/{team_id}/billing/payment-methods/setup", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = SetupAnswer), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody),
+        (status = 503, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_add_payment_method(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+) -> Result<Json<SetupAnswer>, XaiError> {
+    Ok(Json(SetupAnswer {
+        url: state.payments.add_payment_method(&caller).await?,
+    }))
 }

@@ -264,6 +264,7 @@ impl PaymentsConfig {
             max_top_up_cents,
             card_countries: tollgate_domain::CardCountryRule::new(refused),
             invoice_prefix: self.invoice_prefix.clone(),
+            return_url: String::new(),
             close_grace: chrono::Duration::hours(i64::from(self.invoice_after_hours)),
             unpaid_grace: chrono::Duration::days(i64::from(self.unpaid_grace_days)),
         })

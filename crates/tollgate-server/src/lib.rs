@@ -377,7 +377,10 @@ fn payments(
         Arc::clone(store),
         Arc::clone(clock),
         provider,
-        config.payments.settings()?,
+        tollgate_core::billing::PaymentSettings {
+            return_url: format!("{}/billing", config.console_url.trim_end_matches('/')),
+            ..config.payments.settings()?
+        },
     ))
 }
 

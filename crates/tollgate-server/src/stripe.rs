@@ -14,8 +14,8 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
 use tollgate_core::billing::{
-    Card, CustomerDetails, EventError, EventObject, Payment, PaymentMethod, PaymentProvider, PaymentRequest,
-    PaymentStatus, ProviderError, ProviderEvent, Purpose,
+    Card, CheckoutRequest, CheckoutSession, CustomerDetails, EventError, EventObject, Payment, PaymentMethod,
+    PaymentProvider, PaymentRequest, PaymentStatus, ProviderError, ProviderEvent, Purpose,
 };
 use tollgate_domain::{TeamId, Timestamp};
 
@@ -374,6 +374,72 @@ impl PaymentProvider for Stripe {
         Ok(intent.into())
     }
 
+    async fn checkout(&self, request: &CheckoutRequest<'_>) -> Result<CheckoutSession, ProviderError> {
+        let mut form = vec![
+            ("customer".to_owned(), request.customer.to_owned()),
+            ("metadata[team_id]".to_owned(), request.team_id.to_string()),
+            (
+                "success_url".to_owned(),
+                format!("{}?checkout=complete", request.return_url),
+            ),
+            (
+                "cancel_url".to_owned(),
+                format!("{}?checkout=cancelled", request.return_url),
+            ),
+            ("expires_at".to_owned(), request.expires_at.timestamp().to_string()),
+        ];
+        match request.purchase {
+            Some((amount_cents, top_up)) => form.extend([
+                ("mode".to_owned(), "payment".to_owned()),
+                ("line_items[0][price_data][currency]".to_owned(), "usd".to_owned()),
+                (
+                    "line_items[0][price_data][unit_amount]".to_owned(),
+                    amount_cents.to_string(),
+                ),
+                (
+                    "line_items[0][price_data][product_data][name]".to_owned(),
+                    "Prepaid API credit".to_owned(),
+                ),
+                ("line_items[0][quantity]".to_owned(), "1".to_owned()),
+                ("payment_intent_data[capture_method]".to_owned(), "manual".to_owned()),
+                (
+                    "payment_intent_data[metadata][team_id]".to_owned(),
+                    request.team_id.to_string(),
+                ),
+                (
+                    "payment_intent_data[metadata][top_up_id]".to_owned(),
+                    top_up.to_string(),
+                ),
+                ("metadata[top_up_id]".to_owned(), top_up.to_string()),
+            ]),
+            None => form.extend([
+                ("mode".to_owned(), "setup".to_owned()),
+                ("currency".to_owned(), "usd".to_owned()),
+            ]),
+        }
+        let session: CheckoutSessionObject = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/checkout/sessions",
+                &form,
+                Some(&request.idempotency_key),
+            )
+            .await?;
+        Ok(session.into())
+    }
+
+    async fn setup_payment_method(&self, setup_intent: &str) -> Result<Option<String>, ProviderError> {
+        let intent: SetupIntentObject = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/setup_intents/{setup_intent}"),
+                &[],
+                None,
+            )
+            .await?;
+        Ok(intent.payment_method.map(IdOrObject::into_id))
+    }
+
     fn parse_event(&self, signature: Option<&str>, body: &[u8], now: Timestamp) -> Result<ProviderEvent, EventError> {
         verify_signature(
             self.webhook_secret.expose_secret().as_bytes(),
@@ -430,6 +496,41 @@ struct EventData {
 }
 
 #[derive(Deserialize)]
+struct SetupIntentObject {
+    payment_method: Option<IdOrObject>,
+}
+
+#[derive(Deserialize)]
+struct CheckoutSessionObject {
+    id: String,
+    url: Option<String>,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    status: Option<String>,
+    payment_intent: Option<IdOrObject>,
+    setup_intent: Option<IdOrObject>,
+    #[serde(default)]
+    metadata: std::collections::HashMap<String, String>,
+}
+
+impl From<CheckoutSessionObject> for CheckoutSession {
+    fn from(object: CheckoutSessionObject) -> Self {
+        let id = |key: &str| object.metadata.get(key).and_then(|v| v.parse::<uuid::Uuid>().ok());
+        CheckoutSession {
+            team_id: id("team_id").map(TeamId::from_uuid),
+            top_up_id: id("top_up_id"),
+            id: object.id,
+            url: object.url,
+            mode: object.mode,
+            status: object.status.unwrap_or_default(),
+            payment_intent: object.payment_intent.map(IdOrObject::into_id),
+            setup_intent: object.setup_intent.map(IdOrObject::into_id),
+        }
+    }
+}
+
+#[derive(Deserialize)]
 struct ChargeObject {
     payment_intent: Option<IdOrObject>,
     #[serde(default)]
@@ -450,6 +551,12 @@ pub fn parse_event(body: &[u8]) -> Result<ProviderEvent, EventError> {
     let object = if event.kind.starts_with("payment_intent.") {
         EventObject::Payment(
             serde_json::from_value::<PaymentIntentObject>(event.data.object)
+                .map_err(malformed)?
+                .into(),
+        )
+    } else if event.kind.starts_with("checkout.session.") {
+        EventObject::Checkout(
+            serde_json::from_value::<CheckoutSessionObject>(event.data.object)
                 .map_err(malformed)?
                 .into(),
         )

@@ -955,6 +955,13 @@ pub trait PaymentStore: Send + Sync {
     async fn top_ups(&self, team_id: TeamId, limit: u32) -> Result<Vec<tollgate_domain::TopUp>, StoreError>;
     /// Applies `change` (see [`TopUpChange`]).
     async fn change_top_up(&self, change: &TopUpChange<'_>) -> Result<Changed, StoreError>;
+    /// Records the hosted checkout session a top-up is bought on.
+    async fn set_top_up_checkout(
+        &self,
+        id: uuid::Uuid,
+        checkout_id: &str,
+        checkout_url: &str,
+    ) -> Result<(), StoreError>;
     /// Whether the provider event was processed.
     async fn payment_event_seen(&self, event_id: &str) -> Result<bool, StoreError>;
     /// Records a provider event that changes nothing of ours; `false` when it was seen before.

@@ -1406,6 +1406,7 @@ pub async fn top_ups_are_one_pending_and_change_once(store: &dyn Store) {
         failure: None,
         taken_back_cents: 0,
         automatic: false,
+        checkout: None,
         created_at: at(1),
         updated_at: at(1),
     };

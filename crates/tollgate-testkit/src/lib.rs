@@ -3,8 +3,24 @@
 //! make it fail, omit usage, or hold a stream after its first chunk until released (to prove
 //! that a relay forwards chunks as they arrive).
 //!
-//! This is the only test double in the project: it stands in for the model server, which is
-//! outside Tollgate.
+//! This is the test double for the model server, which is outside Tollgate. The other, in
+//! [`checkout`], stands in for Stripe's hosted Checkout pages, which no installable server
+//! speaks.
+
+pub mod checkout;
+
+/// A `Stripe-Signature` `v1` value: HMAC-SHA256 of `"{t}.{payload}"` keyed with the secret's
+/// bytes, hex.
+#[must_use]
+pub fn sign_stripe(secret: &str, t: i64, payload: &[u8]) -> String {
+    use hmac::Mac as _;
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(payload);
+    hex::encode(mac.finalize().into_bytes())
+}
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -128,6 +128,45 @@ pub struct PaymentRequest<'a> {
     pub purpose: Purpose,
 }
 
+/// A hosted checkout page asked for.
+#[derive(Debug, Clone)]
+pub struct CheckoutRequest<'a> {
+    /// The team's customer.
+    pub customer: &'a str,
+    /// A purchase of `amount_cents` for a top-up (authorized with manual capture), or `None`:
+    /// saving a card.
+    pub purchase: Option<(i64, uuid::Uuid)>,
+    /// The team.
+    pub team_id: TeamId,
+    /// Where the page returns to.
+    pub return_url: &'a str,
+    /// Makes a retried request the same session.
+    pub idempotency_key: String,
+    /// When the page expires.
+    pub expires_at: Timestamp,
+}
+
+/// A hosted checkout session (Stripe's Checkout Session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutSession {
+    /// The provider's id (`cs_…`).
+    pub id: String,
+    /// The page to send the person to.
+    pub url: Option<String>,
+    /// `payment` or `setup`.
+    pub mode: String,
+    /// `open`, `complete` or `expired`.
+    pub status: String,
+    /// The payment it made (payment mode), once complete.
+    pub payment_intent: Option<String>,
+    /// The setup it made (setup mode), once complete.
+    pub setup_intent: Option<String>,
+    /// The team and top-up, from its metadata.
+    pub team_id: Option<TeamId>,
+    /// The top-up it buys, from its metadata.
+    pub top_up_id: Option<uuid::Uuid>,
+}
+
 /// A provider event, checked and parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderEvent {
@@ -151,6 +190,8 @@ pub enum EventObject {
         /// Refunded so far, in cents.
         refunded_cents: i64,
     },
+    /// A hosted checkout session completed or expired (`checkout.session.*`).
+    Checkout(CheckoutSession),
     /// A payment is disputed (a chargeback).
     Dispute {
         /// The payment.
@@ -219,6 +260,10 @@ pub trait PaymentProvider: Send + Sync {
     async fn capture(&self, id: &str, idempotency_key: &str) -> Result<Payment, ProviderError>;
     /// Cancels an authorized payment (nothing is charged).
     async fn cancel(&self, id: &str, idempotency_key: &str) -> Result<Payment, ProviderError>;
+    /// Opens a hosted checkout page: a purchase, or saving a card.
+    async fn checkout(&self, request: &CheckoutRequest<'_>) -> Result<CheckoutSession, ProviderError>;
+    /// The payment method a completed setup saved.
+    async fn setup_payment_method(&self, setup_intent: &str) -> Result<Option<String>, ProviderError>;
     /// Checks an event's signature (at `now`) and parses it.
     fn parse_event(&self, signature: Option<&str>, body: &[u8], now: Timestamp) -> Result<ProviderEvent, EventError>;
 }
@@ -234,6 +279,8 @@ pub struct PaymentSettings {
     pub card_countries: CardCountryRule,
     /// The invoice series' prefix (`TG` numbers `TG-000001`, …).
     pub invoice_prefix: String,
+    /// Where the provider's hosted pages return to (the console's billing page).
+    pub return_url: String,
     /// How long after a month ends its invoices are issued (charges still committing land
     /// first).
     pub close_grace: chrono::Duration,
@@ -249,6 +296,7 @@ impl Default for PaymentSettings {
             max_top_up_cents: 1_000_000,
             card_countries: CardCountryRule::default(),
             invoice_prefix: "TG".into(),
+            return_url: "http://localhost:8080/billing".into(),
             close_grace: chrono::Duration::hours(1),
             unpaid_grace: chrono::Duration::days(14),
         }
@@ -425,7 +473,7 @@ impl Payments {
     }
 
     /// The team's customer at the provider, made (from its billing details) if it has none.
-    async fn customer(&self, team_id: TeamId) -> Result<String, PaymentError> {
+    pub(super) async fn customer(&self, team_id: TeamId) -> Result<String, PaymentError> {
         let provider = self.provider()?;
         if let Some(id) = self.store.payment_customer(team_id).await? {
             return Ok(id);
@@ -604,6 +652,7 @@ impl Payments {
             failure: None,
             taken_back_cents: 0,
             automatic,
+            checkout: None,
             created_at: now,
             updated_at: now,
         };
@@ -657,7 +706,7 @@ impl Payments {
                 match provider.authorize(&request).await {
                     Ok(payment) => payment,
                     Err(ProviderError::Declined(message)) => {
-                        self.fail(&top_up, TopUpStatus::Failed, &message, None, actor, context)
+                        self.close_unpaid(&top_up, TopUpStatus::Failed, &message, None, actor, context)
                             .await?;
                         return Err(PaymentError::Declined(message));
                     }
@@ -670,7 +719,7 @@ impl Payments {
     }
 
     /// Records the provider's payment id on the top-up, if it is new.
-    async fn note_payment(&self, top_up: TopUp, payment: &Payment) -> Result<TopUp, PaymentError> {
+    pub(super) async fn note_payment(&self, top_up: TopUp, payment: &Payment) -> Result<TopUp, PaymentError> {
         if top_up.provider_ref.as_deref() == Some(payment.id.as_str()) {
             return Ok(top_up);
         }
@@ -698,7 +747,7 @@ impl Payments {
 
     /// Moves a top-up as its payment says: an authorized card is checked and captured (or
     /// cancelled), a captured payment grants the credit, a failed one fails it.
-    async fn advance(
+    pub(super) async fn advance(
         &self,
         top_up: TopUp,
         payment: Payment,
@@ -719,7 +768,7 @@ impl Payments {
                     .and_then(|card| card.country);
                 if let Err(reason) = self.settings.card_countries.check(country) {
                     provider.cancel(&payment.id, &format!("cancel:{}", top_up.id)).await?;
-                    self.fail(&top_up, TopUpStatus::Refused, &reason, event, actor, context)
+                    self.close_unpaid(&top_up, TopUpStatus::Refused, &reason, event, actor, context)
                         .await?;
                     return Err(PaymentError::Refused(reason));
                 }
@@ -752,7 +801,7 @@ impl Payments {
                 if payment.status == PaymentStatus::RequiresAction {
                     provider.cancel(&payment.id, &format!("cancel:{}", top_up.id)).await?;
                 }
-                self.fail(&top_up, status, &why, event, actor, context).await?;
+                self.close_unpaid(&top_up, status, &why, event, actor, context).await?;
                 if status == TopUpStatus::Failed {
                     return Err(PaymentError::Declined(why));
                 }
@@ -859,7 +908,7 @@ impl Payments {
     }
 
     /// Moves a pending top-up to `status` (failed, refused, cancelled), audited.
-    async fn fail(
+    pub(super) async fn close_unpaid(
         &self,
         top_up: &TopUp,
         status: TopUpStatus,
@@ -1083,6 +1132,7 @@ impl Payments {
                 )
                 .await
             }
+            EventObject::Checkout(session) => self.checkout_event(&event.kind, session, seen, context).await,
             EventObject::Other => self.ignore(seen).await,
         }
     }

@@ -24,6 +24,7 @@ on_both_backends!(
     without_a_provider_purchases_are_off,
     auto_top_up_respects_its_caps,
     alerts_are_mailed_once_per_crossing,
+    hosted_checkout_buys_credit_and_saves_cards,
 );
 
 pub(crate) const WEBHOOK_SECRET: &str = "whsec_tollgate_test_secret";
@@ -211,23 +212,25 @@ pub(crate) async fn deliver(app: &TestApp, event: &Value) -> String {
 }
 
 pub(crate) async fn app_with_stripe(db: TestDb, stripe: Option<&LocalStripe>, refused: &[&str]) -> TestApp {
-    let upstream = MockUpstream::start().await.unwrap();
-    let mut config = test_config(&db, &upstream);
-    config.billing.max_invoiced_limit_usd = None;
-    if let Some(stripe) = stripe {
-        config.payments.stripe_api_base = stripe.url();
-    } else {
-        // Configured, but nothing listens: the signature is checked before any call.
-        config.payments.stripe_api_base = "http://127.0.0.1:9".into();
-    }
-    config.payments.stripe_secret_key = Some("sk_test_tollgate".to_owned().into());
-    config.payments.stripe_webhook_secret = Some(WEBHOOK_SECRET.to_owned().into());
-    config.payments.refused_card_countries = refused.iter().map(|c| (*c).to_owned()).collect();
-    let app = TestApp::with_config(db, upstream, config).await;
+    // Configured but unreachable without one: the signature is checked before any call.
+    let base = stripe.map_or_else(|| "http://127.0.0.1:9".to_owned(), LocalStripe::url);
+    let app = app_with_stripe_at(db, &base, refused).await;
     if let Some(stripe) = stripe {
         stripe.deliver_to(&app.url("/webhooks/stripe")).await;
     }
     app
+}
+
+/// An app whose Stripe is at `base` (prepaid only).
+pub(crate) async fn app_with_stripe_at(db: TestDb, base: &str, refused: &[&str]) -> TestApp {
+    let upstream = MockUpstream::start().await.unwrap();
+    let mut config = test_config(&db, &upstream);
+    config.billing.max_invoiced_limit_usd = None;
+    config.payments.stripe_api_base = base.to_owned();
+    config.payments.stripe_secret_key = Some("sk_test_tollgate".to_owned().into());
+    config.payments.stripe_webhook_secret = Some(WEBHOOK_SECRET.to_owned().into());
+    config.payments.refused_card_countries = refused.iter().map(|c| (*c).to_owned()).collect();
+    TestApp::with_config(db, upstream, config).await
 }
 
 pub(crate) async fn management(
@@ -828,5 +831,129 @@ async fn alerts_are_mailed_once_per_crossing(db: TestDb) {
     let promo = mail().await;
     let notice = promo.iter().find(|m| m.mail.subject.contains("expires soon")).unwrap();
     assert_eq!(notice.mail.to[0].as_ref(), "owner@example.com");
+    app.finish().await;
+}
+
+/// Stripe's hosted Checkout (the test kit's stand-in, in front of localstripe): an Admin saves a
+/// card on the hosted page (it becomes the default), then buys credit there. The completed
+/// session arrives unpaid (manual capture): the authorized payment is checked, captured and
+/// granted once. Asking again while it is open returns the same page; an expired page buys
+/// nothing and leaves no purchase pending.
+async fn hosted_checkout_buys_credit_and_saves_cards(db: TestDb) {
+    let Some(stripe) = LocalStripe::start().await else {
+        return;
+    };
+    let standin = tollgate_testkit::checkout::CheckoutStandIn::start(&stripe.url())
+        .await
+        .unwrap();
+    let app = app_with_stripe_at(db, &standin.url, &["IN"]).await;
+    standin.deliver_to(&app.url("/webhooks/stripe"), WEBHOOK_SECRET);
+    stripe.deliver_to(&app.url("/webhooks/stripe")).await;
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .json(&json!({"email": "owner@example.com", "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let admin = crate::teams::Browser::from_response(response).await;
+    let team = app.team.id;
+    let now = || app.clock.now().timestamp();
+    let session_of = |url: &str| url.rsplit('/').next().unwrap().to_owned();
+
+    let (status, setup) = app
+        .call_json(
+            reqwest::Method::POST,
+            &format!("/api/teams/{team}/billing/payment-methods/setup"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{setup}");
+    let setup_session = session_of(setup["url"].as_str().unwrap());
+    assert_eq!(standin.session(&setup_session).unwrap()["mode"], "setup");
+    assert_eq!(
+        standin.complete(&setup_session, "4242424242424242", now()).await,
+        Ok(200)
+    );
+    let (_, methods) = app
+        .call_json(
+            reqwest::Method::GET,
+            &format!("/api/teams/{team}/billing/payment-methods"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(methods["paymentMethods"].as_array().unwrap().len(), 1, "{methods}");
+    assert_eq!(
+        methods["paymentMethods"][0]["isDefault"], true,
+        "the first card is the default"
+    );
+
+    let buy = |cents: &'static str| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            app.call_json(
+                reqwest::Method::POST,
+                &format!("/api/teams/{team}/billing/checkout"),
+                admin,
+                Some(json!({"amount": {"val": cents}})),
+            )
+            .await
+        }
+    };
+    let (status, opened) = buy("5000").await;
+    assert_eq!(status, StatusCode::OK, "{opened}");
+    assert_eq!(opened["change"]["topupStatus"], "TO_CHARGE");
+    let page = opened["change"]["checkoutUrl"].as_str().unwrap().to_owned();
+    let session = session_of(&page);
+    let made = standin.session(&session).unwrap();
+    assert_eq!(
+        (made["mode"].as_str(), made["amount_total"].as_i64()),
+        (Some("payment"), Some(5000))
+    );
+    // Asking again while it is open: the same page.
+    let (_, again) = buy("7000").await;
+    assert_eq!(again["change"]["checkoutUrl"], page.as_str());
+    assert_eq!(again["change"]["topUpId"], opened["change"]["topUpId"]);
+
+    assert_eq!(standin.complete(&session, "4242424242424242", now()).await, Ok(200));
+    assert_eq!(prepaid(&app).await, Ticks::new(5000 * CENT));
+    let intents = stripe.payment_intents().await;
+    let intent = intents.iter().find(|i| i["amount"] == 5000).unwrap();
+    assert_eq!(intent["capture_method"], "manual");
+    assert_eq!(intent["status"], "succeeded", "captured by us, after the check");
+    // The same completion delivered again grants nothing more.
+    let completed = json!({"id": format!("evt_cs_checkout_session_completed_{session}"), "type": "checkout.session.completed",
+        "data": {"object": {"id": session, "mode": "payment", "status": "complete", "payment_intent": intent["id"],
+            "metadata": {"team_id": team.to_string(), "top_up_id": opened["change"]["topUpId"]}}}});
+    assert_eq!(deliver(&app, &completed).await, "duplicate");
+    assert_eq!(prepaid(&app).await, Ticks::new(5000 * CENT));
+
+    // An abandoned page: expired, nothing bought, nothing left pending.
+    let (_, abandoned) = buy("2500").await;
+    let abandoned_session = session_of(abandoned["change"]["checkoutUrl"].as_str().unwrap());
+    assert_ne!(abandoned_session, session);
+    assert_eq!(standin.expire(&abandoned_session, now()).await, Ok(200));
+    let (_, next) = buy("2500").await;
+    assert_ne!(
+        next["change"]["topUpId"], abandoned["change"]["topUpId"],
+        "a fresh purchase"
+    );
+    assert_eq!(prepaid(&app).await, Ticks::new(5000 * CENT));
+    let top_ups = app.store().top_ups(team, 10).await.unwrap();
+    assert!(
+        top_ups
+            .iter()
+            .any(|t| t.status == tollgate_domain::TopUpStatus::Canceled
+                && t.failure.as_deref() == Some("the checkout page expired unpaid"))
+    );
+    assert_eq!(
+        app.services().payments.issue_receipts().await.unwrap(),
+        0,
+        "the purchase has its receipt"
+    );
+    assert_eq!(app.services().ledger.verify().await.unwrap(), None);
     app.finish().await;
 }

@@ -1107,6 +1107,18 @@ fn matrix_routes() -> Vec<Route> {
         route(Method::GET, "/api/teams/{team_id}/billing/invoices", None, false),
         route(Method::GET, "/api/teams/{team_id}/billing/settings", None, false),
         route(
+            Method::POST,
+            "/api/teams/{team_id}/billing/checkout",
+            Some(json!({"amount": {"val": "1"}})),
+            false,
+        ),
+        route(
+            Method::POST,
+            "/api/teams/{team_id}/billing/payment-methods/setup",
+            None,
+            false,
+        ),
+        route(
             Method::PUT,
             "/api/teams/{team_id}/billing/settings",
             Some(json!({"autoTopUp": null, "lowBalanceAlert": {"val": "-1"}})),

@@ -10,7 +10,7 @@ use super::{DbRow, SqlStore, corrupt, insert_audit};
 use crate::{Changed, PaymentStore, StoreError, TopUpChange};
 
 const TOP_UP_COLUMNS: &str = "id, team_id, amount_cents, status, provider_ref, payment_method, failure, \
-     taken_back_cents, created_at, updated_at, automatic";
+     taken_back_cents, created_at, updated_at, automatic, checkout_id, checkout_url";
 
 fn top_up_from_row(row: &DbRow) -> Result<TopUp, StoreError> {
     Ok(TopUp {
@@ -26,6 +26,9 @@ fn top_up_from_row(row: &DbRow) -> Result<TopUp, StoreError> {
         failure: row.try_get("failure")?,
         taken_back_cents: row.try_get("taken_back_cents")?,
         automatic: row.try_get("automatic")?,
+        checkout: row
+            .try_get::<Option<String>, _>("checkout_id")?
+            .zip(row.try_get::<Option<String>, _>("checkout_url")?),
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -154,7 +157,7 @@ impl PaymentStore for SqlStore {
         // The partial unique index allows one pending top-up per team; a conflict with it (or
         // the id) writes nothing, and the pending one is returned.
         let inserted = sqlx::query(&format!(
-            "INSERT INTO top_ups ({TOP_UP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+            "INSERT INTO top_ups ({TOP_UP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT DO NOTHING"
         ))
         .bind(top_up.id)
@@ -168,6 +171,8 @@ impl PaymentStore for SqlStore {
         .bind(top_up.created_at)
         .bind(top_up.updated_at)
         .bind(top_up.automatic)
+        .bind(top_up.checkout.as_ref().map(|(id, _)| id.as_str()))
+        .bind(top_up.checkout.as_ref().map(|(_, url)| url.as_str()))
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -273,6 +278,16 @@ impl PaymentStore for SqlStore {
             .fetch_optional(&self.read)
             .await?;
         Ok(seen.is_some())
+    }
+
+    async fn set_top_up_checkout(&self, id: Uuid, checkout_id: &str, checkout_url: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE top_ups SET checkout_id = $1, checkout_url = $2 WHERE id = $3")
+            .bind(checkout_id)
+            .bind(checkout_url)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 
     async fn record_payment_event(&self, event_id: &str, event_type: &str, at: Timestamp) -> Result<bool, StoreError> {

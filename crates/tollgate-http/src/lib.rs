@@ -8,6 +8,7 @@ mod billing;
 mod console;
 mod error;
 mod extract;
+mod invoice_pdf;
 mod management;
 pub mod metrics;
 mod middleware;

@@ -202,6 +202,8 @@ impl Modify for SecuritySchemes {
         crate::payments::team_set_billing_settings,
         crate::payments::team_checkout,
         crate::payments::team_add_payment_method,
+        crate::payments::invoice_pdf,
+        crate::payments::team_invoice_pdf,
         crate::payments::stripe_webhook,
         crate::console::team_set_key_policy,
         crate::console::team_get_api_key,

@@ -51,6 +51,14 @@ pub(crate) fn router() -> Router<AppState> {
             get(team_invoice_page),
         )
         .route(
+            "/api/teams/{team_id}/billing/invoices/{invoice_id}/pdf",
+            get(team_invoice_pdf),
+        )
+        .route(
+            "/v1/billing/teams/{team_id}/invoices/{invoice_id}/pdf",
+            get(invoice_pdf),
+        )
+        .route(
             "/api/teams/{team_id}/billing/invoices/{invoice_id}/pay",
             post(team_pay_invoice),
         )
@@ -1053,4 +1061,51 @@ pub(crate) async fn team_add_payment_method(
     Ok(Json(SetupAnswer {
         url: state.payments.add_payment_method(&caller).await?,
     }))
+}
+
+fn pdf_response(invoice: &Invoice, product: &str) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let body = crate::invoice_pdf::render(invoice, product);
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/pdf".to_owned()),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}.pdf\"", invoice.number),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// One invoice as a PDF.
+#[utoipa::path(get, path = "/v1/billing/teams/{team_id}/invoices/{invoice_id}/pdf", tag = "management",
+    params(("team_id" = String, Path, description = "The team's id"), ("invoice_id" = String, Path, description = "The invoice's id")),
+    responses((status = 200, content_type = "application/pdf", body = Vec<u8>), (status = 401, body = crate::ErrorBody),
+        (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("management_key" = [])))]
+pub(crate) async fn invoice_pdf(
+    State(state): State<AppState>,
+    ManagementCaller(caller): ManagementCaller,
+    Path((team_id, id)): Path<(String, String)>,
+) -> Result<axum::response::Response, XaiError> {
+    crate::management::own_team(&caller, &team_id)?;
+    let invoice = state.payments.invoice(&caller, invoice_id(&id)?).await?;
+    Ok(pdf_response(&invoice, &state.settings.owned_by))
+}
+
+/// One invoice as a PDF (Admins).
+#[utoipa::path(get, path = "/api/teams/{team_id}/billing/invoices/{invoice_id}/pdf", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id"), ("invoice_id" = String, Path, description = "The invoice's id")),
+    responses((status = 200, content_type = "application/pdf", body = Vec<u8>), (status = 403, body = crate::ErrorBody),
+        (status = 404, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_invoice_pdf(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<axum::response::Response, XaiError> {
+    let invoice = state.payments.invoice(&caller, invoice_id(&id)?).await?;
+    Ok(pdf_response(&invoice, &state.settings.owned_by))
 }

@@ -67,6 +67,41 @@ async fn a_month_closes_into_immutable_gap_free_invoices(db: TestDb) {
         .unwrap();
     let other_key = created["apiKey"].as_str().unwrap().to_owned();
     chat(&app, &other_key).await;
+    // A team that used the model and was then deleted still gets its last month's invoice.
+    let doomed = {
+        let services = app.services();
+        let context = RequestContext::default();
+        let owner = app
+            .store()
+            .find_user_by_email(&tollgate_domain::Email::parse("owner@example.com").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let team = services
+            .teams
+            .create_team(&owner, "Doomed", None, &context)
+            .await
+            .unwrap();
+        let caller = tollgate_core::Caller::Member {
+            user_id: owner.id,
+            email: owner.email.clone(),
+            team_id: team.id,
+            role: tollgate_domain::Role::Admin,
+        };
+        let new = tollgate_core::NewApiKey {
+            name: "doomed".into(),
+            acls: vec!["api-key:endpoint:*".into(), "api-key:model:*".into()],
+            ..Default::default()
+        };
+        let (_, plain) = services
+            .keys
+            .create_api_key(&caller, team.id, new, &context)
+            .await
+            .unwrap();
+        chat(&app, plain.expose()).await;
+        services.teams.delete_team(&caller, "Doomed", &context).await.unwrap();
+        team
+    };
     let owed = app
         .store()
         .month_usage(app.team.id, start("2026-11"), start("2026-12"))
@@ -81,7 +116,14 @@ async fn a_month_closes_into_immutable_gap_free_invoices(db: TestDb) {
     assert_eq!(payments.run_billing().await.unwrap().invoices, 0, "within the grace");
     app.clock.set(start("2026-12") + Duration::hours(2));
     let run = payments.run_billing().await.unwrap();
-    assert_eq!((run.invoices, run.charges, run.blocked), (2, 0, 0));
+    assert_eq!((run.invoices, run.charges, run.blocked), (3, 0, 0));
+    let filter = tollgate_store::InvoiceFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    let last = app.store().invoices(doomed.id, &filter).await.unwrap();
+    assert_eq!(last.len(), 1, "the deleted team's last month");
+    assert_eq!(last[0].team_name, "Doomed");
     assert_eq!(payments.run_billing().await.unwrap().invoices, 0, "issued once");
 
     let issued = invoices(&app, "").await;
@@ -107,8 +149,9 @@ async fn a_month_closes_into_immutable_gap_free_invoices(db: TestDb) {
             String::from_utf8(out.stdout).unwrap()[..9].to_owned()
         })
         .collect();
+    numbers.push(last[0].number.clone());
     numbers.sort();
-    assert_eq!(numbers, ["TG-000001", "TG-000002"]);
+    assert_eq!(numbers, ["TG-000001", "TG-000002", "TG-000003"]);
     // Filters, as xAI's.
     assert_eq!(
         invoices(&app, "?billingCycle.year=2026&billingCycle.month=11")
@@ -127,6 +170,48 @@ async fn a_month_closes_into_immutable_gap_free_invoices(db: TestDb) {
     assert_eq!(invoices(&app, &format!("?invoiceIds.invoiceIds={id}")).await.len(), 1);
     let (status, _) = management(&app, reqwest::Method::GET, "invoices?billingCycle.year=2026", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // As a PDF (read back by pypdf) and as a printable page.
+    let pdf = app
+        .client
+        .get(app.url(&format!("/v1/billing/teams/{}/invoices/{id}/pdf", app.team.id)))
+        .bearer_auth(&app.management_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pdf.status(), StatusCode::OK);
+    assert_eq!(pdf.headers()["content-type"], "application/pdf");
+    let text = pdf_text(&pdf.bytes().await.unwrap());
+    let number = invoice["invoiceNumber"].as_str().unwrap();
+    let total_text = format!("${}.{:02}", total / 100, total % 100);
+    for expected in [
+        number,
+        "Acme v1",
+        "1 <Main> St",
+        total_text.as_str(),
+        "completion tokens",
+    ] {
+        assert!(text.contains(expected), "{expected} not in {text}");
+    }
+    let signed_in = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .json(&json!({"email": "owner@example.com", "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap();
+    let admin = crate::teams::Browser::from_response(signed_in).await;
+    let page = app
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/teams/{}/billing/invoices/{id}", app.team.id),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("1 &lt;Main&gt; St") && html.contains(number), "{html}");
 
     // New details later: the issued invoice keeps those of its day.
     billing_info(&app, "Acme v2").await;
@@ -189,6 +274,23 @@ async fn a_month_closes_into_immutable_gap_free_invoices(db: TestDb) {
     let out = tollgate_cli(&app, &["billing", "verify"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     app.finish().await;
+}
+
+/// The text of a PDF, as pypdf reads it.
+fn pdf_text(pdf: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("invoice.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, pypdf; print(''.join(p.extract_text() for p in pypdf.PdfReader(sys.argv[1]).pages))",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pypdf: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn start(month: &str) -> tollgate_domain::Timestamp {

@@ -1131,6 +1131,12 @@ fn matrix_routes() -> Vec<Route> {
             false,
         ),
         route(
+            Method::GET,
+            "/api/teams/{team_id}/billing/invoices/{invoice_id}/pdf",
+            None,
+            false,
+        ),
+        route(
             Method::POST,
             "/api/teams/{team_id}/billing/invoices/{invoice_id}/pay",
             None,
@@ -1241,6 +1247,12 @@ fn matrix_routes() -> Vec<Route> {
         ),
         route(Method::GET, "/v1/billing/teams/{team_id}/payment-method", None, false),
         route(Method::GET, "/v1/billing/teams/{team_id}/invoices", None, false),
+        route(
+            Method::GET,
+            "/v1/billing/teams/{team_id}/invoices/{invoice_id}/pdf",
+            None,
+            false,
+        ),
         route(Method::GET, "/v1/billing/teams/{team_id}/billing-settings", None, false),
         route(
             Method::PUT,

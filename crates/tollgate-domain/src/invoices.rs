@@ -20,6 +20,9 @@ pub enum InvoiceKind {
     Monthly,
     /// A prepaid purchase, paid when issued (xAI's `prepaid`).
     Receipt,
+    /// A correction of an issued invoice: lowers what is due, or (paid already) credits the
+    /// team's prepaid balance.
+    CreditNote,
 }
 
 impl InvoiceKind {
@@ -29,6 +32,7 @@ impl InvoiceKind {
         match self {
             InvoiceKind::Monthly => "monthly",
             InvoiceKind::Receipt => "receipt",
+            InvoiceKind::CreditNote => "credit_note",
         }
     }
 }
@@ -94,6 +98,7 @@ impl FromStr for InvoiceKind {
         match s {
             "monthly" => Ok(InvoiceKind::Monthly),
             "receipt" => Ok(InvoiceKind::Receipt),
+            "credit_note" => Ok(InvoiceKind::CreditNote),
             other => Err(UnknownInvoiceName(other.to_owned())),
         }
     }
@@ -130,6 +135,8 @@ pub struct Invoice {
     pub month: String,
     /// For a receipt: the top-up it is for.
     pub top_up_id: Option<uuid::Uuid>,
+    /// For a credit note: the invoice it corrects.
+    pub corrects: Option<uuid::Uuid>,
     /// Payment state (the only thing that changes).
     pub status: InvoiceStatus,
     /// The lines.

@@ -42,11 +42,13 @@ pub enum EntryKind {
     /// Bought credit taken back because its payment was refunded or disputed at the payment
     /// provider (negative).
     Refund,
+    /// Prepaid credit from a credit note correcting an invoice already paid.
+    CreditNote,
 }
 
 impl EntryKind {
     /// Every kind.
-    pub const ALL: [EntryKind; 7] = [
+    pub const ALL: [EntryKind; 8] = [
         EntryKind::Purchase,
         EntryKind::PromoGrant,
         EntryKind::Spend,
@@ -54,6 +56,7 @@ impl EntryKind {
         EntryKind::Forfeiture,
         EntryKind::PromoExpiry,
         EntryKind::Refund,
+        EntryKind::CreditNote,
     ];
 
     /// The stored name.
@@ -67,6 +70,7 @@ impl EntryKind {
             EntryKind::Forfeiture => "forfeiture",
             EntryKind::PromoExpiry => "promo_expiry",
             EntryKind::Refund => "refund",
+            EntryKind::CreditNote => "credit_note",
         }
     }
 }

@@ -80,6 +80,7 @@ pub fn render(invoice: &Invoice, product: &str) -> Vec<u8> {
     let title = match invoice.kind {
         InvoiceKind::Monthly => format!("Invoice {}", invoice.number),
         InvoiceKind::Receipt => format!("Receipt {}", invoice.number),
+        InvoiceKind::CreditNote => format!("Credit note {}", invoice.number),
     };
     let status = match invoice.status {
         InvoiceStatus::Open => "Unpaid",

@@ -621,6 +621,9 @@ pub(crate) struct InvoiceView {
     /// For a receipt of prepaid credit.
     #[serde(skip_serializing_if = "Option::is_none")]
     prepaid: Option<serde_json::Value>,
+    /// For a credit note: the invoice it corrects (ours).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credit_note: Option<serde_json::Value>,
     /// Who it is made out to, as on the day it was issued.
     billing_info: BillingInfoView,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -667,6 +670,9 @@ fn invoice_view(invoice: Invoice, cluster: &str) -> InvoiceView {
             _ => None,
         },
         prepaid: (invoice.kind == InvoiceKind::Receipt).then(|| serde_json::json!({})),
+        credit_note: invoice
+            .corrects
+            .map(|id| serde_json::json!({"correctsInvoiceId": id.to_string()})),
         billing_info: invoice.billed_to.into(),
         paid_time: invoice.paid_at.map(crate::management::rfc3339),
         failure: invoice.failure,
@@ -820,6 +826,7 @@ fn invoice_page(invoice: &Invoice, product: &str) -> String {
     let title = match invoice.kind {
         InvoiceKind::Monthly => format!("Invoice {}", invoice.number),
         InvoiceKind::Receipt => format!("Receipt {}", invoice.number),
+        InvoiceKind::CreditNote => format!("Credit note {}", invoice.number),
     };
     let billed = &invoice.billed_to;
     let address = [

@@ -126,6 +126,19 @@ enum InvoiceCommand {
     /// Issue the invoices of months that are over and receipts that are missing, charge what is
     /// due and block teams unpaid past the grace, now (the server does it every few minutes).
     Run,
+    /// Correct an issued monthly invoice with a credit note (numbered in the series): unpaid, it
+    /// lowers what is charged; paid, the amount is credited to the team's prepaid balance.
+    CreditNote {
+        /// The invoice's number.
+        #[arg(long)]
+        number: String,
+        /// USD, an exact decimal.
+        #[arg(long)]
+        usd: String,
+        /// Why, for the team's audit log and the credit note.
+        #[arg(long)]
+        reason: String,
+    },
     /// Mark an unpaid invoice paid (a bank transfer, say), with how; lifts the team's block.
     MarkPaid {
         /// The invoice's number (e.g. TG-000042).
@@ -655,6 +668,17 @@ async fn billing(config: &Config, clock: Arc<dyn Clock>, command: BillingCommand
                 println!(
                     "issued {} invoices and {} receipts, {} charge attempts, {} teams blocked",
                     run.invoices, run.receipts, run.charges, run.blocked
+                );
+            }
+            BillingCommand::Invoice(InvoiceCommand::CreditNote { number, usd, reason }) => {
+                let note = payments
+                    .credit_note(&number, parse_usd(&usd)?, &reason, Actor::Operator)
+                    .await?;
+                println!(
+                    "credit note {} of ${} for invoice {number} (team {})",
+                    note.number,
+                    format_usd(note.total),
+                    note.team_id
                 );
             }
             BillingCommand::Invoice(InvoiceCommand::MarkPaid { number, reason }) => {

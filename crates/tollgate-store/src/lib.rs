@@ -1037,6 +1037,20 @@ pub trait InvoiceStore: Send + Sync {
         prefix: &str,
         audit: &AuditEvent,
     ) -> Result<Option<tollgate_domain::Invoice>, StoreError>;
+    /// Issues credit note `note` (its `corrects` is the invoice, of the same team) with `entry` (a
+    /// paid invoice's credit to the team) and `audit`, in one transaction, numbered like
+    /// [`Self::issue_invoice`]. An unpaid invoice credited in full becomes void and lifts its
+    /// block. `Conflict` named `credit_notes_within_invoice` when the invoice's credit notes would
+    /// exceed it; `NotFound` when the team has no such invoice.
+    async fn issue_credit_note(
+        &self,
+        note: &tollgate_domain::Invoice,
+        prefix: &str,
+        entry: Option<&tollgate_domain::LedgerEntry>,
+        audit: &AuditEvent,
+    ) -> Result<tollgate_domain::Invoice, StoreError>;
+    /// What the invoice's credit notes come to.
+    async fn credited(&self, invoice_id: uuid::Uuid) -> Result<tollgate_domain::Ticks, StoreError>;
     /// The team's invoices, newest first.
     async fn invoices(
         &self,

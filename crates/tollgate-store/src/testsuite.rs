@@ -1507,6 +1507,7 @@ pub async fn invoices_are_numbered_without_gaps_and_block_until_paid(store: &dyn
         kind: InvoiceKind::Monthly,
         month: month.into(),
         top_up_id: None,
+        corrects: None,
         status: InvoiceStatus::Open,
         lines: vec![IssuedLine {
             description: "grok prompt tokens".into(),

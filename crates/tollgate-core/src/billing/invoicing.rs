@@ -147,6 +147,7 @@ impl Payments {
             kind: InvoiceKind::Monthly,
             month: month.to_owned(),
             top_up_id: None,
+            corrects: None,
             // Less than half a cent is never charged.
             status: if total.to_cents_rounded() > 0 {
                 InvoiceStatus::Open
@@ -210,6 +211,7 @@ impl Payments {
             kind: InvoiceKind::Receipt,
             month: billing_month(now),
             top_up_id: Some(top_up.id),
+            corrects: None,
             status: InvoiceStatus::Paid,
             lines: vec![IssuedLine {
                 description: "Prepaid API credit".into(),
@@ -272,10 +274,15 @@ impl Payments {
                 .invoice_failed(&invoice, attempt, "the team has no default payment method", None, None)
                 .await;
         };
+        // Credit notes lower what is due.
+        let due = Ticks::new(invoice.total.get() - self.store.credited(invoice.id).await?.get());
+        if due.to_cents_rounded() <= 0 {
+            return Ok(invoice);
+        }
         let request = PaymentRequest {
             customer: &customer,
             payment_method: &method,
-            amount_cents: invoice.total_cents(),
+            amount_cents: due.to_cents_rounded(),
             idempotency_key: format!("invoice:{}:{attempt}", invoice.id),
             team_id: invoice.team_id,
             purpose: Purpose::Invoice(invoice.id),
@@ -545,6 +552,103 @@ impl Payments {
             _ => Err(PaymentError::Declined(
                 paid.failure.unwrap_or_else(|| "the payment did not go through".into()),
             )),
+        }
+    }
+
+    /// The operator corrects an issued monthly invoice by `amount` (> 0, at most what earlier
+    /// credit notes left of it), with a reason: a credit note, numbered in the series. Unpaid, it
+    /// lowers what is charged (credited in full, the invoice is never charged and blocks
+    /// nobody); paid, the amount is credited to the team's prepaid balance. The invoice itself
+    /// never changes.
+    pub async fn credit_note(
+        &self,
+        number: &str,
+        amount: Ticks,
+        why: &str,
+        actor: Actor,
+    ) -> Result<Invoice, PaymentError> {
+        let why = tollgate_domain::Name::parse_max(why, 500)
+            .map_err(|e| PaymentError::InvalidAmount(format!("the reason {e}")))?
+            .into_string();
+        if amount.get() <= 0 {
+            return Err(PaymentError::InvalidAmount("a credit note is for more than $0".into()));
+        }
+        let invoice = self
+            .store
+            .invoice_by_number(number)
+            .await?
+            .ok_or(PaymentError::NoSuchInvoice)?;
+        if invoice.kind != InvoiceKind::Monthly {
+            return Err(PaymentError::InvalidAmount(format!(
+                "{number} is not a monthly invoice: purchases are not refunded through the product"
+            )));
+        }
+        let now = self.clock.now();
+        let id = uuid::Uuid::now_v7();
+        let paid = invoice.status == InvoiceStatus::Paid;
+        let entry = paid.then(|| tollgate_domain::LedgerEntry {
+            id: uuid::Uuid::now_v7(),
+            team_id: invoice.team_id,
+            kind: tollgate_domain::EntryKind::CreditNote,
+            bucket: tollgate_domain::Bucket::Prepaid,
+            amount,
+            idempotency_key: format!("credit-note:{id}"),
+            lot_id: None,
+            expires_at: None,
+            reason: Some(format!("credit note for {number}: {why}")),
+            created_at: now,
+        });
+        let note = Invoice {
+            id,
+            team_id: invoice.team_id,
+            number: String::new(),
+            kind: InvoiceKind::CreditNote,
+            month: invoice.month.clone(),
+            top_up_id: None,
+            corrects: Some(invoice.id),
+            status: InvoiceStatus::Void,
+            lines: vec![IssuedLine {
+                description: format!("Credit for invoice {number}: {why}"),
+                unit_type: "credit".into(),
+                unit_price: amount,
+                units: 1,
+                amount,
+            }],
+            subtotal: amount,
+            credit_used: Ticks::ZERO,
+            total: amount,
+            billed_to: invoice.billed_to.clone(),
+            team_name: String::new(),
+            issued_at: now,
+            paid_at: None,
+            attempts: 0,
+            next_attempt_at: None,
+            failure: None,
+        };
+        let audit = AuditEvent::success(
+            now,
+            Some(invoice.team_id),
+            actor,
+            AuditAction::IssueInvoice,
+            format!(
+                "Issued a credit note of ${} for invoice {number}{}: {why}",
+                format_usd(amount),
+                if paid { ", credited to prepaid credit" } else { "" }
+            ),
+            Some(format!("invoice:{id}")),
+            &RequestContext::default(),
+        );
+        match self
+            .store
+            .issue_credit_note(&note, &self.settings.invoice_prefix, entry.as_ref(), &audit)
+            .await
+        {
+            Ok(issued) => Ok(issued),
+            Err(tollgate_store::StoreError::Conflict { .. }) => Err(PaymentError::InvalidAmount(format!(
+                "credit notes for {number} may come to at most its total, ${}",
+                format_usd(invoice.total)
+            ))),
+            Err(other) => Err(other.into()),
         }
     }
 

@@ -271,6 +271,63 @@ async fn a_month_closes_into_immutable_gap_free_invoices(db: TestDb) {
         None,
     );
     assert!(!again.status.success(), "paid already");
+
+    // Corrections are credit notes, numbered in the series; the invoices never change. Paid:
+    // the amount is credited to prepaid credit.
+    let before = app.store().balance(app.team.id).await.unwrap().prepaid;
+    let out = tollgate_cli(
+        &app,
+        &[
+            "billing",
+            "invoice",
+            "credit-note",
+            "--number",
+            &number,
+            "--usd",
+            "0.10",
+            "--reason",
+            "outage on Nov 3",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // (December's invoice, TG-000004, was issued meanwhile: it is the one marked paid.)
+    assert_eq!(number, "TG-000004");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("credit note TG-000005"));
+    let after = app.store().balance(app.team.id).await.unwrap().prepaid;
+    assert_eq!(after.get() - before.get(), Ticks::PER_USD / 10);
+    let all = invoices(&app, "").await;
+    let note = all.iter().find(|i| i.get("creditNote").is_some()).unwrap();
+    let corrected = all.iter().find(|i| i["invoiceNumber"] == number.as_str()).unwrap();
+    assert_eq!(note["creditNote"]["correctsInvoiceId"], corrected["invoiceId"]);
+    assert_eq!(note["total"], "10");
+    assert_eq!(corrected["invoiceStatus"], "PAID", "the invoice itself does not change");
+    let too_much = tollgate_cli(
+        &app,
+        &[
+            "billing",
+            "invoice",
+            "credit-note",
+            "--number",
+            &number,
+            "--usd",
+            "1000",
+            "--reason",
+            "no",
+        ],
+        None,
+    );
+    assert!(!too_much.status.success(), "never more than the invoice");
+    // The other team's November invoice, unpaid, credited in full: never charged.
+    let others = app.store().invoices(other.id, &filter).await.unwrap();
+    let note = payments
+        .credit_note(&others[0].number, others[0].total, "goodwill", Actor::Operator)
+        .await
+        .unwrap();
+    assert_eq!(note.number, "TG-000006", "the refused one used no number");
+    let voided = app.store().invoice(other.id, others[0].id).await.unwrap().unwrap();
+    assert_eq!(voided.status, tollgate_domain::InvoiceStatus::Void);
+    assert_eq!(voided.total, others[0].total, "its amounts stay as issued");
     let out = tollgate_cli(&app, &["billing", "verify"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     app.finish().await;

@@ -1,5 +1,6 @@
--- Invoices: a month's invoiced usage, issued when the month is over, and receipts for prepaid
--- purchases, numbered in one gap-free series (the counter moves in the issuing transaction).
+-- Invoices: a month's invoiced usage, issued when the month is over, receipts for prepaid
+-- purchases, and credit notes correcting an invoice, numbered in one gap-free series (the
+-- counter moves in the issuing transaction).
 -- Finalized when issued: lines, amounts and the billing details are copied in and never change
 -- (triggers refuse it); only the payment state moves.
 CREATE TABLE invoice_series (
@@ -11,9 +12,10 @@ CREATE TABLE invoices (
     id               UUID PRIMARY KEY NOT NULL,
     team_id          UUID NOT NULL REFERENCES teams (id),
     number           TEXT NOT NULL,
-    kind             TEXT NOT NULL CHECK (kind IN ('monthly', 'receipt')),
+    kind             TEXT NOT NULL CHECK (kind IN ('monthly', 'receipt', 'credit_note')),
     month            TEXT NOT NULL,
     top_up_id        UUID REFERENCES top_ups (id),
+    corrects         UUID REFERENCES invoices (id),
     status           TEXT NOT NULL CHECK (status IN ('open', 'paid', 'failed', 'void')),
     subtotal         BIGINT NOT NULL,
     credit_used      BIGINT NOT NULL,
@@ -39,6 +41,7 @@ CREATE TABLE invoices (
     CONSTRAINT invoices_top_up_id_key UNIQUE (top_up_id)
 );
 CREATE UNIQUE INDEX invoices_one_per_month_idx ON invoices (team_id, month) WHERE kind = 'monthly';
+CREATE INDEX invoices_corrects_idx ON invoices (corrects) WHERE corrects IS NOT NULL;
 CREATE INDEX invoices_team_id_idx ON invoices (team_id, issued_at);
 CREATE INDEX invoices_next_attempt_idx ON invoices (next_attempt_at) WHERE next_attempt_at IS NOT NULL;
 
@@ -56,12 +59,12 @@ CREATE TABLE invoice_lines (
 CREATE FUNCTION invoices_finalized() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'UPDATE'
-        AND (NEW.id, NEW.team_id, NEW.number, NEW.kind, NEW.month, NEW.top_up_id, NEW.subtotal, NEW.credit_used,
+        AND (NEW.id, NEW.team_id, NEW.number, NEW.kind, NEW.month, NEW.top_up_id, NEW.corrects, NEW.subtotal, NEW.credit_used,
              NEW.total, NEW.bill_name, NEW.bill_email, NEW.bill_line1, NEW.bill_line2, NEW.bill_city, NEW.bill_state,
              NEW.bill_postal_code, NEW.bill_country, NEW.bill_tax_id_type, NEW.bill_tax_number, NEW.team_name,
              NEW.issued_at)
             IS NOT DISTINCT FROM
-            (OLD.id, OLD.team_id, OLD.number, OLD.kind, OLD.month, OLD.top_up_id, OLD.subtotal, OLD.credit_used,
+            (OLD.id, OLD.team_id, OLD.number, OLD.kind, OLD.month, OLD.top_up_id, OLD.corrects, OLD.subtotal, OLD.credit_used,
              OLD.total, OLD.bill_name, OLD.bill_email, OLD.bill_line1, OLD.bill_line2, OLD.bill_city, OLD.bill_state,
              OLD.bill_postal_code, OLD.bill_country, OLD.bill_tax_id_type, OLD.bill_tax_number, OLD.team_name,
              OLD.issued_at)

@@ -1,5 +1,6 @@
--- Invoices: a month's invoiced usage, issued when the month is over, and receipts for prepaid
--- purchases, numbered in one gap-free series (the counter moves in the issuing transaction).
+-- Invoices: a month's invoiced usage, issued when the month is over, receipts for prepaid
+-- purchases, and credit notes correcting an invoice, numbered in one gap-free series (the
+-- counter moves in the issuing transaction).
 -- Finalized when issued: lines, amounts and the billing details are copied in and never change
 -- (triggers refuse it); only the payment state moves.
 CREATE TABLE invoice_series (
@@ -11,9 +12,10 @@ CREATE TABLE invoices (
     id               BLOB PRIMARY KEY NOT NULL,
     team_id          BLOB NOT NULL REFERENCES teams (id),
     number           TEXT NOT NULL,
-    kind             TEXT NOT NULL CHECK (kind IN ('monthly', 'receipt')),
+    kind             TEXT NOT NULL CHECK (kind IN ('monthly', 'receipt', 'credit_note')),
     month            TEXT NOT NULL,
     top_up_id        BLOB REFERENCES top_ups (id),
+    corrects         BLOB REFERENCES invoices (id),
     status           TEXT NOT NULL CHECK (status IN ('open', 'paid', 'failed', 'void')),
     subtotal         INTEGER NOT NULL,
     credit_used      INTEGER NOT NULL,
@@ -39,6 +41,7 @@ CREATE TABLE invoices (
     CONSTRAINT invoices_top_up_id_key UNIQUE (top_up_id)
 );
 CREATE UNIQUE INDEX invoices_one_per_month_idx ON invoices (team_id, month) WHERE kind = 'monthly';
+CREATE INDEX invoices_corrects_idx ON invoices (corrects) WHERE corrects IS NOT NULL;
 CREATE INDEX invoices_team_id_idx ON invoices (team_id, issued_at);
 CREATE INDEX invoices_next_attempt_idx ON invoices (next_attempt_at) WHERE next_attempt_at IS NOT NULL;
 
@@ -56,7 +59,7 @@ CREATE TABLE invoice_lines (
 CREATE TRIGGER invoices_finalized BEFORE UPDATE ON invoices
 WHEN NOT (
     NEW.id IS OLD.id AND NEW.team_id IS OLD.team_id AND NEW.number IS OLD.number AND NEW.kind IS OLD.kind
-    AND NEW.month IS OLD.month AND NEW.top_up_id IS OLD.top_up_id AND NEW.subtotal IS OLD.subtotal
+    AND NEW.month IS OLD.month AND NEW.top_up_id IS OLD.top_up_id AND NEW.corrects IS OLD.corrects AND NEW.subtotal IS OLD.subtotal
     AND NEW.credit_used IS OLD.credit_used AND NEW.total IS OLD.total AND NEW.bill_name IS OLD.bill_name
     AND NEW.bill_email IS OLD.bill_email AND NEW.bill_line1 IS OLD.bill_line1 AND NEW.bill_line2 IS OLD.bill_line2
     AND NEW.bill_city IS OLD.bill_city AND NEW.bill_state IS OLD.bill_state

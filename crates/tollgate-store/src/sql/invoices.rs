@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{DbRow, SqlStore, corrupt, insert_audit};
 use crate::{Changed, InvoiceFilter, InvoicePayment, InvoiceStore, StoreError};
 
-const INVOICE_COLUMNS: &str = "id, team_id, number, kind, month, top_up_id, status, subtotal, credit_used, total, \
+const INVOICE_COLUMNS: &str = "id, team_id, number, kind, month, top_up_id, corrects, status, subtotal, credit_used, total, \
      bill_name, bill_email, bill_line1, bill_line2, bill_city, bill_state, bill_postal_code, bill_country, \
      bill_tax_id_type, bill_tax_number, team_name, issued_at, paid_at, attempts, next_attempt_at, failure";
 
@@ -28,6 +28,7 @@ fn invoice_from_row(row: &DbRow) -> Result<Invoice, StoreError> {
             .map_err(|e| corrupt("invoices.kind", e))?,
         month: row.try_get("month")?,
         top_up_id: row.try_get("top_up_id")?,
+        corrects: row.try_get("corrects")?,
         status: row
             .try_get::<String, _>("status")?
             .parse()
@@ -96,6 +97,87 @@ impl SqlStore {
     }
 }
 
+/// Inserts `invoice` numbered next in `prefix`'s series, with its lines, in `conn`'s
+/// transaction; `None` when a unique rule refused it (the caller drops the transaction, and the
+/// counter goes back with it).
+async fn insert_invoice(
+    conn: &mut <super::Db as sqlx::Database>::Connection,
+    invoice: &Invoice,
+    prefix: &str,
+) -> Result<Option<Invoice>, StoreError> {
+    // The counter row is locked by this upsert until commit: concurrent issuers take turns,
+    // and a rollback gives the number back.
+    let n: i64 = sqlx::query_scalar(
+        "INSERT INTO invoice_series (series, last) VALUES ($1, 1) \
+         ON CONFLICT (series) DO UPDATE SET last = invoice_series.last + 1 RETURNING last",
+    )
+    .bind(prefix)
+    .fetch_one(&mut *conn)
+    .await?;
+    let team_name: String = sqlx::query_scalar("SELECT name FROM teams WHERE id = $1")
+        .bind(invoice.team_id.as_uuid())
+        .fetch_one(&mut *conn)
+        .await?;
+    let number = tollgate_domain::invoices::invoice_number(prefix, n);
+    let billed = &invoice.billed_to;
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+         $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27) ON CONFLICT DO NOTHING"
+    ))
+    .bind(invoice.id)
+    .bind(invoice.team_id.as_uuid())
+    .bind(&number)
+    .bind(invoice.kind.as_str())
+    .bind(&invoice.month)
+    .bind(invoice.top_up_id)
+    .bind(invoice.corrects)
+    .bind(invoice.status.as_str())
+    .bind(invoice.subtotal.get())
+    .bind(invoice.credit_used.get())
+    .bind(invoice.total.get())
+    .bind(&billed.name)
+    .bind(&billed.email)
+    .bind(&billed.address.line1)
+    .bind(&billed.address.line2)
+    .bind(&billed.address.city)
+    .bind(&billed.address.state)
+    .bind(&billed.address.postal_code)
+    .bind(billed.address.country.map(|c| c.to_string()))
+    .bind(&billed.tax_id_type)
+    .bind(&billed.tax_number)
+    .bind(&team_name)
+    .bind(invoice.issued_at)
+    .bind(invoice.paid_at)
+    .bind(i32::try_from(invoice.attempts).unwrap_or(i32::MAX))
+    .bind(invoice.next_attempt_at)
+    .bind(invoice.failure.as_deref())
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(None);
+    }
+    for (position, line) in invoice.lines.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO invoice_lines (invoice_id, position, description, unit_type, unit_price, units, amount) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(invoice.id)
+        .bind(i32::try_from(position).unwrap_or(i32::MAX))
+        .bind(&line.description)
+        .bind(&line.unit_type)
+        .bind(line.unit_price.get())
+        .bind(i64::try_from(line.units).unwrap_or(i64::MAX))
+        .bind(line.amount.get())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Some(Invoice {
+        number,
+        team_name,
+        ..invoice.clone()
+    }))
+}
+
 #[async_trait]
 impl InvoiceStore for SqlStore {
     async fn months_to_invoice(&self, before_month: &str) -> Result<Vec<(TeamId, String)>, StoreError> {
@@ -136,79 +218,89 @@ impl InvoiceStore for SqlStore {
         audit: &AuditEvent,
     ) -> Result<Option<Invoice>, StoreError> {
         let mut tx = self.write.begin().await?;
-        // The counter row is locked by this upsert until commit: concurrent issuers take turns,
-        // and a rollback gives the number back.
-        let n: i64 = sqlx::query_scalar(
-            "INSERT INTO invoice_series (series, last) VALUES ($1, 1) \
-             ON CONFLICT (series) DO UPDATE SET last = invoice_series.last + 1 RETURNING last",
-        )
-        .bind(prefix)
-        .fetch_one(&mut *tx)
-        .await?;
-        let team_name: String = sqlx::query_scalar("SELECT name FROM teams WHERE id = $1")
-            .bind(invoice.team_id.as_uuid())
-            .fetch_one(&mut *tx)
-            .await?;
-        let number = tollgate_domain::invoices::invoice_number(prefix, n);
-        let billed = &invoice.billed_to;
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) ON CONFLICT DO NOTHING"
-        ))
-        .bind(invoice.id)
-        .bind(invoice.team_id.as_uuid())
-        .bind(&number)
-        .bind(invoice.kind.as_str())
-        .bind(&invoice.month)
-        .bind(invoice.top_up_id)
-        .bind(invoice.status.as_str())
-        .bind(invoice.subtotal.get())
-        .bind(invoice.credit_used.get())
-        .bind(invoice.total.get())
-        .bind(&billed.name)
-        .bind(&billed.email)
-        .bind(&billed.address.line1)
-        .bind(&billed.address.line2)
-        .bind(&billed.address.city)
-        .bind(&billed.address.state)
-        .bind(&billed.address.postal_code)
-        .bind(billed.address.country.map(|c| c.to_string()))
-        .bind(&billed.tax_id_type)
-        .bind(&billed.tax_number)
-        .bind(&team_name)
-        .bind(invoice.issued_at)
-        .bind(invoice.paid_at)
-        .bind(i32::try_from(invoice.attempts).unwrap_or(i32::MAX))
-        .bind(invoice.next_attempt_at)
-        .bind(invoice.failure.as_deref())
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
+        let Some(issued) = insert_invoice(&mut tx, invoice, prefix).await? else {
             // Dropped unsaved: the counter goes back.
             return Ok(None);
+        };
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(Some(issued))
+    }
+
+    async fn issue_credit_note(
+        &self,
+        note: &Invoice,
+        prefix: &str,
+        entry: Option<&tollgate_domain::LedgerEntry>,
+        audit: &AuditEvent,
+    ) -> Result<Invoice, StoreError> {
+        let target_id = note
+            .corrects
+            .ok_or_else(|| corrupt("invoices.corrects", "a credit note that corrects nothing"))?;
+        let mut tx = self.write.begin().await?;
+        // The corrected invoice's row is locked (PostgreSQL) or the writer is alone (SQLite):
+        // concurrent credit notes take turns, so together they never exceed the invoice.
+        let lock = if matches!(super::BACKEND, crate::Backend::Postgres) {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let target = sqlx::query(&format!(
+            "SELECT number, total, status FROM invoices WHERE id = $1 AND team_id = $2{lock}"
+        ))
+        .bind(target_id)
+        .bind(note.team_id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let (number, total, status): (String, i64, String) = (
+            target.try_get("number")?,
+            target.try_get("total")?,
+            target.try_get("status")?,
+        );
+        let credited: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(total), 0) AS BIGINT) FROM invoices WHERE corrects = $1 AND kind = 'credit_note'",
+        )
+        .bind(target_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if credited.saturating_add(note.total.get()) > total {
+            return Err(StoreError::Conflict {
+                constraint: "credit_notes_within_invoice".into(),
+            });
         }
-        for (position, line) in invoice.lines.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO invoice_lines (invoice_id, position, description, unit_type, unit_price, units, amount) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(invoice.id)
-            .bind(i32::try_from(position).unwrap_or(i32::MAX))
-            .bind(&line.description)
-            .bind(&line.unit_type)
-            .bind(line.unit_price.get())
-            .bind(i64::try_from(line.units).unwrap_or(i64::MAX))
-            .bind(line.amount.get())
-            .execute(&mut *tx)
-            .await?;
+        let issued = insert_invoice(&mut tx, note, prefix)
+            .await?
+            .ok_or_else(|| corrupt("invoices.id", "a new credit note's id was taken"))?;
+        if let Some(entry) = entry {
+            super::ledger::write_entry(&mut tx, entry, &audit.actor).await?;
+        }
+        let unpaid = status == "open" || status == "failed";
+        if unpaid && credited.saturating_add(note.total.get()) == total {
+            // Credited in full: nothing is left to charge, and it blocks nobody.
+            sqlx::query("UPDATE invoices SET status = 'void', next_attempt_at = NULL WHERE id = $1")
+                .bind(target_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE teams SET blocked_invoice = NULL WHERE id = $1 AND blocked_invoice = $2")
+                .bind(note.team_id.as_uuid())
+                .bind(&number)
+                .execute(&mut *tx)
+                .await?;
         }
         insert_audit(&mut tx, &self.audit_key, audit).await?;
         tx.commit().await?;
-        Ok(Some(Invoice {
-            number,
-            team_name,
-            ..invoice.clone()
-        }))
+        Ok(issued)
+    }
+
+    async fn credited(&self, invoice_id: Uuid) -> Result<Ticks, StoreError> {
+        let credited: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(total), 0) AS BIGINT) FROM invoices WHERE corrects = $1 AND kind = 'credit_note'",
+        )
+        .bind(invoice_id)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(Ticks::new(credited))
     }
 
     async fn invoices(&self, team_id: TeamId, filter: &InvoiceFilter) -> Result<Vec<Invoice>, StoreError> {

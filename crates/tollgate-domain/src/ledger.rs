@@ -44,11 +44,14 @@ pub enum EntryKind {
     Refund,
     /// Prepaid credit from a credit note correcting an invoice already paid.
     CreditNote,
+    /// A monthly invoice paid (charged, or marked paid by the operator): settles what its month
+    /// owed (bucket invoice, positive).
+    InvoicePayment,
 }
 
 impl EntryKind {
     /// Every kind.
-    pub const ALL: [EntryKind; 8] = [
+    pub const ALL: [EntryKind; 9] = [
         EntryKind::Purchase,
         EntryKind::PromoGrant,
         EntryKind::Spend,
@@ -57,6 +60,7 @@ impl EntryKind {
         EntryKind::PromoExpiry,
         EntryKind::Refund,
         EntryKind::CreditNote,
+        EntryKind::InvoicePayment,
     ];
 
     /// The stored name.
@@ -71,6 +75,7 @@ impl EntryKind {
             EntryKind::PromoExpiry => "promo_expiry",
             EntryKind::Refund => "refund",
             EntryKind::CreditNote => "credit_note",
+            EntryKind::InvoicePayment => "invoice_payment",
         }
     }
 }

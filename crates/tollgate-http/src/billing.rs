@@ -118,7 +118,7 @@ fn change_origin(kind: EntryKind) -> &'static str {
         EntryKind::Purchase => "PURCHASE",
         EntryKind::Spend => "SPEND",
         EntryKind::Refund => "REFUND",
-        EntryKind::CreditNote => "MANUAL",
+        EntryKind::CreditNote | EntryKind::InvoicePayment => "MANUAL",
         EntryKind::Adjustment | EntryKind::PromoGrant | EntryKind::PromoExpiry | EntryKind::Forfeiture => "MANUAL",
     }
 }

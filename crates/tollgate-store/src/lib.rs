@@ -1010,6 +1010,8 @@ pub struct InvoicePayment<'a> {
     pub audit: Option<&'a AuditEvent>,
     /// Mail it sends (queued in the same transaction).
     pub mail: Option<&'a tollgate_domain::OutboundMail>,
+    /// Its ledger entry (a payment: `invoice_payment`, reason the invoice's number).
+    pub entry: Option<&'a tollgate_domain::LedgerEntry>,
     /// When.
     pub at: Timestamp,
 }

@@ -1589,6 +1589,7 @@ pub async fn invoices_are_numbered_without_gaps_and_block_until_paid(store: &dyn
         event: Some(("evt_paid", "payment_intent.succeeded")),
         audit: None,
         mail: None,
+        entry: None,
         at: at(12),
     };
     assert_eq!(store.set_invoice_payment(&pay).await.unwrap(), Changed::Applied);

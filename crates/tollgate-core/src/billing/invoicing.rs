@@ -359,6 +359,7 @@ impl Payments {
                     event,
                     audit: None,
                     mail: None,
+                    entry: None,
                     at: self.clock.now(),
                 };
                 self.store.set_invoice_payment(&change).await?;
@@ -385,17 +386,27 @@ impl Payments {
         how: Option<&str>,
     ) -> Result<Invoice, PaymentError> {
         let now = self.clock.now();
+        // What was due: the total less its credit notes.
+        let paid = Ticks::new(invoice.total.get() - self.store.credited(invoice.id).await?.get());
         let description = match how {
-            Some(how) => format!(
-                "Invoice {} (${}) marked paid: {how}",
-                invoice.number,
-                format_usd(invoice.total)
-            ),
+            Some(how) => format!("Invoice {} (${}) marked paid: {how}", invoice.number, format_usd(paid)),
             None => format!(
                 "Invoice {} (${}) paid by the default payment method",
                 invoice.number,
-                format_usd(invoice.total)
+                format_usd(paid)
             ),
+        };
+        let entry = tollgate_domain::LedgerEntry {
+            id: uuid::Uuid::now_v7(),
+            team_id: invoice.team_id,
+            kind: tollgate_domain::EntryKind::InvoicePayment,
+            bucket: tollgate_domain::Bucket::Invoice,
+            amount: paid,
+            idempotency_key: format!("invoice-paid:{}", invoice.id),
+            lot_id: None,
+            expires_at: None,
+            reason: Some(invoice.number.clone()),
+            created_at: now,
         };
         let audit = AuditEvent::success(
             now,
@@ -419,6 +430,7 @@ impl Payments {
             event,
             audit: Some(&audit),
             mail: None,
+            entry: Some(&entry),
             at: now,
         };
         self.store.set_invoice_payment(&change).await?;
@@ -474,6 +486,7 @@ impl Payments {
             event,
             audit: Some(&audit),
             mail: mail.as_ref(),
+            entry: None,
             at: now,
         };
         if self.store.set_invoice_payment(&change).await? == tollgate_store::Changed::Applied

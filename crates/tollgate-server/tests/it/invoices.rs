@@ -457,7 +457,19 @@ async fn an_unpaid_invoice_blocks_after_the_grace_and_paying_lifts_it(db: TestDb
     assert_eq!(status, StatusCode::OK);
     app.clock.advance(Duration::days(7));
     payments.run_billing().await.unwrap();
-    assert_eq!(invoices(&app, "").await[0]["invoiceStatus"], "PAID");
+    let paid = invoices(&app, "").await.remove(0);
+    assert_eq!(paid["invoiceStatus"], "PAID");
+    // The payment is on the ledger, settling the month.
+    let entries = app.services().ledger.entries(app.team.id, 100).await.unwrap();
+    let payment = entries
+        .iter()
+        .find(|e| e.kind == tollgate_domain::EntryKind::InvoicePayment)
+        .unwrap();
+    assert_eq!(
+        payment.amount.to_cents_rounded().to_string(),
+        paid["total"].as_str().unwrap()
+    );
+    assert_eq!(payment.reason.as_deref(), paid["invoiceNumber"].as_str());
     app.clock.advance(Duration::seconds(2));
     assert_eq!(app.get_json("/v1/api-key", &key).await["team_blocked"], false);
     chat(&app, &key).await;

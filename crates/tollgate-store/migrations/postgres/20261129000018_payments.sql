@@ -1,8 +1,9 @@
 -- Payments. Bought credit can be taken back (a refund or dispute at the payment provider): a
--- 'refund' entry; a credit note on a paid invoice credits the team: a 'credit_note' entry.
+-- 'refund' entry; a credit note on a paid invoice credits the team: a 'credit_note' entry; a
+-- monthly invoice paid settles what its month owed: an 'invoice_payment' entry (bucket invoice).
 ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_kind_check;
 ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_kind_check
-    CHECK (kind IN ('purchase', 'promo_grant', 'spend', 'adjustment', 'forfeiture', 'promo_expiry', 'refund', 'credit_note'));
+    CHECK (kind IN ('purchase', 'promo_grant', 'spend', 'adjustment', 'forfeiture', 'promo_expiry', 'refund', 'credit_note', 'invoice_payment'));
 
 -- A team's customer at the payment provider (Stripe's `cus_…`), made when it is first needed.
 CREATE TABLE payment_customers (

@@ -1,10 +1,11 @@
 -- Payments. Bought credit can be taken back (a refund or dispute at the payment provider): a
--- 'refund' entry; a credit note on a paid invoice credits the team: a 'credit_note' entry. SQLite cannot alter a CHECK constraint, so the table is rebuilt (nothing
+-- 'refund' entry; a credit note on a paid invoice credits the team: a 'credit_note' entry; a
+-- monthly invoice paid settles what its month owed: an 'invoice_payment' entry (bucket invoice). SQLite cannot alter a CHECK constraint, so the table is rebuilt (nothing
 -- references it).
 CREATE TABLE ledger_entries_new (
     id              BLOB PRIMARY KEY NOT NULL,
     team_id         BLOB NOT NULL REFERENCES teams (id),
-    kind            TEXT NOT NULL CHECK (kind IN ('purchase', 'promo_grant', 'spend', 'adjustment', 'forfeiture', 'promo_expiry', 'refund', 'credit_note')),
+    kind            TEXT NOT NULL CHECK (kind IN ('purchase', 'promo_grant', 'spend', 'adjustment', 'forfeiture', 'promo_expiry', 'refund', 'credit_note', 'invoice_payment')),
     bucket          TEXT NOT NULL CHECK (bucket IN ('prepaid', 'promo', 'invoice')),
     amount          INTEGER NOT NULL,
     idempotency_key TEXT NOT NULL,

@@ -455,6 +455,10 @@ impl InvoiceStore for SqlStore {
         if let Some(mail) = change.mail {
             super::insert_mail(&mut tx, std::slice::from_ref(mail)).await?;
         }
+        if let Some(entry) = change.entry {
+            let actor = change.audit.map_or(tollgate_domain::Actor::System, |a| a.actor.clone());
+            super::ledger::write_entry(&mut tx, entry, &actor).await?;
+        }
         tx.commit().await?;
         Ok(Changed::Applied)
     }

@@ -45,10 +45,13 @@ pub(super) async fn write_entry(
     entry: &LedgerEntry,
     actor: &tollgate_domain::Actor,
 ) -> Result<bool, StoreError> {
-    let (prepaid, promo) = match entry.bucket {
-        tollgate_domain::Bucket::Prepaid => (entry.amount.get(), 0),
-        tollgate_domain::Bucket::Promo => (0, entry.amount.get()),
-        tollgate_domain::Bucket::Invoice => {
+    let (prepaid, promo) = match (entry.bucket, entry.kind) {
+        (tollgate_domain::Bucket::Prepaid, _) => (entry.amount.get(), 0),
+        (tollgate_domain::Bucket::Promo, _) => (0, entry.amount.get()),
+        // A payment settles an issued invoice: no balance moves (what a month owes stays in
+        // `invoice_months`, the record of its usage).
+        (tollgate_domain::Bucket::Invoice, tollgate_domain::EntryKind::InvoicePayment) => (0, 0),
+        (tollgate_domain::Bucket::Invoice, _) => {
             return Err(corrupt("ledger_entries.bucket", "an invoice entry outside a spend"));
         }
     };
@@ -395,7 +398,7 @@ impl LedgerStore for SqlStore {
         limit: u32,
     ) -> Result<(Vec<LedgerEntry>, Vec<MonthlySpend>), StoreError> {
         let entries = sqlx::query(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE team_id = $1 AND kind <> 'spend' \
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE team_id = $1 AND kind <> 'spend' AND bucket <> 'invoice' \
              ORDER BY created_at DESC, id DESC LIMIT $2"
         ))
         .bind(team_id.as_uuid())
@@ -580,7 +583,8 @@ impl LedgerStore for SqlStore {
         }
         let mut teams: BTreeMap<Uuid, Sums> = BTreeMap::new();
         for row in sqlx::query(
-            "SELECT team_id, bucket, CAST(SUM(amount) AS BIGINT) AS total FROM ledger_entries GROUP BY team_id, bucket",
+            "SELECT team_id, bucket, CAST(SUM(amount) AS BIGINT) AS total FROM ledger_entries \
+             WHERE kind <> 'invoice_payment' GROUP BY team_id, bucket",
         )
         .fetch_all(&mut *tx)
         .await?
@@ -632,6 +636,13 @@ impl LedgerStore for SqlStore {
             "SELECT i.number AS number, i.total AS total, CAST(COALESCE(m.owed, 0) AS BIGINT) AS expected \
              FROM invoices i LEFT JOIN invoice_months m ON m.team_id = i.team_id AND m.month = i.month \
              WHERE i.kind = 'monthly' AND i.total <> COALESCE(m.owed, 0) LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let unsettled = sqlx::query(
+            "SELECT i.number AS number FROM invoices i WHERE i.kind = 'monthly' AND i.status = 'paid' \
+             AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.kind = 'invoice_payment' \
+             AND e.team_id = i.team_id AND e.reason = i.number) LIMIT 1",
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -695,6 +706,12 @@ impl LedgerStore for SqlStore {
                 (row.try_get("number")?, row.try_get("total")?, row.try_get("expected")?);
             return Ok(Some(format!(
                 "invoice {number} bills {total} ticks, but the ledger says {expected}"
+            )));
+        }
+        if let Some(row) = unsettled {
+            let number: String = row.try_get("number")?;
+            return Ok(Some(format!(
+                "invoice {number} is paid, but the ledger has no payment of it"
             )));
         }
         if let Some((number, total, bought)) = misreceipted {

@@ -13,7 +13,7 @@ use super::payments::{
 use crate::Caller;
 
 /// How long a checkout page stays open.
-const CHECKOUT_LIFETIME: chrono::Duration = chrono::Duration::hours(1);
+pub(super) const CHECKOUT_LIFETIME: chrono::Duration = chrono::Duration::hours(1);
 
 impl Payments {
     /// Opens a hosted checkout page buying `amount_cents` of prepaid credit (Admins and
@@ -28,7 +28,7 @@ impl Payments {
         require_admin(caller, "Only team Admins may buy credit")?;
         let provider = self.provider()?;
         let team_id = caller.team_id();
-        if let Some(pending) = self.store.pending_top_up(team_id).await? {
+        if let Some(pending) = self.pending(team_id, &caller.actor(), context).await? {
             return Ok(pending);
         }
         let amount_cents = amount_cents.checked_abs().unwrap_or(i64::MAX);

@@ -633,7 +633,11 @@ impl Payments {
         context: &RequestContext,
     ) -> Result<TopUp, PaymentError> {
         let provider = self.provider()?;
-        if let Some(pending) = self.store.pending_top_up(team_id).await? {
+        if let Some(pending) = self.pending(team_id, &actor, context).await? {
+            if pending.checkout.is_some() && pending.provider_ref.is_none() {
+                // Being bought on a hosted page: it finishes there.
+                return Ok(pending);
+            }
             return self.carry_on(pending, actor, context).await;
         }
         let amount_cents = amount_cents.checked_abs().unwrap_or(i64::MAX);
@@ -671,6 +675,36 @@ impl Payments {
         );
         let started = self.store.start_top_up(&top_up, &audit).await?;
         self.carry_on(started, actor, context).await
+    }
+
+    /// The team's pending top-up, if any. A hosted checkout page past its expiry (whose expiry
+    /// event never came) can no longer be paid: it is closed here, so it blocks no purchase.
+    pub(super) async fn pending(
+        &self,
+        team_id: TeamId,
+        actor: &Actor,
+        context: &RequestContext,
+    ) -> Result<Option<TopUp>, PaymentError> {
+        let Some(pending) = self.store.pending_top_up(team_id).await? else {
+            return Ok(None);
+        };
+        let expired = pending.checkout.is_some()
+            && pending.provider_ref.is_none()
+            && self.clock.now()
+                > pending.created_at + super::checkout::CHECKOUT_LIFETIME + chrono::Duration::minutes(5);
+        if expired {
+            self.close_unpaid(
+                &pending,
+                TopUpStatus::Canceled,
+                "the checkout page expired unpaid",
+                None,
+                actor.clone(),
+                context,
+            )
+            .await?;
+            return Ok(None);
+        }
+        Ok(Some(pending))
     }
 
     /// An amount within the operator's bounds.
@@ -757,7 +791,9 @@ impl Payments {
     ) -> Result<TopUp, PaymentError> {
         let provider = self.provider()?;
         match payment.status {
-            PaymentStatus::RequiresCapture if top_up.status == TopUpStatus::Pending => {
+            // Pending, or failed before (a hosted page's first card declined, a second one
+            // authorized): checked, then captured.
+            PaymentStatus::RequiresCapture if matches!(top_up.status, TopUpStatus::Pending | TopUpStatus::Failed) => {
                 let method = match &payment.payment_method {
                     Some(id) => Some(provider.payment_method(id).await?),
                     None => None,
@@ -781,6 +817,13 @@ impl Payments {
                 }
             }
             PaymentStatus::Succeeded => self.grant(top_up, &payment, event, actor, context).await,
+            PaymentStatus::RequiresCapture if top_up.status != TopUpStatus::Succeeded => {
+                // Authorized for a purchase that is over (refused, or cancelled: an expired page):
+                // the hold on the card is released, never captured.
+                provider.cancel(&payment.id, &format!("cancel:{}", top_up.id)).await?;
+                self.record(event).await?;
+                Ok(top_up)
+            }
             PaymentStatus::RequiresAction | PaymentStatus::RequiresPaymentMethod | PaymentStatus::Canceled
                 if top_up.status == TopUpStatus::Pending =>
             {
@@ -946,7 +989,7 @@ impl Payments {
         let change = TopUpChange {
             top_up_id: top_up.id,
             event,
-            expect_status: TopUpStatus::Pending,
+            expect_status: top_up.status,
             expect_taken_back_cents: top_up.taken_back_cents,
             status,
             failure: Some(why),
@@ -1090,6 +1133,10 @@ impl Payments {
                         status: PaymentStatus::Succeeded,
                         ..payment.clone()
                     },
+                    // On a hosted page the person may try another card: the page's end decides.
+                    "payment_intent.payment_failed" if top_up.checkout.is_some() => {
+                        return self.ignore(seen).await.map(|_| EventOutcome::Processed);
+                    }
                     "payment_intent.payment_failed" => Payment {
                         status: PaymentStatus::RequiresPaymentMethod,
                         ..payment.clone()

@@ -918,6 +918,14 @@ async fn hosted_checkout_buys_credit_and_saves_cards(db: TestDb) {
     assert_eq!(again["change"]["checkoutUrl"], page.as_str());
     assert_eq!(again["change"]["topUpId"], opened["change"]["topUpId"]);
 
+    // A first card declined on the page: the page stays open for another card.
+    let declined = json!({"id": "evt_first_card_declined", "type": "payment_intent.payment_failed", "data": {"object": {
+        "id": "pi_first_attempt", "status": "requires_payment_method", "amount": 5000,
+        "last_payment_error": {"message": "Your card was declined."},
+        "metadata": {"team_id": team.to_string(), "top_up_id": opened["change"]["topUpId"]}}}});
+    assert_eq!(deliver(&app, &declined).await, "processed");
+    let (_, still) = buy("5000").await;
+    assert_eq!(still["change"]["topupStatus"], "TO_CHARGE");
     assert_eq!(standin.complete(&session, "4242424242424242", now()).await, Ok(200));
     assert_eq!(prepaid(&app).await, Ticks::new(5000 * CENT));
     let intents = stripe.payment_intents().await;
@@ -949,6 +957,10 @@ async fn hosted_checkout_buys_credit_and_saves_cards(db: TestDb) {
             .any(|t| t.status == tollgate_domain::TopUpStatus::Canceled
                 && t.failure.as_deref() == Some("the checkout page expired unpaid"))
     );
+    // A page whose expiry event never came: past its hour, it no longer holds purchases up.
+    app.clock.advance(chrono::Duration::hours(2));
+    let (_, fresh) = buy("2500").await;
+    assert_ne!(fresh["change"]["topUpId"], next["change"]["topUpId"]);
     assert_eq!(
         app.services().payments.issue_receipts().await.unwrap(),
         0,

@@ -242,6 +242,31 @@ pub struct TopUp {
 }
 
 impl TopUp {
+    /// A new top-up, pending: with a saved card (`payment_method`), or on a hosted page (none).
+    #[must_use]
+    pub fn pending(
+        team_id: TeamId,
+        amount_cents: i64,
+        payment_method: Option<String>,
+        automatic: bool,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7(),
+            team_id,
+            amount_cents,
+            status: TopUpStatus::Pending,
+            provider_ref: None,
+            payment_method,
+            failure: None,
+            taken_back_cents: 0,
+            automatic,
+            checkout: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// The credit it buys.
     #[must_use]
     pub fn credit(&self) -> Ticks {

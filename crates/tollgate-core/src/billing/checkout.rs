@@ -35,20 +35,7 @@ impl Payments {
         self.check_amount(amount_cents)?;
         let customer = self.customer(team_id).await?;
         let now = self.clock.now();
-        let top_up = TopUp {
-            id: uuid::Uuid::now_v7(),
-            team_id,
-            amount_cents,
-            status: TopUpStatus::Pending,
-            provider_ref: None,
-            payment_method: None,
-            failure: None,
-            taken_back_cents: 0,
-            automatic: false,
-            checkout: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let top_up = TopUp::pending(team_id, amount_cents, None, false, now);
         let audit = AuditEvent::success(
             now,
             Some(team_id),

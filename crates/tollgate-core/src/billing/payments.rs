@@ -646,20 +646,7 @@ impl Payments {
         let (_, default) = provider.payment_methods(&customer).await?;
         let payment_method = default.ok_or(PaymentError::NoPaymentMethod)?;
         let now = self.clock.now();
-        let top_up = TopUp {
-            id: uuid::Uuid::now_v7(),
-            team_id,
-            amount_cents,
-            status: TopUpStatus::Pending,
-            provider_ref: None,
-            payment_method: Some(payment_method),
-            failure: None,
-            taken_back_cents: 0,
-            automatic,
-            checkout: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let top_up = TopUp::pending(team_id, amount_cents, Some(payment_method), automatic, now);
         let audit = AuditEvent::success(
             now,
             Some(team_id),

@@ -69,37 +69,13 @@ async fn a_month_closes_into_immutable_gap_free_invoices(db: TestDb) {
     chat(&app, &other_key).await;
     // A team that used the model and was then deleted still gets its last month's invoice.
     let doomed = {
-        let services = app.services();
-        let context = RequestContext::default();
-        let owner = app
-            .store()
-            .find_user_by_email(&tollgate_domain::Email::parse("owner@example.com").unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        let team = services
+        let (team, caller, _, key) = app.team_with_key("Doomed").await;
+        chat(&app, &key).await;
+        app.services()
             .teams
-            .create_team(&owner, "Doomed", None, &context)
+            .delete_team(&caller, "Doomed", &RequestContext::default())
             .await
             .unwrap();
-        let caller = tollgate_core::Caller::Member {
-            user_id: owner.id,
-            email: owner.email.clone(),
-            team_id: team.id,
-            role: tollgate_domain::Role::Admin,
-        };
-        let new = tollgate_core::NewApiKey {
-            name: "doomed".into(),
-            acls: vec!["api-key:endpoint:*".into(), "api-key:model:*".into()],
-            ..Default::default()
-        };
-        let (_, plain) = services
-            .keys
-            .create_api_key(&caller, team.id, new, &context)
-            .await
-            .unwrap();
-        chat(&app, plain.expose()).await;
-        services.teams.delete_team(&caller, "Doomed", &context).await.unwrap();
         team
     };
     let owed = app

@@ -191,6 +191,18 @@ impl TestApp {
     /// An API key (allowed everything) of a team the owner created and then deleted; returns
     /// (team id, key id, secret).
     pub async fn key_of_a_deleted_team(&self) -> (tollgate_domain::TeamId, String, String) {
+        let (team, caller, key, plain) = self.team_with_key("Doomed").await;
+        self.services()
+            .teams
+            .delete_team(&caller, "Doomed", &RequestContext::default())
+            .await
+            .unwrap();
+        (team.id, key.id.to_string(), plain)
+    }
+
+    /// A team the owner created (the owner as its Admin) and an API key of it allowed
+    /// everything: (team, the owner as caller there, key, secret).
+    pub async fn team_with_key(&self, name: &str) -> (Team, tollgate_core::Caller, tollgate_domain::ApiKey, String) {
         let services = self.services();
         let owner = self
             .store()
@@ -199,11 +211,7 @@ impl TestApp {
             .unwrap()
             .unwrap();
         let context = RequestContext::default();
-        let team = services
-            .teams
-            .create_team(&owner, "Doomed", None, &context)
-            .await
-            .unwrap();
+        let team = services.teams.create_team(&owner, name, None, &context).await.unwrap();
         let caller = tollgate_core::Caller::Member {
             user_id: owner.id,
             email: owner.email.clone(),
@@ -220,8 +228,7 @@ impl TestApp {
             .create_api_key(&caller, team.id, new, &context)
             .await
             .unwrap();
-        services.teams.delete_team(&caller, "Doomed", &context).await.unwrap();
-        (team.id, key.id.to_string(), plain.expose().to_owned())
+        (team, caller, key, plain.expose().to_owned())
     }
 
     /// The operator listener's `/metrics` text.

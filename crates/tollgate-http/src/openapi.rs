@@ -96,6 +96,9 @@ impl Modify for SecuritySchemes {
     paths(
         crate::v1::create_chat_completion,
         crate::v1::list_models,
+        crate::v1::get_model,
+        crate::v1::list_language_models,
+        crate::v1::get_language_model,
         crate::v1::get_api_key,
         crate::management::create_api_key,
         crate::management::list_api_keys,

@@ -16,7 +16,58 @@ on_both_backends!(
     acls_are_enforced,
     models_and_key_info,
     models_without_prices_are_refused_and_zero_is_free,
+    language_models_list_prices_in_xais_units,
 );
+
+/// `/v1/language-models` and `/v1/models/{id}`: xAI's fields, prices in xAI's unit (1e-4 USD
+/// per million tokens, which is ticks per token), aliases resolved, only what the key's model
+/// ACLs allow, and xAI's 404 text for the rest.
+async fn language_models_list_prices_in_xais_units(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let key = app.api_key().await;
+    let models = app.get_json("/v1/language-models", &key).await;
+    let model = &models["models"][0];
+    assert_eq!(model["id"], MODEL);
+    assert_eq!(model["aliases"], json!([ALIAS]));
+    assert_eq!(model["object"], "model");
+    assert_eq!(model["owned_by"], "tollgate");
+    assert_eq!(model["prompt_text_token_price"], crate::util::PROMPT_PRICE);
+    assert_eq!(model["cached_prompt_text_token_price"], crate::util::CACHED_PRICE);
+    assert_eq!(model["completion_text_token_price"], crate::util::COMPLETION_PRICE);
+    assert_eq!(model["input_modalities"], json!(["text"]));
+    let fingerprint = model["fingerprint"].as_str().unwrap();
+    assert!(fingerprint.starts_with("fp_") && !fingerprint.contains(UPSTREAM_MODEL));
+    // By alias: the public name.
+    let one = app.get_json(&format!("/v1/language-models/{ALIAS}"), &key).await;
+    assert_eq!(one, *model);
+    let openai = app.get_json(&format!("/v1/models/{ALIAS}"), &key).await;
+    assert_eq!(openai["id"], MODEL);
+    for path in ["/v1/models/nope", "/v1/language-models/nope"] {
+        let response = app.client.get(app.url(path)).bearer_auth(&key).send().await.unwrap();
+        assert_xai_error(
+            response,
+            StatusCode::NOT_FOUND,
+            "Some requested entity was not found",
+            "The model nope does not exist or your team does not have access to it.",
+        )
+        .await;
+    }
+    // A key allowed other models only sees none of these.
+    let narrow = app
+        .create_api_key(json!({"name": "narrow", "acls": ["api-key:endpoint:*", "api-key:model:other"]}))
+        .await;
+    let narrow = narrow["apiKey"].as_str().unwrap();
+    assert_eq!(app.get_json("/v1/language-models", narrow).await, json!({"models": []}));
+    let hidden = app
+        .client
+        .get(app.url(&format!("/v1/models/{MODEL}")))
+        .bearer_auth(narrow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hidden.status(), StatusCode::NOT_FOUND);
+    app.finish().await;
+}
 
 /// A model the operator gave no prices is neither offered nor served (it could not be billed);
 /// an explicit price of 0 is free.

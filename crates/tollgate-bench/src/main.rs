@@ -142,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         cached_prompt_price: None,
         completion_price: Some(price),
         max_output_tokens: 16_384,
+        endpoints: vec!["chat".into()],
     };
     config.models.insert("bench".into(), model(100_000));
     config.models.insert("bench-free".into(), model(0));

@@ -38,6 +38,14 @@ pub enum AdmitError {
     /// The key's ACLs do not grant the model.
     #[error("access to model {0} is denied")]
     ModelDenied(String),
+    /// The model's upstream does not serve this endpoint.
+    #[error("The model {model} does not support {endpoint}")]
+    NotServed {
+        /// The model.
+        model: String,
+        /// The endpoint asked for.
+        endpoint: Endpoint,
+    },
     /// The operator set no prices for the model, so it cannot be billed.
     #[error("The model {0} is not available: it has no prices configured")]
     Unpriced(String),
@@ -214,6 +222,12 @@ impl Inference {
         }
         if !key.acls.allows_model(&route.name) {
             return Err(AdmitError::ModelDenied(route.name.clone()));
+        }
+        if !route.endpoints.contains(&endpoint) {
+            return Err(AdmitError::NotServed {
+                model: route.name.clone(),
+                endpoint,
+            });
         }
         let pricing = route.pricing.ok_or_else(|| AdmitError::Unpriced(route.name.clone()))?;
         let limits = KeyLimits {

@@ -8,17 +8,20 @@ use std::str::FromStr;
 pub enum Endpoint {
     /// Chat completions (`/v1/chat/completions`), text and vision.
     Chat,
+    /// Embeddings (`/v1/embeddings`), priced per input token.
+    Embeddings,
 }
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 1] = [Endpoint::Chat];
+    pub const ALL: [Endpoint; 2] = [Endpoint::Chat, Endpoint::Embeddings];
 
     /// The name in ACLs and usage records.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             Endpoint::Chat => "chat",
+            Endpoint::Embeddings => "embeddings",
         }
     }
 
@@ -27,6 +30,7 @@ impl Endpoint {
     pub const fn describe(self) -> &'static str {
         match self {
             Endpoint::Chat => "Chat completions (/v1/chat/completions), text and vision",
+            Endpoint::Embeddings => "Embeddings (/v1/embeddings), priced per input token",
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct ModelRoute {
     pub max_output_tokens: u64,
     /// When the model was added (shown in model lists).
     pub created: Timestamp,
+    /// The inference endpoints its upstream serves (chat, embeddings).
+    pub endpoints: Vec<tollgate_domain::Endpoint>,
 }
 
 /// Every model, by name and alias.

@@ -54,6 +54,7 @@ impl GatewayError {
 pub struct Upstream {
     name: String,
     chat_url: String,
+    base_url: String,
     api_key: Option<String>,
     client: reqwest::Client,
 }
@@ -83,10 +84,12 @@ impl Upstream {
     /// An upstream at `base_url` (e.g. `http://127.0.0.1:8000/v1`).
     #[must_use]
     pub fn new(name: String, base_url: &str, api_key: Option<String>, client: reqwest::Client) -> Self {
-        let chat_url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let chat_url = format!("{base_url}/chat/completions");
         Self {
             name,
             chat_url,
+            base_url,
             api_key,
             client,
         }
@@ -118,6 +121,30 @@ impl Upstream {
     /// A non-streaming chat completion: the upstream's JSON body.
     pub async fn chat(&self, body: &ChatCompletionRequest) -> Result<Value, GatewayError> {
         let response = self.send(body).await?;
+        let bytes = response.bytes().await.map_err(|e| GatewayError::from_reqwest(&e))?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| GatewayError::InvalidResponse(e.to_string()))?;
+        if !value.is_object() {
+            return Err(GatewayError::InvalidResponse("body is not a JSON object".into()));
+        }
+        Ok(value)
+    }
+
+    /// A JSON request to another of the upstream's endpoints (`path` below its base URL, e.g.
+    /// `/embeddings`): the upstream's JSON object.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, GatewayError> {
+        let mut request = self.client.post(format!("{}{path}", self.base_url)).json(body);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| GatewayError::from_reqwest(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(GatewayError::Status {
+                status: status.as_u16(),
+                message: error_message(&text),
+            });
+        }
         let bytes = response.bytes().await.map_err(|e| GatewayError::from_reqwest(&e))?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| GatewayError::InvalidResponse(e.to_string()))?;
         if !value.is_object() {

@@ -174,6 +174,25 @@ pub struct Demand {
 }
 
 impl Demand {
+    /// An embeddings request's demand: its input (text, texts, or token arrays) bounded like a
+    /// prompt, every byte a token (an array of token ids counts one per id), and no output.
+    #[must_use]
+    pub fn of_embeddings(input: &Value) -> Self {
+        fn bound(value: &Value) -> u64 {
+            match value {
+                Value::String(text) => text.len() as u64 + 1,
+                Value::Number(_) => 1,
+                Value::Array(items) => items.iter().map(bound).fold(0, u64::saturating_add),
+                _ => 0,
+            }
+        }
+        Self {
+            prompt_tokens: bound(input),
+            output_tokens: Some(0),
+            choices: 1,
+        }
+    }
+
     /// A chat completion's demand.
     #[must_use]
     pub fn of_chat(request: &crate::wire::ChatCompletionRequest) -> Self {

@@ -95,6 +95,7 @@ impl Modify for SecuritySchemes {
     info(title = "Tollgate", description = "Self-hosted developer platform for an LLM API, wire-compatible with xAI's API."),
     paths(
         crate::v1::create_chat_completion,
+        crate::v1::create_embeddings,
         crate::v1::list_models,
         crate::v1::get_model,
         crate::v1::list_language_models,

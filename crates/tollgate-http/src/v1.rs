@@ -36,6 +36,7 @@ use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(create_chat_completion))
+        .route("/v1/embeddings", post(create_embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{model_id}", get(get_model))
         .route("/v1/language-models", get(list_language_models))
@@ -179,6 +180,93 @@ pub(crate) async fn create_chat_completion(
     Ok((rate_headers, Json(answer)).into_response())
 }
 
+/// `POST /v1/embeddings` body: OpenAI's. `model` and `input` are read; every other field goes to
+/// the upstream untouched.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub(crate) struct EmbeddingsRequest {
+    /// The model (name or alias).
+    model: String,
+    /// A text, a list of texts, or token arrays.
+    #[schema(value_type = Object)]
+    input: Value,
+    /// Everything else (`encoding_format`, `dimensions`, `user`, …).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    extra: serde_json::Map<String, Value>,
+}
+
+/// Create embeddings, priced per input token at the model's prompt price. The model's upstream
+/// must serve embeddings (`endpoints` in its configuration), else 400.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "inference", request_body = EmbeddingsRequest,
+    responses((status = 200, description = "OpenAI's embeddings list, with `usage.cost_in_usd_ticks`", body = Object),
+        (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody),
+        (status = 404, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody), (status = 502, body = crate::ErrorBody),
+        (status = 503, body = crate::ErrorBody)),
+    security(("api_key" = [])))]
+pub(crate) async fn create_embeddings(
+    State(state): State<AppState>,
+    ApiKeyAuth(key): ApiKeyAuth,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<EmbeddingsRequest>,
+) -> Result<Response, XaiError> {
+    let empty = match &body.input {
+        Value::String(text) => text.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => return Err(XaiError::invalid_argument("input must be a string or an array")),
+    };
+    if empty {
+        return Err(XaiError::invalid_argument("input must not be empty"));
+    }
+    let request_id = meta
+        .request_id
+        .as_deref()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(RequestId::new);
+    let demand = Demand::of_embeddings(&body.input);
+    // Without upstream usage: about four bytes a token, as for chat.
+    let estimate = demand.prompt_tokens.div_ceil(4);
+    let admission = state
+        .inference
+        .admit(key, Endpoint::Embeddings, &body.model, demand, false, request_id)
+        .await
+        .map_err(|error| admission_refused(&state, error))?;
+    let deadline = tokio::time::Instant::from_std(admission.deadline());
+    let rate_headers = rate_limit_headers(admission.limits());
+    let route = std::sync::Arc::clone(admission.route());
+    let billing = Billing {
+        admission,
+        state: state.clone(),
+    };
+    let mut upstream_body = body.extra;
+    upstream_body.insert("model".into(), Value::String(route.upstream_model.clone()));
+    upstream_body.insert("input".into(), body.input);
+    let upstream_body = Value::Object(upstream_body);
+    // As for chat: a client that hangs up does not stop the charge for what was produced.
+    let settled = tokio::spawn(async move {
+        let mut answer = tokio::time::timeout_at(deadline, route.upstream.post_json("/embeddings", &upstream_body))
+            .await
+            .unwrap_or(Err(GatewayError::Timeout))
+            .map_err(|e| upstream_failed(&state, &route, e))?;
+        let reported = answer["usage"]["prompt_tokens"].as_u64();
+        let usage = TokenUsage {
+            prompt_tokens: reported.unwrap_or(estimate),
+            ..TokenUsage::default()
+        };
+        let cost = billing.settle(usage, reported.is_none()).await?;
+        answer["model"] = Value::String(route.name.clone());
+        answer["usage"] = serde_json::json!({
+            "prompt_tokens": usage.prompt_tokens,
+            "total_tokens": usage.prompt_tokens,
+            "cost_in_usd_ticks": cost.get(),
+        });
+        Ok::<_, XaiError>(answer)
+    });
+    let answer = settled
+        .await
+        .map_err(|e| XaiError::internal(anyhow::anyhow!("the request's task failed: {e}")))??;
+    Ok((rate_headers, Json(answer)).into_response())
+}
+
 /// Seconds, as `x-ratelimit-reset-*` carries them (`"1.5s"`, like OpenAI's `"1s"`).
 fn reset_text(microseconds: i64) -> String {
     let millis = (microseconds + 999) / 1000;
@@ -215,6 +303,7 @@ fn rate_limit_headers(decision: Option<&LimitDecision>) -> HeaderMap {
 fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
     match error {
         AdmitError::UnknownModel(_) => XaiError::not_found(error.to_string()),
+        AdmitError::NotServed { .. } => XaiError::invalid_argument(error.to_string()),
         AdmitError::EndpointDenied(_)
         | AdmitError::ModelDenied(_)
         | AdmitError::Unpriced(_)

@@ -513,6 +513,10 @@ pub struct ModelConfig {
     /// naming none is held for this many. It does not limit what the upstream generates.
     #[serde(default = "defaults::max_output_tokens")]
     pub max_output_tokens: u64,
+    /// The inference endpoints the upstream serves for this model: `chat`, `embeddings`
+    /// (default: chat only). A request to another answers 400.
+    #[serde(default = "defaults::model_endpoints")]
+    pub endpoints: Vec<String>,
 }
 
 mod defaults {
@@ -528,6 +532,10 @@ mod defaults {
     pub(super) const fn session_absolute_hours() -> u32 {
         12
     }
+    pub(super) fn model_endpoints() -> Vec<String> {
+        vec!["chat".into()]
+    }
+
     pub(super) fn stripe_api_base() -> String {
         "https://api.stripe.com".into()
     }
@@ -790,6 +798,11 @@ impl Config {
                 model.max_output_tokens >= 1,
                 "models.{name}: max_output_tokens must be at least 1"
             );
+            for endpoint in &model.endpoints {
+                endpoint
+                    .parse::<tollgate_domain::Endpoint>()
+                    .map_err(|e| anyhow::anyhow!("models.{name}.endpoints: {e}"))?;
+            }
         }
         Ok(())
     }

@@ -315,6 +315,11 @@ pub fn catalog(config: &Config, clock: &dyn Clock) -> anyhow::Result<Catalog> {
             },
             max_output_tokens: model.max_output_tokens,
             created: now,
+            endpoints: model
+                .endpoints
+                .iter()
+                .filter_map(|endpoint| endpoint.parse().ok())
+                .collect(),
         });
     }
     Ok(Catalog::new(routes)?)

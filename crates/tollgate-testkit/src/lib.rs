@@ -81,6 +81,7 @@ impl MockUpstream {
         let state = Arc::new(MockState::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/embeddings", post(embeddings))
             .route("/v1/models", get(models))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -299,4 +300,35 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Tokens the mock reports per embeddings input.
+pub const EMBEDDING_TOKENS_PER_INPUT: u64 = 8;
+
+/// `POST /v1/embeddings`: one three-dimensional vector per input, [`EMBEDDING_TOKENS_PER_INPUT`]
+/// prompt tokens each (no usage when told to omit it).
+async fn embeddings(State(state): State<Arc<MockState>>, Json(body): Json<Value>) -> Response {
+    state
+        .requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(body.clone());
+    if let Some((status, message)) = state.failure.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (status, Json(json!({"error": {"message": message}}))).into_response();
+    }
+    let inputs = match &body["input"] {
+        Value::Array(items) if items.iter().all(Value::is_number) => 1,
+        Value::Array(items) => items.len(),
+        _ => 1,
+    };
+    let data: Vec<Value> = (0..inputs)
+        .map(|index| json!({"object": "embedding", "index": index, "embedding": [0.25, -0.5, 0.125]}))
+        .collect();
+    let mut answer = json!({"object": "list", "data": data, "model": body["model"]});
+    if !state.omit_usage.load(Ordering::SeqCst) {
+        let tokens = inputs as u64 * EMBEDDING_TOKENS_PER_INPUT;
+        answer["usage"] = json!({"prompt_tokens": tokens, "total_tokens": tokens});
+    }
+    Json(answer).into_response()
 }

@@ -63,7 +63,7 @@ async fn grant(app: &TestApp, amount: Ticks, promo_expires: Option<tollgate_doma
         .unwrap();
 }
 
-async fn assert_ledger_consistent(app: &TestApp) {
+pub(crate) async fn assert_ledger_consistent(app: &TestApp) {
     assert_eq!(app.store().verify_ledger().await.unwrap(), None);
 }
 

@@ -17,7 +17,100 @@ on_both_backends!(
     models_and_key_info,
     models_without_prices_are_refused_and_zero_is_free,
     language_models_list_prices_in_xais_units,
+    embeddings_are_charged_per_input_token,
 );
+
+/// `POST /v1/embeddings` goes through the same admission and billing as chat: the endpoint ACL
+/// (`api-key:endpoint:embeddings`), the credit hold, and a charge of the input tokens at the
+/// prompt price, recorded as usage of the embeddings endpoint. A model whose upstream serves no
+/// embeddings is a clear 400; an upstream without usage is estimated, never free.
+async fn embeddings_are_charged_per_input_token(db: TestDb) {
+    use tollgate_testkit::EMBEDDING_TOKENS_PER_INPUT as PER_INPUT;
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    let mut chat_only = config.models[MODEL].clone();
+    chat_only.aliases = vec![];
+    chat_only.endpoints = vec!["chat".into()];
+    config.models.insert("chat-only".into(), chat_only);
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let embed = |key: &str, body: Value| {
+        let app = &app;
+        let key = key.to_owned();
+        async move {
+            app.client
+                .post(app.url("/v1/embeddings"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let response = embed(
+        &key,
+        json!({"model": ALIAS, "input": ["one", "two"], "encoding_format": "float"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["model"], MODEL);
+    assert_eq!(answer["data"].as_array().unwrap().len(), 2);
+    let tokens = 2 * PER_INPUT as i64;
+    assert_eq!(answer["usage"]["prompt_tokens"], tokens);
+    assert_eq!(answer["usage"]["cost_in_usd_ticks"], tokens * crate::util::PROMPT_PRICE);
+    let sent = app.upstream.requests().pop().unwrap();
+    assert_eq!(sent["model"], UPSTREAM_MODEL);
+    assert_eq!(sent["encoding_format"], "float", "other fields pass through");
+    let usage = app.store().list_usage(app.team.id, 10).await.unwrap();
+    assert_eq!(usage[0].endpoint, tollgate_domain::Endpoint::Embeddings);
+    assert_eq!(usage[0].cost.get(), tokens * crate::util::PROMPT_PRICE);
+
+    // Without upstream usage: estimated from the input, and said so.
+    app.upstream.omit_usage(true);
+    let response = embed(&key, json!({"model": MODEL, "input": "a sentence of some length"})).await;
+    let answer: Value = response.json().await.unwrap();
+    assert!(answer["usage"]["prompt_tokens"].as_i64().unwrap() > 0, "{answer}");
+    app.upstream.omit_usage(false);
+
+    for (body, text) in [
+        (
+            json!({"model": "chat-only", "input": "x"}),
+            "The model chat-only does not support embeddings",
+        ),
+        (json!({"model": MODEL, "input": ""}), "input must not be empty"),
+        (
+            json!({"model": MODEL, "input": 5}),
+            "input must be a string or an array",
+        ),
+    ] {
+        let response = embed(&key, body).await;
+        assert_xai_error(
+            response,
+            StatusCode::BAD_REQUEST,
+            "Client specified an invalid argument",
+            text,
+        )
+        .await;
+    }
+    let chat_key = app
+        .create_api_key(json!({"name": "chat", "acls": ["api-key:endpoint:chat", "api-key:model:*"]}))
+        .await;
+    let response = embed(
+        chat_key["apiKey"].as_str().unwrap(),
+        json!({"model": MODEL, "input": "x"}),
+    )
+    .await;
+    assert_xai_error(
+        response,
+        StatusCode::FORBIDDEN,
+        "The caller does not have permission to execute the specified operation",
+        "access to the embeddings endpoint is denied",
+    )
+    .await;
+    crate::credit::assert_ledger_consistent(&app).await;
+    app.finish().await;
+}
 
 /// `/v1/language-models` and `/v1/models/{id}`: xAI's fields, prices in xAI's unit (1e-4 USD
 /// per million tokens, which is ticks per token), aliases resolved, only what the key's model
@@ -83,6 +176,7 @@ async fn models_without_prices_are_refused_and_zero_is_free(db: TestDb) {
         cached_prompt_price: None,
         completion_price: completion,
         max_output_tokens: 16_384,
+        endpoints: vec!["chat".into()],
     };
     config.models.insert("unpriced".into(), model(None, None));
     config.models.insert("free".into(), model(Some(0), Some(0)));

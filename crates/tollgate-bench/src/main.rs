@@ -143,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         completion_price: Some(price),
         max_output_tokens: 16_384,
         endpoints: vec!["chat".into()],
+        tokenizer: None,
     };
     config.models.insert("bench".into(), model(100_000));
     config.models.insert("bench-free".into(), model(0));

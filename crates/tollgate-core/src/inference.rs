@@ -38,6 +38,9 @@ pub enum AdmitError {
     /// The key's ACLs do not grant the model.
     #[error("access to model {0} is denied")]
     ModelDenied(String),
+    /// The model has no tokenizer configured.
+    #[error("The model {0} has no tokenizer configured")]
+    NoTokenizer(String),
     /// The model's upstream does not serve this endpoint.
     #[error("The model {model} does not support {endpoint}")]
     NotServed {
@@ -192,6 +195,51 @@ impl Inference {
     #[must_use]
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Authorizes a request that is not charged (tokenizing): the model, the key's ACLs and its
+    /// request limits, as [`Self::admit`] checks them; the model's tokenizer.
+    pub async fn authorize_tokenize(
+        &self,
+        key: &ApiKey,
+        model: &str,
+    ) -> Result<(String, tollgate_gateway::tokenizer::Tokenizer), AdmitError> {
+        let route = self
+            .catalog
+            .resolve(model)
+            .ok_or_else(|| AdmitError::UnknownModel(model.to_owned()))?;
+        if let Some(invoice) = &key.team_blocked_by {
+            return Err(AdmitError::TeamBlocked {
+                team: key.team_id,
+                invoice: invoice.clone(),
+            });
+        }
+        if !key.acls.allows(Endpoint::Tokenize) {
+            return Err(AdmitError::EndpointDenied(Endpoint::Tokenize));
+        }
+        if !key.acls.allows_model(&route.name) {
+            return Err(AdmitError::ModelDenied(route.name.clone()));
+        }
+        let tokenizer = route
+            .tokenizer
+            .ok_or_else(|| AdmitError::NoTokenizer(route.name.clone()))?;
+        let limits = KeyLimits {
+            qps: key.qps,
+            qpm: key.qpm,
+            tpm: None,
+        };
+        if limits.any() {
+            let decision = self.limiter.acquire(key.id, &limits, self.clock.now()).await;
+            if let Some((kind, actual)) = decision.refused {
+                return Err(AdmitError::RateLimited {
+                    kind,
+                    actual,
+                    decision,
+                    redacted: key.redacted.clone(),
+                });
+            }
+        }
+        Ok((route.name.clone(), tokenizer))
     }
 
     /// Admits a request of `key` to `endpoint` for `model` (a name or an alias), which may use

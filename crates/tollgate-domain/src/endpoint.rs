@@ -10,11 +10,13 @@ pub enum Endpoint {
     Chat,
     /// Embeddings (`/v1/embeddings`), priced per input token.
     Embeddings,
+    /// Tokenizing text (`/v1/tokenize-text`), not charged.
+    Tokenize,
 }
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 2] = [Endpoint::Chat, Endpoint::Embeddings];
+    pub const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Embeddings, Endpoint::Tokenize];
 
     /// The name in ACLs and usage records.
     #[must_use]
@@ -22,6 +24,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "chat",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Tokenize => "tokenize",
         }
     }
 
@@ -31,6 +34,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "Chat completions (/v1/chat/completions), text and vision",
             Endpoint::Embeddings => "Embeddings (/v1/embeddings), priced per input token",
+            Endpoint::Tokenize => "Tokenize text (/v1/tokenize-text), not charged",
         }
     }
 }

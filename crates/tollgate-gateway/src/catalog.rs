@@ -27,6 +27,8 @@ pub struct ModelRoute {
     pub created: Timestamp,
     /// The inference endpoints its upstream serves (chat, embeddings).
     pub endpoints: Vec<tollgate_domain::Endpoint>,
+    /// Its tokenizer, for `/v1/tokenize-text`.
+    pub tokenizer: Option<crate::tokenizer::Tokenizer>,
 }
 
 /// Every model, by name and alias.

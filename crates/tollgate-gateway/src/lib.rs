@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod sse;
+pub mod tokenizer;
 pub mod upstream;
 pub mod usage;
 pub mod wire;

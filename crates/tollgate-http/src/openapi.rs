@@ -96,6 +96,7 @@ impl Modify for SecuritySchemes {
     paths(
         crate::v1::create_chat_completion,
         crate::v1::create_embeddings,
+        crate::v1::tokenize_text,
         crate::v1::list_models,
         crate::v1::get_model,
         crate::v1::list_language_models,

@@ -37,6 +37,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(create_chat_completion))
         .route("/v1/embeddings", post(create_embeddings))
+        .route("/v1/tokenize-text", post(tokenize_text))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{model_id}", get(get_model))
         .route("/v1/language-models", get(list_language_models))
@@ -267,6 +268,74 @@ pub(crate) async fn create_embeddings(
     Ok((rate_headers, Json(answer)).into_response())
 }
 
+/// `POST /v1/tokenize-text` body (xAI's).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenizeRequest {
+    /// The text.
+    text: String,
+    /// The model whose tokenizer counts (name or alias).
+    model: String,
+    /// An end-user id (accepted as xAI does; not used).
+    #[serde(default, rename = "user")]
+    _user: Option<String>,
+}
+
+/// One token (xAI's shape).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenView {
+    token_id: u32,
+    /// The token's bytes as text (lossy where a token is part of a character).
+    string_token: String,
+    token_bytes: Vec<u8>,
+}
+
+/// `POST /v1/tokenize-text` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenizeView {
+    token_ids: Vec<TokenView>,
+}
+
+/// The most text one request may tokenize, in bytes.
+const MAX_TOKENIZE_BYTES: usize = 1 << 20;
+
+/// Tokenize text with the model's tokenizer (not charged; the key's endpoint ACL `tokenize`,
+/// model ACLs and request limits apply). Inference adds a chat template's tokens, so a request is
+/// billed for more than this counts.
+#[utoipa::path(post, path = "/v1/tokenize-text", tag = "inference", request_body = TokenizeRequest,
+    responses((status = 200, body = TokenizeView), (status = 400, body = crate::ErrorBody), (status = 401, body = crate::ErrorBody),
+        (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody)),
+    security(("api_key" = [])))]
+pub(crate) async fn tokenize_text(
+    State(state): State<AppState>,
+    ApiKeyAuth(key): ApiKeyAuth,
+    XaiJson(body): XaiJson<TokenizeRequest>,
+) -> Result<Json<TokenizeView>, XaiError> {
+    if body.text.len() > MAX_TOKENIZE_BYTES {
+        return Err(XaiError::invalid_argument(format!(
+            "text may be at most {MAX_TOKENIZE_BYTES} bytes"
+        )));
+    }
+    let (_, tokenizer) = state
+        .inference
+        .authorize_tokenize(&key, &body.model)
+        .await
+        .map_err(|error| admission_refused(&state, error))?;
+    let tokens = tokio::task::spawn_blocking(move || tokenizer.tokenize(&body.text))
+        .await
+        .map_err(|e| XaiError::internal(anyhow::anyhow!("tokenizing failed: {e}")))?;
+    Ok(Json(TokenizeView {
+        token_ids: tokens
+            .into_iter()
+            .map(|token| TokenView {
+                token_id: token.id,
+                string_token: String::from_utf8_lossy(&token.bytes).into_owned(),
+                token_bytes: token.bytes,
+            })
+            .collect(),
+    }))
+}
+
 /// Seconds, as `x-ratelimit-reset-*` carries them (`"1.5s"`, like OpenAI's `"1s"`).
 fn reset_text(microseconds: i64) -> String {
     let millis = (microseconds + 999) / 1000;
@@ -303,7 +372,7 @@ fn rate_limit_headers(decision: Option<&LimitDecision>) -> HeaderMap {
 fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
     match error {
         AdmitError::UnknownModel(_) => XaiError::not_found(error.to_string()),
-        AdmitError::NotServed { .. } => XaiError::invalid_argument(error.to_string()),
+        AdmitError::NotServed { .. } | AdmitError::NoTokenizer(_) => XaiError::invalid_argument(error.to_string()),
         AdmitError::EndpointDenied(_)
         | AdmitError::ModelDenied(_)
         | AdmitError::Unpriced(_)

@@ -517,6 +517,10 @@ pub struct ModelConfig {
     /// (default: chat only). A request to another answers 400.
     #[serde(default = "defaults::model_endpoints")]
     pub endpoints: Vec<String>,
+    /// The tokenizer `/v1/tokenize-text` uses for this model: a built-in tiktoken encoding,
+    /// `cl100k_base` or `o200k_base` (unset: the endpoint answers 400 for it).
+    #[serde(default)]
+    pub tokenizer: Option<String>,
 }
 
 mod defaults {
@@ -798,6 +802,13 @@ impl Config {
                 model.max_output_tokens >= 1,
                 "models.{name}: max_output_tokens must be at least 1"
             );
+            if let Some(tokenizer) = &model.tokenizer {
+                anyhow::ensure!(
+                    tollgate_gateway::tokenizer::Tokenizer::named(tokenizer).is_some(),
+                    "models.{name}.tokenizer: '{tokenizer}' is not one of {:?}",
+                    tollgate_gateway::tokenizer::Tokenizer::NAMES
+                );
+            }
             for endpoint in &model.endpoints {
                 endpoint
                     .parse::<tollgate_domain::Endpoint>()

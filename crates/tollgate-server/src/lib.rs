@@ -320,6 +320,10 @@ pub fn catalog(config: &Config, clock: &dyn Clock) -> anyhow::Result<Catalog> {
                 .iter()
                 .filter_map(|endpoint| endpoint.parse().ok())
                 .collect(),
+            tokenizer: model
+                .tokenizer
+                .as_deref()
+                .and_then(tollgate_gateway::tokenizer::Tokenizer::named),
         });
     }
     Ok(Catalog::new(routes)?)

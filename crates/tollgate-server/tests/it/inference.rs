@@ -18,6 +18,7 @@ on_both_backends!(
     models_without_prices_are_refused_and_zero_is_free,
     language_models_list_prices_in_xais_units,
     embeddings_are_charged_per_input_token,
+    tokenize_text_with_the_models_tokenizer,
 );
 
 /// `POST /v1/embeddings` goes through the same admission and billing as chat: the endpoint ACL
@@ -177,6 +178,7 @@ async fn models_without_prices_are_refused_and_zero_is_free(db: TestDb) {
         completion_price: completion,
         max_output_tokens: 16_384,
         endpoints: vec!["chat".into()],
+        tokenizer: None,
     };
     config.models.insert("unpriced".into(), model(None, None));
     config.models.insert("free".into(), model(Some(0), Some(0)));
@@ -549,5 +551,66 @@ async fn models_and_key_info(db: TestDb) {
     );
     assert_eq!(info["redacted_api_key"], created["redactedApiKey"]);
     assert!(!info.to_string().contains(key), "the full key is never shown again");
+    app.finish().await;
+}
+
+/// `POST /v1/tokenize-text`: the model's tokenizer (tiktoken's cl100k here, a known answer),
+/// xAI's shape, the `tokenize` endpoint ACL, and a clear 400 for a model without a tokenizer.
+async fn tokenize_text_with_the_models_tokenizer(db: TestDb) {
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    let mut plain = config.models[MODEL].clone();
+    plain.aliases = vec![];
+    plain.tokenizer = None;
+    config.models.insert("no-tokenizer".into(), plain);
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let tokenize = |key: &str, body: Value| {
+        let app = &app;
+        let key = key.to_owned();
+        async move {
+            app.client
+                .post(app.url("/v1/tokenize-text"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let response = tokenize(&key, json!({"text": "Hello world", "model": ALIAS})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        answer,
+        json!({"token_ids": [
+            {"token_id": 9906, "string_token": "Hello", "token_bytes": [72, 101, 108, 108, 111]},
+            {"token_id": 1917, "string_token": " world", "token_bytes": [32, 119, 111, 114, 108, 100]}
+        ]})
+    );
+    assert!(app.upstream.requests().is_empty(), "no upstream call");
+    assert!(
+        app.store().list_usage(app.team.id, 10).await.unwrap().is_empty(),
+        "not charged"
+    );
+    let response = tokenize(&key, json!({"text": "x", "model": "no-tokenizer"})).await;
+    assert_xai_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        "Client specified an invalid argument",
+        "The model no-tokenizer has no tokenizer configured",
+    )
+    .await;
+    let chat_only = app
+        .create_api_key(json!({"name": "chat", "acls": ["api-key:endpoint:chat", "api-key:model:*"]}))
+        .await;
+    let response = tokenize(
+        chat_only["apiKey"].as_str().unwrap(),
+        json!({"text": "x", "model": MODEL}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let response = tokenize(&key, json!({"text": "x", "model": "nope"})).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
     app.finish().await;
 }

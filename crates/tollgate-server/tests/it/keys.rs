@@ -127,7 +127,7 @@ async fn update_by_field_mask(db: TestDb) {
             json!({"apiKey": {"acls": ["api-key:endpoint:imagez"]}, "fieldMask": "acls"}),
             StatusCode::BAD_REQUEST,
             INVALID,
-            "unknown endpoint (known: chat, embeddings)",
+            "unknown endpoint (known: chat, embeddings, tokenize)",
         ),
         (
             json!({"apiKey": {"expireTime": "2020-01-01T00:00:00Z"}, "fieldMask": "expireTime"}),
@@ -511,7 +511,7 @@ async fn acl_names_are_listed_and_checked(db: TestDb) {
         response,
         StatusCode::BAD_REQUEST,
         INVALID,
-        "unknown endpoint (known: chat, embeddings)",
+        "unknown endpoint (known: chat, embeddings, tokenize)",
     )
     .await;
     app.finish().await;

@@ -90,6 +90,7 @@ pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
             completion_price: Some(COMPLETION_PRICE),
             max_output_tokens: 16_384,
             endpoints: vec!["chat".into(), "embeddings".into()],
+            tokenizer: Some("cl100k_base".into()),
         },
     );
     config

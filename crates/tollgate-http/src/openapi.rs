@@ -101,6 +101,8 @@ impl Modify for SecuritySchemes {
         crate::v1::get_model,
         crate::v1::list_language_models,
         crate::v1::get_language_model,
+        crate::v1::list_embedding_models,
+        crate::v1::get_embedding_model,
         crate::v1::get_api_key,
         crate::management::create_api_key,
         crate::management::list_api_keys,

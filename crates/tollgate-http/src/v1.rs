@@ -42,6 +42,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/models/{model_id}", get(get_model))
         .route("/v1/language-models", get(list_language_models))
         .route("/v1/language-models/{model_id}", get(get_language_model))
+        .route("/v1/embedding-models", get(list_embedding_models))
+        .route("/v1/embedding-models/{model_id}", get(get_embedding_model))
         .route("/v1/api-key", get(get_api_key))
 }
 
@@ -739,9 +741,46 @@ pub(crate) async fn list_language_models(
     let owned_by = &state.settings.owned_by;
     Json(LanguageModelsView {
         models: visible_models(&state, &key)
+            .filter(|model| model.endpoints.contains(&Endpoint::Chat))
             .map(|model| language_model_view(model, owned_by))
             .collect(),
     })
+}
+
+/// The embedding models this key may use, with their prices (the language-model fields).
+#[utoipa::path(get, path = "/v1/embedding-models", tag = "inference",
+    responses((status = 200, body = LanguageModelsView), (status = 401, body = crate::ErrorBody)),
+    security(("api_key" = [])))]
+pub(crate) async fn list_embedding_models(
+    State(state): State<AppState>,
+    ApiKeyAuth(key): ApiKeyAuth,
+) -> Json<LanguageModelsView> {
+    let owned_by = &state.settings.owned_by;
+    Json(LanguageModelsView {
+        models: visible_models(&state, &key)
+            .filter(|model| model.endpoints.contains(&Endpoint::Embeddings))
+            .map(|model| language_model_view(model, owned_by))
+            .collect(),
+    })
+}
+
+/// One embedding model (by name or alias), with its prices.
+#[utoipa::path(get, path = "/v1/embedding-models/{model_id}", tag = "inference",
+    params(("model_id" = String, Path, description = "A model's name or alias")),
+    responses((status = 200, body = LanguageModelView), (status = 401, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
+    security(("api_key" = [])))]
+pub(crate) async fn get_embedding_model(
+    State(state): State<AppState>,
+    ApiKeyAuth(key): ApiKeyAuth,
+    Path(model_id): Path<String>,
+) -> Result<Json<LanguageModelView>, XaiError> {
+    let model = visible_model(&state, &key, &model_id)?;
+    if !model.endpoints.contains(&Endpoint::Embeddings) {
+        return Err(XaiError::not_found(format!(
+            "The model {model_id} does not exist or your team does not have access to it."
+        )));
+    }
+    Ok(Json(language_model_view(model, &state.settings.owned_by)))
 }
 
 /// One language model (by name or alias), with its prices.
@@ -755,6 +794,11 @@ pub(crate) async fn get_language_model(
     Path(model_id): Path<String>,
 ) -> Result<Json<LanguageModelView>, XaiError> {
     let model = visible_model(&state, &key, &model_id)?;
+    if !model.endpoints.contains(&Endpoint::Chat) {
+        return Err(XaiError::not_found(format!(
+            "The model {model_id} does not exist or your team does not have access to it."
+        )));
+    }
     Ok(Json(language_model_view(model, &state.settings.owned_by)))
 }
 

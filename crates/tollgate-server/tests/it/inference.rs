@@ -146,6 +146,13 @@ async fn language_models_list_prices_in_xais_units(db: TestDb) {
         )
         .await;
     }
+    // The test model serves embeddings too: it is an embedding model as well.
+    let embedding = app.get_json("/v1/embedding-models", &key).await;
+    assert_eq!(embedding["models"][0]["id"], MODEL);
+    assert_eq!(
+        app.get_json(&format!("/v1/embedding-models/{ALIAS}"), &key).await,
+        *model
+    );
     // A key allowed other models only sees none of these.
     let narrow = app
         .create_api_key(json!({"name": "narrow", "acls": ["api-key:endpoint:*", "api-key:model:other"]}))

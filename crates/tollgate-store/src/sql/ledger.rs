@@ -667,6 +667,31 @@ impl LedgerStore for SqlStore {
                 break;
             }
         }
+        // Every credit to prepaid credit from a credit note stands for a credit note of that amount.
+        let notes: std::collections::HashMap<String, i64> =
+            sqlx::query("SELECT id, total FROM invoices WHERE kind = 'credit_note'")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok((
+                        format!("credit-note:{}", row.try_get::<Uuid, _>("id")?),
+                        row.try_get("total")?,
+                    ))
+                })
+                .collect::<Result<_, StoreError>>()?;
+        let mut miscredited = None;
+        for row in sqlx::query("SELECT idempotency_key, amount FROM ledger_entries WHERE kind = 'credit_note'")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let key: String = row.try_get("idempotency_key")?;
+            let amount: i64 = row.try_get("amount")?;
+            if notes.get(&key) != Some(&amount) {
+                miscredited = Some((key, amount));
+                break;
+            }
+        }
         for row in
             sqlx::query("SELECT team_id, CAST(SUM(remaining) AS BIGINT) AS total FROM credit_lots GROUP BY team_id")
                 .fetch_all(&mut *tx)
@@ -712,6 +737,11 @@ impl LedgerStore for SqlStore {
             let number: String = row.try_get("number")?;
             return Ok(Some(format!(
                 "invoice {number} is paid, but the ledger has no payment of it"
+            )));
+        }
+        if let Some((key, amount)) = miscredited {
+            return Ok(Some(format!(
+                "the ledger credits {amount} ticks by {key}, but no credit note of that amount was issued"
             )));
         }
         if let Some((number, total, bought)) = misreceipted {

@@ -323,6 +323,22 @@ async fn errors_are_in_xai_shape(db: TestDb) {
     )
     .await;
 
+    // Live search asked for, with no search backend: a clear 400, no upstream call.
+    let response = app
+        .chat(
+            &key,
+            json!({"model": MODEL, "messages": user_message(), "search_parameters": {"mode": "auto"}}),
+        )
+        .await;
+    assert_xai_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        invalid,
+        "live search is not available on this platform",
+    )
+    .await;
+    assert!(app.upstream.requests().is_empty());
+
     // A wrong key: 400, with xAI's text and the key shown redacted.
     let wrong = "tgk_thisisnotarealkeybutlookslikeone000000";
     let response = app

@@ -629,16 +629,19 @@ fn visible_models<'a>(
 }
 
 /// One model by name or alias, if this key may see it; else xAI's 404.
+/// With `serving`, only a model whose upstream serves that endpoint.
 fn visible_model<'a>(
     state: &'a AppState,
     key: &tollgate_domain::ApiKey,
     name: &str,
+    serving: Option<Endpoint>,
 ) -> Result<&'a std::sync::Arc<tollgate_gateway::catalog::ModelRoute>, XaiError> {
     state
         .inference
         .catalog()
         .resolve(name)
         .filter(|model| model.pricing.is_some() && key.acls.allows_model(&model.name))
+        .filter(|model| serving.is_none_or(|endpoint| model.endpoints.contains(&endpoint)))
         .ok_or_else(|| {
             XaiError::not_found(format!(
                 "The model {name} does not exist or your team does not have access to it."
@@ -656,7 +659,7 @@ pub(crate) async fn get_model(
     ApiKeyAuth(key): ApiKeyAuth,
     Path(model_id): Path<String>,
 ) -> Result<Json<ModelView>, XaiError> {
-    let model = visible_model(&state, &key, &model_id)?;
+    let model = visible_model(&state, &key, &model_id, None)?;
     Ok(Json(ModelView {
         id: model.name.clone(),
         object: "model",
@@ -774,12 +777,7 @@ pub(crate) async fn get_embedding_model(
     ApiKeyAuth(key): ApiKeyAuth,
     Path(model_id): Path<String>,
 ) -> Result<Json<LanguageModelView>, XaiError> {
-    let model = visible_model(&state, &key, &model_id)?;
-    if !model.endpoints.contains(&Endpoint::Embeddings) {
-        return Err(XaiError::not_found(format!(
-            "The model {model_id} does not exist or your team does not have access to it."
-        )));
-    }
+    let model = visible_model(&state, &key, &model_id, Some(Endpoint::Embeddings))?;
     Ok(Json(language_model_view(model, &state.settings.owned_by)))
 }
 
@@ -793,12 +791,7 @@ pub(crate) async fn get_language_model(
     ApiKeyAuth(key): ApiKeyAuth,
     Path(model_id): Path<String>,
 ) -> Result<Json<LanguageModelView>, XaiError> {
-    let model = visible_model(&state, &key, &model_id)?;
-    if !model.endpoints.contains(&Endpoint::Chat) {
-        return Err(XaiError::not_found(format!(
-            "The model {model_id} does not exist or your team does not have access to it."
-        )));
-    }
+    let model = visible_model(&state, &key, &model_id, Some(Endpoint::Chat))?;
     Ok(Json(language_model_view(model, &state.settings.owned_by)))
 }
 

@@ -1067,6 +1067,15 @@ pub trait InvoiceStore: Send + Sync {
     async fn invoice_by_payment(&self, payment_ref: &str) -> Result<Option<tollgate_domain::Invoice>, StoreError>;
     /// Unpaid invoices whose next charge attempt is due at `now`.
     async fn invoices_due(&self, now: Timestamp, limit: u32) -> Result<Vec<tollgate_domain::Invoice>, StoreError>;
+    /// Claims the invoice's due charge attempt for this node: its next attempt moves to `until`
+    /// (when another node may try again, should this one stop midway). `false`: it was not due at
+    /// `now` any more (another node claimed it).
+    async fn claim_invoice_attempt(
+        &self,
+        invoice_id: uuid::Uuid,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError>;
     /// Teams not blocked yet with a monthly invoice unpaid since before `before`: (team, the
     /// oldest such invoice's number).
     async fn teams_to_block(&self, before: Timestamp) -> Result<Vec<(TeamId, String)>, StoreError>;

@@ -1557,6 +1557,15 @@ pub async fn invoices_are_numbered_without_gaps_and_block_until_paid(store: &dyn
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[1].lines, first.lines);
     assert_eq!(store.invoices_due(at(10), 10).await.unwrap().len(), 2);
+    // One node claims a due attempt; another then finds it not due.
+    assert!(store.claim_invoice_attempt(second.id, at(10), at(600)).await.unwrap());
+    assert!(!store.claim_invoice_attempt(second.id, at(10), at(600)).await.unwrap());
+    assert_eq!(store.invoices_due(at(10), 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.invoices_due(at(600), 10).await.unwrap().len(),
+        2,
+        "due again if it stopped"
+    );
 
     assert_eq!(store.teams_to_block(at(5)).await.unwrap(), vec![]);
     assert_eq!(

@@ -15,6 +15,9 @@ use tollgate_store::{InvoiceFilter, InvoicePayment};
 use super::payments::{Payment, PaymentError, PaymentRequest, PaymentStatus, Payments, ProviderError, Purpose};
 use crate::Caller;
 
+/// How long a node's claim on a charge attempt lasts.
+const ATTEMPT_CLAIM: chrono::Duration = chrono::Duration::minutes(10);
+
 /// What one run of the billing job did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BillingRun {
@@ -109,7 +112,7 @@ impl Payments {
         for (team_id, month) in self.store.months_to_invoice(&open_month).await? {
             if let Some(invoice) = self.issue_monthly(team_id, &month).await? {
                 issued += 1;
-                if invoice.next_attempt_at.is_some() {
+                if invoice.next_attempt_at.is_some() && self.claim(&invoice).await? {
                     self.charge_invoice(invoice).await?;
                 }
             }
@@ -251,12 +254,24 @@ impl Payments {
         if self.provider.is_none() {
             return Ok(0);
         }
-        let due = self.store.invoices_due(self.clock.now(), 100).await?;
-        let count = due.len();
-        for invoice in due {
-            self.charge_invoice(invoice).await?;
+        let mut tried = 0;
+        for invoice in self.store.invoices_due(self.clock.now(), 100).await? {
+            if self.claim(&invoice).await? {
+                tried += 1;
+                self.charge_invoice(invoice).await?;
+            }
         }
-        Ok(count)
+        Ok(tried)
+    }
+
+    /// Claims an invoice's due attempt, so that of the nodes running the billing job one charges
+    /// it; should that node stop midway, another tries after [`ATTEMPT_CLAIM`].
+    async fn claim(&self, invoice: &Invoice) -> Result<bool, PaymentError> {
+        let now = self.clock.now();
+        Ok(self
+            .store
+            .claim_invoice_attempt(invoice.id, now, now + ATTEMPT_CLAIM)
+            .await?)
     }
 
     /// One charge attempt of `invoice` with the team's default payment method: authorized, the

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tollgate_domain::{Actor, Clock as _, RequestContext, Ticks};
 use tollgate_store::testsuite::TestDb;
 
-use crate::payments::{LocalStripe, app_with_stripe, customer_with_card, management};
+use crate::payments::{LocalStripe, app_with_stripe, customer_with_card, make_default, management};
 use crate::util::{MODEL, TestApp, execute, on_both_backends, tollgate_cli, user_message};
 
 on_both_backends!(
@@ -353,13 +353,7 @@ async fn an_unpaid_invoice_blocks_after_the_grace_and_paying_lifts_it(db: TestDb
         .unwrap();
     let (customer, good) = customer_with_card(&app, &stripe).await;
     let declined = stripe.save_card(&customer, "4000000000000341").await;
-    let (status, _) = management(
-        &app,
-        reqwest::Method::POST,
-        "payment-method/default",
-        Some(json!({"paymentMethodId": declined})),
-    )
-    .await;
+    let (status, _) = make_default(&app, &declined).await;
     assert_eq!(status, StatusCode::OK);
     let key = app.api_key().await;
     for _ in 0..3 {
@@ -423,13 +417,7 @@ async fn an_unpaid_invoice_blocks_after_the_grace_and_paying_lifts_it(db: TestDb
     assert_eq!(app.get_json("/v1/api-key", &key).await["team_blocked"], true);
 
     // A good card as the default; the next attempt pays and lifts the block.
-    let (status, _) = management(
-        &app,
-        reqwest::Method::POST,
-        "payment-method/default",
-        Some(json!({"paymentMethodId": good})),
-    )
-    .await;
+    let (status, _) = make_default(&app, &good).await;
     assert_eq!(status, StatusCode::OK);
     app.clock.advance(Duration::days(7));
     payments.run_billing().await.unwrap();

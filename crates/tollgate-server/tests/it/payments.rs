@@ -249,6 +249,17 @@ pub(crate) async fn management(
     (status, response.json().await.unwrap())
 }
 
+/// Makes `method` the team's default payment method through the Management API.
+pub(crate) async fn make_default(app: &TestApp, method: &str) -> (StatusCode, Value) {
+    management(
+        app,
+        reqwest::Method::POST,
+        "payment-method/default",
+        Some(json!({"paymentMethodId": method})),
+    )
+    .await
+}
+
 /// Billing details sent to the provider (its customer is made then), a card saved there.
 pub(crate) async fn customer_with_card(app: &TestApp, stripe: &LocalStripe) -> (String, String) {
     let info = json!({"billingInfo": {
@@ -324,24 +335,12 @@ async fn a_top_up_is_captured_and_granted_once_whatever_the_webhooks_do(db: Test
         body["error"].as_str().unwrap().contains("no default payment method"),
         "{body}"
     );
-    let (status, _) = management(
-        &app,
-        reqwest::Method::POST,
-        "payment-method/default",
-        Some(json!({"paymentMethodId": card})),
-    )
-    .await;
+    let (status, _) = make_default(&app, &card).await;
     assert_eq!(status, StatusCode::OK);
     let (_, methods) = management(&app, reqwest::Method::GET, "payment-method", None).await;
     assert_eq!(methods["paymentMethods"][0]["isDefault"], true);
     // Someone else's card, or none, is not found.
-    let (status, _) = management(
-        &app,
-        reqwest::Method::POST,
-        "payment-method/default",
-        Some(json!({"paymentMethodId": "pm_nobodys"})),
-    )
-    .await;
+    let (status, _) = make_default(&app, "pm_nobodys").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Out of bounds: a 400, nothing asked of the provider.
@@ -462,13 +461,7 @@ async fn a_card_from_a_refused_country_is_refused_before_money_moves(db: TestDb)
     };
     let app = app_with_stripe(db, Some(&stripe), &["FR", "IN"]).await;
     let (customer, card) = customer_with_card(&app, &stripe).await;
-    let (status, body) = management(
-        &app,
-        reqwest::Method::POST,
-        "payment-method/default",
-        Some(json!({"paymentMethodId": card})),
-    )
-    .await;
+    let (status, body) = make_default(&app, &card).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body["error"].as_str().unwrap().contains("Cards issued in FR"), "{body}");
     // Made the default in Stripe's dashboard instead.
@@ -631,13 +624,7 @@ async fn auto_top_up_respects_its_caps(db: TestDb) {
     };
     let app = app_with_stripe(db, Some(&stripe), &[]).await;
     let (_, card) = customer_with_card(&app, &stripe).await;
-    let (status, _) = management(
-        &app,
-        reqwest::Method::POST,
-        "payment-method/default",
-        Some(json!({"paymentMethodId": card})),
-    )
-    .await;
+    let (status, _) = make_default(&app, &card).await;
     assert_eq!(status, StatusCode::OK);
     let settings = |monthly: &str| {
         json!({"autoTopUp": {"threshold": {"val": "1000"}, "amount": {"val": "2500"}, "monthlyMaximum": {"val": monthly}},

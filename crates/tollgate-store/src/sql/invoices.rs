@@ -367,6 +367,24 @@ impl InvoiceStore for SqlStore {
         self.with_lines(rows).await
     }
 
+    async fn claim_invoice_attempt(
+        &self,
+        invoice_id: Uuid,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let claimed = sqlx::query(
+            "UPDATE invoices SET next_attempt_at = $1 WHERE id = $2 AND next_attempt_at IS NOT NULL \
+             AND next_attempt_at <= $3 AND status IN ('open', 'failed')",
+        )
+        .bind(until)
+        .bind(invoice_id)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
     async fn teams_to_block(&self, before: Timestamp) -> Result<Vec<(TeamId, String)>, StoreError> {
         let rows = sqlx::query(
             "SELECT i.team_id, MIN(i.number) AS number FROM invoices i JOIN teams t ON t.id = i.team_id \

@@ -280,6 +280,8 @@ pub struct Swept {
     pub invitations: u64,
     /// Mail.
     pub mail: u64,
+    /// Stored responses past their retention.
+    pub responses: u64,
 }
 
 /// A passkey of an account: a WebAuthn credential, used as a second factor.

@@ -95,6 +95,9 @@ impl Modify for SecuritySchemes {
     info(title = "Tollgate", description = "Self-hosted developer platform for an LLM API, wire-compatible with xAI's API."),
     paths(
         crate::v1::create_chat_completion,
+        crate::v1::responses::create_response,
+        crate::v1::responses::get_response,
+        crate::v1::responses::delete_response,
         crate::v1::create_embeddings,
         crate::v1::tokenize_text,
         crate::v1::list_models,

@@ -101,9 +101,30 @@ pub struct Config {
     /// Purchases through a payment provider (Stripe); off unless `payments.stripe_secret_key` is set.
     #[serde(default)]
     pub payments: PaymentsConfig,
+    /// What is kept of inference, and for how long.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Models, by public name.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// What is kept of inference, and for how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days a stored response of the Responses API (`store: true`, the default) is kept, to be
+    /// fetched and continued with `previous_response_id`; then it is deleted. Default 30.
+    #[serde(default = "defaults::responses_days")]
+    pub responses_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            responses_days: defaults::responses_days(),
+        }
+    }
 }
 
 /// Billing settings.
@@ -508,9 +529,9 @@ pub struct ModelConfig {
     /// Price of a completion or reasoning token (set together with `prompt_price`).
     #[serde(default)]
     pub completion_price: Option<i64>,
-    /// The most output tokens one request of this model will be held for in advance, once credit
-    /// holds are enforced (not yet): a request's `max_tokens` is clamped to it, and a request
-    /// naming none is held for this many. It does not limit what the upstream generates.
+    /// The most output tokens one request of this model is held for in advance: a request's
+    /// `max_tokens` is lowered to it, a request naming none is held for this many, and the
+    /// upstream is told the budget (an upstream that ignores it is charged all the same).
     #[serde(default = "defaults::max_output_tokens")]
     pub max_output_tokens: u64,
     /// The inference endpoints the upstream serves for this model: `chat`, `embeddings`
@@ -535,6 +556,9 @@ mod defaults {
     }
     pub(super) const fn session_absolute_hours() -> u32 {
         12
+    }
+    pub(super) const fn responses_days() -> u32 {
+        30
     }
     pub(super) fn model_endpoints() -> Vec<String> {
         vec!["chat".into()]
@@ -703,6 +727,10 @@ impl Config {
         anyhow::ensure!(
             self.audit.retention_days <= 36_500,
             "audit.retention_days must be at most 36500 (0 keeps events forever)"
+        );
+        anyhow::ensure!(
+            (1..=3_650).contains(&self.retention.responses_days),
+            "retention.responses_days must be 1 to 3650"
         );
         anyhow::ensure!(
             self.audit.prune_interval_minutes >= 1,

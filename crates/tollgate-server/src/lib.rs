@@ -433,6 +433,12 @@ pub async fn start(
             credits.clone(),
             Arc::clone(&clock),
         ),
+        responses: tollgate_core::Responses::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            &audit_key(config)?.derive(b"tollgate.stored-responses.v1"),
+            chrono::Duration::days(i64::from(config.retention.responses_days)),
+        ),
         secret_scanning: tollgate_core::SecretScanning::new(
             services.keys.clone(),
             Arc::clone(&clock),

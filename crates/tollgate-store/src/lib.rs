@@ -1162,6 +1162,43 @@ pub trait AlertStore: Send + Sync {
     ) -> Result<Vec<(TeamId, uuid::Uuid, tollgate_domain::Ticks, Timestamp)>, StoreError>;
 }
 
+/// A stored response of the Responses API: sealed by the caller, kept until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// `resp_…`.
+    pub id: String,
+    /// Whose: only this team's keys see it.
+    pub team_id: TeamId,
+    /// The key that made it.
+    pub api_key_id: ApiKeyId,
+    /// The public model name.
+    pub model: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it is deleted (by the sweep) and stops being found.
+    pub expires_at: Timestamp,
+    /// The response and its conversation, encrypted.
+    pub sealed: Vec<u8>,
+}
+
+/// Stored responses.
+///
+/// **Invariant:** a response is found only by its own team, and only before it expires.
+#[async_trait]
+pub trait ResponseStore: Send + Sync {
+    /// Stores a response.
+    async fn insert_response(&self, response: &StoredResponse) -> Result<(), StoreError>;
+    /// The team's response `id`, unless it expired by `now`.
+    async fn stored_response(
+        &self,
+        team_id: TeamId,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<StoredResponse>, StoreError>;
+    /// Deletes the team's response `id`; `false` when there was none (or it had expired).
+    async fn delete_response(&self, team_id: TeamId, id: &str, now: Timestamp) -> Result<bool, StoreError>;
+}
+
 /// Everything Tollgate persists.
 #[async_trait]
 pub trait Store:
@@ -1178,6 +1215,7 @@ pub trait Store:
     + PaymentStore
     + InvoiceStore
     + AlertStore
+    + ResponseStore
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

@@ -1339,7 +1339,42 @@ pub async fn sweep_deletes_what_is_over(store: &dyn Store) {
             })
             .await
             .unwrap();
+        store
+            .insert_response(&crate::StoredResponse {
+                id: format!("resp_{n}"),
+                team_id: team.id,
+                api_key_id: ApiKeyId::new(),
+                model: "m".into(),
+                created_at: begun,
+                expires_at: begun + hour,
+                sealed: vec![n; 48],
+            })
+            .await
+            .unwrap();
     }
+    // A stored response is its team's only, and found only before it expires.
+    let (_, other) = seed_user(store, "sweep-other@example.com").await;
+    assert!(
+        store
+            .stored_response(other.id, "resp_2", at(10_001))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!store.delete_response(other.id, "resp_2", at(10_001)).await.unwrap());
+    assert!(
+        store
+            .stored_response(team.id, "resp_1", at(4_000))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let found = store
+        .stored_response(team.id, "resp_2", at(10_001))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((found.model.as_str(), found.sealed), ("m", vec![2; 48]));
     let sweep = Sweep {
         expired_before: at(5_000),
         sessions_begun_before: at(5_000),
@@ -1354,7 +1389,8 @@ pub async fn sweep_deletes_what_is_over(store: &dyn Store) {
             tokens: 4,
             sessions: 1,
             invitations: 1,
-            mail: 1
+            mail: 1,
+            responses: 1,
         }
     );
     // What is not over stays.
@@ -1385,6 +1421,21 @@ pub async fn sweep_deletes_what_is_over(store: &dyn Store) {
             .await
             .unwrap()
             .is_some()
+    );
+    assert!(
+        store
+            .stored_response(team.id, "resp_2", at(10_001))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(store.delete_response(team.id, "resp_2", at(10_001)).await.unwrap());
+    assert!(
+        store
+            .stored_response(team.id, "resp_2", at(10_001))
+            .await
+            .unwrap()
+            .is_none()
     );
     // A second sweep finds nothing.
     assert_eq!(store.sweep(&sweep).await.unwrap(), Swept::default());

@@ -21,6 +21,7 @@ mod management;
 mod oidc;
 mod ops;
 mod payments;
+mod responses;
 mod secret_scanning;
 mod smtp;
 mod streaming;

@@ -30,6 +30,7 @@ mod ledger;
 mod mail;
 mod mfa;
 mod payments;
+mod responses;
 mod teams;
 mod usage;
 
@@ -634,12 +635,18 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let responses = sqlx::query("DELETE FROM stored_responses WHERE expires_at < $1")
+            .bind(sweep.now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(tollgate_domain::Swept {
             tokens,
             sessions,
             invitations,
             mail,
+            responses,
         })
     }
 

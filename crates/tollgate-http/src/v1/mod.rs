@@ -7,6 +7,8 @@
 //! byte: the JSON body, or `data: [DONE]` when streaming. A client that saw a complete answer
 //! has been recorded exactly once; a failed upstream call is not charged.
 
+pub(crate) mod responses;
+
 use std::convert::Infallible;
 
 use axum::Json;
@@ -23,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tollgate_core::{Admission, AdmitError, SettleError};
 use tollgate_domain::ratelimit::{LimitDecision, LimitKind, LimitStatus};
-use tollgate_domain::{Endpoint, RequestId, TokenUsage};
+use tollgate_domain::{Endpoint, RequestId, Ticks, TokenUsage};
 use tollgate_gateway::sse::{SseDecoder, SseEvent};
 use tollgate_gateway::usage::{Demand, estimate_completion_tokens, estimate_prompt_tokens, parse_usage, usage_json};
 use tollgate_gateway::wire::{ChatCompletionRequest, StreamOptions};
@@ -35,6 +37,11 @@ use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
+        .route("/v1/responses", post(responses::create_response))
+        .route(
+            "/v1/responses/{response_id}",
+            get(responses::get_response).delete(responses::delete_response),
+        )
         .route("/v1/chat/completions", post(create_chat_completion))
         .route("/v1/embeddings", post(create_embeddings))
         .route("/v1/tokenize-text", post(tokenize_text))
@@ -55,7 +62,7 @@ struct Billing {
 
 impl Billing {
     /// Settles through the inference service; resolves once the record is durable.
-    async fn settle(self, usage: TokenUsage, estimated: bool) -> Result<tollgate_domain::Ticks, XaiError> {
+    async fn settle(self, usage: TokenUsage, estimated: bool) -> Result<Ticks, XaiError> {
         let model = self.admission.route().name.clone();
         let charged = self
             .state
@@ -137,42 +144,24 @@ pub(crate) async fn create_chat_completion(
             .await
             .map_err(|e| upstream_failed(&state, &route, e))?;
         let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+        let shape = ChatChunks {
+            model: route.name.clone(),
+        };
         tokio::spawn(relay_stream(
             billing,
             upstream_stream,
             sender,
             prompt_estimate,
             deadline,
+            shape,
         ));
-        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
-        let mut response = Response::new(Body::from_stream(stream));
-        let headers = response.headers_mut();
-        headers.extend(rate_headers);
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        return Ok(response);
+        return Ok(sse_response(receiver, rate_headers));
     }
 
     // The upstream call and the settle run in a task of their own: a client that hangs up
     // drops this handler, but what the upstream produced is still charged.
     let settled = tokio::spawn(async move {
-        let mut answer = tokio::time::timeout_at(deadline, route.upstream.chat(&body))
-            .await
-            .unwrap_or(Err(GatewayError::Timeout))
-            .map_err(|e| upstream_failed(&state, &route, e))?;
-        let (usage, estimated) = match parse_usage(&answer["usage"]) {
-            Some(usage) => (usage, false),
-            None => (
-                TokenUsage {
-                    prompt_tokens: prompt_estimate,
-                    completion_tokens: estimate_completion_tokens(&answer),
-                    ..TokenUsage::default()
-                },
-                true,
-            ),
-        };
-        let cost = billing.settle(usage, estimated).await?;
+        let (mut answer, usage, cost) = answer_and_settle(&state, billing, &body, deadline, prompt_estimate).await?;
         answer["model"] = Value::String(route.name.clone());
         answer["usage"] = usage_json(&usage, cost);
         Ok::<_, XaiError>(answer)
@@ -181,6 +170,35 @@ pub(crate) async fn create_chat_completion(
         .await
         .map_err(|e| XaiError::internal(anyhow::anyhow!("the request's task failed: {e}")))??;
     Ok((rate_headers, Json(answer)).into_response())
+}
+
+/// Asks the upstream for a whole chat answer (by the deadline) and settles it: the answer, its
+/// usage (the upstream's report, else estimated and recorded as such) and its cost.
+async fn answer_and_settle(
+    state: &AppState,
+    billing: Billing,
+    body: &ChatCompletionRequest,
+    deadline: tokio::time::Instant,
+    prompt_estimate: u64,
+) -> Result<(Value, TokenUsage, Ticks), XaiError> {
+    let route = std::sync::Arc::clone(billing.admission.route());
+    let answer = tokio::time::timeout_at(deadline, route.upstream.chat(body))
+        .await
+        .unwrap_or(Err(GatewayError::Timeout))
+        .map_err(|e| upstream_failed(state, &route, e))?;
+    let (usage, estimated) = match parse_usage(&answer["usage"]) {
+        Some(usage) => (usage, false),
+        None => (
+            TokenUsage {
+                prompt_tokens: prompt_estimate,
+                completion_tokens: estimate_completion_tokens(&answer),
+                ..TokenUsage::default()
+            },
+            true,
+        ),
+    };
+    let cost = billing.settle(usage, estimated).await?;
+    Ok((answer, usage, cost))
 }
 
 /// `POST /v1/embeddings` body: OpenAI's. `model` and `input` are read; every other field goes to
@@ -428,6 +446,18 @@ fn upstream_failed(state: &AppState, route: &ModelRoute, error: GatewayError) ->
     error.into()
 }
 
+/// A streamed answer: what `receiver` yields, as server-sent events, with `headers`.
+fn sse_response(receiver: mpsc::Receiver<Result<Bytes, Infallible>>, headers: HeaderMap) -> Response {
+    let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+    let mut response = Response::new(Body::from_stream(stream));
+    let out = response.headers_mut();
+    out.extend(headers);
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    out.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
 fn sse_data(payload: &str) -> Bytes {
     Bytes::from(format!("data: {payload}\n\n"))
 }
@@ -437,14 +467,63 @@ fn sse_error(message: &str, status: StatusCode) -> Bytes {
     sse_data(&body.to_string())
 }
 
-/// Relays the upstream's SSE stream chunk by chunk as it arrives, rewriting each chunk's model
-/// name and usage (with its cost), and settles the bill before sending `[DONE]`.
-async fn relay_stream(
+/// How a relayed stream looks to the client: chat chunks as they come (chat completions), or
+/// another API's events made from them (the Responses API).
+pub(super) trait StreamShape: Send + 'static {
+    /// What is sent before the upstream's first chunk.
+    fn opening(&mut self) -> Vec<Bytes>;
+    /// One upstream chunk (`None` when it is not JSON: `raw` is relayed as it is), with its usage
+    /// report, priced, when it has one.
+    fn chunk(&mut self, chunk: Option<Value>, raw: &str, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes>;
+    /// The end of a stream that was produced in full and settled.
+    fn complete(self, usage: TokenUsage, cost: Ticks) -> impl Future<Output = Vec<Bytes>> + Send;
+    /// The end of a stream that failed (`status` says how).
+    fn fail(self, message: &str, status: StatusCode) -> Bytes;
+}
+
+/// Chat completion chunks, with the public model name and each usage report's cost.
+struct ChatChunks {
+    model: String,
+}
+
+impl StreamShape for ChatChunks {
+    fn opening(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
+
+    fn chunk(&mut self, chunk: Option<Value>, raw: &str, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes> {
+        let Some(mut chunk) = chunk.filter(Value::is_object) else {
+            // Not a JSON object: relay untouched, it is the client's business.
+            return vec![sse_data(raw)];
+        };
+        if let Some((usage, cost)) = priced {
+            // Usage is cumulative; the last report is the bill. Show its cost as we go.
+            chunk["usage"] = usage_json(&usage, cost);
+        }
+        if chunk.get("model").is_some() {
+            chunk["model"] = Value::String(self.model.clone());
+        }
+        vec![sse_data(&chunk.to_string())]
+    }
+
+    async fn complete(self, _usage: TokenUsage, _cost: Ticks) -> Vec<Bytes> {
+        vec![Bytes::from_static(b"data: [DONE]\n\n")]
+    }
+
+    fn fail(self, message: &str, status: StatusCode) -> Bytes {
+        sse_error(message, status)
+    }
+}
+
+/// Relays the upstream's SSE stream chunk by chunk as it arrives, shaped by `shape`, and settles
+/// the bill before the stream's last event.
+async fn relay_stream<S: StreamShape>(
     billing: Billing,
     upstream: impl futures_util::Stream<Item = Result<Bytes, GatewayError>> + Send,
     sender: mpsc::Sender<Result<Bytes, Infallible>>,
     prompt_estimate: u64,
     deadline: tokio::time::Instant,
+    mut shape: S,
 ) {
     let mut upstream = Box::pin(upstream);
     let mut decoder = SseDecoder::default();
@@ -455,6 +534,11 @@ async fn relay_stream(
     let mut finished = false;
     let mut cut_off = false;
 
+    for bytes in shape.opening() {
+        if sender.send(Ok(bytes)).await.is_err() {
+            return;
+        }
+    }
     'relay: loop {
         // Past the deadline the request is cut off (its credit lease is guaranteed no longer)
         // and charged for what it produced.
@@ -492,10 +576,25 @@ async fn relay_stream(
                 finished = true;
                 break 'relay;
             };
-            let out = rewrite_chunk(&billing, &payload, &mut last_usage, &mut completion_chars);
-            if sender.send(Ok(out)).await.is_err() {
-                client_gone = true;
-                break 'relay;
+            let chunk = serde_json::from_str::<Value>(&payload).ok();
+            let mut priced = None;
+            if let Some(chunk) = &chunk {
+                if let Some(choices) = chunk["choices"].as_array() {
+                    for choice in choices {
+                        completion_chars += tollgate_gateway::usage::generated_chars(&choice["delta"]);
+                    }
+                }
+                if let Some(usage) = parse_usage(&chunk["usage"]) {
+                    last_usage = Some(usage);
+                    let cost = billing.admission.pricing().cost(&usage).unwrap_or_default();
+                    priced = Some((usage, cost));
+                }
+            }
+            for out in shape.chunk(chunk, &payload, priced) {
+                if sender.send(Ok(out)).await.is_err() {
+                    client_gone = true;
+                    break 'relay;
+                }
             }
         }
     }
@@ -530,10 +629,9 @@ async fn relay_stream(
     if nothing_delivered {
         // A failed upstream call is not charged.
         let _ = sender
-            .send(Ok(sse_error(
-                "The model server failed while streaming",
-                StatusCode::BAD_GATEWAY,
-            )))
+            .send(Ok(
+                shape.fail("The model server failed while streaming", StatusCode::BAD_GATEWAY)
+            ))
             .await;
         return;
     }
@@ -542,44 +640,19 @@ async fn relay_stream(
         return;
     }
     let last = match (settled, upstream_error) {
-        (Ok(_), None) => Bytes::from_static(b"data: [DONE]\n\n"),
-        (Ok(_), Some(_)) if cut_off => sse_error(
+        (Ok(cost), None) => shape.complete(usage, cost).await,
+        (Ok(_), Some(_)) if cut_off => vec![shape.fail(
             "The request ran longer than this server allows and was cut off; what was produced is charged",
             StatusCode::GATEWAY_TIMEOUT,
-        ),
-        (Ok(_), Some(_)) => sse_error("The model server failed while streaming", StatusCode::BAD_GATEWAY),
-        (Err(error), _) => sse_error(&error.body().error, error.status()),
+        )],
+        (Ok(_), Some(_)) => vec![shape.fail("The model server failed while streaming", StatusCode::BAD_GATEWAY)],
+        (Err(error), _) => vec![shape.fail(&error.body().error, error.status())],
     };
-    let _ = sender.send(Ok(last)).await;
-}
-
-fn rewrite_chunk(
-    billing: &Billing,
-    payload: &str,
-    last_usage: &mut Option<TokenUsage>,
-    completion_chars: &mut u64,
-) -> Bytes {
-    let Ok(mut chunk) = serde_json::from_str::<Value>(payload) else {
-        // Not JSON: relay untouched, it is the client's business.
-        return sse_data(payload);
-    };
-    if let Some(choices) = chunk["choices"].as_array() {
-        for choice in choices {
-            *completion_chars += tollgate_gateway::usage::generated_chars(&choice["delta"]);
+    for bytes in last {
+        if sender.send(Ok(bytes)).await.is_err() {
+            return;
         }
     }
-    if chunk.is_object() {
-        if let Some(usage) = parse_usage(&chunk["usage"]) {
-            // Usage is cumulative; the last report is the bill. Show its cost as we go.
-            *last_usage = Some(usage);
-            let cost = billing.admission.pricing().cost(&usage).unwrap_or_default();
-            chunk["usage"] = usage_json(&usage, cost);
-        }
-        if chunk.get("model").is_some() {
-            chunk["model"] = Value::String(billing.admission.route().name.clone());
-        }
-    }
-    sse_data(&chunk.to_string())
 }
 
 /// A model, in OpenAI's list shape.

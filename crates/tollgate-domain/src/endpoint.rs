@@ -6,8 +6,11 @@ use std::str::FromStr;
 /// An inference endpoint, as ACLs and usage name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
-    /// Chat completions (`/v1/chat/completions`), text and vision.
+    /// Chat completions (`/v1/chat/completions`), text and vision, and responses
+    /// (`/v1/responses`).
     Chat,
+    /// Legacy text completions (`/v1/completions`).
+    Completions,
     /// Embeddings (`/v1/embeddings`), priced per input token.
     Embeddings,
     /// Tokenizing text (`/v1/tokenize-text`), not charged.
@@ -16,13 +19,19 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Embeddings, Endpoint::Tokenize];
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Chat,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Tokenize,
+    ];
 
     /// The name in ACLs and usage records.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             Endpoint::Chat => "chat",
+            Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Tokenize => "tokenize",
         }
@@ -32,7 +41,8 @@ impl Endpoint {
     #[must_use]
     pub const fn describe(self) -> &'static str {
         match self {
-            Endpoint::Chat => "Chat completions (/v1/chat/completions), text and vision",
+            Endpoint::Chat => "Chat completions (/v1/chat/completions), text and vision, and responses (/v1/responses)",
+            Endpoint::Completions => "Legacy text completions (/v1/completions)",
             Endpoint::Embeddings => "Embeddings (/v1/embeddings), priced per input token",
             Endpoint::Tokenize => "Tokenize text (/v1/tokenize-text), not charged",
         }

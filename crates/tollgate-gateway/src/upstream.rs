@@ -132,6 +132,29 @@ impl Upstream {
     /// A JSON request to another of the upstream's endpoints (`path` below its base URL, e.g.
     /// `/embeddings`): the upstream's JSON object.
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, GatewayError> {
+        let response = self.send_json(path, body).await?;
+        let bytes = response.bytes().await.map_err(|e| GatewayError::from_reqwest(&e))?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| GatewayError::InvalidResponse(e.to_string()))?;
+        if !value.is_object() {
+            return Err(GatewayError::InvalidResponse("body is not a JSON object".into()));
+        }
+        Ok(value)
+    }
+
+    /// A streaming request to another of the upstream's endpoints (`path` below its base URL,
+    /// e.g. `/completions`): the upstream's raw SSE bytes, as they arrive.
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<impl Stream<Item = Result<Bytes, GatewayError>> + Send + 'static + use<>, GatewayError> {
+        use futures_util::TryStreamExt as _;
+        let response = self.send_json(path, body).await?;
+        Ok(response.bytes_stream().map_err(|e| GatewayError::from_reqwest(&e)))
+    }
+
+    /// Posts `body` to `path` below the base URL: the response, if its status is a success.
+    async fn send_json(&self, path: &str, body: &Value) -> Result<reqwest::Response, GatewayError> {
         let mut request = self.client.post(format!("{}{path}", self.base_url)).json(body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
@@ -145,12 +168,7 @@ impl Upstream {
                 message: error_message(&text),
             });
         }
-        let bytes = response.bytes().await.map_err(|e| GatewayError::from_reqwest(&e))?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| GatewayError::InvalidResponse(e.to_string()))?;
-        if !value.is_object() {
-            return Err(GatewayError::InvalidResponse("body is not a JSON object".into()));
-        }
-        Ok(value)
+        Ok(response)
     }
 
     /// A streaming chat completion: the upstream's raw SSE bytes, as they arrive.

@@ -193,6 +193,21 @@ impl Demand {
         }
     }
 
+    /// A legacy completion's demand: each prompt bounded like a chat prompt (a text's bytes, a
+    /// token list's ids), every prompt's generated choices (`best_of`, else `n`) at the request's
+    /// `max_tokens` (OpenAI's default of 16 when it names none).
+    #[must_use]
+    pub fn of_completion(request: &crate::wire::CompletionRequest) -> Self {
+        let mut bound = Self::of_embeddings(&request.prompt);
+        bound.output_tokens = Some(u64::from(
+            request
+                .max_tokens
+                .unwrap_or(crate::wire::CompletionRequest::DEFAULT_MAX_TOKENS),
+        ));
+        bound.choices = request.prompts().saturating_mul(request.choices_per_prompt());
+        bound
+    }
+
     /// A chat completion's demand.
     #[must_use]
     pub fn of_chat(request: &crate::wire::ChatCompletionRequest) -> Self {
@@ -225,6 +240,21 @@ pub fn estimate_completion_tokens(answer: &Value) -> u64 {
     let chars: u64 = answer["choices"]
         .as_array()
         .map(|choices| choices.iter().map(|choice| generated_chars(&choice["message"])).sum())
+        .unwrap_or(0);
+    chars.div_ceil(4)
+}
+
+/// A rough completion token count of a legacy completion's answer (every choice's `text`).
+#[must_use]
+pub fn estimate_text_completion_tokens(answer: &Value) -> u64 {
+    let chars: u64 = answer["choices"]
+        .as_array()
+        .map(|choices| {
+            choices
+                .iter()
+                .map(|choice| choice["text"].as_str().map_or(0, |text| text.chars().count() as u64))
+                .sum()
+        })
         .unwrap_or(0);
     chars.div_ceil(4)
 }

@@ -534,8 +534,9 @@ pub struct ModelConfig {
     /// upstream is told the budget (an upstream that ignores it is charged all the same).
     #[serde(default = "defaults::max_output_tokens")]
     pub max_output_tokens: u64,
-    /// The inference endpoints the upstream serves for this model: `chat`, `embeddings`
-    /// (default: chat only). A request to another answers 400.
+    /// The inference endpoints the upstream serves for this model: `chat` (and the Responses
+    /// API on top of it), `completions` (legacy), `embeddings` (default: chat only). A request
+    /// to another answers 400.
     #[serde(default = "defaults::model_endpoints")]
     pub endpoints: Vec<String>,
     /// The tokenizer `/v1/tokenize-text` uses for this model: a built-in tiktoken encoding,

@@ -81,6 +81,7 @@ impl MockUpstream {
         let state = Arc::new(MockState::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/models", get(models))
             .with_state(Arc::clone(&state));
@@ -299,6 +300,55 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `POST /v1/completions` (legacy): the answer words as one text per choice (`n`), whole or
+/// streamed word by word, with the usual usage (none when told to omit it).
+async fn completions(State(state): State<Arc<MockState>>, Json(body): Json<Value>) -> Response {
+    state
+        .requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(body.clone());
+    if let Some((status, message)) = state.failure.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (status, Json(json!({"error": {"message": message}}))).into_response();
+    }
+    let model = body["model"].as_str().unwrap_or("mock-model").to_owned();
+    let with_usage = !state.omit_usage.load(Ordering::SeqCst);
+    let choices = body["n"].as_u64().unwrap_or(1);
+    if body["stream"].as_bool() != Some(true) {
+        let choices: Vec<Value> = (0..choices)
+            .map(|index| json!({"text": ANSWER_WORDS.concat(), "index": index, "logprobs": null, "finish_reason": "stop"}))
+            .collect();
+        let mut answer = json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000,
+            "model": model, "choices": choices});
+        if with_usage {
+            answer["usage"] = usage(&state);
+        }
+        return Json(answer).into_response();
+    }
+    let include_usage = with_usage && body["stream_options"]["include_usage"].as_bool() == Some(true);
+    let final_usage = usage(&state);
+    let mut events: Vec<Bytes> = ANSWER_WORDS
+        .iter()
+        .map(|word| {
+            let chunk = json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000, "model": model,
+                "choices": [{"text": word, "index": 0, "logprobs": null, "finish_reason": null}]});
+            Bytes::from(format!("data: {chunk}\n\n"))
+        })
+        .collect();
+    if include_usage {
+        let last = json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_700_000_000, "model": model,
+            "choices": [], "usage": final_usage});
+        events.push(Bytes::from(format!("data: {last}\n\n")));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let stream = futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 

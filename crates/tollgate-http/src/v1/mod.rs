@@ -7,6 +7,7 @@
 //! byte: the JSON body, or `data: [DONE]` when streaming. A client that saw a complete answer
 //! has been recorded exactly once; a failed upstream call is not charged.
 
+pub(crate) mod completions;
 pub(crate) mod responses;
 
 use std::convert::Infallible;
@@ -43,6 +44,7 @@ pub(crate) fn router() -> Router<AppState> {
             get(responses::get_response).delete(responses::delete_response),
         )
         .route("/v1/chat/completions", post(create_chat_completion))
+        .route("/v1/completions", post(completions::create_completion))
         .route("/v1/embeddings", post(create_embeddings))
         .route("/v1/tokenize-text", post(tokenize_text))
         .route("/v1/models", get(list_models))
@@ -144,7 +146,7 @@ pub(crate) async fn create_chat_completion(
             .await
             .map_err(|e| upstream_failed(&state, &route, e))?;
         let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
-        let shape = ChatChunks {
+        let shape = Chunks {
             model: route.name.clone(),
         };
         tokio::spawn(relay_stream(
@@ -481,12 +483,13 @@ pub(super) trait StreamShape: Send + 'static {
     fn fail(self, message: &str, status: StatusCode) -> Bytes;
 }
 
-/// Chat completion chunks, with the public model name and each usage report's cost.
-struct ChatChunks {
+/// OpenAI's chunks (chat or text completions) as they come, with the public model name and each
+/// usage report's cost.
+struct Chunks {
     model: String,
 }
 
-impl StreamShape for ChatChunks {
+impl StreamShape for Chunks {
     fn opening(&mut self) -> Vec<Bytes> {
         Vec::new()
     }
@@ -582,6 +585,8 @@ async fn relay_stream<S: StreamShape>(
                 if let Some(choices) = chunk["choices"].as_array() {
                     for choice in choices {
                         completion_chars += tollgate_gateway::usage::generated_chars(&choice["delta"]);
+                        // A text completion's chunk carries its text outside any delta.
+                        completion_chars += choice["text"].as_str().map_or(0, |text| text.chars().count() as u64);
                     }
                 }
                 if let Some(usage) = parse_usage(&chunk["usage"]) {

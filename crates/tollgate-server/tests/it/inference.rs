@@ -18,6 +18,7 @@ on_both_backends!(
     models_without_prices_are_refused_and_zero_is_free,
     language_models_list_prices_in_xais_units,
     embeddings_are_charged_per_input_token,
+    legacy_completions_are_charged_like_chat,
     tokenize_text_with_the_models_tokenizer,
 );
 
@@ -107,6 +108,118 @@ async fn embeddings_are_charged_per_input_token(db: TestDb) {
         StatusCode::FORBIDDEN,
         "The caller does not have permission to execute the specified operation",
         "access to the embeddings endpoint is denied",
+    )
+    .await;
+    crate::credit::assert_ledger_consistent(&app).await;
+    app.finish().await;
+}
+
+/// `POST /v1/completions` (legacy): the `completions` endpoint ACL, a hold for every generated
+/// choice at OpenAI's default of 16 tokens when the request names no budget (the upstream is
+/// told so), the charge at the model's prices, streamed or not; a model whose upstream serves no
+/// completions is a clear 400.
+async fn legacy_completions_are_charged_like_chat(db: TestDb) {
+    use tollgate_testkit::ANSWER_WORDS;
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    let mut chat_only = config.models[MODEL].clone();
+    chat_only.aliases = vec![];
+    chat_only.endpoints = vec!["chat".into()];
+    config.models.insert("chat-only".into(), chat_only);
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let complete = |key: &str, body: Value| {
+        let app = &app;
+        let key = key.to_owned();
+        async move {
+            app.client
+                .post(app.url("/v1/completions"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let response = complete(&key, json!({"model": ALIAS, "prompt": "Say hello", "echo": false})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["model"], MODEL);
+    assert_eq!(answer["choices"][0]["text"], ANSWER_WORDS.concat());
+    assert_eq!(answer["usage"]["cost_in_usd_ticks"], expected_cost());
+    let sent = app.upstream.requests().pop().unwrap();
+    assert_eq!(sent["model"], UPSTREAM_MODEL);
+    assert_eq!(sent["max_tokens"], 16, "OpenAI's default budget, told to the upstream");
+    assert_eq!(sent["echo"], false, "other fields pass through");
+    let usage = app.store().list_usage(app.team.id, 10).await.unwrap();
+    assert_eq!(usage[0].endpoint, tollgate_domain::Endpoint::Completions);
+    assert_eq!(usage[0].cost.get(), expected_cost());
+
+    // Streamed: the words as they come, usage with its cost, then [DONE]; recorded as streamed.
+    let response = complete(
+        &key,
+        json!({"model": MODEL, "prompt": ["a", "b"], "max_tokens": 100000, "stream": true}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    let chunks: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let words: String = chunks
+        .iter()
+        .filter_map(|chunk| chunk["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(words, ANSWER_WORDS.concat());
+    assert!(chunks.iter().all(|chunk| chunk["model"] == MODEL));
+    assert_eq!(chunks.last().unwrap()["usage"]["cost_in_usd_ticks"], expected_cost());
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    let sent = app.upstream.requests().pop().unwrap();
+    assert_eq!(sent["max_tokens"], 16_384, "lowered to the model's maximum");
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    let usage = app.store().list_usage(app.team.id, 10).await.unwrap();
+    assert!(usage[0].streamed);
+
+    for (body, text) in [
+        (
+            json!({"model": "chat-only", "prompt": "x"}),
+            "The model chat-only does not support completions",
+        ),
+        (json!({"model": MODEL, "prompt": []}), "prompt must be a text"),
+        (json!({"model": MODEL, "prompt": [1, "x"]}), "prompt must be a text"),
+        (
+            json!({"model": MODEL, "prompt": "x", "n": 3, "best_of": 2}),
+            "best_of must be at least n",
+        ),
+        (
+            json!({"model": MODEL, "prompt": "x", "max_tokens": 0}),
+            "max_tokens must be at least 1",
+        ),
+    ] {
+        assert_xai_error(
+            complete(&key, body).await,
+            StatusCode::BAD_REQUEST,
+            "Client specified an invalid argument",
+            text,
+        )
+        .await;
+    }
+    let chat_key = app
+        .create_api_key(json!({"name": "chat", "acls": ["api-key:endpoint:chat", "api-key:model:*"]}))
+        .await;
+    let response = complete(
+        chat_key["apiKey"].as_str().unwrap(),
+        json!({"model": MODEL, "prompt": "x"}),
+    )
+    .await;
+    assert_xai_error(
+        response,
+        StatusCode::FORBIDDEN,
+        "The caller does not have permission to execute the specified operation",
+        "access to the completions endpoint is denied",
     )
     .await;
     crate::credit::assert_ledger_consistent(&app).await;

@@ -413,7 +413,7 @@ async fn what_is_not_offered_is_refused_clearly(db: TestDb) {
 
 /// The official `openai` Python SDK, pointed at Tollgate with a base URL, unchanged: chat
 /// (whole and streamed), responses (created, continued with `previous_response_id`, streamed,
-/// retrieved, deleted), embeddings and the model list.
+/// retrieved, deleted), legacy completions, embeddings and the model list.
 async fn the_openai_sdk_works_unchanged(db: TestDb) {
     let app = TestApp::new(db).await;
     let key = app.api_key().await;
@@ -465,6 +465,9 @@ try:
 except NotFoundError:
     pass
 
+completion = client.completions.create(model=model, prompt="Say hello", max_tokens=8)
+assert completion.choices[0].text == {answer:?}, completion
+
 embedding = client.embeddings.create(model=model, input="text")
 assert len(embedding.data[0].embedding) == 3
 assert model in [m.id for m in client.models.list()]
@@ -488,7 +491,7 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
-    // Every call was billed: 2 chats, 4 responses, 1 embedding.
-    assert_eq!(app.store().list_usage(app.team.id, 20).await.unwrap().len(), 7);
+    // Every call was billed: 2 chats, 4 responses, 1 completion, 1 embedding.
+    assert_eq!(app.store().list_usage(app.team.id, 20).await.unwrap().len(), 8);
     app.finish().await;
 }

@@ -89,7 +89,7 @@ pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
             cached_prompt_price: Some(CACHED_PRICE),
             completion_price: Some(COMPLETION_PRICE),
             max_output_tokens: 16_384,
-            endpoints: vec!["chat".into(), "embeddings".into()],
+            endpoints: vec!["chat".into(), "completions".into(), "embeddings".into()],
             tokenizer: Some("cl100k_base".into()),
         },
     );

@@ -1,0 +1,125 @@
+//! `POST /v1/completions`: legacy text completions (OpenAI's shape), passed to the model's
+//! upstream where it serves them (`endpoints` in its configuration lists `completions`), with the
+//! same admission, hold and settle as chat.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tollgate_domain::{Endpoint, RequestId, TokenUsage};
+use tollgate_gateway::GatewayError;
+use tollgate_gateway::usage::{Demand, estimate_text_completion_tokens, parse_usage, usage_json};
+use tollgate_gateway::wire::{CompletionRequest, StreamOptions};
+
+use super::{Billing, Chunks, admission_refused, rate_limit_headers, sse_response, upstream_failed};
+use crate::AppState;
+use crate::error::XaiError;
+use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
+
+/// Create a text completion (legacy). `max_tokens` defaults to 16, as OpenAI's does; `best_of`
+/// choices are all generated and all charged.
+#[utoipa::path(post, path = "/v1/completions", tag = "inference",
+    request_body(content = Object, description = "OpenAI's completions request: model, prompt (text, texts or token ids), max_tokens (default 16), n, best_of, stream, echo, stop, temperature, …"),
+    responses(
+        (status = 200, description = "A text completion, or an SSE stream of chunks when `stream` is true, with `usage.cost_in_usd_ticks`", body = Object),
+        (status = 400, description = "Invalid argument, or the model's upstream serves no completions", body = crate::ErrorBody),
+        (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody),
+        (status = 422, body = crate::ErrorBody), (status = 429, body = crate::ErrorBody), (status = 502, body = crate::ErrorBody),
+        (status = 503, body = crate::ErrorBody)),
+    security(("api_key" = [])))]
+pub(crate) async fn create_completion(
+    State(state): State<AppState>,
+    ApiKeyAuth(key): ApiKeyAuth,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(mut body): XaiJson<CompletionRequest>,
+) -> Result<Response, XaiError> {
+    body.validate().map_err(XaiError::invalid_argument)?;
+    let request_id = meta
+        .request_id
+        .as_deref()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(RequestId::new);
+    let demand = Demand::of_completion(&body);
+    // Without upstream usage: about four bytes a token, as for chat.
+    let prompt_estimate = demand.prompt_tokens.div_ceil(4);
+    let admission = state
+        .inference
+        .admit(
+            key,
+            Endpoint::Completions,
+            &body.model,
+            demand,
+            body.is_stream(),
+            request_id,
+        )
+        .await
+        .map_err(|error| admission_refused(&state, error))?;
+    body.limit_output(admission.output_per_choice());
+    let deadline = tokio::time::Instant::from_std(admission.deadline());
+    let rate_headers = rate_limit_headers(admission.limits());
+    let route = Arc::clone(admission.route());
+    let billing = Billing {
+        admission,
+        state: state.clone(),
+    };
+    body.model.clone_from(&route.upstream_model);
+
+    if body.is_stream() {
+        // Ask the upstream for usage, so streaming is never billed by guesswork.
+        body.stream_options
+            .get_or_insert_with(StreamOptions::default)
+            .include_usage = Some(true);
+        let upstream_body = serde_json::to_value(&body).map_err(|e| XaiError::internal(anyhow::Error::new(e)))?;
+        let upstream_stream = route
+            .upstream
+            .post_stream("/completions", &upstream_body)
+            .await
+            .map_err(|e| upstream_failed(&state, &route, e))?;
+        let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+        let shape = Chunks {
+            model: route.name.clone(),
+        };
+        tokio::spawn(super::relay_stream(
+            billing,
+            upstream_stream,
+            sender,
+            prompt_estimate,
+            deadline,
+            shape,
+        ));
+        return Ok(sse_response(receiver, rate_headers));
+    }
+
+    let upstream_body = serde_json::to_value(&body).map_err(|e| XaiError::internal(anyhow::Error::new(e)))?;
+    // As for chat: a client that hangs up does not stop the charge for what was produced.
+    let settled = tokio::spawn(async move {
+        let mut answer = tokio::time::timeout_at(deadline, route.upstream.post_json("/completions", &upstream_body))
+            .await
+            .unwrap_or(Err(GatewayError::Timeout))
+            .map_err(|e| upstream_failed(&state, &route, e))?;
+        let (usage, estimated) = match parse_usage(&answer["usage"]) {
+            Some(usage) => (usage, false),
+            None => (
+                TokenUsage {
+                    prompt_tokens: prompt_estimate,
+                    completion_tokens: estimate_text_completion_tokens(&answer),
+                    ..TokenUsage::default()
+                },
+                true,
+            ),
+        };
+        let cost = billing.settle(usage, estimated).await?;
+        answer["model"] = Value::String(route.name.clone());
+        answer["usage"] = usage_json(&usage, cost);
+        Ok::<_, XaiError>(answer)
+    });
+    let answer = settled
+        .await
+        .map_err(|e| XaiError::internal(anyhow::anyhow!("the request's task failed: {e}")))??;
+    Ok((rate_headers, Json(answer)).into_response())
+}

@@ -282,6 +282,8 @@ pub struct Swept {
     pub mail: u64,
     /// Stored responses past their retention.
     pub responses: u64,
+    /// Deferred completions past their 24 hours.
+    pub deferred: u64,
 }
 
 /// A passkey of an account: a WebAuthn credential, used as a second factor.

@@ -71,6 +71,8 @@ pub struct AppState {
     pub payments: tollgate_core::billing::Payments,
     /// The inference use case (admit, settle), with the models, limits and usage writer.
     pub inference: tollgate_core::Inference,
+    /// Deferred chat completions.
+    pub deferred: tollgate_core::Deferred,
     /// Stored responses of the Responses API.
     pub responses: tollgate_core::Responses,
     /// GitHub secret scanning reports.

@@ -99,6 +99,7 @@ impl Modify for SecuritySchemes {
         crate::v1::responses::get_response,
         crate::v1::responses::delete_response,
         crate::v1::completions::create_completion,
+        crate::v1::deferred::get_deferred_completion,
         crate::v1::create_embeddings,
         crate::v1::tokenize_text,
         crate::v1::list_models,

@@ -433,6 +433,14 @@ pub async fn start(
             credits.clone(),
             Arc::clone(&clock),
         ),
+        // A deferred request still pending well after the longest a request may run was lost.
+        deferred: tollgate_core::Deferred::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            &audit_key(config)?.derive(b"tollgate.deferred-completions.v1"),
+            chrono::Duration::seconds(i64::try_from(config.billing.max_request_seconds.min(86_400)).unwrap_or(86_400))
+                + chrono::Duration::minutes(5),
+        ),
         responses: tollgate_core::Responses::new(
             Arc::clone(&store),
             Arc::clone(&clock),

@@ -1199,6 +1199,71 @@ pub trait ResponseStore: Send + Sync {
     async fn delete_response(&self, team_id: TeamId, id: &str, now: Timestamp) -> Result<bool, StoreError>;
 }
 
+/// A deferred chat completion, as asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDeferred {
+    /// The request's id (what the client polls with).
+    pub id: String,
+    /// Whose: only this team's keys fetch it.
+    pub team_id: TeamId,
+    /// The key that asked.
+    pub api_key_id: ApiKeyId,
+    /// The public model name.
+    pub model: String,
+    /// When it was asked for.
+    pub created_at: Timestamp,
+    /// A request still pending then was lost (its node stopped).
+    pub lost_after: Timestamp,
+    /// When it is deleted, fetched or not.
+    pub expires_at: Timestamp,
+}
+
+/// What fetching a deferred completion found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeferredTake {
+    /// Still running.
+    Pending,
+    /// Finished (taken: it is gone now): the status the caller recorded and its sealed body.
+    Finished {
+        /// Whether it succeeded.
+        done: bool,
+        /// The status the surface recorded with it.
+        http_status: u16,
+        /// The body, sealed.
+        sealed: Vec<u8>,
+    },
+    /// Pending past `lost_after` (taken: it is gone now).
+    Lost,
+}
+
+/// Deferred chat completions.
+///
+/// **Invariant:** a finished or lost request is taken exactly once (the row is deleted by the
+/// read that returns it), only by its own team, and never after it expires.
+#[async_trait]
+pub trait DeferredStore: Send + Sync {
+    /// Records a pending request.
+    async fn insert_deferred(&self, deferred: &NewDeferred) -> Result<(), StoreError>;
+    /// Finishes a pending request; `false` when it is no longer pending (taken as lost, or
+    /// expired).
+    async fn finish_deferred(
+        &self,
+        id: &str,
+        done: bool,
+        http_status: u16,
+        sealed: &[u8],
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// The team's request `id` as it stands at `now`, taking it if it is over; `None` when
+    /// there is none (never was, another team's, already taken, or expired).
+    async fn take_deferred(
+        &self,
+        team_id: TeamId,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<DeferredTake>, StoreError>;
+}
+
 /// Everything Tollgate persists.
 #[async_trait]
 pub trait Store:
@@ -1216,6 +1281,7 @@ pub trait Store:
     + InvoiceStore
     + AlertStore
     + ResponseStore
+    + DeferredStore
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

@@ -1351,6 +1351,18 @@ pub async fn sweep_deletes_what_is_over(store: &dyn Store) {
             })
             .await
             .unwrap();
+        store
+            .insert_deferred(&crate::NewDeferred {
+                id: format!("deferred_{n}"),
+                team_id: team.id,
+                api_key_id: ApiKeyId::new(),
+                model: "m".into(),
+                created_at: begun,
+                lost_after: begun + hour,
+                expires_at: begun + hour,
+            })
+            .await
+            .unwrap();
     }
     // A stored response is its team's only, and found only before it expires.
     let (_, other) = seed_user(store, "sweep-other@example.com").await;
@@ -1391,6 +1403,7 @@ pub async fn sweep_deletes_what_is_over(store: &dyn Store) {
             invitations: 1,
             mail: 1,
             responses: 1,
+            deferred: 1,
         }
     );
     // What is not over stays.

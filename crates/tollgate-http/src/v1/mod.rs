@@ -8,9 +8,11 @@
 //! has been recorded exactly once; a failed upstream call is not charged.
 
 pub(crate) mod completions;
+pub(crate) mod deferred;
 pub(crate) mod responses;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
@@ -45,6 +47,10 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/v1/chat/completions", post(create_chat_completion))
         .route("/v1/completions", post(completions::create_completion))
+        .route(
+            "/v1/chat/deferred-completion/{request_id}",
+            get(deferred::get_deferred_completion),
+        )
         .route("/v1/embeddings", post(create_embeddings))
         .route("/v1/tokenize-text", post(tokenize_text))
         .route("/v1/models", get(list_models))
@@ -112,15 +118,25 @@ pub(crate) async fn create_chat_completion(
     XaiJson(mut body): XaiJson<ChatCompletionRequest>,
 ) -> Result<Response, XaiError> {
     body.validate().map_err(XaiError::invalid_argument)?;
+    let deferred = deferred::asked(&mut body)?;
+    // A deferred request's id is what its result is fetched by: always a fresh one.
     let request_id = meta
         .request_id
         .as_deref()
         .and_then(|id| id.parse().ok())
+        .filter(|_| !deferred)
         .unwrap_or_else(RequestId::new);
     let demand = Demand::of_chat(&body);
     let admission = state
         .inference
-        .admit(key, Endpoint::Chat, &body.model, demand, body.is_stream(), request_id)
+        .admit(
+            Arc::clone(&key),
+            Endpoint::Chat,
+            &body.model,
+            demand,
+            body.is_stream(),
+            request_id,
+        )
         .await
         .map_err(|error| admission_refused(&state, error))?;
     // The upstream is held to the budget the credit hold assumed, and to the deadline.
@@ -134,6 +150,12 @@ pub(crate) async fn create_chat_completion(
     };
     let prompt_estimate = estimate_prompt_tokens(&body);
     body.model.clone_from(&route.upstream_model);
+
+    if deferred {
+        let id = request_id.to_string();
+        deferred::run(state, key, billing, body, deadline, prompt_estimate, id.clone()).await?;
+        return Ok((rate_headers, Json(json!({"request_id": id}))).into_response());
+    }
 
     if body.is_stream() {
         // Ask the upstream for usage, so streaming is never billed by guesswork.

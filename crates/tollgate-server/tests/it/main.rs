@@ -13,6 +13,7 @@ mod conformance;
 mod console;
 mod crash;
 mod credit;
+mod deferred;
 mod hardening;
 mod inference;
 mod invoices;

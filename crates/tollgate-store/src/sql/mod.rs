@@ -23,6 +23,7 @@ mod accounts;
 mod alerts;
 mod audit;
 mod credit;
+mod deferred;
 mod federation;
 mod invoices;
 mod keys;
@@ -640,6 +641,11 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let deferred = sqlx::query("DELETE FROM deferred_completions WHERE expires_at < $1")
+            .bind(sweep.now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(tollgate_domain::Swept {
             tokens,
@@ -647,6 +653,7 @@ impl Store for SqlStore {
             invitations,
             mail,
             responses,
+            deferred,
         })
     }
 

@@ -134,9 +134,11 @@ async fn main() -> anyhow::Result<()> {
     let mut config = tollgate_server::Config::for_test(database_url);
     config.connections.max_per_client = 4_096;
     let model = |price: i64| ModelConfig {
-        base_url: upstream.base_url.clone(),
+        base_url: Some(upstream.base_url.clone()),
         api_key: None,
         upstream_model: Some("mock-model".into()),
+        max_concurrency: None,
+        upstreams: vec![],
         aliases: vec![],
         prompt_price: Some(price / 5),
         cached_prompt_price: None,

@@ -1,12 +1,19 @@
 //! The model catalog: public model names (and aliases) mapped to an upstream, the upstream's
 //! own name for the model, and prices.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures_util::Stream;
+use serde_json::Value;
 use tollgate_domain::{ModelPricing, Timestamp};
 
-use crate::upstream::Upstream;
+use crate::pool::{Held, Pool, UpstreamEvent};
+use crate::upstream::GatewayError;
+use crate::wire::ChatCompletionRequest;
 
 /// One servable model.
 #[derive(Debug)]
@@ -15,10 +22,8 @@ pub struct ModelRoute {
     pub name: String,
     /// Other names that resolve to this model.
     pub aliases: Vec<String>,
-    /// The name the upstream knows the model by.
-    pub upstream_model: String,
-    /// Where requests go.
-    pub upstream: Arc<Upstream>,
+    /// Where requests go: its upstreams, with the name each knows the model by.
+    pub pool: Arc<Pool>,
     /// Prices, in ticks per token; `None`: not priced, so not served (it could not be billed).
     pub pricing: Option<ModelPricing>,
     /// The most output tokens one request may be charged for in advance.
@@ -69,5 +74,123 @@ impl Catalog {
     #[must_use]
     pub fn models(&self) -> &[Arc<ModelRoute>] {
         &self.routes
+    }
+}
+
+/// A request as the chosen upstream names the model: borrowed when it already does.
+fn chat_for(body: &ChatCompletionRequest, model: String) -> Cow<'_, ChatCompletionRequest> {
+    if body.model == model {
+        Cow::Borrowed(body)
+    } else {
+        let mut owned = body.clone();
+        owned.model = model;
+        Cow::Owned(owned)
+    }
+}
+
+fn json_for(body: &Value, model: String) -> Cow<'_, Value> {
+    if body["model"].as_str() == Some(model.as_str()) {
+        Cow::Borrowed(body)
+    } else {
+        let mut owned = body.clone();
+        owned["model"] = Value::String(model);
+        Cow::Owned(owned)
+    }
+}
+
+/// An upstream's SSE bytes, holding its slot until dropped.
+pub type UpstreamStream = Held<Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>>;
+
+impl ModelRoute {
+    /// The first upstream's name for the model: what requests are written with before one is
+    /// chosen (rewritten only for an upstream that names it otherwise).
+    #[must_use]
+    pub fn upstream_model(&self) -> &str {
+        self.pool
+            .backends()
+            .first()
+            .map_or(self.name.as_str(), |backend| backend.model.as_str())
+    }
+
+    /// A whole chat completion from one of the upstreams (failing over; see [`Pool::call`]).
+    pub async fn chat(
+        &self,
+        body: &ChatCompletionRequest,
+        observe: impl Fn(UpstreamEvent<'_>),
+    ) -> Result<Value, GatewayError> {
+        let (answer, _slot) = self
+            .pool
+            .call(
+                |upstream, model| {
+                    let body = chat_for(body, model);
+                    async move { upstream.chat(&body).await }
+                },
+                observe,
+            )
+            .await?;
+        Ok(answer)
+    }
+
+    /// A streamed chat completion from one of the upstreams, and that upstream's name.
+    pub async fn chat_stream(
+        &self,
+        body: &ChatCompletionRequest,
+        observe: impl Fn(UpstreamEvent<'_>),
+    ) -> Result<(UpstreamStream, String), GatewayError> {
+        let (stream, slot) = self
+            .pool
+            .call(
+                |upstream, model| {
+                    let body = chat_for(body, model);
+                    async move { upstream.chat_stream(&body).await }
+                },
+                observe,
+            )
+            .await?;
+        let name = slot.upstream().name().to_owned();
+        let stream: Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>> = Box::pin(stream);
+        Ok((Held::new(stream, slot), name))
+    }
+
+    /// A JSON request to another endpoint of one of the upstreams (`path` below its base URL).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        observe: impl Fn(UpstreamEvent<'_>),
+    ) -> Result<Value, GatewayError> {
+        let (answer, _slot) = self
+            .pool
+            .call(
+                |upstream, model| {
+                    let body = json_for(body, model);
+                    async move { upstream.post_json(path, &body).await }
+                },
+                observe,
+            )
+            .await?;
+        Ok(answer)
+    }
+
+    /// A streamed request to another endpoint of one of the upstreams, and that upstream's name.
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: &Value,
+        observe: impl Fn(UpstreamEvent<'_>),
+    ) -> Result<(UpstreamStream, String), GatewayError> {
+        let (stream, slot) = self
+            .pool
+            .call(
+                |upstream, model| {
+                    let body = json_for(body, model);
+                    async move { upstream.post_stream(path, &body).await }
+                },
+                observe,
+            )
+            .await?;
+        let name = slot.upstream().name().to_owned();
+        let stream: Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>> = Box::pin(stream);
+        Ok((Held::new(stream, slot), name))
     }
 }

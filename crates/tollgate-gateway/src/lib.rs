@@ -5,6 +5,7 @@
 //! It returns usage ([`tollgate_domain::TokenUsage`]); billing it is the caller's job.
 
 pub mod catalog;
+pub mod pool;
 pub mod responses;
 pub mod sse;
 pub mod tokenizer;

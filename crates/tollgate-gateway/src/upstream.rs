@@ -30,6 +30,9 @@ pub enum GatewayError {
     /// The upstream's answer is not what an OpenAI-compatible server sends.
     #[error("invalid upstream response: {0}")]
     InvalidResponse(String),
+    /// Every upstream of the model is serving as many requests as it may.
+    #[error("every upstream of the model is at its concurrency limit")]
+    AtCapacity,
 }
 
 impl GatewayError {

@@ -189,6 +189,14 @@ impl From<GatewayError> for XaiError {
                 "The model server is unavailable",
                 error,
             ),
+            GatewayError::AtCapacity => XaiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "The model is at capacity: every server running it is serving as many requests as it may. Try again shortly.",
+            )
+            .with_headers(axum::http::HeaderMap::from_iter([(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            )])),
             GatewayError::Status { .. } | GatewayError::InvalidResponse(_) => {
                 XaiError::with_source(StatusCode::BAD_GATEWAY, "The model server failed to answer", error)
             }

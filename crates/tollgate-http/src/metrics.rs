@@ -49,6 +49,11 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamNameLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
     limit: String,
 }
@@ -65,6 +70,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     upstream_errors: Family<UpstreamLabels, Counter>,
+    upstream_ejections: Family<UpstreamNameLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     out_of_credit: Counter,
@@ -128,6 +134,12 @@ impl Metrics {
             "Failed upstream calls by upstream and kind",
             upstream_errors.clone(),
         );
+        let upstream_ejections = Family::<UpstreamNameLabels, Counter>::default();
+        registry.register(
+            "upstream_ejections",
+            "Times an upstream was passed over for a while after consecutive failures, by upstream",
+            upstream_ejections.clone(),
+        );
         registry.register("tokens", "Tokens served by model and kind", tokens.clone());
         let out_of_credit = Counter::default();
         registry.register(
@@ -158,6 +170,7 @@ impl Metrics {
             requests,
             latency,
             upstream_errors,
+            upstream_ejections,
             tokens,
             rate_limited,
             out_of_credit,
@@ -215,6 +228,14 @@ impl Metrics {
             .get_or_create(&UpstreamLabels {
                 upstream: upstream.to_owned(),
                 kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn upstream_ejected(&self, upstream: &str) {
+        self.upstream_ejections
+            .get_or_create(&UpstreamNameLabels {
+                upstream: upstream.to_owned(),
             })
             .inc();
     }

@@ -77,6 +77,13 @@ pub struct Config {
     /// Seconds an upstream may stay silent before the call fails.
     #[serde(default = "defaults::upstream_read_timeout_seconds")]
     pub upstream_read_timeout_seconds: u64,
+    /// Consecutive failures (connect errors, 5xx, timeouts) after which an upstream is passed
+    /// over while another of its model can serve; 0 never ejects.
+    #[serde(default = "defaults::upstream_eject_after_failures")]
+    pub upstream_eject_after_failures: u32,
+    /// Seconds an ejected upstream is passed over.
+    #[serde(default = "defaults::upstream_eject_seconds")]
+    pub upstream_eject_seconds: u64,
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -504,18 +511,54 @@ pub enum LogFormat {
     Json,
 }
 
+/// One of a model's upstreams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Its OpenAI-compatible base URL.
+    pub base_url: String,
+    /// Its API key, if it wants one.
+    #[serde(default)]
+    pub api_key: Option<SecretString>,
+    /// Its name for the model (default: the model's `upstream_model`, else the public name).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Its share of requests (default 1); 0 makes it a backup, used only when no other can serve.
+    #[serde(default = "defaults::upstream_weight")]
+    pub weight: u32,
+    /// The most requests of this model sent to it at once (unset: no cap).
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Seconds to wait for a connection (default: `upstream_connect_timeout_seconds`).
+    #[serde(default)]
+    pub connect_timeout_seconds: Option<u64>,
+    /// Seconds of silence before a call fails (default: `upstream_read_timeout_seconds`).
+    #[serde(default)]
+    pub read_timeout_seconds: Option<u64>,
+}
+
 /// One model and where it is served.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// The upstream's OpenAI-compatible base URL, e.g. `http://127.0.0.1:8000/v1`.
-    pub base_url: String,
+    /// The upstream's OpenAI-compatible base URL, e.g. `http://127.0.0.1:8000/v1` (or several
+    /// in `upstreams`).
+    #[serde(default)]
+    pub base_url: Option<String>,
     /// The upstream's API key, if it wants one.
     #[serde(default)]
     pub api_key: Option<SecretString>,
     /// The upstream's name for the model (default: the public name).
     #[serde(default)]
     pub upstream_model: Option<String>,
+    /// The most requests of this model sent to `base_url` at once (unset: no cap). Over it, a
+    /// request answers 429 with `retry-after`.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Several upstreams serving the model, instead of `base_url`: requests are shared by
+    /// weight, and fail over to another on a connect error or a 5xx.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
     /// Other names clients may use.
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -557,6 +600,15 @@ mod defaults {
     }
     pub(super) const fn session_absolute_hours() -> u32 {
         12
+    }
+    pub(super) const fn upstream_weight() -> u32 {
+        1
+    }
+    pub(super) const fn upstream_eject_after_failures() -> u32 {
+        3
+    }
+    pub(super) const fn upstream_eject_seconds() -> u64 {
+        30
     }
     pub(super) const fn responses_days() -> u32 {
         30
@@ -730,6 +782,10 @@ impl Config {
             "audit.retention_days must be at most 36500 (0 keeps events forever)"
         );
         anyhow::ensure!(
+            (1..=86_400).contains(&self.upstream_eject_seconds),
+            "upstream_eject_seconds must be 1 to 86400"
+        );
+        anyhow::ensure!(
             (1..=3_650).contains(&self.retention.responses_days),
             "retention.responses_days must be 1 to 3650"
         );
@@ -810,8 +866,32 @@ impl Config {
         }
         for (name, model) in &self.models {
             anyhow::ensure!(
-                model.base_url.starts_with("http://") || model.base_url.starts_with("https://"),
+                model.base_url.is_some() == model.upstreams.is_empty(),
+                "models.{name}: set either base_url or upstreams"
+            );
+            let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+            anyhow::ensure!(
+                model.base_url.as_deref().is_none_or(http) && model.upstreams.iter().all(|u| http(&u.base_url)),
                 "models.{name}.base_url must be an http:// or https:// URL"
+            );
+            anyhow::ensure!(
+                model.upstreams.is_empty() || (model.api_key.is_none() && model.max_concurrency.is_none()),
+                "models.{name}: with upstreams, set api_key and max_concurrency on each upstream"
+            );
+            anyhow::ensure!(
+                model.max_concurrency != Some(0) && model.upstreams.iter().all(|u| u.max_concurrency != Some(0)),
+                "models.{name}: max_concurrency must be at least 1"
+            );
+            anyhow::ensure!(
+                model.upstreams.is_empty() || model.upstreams.iter().any(|u| u.weight > 0),
+                "models.{name}.upstreams: at least one upstream must have a weight above 0"
+            );
+            anyhow::ensure!(
+                model
+                    .upstreams
+                    .iter()
+                    .all(|u| u.connect_timeout_seconds != Some(0) && u.read_timeout_seconds != Some(0)),
+                "models.{name}.upstreams: timeouts must be at least 1 second"
             );
             let prices = [model.prompt_price, model.cached_prompt_price, model.completion_price];
             anyhow::ensure!(

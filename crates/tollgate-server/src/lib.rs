@@ -274,34 +274,75 @@ pub fn mailer(config: &Config) -> anyhow::Result<Option<Arc<dyn tollgate_core::M
         .transpose()
 }
 
-/// The model catalog. Models with the same upstream URL and key share one upstream and so one
-/// connection pool.
-pub fn catalog(config: &Config, clock: &dyn Clock) -> anyhow::Result<Catalog> {
-    let client = tollgate_gateway::upstream::http_client(
-        Duration::from_secs(config.upstream_connect_timeout_seconds),
-        Duration::from_secs(config.upstream_read_timeout_seconds),
-    )
-    .context("building the upstream HTTP client")?;
-    let mut upstreams: HashMap<(String, Option<String>), Arc<Upstream>> = HashMap::new();
+/// The model catalog. Upstreams with the same URL, key and timeouts are one upstream, with one
+/// connection pool, whatever the models pointing at it.
+pub fn catalog(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<Catalog> {
+    use tollgate_gateway::pool::{Backend, HealthSettings, Pool};
+    type UpstreamKey = (String, Option<String>, u64, u64);
+    let mut clients: HashMap<(u64, u64), reqwest::Client> = HashMap::new();
+    let mut upstreams: HashMap<UpstreamKey, Arc<Upstream>> = HashMap::new();
+    let mut upstream = |base_url: &str,
+                        api_key: Option<String>,
+                        connect: u64,
+                        read: u64|
+     -> anyhow::Result<Arc<Upstream>> {
+        let client = match clients.entry((connect, read)) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.get().clone(),
+            std::collections::hash_map::Entry::Vacant(entry) => entry
+                .insert(
+                    tollgate_gateway::upstream::http_client(Duration::from_secs(connect), Duration::from_secs(read))
+                        .context("building the upstream HTTP client")?,
+                )
+                .clone(),
+        };
+        Ok(Arc::clone(
+            upstreams
+                .entry((base_url.to_owned(), api_key.clone(), connect, read))
+                .or_insert_with(|| Arc::new(Upstream::new(base_url.to_owned(), base_url, api_key, client))),
+        ))
+    };
+    let health = HealthSettings {
+        eject_after: config.upstream_eject_after_failures,
+        eject_for: chrono::Duration::seconds(i64::try_from(config.upstream_eject_seconds).unwrap_or(86_400)),
+    };
+    let secret = |key: &Option<secrecy::SecretString>| key.as_ref().map(|key| key.expose_secret().to_owned());
     let mut routes = Vec::new();
     let now = clock.now();
     for (name, model) in &config.models {
-        let api_key = model.api_key.as_ref().map(|key| key.expose_secret().to_owned());
-        let upstream = upstreams
-            .entry((model.base_url.clone(), api_key.clone()))
-            .or_insert_with(|| {
-                Arc::new(Upstream::new(
-                    model.base_url.clone(),
-                    &model.base_url,
-                    api_key,
-                    client.clone(),
-                ))
+        let default_model = model.upstream_model.clone().unwrap_or_else(|| name.clone());
+        let (connect, read) = (
+            config.upstream_connect_timeout_seconds,
+            config.upstream_read_timeout_seconds,
+        );
+        let mut backends = Vec::new();
+        if let Some(base_url) = &model.base_url {
+            backends.push(Backend {
+                upstream: upstream(base_url, secret(&model.api_key), connect, read)?,
+                model: default_model.clone(),
+                weight: 1,
+                max_concurrency: model.max_concurrency,
             });
+        }
+        for configured in &model.upstreams {
+            backends.push(Backend {
+                upstream: upstream(
+                    &configured.base_url,
+                    secret(&configured.api_key),
+                    configured.connect_timeout_seconds.unwrap_or(connect),
+                    configured.read_timeout_seconds.unwrap_or(read),
+                )?,
+                model: configured
+                    .upstream_model
+                    .clone()
+                    .unwrap_or_else(|| default_model.clone()),
+                weight: configured.weight,
+                max_concurrency: configured.max_concurrency,
+            });
+        }
         routes.push(ModelRoute {
             name: name.clone(),
             aliases: model.aliases.clone(),
-            upstream_model: model.upstream_model.clone().unwrap_or_else(|| name.clone()),
-            upstream: Arc::clone(upstream),
+            pool: Arc::new(Pool::new(backends, health, Arc::clone(clock))),
             pricing: match (model.prompt_price, model.completion_price) {
                 (Some(prompt), Some(completion)) => Some(ModelPricing {
                     prompt: Ticks::new(prompt),
@@ -402,7 +443,7 @@ pub async fn start(
 ) -> anyhow::Result<Server> {
     let store = open_store(config).await?;
     let services = services(config, &store, &clock)?;
-    let catalog = Arc::new(catalog(config, clock.as_ref())?);
+    let catalog = Arc::new(catalog(config, &clock)?);
     let credit_settings = config.billing.credit()?;
     let (usage, usage_task) = UsageRecorder::start(
         Arc::clone(&store),

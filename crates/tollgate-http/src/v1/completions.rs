@@ -16,7 +16,7 @@ use tollgate_gateway::GatewayError;
 use tollgate_gateway::usage::{Demand, estimate_text_completion_tokens, parse_usage, usage_json};
 use tollgate_gateway::wire::{CompletionRequest, StreamOptions};
 
-use super::{Billing, Chunks, admission_refused, rate_limit_headers, sse_response, upstream_failed};
+use super::{Billing, Chunks, admission_refused, observer, rate_limit_headers, sse_response};
 use crate::AppState;
 use crate::error::XaiError;
 use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
@@ -67,7 +67,7 @@ pub(crate) async fn create_completion(
         admission,
         state: state.clone(),
     };
-    body.model.clone_from(&route.upstream_model);
+    body.model = route.upstream_model().to_owned();
 
     if body.is_stream() {
         // Ask the upstream for usage, so streaming is never billed by guesswork.
@@ -75,11 +75,10 @@ pub(crate) async fn create_completion(
             .get_or_insert_with(StreamOptions::default)
             .include_usage = Some(true);
         let upstream_body = serde_json::to_value(&body).map_err(|e| XaiError::internal(anyhow::Error::new(e)))?;
-        let upstream_stream = route
-            .upstream
-            .post_stream("/completions", &upstream_body)
+        let (upstream_stream, upstream) = route
+            .post_stream("/completions", &upstream_body, observer(&state))
             .await
-            .map_err(|e| upstream_failed(&state, &route, e))?;
+            .map_err(XaiError::from)?;
         let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
         let shape = Chunks {
             model: route.name.clone(),
@@ -87,6 +86,7 @@ pub(crate) async fn create_completion(
         tokio::spawn(super::relay_stream(
             billing,
             upstream_stream,
+            upstream,
             sender,
             prompt_estimate,
             deadline,
@@ -98,10 +98,13 @@ pub(crate) async fn create_completion(
     let upstream_body = serde_json::to_value(&body).map_err(|e| XaiError::internal(anyhow::Error::new(e)))?;
     // As for chat: a client that hangs up does not stop the charge for what was produced.
     let settled = tokio::spawn(async move {
-        let mut answer = tokio::time::timeout_at(deadline, route.upstream.post_json("/completions", &upstream_body))
-            .await
-            .unwrap_or(Err(GatewayError::Timeout))
-            .map_err(|e| upstream_failed(&state, &route, e))?;
+        let mut answer = tokio::time::timeout_at(
+            deadline,
+            route.post_json("/completions", &upstream_body, observer(&state)),
+        )
+        .await
+        .unwrap_or(Err(GatewayError::Timeout))
+        .map_err(XaiError::from)?;
         let (usage, estimated) = match parse_usage(&answer["usage"]) {
             Some(usage) => (usage, false),
             None => (

@@ -29,10 +29,11 @@ use tokio::sync::mpsc;
 use tollgate_core::{Admission, AdmitError, SettleError};
 use tollgate_domain::ratelimit::{LimitDecision, LimitKind, LimitStatus};
 use tollgate_domain::{Endpoint, RequestId, Ticks, TokenUsage};
+use tollgate_gateway::GatewayError;
+use tollgate_gateway::pool::UpstreamEvent;
 use tollgate_gateway::sse::{SseDecoder, SseEvent};
 use tollgate_gateway::usage::{Demand, estimate_completion_tokens, estimate_prompt_tokens, parse_usage, usage_json};
 use tollgate_gateway::wire::{ChatCompletionRequest, StreamOptions};
-use tollgate_gateway::{GatewayError, ModelRoute};
 
 use crate::AppState;
 use crate::error::XaiError;
@@ -149,7 +150,7 @@ pub(crate) async fn create_chat_completion(
         state: state.clone(),
     };
     let prompt_estimate = estimate_prompt_tokens(&body);
-    body.model.clone_from(&route.upstream_model);
+    body.model = route.upstream_model().to_owned();
 
     if deferred {
         let id = request_id.to_string();
@@ -162,11 +163,10 @@ pub(crate) async fn create_chat_completion(
         body.stream_options
             .get_or_insert_with(StreamOptions::default)
             .include_usage = Some(true);
-        let upstream_stream = route
-            .upstream
-            .chat_stream(&body)
+        let (upstream_stream, upstream) = route
+            .chat_stream(&body, observer(&state))
             .await
-            .map_err(|e| upstream_failed(&state, &route, e))?;
+            .map_err(XaiError::from)?;
         let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
         let shape = Chunks {
             model: route.name.clone(),
@@ -174,6 +174,7 @@ pub(crate) async fn create_chat_completion(
         tokio::spawn(relay_stream(
             billing,
             upstream_stream,
+            upstream,
             sender,
             prompt_estimate,
             deadline,
@@ -206,10 +207,10 @@ async fn answer_and_settle(
     prompt_estimate: u64,
 ) -> Result<(Value, TokenUsage, Ticks), XaiError> {
     let route = std::sync::Arc::clone(billing.admission.route());
-    let answer = tokio::time::timeout_at(deadline, route.upstream.chat(body))
+    let answer = tokio::time::timeout_at(deadline, route.chat(body, observer(state)))
         .await
         .unwrap_or(Err(GatewayError::Timeout))
-        .map_err(|e| upstream_failed(state, &route, e))?;
+        .map_err(XaiError::from)?;
     let (usage, estimated) = match parse_usage(&answer["usage"]) {
         Some(usage) => (usage, false),
         None => (
@@ -283,15 +284,18 @@ pub(crate) async fn create_embeddings(
         state: state.clone(),
     };
     let mut upstream_body = body.extra;
-    upstream_body.insert("model".into(), Value::String(route.upstream_model.clone()));
+    upstream_body.insert("model".into(), Value::String(route.upstream_model().to_owned()));
     upstream_body.insert("input".into(), body.input);
     let upstream_body = Value::Object(upstream_body);
     // As for chat: a client that hangs up does not stop the charge for what was produced.
     let settled = tokio::spawn(async move {
-        let mut answer = tokio::time::timeout_at(deadline, route.upstream.post_json("/embeddings", &upstream_body))
-            .await
-            .unwrap_or(Err(GatewayError::Timeout))
-            .map_err(|e| upstream_failed(&state, &route, e))?;
+        let mut answer = tokio::time::timeout_at(
+            deadline,
+            route.post_json("/embeddings", &upstream_body, observer(&state)),
+        )
+        .await
+        .unwrap_or(Err(GatewayError::Timeout))
+        .map_err(XaiError::from)?;
         let reported = answer["usage"]["prompt_tokens"].as_u64();
         let usage = TokenUsage {
             prompt_tokens: reported.unwrap_or(estimate),
@@ -459,15 +463,21 @@ const fn kind_label(kind: LimitKind) -> &'static str {
     }
 }
 
-fn upstream_failed(state: &AppState, route: &ModelRoute, error: GatewayError) -> XaiError {
-    let kind = match &error {
-        GatewayError::Unavailable(_) => "unavailable",
-        GatewayError::Timeout => "timeout",
-        GatewayError::Status { .. } => "status",
-        GatewayError::InvalidResponse(_) => "invalid_response",
-    };
-    state.metrics.upstream_error(route.upstream.name(), kind);
-    error.into()
+/// Hears of every failed upstream call and every ejection, for the metrics.
+fn observer(state: &AppState) -> impl Fn(UpstreamEvent<'_>) + '_ {
+    move |event| match event {
+        UpstreamEvent::Failed { upstream, error } => {
+            let kind = match error {
+                GatewayError::Unavailable(_) => "unavailable",
+                GatewayError::Timeout => "timeout",
+                GatewayError::Status { .. } => "status",
+                GatewayError::InvalidResponse(_) => "invalid_response",
+                GatewayError::AtCapacity => "at_capacity",
+            };
+            state.metrics.upstream_error(upstream, kind);
+        }
+        UpstreamEvent::Ejected { upstream } => state.metrics.upstream_ejected(upstream),
+    }
 }
 
 /// A streamed answer: what `receiver` yields, as server-sent events, with `headers`.
@@ -545,6 +555,7 @@ impl StreamShape for Chunks {
 async fn relay_stream<S: StreamShape>(
     billing: Billing,
     upstream: impl futures_util::Stream<Item = Result<Bytes, GatewayError>> + Send,
+    upstream_name: String,
     sender: mpsc::Sender<Result<Bytes, Infallible>>,
     prompt_estimate: u64,
     deadline: tokio::time::Instant,
@@ -633,10 +644,7 @@ async fn relay_stream<S: StreamShape>(
         upstream_error = Some(GatewayError::InvalidResponse("the stream ended without [DONE]".into()));
     }
     if let Some(error) = &upstream_error {
-        billing
-            .state
-            .metrics
-            .upstream_error(billing.admission.route().upstream.name(), "stream");
+        billing.state.metrics.upstream_error(&upstream_name, "stream");
         tracing::warn!(error = %error, "upstream stream failed");
     }
 
@@ -802,7 +810,7 @@ fn language_model_view(model: &tollgate_gateway::catalog::ModelRoute, owned_by: 
     let digest = sha2::Sha256::digest(format!(
         "{}|{}|{}|{}|{}|{}",
         model.name,
-        model.upstream_model,
+        model.upstream_model(),
         pricing.prompt.get(),
         pricing.cached_prompt.get(),
         pricing.completion.get(),

@@ -22,9 +22,7 @@ use tollgate_gateway::responses::{Finished, ResponseBuilder, ResponseHead, Respo
 use tollgate_gateway::usage::{Demand, estimate_prompt_tokens};
 use tollgate_gateway::wire::StreamOptions;
 
-use super::{
-    Billing, StreamShape, admission_refused, answer_and_settle, rate_limit_headers, sse_response, upstream_failed,
-};
+use super::{Billing, StreamShape, admission_refused, answer_and_settle, observer, rate_limit_headers, sse_response};
 use crate::AppState;
 use crate::error::XaiError;
 use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
@@ -187,7 +185,7 @@ pub(crate) async fn create_response(
         state: state.clone(),
     };
     let prompt_estimate = estimate_prompt_tokens(&chat);
-    chat.model.clone_from(&route.upstream_model);
+    chat.model = route.upstream_model().to_owned();
 
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     let id = format!("resp_{suffix}");
@@ -214,11 +212,10 @@ pub(crate) async fn create_response(
         chat.stream_options
             .get_or_insert_with(StreamOptions::default)
             .include_usage = Some(true);
-        let upstream_stream = route
-            .upstream
-            .chat_stream(&chat)
+        let (upstream_stream, upstream) = route
+            .chat_stream(&chat, observer(&state))
             .await
-            .map_err(|e| upstream_failed(&state, &route, e))?;
+            .map_err(XaiError::from)?;
         let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
         let shape = ResponseEvents {
             builder: ResponseBuilder::new(head),
@@ -227,6 +224,7 @@ pub(crate) async fn create_response(
         tokio::spawn(super::relay_stream(
             billing,
             upstream_stream,
+            upstream,
             sender,
             prompt_estimate,
             deadline,

@@ -71,6 +71,24 @@ fn invalid_values_are_refused() {
             "max_output_tokens",
         ),
         ("listen = \"not an address\"", "listen"),
+        ("[models.m]\nprompt_price = 1", "set either base_url or upstreams"),
+        (
+            "[models.m]\nbase_url = \"http://x\"\nupstreams = [{ base_url = \"http://y\" }]",
+            "set either base_url or upstreams",
+        ),
+        (
+            "[models.m]\nupstreams = [{ base_url = \"http://y\", weight = 0 }]",
+            "at least one upstream must have a weight above 0",
+        ),
+        (
+            "[models.m]\nupstreams = [{ base_url = \"ftp://y\" }]",
+            "base_url must be an http",
+        ),
+        (
+            "[models.m]\nbase_url = \"http://x\"\nmax_concurrency = 0",
+            "max_concurrency must be at least 1",
+        ),
+        ("upstream_eject_seconds = 0", "upstream_eject_seconds"),
     ] {
         let file = write_config(text);
         let error = format!("{:#}", Config::load(file.path(), true).unwrap_err());

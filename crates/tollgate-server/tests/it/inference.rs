@@ -289,9 +289,11 @@ async fn models_without_prices_are_refused_and_zero_is_free(db: TestDb) {
     let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
     let mut config = crate::util::test_config(&db, &upstream);
     let model = |prompt: Option<i64>, completion: Option<i64>| tollgate_server::config::ModelConfig {
-        base_url: upstream.base_url.clone(),
+        base_url: Some(upstream.base_url.clone()),
         api_key: None,
         upstream_model: Some(crate::util::UPSTREAM_MODEL.into()),
+        max_concurrency: None,
+        upstreams: vec![],
         aliases: vec![],
         prompt_price: prompt,
         cached_prompt_price: None,

@@ -27,5 +27,6 @@ mod secret_scanning;
 mod smtp;
 mod streaming;
 mod teams;
+mod upstreams;
 mod usage;
 mod util;

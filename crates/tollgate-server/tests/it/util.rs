@@ -81,9 +81,11 @@ pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
     config.models.insert(
         MODEL.into(),
         ModelConfig {
-            base_url: upstream.base_url.clone(),
+            base_url: Some(upstream.base_url.clone()),
             api_key: Some("upstream-secret".to_owned().into()),
             upstream_model: Some(UPSTREAM_MODEL.into()),
+            max_concurrency: None,
+            upstreams: vec![],
             aliases: vec![ALIAS.into()],
             prompt_price: Some(PROMPT_PRICE),
             cached_prompt_price: Some(CACHED_PRICE),

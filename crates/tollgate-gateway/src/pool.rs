@@ -1,0 +1,349 @@
+//! A model's upstreams: several servers with weights, a concurrency cap each, passive health
+//! (consecutive failures eject one for a while), and failover.
+//!
+//! A request takes a [`Slot`] on one upstream — chosen by smooth weighted round robin among
+//! those healthy and under their cap (weight 0: a backup, used only when no weighted one can
+//! be) — and holds it until its answer is relayed. [`Pool::call`] fails over to another upstream
+//! on a connect error or a 5xx, which come before any byte reached the client; a timeout or an
+//! answer already under way is never retried (the first upstream may still be generating, and
+//! would be charged twice). An ejected upstream is passed over while another can serve; when
+//! none can, the one whose ejection ends first is tried all the same: ejection orders the
+//! choice, it never refuses all traffic.
+//!
+//! Time comes from the injected [`Clock`], so tests move it to end an ejection.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use tollgate_domain::{Clock, Timestamp};
+
+use crate::upstream::{GatewayError, Upstream};
+
+/// When an upstream is ejected, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthSettings {
+    /// Consecutive failures that eject an upstream (0: never).
+    pub eject_after: u32,
+    /// How long an ejected upstream is passed over.
+    pub eject_for: chrono::Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            eject_after: 3,
+            eject_for: chrono::Duration::seconds(30),
+        }
+    }
+}
+
+/// One upstream serving a model.
+#[derive(Debug)]
+pub struct Backend {
+    /// The server.
+    pub upstream: Arc<Upstream>,
+    /// Its name for the model.
+    pub model: String,
+    /// Its share of requests (0: a backup).
+    pub weight: u32,
+    /// The most requests it is sent at once (`None`: no cap).
+    pub max_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct State {
+    in_flight: u32,
+    failures: u32,
+    ejected_until: Option<Timestamp>,
+    current: i64,
+}
+
+/// What happened to an upstream, for the caller's metrics and logs.
+#[derive(Debug)]
+pub enum UpstreamEvent<'a> {
+    /// A call failed (and, if another upstream can serve, was retried there).
+    Failed {
+        /// The upstream's name.
+        upstream: &'a str,
+        /// How.
+        error: &'a GatewayError,
+    },
+    /// The upstream failed too often in a row and is passed over for a while.
+    Ejected {
+        /// The upstream's name.
+        upstream: &'a str,
+    },
+}
+
+/// A model's upstreams.
+pub struct Pool {
+    backends: Vec<Backend>,
+    states: Mutex<Vec<State>>,
+    health: HealthSettings,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("backends", &self.backends)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request's hold on one upstream, until it is dropped.
+#[derive(Debug)]
+pub struct Slot {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl Slot {
+    /// The upstream.
+    #[must_use]
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.pool.backends[self.index].upstream
+    }
+
+    /// The upstream's name for the model.
+    #[must_use]
+    pub fn model(&self) -> &str {
+        &self.pool.backends[self.index].model
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut states = self.pool.states.lock().unwrap_or_else(PoisonError::into_inner);
+        states[self.index].in_flight = states[self.index].in_flight.saturating_sub(1);
+    }
+}
+
+impl Pool {
+    /// A pool of `backends` (at least one).
+    #[must_use]
+    pub fn new(backends: Vec<Backend>, health: HealthSettings, clock: Arc<dyn Clock>) -> Self {
+        let states = Mutex::new(vec![State::default(); backends.len()]);
+        Self {
+            backends,
+            states,
+            health,
+            clock,
+        }
+    }
+
+    /// Its upstreams.
+    #[must_use]
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// A slot on the best upstream not in `tried`; `None` when every other one is at its cap.
+    fn acquire(self: &Arc<Self>, tried: &[usize]) -> Option<Slot> {
+        let now = self.clock.now();
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = |index: usize, state: &State| {
+            !tried.contains(&index)
+                && self.backends[index]
+                    .max_concurrency
+                    .is_none_or(|cap| state.in_flight < cap)
+        };
+        let healthy = |state: &State| state.ejected_until.is_none_or(|until| until <= now);
+        // Weighted and healthy: smooth weighted round robin (nginx's), so shares are exact
+        // over any run of requests and no upstream gets a burst.
+        let weighted: Vec<usize> = (0..self.backends.len())
+            .filter(|&i| self.backends[i].weight > 0 && open(i, &states[i]) && healthy(&states[i]))
+            .collect();
+        let chosen = if weighted.is_empty() {
+            // A healthy backup, else the ejected one whose ejection ends first.
+            (0..self.backends.len())
+                .find(|&i| open(i, &states[i]) && healthy(&states[i]))
+                .or_else(|| {
+                    (0..self.backends.len())
+                        .filter(|&i| open(i, &states[i]))
+                        .min_by_key(|&i| states[i].ejected_until)
+                })
+        } else {
+            let total: i64 = weighted.iter().map(|&i| i64::from(self.backends[i].weight)).sum();
+            for &i in &weighted {
+                states[i].current += i64::from(self.backends[i].weight);
+            }
+            let best = weighted
+                .iter()
+                .copied()
+                .max_by_key(|&i| (states[i].current, std::cmp::Reverse(i)));
+            if let Some(best) = best {
+                states[best].current -= total;
+            }
+            best
+        }?;
+        states[chosen].in_flight += 1;
+        Some(Slot {
+            pool: Arc::clone(self),
+            index: chosen,
+        })
+    }
+
+    /// Notes how a call on `slot` went; true when this failure ejected it.
+    fn record(&self, slot: &Slot, ok: bool) -> bool {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut states[slot.index];
+        if ok {
+            state.failures = 0;
+            return false;
+        }
+        state.failures += 1;
+        if self.health.eject_after > 0 && state.failures >= self.health.eject_after {
+            state.failures = 0;
+            state.ejected_until = Some(self.clock.now() + self.health.eject_for);
+            return true;
+        }
+        false
+    }
+
+    /// Calls `call` with an upstream and its model name, failing over to another upstream on a
+    /// connect error or a 5xx; `observe` hears of every failure and ejection. The answer comes
+    /// with its slot, to hold while the answer is relayed.
+    pub async fn call<T, F, Fut>(
+        self: &Arc<Self>,
+        mut call: F,
+        observe: impl Fn(UpstreamEvent<'_>),
+    ) -> Result<(T, Slot), GatewayError>
+    where
+        F: FnMut(Arc<Upstream>, String) -> Fut,
+        Fut: Future<Output = Result<T, GatewayError>>,
+    {
+        let mut tried = Vec::with_capacity(self.backends.len());
+        let mut last_error = None;
+        loop {
+            let Some(slot) = self.acquire(&tried) else {
+                return Err(last_error.unwrap_or(GatewayError::AtCapacity));
+            };
+            tried.push(slot.index);
+            match call(Arc::clone(slot.upstream()), slot.model().to_owned()).await {
+                Ok(answer) => {
+                    self.record(&slot, true);
+                    return Ok((answer, slot));
+                }
+                Err(error) => {
+                    let upstream = slot.upstream().name();
+                    observe(UpstreamEvent::Failed {
+                        upstream,
+                        error: &error,
+                    });
+                    let client_error = matches!(&error, GatewayError::Status { status, .. } if *status < 500);
+                    // A client's mistake says nothing of the upstream's health.
+                    if !client_error && self.record(&slot, false) {
+                        tracing::warn!(upstream, "upstream ejected after consecutive failures");
+                        observe(UpstreamEvent::Ejected { upstream });
+                    }
+                    let retry = matches!(&error, GatewayError::Unavailable(_))
+                        || matches!(&error, GatewayError::Status { status, .. } if *status >= 500);
+                    if !retry || tried.len() == self.backends.len() {
+                        return Err(error);
+                    }
+                    tracing::warn!(upstream, %error, "upstream failed; trying another");
+                    last_error = Some(error);
+                }
+            }
+        }
+    }
+}
+
+/// A stream that holds its upstream slot until it is dropped.
+pub struct Held<S> {
+    stream: Pin<Box<S>>,
+    _slot: Slot,
+}
+
+impl<S> Held<S> {
+    /// `stream`, holding `slot`.
+    pub fn new(stream: S, slot: Slot) -> Self {
+        Self {
+            stream: Box::pin(stream),
+            _slot: slot,
+        }
+    }
+}
+
+impl<S: Stream> Stream for Held<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(weights: &[(u32, Option<u32>)]) -> (Arc<Pool>, Arc<tollgate_domain::ManualClock>) {
+        let clock = Arc::new(tollgate_domain::ManualClock::new(
+            chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+        ));
+        let client = reqwest::Client::new();
+        let backends = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &(weight, max_concurrency))| Backend {
+                upstream: Arc::new(Upstream::new(
+                    format!("u{i}"),
+                    "http://127.0.0.1:9",
+                    None,
+                    client.clone(),
+                )),
+                model: format!("m{i}"),
+                weight,
+                max_concurrency,
+            })
+            .collect();
+        let clock_dyn: Arc<dyn Clock> = clock.clone();
+        (
+            Arc::new(Pool::new(backends, HealthSettings::default(), clock_dyn)),
+            clock,
+        )
+    }
+
+    #[test]
+    fn weights_share_requests_exactly_and_backups_wait() {
+        let (pool, _) = pool(&[(3, None), (1, None), (0, None)]);
+        let picks: Vec<usize> = (0..8).map(|_| pool.acquire(&[]).map_or(9, |slot| slot.index)).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 2);
+        assert!(!picks.contains(&2), "the backup is not used while the others can serve");
+        assert_eq!(pool.acquire(&[0, 1]).map(|slot| slot.index), Some(2));
+    }
+
+    #[test]
+    fn caps_are_held_until_the_slot_is_dropped() {
+        let (pool, _) = pool(&[(1, Some(1))]);
+        let slot = pool.acquire(&[]);
+        assert!(slot.is_some());
+        assert!(pool.acquire(&[]).is_none(), "at its cap");
+        drop(slot);
+        assert!(pool.acquire(&[]).is_some());
+    }
+
+    #[test]
+    fn failures_eject_for_a_while_but_never_refuse_all() {
+        let (pool, clock) = pool(&[(1, None), (1, None)]);
+        let first = pool.acquire(&[1]).unwrap_or_else(|| unreachable!());
+        assert!(!pool.record(&first, false));
+        assert!(!pool.record(&first, false));
+        assert!(pool.record(&first, false), "the third failure in a row ejects");
+        drop(first);
+        for _ in 0..4 {
+            assert_eq!(pool.acquire(&[]).map(|slot| slot.index), Some(1));
+        }
+        // With the other one out of the question, the ejected one serves all the same.
+        assert_eq!(pool.acquire(&[1]).map(|slot| slot.index), Some(0));
+        clock.advance(chrono::Duration::seconds(31));
+        let picks: Vec<usize> = (0..4).map(|_| pool.acquire(&[]).map_or(9, |slot| slot.index)).collect();
+        assert!(picks.contains(&0), "back after its ejection: {picks:?}");
+    }
+}

@@ -222,6 +222,7 @@ impl Inference {
         }
         let tokenizer = route
             .tokenizer
+            .clone()
             .ok_or_else(|| AdmitError::NoTokenizer(route.name.clone()))?;
         let limits = KeyLimits {
             qps: key.qps,

@@ -582,7 +582,8 @@ pub struct ModelConfig {
     /// to another answers 400.
     #[serde(default = "defaults::model_endpoints")]
     pub endpoints: Vec<String>,
-    /// The tokenizer `/v1/tokenize-text` uses for this model: a built-in tiktoken encoding,
+    /// The tokenizer `/v1/tokenize-text` uses for this model: the path of the model's Hugging
+    /// Face `tokenizer.json` (what its model server uses), or a built-in tiktoken encoding,
     /// `cl100k_base` or `o200k_base` (unset: the endpoint answers 400 for it).
     #[serde(default)]
     pub tokenizer: Option<String>,
@@ -912,10 +913,16 @@ impl Config {
                 "models.{name}: max_output_tokens must be at least 1"
             );
             if let Some(tokenizer) = &model.tokenizer {
+                use tollgate_gateway::tokenizer::Tokenizer;
+                let file = tokenizer.ends_with(".json");
                 anyhow::ensure!(
-                    tollgate_gateway::tokenizer::Tokenizer::named(tokenizer).is_some(),
-                    "models.{name}.tokenizer: '{tokenizer}' is not one of {:?}",
-                    tollgate_gateway::tokenizer::Tokenizer::NAMES
+                    Tokenizer::named(tokenizer).is_some() || file,
+                    "models.{name}.tokenizer: '{tokenizer}' is neither one of {:?} nor the path of a tokenizer.json",
+                    Tokenizer::NAMES
+                );
+                anyhow::ensure!(
+                    !file || std::path::Path::new(tokenizer).is_file(),
+                    "models.{name}.tokenizer: no file at {tokenizer}"
                 );
             }
             for endpoint in &model.endpoints {

@@ -364,7 +364,9 @@ pub fn catalog(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<Catalo
             tokenizer: model
                 .tokenizer
                 .as_deref()
-                .and_then(tollgate_gateway::tokenizer::Tokenizer::named),
+                .map(tollgate_gateway::tokenizer::Tokenizer::configured)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("models.{name}.tokenizer: {e}"))?,
         });
     }
     Ok(Catalog::new(routes)?)

@@ -352,6 +352,10 @@ async fn completions(State(state): State<Arc<MockState>>, Json(body): Json<Value
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// A small Hugging Face `tokenizer.json` (word-level, lower-cased, a vocabulary of the mock's
+/// words) for tests of configured tokenizers.
+pub const TOKENIZER_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/tokenizer.json");
+
 /// Tokens the mock reports per embeddings input.
 pub const EMBEDDING_TOKENS_PER_INPUT: u64 = 8;
 

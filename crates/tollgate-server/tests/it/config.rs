@@ -89,6 +89,14 @@ fn invalid_values_are_refused() {
             "max_concurrency must be at least 1",
         ),
         ("upstream_eject_seconds = 0", "upstream_eject_seconds"),
+        (
+            "[models.m]\nbase_url = \"http://x\"\ntokenizer = \"gpt2\"",
+            "neither one of",
+        ),
+        (
+            "[models.m]\nbase_url = \"http://x\"\ntokenizer = \"/nonexistent/tokenizer.json\"",
+            "no file at /nonexistent/tokenizer.json",
+        ),
     ] {
         let file = write_config(text);
         let error = format!("{:#}", Config::load(file.path(), true).unwrap_err());

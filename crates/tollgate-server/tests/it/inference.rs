@@ -700,7 +700,10 @@ async fn tokenize_text_with_the_models_tokenizer(db: TestDb) {
     let mut plain = config.models[MODEL].clone();
     plain.aliases = vec![];
     plain.tokenizer = None;
+    let mut hugging_face = plain.clone();
     config.models.insert("no-tokenizer".into(), plain);
+    hugging_face.tokenizer = Some(tollgate_testkit::TOKENIZER_JSON.into());
+    config.models.insert("hf-model".into(), hugging_face);
     let app = TestApp::with_config(db, upstream, config).await;
     let key = app.api_key().await;
     let tokenize = |key: &str, body: Value| {
@@ -724,6 +727,20 @@ async fn tokenize_text_with_the_models_tokenizer(db: TestDb) {
         json!({"token_ids": [
             {"token_id": 9906, "string_token": "Hello", "token_bytes": [72, 101, 108, 108, 111]},
             {"token_id": 1917, "string_token": " world", "token_bytes": [32, 119, 111, 114, 108, 100]}
+        ]})
+    );
+    // A model with its Hugging Face tokenizer.json (the test kit's small word-level one).
+    let answer: Value = tokenize(&key, json!({"text": "Hello world!", "model": "hf-model"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        json!({"token_ids": [
+            {"token_id": 1, "string_token": "Hello", "token_bytes": [72, 101, 108, 108, 111]},
+            {"token_id": 2, "string_token": "world", "token_bytes": [119, 111, 114, 108, 100]},
+            {"token_id": 4, "string_token": "!", "token_bytes": [33]}
         ]})
     );
     assert!(app.upstream.requests().is_empty(), "no upstream call");

@@ -146,6 +146,8 @@ async fn main() -> anyhow::Result<()> {
         max_output_tokens: 16_384,
         endpoints: vec!["chat".into()],
         tokenizer: None,
+        template_tokens_per_message: None,
+        template_tokens_per_request: None,
     };
     config.models.insert("bench".into(), model(100_000));
     config.models.insert("bench-free".into(), model(0));

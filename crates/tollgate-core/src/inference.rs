@@ -302,7 +302,10 @@ impl Inference {
         let output_per_choice = demand.output_per_choice(route.max_output_tokens);
         let out_of_credit = || AdmitError::OutOfCredit(key.team_id);
         let worst_case = pricing
-            .upper_bound(demand.prompt_tokens, demand.output_budget(route.max_output_tokens))
+            .upper_bound(
+                demand.prompt_bound(route.template),
+                demand.output_budget(route.max_output_tokens),
+            )
             .map_err(|_| out_of_credit())?;
         let hold = self
             .credits

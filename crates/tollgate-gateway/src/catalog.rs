@@ -13,6 +13,7 @@ use tollgate_domain::{ModelPricing, Timestamp};
 
 use crate::pool::{Held, Pool, UpstreamEvent};
 use crate::upstream::GatewayError;
+use crate::usage::TemplateOverhead;
 use crate::wire::ChatCompletionRequest;
 
 /// One servable model.
@@ -32,8 +33,10 @@ pub struct ModelRoute {
     pub created: Timestamp,
     /// The inference endpoints its upstream serves (chat, embeddings).
     pub endpoints: Vec<tollgate_domain::Endpoint>,
-    /// Its tokenizer, for `/v1/tokenize-text`.
+    /// Its tokenizer, for `/v1/tokenize-text` and for estimates when an upstream reports no usage.
     pub tokenizer: Option<crate::tokenizer::Tokenizer>,
+    /// What its chat template adds, for holds and estimates.
+    pub template: TemplateOverhead,
 }
 
 /// Every model, by name and alias.
@@ -110,6 +113,19 @@ impl ModelRoute {
             .backends()
             .first()
             .map_or(self.name.as_str(), |backend| backend.model.as_str())
+    }
+
+    /// The prompt tokens of `body`, for when its upstream reported none: by the model's
+    /// tokenizer (else about four characters a token) with its template's overhead.
+    #[must_use]
+    pub fn estimate_prompt(&self, body: &ChatCompletionRequest) -> u64 {
+        crate::usage::estimate_prompt_tokens(body, self.tokenizer.as_ref(), self.template)
+    }
+
+    /// The completion tokens of a whole chat answer, for when its upstream reported none.
+    #[must_use]
+    pub fn estimate_completion(&self, answer: &Value) -> u64 {
+        crate::usage::estimate_completion_tokens(answer, self.tokenizer.as_ref())
     }
 
     /// A whole chat completion from one of the upstreams (failing over; see [`Pool::call`]).

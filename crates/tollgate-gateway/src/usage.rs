@@ -85,39 +85,72 @@ pub fn usage_json(usage: &TokenUsage, cost: Ticks) -> Value {
     })
 }
 
-/// A rough prompt token count for when the upstream reports none (about four characters a
-/// token, plus a few per message for the chat template). Records using it are marked estimated.
+/// A prompt token count for when the upstream reports none: the texts' tokens by the model's
+/// tokenizer (else about four characters a token), plus the chat template's overhead. Records
+/// using it are marked estimated.
 #[must_use]
-pub fn estimate_prompt_tokens(request: &crate::wire::ChatCompletionRequest) -> u64 {
+pub fn estimate_prompt_tokens(
+    request: &crate::wire::ChatCompletionRequest,
+    tokenizer: Option<&crate::tokenizer::Tokenizer>,
+    template: TemplateOverhead,
+) -> u64 {
     use crate::wire::MessageContent;
-    let mut chars: u64 = 0;
+    let mut tokens = template.per_request;
     for message in &request.messages {
-        chars += 16;
-        match &message.content {
-            Some(MessageContent::Text(text)) => chars += text.chars().count() as u64,
-            Some(MessageContent::Parts(parts)) => {
-                for part in parts {
-                    if let Some(text) = part.get("text").and_then(Value::as_str) {
-                        chars += text.chars().count() as u64;
-                    }
-                }
-            }
-            None => {}
+        tokens = tokens.saturating_add(template.per_message);
+        let texts: Vec<&str> = match &message.content {
+            Some(MessageContent::Text(text)) => vec![text.as_str()],
+            Some(MessageContent::Parts(parts)) => parts
+                .iter()
+                .filter_map(|part| part.get("text").and_then(Value::as_str))
+                .collect(),
+            None => Vec::new(),
+        };
+        for text in texts {
+            tokens = tokens.saturating_add(count_tokens(text, tokenizer));
         }
     }
-    chars.div_ceil(4)
+    tokens
+}
+
+/// `text`'s tokens by `tokenizer`, else about four characters a token.
+#[must_use]
+pub fn count_tokens(text: &str, tokenizer: Option<&crate::tokenizer::Tokenizer>) -> u64 {
+    match tokenizer {
+        Some(tokenizer) => tokenizer.tokenize(text).len() as u64,
+        None => (text.chars().count() as u64).div_ceil(4),
+    }
+}
+
+/// The tokens a model's chat template adds around a conversation: per message (role markers,
+/// separators) and per request (a preamble, the assistant's opening). Upstream-reported usage
+/// already includes them; they are added to credit holds and to estimates only, which is why
+/// `/v1/tokenize-text` counts fewer tokens than a request is billed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateOverhead {
+    /// Tokens per message.
+    pub per_message: u64,
+    /// Tokens per request.
+    pub per_request: u64,
+}
+
+impl Default for TemplateOverhead {
+    /// Above what common templates add (Llama 3: 4–5 per message; ChatML: 4–5), so a hold
+    /// without configuration stays an upper bound.
+    fn default() -> Self {
+        Self {
+            per_message: 16,
+            per_request: 64,
+        }
+    }
 }
 
 /// Tokens an image input may cost at most (448×448 tiles of 256 tokens, at most 6 plus one).
 pub const MAX_IMAGE_TOKENS: u64 = 1_792;
-/// The chat template's tokens per message, and per request, at most (role markers, separators).
-const TEMPLATE_TOKENS_PER_MESSAGE: u64 = 16;
-const TEMPLATE_TOKENS_PER_REQUEST: u64 = 64;
-
-/// An upper bound of the request's prompt tokens, safe without a tokenizer: a token is at least
-/// one byte of the text it encodes, so every message's text, tool call and tool schema counts
-/// its bytes; each image counts [`MAX_IMAGE_TOKENS`]; the chat template adds a bounded number
-/// per message and per request. What a credit hold is computed from.
+/// An upper bound of the request's prompt tokens before its chat template, safe without a
+/// tokenizer: a token is at least one byte of the text it encodes, so every message's text, tool
+/// call and tool schema counts its bytes; each image counts [`MAX_IMAGE_TOKENS`]. The model's
+/// [`TemplateOverhead`] is added by [`Demand::prompt_bound`]. What a credit hold is computed from.
 #[must_use]
 pub fn prompt_upper_bound(request: &crate::wire::ChatCompletionRequest) -> u64 {
     use crate::wire::MessageContent;
@@ -126,9 +159,8 @@ pub fn prompt_upper_bound(request: &crate::wire::ChatCompletionRequest) -> u64 {
         Value::String(text) => text.len() as u64,
         other => other.to_string().len() as u64,
     };
-    let mut tokens = TEMPLATE_TOKENS_PER_REQUEST;
+    let mut tokens: u64 = 0;
     for message in &request.messages {
-        tokens = tokens.saturating_add(TEMPLATE_TOKENS_PER_MESSAGE);
         match &message.content {
             Some(MessageContent::Text(text)) => tokens = tokens.saturating_add(text.len() as u64),
             Some(MessageContent::Parts(parts)) => {
@@ -164,8 +196,10 @@ pub fn prompt_upper_bound(request: &crate::wire::ChatCompletionRequest) -> u64 {
 /// hold is computed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Demand {
-    /// An upper bound of its prompt tokens ([`prompt_upper_bound`]).
+    /// An upper bound of its prompt tokens before any chat template ([`prompt_upper_bound`]).
     pub prompt_tokens: u64,
+    /// Its chat messages, each wrapped by the model's chat template (none outside chat).
+    pub messages: u64,
     /// The output tokens it asks for at most per choice (`max_completion_tokens` or
     /// `max_tokens`), if it names any.
     pub output_tokens: Option<u64>,
@@ -188,6 +222,7 @@ impl Demand {
         }
         Self {
             prompt_tokens: bound(input),
+            messages: 0,
             output_tokens: Some(0),
             choices: 1,
         }
@@ -213,9 +248,21 @@ impl Demand {
     pub fn of_chat(request: &crate::wire::ChatCompletionRequest) -> Self {
         Self {
             prompt_tokens: prompt_upper_bound(request),
+            messages: request.messages.len() as u64,
             output_tokens: request.max_completion_tokens.or(request.max_tokens).map(u64::from),
             choices: request.extra.get("n").and_then(Value::as_u64).unwrap_or(1).max(1),
         }
+    }
+
+    /// The prompt's upper bound with the model's chat template around its messages.
+    #[must_use]
+    pub fn prompt_bound(&self, template: TemplateOverhead) -> u64 {
+        if self.messages == 0 {
+            return self.prompt_tokens;
+        }
+        self.prompt_tokens
+            .saturating_add(template.per_request)
+            .saturating_add(self.messages.saturating_mul(template.per_message))
     }
 
     /// The output tokens per choice the upstream is held to: what the request asks for
@@ -233,15 +280,48 @@ impl Demand {
     }
 }
 
-/// A rough completion token count of a non-streaming answer, for when the upstream reports none:
-/// every generated text of every choice ([`generated_chars`]).
+/// A completion token count of a non-streaming answer, for when the upstream reports none:
+/// every generated text of every choice ([`generated_text`]), by the model's tokenizer, else
+/// about four characters a token.
 #[must_use]
-pub fn estimate_completion_tokens(answer: &Value) -> u64 {
-    let chars: u64 = answer["choices"]
+pub fn estimate_completion_tokens(answer: &Value, tokenizer: Option<&crate::tokenizer::Tokenizer>) -> u64 {
+    answer["choices"]
         .as_array()
-        .map(|choices| choices.iter().map(|choice| generated_chars(&choice["message"])).sum())
-        .unwrap_or(0);
-    chars.div_ceil(4)
+        .map(|choices| {
+            choices
+                .iter()
+                .map(|choice| {
+                    generated_text(&choice["message"])
+                        .iter()
+                        .map(|text| count_tokens(text, tokenizer))
+                        .fold(0, u64::saturating_add)
+                })
+                .fold(0, u64::saturating_add)
+        })
+        .unwrap_or(0)
+}
+
+/// The texts a model generated in one message: its content, refusal and reasoning, and the
+/// names and arguments of the tools it called.
+#[must_use]
+pub fn generated_text(message: &Value) -> Vec<&str> {
+    let mut texts: Vec<&str> = ["content", "refusal", "reasoning_content", "reasoning"]
+        .iter()
+        .filter_map(|field| message[*field].as_str())
+        .collect();
+    let calls = message["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|call| &call["function"]);
+    for function in calls.chain(std::iter::once(&message["function_call"])) {
+        texts.extend(
+            ["name", "arguments"]
+                .iter()
+                .filter_map(|field| function[*field].as_str()),
+        );
+    }
+    texts
 }
 
 /// A rough completion token count of a legacy completion's answer (every choice's `text`).
@@ -265,16 +345,10 @@ pub fn estimate_text_completion_tokens(answer: &Value) -> u64 {
 /// to produce, so none of it may be left out of an estimate.
 #[must_use]
 pub fn generated_chars(message: &Value) -> u64 {
-    let text = |value: &Value| value.as_str().map_or(0, |text| text.chars().count() as u64);
-    let call = |function: &Value| text(&function["name"]) + text(&function["arguments"]);
-    let mut chars = ["content", "refusal", "reasoning_content", "reasoning"]
+    generated_text(message)
         .iter()
-        .map(|field| text(&message[*field]))
-        .sum::<u64>();
-    if let Some(calls) = message["tool_calls"].as_array() {
-        chars += calls.iter().map(|tool_call| call(&tool_call["function"])).sum::<u64>();
-    }
-    chars + call(&message["function_call"])
+        .map(|text| text.chars().count() as u64)
+        .fold(0, u64::saturating_add)
 }
 
 #[cfg(test)]
@@ -325,7 +399,14 @@ mod tests {
         assert_eq!(generated_chars(&message), 4 + 4 + 6 + 7 + 1 + 2 + 2);
         let answer = json!({"choices": [{"message": {"content": null, "tool_calls": [
             {"function": {"name": "lookup", "arguments": "x".repeat(40_000)}}]}}]});
-        assert_eq!(estimate_completion_tokens(&answer), (40_000 + 6_u64).div_ceil(4));
+        assert_eq!(estimate_completion_tokens(&answer, None), 10_000 + 6_u64.div_ceil(4));
+        let cl100k = crate::tokenizer::Tokenizer::named("cl100k_base");
+        let answer = json!({"choices": [{"message": {"content": "Hello world"}}]});
+        assert_eq!(
+            estimate_completion_tokens(&answer, cl100k.as_ref()),
+            2,
+            "by the model's tokenizer"
+        );
         assert_eq!(generated_chars(&json!({})), 0);
     }
 
@@ -345,7 +426,8 @@ mod tests {
             "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
         }))
         .unwrap();
-        let bound = prompt_upper_bound(&request);
+        let demand = Demand::of_chat(&request);
+        let bound = demand.prompt_bound(TemplateOverhead::default());
         let text_part = json!({"type": "text", "text": "What is this?"}).to_string().len() as u64;
         let tool_calls = request.messages[2].extra["tool_calls"].to_string().len() as u64;
         let tools = request.extra["tools"].to_string().len() as u64;
@@ -353,7 +435,14 @@ mod tests {
             bound,
             64 + 3 * 16 + "Be brief.".len() as u64 + text_part + MAX_IMAGE_TOKENS + tool_calls + tools
         );
-        assert!(bound >= estimate_prompt_tokens(&request));
+        assert!(bound >= estimate_prompt_tokens(&request, None, TemplateOverhead::default()));
+        let tight = TemplateOverhead {
+            per_message: 5,
+            per_request: 3,
+        };
+        assert_eq!(demand.prompt_bound(tight), bound - (64 + 3 * 16) + 3 + 3 * 5);
+        // Outside chat there is no template.
+        assert_eq!(Demand::of_embeddings(&json!("abc")).prompt_bound(tight), 4);
     }
 
     #[test]

@@ -587,6 +587,14 @@ pub struct ModelConfig {
     /// `cl100k_base` or `o200k_base` (unset: the endpoint answers 400 for it).
     #[serde(default)]
     pub tokenizer: Option<String>,
+    /// Tokens the model's chat template adds per message (role markers, separators), counted in
+    /// credit holds and in estimates when the upstream reports no usage (its own report
+    /// includes them). Default 16, above common templates.
+    #[serde(default)]
+    pub template_tokens_per_message: Option<u64>,
+    /// Tokens the chat template adds per request (a preamble, the assistant's opening). Default 64.
+    #[serde(default)]
+    pub template_tokens_per_request: Option<u64>,
 }
 
 mod defaults {

@@ -367,6 +367,13 @@ pub fn catalog(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<Catalo
                 .map(tollgate_gateway::tokenizer::Tokenizer::configured)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("models.{name}.tokenizer: {e}"))?,
+            template: {
+                let default = tollgate_gateway::usage::TemplateOverhead::default();
+                tollgate_gateway::usage::TemplateOverhead {
+                    per_message: model.template_tokens_per_message.unwrap_or(default.per_message),
+                    per_request: model.template_tokens_per_request.unwrap_or(default.per_request),
+                }
+            },
         });
     }
     Ok(Catalog::new(routes)?)

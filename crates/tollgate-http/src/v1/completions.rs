@@ -88,7 +88,7 @@ pub(crate) async fn create_completion(
             upstream_stream,
             upstream,
             sender,
-            prompt_estimate,
+            Box::new(move || prompt_estimate),
             deadline,
             shape,
         ));

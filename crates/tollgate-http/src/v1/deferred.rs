@@ -51,14 +51,13 @@ pub(super) async fn run(
     billing: Billing,
     body: ChatCompletionRequest,
     deadline: tokio::time::Instant,
-    prompt_estimate: u64,
     id: String,
 ) -> Result<(), XaiError> {
     let model = billing.admission.route().name.clone();
     // Unrecorded, the request is not run: dropping the admission releases its hold.
     state.deferred.begin(&key, &id, &model).await.map_err(unavailable)?;
     tokio::spawn(async move {
-        let outcome = match answer_and_settle(&state, billing, &body, deadline, prompt_estimate).await {
+        let outcome = match answer_and_settle(&state, billing, &body, deadline).await {
             Ok((mut answer, usage, cost)) => {
                 answer["model"] = Value::String(model);
                 answer["usage"] = usage_json(&usage, cost);

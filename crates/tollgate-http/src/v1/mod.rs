@@ -32,7 +32,7 @@ use tollgate_domain::{Endpoint, RequestId, Ticks, TokenUsage};
 use tollgate_gateway::GatewayError;
 use tollgate_gateway::pool::UpstreamEvent;
 use tollgate_gateway::sse::{SseDecoder, SseEvent};
-use tollgate_gateway::usage::{Demand, estimate_completion_tokens, estimate_prompt_tokens, parse_usage, usage_json};
+use tollgate_gateway::usage::{Demand, parse_usage, usage_json};
 use tollgate_gateway::wire::{ChatCompletionRequest, StreamOptions};
 
 use crate::AppState;
@@ -149,12 +149,11 @@ pub(crate) async fn create_chat_completion(
         admission,
         state: state.clone(),
     };
-    let prompt_estimate = estimate_prompt_tokens(&body);
     body.model = route.upstream_model().to_owned();
 
     if deferred {
         let id = request_id.to_string();
-        deferred::run(state, key, billing, body, deadline, prompt_estimate, id.clone()).await?;
+        deferred::run(state, key, billing, body, deadline, id.clone()).await?;
         return Ok((rate_headers, Json(json!({"request_id": id}))).into_response());
     }
 
@@ -171,6 +170,9 @@ pub(crate) async fn create_chat_completion(
         let shape = Chunks {
             model: route.name.clone(),
         };
+        // Counted only if the upstream reports no usage.
+        let estimate_route = Arc::clone(&route);
+        let prompt_estimate = Box::new(move || estimate_route.estimate_prompt(&body));
         tokio::spawn(relay_stream(
             billing,
             upstream_stream,
@@ -186,7 +188,7 @@ pub(crate) async fn create_chat_completion(
     // The upstream call and the settle run in a task of their own: a client that hangs up
     // drops this handler, but what the upstream produced is still charged.
     let settled = tokio::spawn(async move {
-        let (mut answer, usage, cost) = answer_and_settle(&state, billing, &body, deadline, prompt_estimate).await?;
+        let (mut answer, usage, cost) = answer_and_settle(&state, billing, &body, deadline).await?;
         answer["model"] = Value::String(route.name.clone());
         answer["usage"] = usage_json(&usage, cost);
         Ok::<_, XaiError>(answer)
@@ -204,7 +206,6 @@ async fn answer_and_settle(
     billing: Billing,
     body: &ChatCompletionRequest,
     deadline: tokio::time::Instant,
-    prompt_estimate: u64,
 ) -> Result<(Value, TokenUsage, Ticks), XaiError> {
     let route = std::sync::Arc::clone(billing.admission.route());
     let answer = tokio::time::timeout_at(deadline, route.chat(body, observer(state)))
@@ -215,8 +216,8 @@ async fn answer_and_settle(
         Some(usage) => (usage, false),
         None => (
             TokenUsage {
-                prompt_tokens: prompt_estimate,
-                completion_tokens: estimate_completion_tokens(&answer),
+                prompt_tokens: route.estimate_prompt(body),
+                completion_tokens: route.estimate_completion(&answer),
                 ..TokenUsage::default()
             },
             true,
@@ -557,7 +558,7 @@ async fn relay_stream<S: StreamShape>(
     upstream: impl futures_util::Stream<Item = Result<Bytes, GatewayError>> + Send,
     upstream_name: String,
     sender: mpsc::Sender<Result<Bytes, Infallible>>,
-    prompt_estimate: u64,
+    prompt_estimate: Box<dyn FnOnce() -> u64 + Send>,
     deadline: tokio::time::Instant,
     mut shape: S,
 ) {
@@ -653,7 +654,7 @@ async fn relay_stream<S: StreamShape>(
         Some(usage) => (usage, false),
         None => (
             TokenUsage {
-                prompt_tokens: prompt_estimate,
+                prompt_tokens: prompt_estimate(),
                 completion_tokens: completion_chars.div_ceil(4),
                 ..TokenUsage::default()
             },

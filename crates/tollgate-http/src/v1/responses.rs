@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tollgate_core::{AdmitError, ResponseError, Saved};
 use tollgate_domain::{ApiKey, Endpoint, RequestId, Ticks, TokenUsage};
 use tollgate_gateway::responses::{Finished, ResponseBuilder, ResponseHead, ResponsesRequest, usage_json};
-use tollgate_gateway::usage::{Demand, estimate_prompt_tokens};
+use tollgate_gateway::usage::Demand;
 use tollgate_gateway::wire::StreamOptions;
 
 use super::{Billing, StreamShape, admission_refused, answer_and_settle, observer, rate_limit_headers, sse_response};
@@ -184,7 +184,6 @@ pub(crate) async fn create_response(
         admission,
         state: state.clone(),
     };
-    let prompt_estimate = estimate_prompt_tokens(&chat);
     chat.model = route.upstream_model().to_owned();
 
     let suffix = uuid::Uuid::now_v7().simple().to_string();
@@ -221,6 +220,9 @@ pub(crate) async fn create_response(
             builder: ResponseBuilder::new(head),
             keeper,
         };
+        // Counted only if the upstream reports no usage.
+        let estimate_route = Arc::clone(&route);
+        let prompt_estimate = Box::new(move || estimate_route.estimate_prompt(&chat));
         tokio::spawn(super::relay_stream(
             billing,
             upstream_stream,
@@ -235,7 +237,7 @@ pub(crate) async fn create_response(
 
     // As for chat: a client that hangs up does not stop the charge, nor the keeping.
     let done = tokio::spawn(async move {
-        let (answer, usage, cost) = answer_and_settle(&state, billing, &chat, deadline, prompt_estimate).await?;
+        let (answer, usage, cost) = answer_and_settle(&state, billing, &chat, deadline).await?;
         let mut builder = ResponseBuilder::new(head);
         builder.answer(&answer);
         let finished = builder.finish(usage_json(&usage, cost));

@@ -36,7 +36,7 @@ fn request() -> Value {
 /// The worst case of [`request`]: its prompt bound and its whole output budget.
 fn hold_of_request() -> (u64, Ticks) {
     let parsed: ChatCompletionRequest = serde_json::from_value(request()).unwrap();
-    let prompt = Demand::of_chat(&parsed).prompt_tokens;
+    let prompt = Demand::of_chat(&parsed).prompt_bound(tollgate_gateway::usage::TemplateOverhead::default());
     let hold = PROMPT_PRICE * i64::try_from(prompt).unwrap() + COMPLETION_PRICE * MAX_TOKENS as i64;
     (prompt, Ticks::new(hold))
 }

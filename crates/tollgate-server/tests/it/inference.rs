@@ -20,6 +20,7 @@ on_both_backends!(
     embeddings_are_charged_per_input_token,
     legacy_completions_are_charged_like_chat,
     tokenize_text_with_the_models_tokenizer,
+    unreported_usage_is_counted_with_the_models_tokenizer,
 );
 
 /// `POST /v1/embeddings` goes through the same admission and billing as chat: the endpoint ACL
@@ -301,6 +302,8 @@ async fn models_without_prices_are_refused_and_zero_is_free(db: TestDb) {
         max_output_tokens: 16_384,
         endpoints: vec!["chat".into()],
         tokenizer: None,
+        template_tokens_per_message: None,
+        template_tokens_per_request: None,
     };
     config.models.insert("unpriced".into(), model(None, None));
     config.models.insert("free".into(), model(Some(0), Some(0)));
@@ -767,5 +770,39 @@ async fn tokenize_text_with_the_models_tokenizer(db: TestDb) {
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let response = tokenize(&key, json!({"text": "x", "model": "nope"})).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    app.finish().await;
+}
+
+/// An upstream that reports no usage is billed by Tollgate's count, marked estimated: with the
+/// model's tokenizer (its Hugging Face tokenizer.json) and its configured chat-template
+/// overhead, whole answers and streams.
+async fn unreported_usage_is_counted_with_the_models_tokenizer(db: TestDb) {
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    let model = config.models.get_mut(MODEL).unwrap();
+    model.tokenizer = Some(tollgate_testkit::TOKENIZER_JSON.into());
+    model.template_tokens_per_message = Some(3);
+    model.template_tokens_per_request = Some(5);
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    app.upstream.omit_usage(true);
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hello world"}]});
+    let answer: Value = app.chat(&key, body.clone()).await.json().await.unwrap();
+    // "hello world": 2 tokens, + 3 for the message, + 5 for the request.
+    assert_eq!(answer["usage"]["prompt_tokens"], 2 + 3 + 5);
+    // "Hello from the mock upstream.": hello, from, the, mock, upstream, "." by the tokenizer.
+    assert_eq!(answer["usage"]["completion_tokens"], 6);
+    let usage = app.store().list_usage(app.team.id, 10).await.unwrap();
+    assert!(usage[0].estimated);
+    assert_eq!(usage[0].usage.prompt_tokens, 10);
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let text = app.chat(&key, streamed).await.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    let usage = app.store().list_usage(app.team.id, 10).await.unwrap();
+    assert_eq!(usage.len(), 2);
+    assert!(usage[0].estimated && usage[0].streamed);
+    assert_eq!(usage[0].usage.prompt_tokens, 10, "the prompt by the tokenizer");
     app.finish().await;
 }

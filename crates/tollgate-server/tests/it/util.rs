@@ -93,6 +93,8 @@ pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
             max_output_tokens: 16_384,
             endpoints: vec!["chat".into(), "completions".into(), "embeddings".into()],
             tokenizer: Some("cl100k_base".into()),
+            template_tokens_per_message: None,
+            template_tokens_per_request: None,
         },
     );
     config

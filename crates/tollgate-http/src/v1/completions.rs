@@ -2,21 +2,18 @@
 //! upstream where it serves them (`endpoints` in its configuration lists `completions`), with the
 //! same admission, hold and settle as chat.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tollgate_domain::{Endpoint, RequestId, TokenUsage};
+use tollgate_domain::{Endpoint, TokenUsage};
 use tollgate_gateway::GatewayError;
 use tollgate_gateway::usage::{Demand, estimate_text_completion_tokens, parse_usage, usage_json};
 use tollgate_gateway::wire::{CompletionRequest, StreamOptions};
 
-use super::{Billing, Chunks, admission_refused, observer, rate_limit_headers, sse_response};
+use super::{Billing, Chunks, admission_refused, observer, rate_limit_headers};
 use crate::AppState;
 use crate::error::XaiError;
 use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
@@ -39,11 +36,7 @@ pub(crate) async fn create_completion(
     XaiJson(mut body): XaiJson<CompletionRequest>,
 ) -> Result<Response, XaiError> {
     body.validate().map_err(XaiError::invalid_argument)?;
-    let request_id = meta
-        .request_id
-        .as_deref()
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(RequestId::new);
+    let request_id = super::request_id(&meta);
     let demand = Demand::of_completion(&body);
     // Without upstream usage: about four bytes a token, as for chat.
     let prompt_estimate = demand.prompt_tokens.div_ceil(4);
@@ -79,20 +72,17 @@ pub(crate) async fn create_completion(
             .post_stream("/completions", &upstream_body, observer(&state))
             .await
             .map_err(XaiError::from)?;
-        let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+        let relay = super::Relay {
+            billing,
+            upstream: upstream_stream,
+            upstream_name: upstream,
+            prompt_estimate: Box::new(move || prompt_estimate),
+            deadline,
+        };
         let shape = Chunks {
             model: route.name.clone(),
         };
-        tokio::spawn(super::relay_stream(
-            billing,
-            upstream_stream,
-            upstream,
-            sender,
-            Box::new(move || prompt_estimate),
-            deadline,
-            shape,
-        ));
-        return Ok(sse_response(receiver, rate_headers));
+        return Ok(relay.start(shape, rate_headers));
     }
 
     let upstream_body = serde_json::to_value(&body).map_err(|e| XaiError::internal(anyhow::Error::new(e)))?;

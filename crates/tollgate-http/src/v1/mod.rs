@@ -121,12 +121,7 @@ pub(crate) async fn create_chat_completion(
     body.validate().map_err(XaiError::invalid_argument)?;
     let deferred = deferred::asked(&mut body)?;
     // A deferred request's id is what its result is fetched by: always a fresh one.
-    let request_id = meta
-        .request_id
-        .as_deref()
-        .and_then(|id| id.parse().ok())
-        .filter(|_| !deferred)
-        .unwrap_or_else(RequestId::new);
+    let request_id = if deferred { RequestId::new() } else { request_id(&meta) };
     let demand = Demand::of_chat(&body);
     let admission = state
         .inference
@@ -166,23 +161,19 @@ pub(crate) async fn create_chat_completion(
             .chat_stream(&body, observer(&state))
             .await
             .map_err(XaiError::from)?;
-        let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
         let shape = Chunks {
             model: route.name.clone(),
         };
         // Counted only if the upstream reports no usage.
         let estimate_route = Arc::clone(&route);
-        let prompt_estimate = Box::new(move || estimate_route.estimate_prompt(&body));
-        tokio::spawn(relay_stream(
+        let relay = Relay {
             billing,
-            upstream_stream,
-            upstream,
-            sender,
-            prompt_estimate,
+            upstream: upstream_stream,
+            upstream_name: upstream,
+            prompt_estimate: Box::new(move || estimate_route.estimate_prompt(&body)),
             deadline,
-            shape,
-        ));
-        return Ok(sse_response(receiver, rate_headers));
+        };
+        return Ok(relay.start(shape, rate_headers));
     }
 
     // The upstream call and the settle run in a task of their own: a client that hangs up
@@ -481,6 +472,34 @@ fn observer(state: &AppState) -> impl Fn(UpstreamEvent<'_>) + '_ {
     }
 }
 
+/// The request's id: the client's `x-request-id` when it is a UUID, else a new one.
+fn request_id(meta: &tollgate_domain::RequestContext) -> RequestId {
+    meta.request_id
+        .as_deref()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_default()
+}
+
+/// An admitted request's upstream stream, and what relaying it needs.
+struct Relay {
+    billing: Billing,
+    upstream: tollgate_gateway::catalog::UpstreamStream,
+    upstream_name: String,
+    /// The prompt's tokens, counted only if the upstream reports no usage.
+    prompt_estimate: Box<dyn FnOnce() -> u64 + Send>,
+    deadline: tokio::time::Instant,
+}
+
+impl Relay {
+    /// Relays the stream to the client from a task of its own, shaped by `shape` and settled
+    /// before its last event: the streamed answer, with `headers`.
+    fn start<S: StreamShape>(self, shape: S, headers: HeaderMap) -> Response {
+        let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+        tokio::spawn(relay_stream(self, sender, shape));
+        sse_response(receiver, headers)
+    }
+}
+
 /// A streamed answer: what `receiver` yields, as server-sent events, with `headers`.
 fn sse_response(receiver: mpsc::Receiver<Result<Bytes, Infallible>>, headers: HeaderMap) -> Response {
     let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
@@ -553,15 +572,14 @@ impl StreamShape for Chunks {
 
 /// Relays the upstream's SSE stream chunk by chunk as it arrives, shaped by `shape`, and settles
 /// the bill before the stream's last event.
-async fn relay_stream<S: StreamShape>(
-    billing: Billing,
-    upstream: impl futures_util::Stream<Item = Result<Bytes, GatewayError>> + Send,
-    upstream_name: String,
-    sender: mpsc::Sender<Result<Bytes, Infallible>>,
-    prompt_estimate: Box<dyn FnOnce() -> u64 + Send>,
-    deadline: tokio::time::Instant,
-    mut shape: S,
-) {
+async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<Bytes, Infallible>>, mut shape: S) {
+    let Relay {
+        billing,
+        upstream,
+        upstream_name,
+        prompt_estimate,
+        deadline,
+    } = relay;
     let mut upstream = Box::pin(upstream);
     let mut decoder = SseDecoder::default();
     let mut last_usage: Option<TokenUsage> = None;

@@ -7,7 +7,6 @@
 //! naming `previous_response_id` sends that conversation again, billed as prompt, as xAI bills
 //! it. A team only ever reads, continues or deletes its own responses.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
@@ -15,14 +14,13 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tollgate_core::{AdmitError, ResponseError, Saved};
-use tollgate_domain::{ApiKey, Endpoint, RequestId, Ticks, TokenUsage};
+use tollgate_domain::{ApiKey, Endpoint, Ticks, TokenUsage};
 use tollgate_gateway::responses::{Finished, ResponseBuilder, ResponseHead, ResponsesRequest, usage_json};
 use tollgate_gateway::usage::Demand;
 use tollgate_gateway::wire::StreamOptions;
 
-use super::{Billing, StreamShape, admission_refused, answer_and_settle, observer, rate_limit_headers, sse_response};
+use super::{Billing, StreamShape, admission_refused, answer_and_settle, observer, rate_limit_headers};
 use crate::AppState;
 use crate::error::XaiError;
 use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
@@ -159,11 +157,7 @@ pub(crate) async fn create_response(
     let turn = body.to_chat(&history).map_err(XaiError::invalid_argument)?;
     let mut chat = turn.request;
     chat.validate().map_err(XaiError::invalid_argument)?;
-    let request_id = meta
-        .request_id
-        .as_deref()
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(RequestId::new);
+    let request_id = super::request_id(&meta);
     let admission = state
         .inference
         .admit(
@@ -215,24 +209,20 @@ pub(crate) async fn create_response(
             .chat_stream(&chat, observer(&state))
             .await
             .map_err(XaiError::from)?;
-        let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
         let shape = ResponseEvents {
             builder: ResponseBuilder::new(head),
             keeper,
         };
         // Counted only if the upstream reports no usage.
         let estimate_route = Arc::clone(&route);
-        let prompt_estimate = Box::new(move || estimate_route.estimate_prompt(&chat));
-        tokio::spawn(super::relay_stream(
+        let relay = super::Relay {
             billing,
-            upstream_stream,
-            upstream,
-            sender,
-            prompt_estimate,
+            upstream: upstream_stream,
+            upstream_name: upstream,
+            prompt_estimate: Box::new(move || estimate_route.estimate_prompt(&chat)),
             deadline,
-            shape,
-        ));
-        return Ok(sse_response(receiver, rate_headers));
+        };
+        return Ok(relay.start(shape, rate_headers));
     }
 
     // As for chat: a client that hangs up does not stop the charge, nor the keeping.

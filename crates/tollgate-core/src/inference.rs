@@ -20,6 +20,7 @@ use std::time::Instant;
 use tollgate_domain::ratelimit::{KeyLimits, LimitDecision, LimitKind};
 use tollgate_domain::{ApiKey, Clock, Endpoint, ModelPricing, RequestId, Ticks, Timestamp, TokenUsage, UsageRecord};
 use tollgate_gateway::usage::Demand;
+use tollgate_gateway::wire::ChatCompletionRequest;
 use tollgate_gateway::{Catalog, ModelRoute};
 
 use crate::billing::credit::{CreditError, Credits, Hold};
@@ -95,6 +96,15 @@ pub enum SettleError {
     /// The usage record could not be made durable.
     #[error(transparent)]
     Record(#[from] UsageError),
+}
+
+/// What is being admitted.
+struct Request<'a> {
+    endpoint: Endpoint,
+    model: &'a str,
+    demand: Demand,
+    /// A chat request, whose prompt a tokenizer may count more tightly than its bytes.
+    chat: Option<&'a ChatCompletionRequest>,
 }
 
 /// An admitted request, until it is settled.
@@ -255,6 +265,48 @@ impl Inference {
         streamed: bool,
         request_id: RequestId,
     ) -> Result<Admission, AdmitError> {
+        let request = Request {
+            endpoint,
+            model,
+            demand,
+            chat: None,
+        };
+        self.admit_request(key, request, streamed, request_id).await
+    }
+
+    /// Admits a chat request, as [`Self::admit`] does. When the team's credit does not cover
+    /// the prompt's byte bound, the prompt is counted with the model's tokenizer (if it has
+    /// one, and the prompt is not huge) and the hold tried again with that tighter bound: a team
+    /// near its limit is not refused for what a tokenizer shows it can pay.
+    pub async fn admit_chat(
+        &self,
+        key: Arc<ApiKey>,
+        chat: &ChatCompletionRequest,
+        streamed: bool,
+        request_id: RequestId,
+    ) -> Result<Admission, AdmitError> {
+        let request = Request {
+            endpoint: Endpoint::Chat,
+            model: &chat.model,
+            demand: Demand::of_chat(chat),
+            chat: Some(chat),
+        };
+        self.admit_request(key, request, streamed, request_id).await
+    }
+
+    async fn admit_request(
+        &self,
+        key: Arc<ApiKey>,
+        request: Request<'_>,
+        streamed: bool,
+        request_id: RequestId,
+    ) -> Result<Admission, AdmitError> {
+        let Request {
+            endpoint,
+            model,
+            demand,
+            chat,
+        } = request;
         let route = self
             .catalog
             .resolve(model)
@@ -307,14 +359,27 @@ impl Inference {
                 demand.output_budget(route.max_output_tokens),
             )
             .map_err(|_| out_of_credit())?;
-        let hold = self
-            .credits
-            .hold(key.team_id, worst_case)
-            .await
-            .map_err(|error| match error {
-                CreditError::Exhausted => out_of_credit(),
-                CreditError::Store(error) => AdmitError::Unavailable(error),
-            })?;
+        let mut held = self.credits.hold(key.team_id, worst_case).await;
+        if let (Err(CreditError::Exhausted), Some(chat), Some(tokenizer)) = (&held, chat, &route.tokenizer) {
+            let counted = tollgate_gateway::usage::prompt_tokens_counted(chat, tokenizer);
+            if let Some(prompt_tokens) = counted.filter(|tokens| *tokens < demand.prompt_tokens) {
+                let tight = Demand {
+                    prompt_tokens,
+                    ..demand
+                };
+                let tight = pricing
+                    .upper_bound(
+                        tight.prompt_bound(route.template),
+                        tight.output_budget(route.max_output_tokens),
+                    )
+                    .map_err(|_| out_of_credit())?;
+                held = self.credits.hold(key.team_id, tight).await;
+            }
+        }
+        let hold = held.map_err(|error| match error {
+            CreditError::Exhausted => out_of_credit(),
+            CreditError::Store(error) => AdmitError::Unavailable(error),
+        })?;
         let started = Instant::now();
         Ok(Admission {
             key,

@@ -153,23 +153,46 @@ pub const MAX_IMAGE_TOKENS: u64 = 1_792;
 /// [`TemplateOverhead`] is added by [`Demand::prompt_bound`]. What a credit hold is computed from.
 #[must_use]
 pub fn prompt_upper_bound(request: &crate::wire::ChatCompletionRequest) -> u64 {
+    prompt_tokens_by(request, &|text| text.len() as u64)
+}
+
+/// Most bytes of prompt [`prompt_tokens_counted`] tokenizes: past it, counting would cost more
+/// CPU than a tighter hold is worth.
+pub const MAX_COUNTED_PROMPT_BYTES: u64 = 256 * 1024;
+
+/// The request's prompt tokens before its chat template, counted by `tokenizer`: every text,
+/// tool call and tool schema tokenized, each image at [`MAX_IMAGE_TOKENS`]. Tighter than
+/// [`prompt_upper_bound`] (a token is usually several bytes); `None` for a prompt above
+/// [`MAX_COUNTED_PROMPT_BYTES`].
+#[must_use]
+pub fn prompt_tokens_counted(
+    request: &crate::wire::ChatCompletionRequest,
+    tokenizer: &crate::tokenizer::Tokenizer,
+) -> Option<u64> {
+    if prompt_upper_bound(request) > MAX_COUNTED_PROMPT_BYTES {
+        return None;
+    }
+    Some(prompt_tokens_by(request, &|text| tokenizer.tokenize(text).len() as u64))
+}
+
+fn prompt_tokens_by(request: &crate::wire::ChatCompletionRequest, count: &dyn Fn(&str) -> u64) -> u64 {
     use crate::wire::MessageContent;
-    let bytes = |value: &Value| match value {
+    let value_tokens = |value: &Value| match value {
         Value::Null => 0,
-        Value::String(text) => text.len() as u64,
-        other => other.to_string().len() as u64,
+        Value::String(text) => count(text),
+        other => count(&other.to_string()),
     };
     let mut tokens: u64 = 0;
     for message in &request.messages {
         match &message.content {
-            Some(MessageContent::Text(text)) => tokens = tokens.saturating_add(text.len() as u64),
+            Some(MessageContent::Text(text)) => tokens = tokens.saturating_add(count(text)),
             Some(MessageContent::Parts(parts)) => {
                 for part in parts {
                     let image = part.get("type").and_then(Value::as_str) == Some("image_url");
                     let size = if image {
                         MAX_IMAGE_TOKENS
                     } else {
-                        serde_json::to_string(part).map_or(0, |text| text.len() as u64)
+                        serde_json::to_string(part).map_or(0, |text| count(&text))
                     };
                     tokens = tokens.saturating_add(size);
                 }
@@ -177,8 +200,8 @@ pub fn prompt_upper_bound(request: &crate::wire::ChatCompletionRequest) -> u64 {
             None => {}
         }
         for value in message.extra.values() {
-            // Tool calls, names, reasoning carried back: every byte may be a token.
-            tokens = tokens.saturating_add(bytes(value));
+            // Tool calls, names, reasoning carried back: all of it is prompt.
+            tokens = tokens.saturating_add(value_tokens(value));
         }
     }
     for (field, value) in &request.extra {
@@ -186,7 +209,7 @@ pub fn prompt_upper_bound(request: &crate::wire::ChatCompletionRequest) -> u64 {
             field.as_str(),
             "tools" | "functions" | "tool_choice" | "response_format"
         ) {
-            tokens = tokens.saturating_add(bytes(value));
+            tokens = tokens.saturating_add(value_tokens(value));
         }
     }
     tokens

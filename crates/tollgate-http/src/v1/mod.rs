@@ -122,17 +122,9 @@ pub(crate) async fn create_chat_completion(
     let deferred = deferred::asked(&mut body)?;
     // A deferred request's id is what its result is fetched by: always a fresh one.
     let request_id = if deferred { RequestId::new() } else { request_id(&meta) };
-    let demand = Demand::of_chat(&body);
     let admission = state
         .inference
-        .admit(
-            Arc::clone(&key),
-            Endpoint::Chat,
-            &body.model,
-            demand,
-            body.is_stream(),
-            request_id,
-        )
+        .admit_chat(Arc::clone(&key), &body, body.is_stream(), request_id)
         .await
         .map_err(|error| admission_refused(&state, error))?;
     // The upstream is held to the budget the credit hold assumed, and to the deadline.

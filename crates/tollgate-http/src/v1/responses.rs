@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 use tollgate_core::{AdmitError, ResponseError, Saved};
 use tollgate_domain::{ApiKey, Endpoint, Ticks, TokenUsage};
 use tollgate_gateway::responses::{Finished, ResponseBuilder, ResponseHead, ResponsesRequest, usage_json};
-use tollgate_gateway::usage::Demand;
 use tollgate_gateway::wire::StreamOptions;
 
 use super::{Billing, StreamShape, admission_refused, answer_and_settle, observer, rate_limit_headers};
@@ -160,14 +159,7 @@ pub(crate) async fn create_response(
     let request_id = super::request_id(&meta);
     let admission = state
         .inference
-        .admit(
-            Arc::clone(&key),
-            Endpoint::Chat,
-            &body.model,
-            Demand::of_chat(&chat),
-            body.is_stream(),
-            request_id,
-        )
+        .admit_chat(Arc::clone(&key), &chat, body.is_stream(), request_id)
         .await
         .map_err(|error| admission_refused(&state, error))?;
     chat.limit_output(admission.output_per_choice());

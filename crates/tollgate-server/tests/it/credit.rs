@@ -25,6 +25,7 @@ on_both_backends!(
     members_see_the_usage_of_their_own_keys,
     a_request_past_its_deadline_is_cut_off_and_charged,
     leases_go_back_when_idle_and_at_shutdown,
+    a_tokenizer_tightens_the_hold_of_a_long_prompt,
 );
 
 const MAX_TOKENS: u64 = 100;
@@ -721,4 +722,42 @@ async fn leases_go_back_when_idle_and_at_shutdown(db: TestDb) {
     );
     reopened.close().await;
     db.finish().await;
+}
+
+/// A long prompt is held for its bytes (every byte may be a token), unless that does not fit the
+/// team's credit and the model has a tokenizer: then the prompt is counted, and a team whose
+/// credit covers the counted worst case is served.
+async fn a_tokenizer_tightens_the_hold_of_a_long_prompt(db: TestDb) {
+    use tollgate_gateway::usage::{TemplateOverhead, prompt_tokens_counted};
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    config.billing.max_invoiced_limit_usd = None;
+    let mut plain = config.models[MODEL].clone();
+    plain.aliases = vec![];
+    plain.tokenizer = None;
+    config.models.insert("no-tokenizer".into(), plain);
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let text = "hello ".repeat(2_000);
+    let body = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 10});
+    let parsed: ChatCompletionRequest = serde_json::from_value(body(MODEL)).unwrap();
+    let template = TemplateOverhead::default();
+    let by_bytes = Demand::of_chat(&parsed).prompt_bound(template);
+    let cl100k = tollgate_gateway::tokenizer::Tokenizer::named("cl100k_base").unwrap();
+    let counted = prompt_tokens_counted(&parsed, &cl100k).unwrap() + template.per_request + template.per_message;
+    assert!(counted * 3 < by_bytes, "{counted} vs {by_bytes}");
+    let hold = |prompt: u64| Ticks::new(PROMPT_PRICE * i64::try_from(prompt).unwrap() + COMPLETION_PRICE * 10);
+    grant(&app, hold(counted), None).await;
+    app.clock.advance(chrono::Duration::minutes(1));
+
+    // Without a tokenizer the byte bound is held, and it does not fit.
+    assert_eq!(
+        app.chat(&key, body("no-tokenizer")).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert!(app.upstream.requests().is_empty());
+    // With one, the counted prompt is held, and it fits.
+    assert_eq!(app.chat(&key, body(MODEL)).await.status(), StatusCode::OK);
+    assert_ledger_consistent(&app).await;
+    app.finish().await;
 }

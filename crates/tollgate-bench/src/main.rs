@@ -14,7 +14,7 @@ use tollgate_domain::{Actor, Clock, RequestContext, SystemClock};
 use tollgate_server::config::ModelConfig;
 
 #[derive(Debug, Parser)]
-#[command(about = "Benchmark tollgate's /v1/chat/completions against the upstream called directly")]
+#[command(about = "Benchmark tollgate's inference endpoints against the upstream called directly")]
 struct Args {
     /// Requests per run.
     #[arg(long, default_value_t = 20_000)]
@@ -31,10 +31,25 @@ struct Args {
     /// Teams the requests are spread over (round robin, one key each).
     #[arg(long, default_value_t = 1)]
     teams: usize,
+    /// The endpoint family to load: chat completions, responses (stored, the default), legacy
+    /// completions or embeddings. The upstream is called directly on its own counterpart.
+    #[arg(long, value_enum, default_value_t = Family::Chat)]
+    endpoint: Family,
+    /// With `--endpoint responses`: send `"store": false` (nothing kept).
+    #[arg(long)]
+    no_store: bool,
     /// A PostgreSQL database to use instead of a temporary SQLite file (it should be empty:
     /// the benchmark migrates it and leaves its rows).
     #[arg(long)]
     database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Family {
+    Chat,
+    Responses,
+    Completions,
+    Embeddings,
 }
 
 struct Run {
@@ -144,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         cached_prompt_price: None,
         completion_price: Some(price),
         max_output_tokens: 16_384,
-        endpoints: vec!["chat".into()],
+        endpoints: vec!["chat".into(), "completions".into(), "embeddings".into()],
         tokenizer: None,
         template_tokens_per_message: None,
         template_tokens_per_request: None,
@@ -203,15 +218,41 @@ async fn main() -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .pool_max_idle_per_host(1024)
         .build()?;
+    anyhow::ensure!(
+        !(args.stream && args.endpoint == Family::Embeddings),
+        "embeddings are not streamed"
+    );
     let messages = json!([{"role": "user", "content": "Say hello."}]);
-    let direct_url = format!("{}/chat/completions", upstream.base_url);
-    let tollgate_url = format!("http://{}/v1/chat/completions", server.addr);
-    let direct_body = json!({"model": "mock-model", "messages": messages, "stream": args.stream, "stream_options": {"include_usage": true}});
-    let body = |model: &str| json!({"model": model, "messages": messages, "stream": args.stream, "max_tokens": 256});
+    let stream = args.stream;
+    let chat_direct = json!({"model": "mock-model", "messages": messages, "stream": stream, "stream_options": {"include_usage": true}});
+    let (path, direct_path, direct_body) = match args.endpoint {
+        Family::Chat => ("/v1/chat/completions", "/chat/completions", chat_direct),
+        Family::Responses => ("/v1/responses", "/chat/completions", chat_direct),
+        Family::Completions => (
+            "/v1/completions",
+            "/completions",
+            json!({"model": "mock-model", "prompt": "Say hello.", "max_tokens": 256, "stream": stream,
+                "stream_options": {"include_usage": true}}),
+        ),
+        Family::Embeddings => (
+            "/v1/embeddings",
+            "/embeddings",
+            json!({"model": "mock-model", "input": "Say hello."}),
+        ),
+    };
+    let direct_url = format!("{}{direct_path}", upstream.base_url);
+    let tollgate_url = format!("http://{}{path}", server.addr);
+    let body = |model: &str| match args.endpoint {
+        Family::Chat => json!({"model": model, "messages": messages, "stream": stream, "max_tokens": 256}),
+        Family::Responses => json!({"model": model, "input": "Say hello.", "stream": stream, "max_output_tokens": 256,
+            "store": !args.no_store}),
+        Family::Completions => json!({"model": model, "prompt": "Say hello.", "stream": stream, "max_tokens": 256}),
+        Family::Embeddings => json!({"model": model, "input": "Say hello."}),
+    };
     let (billed_body, free_body) = (body("bench"), body("bench-free"));
 
     println!(
-        "tollgate-bench: {} requests, concurrency {}, {} answers, {}, {} team(s), {} cores",
+        "tollgate-bench: {path}, {} requests, concurrency {}, {} answers, {}, {} team(s), {} cores",
         args.requests,
         args.concurrency,
         if args.stream { "streamed" } else { "JSON" },

@@ -1186,8 +1186,8 @@ pub struct StoredResponse {
 /// **Invariant:** a response is found only by its own team, and only before it expires.
 #[async_trait]
 pub trait ResponseStore: Send + Sync {
-    /// Stores a response.
-    async fn insert_response(&self, response: &StoredResponse) -> Result<(), StoreError>;
+    /// Stores responses, all in one transaction (a group commit).
+    async fn insert_responses(&self, responses: &[StoredResponse]) -> Result<(), StoreError>;
     /// The team's response `id`, unless it expired by `now`.
     async fn stored_response(
         &self,

@@ -1340,7 +1340,7 @@ pub async fn sweep_deletes_what_is_over(store: &dyn Store) {
             .await
             .unwrap();
         store
-            .insert_response(&crate::StoredResponse {
+            .insert_responses(&[crate::StoredResponse {
                 id: format!("resp_{n}"),
                 team_id: team.id,
                 api_key_id: ApiKeyId::new(),
@@ -1348,7 +1348,7 @@ pub async fn sweep_deletes_what_is_over(store: &dyn Store) {
                 created_at: begun,
                 expires_at: begun + hour,
                 sealed: vec![n; 48],
-            })
+            }])
             .await
             .unwrap();
         store

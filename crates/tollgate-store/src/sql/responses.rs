@@ -9,20 +9,24 @@ use crate::{ResponseStore, StoreError, StoredResponse};
 
 #[async_trait]
 impl ResponseStore for SqlStore {
-    async fn insert_response(&self, response: &StoredResponse) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO stored_responses (id, team_id, api_key_id, model, created_at, expires_at, sealed) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&response.id)
-        .bind(response.team_id.as_uuid())
-        .bind(response.api_key_id.as_uuid())
-        .bind(&response.model)
-        .bind(response.created_at)
-        .bind(response.expires_at)
-        .bind(&response.sealed)
-        .execute(&self.write)
-        .await?;
+    async fn insert_responses(&self, responses: &[StoredResponse]) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        for response in responses {
+            sqlx::query(
+                "INSERT INTO stored_responses (id, team_id, api_key_id, model, created_at, expires_at, sealed) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&response.id)
+            .bind(response.team_id.as_uuid())
+            .bind(response.api_key_id.as_uuid())
+            .bind(&response.model)
+            .bind(response.created_at)
+            .bind(response.expires_at)
+            .bind(&response.sealed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

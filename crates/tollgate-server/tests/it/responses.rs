@@ -182,7 +182,7 @@ async fn stored_responses_are_the_teams_own_and_expire(db: TestDb) {
     let key = app.api_key().await;
     let mine = created(&app, &key, json!({"model": MODEL, "input": "a secret plan"})).await;
     let id = mine["id"].as_str().unwrap();
-    let (_, _, _, other_key) = app.team_with_key("Other").await;
+    let (other_team, other_caller, _, other_key) = app.team_with_key("Other").await;
     let path = format!("/v1/responses/{id}");
     let fetched = app
         .client
@@ -221,6 +221,21 @@ async fn stored_responses_are_the_teams_own_and_expire(db: TestDb) {
         .unwrap();
     let text = String::from_utf8_lossy(&row.sealed);
     assert!(!text.contains("secret plan") && !text.contains("mock upstream"));
+
+    // A deleted team's responses go with it, not at the end of their retention.
+    let theirs = created(&app, &other_key, json!({"model": MODEL, "input": "theirs"})).await;
+    let theirs = theirs["id"].as_str().unwrap();
+    app.services()
+        .teams
+        .delete_team(&other_caller, "Other", &tollgate_domain::RequestContext::default())
+        .await
+        .unwrap();
+    let gone = app
+        .store()
+        .stored_response(other_team.id, theirs, app.clock.now())
+        .await
+        .unwrap();
+    assert!(gone.is_none());
 
     // Past the retention (30 days): not found, then swept.
     app.clock

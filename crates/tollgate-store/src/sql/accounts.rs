@@ -446,7 +446,17 @@ impl AccountStore for SqlStore {
             .bind(user)
             .execute(&mut *tx)
             .await?;
-        // Its Personal Team goes with it (and that team's keys).
+        // Its Personal Team goes with it (and that team's keys, stored responses and deferred
+        // completions).
+        for table in ["stored_responses", "deferred_completions"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE team_id IN \
+                 (SELECT t.id FROM teams t JOIN team_members m ON m.team_id = t.id WHERE m.user_id = $1 AND t.personal)"
+            ))
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "UPDATE api_keys SET deleted_at = $2 WHERE deleted_at IS NULL AND team_id IN \
              (SELECT t.id FROM teams t JOIN team_members m ON m.team_id = t.id WHERE m.user_id = $1 AND t.personal)",

@@ -124,6 +124,13 @@ impl TeamStore for SqlStore {
         .bind(at)
         .execute(&mut *tx)
         .await?;
+        // What it kept of inference goes now, not at the end of its retention.
+        for table in ["stored_responses", "deferred_completions"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE team_id = $1"))
+                .bind(team_id.as_uuid())
+                .execute(&mut *tx)
+                .await?;
+        }
         // Its credit is forfeited, on the ledger (no refunds of prepaid credit).
         super::ledger::forfeit(&mut tx, team_id, at, &audit.actor).await?;
         insert_audit(&mut tx, &self.audit_key, audit).await?;

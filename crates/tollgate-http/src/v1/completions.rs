@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tollgate_domain::{Endpoint, TokenUsage};
-use tollgate_gateway::GatewayError;
 use tollgate_gateway::usage::{Demand, estimate_text_completion_tokens, parse_usage, usage_json};
 use tollgate_gateway::wire::{CompletionRequest, StreamOptions};
 
@@ -86,33 +85,24 @@ pub(crate) async fn create_completion(
     }
 
     let upstream_body = serde_json::to_value(&body).map_err(|e| XaiError::internal(anyhow::Error::new(e)))?;
-    // As for chat: a client that hangs up does not stop the charge for what was produced.
-    let settled = tokio::spawn(async move {
-        let mut answer = tokio::time::timeout_at(
-            deadline,
-            route.post_json("/completions", &upstream_body, observer(&state)),
-        )
-        .await
-        .unwrap_or(Err(GatewayError::Timeout))
-        .map_err(XaiError::from)?;
-        let (usage, estimated) = match parse_usage(&answer["usage"]) {
+    let answer = super::in_own_task(async move {
+        let read_usage = |answer: &Value| match parse_usage(&answer["usage"]) {
             Some(usage) => (usage, false),
-            None => (
-                TokenUsage {
+            None => {
+                let usage = TokenUsage {
                     prompt_tokens: prompt_estimate,
-                    completion_tokens: estimate_text_completion_tokens(&answer),
+                    completion_tokens: estimate_text_completion_tokens(answer),
                     ..TokenUsage::default()
-                },
-                true,
-            ),
+                };
+                (usage, true)
+            }
         };
-        let cost = billing.settle(usage, estimated).await?;
+        let (mut answer, usage, cost) =
+            super::post_and_settle(&state, billing, "/completions", &upstream_body, deadline, read_usage).await?;
         answer["model"] = Value::String(route.name.clone());
         answer["usage"] = usage_json(&usage, cost);
-        Ok::<_, XaiError>(answer)
-    });
-    let answer = settled
-        .await
-        .map_err(|e| XaiError::internal(anyhow::anyhow!("the request's task failed: {e}")))??;
+        Ok(answer)
+    })
+    .await?;
     Ok((rate_headers, Json(answer)).into_response())
 }

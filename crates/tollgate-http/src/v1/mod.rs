@@ -168,18 +168,44 @@ pub(crate) async fn create_chat_completion(
         return Ok(relay.start(shape, rate_headers));
     }
 
-    // The upstream call and the settle run in a task of their own: a client that hangs up
-    // drops this handler, but what the upstream produced is still charged.
-    let settled = tokio::spawn(async move {
+    let answer = in_own_task(async move {
         let (mut answer, usage, cost) = answer_and_settle(&state, billing, &body, deadline).await?;
         answer["model"] = Value::String(route.name.clone());
         answer["usage"] = usage_json(&usage, cost);
-        Ok::<_, XaiError>(answer)
-    });
-    let answer = settled
-        .await
-        .map_err(|e| XaiError::internal(anyhow::anyhow!("the request's task failed: {e}")))??;
+        Ok(answer)
+    })
+    .await?;
     Ok((rate_headers, Json(answer)).into_response())
+}
+
+/// Runs `work` (an upstream call and its settle) in a task of its own: a client that hangs up
+/// drops its handler, but what the upstream produced is still charged.
+async fn in_own_task<T: Send + 'static>(
+    work: impl Future<Output = Result<T, XaiError>> + Send + 'static,
+) -> Result<T, XaiError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| XaiError::internal(anyhow::anyhow!("the request's task failed: {e}")))?
+}
+
+/// Posts `body` to another of the upstream's endpoints (by the deadline) and settles it with
+/// what `read_usage` finds in the answer (`true`: estimated): the answer, its usage and cost.
+async fn post_and_settle(
+    state: &AppState,
+    billing: Billing,
+    path: &str,
+    body: &Value,
+    deadline: tokio::time::Instant,
+    read_usage: impl FnOnce(&Value) -> (TokenUsage, bool),
+) -> Result<(Value, TokenUsage, Ticks), XaiError> {
+    let route = Arc::clone(billing.admission.route());
+    let answer = tokio::time::timeout_at(deadline, route.post_json(path, body, observer(state)))
+        .await
+        .unwrap_or(Err(GatewayError::Timeout))
+        .map_err(XaiError::from)?;
+    let (usage, estimated) = read_usage(&answer);
+    let cost = billing.settle(usage, estimated).await?;
+    Ok((answer, usage, cost))
 }
 
 /// Asks the upstream for a whole chat answer (by the deadline) and settles it: the answer, its
@@ -271,32 +297,26 @@ pub(crate) async fn create_embeddings(
     upstream_body.insert("model".into(), Value::String(route.upstream_model().to_owned()));
     upstream_body.insert("input".into(), body.input);
     let upstream_body = Value::Object(upstream_body);
-    // As for chat: a client that hangs up does not stop the charge for what was produced.
-    let settled = tokio::spawn(async move {
-        let mut answer = tokio::time::timeout_at(
-            deadline,
-            route.post_json("/embeddings", &upstream_body, observer(&state)),
-        )
-        .await
-        .unwrap_or(Err(GatewayError::Timeout))
-        .map_err(XaiError::from)?;
-        let reported = answer["usage"]["prompt_tokens"].as_u64();
-        let usage = TokenUsage {
-            prompt_tokens: reported.unwrap_or(estimate),
-            ..TokenUsage::default()
+    let answer = in_own_task(async move {
+        let read_usage = |answer: &Value| {
+            let reported = answer["usage"]["prompt_tokens"].as_u64();
+            let usage = TokenUsage {
+                prompt_tokens: reported.unwrap_or(estimate),
+                ..TokenUsage::default()
+            };
+            (usage, reported.is_none())
         };
-        let cost = billing.settle(usage, reported.is_none()).await?;
+        let (mut answer, usage, cost) =
+            post_and_settle(&state, billing, "/embeddings", &upstream_body, deadline, read_usage).await?;
         answer["model"] = Value::String(route.name.clone());
-        answer["usage"] = serde_json::json!({
+        answer["usage"] = json!({
             "prompt_tokens": usage.prompt_tokens,
             "total_tokens": usage.prompt_tokens,
             "cost_in_usd_ticks": cost.get(),
         });
-        Ok::<_, XaiError>(answer)
-    });
-    let answer = settled
-        .await
-        .map_err(|e| XaiError::internal(anyhow::anyhow!("the request's task failed: {e}")))??;
+        Ok(answer)
+    })
+    .await?;
     Ok((rate_headers, Json(answer)).into_response())
 }
 
@@ -860,10 +880,15 @@ pub(crate) async fn list_language_models(
     State(state): State<AppState>,
     ApiKeyAuth(key): ApiKeyAuth,
 ) -> Json<LanguageModelsView> {
+    models_serving(&state, &key, Endpoint::Chat)
+}
+
+/// The models this key may use whose upstreams serve `endpoint`, with their prices.
+fn models_serving(state: &AppState, key: &tollgate_domain::ApiKey, endpoint: Endpoint) -> Json<LanguageModelsView> {
     let owned_by = &state.settings.owned_by;
     Json(LanguageModelsView {
-        models: visible_models(&state, &key)
-            .filter(|model| model.endpoints.contains(&Endpoint::Chat))
+        models: visible_models(state, key)
+            .filter(|model| model.endpoints.contains(&endpoint))
             .map(|model| language_model_view(model, owned_by))
             .collect(),
     })
@@ -877,13 +902,7 @@ pub(crate) async fn list_embedding_models(
     State(state): State<AppState>,
     ApiKeyAuth(key): ApiKeyAuth,
 ) -> Json<LanguageModelsView> {
-    let owned_by = &state.settings.owned_by;
-    Json(LanguageModelsView {
-        models: visible_models(&state, &key)
-            .filter(|model| model.endpoints.contains(&Endpoint::Embeddings))
-            .map(|model| language_model_view(model, owned_by))
-            .collect(),
-    })
+    models_serving(&state, &key, Endpoint::Embeddings)
 }
 
 /// One embedding model (by name or alias), with its prices.

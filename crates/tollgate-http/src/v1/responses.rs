@@ -218,17 +218,15 @@ pub(crate) async fn create_response(
     }
 
     // As for chat: a client that hangs up does not stop the charge, nor the keeping.
-    let done = tokio::spawn(async move {
+    let response = super::in_own_task(async move {
         let (answer, usage, cost) = answer_and_settle(&state, billing, &chat, deadline).await?;
         let mut builder = ResponseBuilder::new(head);
         builder.answer(&answer);
         let finished = builder.finish(usage_json(&usage, cost));
         keeper.keep(&finished).await?;
-        Ok::<_, XaiError>(finished.response)
-    });
-    let response = done
-        .await
-        .map_err(|e| XaiError::internal(anyhow::anyhow!("the request's task failed: {e}")))??;
+        Ok(finished.response)
+    })
+    .await?;
     Ok((rate_headers, Json(response)).into_response())
 }
 

@@ -37,24 +37,13 @@ async fn embeddings_are_charged_per_input_token(db: TestDb) {
     config.models.insert("chat-only".into(), chat_only);
     let app = TestApp::with_config(db, upstream, config).await;
     let key = app.api_key().await;
-    let embed = |key: &str, body: Value| {
-        let app = &app;
-        let key = key.to_owned();
-        async move {
-            app.client
-                .post(app.url("/v1/embeddings"))
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    let response = embed(
-        &key,
-        json!({"model": ALIAS, "input": ["one", "two"], "encoding_format": "float"}),
-    )
-    .await;
+    let response = app
+        .post(
+            "/v1/embeddings",
+            &key,
+            json!({"model": ALIAS, "input": ["one", "two"], "encoding_format": "float"}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["model"], MODEL);
@@ -71,7 +60,13 @@ async fn embeddings_are_charged_per_input_token(db: TestDb) {
 
     // Without upstream usage: estimated from the input, and said so.
     app.upstream.omit_usage(true);
-    let response = embed(&key, json!({"model": MODEL, "input": "a sentence of some length"})).await;
+    let response = app
+        .post(
+            "/v1/embeddings",
+            &key,
+            json!({"model": MODEL, "input": "a sentence of some length"}),
+        )
+        .await;
     let answer: Value = response.json().await.unwrap();
     assert!(answer["usage"]["prompt_tokens"].as_i64().unwrap() > 0, "{answer}");
     app.upstream.omit_usage(false);
@@ -87,7 +82,7 @@ async fn embeddings_are_charged_per_input_token(db: TestDb) {
             "input must be a string or an array",
         ),
     ] {
-        let response = embed(&key, body).await;
+        let response = app.post("/v1/embeddings", &key, body).await;
         assert_xai_error(
             response,
             StatusCode::BAD_REQUEST,
@@ -99,11 +94,13 @@ async fn embeddings_are_charged_per_input_token(db: TestDb) {
     let chat_key = app
         .create_api_key(json!({"name": "chat", "acls": ["api-key:endpoint:chat", "api-key:model:*"]}))
         .await;
-    let response = embed(
-        chat_key["apiKey"].as_str().unwrap(),
-        json!({"model": MODEL, "input": "x"}),
-    )
-    .await;
+    let response = app
+        .post(
+            "/v1/embeddings",
+            chat_key["apiKey"].as_str().unwrap(),
+            json!({"model": MODEL, "input": "x"}),
+        )
+        .await;
     assert_xai_error(
         response,
         StatusCode::FORBIDDEN,
@@ -129,20 +126,13 @@ async fn legacy_completions_are_charged_like_chat(db: TestDb) {
     config.models.insert("chat-only".into(), chat_only);
     let app = TestApp::with_config(db, upstream, config).await;
     let key = app.api_key().await;
-    let complete = |key: &str, body: Value| {
-        let app = &app;
-        let key = key.to_owned();
-        async move {
-            app.client
-                .post(app.url("/v1/completions"))
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    let response = complete(&key, json!({"model": ALIAS, "prompt": "Say hello", "echo": false})).await;
+    let response = app
+        .post(
+            "/v1/completions",
+            &key,
+            json!({"model": ALIAS, "prompt": "Say hello", "echo": false}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["model"], MODEL);
@@ -157,11 +147,13 @@ async fn legacy_completions_are_charged_like_chat(db: TestDb) {
     assert_eq!(usage[0].cost.get(), expected_cost());
 
     // Streamed: the words as they come, usage with its cost, then [DONE]; recorded as streamed.
-    let response = complete(
-        &key,
-        json!({"model": MODEL, "prompt": ["a", "b"], "max_tokens": 100000, "stream": true}),
-    )
-    .await;
+    let response = app
+        .post(
+            "/v1/completions",
+            &key,
+            json!({"model": MODEL, "prompt": ["a", "b"], "max_tokens": 100000, "stream": true}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
     let chunks: Vec<Value> = text
@@ -201,7 +193,7 @@ async fn legacy_completions_are_charged_like_chat(db: TestDb) {
         ),
     ] {
         assert_xai_error(
-            complete(&key, body).await,
+            app.post("/v1/completions", &key, body).await,
             StatusCode::BAD_REQUEST,
             "Client specified an invalid argument",
             text,
@@ -211,11 +203,13 @@ async fn legacy_completions_are_charged_like_chat(db: TestDb) {
     let chat_key = app
         .create_api_key(json!({"name": "chat", "acls": ["api-key:endpoint:chat", "api-key:model:*"]}))
         .await;
-    let response = complete(
-        chat_key["apiKey"].as_str().unwrap(),
-        json!({"model": MODEL, "prompt": "x"}),
-    )
-    .await;
+    let response = app
+        .post(
+            "/v1/completions",
+            chat_key["apiKey"].as_str().unwrap(),
+            json!({"model": MODEL, "prompt": "x"}),
+        )
+        .await;
     assert_xai_error(
         response,
         StatusCode::FORBIDDEN,
@@ -709,20 +703,13 @@ async fn tokenize_text_with_the_models_tokenizer(db: TestDb) {
     config.models.insert("hf-model".into(), hugging_face);
     let app = TestApp::with_config(db, upstream, config).await;
     let key = app.api_key().await;
-    let tokenize = |key: &str, body: Value| {
-        let app = &app;
-        let key = key.to_owned();
-        async move {
-            app.client
-                .post(app.url("/v1/tokenize-text"))
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    let response = tokenize(&key, json!({"text": "Hello world", "model": ALIAS})).await;
+    let response = app
+        .post(
+            "/v1/tokenize-text",
+            &key,
+            json!({"text": "Hello world", "model": ALIAS}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let answer: Value = response.json().await.unwrap();
     assert_eq!(
@@ -733,7 +720,12 @@ async fn tokenize_text_with_the_models_tokenizer(db: TestDb) {
         ]})
     );
     // A model with its Hugging Face tokenizer.json (the test kit's small word-level one).
-    let answer: Value = tokenize(&key, json!({"text": "Hello world!", "model": "hf-model"}))
+    let answer: Value = app
+        .post(
+            "/v1/tokenize-text",
+            &key,
+            json!({"text": "Hello world!", "model": "hf-model"}),
+        )
         .await
         .json()
         .await
@@ -751,7 +743,9 @@ async fn tokenize_text_with_the_models_tokenizer(db: TestDb) {
         app.store().list_usage(app.team.id, 10).await.unwrap().is_empty(),
         "not charged"
     );
-    let response = tokenize(&key, json!({"text": "x", "model": "no-tokenizer"})).await;
+    let response = app
+        .post("/v1/tokenize-text", &key, json!({"text": "x", "model": "no-tokenizer"}))
+        .await;
     assert_xai_error(
         response,
         StatusCode::BAD_REQUEST,
@@ -762,13 +756,17 @@ async fn tokenize_text_with_the_models_tokenizer(db: TestDb) {
     let chat_only = app
         .create_api_key(json!({"name": "chat", "acls": ["api-key:endpoint:chat", "api-key:model:*"]}))
         .await;
-    let response = tokenize(
-        chat_only["apiKey"].as_str().unwrap(),
-        json!({"text": "x", "model": MODEL}),
-    )
-    .await;
+    let response = app
+        .post(
+            "/v1/tokenize-text",
+            chat_only["apiKey"].as_str().unwrap(),
+            json!({"text": "x", "model": MODEL}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    let response = tokenize(&key, json!({"text": "x", "model": "nope"})).await;
+    let response = app
+        .post("/v1/tokenize-text", &key, json!({"text": "x", "model": "nope"}))
+        .await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     app.finish().await;
 }

@@ -20,13 +20,7 @@ on_both_backends!(
 );
 
 async fn create(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
-    app.client
-        .post(app.url("/v1/responses"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    app.post("/v1/responses", key, body).await
 }
 
 async fn created(app: &TestApp, key: &str, body: Value) -> Value {

@@ -305,8 +305,13 @@ impl TestApp {
     }
 
     pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
+        self.post("/v1/chat/completions", key, body).await
+    }
+
+    /// `body` posted to `path` with the key `key`.
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> reqwest::Response {
         self.client
-            .post(self.url("/v1/chat/completions"))
+            .post(self.url(path))
             .bearer_auth(key)
             .json(&body)
             .send()

@@ -61,7 +61,7 @@ pub enum AdmitError {
         /// The count that refused it.
         actual: u64,
         /// Every limit's status, for the answer's headers.
-        decision: LimitDecision,
+        decision: Box<LimitDecision>,
         /// The key's redacted form, for the message.
         redacted: String,
     },
@@ -207,6 +207,47 @@ impl Inference {
         &self.catalog
     }
 
+    /// The models `key` may list (it needs the `models` endpoint ACL): priced (a model without
+    /// prices is refused, so it is not offered either), allowed by its model ACLs, and, with
+    /// `serving`, served for that endpoint by their upstreams.
+    pub fn listed_models<'a>(
+        &'a self,
+        key: &'a ApiKey,
+        serving: Option<Endpoint>,
+    ) -> Result<impl Iterator<Item = &'a Arc<ModelRoute>> + 'a, AdmitError> {
+        if !key.acls.allows(Endpoint::Models) {
+            return Err(AdmitError::EndpointDenied(Endpoint::Models));
+        }
+        Ok(self
+            .catalog
+            .models()
+            .iter()
+            .filter(move |model| Self::listable(key, model, serving)))
+    }
+
+    /// One model by name or alias, if [`Self::listed_models`] lists it; else
+    /// [`AdmitError::UnknownModel`] (a model the key may not see does not exist for it).
+    pub fn listed_model(
+        &self,
+        key: &ApiKey,
+        name: &str,
+        serving: Option<Endpoint>,
+    ) -> Result<&Arc<ModelRoute>, AdmitError> {
+        if !key.acls.allows(Endpoint::Models) {
+            return Err(AdmitError::EndpointDenied(Endpoint::Models));
+        }
+        self.catalog
+            .resolve(name)
+            .filter(|model| Self::listable(key, model, serving))
+            .ok_or_else(|| AdmitError::UnknownModel(name.to_owned()))
+    }
+
+    fn listable(key: &ApiKey, model: &ModelRoute, serving: Option<Endpoint>) -> bool {
+        model.pricing.is_some()
+            && key.acls.allows_model(&model.name)
+            && serving.is_none_or(|endpoint| model.endpoints.contains(&endpoint))
+    }
+
     /// Authorizes a request that is not charged (tokenizing): the model, the key's ACLs and its
     /// request limits, as [`Self::admit`] checks them; the model's tokenizer.
     pub async fn authorize_tokenize(
@@ -245,7 +286,7 @@ impl Inference {
                 return Err(AdmitError::RateLimited {
                     kind,
                     actual,
-                    decision,
+                    decision: Box::new(decision),
                     redacted: key.redacted.clone(),
                 });
             }
@@ -343,7 +384,7 @@ impl Inference {
                 return Err(AdmitError::RateLimited {
                     kind,
                     actual,
-                    decision,
+                    decision: Box::new(decision),
                     redacted: key.redacted.clone(),
                 });
             }
@@ -357,6 +398,7 @@ impl Inference {
             .upper_bound(
                 demand.prompt_bound(route.template),
                 demand.output_budget(route.max_output_tokens),
+                demand.images,
             )
             .map_err(|_| out_of_credit())?;
         let mut held = self.credits.hold(key.team_id, worst_case).await;
@@ -371,6 +413,7 @@ impl Inference {
                     .upper_bound(
                         tight.prompt_bound(route.template),
                         tight.output_budget(route.max_output_tokens),
+                        tight.images,
                     )
                     .map_err(|_| out_of_credit())?;
                 held = self.credits.hold(key.team_id, tight).await;

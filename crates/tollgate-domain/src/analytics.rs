@@ -84,10 +84,11 @@ pub struct UsageCell {
     pub api_key_id: ApiKeyId,
     /// Requests.
     pub requests: u64,
-    /// Tokens by kind: prompt (uncached), cached prompt, completion (with reasoning).
-    pub tokens: [u64; 3],
-    /// Cost by kind, exactly.
-    pub cost: [Ticks; 3],
+    /// Tokens by kind: prompt (uncached), cached prompt, completion (with reasoning); then the
+    /// images generated.
+    pub tokens: [u64; 4],
+    /// Cost by kind, exactly (the same order).
+    pub cost: [Ticks; 4],
 }
 
 /// A summed value: exact.
@@ -108,7 +109,12 @@ pub struct Series {
     pub points: Vec<(Timestamp, Vec<Value>)>,
 }
 
-const KINDS: [TokenKind; 3] = [TokenKind::Prompt, TokenKind::CachedPrompt, TokenKind::Completion];
+const KINDS: [TokenKind; 4] = [
+    TokenKind::Prompt,
+    TokenKind::CachedPrompt,
+    TokenKind::Completion,
+    TokenKind::Image,
+];
 
 /// The name a filter or a label uses for a token kind.
 #[must_use]
@@ -117,6 +123,7 @@ pub const fn token_type_name(kind: TokenKind) -> &'static str {
         TokenKind::Prompt => "prompt",
         TokenKind::CachedPrompt => "cached_prompt",
         TokenKind::Completion => "completion",
+        TokenKind::Image => "image",
     }
 }
 
@@ -143,7 +150,13 @@ pub fn aggregate(
     for cell in cells {
         let key_id = cell.api_key_id.to_string();
         let kinds: Vec<Option<TokenKind>> = if split_by_kind {
-            KINDS.iter().copied().map(Some).collect()
+            // Images only where there are some: most models make none.
+            KINDS
+                .iter()
+                .copied()
+                .filter(|kind| *kind != TokenKind::Image || cell.tokens[3] > 0)
+                .map(Some)
+                .collect()
         } else {
             vec![None]
         };
@@ -171,7 +184,8 @@ pub fn aggregate(
                 }
                 None => (
                     cell.cost.iter().fold(0i64, |sum, t| sum.saturating_add(t.get())),
-                    cell.tokens.iter().fold(0u64, |sum, t| sum.saturating_add(*t)),
+                    // Tokens, not images: an image is no token.
+                    cell.tokens[..3].iter().fold(0u64, |sum, t| sum.saturating_add(*t)),
                 ),
             };
             sums.ticks = sums.ticks.saturating_add(ticks);
@@ -218,8 +232,8 @@ mod tests {
             model: model.into(),
             api_key_id: key,
             requests: 2,
-            tokens: [10, 4, 5],
-            cost: cost.map(Ticks::new),
+            tokens: [10, 4, 5, 0],
+            cost: [cost[0], cost[1], cost[2], 0].map(Ticks::new),
         }
     }
 
@@ -299,5 +313,38 @@ mod tests {
                 (group("m2", "prompt"), vec![Value::Count(10), Value::Usd(Ticks::new(5))]),
             ]
         );
+    }
+
+    #[test]
+    fn images_are_a_kind_of_their_own_and_no_tokens() {
+        let key = ApiKeyId::new();
+        let mut images = cell("2026-11-01T10:00:00Z", "imagine", key, [0, 0, 0]);
+        images.tokens = [0, 0, 0, 3];
+        images.cost[3] = Ticks::new(600);
+        let from = at("2026-11-01T00:00:00Z");
+        let total = aggregate(
+            &[images.clone()],
+            from,
+            TimeUnit::None,
+            &[Measure::Tokens, Measure::Usd],
+            &[],
+            &[],
+        );
+        assert_eq!(total[0].points[0].1, [Value::Count(0), Value::Usd(Ticks::new(600))]);
+        let by_kind = aggregate(
+            &[images],
+            from,
+            TimeUnit::None,
+            &[Measure::Tokens, Measure::Usd],
+            &[Dimension::TokenType],
+            &[UsageFilter {
+                dimension: Dimension::TokenType,
+                value: "image".into(),
+                negate: false,
+            }],
+        );
+        assert_eq!(by_kind.len(), 1);
+        assert_eq!(by_kind[0].group, ["image"]);
+        assert_eq!(by_kind[0].points[0].1, [Value::Count(3), Value::Usd(Ticks::new(600))]);
     }
 }

@@ -13,17 +13,23 @@ pub enum Endpoint {
     Completions,
     /// Embeddings (`/v1/embeddings`), priced per input token.
     Embeddings,
+    /// Image generation (`/v1/images/generations`), priced per image.
+    Image,
     /// Tokenizing text (`/v1/tokenize-text`), not charged.
     Tokenize,
+    /// The model listings (`/v1/models`, `/v1/language-models`, …), not charged.
+    Models,
 }
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 4] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::Chat,
         Endpoint::Completions,
         Endpoint::Embeddings,
+        Endpoint::Image,
         Endpoint::Tokenize,
+        Endpoint::Models,
     ];
 
     /// The name in ACLs and usage records.
@@ -33,7 +39,9 @@ impl Endpoint {
             Endpoint::Chat => "chat",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Image => "image",
             Endpoint::Tokenize => "tokenize",
+            Endpoint::Models => "models",
         }
     }
 
@@ -44,7 +52,11 @@ impl Endpoint {
             Endpoint::Chat => "Chat completions (/v1/chat/completions), text and vision, and responses (/v1/responses)",
             Endpoint::Completions => "Legacy text completions (/v1/completions)",
             Endpoint::Embeddings => "Embeddings (/v1/embeddings), priced per input token",
+            Endpoint::Image => "Image generation (/v1/images/generations), priced per image",
             Endpoint::Tokenize => "Tokenize text (/v1/tokenize-text), not charged",
+            Endpoint::Models => {
+                "Model listings with prices (/v1/models, /v1/language-models, /v1/embedding-models, /v1/image-generation-models), not charged"
+            }
         }
     }
 }
@@ -79,6 +91,6 @@ mod tests {
         for endpoint in Endpoint::ALL {
             assert_eq!(endpoint.as_str().parse::<Endpoint>(), Ok(endpoint));
         }
-        assert!("image".parse::<Endpoint>().is_err());
+        assert!("imagez".parse::<Endpoint>().is_err());
     }
 }

@@ -230,7 +230,7 @@ pub fn month_bounds(at: Timestamp) -> (Timestamp, Timestamp) {
     (start(year, month), start(next.0, next.1))
 }
 
-/// The kinds of tokens an invoice line counts, each at its own price.
+/// What an invoice line counts (kinds of tokens, and generated images), each at its own price.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TokenKind {
     /// Prompt tokens not served from a cache.
@@ -239,6 +239,8 @@ pub enum TokenKind {
     CachedPrompt,
     /// Completion and reasoning tokens.
     Completion,
+    /// Generated images (a count, priced per image).
+    Image,
 }
 
 impl TokenKind {
@@ -249,6 +251,7 @@ impl TokenKind {
             TokenKind::Prompt => "prompt tokens",
             TokenKind::CachedPrompt => "cached prompt tokens",
             TokenKind::Completion => "completion tokens",
+            TokenKind::Image => "images",
         }
     }
 }
@@ -260,9 +263,9 @@ pub struct InvoiceLine {
     pub model: String,
     /// Which tokens.
     pub kind: TokenKind,
-    /// Ticks per token (xAI's price unit, 1e-4 USD per million tokens).
+    /// Ticks per token (xAI's price unit, 1e-4 USD per million tokens), or per image.
     pub unit_price: Ticks,
-    /// How many.
+    /// How many tokens (images, for [`TokenKind::Image`]).
     pub tokens: u64,
     /// `tokens × unit_price`, exactly.
     pub amount: Ticks,

@@ -80,7 +80,7 @@ impl fmt::Display for Ticks {
     }
 }
 
-/// A model's prices, each in ticks per token.
+/// A model's prices, each in ticks per token (per image for images).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ModelPricing {
     /// Uncached prompt tokens.
@@ -89,11 +89,14 @@ pub struct ModelPricing {
     pub cached_prompt: Ticks,
     /// Completion tokens, and reasoning tokens (billed at the completion price).
     pub completion: Ticks,
+    /// A generated image.
+    pub image: Ticks,
 }
 
 impl ModelPricing {
     /// The exact cost of `usage`: uncached prompt tokens at the prompt price, cached ones at the
-    /// cached price, completion and reasoning tokens at the completion price.
+    /// cached price, completion and reasoning tokens at the completion price, images at the
+    /// image price.
     pub fn cost(&self, usage: &TokenUsage) -> Result<Ticks, TicksError> {
         let uncached = usage.prompt_tokens.saturating_sub(usage.cached_prompt_tokens);
         let cached = usage.prompt_tokens.min(usage.cached_prompt_tokens);
@@ -104,15 +107,17 @@ impl ModelPricing {
         self.prompt
             .checked_mul(uncached)?
             .checked_add(self.cached_prompt.checked_mul(cached)?)?
-            .checked_add(self.completion.checked_mul(output)?)
+            .checked_add(self.completion.checked_mul(output)?)?
+            .checked_add(self.image.checked_mul(usage.images)?)
     }
 
-    /// An upper bound of a request's cost before it runs: every prompt token uncached, and the
-    /// whole output budget used.
-    pub fn upper_bound(&self, prompt_tokens: u64, max_output_tokens: u64) -> Result<Ticks, TicksError> {
+    /// An upper bound of a request's cost before it runs: every prompt token uncached, the
+    /// whole output budget used, and every image asked for made.
+    pub fn upper_bound(&self, prompt_tokens: u64, max_output_tokens: u64, images: u64) -> Result<Ticks, TicksError> {
         self.prompt
             .checked_mul(prompt_tokens)?
-            .checked_add(self.completion.checked_mul(max_output_tokens)?)
+            .checked_add(self.completion.checked_mul(max_output_tokens)?)?
+            .checked_add(self.image.checked_mul(images)?)
     }
 }
 
@@ -142,6 +147,7 @@ mod tests {
             cached_prompt_tokens: cached,
             completion_tokens: completion,
             reasoning_tokens: reasoning,
+            images: 0,
         }
     }
 
@@ -152,12 +158,23 @@ mod tests {
             prompt: Ticks::new(20_000),
             cached_prompt: Ticks::new(5_000),
             completion: Ticks::new(100_000),
+            image: Ticks::new(200_000_000),
         };
         // xAI's published example: 199 prompt (163 cached), 1 completion.
         let cost = pricing.cost(&usage(199, 163, 1, 0)).unwrap();
         assert_eq!(cost, Ticks::new(36 * 20_000 + 163 * 5_000 + 100_000));
         // Reasoning is billed at the completion price.
         assert_eq!(pricing.cost(&usage(0, 0, 2, 3)).unwrap(), Ticks::new(500_000));
+        // Images are priced per image: xAI's $0.02 an image is 200,000,000 ticks.
+        let images = TokenUsage {
+            images: 2,
+            ..TokenUsage::default()
+        };
+        assert_eq!(pricing.cost(&images).unwrap(), Ticks::new(400_000_000));
+        assert_eq!(
+            pricing.upper_bound(10, 0, 3).unwrap(),
+            Ticks::new(200_000 + 600_000_000)
+        );
     }
 
     #[test]

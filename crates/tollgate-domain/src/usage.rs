@@ -16,6 +16,8 @@ pub struct TokenUsage {
     pub completion_tokens: u64,
     /// Reasoning ("thinking") tokens.
     pub reasoning_tokens: u64,
+    /// Images generated (priced per image, not tokens).
+    pub images: u64,
 }
 
 impl TokenUsage {

@@ -1023,6 +1023,7 @@ mod tests {
                 cached_prompt_tokens: 2,
                 completion_tokens: 3,
                 reasoning_tokens: 4,
+                images: 0,
             },
             Ticks::new(99),
         );

@@ -58,6 +58,7 @@ pub fn parse_usage(value: &Value) -> Option<TokenUsage> {
         cached_prompt_tokens: cached,
         completion_tokens: completion,
         reasoning_tokens: reasoning,
+        images: 0,
     })
 }
 
@@ -228,6 +229,8 @@ pub struct Demand {
     pub output_tokens: Option<u64>,
     /// How many choices it asks for (`n`, at least 1).
     pub choices: u64,
+    /// How many images it asks to generate.
+    pub images: u64,
 }
 
 impl Demand {
@@ -248,6 +251,17 @@ impl Demand {
             messages: 0,
             output_tokens: Some(0),
             choices: 1,
+            images: 0,
+        }
+    }
+
+    /// An image generation's demand: its prompt bounded like an embedding input, and `n`
+    /// images.
+    #[must_use]
+    pub fn of_images(prompt: &str, images: u64) -> Self {
+        Self {
+            images,
+            ..Self::of_embeddings(&Value::String(prompt.to_owned()))
         }
     }
 
@@ -274,6 +288,7 @@ impl Demand {
             messages: request.messages.len() as u64,
             output_tokens: request.max_completion_tokens.or(request.max_tokens).map(u64::from),
             choices: request.extra.get("n").and_then(Value::as_u64).unwrap_or(1).max(1),
+            images: 0,
         }
     }
 
@@ -391,7 +406,8 @@ mod tests {
                 prompt_tokens: 10,
                 cached_prompt_tokens: 4,
                 completion_tokens: 18,
-                reasoning_tokens: 12
+                reasoning_tokens: 12,
+                images: 0,
             }
         );
         assert_eq!(usage.total_tokens(), 40);

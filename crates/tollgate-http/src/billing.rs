@@ -520,7 +520,7 @@ pub(crate) struct AnalyticsRequest {
     /// `model`, `api_key_id`, `token_type`.
     #[serde(default)]
     group_by: Vec<String>,
-    /// `model:<name>`, `api_key_id:<id>`, `token_type:<prompt|cached_prompt|completion>`, each
+    /// `model:<name>`, `api_key_id:<id>`, `token_type:<prompt|cached_prompt|completion|image>` (for `image`, "tokens" count images), each
     /// optionally prefixed `NOT `; all must hold.
     #[serde(default)]
     filters: Vec<String>,

@@ -572,14 +572,18 @@ pub struct ModelConfig {
     /// Price of a completion or reasoning token (set together with `prompt_price`).
     #[serde(default)]
     pub completion_price: Option<i64>,
+    /// Price of a generated image, in USD cents (xAI's unit for images: 2 is $0.02), for a
+    /// model serving `image`. Alone it prices the model (its tokens are then free).
+    #[serde(default)]
+    pub image_price: Option<i64>,
     /// The most output tokens one request of this model is held for in advance: a request's
     /// `max_tokens` is lowered to it, a request naming none is held for this many, and the
     /// upstream is told the budget (an upstream that ignores it is charged all the same).
     #[serde(default = "defaults::max_output_tokens")]
     pub max_output_tokens: u64,
     /// The inference endpoints the upstream serves for this model: `chat` (and the Responses
-    /// API on top of it), `completions` (legacy), `embeddings` (default: chat only). A request
-    /// to another answers 400.
+    /// API on top of it), `completions` (legacy), `embeddings`, `image` (generations; needs
+    /// `image_price`) (default: chat only). A request to another answers 400.
     #[serde(default = "defaults::model_endpoints")]
     pub endpoints: Vec<String>,
     /// The tokenizer `/v1/tokenize-text` uses for this model: the path of the model's Hugging
@@ -908,6 +912,12 @@ impl Config {
                 "models.{name}: prices must not be negative"
             );
             anyhow::ensure!(
+                model
+                    .image_price
+                    .is_none_or(|cents| (0..=MAX_IMAGE_PRICE_CENTS).contains(&cents)),
+                "models.{name}: image_price must be between 0 and {MAX_IMAGE_PRICE_CENTS} (USD cents per image)"
+            );
+            anyhow::ensure!(
                 model.prompt_price.is_some() == model.completion_price.is_some()
                     && (model.cached_prompt_price.is_none() || model.prompt_price.is_some()),
                 "models.{name}: set prompt_price and completion_price together (0 is free; a model without prices is refused)"
@@ -934,14 +944,27 @@ impl Config {
                 );
             }
             for endpoint in &model.endpoints {
-                endpoint
-                    .parse::<tollgate_domain::Endpoint>()
+                use tollgate_domain::Endpoint;
+                let parsed = endpoint
+                    .parse::<Endpoint>()
                     .map_err(|e| anyhow::anyhow!("models.{name}.endpoints: {e}"))?;
+                anyhow::ensure!(
+                    !matches!(parsed, Endpoint::Tokenize | Endpoint::Models),
+                    "models.{name}.endpoints: '{endpoint}' is served by Tollgate itself, not named here"
+                );
+                anyhow::ensure!(
+                    parsed != Endpoint::Image || model.image_price.is_some(),
+                    "models.{name}: a model serving image needs image_price (USD cents per image)"
+                );
             }
         }
         Ok(())
     }
 }
+
+/// The highest image price, in USD cents: $10,000 an image, far above any real one, and
+/// whose ticks fit easily in an `i64`.
+const MAX_IMAGE_PRICE_CENTS: i64 = 1_000_000;
 
 #[expect(clippy::panic, reason = "every field has a serde default, so this cannot happen")]
 fn unreachable_defaults() -> Config {

@@ -343,12 +343,17 @@ pub fn catalog(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<Catalo
             name: name.clone(),
             aliases: model.aliases.clone(),
             pool: Arc::new(Pool::new(backends, health, Arc::clone(clock))),
-            pricing: match (model.prompt_price, model.completion_price) {
-                (Some(prompt), Some(completion)) => Some(ModelPricing {
-                    prompt: Ticks::new(prompt),
-                    cached_prompt: Ticks::new(model.cached_prompt_price.unwrap_or(prompt)),
-                    completion: Ticks::new(completion),
-                }),
+            pricing: match (model.prompt_price, model.completion_price, model.image_price) {
+                (Some(_), Some(_), _) | (None, None, Some(_)) => {
+                    let prompt = model.prompt_price.unwrap_or(0);
+                    Some(ModelPricing {
+                        prompt: Ticks::new(prompt),
+                        cached_prompt: Ticks::new(model.cached_prompt_price.unwrap_or(prompt)),
+                        completion: Ticks::new(model.completion_price.unwrap_or(0)),
+                        // Cents to ticks; the configuration bounds it.
+                        image: Ticks::new(model.image_price.unwrap_or(0).saturating_mul(Ticks::PER_USD / 100)),
+                    })
+                }
                 _ => {
                     tracing::warn!(model = %name, "the model has no prices: its requests are refused");
                     None

@@ -382,6 +382,7 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
             cached_prompt_tokens: 3,
             completion_tokens: 7,
             reasoning_tokens: 2,
+            images: seconds as u64 % 2,
         },
         cost: Ticks::new(1_234_567),
         estimated: false,

@@ -83,6 +83,7 @@ impl MockUpstream {
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
+            .route("/v1/images/generations", post(images))
             .route("/v1/models", get(models))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -357,6 +358,32 @@ async fn completions(State(state): State<Arc<MockState>>, Json(body): Json<Value
 pub const TOKENIZER_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/tokenizer.json");
 
 /// Tokens the mock reports per embeddings input.
+/// `POST /v1/images/generations`: `n` images (default 1), as URLs or, with
+/// `response_format: b64_json`, as a tiny base64 PNG; no usage (image servers report none).
+async fn images(State(state): State<Arc<MockState>>, Json(body): Json<Value>) -> Response {
+    state
+        .requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(body.clone());
+    if let Some((status, message)) = state.failure.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (status, Json(json!({"error": {"message": message}}))).into_response();
+    }
+    let n = body["n"].as_u64().unwrap_or(1);
+    let base64 = body["response_format"] == "b64_json";
+    let data: Vec<Value> = (0..n)
+        .map(|index| {
+            if base64 {
+                json!({"b64_json": "iVBORw0KGgo=", "revised_prompt": body["prompt"]})
+            } else {
+                json!({"url": format!("https://images.example/{index}.png"), "revised_prompt": body["prompt"]})
+            }
+        })
+        .collect();
+    Json(json!({"created": 1_790_000_000, "data": data})).into_response()
+}
+
 pub const EMBEDDING_TOKENS_PER_INPUT: u64 = 8;
 
 /// `POST /v1/embeddings`: one three-dimensional vector per input, [`EMBEDDING_TOKENS_PER_INPUT`]

@@ -9,6 +9,8 @@
 
 pub(crate) mod completions;
 pub(crate) mod deferred;
+pub(crate) mod images;
+pub(crate) mod models;
 pub(crate) mod responses;
 
 use std::convert::Infallible;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -53,13 +55,19 @@ pub(crate) fn router() -> Router<AppState> {
             get(deferred::get_deferred_completion),
         )
         .route("/v1/embeddings", post(create_embeddings))
+        .route("/v1/images/generations", post(images::create_image))
         .route("/v1/tokenize-text", post(tokenize_text))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{model_id}", get(get_model))
-        .route("/v1/language-models", get(list_language_models))
-        .route("/v1/language-models/{model_id}", get(get_language_model))
-        .route("/v1/embedding-models", get(list_embedding_models))
-        .route("/v1/embedding-models/{model_id}", get(get_embedding_model))
+        .route("/v1/models", get(models::list_models))
+        .route("/v1/models/{model_id}", get(models::get_model))
+        .route("/v1/language-models", get(models::list_language_models))
+        .route("/v1/language-models/{model_id}", get(models::get_language_model))
+        .route("/v1/embedding-models", get(models::list_embedding_models))
+        .route("/v1/embedding-models/{model_id}", get(models::get_embedding_model))
+        .route("/v1/image-generation-models", get(models::list_image_generation_models))
+        .route(
+            "/v1/image-generation-models/{model_id}",
+            get(models::get_image_generation_model),
+        )
         .route("/v1/api-key", get(get_api_key))
 }
 
@@ -273,17 +281,12 @@ pub(crate) async fn create_embeddings(
     if empty {
         return Err(XaiError::invalid_argument("input must not be empty"));
     }
-    let request_id = meta
-        .request_id
-        .as_deref()
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(RequestId::new);
     let demand = Demand::of_embeddings(&body.input);
     // Without upstream usage: about four bytes a token, as for chat.
     let estimate = demand.prompt_tokens.div_ceil(4);
     let admission = state
         .inference
-        .admit(key, Endpoint::Embeddings, &body.model, demand, false, request_id)
+        .admit(key, Endpoint::Embeddings, &body.model, demand, false, request_id(&meta))
         .await
         .map_err(|error| admission_refused(&state, error))?;
     let deadline = tokio::time::Instant::from_std(admission.deadline());
@@ -719,218 +722,6 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
             return;
         }
     }
-}
-
-/// A model, in OpenAI's list shape.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(crate) struct ModelView {
-    id: String,
-    object: &'static str,
-    created: i64,
-    owned_by: String,
-}
-
-/// `GET /v1/models` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(crate) struct ModelListView {
-    object: &'static str,
-    data: Vec<ModelView>,
-}
-
-/// List the models this key may use.
-#[utoipa::path(get, path = "/v1/models", tag = "inference",
-    responses((status = 200, body = ModelListView), (status = 401, body = crate::ErrorBody)),
-    security(("api_key" = [])))]
-pub(crate) async fn list_models(State(state): State<AppState>, ApiKeyAuth(key): ApiKeyAuth) -> Json<ModelListView> {
-    let data = visible_models(&state, &key)
-        .map(|model| ModelView {
-            id: model.name.clone(),
-            object: "model",
-            created: model.created.timestamp(),
-            owned_by: state.settings.owned_by.clone(),
-        })
-        .collect();
-    Json(ModelListView { object: "list", data })
-}
-
-/// The models this key may see: priced (a model without prices is refused, so it is not
-/// offered either) and allowed by its model ACLs.
-fn visible_models<'a>(
-    state: &'a AppState,
-    key: &'a tollgate_domain::ApiKey,
-) -> impl Iterator<Item = &'a std::sync::Arc<tollgate_gateway::catalog::ModelRoute>> + 'a {
-    state
-        .inference
-        .catalog()
-        .models()
-        .iter()
-        .filter(|model| model.pricing.is_some() && key.acls.allows_model(&model.name))
-}
-
-/// One model by name or alias, if this key may see it; else xAI's 404.
-/// With `serving`, only a model whose upstream serves that endpoint.
-fn visible_model<'a>(
-    state: &'a AppState,
-    key: &tollgate_domain::ApiKey,
-    name: &str,
-    serving: Option<Endpoint>,
-) -> Result<&'a std::sync::Arc<tollgate_gateway::catalog::ModelRoute>, XaiError> {
-    state
-        .inference
-        .catalog()
-        .resolve(name)
-        .filter(|model| model.pricing.is_some() && key.acls.allows_model(&model.name))
-        .filter(|model| serving.is_none_or(|endpoint| model.endpoints.contains(&endpoint)))
-        .ok_or_else(|| {
-            XaiError::not_found(format!(
-                "The model {name} does not exist or your team does not have access to it."
-            ))
-        })
-}
-
-/// One model (by name or alias), in OpenAI's shape.
-#[utoipa::path(get, path = "/v1/models/{model_id}", tag = "inference",
-    params(("model_id" = String, Path, description = "A model's name or alias")),
-    responses((status = 200, body = ModelView), (status = 401, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
-    security(("api_key" = [])))]
-pub(crate) async fn get_model(
-    State(state): State<AppState>,
-    ApiKeyAuth(key): ApiKeyAuth,
-    Path(model_id): Path<String>,
-) -> Result<Json<ModelView>, XaiError> {
-    let model = visible_model(&state, &key, &model_id, None)?;
-    Ok(Json(ModelView {
-        id: model.name.clone(),
-        object: "model",
-        created: model.created.timestamp(),
-        owned_by: state.settings.owned_by.clone(),
-    }))
-}
-
-/// A language model with its prices (xAI's shape). Prices are xAI's unit, 1e-4 USD per million
-/// tokens — which is exactly USD ticks (1e-10 USD) per token, the unit Tollgate bills in.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(crate) struct LanguageModelView {
-    id: String,
-    /// Changes when the model's serving or prices change.
-    fingerprint: String,
-    created: i64,
-    object: &'static str,
-    owned_by: String,
-    version: String,
-    aliases: Vec<String>,
-    input_modalities: Vec<&'static str>,
-    output_modalities: Vec<&'static str>,
-    prompt_text_token_price: i64,
-    cached_prompt_text_token_price: i64,
-    prompt_image_token_price: i64,
-    completion_text_token_price: i64,
-    search_price: i64,
-    /// The most output one request may produce (ours).
-    max_output_tokens: u64,
-}
-
-fn language_model_view(model: &tollgate_gateway::catalog::ModelRoute, owned_by: &str) -> LanguageModelView {
-    use sha2::Digest as _;
-    let pricing = model.pricing.unwrap_or(tollgate_domain::ModelPricing {
-        prompt: tollgate_domain::Ticks::ZERO,
-        cached_prompt: tollgate_domain::Ticks::ZERO,
-        completion: tollgate_domain::Ticks::ZERO,
-    });
-    // The upstream's name stays ours: the fingerprint is a digest.
-    let digest = sha2::Sha256::digest(format!(
-        "{}|{}|{}|{}|{}|{}",
-        model.name,
-        model.upstream_model(),
-        pricing.prompt.get(),
-        pricing.cached_prompt.get(),
-        pricing.completion.get(),
-        model.max_output_tokens
-    ));
-    LanguageModelView {
-        id: model.name.clone(),
-        fingerprint: format!("fp_{}", hex::encode(&digest[..5])),
-        created: model.created.timestamp(),
-        object: "model",
-        owned_by: owned_by.to_owned(),
-        version: "1.0".into(),
-        aliases: model.aliases.clone(),
-        input_modalities: vec!["text"],
-        output_modalities: vec!["text"],
-        prompt_text_token_price: pricing.prompt.get(),
-        cached_prompt_text_token_price: pricing.cached_prompt.get(),
-        prompt_image_token_price: pricing.prompt.get(),
-        completion_text_token_price: pricing.completion.get(),
-        search_price: 0,
-        max_output_tokens: model.max_output_tokens,
-    }
-}
-
-/// `GET /v1/language-models` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(crate) struct LanguageModelsView {
-    models: Vec<LanguageModelView>,
-}
-
-/// The language models this key may use, with their prices (xAI's shape).
-#[utoipa::path(get, path = "/v1/language-models", tag = "inference",
-    responses((status = 200, body = LanguageModelsView), (status = 401, body = crate::ErrorBody)),
-    security(("api_key" = [])))]
-pub(crate) async fn list_language_models(
-    State(state): State<AppState>,
-    ApiKeyAuth(key): ApiKeyAuth,
-) -> Json<LanguageModelsView> {
-    models_serving(&state, &key, Endpoint::Chat)
-}
-
-/// The models this key may use whose upstreams serve `endpoint`, with their prices.
-fn models_serving(state: &AppState, key: &tollgate_domain::ApiKey, endpoint: Endpoint) -> Json<LanguageModelsView> {
-    let owned_by = &state.settings.owned_by;
-    Json(LanguageModelsView {
-        models: visible_models(state, key)
-            .filter(|model| model.endpoints.contains(&endpoint))
-            .map(|model| language_model_view(model, owned_by))
-            .collect(),
-    })
-}
-
-/// The embedding models this key may use, with their prices (the language-model fields).
-#[utoipa::path(get, path = "/v1/embedding-models", tag = "inference",
-    responses((status = 200, body = LanguageModelsView), (status = 401, body = crate::ErrorBody)),
-    security(("api_key" = [])))]
-pub(crate) async fn list_embedding_models(
-    State(state): State<AppState>,
-    ApiKeyAuth(key): ApiKeyAuth,
-) -> Json<LanguageModelsView> {
-    models_serving(&state, &key, Endpoint::Embeddings)
-}
-
-/// One embedding model (by name or alias), with its prices.
-#[utoipa::path(get, path = "/v1/embedding-models/{model_id}", tag = "inference",
-    params(("model_id" = String, Path, description = "A model's name or alias")),
-    responses((status = 200, body = LanguageModelView), (status = 401, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
-    security(("api_key" = [])))]
-pub(crate) async fn get_embedding_model(
-    State(state): State<AppState>,
-    ApiKeyAuth(key): ApiKeyAuth,
-    Path(model_id): Path<String>,
-) -> Result<Json<LanguageModelView>, XaiError> {
-    let model = visible_model(&state, &key, &model_id, Some(Endpoint::Embeddings))?;
-    Ok(Json(language_model_view(model, &state.settings.owned_by)))
-}
-
-/// One language model (by name or alias), with its prices.
-#[utoipa::path(get, path = "/v1/language-models/{model_id}", tag = "inference",
-    params(("model_id" = String, Path, description = "A model's name or alias")),
-    responses((status = 200, body = LanguageModelView), (status = 401, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)),
-    security(("api_key" = [])))]
-pub(crate) async fn get_language_model(
-    State(state): State<AppState>,
-    ApiKeyAuth(key): ApiKeyAuth,
-    Path(model_id): Path<String>,
-) -> Result<Json<LanguageModelView>, XaiError> {
-    let model = visible_model(&state, &key, &model_id, Some(Endpoint::Chat))?;
-    Ok(Json(language_model_view(model, &state.settings.owned_by)))
 }
 
 /// `GET /v1/api-key` answer: exactly xAI's fields.

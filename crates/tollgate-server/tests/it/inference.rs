@@ -18,6 +18,7 @@ on_both_backends!(
     models_without_prices_are_refused_and_zero_is_free,
     language_models_list_prices_in_xais_units,
     embeddings_are_charged_per_input_token,
+    images_are_charged_per_image,
     legacy_completions_are_charged_like_chat,
     tokenize_text_with_the_models_tokenizer,
     unreported_usage_is_counted_with_the_models_tokenizer,
@@ -108,6 +109,175 @@ async fn embeddings_are_charged_per_input_token(db: TestDb) {
         "access to the embeddings endpoint is denied",
     )
     .await;
+    crate::credit::assert_ledger_consistent(&app).await;
+    app.finish().await;
+}
+
+/// `POST /v1/images/generations`: the `image` endpoint ACL, a hold for every image asked for,
+/// a charge per image made at the model's price (USD cents per image, xAI's unit, billed in
+/// ticks), recorded as images on the usage and the month's invoice lines; the image models
+/// listed with their price; a language model is a clear 400 here, and the listings need the
+/// `models` ACL.
+async fn images_are_charged_per_image(db: TestDb) {
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    let mut imagine = config.models[MODEL].clone();
+    imagine.aliases = vec!["imagine-latest".into()];
+    imagine.upstream_model = Some("upstream-imagine".into());
+    imagine.prompt_price = None;
+    imagine.cached_prompt_price = None;
+    imagine.completion_price = None;
+    imagine.image_price = Some(2);
+    imagine.endpoints = vec!["image".into()];
+    config.models.insert("imagine".into(), imagine);
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let cents = 100_000_000i64;
+    let response = app
+        .post(
+            "/v1/images/generations",
+            &key,
+            json!({"model": "imagine-latest", "prompt": "a lighthouse at dusk", "n": 2, "response_format": "b64_json", "size": "1024x1024"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["data"].as_array().unwrap().len(), 2);
+    assert!(answer["data"][0]["b64_json"].is_string(), "{answer}");
+    assert_eq!(answer["usage"]["cost_in_usd_ticks"], 2 * 2 * cents, "$0.02 an image");
+    let sent = app.upstream.requests().pop().unwrap();
+    assert_eq!(sent["model"], "upstream-imagine");
+    assert_eq!(sent["n"], 2);
+    assert_eq!(sent["size"], "1024x1024", "other fields pass through");
+    let usage = app.store().list_usage(app.team.id, 10).await.unwrap();
+    assert_eq!(usage[0].endpoint, tollgate_domain::Endpoint::Image);
+    assert_eq!(usage[0].model, "imagine");
+    assert_eq!(usage[0].usage.images, 2);
+    assert_eq!(usage[0].cost.get(), 4 * cents);
+    // One image by default.
+    let one = app
+        .post(
+            "/v1/images/generations",
+            &key,
+            json!({"model": "imagine", "prompt": "a cat"}),
+        )
+        .await;
+    let one: Value = one.json().await.unwrap();
+    assert_eq!(one["data"][0]["url"], "https://images.example/0.png");
+    assert_eq!(one["usage"]["cost_in_usd_ticks"], 2 * cents);
+    // The month's invoice counts the images at their price.
+    let (from, to) = tollgate_domain::ledger::month_bounds(tollgate_domain::Clock::now(&*app.clock));
+    let month = app.store().month_usage(app.team.id, from, to).await.unwrap();
+    let line = month
+        .lines
+        .iter()
+        .find(|line| line.kind == tollgate_domain::ledger::TokenKind::Image)
+        .unwrap();
+    assert_eq!(
+        (line.model.as_str(), line.tokens, line.unit_price.get()),
+        ("imagine", 3, 2 * cents)
+    );
+    assert_eq!(line.amount.get(), 6 * cents);
+
+    // The listings: image models with their price, and not among the language models.
+    let models = app.get_json("/v1/image-generation-models", &key).await;
+    assert_eq!(models["models"].as_array().unwrap().len(), 1);
+    let model = &models["models"][0];
+    assert_eq!(model["id"], "imagine");
+    assert_eq!(model["image_price"], 2);
+    assert_eq!(model["output_modalities"], json!(["image"]));
+    assert_eq!(
+        app.get_json("/v1/image-generation-models/imagine-latest", &key).await,
+        *model
+    );
+    let language = app.get_json("/v1/language-models", &key).await;
+    assert!(
+        language["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["id"] != "imagine")
+    );
+
+    for (body, text) in [
+        (
+            json!({"model": MODEL, "prompt": "x"}),
+            format!("The model {MODEL} does not support image"),
+        ),
+        (
+            json!({"model": "imagine", "prompt": " "}),
+            "prompt must not be empty".into(),
+        ),
+        (
+            json!({"model": "imagine", "prompt": "x", "n": 11}),
+            "n must be between 1 and 10".into(),
+        ),
+        (
+            json!({"model": "imagine", "prompt": "x", "n": 0}),
+            "n must be between 1 and 10".into(),
+        ),
+    ] {
+        let response = app.post("/v1/images/generations", &key, body).await;
+        assert_xai_error(
+            response,
+            StatusCode::BAD_REQUEST,
+            "Client specified an invalid argument",
+            &text,
+        )
+        .await;
+    }
+    let response = app
+        .client
+        .get(app.url(&format!("/v1/image-generation-models/{MODEL}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "a language model is no image model"
+    );
+
+    // A chat-only key may neither draw nor list models.
+    let chat_key = app
+        .create_api_key(json!({"name": "chat", "acls": ["api-key:endpoint:chat", "api-key:model:*"]}))
+        .await;
+    let chat_key = chat_key["apiKey"].as_str().unwrap();
+    let response = app
+        .post(
+            "/v1/images/generations",
+            chat_key,
+            json!({"model": "imagine", "prompt": "x"}),
+        )
+        .await;
+    assert_xai_error(
+        response,
+        StatusCode::FORBIDDEN,
+        "The caller does not have permission to execute the specified operation",
+        "access to the image endpoint is denied",
+    )
+    .await;
+    for path in [
+        "/v1/models",
+        "/v1/image-generation-models",
+        "/v1/language-models/imagine",
+    ] {
+        let response = app
+            .client
+            .get(app.url(path))
+            .bearer_auth(chat_key)
+            .send()
+            .await
+            .unwrap();
+        assert_xai_error(
+            response,
+            StatusCode::FORBIDDEN,
+            "The caller does not have permission to execute the specified operation",
+            "access to the models endpoint is denied",
+        )
+        .await;
+    }
     crate::credit::assert_ledger_consistent(&app).await;
     app.finish().await;
 }
@@ -293,6 +463,7 @@ async fn models_without_prices_are_refused_and_zero_is_free(db: TestDb) {
         prompt_price: prompt,
         cached_prompt_price: None,
         completion_price: completion,
+        image_price: None,
         max_output_tokens: 16_384,
         endpoints: vec!["chat".into()],
         tokenizer: None,
@@ -649,7 +820,7 @@ async fn acls_are_enforced(db: TestDb) {
 async fn models_and_key_info(db: TestDb) {
     let app = TestApp::new(db).await;
     let created = app
-        .create_api_key(json!({"name": "reader", "acls": ["api-key:endpoint:chat", "api-key:model:grok-test"], "tpm": "5000", "qps": 3}))
+        .create_api_key(json!({"name": "reader", "acls": ["api-key:endpoint:chat", "api-key:endpoint:models", "api-key:model:grok-test"], "tpm": "5000", "qps": 3}))
         .await;
     let key = created["apiKey"].as_str().unwrap();
 
@@ -682,7 +853,11 @@ async fn models_and_key_info(db: TestDb) {
     assert_eq!(info["team_id"], app.team.id.to_string());
     assert_eq!(
         info["acls"],
-        json!(["api-key:endpoint:chat", "api-key:model:grok-test"])
+        json!([
+            "api-key:endpoint:chat",
+            "api-key:endpoint:models",
+            "api-key:model:grok-test"
+        ])
     );
     assert_eq!(info["redacted_api_key"], created["redactedApiKey"]);
     assert!(!info.to_string().contains(key), "the full key is never shown again");

@@ -127,7 +127,7 @@ async fn update_by_field_mask(db: TestDb) {
             json!({"apiKey": {"acls": ["api-key:endpoint:imagez"]}, "fieldMask": "acls"}),
             StatusCode::BAD_REQUEST,
             INVALID,
-            "unknown endpoint (known: chat, completions, embeddings, tokenize)",
+            "unknown endpoint (known: chat, completions, embeddings, image, tokenize, models)",
         ),
         (
             json!({"apiKey": {"expireTime": "2020-01-01T00:00:00Z"}, "fieldMask": "expireTime"}),
@@ -477,6 +477,8 @@ async fn acl_names_are_listed_and_checked(db: TestDb) {
     assert_eq!(endpoints["endpoints"][0]["name"], "chat");
     assert_eq!(endpoints["endpoints"][1]["name"], "completions");
     assert_eq!(endpoints["endpoints"][2]["name"], "embeddings");
+    assert_eq!(endpoints["endpoints"][3]["name"], "image");
+    assert_eq!(endpoints["endpoints"][5]["name"], "models");
     let models = app
         .get_json(&format!("/auth/teams/{}/models", app.team.id), &app.management_key)
         .await;
@@ -512,7 +514,7 @@ async fn acl_names_are_listed_and_checked(db: TestDb) {
         response,
         StatusCode::BAD_REQUEST,
         INVALID,
-        "unknown endpoint (known: chat, completions, embeddings, tokenize)",
+        "unknown endpoint (known: chat, completions, embeddings, image, tokenize, models)",
     )
     .await;
     app.finish().await;

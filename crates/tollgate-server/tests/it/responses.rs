@@ -424,7 +424,14 @@ async fn what_is_not_offered_is_refused_clearly(db: TestDb) {
 /// (whole and streamed), responses (created, continued with `previous_response_id`, streamed,
 /// retrieved, deleted), legacy completions, embeddings and the model list.
 async fn the_openai_sdk_works_unchanged(db: TestDb) {
-    let app = TestApp::new(db).await;
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    let mut imagine = config.models[MODEL].clone();
+    imagine.aliases = vec![];
+    imagine.image_price = Some(7);
+    imagine.endpoints = vec!["image".into()];
+    config.models.insert("imagine".into(), imagine);
+    let app = TestApp::with_config(db, upstream, config).await;
     let key = app.api_key().await;
     let script = format!(
         r#"
@@ -480,6 +487,11 @@ assert completion.choices[0].text == {answer:?}, completion
 embedding = client.embeddings.create(model=model, input="text")
 assert len(embedding.data[0].embedding) == 3
 assert model in [m.id for m in client.models.list()]
+assert client.models.retrieve(model).id == model
+
+image = client.images.generate(model="imagine", prompt="a lighthouse", n=2, response_format="b64_json")
+assert len(image.data) == 2 and image.data[0].b64_json, image
+assert image.usage.model_extra["cost_in_usd_ticks"] == 2 * 700000000, image.usage
 print("ok")
 "#,
         base = app.url("/v1"),
@@ -500,7 +512,7 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
-    // Every call was billed: 2 chats, 4 responses, 1 completion, 1 embedding.
-    assert_eq!(app.store().list_usage(app.team.id, 20).await.unwrap().len(), 8);
+    // Every call was billed: 2 chats, 4 responses, 1 completion, 1 embedding, 1 image request.
+    assert_eq!(app.store().list_usage(app.team.id, 20).await.unwrap().len(), 9);
     app.finish().await;
 }

@@ -90,6 +90,7 @@ pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
             prompt_price: Some(PROMPT_PRICE),
             cached_prompt_price: Some(CACHED_PRICE),
             completion_price: Some(COMPLETION_PRICE),
+            image_price: None,
             max_output_tokens: 16_384,
             endpoints: vec!["chat".into(), "completions".into(), "embeddings".into()],
             tokenizer: Some("cl100k_base".into()),

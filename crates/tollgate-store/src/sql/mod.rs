@@ -207,6 +207,7 @@ fn usage_from_row(row: &DbRow) -> Result<UsageRecord, StoreError> {
             cached_prompt_tokens: get_u64("cached_prompt_tokens")?,
             completion_tokens: get_u64("completion_tokens")?,
             reasoning_tokens: get_u64("reasoning_tokens")?,
+            images: get_u64("images")?,
         },
         cost: Ticks::new(row.try_get("cost_ticks")?),
         estimated: row.try_get("estimated")?,

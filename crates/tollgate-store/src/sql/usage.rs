@@ -27,7 +27,7 @@ fn parse_hour(text: &str) -> Option<Timestamp> {
     chrono::Utc.from_local_datetime(&date.and_hms_opt(hour, 0, 0)?).single()
 }
 
-/// Rows per multi-row insert (19 parameters a row: well under both databases' limits).
+/// Rows per multi-row insert (21 parameters a row: well under both databases' limits).
 const ROWS_PER_INSERT: usize = 256;
 
 /// Inserts the usage rows in multi-row statements, each with its team's charge id; returns the
@@ -56,16 +56,18 @@ async fn insert_records(
                     to_i64(usage.reasoning_tokens, "reasoning_tokens")?,
                     to_i64(usage.total_tokens(), "total_tokens")?,
                     to_i64(record.duration_ms, "duration_ms")?,
+                    to_i64(usage.images, "images")?,
                 ],
             ));
         }
         let mut insert = sqlx::QueryBuilder::<super::Db>::new(
             "INSERT INTO usage_events (request_id, team_id, api_key_id, model, endpoint, prompt_tokens, \
              cached_prompt_tokens, completion_tokens, reasoning_tokens, total_tokens, cost_ticks, estimated, \
-             streamed, duration_ms, created_at, charge_id, prompt_price, cached_prompt_price, completion_price) ",
+             streamed, duration_ms, created_at, charge_id, prompt_price, cached_prompt_price, completion_price, \
+             images, image_price) ",
         );
         insert.push_values(&rows, |mut row, (charge, charge_id, numbers)| {
-            let [prompt, cached, completion, reasoning, total, duration] = *numbers;
+            let [prompt, cached, completion, reasoning, total, duration, images] = *numbers;
             let (record, pricing) = (&charge.record, &charge.pricing);
             row.push_bind(record.request_id.as_uuid())
                 .push_bind(record.team_id.as_uuid())
@@ -85,7 +87,9 @@ async fn insert_records(
                 .push_bind(*charge_id)
                 .push_bind(pricing.prompt.get())
                 .push_bind(pricing.cached_prompt.get())
-                .push_bind(pricing.completion.get());
+                .push_bind(pricing.completion.get())
+                .push_bind(images)
+                .push_bind(pricing.image.get());
         });
         insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
         for row in insert.build().fetch_all(&mut *conn).await? {
@@ -342,8 +346,11 @@ impl UsageStore for SqlStore {
              CAST(SUM(uncached) AS BIGINT) AS uncached, CAST(SUM(cached) AS BIGINT) AS cached, \
              CAST(SUM(output) AS BIGINT) AS output, CAST(SUM(cost_ticks) AS BIGINT) AS cost, \
              CAST(SUM(cached * COALESCE(cached_prompt_price, 0)) AS BIGINT) AS cached_cost, \
-             CAST(SUM(output * COALESCE(completion_price, 0)) AS BIGINT) AS output_cost FROM \
+             CAST(SUM(output * COALESCE(completion_price, 0)) AS BIGINT) AS output_cost, \
+             CAST(SUM(images) AS BIGINT) AS images, \
+             CAST(SUM(images * COALESCE(image_price, 0)) AS BIGINT) AS image_cost FROM \
              (SELECT {HOUR_OF_CREATED_AT} AS hour, model, api_key_id, cost_ticks, cached_prompt_price, completion_price, \
+              images, image_price, \
               CASE WHEN cached_prompt_tokens > prompt_tokens THEN 0 ELSE prompt_tokens - cached_prompt_tokens END AS uncached, \
               CASE WHEN cached_prompt_tokens > prompt_tokens THEN prompt_tokens ELSE cached_prompt_tokens END AS cached, \
               completion_tokens + reasoning_tokens AS output \
@@ -369,22 +376,28 @@ impl UsageStore for SqlStore {
                 let hour: String = row.try_get("hour")?;
                 let hour = parse_hour(&hour).ok_or_else(|| super::corrupt("usage_events.created_at", &hour))?;
                 let count = |column: &str| -> Result<u64, StoreError> { super::to_u64(row.try_get(column)?, column) };
-                let (cost, cached_cost, output_cost): (i64, i64, i64) = (
+                let (cost, cached_cost, output_cost, image_cost): (i64, i64, i64, i64) = (
                     row.try_get("cost")?,
                     row.try_get("cached_cost")?,
                     row.try_get("output_cost")?,
+                    row.try_get("image_cost")?,
                 );
                 Ok(UsageCell {
                     hour,
                     model: row.try_get("model")?,
                     api_key_id: ApiKeyId::from_uuid(row.try_get("api_key_id")?),
                     requests: count("requests")?,
-                    tokens: [count("uncached")?, count("cached")?, count("output")?],
+                    tokens: [count("uncached")?, count("cached")?, count("output")?, count("images")?],
                     // The prompt's part is the rest, so the parts sum to the recorded cost.
                     cost: [
-                        Ticks::new(cost.saturating_sub(cached_cost).saturating_sub(output_cost)),
+                        Ticks::new(
+                            cost.saturating_sub(cached_cost)
+                                .saturating_sub(output_cost)
+                                .saturating_sub(image_cost),
+                        ),
                         Ticks::new(cached_cost),
                         Ticks::new(output_cost),
+                        Ticks::new(image_cost),
                     ],
                 })
             })
@@ -394,7 +407,7 @@ impl UsageStore for SqlStore {
     async fn list_usage(&self, team_id: TeamId, limit: u32) -> Result<Vec<UsageRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT request_id, team_id, api_key_id, model, endpoint, prompt_tokens, cached_prompt_tokens, \
-             completion_tokens, reasoning_tokens, cost_ticks, estimated, streamed, duration_ms, created_at \
+             completion_tokens, reasoning_tokens, images, cost_ticks, estimated, streamed, duration_ms, created_at \
              FROM usage_events WHERE team_id = $1 ORDER BY created_at DESC, request_id DESC LIMIT $2",
         )
         .bind(team_id.as_uuid())

@@ -17,14 +17,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tollgate_domain::ratelimit::{KeyLimits, LimitDecision, LimitKind};
+use tollgate_domain::ratelimit::{LimitDecision, LimitKind, Limits};
 use tollgate_domain::{ApiKey, Clock, Endpoint, ModelPricing, RequestId, Ticks, Timestamp, TokenUsage, UsageRecord};
 use tollgate_gateway::usage::Demand;
 use tollgate_gateway::wire::ChatCompletionRequest;
 use tollgate_gateway::{Catalog, ModelRoute};
 
 use crate::billing::credit::{CreditError, Credits, Hold};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{RateLimiter, Subject};
+use crate::tiers::Tiers;
 use crate::usage::{UsageError, UsageRecorder};
 
 /// Why a request was not admitted.
@@ -53,17 +54,17 @@ pub enum AdmitError {
     /// The operator set no prices for the model, so it cannot be billed.
     #[error("The model {0} is not available: it has no prices configured")]
     Unpriced(String),
-    /// A limit of the key is reached.
+    /// A limit of the key, or of the team for the model, is reached.
     #[error("rate limited ({kind:?}: {actual})")]
     RateLimited {
         /// Which limit.
         kind: LimitKind,
         /// The count that refused it.
         actual: u64,
-        /// Every limit's status, for the answer's headers.
+        /// Every limit's status of the subject that refused, for the answer's headers.
         decision: Box<LimitDecision>,
-        /// The key's redacted form, for the message.
-        redacted: String,
+        /// Whose limit it is.
+        scope: LimitScope,
     },
     /// The team's credit and invoice headroom do not cover the request's worst-case cost.
     #[error(
@@ -85,6 +86,20 @@ pub enum AdmitError {
     /// Credit could not be held: the database is unavailable.
     #[error("credit could not be checked: {0}")]
     Unavailable(tollgate_store::StoreError),
+}
+
+/// Whose limit refused a request, for the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitScope {
+    /// The key's own limits; its redacted form.
+    Key(String),
+    /// The team's limits for the model, by its tier.
+    Team {
+        /// The team.
+        team: tollgate_domain::TeamId,
+        /// The model's public name.
+        model: String,
+    },
 }
 
 /// Why a finished request could not be settled; the caller must not report it complete.
@@ -119,6 +134,8 @@ pub struct Admission {
     started: Instant,
     streamed: bool,
     limits: Option<LimitDecision>,
+    /// The subjects whose token limits count its tokens.
+    counted: Vec<Subject>,
     hold: Hold,
     output_per_choice: u64,
     deadline: Instant,
@@ -178,16 +195,19 @@ pub struct Charged {
 pub struct Inference {
     catalog: Arc<Catalog>,
     limiter: Arc<dyn RateLimiter>,
+    tiers: Tiers,
     usage: UsageRecorder,
     credits: Credits,
     clock: Arc<dyn Clock>,
 }
 
 impl Inference {
-    /// A service over these models, limits, credit and usage writer.
+    /// A service over these models, limits (keys' and, by `tiers`, teams'), credit and usage
+    /// writer.
     pub fn new(
         catalog: Arc<Catalog>,
         limiter: Arc<dyn RateLimiter>,
+        tiers: Tiers,
         usage: UsageRecorder,
         credits: Credits,
         clock: Arc<dyn Clock>,
@@ -195,6 +215,7 @@ impl Inference {
         Self {
             catalog,
             limiter,
+            tiers,
             usage,
             credits,
             clock,
@@ -275,21 +296,15 @@ impl Inference {
             .tokenizer
             .clone()
             .ok_or_else(|| AdmitError::NoTokenizer(route.name.clone()))?;
-        let limits = KeyLimits {
+        let limits = Limits {
             qps: key.qps,
             qpm: key.qpm,
             tpm: None,
         };
         if limits.any() {
-            let decision = self.limiter.acquire(key.id, &limits, self.clock.now()).await;
-            if let Some((kind, actual)) = decision.refused {
-                return Err(AdmitError::RateLimited {
-                    kind,
-                    actual,
-                    decision: Box::new(decision),
-                    redacted: key.redacted.clone(),
-                });
-            }
+            let checks = [(Subject::Key(key.id), limits)];
+            let decisions = self.limiter.acquire(&checks, self.clock.now()).await;
+            refused(key, &checks, &decisions)?;
         }
         Ok((route.name.clone(), tokenizer))
     }
@@ -372,26 +387,36 @@ impl Inference {
             });
         }
         let pricing = route.pricing.ok_or_else(|| AdmitError::Unpriced(route.name.clone()))?;
-        let limits = KeyLimits {
+        let mut checks = Vec::with_capacity(2);
+        let key_limits = Limits {
             qps: key.qps,
             qpm: key.qpm,
             tpm: key.tpm,
         };
+        if key_limits.any() {
+            checks.push((Subject::Key(key.id), key_limits));
+        }
+        let team_limits = self
+            .tiers
+            .limits(key.team_id, &route.name)
+            .await
+            .map_err(AdmitError::Unavailable)?;
+        if let Some(limits) = team_limits.filter(Limits::any) {
+            checks.push((Subject::TeamModel(key.team_id, Arc::from(route.name.as_str())), limits));
+        }
         let now = self.clock.now();
-        let decision = if limits.any() {
-            let decision = self.limiter.acquire(key.id, &limits, now).await;
-            if let Some((kind, actual)) = decision.refused {
-                return Err(AdmitError::RateLimited {
-                    kind,
-                    actual,
-                    decision: Box::new(decision),
-                    redacted: key.redacted.clone(),
-                });
-            }
-            Some(decision)
+        let decisions = if checks.is_empty() {
+            Vec::new()
         } else {
-            None
+            self.limiter.acquire(&checks, now).await
         };
+        refused(&key, &checks, &decisions)?;
+        let decision = LimitDecision::tightest(&decisions);
+        let counted = checks
+            .into_iter()
+            .filter(|(_, limits)| limits.tpm.is_some())
+            .map(|(subject, _)| subject)
+            .collect();
         let output_per_choice = demand.output_per_choice(route.max_output_tokens);
         let out_of_credit = || AdmitError::OutOfCredit(key.team_id);
         let worst_case = pricing
@@ -434,6 +459,7 @@ impl Inference {
             started,
             streamed,
             limits: decision,
+            counted,
             hold,
             output_per_choice,
             deadline: started + self.credits.settings().max_request,
@@ -475,11 +501,40 @@ impl Inference {
             })
             .await?;
         let beyond_hold = Ticks::new(cost.get().saturating_sub(admission.hold.amount().get()).max(0));
-        let key_id = admission.key.id;
         self.credits.settled(admission.hold, cost);
-        self.limiter
-            .record_tokens(key_id, usage.total_tokens(), self.clock.now())
-            .await;
+        if !admission.counted.is_empty() {
+            // Cached prompt tokens count too, as xAI counts them.
+            self.limiter
+                .record_tokens(&admission.counted, usage.total_tokens(), self.clock.now())
+                .await;
+        }
         Ok(Charged { cost, beyond_hold })
     }
+}
+
+/// The refusal among `decisions` (one per check), if any, as the error to answer with.
+fn refused(key: &ApiKey, checks: &[(Subject, Limits)], decisions: &[LimitDecision]) -> Result<(), AdmitError> {
+    let Some((decision, (subject, _))) = decisions
+        .iter()
+        .zip(checks)
+        .find(|(decision, _)| decision.refused.is_some())
+    else {
+        return Ok(());
+    };
+    let Some((kind, actual)) = decision.refused else {
+        return Ok(());
+    };
+    let scope = match subject {
+        Subject::Key(_) => LimitScope::Key(key.redacted.clone()),
+        Subject::TeamModel(team, model) => LimitScope::Team {
+            team: *team,
+            model: model.to_string(),
+        },
+    };
+    Err(AdmitError::RateLimited {
+        kind,
+        actual,
+        decision: Box::new(*decision),
+        scope,
+    })
 }

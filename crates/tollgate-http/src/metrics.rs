@@ -1,6 +1,6 @@
 //! Prometheus metrics, served as text on `/metrics`: requests by route, method and status,
 //! request latency by route, upstream errors by upstream and kind, tokens by model, requests
-//! refused by a rate limit by limit.
+//! refused by a rate limit by limit, requests limited without Redis while it was unreachable.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -74,6 +74,7 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     out_of_credit: Counter,
+    rate_limit_fallbacks: Counter,
     beyond_hold_requests: Family<ModelLabels, Counter>,
     beyond_hold_ticks: Family<ModelLabels, Counter>,
     payment_events: Family<OutcomeLabels, Counter>,
@@ -147,6 +148,12 @@ impl Metrics {
             "Requests refused because their team's credit and spending limit did not cover them",
             out_of_credit.clone(),
         );
+        let rate_limit_fallbacks = Counter::default();
+        registry.register(
+            "rate_limit_fallback_requests",
+            "Requests whose rate limits were decided by this node alone (its share of each limit) because Redis was unreachable",
+            rate_limit_fallbacks.clone(),
+        );
         let beyond_hold_requests = Family::<ModelLabels, Counter>::default();
         let beyond_hold_ticks = Family::<ModelLabels, Counter>::default();
         registry.register(
@@ -174,6 +181,7 @@ impl Metrics {
             tokens,
             rate_limited,
             out_of_credit,
+            rate_limit_fallbacks,
             beyond_hold_requests,
             beyond_hold_ticks,
             payment_events,
@@ -187,6 +195,11 @@ impl Metrics {
 
     pub(crate) fn out_of_credit(&self) {
         self.out_of_credit.inc();
+    }
+
+    /// A request's rate limits were decided without Redis (unreachable).
+    pub fn rate_limit_fallback(&self) {
+        self.rate_limit_fallbacks.inc();
     }
 
     /// A request charged `ticks` beyond its hold.

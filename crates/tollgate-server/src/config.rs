@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format as _, Toml};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use tollgate_domain::keys::KeyPrefix;
 
@@ -111,9 +111,117 @@ pub struct Config {
     /// What is kept of inference, and for how long.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Redis, shared by every node: rate-limit counters across nodes (`redis://host:6379/0`, or
+    /// `redis+unix:///path`; TLS to Redis is not built in). Unset: each node counts on its own.
+    #[serde(default)]
+    pub redis_url: Option<SecretString>,
+    /// Rate limits per team and model, by tier; how nodes share them.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
     /// Models, by public name.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// Rate limits per team and model by tier (xAI's scheme), and their sharing across nodes.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// How many nodes serve the same teams: while Redis is unreachable, each enforces this share
+    /// of every limit on its own (1 without Redis). Default 1.
+    #[serde(default)]
+    pub nodes: Option<u32>,
+    /// Milliseconds a Redis round trip may take before the node falls back to its own counters
+    /// (default 250).
+    #[serde(default)]
+    pub redis_timeout_ms: Option<u64>,
+    /// The tiers, lowest first: the first starts at $0; a team is in the highest its cumulative
+    /// prepaid purchases and paid invoices reach, and never moves down. Empty: teams are not
+    /// limited per model (keys' own limits still apply).
+    #[serde(default)]
+    pub tiers: Vec<TierConfig>,
+}
+
+/// One tier: where it starts, and the limits it gives a team per model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Cumulative spend (USD, an exact decimal) that reaches the tier.
+    pub min_spend_usd: String,
+    /// Requests per second, per model (unset: unlimited).
+    #[serde(default)]
+    pub rps: Option<u32>,
+    /// Requests per minute, per model.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute (prompt, cached prompt, completion and reasoning), per model.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Other limits for some models, by public name.
+    #[serde(default)]
+    pub models: BTreeMap<String, TierLimitsConfig>,
+}
+
+/// A model's limits in one tier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierLimitsConfig {
+    /// Requests per second (unset: unlimited).
+    #[serde(default)]
+    pub rps: Option<u32>,
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+}
+
+impl RateLimitsConfig {
+    /// The tier schedule.
+    pub fn schedule(&self) -> anyhow::Result<tollgate_domain::ratelimit::TierSchedule> {
+        use tollgate_domain::ratelimit::{Limits, Tier, TierSchedule};
+        let limits = |rps: Option<u32>, rpm: Option<u32>, tpm: Option<u64>| Limits {
+            qps: rps,
+            qpm: rpm,
+            tpm,
+        };
+        let mut tiers = Vec::with_capacity(self.tiers.len());
+        for (index, tier) in self.tiers.iter().enumerate() {
+            let min_spend = tollgate_domain::ledger::parse_usd(&tier.min_spend_usd)
+                .map_err(|e| anyhow::anyhow!("rate_limits.tiers[{index}].min_spend_usd: {e}"))?;
+            anyhow::ensure!(
+                min_spend.get() >= 0,
+                "rate_limits.tiers[{index}].min_spend_usd must not be negative"
+            );
+            let all = [tier.rps, tier.rpm]
+                .into_iter()
+                .chain(tier.models.values().flat_map(|m| [m.rps, m.rpm]))
+                .flatten()
+                .map(u64::from)
+                .chain(tier.tpm)
+                .chain(tier.models.values().filter_map(|m| m.tpm));
+            for value in all {
+                anyhow::ensure!(value >= 1, "rate_limits.tiers[{index}]: limits must be at least 1");
+            }
+            tiers.push(Tier {
+                min_spend,
+                default: limits(tier.rps, tier.rpm, tier.tpm),
+                models: tier
+                    .models
+                    .iter()
+                    .map(|(name, m)| (name.clone(), limits(m.rps, m.rpm, m.tpm)))
+                    .collect(),
+            });
+        }
+        TierSchedule::new(tiers).map_err(|e| anyhow::anyhow!("rate_limits.tiers: {e}"))
+    }
+
+    /// The node count (at least 1).
+    #[must_use]
+    pub fn nodes(&self) -> u32 {
+        self.nodes.unwrap_or(1).max(1)
+    }
 }
 
 /// What is kept of inference, and for how long.
@@ -790,6 +898,18 @@ impl Config {
                 || self.database_url.starts_with("postgresql:"),
             "database_url must start with sqlite:// or postgres://"
         );
+        self.rate_limits.schedule()?;
+        anyhow::ensure!(
+            self.rate_limits.nodes != Some(0),
+            "rate_limits.nodes must be at least 1"
+        );
+        if let Some(url) = &self.redis_url {
+            let url = url.expose_secret();
+            anyhow::ensure!(
+                url.starts_with("redis://") || url.starts_with("redis+unix://"),
+                "redis_url must start with redis:// or redis+unix:// (TLS to Redis is not built in)"
+            );
+        }
         anyhow::ensure!(
             self.audit.retention_days <= 36_500,
             "audit.retention_days must be at most 36500 (0 keeps events forever)"

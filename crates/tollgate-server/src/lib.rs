@@ -5,6 +5,7 @@
 pub mod config;
 mod federation;
 pub mod listener;
+mod redis;
 pub mod stripe;
 pub mod telemetry;
 
@@ -101,6 +102,8 @@ pub struct Services {
     pub ledger: tollgate_core::billing::Ledger,
     /// Purchases, invoices and the payment provider.
     pub payments: tollgate_core::billing::Payments,
+    /// Rate-limit tiers per team.
+    pub tiers: tollgate_core::Tiers,
 }
 
 /// Builds the services over `store`.
@@ -151,6 +154,7 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
         ledger: tollgate_core::billing::Ledger::new(Arc::clone(store), Arc::clone(clock))
             .with_default_hard_limit(config.billing.max_invoiced_limit()?),
         payments: payments(config, store, clock)?.with_notices(notices.clone()),
+        tiers: tollgate_core::Tiers::new(config.rate_limits.schedule()?, Arc::clone(store), Arc::clone(clock)),
         audit: AuditService::new(
             Arc::clone(store),
             Arc::clone(clock),
@@ -384,6 +388,28 @@ pub fn catalog(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<Catalo
     Ok(Catalog::new(routes)?)
 }
 
+/// The rate limiter: Redis's counters shared by every node when `redis_url` is set (falling
+/// back to this node's share while Redis is unreachable, counted in a metric), else this
+/// process's own.
+fn rate_limiter(
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn tollgate_core::RateLimiter>> {
+    let Some(url) = &config.redis_url else {
+        return Ok(Arc::new(tollgate_core::LocalRateLimiter::default()));
+    };
+    let timeout = Duration::from_millis(config.rate_limits.redis_timeout_ms.unwrap_or(250).max(1));
+    let counters = redis::RedisCounters::new(url.expose_secret(), timeout)?;
+    let metrics = Arc::clone(metrics);
+    Ok(Arc::new(tollgate_core::GlobalRateLimiter::new(
+        Arc::new(counters),
+        config.rate_limits.nodes(),
+        Arc::clone(clock),
+        move || metrics.rate_limit_fallback(),
+    )))
+}
+
 /// How often keys' last-use times are written (the hot path only notes them in memory).
 const LAST_USED_FLUSH: Duration = Duration::from_secs(30);
 
@@ -465,6 +491,7 @@ pub async fn start(
         credit_settings.default_hard_limit,
     );
     let credits = tollgate_core::billing::Credits::new(Arc::clone(&store), Arc::clone(&clock), credit_settings);
+    let metrics = Arc::new(Metrics::new());
     let state = AppState {
         store: Arc::clone(&store),
         clock: Arc::clone(&clock),
@@ -483,7 +510,8 @@ pub async fn start(
         payments: services.payments.clone().with_credits(credits.clone()),
         inference: tollgate_core::Inference::new(
             catalog,
-            Arc::new(tollgate_core::LocalRateLimiter::default()),
+            rate_limiter(config, &clock, &metrics)?,
+            services.tiers.clone(),
             usage,
             credits.clone(),
             Arc::clone(&clock),
@@ -514,7 +542,7 @@ pub async fn start(
                 token: config.secret_scanning.github_token.clone(),
             }),
         ),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         settings: Arc::new(HttpSettings {
             console_url: config.console_url.trim_end_matches('/').to_owned(),
             owned_by: config.product_name.clone(),

@@ -100,6 +100,19 @@ enum BillingCommand {
         #[arg(long)]
         default: bool,
     },
+    /// A team's rate-limit tier (and why); with `--tier N`, pin it there, or with `--unpin` let
+    /// its spend decide again. Audited.
+    Tier {
+        /// The team.
+        #[arg(long)]
+        team: TeamId,
+        /// The tier to pin the team to (0 is the first).
+        #[arg(long, conflicts_with = "unpin")]
+        tier: Option<u32>,
+        /// Let the team's spend decide its tier again.
+        #[arg(long)]
+        unpin: bool,
+    },
     /// A team's credit, and its newest ledger entries.
     Balance {
         /// The team.
@@ -578,7 +591,7 @@ async fn billing(config: &Config, clock: Arc<dyn Clock>, command: BillingCommand
     use tollgate_domain::ledger::{format_usd, parse_usd};
     let store = tollgate_server::open_store(config).await?;
     let services = tollgate_server::services(config, &store, &clock)?;
-    let (ledger, payments) = (services.ledger, services.payments);
+    let (ledger, payments, tiers) = (services.ledger, services.payments, services.tiers);
     let context = RequestContext::default();
     let result = async {
         match command {
@@ -623,6 +636,28 @@ async fn billing(config: &Config, clock: Arc<dyn Clock>, command: BillingCommand
                     "team {team}: maximum invoiced spending limit ${}, in force ${}",
                     format_usd(limits.effective_hard()),
                     format_usd(limits.effective())
+                );
+            }
+            BillingCommand::Tier { team, tier, unpin } => {
+                anyhow::ensure!(
+                    !tiers.schedule().is_empty(),
+                    "no rate-limit tiers are configured (rate_limits.tiers)"
+                );
+                let standing = if tier.is_some() || unpin {
+                    tiers.pin(team, tier, Actor::Operator, &context).await?
+                } else {
+                    tiers.tier_of(team).await?
+                };
+                println!(
+                    "team {team}: tier {} of {} ({}; highest reached {}, qualifying spend ${})",
+                    standing.tier,
+                    tiers.schedule().len(),
+                    standing
+                        .standing
+                        .pinned
+                        .map_or_else(|| "by spend".to_owned(), |pin| format!("pinned to {pin}")),
+                    standing.standing.reached,
+                    format_usd(standing.standing.qualifying_spend)
                 );
             }
             BillingCommand::Balance { team } => {

@@ -1264,6 +1264,25 @@ pub trait DeferredStore: Send + Sync {
     ) -> Result<Option<DeferredTake>, StoreError>;
 }
 
+/// Rate-limit tiers: read on a team's first request (then cached a while), raised when its
+/// spend reaches a higher one (never lowered), pinned by the operator.
+#[async_trait]
+pub trait TierStore: Send + Sync {
+    /// What decides the team's tier: the tier it reached, the operator's pin, and its prepaid
+    /// purchases plus paid monthly invoices.
+    async fn tier_standing(&self, team_id: TeamId) -> Result<tollgate_domain::ratelimit::TierStanding, StoreError>;
+    /// Records that the team reached `reached` (a lower tier than it has is ignored).
+    async fn raise_tier(&self, team_id: TeamId, reached: u32, at: Timestamp) -> Result<(), StoreError>;
+    /// Pins the team to a tier (`None` lets its spend decide again), with `audit`, atomically.
+    async fn pin_tier(
+        &self,
+        team_id: TeamId,
+        pinned: Option<u32>,
+        at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+}
+
 /// Everything Tollgate persists.
 #[async_trait]
 pub trait Store:
@@ -1282,6 +1301,7 @@ pub trait Store:
     + AlertStore
     + ResponseStore
     + DeferredStore
+    + TierStore
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

@@ -28,7 +28,7 @@ use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tollgate_core::{Admission, AdmitError, SettleError};
+use tollgate_core::{Admission, AdmitError, LimitScope, SettleError};
 use tollgate_domain::ratelimit::{LimitDecision, LimitKind, LimitStatus};
 use tollgate_domain::{Endpoint, RequestId, Ticks, TokenUsage};
 use tollgate_gateway::GatewayError;
@@ -441,7 +441,7 @@ fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
             kind,
             actual,
             decision,
-            redacted,
+            scope,
         } => {
             let mut headers = rate_limit_headers(Some(&decision));
             let (what, unit, status) = match kind {
@@ -452,21 +452,33 @@ fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
             let (limit, reset_us) = status.map_or((0, 1_000_000), |s| (s.limit, s.reset_after_us));
             let retry_after = ((reset_us + 999_999) / 1_000_000).max(1);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-            state.metrics.rate_limited(kind_label(kind));
-            XaiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("Too many {what} for API key {redacted}. {unit} (actual/limit): {actual}/{limit}."),
-            )
-            .with_headers(headers)
+            // xAI's texts: the key's limits name the key; the team's, the team and the model.
+            let message = match &scope {
+                LimitScope::Key(redacted) => {
+                    format!("Too many {what} for API key {redacted}. {unit} (actual/limit): {actual}/{limit}.")
+                }
+                LimitScope::Team { team, model } => format!(
+                    "Too many {what} for team {team} and model {model}. Your team's rate limit is — {unit} \
+                     (actual/limit): {actual}/{limit}. Spending more raises your team's tier and its limits."
+                ),
+            };
+            state
+                .metrics
+                .rate_limited(kind_label(kind, matches!(scope, LimitScope::Team { .. })));
+            XaiError::new(StatusCode::TOO_MANY_REQUESTS, message).with_headers(headers)
         }
     }
 }
 
-const fn kind_label(kind: LimitKind) -> &'static str {
-    match kind {
-        LimitKind::RequestsPerSecond => "qps",
-        LimitKind::RequestsPerMinute => "qpm",
-        LimitKind::TokensPerMinute => "tpm",
+/// The metric's label: the key's `qps`/`qpm`/`tpm`, or the team's `team_rps`/`team_rpm`/`team_tpm`.
+const fn kind_label(kind: LimitKind, team: bool) -> &'static str {
+    match (kind, team) {
+        (LimitKind::RequestsPerSecond, false) => "qps",
+        (LimitKind::RequestsPerMinute, false) => "qpm",
+        (LimitKind::TokensPerMinute, false) => "tpm",
+        (LimitKind::RequestsPerSecond, true) => "team_rps",
+        (LimitKind::RequestsPerMinute, true) => "team_rpm",
+        (LimitKind::TokensPerMinute, true) => "team_tpm",
     }
 }
 

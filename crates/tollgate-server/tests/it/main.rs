@@ -22,6 +22,7 @@ mod management;
 mod oidc;
 mod ops;
 mod payments;
+mod ratelimits;
 mod responses;
 mod secret_scanning;
 mod smtp;

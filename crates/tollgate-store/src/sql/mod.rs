@@ -33,6 +33,7 @@ mod mfa;
 mod payments;
 mod responses;
 mod teams;
+mod tiers;
 mod usage;
 
 type DbRow = <Db as sqlx::Database>::Row;

@@ -38,6 +38,14 @@ struct Args {
     /// With `--endpoint responses`: send `"store": false` (nothing kept).
     #[arg(long)]
     no_store: bool,
+    /// Put rate limits in the path, far above the load (so none refuses): each key's
+    /// `qps`/`qpm`/`tpm` and a tier limiting each team per model.
+    #[arg(long)]
+    limits: bool,
+    /// Count the limits in this Redis (`redis://…`), shared as by several nodes, instead of in
+    /// process. Implies `--limits`.
+    #[arg(long)]
+    redis_url: Option<String>,
     /// A PostgreSQL database to use instead of a temporary SQLite file (it should be empty:
     /// the benchmark migrates it and leaves its rows).
     #[arg(long)]
@@ -50,6 +58,7 @@ enum Family {
     Responses,
     Completions,
     Embeddings,
+    Images,
 }
 
 struct Run {
@@ -165,6 +174,17 @@ async fn main() -> anyhow::Result<()> {
         template_tokens_per_message: None,
         template_tokens_per_request: None,
     };
+    let limits = args.limits || args.redis_url.is_some();
+    if limits {
+        config.rate_limits.tiers = vec![tollgate_server::config::TierConfig {
+            min_spend_usd: "0".into(),
+            rps: Some(1_000_000),
+            rpm: Some(60_000_000),
+            tpm: Some(u64::MAX / 4),
+            models: std::collections::BTreeMap::new(),
+        }];
+    }
+    config.redis_url = args.redis_url.clone().map(Into::into);
     config.models.insert("bench".into(), model(100_000));
     config.models.insert("bench-free".into(), model(0));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -198,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         let (_, key) = services
             .keys
-            .create_api_key(&management_key.into(), team.id, tollgate_core_new_key(), &context)
+            .create_api_key(&management_key.into(), team.id, tollgate_core_new_key(limits), &context)
             .await?;
         keys.push(key.expose().to_owned());
         // Plenty of prepaid credit: the path measured is hold, spend and release, not refusal.
@@ -220,8 +240,8 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(1024)
         .build()?;
     anyhow::ensure!(
-        !(args.stream && args.endpoint == Family::Embeddings),
-        "embeddings are not streamed"
+        !(args.stream && matches!(args.endpoint, Family::Embeddings | Family::Images)),
+        "embeddings and images are not streamed"
     );
     let messages = json!([{"role": "user", "content": "Say hello."}]);
     let stream = args.stream;
@@ -240,6 +260,11 @@ async fn main() -> anyhow::Result<()> {
             "/embeddings",
             json!({"model": "mock-model", "input": "Say hello."}),
         ),
+        Family::Images => (
+            "/v1/images/generations",
+            "/images/generations",
+            json!({"model": "mock-model", "prompt": "A lighthouse."}),
+        ),
     };
     let direct_url = format!("{}{direct_path}", upstream.base_url);
     let tollgate_url = format!("http://{}{path}", server.addr);
@@ -249,11 +274,12 @@ async fn main() -> anyhow::Result<()> {
             "store": !args.no_store}),
         Family::Completions => json!({"model": model, "prompt": "Say hello.", "stream": stream, "max_tokens": 256}),
         Family::Embeddings => json!({"model": model, "input": "Say hello."}),
+        Family::Images => json!({"model": model, "prompt": "A lighthouse."}),
     };
     let (billed_body, free_body) = (body("bench"), body("bench-free"));
 
     println!(
-        "tollgate-bench: {path}, {} requests, concurrency {}, {} answers, {}, {} team(s), {} cores",
+        "tollgate-bench: {path}, {} requests, concurrency {}, {} answers, {}, {} team(s), limits {}, {} cores",
         args.requests,
         args.concurrency,
         if args.stream { "streamed" } else { "JSON" },
@@ -263,6 +289,11 @@ async fn main() -> anyhow::Result<()> {
             "SQLite"
         },
         args.teams,
+        match (&args.redis_url, limits) {
+            (Some(_), _) => "in Redis",
+            (None, true) => "in process",
+            (None, false) => "off",
+        },
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     for (url, keys, body) in [
@@ -353,10 +384,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tollgate_core_new_key() -> tollgate_core::NewApiKey {
+fn tollgate_core_new_key(limits: bool) -> tollgate_core::NewApiKey {
     tollgate_core::NewApiKey {
         name: "bench".into(),
         acls: vec!["api-key:endpoint:*".into(), "api-key:model:*".into()],
+        qps: limits.then_some(1_000_000),
+        qpm: limits.then_some(60_000_000),
+        tpm: limits.then_some(u64::MAX / 4),
         ..Default::default()
     }
 }

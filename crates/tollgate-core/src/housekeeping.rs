@@ -1,6 +1,7 @@
 //! Housekeeping: deletes rows that can no longer be used once nothing looks at them any more
 //! (expired single-use links and sign-in flows, old sessions, old invitations, old outbox mail,
-//! whose bodies carry links). Without it these tables only grow.
+//! whose bodies carry links), and request bodies past their retention. Without it these tables
+//! only grow.
 
 use std::sync::Arc;
 
@@ -33,12 +34,24 @@ pub fn sweep_at(now: Timestamp) -> Sweep {
 pub struct Housekeeping {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    retention: Option<crate::Retention>,
 }
 
 impl Housekeeping {
     /// Housekeeping of `store` by `clock`.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            retention: None,
+        }
+    }
+
+    /// Also deletes the request bodies `retention` keeps once past their time.
+    #[must_use]
+    pub fn with_retention(mut self, retention: crate::Retention) -> Self {
+        self.retention = Some(retention);
+        self
     }
 
     /// Sweeps once.
@@ -52,6 +65,12 @@ impl Housekeeping {
                 mail = swept.mail,
                 "housekeeping deleted rows that are over"
             );
+        }
+        if let Some(retention) = &self.retention {
+            let bodies = retention.prune().await?;
+            if bodies > 0 {
+                tracing::info!(bodies, "housekeeping deleted request bodies past their retention");
+            }
         }
         Ok(swept)
     }

@@ -25,6 +25,7 @@ use tollgate_gateway::{Catalog, ModelRoute};
 
 use crate::billing::credit::{CreditError, Credits, Hold};
 use crate::ratelimit::{RateLimiter, Subject};
+use crate::retention::{Retention, ToKeep};
 use crate::tiers::Tiers;
 use crate::usage::{UsageError, UsageRecorder};
 
@@ -136,6 +137,8 @@ pub struct Admission {
     limits: Option<LimitDecision>,
     /// The subjects whose token limits count its tokens.
     counted: Vec<Subject>,
+    /// Its request body, kept with the answer when bodies are retained.
+    request_body: Option<bytes::Bytes>,
     hold: Hold,
     output_per_choice: u64,
     deadline: Instant,
@@ -178,6 +181,12 @@ impl Admission {
     pub fn held(&self) -> Ticks {
         self.hold.amount()
     }
+
+    /// Its request body as the client sent it: kept with the answer (for abuse review) when
+    /// the request is settled, unless its team keeps nothing.
+    pub fn keep_request(&mut self, body: bytes::Bytes) {
+        self.request_body = Some(body);
+    }
 }
 
 /// A settled request's charge.
@@ -199,6 +208,7 @@ pub struct Inference {
     usage: UsageRecorder,
     credits: Credits,
     clock: Arc<dyn Clock>,
+    retention: Option<Retention>,
 }
 
 impl Inference {
@@ -219,7 +229,23 @@ impl Inference {
             usage,
             credits,
             clock,
+            retention: None,
         }
+    }
+
+    /// Whether answered requests' bodies are kept (so a surface collects what it answered).
+    #[must_use]
+    pub fn retains_bodies(&self) -> bool {
+        self.retention
+            .as_ref()
+            .is_some_and(|r| r.keep_for() > chrono::Duration::zero())
+    }
+
+    /// Keeps answered requests' bodies with `retention`.
+    #[must_use]
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = Some(retention);
+        self
     }
 
     /// The models.
@@ -460,6 +486,7 @@ impl Inference {
             streamed,
             limits: decision,
             counted,
+            request_body: None,
             hold,
             output_per_choice,
             deadline: started + self.credits.settings().max_request,
@@ -468,12 +495,14 @@ impl Inference {
 
     /// Settles `admission` with what the upstream used (`estimated` when counted by Tollgate
     /// rather than reported): prices it, records it durably with its spend, releases its hold,
-    /// and counts its tokens against the key's `tpm`.
+    /// counts its tokens against the token limits, and keeps its bodies (`response`: the answer
+    /// as the client gets it) when bodies are retained.
     pub async fn settle(
         &self,
-        admission: Admission,
+        mut admission: Admission,
         usage: TokenUsage,
         estimated: bool,
+        response: &[u8],
     ) -> Result<Charged, SettleError> {
         let route = &admission.route;
         let cost = admission
@@ -501,6 +530,19 @@ impl Inference {
             })
             .await?;
         let beyond_hold = Ticks::new(cost.get().saturating_sub(admission.hold.amount().get()).max(0));
+        if let (Some(retention), Some(request)) = (&self.retention, admission.request_body.take()) {
+            retention.keep(
+                ToKeep {
+                    request_id: admission.request_id,
+                    team_id: admission.key.team_id,
+                    api_key_id: admission.key.id,
+                    endpoint: admission.endpoint.as_str(),
+                    model: route.name.clone(),
+                    request,
+                },
+                response,
+            );
+        }
         self.credits.settled(admission.hold, cost);
         if !admission.counted.is_empty() {
             // Cached prompt tokens count too, as xAI counts them.

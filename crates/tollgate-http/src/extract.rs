@@ -160,6 +160,32 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for XaiJson<T> {
     }
 }
 
+/// A JSON body as [`XaiJson`] reads it, and its bytes as sent (an inference request, kept for
+/// abuse review when bodies are retained; the bytes are shared, not copied).
+pub struct RawJson<T>(pub T, pub bytes::Bytes);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for RawJson<T> {
+    type Rejection = XaiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, XaiError> {
+        let (parts, body) = request.into_parts();
+        let mut head = Request::new(axum::body::Body::empty());
+        *head.method_mut() = parts.method.clone();
+        *head.uri_mut() = parts.uri.clone();
+        *head.headers_mut() = parts.headers.clone();
+        let raw = match bytes::Bytes::from_request(Request::from_parts(parts, body), state).await {
+            Ok(raw) => raw,
+            Err(rejection) => return Err(XaiError::new(rejection.status(), rejection.body_text())),
+        };
+        let (head, _) = head.into_parts();
+        let request = Request::from_parts(head, axum::body::Body::from(raw.clone()));
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value, raw)),
+            Err(rejection) => Err(json_rejection(&rejection)),
+        }
+    }
+}
+
 /// A raw body (a signed webhook, an optional JSON body read by hand) whose rejections, a body
 /// over the size limit above all, are answered in xAI's shape like every other error.
 pub struct XaiBytes(pub bytes::Bytes);

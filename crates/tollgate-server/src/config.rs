@@ -232,12 +232,18 @@ pub struct RetentionConfig {
     /// fetched and continued with `previous_response_id`; then it is deleted. Default 30.
     #[serde(default = "defaults::responses_days")]
     pub responses_days: u32,
+    /// Days every inference request's bodies (request and answer, compressed and encrypted)
+    /// are kept for abuse review, then deleted (read with `tollgate requests show`, audited).
+    /// Default 30; 0 keeps none.
+    #[serde(default = "defaults::responses_days")]
+    pub bodies_days: u32,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             responses_days: defaults::responses_days(),
+            bodies_days: defaults::responses_days(),
         }
     }
 }
@@ -921,6 +927,10 @@ impl Config {
         anyhow::ensure!(
             (1..=3_650).contains(&self.retention.responses_days),
             "retention.responses_days must be 1 to 3650"
+        );
+        anyhow::ensure!(
+            self.retention.bodies_days <= 3_650,
+            "retention.bodies_days must be 0 (keep none) to 3650"
         );
         anyhow::ensure!(
             self.audit.prune_interval_minutes >= 1,

@@ -104,6 +104,8 @@ pub struct Services {
     pub payments: tollgate_core::billing::Payments,
     /// Rate-limit tiers per team.
     pub tiers: tollgate_core::Tiers,
+    /// Request and response bodies kept for abuse review.
+    pub retention: tollgate_core::Retention,
 }
 
 /// Builds the services over `store`.
@@ -155,6 +157,12 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
             .with_default_hard_limit(config.billing.max_invoiced_limit()?),
         payments: payments(config, store, clock)?.with_notices(notices.clone()),
         tiers: tollgate_core::Tiers::new(config.rate_limits.schedule()?, Arc::clone(store), Arc::clone(clock)),
+        retention: tollgate_core::Retention::new(
+            Arc::clone(store),
+            Arc::clone(clock),
+            &audit_key(config)?.derive(b"tollgate.request-bodies.v1"),
+            chrono::Duration::days(i64::from(config.retention.bodies_days)),
+        ),
         audit: AuditService::new(
             Arc::clone(store),
             Arc::clone(clock),
@@ -515,7 +523,8 @@ pub async fn start(
             usage,
             credits.clone(),
             Arc::clone(&clock),
-        ),
+        )
+        .with_retention(services.retention.clone()),
         // A deferred request still pending well after the longest a request may run was lost.
         deferred: tollgate_core::Deferred::new(
             Arc::clone(&store),
@@ -596,6 +605,7 @@ pub async fn start(
         .clone()
         .spawn_purge(Duration::from_secs(3600), stop_jobs.clone());
     let housekeeping = tollgate_core::Housekeeping::new(Arc::clone(&store), Arc::clone(&clock))
+        .with_retention(services.retention.clone())
         .spawn(Duration::from_secs(3600), stop_jobs.clone());
     let credit_expiry = services
         .ledger

@@ -52,6 +52,23 @@ enum Command {
     /// Credits: grant, adjust, show a balance, verify the ledger.
     #[command(subcommand)]
     Billing(BillingCommand),
+    /// Inference requests' kept bodies: read one for an abuse review (audited).
+    #[command(subcommand)]
+    Requests(RequestsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RequestsCommand {
+    /// Print a request's kept bodies (request and answer) as JSON, recording in its team's
+    /// audit log that the operator read them and why.
+    Show {
+        /// The request's id (its usage record's, `x-request-id`).
+        #[arg(long)]
+        id: tollgate_domain::RequestId,
+        /// Why (an abuse review's reference): recorded in the audit log.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,6 +351,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(command) => audit(&config, clock, command).await,
         Command::Billing(command) => billing(&config, clock, command).await,
         Command::Mail(command) => mail(&config, clock, command).await,
+        Command::Requests(RequestsCommand::Show { id, reason }) => {
+            let store = tollgate_server::open_store(&config).await?;
+            let services = tollgate_server::services(&config, &store, &clock)?;
+            let shown = services
+                .retention
+                .show(id, &reason, Actor::Operator, &RequestContext::default())
+                .await;
+            store.close().await;
+            let shown = shown?.with_context(|| {
+                format!("no bodies are kept for request {id} (never kept, or past retention.bodies_days)")
+            })?;
+            let answer = serde_json::json!({
+                "request_id": id.to_string(),
+                "team_id": shown.team_id.to_string(),
+                "api_key_id": shown.api_key_id.to_string(),
+                "endpoint": shown.endpoint,
+                "model": shown.model,
+                "created_at": shown.created_at.to_rfc3339(),
+                "truncated": shown.bodies.truncated,
+                "request": shown.bodies.request,
+                "response": shown.bodies.response,
+            });
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
         Command::ApiKey(ApiKeyCommand::Block { team, id, reason }) => {
             let presented = match (team, id) {
                 (Some(_), Some(_)) => None,

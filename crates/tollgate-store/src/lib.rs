@@ -1283,6 +1283,37 @@ pub trait TierStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
+/// A request's bodies kept for abuse review: sealed (compressed, encrypted) by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedBody {
+    /// The request (its usage record's id).
+    pub request_id: tollgate_domain::RequestId,
+    /// Its team.
+    pub team_id: TeamId,
+    /// Its key.
+    pub api_key_id: ApiKeyId,
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// The model's public name.
+    pub model: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// The sealed bodies.
+    pub sealed: Vec<u8>,
+}
+
+/// Request and response bodies kept for a while (abuse review), then deleted.
+#[async_trait]
+pub trait RequestBodyStore: Send + Sync {
+    /// Keeps `rows` (a request kept before is kept as it was).
+    async fn insert_request_bodies(&self, rows: &[RetainedBody]) -> Result<(), StoreError>;
+    /// The bodies of `request_id`, if still kept.
+    async fn request_body(&self, request_id: tollgate_domain::RequestId) -> Result<Option<RetainedBody>, StoreError>;
+    /// Deletes every body made before `before`: whole day partitions on PostgreSQL (making the
+    /// next days' partitions as of `now` too), bounded batches otherwise. How many were deleted.
+    async fn prune_request_bodies(&self, before: Timestamp, now: Timestamp) -> Result<u64, StoreError>;
+}
+
 /// Everything Tollgate persists.
 #[async_trait]
 pub trait Store:
@@ -1302,6 +1333,7 @@ pub trait Store:
     + ResponseStore
     + DeferredStore
     + TierStore
+    + RequestBodyStore
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

@@ -15,7 +15,7 @@ use tollgate_gateway::wire::{CompletionRequest, StreamOptions};
 use super::{Billing, Chunks, admission_refused, observer, rate_limit_headers};
 use crate::AppState;
 use crate::error::XaiError;
-use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
+use crate::extract::{ApiKeyAuth, RawJson, RequestMeta};
 
 /// Create a text completion (legacy). `max_tokens` defaults to 16, as OpenAI's does; `best_of`
 /// choices are all generated and all charged.
@@ -32,14 +32,14 @@ pub(crate) async fn create_completion(
     State(state): State<AppState>,
     ApiKeyAuth(key): ApiKeyAuth,
     RequestMeta(meta): RequestMeta,
-    XaiJson(mut body): XaiJson<CompletionRequest>,
+    RawJson(mut body, raw): RawJson<CompletionRequest>,
 ) -> Result<Response, XaiError> {
     body.validate().map_err(XaiError::invalid_argument)?;
     let request_id = super::request_id(&meta);
     let demand = Demand::of_completion(&body);
     // Without upstream usage: about four bytes a token, as for chat.
     let prompt_estimate = demand.prompt_tokens.div_ceil(4);
-    let admission = state
+    let mut admission = state
         .inference
         .admit(
             key,
@@ -51,6 +51,7 @@ pub(crate) async fn create_completion(
         )
         .await
         .map_err(|error| admission_refused(&state, error))?;
+    admission.keep_request(raw);
     body.limit_output(admission.output_per_choice());
     let deadline = tokio::time::Instant::from_std(admission.deadline());
     let rate_headers = rate_limit_headers(admission.limits());

@@ -11,7 +11,7 @@ use tollgate_gateway::usage::Demand;
 use super::{Billing, admission_refused, in_own_task, post_and_settle, rate_limit_headers, request_id};
 use crate::AppState;
 use crate::error::XaiError;
-use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
+use crate::extract::{ApiKeyAuth, RawJson, RequestMeta};
 
 /// The most images one request may ask for (xAI's and OpenAI's bound).
 const MAX_IMAGES: u64 = 10;
@@ -45,7 +45,7 @@ pub(crate) async fn create_image(
     State(state): State<AppState>,
     ApiKeyAuth(key): ApiKeyAuth,
     RequestMeta(meta): RequestMeta,
-    XaiJson(body): XaiJson<ImageGenerationRequest>,
+    RawJson(body, raw): RawJson<ImageGenerationRequest>,
 ) -> Result<Response, XaiError> {
     if body.prompt.trim().is_empty() {
         return Err(XaiError::invalid_argument("prompt must not be empty"));
@@ -57,11 +57,12 @@ pub(crate) async fn create_image(
         )));
     }
     let demand = Demand::of_images(&body.prompt, images);
-    let admission = state
+    let mut admission = state
         .inference
         .admit(key, Endpoint::Image, &body.model, demand, false, request_id(&meta))
         .await
         .map_err(|error| admission_refused(&state, error))?;
+    admission.keep_request(raw);
     let deadline = tokio::time::Instant::from_std(admission.deadline());
     let rate_headers = rate_limit_headers(admission.limits());
     let public_name = admission.route().name.clone();

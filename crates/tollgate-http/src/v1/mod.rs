@@ -39,7 +39,7 @@ use tollgate_gateway::wire::{ChatCompletionRequest, StreamOptions};
 
 use crate::AppState;
 use crate::error::XaiError;
-use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
+use crate::extract::{ApiKeyAuth, RawJson, RequestMeta, XaiJson};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -78,13 +78,14 @@ struct Billing {
 }
 
 impl Billing {
-    /// Settles through the inference service; resolves once the record is durable.
-    async fn settle(self, usage: TokenUsage, estimated: bool) -> Result<Ticks, XaiError> {
+    /// Settles through the inference service; resolves once the record is durable. `response`
+    /// is the answer as the client gets it (kept with the request when bodies are retained).
+    async fn settle(self, usage: TokenUsage, estimated: bool, response: &[u8]) -> Result<Ticks, XaiError> {
         let model = self.admission.route().name.clone();
         let charged = self
             .state
             .inference
-            .settle(self.admission, usage, estimated)
+            .settle(self.admission, usage, estimated, response)
             .await
             .map_err(|error| match error {
                 SettleError::CostOverflow(_) => XaiError::internal(anyhow::Error::new(error)),
@@ -124,17 +125,18 @@ pub(crate) async fn create_chat_completion(
     State(state): State<AppState>,
     ApiKeyAuth(key): ApiKeyAuth,
     RequestMeta(meta): RequestMeta,
-    XaiJson(mut body): XaiJson<ChatCompletionRequest>,
+    RawJson(mut body, raw): RawJson<ChatCompletionRequest>,
 ) -> Result<Response, XaiError> {
     body.validate().map_err(XaiError::invalid_argument)?;
     let deferred = deferred::asked(&mut body)?;
     // A deferred request's id is what its result is fetched by: always a fresh one.
     let request_id = if deferred { RequestId::new() } else { request_id(&meta) };
-    let admission = state
+    let mut admission = state
         .inference
         .admit_chat(Arc::clone(&key), &body, body.is_stream(), request_id)
         .await
         .map_err(|error| admission_refused(&state, error))?;
+    admission.keep_request(raw);
     // The upstream is held to the budget the credit hold assumed, and to the deadline.
     body.limit_output(admission.output_per_choice());
     let deadline = tokio::time::Instant::from_std(admission.deadline());
@@ -212,7 +214,8 @@ async fn post_and_settle(
         .unwrap_or(Err(GatewayError::Timeout))
         .map_err(XaiError::from)?;
     let (usage, estimated) = read_usage(&answer);
-    let cost = billing.settle(usage, estimated).await?;
+    let response = kept_json(state, &answer);
+    let cost = billing.settle(usage, estimated, &response).await?;
     Ok((answer, usage, cost))
 }
 
@@ -240,8 +243,18 @@ async fn answer_and_settle(
             true,
         ),
     };
-    let cost = billing.settle(usage, estimated).await?;
+    let response = kept_json(state, &answer);
+    let cost = billing.settle(usage, estimated, &response).await?;
     Ok((answer, usage, cost))
+}
+
+/// The answer's bytes to keep with its request, when bodies are retained (else nothing).
+fn kept_json(state: &AppState, answer: &Value) -> Vec<u8> {
+    if state.inference.retains_bodies() {
+        serde_json::to_vec(answer).unwrap_or_default()
+    } else {
+        Vec::new()
+    }
 }
 
 /// `POST /v1/embeddings` body: OpenAI's. `model` and `input` are read; every other field goes to
@@ -271,7 +284,7 @@ pub(crate) async fn create_embeddings(
     State(state): State<AppState>,
     ApiKeyAuth(key): ApiKeyAuth,
     RequestMeta(meta): RequestMeta,
-    XaiJson(body): XaiJson<EmbeddingsRequest>,
+    RawJson(body, raw): RawJson<EmbeddingsRequest>,
 ) -> Result<Response, XaiError> {
     let empty = match &body.input {
         Value::String(text) => text.is_empty(),
@@ -284,11 +297,12 @@ pub(crate) async fn create_embeddings(
     let demand = Demand::of_embeddings(&body.input);
     // Without upstream usage: about four bytes a token, as for chat.
     let estimate = demand.prompt_tokens.div_ceil(4);
-    let admission = state
+    let mut admission = state
         .inference
         .admit(key, Endpoint::Embeddings, &body.model, demand, false, request_id(&meta))
         .await
         .map_err(|error| admission_refused(&state, error))?;
+    admission.keep_request(raw);
     let deadline = tokio::time::Instant::from_std(admission.deadline());
     let rate_headers = rate_limit_headers(admission.limits());
     let route = std::sync::Arc::clone(admission.route());
@@ -615,6 +629,9 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
     let mut upstream_error: Option<GatewayError> = None;
     let mut finished = false;
     let mut cut_off = false;
+    // What the client was sent, kept with the request when bodies are retained (bounded).
+    let keep = billing.state.inference.retains_bodies();
+    let mut sent: Vec<u8> = Vec::new();
 
     for bytes in shape.opening() {
         if sender.send(Ok(bytes)).await.is_err() {
@@ -675,6 +692,9 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
                 }
             }
             for out in shape.chunk(chunk, &payload, priced) {
+                if keep && sent.len() <= tollgate_core::retention::MAX_KEPT_BYTES {
+                    sent.extend_from_slice(&out);
+                }
                 if sender.send(Ok(out)).await.is_err() {
                     client_gone = true;
                     break 'relay;
@@ -716,7 +736,7 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
             .await;
         return;
     }
-    let settled = billing.settle(usage, estimated).await;
+    let settled = billing.settle(usage, estimated, &sent).await;
     if client_gone {
         return;
     }

@@ -22,7 +22,7 @@ use tollgate_gateway::wire::StreamOptions;
 use super::{Billing, StreamShape, admission_refused, answer_and_settle, observer, rate_limit_headers};
 use crate::AppState;
 use crate::error::XaiError;
-use crate::extract::{ApiKeyAuth, RequestMeta, XaiJson};
+use crate::extract::{ApiKeyAuth, RawJson, RequestMeta};
 
 /// Keeps a finished response, with its conversation, when the request asked to store it.
 struct Keeper {
@@ -134,7 +134,7 @@ pub(crate) async fn create_response(
     State(state): State<AppState>,
     ApiKeyAuth(key): ApiKeyAuth,
     RequestMeta(meta): RequestMeta,
-    XaiJson(body): XaiJson<ResponsesRequest>,
+    RawJson(body, raw): RawJson<ResponsesRequest>,
 ) -> Result<Response, XaiError> {
     body.validate().map_err(XaiError::invalid_argument)?;
     require_chat(&state, &key)?;
@@ -157,11 +157,12 @@ pub(crate) async fn create_response(
     let mut chat = turn.request;
     chat.validate().map_err(XaiError::invalid_argument)?;
     let request_id = super::request_id(&meta);
-    let admission = state
+    let mut admission = state
         .inference
         .admit_chat(Arc::clone(&key), &chat, body.is_stream(), request_id)
         .await
         .map_err(|error| admission_refused(&state, error))?;
+    admission.keep_request(raw);
     chat.limit_output(admission.output_per_choice());
     let deadline = tokio::time::Instant::from_std(admission.deadline());
     let rate_headers = rate_limit_headers(admission.limits());

@@ -24,6 +24,7 @@ mod ops;
 mod payments;
 mod ratelimits;
 mod responses;
+mod retention;
 mod secret_scanning;
 mod smtp;
 mod streaming;

@@ -22,6 +22,7 @@ use super::{BACKEND, Db, MIGRATOR, SqlStore};
 mod accounts;
 mod alerts;
 mod audit;
+mod bodies;
 mod credit;
 mod deferred;
 mod federation;

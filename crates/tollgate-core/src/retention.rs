@@ -1,0 +1,246 @@
+//! Request and response bodies kept for abuse review (xAI's: kept 30 days, then deleted).
+//!
+//! Each answered request's bodies are compressed (LZ4), sealed with a key of their own (derived
+//! from the server's secret like the TOTP seal) with the team and request ids bound in, and
+//! written by one task in batches. Keeping never delays an answer: a body the writer cannot take
+//! (its queue full, the database down) is dropped and counted, never waited for. The housekeeping
+//! job deletes what is past the retention. An operator reads one with `tollgate requests show`,
+//! which is audited in the team's log.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tollgate_domain::entropy::{Entropy, EntropyRng, OsEntropy};
+use tollgate_domain::mfa::SecretSealer;
+use tollgate_domain::{Actor, AuditAction, AuditEvent, Clock, RequestContext, RequestId, TeamId, Timestamp};
+use tollgate_store::{RetainedBody, Store, StoreError};
+
+/// Bodies one transaction writes at most.
+const MAX_BATCH: usize = 256;
+/// Bodies waiting for the writer at most; past it, new ones are dropped.
+const QUEUE: usize = 8 * MAX_BATCH;
+/// The most of each body kept; the rest is cut (and said so).
+pub const MAX_KEPT_BYTES: usize = 4 << 20;
+
+/// Why bodies could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The row does not open with this server's key.
+    #[error("the bodies of request {0} cannot be opened with this server's key")]
+    Sealed(RequestId),
+    /// A reason is required for reading.
+    #[error("say why the bodies are read (an abuse review's reference)")]
+    NoReason,
+}
+
+/// What is kept of one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bodies {
+    /// The request body as the client sent it.
+    pub request: String,
+    /// The answer as the client received it (JSON, or the stream's events).
+    pub response: String,
+    /// Whether either was cut at [`MAX_KEPT_BYTES`].
+    pub truncated: bool,
+}
+
+/// A kept request, opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    /// The row's facts.
+    pub team_id: TeamId,
+    /// The key that made it.
+    pub api_key_id: tollgate_domain::ApiKeyId,
+    /// Its endpoint.
+    pub endpoint: String,
+    /// Its model.
+    pub model: String,
+    /// When.
+    pub created_at: Timestamp,
+    /// The bodies.
+    pub bodies: Bodies,
+}
+
+/// What one request leaves to keep.
+#[derive(Debug, Clone)]
+pub struct ToKeep {
+    /// The request.
+    pub request_id: RequestId,
+    /// Its team.
+    pub team_id: TeamId,
+    /// Its key.
+    pub api_key_id: tollgate_domain::ApiKeyId,
+    /// Its endpoint's name.
+    pub endpoint: &'static str,
+    /// Its model.
+    pub model: String,
+    /// The request body.
+    pub request: bytes::Bytes,
+}
+
+/// The body retention service.
+#[derive(Clone)]
+pub struct Retention {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    sealer: Arc<SecretSealer>,
+    entropy: Arc<dyn Entropy>,
+    keep_for: chrono::Duration,
+    writer: Option<mpsc::Sender<RetainedBody>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retention")
+            .field("keep_for", &self.keep_for)
+            .finish_non_exhaustive()
+    }
+}
+
+fn context(team_id: TeamId, request_id: RequestId) -> Vec<u8> {
+    format!("request-bodies|{team_id}|{request_id}").into_bytes()
+}
+
+/// Writes what is waiting, as many at a time as are waiting.
+async fn write(store: Arc<dyn Store>, mut pending: mpsc::Receiver<RetainedBody>, dropped: Arc<AtomicU64>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if let Err(error) = store.insert_request_bodies(&batch).await {
+            dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            tracing::warn!(%error, bodies = batch.len(), "request bodies could not be kept");
+        }
+        batch.clear();
+    }
+}
+
+fn cut(bytes: &[u8]) -> (String, bool) {
+    let kept = &bytes[..bytes.len().min(MAX_KEPT_BYTES)];
+    (String::from_utf8_lossy(kept).into_owned(), kept.len() < bytes.len())
+}
+
+impl Retention {
+    /// Bodies sealed with `key`, kept for `keep_for` (zero: none kept, none written). Its writer
+    /// runs on the current Tokio runtime until the service is dropped.
+    #[must_use]
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, key: &[u8; 32], keep_for: chrono::Duration) -> Self {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = (keep_for > chrono::Duration::zero()).then(|| {
+            let (writer, pending) = mpsc::channel(QUEUE);
+            tokio::spawn(write(Arc::clone(&store), pending, Arc::clone(&dropped)));
+            writer
+        });
+        Self {
+            store,
+            clock,
+            sealer: Arc::new(SecretSealer::new(key)),
+            entropy: Arc::new(OsEntropy),
+            keep_for,
+            writer,
+            dropped,
+        }
+    }
+
+    /// How long bodies are kept.
+    #[must_use]
+    pub fn keep_for(&self) -> chrono::Duration {
+        self.keep_for
+    }
+
+    /// Bodies dropped so far (the writer's queue full, or the database failing).
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Keeps a request's bodies, without waiting: sealed here, written by the writer soon.
+    pub fn keep(&self, request: ToKeep, response: &[u8]) {
+        let Some(writer) = &self.writer else {
+            return;
+        };
+        let (request_text, request_cut) = cut(&request.request);
+        let (response_text, response_cut) = cut(response);
+        let bodies = Bodies {
+            request: request_text,
+            response: response_text,
+            truncated: request_cut || response_cut,
+        };
+        let Ok(plain) = serde_json::to_vec(&bodies) else {
+            return;
+        };
+        let compressed = lz4_flex::compress_prepend_size(&plain);
+        let sealed = self.sealer.seal(
+            &compressed,
+            &context(request.team_id, request.request_id),
+            &mut EntropyRng(&*self.entropy),
+        );
+        let row = RetainedBody {
+            request_id: request.request_id,
+            team_id: request.team_id,
+            api_key_id: request.api_key_id,
+            endpoint: request.endpoint.to_owned(),
+            model: request.model,
+            created_at: self.clock.now(),
+            sealed,
+        };
+        if writer.try_send(row).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Opens request `request_id`'s bodies for an abuse review, recording in the team's audit
+    /// log who read them and why. `None`: not kept (never, or past the retention).
+    pub async fn show(
+        &self,
+        request_id: RequestId,
+        reason: &str,
+        actor: Actor,
+        request_context: &RequestContext,
+    ) -> Result<Option<Shown>, RetentionError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(RetentionError::NoReason);
+        }
+        let Some(row) = self.store.request_body(request_id).await? else {
+            return Ok(None);
+        };
+        let compressed = self
+            .sealer
+            .open(&row.sealed, &context(row.team_id, request_id))
+            .ok_or(RetentionError::Sealed(request_id))?;
+        let plain = lz4_flex::decompress_size_prepended(&compressed).map_err(|_| RetentionError::Sealed(request_id))?;
+        let bodies: Bodies = serde_json::from_slice(&plain).map_err(|_| RetentionError::Sealed(request_id))?;
+        let audit = AuditEvent::success(
+            self.clock.now(),
+            Some(row.team_id),
+            actor,
+            AuditAction::ReadRequestBodies,
+            format!("The bodies of request {request_id} were read for an abuse review: {reason}"),
+            Some(format!("request:{request_id}")),
+            request_context,
+        );
+        self.store.insert_audit_event(&audit).await?;
+        Ok(Some(Shown {
+            team_id: row.team_id,
+            api_key_id: row.api_key_id,
+            endpoint: row.endpoint,
+            model: row.model,
+            created_at: row.created_at,
+            bodies,
+        }))
+    }
+
+    /// Deletes what is past the retention (whole partitions where the database has them).
+    pub async fn prune(&self) -> Result<u64, StoreError> {
+        if self.keep_for <= chrono::Duration::zero() {
+            return Ok(0);
+        }
+        let now = self.clock.now();
+        self.store.prune_request_bodies(now - self.keep_for, now).await
+    }
+}

@@ -1,0 +1,145 @@
+//! Request and response bodies kept for abuse review: sealed at rest, read by the operator
+//! (audited), deleted after the retention (whole day partitions on PostgreSQL, batches on
+//! SQLite), moved time.
+
+use chrono::Duration;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tollgate_domain::{AuditAction, RequestId};
+use tollgate_store::testsuite::TestDb;
+
+use crate::util::{MODEL, TestApp, on_both_backends, tollgate_cli, user_message};
+
+on_both_backends!(bodies_are_kept_sealed_read_when_audited_and_deleted_after_retention);
+
+/// The request id Tollgate answered with.
+fn request_id_of(response: &reqwest::Response) -> RequestId {
+    response.headers()["x-request-id"].to_str().unwrap().parse().unwrap()
+}
+
+/// Waits for the writer (it writes in the background, never delaying an answer).
+async fn kept(app: &TestApp, id: RequestId) -> tollgate_store::RetainedBody {
+    for _ in 0..250 {
+        if let Some(row) = app.store().request_body(id).await.unwrap() {
+            return row;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the bodies of {id} were not kept");
+}
+
+async fn bodies_are_kept_sealed_read_when_audited_and_deleted_after_retention(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let retention = app.services().retention;
+    // The housekeeping job's first run makes the coming days' partitions (PostgreSQL).
+    assert_eq!(retention.prune().await.unwrap(), 0);
+    let key = app.api_key().await;
+
+    let secret_words = "the parcel goes to 12 Harbour Lane";
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": secret_words}]});
+    let plain = app.chat(&key, body.clone()).await;
+    assert_eq!(plain.status(), StatusCode::OK);
+    let plain_id = request_id_of(&plain);
+    let answer: Value = plain.json().await.unwrap();
+    let streamed = app.stream_chat(&key).await;
+    let streamed_id = request_id_of(&streamed);
+    let _ = streamed.text().await.unwrap();
+    let embedded = app
+        .post("/v1/embeddings", &key, json!({"model": MODEL, "input": "embed me"}))
+        .await;
+    let embedded_id = request_id_of(&embedded);
+
+    let row = kept(&app, plain_id).await;
+    assert_eq!(
+        (row.team_id, row.endpoint.as_str(), row.model.as_str()),
+        (app.team.id, "chat", MODEL)
+    );
+    let sealed = String::from_utf8_lossy(&row.sealed);
+    assert!(!sealed.contains("Harbour"), "kept encrypted, not in the clear");
+    kept(&app, streamed_id).await;
+    assert_eq!(kept(&app, embedded_id).await.endpoint, "embeddings");
+
+    // The operator reads one for an abuse review: the request and the answer as sent, audited.
+    let shown = tollgate_cli(
+        &app,
+        &[
+            "requests",
+            "show",
+            "--id",
+            &plain_id.to_string(),
+            "--reason",
+            "abuse ticket 42",
+        ],
+        None,
+    );
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["team_id"], app.team.id.to_string());
+    let request: Value = serde_json::from_str(shown["request"].as_str().unwrap()).unwrap();
+    assert_eq!(request, body);
+    let response: Value = serde_json::from_str(shown["response"].as_str().unwrap()).unwrap();
+    assert_eq!(response["choices"], answer["choices"]);
+    let events = app.store().list_audit_events(app.team.id, 50).await.unwrap();
+    let read = events
+        .iter()
+        .find(|e| e.action == AuditAction::ReadRequestBodies.as_str())
+        .unwrap();
+    assert!(read.description.contains("abuse ticket 42"), "{}", read.description);
+    // The stream is kept as the client got it.
+    let shown = tollgate_cli(
+        &app,
+        &[
+            "requests",
+            "show",
+            "--id",
+            &streamed_id.to_string(),
+            "--reason",
+            "ticket 43",
+        ],
+        None,
+    );
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert!(shown["response"].as_str().unwrap().contains("data: "), "{shown}");
+    // No reason, no reading; an unknown request is said so.
+    let refused = tollgate_cli(
+        &app,
+        &["requests", "show", "--id", &plain_id.to_string(), "--reason", " "],
+        None,
+    );
+    assert!(!refused.status.success());
+    let unknown = tollgate_cli(
+        &app,
+        &[
+            "requests",
+            "show",
+            "--id",
+            &RequestId::new().to_string(),
+            "--reason",
+            "x",
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no bodies are kept"));
+
+    // A day short of the retention, all is kept; past it, all is deleted.
+    app.clock.advance(Duration::days(29));
+    assert_eq!(retention.prune().await.unwrap(), 0);
+    app.clock.advance(Duration::days(2));
+    assert_eq!(retention.prune().await.unwrap(), 3);
+    for id in [plain_id, streamed_id, embedded_id] {
+        assert!(app.store().request_body(id).await.unwrap().is_none());
+    }
+
+    // A request on a day no partition was made for ahead (PostgreSQL keeps it in the default
+    // partition) is deleted all the same.
+    app.clock.advance(Duration::days(10));
+    let late = app
+        .chat(&key, json!({"model": MODEL, "messages": user_message()}))
+        .await;
+    let late_id = request_id_of(&late);
+    kept(&app, late_id).await;
+    app.clock.advance(Duration::days(31));
+    assert_eq!(retention.prune().await.unwrap(), 1);
+    assert!(app.store().request_body(late_id).await.unwrap().is_none());
+    app.finish().await;
+}

@@ -530,7 +530,8 @@ impl Inference {
             })
             .await?;
         let beyond_hold = Ticks::new(cost.get().saturating_sub(admission.hold.amount().get()).max(0));
-        if let (Some(retention), Some(request)) = (&self.retention, admission.request_body.take()) {
+        let keeps = !admission.key.team_zero_retention;
+        if let (Some(retention), Some(request), true) = (&self.retention, admission.request_body.take(), keeps) {
             retention.keep(
                 ToKeep {
                     request_id: admission.request_id,

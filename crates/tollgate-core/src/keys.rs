@@ -427,6 +427,7 @@ impl KeyService {
             last_used_at: None,
             previous_secret_expires_at: None,
             team_blocked_by: None,
+            team_zero_retention: false,
         };
         let audit = AuditEvent::success(
             now,

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use tollgate_domain::{
-    AuditAction, AuditEvent, Clock, Email, EmailError, Invitation, InvitationId, Member, Name, Permission,
-    RequestContext, Role, SecretToken, Team, TeamDomain, TeamId, User, UserId,
+    Actor, AuditAction, AuditEvent, Clock, DataUse, Email, EmailError, Invitation, InvitationId, Member, Name,
+    Permission, RequestContext, Role, SecretToken, Team, TeamDomain, TeamId, User, UserId,
 };
 use tollgate_store::{MemberChange, Store, StoreError};
 use tracing::instrument;
@@ -435,6 +435,74 @@ impl TeamService {
         );
         self.store.update_team(&team, &audit).await?;
         Ok(team)
+    }
+
+    /// How the team's data may be used (every member may read it).
+    pub async fn data_use(&self, caller: &Caller) -> Result<DataUse, TeamError> {
+        Self::require(caller, Permission::UseTeam, "Not a member of the team")?;
+        Ok(self.store.data_use(caller.team_id()).await?)
+    }
+
+    /// Allows or refuses training on the team's requests and answers (Admins; off by default).
+    pub async fn set_training_allowed(
+        &self,
+        caller: &Caller,
+        allowed: bool,
+        context: &RequestContext,
+    ) -> Result<DataUse, TeamError> {
+        Self::require(
+            caller,
+            Permission::ManageTeam,
+            "Only team Admins may decide whether the team's data may be used for training",
+        )?;
+        let mut data_use = self.store.data_use(caller.team_id()).await?;
+        data_use.training_allowed = allowed;
+        let text = if allowed {
+            "Allowed the team's requests and answers to be used for training"
+        } else {
+            "Refused the use of the team's requests and answers for training"
+        };
+        let audit = self.event(
+            caller,
+            AuditAction::SetDataUse,
+            text.to_owned(),
+            Some(format!("team:{}", caller.team_id())),
+            context,
+        );
+        self.store.set_data_use(caller.team_id(), data_use, &audit).await?;
+        Ok(data_use)
+    }
+
+    /// Grants or withdraws zero retention (the operator): no bodies kept, the Responses API
+    /// stores nothing. Every node sees it within a second (with the team's keys).
+    pub async fn set_zero_retention(
+        &self,
+        team_id: TeamId,
+        on: bool,
+        actor: Actor,
+        context: &RequestContext,
+    ) -> Result<DataUse, TeamError> {
+        let mut data_use = match self.store.data_use(team_id).await {
+            Err(StoreError::NotFound) => return Err(TeamError::TeamNotFound),
+            other => other?,
+        };
+        data_use.zero_retention = on;
+        let text = if on {
+            "The operator granted the team zero retention: nothing of its requests is kept"
+        } else {
+            "The operator withdrew the team's zero retention: its requests' bodies are kept for abuse review again"
+        };
+        let audit = AuditEvent::success(
+            self.clock.now(),
+            Some(team_id),
+            actor,
+            AuditAction::SetDataUse,
+            text.to_owned(),
+            Some(format!("team:{team_id}")),
+            context,
+        );
+        self.store.set_data_use(team_id, data_use, &audit).await?;
+        Ok(data_use)
     }
 
     /// Deletes the team (Admins), confirmed by its exact name: its keys stop working at once,

@@ -110,6 +110,7 @@ audit_actions! {
     SetBillingSettings => "A team Admin set the team's auto top-up (threshold, amount, monthly maximum) or low-balance alert.",
     SetSpendingLimit => "A team's monthly invoiced spending limit was set (by its Admins), or its maximum (by the operator).",
     SetRateLimitTier => "The operator pinned the team to a rate-limit tier, or let its spend decide again.",
+    SetDataUse => "How the team's data may be used changed: its Admins allowed or refused training on it, or the operator granted or withdrew zero retention.",
     ReadRequestBodies => "The operator read a request's kept bodies (request and answer) for an abuse review, saying why.",
     EndRotationGrace => "A rotated API key's previous secret leaked while still in its grace period: the grace ended, the current secret works on.",
     ReportLeakedSecret => "A leaked secret was reported that opens nothing any more (rotated out, key or team deleted): nothing changed.",

@@ -231,6 +231,19 @@ pub struct ApiKey {
     /// The unpaid invoice (its number) for which the key's team is blocked, if any: its
     /// requests are refused until it is paid.
     pub team_blocked_by: Option<String>,
+    /// Whether the key's team keeps nothing (the operator's zero-retention grant): no bodies
+    /// kept, no stored responses.
+    pub team_zero_retention: bool,
+}
+
+/// How a team's data may be used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataUse {
+    /// Its Admins allow its requests and answers to be used for training (off by default).
+    pub training_allowed: bool,
+    /// The operator granted zero retention: no bodies kept, the Responses API stores nothing,
+    /// a deferred result is gone once fetched.
+    pub zero_retention: bool,
 }
 
 /// A management key: authenticates one team's management API.

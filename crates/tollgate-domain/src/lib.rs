@@ -39,8 +39,8 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use email::{Email, EmailError};
 pub use endpoint::Endpoint;
 pub use entities::{
-    ApiKey, CeremonyPurpose, Identity, Invitation, ManagementKey, Member, Membership, OidcFlow, PendingIdentity,
-    StoredPasskey, Sweep, Swept, Team, TeamDomain, User, WebauthnCeremony,
+    ApiKey, CeremonyPurpose, DataUse, Identity, Invitation, ManagementKey, Member, Membership, OidcFlow,
+    PendingIdentity, StoredPasskey, Sweep, Swept, Team, TeamDomain, User, WebauthnCeremony,
 };
 pub use entropy::{Entropy, EntropyRng, OsEntropy, SeededEntropy};
 pub use ids::{

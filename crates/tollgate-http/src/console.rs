@@ -112,6 +112,10 @@ pub(crate) fn router() -> Router<AppState> {
             post(team_rotate_api_key),
         )
         .route(
+            "/api/teams/{team_id}/data-use",
+            get(team_data_use).put(team_set_data_use),
+        )
+        .route(
             "/api/teams/{team_id}/key-policy",
             get(team_key_policy).put(team_set_key_policy),
         )
@@ -2040,6 +2044,66 @@ impl KeyPolicyView {
             tpm: policy.tpm,
         }
     }
+}
+
+/// How the team's data may be used.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DataUseView {
+    /// Its Admins allow its requests and answers to be used for training (off by default).
+    training_allowed: bool,
+    /// The operator granted zero retention: no request bodies kept, the Responses API stores
+    /// nothing (`store: true` and `previous_response_id` are refused), a deferred result is
+    /// gone once fetched.
+    zero_retention: bool,
+}
+
+impl From<tollgate_domain::DataUse> for DataUseView {
+    fn from(data_use: tollgate_domain::DataUse) -> Self {
+        Self {
+            training_allowed: data_use.training_allowed,
+            zero_retention: data_use.zero_retention,
+        }
+    }
+}
+
+/// `PUT /api/teams/{team_id}/data-use` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SetDataUseRequest {
+    /// Allow training on the team's requests and answers.
+    training_allowed: bool,
+}
+
+/// How the team's data may be used (every member may read it).
+#[utoipa::path(get, path = "/api/teams/{team_id}/data-use", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")),
+    responses((status = 200, body = DataUseView), (status = 401, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_data_use(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+) -> Result<Json<DataUseView>, XaiError> {
+    Ok(Json(state.teams.data_use(&caller).await?.into()))
+}
+
+/// Allow or refuse training on the team's requests and answers (Admins; audited). Zero
+/// retention is the operator's to grant (`tollgate team zero-retention`).
+#[utoipa::path(put, path = "/api/teams/{team_id}/data-use", tag = "console",
+    params(("team_id" = String, Path, description = "The team's id")), request_body = SetDataUseRequest,
+    responses((status = 200, body = DataUseView), (status = 400, body = crate::ErrorBody), (status = 403, body = crate::ErrorBody)),
+    security(("session" = [])))]
+pub(crate) async fn team_set_data_use(
+    State(state): State<AppState>,
+    TeamMember(caller): TeamMember,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<SetDataUseRequest>,
+) -> Result<Json<DataUseView>, XaiError> {
+    let data_use = state
+        .teams
+        .set_training_allowed(&caller, body.training_allowed, &meta)
+        .await?;
+    Ok(Json(data_use.into()))
 }
 
 /// The team's key policy (every member may read it).

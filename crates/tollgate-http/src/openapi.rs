@@ -184,6 +184,8 @@ impl Modify for SecuritySchemes {
         crate::console::team_audit_export,
         crate::console::team_api_keys,
         crate::console::team_create_api_key,
+        crate::console::team_data_use,
+        crate::console::team_set_data_use,
         crate::console::team_key_policy,
         crate::console::my_invitations,
         crate::console::accept_my_invitation,

@@ -55,6 +55,26 @@ enum Command {
     /// Inference requests' kept bodies: read one for an abuse review (audited).
     #[command(subcommand)]
     Requests(RequestsCommand),
+    /// Teams: how their data may be used.
+    #[command(subcommand)]
+    Team(TeamCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TeamCommand {
+    /// Grant a team zero retention (no request bodies kept, the Responses API stores nothing),
+    /// or withdraw it. Audited; every node applies it within a second.
+    ZeroRetention {
+        /// The team.
+        #[arg(long)]
+        team: TeamId,
+        /// Grant it.
+        #[arg(long, conflicts_with = "withdraw", required_unless_present = "withdraw")]
+        grant: bool,
+        /// Withdraw it.
+        #[arg(long)]
+        withdraw: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -351,6 +371,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(command) => audit(&config, clock, command).await,
         Command::Billing(command) => billing(&config, clock, command).await,
         Command::Mail(command) => mail(&config, clock, command).await,
+        Command::Team(TeamCommand::ZeroRetention { team, grant, .. }) => {
+            let store = tollgate_server::open_store(&config).await?;
+            let services = tollgate_server::services(&config, &store, &clock)?;
+            let result = services
+                .teams
+                .set_zero_retention(team, grant, Actor::Operator, &RequestContext::default())
+                .await;
+            store.close().await;
+            let data_use = result?;
+            println!(
+                "team {team}: zero retention {}, training {}",
+                if data_use.zero_retention { "on" } else { "off" },
+                if data_use.training_allowed {
+                    "allowed"
+                } else {
+                    "not allowed"
+                }
+            );
+            Ok(())
+        }
         Command::Requests(RequestsCommand::Show { id, reason }) => {
             let store = tollgate_server::open_store(&config).await?;
             let services = tollgate_server::services(&config, &store, &clock)?;

@@ -237,6 +237,15 @@ pub trait TeamStore: Send + Sync {
     async fn create_team(&self, team: &Team, admin: UserId, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Writes the team's name and description.
     async fn update_team(&self, team: &Team, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// How the team's data may be used.
+    async fn data_use(&self, team_id: TeamId) -> Result<tollgate_domain::DataUse, StoreError>;
+    /// Sets how the team's data may be used, with `audit`, atomically.
+    async fn set_data_use(
+        &self,
+        team_id: TeamId,
+        data_use: tollgate_domain::DataUse,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
     /// Deletes the team: gone from every list, its API keys deleted and management keys revoked
     /// (they stop working), its invitations withdrawn. Usage and audit records stay.
     async fn delete_team(&self, team_id: TeamId, at: Timestamp, audit: &AuditEvent) -> Result<(), StoreError>;

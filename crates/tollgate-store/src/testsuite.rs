@@ -180,6 +180,7 @@ fn api_key(team: &Team, user: &User, acls: &[&str]) -> ApiKey {
         last_used_at: None,
         previous_secret_expires_at: None,
         team_blocked_by: None,
+        team_zero_retention: false,
     }
 }
 

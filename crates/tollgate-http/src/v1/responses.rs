@@ -134,8 +134,23 @@ pub(crate) async fn create_response(
     State(state): State<AppState>,
     ApiKeyAuth(key): ApiKeyAuth,
     RequestMeta(meta): RequestMeta,
-    RawJson(body, raw): RawJson<ResponsesRequest>,
+    RawJson(mut body, raw): RawJson<ResponsesRequest>,
 ) -> Result<Response, XaiError> {
+    if key.team_zero_retention {
+        // Nothing of a zero-retention team is kept: nothing stored, nothing to continue.
+        if body.store == Some(true) {
+            return Err(XaiError::invalid_argument(
+                "This team has zero data retention: responses cannot be stored (\"store\": true)",
+            ));
+        }
+        if body.previous_response_id.is_some() {
+            return Err(XaiError::invalid_argument(
+                "This team has zero data retention: no response is stored to continue, so previous_response_id \
+                 cannot be used; send the whole conversation as input",
+            ));
+        }
+        body.store = Some(false);
+    }
     body.validate().map_err(XaiError::invalid_argument)?;
     require_chat(&state, &key)?;
     // The conversation this turn continues: the team's own stored response, never another's.

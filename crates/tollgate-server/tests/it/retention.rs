@@ -3,14 +3,17 @@
 //! SQLite), moved time.
 
 use chrono::Duration;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tollgate_domain::{AuditAction, RequestId};
 use tollgate_store::testsuite::TestDb;
 
-use crate::util::{MODEL, TestApp, on_both_backends, tollgate_cli, user_message};
+use crate::util::{MODEL, TestApp, assert_xai_error, on_both_backends, tollgate_cli, user_message};
 
-on_both_backends!(bodies_are_kept_sealed_read_when_audited_and_deleted_after_retention);
+on_both_backends!(
+    bodies_are_kept_sealed_read_when_audited_and_deleted_after_retention,
+    zero_retention_keeps_nothing_and_training_is_the_admins_choice,
+);
 
 /// The request id Tollgate answered with.
 fn request_id_of(response: &reqwest::Response) -> RequestId {
@@ -141,5 +144,93 @@ async fn bodies_are_kept_sealed_read_when_audited_and_deleted_after_retention(db
     app.clock.advance(Duration::days(31));
     assert_eq!(retention.prune().await.unwrap(), 1);
     assert!(app.store().request_body(late_id).await.unwrap().is_none());
+    app.finish().await;
+}
+
+/// Training on a team's data is its Admins' choice (off by default, audited). A team the operator
+/// granted zero retention keeps nothing: no bodies, no stored responses (`store` defaults to
+/// false; `store: true` and `previous_response_id` are refused clearly); withdrawn, bodies are
+/// kept again. Every node applies a change within a second.
+async fn zero_retention_keeps_nothing_and_training_is_the_admins_choice(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let ada = app.signed_up("ada@example.com").await;
+    let (_, team) = app
+        .call_json(Method::POST, "/api/teams", &ada, Some(json!({"name": "Data"})))
+        .await;
+    let data_use = format!("/api/teams/{}/data-use", team["teamId"].as_str().unwrap());
+    let (status, off) = app.call_json(Method::GET, &data_use, &ada, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(off, json!({"trainingAllowed": false, "zeroRetention": false}));
+    let (status, on) = app
+        .call_json(Method::PUT, &data_use, &ada, Some(json!({"trainingAllowed": true})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(on["trainingAllowed"], true);
+    let (status, _) = app
+        .call_json(Method::PUT, &data_use, &ada, Some(json!({"trainingAllowed": "yes"})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Zero retention for the app's team, granted by the operator.
+    let key = app.api_key().await;
+    let team_id = app.team.id.to_string();
+    let granted = tollgate_cli(&app, &["team", "zero-retention", "--team", &team_id, "--grant"], None);
+    assert!(granted.status.success(), "{}", String::from_utf8_lossy(&granted.stderr));
+    let events = app.store().list_audit_events(app.team.id, 20).await.unwrap();
+    assert!(events.iter().any(|e| e.action == AuditAction::SetDataUse.as_str()));
+    app.clock.advance(Duration::seconds(1));
+    let chat = app
+        .chat(&key, json!({"model": MODEL, "messages": user_message()}))
+        .await;
+    assert_eq!(chat.status(), StatusCode::OK);
+    let unkept = request_id_of(&chat);
+    let response = app
+        .post("/v1/responses", &key, json!({"model": MODEL, "input": "Hi"}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response: Value = response.json().await.unwrap();
+    assert_eq!(response["store"], false, "nothing stored by default");
+    let fetched = app
+        .client
+        .get(app.url(&format!("/v1/responses/{}", response["id"].as_str().unwrap())))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), StatusCode::NOT_FOUND);
+    for (body, text) in [
+        (
+            json!({"model": MODEL, "input": "Hi", "store": true}),
+            "responses cannot be stored",
+        ),
+        (
+            json!({"model": MODEL, "input": "Hi", "previous_response_id": "resp_x"}),
+            "previous_response_id cannot be used",
+        ),
+    ] {
+        let refused = app.post("/v1/responses", &key, body).await;
+        assert_xai_error(
+            refused,
+            StatusCode::BAD_REQUEST,
+            "Client specified an invalid argument",
+            text,
+        )
+        .await;
+    }
+
+    // Withdrawn: kept again. The writer keeps bodies in order, so once this one is kept, the
+    // zero-retention team's would have been too, had it been sent to the writer.
+    let withdrawn = tollgate_cli(
+        &app,
+        &["team", "zero-retention", "--team", &team_id, "--withdraw"],
+        None,
+    );
+    assert!(withdrawn.status.success());
+    app.clock.advance(Duration::seconds(1));
+    let chat = app
+        .chat(&key, json!({"model": MODEL, "messages": user_message()}))
+        .await;
+    kept(&app, request_id_of(&chat)).await;
+    assert!(app.store().request_body(unkept).await.unwrap().is_none());
     app.finish().await;
 }

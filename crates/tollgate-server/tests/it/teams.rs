@@ -1072,6 +1072,13 @@ fn matrix_routes() -> Vec<Route> {
         ),
         route(Method::GET, "/api/teams/{team_id}/api-keys", None, true),
         route(Method::GET, "/api/teams/{team_id}/key-policy", None, true),
+        route(Method::GET, "/api/teams/{team_id}/data-use", None, true),
+        route(
+            Method::PUT,
+            "/api/teams/{team_id}/data-use",
+            Some(json!({"trainingAllowed": false})),
+            false,
+        ),
         route(Method::GET, "/api/teams/{team_id}/billing/prepaid/balance", None, false),
         route(Method::GET, "/api/teams/{team_id}/billing/spending-limits", None, false),
         route(Method::GET, "/api/teams/{team_id}/billing/invoice/preview", None, false),

@@ -95,6 +95,40 @@ impl TeamStore for SqlStore {
         Ok(())
     }
 
+    async fn data_use(&self, team_id: TeamId) -> Result<tollgate_domain::DataUse, StoreError> {
+        let row =
+            sqlx::query("SELECT training_allowed, zero_retention FROM teams WHERE id = $1 AND deleted_at IS NULL")
+                .bind(team_id.as_uuid())
+                .fetch_optional(&self.read)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+        Ok(tollgate_domain::DataUse {
+            training_allowed: row.try_get("training_allowed")?,
+            zero_retention: row.try_get("zero_retention")?,
+        })
+    }
+
+    async fn set_data_use(
+        &self,
+        team_id: TeamId,
+        data_use: tollgate_domain::DataUse,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let result = sqlx::query(
+            "UPDATE teams SET training_allowed = $2, zero_retention = $3 WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(team_id.as_uuid())
+        .bind(data_use.training_allowed)
+        .bind(data_use.zero_retention)
+        .execute(&mut *tx)
+        .await?;
+        one_row(&result)?;
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn delete_team(&self, team_id: TeamId, at: Timestamp, audit: &AuditEvent) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
         let result = sqlx::query("UPDATE teams SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")

@@ -162,6 +162,8 @@ async fn main() -> anyhow::Result<()> {
         api_key: None,
         upstream_model: Some("mock-model".into()),
         max_concurrency: None,
+        max_queue: None,
+        queue_timeout_seconds: None,
         upstreams: vec![],
         aliases: vec![],
         prompt_price: Some(price / 5),

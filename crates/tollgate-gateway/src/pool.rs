@@ -10,10 +10,15 @@
 //! none can, the one whose ejection ends first is tried all the same: ejection orders the
 //! choice, it never refuses all traffic.
 //!
+//! When every upstream is at its cap, a request either is refused at once
+//! ([`GatewayError::AtCapacity`], a 429) or, with a queue configured, waits for a slot to free
+//! up: at most so many waiting, each at most so long, woken in turn as slots are released.
+//!
 //! Time comes from the injected [`Clock`], so tests move it to end an ejection.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -38,6 +43,15 @@ impl Default for HealthSettings {
             eject_for: chrono::Duration::seconds(30),
         }
     }
+}
+
+/// How requests wait when every upstream is at its cap.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueSettings {
+    /// The most requests waiting at once (0: none wait; a request over the caps is refused).
+    pub max_waiting: u32,
+    /// The longest one waits before it is refused.
+    pub wait: std::time::Duration,
 }
 
 /// One upstream serving a model.
@@ -76,6 +90,10 @@ pub enum UpstreamEvent<'a> {
         /// The upstream's name.
         upstream: &'a str,
     },
+    /// A request began waiting for a slot (every upstream at its cap).
+    Queued,
+    /// A request stopped waiting (it got a slot, or gave up).
+    Unqueued,
 }
 
 /// A model's upstreams.
@@ -84,6 +102,9 @@ pub struct Pool {
     states: Mutex<Vec<State>>,
     health: HealthSettings,
     clock: Arc<dyn Clock>,
+    queue: QueueSettings,
+    waiting: AtomicU32,
+    freed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Pool {
@@ -118,8 +139,12 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut states = self.pool.states.lock().unwrap_or_else(PoisonError::into_inner);
-        states[self.index].in_flight = states[self.index].in_flight.saturating_sub(1);
+        {
+            let mut states = self.pool.states.lock().unwrap_or_else(PoisonError::into_inner);
+            states[self.index].in_flight = states[self.index].in_flight.saturating_sub(1);
+        }
+        // The next waiting request, if any, tries again.
+        self.pool.freed.notify_one();
     }
 }
 
@@ -133,7 +158,53 @@ impl Pool {
             states,
             health,
             clock,
+            queue: QueueSettings::default(),
+            waiting: AtomicU32::new(0),
+            freed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Lets requests wait for a slot when every upstream is at its cap, as `queue` says.
+    #[must_use]
+    pub fn with_queue(mut self, queue: QueueSettings) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// A slot for a new request: at once if an upstream is under its cap, else after waiting in
+    /// the queue (if there is room in it) until one frees up or the wait is over.
+    async fn first_slot(self: &Arc<Self>, observe: &impl Fn(UpstreamEvent<'_>)) -> Option<Slot> {
+        if let Some(slot) = self.acquire(&[]) {
+            return Some(slot);
+        }
+        let max = self.queue.max_waiting;
+        let entered = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .is_ok();
+        if !entered {
+            return None;
+        }
+        observe(UpstreamEvent::Queued);
+        let deadline = tokio::time::Instant::now() + self.queue.wait;
+        let slot = loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = self.acquire(&[]) {
+                break Some(slot);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                break self.acquire(&[]);
+            }
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        observe(UpstreamEvent::Unqueued);
+        if slot.is_none() {
+            // Pass the wake-up on: this one gave up, another may take the slot.
+            self.freed.notify_one();
+        }
+        slot
     }
 
     /// Its upstreams.
@@ -220,7 +291,12 @@ impl Pool {
         let mut tried = Vec::with_capacity(self.backends.len());
         let mut last_error = None;
         loop {
-            let Some(slot) = self.acquire(&tried) else {
+            let slot = if tried.is_empty() {
+                self.first_slot(&observe).await
+            } else {
+                self.acquire(&tried)
+            };
+            let Some(slot) = slot else {
                 return Err(last_error.unwrap_or(GatewayError::AtCapacity));
             };
             tried.push(slot.index);
@@ -345,5 +421,37 @@ mod tests {
         clock.advance(chrono::Duration::seconds(31));
         let picks: Vec<usize> = (0..4).map(|_| pool.acquire(&[]).map_or(9, |slot| slot.index)).collect();
         assert!(picks.contains(&0), "back after its ejection: {picks:?}");
+    }
+
+    #[tokio::test]
+    async fn over_the_caps_a_bounded_queue_waits_for_a_free_slot() {
+        let (pool, _) = pool(&[(1, Some(1))]);
+        let pool = Arc::new(
+            Arc::into_inner(pool)
+                .unwrap_or_else(|| unreachable!())
+                .with_queue(QueueSettings {
+                    max_waiting: 1,
+                    wait: std::time::Duration::from_secs(30),
+                }),
+        );
+        let held = pool.acquire(&[]).unwrap_or_else(|| unreachable!());
+        let quiet = |_: UpstreamEvent<'_>| {};
+        let waiter = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.first_slot(&|_: UpstreamEvent<'_>| {}).await.map(|slot| slot.index) })
+        };
+        while pool.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            pool.first_slot(&quiet).await.is_none(),
+            "the queue is full: refused at once"
+        );
+        drop(held);
+        assert_eq!(
+            waiter.await.unwrap_or_default(),
+            Some(0),
+            "the waiter got the freed slot"
+        );
     }
 }

@@ -75,6 +75,7 @@ pub struct Metrics {
     rate_limited: Family<LimitLabels, Counter>,
     out_of_credit: Counter,
     rate_limit_fallbacks: Counter,
+    upstream_queued: prometheus_client::metrics::gauge::Gauge,
     beyond_hold_requests: Family<ModelLabels, Counter>,
     beyond_hold_ticks: Family<ModelLabels, Counter>,
     payment_events: Family<OutcomeLabels, Counter>,
@@ -148,6 +149,12 @@ impl Metrics {
             "Requests refused because their team's credit and spending limit did not cover them",
             out_of_credit.clone(),
         );
+        let upstream_queued = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "upstream_queued_requests",
+            "Requests waiting for a free upstream slot (every upstream of their model at its max_concurrency)",
+            upstream_queued.clone(),
+        );
         let rate_limit_fallbacks = Counter::default();
         registry.register(
             "rate_limit_fallback_requests",
@@ -182,6 +189,7 @@ impl Metrics {
             rate_limited,
             out_of_credit,
             rate_limit_fallbacks,
+            upstream_queued,
             beyond_hold_requests,
             beyond_hold_ticks,
             payment_events,
@@ -195,6 +203,11 @@ impl Metrics {
 
     pub(crate) fn out_of_credit(&self) {
         self.out_of_credit.inc();
+    }
+
+    /// Requests waiting for an upstream slot changed by `by`.
+    pub(crate) fn upstream_queue(&self, by: i64) {
+        self.upstream_queued.inc_by(by);
     }
 
     /// A request's rate limits were decided without Redis (unreachable).

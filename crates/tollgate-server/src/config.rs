@@ -669,6 +669,13 @@ pub struct ModelConfig {
     /// request answers 429 with `retry-after`.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// With every upstream of the model at its `max_concurrency`, at most this many requests
+    /// wait for a free slot (default 0: a request over the caps gets 429 at once).
+    #[serde(default)]
+    pub max_queue: Option<u32>,
+    /// The longest a request waits in that queue before its 429 (default 30 seconds).
+    #[serde(default)]
+    pub queue_timeout_seconds: Option<u64>,
     /// Several upstreams serving the model, instead of `base_url`: requests are shared by
     /// weight, and fail over to another on a connect error or a 5xx.
     #[serde(default)]

@@ -354,7 +354,12 @@ pub fn catalog(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<Catalo
         routes.push(ModelRoute {
             name: name.clone(),
             aliases: model.aliases.clone(),
-            pool: Arc::new(Pool::new(backends, health, Arc::clone(clock))),
+            pool: Arc::new(Pool::new(backends, health, Arc::clone(clock)).with_queue(
+                tollgate_gateway::pool::QueueSettings {
+                    max_waiting: model.max_queue.unwrap_or(0),
+                    wait: Duration::from_secs(model.queue_timeout_seconds.unwrap_or(30)),
+                },
+            )),
             pricing: match (model.prompt_price, model.completion_price, model.image_price) {
                 (Some(_), Some(_), _) | (None, None, Some(_)) => {
                     let prompt = model.prompt_price.unwrap_or(0);

@@ -510,6 +510,8 @@ fn observer(state: &AppState) -> impl Fn(UpstreamEvent<'_>) + '_ {
             state.metrics.upstream_error(upstream, kind);
         }
         UpstreamEvent::Ejected { upstream } => state.metrics.upstream_ejected(upstream),
+        UpstreamEvent::Queued => state.metrics.upstream_queue(1),
+        UpstreamEvent::Unqueued => state.metrics.upstream_queue(-1),
     }
 }
 

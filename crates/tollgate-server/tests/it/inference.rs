@@ -458,6 +458,8 @@ async fn models_without_prices_are_refused_and_zero_is_free(db: TestDb) {
         api_key: None,
         upstream_model: Some(crate::util::UPSTREAM_MODEL.into()),
         max_concurrency: None,
+        max_queue: None,
+        queue_timeout_seconds: None,
         upstreams: vec![],
         aliases: vec![],
         prompt_price: prompt,

@@ -1,7 +1,7 @@
 //! Several upstreams per model: shared by weight, failover on connect errors and 5xx before any
 //! byte reached the client (whole answers and streams), passive health (consecutive failures
-//! eject for a while, by the injected clock), concurrency caps (429 with `retry-after`, or the
-//! backup), metrics per upstream.
+//! eject for a while, by the injected clock), concurrency caps (429 with `retry-after`, the
+//! backup, or a bounded queue), metrics per upstream.
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -14,6 +14,7 @@ use crate::util::{MODEL, TestApp, assert_xai_error, on_both_backends};
 on_both_backends!(
     upstreams_share_fail_over_and_are_ejected,
     concurrency_caps_answer_429_or_use_the_backup,
+    over_the_caps_a_bounded_queue_waits,
 );
 
 fn upstream(mock: &MockUpstream, weight: u32, max_concurrency: Option<u32>) -> UpstreamConfig {
@@ -168,5 +169,53 @@ async fn concurrency_caps_answer_429_or_use_the_backup(db: TestDb) {
     assert_eq!(app.store().list_usage(app.team.id, 10).await.unwrap().len(), 2);
     // Slots are given back: the capped one serves again.
     assert_eq!(app.hello_status(&key).await, StatusCode::OK);
+    app.finish().await;
+}
+
+/// With `max_queue`, a request over the caps waits for a slot (shown in a gauge) instead of a
+/// 429; the queue is bounded: one more than it holds is refused at once.
+async fn over_the_caps_a_bounded_queue_waits(db: TestDb) {
+    let a = MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &a);
+    let model = config.models.get_mut(MODEL).unwrap();
+    model.max_concurrency = Some(1);
+    model.max_queue = Some(1);
+    let app = TestApp::with_config(db, a, config).await;
+    let key = app.api_key().await;
+    let gate = app.upstream.hold_all_answers();
+    let send = || {
+        let (client, url, key) = (app.client.clone(), app.url("/v1/chat/completions"), key.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": MODEL, "messages": crate::util::user_message()}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let first = send();
+    wait_for(&app.upstream, 1).await;
+    let queued = send();
+    let mut waiting = false;
+    for _ in 0..500 {
+        if app.metrics().await.contains("tollgate_upstream_queued_requests 1") {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the second request waits in the queue");
+    assert_eq!(chats(&app.upstream), 1, "and is not sent while the cap is reached");
+    let refused = app.hello(&key).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS, "the queue is full");
+
+    gate.add_permits(100);
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    assert_eq!(queued.await.unwrap(), StatusCode::OK, "served once the slot was free");
+    assert!(app.metrics().await.contains("tollgate_upstream_queued_requests 0"));
+    assert_eq!(app.store().list_usage(app.team.id, 10).await.unwrap().len(), 2);
     app.finish().await;
 }

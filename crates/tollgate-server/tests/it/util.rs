@@ -85,6 +85,8 @@ pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
             api_key: Some("upstream-secret".to_owned().into()),
             upstream_model: Some(UPSTREAM_MODEL.into()),
             max_concurrency: None,
+            max_queue: None,
+            queue_timeout_seconds: None,
             upstreams: vec![],
             aliases: vec![ALIAS.into()],
             prompt_price: Some(PROMPT_PRICE),

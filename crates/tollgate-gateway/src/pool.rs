@@ -261,8 +261,12 @@ impl Pool {
 
     /// Notes how a call on `slot` went; true when this failure ejected it.
     fn record(&self, slot: &Slot, ok: bool) -> bool {
+        self.record_at(slot.index, ok)
+    }
+
+    fn record_at(&self, index: usize, ok: bool) -> bool {
         let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-        let state = &mut states[slot.index];
+        let state = &mut states[index];
         if ok {
             state.failures = 0;
             return false;
@@ -274,6 +278,36 @@ impl Pool {
             return true;
         }
         false
+    }
+
+    /// Probes every upstream once (the active health check): one that answers is healthy
+    /// again at once (an ejection ends early); one that does not counts a failure, as a failed
+    /// call does, and is ejected after as many in a row. `observe` hears of failures and
+    /// ejections.
+    pub async fn probe(&self, timeout: std::time::Duration, observe: impl Fn(UpstreamEvent<'_>)) {
+        for (index, backend) in self.backends.iter().enumerate() {
+            let upstream = backend.upstream.name();
+            match backend.upstream.probe(timeout).await {
+                Ok(()) => {
+                    let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+                    let state = &mut states[index];
+                    if state.ejected_until.take().is_some() {
+                        tracing::info!(upstream, "upstream answered its probe: back in service");
+                    }
+                    state.failures = 0;
+                }
+                Err(error) => {
+                    observe(UpstreamEvent::Failed {
+                        upstream,
+                        error: &error,
+                    });
+                    if self.record_at(index, false) {
+                        tracing::warn!(upstream, %error, "upstream ejected after failed probes");
+                        observe(UpstreamEvent::Ejected { upstream });
+                    }
+                }
+            }
+        }
     }
 
     /// Calls `call` with an upstream and its model name, failing over to another upstream on a
@@ -453,5 +487,64 @@ mod tests {
             Some(0),
             "the waiter got the freed slot"
         );
+    }
+
+    #[tokio::test]
+    async fn probes_end_an_ejection_or_eject_a_silent_upstream() {
+        // A server answering every request with 200, as a healthy upstream's /models does.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap_or_else(|_| unreachable!());
+        let addr = listener.local_addr().unwrap_or_else(|_| unreachable!());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buffer = [0u8; 1024];
+                let _ = socket.read(&mut buffer).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                    .await;
+            }
+        });
+        let clock: Arc<dyn Clock> = Arc::new(tollgate_domain::ManualClock::new(
+            chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+        ));
+        let client = reqwest::Client::new();
+        let backend = |name: &str, url: &str| Backend {
+            upstream: Arc::new(Upstream::new(name.into(), url, None, client.clone())),
+            model: "m".into(),
+            weight: 1,
+            max_concurrency: None,
+        };
+        let pool = Arc::new(Pool::new(
+            vec![
+                backend("alive", &format!("http://{addr}/v1")),
+                backend("silent", "http://127.0.0.1:9/v1"),
+            ],
+            HealthSettings {
+                eject_after: 2,
+                eject_for: chrono::Duration::hours(1),
+            },
+            clock,
+        ));
+        // The live one failed its calls and was ejected; its probe brings it back at once.
+        assert!(!pool.record_at(0, false));
+        assert!(pool.record_at(0, false));
+        let timeout = std::time::Duration::from_secs(5);
+        let ejected = std::sync::Mutex::new(Vec::new());
+        let observe = |event: UpstreamEvent<'_>| {
+            if let UpstreamEvent::Ejected { upstream } = event {
+                ejected
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(upstream.to_owned());
+            }
+        };
+        pool.probe(timeout, observe).await;
+        pool.probe(timeout, observe).await;
+        let states = pool.states.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        assert_eq!(states[0].ejected_until, None, "back in service");
+        assert!(states[1].ejected_until.is_some(), "two failed probes eject");
+        assert_eq!(*ejected.lock().unwrap_or_else(PoisonError::into_inner), ["silent"]);
     }
 }

@@ -174,6 +174,25 @@ impl Upstream {
         Ok(response)
     }
 
+    /// Whether the upstream answers: `GET {base_url}/models` (every OpenAI-compatible server
+    /// has it) succeeds within `timeout`.
+    pub async fn probe(&self, timeout: std::time::Duration) -> Result<(), GatewayError> {
+        let mut request = self.client.get(format!("{}/models", self.base_url)).timeout(timeout);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| GatewayError::from_reqwest(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(GatewayError::Status {
+                status: status.as_u16(),
+                message: format!("the probe got {status}"),
+            })
+        }
+    }
+
     /// A streaming chat completion: the upstream's raw SSE bytes, as they arrive.
     pub async fn chat_stream(
         &self,

@@ -205,6 +205,28 @@ impl Metrics {
         self.out_of_credit.inc();
     }
 
+    /// Counts what happened to an upstream: a failed call or probe, an ejection, a request
+    /// waiting for a slot or done waiting.
+    pub fn upstream_event(&self, event: &tollgate_gateway::pool::UpstreamEvent<'_>) {
+        use tollgate_gateway::GatewayError;
+        use tollgate_gateway::pool::UpstreamEvent;
+        match event {
+            UpstreamEvent::Failed { upstream, error } => {
+                let kind = match error {
+                    GatewayError::Unavailable(_) => "unavailable",
+                    GatewayError::Timeout => "timeout",
+                    GatewayError::Status { .. } => "status",
+                    GatewayError::InvalidResponse(_) => "invalid_response",
+                    GatewayError::AtCapacity => "at_capacity",
+                };
+                self.upstream_error(upstream, kind);
+            }
+            UpstreamEvent::Ejected { upstream } => self.upstream_ejected(upstream),
+            UpstreamEvent::Queued => self.upstream_queue(1),
+            UpstreamEvent::Unqueued => self.upstream_queue(-1),
+        }
+    }
+
     /// Requests waiting for an upstream slot changed by `by`.
     pub(crate) fn upstream_queue(&self, by: i64) {
         self.upstream_queued.inc_by(by);

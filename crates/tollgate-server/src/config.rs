@@ -84,6 +84,11 @@ pub struct Config {
     /// Seconds an ejected upstream is passed over.
     #[serde(default = "defaults::upstream_eject_seconds")]
     pub upstream_eject_seconds: u64,
+    /// Seconds between active probes of every upstream (`GET {base_url}/models`): a failed
+    /// probe counts as a failed call (ejecting after as many in a row), an answered one ends an
+    /// ejection early. 0 (the default): passive health only.
+    #[serde(default)]
+    pub upstream_probe_seconds: u64,
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,

@@ -522,7 +522,7 @@ pub async fn start(
         ledger: services.ledger.clone(),
         payments: services.payments.clone().with_credits(credits.clone()),
         inference: tollgate_core::Inference::new(
-            catalog,
+            Arc::clone(&catalog),
             rate_limiter(config, &clock, &metrics)?,
             services.tiers.clone(),
             usage,
@@ -556,7 +556,7 @@ pub async fn start(
                 token: config.secret_scanning.github_token.clone(),
             }),
         ),
-        metrics,
+        metrics: Arc::clone(&metrics),
         settings: Arc::new(HttpSettings {
             console_url: config.console_url.trim_end_matches('/').to_owned(),
             owned_by: config.product_name.clone(),
@@ -612,6 +612,26 @@ pub async fn start(
     let housekeeping = tollgate_core::Housekeeping::new(Arc::clone(&store), Arc::clone(&clock))
         .with_retention(services.retention.clone())
         .spawn(Duration::from_secs(3600), stop_jobs.clone());
+    let probes = (config.upstream_probe_seconds > 0).then(|| {
+        let (catalog, metrics) = (Arc::clone(&catalog), Arc::clone(&metrics));
+        tollgate_core::jobs::every(
+            "upstream probe",
+            Duration::from_secs(config.upstream_probe_seconds),
+            stop_jobs.clone(),
+            move || {
+                let (catalog, metrics) = (Arc::clone(&catalog), Arc::clone(&metrics));
+                async move {
+                    for model in catalog.models() {
+                        model
+                            .pool
+                            .probe(Duration::from_secs(5), |event| metrics.upstream_event(&event))
+                            .await;
+                    }
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            },
+        )
+    });
     let credit_expiry = services
         .ledger
         .clone()
@@ -691,6 +711,9 @@ pub async fn start(
         let _ = purge.await;
         let _ = housekeeping.await;
         let _ = credit_expiry.await;
+        if let Some(probes) = probes {
+            let _ = probes.await;
+        }
         let _ = billing.await;
         let _ = watch.await;
         if let Some(mail) = mail {

@@ -498,21 +498,7 @@ const fn kind_label(kind: LimitKind, team: bool) -> &'static str {
 
 /// Hears of every failed upstream call and every ejection, for the metrics.
 fn observer(state: &AppState) -> impl Fn(UpstreamEvent<'_>) + '_ {
-    move |event| match event {
-        UpstreamEvent::Failed { upstream, error } => {
-            let kind = match error {
-                GatewayError::Unavailable(_) => "unavailable",
-                GatewayError::Timeout => "timeout",
-                GatewayError::Status { .. } => "status",
-                GatewayError::InvalidResponse(_) => "invalid_response",
-                GatewayError::AtCapacity => "at_capacity",
-            };
-            state.metrics.upstream_error(upstream, kind);
-        }
-        UpstreamEvent::Ejected { upstream } => state.metrics.upstream_ejected(upstream),
-        UpstreamEvent::Queued => state.metrics.upstream_queue(1),
-        UpstreamEvent::Unqueued => state.metrics.upstream_queue(-1),
-    }
+    move |event| state.metrics.upstream_event(&event)
 }
 
 /// The request's id: the client's `x-request-id` when it is a UUID, else a new one.

@@ -42,6 +42,10 @@ struct Args {
     /// `qps`/`qpm`/`tpm` and a tier limiting each team per model.
     #[arg(long)]
     limits: bool,
+    /// Keep no request bodies (`retention.bodies_days = 0`); by default they are kept, as
+    /// shipped.
+    #[arg(long)]
+    no_bodies: bool,
     /// Count the limits in this Redis (`redis://…`), shared as by several nodes, instead of in
     /// process. Implies `--limits`.
     #[arg(long)]
@@ -187,6 +191,9 @@ async fn main() -> anyhow::Result<()> {
         }];
     }
     config.redis_url = args.redis_url.clone().map(Into::into);
+    if args.no_bodies {
+        config.retention.bodies_days = 0;
+    }
     config.models.insert("bench".into(), model(100_000));
     config.models.insert("bench-free".into(), model(0));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -281,7 +288,7 @@ async fn main() -> anyhow::Result<()> {
     let (billed_body, free_body) = (body("bench"), body("bench-free"));
 
     println!(
-        "tollgate-bench: {path}, {} requests, concurrency {}, {} answers, {}, {} team(s), limits {}, {} cores",
+        "tollgate-bench: {path}, {} requests, concurrency {}, {} answers, {}, {} team(s), limits {}, bodies {}, {} cores",
         args.requests,
         args.concurrency,
         if args.stream { "streamed" } else { "JSON" },
@@ -296,6 +303,7 @@ async fn main() -> anyhow::Result<()> {
             (None, true) => "in process",
             (None, false) => "off",
         },
+        if args.no_bodies { "not kept" } else { "kept" },
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     for (url, keys, body) in [

@@ -183,6 +183,18 @@ impl MockUpstream {
     }
 }
 
+/// Notes a request; the failure to answer with, if the mock was told to fail.
+fn received(state: &MockState, body: &Value) -> Option<Response> {
+    state
+        .requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(body.clone());
+    let (status, message) = state.failure.lock().unwrap_or_else(PoisonError::into_inner).clone()?;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Some((status, Json(json!({"error": {"message": message}}))).into_response())
+}
+
 fn usage(state: &MockState) -> Value {
     if let Some((prompt, completion)) = *state.reported_usage.lock().unwrap_or_else(PoisonError::into_inner) {
         return json!({
@@ -307,14 +319,8 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
 /// `POST /v1/completions` (legacy): the answer words as one text per choice (`n`), whole or
 /// streamed word by word, with the usual usage (none when told to omit it).
 async fn completions(State(state): State<Arc<MockState>>, Json(body): Json<Value>) -> Response {
-    state
-        .requests
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(body.clone());
-    if let Some((status, message)) = state.failure.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (status, Json(json!({"error": {"message": message}}))).into_response();
+    if let Some(failure) = received(&state, &body) {
+        return failure;
     }
     let model = body["model"].as_str().unwrap_or("mock-model").to_owned();
     let with_usage = !state.omit_usage.load(Ordering::SeqCst);
@@ -361,14 +367,8 @@ pub const TOKENIZER_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/toke
 /// `POST /v1/images/generations`: `n` images (default 1), as URLs or, with
 /// `response_format: b64_json`, as a tiny base64 PNG; no usage (image servers report none).
 async fn images(State(state): State<Arc<MockState>>, Json(body): Json<Value>) -> Response {
-    state
-        .requests
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(body.clone());
-    if let Some((status, message)) = state.failure.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (status, Json(json!({"error": {"message": message}}))).into_response();
+    if let Some(failure) = received(&state, &body) {
+        return failure;
     }
     let n = body["n"].as_u64().unwrap_or(1);
     let base64 = body["response_format"] == "b64_json";
@@ -389,14 +389,8 @@ pub const EMBEDDING_TOKENS_PER_INPUT: u64 = 8;
 /// `POST /v1/embeddings`: one three-dimensional vector per input, [`EMBEDDING_TOKENS_PER_INPUT`]
 /// prompt tokens each (no usage when told to omit it).
 async fn embeddings(State(state): State<Arc<MockState>>, Json(body): Json<Value>) -> Response {
-    state
-        .requests
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(body.clone());
-    if let Some((status, message)) = state.failure.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (status, Json(json!({"error": {"message": message}}))).into_response();
+    if let Some(failure) = received(&state, &body) {
+        return failure;
     }
     let inputs = match &body["input"] {
         Value::Array(items) if items.iter().all(Value::is_number) => 1,

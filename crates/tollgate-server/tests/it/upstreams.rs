@@ -39,6 +39,21 @@ async fn app_with(db: TestDb, first: MockUpstream, upstreams: Vec<UpstreamConfig
     TestApp::with_config(db, first, config).await
 }
 
+/// A chat request sent by a task of its own: its status, once answered.
+fn send_chat(app: &TestApp, key: &str) -> tokio::task::JoinHandle<StatusCode> {
+    let (client, url, key) = (app.client.clone(), app.url("/v1/chat/completions"), key.to_owned());
+    tokio::spawn(async move {
+        client
+            .post(url)
+            .bearer_auth(key)
+            .json(&json!({"model": MODEL, "messages": crate::util::user_message()}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    })
+}
+
 fn chats(mock: &MockUpstream) -> usize {
     mock.requests().len()
 }
@@ -133,19 +148,7 @@ async fn concurrency_caps_answer_429_or_use_the_backup(db: TestDb) {
     let key = app.api_key().await;
     let a_gate = app.upstream.hold_all_answers();
     let backup_gate = backup.hold_all_answers();
-    let send = || {
-        let (client, url, key) = (app.client.clone(), app.url("/v1/chat/completions"), key.clone());
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(key)
-                .json(&json!({"model": MODEL, "messages": crate::util::user_message()}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let send = || send_chat(&app, &key);
     let first = send();
     wait_for(&app.upstream, 1).await;
     let second = send();
@@ -183,19 +186,7 @@ async fn over_the_caps_a_bounded_queue_waits(db: TestDb) {
     let app = TestApp::with_config(db, a, config).await;
     let key = app.api_key().await;
     let gate = app.upstream.hold_all_answers();
-    let send = || {
-        let (client, url, key) = (app.client.clone(), app.url("/v1/chat/completions"), key.clone());
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(key)
-                .json(&json!({"model": MODEL, "messages": crate::util::user_message()}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let send = || send_chat(&app, &key);
     let first = send();
     wait_for(&app.upstream, 1).await;
     let queued = send();

@@ -182,6 +182,13 @@ impl Admission {
         self.hold.amount()
     }
 
+    /// Whether its bodies are kept when it is settled (its team does not have zero retention):
+    /// a surface collects what it answers only then.
+    #[must_use]
+    pub fn keeps_bodies(&self) -> bool {
+        !self.key.team_zero_retention
+    }
+
     /// Its request body as the client sent it: kept with the answer (for abuse review) when
     /// the request is settled, unless its team keeps nothing.
     pub fn keep_request(&mut self, body: bytes::Bytes) {
@@ -530,7 +537,7 @@ impl Inference {
             })
             .await?;
         let beyond_hold = Ticks::new(cost.get().saturating_sub(admission.hold.amount().get()).max(0));
-        let keeps = !admission.key.team_zero_retention;
+        let keeps = admission.keeps_bodies();
         if let (Some(retention), Some(request), true) = (&self.retention, admission.request_body.take(), keeps) {
             retention.keep(
                 ToKeep {

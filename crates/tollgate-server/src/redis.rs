@@ -16,8 +16,9 @@ use tollgate_domain::ratelimit::{LimitDecision, LimitKind, Limits, MINUTE_US, SE
 
 /// Decides and counts one request. KEYS: per counter, its current and previous window. ARGV:
 /// the counter count, then per counter its previous window's weight (millionths), its limit
-/// (-1: none), whether it counts tokens (1) or requests (0), and its lifetime (ms). Returns the
-/// 1-based counter that refused (0: none) and each counter's sliding count before the request.
+/// (-1: none, so neither read nor counted), whether it counts tokens (1) or requests (0), and
+/// its lifetime (ms). Returns the 1-based counter that refused (0: none) and each counter's
+/// sliding count before the request.
 const ACQUIRE: &str = r"
 local n = tonumber(ARGV[1])
 local counts = {}
@@ -27,9 +28,12 @@ for i = 1, n do
   local weight = tonumber(ARGV[base + 1])
   local limit = tonumber(ARGV[base + 2])
   local tokens = tonumber(ARGV[base + 3])
-  local current = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-  local previous = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  local count = current + math.floor(previous * weight / 1000000)
+  local count = 0
+  if limit >= 0 then
+    local current = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+    local previous = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+    count = current + math.floor(previous * weight / 1000000)
+  end
   counts[i] = count
   if refused == 0 and limit >= 0 then
     if (tokens == 0 and count + 1 > limit) or (tokens == 1 and count > limit) then
@@ -40,7 +44,7 @@ end
 if refused == 0 then
   for i = 1, n do
     local base = 1 + (i - 1) * 4
-    if tonumber(ARGV[base + 3]) == 0 then
+    if tonumber(ARGV[base + 3]) == 0 and tonumber(ARGV[base + 2]) >= 0 then
       redis.call('INCR', KEYS[2 * i - 1])
       redis.call('PEXPIRE', KEYS[2 * i - 1], tonumber(ARGV[base + 4]))
     end

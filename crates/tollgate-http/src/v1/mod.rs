@@ -214,7 +214,7 @@ async fn post_and_settle(
         .unwrap_or(Err(GatewayError::Timeout))
         .map_err(XaiError::from)?;
     let (usage, estimated) = read_usage(&answer);
-    let response = kept_json(state, &answer);
+    let response = kept_json(state, &billing, &answer);
     let cost = billing.settle(usage, estimated, &response).await?;
     Ok((answer, usage, cost))
 }
@@ -243,14 +243,14 @@ async fn answer_and_settle(
             true,
         ),
     };
-    let response = kept_json(state, &answer);
+    let response = kept_json(state, &billing, &answer);
     let cost = billing.settle(usage, estimated, &response).await?;
     Ok((answer, usage, cost))
 }
 
 /// The answer's bytes to keep with its request, when bodies are retained (else nothing).
-fn kept_json(state: &AppState, answer: &Value) -> Vec<u8> {
-    if state.inference.retains_bodies() {
+fn kept_json(state: &AppState, billing: &Billing, answer: &Value) -> Vec<u8> {
+    if state.inference.retains_bodies() && billing.admission.keeps_bodies() {
         serde_json::to_vec(answer).unwrap_or_default()
     } else {
         Vec::new()
@@ -618,7 +618,7 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
     let mut finished = false;
     let mut cut_off = false;
     // What the client was sent, kept with the request when bodies are retained (bounded).
-    let keep = billing.state.inference.retains_bodies();
+    let keep = billing.state.inference.retains_bodies() && billing.admission.keeps_bodies();
     let mut sent: Vec<u8> = Vec::new();
 
     for bytes in shape.opening() {

@@ -248,6 +248,12 @@ impl Inference {
             .is_some_and(|r| r.keep_for() > chrono::Duration::zero())
     }
 
+    /// Bodies dropped since start (the writer's queue full, or the database failing).
+    #[must_use]
+    pub fn bodies_dropped(&self) -> u64 {
+        self.retention.as_ref().map_or(0, Retention::dropped)
+    }
+
     /// Keeps answered requests' bodies with `retention`.
     #[must_use]
     pub fn with_retention(mut self, retention: Retention) -> Self {

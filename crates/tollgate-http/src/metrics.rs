@@ -76,6 +76,7 @@ pub struct Metrics {
     out_of_credit: Counter,
     rate_limit_fallbacks: Counter,
     upstream_queued: prometheus_client::metrics::gauge::Gauge,
+    bodies_dropped: Counter,
     beyond_hold_requests: Family<ModelLabels, Counter>,
     beyond_hold_ticks: Family<ModelLabels, Counter>,
     payment_events: Family<OutcomeLabels, Counter>,
@@ -155,6 +156,12 @@ impl Metrics {
             "Requests waiting for a free upstream slot (every upstream of their model at its max_concurrency)",
             upstream_queued.clone(),
         );
+        let bodies_dropped = Counter::default();
+        registry.register(
+            "request_bodies_dropped",
+            "Request bodies not kept for abuse review because the writer could not take them (its queue full, or the database failing)",
+            bodies_dropped.clone(),
+        );
         let rate_limit_fallbacks = Counter::default();
         registry.register(
             "rate_limit_fallback_requests",
@@ -190,6 +197,7 @@ impl Metrics {
             out_of_credit,
             rate_limit_fallbacks,
             upstream_queued,
+            bodies_dropped,
             beyond_hold_requests,
             beyond_hold_ticks,
             payment_events,
@@ -302,6 +310,15 @@ impl Metrics {
                     })
                     .inc_by(count);
             }
+        }
+    }
+
+    /// Brings the dropped bodies' counter up to `total` (read from the retention service at
+    /// each scrape).
+    pub(crate) fn bodies_dropped(&self, total: u64) {
+        let counted = self.bodies_dropped.get();
+        if total > counted {
+            self.bodies_dropped.inc_by(total - counted);
         }
     }
 

@@ -82,6 +82,7 @@ pub(crate) async fn public_metrics(State(state): State<AppState>, uri: Uri, head
 
 /// Prometheus metrics, text format (the operator's listener).
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.bodies_dropped(state.inference.bodies_dropped());
     match state.metrics.encode() {
         Ok(text) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

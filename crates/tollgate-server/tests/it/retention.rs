@@ -61,6 +61,7 @@ async fn bodies_are_kept_sealed_read_when_audited_and_deleted_after_retention(db
     assert!(!sealed.contains("Harbour"), "kept encrypted, not in the clear");
     kept(&app, streamed_id).await;
     assert_eq!(kept(&app, embedded_id).await.endpoint, "embeddings");
+    assert!(app.metrics().await.contains("tollgate_request_bodies_dropped_total 0"));
 
     // The operator reads one for an abuse review: the request and the answer as sent, audited.
     let shown = tollgate_cli(

@@ -191,6 +191,8 @@ async fn main() -> anyhow::Result<()> {
         }];
     }
     config.redis_url = args.redis_url.clone().map(Into::into);
+    // The operator's listener, to read the dropped bodies' counter at the end.
+    config.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     if args.no_bodies {
         config.retention.bodies_days = 0;
     }
@@ -386,6 +388,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let expected = 2 * (args.requests / 2) * 2 + args.warmup * 2;
     println!("usage records stored: {stored} (expected {expected})");
+    if let Some(operator) = server.operator_addr {
+        let metrics = client
+            .get(format!("http://{operator}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let dropped = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("tollgate_request_bodies_dropped_total "))
+            .unwrap_or("?");
+        println!("request bodies dropped (not kept): {dropped}");
+    }
     match server.store.verify_ledger().await? {
         None => println!("billing verify: every balance equals its entries, every charge its spend"),
         Some(mismatch) => anyhow::bail!("billing verify: {mismatch}"),

@@ -1,6 +1,7 @@
 //! Hourly limits on actions people can repeat at others' expense: mail they cause (invitations,
-//! email-change confirmations, links), sign-ups, external sign-ins begun. In memory on each node
-//! (a shared store comes with Redis).
+//! email-change confirmations, links), sign-ups, external sign-ins begun. In memory on each node:
+//! with several nodes each counts its own, so the hourly caps are per node (`redis_url` shares
+//! only the inference rate limits so far).
 //!
 //! Keys expire one by one: an idle window is pruned when the table is full, never the whole
 //! table at once (that would reset every limit). While the table is full of live keys, new keys

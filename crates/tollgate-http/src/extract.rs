@@ -173,6 +173,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for RawJson<T> {
         *head.method_mut() = parts.method.clone();
         *head.uri_mut() = parts.uri.clone();
         *head.headers_mut() = parts.headers.clone();
+        // The extensions carry the configured body limit (`DefaultBodyLimit`): without them the
+        // second read would fall back to axum's 2 MiB.
+        *head.extensions_mut() = parts.extensions.clone();
         let raw = match bytes::Bytes::from_request(Request::from_parts(parts, body), state).await {
             Ok(raw) => raw,
             Err(rejection) => return Err(XaiError::new(rejection.status(), rejection.body_text())),

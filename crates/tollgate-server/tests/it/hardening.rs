@@ -333,6 +333,36 @@ async fn oversized_bodies_are_answered_in_the_error_shape() {
     }
 }
 
+/// An inference body above axum's default 2 MiB but within `max_body_bytes` is read, not
+/// refused: the inference extractor keeps the configured limit while it keeps the bytes.
+#[tokio::test]
+async fn large_inference_bodies_within_the_limit_are_read() {
+    let app = TestApp::new(TestDb::sqlite().await).await;
+    let key = app.api_key().await;
+    let long = "word ".repeat(700_000);
+    for path in [
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/completions",
+        "/v1/embeddings",
+    ] {
+        let body = match path {
+            "/v1/chat/completions" => {
+                json!({"model": "no-such-model", "messages": [{"role": "user", "content": long}]})
+            }
+            "/v1/responses" => json!({"model": "no-such-model", "input": long}),
+            "/v1/completions" => json!({"model": "no-such-model", "prompt": long}),
+            _ => json!({"model": "no-such-model", "input": long}),
+        };
+        let response = app.post(path, &key, body).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "{path}: read, then the model is unknown"
+        );
+    }
+}
+
 /// Invented methods share one `other` label: the metric's label sets stay bounded.
 #[tokio::test]
 async fn metric_labels_are_bounded() {

@@ -84,8 +84,9 @@ pub enum AdmitError {
         /// The unpaid invoice's number.
         invoice: String,
     },
-    /// Credit could not be held: the database is unavailable.
-    #[error("credit could not be checked: {0}")]
+    /// Credit could not be held, or the team's rate-limit tier read: the database is
+    /// unavailable.
+    #[error("credit or limits could not be checked: {0}")]
     Unavailable(tollgate_store::StoreError),
 }
 

@@ -450,7 +450,9 @@ fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
             state.metrics.out_of_credit();
             XaiError::new(StatusCode::TOO_MANY_REQUESTS, error.to_string())
         }
-        AdmitError::Unavailable(source) => XaiError::unavailable("Credit could not be checked; try again", source),
+        AdmitError::Unavailable(source) => {
+            XaiError::unavailable("The team's credit or limits could not be checked; try again", source)
+        }
         AdmitError::RateLimited {
             kind,
             actual,

@@ -45,6 +45,11 @@ impl SqlStore {
         if exists {
             return Ok(());
         }
+        // Inserts routed to the default partition wait while its rows for the day move, so
+        // attaching never finds one there.
+        sqlx::query("LOCK TABLE request_bodies_default IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
         // The name is ours (digits of a date), never input.
         sqlx::query(&format!(
             "CREATE TABLE {name} (LIKE request_bodies INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"

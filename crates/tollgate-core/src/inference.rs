@@ -509,8 +509,8 @@ impl Inference {
 
     /// Settles `admission` with what the upstream used (`estimated` when counted by Tollgate
     /// rather than reported): prices it, records it durably with its spend, releases its hold,
-    /// counts its tokens against the token limits, and keeps its bodies (`response`: the answer
-    /// as the client gets it) when bodies are retained.
+    /// counts its tokens against the token limits, and keeps its bodies (`response`: the answer,
+    /// whole as the model server gave it or a stream's events as sent) when bodies are retained.
     pub async fn settle(
         &self,
         mut admission: Admission,

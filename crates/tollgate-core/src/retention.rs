@@ -43,7 +43,8 @@ pub enum RetentionError {
 pub struct Bodies {
     /// The request body as the client sent it.
     pub request: String,
-    /// The answer as the client received it (JSON, or the stream's events).
+    /// The answer: a whole one as the model server gave it, a stream as the events the client
+    /// got.
     pub response: String,
     /// Whether either was cut at [`MAX_KEPT_BYTES`].
     pub truncated: bool,

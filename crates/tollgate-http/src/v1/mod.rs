@@ -78,8 +78,23 @@ struct Billing {
 }
 
 impl Billing {
+    /// Whether what the client is answered is kept with its request (bodies retained, and its
+    /// team not on zero retention).
+    fn keeps_bodies(&self) -> bool {
+        self.state.inference.retains_bodies() && self.admission.keeps_bodies()
+    }
+
+    /// The answer's bytes to keep with its request (nothing when none are kept).
+    fn kept_json(&self, answer: &Value) -> Vec<u8> {
+        if self.keeps_bodies() {
+            serde_json::to_vec(answer).unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Settles through the inference service; resolves once the record is durable. `response`
-    /// is the answer as the client gets it (kept with the request when bodies are retained).
+    /// is the answer, whole as the upstream gave it or a stream's events as sent (kept with the request when bodies are retained).
     async fn settle(self, usage: TokenUsage, estimated: bool, response: &[u8]) -> Result<Ticks, XaiError> {
         let model = self.admission.route().name.clone();
         let charged = self
@@ -214,7 +229,7 @@ async fn post_and_settle(
         .unwrap_or(Err(GatewayError::Timeout))
         .map_err(XaiError::from)?;
     let (usage, estimated) = read_usage(&answer);
-    let response = kept_json(state, &billing, &answer);
+    let response = billing.kept_json(&answer);
     let cost = billing.settle(usage, estimated, &response).await?;
     Ok((answer, usage, cost))
 }
@@ -243,18 +258,9 @@ async fn answer_and_settle(
             true,
         ),
     };
-    let response = kept_json(state, &billing, &answer);
+    let response = billing.kept_json(&answer);
     let cost = billing.settle(usage, estimated, &response).await?;
     Ok((answer, usage, cost))
-}
-
-/// The answer's bytes to keep with its request, when bodies are retained (else nothing).
-fn kept_json(state: &AppState, billing: &Billing, answer: &Value) -> Vec<u8> {
-    if state.inference.retains_bodies() && billing.admission.keeps_bodies() {
-        serde_json::to_vec(answer).unwrap_or_default()
-    } else {
-        Vec::new()
-    }
 }
 
 /// `POST /v1/embeddings` body: OpenAI's. `model` and `input` are read; every other field goes to
@@ -620,7 +626,7 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
     let mut finished = false;
     let mut cut_off = false;
     // What the client was sent, kept with the request when bodies are retained (bounded).
-    let keep = billing.state.inference.retains_bodies() && billing.admission.keeps_bodies();
+    let keep = billing.keeps_bodies();
     let mut sent: Vec<u8> = Vec::new();
 
     for bytes in shape.opening() {

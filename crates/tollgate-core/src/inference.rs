@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tollgate_domain::ratelimit::{LimitDecision, LimitKind, Limits};
-use tollgate_domain::{ApiKey, Clock, Endpoint, ModelPricing, RequestId, Ticks, Timestamp, TokenUsage, UsageRecord};
+use tollgate_domain::{
+    ApiKey, Clock, Endpoint, ModelPricing, RequestId, ServerTool, Ticks, Timestamp, TokenUsage, UsageRecord,
+};
+use tollgate_gateway::search::RequestedTool;
 use tollgate_gateway::usage::Demand;
 use tollgate_gateway::wire::ChatCompletionRequest;
 use tollgate_gateway::{Catalog, ModelRoute};
@@ -27,6 +30,7 @@ use crate::billing::credit::{CreditError, Credits, Hold};
 use crate::ratelimit::{RateLimiter, Subject};
 use crate::retention::{Retention, ToKeep};
 use crate::tiers::Tiers;
+use crate::tools::ServerTools;
 use crate::usage::{UsageError, UsageRecorder};
 
 /// Why a request was not admitted.
@@ -73,6 +77,17 @@ pub enum AdmitError {
          making API requests, please purchase more credits or raise your spending limit."
     )]
     OutOfCredit(tollgate_domain::TeamId),
+    /// A server-side tool the operator configured no backend for.
+    #[error("The tool {0} is not offered here: this platform has no backend configured for it")]
+    ToolNotOffered(ServerTool),
+    /// A server-side tool the model may not use.
+    #[error("The model {model} cannot use the tool {tool} here")]
+    ToolNotForModel {
+        /// The model.
+        model: String,
+        /// The tool.
+        tool: ServerTool,
+    },
     /// The team is blocked until an unpaid invoice is paid.
     #[error(
         "Your team {team} is blocked because invoice {invoice} is unpaid. Pay it in the console (Billing, \
@@ -122,6 +137,8 @@ struct Request<'a> {
     demand: Demand,
     /// A chat request, whose prompt a tokenizer may count more tightly than its bytes.
     chat: Option<&'a ChatCompletionRequest>,
+    /// The server-side tools it uses.
+    tools: &'a [RequestedTool],
 }
 
 /// An admitted request, until it is settled.
@@ -217,6 +234,7 @@ pub struct Inference {
     credits: Credits,
     clock: Arc<dyn Clock>,
     retention: Option<Retention>,
+    tools: ServerTools,
 }
 
 impl Inference {
@@ -238,7 +256,21 @@ impl Inference {
             credits,
             clock,
             retention: None,
+            tools: ServerTools::none(),
         }
+    }
+
+    /// Runs server-side tools (web and X search) with these backends.
+    #[must_use]
+    pub fn with_tools(mut self, tools: ServerTools) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// The server-side tools.
+    #[must_use]
+    pub fn tools(&self) -> &ServerTools {
+        &self.tools
     }
 
     /// Whether answered requests' bodies are kept (so a surface collects what it answered).
@@ -366,6 +398,7 @@ impl Inference {
             model,
             demand,
             chat: None,
+            tools: &[],
         };
         self.admit_request(key, request, streamed, request_id).await
     }
@@ -374,18 +407,26 @@ impl Inference {
     /// the prompt's byte bound, the prompt is counted with the model's tokenizer (if it has
     /// one, and the prompt is not huge) and the hold tried again with that tighter bound: a team
     /// near its limit is not refused for what a tokenizer shows it can pay.
+    ///
+    /// With server-side `tools` (already offered to the model in `chat`), each must be offered
+    /// here, granted by the key's ACLs and allowed for the model, and the hold covers the whole
+    /// tool loop's worst case.
     pub async fn admit_chat(
         &self,
         key: Arc<ApiKey>,
         chat: &ChatCompletionRequest,
+        tools: &[RequestedTool],
         streamed: bool,
         request_id: RequestId,
     ) -> Result<Admission, AdmitError> {
+        let mut demand = Demand::of_chat(chat);
+        demand.tools = self.tools.demand(tools);
         let request = Request {
             endpoint: Endpoint::Chat,
             model: &chat.model,
-            demand: Demand::of_chat(chat),
+            demand,
             chat: Some(chat),
+            tools,
         };
         self.admit_request(key, request, streamed, request_id).await
     }
@@ -402,6 +443,7 @@ impl Inference {
             model,
             demand,
             chat,
+            tools,
         } = request;
         let route = self
             .catalog
@@ -425,6 +467,21 @@ impl Inference {
                 model: route.name.clone(),
                 endpoint,
             });
+        }
+        for requested in tools {
+            let tool = requested.tool;
+            if !self.tools.offers(tool) {
+                return Err(AdmitError::ToolNotOffered(tool));
+            }
+            if !key.acls.allows(tool.endpoint()) {
+                return Err(AdmitError::EndpointDenied(tool.endpoint()));
+            }
+            if !route.server_tools.contains(&tool) {
+                return Err(AdmitError::ToolNotForModel {
+                    model: route.name.clone(),
+                    tool,
+                });
+            }
         }
         let pricing = route.pricing.ok_or_else(|| AdmitError::Unpriced(route.name.clone()))?;
         let mut checks = Vec::with_capacity(2);
@@ -460,11 +517,7 @@ impl Inference {
         let output_per_choice = demand.output_per_choice(route.max_output_tokens);
         let out_of_credit = || AdmitError::OutOfCredit(key.team_id);
         let worst_case = pricing
-            .upper_bound(
-                demand.prompt_bound(route.template),
-                demand.output_budget(route.max_output_tokens),
-                demand.images,
-            )
+            .upper_bound(&demand.worst_case(route.max_output_tokens, route.template))
             .map_err(|_| out_of_credit())?;
         let mut held = self.credits.hold(key.team_id, worst_case).await;
         if let (Err(CreditError::Exhausted), Some(chat), Some(tokenizer)) = (&held, chat, &route.tokenizer) {
@@ -475,11 +528,7 @@ impl Inference {
                     ..demand
                 };
                 let tight = pricing
-                    .upper_bound(
-                        tight.prompt_bound(route.template),
-                        tight.output_budget(route.max_output_tokens),
-                        tight.images,
-                    )
+                    .upper_bound(&tight.worst_case(route.max_output_tokens, route.template))
                     .map_err(|_| out_of_credit())?;
                 held = self.credits.hold(key.team_id, tight).await;
             }

@@ -26,6 +26,7 @@ pub mod retention;
 pub mod secret_scanning;
 pub mod teams;
 pub mod tiers;
+pub mod tools;
 pub mod usage;
 
 pub use accounts::{AccountError, AccountService};
@@ -45,4 +46,5 @@ pub use retention::{Retention, RetentionError, ToKeep};
 pub use secret_scanning::{Feedback, ScanError, SecretScanning, SigningKeySource};
 pub use teams::{TeamError, TeamService};
 pub use tiers::{TeamTier, TierError, Tiers};
+pub use tools::{SearchCall, ServerTools, ToolRun, ToolSettings};
 pub use usage::{UsageError, UsageRecorder};

@@ -85,10 +85,10 @@ pub struct UsageCell {
     /// Requests.
     pub requests: u64,
     /// Tokens by kind: prompt (uncached), cached prompt, completion (with reasoning); then the
-    /// images generated.
-    pub tokens: [u64; 4],
+    /// images generated, the web searches and the X searches run (the order of [`KINDS`]).
+    pub tokens: [u64; 6],
     /// Cost by kind, exactly (the same order).
-    pub cost: [Ticks; 4],
+    pub cost: [Ticks; 6],
 }
 
 /// A summed value: exact.
@@ -109,11 +109,14 @@ pub struct Series {
     pub points: Vec<(Timestamp, Vec<Value>)>,
 }
 
-const KINDS: [TokenKind; 4] = [
+/// The kinds a [`UsageCell`] counts, in its arrays' order.
+pub const KINDS: [TokenKind; 6] = [
     TokenKind::Prompt,
     TokenKind::CachedPrompt,
     TokenKind::Completion,
     TokenKind::Image,
+    TokenKind::WebSearch,
+    TokenKind::XSearch,
 ];
 
 /// The name a filter or a label uses for a token kind.
@@ -124,6 +127,8 @@ pub const fn token_type_name(kind: TokenKind) -> &'static str {
         TokenKind::CachedPrompt => "cached_prompt",
         TokenKind::Completion => "completion",
         TokenKind::Image => "image",
+        TokenKind::WebSearch => "web_search",
+        TokenKind::XSearch => "x_search",
     }
 }
 
@@ -150,12 +155,12 @@ pub fn aggregate(
     for cell in cells {
         let key_id = cell.api_key_id.to_string();
         let kinds: Vec<Option<TokenKind>> = if split_by_kind {
-            // Images only where there are some: most models make none.
+            // Images and tool calls only where there are some: most requests have none.
             KINDS
                 .iter()
-                .copied()
-                .filter(|kind| *kind != TokenKind::Image || cell.tokens[3] > 0)
-                .map(Some)
+                .zip(cell.tokens)
+                .filter(|(kind, count)| kind.is_tokens() || *count > 0)
+                .map(|(kind, _)| Some(*kind))
                 .collect()
         } else {
             vec![None]
@@ -184,8 +189,12 @@ pub fn aggregate(
                 }
                 None => (
                     cell.cost.iter().fold(0i64, |sum, t| sum.saturating_add(t.get())),
-                    // Tokens, not images: an image is no token.
-                    cell.tokens[..3].iter().fold(0u64, |sum, t| sum.saturating_add(*t)),
+                    // Tokens, not images or calls: neither is a token.
+                    KINDS
+                        .iter()
+                        .zip(cell.tokens)
+                        .filter(|(kind, _)| kind.is_tokens())
+                        .fold(0u64, |sum, (_, t)| sum.saturating_add(t)),
                 ),
             };
             sums.ticks = sums.ticks.saturating_add(ticks);
@@ -232,8 +241,8 @@ mod tests {
             model: model.into(),
             api_key_id: key,
             requests: 2,
-            tokens: [10, 4, 5, 0],
-            cost: [cost[0], cost[1], cost[2], 0].map(Ticks::new),
+            tokens: [10, 4, 5, 0, 0, 0],
+            cost: [cost[0], cost[1], cost[2], 0, 0, 0].map(Ticks::new),
         }
     }
 
@@ -319,7 +328,7 @@ mod tests {
     fn images_are_a_kind_of_their_own_and_no_tokens() {
         let key = ApiKeyId::new();
         let mut images = cell("2026-11-01T10:00:00Z", "imagine", key, [0, 0, 0]);
-        images.tokens = [0, 0, 0, 3];
+        images.tokens = [0, 0, 0, 3, 0, 0];
         images.cost[3] = Ticks::new(600);
         let from = at("2026-11-01T00:00:00Z");
         let total = aggregate(

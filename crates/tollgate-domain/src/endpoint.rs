@@ -19,17 +19,24 @@ pub enum Endpoint {
     Tokenize,
     /// The model listings (`/v1/models`, `/v1/language-models`, …), not charged.
     Models,
+    /// The server-side web search tool (`{"type": "web_search"}` in a request's `tools`), a fee
+    /// per search.
+    WebSearch,
+    /// The server-side X search tool (`{"type": "x_search"}`), a fee per search.
+    XSearch,
 }
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 6] = [
+    pub const ALL: [Endpoint; 8] = [
         Endpoint::Chat,
         Endpoint::Completions,
         Endpoint::Embeddings,
         Endpoint::Image,
         Endpoint::Tokenize,
         Endpoint::Models,
+        Endpoint::WebSearch,
+        Endpoint::XSearch,
     ];
 
     /// The name in ACLs and usage records.
@@ -42,6 +49,8 @@ impl Endpoint {
             Endpoint::Image => "image",
             Endpoint::Tokenize => "tokenize",
             Endpoint::Models => "models",
+            Endpoint::WebSearch => "web_search",
+            Endpoint::XSearch => "x_search",
         }
     }
 
@@ -57,7 +66,51 @@ impl Endpoint {
             Endpoint::Models => {
                 "Model listings with prices (/v1/models, /v1/language-models, /v1/embedding-models, /v1/image-generation-models), not charged"
             }
+            Endpoint::WebSearch => "The server-side web search tool in chat and responses, a fee per search",
+            Endpoint::XSearch => "The server-side X search tool in chat and responses, a fee per search",
         }
+    }
+}
+
+/// A tool Tollgate runs itself during a request (xAI's server-side tools): the model asks, the
+/// platform searches and feeds the results back. Each is also an endpoint ACL name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServerTool {
+    /// Web search.
+    WebSearch,
+    /// Search of posts on X.
+    XSearch,
+}
+
+impl ServerTool {
+    /// Every server-side tool.
+    pub const ALL: [ServerTool; 2] = [ServerTool::WebSearch, ServerTool::XSearch];
+
+    /// The name in a request's `tools` (`{"type": "web_search"}`), in ACLs and in usage.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        self.endpoint().as_str()
+    }
+
+    /// The endpoint ACL that grants it.
+    #[must_use]
+    pub const fn endpoint(self) -> Endpoint {
+        match self {
+            ServerTool::WebSearch => Endpoint::WebSearch,
+            ServerTool::XSearch => Endpoint::XSearch,
+        }
+    }
+
+    /// The tool of this name, if any.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|tool| tool.as_str() == name)
+    }
+}
+
+impl fmt::Display for ServerTool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

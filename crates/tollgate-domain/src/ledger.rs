@@ -230,7 +230,8 @@ pub fn month_bounds(at: Timestamp) -> (Timestamp, Timestamp) {
     (start(year, month), start(next.0, next.1))
 }
 
-/// What an invoice line counts (kinds of tokens, and generated images), each at its own price.
+/// What an invoice line counts (kinds of tokens, generated images, server-side tool calls),
+/// each at its own price.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TokenKind {
     /// Prompt tokens not served from a cache.
@@ -241,6 +242,10 @@ pub enum TokenKind {
     Completion,
     /// Generated images (a count, priced per image).
     Image,
+    /// Web searches run by the platform (a count, a fee each).
+    WebSearch,
+    /// X searches run by the platform (a count, a fee each).
+    XSearch,
 }
 
 impl TokenKind {
@@ -252,7 +257,18 @@ impl TokenKind {
             TokenKind::CachedPrompt => "cached prompt tokens",
             TokenKind::Completion => "completion tokens",
             TokenKind::Image => "images",
+            TokenKind::WebSearch => "web search calls",
+            TokenKind::XSearch => "X search calls",
         }
+    }
+
+    /// Whether it counts tokens (rather than images or calls).
+    #[must_use]
+    pub const fn is_tokens(self) -> bool {
+        matches!(
+            self,
+            TokenKind::Prompt | TokenKind::CachedPrompt | TokenKind::Completion
+        )
     }
 }
 
@@ -263,9 +279,9 @@ pub struct InvoiceLine {
     pub model: String,
     /// Which tokens.
     pub kind: TokenKind,
-    /// Ticks per token (xAI's price unit, 1e-4 USD per million tokens), or per image.
+    /// Ticks per token (xAI's price unit, 1e-4 USD per million tokens), or per image or call.
     pub unit_price: Ticks,
-    /// How many tokens (images, for [`TokenKind::Image`]).
+    /// How many tokens (images or calls, for the kinds that are not tokens).
     pub tokens: u64,
     /// `tokens × unit_price`, exactly.
     pub amount: Ticks,

@@ -37,7 +37,7 @@ pub use audit::{
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use email::{Email, EmailError};
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, ServerTool};
 pub use entities::{
     ApiKey, CeremonyPurpose, DataUse, Identity, Invitation, ManagementKey, Member, Membership, OidcFlow,
     PendingIdentity, StoredPasskey, Sweep, Swept, Team, TeamDomain, User, WebauthnCeremony,

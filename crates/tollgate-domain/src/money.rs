@@ -80,7 +80,8 @@ impl fmt::Display for Ticks {
     }
 }
 
-/// A model's prices, each in ticks per token (per image for images).
+/// A model's prices, each in ticks per token (per image for images, per call for server-side
+/// tools).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ModelPricing {
     /// Uncached prompt tokens.
@@ -91,12 +92,16 @@ pub struct ModelPricing {
     pub completion: Ticks,
     /// A generated image.
     pub image: Ticks,
+    /// A web search run for the request (xAI's fee: $5 per 1,000 calls).
+    pub web_search: Ticks,
+    /// An X search run for the request (xAI's fee: $5 per 1,000 calls).
+    pub x_search: Ticks,
 }
 
 impl ModelPricing {
     /// The exact cost of `usage`: uncached prompt tokens at the prompt price, cached ones at the
     /// cached price, completion and reasoning tokens at the completion price, images at the
-    /// image price.
+    /// image price, and each server-side tool call at its fee.
     pub fn cost(&self, usage: &TokenUsage) -> Result<Ticks, TicksError> {
         let uncached = usage.prompt_tokens.saturating_sub(usage.cached_prompt_tokens);
         let cached = usage.prompt_tokens.min(usage.cached_prompt_tokens);
@@ -108,16 +113,18 @@ impl ModelPricing {
             .checked_mul(uncached)?
             .checked_add(self.cached_prompt.checked_mul(cached)?)?
             .checked_add(self.completion.checked_mul(output)?)?
-            .checked_add(self.image.checked_mul(usage.images)?)
+            .checked_add(self.image.checked_mul(usage.images)?)?
+            .checked_add(self.web_search.checked_mul(usage.web_search_calls)?)?
+            .checked_add(self.x_search.checked_mul(usage.x_search_calls)?)
     }
 
-    /// An upper bound of a request's cost before it runs: every prompt token uncached, the
-    /// whole output budget used, and every image asked for made.
-    pub fn upper_bound(&self, prompt_tokens: u64, max_output_tokens: u64, images: u64) -> Result<Ticks, TicksError> {
-        self.prompt
-            .checked_mul(prompt_tokens)?
-            .checked_add(self.completion.checked_mul(max_output_tokens)?)?
-            .checked_add(self.image.checked_mul(images)?)
+    /// An upper bound of a request's cost before it runs, from its worst case (the whole output
+    /// budget used, every image and tool call made): every prompt token priced uncached.
+    pub fn upper_bound(&self, worst: &TokenUsage) -> Result<Ticks, TicksError> {
+        self.cost(&TokenUsage {
+            cached_prompt_tokens: 0,
+            ..*worst
+        })
     }
 }
 
@@ -147,7 +154,7 @@ mod tests {
             cached_prompt_tokens: cached,
             completion_tokens: completion,
             reasoning_tokens: reasoning,
-            images: 0,
+            ..TokenUsage::default()
         }
     }
 
@@ -159,6 +166,8 @@ mod tests {
             cached_prompt: Ticks::new(5_000),
             completion: Ticks::new(100_000),
             image: Ticks::new(200_000_000),
+            web_search: Ticks::new(50_000_000),
+            x_search: Ticks::new(40_000_000),
         };
         // xAI's published example: 199 prompt (163 cached), 1 completion.
         let cost = pricing.cost(&usage(199, 163, 1, 0)).unwrap();
@@ -171,9 +180,22 @@ mod tests {
             ..TokenUsage::default()
         };
         assert_eq!(pricing.cost(&images).unwrap(), Ticks::new(400_000_000));
+        let worst = TokenUsage {
+            prompt_tokens: 10,
+            cached_prompt_tokens: 10,
+            images: 3,
+            ..TokenUsage::default()
+        };
+        assert_eq!(pricing.upper_bound(&worst).unwrap(), Ticks::new(200_000 + 600_000_000));
+        // Server-side tool calls: a fee each.
+        let searches = TokenUsage {
+            web_search_calls: 3,
+            x_search_calls: 2,
+            ..TokenUsage::default()
+        };
         assert_eq!(
-            pricing.upper_bound(10, 0, 3).unwrap(),
-            Ticks::new(200_000 + 600_000_000)
+            pricing.cost(&searches).unwrap(),
+            Ticks::new(3 * 50_000_000 + 2 * 40_000_000)
         );
     }
 

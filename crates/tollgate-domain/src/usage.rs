@@ -18,6 +18,10 @@ pub struct TokenUsage {
     pub reasoning_tokens: u64,
     /// Images generated (priced per image, not tokens).
     pub images: u64,
+    /// Web searches run by Tollgate for the request (a fee each; a failed search is none).
+    pub web_search_calls: u64,
+    /// X searches run by Tollgate for the request (a fee each).
+    pub x_search_calls: u64,
 }
 
 impl TokenUsage {
@@ -27,6 +31,26 @@ impl TokenUsage {
         self.prompt_tokens
             .saturating_add(self.completion_tokens)
             .saturating_add(self.reasoning_tokens)
+    }
+
+    /// Server-side tool calls charged (xAI's `num_server_side_tools_used`).
+    #[must_use]
+    pub fn server_side_tool_calls(&self) -> u64 {
+        self.web_search_calls.saturating_add(self.x_search_calls)
+    }
+
+    /// This usage and `other`'s together (the model calls of one request's tool loop).
+    #[must_use]
+    pub fn plus(&self, other: &TokenUsage) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
+            cached_prompt_tokens: self.cached_prompt_tokens.saturating_add(other.cached_prompt_tokens),
+            completion_tokens: self.completion_tokens.saturating_add(other.completion_tokens),
+            reasoning_tokens: self.reasoning_tokens.saturating_add(other.reasoning_tokens),
+            images: self.images.saturating_add(other.images),
+            web_search_calls: self.web_search_calls.saturating_add(other.web_search_calls),
+            x_search_calls: self.x_search_calls.saturating_add(other.x_search_calls),
+        }
     }
 }
 

@@ -37,6 +37,9 @@ pub struct ModelRoute {
     pub tokenizer: Option<crate::tokenizer::Tokenizer>,
     /// What its chat template adds, for holds and estimates.
     pub template: TemplateOverhead,
+    /// The server-side tools it may use (those the operator configured a backend for, unless
+    /// the model's configuration names fewer).
+    pub server_tools: Vec<tollgate_domain::ServerTool>,
 }
 
 /// Every model, by name and alias.

@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod pool;
 pub mod responses;
+pub mod search;
 pub mod sse;
 pub mod tokenizer;
 pub mod upstream;

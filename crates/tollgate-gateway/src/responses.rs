@@ -354,9 +354,14 @@ fn input_part(part: &Value) -> Result<Value, String> {
 
 fn chat_tool(tool: &Value) -> Result<Value, String> {
     let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
+    if tollgate_domain::ServerTool::from_name(kind).is_some() {
+        // A server-side tool, run by the platform: the chat request carries it as it is.
+        return Ok(tool.clone());
+    }
     if kind != "function" {
         return Err(format!(
-            "The tool {kind:?} is not offered here: only function tools are (run them yourself and send their output)"
+            "The tool {kind:?} is not offered here: function tools are (run them yourself and send their output), \
+             and the server-side web_search and x_search"
         ));
     }
     let name = tool
@@ -521,7 +526,8 @@ pub fn usage_json(usage: &TokenUsage, cost: Ticks) -> Value {
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.total_tokens(),
         "num_sources_used": 0,
-        "num_server_side_tools_used": 0,
+        "num_server_side_tools_used": usage.server_side_tool_calls(),
+        "server_side_tool_usage_details": crate::usage::server_side_tool_usage_details(usage),
         "cost_in_usd_ticks": cost.get(),
     })
 }
@@ -554,6 +560,8 @@ pub struct ResponseBuilder {
     text: String,
     messages: u32,
     finish_reason: Option<String>,
+    searches: u32,
+    citations: Vec<String>,
 }
 
 /// A finished response.
@@ -580,7 +588,59 @@ impl ResponseBuilder {
             text: String::new(),
             messages: 0,
             finish_reason: None,
+            searches: 0,
+            citations: Vec::new(),
         }
+    }
+
+    /// A search the platform ran for the model (a server-side tool): a `web_search_call` or
+    /// `x_search_call` item, `completed` with its query and the sources shown, or `failed`
+    /// (`sources` is `None`). Its stream events.
+    pub fn server_search(
+        &mut self,
+        tool: tollgate_domain::ServerTool,
+        query: &str,
+        sources: Option<&[String]>,
+    ) -> Vec<String> {
+        let mut events = Vec::new();
+        self.close_open(&mut events);
+        let index = self.new_index();
+        self.searches += 1;
+        let (kind, prefix) = match tool {
+            tollgate_domain::ServerTool::WebSearch => ("web_search_call", "ws"),
+            tollgate_domain::ServerTool::XSearch => ("x_search_call", "xs"),
+        };
+        let id = format!("{prefix}_{}_{}", self.head.item_suffix, self.searches);
+        let added =
+            json!({"type": kind, "id": id, "status": "in_progress", "action": {"type": "search", "query": query}});
+        events.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": added}),
+        ));
+        // No sources: the search failed (a search with no results shows an empty list).
+        let status = if sources.is_some() { "completed" } else { "failed" };
+        let sources: Vec<Value> = sources
+            .unwrap_or_default()
+            .iter()
+            .map(|url| json!({"type": "url", "url": url}))
+            .collect();
+        let done = json!({"type": kind, "id": id, "status": status,
+            "action": {"type": "search", "query": query, "sources": sources}});
+        events.push(self.event(
+            &format!("response.{kind}.{status}"),
+            json!({"output_index": index, "item_id": id}),
+        ));
+        events.push(self.event(
+            "response.output_item.done",
+            json!({"output_index": index, "item": done}),
+        ));
+        self.items[index] = Some(done);
+        events
+    }
+
+    /// The URLs the answer draws on (xAI's `citations`), put on the finished response.
+    pub fn cite(&mut self, citations: Vec<String>) {
+        self.citations = citations;
     }
 
     /// The response's head.
@@ -870,6 +930,9 @@ impl ResponseBuilder {
             None => ("completed", End::none()),
         };
         let mut response = self.head.object(status, output, Some(usage), end);
+        if !self.citations.is_empty() {
+            response["citations"] = json!(self.citations);
+        }
         if status == "completed" {
             response["completed_at"] = json!(self.head.created_at);
         }
@@ -991,12 +1054,17 @@ mod tests {
     fn what_is_not_offered_is_refused_by_name() {
         let unknown = request(json!({"model": "m", "input": "x", "conversation": "c"}));
         assert_eq!(unknown.validate().unwrap_err(), "Unsupported parameter: conversation");
-        let search = request(json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}));
+        let code = request(json!({"model": "m", "input": "x", "tools": [{"type": "code_interpreter"}]}));
         assert!(
-            search
-                .to_chat(&[])
+            code.to_chat(&[])
                 .unwrap_err()
-                .contains("\"web_search\" is not offered")
+                .contains("\"code_interpreter\" is not offered")
+        );
+        // Server-side searches pass to the chat request, whose tool loop runs them.
+        let search = request(json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}));
+        assert_eq!(
+            search.to_chat(&[]).unwrap().request.extra["tools"],
+            json!([{"type": "web_search"}])
         );
         let file = request(
             json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
@@ -1023,7 +1091,7 @@ mod tests {
                 cached_prompt_tokens: 2,
                 completion_tokens: 3,
                 reasoning_tokens: 4,
-                images: 0,
+                ..TokenUsage::default()
             },
             Ticks::new(99),
         );

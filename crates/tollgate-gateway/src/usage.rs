@@ -58,14 +58,14 @@ pub fn parse_usage(value: &Value) -> Option<TokenUsage> {
         cached_prompt_tokens: cached,
         completion_tokens: completion,
         reasoning_tokens: reasoning,
-        images: 0,
+        ..TokenUsage::default()
     })
 }
 
 /// The `usage` object we send to clients, in xAI's shape.
 #[must_use]
 pub fn usage_json(usage: &TokenUsage, cost: Ticks) -> Value {
-    json!({
+    let mut usage_json = json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens(),
@@ -83,6 +83,25 @@ pub fn usage_json(usage: &TokenUsage, cost: Ticks) -> Value {
         },
         "num_sources_used": 0,
         "cost_in_usd_ticks": cost.get(),
+    });
+    if usage.server_side_tool_calls() > 0 {
+        usage_json["num_server_side_tools_used"] = json!(usage.server_side_tool_calls());
+        usage_json["server_side_tool_usage_details"] = server_side_tool_usage_details(usage);
+    }
+    usage_json
+}
+
+/// xAI's `server_side_tool_usage_details`: the calls of each server-side tool charged.
+#[must_use]
+pub fn server_side_tool_usage_details(usage: &TokenUsage) -> Value {
+    json!({
+        "web_search_calls": usage.web_search_calls,
+        "x_search_calls": usage.x_search_calls,
+        "code_interpreter_calls": 0,
+        "file_search_calls": 0,
+        "mcp_calls": 0,
+        "document_search_calls": 0,
+        "image_generation_calls": 0,
     })
 }
 
@@ -231,6 +250,23 @@ pub struct Demand {
     pub choices: u64,
     /// How many images it asks to generate.
     pub images: u64,
+    /// Server-side tools: how many model calls it may make and what each search round may add.
+    pub tools: ToolDemand,
+}
+
+/// What a request's server-side tool loop may use at most (nothing without server-side tools).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ToolDemand {
+    /// Model calls that may ask for searches (the loop then makes one more that answers).
+    pub search_rounds: u64,
+    /// Prompt tokens one round's search results may add (every call's results at their cap).
+    pub results_per_round: u64,
+    /// Messages one round adds (the model's turn and a result per call).
+    pub messages_per_round: u64,
+    /// Web searches at most (each a fee).
+    pub web_searches: u64,
+    /// X searches at most (each a fee).
+    pub x_searches: u64,
 }
 
 impl Demand {
@@ -252,6 +288,7 @@ impl Demand {
             output_tokens: Some(0),
             choices: 1,
             images: 0,
+            tools: ToolDemand::default(),
         }
     }
 
@@ -289,6 +326,32 @@ impl Demand {
             output_tokens: request.max_completion_tokens.or(request.max_tokens).map(u64::from),
             choices: request.extra.get("n").and_then(Value::as_u64).unwrap_or(1).max(1),
             images: 0,
+            tools: ToolDemand::default(),
+        }
+    }
+
+    /// The worst case a credit hold covers, as usage: every model call's prompt at its bound
+    /// (each search round's call sends the previous one's prompt, its output and its results
+    /// again), the whole output budget of every call, every image and every search made.
+    #[must_use]
+    pub fn worst_case(&self, model_max: u64, template: TemplateOverhead) -> TokenUsage {
+        let calls = self.tools.search_rounds.saturating_add(1);
+        let first = self.prompt_bound(template);
+        let growth = self
+            .output_per_choice(model_max)
+            .saturating_add(self.tools.results_per_round)
+            .saturating_add(self.tools.messages_per_round.saturating_mul(template.per_message));
+        // The k-th call (from 0) sends the first prompt and k rounds' growth: summed over the calls.
+        let rounds_sum = calls.saturating_mul(calls.saturating_sub(1)) / 2;
+        TokenUsage {
+            prompt_tokens: calls
+                .saturating_mul(first)
+                .saturating_add(growth.saturating_mul(rounds_sum)),
+            completion_tokens: calls.saturating_mul(self.output_budget(model_max)),
+            images: self.images,
+            web_search_calls: self.tools.web_searches,
+            x_search_calls: self.tools.x_searches,
+            ..TokenUsage::default()
         }
     }
 
@@ -407,7 +470,7 @@ mod tests {
                 cached_prompt_tokens: 4,
                 completion_tokens: 18,
                 reasoning_tokens: 12,
-                images: 0,
+                ..TokenUsage::default()
             }
         );
         assert_eq!(usage.total_tokens(), 40);

@@ -115,17 +115,6 @@ impl ChatCompletionRequest {
         if self.max_output_tokens() == Some(0) {
             return Err("max_tokens must be at least 1".into());
         }
-        // xAI's (deprecated) Live Search: there is no search backend here, and the upstream
-        // would silently ignore it, answering without the search the client asked for.
-        if let Some(search) = self.extra.get("search_parameters") {
-            let off = search.get("mode").and_then(Value::as_str) == Some("off");
-            if !off {
-                return Err(
-                    "search_parameters: live search is not available on this platform (send mode \"off\", or leave it out)"
-                        .into(),
-                );
-            }
-        }
         Ok(())
     }
 }
@@ -233,35 +222,5 @@ impl CompletionRequest {
             return Err("best_of cannot be used with stream".into());
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod validate_tests {
-    use super::*;
-
-    fn request(extra: Value) -> ChatCompletionRequest {
-        let mut body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
-        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
-            body.extend(extra.clone());
-        }
-        serde_json::from_value(body).unwrap_or_else(|e| unreachable!("{e}"))
-    }
-
-    #[test]
-    fn live_search_is_refused_unless_off() {
-        assert!(request(serde_json::json!({})).validate().is_ok());
-        assert!(
-            request(serde_json::json!({"search_parameters": {"mode": "off"}}))
-                .validate()
-                .is_ok()
-        );
-        let refused = request(serde_json::json!({"search_parameters": {"mode": "auto"}})).validate();
-        assert!(refused.unwrap_err().contains("live search is not available"));
-        assert!(
-            request(serde_json::json!({"search_parameters": {}}))
-                .validate()
-                .is_err()
-        );
     }
 }

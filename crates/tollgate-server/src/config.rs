@@ -123,9 +123,155 @@ pub struct Config {
     /// Rate limits per team and model, by tier; how nodes share them.
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// Server-side tools (web search, X search) that Tollgate runs for the models; each is off
+    /// unless its backend is configured.
+    #[serde(default)]
+    pub search: SearchConfig,
     /// Models, by public name.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// Server-side tools: the backends searched when a model asks, and how the loop is bounded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Model calls of one request that may ask for searches; the model is then called once more,
+    /// without the tools, to answer (default 3).
+    #[serde(default = "defaults::search_rounds")]
+    pub max_rounds: u32,
+    /// Searches run per round at most; a model asking for more is told they were not run, and
+    /// they are not charged (default 4).
+    #[serde(default = "defaults::search_calls_per_round")]
+    pub max_calls_per_round: u32,
+    /// No search starts this long after the request began; the model then answers with what it
+    /// has (default 60 seconds).
+    #[serde(default = "defaults::search_deadline_seconds")]
+    pub deadline_seconds: u64,
+    /// How long one search may take before it fails (not charged; default 10 seconds).
+    #[serde(default = "defaults::search_timeout_seconds")]
+    pub timeout_seconds: u64,
+    /// Results per search at most (a request may ask for fewer; default 5, at most 20).
+    #[serde(default = "defaults::search_max_results")]
+    pub max_results: u32,
+    /// Characters of each result's snippet at most, after markup is stripped (default 1000).
+    #[serde(default = "defaults::search_snippet_chars")]
+    pub max_snippet_chars: u32,
+    /// The web search backend (unset: `web_search` is not offered).
+    #[serde(default)]
+    pub web: Option<WebSearchConfig>,
+    /// The X search backend (unset: `x_search` is not offered).
+    #[serde(default)]
+    pub x: Option<XSearchConfig>,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            max_rounds: defaults::search_rounds(),
+            max_calls_per_round: defaults::search_calls_per_round(),
+            deadline_seconds: defaults::search_deadline_seconds(),
+            timeout_seconds: defaults::search_timeout_seconds(),
+            max_results: defaults::search_max_results(),
+            max_snippet_chars: defaults::search_snippet_chars(),
+            web: None,
+            x: None,
+        }
+    }
+}
+
+impl SearchConfig {
+    /// Checks the backends and bounds.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!((1..=10).contains(&self.max_rounds), "search.max_rounds must be 1 to 10");
+        anyhow::ensure!(
+            (1..=16).contains(&self.max_calls_per_round),
+            "search.max_calls_per_round must be 1 to 16"
+        );
+        anyhow::ensure!(
+            (1..=3_600).contains(&self.deadline_seconds) && (1..=300).contains(&self.timeout_seconds),
+            "search.deadline_seconds must be 1 to 3600 and search.timeout_seconds 1 to 300"
+        );
+        anyhow::ensure!(
+            (1..=tollgate_gateway::search::MAX_RESULTS as u32).contains(&self.max_results),
+            "search.max_results must be 1 to {}",
+            tollgate_gateway::search::MAX_RESULTS
+        );
+        anyhow::ensure!(
+            (100..=20_000).contains(&self.max_snippet_chars),
+            "search.max_snippet_chars must be 100 to 20000"
+        );
+        if let Some(web) = &self.web {
+            match web.backend.as_str() {
+                "searxng" => anyhow::ensure!(
+                    web.url
+                        .as_deref()
+                        .is_some_and(|url| url.starts_with("http://") || url.starts_with("https://")),
+                    "search.web.url must be the SearXNG instance's http(s) URL"
+                ),
+                "brave" => {
+                    anyhow::ensure!(
+                        web.api_key.is_some(),
+                        "search.web.api_key (Brave's subscription token) is required"
+                    );
+                    anyhow::ensure!(
+                        web.url.as_deref().is_none_or(https_or_loopback),
+                        "search.web.url must be an https:// URL"
+                    );
+                }
+                other => anyhow::bail!("search.web.backend must be searxng or brave, not '{other}'"),
+            }
+        }
+        if let Some(x) = &self.x {
+            anyhow::ensure!(https_or_loopback(&x.url), "search.x.url must be an https:// URL");
+            anyhow::ensure!(
+                !x.bearer_token.expose_secret().trim().is_empty(),
+                "search.x.bearer_token must not be empty"
+            );
+        }
+        Ok(())
+    }
+
+    /// The tools whose backend is configured.
+    #[must_use]
+    pub fn offered(&self) -> Vec<tollgate_domain::ServerTool> {
+        use tollgate_domain::ServerTool;
+        let mut tools = Vec::new();
+        if self.web.is_some() {
+            tools.push(ServerTool::WebSearch);
+        }
+        if self.x.is_some() {
+            tools.push(ServerTool::XSearch);
+        }
+        tools
+    }
+}
+
+/// Where web searches go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSearchConfig {
+    /// `searxng` (a SearXNG instance's JSON API; enable `json` in its `search.formats`) or
+    /// `brave` (the Brave Search API).
+    pub backend: String,
+    /// The backend's base URL: the SearXNG instance's (`http://127.0.0.1:8888`), or Brave's
+    /// (default `https://api.search.brave.com`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Brave's subscription token.
+    #[serde(default)]
+    pub api_key: Option<SecretString>,
+}
+
+/// Where X searches go: X API v2's recent search.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XSearchConfig {
+    /// X's API base URL (default `https://api.x.com`).
+    #[serde(default = "defaults::x_api_base")]
+    pub url: String,
+    /// The operator's app bearer token.
+    pub bearer_token: SecretString,
 }
 
 /// Rate limits per team and model by tier (xAI's scheme), and their sharing across nodes.
@@ -702,6 +848,17 @@ pub struct ModelConfig {
     /// model serving `image`. Alone it prices the model (its tokens are then free).
     #[serde(default)]
     pub image_price: Option<i64>,
+    /// The fee of one web search the model makes, in USD ticks per call (default 50000000:
+    /// xAI's $5 per 1,000 calls). A search that fails is not charged.
+    #[serde(default = "defaults::search_price")]
+    pub web_search_price: i64,
+    /// The fee of one X search, in USD ticks per call (default 50000000: $5 per 1,000 calls).
+    #[serde(default = "defaults::search_price")]
+    pub x_search_price: i64,
+    /// The server-side tools this model may use: `web_search`, `x_search` (default: every tool
+    /// whose backend is configured under `[search]`).
+    #[serde(default)]
+    pub server_side_tools: Option<Vec<String>>,
     /// The most output tokens one request of this model is held for in advance: a request's
     /// `max_tokens` is lowered to it, a request naming none is held for this many, and the
     /// upstream is told the budget (an upstream that ignores it is charged all the same).
@@ -730,6 +887,38 @@ pub struct ModelConfig {
 mod defaults {
     use std::net::SocketAddr;
     use std::path::PathBuf;
+
+    pub(super) const fn search_rounds() -> u32 {
+        3
+    }
+
+    pub(super) const fn search_calls_per_round() -> u32 {
+        4
+    }
+
+    pub(super) const fn search_deadline_seconds() -> u64 {
+        60
+    }
+
+    pub(super) const fn search_timeout_seconds() -> u64 {
+        10
+    }
+
+    pub(super) const fn search_max_results() -> u32 {
+        5
+    }
+
+    pub(super) const fn search_snippet_chars() -> u32 {
+        1_000
+    }
+
+    pub(super) const fn search_price() -> i64 {
+        50_000_000
+    }
+
+    pub(super) fn x_api_base() -> String {
+        "https://api.x.com".into()
+    }
 
     pub(super) const fn domain_recheck_hours() -> u64 {
         24
@@ -917,6 +1106,7 @@ impl Config {
             "database_url must start with sqlite:// or postgres://"
         );
         self.rate_limits.schedule()?;
+        self.search.validate()?;
         anyhow::ensure!(
             self.rate_limits.nodes != Some(0),
             "rate_limits.nodes must be at least 1"
@@ -1085,13 +1275,27 @@ impl Config {
                     "models.{name}.tokenizer: no file at {tokenizer}"
                 );
             }
+            anyhow::ensure!(
+                (0..=MAX_SEARCH_PRICE_TICKS).contains(&model.web_search_price)
+                    && (0..=MAX_SEARCH_PRICE_TICKS).contains(&model.x_search_price),
+                "models.{name}: web_search_price and x_search_price must be 0 to {MAX_SEARCH_PRICE_TICKS} (USD ticks per call)"
+            );
+            for tool in model.server_side_tools.iter().flatten() {
+                anyhow::ensure!(
+                    tollgate_domain::ServerTool::from_name(tool).is_some(),
+                    "models.{name}.server_side_tools: '{tool}' is none of web_search, x_search"
+                );
+            }
             for endpoint in &model.endpoints {
                 use tollgate_domain::Endpoint;
                 let parsed = endpoint
                     .parse::<Endpoint>()
                     .map_err(|e| anyhow::anyhow!("models.{name}.endpoints: {e}"))?;
                 anyhow::ensure!(
-                    !matches!(parsed, Endpoint::Tokenize | Endpoint::Models),
+                    !matches!(
+                        parsed,
+                        Endpoint::Tokenize | Endpoint::Models | Endpoint::WebSearch | Endpoint::XSearch
+                    ),
                     "models.{name}.endpoints: '{endpoint}' is served by Tollgate itself, not named here"
                 );
                 anyhow::ensure!(
@@ -1103,6 +1307,9 @@ impl Config {
         Ok(())
     }
 }
+
+/// The highest fee of a search call: $100 a call, far above any real one.
+const MAX_SEARCH_PRICE_TICKS: i64 = 100 * tollgate_domain::Ticks::PER_USD;
 
 /// The highest image price, in USD cents: $10,000 an image, far above any real one, and
 /// whose ticks fit easily in an `i64`.

@@ -369,6 +369,8 @@ pub fn catalog(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<Catalo
                         completion: Ticks::new(model.completion_price.unwrap_or(0)),
                         // Cents to ticks; the configuration bounds it.
                         image: Ticks::new(model.image_price.unwrap_or(0).saturating_mul(Ticks::PER_USD / 100)),
+                        web_search: Ticks::new(model.web_search_price),
+                        x_search: Ticks::new(model.x_search_price),
                     })
                 }
                 _ => {
@@ -396,9 +398,65 @@ pub fn catalog(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<Catalo
                     per_request: model.template_tokens_per_request.unwrap_or(default.per_request),
                 }
             },
+            // Offered where the operator configured a backend, and the model does not name fewer.
+            server_tools: config
+                .search
+                .offered()
+                .into_iter()
+                .filter(|tool| {
+                    model
+                        .server_side_tools
+                        .as_ref()
+                        .is_none_or(|named| named.iter().any(|name| name == tool.as_str()))
+                })
+                .collect(),
         });
     }
     Ok(Catalog::new(routes)?)
+}
+
+/// The server-side tools' backends, as configured (a tool without one is not offered).
+fn server_tools(config: &config::SearchConfig) -> anyhow::Result<tollgate_core::ServerTools> {
+    use tollgate_gateway::search::{Brave, SearchBackend, SearchLimits, Searxng, XRecentSearch};
+    let timeout = Duration::from_secs(config.timeout_seconds);
+    let client = tollgate_gateway::upstream::http_client(Duration::from_secs(5), timeout)
+        .context("building the search HTTP client")?;
+    let web: Option<Arc<dyn SearchBackend>> = match &config.web {
+        None => None,
+        Some(web) if web.backend == "brave" => Some(Arc::new(Brave::new(
+            web.url.as_deref().unwrap_or("https://api.search.brave.com"),
+            web.api_key
+                .as_ref()
+                .map(|key| key.expose_secret().to_owned())
+                .unwrap_or_default(),
+            client.clone(),
+        ))),
+        Some(web) => Some(Arc::new(Searxng::new(
+            web.url.as_deref().unwrap_or_default(),
+            client.clone(),
+        ))),
+    };
+    let x: Option<Arc<dyn SearchBackend>> = config.x.as_ref().map(|x| {
+        Arc::new(XRecentSearch::new(
+            &x.url,
+            x.bearer_token.expose_secret().to_owned(),
+            client.clone(),
+        )) as Arc<dyn SearchBackend>
+    });
+    Ok(tollgate_core::ServerTools::new(
+        web,
+        x,
+        tollgate_core::ToolSettings {
+            max_rounds: config.max_rounds,
+            max_calls_per_round: config.max_calls_per_round,
+            deadline: Duration::from_secs(config.deadline_seconds),
+            limits: SearchLimits {
+                max_results: config.max_results as usize,
+                max_snippet_chars: config.max_snippet_chars as usize,
+                timeout,
+            },
+        },
+    ))
 }
 
 /// The rate limiter: Redis's counters shared by every node when `redis_url` is set (falling
@@ -529,7 +587,8 @@ pub async fn start(
             credits.clone(),
             Arc::clone(&clock),
         )
-        .with_retention(services.retention.clone()),
+        .with_retention(services.retention.clone())
+        .with_tools(server_tools(&config.search)?),
         // A deferred request still pending well after the longest a request may run was lost.
         deferred: tollgate_core::Deferred::new(
             Arc::clone(&store),

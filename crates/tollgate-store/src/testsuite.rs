@@ -384,6 +384,8 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
             completion_tokens: 7,
             reasoning_tokens: 2,
             images: seconds as u64 % 2,
+            web_search_calls: 2,
+            x_search_calls: 1,
         },
         cost: Ticks::new(1_234_567),
         estimated: false,

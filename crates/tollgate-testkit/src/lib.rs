@@ -3,11 +3,13 @@
 //! make it fail, omit usage, or hold a stream after its first chunk until released (to prove
 //! that a relay forwards chunks as they arrive).
 //!
-//! This is the test double for the model server, which is outside Tollgate. The other, in
-//! [`checkout`], stands in for Stripe's hosted Checkout pages, which no installable server
-//! speaks.
+//! This is the test double for the model server, which is outside Tollgate. The others: in
+//! [`checkout`], Stripe's hosted Checkout pages, which no installable server speaks; in
+//! [`search`], the search services Tollgate's server-side tools call (SearXNG's JSON API, Brave's
+//! and X's, which are remote services not installable here), answering their documented JSON.
 
 pub mod checkout;
+pub mod search;
 
 /// A `Stripe-Signature` `v1` value: HMAC-SHA256 of `"{t}.{payload}"` keyed with the secret's
 /// bytes, hex.
@@ -59,6 +61,7 @@ struct MockState {
     reported_usage: Mutex<Option<(u64, u64)>>,
     barrier: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     abandoned_streams: AtomicUsize,
+    search_rounds: AtomicUsize,
 }
 
 /// A running mock upstream. Stops when dropped.
@@ -78,7 +81,10 @@ impl Drop for MockUpstream {
 impl MockUpstream {
     /// Starts a mock on `127.0.0.1:0`.
     pub async fn start() -> std::io::Result<Self> {
-        let state = Arc::new(MockState::default());
+        let state = Arc::new(MockState {
+            search_rounds: AtomicUsize::new(1),
+            ..MockState::default()
+        });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/completions", post(completions))
@@ -160,6 +166,14 @@ impl MockUpstream {
             .unwrap_or_else(PoisonError::into_inner) = arguments;
     }
 
+    /// How many times the model asks for a search before it answers, when it is offered the
+    /// server-side `web_search`/`x_search` functions (default 1): each time it calls every one
+    /// offered, with the last user message as the query. A large number: it never stops asking
+    /// while the tools are offered.
+    pub fn search_rounds(&self, rounds: usize) {
+        self.state.search_rounds.store(rounds, Ordering::SeqCst);
+    }
+
     /// From now on, report this usage (prompt, completion tokens, none cached) whatever the
     /// request (a model that ignores `max_tokens`, or one that uses its whole budget); `None`
     /// returns to the default report.
@@ -238,7 +252,42 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
         .unwrap_or_else(PoisonError::into_inner)
         .clone()
         .map(|arguments| json!([{"id": "call_mock", "type": "function", "function": {"name": "lookup", "arguments": arguments}}]));
+    // Offered server-side searches: ask for them (as a model would) until it has searched
+    // enough, then answer.
+    let searches: Vec<&str> = body["tools"]
+        .as_array()
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|tool| tool["function"]["name"].as_str())
+                .filter(|name| matches!(*name, "web_search" | "x_search"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let rounds_done = body["messages"].as_array().map_or(0, |messages| {
+        messages.iter().filter(|m| m["role"] == "tool").count() / searches.len().max(1)
+    });
+    let tool_call = if !searches.is_empty() && rounds_done < state.search_rounds.load(Ordering::SeqCst) {
+        let query = body["messages"]
+            .as_array()
+            .and_then(|messages| messages.iter().rev().find(|m| m["role"] == "user"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("news");
+        Some(Value::Array(
+            searches
+                .iter()
+                .enumerate()
+                .map(|(index, name)| {
+                    json!({"id": format!("call_{name}_{rounds_done}_{index}"), "type": "function",
+                        "function": {"name": name, "arguments": json!({"query": query}).to_string()}})
+                })
+                .collect(),
+        ))
+    } else {
+        tool_call
+    };
     if body["stream"].as_bool() != Some(true) {
+        let finish = if tool_call.is_some() { "tool_calls" } else { "stop" };
         let message = match &tool_call {
             Some(calls) => json!({"role": "assistant", "content": null, "tool_calls": calls}),
             None => json!({"role": "assistant", "content": ANSWER_WORDS.concat()}),
@@ -248,7 +297,7 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
             "object": "chat.completion",
             "created": 1_700_000_000,
             "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "system_fingerprint": "fp_mock",
         });
         if with_usage {

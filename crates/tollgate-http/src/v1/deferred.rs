@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tollgate_core::{AdmitError, DeferredError, Polled};
 use tollgate_domain::{ApiKey, Endpoint};
-use tollgate_gateway::usage::usage_json;
+use tollgate_gateway::search::RequestedTool;
 use tollgate_gateway::wire::ChatCompletionRequest;
 
 use super::{Billing, admission_refused, answer_and_settle};
@@ -50,6 +50,7 @@ pub(super) async fn run(
     key: Arc<ApiKey>,
     billing: Billing,
     body: ChatCompletionRequest,
+    tools: Vec<RequestedTool>,
     deadline: tokio::time::Instant,
     id: String,
 ) -> Result<(), XaiError> {
@@ -57,12 +58,8 @@ pub(super) async fn run(
     // Unrecorded, the request is not run: dropping the admission releases its hold.
     state.deferred.begin(&key, &id, &model).await.map_err(unavailable)?;
     tokio::spawn(async move {
-        let outcome = match answer_and_settle(&state, billing, &body, deadline).await {
-            Ok((mut answer, usage, cost)) => {
-                answer["model"] = Value::String(model);
-                answer["usage"] = usage_json(&usage, cost);
-                Ok(answer)
-            }
+        let outcome = match answer_and_settle(&state, billing, &body, &tools, deadline).await {
+            Ok(answered) => Ok(answered.into_chat(&model)),
             Err(error) => Err((
                 error.status().as_u16(),
                 serde_json::to_value(error.body()).unwrap_or(Value::Null),

@@ -28,11 +28,12 @@ use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tollgate_core::{Admission, AdmitError, LimitScope, SettleError};
+use tollgate_core::{Admission, AdmitError, LimitScope, SearchCall, SettleError};
 use tollgate_domain::ratelimit::{LimitDecision, LimitKind, LimitStatus};
 use tollgate_domain::{Endpoint, RequestId, Ticks, TokenUsage};
 use tollgate_gateway::GatewayError;
 use tollgate_gateway::pool::UpstreamEvent;
+use tollgate_gateway::search::{self, RequestedTool};
 use tollgate_gateway::sse::{SseDecoder, SseEvent};
 use tollgate_gateway::usage::{Demand, parse_usage, usage_json};
 use tollgate_gateway::wire::{ChatCompletionRequest, StreamOptions};
@@ -142,13 +143,16 @@ pub(crate) async fn create_chat_completion(
     RequestMeta(meta): RequestMeta,
     RawJson(mut body, raw): RawJson<ChatCompletionRequest>,
 ) -> Result<Response, XaiError> {
+    // Server-side tools come out of `tools` and are offered to the model as functions.
+    let tools = search::take_server_tools(&mut body).map_err(XaiError::invalid_argument)?;
     body.validate().map_err(XaiError::invalid_argument)?;
+    search::offer(&mut body, &tools).map_err(XaiError::invalid_argument)?;
     let deferred = deferred::asked(&mut body)?;
     // A deferred request's id is what its result is fetched by: always a fresh one.
     let request_id = if deferred { RequestId::new() } else { request_id(&meta) };
     let mut admission = state
         .inference
-        .admit_chat(Arc::clone(&key), &body, body.is_stream(), request_id)
+        .admit_chat(Arc::clone(&key), &body, &tools, body.is_stream(), request_id)
         .await
         .map_err(|error| admission_refused(&state, error))?;
     admission.keep_request(raw);
@@ -165,8 +169,15 @@ pub(crate) async fn create_chat_completion(
 
     if deferred {
         let id = request_id.to_string();
-        deferred::run(state, key, billing, body, deadline, id.clone()).await?;
+        deferred::run(state, key, billing, body, tools, deadline, id.clone()).await?;
         return Ok((rate_headers, Json(json!({"request_id": id}))).into_response());
+    }
+
+    if body.is_stream() && !tools.is_empty() {
+        let shape = Chunks {
+            model: route.name.clone(),
+        };
+        return Ok(stream_with_tools(billing, body, tools, deadline, shape, rate_headers));
     }
 
     if body.is_stream() {
@@ -194,10 +205,8 @@ pub(crate) async fn create_chat_completion(
     }
 
     let answer = in_own_task(async move {
-        let (mut answer, usage, cost) = answer_and_settle(&state, billing, &body, deadline).await?;
-        answer["model"] = Value::String(route.name.clone());
-        answer["usage"] = usage_json(&usage, cost);
-        Ok(answer)
+        let answered = answer_and_settle(&state, billing, &body, &tools, deadline).await?;
+        Ok(answered.into_chat(&route.name))
     })
     .await?;
     Ok((rate_headers, Json(answer)).into_response())
@@ -234,15 +243,91 @@ async fn post_and_settle(
     Ok((answer, usage, cost))
 }
 
+/// A whole answer, settled.
+pub(super) struct Answered {
+    /// The upstream's answer (the final one, after a tool loop).
+    pub(super) answer: Value,
+    /// Its usage: every model call's tokens and every search charged.
+    pub(super) usage: TokenUsage,
+    /// What it cost.
+    pub(super) cost: Ticks,
+    /// The server-side searches run for it.
+    pub(super) searches: Vec<SearchCall>,
+}
+
+impl Answered {
+    /// The answer in xAI's chat shape: the public model name, the usage with its cost, and the
+    /// searches' `citations`.
+    fn into_chat(mut self, model: &str) -> Value {
+        self.answer["model"] = Value::String(model.to_owned());
+        self.answer["usage"] = usage_json(&self.usage, self.cost);
+        let citations = citations(&self.searches);
+        if !citations.is_empty() {
+            self.answer["citations"] = json!(citations);
+        }
+        self.answer
+    }
+}
+
+/// The URLs of the results shown to the model, deduplicated, in the order shown.
+fn citations(searches: &[SearchCall]) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for hit in searches.iter().filter_map(|call| call.outcome.as_ref().ok()).flatten() {
+        if !urls.contains(&hit.url) {
+            urls.push(hit.url.clone());
+        }
+    }
+    urls
+}
+
 /// Asks the upstream for a whole chat answer (by the deadline) and settles it: the answer, its
-/// usage (the upstream's report, else estimated and recorded as such) and its cost.
+/// usage (the upstream's report, else estimated and recorded as such) and its cost. With
+/// server-side `tools` (offered in `body`), the tool loop runs first and every model call and
+/// search is settled on the one request; a loop that fails after using something is charged for
+/// what it used, and answers the error.
 async fn answer_and_settle(
     state: &AppState,
     billing: Billing,
     body: &ChatCompletionRequest,
+    tools: &[RequestedTool],
     deadline: tokio::time::Instant,
-) -> Result<(Value, TokenUsage, Ticks), XaiError> {
+) -> Result<Answered, XaiError> {
     let route = std::sync::Arc::clone(billing.admission.route());
+    if !tools.is_empty() {
+        let run = state
+            .inference
+            .tools()
+            .run(
+                &route,
+                body.clone(),
+                tools,
+                deadline.into_std(),
+                &observer(state),
+                &|_| {},
+            )
+            .await;
+        let response = match &run.answer {
+            Ok(answer) => billing.kept_json(answer),
+            Err(_) => Vec::new(),
+        };
+        return match run.answer {
+            Ok(answer) => {
+                let cost = billing.settle(run.usage, run.estimated, &response).await?;
+                Ok(Answered {
+                    answer,
+                    usage: run.usage,
+                    cost,
+                    searches: run.searches,
+                })
+            }
+            Err(error) => {
+                if run.usage != TokenUsage::default() {
+                    billing.settle(run.usage, run.estimated, &response).await?;
+                }
+                Err(XaiError::from(error))
+            }
+        };
+    }
     let answer = tokio::time::timeout_at(deadline, route.chat(body, observer(state)))
         .await
         .unwrap_or(Err(GatewayError::Timeout))
@@ -260,7 +345,121 @@ async fn answer_and_settle(
     };
     let response = billing.kept_json(&answer);
     let cost = billing.settle(usage, estimated, &response).await?;
-    Ok((answer, usage, cost))
+    Ok(Answered {
+        answer,
+        usage,
+        cost,
+        searches: Vec::new(),
+    })
+}
+
+/// Runs the tool loop of a streamed request from a task of its own: each search is shown as
+/// it finishes (`shape`'s [`StreamShape::search`]), then the final answer, settled before its
+/// last event. (The final answer arrives whole from the model and is sent as one chunk.)
+fn stream_with_tools<S: StreamShape>(
+    billing: Billing,
+    body: ChatCompletionRequest,
+    tools: Vec<RequestedTool>,
+    deadline: tokio::time::Instant,
+    mut shape: S,
+    headers: HeaderMap,
+) -> Response {
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        let state = billing.state.clone();
+        let route = Arc::clone(billing.admission.route());
+        let keep = billing.keeps_bodies();
+        let mut sent: Vec<u8> = Vec::new();
+        let send = async |bytes: Vec<Bytes>, sent: &mut Vec<u8>| -> bool {
+            for out in bytes {
+                if keep && sent.len() <= tollgate_core::retention::MAX_KEPT_BYTES {
+                    sent.extend_from_slice(&out);
+                }
+                if sender.send(Ok(out)).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        let mut client_gone = !send(shape.opening(), &mut sent).await;
+        let (progress, mut searched) = mpsc::unbounded_channel::<SearchCall>();
+        let observe = observer(&state);
+        let report = move |call: &SearchCall| {
+            let _ = progress.send(call.clone());
+        };
+        let tools_service = state.inference.tools().clone();
+        let run = tools_service.run(&route, body, &tools, deadline.into_std(), &observe, &report);
+        tokio::pin!(run);
+        // Searches are shown as they finish; a client that hangs up does not stop the charge.
+        let run = loop {
+            tokio::select! {
+                run = &mut run => break run,
+                Some(call) = searched.recv() => {
+                    if !client_gone {
+                        client_gone = !send(shape.search(&call), &mut sent).await;
+                    }
+                }
+            }
+        };
+        while let Ok(call) = searched.try_recv() {
+            if !client_gone {
+                client_gone = !send(shape.search(&call), &mut sent).await;
+            }
+        }
+        let answer = match run.answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                let failure = XaiError::from(error);
+                if run.usage != TokenUsage::default() {
+                    let _ = billing.settle(run.usage, run.estimated, &sent).await;
+                }
+                if !client_gone {
+                    let _ = sender
+                        .send(Ok(shape.fail(&failure.body().error, failure.status())))
+                        .await;
+                }
+                return;
+            }
+        };
+        // The final answer as one chunk of the model's whole message, then the usage.
+        let choice = &answer["choices"][0];
+        let mut delta = choice["message"].clone();
+        if delta.get("role").is_none() {
+            delta["role"] = json!("assistant");
+        }
+        let mut last = json!({"id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"],
+            "model": route.name, "choices": [{"index": 0, "delta": delta, "finish_reason": choice["finish_reason"]}]});
+        let citations = citations(&run.searches);
+        if !citations.is_empty() {
+            last["citations"] = json!(citations);
+        }
+        shape.cite(&citations);
+        if !client_gone {
+            let raw = last.to_string();
+            client_gone = !send(shape.chunk(Some(last), &raw, None), &mut sent).await;
+        }
+        let cost = billing.admission.pricing().cost(&run.usage).unwrap_or_default();
+        let report = json!({"id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"],
+            "model": route.name, "choices": []});
+        if !client_gone {
+            let raw = report.to_string();
+            client_gone = !send(shape.chunk(Some(report), &raw, Some((run.usage, cost))), &mut sent).await;
+        }
+        let settled = billing.settle(run.usage, run.estimated, &sent).await;
+        if client_gone {
+            return;
+        }
+        let end = match settled {
+            Ok(cost) => shape.complete(run.usage, cost).await,
+            Err(error) => vec![shape.fail(&error.body().error, error.status())],
+        };
+        for bytes in end {
+            if sender.send(Ok(bytes)).await.is_err() {
+                return;
+            }
+        }
+    });
+    sse_response(receiver, headers)
 }
 
 /// `POST /v1/embeddings` body: OpenAI's. `model` and `input` are read; every other field goes to
@@ -447,7 +646,10 @@ fn rate_limit_headers(decision: Option<&LimitDecision>) -> HeaderMap {
 fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
     match error {
         AdmitError::UnknownModel(_) => XaiError::not_found(error.to_string()),
-        AdmitError::NotServed { .. } | AdmitError::NoTokenizer(_) => XaiError::invalid_argument(error.to_string()),
+        AdmitError::NotServed { .. }
+        | AdmitError::NoTokenizer(_)
+        | AdmitError::ToolNotOffered(_)
+        | AdmitError::ToolNotForModel { .. } => XaiError::invalid_argument(error.to_string()),
         AdmitError::EndpointDenied(_)
         | AdmitError::ModelDenied(_)
         | AdmitError::Unpriced(_)
@@ -566,6 +768,10 @@ pub(super) trait StreamShape: Send + 'static {
     /// One upstream chunk (`None` when it is not JSON: `raw` is relayed as it is), with its usage
     /// report, priced, when it has one.
     fn chunk(&mut self, chunk: Option<Value>, raw: &str, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes>;
+    /// A search the platform ran for the model (a server-side tool), shown as it finishes.
+    fn search(&mut self, call: &SearchCall) -> Vec<Bytes>;
+    /// The URLs the answer draws on, before its last chunk.
+    fn cite(&mut self, _citations: &[String]) {}
     /// The end of a stream that was produced in full and settled.
     fn complete(self, usage: TokenUsage, cost: Ticks) -> impl Future<Output = Vec<Bytes>> + Send;
     /// The end of a stream that failed (`status` says how).
@@ -595,6 +801,24 @@ impl StreamShape for Chunks {
         if chunk.get("model").is_some() {
             chunk["model"] = Value::String(self.model.clone());
         }
+        vec![sse_data(&chunk.to_string())]
+    }
+
+    /// A search as a chunk of one tool call whose `type` names the server-side tool (not
+    /// `function`: the client does not run it), its query as the arguments, and its outcome.
+    fn search(&mut self, call: &SearchCall) -> Vec<Bytes> {
+        let arguments = json!({"query": call.query}).to_string();
+        let mut tool_call = json!({"index": 0, "id": call.call_id, "type": call.tool.as_str(),
+            "function": {"name": call.tool.as_str(), "arguments": arguments}});
+        match &call.outcome {
+            Ok(hits) => {
+                tool_call["status"] = json!("completed");
+                tool_call["sources"] = json!(hits.iter().map(|hit| hit.url.as_str()).collect::<Vec<_>>());
+            }
+            Err(_) => tool_call["status"] = json!("failed"),
+        }
+        let chunk = json!({"object": "chat.completion.chunk", "model": self.model,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [tool_call]}, "finish_reason": null}]});
         vec![sse_data(&chunk.to_string())]
     }
 

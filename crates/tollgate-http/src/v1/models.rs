@@ -102,14 +102,17 @@ pub(crate) async fn get_model(
 fn fingerprint(model: &ModelRoute, pricing: &ModelPricing) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(format!(
-        "{}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{:?}",
         model.name,
         model.upstream_model(),
         pricing.prompt.get(),
         pricing.cached_prompt.get(),
         pricing.completion.get(),
         pricing.image.get(),
-        model.max_output_tokens
+        model.max_output_tokens,
+        pricing.web_search.get(),
+        pricing.x_search.get(),
+        model.server_tools
     ));
     format!("fp_{}", hex::encode(&digest[..5]))
 }
@@ -132,9 +135,23 @@ pub(crate) struct LanguageModelView {
     cached_prompt_text_token_price: i64,
     prompt_image_token_price: i64,
     completion_text_token_price: i64,
+    /// xAI's field: the fee of one web search, in USD ticks (0 when the model cannot search).
     search_price: i64,
+    /// The server-side tools the model may use here, each with its fee per call in USD ticks
+    /// (ours).
+    server_side_tools: Vec<ServerToolView>,
     /// The most output one request may produce (ours).
     max_output_tokens: u64,
+}
+
+/// A server-side tool a model may use, and its fee.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ServerToolView {
+    /// `web_search` or `x_search`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// The fee of one call, in USD ticks (1e-10 USD).
+    price_per_call: i64,
 }
 
 impl LanguageModelView {
@@ -154,7 +171,22 @@ impl LanguageModelView {
             cached_prompt_text_token_price: pricing.cached_prompt.get(),
             prompt_image_token_price: pricing.prompt.get(),
             completion_text_token_price: pricing.completion.get(),
-            search_price: 0,
+            search_price: if model.server_tools.contains(&tollgate_domain::ServerTool::WebSearch) {
+                pricing.web_search.get()
+            } else {
+                0
+            },
+            server_side_tools: model
+                .server_tools
+                .iter()
+                .map(|tool| ServerToolView {
+                    kind: tool.as_str(),
+                    price_per_call: match tool {
+                        tollgate_domain::ServerTool::WebSearch => pricing.web_search.get(),
+                        tollgate_domain::ServerTool::XSearch => pricing.x_search.get(),
+                    },
+                })
+                .collect(),
             max_output_tokens: model.max_output_tokens,
         }
     }

@@ -14,9 +14,10 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tollgate_core::{AdmitError, ResponseError, Saved};
+use tollgate_core::{AdmitError, ResponseError, Saved, SearchCall};
 use tollgate_domain::{ApiKey, Endpoint, Ticks, TokenUsage};
 use tollgate_gateway::responses::{Finished, ResponseBuilder, ResponseHead, ResponsesRequest, usage_json};
+use tollgate_gateway::search;
 use tollgate_gateway::wire::StreamOptions;
 
 use super::{Billing, StreamShape, admission_refused, answer_and_settle, observer, rate_limit_headers};
@@ -92,9 +93,28 @@ impl StreamShape for ResponseEvents {
         bytes(events)
     }
 
+    fn search(&mut self, call: &SearchCall) -> Vec<Bytes> {
+        bytes(
+            self.builder
+                .server_search(call.tool, &call.query, sources(call).as_deref()),
+        )
+    }
+
+    fn cite(&mut self, citations: &[String]) {
+        self.builder.cite(citations.to_vec());
+    }
+
     fn fail(mut self, message: &str, status: axum::http::StatusCode) -> Bytes {
         Bytes::from(self.builder.fail(crate::code_text(status), message))
     }
+}
+
+/// A search's sources (its results' URLs), or `None` when it failed.
+fn sources(call: &SearchCall) -> Option<Vec<String>> {
+    call.outcome
+        .as_ref()
+        .ok()
+        .map(|hits| hits.iter().map(|hit| hit.url.clone()).collect())
 }
 
 fn not_found(id: &str) -> XaiError {
@@ -170,11 +190,13 @@ pub(crate) async fn create_response(
     };
     let turn = body.to_chat(&history).map_err(XaiError::invalid_argument)?;
     let mut chat = turn.request;
+    let tools = search::take_server_tools(&mut chat).map_err(XaiError::invalid_argument)?;
     chat.validate().map_err(XaiError::invalid_argument)?;
+    search::offer(&mut chat, &tools).map_err(XaiError::invalid_argument)?;
     let request_id = super::request_id(&meta);
     let mut admission = state
         .inference
-        .admit_chat(Arc::clone(&key), &chat, body.is_stream(), request_id)
+        .admit_chat(Arc::clone(&key), &chat, &tools, body.is_stream(), request_id)
         .await
         .map_err(|error| admission_refused(&state, error))?;
     admission.keep_request(raw);
@@ -208,6 +230,21 @@ pub(crate) async fn create_response(
         conversation,
     };
 
+    if body.is_stream() && !tools.is_empty() {
+        let shape = ResponseEvents {
+            builder: ResponseBuilder::new(head),
+            keeper,
+        };
+        return Ok(super::stream_with_tools(
+            billing,
+            chat,
+            tools,
+            deadline,
+            shape,
+            rate_headers,
+        ));
+    }
+
     if body.is_stream() {
         // Ask the upstream for usage, so streaming is never billed by guesswork.
         chat.stream_options
@@ -235,10 +272,14 @@ pub(crate) async fn create_response(
 
     // As for chat: a client that hangs up does not stop the charge, nor the keeping.
     let response = super::in_own_task(async move {
-        let (answer, usage, cost) = answer_and_settle(&state, billing, &chat, deadline).await?;
+        let answered = answer_and_settle(&state, billing, &chat, &tools, deadline).await?;
         let mut builder = ResponseBuilder::new(head);
-        builder.answer(&answer);
-        let finished = builder.finish(usage_json(&usage, cost));
+        for call in &answered.searches {
+            let _ = builder.server_search(call.tool, &call.query, sources(call).as_deref());
+        }
+        builder.cite(super::citations(&answered.searches));
+        builder.answer(&answered.answer);
+        let finished = builder.finish(usage_json(&answered.usage, answered.cost));
         keeper.keep(&finished).await?;
         Ok(finished.response)
     })

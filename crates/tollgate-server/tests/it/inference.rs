@@ -466,6 +466,9 @@ async fn models_without_prices_are_refused_and_zero_is_free(db: TestDb) {
         cached_prompt_price: None,
         completion_price: completion,
         image_price: None,
+        web_search_price: 50_000_000,
+        x_search_price: 50_000_000,
+        server_side_tools: None,
         max_output_tokens: 16_384,
         endpoints: vec!["chat".into()],
         tokenizer: None,
@@ -608,7 +611,7 @@ async fn errors_are_in_xai_shape(db: TestDb) {
     )
     .await;
 
-    // Live search asked for, with no search backend: a clear 400, no upstream call.
+    // Live search asked for, with no search backend configured: a clear 400, no upstream call.
     let response = app
         .chat(
             &key,
@@ -619,7 +622,7 @@ async fn errors_are_in_xai_shape(db: TestDb) {
         response,
         StatusCode::BAD_REQUEST,
         invalid,
-        "live search is not available on this platform",
+        "The tool web_search is not offered here: this platform has no backend configured for it",
     )
     .await;
     assert!(app.upstream.requests().is_empty());

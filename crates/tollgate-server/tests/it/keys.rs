@@ -127,7 +127,7 @@ async fn update_by_field_mask(db: TestDb) {
             json!({"apiKey": {"acls": ["api-key:endpoint:imagez"]}, "fieldMask": "acls"}),
             StatusCode::BAD_REQUEST,
             INVALID,
-            "unknown endpoint (known: chat, completions, embeddings, image, tokenize, models)",
+            "unknown endpoint (known: chat, completions, embeddings, image, tokenize, models, web_search, x_search)",
         ),
         (
             json!({"apiKey": {"expireTime": "2020-01-01T00:00:00Z"}, "fieldMask": "expireTime"}),
@@ -514,7 +514,7 @@ async fn acl_names_are_listed_and_checked(db: TestDb) {
         response,
         StatusCode::BAD_REQUEST,
         INVALID,
-        "unknown endpoint (known: chat, completions, embeddings, image, tokenize, models)",
+        "unknown endpoint (known: chat, completions, embeddings, image, tokenize, models, web_search, x_search)",
     )
     .await;
     app.finish().await;

@@ -25,6 +25,7 @@ mod payments;
 mod ratelimits;
 mod responses;
 mod retention;
+mod search;
 mod secret_scanning;
 mod smtp;
 mod streaming;

@@ -364,7 +364,11 @@ async fn what_is_not_offered_is_refused_clearly(db: TestDb) {
         ),
         (
             json!({"model": MODEL, "input": "x", "tools": [{"type": "web_search"}]}),
-            "The tool \"web_search\" is not offered here",
+            "The tool web_search is not offered here: this platform has no backend configured for it",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "tools": [{"type": "code_interpreter"}]}),
+            "The tool \"code_interpreter\" is not offered here",
         ),
         (
             json!({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),

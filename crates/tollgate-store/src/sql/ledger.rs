@@ -433,18 +433,23 @@ impl LedgerStore for SqlStore {
         let mut tx = snapshot(self).await?;
         // The requests of the charges spent this month (a charge's month is its spend's).
         let rows = sqlx::query(
-            "SELECT model, prompt_price, cached_prompt_price, completion_price, image_price, \
+            "SELECT model, prompt_price, cached_prompt_price, completion_price, image_price, web_search_price, \
+             x_search_price, \
              CAST(SUM(CASE WHEN cached_prompt_tokens > prompt_tokens THEN 0 \
                  ELSE prompt_tokens - cached_prompt_tokens END) AS BIGINT) AS uncached, \
              CAST(SUM(CASE WHEN cached_prompt_tokens > prompt_tokens THEN prompt_tokens \
                  ELSE cached_prompt_tokens END) AS BIGINT) AS cached, \
              CAST(SUM(completion_tokens + reasoning_tokens) AS BIGINT) AS output, \
-             CAST(SUM(images) AS BIGINT) AS images \
+             CAST(SUM(images) AS BIGINT) AS images, \
+             CAST(SUM(web_search_calls) AS BIGINT) AS web_searches, \
+             CAST(SUM(x_search_calls) AS BIGINT) AS x_searches \
              FROM usage_events WHERE team_id = $1 AND charge_id IN \
              (SELECT charge_id FROM ledger_entries WHERE team_id = $1 AND kind = 'spend' \
               AND created_at >= $2 AND created_at < $3) \
-             GROUP BY model, prompt_price, cached_prompt_price, completion_price, image_price \
-             ORDER BY model, prompt_price, cached_prompt_price, completion_price, image_price",
+             GROUP BY model, prompt_price, cached_prompt_price, completion_price, image_price, web_search_price, \
+             x_search_price \
+             ORDER BY model, prompt_price, cached_prompt_price, completion_price, image_price, web_search_price, \
+             x_search_price",
         )
         .bind(team_id.as_uuid())
         .bind(from)
@@ -459,6 +464,8 @@ impl LedgerStore for SqlStore {
                 (TokenKind::CachedPrompt, "cached_prompt_price", "cached"),
                 (TokenKind::Completion, "completion_price", "output"),
                 (TokenKind::Image, "image_price", "images"),
+                (TokenKind::WebSearch, "web_search_price", "web_searches"),
+                (TokenKind::XSearch, "x_search_price", "x_searches"),
             ] {
                 let tokens = super::to_u64(row.try_get(tokens)?, "usage_events tokens")?;
                 let unit_price = Ticks::new(row.try_get::<Option<i64>, _>(price)?.unwrap_or(0));

@@ -212,6 +212,8 @@ fn usage_from_row(row: &DbRow) -> Result<UsageRecord, StoreError> {
             completion_tokens: get_u64("completion_tokens")?,
             reasoning_tokens: get_u64("reasoning_tokens")?,
             images: get_u64("images")?,
+            web_search_calls: get_u64("web_search_calls")?,
+            x_search_calls: get_u64("x_search_calls")?,
         },
         cost: Ticks::new(row.try_get("cost_ticks")?),
         estimated: row.try_get("estimated")?,

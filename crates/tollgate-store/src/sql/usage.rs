@@ -27,7 +27,7 @@ fn parse_hour(text: &str) -> Option<Timestamp> {
     chrono::Utc.from_local_datetime(&date.and_hms_opt(hour, 0, 0)?).single()
 }
 
-/// Rows per multi-row insert (21 parameters a row: well under both databases' limits).
+/// Rows per multi-row insert (25 parameters a row: well under both databases' limits).
 const ROWS_PER_INSERT: usize = 256;
 
 /// Inserts the usage rows in multi-row statements, each with its team's charge id; returns the
@@ -57,6 +57,8 @@ async fn insert_records(
                     to_i64(usage.total_tokens(), "total_tokens")?,
                     to_i64(record.duration_ms, "duration_ms")?,
                     to_i64(usage.images, "images")?,
+                    to_i64(usage.web_search_calls, "web_search_calls")?,
+                    to_i64(usage.x_search_calls, "x_search_calls")?,
                 ],
             ));
         }
@@ -64,10 +66,10 @@ async fn insert_records(
             "INSERT INTO usage_events (request_id, team_id, api_key_id, model, endpoint, prompt_tokens, \
              cached_prompt_tokens, completion_tokens, reasoning_tokens, total_tokens, cost_ticks, estimated, \
              streamed, duration_ms, created_at, charge_id, prompt_price, cached_prompt_price, completion_price, \
-             images, image_price) ",
+             images, image_price, web_search_calls, web_search_price, x_search_calls, x_search_price) ",
         );
         insert.push_values(&rows, |mut row, (charge, charge_id, numbers)| {
-            let [prompt, cached, completion, reasoning, total, duration, images] = *numbers;
+            let [prompt, cached, completion, reasoning, total, duration, images, web, x] = *numbers;
             let (record, pricing) = (&charge.record, &charge.pricing);
             row.push_bind(record.request_id.as_uuid())
                 .push_bind(record.team_id.as_uuid())
@@ -89,7 +91,11 @@ async fn insert_records(
                 .push_bind(pricing.cached_prompt.get())
                 .push_bind(pricing.completion.get())
                 .push_bind(images)
-                .push_bind(pricing.image.get());
+                .push_bind(pricing.image.get())
+                .push_bind(web)
+                .push_bind(pricing.web_search.get())
+                .push_bind(x)
+                .push_bind(pricing.x_search.get());
         });
         insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
         for row in insert.build().fetch_all(&mut *conn).await? {
@@ -348,9 +354,13 @@ impl UsageStore for SqlStore {
              CAST(SUM(cached * COALESCE(cached_prompt_price, 0)) AS BIGINT) AS cached_cost, \
              CAST(SUM(output * COALESCE(completion_price, 0)) AS BIGINT) AS output_cost, \
              CAST(SUM(images) AS BIGINT) AS images, \
-             CAST(SUM(images * COALESCE(image_price, 0)) AS BIGINT) AS image_cost FROM \
+             CAST(SUM(images * COALESCE(image_price, 0)) AS BIGINT) AS image_cost, \
+             CAST(SUM(web_search_calls) AS BIGINT) AS web_searches, \
+             CAST(SUM(web_search_calls * COALESCE(web_search_price, 0)) AS BIGINT) AS web_search_cost, \
+             CAST(SUM(x_search_calls) AS BIGINT) AS x_searches, \
+             CAST(SUM(x_search_calls * COALESCE(x_search_price, 0)) AS BIGINT) AS x_search_cost FROM \
              (SELECT {HOUR_OF_CREATED_AT} AS hour, model, api_key_id, cost_ticks, cached_prompt_price, completion_price, \
-              images, image_price, \
+              images, image_price, web_search_calls, web_search_price, x_search_calls, x_search_price, \
               CASE WHEN cached_prompt_tokens > prompt_tokens THEN 0 ELSE prompt_tokens - cached_prompt_tokens END AS uncached, \
               CASE WHEN cached_prompt_tokens > prompt_tokens THEN prompt_tokens ELSE cached_prompt_tokens END AS cached, \
               completion_tokens + reasoning_tokens AS output \
@@ -376,28 +386,35 @@ impl UsageStore for SqlStore {
                 let hour: String = row.try_get("hour")?;
                 let hour = parse_hour(&hour).ok_or_else(|| super::corrupt("usage_events.created_at", &hour))?;
                 let count = |column: &str| -> Result<u64, StoreError> { super::to_u64(row.try_get(column)?, column) };
-                let (cost, cached_cost, output_cost, image_cost): (i64, i64, i64, i64) = (
-                    row.try_get("cost")?,
+                let cost: i64 = row.try_get("cost")?;
+                let parts: [i64; 5] = [
                     row.try_get("cached_cost")?,
                     row.try_get("output_cost")?,
                     row.try_get("image_cost")?,
-                );
+                    row.try_get("web_search_cost")?,
+                    row.try_get("x_search_cost")?,
+                ];
                 Ok(UsageCell {
                     hour,
                     model: row.try_get("model")?,
                     api_key_id: ApiKeyId::from_uuid(row.try_get("api_key_id")?),
                     requests: count("requests")?,
-                    tokens: [count("uncached")?, count("cached")?, count("output")?, count("images")?],
+                    tokens: [
+                        count("uncached")?,
+                        count("cached")?,
+                        count("output")?,
+                        count("images")?,
+                        count("web_searches")?,
+                        count("x_searches")?,
+                    ],
                     // The prompt's part is the rest, so the parts sum to the recorded cost.
                     cost: [
-                        Ticks::new(
-                            cost.saturating_sub(cached_cost)
-                                .saturating_sub(output_cost)
-                                .saturating_sub(image_cost),
-                        ),
-                        Ticks::new(cached_cost),
-                        Ticks::new(output_cost),
-                        Ticks::new(image_cost),
+                        Ticks::new(parts.iter().fold(cost, |rest, part| rest.saturating_sub(*part))),
+                        Ticks::new(parts[0]),
+                        Ticks::new(parts[1]),
+                        Ticks::new(parts[2]),
+                        Ticks::new(parts[3]),
+                        Ticks::new(parts[4]),
                     ],
                 })
             })
@@ -407,7 +424,7 @@ impl UsageStore for SqlStore {
     async fn list_usage(&self, team_id: TeamId, limit: u32) -> Result<Vec<UsageRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT request_id, team_id, api_key_id, model, endpoint, prompt_tokens, cached_prompt_tokens, \
-             completion_tokens, reasoning_tokens, images, cost_ticks, estimated, streamed, duration_ms, created_at \
+             completion_tokens, reasoning_tokens, images, web_search_calls, x_search_calls, cost_ticks, estimated, streamed, duration_ms, created_at \
              FROM usage_events WHERE team_id = $1 ORDER BY created_at DESC, request_id DESC LIMIT $2",
         )
         .bind(team_id.as_uuid())

@@ -82,29 +82,27 @@ pub struct ToolRun {
 }
 
 impl ToolRun {
-    /// The URLs of the results shown to the model, deduplicated, in the order shown: xAI's
-    /// `citations`.
-    #[must_use]
-    pub fn citations(&self) -> Vec<String> {
-        let mut urls: Vec<String> = Vec::new();
-        for hit in self
-            .searches
-            .iter()
-            .filter_map(|call| call.outcome.as_ref().ok())
-            .flatten()
-        {
-            if !urls.contains(&hit.url) {
-                urls.push(hit.url.clone());
-            }
+    fn new() -> Self {
+        Self {
+            answer: Err(GatewayError::Timeout),
+            usage: TokenUsage::default(),
+            estimated: false,
+            searches: Vec::new(),
         }
-        urls
     }
+}
 
-    /// Whether anything was used that must be charged, even if the loop then failed.
-    #[must_use]
-    pub fn used_anything(&self) -> bool {
-        self.usage != TokenUsage::default()
+/// The URLs of the results shown to the model, deduplicated, in the order shown: xAI's
+/// `citations`.
+#[must_use]
+pub fn citations(searches: &[SearchCall]) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for hit in searches.iter().filter_map(|call| call.outcome.as_ref().ok()).flatten() {
+        if !urls.contains(&hit.url) {
+            urls.push(hit.url.clone());
+        }
     }
+    urls
 }
 
 impl ServerTools {
@@ -182,8 +180,8 @@ impl ServerTools {
     }
 
     /// Runs the loop for `request` (the tools already offered to the model as functions) on
-    /// `route`, the model's calls cut off at `deadline`. `progress` hears of each search as it
-    /// finishes (a stream shows them).
+    /// `route`, each model call whole, the calls cut off at `deadline`. `progress` hears of each
+    /// search as it finishes.
     pub async fn run(
         &self,
         route: &ModelRoute,
@@ -193,20 +191,13 @@ impl ServerTools {
         observe: &(dyn Fn(UpstreamEvent<'_>) + Sync),
         progress: &(dyn Fn(&SearchCall) + Send + Sync),
     ) -> ToolRun {
-        let settings = &self.settings;
-        // Every model call of the loop is whole: a stream shows the searches, then the answer.
         request.stream = None;
         request.stream_options = None;
-        let searching_until = (Instant::now() + settings.deadline).min(deadline);
-        let mut run = ToolRun {
-            answer: Err(GatewayError::Timeout),
-            usage: TokenUsage::default(),
-            estimated: false,
-            searches: Vec::new(),
-        };
+        let searching_until = (Instant::now() + self.settings.deadline).min(deadline);
+        let mut run = ToolRun::new();
         let mut round = 0;
         loop {
-            let last = round >= settings.max_rounds || Instant::now() >= searching_until;
+            let last = round >= self.settings.max_rounds || Instant::now() >= searching_until;
             if last {
                 withdraw_tools(&mut request);
             }
@@ -233,67 +224,168 @@ impl ServerTools {
             }
             let message = answer["choices"][0]["message"].clone();
             let calls = message["tool_calls"].as_array().cloned().unwrap_or_default();
-            let ours: Vec<(ServerTool, &Value)> = calls
-                .iter()
-                .filter_map(|call| {
-                    let name = call["function"]["name"].as_str()?;
-                    let tool = ServerTool::from_name(name)?;
-                    requested.iter().any(|r| r.tool == tool).then_some((tool, call))
-                })
-                .collect();
-            // The answer: no searches asked for, or the client's own functions too (the client
-            // runs those; the searches of that turn are dropped, neither run nor charged), or
-            // the last round.
-            if last || ours.is_empty() || ours.len() < calls.len() {
+            if last || !searches_only(&calls, requested) {
                 strip_server_calls(&mut answer);
                 run.answer = Ok(answer);
                 return run;
             }
             round += 1;
-            request.messages.push(assistant_turn(&message, &calls));
-            let limit = settings.max_calls_per_round as usize;
-            let searches = ours.iter().take(limit).map(|(tool, call)| async move {
-                let call_id = call["id"].as_str().unwrap_or("").to_owned();
-                let options = requested
-                    .iter()
-                    .find(|r| r.tool == *tool)
-                    .map(|r| r.options.clone())
-                    .unwrap_or_default();
-                let query = query_of(call);
-                let outcome = match &query {
-                    None => Err("the call needs a query: {\"query\": \"...\"}".to_owned()),
-                    Some(query) => self.search(*tool, query, &options).await,
-                };
-                SearchCall {
-                    tool: *tool,
-                    call_id,
-                    query: query.unwrap_or_default(),
-                    outcome,
-                }
-            });
-            let done = futures_util::future::join_all(searches).await;
-            for call in done {
+            let content = message.get("content").cloned().unwrap_or(Value::Null);
+            for call in self
+                .search_round(&mut request, content, &calls, requested, &mut run)
+                .await
+            {
                 progress(&call);
-                let content = match &call.outcome {
-                    Ok(hits) => {
-                        match call.tool {
-                            ServerTool::WebSearch => run.usage.web_search_calls += 1,
-                            ServerTool::XSearch => run.usage.x_search_calls += 1,
-                        }
-                        search::results_text(call.tool, &call.query, hits)
-                    }
-                    Err(reason) => format!("The search failed ({reason}); it was not charged. Answer without it."),
-                };
-                request.messages.push(tool_message(&call.call_id, content));
                 run.searches.push(call);
             }
-            for (_, call) in ours.iter().skip(limit) {
-                let content = format!("Not run: at most {limit} searches per turn.");
-                request
-                    .messages
-                    .push(tool_message(call["id"].as_str().unwrap_or(""), content));
+        }
+    }
+
+    /// Runs the loop as [`Self::run`] does, each model call streamed: what the model writes is
+    /// passed to `sink` as it comes (its upstream chunks, without tool calls or usage), each
+    /// search as it finishes, and the final round's last chunk (its finish reason, and the
+    /// client's own tool calls, whole). The run's `answer` is then `Ok(Value::Null)`.
+    pub async fn run_streamed(
+        &self,
+        route: &ModelRoute,
+        mut request: ChatCompletionRequest,
+        requested: &[RequestedTool],
+        deadline: Instant,
+        observe: &(dyn Fn(UpstreamEvent<'_>) + Sync),
+        sink: &mut impl ToolSink,
+    ) -> ToolRun {
+        request.stream = Some(true);
+        request
+            .stream_options
+            .get_or_insert_with(tollgate_gateway::wire::StreamOptions::default)
+            .include_usage = Some(true);
+        let searching_until = (Instant::now() + self.settings.deadline).min(deadline);
+        let mut run = ToolRun::new();
+        let mut round = 0;
+        loop {
+            let last = round >= self.settings.max_rounds || Instant::now() >= searching_until;
+            if last {
+                withdraw_tools(&mut request);
+            }
+            let turn = stream_turn(route, &request, deadline, observe, sink).await;
+            let usage = match turn.usage {
+                Some(usage) => usage,
+                None => {
+                    run.estimated = true;
+                    TokenUsage {
+                        prompt_tokens: if turn.started {
+                            route.estimate_prompt(&request)
+                        } else {
+                            0
+                        },
+                        completion_tokens: turn.written_chars.div_ceil(4),
+                        ..TokenUsage::default()
+                    }
+                }
+            };
+            run.usage = run.usage.plus(&usage);
+            if let Some(error) = turn.error {
+                run.answer = Err(error);
+                return run;
+            }
+            if last || !searches_only(&turn.calls, requested) {
+                let theirs: Vec<Value> = turn
+                    .calls
+                    .into_iter()
+                    .filter(|call| server_tool_of(call).is_none())
+                    .enumerate()
+                    .map(|(index, mut call)| {
+                        call["index"] = json!(index);
+                        call
+                    })
+                    .collect();
+                let finish = match turn.finish_reason.as_deref() {
+                    Some("tool_calls") if theirs.is_empty() => "stop".to_owned(),
+                    Some(reason) => reason.to_owned(),
+                    None => "stop".to_owned(),
+                };
+                let delta = if theirs.is_empty() {
+                    json!({})
+                } else {
+                    json!({"tool_calls": theirs})
+                };
+                sink.chunk(
+                    json!({"id": turn.id, "object": "chat.completion.chunk", "created": turn.created,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+                )
+                .await;
+                run.answer = Ok(Value::Null);
+                return run;
+            }
+            round += 1;
+            let content = if turn.content.is_empty() {
+                Value::Null
+            } else {
+                Value::String(turn.content)
+            };
+            for call in self
+                .search_round(&mut request, content, &turn.calls, requested, &mut run)
+                .await
+            {
+                sink.search(&call).await;
+                run.searches.push(call);
             }
         }
+    }
+
+    /// Runs the searches the model asked for (at most [`ToolSettings::max_calls_per_round`]),
+    /// adds its turn and a result for each call to `request`, and counts the fees of those that
+    /// succeeded: the searches run, in order.
+    async fn search_round(
+        &self,
+        request: &mut ChatCompletionRequest,
+        content: Value,
+        calls: &[Value],
+        requested: &[RequestedTool],
+        run: &mut ToolRun,
+    ) -> Vec<SearchCall> {
+        request.messages.push(assistant_turn(content, calls));
+        let limit = self.settings.max_calls_per_round as usize;
+        let searches = calls.iter().take(limit).map(|call| async move {
+            let tool = server_tool_of(call).unwrap_or(ServerTool::WebSearch);
+            let options = requested
+                .iter()
+                .find(|r| r.tool == tool)
+                .map(|r| r.options.clone())
+                .unwrap_or_default();
+            let query = query_of(call);
+            let outcome = match &query {
+                None => Err("the call needs a query: {\"query\": \"...\"}".to_owned()),
+                Some(query) => self.search(tool, query, &options).await,
+            };
+            SearchCall {
+                tool,
+                call_id: call["id"].as_str().unwrap_or("").to_owned(),
+                query: query.unwrap_or_default(),
+                outcome,
+            }
+        });
+        let done = futures_util::future::join_all(searches).await;
+        for call in &done {
+            let content = match &call.outcome {
+                Ok(hits) => {
+                    match call.tool {
+                        ServerTool::WebSearch => run.usage.web_search_calls += 1,
+                        ServerTool::XSearch => run.usage.x_search_calls += 1,
+                    }
+                    search::results_text(call.tool, &call.query, hits)
+                }
+                Err(reason) => format!("The search failed ({reason}); it was not charged. Answer without it."),
+            };
+            request.messages.push(tool_message(&call.call_id, content));
+        }
+        for call in calls.iter().skip(limit) {
+            let content = format!("Not run: at most {limit} searches per turn.");
+            request
+                .messages
+                .push(tool_message(call["id"].as_str().unwrap_or(""), content));
+        }
+        done
     }
 
     /// One search, cleaned; a failure said without detail the model need not see.
@@ -338,14 +430,178 @@ fn query_of(call: &Value) -> Option<String> {
 }
 
 /// The model's turn, as the next call's history: its text and its calls.
-fn assistant_turn(message: &Value, calls: &[Value]) -> ChatMessage {
-    let turn = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null),
-        "tool_calls": calls});
-    serde_json::from_value(turn).unwrap_or_else(|_| ChatMessage {
+fn assistant_turn(content: Value, calls: &[Value]) -> ChatMessage {
+    let content = match content {
+        Value::String(text) => Some(tollgate_gateway::wire::MessageContent::Text(text)),
+        _ => None,
+    };
+    ChatMessage {
         role: tollgate_gateway::wire::ChatRole::Assistant,
-        content: None,
+        content,
         extra: serde_json::Map::from_iter([("tool_calls".to_owned(), Value::Array(calls.to_vec()))]),
-    })
+    }
+}
+
+/// The server-side tool a model's call is for, if it is one.
+fn server_tool_of(call: &Value) -> Option<ServerTool> {
+    ServerTool::from_name(call["function"]["name"].as_str()?)
+}
+
+/// Whether the model's calls are all searches the request offered (and there is one at least):
+/// a turn calling the client's own functions too ends the loop (the client runs those; the
+/// searches of that turn are dropped, neither run nor charged).
+fn searches_only(calls: &[Value], requested: &[RequestedTool]) -> bool {
+    !calls.is_empty()
+        && calls
+            .iter()
+            .all(|call| server_tool_of(call).is_some_and(|tool| requested.iter().any(|r| r.tool == tool)))
+}
+
+/// Where a streamed loop shows what happens.
+pub trait ToolSink: Send {
+    /// An upstream chunk to pass on (what the model writes, or the final round's last chunk).
+    fn chunk(&mut self, chunk: Value) -> impl std::future::Future<Output = ()> + Send;
+    /// A search that finished.
+    fn search(&mut self, call: &SearchCall) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// One streamed model call, as it ended.
+#[derive(Default)]
+struct StreamedTurn {
+    /// Whether the upstream answered at all.
+    started: bool,
+    id: Value,
+    created: Value,
+    /// Its text (passed on as it came).
+    content: String,
+    /// Characters it wrote, for an estimate without a usage report.
+    written_chars: u64,
+    /// Its tool calls, assembled from their parts.
+    calls: Vec<Value>,
+    finish_reason: Option<String>,
+    usage: Option<TokenUsage>,
+    error: Option<GatewayError>,
+}
+
+/// Streams one model call: text passed to `sink` as it comes; tool calls, the finish reason and
+/// the usage kept.
+async fn stream_turn(
+    route: &ModelRoute,
+    request: &ChatCompletionRequest,
+    deadline: Instant,
+    observe: &(dyn Fn(UpstreamEvent<'_>) + Sync),
+    sink: &mut impl ToolSink,
+) -> StreamedTurn {
+    use futures_util::StreamExt as _;
+    use tollgate_gateway::sse::{SseDecoder, SseEvent};
+
+    let mut turn = StreamedTurn::default();
+    let opened = tokio::time::timeout_at(deadline.into(), route.chat_stream(request, observe))
+        .await
+        .unwrap_or(Err(GatewayError::Timeout));
+    let mut upstream = match opened {
+        Ok((stream, _)) => Box::pin(stream),
+        Err(error) => {
+            turn.error = Some(error);
+            return turn;
+        }
+    };
+    turn.started = true;
+    let mut decoder = SseDecoder::default();
+    // Tool calls by their stream index: (id, name, arguments).
+    let mut parts: Vec<(u64, String, String, String)> = Vec::new();
+    let mut done = false;
+    'stream: while !done {
+        let next = match tokio::time::timeout_at(deadline.into(), upstream.next()).await {
+            Ok(Some(Ok(bytes))) => bytes,
+            Ok(Some(Err(error))) => {
+                turn.error = Some(error);
+                break;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                turn.error = Some(GatewayError::Timeout);
+                break;
+            }
+        };
+        let events = match decoder.push(&next) {
+            Ok(events) => events,
+            Err(error) => {
+                turn.error = Some(GatewayError::InvalidResponse(error.to_string()));
+                break;
+            }
+        };
+        for event in events {
+            let SseEvent::Data(payload) = event else {
+                done = true;
+                continue 'stream;
+            };
+            let Ok(mut chunk) = serde_json::from_str::<Value>(&payload) else {
+                continue;
+            };
+            if let Some(usage) = parse_usage(&chunk["usage"]) {
+                turn.usage = Some(usage);
+            }
+            if turn.id.is_null() {
+                turn.id = chunk["id"].clone();
+                turn.created = chunk["created"].clone();
+            }
+            let Some(choice) = chunk["choices"].get_mut(0) else {
+                continue;
+            };
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                turn.finish_reason = Some(reason.to_owned());
+            }
+            let delta = &mut choice["delta"];
+            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                for (position, call) in calls.iter().enumerate() {
+                    let index = call["index"].as_u64().unwrap_or(position as u64);
+                    let known = parts.iter().position(|part| part.0 == index);
+                    let part = match known {
+                        Some(at) => &mut parts[at],
+                        None => {
+                            parts.push((index, String::new(), String::new(), String::new()));
+                            let last = parts.len() - 1;
+                            &mut parts[last]
+                        }
+                    };
+                    if let Some(id) = call["id"].as_str() {
+                        id.clone_into(&mut part.1);
+                    }
+                    if let Some(name) = call["function"]["name"].as_str() {
+                        part.2.push_str(name);
+                    }
+                    if let Some(arguments) = call["function"]["arguments"].as_str() {
+                        part.3.push_str(arguments);
+                    }
+                }
+            }
+            let written = tollgate_gateway::usage::generated_chars(delta);
+            if let Some(text) = delta.get("content").and_then(Value::as_str) {
+                turn.content.push_str(text);
+            }
+            if let Some(delta) = delta.as_object_mut() {
+                delta.remove("tool_calls");
+            }
+            if written > 0 || choice.get("delta").and_then(|d| d.get("role")).is_some() {
+                turn.written_chars += written;
+                // Passed on without its finish reason: the loop decides how the answer ends.
+                choice["finish_reason"] = Value::Null;
+                if let Some(chunk) = chunk.as_object_mut() {
+                    chunk.remove("usage");
+                }
+                sink.chunk(chunk).await;
+            }
+        }
+    }
+    if !done && turn.error.is_none() && decoder.finish() != Some(SseEvent::Done) {
+        turn.error = Some(GatewayError::InvalidResponse("the stream ended without [DONE]".into()));
+    }
+    turn.calls = parts
+        .into_iter()
+        .map(|(_, id, name, arguments)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}))
+        .collect();
+    turn
 }
 
 fn tool_message(call_id: &str, content: String) -> ChatMessage {

@@ -419,17 +419,23 @@ async fn get_json(request: reqwest::RequestBuilder) -> Result<Value, SearchError
 
 /// A query with the domain filters as search operators (results are filtered again after).
 fn web_query(query: &str, options: &SearchOptions) -> String {
+    with_operators(query, "site", &options.allowed_domains, &options.excluded_domains)
+}
+
+/// `query` limited to any of `allowed` and none of `excluded` by the search operator `op`
+/// (`site:docs.rs`, `-from:someone`).
+fn with_operators(query: &str, op: &str, allowed: &[String], excluded: &[String]) -> String {
     let mut query = query.to_owned();
-    match options.allowed_domains.as_slice() {
+    match allowed {
         [] => {}
-        [one] => query.push_str(&format!(" site:{one}")),
+        [one] => query.push_str(&format!(" {op}:{one}")),
         many => {
-            let sites: Vec<String> = many.iter().map(|d| format!("site:{d}")).collect();
-            query.push_str(&format!(" ({})", sites.join(" OR ")));
+            let any: Vec<String> = many.iter().map(|value| format!("{op}:{value}")).collect();
+            query.push_str(&format!(" ({})", any.join(" OR ")));
         }
     }
-    for excluded in &options.excluded_domains {
-        query.push_str(&format!(" -site:{excluded}"));
+    for value in excluded {
+        query.push_str(&format!(" -{op}:{value}"));
     }
     query
 }
@@ -602,18 +608,7 @@ impl SearchBackend for XRecentSearch {
         options: &SearchOptions,
         max_results: usize,
     ) -> Result<Vec<SearchHit>, SearchError> {
-        let mut query = query.to_owned();
-        match options.allowed_handles.as_slice() {
-            [] => {}
-            [one] => query.push_str(&format!(" from:{one}")),
-            many => {
-                let from: Vec<String> = many.iter().map(|h| format!("from:{h}")).collect();
-                query.push_str(&format!(" ({})", from.join(" OR ")));
-            }
-        }
-        for excluded in &options.excluded_handles {
-            query.push_str(&format!(" -from:{excluded}"));
-        }
+        let query = with_operators(query, "from", &options.allowed_handles, &options.excluded_handles);
         // X asks for 10 to 100.
         let mut params = vec![
             ("query", query),

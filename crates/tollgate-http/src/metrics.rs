@@ -80,6 +80,13 @@ pub struct Metrics {
     beyond_hold_requests: Family<ModelLabels, Counter>,
     beyond_hold_ticks: Family<ModelLabels, Counter>,
     payment_events: Family<OutcomeLabels, Counter>,
+    searches: Family<SearchLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SearchLabels {
+    tool: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -186,6 +193,12 @@ impl Metrics {
             "Payment provider webhooks by outcome: processed, duplicate, ignored, refused (bad signature or body), failed (retry asked)",
             payment_events.clone(),
         );
+        let searches = Family::<SearchLabels, Counter>::default();
+        registry.register(
+            "server_side_tool_calls",
+            "Searches run for models' server-side tool calls, by tool (web_search, x_search) and outcome (charged, failed: not charged)",
+            searches.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -201,7 +214,19 @@ impl Metrics {
             beyond_hold_requests,
             beyond_hold_ticks,
             payment_events,
+            searches,
         }
+    }
+
+    /// A search run for a model's server-side tool call.
+    pub(crate) fn search(&self, call: &tollgate_core::SearchCall) {
+        let outcome = if call.outcome.is_ok() { "charged" } else { "failed" };
+        self.searches
+            .get_or_create(&SearchLabels {
+                tool: call.tool.as_str(),
+                outcome,
+            })
+            .inc();
     }
 
     /// A payment provider webhook answered with `outcome`.

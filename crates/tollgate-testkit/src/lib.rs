@@ -267,7 +267,8 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
     let rounds_done = body["messages"].as_array().map_or(0, |messages| {
         messages.iter().filter(|m| m["role"] == "tool").count() / searches.len().max(1)
     });
-    let tool_call = if !searches.is_empty() && rounds_done < state.search_rounds.load(Ordering::SeqCst) {
+    let searching = !searches.is_empty() && rounds_done < state.search_rounds.load(Ordering::SeqCst);
+    let tool_call = if searching {
         let query = body["messages"]
             .as_array()
             .and_then(|messages| messages.iter().rev().find(|m| m["role"] == "user"))
@@ -330,7 +331,9 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
         let _ = sender
             .send(Ok(chunk(json!({"role": "assistant", "content": ""}), Value::Null)))
             .await;
-        for (index, word) in ANSWER_WORDS.iter().enumerate() {
+        // A model asking for a search writes nothing else.
+        let words: &[&str] = if searching { &[] } else { &ANSWER_WORDS };
+        for (index, word) in words.iter().enumerate() {
             if sender
                 .send(Ok(chunk(json!({"content": word}), Value::Null)))
                 .await

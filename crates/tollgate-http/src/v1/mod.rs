@@ -261,23 +261,12 @@ impl Answered {
     fn into_chat(mut self, model: &str) -> Value {
         self.answer["model"] = Value::String(model.to_owned());
         self.answer["usage"] = usage_json(&self.usage, self.cost);
-        let citations = citations(&self.searches);
+        let citations = tollgate_core::tools::citations(&self.searches);
         if !citations.is_empty() {
             self.answer["citations"] = json!(citations);
         }
         self.answer
     }
-}
-
-/// The URLs of the results shown to the model, deduplicated, in the order shown.
-fn citations(searches: &[SearchCall]) -> Vec<String> {
-    let mut urls: Vec<String> = Vec::new();
-    for hit in searches.iter().filter_map(|call| call.outcome.as_ref().ok()).flatten() {
-        if !urls.contains(&hit.url) {
-            urls.push(hit.url.clone());
-        }
-    }
-    urls
 }
 
 /// Asks the upstream for a whole chat answer (by the deadline) and settles it: the answer, its
@@ -303,7 +292,7 @@ async fn answer_and_settle(
                 tools,
                 deadline.into_std(),
                 &observer(state),
-                &|_| {},
+                &|call| state.metrics.search(call),
             )
             .await;
         let response = match &run.answer {
@@ -353,97 +342,66 @@ async fn answer_and_settle(
     })
 }
 
-/// Runs the tool loop of a streamed request from a task of its own: each search is shown as
-/// it finishes (`shape`'s [`StreamShape::search`]), then the final answer, settled before its
-/// last event. (The final answer arrives whole from the model and is sent as one chunk.)
+/// Runs the tool loop of a streamed request from a task of its own: what the model writes is
+/// relayed as it comes, each search shown as it finishes (`shape`'s [`StreamShape::search`]),
+/// and the answer settled before its last event.
 fn stream_with_tools<S: StreamShape>(
     billing: Billing,
     body: ChatCompletionRequest,
     tools: Vec<RequestedTool>,
     deadline: tokio::time::Instant,
-    mut shape: S,
+    shape: S,
     headers: HeaderMap,
 ) -> Response {
     let (sender, receiver) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
         let state = billing.state.clone();
         let route = Arc::clone(billing.admission.route());
-        let keep = billing.keeps_bodies();
-        let mut sent: Vec<u8> = Vec::new();
-        let send = async |bytes: Vec<Bytes>, sent: &mut Vec<u8>| -> bool {
-            for out in bytes {
-                if keep && sent.len() <= tollgate_core::retention::MAX_KEPT_BYTES {
-                    sent.extend_from_slice(&out);
-                }
-                if sender.send(Ok(out)).await.is_err() {
-                    return false;
-                }
-            }
-            true
+        let mut sink = ToolStream {
+            metrics: Arc::clone(&state.metrics),
+            keep: billing.keeps_bodies(),
+            shape,
+            sender,
+            sent: Vec::new(),
+            client_gone: false,
+            citations: Vec::new(),
         };
-        let mut client_gone = !send(shape.opening(), &mut sent).await;
-        let (progress, mut searched) = mpsc::unbounded_channel::<SearchCall>();
+        let opening = sink.shape.opening();
+        sink.send(opening).await;
         let observe = observer(&state);
-        let report = move |call: &SearchCall| {
-            let _ = progress.send(call.clone());
-        };
-        let tools_service = state.inference.tools().clone();
-        let run = tools_service.run(&route, body, &tools, deadline.into_std(), &observe, &report);
-        tokio::pin!(run);
-        // Searches are shown as they finish; a client that hangs up does not stop the charge.
-        let run = loop {
-            tokio::select! {
-                run = &mut run => break run,
-                Some(call) = searched.recv() => {
-                    if !client_gone {
-                        client_gone = !send(shape.search(&call), &mut sent).await;
-                    }
-                }
+        let run = state
+            .inference
+            .tools()
+            .run_streamed(&route, body, &tools, deadline.into_std(), &observe, &mut sink)
+            .await;
+        let ToolStream {
+            mut shape,
+            sender,
+            mut sent,
+            mut client_gone,
+            ..
+        } = sink;
+        if let Err(error) = run.answer {
+            let failure = XaiError::from(error);
+            if run.usage != TokenUsage::default() {
+                let _ = billing.settle(run.usage, run.estimated, &sent).await;
             }
-        };
-        while let Ok(call) = searched.try_recv() {
             if !client_gone {
-                client_gone = !send(shape.search(&call), &mut sent).await;
+                let _ = sender
+                    .send(Ok(shape.fail(&failure.body().error, failure.status())))
+                    .await;
             }
+            return;
         }
-        let answer = match run.answer {
-            Ok(answer) => answer,
-            Err(error) => {
-                let failure = XaiError::from(error);
-                if run.usage != TokenUsage::default() {
-                    let _ = billing.settle(run.usage, run.estimated, &sent).await;
-                }
-                if !client_gone {
-                    let _ = sender
-                        .send(Ok(shape.fail(&failure.body().error, failure.status())))
-                        .await;
-                }
-                return;
-            }
-        };
-        // The final answer as one chunk of the model's whole message, then the usage.
-        let choice = &answer["choices"][0];
-        let mut delta = choice["message"].clone();
-        if delta.get("role").is_none() {
-            delta["role"] = json!("assistant");
-        }
-        let mut last = json!({"id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"],
-            "model": route.name, "choices": [{"index": 0, "delta": delta, "finish_reason": choice["finish_reason"]}]});
-        let citations = citations(&run.searches);
-        if !citations.is_empty() {
-            last["citations"] = json!(citations);
-        }
-        shape.cite(&citations);
-        if !client_gone {
-            let raw = last.to_string();
-            client_gone = !send(shape.chunk(Some(last), &raw, None), &mut sent).await;
-        }
+        // The usage, priced, as the stream's last chunk before the end.
         let cost = billing.admission.pricing().cost(&run.usage).unwrap_or_default();
-        let report = json!({"id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"],
-            "model": route.name, "choices": []});
-        if !client_gone {
-            let raw = report.to_string();
-            client_gone = !send(shape.chunk(Some(report), &raw, Some((run.usage, cost))), &mut sent).await;
+        let report = json!({"object": "chat.completion.chunk", "model": route.name, "choices": []});
+        let raw = report.to_string();
+        for out in shape.chunk(Some(report), &raw, Some((run.usage, cost))) {
+            if billing.keeps_bodies() && sent.len() <= tollgate_core::retention::MAX_KEPT_BYTES {
+                sent.extend_from_slice(&out);
+            }
+            client_gone = client_gone || sender.send(Ok(out)).await.is_err();
         }
         let settled = billing.settle(run.usage, run.estimated, &sent).await;
         if client_gone {
@@ -460,6 +418,56 @@ fn stream_with_tools<S: StreamShape>(
         }
     });
     sse_response(receiver, headers)
+}
+
+/// Where a streamed tool loop's chunks and searches go: shaped, kept (bounded) when bodies are
+/// retained, and sent while the client listens.
+struct ToolStream<S> {
+    metrics: Arc<crate::metrics::Metrics>,
+    keep: bool,
+    shape: S,
+    sender: mpsc::Sender<Result<Bytes, Infallible>>,
+    sent: Vec<u8>,
+    client_gone: bool,
+    citations: Vec<String>,
+}
+
+impl<S: StreamShape> ToolStream<S> {
+    async fn send(&mut self, bytes: Vec<Bytes>) {
+        for out in bytes {
+            if self.keep && self.sent.len() <= tollgate_core::retention::MAX_KEPT_BYTES {
+                self.sent.extend_from_slice(&out);
+            }
+            if !self.client_gone && self.sender.send(Ok(out)).await.is_err() {
+                // Gone: the loop still finishes, and is charged.
+                self.client_gone = true;
+            }
+        }
+    }
+}
+
+impl<S: StreamShape> tollgate_core::tools::ToolSink for ToolStream<S> {
+    async fn chunk(&mut self, mut chunk: Value) {
+        // The answer's last chunk carries the citations.
+        if !chunk["choices"][0]["finish_reason"].is_null() && !self.citations.is_empty() {
+            chunk["citations"] = json!(self.citations);
+            self.shape.cite(&self.citations);
+        }
+        let raw = chunk.to_string();
+        let out = self.shape.chunk(Some(chunk), &raw, None);
+        self.send(out).await;
+    }
+
+    async fn search(&mut self, call: &SearchCall) {
+        self.metrics.search(call);
+        for hit in call.outcome.iter().flatten() {
+            if !self.citations.contains(&hit.url) {
+                self.citations.push(hit.url.clone());
+            }
+        }
+        let out = self.shape.search(call);
+        self.send(out).await;
+    }
 }
 
 /// `POST /v1/embeddings` body: OpenAI's. `model` and `input` are read; every other field goes to

@@ -277,7 +277,7 @@ pub(crate) async fn create_response(
         for call in &answered.searches {
             let _ = builder.server_search(call.tool, &call.query, sources(call).as_deref());
         }
-        builder.cite(super::citations(&answered.searches));
+        builder.cite(tollgate_core::tools::citations(&answered.searches));
         builder.answer(&answered.answer);
         let finished = builder.finish(usage_json(&answered.usage, answered.cost));
         keeper.keep(&finished).await?;

@@ -30,7 +30,7 @@ async fn poll(app: &TestApp, key: &str, id: &str) -> reqwest::Response {
 }
 
 /// Polls until the request is no longer pending (the background task runs on this runtime).
-async fn poll_until_finished(app: &TestApp, key: &str, id: &str) -> reqwest::Response {
+pub(crate) async fn poll_until_finished(app: &TestApp, key: &str, id: &str) -> reqwest::Response {
     for _ in 0..500 {
         let response = poll(app, key, id).await;
         if response.status() != StatusCode::ACCEPTED {

@@ -155,6 +155,22 @@ async fn web_search_answers_with_citations_and_is_charged_per_call(db: TestDb) {
     let out = tollgate_cli(&app, &["billing", "verify"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // Deferred: the same loop runs in the background; the result carries the citations.
+    let deferred = app
+        .chat(
+            &key,
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "later"}], "deferred": true,
+                "tools": [{"type": "web_search"}]}),
+        )
+        .await;
+    let deferred: Value = deferred.json().await.unwrap();
+    let id = deferred["request_id"].as_str().unwrap();
+    let done = crate::deferred::poll_until_finished(&app, &key, id).await;
+    assert_eq!(done.status(), StatusCode::OK);
+    let done: Value = done.json().await.unwrap();
+    assert_eq!(done["citations"][0], "https://docs.rs/tokio/latest/tokio/");
+    assert_eq!(done["usage"]["cost_in_usd_ticks"], cost);
+
     // The listing says which tools the model may use, and their fees.
     let model = app.get_json(&format!("/v1/language-models/{MODEL}"), &key).await;
     assert_eq!(
@@ -309,6 +325,11 @@ async fn a_failing_search_is_reported_and_not_charged(db: TestDb) {
         .clone();
     assert!(result["content"].as_str().unwrap().contains("not charged"), "{result}");
     assert_eq!(month_line(&app, TokenKind::WebSearch).await, None);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"tollgate_server_side_tool_calls_total{tool="web_search",outcome="failed"} 1"#),
+        "{metrics}"
+    );
 
     let response = app
         .post(
@@ -437,7 +458,13 @@ async fn searches_are_streamed_then_the_answer(db: TestDb) {
         .iter()
         .map(|e| serde_json::from_str(e).unwrap())
         .collect();
-    let call = &chunks[0]["choices"][0]["delta"]["tool_calls"][0];
+    // The search first (before any word of the answer), then the answer word by word as the
+    // model writes it, its last chunk with the citations, then the usage.
+    let search = chunks
+        .iter()
+        .position(|c| c["choices"][0]["delta"].get("tool_calls").is_some())
+        .unwrap();
+    let call = &chunks[search]["choices"][0]["delta"]["tool_calls"][0];
     assert_eq!(call["type"], "web_search");
     assert_eq!(call["status"], "completed");
     assert_eq!(
@@ -445,11 +472,31 @@ async fn searches_are_streamed_then_the_answer(db: TestDb) {
         json!({"query": "rust runtime"}).to_string()
     );
     assert_eq!(call["sources"][0], "https://docs.rs/tokio/latest/tokio/");
-    assert_eq!(
-        chunks[1]["choices"][0]["delta"]["content"],
-        tollgate_testkit::ANSWER_WORDS.concat()
+    let words: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .filter(|word| !word.is_empty())
+        .collect();
+    assert_eq!(words, tollgate_testkit::ANSWER_WORDS);
+    let first_word = chunks
+        .iter()
+        .position(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|w| !w.is_empty())
+        })
+        .unwrap();
+    assert!(search < first_word);
+    let last = chunks
+        .iter()
+        .find(|c| !c["choices"][0]["finish_reason"].is_null())
+        .unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert_eq!(last["citations"][0], "https://docs.rs/tokio/latest/tokio/");
+    assert!(
+        chunks.iter().all(|c| c["model"].is_null() || c["model"] == MODEL),
+        "{body}"
     );
-    assert_eq!(chunks[1]["citations"][0], "https://docs.rs/tokio/latest/tokio/");
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["cost_in_usd_ticks"], 2 * expected_cost() + FEE);
     assert_eq!(usage["server_side_tool_usage_details"]["web_search_calls"], 1);

@@ -50,6 +50,13 @@ impl SearchOptions {
     /// "from_date": "2026-01-01"}`), refusing what is malformed.
     pub fn from_tool(tool: ServerTool, entry: &Value) -> Result<Self, String> {
         let name = tool.as_str();
+        for flag in ["enable_image_understanding", "enable_video_understanding"] {
+            if entry.get(flag).and_then(Value::as_bool) == Some(true) {
+                return Err(format!(
+                    "{name}.{flag} is not offered here: results are given to the model as text"
+                ));
+            }
+        }
         let mut options = Self::default();
         match tool {
             ServerTool::WebSearch => {
@@ -860,6 +867,7 @@ mod tests {
             json!({"from_date": "2026-13-01"}),
             json!({"from_date": "2026-02-01", "to_date": "2026-01-01"}),
             json!({"max_results": 0}),
+            json!({"enable_image_understanding": true}),
         ] {
             assert!(SearchOptions::from_tool(ServerTool::WebSearch, &bad).is_err(), "{bad}");
         }

@@ -55,6 +55,13 @@ pub enum AccountError {
     /// An account with this email exists.
     #[error("an account with this email already exists")]
     EmailTaken,
+    /// Another account at this address signs in with a password; only one may, so email and
+    /// password sign-in is never ambiguous.
+    #[error(
+        "another account with this email address signs in with a password; only one account per address may, so \
+         this one signs in with its own methods"
+    )]
+    PasswordAtAddressTaken,
     /// The new address is the current one.
     #[error("that is already the account's email address")]
     SameEmail,

@@ -2,7 +2,8 @@
 //! code with PKCE (S256), `state` bound to the browser by a cookie, `nonce` in the ID token, issuer
 //! and audience checked (by the provider client, [`IdentityProvider`]). Identities are keyed by
 //! (issuer, subject), never by email; an identity whose address already has an account is never
-//! linked silently: its owner signs in to that account and links it, or uses another address.
+//! linked silently: its owner signs in to that account and links it, uses another address, or
+//! creates a separate account at the same address (nothing is shared or merged with the other).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -114,6 +115,12 @@ pub enum FederationError {
     /// The pending sign-in is unknown, used or expired.
     #[error("This sign-in is no longer pending; start again")]
     PendingInvalid,
+    /// A separate account was asked for, but the provider vouched for no address.
+    #[error(
+        "A separate account takes the address your sign-in provider vouched for, and it vouched for none: give an \
+         address for the new account instead"
+    )]
+    SeparateNeedsVouchedAddress,
     /// The identity is linked to an account already.
     #[error("that sign-in is already linked to an account")]
     IdentityTaken,
@@ -382,6 +389,27 @@ impl Federation {
         Ok(signed_in)
     }
 
+    /// A new, separate account for a pending identity whose address another account already
+    /// uses (the person chose not to link): its own user and Personal Team, sharing nothing with
+    /// the other account but the address the provider vouched for. It signs in with the provider
+    /// (and may add other methods, but not a password while the other account has one).
+    pub async fn complete_separately(
+        &self,
+        token: &str,
+        context: &RequestContext,
+    ) -> Result<SignedIn, FederationError> {
+        let pending = self.take_pending(token).await?;
+        let email = pending
+            .email
+            .as_deref()
+            .filter(|_| pending.email_verified)
+            .and_then(|e| Email::parse(e).ok())
+            .ok_or(FederationError::SeparateNeedsVouchedAddress)?;
+        let provider = pending.provider.clone();
+        let identity = ExternalIdentity::from(pending);
+        self.create_account(&provider, &identity, email, true, context).await
+    }
+
     /// Links a pending identity to the signed-in account (its owner proved it by signing in).
     pub async fn link_pending(
         &self,
@@ -483,6 +511,7 @@ impl Federation {
                 "Created user {} with Personal Team {}, signing in with {provider}",
                 user.id, team.id
             ),
+            // (An address other accounts share is said by no event: accounts are told apart by id.)
             Some(format!("user:{}", user.id)),
             context,
         );

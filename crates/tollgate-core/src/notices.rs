@@ -26,6 +26,21 @@ pub struct Notices {
     limits: crate::limits::HourlyLimits,
 }
 
+/// Which account a mail concerns, for a mailbox several accounts share (a person's own and their
+/// company's): its name, id and how it signs in.
+fn which_account(user: &User) -> String {
+    let how = if user.password_hash.is_some() {
+        "a password"
+    } else {
+        "its sign-in provider"
+    };
+    format!(
+        "This is about the account {name} (account id {id}), which signs in with {how}.",
+        name = quoted(&user.display_name),
+        id = user.id,
+    )
+}
+
 impl Notices {
     /// Notices signed by `product`, pointing to `console_url`.
     pub fn new(product: impl Into<String>, console_url: impl Into<String>, waker: MailWaker) -> Self {
@@ -65,9 +80,10 @@ impl Notices {
             subject: format!("[{product}] Verify your email address"),
             body: format!(
                 "Hello {name},\n\nConfirm that {email} is your address by opening this link within 24 hours:\n\n\
-                 {link}\n\nIf you did not create a {product} account, ignore this message.\n-- {product}\n",
+                 {link}\n\n{which}\n\nIf you did not create a {product} account, ignore this message.\n-- {product}\n",
                 name = user.display_name,
                 email = user.email.as_ref(),
+                which = which_account(user),
             ),
             created_at: at,
         }
@@ -84,9 +100,10 @@ impl Notices {
             subject: format!("[{product}] Reset your password"),
             body: format!(
                 "Hello {name},\n\nSomeone (we hope you) asked to reset the password of your {product} account. \
-                 Open this link within 60 minutes to choose a new one; it works once:\n\n{link}\n\n\
+                 Open this link within 60 minutes to choose a new one; it works once:\n\n{link}\n\n{which}\n\n\
                  If it was not you, ignore this message: your password stays as it is.\n-- {product}\n",
                 name = user.display_name,
+                which = which_account(user),
             ),
             created_at: at,
         }
@@ -121,9 +138,10 @@ impl Notices {
             subject: format!("[{product}] {subject}"),
             body: format!(
                 "Hello {name},\n\n{what} on {when} UTC from {ip}; your other sessions were signed out.\n\n\
-                 If this was not you, reset your password now at {console}/reset-password and tell your \
+                 {which}\n\nIf this was not you, reset your password now at {console}/reset-password and tell your \
                  team's Admins.\n-- {product}\n",
                 name = user.display_name,
+                which = which_account(user),
                 when = at.format("%Y-%m-%d %H:%M:%S"),
                 ip = context.ip.as_deref().unwrap_or("an unknown address"),
                 console = self.console_url,
@@ -221,7 +239,7 @@ impl Notices {
             body: format!(
                 "Hello {name},\n\nYour {product} account was signed in to from a device or place it had not been \
                  signed in from recently.\n\n\
-                 Time: {when} UTC\nIP address: {ip}\nLocation: {location}\nBrowser: {browser}\n\n\
+                 Time: {when} UTC\nIP address: {ip}\nLocation: {location}\nBrowser: {browser}\n\n{which}\n\n\
                  If this was you, there is nothing to do. If not, reset your password at {console}/reset-password \
                  and sign every session out at {console}/sessions.\n-- {product}\n{credit}",
                 name = user.display_name,
@@ -229,6 +247,7 @@ impl Notices {
                 ip = session.ip.as_deref().unwrap_or("unknown"),
                 browser = session.user_agent.as_deref().unwrap_or("unknown"),
                 console = self.console_url,
+                which = which_account(user),
             ),
             created_at: session.created_at,
         }

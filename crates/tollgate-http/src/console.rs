@@ -45,6 +45,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/auth/oidc/{provider}/start", get(oidc_start))
         .route("/api/auth/oidc/{provider}/callback", get(oidc_callback))
         .route("/api/auth/oidc/complete", post(oidc_complete))
+        .route("/api/auth/oidc/separate", post(oidc_separate))
         .route("/api/account/identities", get(list_identities))
         .route("/api/account/identities/link", post(link_pending_identity))
         .route("/api/account/identities/{identity_id}", delete(unlink_identity))
@@ -137,6 +138,7 @@ impl From<FederationError> for XaiError {
             }
             FederationError::BadState
             | FederationError::PendingInvalid
+            | FederationError::SeparateNeedsVouchedAddress
             | FederationError::LastMethod
             | FederationError::InvalidEmail(_) => XaiError::invalid_argument(error.to_string()),
             FederationError::Provider(_) | FederationError::StaleSession => {
@@ -198,7 +200,9 @@ impl From<AccountError> for XaiError {
             | AccountError::InvalidLink
             | AccountError::SameEmail
             | AccountError::SoleAdmin(_) => XaiError::invalid_argument(error.to_string()),
-            AccountError::EmailTaken => XaiError::new(StatusCode::CONFLICT, error.to_string()),
+            AccountError::EmailTaken | AccountError::PasswordAtAddressTaken => {
+                XaiError::new(StatusCode::CONFLICT, error.to_string())
+            }
             AccountError::BadCredentials | AccountError::NotSignedIn | AccountError::ReauthenticationRequired => {
                 XaiError::unauthenticated(error.to_string())
             }
@@ -556,8 +560,9 @@ pub(crate) struct CallbackQuery {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct FederatedView {
-    /// `linked`, `email_in_use` (sign in to that account and link with `pendingToken`, or give
-    /// another address), `email_needed` (give an address).
+    /// `linked`, `email_in_use` (sign in to that account and link with `pendingToken`, create a
+    /// separate account at the same address, or give another address), `email_needed` (give an
+    /// address).
     outcome: &'static str,
     pending_token: Option<String>,
     email: Option<String>,
@@ -652,6 +657,29 @@ pub(crate) async fn oidc_complete(
         .federation
         .complete_with_email(&body.pending_token, &body.email, &meta)
         .await?;
+    Ok(signed_in_response(&state, &signed_in, StatusCode::OK))
+}
+
+/// `POST /api/auth/oidc/separate` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SeparateRequest {
+    pending_token: String,
+}
+
+/// Create a separate account for a pending external sign-in whose address another account
+/// already uses: "You can create multiple accounts of different sign-in methods with the same
+/// email. We will not be able to merge the content, subscriptions, etc. of different accounts."
+/// The new account has its own Personal Team and shares nothing with the other; it signs in
+/// with this provider.
+#[utoipa::path(post, path = "/api/auth/oidc/separate", tag = "console", request_body = SeparateRequest,
+    responses((status = 200, body = SignedInView), (status = 400, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)))]
+pub(crate) async fn oidc_separate(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    XaiJson(body): XaiJson<SeparateRequest>,
+) -> Result<Response, XaiError> {
+    let signed_in = state.federation.complete_separately(&body.pending_token, &meta).await?;
     Ok(signed_in_response(&state, &signed_in, StatusCode::OK))
 }
 

@@ -58,7 +58,8 @@ pub trait AccountStore: Send + Sync {
         team: &Team,
         audit: &AuditEvent,
     ) -> Result<(), StoreError>;
-    /// The user with this email, if any.
+    /// The account at this address that signs in with a password (at most one has a password),
+    /// else the oldest account at it, if any: several accounts may share an address.
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     /// The user with this id; `NotFound` otherwise.
     async fn get_user(&self, id: UserId) -> Result<User, StoreError>;

@@ -65,3 +65,78 @@ impl SqlStore {
 
 #[path = "sql/mod.rs"]
 mod sql;
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// The migration that lets accounts share an address rebuilds SQLite's users table: on a
+    /// database with accounts, every row and every reference to it survives, and the address is
+    /// unique among accounts with a password only.
+    #[tokio::test]
+    async fn rebuilding_users_keeps_every_account_and_reference() {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .unwrap()
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let before = Migrator {
+            migrations: Cow::Owned(
+                MIGRATOR
+                    .migrations
+                    .iter()
+                    .filter(|m| m.version < 20_261_130_000_029)
+                    .cloned()
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        before.run(&pool).await.unwrap();
+        for statement in [
+            "INSERT INTO users (id, email, display_name, password_hash, created_at, passkey_count) \
+             VALUES (x'01', 'a@example.com', 'A', 'hash', '2026-11-01T00:00:00Z', 2)",
+            "INSERT INTO teams (id, name, personal, created_at) VALUES (x'02', 'Personal Team', 1, '2026-11-01T00:00:00Z')",
+            "INSERT INTO team_members (team_id, user_id, role, created_at) VALUES (x'02', x'01', 'admin', '2026-11-01T00:00:00Z')",
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        MIGRATOR.run(&pool).await.unwrap();
+        let kept: (String, i64) = sqlx::query_as("SELECT email, passkey_count FROM users WHERE id = x'01'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(kept, ("a@example.com".to_owned(), 2));
+        let orphans = sqlx::query("PRAGMA foreign_key_check").fetch_all(&pool).await.unwrap();
+        assert!(orphans.is_empty());
+        // References still hold: a member needs an account.
+        let orphan = sqlx::query(
+            "INSERT INTO team_members (team_id, user_id, role, created_at) VALUES (x'02', x'09', 'member', '2026-11-01T00:00:00Z')",
+        )
+        .execute(&pool)
+        .await;
+        assert!(orphan.is_err());
+        // A second account at the address, without a password: allowed; with one: refused.
+        sqlx::query(
+            "INSERT INTO users (id, email, display_name, created_at) VALUES (x'03', 'a@example.com', 'A2', '2026-11-02T00:00:00Z')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let second_password = sqlx::query(
+            "INSERT INTO users (id, email, display_name, password_hash, created_at) \
+             VALUES (x'04', 'a@example.com', 'A3', 'hash', '2026-11-02T00:00:00Z')",
+        )
+        .execute(&pool)
+        .await;
+        let error = crate::StoreError::from(second_password.unwrap_err());
+        assert!(
+            matches!(&error, crate::StoreError::Conflict { constraint } if constraint == "users_email_key"),
+            "{error:?}"
+        );
+    }
+}

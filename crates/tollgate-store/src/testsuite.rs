@@ -231,15 +231,17 @@ pub async fn missing_rows(store: &dyn Store) {
     assert!(store.find_role(TeamId::new(), UserId::new()).await.unwrap().is_none());
 }
 
-/// A duplicate email is a `Conflict` named alike on both backends, and nothing of the failed
-/// sign-up is left behind: no team, no audit event.
+/// A second account with a password at an address is a `Conflict` named alike on both backends
+/// (only one account per address signs in with a password), and nothing of the failed sign-up
+/// is left behind: no team, no audit event. Accounts without one may share the address.
 pub async fn duplicate_email_conflicts_and_writes_nothing(store: &dyn Store) {
-    let (_, first_team) = seed_user(store, "dup@example.com").await;
+    let (first, first_team) = seed_user(store, "dup@example.com").await;
+    assert!(first.password_hash.is_some());
     let user = User {
         id: UserId::new(),
         email: Email::parse("dup@example.com").unwrap(),
         display_name: "Two".into(),
-        password_hash: None,
+        password_hash: Some("$argon2id$second".into()),
         created_at: at(5),
         email_verified_at: None,
         totp_enabled_at: None,
@@ -265,6 +267,28 @@ pub async fn duplicate_email_conflicts_and_writes_nothing(store: &dyn Store) {
     assert!(matches!(store.get_team(team.id).await, Err(StoreError::NotFound)));
     assert!(store.list_audit_events(team.id, 10).await.unwrap().is_empty());
     assert_eq!(store.list_audit_events(first_team.id, 10).await.unwrap().len(), 1);
+
+    // Without a password, a separate account at the same address: its own user and team. The
+    // address still finds the one that signs in with a password.
+    let separate = User {
+        id: UserId::new(),
+        password_hash: None,
+        ..user
+    };
+    let separate_team = Team {
+        id: TeamId::new(),
+        ..team
+    };
+    store
+        .create_user_with_personal_team(
+            &separate,
+            &separate_team,
+            &audit(Some(separate_team.id), AuditAction::CreateUser, at(6)),
+        )
+        .await
+        .unwrap();
+    let found = store.find_user_by_email(&separate.email).await.unwrap().unwrap();
+    assert_eq!(found.id, first.id);
 }
 
 /// API keys round-trip every field, are found by hash, and list in pages scoped to their team.

@@ -33,7 +33,8 @@ impl AccountService {
             .account_events(user, now, AuditAction::ChangePassword, description, context)
             .await?;
         let mail = [self.notices.password_changed(user, now, context)];
-        self.store
+        match self
+            .store
             .set_password(&PasswordChange {
                 user_id: user.id,
                 password_hash: &hash,
@@ -42,7 +43,15 @@ impl AccountService {
                 audits: &audits,
                 mail: &mail,
             })
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            // Another account at this address signs in with a password: only one may.
+            Err(StoreError::Conflict { constraint }) if constraint == "users_email_key" => {
+                return Err(AccountError::PasswordAtAddressTaken);
+            }
+            Err(other) => return Err(other.into()),
+        }
         self.notices.queued();
         Ok(())
     }

@@ -18,6 +18,7 @@ on_both_backends!(
     sign_in_with_an_openid_provider,
     sign_in_with_a_plain_oauth2_provider,
     accounts_without_a_password_reauthenticate_by_signing_in,
+    a_separate_account_shares_only_the_address,
 );
 
 /// The callbacks registered at the provider: `test` (OpenID Connect) and `plain` (the same
@@ -926,5 +927,151 @@ async fn an_unreachable_provider_answers_503(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    app.finish().await;
+}
+
+async fn me(browser: &reqwest::Client, app: &TestApp) -> Value {
+    browser
+        .get(app.url("/api/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Signing up with a provider at an address a password account already has, the person may
+/// choose a separate account instead of linking: two accounts, two Personal Teams, nothing
+/// shared. The password still signs in to the first, the provider to the second; the second
+/// cannot take a password too (email and password sign-in would be ambiguous); deleting it
+/// leaves the first whole.
+async fn a_separate_account_shares_only_the_address(db: TestDb) {
+    let Some((_provider, app)) = app_with_provider(db).await else {
+        return;
+    };
+    let password = "a sturdy passphrase for tests";
+    let first = browser();
+    let response = first
+        .post(app.url("/api/auth/sign-up"))
+        .json(&json!({"email": "alice@example.com", "password": password, "name": "Alice at work"}))
+        .send()
+        .await
+        .unwrap();
+    csrf(response).await;
+    let first_me = me(&first, &app).await;
+
+    let second = browser();
+    let response = sign_in(&app, &second, "alice").await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let offer: Value = response.json().await.unwrap();
+    assert_eq!(offer["outcome"], "email_in_use");
+    let response = second
+        .post(app.url("/api/auth/oidc/separate"))
+        .json(&json!({"pendingToken": offer["pendingToken"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let token = csrf(response).await;
+    let second_me = me(&second, &app).await;
+    assert_ne!(second_me["user"]["userId"], first_me["user"]["userId"]);
+    assert_eq!(second_me["user"]["email"], "alice@example.com");
+    assert_eq!(second_me["user"]["emailVerified"], true);
+    // Each has its own Personal Team, and only its own.
+    let teams = |me: &Value| -> Vec<String> {
+        me["teams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["teamId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(teams(&first_me).len(), 1);
+    assert_eq!(teams(&second_me).len(), 1);
+    assert_ne!(teams(&first_me), teams(&second_me));
+    // A pending sign-in is used once.
+    let again = second
+        .post(app.url("/api/auth/oidc/separate"))
+        .json(&json!({"pendingToken": offer["pendingToken"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+
+    // The password reaches the first account; the provider, the second.
+    let by_password = browser();
+    let response = by_password
+        .post(app.url("/api/auth/sign-in"))
+        .json(&json!({"email": "alice@example.com", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    csrf(response).await;
+    assert_eq!(
+        me(&by_password, &app).await["user"]["userId"],
+        first_me["user"]["userId"]
+    );
+    let by_provider = browser();
+    csrf(sign_in(&app, &by_provider, "alice").await).await;
+    assert_eq!(
+        me(&by_provider, &app).await["user"]["userId"],
+        second_me["user"]["userId"]
+    );
+
+    // Only one account per address signs in with a password.
+    let response = post(
+        &app,
+        &second,
+        "/api/account/password",
+        &token,
+        json!({"newPassword": "another sturdy passphrase"}),
+    )
+    .await;
+    assert_xai_error(
+        response,
+        StatusCode::CONFLICT,
+        "Some entity that we attempted to create already exists",
+        "only one account per address may",
+    )
+    .await;
+
+    // A password reset goes to the account with the password, and its mail says which one.
+    let response = app
+        .client
+        .post(app.url("/api/auth/password-reset"))
+        .json(&json!({"email": "alice@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let mail = app.store().list_mail(50).await.unwrap();
+    let reset = mail
+        .iter()
+        .find(|m| m.mail.subject.contains("Reset your password"))
+        .unwrap();
+    let first_id = first_me["user"]["userId"].as_str().unwrap();
+    assert!(
+        reset.mail.body.contains(&format!(
+            "the account \"Alice at work\" (account id {first_id}), which signs in with a password"
+        )),
+        "{}",
+        reset.mail.body
+    );
+
+    // Deleting the second account leaves the first whole.
+    let response = post(&app, &second, "/api/account/delete", &token, json!({})).await;
+    assert_eq!(response.status(), StatusCode::OK, "{}", response.text().await.unwrap());
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .json(&json!({"email": "alice@example.com", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let after: Value = me(&by_password, &app).await;
+    assert_eq!(after["user"]["userId"], first_me["user"]["userId"]);
+    assert_eq!(teams(&after), teams(&first_me));
     app.finish().await;
 }

@@ -44,13 +44,18 @@ impl AccountStore for SqlStore {
     }
 
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
-        sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
-            .bind(email.as_ref())
-            .fetch_optional(&self.read)
-            .await?
-            .as_ref()
-            .map(user_from_row)
-            .transpose()
+        // Several accounts may share an address: the one that signs in with a password (at most
+        // one), else the oldest.
+        sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email = $1 \
+             ORDER BY CASE WHEN password_hash IS NULL THEN 1 ELSE 0 END, created_at, id LIMIT 1"
+        ))
+        .bind(email.as_ref())
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
     }
 
     async fn create_session(

@@ -561,13 +561,14 @@ impl TeamService {
         Self::require(caller, Permission::ManageMembers, "Only team Admins may add members")?;
         let email = Email::parse(email)?;
         let team = self.team(caller).await?;
-        // The member list is the Admins' to see, so this reveals nothing about accounts.
-        if self
-            .store
-            .list_members(team.id)
-            .await?
-            .iter()
-            .any(|member| member.email == email)
+        // The member list is the Admins' to see, so this reveals nothing about accounts. Several
+        // accounts may share an address: refused only when every one of them is a member.
+        let members = self.store.list_members(team.id).await?;
+        let accounts = self.store.user_ids_by_email(&email).await?;
+        if members.iter().any(|member| member.email == email)
+            && accounts
+                .iter()
+                .all(|id| members.iter().any(|member| member.user_id == *id))
         {
             return Err(TeamError::AlreadyMember);
         }
@@ -851,7 +852,9 @@ async fn join(
 
 /// Joins the team that has `user`'s (just verified) address's domain verified, as a Member
 /// (this counts as accepted: the seeds ask for it). Pending invitations are *not* taken up
-/// here: only an explicit accept joins a team by invitation.
+/// here: only an explicit accept joins a team by invitation. When another account at the same
+/// address is a member already, the person has joined with that one, and this account does not
+/// join too (an Admin may invite it, and the person accepts from the account they choose).
 pub(crate) async fn join_teams_on_verification(
     store: &dyn Store,
     clock: &dyn Clock,
@@ -862,7 +865,13 @@ pub(crate) async fn join_teams_on_verification(
     let now = clock.now();
     let mut joined = 0;
     if let Some(team_id) = store.team_with_verified_domain(user.email.domain()).await? {
-        if store.find_role(team_id, user.id).await?.is_none() {
+        let mut joined_as_another = false;
+        for other in store.user_ids_by_email(&user.email).await? {
+            if other != user.id && store.find_role(team_id, other).await?.is_some() {
+                joined_as_another = true;
+            }
+        }
+        if !joined_as_another && store.find_role(team_id, user.id).await?.is_none() {
             let team = store.get_team(team_id).await?;
             let audit = AuditEvent::success(
                 now,

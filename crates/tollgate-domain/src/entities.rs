@@ -68,6 +68,9 @@ pub struct Member {
     pub role: Role,
     /// When they joined.
     pub joined_at: Timestamp,
+    /// How their account signs in: `password`, then each linked provider's name. Accounts may
+    /// share an address; this tells them apart beside it.
+    pub sign_in_methods: Vec<String>,
 }
 
 /// An invitation to join a team, for an address with no account yet (or not yet accepted).

@@ -1608,6 +1608,9 @@ pub(crate) struct MemberView {
     /// `admin` or `member`.
     role: &'static str,
     join_time: String,
+    /// How the member's account signs in (`password`, each provider's name): accounts may share
+    /// an address, and this tells them apart.
+    sign_in_methods: Vec<String>,
 }
 
 impl MemberView {
@@ -1618,6 +1621,7 @@ impl MemberView {
             name: member.display_name.clone(),
             role: member.role.as_str(),
             join_time: rfc3339(member.joined_at),
+            sign_in_methods: member.sign_in_methods.clone(),
         }
     }
 }

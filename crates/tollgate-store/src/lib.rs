@@ -61,6 +61,8 @@ pub trait AccountStore: Send + Sync {
     /// The account at this address that signs in with a password (at most one has a password),
     /// else the oldest account at it, if any: several accounts may share an address.
     async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
+    /// Every account at this address (several may share one), oldest first.
+    async fn user_ids_by_email(&self, email: &Email) -> Result<Vec<UserId>, StoreError>;
     /// The user with this id; `NotFound` otherwise.
     async fn get_user(&self, id: UserId) -> Result<User, StoreError>;
     /// Starts a session, stored by the hashes of its token and CSRF token, with `audits` and

@@ -111,7 +111,7 @@ impl AccountService {
     }
 
     /// Self-service sign-up: the account, its Personal Team, a verification link by mail, and a
-    /// session.
+    /// session. An address any account uses is refused.
     #[instrument(skip_all)]
     pub async fn sign_up(
         &self,
@@ -121,6 +121,12 @@ impl AccountService {
         context: &RequestContext,
     ) -> Result<SignedIn, AccountError> {
         self.throttle_per_address("signup", MAX_SIGN_UPS_PER_HOUR, context)?;
+        // An address in use (by an account signing in with a provider, say) is not taken over
+        // by a password sign-up: its owner signs in and adds a password. A separate account at
+        // the same address is chosen only at a provider's sign-up, whose address is vouched for.
+        if self.store.find_user_by_email(&Email::parse(email)?).await?.is_some() {
+            return Err(AccountError::EmailTaken);
+        }
         let (user, _team) = self
             .create_user(email, display_name, password, Actor::System, context)
             .await?;

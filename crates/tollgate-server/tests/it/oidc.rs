@@ -931,14 +931,11 @@ async fn an_unreachable_provider_answers_503(db: TestDb) {
 }
 
 async fn me(browser: &reqwest::Client, app: &TestApp) -> Value {
-    browser
-        .get(app.url("/api/me"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    me_get(browser, app, "/api/me").await
+}
+
+async fn me_get(browser: &reqwest::Client, app: &TestApp, path: &str) -> Value {
+    browser.get(app.url(path)).send().await.unwrap().json().await.unwrap()
 }
 
 /// Signing up with a provider at an address a password account already has, the person may
@@ -950,6 +947,31 @@ async fn a_separate_account_shares_only_the_address(db: TestDb) {
     let Some((_provider, app)) = app_with_provider(db).await else {
         return;
     };
+    // The owner's team has verified the address's domain: accounts at it join when verified.
+    let now = tollgate_domain::Clock::now(&*app.clock);
+    let domain = tollgate_domain::TeamDomain {
+        id: tollgate_domain::DomainId::new(),
+        team_id: app.team.id,
+        domain: "example.com".into(),
+        token: "domain-verification=test".into(),
+        created_at: now,
+        verified_at: Some(now),
+        checked_at: Some(now),
+        last_error: None,
+    };
+    let audit = tollgate_domain::AuditEvent::success(
+        now,
+        Some(app.team.id),
+        tollgate_domain::Actor::Operator,
+        tollgate_domain::AuditAction::AddDomain,
+        "test".into(),
+        None,
+        &tollgate_domain::RequestContext::default(),
+    );
+    app.store().insert_domain(&domain, &audit).await.unwrap();
+    app.store().record_domain_check(&domain, None).await.unwrap();
+    let owners = app.team.id.to_string();
+
     let password = "a sturdy passphrase for tests";
     let first = browser();
     let response = first
@@ -958,7 +980,7 @@ async fn a_separate_account_shares_only_the_address(db: TestDb) {
         .send()
         .await
         .unwrap();
-    csrf(response).await;
+    let first_token = csrf(response).await;
     let first_me = me(&first, &app).await;
 
     let second = browser();
@@ -978,7 +1000,8 @@ async fn a_separate_account_shares_only_the_address(db: TestDb) {
     assert_ne!(second_me["user"]["userId"], first_me["user"]["userId"]);
     assert_eq!(second_me["user"]["email"], "alice@example.com");
     assert_eq!(second_me["user"]["emailVerified"], true);
-    // Each has its own Personal Team, and only its own.
+    // Each has its own Personal Team. The second, verified by its provider, joined the team of
+    // the address's verified domain; the first (not yet verified) did not.
     let teams = |me: &Value| -> Vec<String> {
         me["teams"]
             .as_array()
@@ -987,9 +1010,44 @@ async fn a_separate_account_shares_only_the_address(db: TestDb) {
             .map(|t| t["teamId"].as_str().unwrap().to_owned())
             .collect()
     };
+    let personal = |me: &Value| -> String {
+        me["teams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["personal"] == true && t["role"] == "admin")
+            .unwrap()["teamId"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
     assert_eq!(teams(&first_me).len(), 1);
-    assert_eq!(teams(&second_me).len(), 1);
-    assert_ne!(teams(&first_me), teams(&second_me));
+    assert_ne!(personal(&first_me), personal(&second_me));
+    let mut joined = teams(&second_me);
+    joined.sort();
+    let mut expected = vec![personal(&second_me), owners.clone()];
+    expected.sort();
+    assert_eq!(joined, expected);
+    // Verifying the first account's address now does not join it too: the person is in that
+    // team with their other account already.
+    let mail = app.store().list_mail(50).await.unwrap();
+    let verification = mail
+        .iter()
+        .find(|m| m.mail.subject.contains("Verify your email"))
+        .unwrap();
+    let (_, rest) = verification.mail.body.split_once("#token=").unwrap();
+    let link = rest.split_whitespace().next().unwrap();
+    let response = app
+        .client
+        .post(app.url("/api/auth/verify-email"))
+        .json(&json!({"token": link}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    let first_me = me(&first, &app).await;
+    assert_eq!(first_me["user"]["emailVerified"], true);
+    assert_eq!(teams(&first_me), [personal(&first_me)]);
     // A pending sign-in is used once.
     let again = second
         .post(app.url("/api/auth/oidc/separate"))
@@ -1036,6 +1094,57 @@ async fn a_separate_account_shares_only_the_address(db: TestDb) {
     )
     .await;
 
+    // A password sign-up at the address is refused: the address is in use.
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-up"))
+        .json(&json!({"email": "alice@example.com", "password": "a third sturdy passphrase", "name": "A3"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+
+    // An invitation to the address is taken up by the account that accepts it, not the other;
+    // the member list shows each account's sign-in methods beside the shared address.
+    let response = post(&app, &first, "/api/teams", &first_token, json!({"name": "Acme"})).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let acme = response.json::<Value>().await.unwrap()["teamId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = post(
+        &app,
+        &first,
+        &format!("/api/teams/{acme}/members"),
+        &first_token,
+        json!({"email": "alice@example.com", "role": "member"}),
+    )
+    .await;
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    let invitations = me_get(&second, &app, "/api/invitations").await;
+    let invitation = invitations["invitations"][0]["invitationId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = post(
+        &app,
+        &second,
+        &format!("/api/invitations/{invitation}/accept"),
+        &token,
+        json!({}),
+    )
+    .await;
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    let members = me_get(&first, &app, &format!("/api/teams/{acme}/members")).await;
+    let members = members["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    assert!(members.iter().all(|m| m["email"] == "alice@example.com"));
+    assert_eq!(members[0]["userId"], first_me["user"]["userId"]);
+    assert_eq!(members[0]["signInMethods"], json!(["password"]));
+    assert_eq!(members[1]["userId"], second_me["user"]["userId"]);
+    assert_eq!(members[1]["signInMethods"], json!(["test"]));
+    assert_eq!(teams(&me(&second, &app).await).len(), 3);
+
     // A password reset goes to the account with the password, and its mail says which one.
     let response = app
         .client
@@ -1072,6 +1181,6 @@ async fn a_separate_account_shares_only_the_address(db: TestDb) {
     assert_eq!(response.status(), StatusCode::OK);
     let after: Value = me(&by_password, &app).await;
     assert_eq!(after["user"]["userId"], first_me["user"]["userId"]);
-    assert_eq!(teams(&after), teams(&first_me));
+    assert_eq!(teams(&after), [personal(&first_me), acme]);
     app.finish().await;
 }

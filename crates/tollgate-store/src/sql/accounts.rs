@@ -58,6 +58,14 @@ impl AccountStore for SqlStore {
         .transpose()
     }
 
+    async fn user_ids_by_email(&self, email: &Email) -> Result<Vec<UserId>, StoreError> {
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE email = $1 ORDER BY created_at, id")
+            .bind(email.as_ref())
+            .fetch_all(&self.read)
+            .await?;
+        Ok(ids.into_iter().map(UserId::from_uuid).collect())
+    }
+
     async fn create_session(
         &self,
         session: &Session,

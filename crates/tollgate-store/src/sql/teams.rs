@@ -174,9 +174,17 @@ impl TeamStore for SqlStore {
 
     async fn list_members(&self, team_id: TeamId) -> Result<Vec<Member>, StoreError> {
         let rows = sqlx::query(
-            "SELECT u.id, u.email, u.display_name, m.role, m.created_at FROM team_members m \
-             JOIN users u ON u.id = m.user_id WHERE m.team_id = $1 AND m.suspended_at IS NULL \
+            "SELECT u.id, u.email, u.display_name, m.role, m.created_at, \
+             CAST(CASE WHEN u.password_hash IS NULL THEN 0 ELSE 1 END AS BIGINT) AS has_password \
+             FROM team_members m JOIN users u ON u.id = m.user_id WHERE m.team_id = $1 AND m.suspended_at IS NULL \
              ORDER BY m.created_at, u.id",
+        )
+        .bind(team_id.as_uuid())
+        .fetch_all(&self.read)
+        .await?;
+        let providers = sqlx::query(
+            "SELECT DISTINCT i.user_id, i.provider FROM identities i JOIN team_members m ON m.user_id = i.user_id \
+             WHERE m.team_id = $1 AND m.suspended_at IS NULL ORDER BY i.provider",
         )
         .bind(team_id.as_uuid())
         .fetch_all(&self.read)
@@ -185,12 +193,23 @@ impl TeamStore for SqlStore {
             .map(|row| {
                 let email: String = row.try_get("email")?;
                 let role: String = row.try_get("role")?;
+                let user_id: Uuid = row.try_get("id")?;
+                let mut sign_in_methods = Vec::new();
+                if row.try_get::<i64, _>("has_password")? == 1 {
+                    sign_in_methods.push("password".to_owned());
+                }
+                for provider in &providers {
+                    if provider.try_get::<Uuid, _>("user_id")? == user_id {
+                        sign_in_methods.push(provider.try_get("provider")?);
+                    }
+                }
                 Ok(Member {
-                    user_id: UserId::from_uuid(row.try_get("id")?),
+                    user_id: UserId::from_uuid(user_id),
                     email: Email::parse(&email).map_err(|e| corrupt("users.email", e))?,
                     display_name: row.try_get("display_name")?,
                     role: role.parse().map_err(|e| corrupt("team_members.role", e))?,
                     joined_at: row.try_get("created_at")?,
+                    sign_in_methods,
                 })
             })
             .collect()

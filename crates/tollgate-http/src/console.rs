@@ -262,7 +262,7 @@ impl CookieSettings {
         }
     }
 
-    fn set(&self, value: &str, max_age_seconds: i64) -> HeaderValue {
+    pub(crate) fn set(&self, value: &str, max_age_seconds: i64) -> HeaderValue {
         let secure = if self.secure { "; Secure" } else { "" };
         let cookie = format!(
             "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_seconds}{secure}",
@@ -271,7 +271,7 @@ impl CookieSettings {
         HeaderValue::try_from(cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    fn read<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+    pub(crate) fn read<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
         headers
             .get_all(COOKIE)
             .iter()

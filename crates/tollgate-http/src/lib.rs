@@ -14,6 +14,7 @@ pub mod metrics;
 mod middleware;
 pub mod openapi;
 mod ops;
+mod pages;
 mod payments;
 mod v1;
 mod webhooks;
@@ -103,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(webhooks::router())
         .merge(console::router())
+        .merge(pages::router())
         .merge(ops::router())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)

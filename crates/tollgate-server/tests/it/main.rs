@@ -21,6 +21,7 @@ mod keys;
 mod management;
 mod oidc;
 mod ops;
+mod pages;
 mod payments;
 mod ratelimits;
 mod responses;

@@ -1,0 +1,80 @@
+// Drives the console in Debian's Chromium (playwright-core, no browser download) as a person
+// would: sign in (a wrong password first), see the team's API keys, create one (its secret shown
+// once), disable it, delete it (confirming), sign out. Prints what the server must check, as
+// JSON. Usage: node console.mjs <base URL> <email> <password> [screenshot directory]
+import { chromium } from "playwright-core";
+
+const [base, email, password, shots] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const fail = async (message) => {
+  console.error(message);
+  await browser.close();
+  process.exit(1);
+};
+const expect = async (condition, message) => { if (!condition) await fail(message); };
+try {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (error) => errors.push(String(error)));
+
+  // Signed out, the console sends a person to sign in.
+  await page.goto(`${base}/`);
+  await expect(page.url() === `${base}/sign-in`, `not sent to sign in: ${page.url()}`);
+  await expect((await page.title()).startsWith("Sign in"), `title: ${await page.title()}`);
+
+  // A wrong password: the form again, with the reason, and a 401.
+  await page.fill("#email", email);
+  await page.fill("#password", "not the password");
+  const [refused] = await Promise.all([
+    page.waitForResponse((r) => r.url() === `${base}/sign-in` && r.request().method() === "POST"),
+    page.click("button[type=submit]"),
+  ]);
+  await expect(refused.status() === 401, `a wrong password answered ${refused.status()}`);
+  await expect(await page.isVisible("[role=alert]"), "no error shown");
+  await expect((await page.inputValue("#email")) === email, "the address was not kept");
+
+  // The right one: the console, on the Personal Team.
+  await page.fill("#password", password);
+  await Promise.all([page.waitForURL(`${base}/console`), page.click("button[type=submit]")]);
+  await expect(await page.isVisible("text=API Keys"), "no API Keys page");
+  const team = await page.$eval("#team option[selected]", (o) => o.textContent);
+  await expect(team === "Personal Team", `current team: ${team}`);
+  await expect(await page.isVisible("text=No API keys yet."), "a new team has keys?");
+  if (shots) await page.screenshot({ path: `${shots}/console-empty.png`, fullPage: true });
+
+  // Create a key: its secret is shown once, with a copy button; the table lists it.
+  await page.fill("#key-name", "browser key");
+  await page.click("form[hx-post] button[type=submit]");
+  await page.waitForSelector("#new-key");
+  const secret = (await page.textContent("#new-key")).trim();
+  await expect(await page.isVisible("button:has-text('Copy')"), "no copy button");
+  const row = page.locator("tr", { hasText: "browser key" });
+  await expect((await row.locator("td").nth(2).textContent()).trim() === "active", "the new key is not active");
+  if (shots) await page.screenshot({ path: `${shots}/console-created.png`, fullPage: true });
+
+  // Disable it; then delete it, confirming the dialog.
+  await row.locator("button:has-text('Disable key')").click();
+  await page.waitForSelector("tr:has-text('browser key') td.status-disabled");
+  await expect(!(await page.isVisible("#new-key")), "the secret is shown again");
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.locator("tr", { hasText: "browser key" }).locator("button:has-text('Delete key')").click();
+  await page.waitForSelector("text=No API keys yet.");
+
+  // A reload shows the same; the team is remembered.
+  await page.reload();
+  await expect(await page.isVisible("text=No API keys yet."), "the deleted key is back after a reload");
+
+  // Sign out: back to the sign-in page; the console is closed.
+  await Promise.all([page.waitForURL(`${base}/sign-in`), page.click("button:has-text('Sign out')")]);
+  await page.goto(`${base}/console`);
+  await expect(page.url() === `${base}/sign-in`, "the console is open after signing out");
+  await expect(errors.length === 0, `script errors: ${errors.join("; ")}`);
+  console.log(JSON.stringify({ secret }));
+} catch (error) {
+  await fail(String(error && error.stack || error));
+}
+await browser.close();

@@ -1,0 +1,85 @@
+//! The web console's pages in a real browser: Debian's Chromium driven by npm `playwright-core`
+//! (`tests/console/console.mjs`), against a real server. Then the server's side of what the
+//! person did: the key was created, disabled and deleted through the same services as the API,
+//! each audited, and the secret shown once no longer works.
+
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tollgate_store::testsuite::TestDb;
+
+use crate::util::{TestApp, on_both_backends};
+
+on_both_backends!(a_person_manages_api_keys_in_the_console,);
+
+/// Whether the browser and its driver are here (scripts/test installs both); under CI their
+/// absence fails the test, elsewhere it is skipped with a note.
+fn browser_installed() -> bool {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/console/node_modules/playwright-core"
+    );
+    let installed = std::path::Path::new(dir).is_dir() && std::path::Path::new("/usr/bin/chromium").exists();
+    assert!(
+        installed || std::env::var_os("CI").is_none(),
+        "Chromium or playwright-core is missing: run scripts/test, which installs them"
+    );
+    if !installed {
+        eprintln!("skipped: Chromium or playwright-core is not installed (scripts/test installs them)");
+    }
+    installed
+}
+
+async fn a_person_manages_api_keys_in_the_console(db: TestDb) {
+    if !browser_installed() {
+        return;
+    }
+    let app = TestApp::new(db).await;
+    let base = app.url("");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/console.mjs");
+    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args([
+                script,
+                &base,
+                "owner@example.com",
+                "correct horse battery staple",
+                &shots,
+            ])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = seen["secret"].as_str().unwrap();
+    assert!(secret.starts_with(&app.config.api_key_prefix), "{secret}");
+
+    // The key shown once is deleted: it no longer opens the API.
+    let response = app
+        .client
+        .get(app.url("/v1/api-key"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Each step went through the services, audited as the person.
+    let events = app.store().list_audit_events(app.team.id, 100).await.unwrap();
+    let actions: Vec<String> = events
+        .iter()
+        .map(|e| format!("{:?}", e.action).trim_matches('"').to_owned())
+        .collect();
+    for action in ["SignIn", "CreateApiKey", "UpdateApiKey", "DeleteApiKey", "SignOut"] {
+        assert!(actions.iter().any(|a| a == action), "{action} not in {actions:?}");
+    }
+    app.finish().await;
+}

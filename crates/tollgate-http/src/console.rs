@@ -601,8 +601,14 @@ pub(crate) async fn oidc_callback(
     let outcome = state
         .federation
         .callback(&provider, &code, &flow_state, read_cookie(&headers, FLOW_COOKIE), &meta)
-        .await?;
-    let mut response = match outcome {
+        .await;
+    // A browser (it asks for HTML) lands on the console's pages; API clients get JSON.
+    if crate::pages::wants_html(&headers) {
+        let mut response = crate::pages::federated(&state, outcome);
+        response.headers_mut().append(SET_COOKIE, flow_cookie(&state, "", 0));
+        return Ok(response);
+    }
+    let mut response = match outcome? {
         Federated::SignIn(outcome) => outcome_response(&state, outcome),
         Federated::Linked(identity) => Json(FederatedView {
             outcome: "linked",

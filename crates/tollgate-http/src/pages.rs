@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tollgate_core::accounts::{AccountError, SecondFactor, SignInOutcome, SignedIn};
-use tollgate_core::{ApiKeyChanges, KeyError, NewApiKey};
+use tollgate_core::{ApiKeyChanges, Federated, FederationError, KeyError, NewApiKey};
 use tollgate_domain::{ApiKey, ApiKeyId, Permission, Session, TeamId, User};
 
 use crate::AppState;
@@ -48,6 +48,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/", get(home))
         .route("/sign-in", get(sign_in_page).post(sign_in))
         .route("/sign-in/second-factor", post(second_factor))
+        .route("/sign-in/link", post(sign_in_and_link))
+        .route("/sign-up/separate", post(separate_account))
+        .route("/sign-up/address", post(account_with_address))
         .route("/sign-out", post(sign_out))
         .route("/console", get(console))
         .route("/console/teams/{team_id}/api-keys", post(create_key))
@@ -296,6 +299,162 @@ async fn second_factor(
                 error: Some(message),
             };
             html(status, &page)
+        }
+    }
+}
+
+/// Whether the request is a browser's navigation (it asks for HTML first).
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.starts_with("text/html"))
+}
+
+#[derive(Template)]
+#[template(path = "choose.html")]
+struct ChoosePage {
+    layout: Layout,
+    /// The address in use (`None`: the provider vouched for none).
+    email: Option<String>,
+    pending: String,
+    error: Option<String>,
+}
+
+impl std::ops::Deref for ChoosePage {
+    type Target = Layout;
+    fn deref(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+fn choose(
+    state: &AppState,
+    status: StatusCode,
+    email: Option<String>,
+    pending: String,
+    error: Option<String>,
+) -> Response {
+    let page = ChoosePage {
+        layout: Layout::new(state, String::new()),
+        email,
+        pending,
+        error,
+    };
+    html(status, &page)
+}
+
+/// Where a provider's callback lands in a browser: the console once signed in, the second
+/// factor, or the choice for an address that has an account (link, a separate account, or
+/// another address).
+pub(crate) fn federated(state: &AppState, outcome: Result<Federated, FederationError>) -> Response {
+    match outcome {
+        Ok(Federated::SignIn(result)) => self::outcome(state, result, String::new()),
+        Ok(Federated::Linked(_)) => Redirect::to("/console").into_response(),
+        Ok(Federated::EmailInUse { pending, email }) => {
+            choose(state, StatusCode::OK, Some(email), pending.expose().to_owned(), None)
+        }
+        Ok(Federated::EmailNeeded { pending }) => {
+            choose(state, StatusCode::OK, None, pending.expose().to_owned(), None)
+        }
+        Err(error) => {
+            let (status, message) = failure(error);
+            sign_in_form(state, status, String::new(), Some(message))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LinkForm {
+    pending: String,
+    email: String,
+    password: String,
+}
+
+/// Links the pending sign-in to the existing account, signing in to it with its password.
+async fn sign_in_and_link(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<LinkForm>,
+) -> Response {
+    let again = |status, message| {
+        choose(
+            &state,
+            status,
+            Some(form.email.clone()),
+            form.pending.clone(),
+            Some(message),
+        )
+    };
+    let done = match state.accounts.sign_in(&form.email, &form.password, &meta).await {
+        Ok(SignInOutcome::SignedIn(done)) => done,
+        Ok(_) => {
+            return again(
+                StatusCode::CONFLICT,
+                "This account has two-factor authentication or was deleted: sign in to it first, then add this \
+                 sign-in method from its account page."
+                    .to_owned(),
+            );
+        }
+        Err(error) => {
+            let (status, message) = failure(error);
+            return again(status, message);
+        }
+    };
+    match state
+        .federation
+        .link_pending(&done.user, &done.session, &form.pending, &meta)
+        .await
+    {
+        Ok(_) => signed_in(&state, &done),
+        Err(error) => {
+            let (status, message) = failure(error);
+            again(status, message)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PendingForm {
+    pending: String,
+}
+
+/// A separate account at the address in use, for the pending sign-in.
+async fn separate_account(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<PendingForm>,
+) -> Response {
+    match state.federation.complete_separately(&form.pending, &meta).await {
+        Ok(done) => signed_in(&state, &done),
+        Err(error) => {
+            let (status, message) = failure(error);
+            sign_in_form(&state, status, String::new(), Some(message))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AddressForm {
+    pending: String,
+    email: String,
+}
+
+/// A new account with another address (verified by mail) for the pending sign-in.
+async fn account_with_address(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<AddressForm>,
+) -> Response {
+    match state
+        .federation
+        .complete_with_email(&form.pending, &form.email, &meta)
+        .await
+    {
+        Ok(done) => signed_in(&state, &done),
+        Err(error) => {
+            let (status, message) = failure(error);
+            choose(&state, status, None, form.pending, Some(message))
         }
     }
 }

@@ -19,6 +19,7 @@ on_both_backends!(
     sign_in_with_a_plain_oauth2_provider,
     accounts_without_a_password_reauthenticate_by_signing_in,
     a_separate_account_shares_only_the_address,
+    provider_sign_ins_land_on_the_consoles_pages,
 );
 
 /// The callbacks registered at the provider: `test` (OpenID Connect) and `plain` (the same
@@ -1182,5 +1183,87 @@ async fn a_separate_account_shares_only_the_address(db: TestDb) {
     let after: Value = me(&by_password, &app).await;
     assert_eq!(after["user"]["userId"], first_me["user"]["userId"]);
     assert_eq!(teams(&after), [personal(&first_me), acme]);
+    app.finish().await;
+}
+
+/// A provider's callback in a browser (which asks for HTML) lands on the console's pages: a new
+/// person in the console; an address that has an account on the choice the seeds describe,
+/// whose "separate account" creates one and signs it in.
+async fn provider_sign_ins_land_on_the_consoles_pages(db: TestDb) {
+    let Some((_provider, app)) = app_with_provider(db).await else {
+        return;
+    };
+    let html_callback = |browser: reqwest::Client, query: String| {
+        let url = app.url(&format!("/api/auth/oidc/test/callback?{query}"));
+        async move {
+            browser
+                .get(url)
+                .header("accept", "text/html,application/xhtml+xml")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let start = |browser: reqwest::Client| {
+        let url = app.url("/api/auth/oidc/test/start");
+        async move { location(&browser.get(url).send().await.unwrap()) }
+    };
+
+    // A new person: signed in, on to the console.
+    let dave = browser();
+    let query = through_provider(&dave, start(dave.clone()).await, "dave").await;
+    let response = html_callback(dave.clone(), query).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()["location"], "/console");
+    let console = dave.get(app.url("/console")).send().await.unwrap();
+    assert_eq!(console.status(), StatusCode::OK);
+    assert!(console.text().await.unwrap().contains("API Keys"));
+
+    // Bob's address has a password account: the page offers the three choices.
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-up"))
+        .json(&json!({"email": "bob@example.com", "password": "a sturdy passphrase for tests", "name": "Bob"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let bob = browser();
+    let query = through_provider(&bob, start(bob.clone()).await, "bob").await;
+    let response = html_callback(bob.clone(), query).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = response.text().await.unwrap();
+    for expected in [
+        "bob@example.com already has an account",
+        "You can create multiple accounts of different sign-in methods with the same email.",
+        "We will not be able to merge the content",
+        "Sign in and link",
+        "Create a separate account",
+        "Or use another address",
+    ] {
+        assert!(page.contains(expected), "{expected:?} not in {page}");
+    }
+    let (_, rest) = page.split_once("name=\"pending\" value=\"").unwrap();
+    let pending = rest.split('"').next().unwrap().to_owned();
+    let response = bob
+        .post(app.url("/sign-up/separate"))
+        .form(&[("pending", pending.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let me: Value = bob.get(app.url("/api/me")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["user"]["email"], "bob@example.com");
+    // The separate account signs in with the provider, not the password.
+    let identities: Value = bob
+        .get(app.url("/api/account/identities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(identities["password"], false);
+    assert_eq!(identities["identities"][0]["subject"], "bob");
     app.finish().await;
 }

@@ -44,18 +44,40 @@ const CSRF_COOKIE: &str = "tollgate_csrf";
 const TEAM_COOKIE: &str = "tollgate_team";
 
 pub(crate) fn router() -> Router<AppState> {
+    let guarded = || axum::middleware::from_fn(same_origin);
     Router::new()
         .route("/", get(home))
-        .route("/sign-in", get(sign_in_page).post(sign_in))
-        .route("/sign-in/second-factor", post(second_factor))
-        .route("/sign-in/link", post(sign_in_and_link))
-        .route("/sign-up/separate", post(separate_account))
-        .route("/sign-up/address", post(account_with_address))
-        .route("/sign-out", post(sign_out))
+        .route("/sign-in", get(sign_in_page).post(sign_in).layer(guarded()))
+        .route("/sign-in/second-factor", post(second_factor).layer(guarded()))
+        .route("/sign-up", get(sign_up_page).post(sign_up).layer(guarded()))
+        .route("/sign-in/link", post(sign_in_and_link).layer(guarded()))
+        .route("/sign-up/separate", post(separate_account).layer(guarded()))
+        .route("/sign-up/address", post(account_with_address).layer(guarded()))
+        .route("/sign-out", post(sign_out).layer(guarded()))
         .route("/console", get(console))
         .route("/console/teams/{team_id}/api-keys", post(create_key))
         .route("/console/teams/{team_id}/api-keys/{key_id}/{action}", post(change_key))
         .route(HTMX_PATH, get(htmx))
+}
+
+/// Forms that sign in or create accounts carry no session's CSRF token (there is none yet), so
+/// a browser's `Origin` must be this server (no other site may sign a person in to an account
+/// of its choosing); a request without one (not a browser's) passes.
+async fn same_origin(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let headers = request.headers();
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if host != Some(authority) {
+            return (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "This form was sent from another site.",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// What every page's layout needs.
@@ -186,6 +208,67 @@ async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Resp
         return Redirect::to("/console").into_response();
     }
     sign_in_form(&state, StatusCode::OK, String::new(), None)
+}
+
+#[derive(Template)]
+#[template(path = "sign_up.html")]
+struct SignUpPage {
+    layout: Layout,
+    error: Option<String>,
+    name: String,
+    email: String,
+}
+
+impl std::ops::Deref for SignUpPage {
+    type Target = Layout;
+    fn deref(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+async fn sign_up_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if visitor(&state, &headers).await.is_some() {
+        return Redirect::to("/console").into_response();
+    }
+    let page = SignUpPage {
+        layout: Layout::new(&state, String::new()),
+        error: None,
+        name: String::new(),
+        email: String::new(),
+    };
+    html(StatusCode::OK, &page)
+}
+
+#[derive(Deserialize)]
+struct SignUpForm {
+    name: String,
+    email: String,
+    password: String,
+}
+
+/// A new account with its Personal Team (a link to verify the address is mailed), signed in.
+async fn sign_up(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<SignUpForm>,
+) -> Response {
+    match state
+        .accounts
+        .sign_up(&form.email, &form.name, &form.password, &meta)
+        .await
+    {
+        Ok(done) => signed_in(&state, &done),
+        Err(error) => {
+            let (status, message) = failure(error);
+            let page = SignUpPage {
+                layout: Layout::new(&state, String::new()),
+                error: Some(message),
+                name: form.name,
+                email: form.email,
+            };
+            html(status, &page)
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -542,6 +625,7 @@ struct ConsolePage {
     team_id: String,
     team_name: String,
     user_email: String,
+    email_verified: bool,
     can_manage: bool,
     keys: String,
 }
@@ -635,6 +719,7 @@ async fn console(
         team_id: current.team.id.to_string(),
         team_name: current.team.name.clone(),
         user_email: visitor.user.email.as_ref().to_owned(),
+        email_verified: visitor.user.email_verified_at.is_some(),
         can_manage: keys.can_manage,
         keys: keys_html,
     };

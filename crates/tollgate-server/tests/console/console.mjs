@@ -26,6 +26,26 @@ try {
   await expect(page.url() === `${base}/sign-in`, `not sent to sign in: ${page.url()}`);
   await expect((await page.title()).startsWith("Sign in"), `title: ${await page.title()}`);
 
+  // A newcomer creates an account: signed in at once, asked to verify the address.
+  await page.click("text=Create an account");
+  await expect(page.url() === `${base}/sign-up`, `not on the sign-up page: ${page.url()}`);
+  await page.fill("#name", "Newcomer");
+  await page.fill("#email", "newcomer@example.com");
+  // A password of one repeated letter is refused by the server, with the reason; the form
+  // keeps what was typed.
+  await page.fill("#password", "aaaaaaaaaaaaaaaa");
+  const [weak] = await Promise.all([
+    page.waitForResponse((r) => r.url() === `${base}/sign-up` && r.request().method() === "POST"),
+    page.click("button[type=submit]"),
+  ]);
+  await expect(weak.status() === 400, `a weak password answered ${weak.status()}`);
+  await expect(await page.isVisible("[role=alert]"), "a weak password was accepted");
+  await expect((await page.inputValue("#name")) === "Newcomer", "the name was not kept");
+  await page.fill("#password", "a sturdy passphrase for the newcomer");
+  await Promise.all([page.waitForURL(`${base}/console`), page.click("button[type=submit]")]);
+  await expect(await page.isVisible("text=Verify your email address"), "no reminder to verify the address");
+  await Promise.all([page.waitForURL(`${base}/sign-in`), page.click("button:has-text('Sign out')")]);
+
   // A wrong password: the form again, with the reason, and a 401.
   await page.fill("#email", email);
   await page.fill("#password", "not the password");

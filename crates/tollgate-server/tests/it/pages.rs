@@ -63,6 +63,30 @@ async fn a_person_manages_api_keys_in_the_console(db: TestDb) {
     let secret = seen["secret"].as_str().unwrap();
     assert!(secret.starts_with(&app.config.api_key_prefix), "{secret}");
 
+    // The newcomer's account exists, its address not yet verified.
+    let newcomer = app
+        .store()
+        .find_user_by_email(&tollgate_domain::Email::parse("newcomer@example.com").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(newcomer.display_name, "Newcomer");
+    assert!(newcomer.email_verified_at.is_none());
+
+    // Another site cannot sign a person in through the form (login CSRF).
+    let response = app
+        .client
+        .post(app.url("/sign-in"))
+        .header("origin", "https://evil.example")
+        .form(&[
+            ("email", "owner@example.com"),
+            ("password", "correct horse battery staple"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
     // The key shown once is deleted: it no longer opens the API.
     let response = app
         .client

@@ -66,6 +66,22 @@ try {
   await expect(await page.isVisible("text=No API keys yet."), "a new team has keys?");
   if (shots) await page.screenshot({ path: `${shots}/console-empty.png`, fullPage: true });
 
+  // Users: the owner, an Admin signing in with a password; invite an address, then withdraw it.
+  await Promise.all([page.waitForURL(`${base}/console/users`), page.click("nav.tabs a:has-text('Users')")]);
+  const owner = page.locator("tr", { hasText: email });
+  await expect((await owner.locator("td").nth(2).textContent()).trim() === "password", "sign-in methods");
+  await expect((await owner.locator("td").nth(3).textContent()).trim() === "Admin", "the owner's role");
+  await page.fill("#invite-email", "newcomer@example.com");
+  await page.click("form[hx-post] button[type=submit]");
+  await page.waitForSelector("text=An invitation was sent to newcomer@example.com.");
+  const pending = page.locator("tr", { hasText: "newcomer@example.com" });
+  await expect((await pending.locator("td").nth(1).textContent()).trim() === "Member", "the invitation's role");
+  if (shots) await page.screenshot({ path: `${shots}/console-users.png`, fullPage: true });
+  await pending.locator("button:has-text('Withdraw')").click();
+  await page.waitForSelector("text=The invitation was withdrawn.");
+  await expect(!(await page.isVisible("tr:has-text('newcomer@example.com')")), "the invitation is still listed");
+  await Promise.all([page.waitForURL(`${base}/console`), page.click("nav.tabs a:has-text('API Keys')")]);
+
   // Create a key: its secret is shown once, with a copy button; the table lists it.
   await page.fill("#key-name", "browser key");
   await page.click("form[hx-post] button[type=submit]");

@@ -102,7 +102,15 @@ async fn a_person_manages_api_keys_in_the_console(db: TestDb) {
         .iter()
         .map(|e| format!("{:?}", e.action).trim_matches('"').to_owned())
         .collect();
-    for action in ["SignIn", "CreateApiKey", "UpdateApiKey", "DeleteApiKey", "SignOut"] {
+    for action in [
+        "SignIn",
+        "InviteTeamMember",
+        "RevokeInvitation",
+        "CreateApiKey",
+        "UpdateApiKey",
+        "DeleteApiKey",
+        "SignOut",
+    ] {
         assert!(actions.iter().any(|a| a == action), "{action} not in {actions:?}");
     }
     app.finish().await;

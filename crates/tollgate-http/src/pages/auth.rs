@@ -1,0 +1,385 @@
+//! Signing in and up: the sign-in and sign-up pages, the second factor, a provider's callback and
+//! the choice for an address that has an account, and signing out.
+
+use super::*;
+
+#[derive(Template)]
+#[template(path = "sign_in.html")]
+struct SignInPage {
+    layout: Layout,
+    error: Option<String>,
+    email: String,
+    providers: Vec<(String, String)>,
+}
+
+impl std::ops::Deref for SignInPage {
+    type Target = Layout;
+    fn deref(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+fn sign_in_form(state: &AppState, status: StatusCode, email: String, error: Option<String>) -> Response {
+    let page = SignInPage {
+        layout: Layout::new(state, String::new()),
+        error,
+        email,
+        providers: state.federation.providers(),
+    };
+    html(status, &page)
+}
+
+pub(super) async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if visitor(&state, &headers).await.is_some() {
+        return Redirect::to("/console").into_response();
+    }
+    sign_in_form(&state, StatusCode::OK, String::new(), None)
+}
+
+#[derive(Template)]
+#[template(path = "sign_up.html")]
+struct SignUpPage {
+    layout: Layout,
+    error: Option<String>,
+    name: String,
+    email: String,
+}
+
+impl std::ops::Deref for SignUpPage {
+    type Target = Layout;
+    fn deref(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+pub(super) async fn sign_up_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if visitor(&state, &headers).await.is_some() {
+        return Redirect::to("/console").into_response();
+    }
+    let page = SignUpPage {
+        layout: Layout::new(&state, String::new()),
+        error: None,
+        name: String::new(),
+        email: String::new(),
+    };
+    html(StatusCode::OK, &page)
+}
+
+#[derive(Deserialize)]
+pub(super) struct SignUpForm {
+    name: String,
+    email: String,
+    password: String,
+}
+
+/// A new account with its Personal Team (a link to verify the address is mailed), signed in.
+pub(super) async fn sign_up(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<SignUpForm>,
+) -> Response {
+    match state
+        .accounts
+        .sign_up(&form.email, &form.name, &form.password, &meta)
+        .await
+    {
+        Ok(done) => signed_in(&state, &done),
+        Err(error) => {
+            let (status, message) = failure(error);
+            let page = SignUpPage {
+                layout: Layout::new(&state, String::new()),
+                error: Some(message),
+                name: form.name,
+                email: form.email,
+            };
+            html(status, &page)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct SignInForm {
+    email: String,
+    password: String,
+}
+
+/// Signed in: the session and CSRF cookies, and on to the console.
+fn signed_in(state: &AppState, signed_in: &SignedIn) -> Response {
+    let max_age = (signed_in.session.absolute_expires_at - signed_in.session.created_at).num_seconds();
+    let mut response = Redirect::to("/console").into_response();
+    let headers = response.headers_mut();
+    headers.append(header::SET_COOKIE, state.cookies.set(signed_in.token.expose(), max_age));
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(state, CSRF_COOKIE, signed_in.csrf.expose(), max_age, "Strict"),
+    );
+    response
+}
+
+fn outcome(state: &AppState, outcome: SignInOutcome, email: String) -> Response {
+    match outcome {
+        SignInOutcome::SignedIn(done) => signed_in(state, &done),
+        SignInOutcome::SecondFactor { challenge, .. } => html(
+            StatusCode::OK,
+            &SecondFactorPage {
+                layout: Layout::new(state, String::new()),
+                challenge: challenge.expose().to_owned(),
+                error: None,
+            },
+        ),
+        SignInOutcome::Deleted { purge_after, .. } => sign_in_form(
+            state,
+            StatusCode::FORBIDDEN,
+            email,
+            Some(format!(
+                "This account was deleted; it can be restored until {} (restoring from the console comes later; use \
+                 POST /api/auth/restore).",
+                purge_after.format("%Y-%m-%d")
+            )),
+        ),
+    }
+}
+
+pub(super) async fn sign_in(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    match state.accounts.sign_in(&form.email, &form.password, &meta).await {
+        Ok(result) => outcome(&state, result, form.email),
+        Err(error) => {
+            let (status, message) = failure(error);
+            sign_in_form(&state, status, form.email, Some(message))
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "second_factor.html")]
+struct SecondFactorPage {
+    layout: Layout,
+    challenge: String,
+    error: Option<String>,
+}
+
+impl std::ops::Deref for SecondFactorPage {
+    type Target = Layout;
+    fn deref(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct SecondFactorForm {
+    challenge: String,
+    code: String,
+}
+
+pub(super) async fn second_factor(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<SecondFactorForm>,
+) -> Response {
+    let code = form.code.trim();
+    // Six digits are an authenticator's code; anything else is tried as a recovery code.
+    let factor = if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+        SecondFactor::Totp(code.to_owned())
+    } else {
+        SecondFactor::RecoveryCode(code.to_owned())
+    };
+    match state
+        .accounts
+        .sign_in_second_factor(&form.challenge, &factor, &meta)
+        .await
+    {
+        Ok(result) => outcome(&state, result, String::new()),
+        Err(error) => {
+            let (status, message) = failure(error);
+            let page = SecondFactorPage {
+                layout: Layout::new(&state, String::new()),
+                challenge: form.challenge,
+                error: Some(message),
+            };
+            html(status, &page)
+        }
+    }
+}
+
+/// Whether the request is a browser's navigation (it asks for HTML first).
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.starts_with("text/html"))
+}
+
+#[derive(Template)]
+#[template(path = "choose.html")]
+struct ChoosePage {
+    layout: Layout,
+    /// The address in use (`None`: the provider vouched for none).
+    email: Option<String>,
+    pending: String,
+    error: Option<String>,
+}
+
+impl std::ops::Deref for ChoosePage {
+    type Target = Layout;
+    fn deref(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+fn choose(
+    state: &AppState,
+    status: StatusCode,
+    email: Option<String>,
+    pending: String,
+    error: Option<String>,
+) -> Response {
+    let page = ChoosePage {
+        layout: Layout::new(state, String::new()),
+        email,
+        pending,
+        error,
+    };
+    html(status, &page)
+}
+
+/// Where a provider's callback lands in a browser: the console once signed in, the second
+/// factor, or the choice for an address that has an account (link, a separate account, or
+/// another address).
+pub(crate) fn federated(state: &AppState, outcome: Result<Federated, FederationError>) -> Response {
+    match outcome {
+        Ok(Federated::SignIn(result)) => self::outcome(state, result, String::new()),
+        Ok(Federated::Linked(_)) => Redirect::to("/console").into_response(),
+        Ok(Federated::EmailInUse { pending, email }) => {
+            choose(state, StatusCode::OK, Some(email), pending.expose().to_owned(), None)
+        }
+        Ok(Federated::EmailNeeded { pending }) => {
+            choose(state, StatusCode::OK, None, pending.expose().to_owned(), None)
+        }
+        Err(error) => {
+            let (status, message) = failure(error);
+            sign_in_form(state, status, String::new(), Some(message))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct LinkForm {
+    pending: String,
+    email: String,
+    password: String,
+}
+
+/// Links the pending sign-in to the existing account, signing in to it with its password.
+pub(super) async fn sign_in_and_link(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<LinkForm>,
+) -> Response {
+    let again = |status, message| {
+        choose(
+            &state,
+            status,
+            Some(form.email.clone()),
+            form.pending.clone(),
+            Some(message),
+        )
+    };
+    let done = match state.accounts.sign_in(&form.email, &form.password, &meta).await {
+        Ok(SignInOutcome::SignedIn(done)) => done,
+        Ok(_) => {
+            return again(
+                StatusCode::CONFLICT,
+                "This account has two-factor authentication or was deleted: sign in to it first, then add this \
+                 sign-in method from its account page."
+                    .to_owned(),
+            );
+        }
+        Err(error) => {
+            let (status, message) = failure(error);
+            return again(status, message);
+        }
+    };
+    match state
+        .federation
+        .link_pending(&done.user, &done.session, &form.pending, &meta)
+        .await
+    {
+        Ok(_) => signed_in(&state, &done),
+        Err(error) => {
+            let (status, message) = failure(error);
+            again(status, message)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct PendingForm {
+    pending: String,
+}
+
+/// A separate account at the address in use, for the pending sign-in.
+pub(super) async fn separate_account(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<PendingForm>,
+) -> Response {
+    match state.federation.complete_separately(&form.pending, &meta).await {
+        Ok(done) => signed_in(&state, &done),
+        Err(error) => {
+            let (status, message) = failure(error);
+            sign_in_form(&state, status, String::new(), Some(message))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct AddressForm {
+    pending: String,
+    email: String,
+}
+
+/// A new account with another address (verified by mail) for the pending sign-in.
+pub(super) async fn account_with_address(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<AddressForm>,
+) -> Response {
+    match state
+        .federation
+        .complete_with_email(&form.pending, &form.email, &meta)
+        .await
+    {
+        Ok(done) => signed_in(&state, &done),
+        Err(error) => {
+            let (status, message) = failure(error);
+            choose(&state, status, None, form.pending, Some(message))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct CsrfForm {
+    csrf: Option<String>,
+}
+
+pub(super) async fn sign_out(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Ok(visitor) = acting(&state, &headers, form.csrf.as_deref()).await
+        && let Err(error) = state.accounts.sign_out(&visitor.session, &visitor.user, &meta).await
+    {
+        tracing::warn!(%error, "signing out failed");
+    }
+    let mut response = Redirect::to("/sign-in").into_response();
+    let headers = response.headers_mut();
+    headers.append(header::SET_COOKIE, state.cookies.set("", 0));
+    headers.append(header::SET_COOKIE, set_cookie(&state, CSRF_COOKIE, "", 0, "Strict"));
+    response
+}

@@ -1,0 +1,348 @@
+//! The web console's pages: server-rendered HTML (askama templates compiled into the binary),
+//! enhanced with htmx (vendored, served from `/assets/` with Subresource Integrity). They call
+//! the same services as the console's JSON API (`console.rs`); nothing here holds a rule of its
+//! own.
+//!
+//! Sessions are the JSON API's: the HttpOnly session cookie. A page's forms and htmx requests
+//! that change state carry the session's CSRF token, which the browser holds in a second
+//! HttpOnly, `SameSite=Strict` cookie set at sign-in: the server reads it when it renders a page
+//! and writes it into the page (the `X-CSRF-Token` header htmx sends, a hidden field in plain
+//! forms), and the service checks it against the session's hash as for the JSON API.
+
+use std::sync::LazyLock;
+
+use askama::Template;
+use axum::Form;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tollgate_core::accounts::{AccountError, SecondFactor, SignInOutcome, SignedIn};
+use tollgate_core::{ApiKeyChanges, Federated, FederationError, KeyError, NewApiKey};
+use tollgate_domain::{ApiKey, ApiKeyId, InvitationId, Permission, Role, Session, TeamId, User, UserId};
+
+mod auth;
+mod keys;
+mod users;
+
+use auth::{
+    account_with_address, second_factor, separate_account, sign_in, sign_in_and_link, sign_in_page, sign_out, sign_up,
+    sign_up_page,
+};
+pub(crate) use auth::{federated, wants_html};
+use keys::{change_key, console, create_key};
+use users::{invite, remove_member, users, withdraw_invitation};
+
+use crate::AppState;
+use crate::extract::RequestMeta;
+
+/// The vendored htmx, its URL (versioned, so it is cached for good) and its SRI hash.
+const HTMX: &[u8] = include_bytes!("../../assets/htmx-2.0.4.min.js");
+const HTMX_PATH: &str = "/assets/htmx-2.0.4.min.js";
+static HTMX_INTEGRITY: LazyLock<String> = LazyLock::new(|| {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    format!(
+        "sha384-{}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha384::digest(HTMX))
+    )
+});
+
+/// The cookie holding the session's CSRF token for the pages.
+const CSRF_COOKIE: &str = "tollgate_csrf";
+/// The cookie remembering the team the console shows.
+const TEAM_COOKIE: &str = "tollgate_team";
+
+pub(crate) fn router() -> Router<AppState> {
+    let guarded = || axum::middleware::from_fn(same_origin);
+    Router::new()
+        .route("/", get(home))
+        .route("/sign-in", get(sign_in_page).post(sign_in).layer(guarded()))
+        .route("/sign-in/second-factor", post(second_factor).layer(guarded()))
+        .route("/sign-up", get(sign_up_page).post(sign_up).layer(guarded()))
+        .route("/sign-in/link", post(sign_in_and_link).layer(guarded()))
+        .route("/sign-up/separate", post(separate_account).layer(guarded()))
+        .route("/sign-up/address", post(account_with_address).layer(guarded()))
+        .route("/sign-out", post(sign_out).layer(guarded()))
+        .route("/console", get(console))
+        .route("/console/users", get(users))
+        .route("/console/teams/{team_id}/users", post(invite))
+        .route("/console/teams/{team_id}/users/{user_id}/remove", post(remove_member))
+        .route(
+            "/console/teams/{team_id}/invitations/{invitation_id}/revoke",
+            post(withdraw_invitation),
+        )
+        .route("/console/teams/{team_id}/api-keys", post(create_key))
+        .route("/console/teams/{team_id}/api-keys/{key_id}/{action}", post(change_key))
+        .route(HTMX_PATH, get(htmx))
+}
+
+/// Forms that sign in or create accounts carry no session's CSRF token (there is none yet), so
+/// a browser's `Origin` must be this server (no other site may sign a person in to an account
+/// of its choosing); a request without one (not a browser's) passes.
+async fn same_origin(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let headers = request.headers();
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if host != Some(authority) {
+            return (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "This form was sent from another site.",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// What every page's layout needs.
+struct Layout {
+    product: String,
+    htmx_url: &'static str,
+    htmx_integrity: &'static str,
+    csrf: String,
+}
+
+impl Layout {
+    fn new(state: &AppState, csrf: String) -> Self {
+        Self {
+            product: state.settings.owned_by.clone(),
+            htmx_url: HTMX_PATH,
+            htmx_integrity: HTMX_INTEGRITY.as_str(),
+            csrf,
+        }
+    }
+}
+
+/// A rendered page or fragment, with `status`; never cached (pages show account data).
+fn html(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(body) => (
+            status,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "a page could not be rendered");
+            (StatusCode::INTERNAL_SERVER_ERROR, "The page could not be rendered").into_response()
+        }
+    }
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn set_cookie(state: &AppState, name: &str, value: &str, max_age: i64, same_site: &str) -> HeaderValue {
+    let secure = if state.cookies.secure { "; Secure" } else { "" };
+    HeaderValue::try_from(format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite={same_site}; Max-Age={max_age}{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The signed-in person of a page request, and the CSRF token to write into the page.
+struct Visitor {
+    session: Session,
+    user: User,
+    csrf: String,
+}
+
+/// The page request's session (reading, so no CSRF check); `None` when signed out.
+async fn visitor(state: &AppState, headers: &HeaderMap) -> Option<Visitor> {
+    let token = state.cookies.read(headers)?;
+    let (session, user) = state.accounts.authenticate(token, None, false).await.ok()?;
+    Some(Visitor {
+        session,
+        user,
+        csrf: cookie(headers, CSRF_COOKIE).unwrap_or_default(),
+    })
+}
+
+/// A request that changes state: its session, with the CSRF token it presents (htmx's header,
+/// or a plain form's field) checked.
+async fn acting(state: &AppState, headers: &HeaderMap, form_csrf: Option<&str>) -> Result<Visitor, AccountError> {
+    let token = state.cookies.read(headers).ok_or(AccountError::NotSignedIn)?;
+    let csrf = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).or(form_csrf);
+    let (session, user) = state.accounts.authenticate(token, csrf, true).await?;
+    Ok(Visitor {
+        session,
+        user,
+        csrf: csrf.unwrap_or_default().to_owned(),
+    })
+}
+
+/// `/`: the console when signed in, else the sign-in page.
+async fn home(State(state): State<AppState>, headers: HeaderMap) -> Redirect {
+    if visitor(&state, &headers).await.is_some() {
+        Redirect::to("/console")
+    } else {
+        Redirect::to("/sign-in")
+    }
+}
+
+/// What a page says for a failure, and with which status: the JSON API's mapping, so both
+/// surfaces answer alike.
+fn failure(error: impl Into<crate::error::XaiError>) -> (StatusCode, String) {
+    let error = error.into();
+    (error.status(), error.body().error.clone())
+}
+
+/// A team in the switcher.
+struct TeamChoice {
+    id: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ConsoleQuery {
+    team: Option<String>,
+}
+
+/// What every console page shows around its content: the signed-in person, their teams, the
+/// current one (as a member: the caller the services take), and the CSRF token.
+struct Context {
+    visitor: Visitor,
+    teams: Vec<TeamChoice>,
+    team_id: TeamId,
+    team_name: String,
+    caller: tollgate_core::Caller,
+}
+
+/// The console's context: signed in (else the sign-in page), the team asked for, else the one
+/// remembered, else the Personal Team.
+async fn context(state: &AppState, headers: &HeaderMap, asked: Option<String>) -> Result<Context, Response> {
+    let Some(visitor) = visitor(state, headers).await else {
+        return Err(Redirect::to("/sign-in").into_response());
+    };
+    let memberships = state
+        .accounts
+        .memberships(&visitor.user)
+        .await
+        .map_err(|error| error_page(failure(error)))?;
+    let wanted: Option<TeamId> = asked
+        .or_else(|| cookie(headers, TEAM_COOKIE))
+        .and_then(|id| id.parse().ok());
+    let current = wanted
+        .and_then(|id| memberships.iter().find(|m| m.team.id == id))
+        .or_else(|| memberships.iter().find(|m| m.team.personal))
+        .or_else(|| memberships.first())
+        .ok_or_else(|| error_page((StatusCode::NOT_FOUND, "You are not a member of any team.".into())))?;
+    let caller = state
+        .accounts
+        .member(&visitor.user, current.team.id)
+        .await
+        .map_err(|error| error_page(failure(error)))?;
+    Ok(Context {
+        teams: memberships
+            .iter()
+            .map(|m| TeamChoice {
+                id: m.team.id.to_string(),
+                name: m.team.name.clone(),
+            })
+            .collect(),
+        team_id: current.team.id,
+        team_name: current.team.name.clone(),
+        caller,
+        visitor,
+    })
+}
+
+/// A console page, remembering its team.
+fn console_page(state: &AppState, team_id: TeamId, page: &impl Template) -> Response {
+    let mut response = html(StatusCode::OK, page);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(state, TEAM_COOKIE, &team_id.to_string(), 365 * 86_400, "Lax"),
+    );
+    response
+}
+
+/// A fragment rendered for a page, or `None` (logged) when it could not be.
+fn rendered(fragment: &impl Template) -> Option<String> {
+    fragment
+        .render()
+        .inspect_err(|error| tracing::error!(%error, "a fragment could not be rendered"))
+        .ok()
+}
+
+/// The page for a fragment that could not be rendered.
+fn unrendered() -> Response {
+    error_page((
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "The page could not be rendered".into(),
+    ))
+}
+
+fn error_page((status, message): (StatusCode, String)) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        format!(
+            "<!doctype html><meta charset=\"utf-8\"><title>Error</title><main style=\"font-family:system-ui;margin:3rem\">\
+             <p role=\"alert\">{}</p><p><a href=\"/console\">Back to the console</a></p></main>",
+            escape(&message)
+        ),
+    )
+        .into_response()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The team of a fragment request, as the signed-in member (CSRF checked).
+async fn member_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    team_id: &str,
+) -> Result<tollgate_core::Caller, (StatusCode, String)> {
+    let visitor = acting(state, headers, None).await.map_err(failure)?;
+    let team_id: TeamId = team_id
+        .parse()
+        .map_err(|_| (StatusCode::NOT_FOUND, "No such team".to_owned()))?;
+    state.accounts.member(&visitor.user, team_id).await.map_err(failure)
+}
+
+/// An error where a fragment (`#id`) would go (htmx swaps 4xx answers in, as the layout
+/// configures).
+fn fragment_error(id: &str, (status, message): (StatusCode, String)) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        format!(
+            "<div id=\"{id}\" class=\"card\"><p class=\"error\" role=\"alert\">{}</p></div>",
+            escape(&message)
+        ),
+    )
+        .into_response()
+}
+
+async fn htmx() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        HTMX,
+    )
+        .into_response()
+}

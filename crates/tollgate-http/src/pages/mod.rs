@@ -23,10 +23,12 @@ use tollgate_core::accounts::{AccountError, SecondFactor, SignInOutcome, SignedI
 use tollgate_core::{ApiKeyChanges, Federated, FederationError, KeyError, NewApiKey};
 use tollgate_domain::{ApiKey, ApiKeyId, InvitationId, Permission, Role, Session, TeamId, User, UserId};
 
+mod audit;
 mod auth;
 mod keys;
 mod users;
 
+use audit::audit_log;
 use auth::{
     account_with_address, second_factor, separate_account, sign_in, sign_in_and_link, sign_in_page, sign_out, sign_up,
     sign_up_page,
@@ -68,6 +70,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/sign-out", post(sign_out).layer(guarded()))
         .route("/console", get(console))
         .route("/console/users", get(users))
+        .route("/console/audit", get(audit_log))
         .route("/console/teams/{team_id}/users", post(invite))
         .route("/console/teams/{team_id}/users/{user_id}/remove", post(remove_member))
         .route(

@@ -100,6 +100,29 @@ try {
   await page.locator("tr", { hasText: "browser key" }).locator("button:has-text('Delete key')").click();
   await page.waitForSelector("text=No API keys yet.");
 
+  // The Audit Log: what was just done, newest first; searched by action; a range of days with
+  // nothing in it; a malformed day is a 400 with the reason.
+  await Promise.all([page.waitForURL(`${base}/console/audit`), page.click("nav.tabs a:has-text('Audit Log')")]);
+  const actions = await page.$$eval("#events tbody tr td:nth-child(2)", (cells) => cells.map((c) => c.textContent.trim()));
+  for (const action of ["DeleteApiKey", "UpdateApiKey", "CreateApiKey", "RevokeInvitation", "InviteTeamMember"]) {
+    await expect(actions.includes(action), `${action} not in the audit log: ${actions}`);
+  }
+  await expect(actions.indexOf("DeleteApiKey") < actions.indexOf("CreateApiKey"), "not newest first");
+  await page.fill("#q", "DeleteApiKey");
+  await Promise.all([page.waitForURL(/\/console\/audit\?/), page.click("form.filters button[type=submit]")]);
+  const found = await page.$$eval("#events tbody tr td:nth-child(2)", (cells) => cells.map((c) => c.textContent.trim()));
+  await expect(found.length === 1 && found[0] === "DeleteApiKey", `search found ${found}`);
+  await expect((await page.inputValue("#q")) === "DeleteApiKey", "the search was not kept in the form");
+  const csv = await page.getAttribute("a:has-text('CSV')", "href");
+  await expect(csv.includes("eventFilter.query=DeleteApiKey"), `export link: ${csv}`);
+  if (shots) await page.screenshot({ path: `${shots}/console-audit.png`, fullPage: true });
+  await page.goto(`${base}/console/audit?q=&from=2099-01-01`);
+  await expect(await page.isVisible("text=No events match."), "events in the future");
+  const bad = await page.goto(`${base}/console/audit?from=yesterday`);
+  await expect(bad.status() === 400, `a malformed day answered ${bad.status()}`);
+  await expect(await page.isVisible("text=From must be a day"), "no reason for the malformed day");
+  await page.goto(`${base}/console`);
+
   // A reload shows the same; the team is remembered.
   await page.reload();
   await expect(await page.isVisible("text=No API keys yet."), "the deleted key is back after a reload");

@@ -48,13 +48,7 @@ struct EventRow {
 #[derive(Template)]
 #[template(path = "audit.html")]
 struct AuditLogPage {
-    layout: Layout,
-    here: &'static str,
-    teams: Vec<TeamChoice>,
-    team_id: String,
-    team_name: String,
-    user_email: String,
-    email_verified: bool,
+    frame: Frame,
     filters: Filters,
     events: Vec<EventRow>,
     next: Option<String>,
@@ -64,9 +58,9 @@ struct AuditLogPage {
 }
 
 impl std::ops::Deref for AuditLogPage {
-    type Target = Layout;
-    fn deref(&self) -> &Layout {
-        &self.layout
+    type Target = Frame;
+    fn deref(&self) -> &Frame {
+        &self.frame
     }
 }
 
@@ -213,13 +207,7 @@ pub(super) async fn audit_log(
         }
     }
     let page = AuditLogPage {
-        layout: Layout::new(&state, context.visitor.csrf.clone()),
-        here: "/console/audit",
-        teams: context.teams,
-        team_id,
-        team_name: context.team_name,
-        user_email: context.visitor.user.email.as_ref().to_owned(),
-        email_verified: context.visitor.user.email_verified_at.is_some(),
+        frame: context.frame(&state, "/console/audit"),
         filters: Filters {
             q: query.q,
             user: query.user,

@@ -52,21 +52,15 @@ struct KeysFragment {
 #[derive(Template)]
 #[template(path = "console.html")]
 struct ConsolePage {
-    layout: Layout,
-    here: &'static str,
-    teams: Vec<TeamChoice>,
-    team_id: String,
-    team_name: String,
-    user_email: String,
-    email_verified: bool,
+    frame: Frame,
     can_manage: bool,
     keys: String,
 }
 
 impl std::ops::Deref for ConsolePage {
-    type Target = Layout;
-    fn deref(&self) -> &Layout {
-        &self.layout
+    type Target = Frame;
+    fn deref(&self) -> &Frame {
+        &self.frame
     }
 }
 
@@ -112,13 +106,7 @@ pub(super) async fn console(
         None => return unrendered(),
     };
     let page = ConsolePage {
-        layout: Layout::new(&state, context.visitor.csrf.clone()),
-        here: "/console",
-        teams: context.teams,
-        team_id: context.team_id.to_string(),
-        team_name: context.team_name,
-        user_email: context.visitor.user.email.as_ref().to_owned(),
-        email_verified: context.visitor.user.email_verified_at.is_some(),
+        frame: context.frame(&state, "/console"),
         can_manage: keys.can_manage,
         keys: keys_html,
     };

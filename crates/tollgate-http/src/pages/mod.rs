@@ -207,6 +207,7 @@ fn failure(error: impl Into<crate::error::XaiError>) -> (StatusCode, String) {
 }
 
 /// A team in the switcher.
+#[derive(Clone)]
 struct TeamChoice {
     id: String,
     name: String,
@@ -264,6 +265,41 @@ async fn context(state: &AppState, headers: &HeaderMap, asked: Option<String>) -
         caller,
         visitor,
     })
+}
+
+/// What every console page shows around its content: the layout and the top bar (team
+/// switcher, tabs, the signed-in address, the reminder to verify it).
+struct Frame {
+    layout: Layout,
+    /// The page's path, for the switcher and the current tab.
+    here: &'static str,
+    teams: Vec<TeamChoice>,
+    team_id: String,
+    team_name: String,
+    user_email: String,
+    email_verified: bool,
+}
+
+impl std::ops::Deref for Frame {
+    type Target = Layout;
+    fn deref(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+impl Context {
+    /// The frame of the page at `here`.
+    fn frame(&self, state: &AppState, here: &'static str) -> Frame {
+        Frame {
+            layout: Layout::new(state, self.visitor.csrf.clone()),
+            here,
+            teams: self.teams.clone(),
+            team_id: self.team_id.to_string(),
+            team_name: self.team_name.clone(),
+            user_email: self.visitor.user.email.as_ref().to_owned(),
+            email_verified: self.visitor.user.email_verified_at.is_some(),
+        }
+    }
 }
 
 /// A console page, remembering its team.

@@ -36,21 +36,15 @@ struct UsersFragment {
 #[derive(Template)]
 #[template(path = "users.html")]
 struct UsersPage {
-    layout: Layout,
-    here: &'static str,
-    teams: Vec<TeamChoice>,
-    team_id: String,
-    team_name: String,
-    user_email: String,
-    email_verified: bool,
+    frame: Frame,
     is_admin: bool,
     users: String,
 }
 
 impl std::ops::Deref for UsersPage {
-    type Target = Layout;
-    fn deref(&self) -> &Layout {
-        &self.layout
+    type Target = Frame;
+    fn deref(&self) -> &Frame {
+        &self.frame
     }
 }
 
@@ -121,13 +115,7 @@ pub(super) async fn users(
         None => return unrendered(),
     };
     let page = UsersPage {
-        layout: Layout::new(&state, context.visitor.csrf.clone()),
-        here: "/console/users",
-        teams: context.teams,
-        team_id: context.team_id.to_string(),
-        team_name: context.team_name,
-        user_email: context.visitor.user.email.as_ref().to_owned(),
-        email_verified: context.visitor.user.email_verified_at.is_some(),
+        frame: context.frame(&state, "/console/users"),
         is_admin: fragment.is_admin,
         users: users_html,
     };

@@ -26,6 +26,7 @@ use tollgate_domain::{ApiKey, ApiKeyId, InvitationId, Permission, Role, Session,
 mod audit;
 mod auth;
 mod keys;
+mod links;
 mod users;
 
 use audit::audit_log;
@@ -35,6 +36,9 @@ use auth::{
 };
 pub(crate) use auth::{federated, wants_html};
 use keys::{change_key, console, create_key};
+use links::{
+    forgot_password, forgot_password_page, reset_password, reset_password_page, verify_email, verify_email_page,
+};
 use users::{invite, remove_member, users, withdraw_invitation};
 
 use crate::AppState;
@@ -68,6 +72,18 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/sign-up/separate", post(separate_account).layer(guarded()))
         .route("/sign-up/address", post(account_with_address).layer(guarded()))
         .route("/sign-out", post(sign_out).layer(guarded()))
+        .route(
+            "/verify-email",
+            get(verify_email_page).post(verify_email).layer(guarded()),
+        )
+        .route(
+            "/forgot-password",
+            get(forgot_password_page).post(forgot_password).layer(guarded()),
+        )
+        .route(
+            "/reset-password",
+            get(reset_password_page).post(reset_password).layer(guarded()),
+        )
         .route("/console", get(console))
         .route("/console/users", get(users))
         .route("/console/audit", get(audit_log))

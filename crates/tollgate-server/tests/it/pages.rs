@@ -11,7 +11,10 @@ use tollgate_store::testsuite::TestDb;
 
 use crate::util::{TestApp, on_both_backends};
 
-on_both_backends!(a_person_manages_api_keys_in_the_console,);
+on_both_backends!(
+    a_person_manages_api_keys_in_the_console,
+    the_pages_account_mails_link_to_work,
+);
 
 /// Whether the browser and its driver are here (scripts/test installs both); under CI their
 /// absence fails the test, elsewhere it is skipped with a note.
@@ -112,6 +115,83 @@ async fn a_person_manages_api_keys_in_the_console(db: TestDb) {
         "SignOut",
     ] {
         assert!(actions.iter().any(|a| a == action), "{action} not in {actions:?}");
+    }
+    app.finish().await;
+}
+
+/// Runs one step of `tests/console/links.mjs` in the browser.
+async fn links_step(args: Vec<String>) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/links.mjs");
+    let out = tokio::task::spawn_blocking(move || Command::new("node").arg(script).args(&args).output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The token of the newest mail to `to` whose subject has `subject`.
+async fn mailed_token(app: &TestApp, to: &str, subject: &str) -> String {
+    let mail = app.store().list_mail(100).await.unwrap();
+    let found = mail
+        .iter()
+        .find(|m| m.mail.to.iter().any(|t| t.as_ref() == to) && m.mail.subject.contains(subject))
+        .unwrap_or_else(|| panic!("no mail '{subject}' to {to}"));
+    let (_, rest) = found.mail.body.split_once("#token=").unwrap();
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
+/// The links in account mails open pages: verifying the address, asking for a reset from the
+/// sign-in page, and choosing a new password (a weak one refused, the link still good), then
+/// signing in with it.
+async fn the_pages_account_mails_link_to_work(db: TestDb) {
+    if !browser_installed() {
+        return;
+    }
+    let app = TestApp::new(db).await;
+    let base = app.url("");
+    let email = "reader@example.com";
+    let signed_up = app
+        .client
+        .post(app.url("/api/auth/sign-up"))
+        .json(&serde_json::json!({"email": email, "password": "a sturdy passphrase for the reader", "name": "Reader"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(signed_up.status().is_success());
+    let token = mailed_token(&app, email, "Verify your email").await;
+    links_step(vec!["verify".into(), base.clone(), token]).await;
+    let parsed = tollgate_domain::Email::parse(email).unwrap();
+    let user = app.store().find_user_by_email(&parsed).await.unwrap().unwrap();
+    assert!(user.email_verified_at.is_some(), "the address was not verified");
+
+    links_step(vec!["forgot".into(), base.clone(), email.into()]).await;
+    let token = mailed_token(&app, email, "Reset your password").await;
+    links_step(vec![
+        "reset".into(),
+        base.clone(),
+        token,
+        email.into(),
+        "a brand new passphrase for the reader".into(),
+    ])
+    .await;
+    // The new password signs in; the old one no longer does.
+    for (password, status) in [
+        ("a brand new passphrase for the reader", StatusCode::OK),
+        ("a sturdy passphrase for the reader", StatusCode::UNAUTHORIZED),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/api/auth/sign-in"))
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{password}");
     }
     app.finish().await;
 }

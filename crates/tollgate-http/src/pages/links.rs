@@ -1,0 +1,196 @@
+//! The pages the account mails link to: verifying an address (`/verify-email#token=…`), asking
+//! for a password reset (`/forgot-password`) and choosing the new password
+//! (`/reset-password#token=…`). A link's token travels in the fragment, which browsers never send
+//! to a server (nor in a `Referer`); the page moves it into its form, and nothing is spent until
+//! the person presses the button (a mail scanner that opens links spends nothing).
+
+use super::*;
+
+/// A one-form page: its wording, what the form takes, and its outcome once sent.
+#[derive(Template)]
+#[template(path = "token_form.html")]
+struct TokenPage {
+    layout: Layout,
+    heading: &'static str,
+    explanation: &'static str,
+    action: &'static str,
+    button: &'static str,
+    takes_token: bool,
+    takes_email: bool,
+    takes_password: bool,
+    token: String,
+    error: Option<String>,
+    done: Option<String>,
+    next_href: &'static str,
+    next_label: &'static str,
+}
+
+impl std::ops::Deref for TokenPage {
+    type Target = Layout;
+    fn deref(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+fn verify_page(state: &AppState) -> TokenPage {
+    TokenPage {
+        layout: Layout::new(state, String::new()),
+        heading: "Verify your email address",
+        explanation: "Confirm that this address is yours.",
+        action: "/verify-email",
+        button: "Verify my address",
+        takes_token: true,
+        takes_email: false,
+        takes_password: false,
+        token: String::new(),
+        error: None,
+        done: None,
+        next_href: "/console",
+        next_label: "Open the console",
+    }
+}
+
+fn forgot_page(state: &AppState) -> TokenPage {
+    TokenPage {
+        layout: Layout::new(state, String::new()),
+        heading: "Reset your password",
+        explanation: "Give your account's address: we send it a link to choose a new password.",
+        action: "/forgot-password",
+        button: "Send the link",
+        takes_token: false,
+        takes_email: true,
+        takes_password: false,
+        token: String::new(),
+        error: None,
+        done: None,
+        next_href: "/sign-in",
+        next_label: "Back to sign in",
+    }
+}
+
+fn reset_page(state: &AppState) -> TokenPage {
+    TokenPage {
+        layout: Layout::new(state, String::new()),
+        heading: "Choose a new password",
+        explanation: "Your other sessions are signed out when the password changes.",
+        action: "/reset-password",
+        button: "Set the password",
+        takes_token: true,
+        takes_email: false,
+        takes_password: true,
+        token: String::new(),
+        error: None,
+        done: None,
+        next_href: "/sign-in",
+        next_label: "Sign in",
+    }
+}
+
+pub(super) async fn verify_email_page(State(state): State<AppState>) -> Response {
+    html(StatusCode::OK, &verify_page(&state))
+}
+
+#[derive(Deserialize)]
+pub(super) struct TokenForm {
+    token: String,
+}
+
+pub(super) async fn verify_email(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    let mut page = verify_page(&state);
+    let status = match state.accounts.verify_email(&form.token, &meta).await {
+        Ok(user) => {
+            page.done = Some(format!("{} is verified.", user.email.as_ref()));
+            StatusCode::OK
+        }
+        Err(error) => {
+            let (status, message) = failure(error);
+            page.error = Some(message);
+            status
+        }
+    };
+    html(status, &page)
+}
+
+pub(super) async fn forgot_password_page(State(state): State<AppState>) -> Response {
+    html(StatusCode::OK, &forgot_page(&state))
+}
+
+#[derive(Deserialize)]
+pub(super) struct EmailForm {
+    email: String,
+}
+
+/// Always the same answer, whether the address has an account or not.
+pub(super) async fn forgot_password(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<EmailForm>,
+) -> Response {
+    let mut page = forgot_page(&state);
+    let status = match state.accounts.request_password_reset(&form.email, &meta).await {
+        Ok(()) => {
+            page.done = Some(
+                "If an account signs in with this address and a password, a link to reset it is on its way. It works \
+                 for 60 minutes."
+                    .to_owned(),
+            );
+            StatusCode::OK
+        }
+        Err(error) => {
+            let (status, message) = failure(error);
+            page.error = Some(message);
+            status
+        }
+    };
+    html(status, &page)
+}
+
+pub(super) async fn reset_password_page(State(state): State<AppState>) -> Response {
+    html(StatusCode::OK, &reset_page(&state))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ResetForm {
+    token: String,
+    password: String,
+    #[serde(default)]
+    code: String,
+}
+
+pub(super) async fn reset_password(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<ResetForm>,
+) -> Response {
+    let code = form.code.trim();
+    let factor = (!code.is_empty()).then(|| {
+        if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+            SecondFactor::Totp(code.to_owned())
+        } else {
+            SecondFactor::RecoveryCode(code.to_owned())
+        }
+    });
+    let mut page = reset_page(&state);
+    let status = match state
+        .accounts
+        .reset_password(&form.token, &form.password, factor.as_ref(), &meta)
+        .await
+    {
+        Ok(()) => {
+            page.done = Some("Your password was changed. Sign in with it.".to_owned());
+            StatusCode::OK
+        }
+        Err(error) => {
+            let (status, message) = failure(error);
+            page.error = Some(message);
+            // The link can be tried again with a better password (it is spent only on success).
+            page.token = form.token;
+            status
+        }
+    };
+    html(status, &page)
+}

@@ -1,6 +1,7 @@
 //! The pages the account mails link to: verifying an address (`/verify-email#token=…`), asking
-//! for a password reset (`/forgot-password`) and choosing the new password
-//! (`/reset-password#token=…`). A link's token travels in the fragment, which browsers never send
+//! for a password reset (`/forgot-password`), choosing the new password
+//! (`/reset-password#token=…`), confirming a new address (`/confirm-email-change#token=…`) and
+//! stopping a change the owner did not ask for (`/report-email-change#token=…`). A link's token travels in the fragment, which browsers never send
 //! to a server (nor in a `Referer`); the page moves it into its form, and nothing is spent until
 //! the person presses the button (a mail scanner that opens links spends nothing).
 
@@ -84,6 +85,101 @@ fn reset_page(state: &AppState) -> TokenPage {
         next_href: "/sign-in",
         next_label: "Sign in",
     }
+}
+
+/// A page whose form only sends the link's token.
+fn token_only(
+    state: &AppState,
+    heading: &'static str,
+    explanation: &'static str,
+    action: &'static str,
+    button: &'static str,
+) -> TokenPage {
+    TokenPage {
+        heading,
+        explanation,
+        action,
+        button,
+        ..verify_page(state)
+    }
+}
+
+fn confirm_change_page(state: &AppState) -> TokenPage {
+    token_only(
+        state,
+        "Confirm your new email address",
+        "Confirm that this address is yours: the account's address changes to it.",
+        "/confirm-email-change",
+        "Confirm the new address",
+    )
+}
+
+fn report_change_page(state: &AppState) -> TokenPage {
+    token_only(
+        state,
+        "Stop this email change",
+        "If you did not ask to change your account's address, stop it: the change is cancelled, your sessions \
+         are signed out, and you should reset your password.",
+        "/report-email-change",
+        "Stop the change",
+    )
+}
+
+pub(super) async fn confirm_email_change_page(State(state): State<AppState>) -> Response {
+    html(StatusCode::OK, &confirm_change_page(&state))
+}
+
+pub(super) async fn report_email_change_page(State(state): State<AppState>) -> Response {
+    html(StatusCode::OK, &report_change_page(&state))
+}
+
+/// Sends a token-only form's token to `act`; the page says how it went.
+async fn token_action(mut page: TokenPage, outcome: Result<(), AccountError>, done: &str) -> Response {
+    let status = match outcome {
+        Ok(()) => {
+            page.done = Some(done.to_owned());
+            StatusCode::OK
+        }
+        Err(error) => {
+            let (status, message) = failure(error);
+            page.error = Some(message);
+            status
+        }
+    };
+    html(status, &page)
+}
+
+pub(super) async fn confirm_email_change(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    let outcome = state.accounts.confirm_email_change(&form.token, &meta).await;
+    token_action(
+        confirm_change_page(&state),
+        outcome,
+        "The account's address was changed.",
+    )
+    .await
+}
+
+pub(super) async fn report_email_change(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    let outcome = state.accounts.report_email_change(&form.token, &meta).await;
+    let page = TokenPage {
+        next_href: "/forgot-password",
+        next_label: "Reset the password",
+        ..report_change_page(&state)
+    };
+    token_action(
+        page,
+        outcome,
+        "The change was stopped and your sessions were signed out.",
+    )
+    .await
 }
 
 pub(super) async fn verify_email_page(State(state): State<AppState>) -> Response {

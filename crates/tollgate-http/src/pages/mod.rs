@@ -37,7 +37,8 @@ use auth::{
 pub(crate) use auth::{federated, wants_html};
 use keys::{change_key, console, create_key};
 use links::{
-    forgot_password, forgot_password_page, reset_password, reset_password_page, verify_email, verify_email_page,
+    confirm_email_change, confirm_email_change_page, forgot_password, forgot_password_page, report_email_change,
+    report_email_change_page, reset_password, reset_password_page, verify_email, verify_email_page,
 };
 use users::{invite, remove_member, users, withdraw_invitation};
 
@@ -83,6 +84,16 @@ pub(crate) fn router() -> Router<AppState> {
         .route(
             "/reset-password",
             get(reset_password_page).post(reset_password).layer(guarded()),
+        )
+        .route(
+            "/confirm-email-change",
+            get(confirm_email_change_page)
+                .post(confirm_email_change)
+                .layer(guarded()),
+        )
+        .route(
+            "/report-email-change",
+            get(report_email_change_page).post(report_email_change).layer(guarded()),
         )
         .route("/console", get(console))
         .route("/console/users", get(users))

@@ -3,6 +3,8 @@
 //   node links.mjs verify <base> <token>
 //   node links.mjs forgot <base> <email>
 //   node links.mjs reset  <base> <token> <email> <new password>
+//   node links.mjs change <base> <token>   (confirm a new address)
+//   node links.mjs stop   <base> <token>   (stop a change from the old address)
 import { chromium } from "playwright-core";
 
 const [step, base, ...rest] = process.argv.slice(2);
@@ -51,6 +53,13 @@ try {
     await page.fill("#email", email);
     await page.fill("#password", password);
     await Promise.all([page.waitForURL(`${base}/console`), page.click("button[type=submit]")]);
+  } else if (step === "change" || step === "stop") {
+    const [token] = rest;
+    const path = step === "change" ? "confirm-email-change" : "report-email-change";
+    await page.goto(`${base}/${path}#token=${token}`);
+    await expect(page.url() === `${base}/${path}`, `the token stayed in the address: ${page.url()}`);
+    await page.click(step === "change" ? "button:has-text('Confirm the new address')" : "button:has-text('Stop the change')");
+    await page.waitForSelector(step === "change" ? "text=The account's address was changed." : "text=The change was stopped");
   } else {
     await fail(`unknown step ${step}`);
   }

@@ -193,5 +193,41 @@ async fn the_pages_account_mails_link_to_work(db: TestDb) {
             .unwrap();
         assert_eq!(response.status(), status, "{password}");
     }
+
+    // An email change: confirmed from the new address's link; a second one stopped from the old
+    // address's link.
+    let change = async |current: &str, new: &str| {
+        let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
+        let response = browser
+            .post(app.url("/api/auth/sign-in"))
+            .json(&serde_json::json!({"email": current, "password": "a brand new passphrase for the reader"}))
+            .send()
+            .await
+            .unwrap();
+        let signed_in: Value = response.json().await.unwrap();
+        let csrf = signed_in["csrfToken"].as_str().unwrap().to_owned();
+        let response = browser
+            .post(app.url("/api/account/email"))
+            .header("x-csrf-token", csrf)
+            .json(&serde_json::json!({"newEmail": new, "password": "a brand new passphrase for the reader"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    };
+    change(email, "elsewhere@example.com").await;
+    let token = mailed_token(&app, "elsewhere@example.com", "Confirm your new email address").await;
+    links_step(vec!["change".into(), base.clone(), token]).await;
+    let moved = app.store().get_user(user.id).await.unwrap();
+    assert_eq!(moved.email.as_ref(), "elsewhere@example.com");
+    change("elsewhere@example.com", "third@example.com").await;
+    let stop = mailed_token(&app, "elsewhere@example.com", "about to change").await;
+    links_step(vec!["stop".into(), base.clone(), stop]).await;
+    let kept = app.store().get_user(user.id).await.unwrap();
+    assert_eq!(
+        kept.email.as_ref(),
+        "elsewhere@example.com",
+        "a stopped change went through"
+    );
     app.finish().await;
 }

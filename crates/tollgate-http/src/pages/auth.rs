@@ -180,13 +180,7 @@ pub(super) async fn second_factor(
     RequestMeta(meta): RequestMeta,
     Form(form): Form<SecondFactorForm>,
 ) -> Response {
-    let code = form.code.trim();
-    // Six digits are an authenticator's code; anything else is tried as a recovery code.
-    let factor = if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
-        SecondFactor::Totp(code.to_owned())
-    } else {
-        SecondFactor::RecoveryCode(code.to_owned())
-    };
+    let factor = second_factor_of(form.code.trim());
     match state
         .accounts
         .sign_in_second_factor(&form.challenge, &factor, &meta)

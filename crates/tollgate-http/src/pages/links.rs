@@ -133,11 +133,12 @@ pub(super) async fn report_email_change_page(State(state): State<AppState>) -> R
     html(StatusCode::OK, &report_change_page(&state))
 }
 
-/// Sends a token-only form's token to `act`; the page says how it went.
-async fn token_action(mut page: TokenPage, outcome: Result<(), AccountError>, done: &str) -> Response {
+/// `page` with how an action went: its `done` message, or the failure (the JSON API's status
+/// and text) above the form again.
+fn outcome_page(mut page: TokenPage, outcome: Result<String, AccountError>) -> Response {
     let status = match outcome {
-        Ok(()) => {
-            page.done = Some(done.to_owned());
+        Ok(done) => {
+            page.done = Some(done);
             StatusCode::OK
         }
         Err(error) => {
@@ -155,12 +156,10 @@ pub(super) async fn confirm_email_change(
     Form(form): Form<TokenForm>,
 ) -> Response {
     let outcome = state.accounts.confirm_email_change(&form.token, &meta).await;
-    token_action(
+    outcome_page(
         confirm_change_page(&state),
-        outcome,
-        "The account's address was changed.",
+        outcome.map(|()| "The account's address was changed.".to_owned()),
     )
-    .await
 }
 
 pub(super) async fn report_email_change(
@@ -174,12 +173,10 @@ pub(super) async fn report_email_change(
         next_label: "Reset the password",
         ..report_change_page(&state)
     };
-    token_action(
+    outcome_page(
         page,
-        outcome,
-        "The change was stopped and your sessions were signed out.",
+        outcome.map(|()| "The change was stopped and your sessions were signed out.".to_owned()),
     )
-    .await
 }
 
 pub(super) async fn verify_email_page(State(state): State<AppState>) -> Response {
@@ -196,19 +193,11 @@ pub(super) async fn verify_email(
     RequestMeta(meta): RequestMeta,
     Form(form): Form<TokenForm>,
 ) -> Response {
-    let mut page = verify_page(&state);
-    let status = match state.accounts.verify_email(&form.token, &meta).await {
-        Ok(user) => {
-            page.done = Some(format!("{} is verified.", user.email.as_ref()));
-            StatusCode::OK
-        }
-        Err(error) => {
-            let (status, message) = failure(error);
-            page.error = Some(message);
-            status
-        }
-    };
-    html(status, &page)
+    let outcome = state.accounts.verify_email(&form.token, &meta).await;
+    outcome_page(
+        verify_page(&state),
+        outcome.map(|user| format!("{} is verified.", user.email.as_ref())),
+    )
 }
 
 pub(super) async fn forgot_password_page(State(state): State<AppState>) -> Response {
@@ -226,23 +215,15 @@ pub(super) async fn forgot_password(
     RequestMeta(meta): RequestMeta,
     Form(form): Form<EmailForm>,
 ) -> Response {
-    let mut page = forgot_page(&state);
-    let status = match state.accounts.request_password_reset(&form.email, &meta).await {
-        Ok(()) => {
-            page.done = Some(
-                "If an account signs in with this address and a password, a link to reset it is on its way. It works \
-                 for 60 minutes."
-                    .to_owned(),
-            );
-            StatusCode::OK
-        }
-        Err(error) => {
-            let (status, message) = failure(error);
-            page.error = Some(message);
-            status
-        }
-    };
-    html(status, &page)
+    let outcome = state.accounts.request_password_reset(&form.email, &meta).await;
+    outcome_page(
+        forgot_page(&state),
+        outcome.map(|()| {
+            "If an account signs in with this address and a password, a link to reset it is on its way. It works for \
+             60 minutes."
+                .to_owned()
+        }),
+    )
 }
 
 pub(super) async fn reset_password_page(State(state): State<AppState>) -> Response {
@@ -263,30 +244,18 @@ pub(super) async fn reset_password(
     Form(form): Form<ResetForm>,
 ) -> Response {
     let code = form.code.trim();
-    let factor = (!code.is_empty()).then(|| {
-        if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
-            SecondFactor::Totp(code.to_owned())
-        } else {
-            SecondFactor::RecoveryCode(code.to_owned())
-        }
-    });
-    let mut page = reset_page(&state);
-    let status = match state
+    let factor = (!code.is_empty()).then(|| second_factor_of(code));
+    let outcome = state
         .accounts
         .reset_password(&form.token, &form.password, factor.as_ref(), &meta)
-        .await
-    {
-        Ok(()) => {
-            page.done = Some("Your password was changed. Sign in with it.".to_owned());
-            StatusCode::OK
-        }
-        Err(error) => {
-            let (status, message) = failure(error);
-            page.error = Some(message);
-            // The link can be tried again with a better password (it is spent only on success).
-            page.token = form.token;
-            status
-        }
+        .await;
+    // On a failure the link can be tried again (it is spent only on success): the form keeps it.
+    let page = TokenPage {
+        token: form.token,
+        ..reset_page(&state)
     };
-    html(status, &page)
+    outcome_page(
+        page,
+        outcome.map(|()| "Your password was changed. Sign in with it.".to_owned()),
+    )
 }

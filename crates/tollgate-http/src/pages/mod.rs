@@ -226,6 +226,16 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Redirect {
     }
 }
 
+/// A typed second-factor code: six digits are an authenticator's code; anything else is tried
+/// as a recovery code.
+fn second_factor_of(code: &str) -> SecondFactor {
+    if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+        SecondFactor::Totp(code.to_owned())
+    } else {
+        SecondFactor::RecoveryCode(code.to_owned())
+    }
+}
+
 /// What a page says for a failure, and with which status: the JSON API's mapping, so both
 /// surfaces answer alike.
 fn failure(error: impl Into<crate::error::XaiError>) -> (StatusCode, String) {

@@ -2,20 +2,9 @@
 // would: sign in (a wrong password first), see the team's API keys, create one (its secret shown
 // once), disable it, delete it (confirming), sign out. Prints what the server must check, as
 // JSON. Usage: node console.mjs <base URL> <email> <password> [screenshot directory]
-import { chromium } from "playwright-core";
+import { browser, expect, fail } from "./browser.mjs";
 
 const [base, email, password, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const fail = async (message) => {
-  console.error(message);
-  await browser.close();
-  process.exit(1);
-};
-const expect = async (condition, message) => { if (!condition) await fail(message); };
 try {
   const page = await browser.newPage();
   const errors = [];

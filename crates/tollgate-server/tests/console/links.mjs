@@ -5,20 +5,9 @@
 //   node links.mjs reset  <base> <token> <email> <new password>
 //   node links.mjs change <base> <token>   (confirm a new address)
 //   node links.mjs stop   <base> <token>   (stop a change from the old address)
-import { chromium } from "playwright-core";
+import { browser, expect, fail } from "./browser.mjs";
 
 const [step, base, ...rest] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const fail = async (message) => {
-  console.error(message);
-  await browser.close();
-  process.exit(1);
-};
-const expect = async (condition, message) => { if (!condition) await fail(message); };
 try {
   const page = await browser.newPage();
   if (step === "verify") {

@@ -21,10 +21,11 @@ use tollgate_domain::ratelimit::{LimitDecision, LimitKind, Limits};
 use tollgate_domain::{
     ApiKey, Clock, Endpoint, ModelPricing, RequestId, ServerTool, Ticks, Timestamp, TokenUsage, UsageRecord,
 };
+use tollgate_gateway::pool::UpstreamEvent;
 use tollgate_gateway::search::RequestedTool;
 use tollgate_gateway::usage::Demand;
 use tollgate_gateway::wire::ChatCompletionRequest;
-use tollgate_gateway::{Catalog, ModelRoute};
+use tollgate_gateway::{Catalog, GatewayError, ModelRoute};
 
 use crate::billing::credit::{CreditError, Credits, Hold};
 use crate::ratelimit::{RateLimiter, Subject};
@@ -105,6 +106,40 @@ pub enum AdmitError {
     Unavailable(tollgate_store::StoreError),
 }
 
+impl AdmitError {
+    /// What the client is told, on any surface: xAI's texts (a rate limit names the key, or
+    /// the team and the model, with "actual/limit"); nothing internal.
+    #[must_use]
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::RateLimited {
+                kind,
+                actual,
+                decision,
+                scope,
+            } => {
+                let (what, unit) = match kind {
+                    LimitKind::RequestsPerSecond => ("requests", "Requests per Second"),
+                    LimitKind::RequestsPerMinute => ("requests", "Requests per Minute"),
+                    LimitKind::TokensPerMinute => ("tokens", "Tokens per Minute"),
+                };
+                let limit = decision.status(*kind).map_or(0, |status| status.limit);
+                match scope {
+                    LimitScope::Key(redacted) => {
+                        format!("Too many {what} for API key {redacted}. {unit} (actual/limit): {actual}/{limit}.")
+                    }
+                    LimitScope::Team { team, model } => format!(
+                        "Too many {what} for team {team} and model {model}. Your team's rate limit is — {unit} \
+                         (actual/limit): {actual}/{limit}. Spending more raises your team's tier and its limits."
+                    ),
+                }
+            }
+            Self::Unavailable(_) => "The team's credit or limits could not be checked; try again".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Whose limit refused a request, for the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitScope {
@@ -128,6 +163,54 @@ pub enum SettleError {
     /// The usage record could not be made durable.
     #[error(transparent)]
     Record(#[from] UsageError),
+}
+
+/// A whole answer, settled: what [`Inference::answer`] gives.
+#[derive(Debug)]
+pub struct Answered {
+    /// The upstream's answer, a chat completion (the final one, after a tool loop; the
+    /// server-side calls taken out of it), with the upstream's model name and usage.
+    pub answer: serde_json::Value,
+    /// Every model call's tokens and every search charged.
+    pub usage: TokenUsage,
+    /// What it was charged.
+    pub charged: Charged,
+    /// The server-side searches run for it.
+    pub searches: Vec<crate::tools::SearchCall>,
+}
+
+impl Answered {
+    /// The answer in xAI's REST chat shape: the public `model` name, the usage with its cost,
+    /// and the searches' `citations`.
+    #[must_use]
+    pub fn into_chat(self, model: &str) -> serde_json::Value {
+        let mut answer = self.answer;
+        answer["model"] = serde_json::Value::String(model.to_owned());
+        answer["usage"] = tollgate_gateway::usage::usage_json(&self.usage, self.charged.cost);
+        let citations = crate::tools::citations(&self.searches);
+        if !citations.is_empty() {
+            answer["citations"] = serde_json::json!(citations);
+        }
+        answer
+    }
+}
+
+/// Why [`Inference::answer`] has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// The upstream failed (or the deadline passed). A tool loop that had used something
+    /// before is charged for it: `settled` says what (`None`: nothing charged).
+    #[error("{error}")]
+    Upstream {
+        /// What went wrong.
+        #[source]
+        error: GatewayError,
+        /// What was charged all the same.
+        settled: Option<(TokenUsage, Charged)>,
+    },
+    /// The answer came but could not be settled: it must not be given.
+    #[error(transparent)]
+    Settle(#[from] SettleError),
 }
 
 /// What is being admitted.
@@ -554,6 +637,58 @@ impl Inference {
             output_per_choice,
             deadline: started + self.credits.settings().max_request,
         })
+    }
+
+    /// Answers an admitted chat request whole and settles it, for every surface: the tool loop
+    /// when `tools` (already offered in `chat`) are asked for, else one upstream call, both held
+    /// to the admission's deadline; usage is the upstream's report, else estimated (and
+    /// recorded as such). `observe` hears of upstream failures, `progress` of each search as it
+    /// finishes. The answer is kept with the request when bodies are retained.
+    pub async fn answer(
+        &self,
+        admission: Admission,
+        chat: ChatCompletionRequest,
+        tools: &[RequestedTool],
+        observe: &(dyn Fn(UpstreamEvent<'_>) + Sync),
+        progress: &(dyn Fn(&crate::tools::SearchCall) + Send + Sync),
+    ) -> Result<Answered, AnswerError> {
+        let route = Arc::clone(admission.route());
+        let run = self
+            .tools
+            .run(&route, chat, tools, admission.deadline(), observe, progress)
+            .await;
+        match run.answer {
+            Ok(answer) => {
+                let kept = self.kept_json(&admission, &answer);
+                let charged = self.settle(admission, run.usage, run.estimated, &kept).await?;
+                Ok(Answered {
+                    answer,
+                    usage: run.usage,
+                    charged,
+                    searches: run.searches,
+                })
+            }
+            Err(error) => {
+                // A failed call is not charged; searches and earlier rounds that ran are.
+                let settled = if run.usage == TokenUsage::default() {
+                    None
+                } else {
+                    let charged = self.settle(admission, run.usage, run.estimated, &[]).await?;
+                    Some((run.usage, charged))
+                };
+                Err(AnswerError::Upstream { error, settled })
+            }
+        }
+    }
+
+    /// `answer`'s bytes to keep with its request: nothing unless bodies are retained and its
+    /// team keeps them.
+    fn kept_json(&self, admission: &Admission, answer: &serde_json::Value) -> Vec<u8> {
+        if self.retains_bodies() && admission.keeps_bodies() {
+            serde_json::to_vec(answer).unwrap_or_default()
+        } else {
+            Vec::new()
+        }
     }
 
     /// Settles `admission` with what the upstream used (`estimated` when counted by Tollgate

@@ -188,8 +188,33 @@ fn base62_checksum(data: &[u8]) -> String {
     digits.iter().map(|&b| char::from(b)).collect()
 }
 
+/// xAI's answer to a key it does not know, showing only the key's ends (`xa***yz`; `***` for
+/// anything shorter than 8 characters), and where keys are made.
+#[must_use]
+pub fn incorrect_key_message(presented: &str, console_url: &str) -> String {
+    let chars: Vec<char> = presented.chars().collect();
+    let shown = if chars.len() < 8 {
+        "***".to_owned()
+    } else {
+        let head: String = chars[..2].iter().collect();
+        let tail: String = chars[chars.len() - 2..].iter().collect();
+        format!("{head}***{tail}")
+    };
+    format!("Incorrect API key provided: {shown}. You can obtain an API key from {console_url}.")
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn presented_keys_are_shown_only_by_their_ends() {
+        assert_eq!(
+            incorrect_key_message("tgk_abcdefghijklmnop", "https://console.example"),
+            "Incorrect API key provided: tg***op. You can obtain an API key from https://console.example."
+        );
+        assert!(incorrect_key_message("short", "x").starts_with("Incorrect API key provided: ***."));
+    }
+
     use super::*;
 
     fn prefix() -> KeyPrefix {
@@ -244,3 +269,4 @@ mod tests {
         }
     }
 }
+

@@ -235,6 +235,16 @@ pub struct LimitDecision {
 }
 
 impl LimitDecision {
+    /// The status of one kind of limit, if the subject has that limit.
+    #[must_use]
+    pub const fn status(&self, kind: LimitKind) -> Option<LimitStatus> {
+        match kind {
+            LimitKind::RequestsPerSecond => self.requests_per_second,
+            LimitKind::RequestsPerMinute => self.requests_per_minute,
+            LimitKind::TokensPerMinute => self.tokens_per_minute,
+        }
+    }
+
     /// What the answer's `x-ratelimit-*` headers show when several subjects limited one
     /// request (its key and its team): for each kind, the status with the least left.
     #[must_use]

@@ -108,6 +108,29 @@ fn json_for(body: &Value, model: String) -> Cow<'_, Value> {
 pub type UpstreamStream = Held<Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>>;
 
 impl ModelRoute {
+    /// xAI's `fingerprint` / `system_fingerprint` of the model as configured: a digest of what
+    /// its answers and prices depend on (upstream model, prices, output cap, tools), so it
+    /// changes when they do; the upstream's name stays ours, hidden in the digest.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let pricing = self.pricing.unwrap_or_default();
+        let digest = sha2::Sha256::digest(format!(
+            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{:?}",
+            self.name,
+            self.upstream_model(),
+            pricing.prompt.get(),
+            pricing.cached_prompt.get(),
+            pricing.completion.get(),
+            pricing.image.get(),
+            self.max_output_tokens,
+            pricing.web_search.get(),
+            pricing.x_search.get(),
+            self.server_tools
+        ));
+        format!("fp_{}", hex::encode(&digest[..5]))
+    }
+
     /// The first upstream's name for the model: what requests are written with before one is
     /// chosen (rewritten only for an upstream that names it otherwise).
     #[must_use]

@@ -206,20 +206,7 @@ impl From<GatewayError> for XaiError {
 
 /// The message for a refused inference key, in xAI's words, with the key shown as `xa***yz`.
 pub fn incorrect_api_key(presented: &str, console_url: &str) -> XaiError {
-    let shown = redact_presented(presented);
-    XaiError::invalid_argument(format!(
-        "Incorrect API key provided: {shown}. You can obtain an API key from {console_url}."
-    ))
-}
-
-fn redact_presented(presented: &str) -> String {
-    let chars: Vec<char> = presented.chars().collect();
-    if chars.len() < 8 {
-        return "***".into();
-    }
-    let head: String = chars[..2].iter().collect();
-    let tail: String = chars[chars.len() - 2..].iter().collect();
-    format!("{head}***{tail}")
+    XaiError::invalid_argument(tollgate_domain::keys::incorrect_key_message(presented, console_url))
 }
 
 impl From<AuthError> for XaiError {
@@ -289,11 +276,5 @@ mod tests {
             StatusCode::BAD_GATEWAY
         );
         assert_eq!(status(GatewayError::Timeout), StatusCode::GATEWAY_TIMEOUT);
-    }
-
-    #[test]
-    fn presented_keys_are_redacted() {
-        assert_eq!(redact_presented("tgk_abcdefghijklmnop"), "tg***op");
-        assert_eq!(redact_presented("short"), "***");
     }
 }

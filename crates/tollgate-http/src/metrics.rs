@@ -219,7 +219,7 @@ impl Metrics {
     }
 
     /// A search run for a model's server-side tool call.
-    pub(crate) fn search(&self, call: &tollgate_core::SearchCall) {
+    pub fn search(&self, call: &tollgate_core::SearchCall) {
         let outcome = if call.outcome.is_ok() { "charged" } else { "failed" };
         self.searches
             .get_or_create(&SearchLabels {
@@ -234,8 +234,28 @@ impl Metrics {
         self.payment_events.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    pub(crate) fn out_of_credit(&self) {
-        self.out_of_credit.inc();
+    /// A request refused at admission: counted when it was out of credit or rate limited.
+    pub fn refused(&self, error: &tollgate_core::AdmitError) {
+        use tollgate_core::{AdmitError, LimitScope};
+        use tollgate_domain::ratelimit::LimitKind;
+        match error {
+            AdmitError::OutOfCredit(_) => {
+                self.out_of_credit.inc();
+            }
+            AdmitError::RateLimited { kind, scope, .. } => {
+                // The key's `qps`/`qpm`/`tpm`, or the team's `team_rps`/`team_rpm`/`team_tpm`.
+                let limit = match (kind, matches!(scope, LimitScope::Team { .. })) {
+                    (LimitKind::RequestsPerSecond, false) => "qps",
+                    (LimitKind::RequestsPerMinute, false) => "qpm",
+                    (LimitKind::TokensPerMinute, false) => "tpm",
+                    (LimitKind::RequestsPerSecond, true) => "team_rps",
+                    (LimitKind::RequestsPerMinute, true) => "team_rpm",
+                    (LimitKind::TokensPerMinute, true) => "team_tpm",
+                };
+                self.rate_limited(limit);
+            }
+            _ => {}
+        }
     }
 
     /// Counts what happened to an upstream: a failed call or probe, an ejection, a request
@@ -281,7 +301,7 @@ impl Metrics {
             .inc_by(u64::try_from(ticks.get()).unwrap_or(0));
     }
 
-    pub(crate) fn rate_limited(&self, limit: &str) {
+    fn rate_limited(&self, limit: &str) {
         self.rate_limited
             .get_or_create(&LimitLabels {
                 limit: limit.to_owned(),
@@ -319,6 +339,16 @@ impl Metrics {
                 upstream: upstream.to_owned(),
             })
             .inc();
+    }
+
+    /// A settled request: its tokens by kind, and what it was charged beyond its hold (an
+    /// upstream that ignored its output budget), logged.
+    pub fn charged(&self, model: &str, usage: &tollgate_domain::TokenUsage, charged: tollgate_core::Charged) {
+        self.tokens(model, usage);
+        if charged.beyond_hold.get() > 0 {
+            tracing::warn!(model = %model, beyond_hold = charged.beyond_hold.get(), "the upstream produced more than its budget; charged in full");
+            self.beyond_hold(model, charged.beyond_hold);
+        }
     }
 
     pub(crate) fn tokens(&self, model: &str, usage: &tollgate_domain::TokenUsage) {

@@ -23,6 +23,16 @@ pub struct Config {
     /// off the public network. Unset: none.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// xAI's gRPC API (the official `xai-sdk`'s wire) on a listener of its own. Unset: off.
+    #[serde(default)]
+    pub grpc_listen: Option<SocketAddr>,
+    /// A PEM certificate chain for the gRPC listener; with `grpc_tls_key`, it speaks TLS.
+    /// Unset: plaintext (loopback, or behind a TLS-terminating proxy).
+    #[serde(default)]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// The PEM private key of `grpc_tls_cert`.
+    #[serde(default)]
+    pub grpc_tls_key: Option<PathBuf>,
     /// A bearer token that opens `/metrics` on the public listener. Unset: `/metrics` is served
     /// only on `metrics_listen`.
     #[serde(default)]
@@ -1107,6 +1117,14 @@ impl Config {
         );
         self.rate_limits.schedule()?;
         self.search.validate()?;
+        anyhow::ensure!(
+            self.grpc_tls_cert.is_some() == self.grpc_tls_key.is_some(),
+            "grpc_tls_cert and grpc_tls_key go together: set both for TLS, or neither"
+        );
+        anyhow::ensure!(
+            self.grpc_tls_cert.is_none() || self.grpc_listen.is_some(),
+            "grpc_tls_cert is set but grpc_listen is not: the gRPC API is off"
+        );
         anyhow::ensure!(
             self.rate_limits.nodes != Some(0),
             "rate_limits.nodes must be at least 1"

@@ -484,12 +484,46 @@ fn rate_limiter(
 /// How often keys' last-use times are written (the hot path only notes them in memory).
 const LAST_USED_FLUSH: Duration = Duration::from_secs(30);
 
+/// The gRPC surface's metrics: the same registry as HTTP's.
+struct GrpcMetrics(Arc<Metrics>);
+
+impl tollgate_grpc::Telemetry for GrpcMetrics {
+    fn upstream_event(&self, event: &tollgate_gateway::pool::UpstreamEvent<'_>) {
+        self.0.upstream_event(event);
+    }
+
+    fn charged(&self, model: &str, usage: &tollgate_domain::TokenUsage, charged: tollgate_core::Charged) {
+        self.0.charged(model, usage, charged);
+    }
+
+    fn search(&self, call: &tollgate_core::SearchCall) {
+        self.0.search(call);
+    }
+
+    fn refused(&self, error: &tollgate_core::AdmitError) {
+        self.0.refused(error);
+    }
+}
+
+/// The gRPC listener's TLS, read from `grpc_tls_cert` and `grpc_tls_key` (none: plaintext).
+fn grpc_tls(config: &Config) -> anyhow::Result<Option<tollgate_grpc::Tls>> {
+    let (Some(cert), Some(key)) = (&config.grpc_tls_cert, &config.grpc_tls_key) else {
+        return Ok(None);
+    };
+    Ok(Some(tollgate_grpc::Tls {
+        cert_pem: std::fs::read(cert).with_context(|| format!("reading grpc_tls_cert {}", cert.display()))?,
+        key_pem: std::fs::read(key).with_context(|| format!("reading grpc_tls_key {}", key.display()))?,
+    }))
+}
+
 /// A running server.
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
     /// Where the operator's listener is (`metrics_listen`), if configured.
     pub operator_addr: Option<SocketAddr>,
+    /// Where the gRPC API listens (`grpc_listen`), if configured.
+    pub grpc_addr: Option<SocketAddr>,
     /// The store it uses (tests inspect it).
     pub store: Arc<dyn Store>,
     /// Its audit service (tests run retention with a moved clock).
@@ -627,6 +661,23 @@ pub async fn start(
             }),
         }),
     };
+    let grpc = match config.grpc_listen {
+        Some(at) => {
+            let listener = tollgate_grpc::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at} (grpc_listen)"))?;
+            let services = tollgate_grpc::Services {
+                inference: state.inference.clone(),
+                keys: state.keys.clone(),
+                deferred: state.deferred.clone(),
+                console_url: state.settings.console_url.clone(),
+                telemetry: Arc::new(GrpcMetrics(Arc::clone(&metrics))),
+            };
+            Some((listener, services, grpc_tls(config)?))
+        }
+        None => None,
+    };
+    let grpc_addr = grpc.as_ref().map(|(listener, ..)| listener.local_addr()).transpose()?;
     let operator_router = tollgate_http::operator_router(state.clone());
     let router = tollgate_http::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -746,6 +797,17 @@ pub async fn start(
                 Duration::from_secs(1),
             ))
         });
+        let grpc_task = grpc.map(|(listener, services, tls)| {
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                let stopped = async move { stopping.cancelled().await };
+                let serving = tollgate_grpc::serve(listener, services, tls, stopped);
+                // Calls in flight get the grace period, as on the HTTP listener.
+                if let Err(error) = serving.await {
+                    tracing::error!(%error, "the gRPC listener failed");
+                }
+            })
+        });
         let public = {
             let stopping = stopping.clone();
             listener::serve(
@@ -759,6 +821,11 @@ pub async fn start(
         tokio::join!(stop, public);
         if let Some(operator_task) = operator_task {
             let _ = operator_task.await;
+        }
+        if let Some(grpc_task) = grpc_task
+            && tokio::time::timeout(grace, grpc_task).await.is_err()
+        {
+            tracing::warn!("gRPC calls were still running after the grace period");
         }
         stop_jobs.cancel();
         if let Some(retention) = retention {
@@ -794,9 +861,13 @@ pub async fn start(
     if let Some(operator_addr) = operator_addr {
         tracing::info!(%operator_addr, "operator listener (/healthz, /readyz, /metrics)");
     }
+    if let Some(grpc_addr) = grpc_addr {
+        tracing::info!(%grpc_addr, tls = config.grpc_tls_cert.is_some(), "gRPC listener (xAI's gRPC API)");
+    }
     Ok(Server {
         addr,
         operator_addr,
+        grpc_addr,
         store,
         audit: services.audit,
         keys: services.keys,

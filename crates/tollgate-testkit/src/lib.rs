@@ -351,10 +351,11 @@ async fn chat_completions(State(state): State<Arc<MockState>>, Json(body): Json<
                 }
             }
         }
+        let finish = if tool_call.is_some() { "tool_calls" } else { "stop" };
         if let Some(calls) = tool_call {
             let _ = sender.send(Ok(chunk(json!({"tool_calls": calls}), Value::Null))).await;
         }
-        let _ = sender.send(Ok(chunk(json!({}), json!("stop")))).await;
+        let _ = sender.send(Ok(chunk(json!({}), json!(finish)))).await;
         if include_usage {
             let last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
                 "model": model, "choices": [], "usage": final_usage});

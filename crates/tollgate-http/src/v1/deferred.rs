@@ -51,14 +51,13 @@ pub(super) async fn run(
     billing: Billing,
     body: ChatCompletionRequest,
     tools: Vec<RequestedTool>,
-    deadline: tokio::time::Instant,
     id: String,
 ) -> Result<(), XaiError> {
     let model = billing.admission.route().name.clone();
     // Unrecorded, the request is not run: dropping the admission releases its hold.
     state.deferred.begin(&key, &id, &model).await.map_err(unavailable)?;
     tokio::spawn(async move {
-        let outcome = match answer_and_settle(&state, billing, &body, &tools, deadline).await {
+        let outcome = match answer_and_settle(&state, billing, &body, &tools).await {
             Ok(answered) => Ok(answered.into_chat(&model)),
             Err(error) => Err((
                 error.status().as_u16(),

@@ -28,8 +28,8 @@ use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tollgate_core::{Admission, AdmitError, LimitScope, SearchCall, SettleError};
-use tollgate_domain::ratelimit::{LimitDecision, LimitKind, LimitStatus};
+use tollgate_core::{Admission, AdmitError, AnswerError, Answered, SearchCall, SettleError};
+use tollgate_domain::ratelimit::{LimitDecision, LimitStatus};
 use tollgate_domain::{Endpoint, RequestId, Ticks, TokenUsage};
 use tollgate_gateway::GatewayError;
 use tollgate_gateway::pool::UpstreamEvent;
@@ -103,18 +103,19 @@ impl Billing {
             .inference
             .settle(self.admission, usage, estimated, response)
             .await
-            .map_err(|error| match error {
-                SettleError::CostOverflow(_) => XaiError::internal(anyhow::Error::new(error)),
-                SettleError::Record(error) => {
-                    XaiError::unavailable("The request could not be recorded; it was not charged", error)
-                }
-            })?;
-        self.state.metrics.tokens(&model, &usage);
-        if charged.beyond_hold.get() > 0 {
-            tracing::warn!(model = %model, beyond_hold = charged.beyond_hold.get(), "the upstream produced more than its budget; charged in full");
-            self.state.metrics.beyond_hold(&model, charged.beyond_hold);
-        }
+            .map_err(settle_failed)?;
+        self.state.metrics.charged(&model, &usage, charged);
         Ok(charged.cost)
+    }
+}
+
+/// A request that could not be settled: not charged, and not reported complete.
+fn settle_failed(error: SettleError) -> XaiError {
+    match error {
+        SettleError::CostOverflow(_) => XaiError::internal(anyhow::Error::new(error)),
+        SettleError::Record(error) => {
+            XaiError::unavailable("The request could not be recorded; it was not charged", error)
+        }
     }
 }
 
@@ -169,7 +170,7 @@ pub(crate) async fn create_chat_completion(
 
     if deferred {
         let id = request_id.to_string();
-        deferred::run(state, key, billing, body, tools, deadline, id.clone()).await?;
+        deferred::run(state, key, billing, body, tools, id.clone()).await?;
         return Ok((rate_headers, Json(json!({"request_id": id}))).into_response());
     }
 
@@ -205,7 +206,7 @@ pub(crate) async fn create_chat_completion(
     }
 
     let answer = in_own_task(async move {
-        let answered = answer_and_settle(&state, billing, &body, &tools, deadline).await?;
+        let answered = answer_and_settle(&state, billing, &body, &tools).await?;
         Ok(answered.into_chat(&route.name))
     })
     .await?;
@@ -243,103 +244,37 @@ async fn post_and_settle(
     Ok((answer, usage, cost))
 }
 
-/// A whole answer, settled.
-pub(super) struct Answered {
-    /// The upstream's answer (the final one, after a tool loop).
-    pub(super) answer: Value,
-    /// Its usage: every model call's tokens and every search charged.
-    pub(super) usage: TokenUsage,
-    /// What it cost.
-    pub(super) cost: Ticks,
-    /// The server-side searches run for it.
-    pub(super) searches: Vec<SearchCall>,
-}
-
-impl Answered {
-    /// The answer in xAI's chat shape: the public model name, the usage with its cost, and the
-    /// searches' `citations`.
-    fn into_chat(mut self, model: &str) -> Value {
-        self.answer["model"] = Value::String(model.to_owned());
-        self.answer["usage"] = usage_json(&self.usage, self.cost);
-        let citations = tollgate_core::tools::citations(&self.searches);
-        if !citations.is_empty() {
-            self.answer["citations"] = json!(citations);
-        }
-        self.answer
-    }
-}
-
-/// Asks the upstream for a whole chat answer (by the deadline) and settles it: the answer, its
-/// usage (the upstream's report, else estimated and recorded as such) and its cost. With
-/// server-side `tools` (offered in `body`), the tool loop runs first and every model call and
-/// search is settled on the one request; a loop that fails after using something is charged for
-/// what it used, and answers the error.
+/// Answers a chat request whole and settles it through the inference service (the tool loop
+/// first with server-side `tools`), with the metrics: what core's [`Inference::answer`] gives,
+/// or the error to answer with.
+///
+/// [`Inference::answer`]: tollgate_core::Inference::answer
 async fn answer_and_settle(
     state: &AppState,
     billing: Billing,
     body: &ChatCompletionRequest,
     tools: &[RequestedTool],
-    deadline: tokio::time::Instant,
 ) -> Result<Answered, XaiError> {
-    let route = std::sync::Arc::clone(billing.admission.route());
-    if !tools.is_empty() {
-        let run = state
-            .inference
-            .tools()
-            .run(
-                &route,
-                body.clone(),
-                tools,
-                deadline.into_std(),
-                &observer(state),
-                &|call| state.metrics.search(call),
-            )
-            .await;
-        let response = match &run.answer {
-            Ok(answer) => billing.kept_json(answer),
-            Err(_) => Vec::new(),
-        };
-        return match run.answer {
-            Ok(answer) => {
-                let cost = billing.settle(run.usage, run.estimated, &response).await?;
-                Ok(Answered {
-                    answer,
-                    usage: run.usage,
-                    cost,
-                    searches: run.searches,
-                })
+    let model = billing.admission.route().name.clone();
+    let answered = state
+        .inference
+        .answer(billing.admission, body.clone(), tools, &observer(state), &|call| {
+            state.metrics.search(call);
+        })
+        .await;
+    match answered {
+        Ok(answered) => {
+            state.metrics.charged(&model, &answered.usage, answered.charged);
+            Ok(answered)
+        }
+        Err(AnswerError::Upstream { error, settled }) => {
+            if let Some((usage, charged)) = settled {
+                state.metrics.charged(&model, &usage, charged);
             }
-            Err(error) => {
-                if run.usage != TokenUsage::default() {
-                    billing.settle(run.usage, run.estimated, &response).await?;
-                }
-                Err(XaiError::from(error))
-            }
-        };
+            Err(XaiError::from(error))
+        }
+        Err(AnswerError::Settle(error)) => Err(settle_failed(error)),
     }
-    let answer = tokio::time::timeout_at(deadline, route.chat(body, observer(state)))
-        .await
-        .unwrap_or(Err(GatewayError::Timeout))
-        .map_err(XaiError::from)?;
-    let (usage, estimated) = match parse_usage(&answer["usage"]) {
-        Some(usage) => (usage, false),
-        None => (
-            TokenUsage {
-                prompt_tokens: route.estimate_prompt(body),
-                completion_tokens: route.estimate_completion(&answer),
-                ..TokenUsage::default()
-            },
-            true,
-        ),
-    };
-    let response = billing.kept_json(&answer);
-    let cost = billing.settle(usage, estimated, &response).await?;
-    Ok(Answered {
-        answer,
-        usage,
-        cost,
-        searches: Vec::new(),
-    })
 }
 
 /// Runs the tool loop of a streamed request from a task of its own: what the model writes is
@@ -652,65 +587,27 @@ fn rate_limit_headers(decision: Option<&LimitDecision>) -> HeaderMap {
 /// A refused admission in xAI's shape: 404 for an unknown model, 403 for an ACL, and a 429 with
 /// `retry-after` and the `x-ratelimit-*` headers for a limit.
 fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
+    state.metrics.refused(&error);
+    let message = error.client_message();
     match error {
-        AdmitError::UnknownModel(_) => XaiError::not_found(error.to_string()),
+        AdmitError::UnknownModel(_) => XaiError::not_found(message),
         AdmitError::NotServed { .. }
         | AdmitError::NoTokenizer(_)
         | AdmitError::ToolNotOffered(_)
-        | AdmitError::ToolNotForModel { .. } => XaiError::invalid_argument(error.to_string()),
+        | AdmitError::ToolNotForModel { .. } => XaiError::invalid_argument(message),
         AdmitError::EndpointDenied(_)
         | AdmitError::ModelDenied(_)
         | AdmitError::Unpriced(_)
-        | AdmitError::TeamBlocked { .. } => XaiError::permission_denied(error.to_string()),
-        AdmitError::OutOfCredit(_) => {
-            state.metrics.out_of_credit();
-            XaiError::new(StatusCode::TOO_MANY_REQUESTS, error.to_string())
-        }
-        AdmitError::Unavailable(source) => {
-            XaiError::unavailable("The team's credit or limits could not be checked; try again", source)
-        }
-        AdmitError::RateLimited {
-            kind,
-            actual,
-            decision,
-            scope,
-        } => {
+        | AdmitError::TeamBlocked { .. } => XaiError::permission_denied(message),
+        AdmitError::OutOfCredit(_) => XaiError::new(StatusCode::TOO_MANY_REQUESTS, message),
+        AdmitError::Unavailable(source) => XaiError::unavailable(message, source),
+        AdmitError::RateLimited { kind, decision, .. } => {
             let mut headers = rate_limit_headers(Some(&decision));
-            let (what, unit, status) = match kind {
-                LimitKind::RequestsPerSecond => ("requests", "Requests per Second", decision.requests_per_second),
-                LimitKind::RequestsPerMinute => ("requests", "Requests per Minute", decision.requests_per_minute),
-                LimitKind::TokensPerMinute => ("tokens", "Tokens per Minute", decision.tokens_per_minute),
-            };
-            let (limit, reset_us) = status.map_or((0, 1_000_000), |s| (s.limit, s.reset_after_us));
+            let reset_us = decision.status(kind).map_or(1_000_000, |status| status.reset_after_us);
             let retry_after = ((reset_us + 999_999) / 1_000_000).max(1);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-            // xAI's texts: the key's limits name the key; the team's, the team and the model.
-            let message = match &scope {
-                LimitScope::Key(redacted) => {
-                    format!("Too many {what} for API key {redacted}. {unit} (actual/limit): {actual}/{limit}.")
-                }
-                LimitScope::Team { team, model } => format!(
-                    "Too many {what} for team {team} and model {model}. Your team's rate limit is — {unit} \
-                     (actual/limit): {actual}/{limit}. Spending more raises your team's tier and its limits."
-                ),
-            };
-            state
-                .metrics
-                .rate_limited(kind_label(kind, matches!(scope, LimitScope::Team { .. })));
             XaiError::new(StatusCode::TOO_MANY_REQUESTS, message).with_headers(headers)
         }
-    }
-}
-
-/// The metric's label: the key's `qps`/`qpm`/`tpm`, or the team's `team_rps`/`team_rpm`/`team_tpm`.
-const fn kind_label(kind: LimitKind, team: bool) -> &'static str {
-    match (kind, team) {
-        (LimitKind::RequestsPerSecond, false) => "qps",
-        (LimitKind::RequestsPerMinute, false) => "qpm",
-        (LimitKind::TokensPerMinute, false) => "tpm",
-        (LimitKind::RequestsPerSecond, true) => "team_rps",
-        (LimitKind::RequestsPerMinute, true) => "team_rpm",
-        (LimitKind::TokensPerMinute, true) => "team_tpm",
     }
 }
 

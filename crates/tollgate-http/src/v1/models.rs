@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Serialize;
-use tollgate_domain::{ApiKey, Endpoint, ModelPricing};
+use tollgate_domain::{ApiKey, Endpoint};
 use tollgate_gateway::ModelRoute;
 
 use super::admission_refused;
@@ -97,26 +97,6 @@ pub(crate) async fn get_model(
     Ok(Json(ModelView::of(model, &state.settings.owned_by)))
 }
 
-/// A digest of what a model's answers and prices depend on: it changes when they do. The
-/// upstream's name stays ours, hidden in the digest.
-fn fingerprint(model: &ModelRoute, pricing: &ModelPricing) -> String {
-    use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(format!(
-        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{:?}",
-        model.name,
-        model.upstream_model(),
-        pricing.prompt.get(),
-        pricing.cached_prompt.get(),
-        pricing.completion.get(),
-        pricing.image.get(),
-        model.max_output_tokens,
-        pricing.web_search.get(),
-        pricing.x_search.get(),
-        model.server_tools
-    ));
-    format!("fp_{}", hex::encode(&digest[..5]))
-}
-
 /// A language model with its prices (xAI's shape). Prices are xAI's unit, 1e-4 USD per million
 /// tokens — which is exactly USD ticks (1e-10 USD) per token, the unit Tollgate bills in.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -159,7 +139,7 @@ impl LanguageModelView {
         let pricing = model.pricing.unwrap_or_default();
         Self {
             id: model.name.clone(),
-            fingerprint: fingerprint(model, &pricing),
+            fingerprint: model.fingerprint(),
             created: model.created.timestamp(),
             object: "model",
             owned_by: owned_by.to_owned(),
@@ -282,7 +262,7 @@ impl ImageGenerationModelView {
         let pricing = model.pricing.unwrap_or_default();
         Self {
             id: model.name.clone(),
-            fingerprint: fingerprint(model, &pricing),
+            fingerprint: model.fingerprint(),
             created: model.created.timestamp(),
             object: "model",
             owned_by: owned_by.to_owned(),

@@ -272,14 +272,14 @@ pub(crate) async fn create_response(
 
     // As for chat: a client that hangs up does not stop the charge, nor the keeping.
     let response = super::in_own_task(async move {
-        let answered = answer_and_settle(&state, billing, &chat, &tools, deadline).await?;
+        let answered = answer_and_settle(&state, billing, &chat, &tools).await?;
         let mut builder = ResponseBuilder::new(head);
         for call in &answered.searches {
             let _ = builder.server_search(call.tool, &call.query, sources(call).as_deref());
         }
         builder.cite(tollgate_core::tools::citations(&answered.searches));
         builder.answer(&answered.answer);
-        let finished = builder.finish(usage_json(&answered.usage, answered.cost));
+        let finished = builder.finish(usage_json(&answered.usage, answered.charged.cost));
         keeper.keep(&finished).await?;
         Ok(finished.response)
     })

@@ -14,6 +14,7 @@ mod console;
 mod crash;
 mod credit;
 mod deferred;
+mod grpc;
 mod hardening;
 mod inference;
 mod invoices;

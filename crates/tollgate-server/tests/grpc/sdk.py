@@ -1,0 +1,172 @@
+"""The official xAI SDK (xai-sdk from PyPI, gRPC) against a Tollgate started by the test
+(tests/it/grpc.rs), asserting the SDK's own objects. Prints "ok" when every check passed.
+
+    python sdk.py PHASE CONFIG_JSON
+
+PHASE is "main" (sample, stream, defer, models, tokenize, key info, refusals, an insecure
+channel, keep-alive pings) or "tools" (the model calls the client's function).
+"""
+
+import datetime
+import json
+import sys
+import threading
+import time
+
+import grpc
+from xai_sdk import Client
+from xai_sdk.chat import tool, user
+
+phase, config = sys.argv[1], json.loads(sys.argv[2])
+port, key, model = config["port"], config["key"], config["model"]
+answer, cost = config["answer"], config["cost"]
+host = f"localhost:{port}"  # the SDK's rule: "localhost:" means plaintext to loopback
+
+
+def expect_error(call, code, details):
+    try:
+        call()
+    except grpc.RpcError as error:
+        assert error.code() == code, (error.code(), error.details())
+        assert error.details() == details, error.details()
+        return
+    sys.exit(f"expected {code}, but the call succeeded")
+
+
+client = Client(api_key=key, api_host=host, timeout=60)
+
+if phase == "tools":
+    weather = tool(
+        name="lookup",
+        description="Looks something up",
+        parameters={"type": "object", "properties": {"q": {"type": "string"}}},
+    )
+    chat = client.chat.create(model=model, max_tokens=20, tools=[weather])
+    chat.append(user("What is the weather?"))
+    response = chat.sample()
+    assert response.finish_reason == "REASON_TOOL_CALLS", response.finish_reason
+    [call] = response.tool_calls
+    assert call.function.name == "lookup" and json.loads(call.function.arguments) == {"q": "x"}, call
+    assert response.usage.cost_in_usd_ticks == cost, response.usage
+
+    chat = client.chat.create(model=model, max_tokens=20, tools=[weather])
+    chat.append(user("What is the weather?"))
+    last = None
+    for last, _chunk in chat.stream():
+        pass
+    assert last.finish_reason == "REASON_TOOL_CALLS", last.finish_reason
+    [call] = last.tool_calls
+    assert call.id == "call_mock" and call.function.name == "lookup", call
+    assert last.usage.cost_in_usd_ticks == cost, last.usage
+    print("ok")
+    sys.exit(0)
+
+# A whole answer: the text, the finish reason, the usage with its cost in ticks.
+chat = client.chat.create(model=model, max_tokens=20)
+chat.append(user("Say hello"))
+response = chat.sample()
+assert response.content == answer, response.content
+assert response.finish_reason == "REASON_STOP", response.finish_reason
+assert response.usage.cost_in_usd_ticks == cost, response.usage
+assert response.usage.prompt_tokens == config["prompt_tokens"], response.usage
+assert response.usage.completion_tokens == config["completion_tokens"], response.usage
+assert response.usage.cached_prompt_text_tokens == config["cached_tokens"], response.usage
+assert response.cost_usd is not None and abs(response.cost_usd - cost / 1e10) < 1e-12, response.cost_usd
+assert response.proto.model == model, response.proto.model
+
+# Streamed: the chunks add up to the answer; the last carries the usage and its cost.
+chat = client.chat.create(model=model, max_tokens=20)
+chat.append(user("Say hello"))
+pieces = []
+for response, chunk in chat.stream():
+    pieces.append(chunk.content)
+assert "".join(pieces) == answer, pieces
+assert len([piece for piece in pieces if piece]) > 1, pieces
+assert response.content == answer, response.content
+assert response.finish_reason == "REASON_STOP", response.finish_reason
+assert response.usage.cost_in_usd_ticks == cost, response.usage
+
+# Deferred: started, polled, returned once.
+chat = client.chat.create(model=model, max_tokens=20)
+chat.append(user("Say hello"))
+response = chat.defer(timeout=datetime.timedelta(seconds=30), interval=datetime.timedelta(milliseconds=100))
+assert response.content == answer, response.content
+assert response.usage.cost_in_usd_ticks == cost, response.usage
+
+# Models, by kind and by alias, with their prices.
+names = [m.name for m in client.models.list_language_models()]
+assert names == [model], names
+language = client.models.get_language_model(config["alias"])
+assert language.name == model and config["alias"] in language.aliases, language
+assert language.prompt_text_token_price == config["prompt_price"], language
+assert language.completion_text_token_price == config["completion_price"], language
+assert language.system_fingerprint.startswith("fp_"), language
+assert [m.name for m in client.models.list_embedding_models()] == [model]
+expect_error(
+    lambda: client.models.get_language_model("nope"),
+    grpc.StatusCode.NOT_FOUND,
+    "The model nope does not exist or your team does not have access to it.",
+)
+
+# Tokenize with the model's tokenizer (cl100k_base).
+tokens = client.tokenize.tokenize_text("hello world", model)
+assert [t.token_id for t in tokens] == [15339, 1917], tokens
+assert [t.string_token for t in tokens] == ["hello", " world"], tokens
+
+# The key's own information.
+info = client.auth.get_api_key_info()
+assert info.team_id == config["team_id"], info
+assert info.api_key_id == config["key_id"], info
+assert info.redacted_api_key == config["redacted"], info
+assert list(info.acls) == ["api-key:endpoint:*", "api-key:model:*"], info
+assert not info.api_key_blocked and not info.disabled and not info.team_blocked, info
+
+# Refusals, as statuses with xAI's texts.
+narrow = Client(api_key=config["narrow_key"], api_host=host, timeout=60)
+chat = narrow.chat.create(model=model, max_tokens=20)
+chat.append(user("Say hello"))
+expect_error(chat.sample, grpc.StatusCode.PERMISSION_DENIED, f"access to model {model} is denied")
+
+wrong = Client(api_key=config["wrong_key"], api_host=host, timeout=60)
+expect_error(wrong.auth.get_api_key_info, grpc.StatusCode.INVALID_ARGUMENT, config["wrong_key_text"])
+
+chat = client.chat.create(model=model, max_tokens=16000)
+chat.append(user("Say hello"))
+expect_error(chat.sample, grpc.StatusCode.RESOURCE_EXHAUSTED, config["out_of_credit_text"])
+
+chat = client.chat.create(model="nope", max_tokens=20)
+chat.append(user("Say hello"))
+expect_error(
+    chat.sample,
+    grpc.StatusCode.NOT_FOUND,
+    "The model nope does not exist or your team does not have access to it.",
+)
+
+# The SDK's insecure channel (any address; the key goes in an interceptor).
+insecure = Client(api_key=key, api_host=f"127.0.0.1:{port}", use_insecure_channel=True, timeout=60)
+assert insecure.auth.get_api_key_info().team_id == config["team_id"]
+
+# Keep-alive pings every 2 s (stricter than the SDK's 30 s) for 20 s on an idle channel: the
+# server must not close it (no GOAWAY "too_many_pings").
+pinging = Client(
+    api_key=key,
+    api_host=host,
+    timeout=60,
+    channel_options=[("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 1000)],
+)
+assert pinging.auth.get_api_key_info().team_id == config["team_id"]
+states = []
+changed = threading.Event()
+
+
+def watch(state):
+    states.append(state)
+    if state != grpc.ChannelConnectivity.READY:
+        changed.set()
+
+
+pinging._api_channel.subscribe(watch, try_to_connect=False)
+time.sleep(config.get("idle_seconds", 20))
+assert not changed.is_set(), f"the idle channel was closed: {states}"
+assert pinging.auth.get_api_key_info().team_id == config["team_id"]
+print("ok")

@@ -1,0 +1,155 @@
+//! xAI's gRPC API, driven by the official `xai-sdk` from PyPI (installed by `scripts/test` into
+//! `tests/grpc/.venv`), against a Tollgate started here with `grpc_listen`. The model upstream
+//! is the test kit's mock, as for REST.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use tollgate_domain::{Actor, RequestContext, Ticks};
+use tollgate_store::testsuite::TestDb;
+
+use crate::util::{
+    ALIAS, COMPLETION_PRICE, MODEL, PROMPT_PRICE, TestApp, expected_cost, on_both_backends, test_config, user_message,
+};
+
+on_both_backends!(the_xai_sdk_works_unchanged_over_grpc);
+
+/// The virtual environment's Python with `xai-sdk`, if installed. Under CI it must be.
+fn sdk_python() -> Option<PathBuf> {
+    let python = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/.venv/bin/python"));
+    let installed = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import xai_sdk"])
+            .status()
+            .is_ok_and(|status| status.success());
+    if installed {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "xai-sdk is not installed in tests/grpc/.venv (scripts/test installs it)"
+    );
+    eprintln!("skipped: xai-sdk is not installed in tests/grpc/.venv (scripts/test installs it)");
+    None
+}
+
+/// Runs `tests/grpc/sdk.py` in `phase` with `config`; it must print "ok".
+async fn run_sdk(python: PathBuf, phase: &'static str, config: Value) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/sdk.py");
+    // The server runs on this test's runtime: wait for the script off it.
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(python).args([script, phase, &config.to_string()]).output())
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "the xai-sdk script ({phase}) failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sample, stream, defer and poll, models, tokenize, key info, an ACL miss, a wrong key, an
+/// exhausted credit, an unknown model, the SDK's insecure channel, idle keep-alive pings, and
+/// the client's own tools — each checked on the SDK's own objects; then the same request over
+/// REST and gRPC is recorded alike.
+async fn the_xai_sdk_works_unchanged_over_grpc(db: TestDb) {
+    let Some(python) = sdk_python() else {
+        return;
+    };
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = test_config(&db, &upstream);
+    config.grpc_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    // Prepaid only, with 5 cents: enough for the small requests, not for a hold of 16,000
+    // output tokens.
+    config.billing.max_invoiced_limit_usd = None;
+    let app = TestApp::with_config(db, upstream, config).await;
+    app.services()
+        .ledger
+        .grant(
+            app.team.id,
+            Ticks::new(500_000_000),
+            "test credit",
+            None,
+            Actor::Operator,
+            &RequestContext::default(),
+        )
+        .await
+        .unwrap();
+    let port = app.server.as_ref().unwrap().grpc_addr.unwrap().port();
+    let created = app
+        .create_api_key(json!({"name": "sdk", "acls": ["api-key:endpoint:*", "api-key:model:*"]}))
+        .await;
+    let key = created["apiKey"].as_str().unwrap();
+    let narrow = app
+        .create_api_key(json!({"name": "narrow", "acls": ["api-key:endpoint:*", "api-key:model:other"]}))
+        .await;
+    let wrong_key = "tgk_thisisnotakeyatall";
+    let sdk_config = json!({
+        "port": port,
+        "key": key,
+        "key_id": created["apiKeyId"],
+        "redacted": created["redactedApiKey"],
+        "team_id": app.team.id.to_string(),
+        "narrow_key": narrow["apiKey"],
+        "wrong_key": wrong_key,
+        "wrong_key_text": tollgate_domain::keys::incorrect_key_message(wrong_key, app.config.console_url.trim_end_matches('/')),
+        "out_of_credit_text": format!(
+            "Your team {} has either used all available credits or reached its monthly spending limit. To \
+             continue making API requests, please purchase more credits or raise your spending limit.",
+            app.team.id
+        ),
+        "model": MODEL,
+        "alias": ALIAS,
+        "answer": tollgate_testkit::ANSWER_WORDS.concat(),
+        "cost": expected_cost(),
+        "prompt_tokens": tollgate_testkit::PROMPT_TOKENS,
+        "completion_tokens": tollgate_testkit::COMPLETION_TOKENS,
+        "cached_tokens": tollgate_testkit::CACHED_TOKENS,
+        "prompt_price": PROMPT_PRICE,
+        "completion_price": COMPLETION_PRICE,
+    });
+    run_sdk(python.clone(), "main", sdk_config.clone()).await;
+    // Sample, stream and defer were charged, each at the mock's usage; nothing else was.
+    let usage = app.store().list_usage(app.team.id, 20).await.unwrap();
+    assert_eq!(usage.len(), 3, "{usage:?}");
+    assert!(usage.iter().all(|record| record.cost.get() == expected_cost()));
+    assert_eq!(usage.iter().filter(|record| record.streamed).count(), 1);
+
+    // The model calls the client's function: whole and streamed.
+    app.upstream.call_tool_with(Some(r#"{"q":"x"}"#.into()));
+    run_sdk(python, "tools", sdk_config).await;
+    app.upstream.call_tool_with(None);
+
+    // One implementation, two surfaces: the same request over REST is recorded as over gRPC.
+    let rest = app
+        .chat(
+            key,
+            json!({"model": MODEL, "messages": user_message(), "max_tokens": 20}),
+        )
+        .await;
+    assert_eq!(rest.status(), reqwest::StatusCode::OK);
+    let usage = app.store().list_usage(app.team.id, 20).await.unwrap();
+    assert_eq!(usage.len(), 6);
+    let grpc = usage.iter().find(|record| !record.streamed).unwrap();
+    let newest = &usage[0];
+    assert_eq!(
+        (
+            newest.model.as_str(),
+            newest.endpoint,
+            newest.usage,
+            newest.cost,
+            newest.estimated
+        ),
+        (
+            grpc.model.as_str(),
+            grpc.endpoint,
+            grpc.usage,
+            grpc.cost,
+            grpc.estimated
+        )
+    );
+    app.finish().await;
+}

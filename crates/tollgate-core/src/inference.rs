@@ -179,6 +179,17 @@ pub struct Answered {
     pub searches: Vec<crate::tools::SearchCall>,
 }
 
+/// An answer of another endpoint, settled: what [`Inference::post`] gives.
+#[derive(Debug)]
+pub struct Posted {
+    /// The upstream's answer, as it gave it.
+    pub answer: serde_json::Value,
+    /// Its usage.
+    pub usage: TokenUsage,
+    /// What it was charged.
+    pub charged: Charged,
+}
+
 impl Answered {
     /// The answer in xAI's REST chat shape: the public `model` name, the usage with its cost,
     /// and the searches' `citations`.
@@ -679,6 +690,28 @@ impl Inference {
                 Err(AnswerError::Upstream { error, settled })
             }
         }
+    }
+
+    /// Posts `body` to another of the upstream's endpoints (`path`: embeddings, images) by the
+    /// admission's deadline and settles it with what `read_usage` finds in the answer (`true`:
+    /// estimated): the answer, its usage and its charge. A failed call is not charged.
+    pub async fn post(
+        &self,
+        admission: Admission,
+        path: &str,
+        body: &serde_json::Value,
+        observe: &(dyn Fn(UpstreamEvent<'_>) + Sync),
+        read_usage: impl FnOnce(&serde_json::Value) -> (TokenUsage, bool),
+    ) -> Result<Posted, AnswerError> {
+        let route = Arc::clone(admission.route());
+        let answer = tokio::time::timeout_at(admission.deadline().into(), route.post_json(path, body, observe))
+            .await
+            .unwrap_or(Err(GatewayError::Timeout))
+            .map_err(|error| AnswerError::Upstream { error, settled: None })?;
+        let (usage, estimated) = read_usage(&answer);
+        let kept = self.kept_json(&admission, &answer);
+        let charged = self.settle(admission, usage, estimated, &kept).await?;
+        Ok(Posted { answer, usage, charged })
     }
 
     /// `answer`'s bytes to keep with its request: nothing unless bodies are retained and its

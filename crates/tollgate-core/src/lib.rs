@@ -35,7 +35,9 @@ pub use caller::Caller;
 pub use deferred::{Deferred, DeferredError, Polled};
 pub use federation::{ExternalIdentity, Federated, Federation, FederationError, IdentityProvider, ProviderError};
 pub use housekeeping::Housekeeping;
-pub use inference::{Admission, AdmitError, AnswerError, Answered, Charged, Inference, LimitScope, SettleError};
+pub use inference::{
+    Admission, AdmitError, AnswerError, Answered, Charged, Inference, LimitScope, Posted, SettleError,
+};
 pub use keys::{ApiKeyChanges, AuthError, KeyError, KeyService, LeakOutcome, NewApiKey, Propagation};
 pub use mail::{MailDispatcher, MailError, MailWaker, Mailer, SmtpMailer};
 pub use notices::Notices;

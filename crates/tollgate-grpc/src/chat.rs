@@ -21,6 +21,7 @@ use crate::proto::{
     DeleteStoredCompletionResponse, GetChatCompletionChunk, GetChatCompletionResponse, GetCompletionsRequest,
     GetDeferredCompletionResponse, GetDeferredRequest, GetStoredCompletionRequest, StartDeferredResponse,
 };
+use crate::stored::Keeper;
 use crate::{Services, auth, convert, status};
 
 /// `xai_api.Chat`.
@@ -34,6 +35,10 @@ struct Admitted {
     admission: Admission,
     chat: ChatCompletionRequest,
     tools: Vec<RequestedTool>,
+    /// The completion's id: its request id (on its usage record; a stored completion's id).
+    id: String,
+    /// Where it is kept when `store_messages` asked for it.
+    keeper: Option<Keeper>,
 }
 
 impl ChatService {
@@ -50,7 +55,38 @@ impl ChatService {
         id: RequestId,
     ) -> Result<Admitted, Status> {
         let key = auth::api_key(&self.services, &request).await?;
-        let chat = convert::chat_request(request.get_ref()).map_err(Status::invalid_argument)?;
+        let asked = request.get_ref();
+        let (store, previous) = (asked.store_messages, asked.previous_response_id.clone());
+        if key.team_zero_retention && (store || previous.is_some()) {
+            // Nothing of a zero-retention team is kept: nothing stored, nothing to continue.
+            return Err(Status::invalid_argument(
+                "This team has zero data retention: completions cannot be stored (store_messages) or continued \
+                 (previous_response_id); send the whole conversation",
+            ));
+        }
+        let mut chat = convert::chat_request(asked).map_err(Status::invalid_argument)?;
+        if let Some(previous) = &previous {
+            // The conversation this turn continues: the team's own stored completion or
+            // response, never another's; sent again, and billed as prompt.
+            require_chat(&key)?;
+            let saved = self
+                .services
+                .responses
+                .load(key.team_id, previous)
+                .await
+                .map_err(|error| status::stored_unavailable(&error))?
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("Previous response with id '{previous}' not found."))
+                })?;
+            if let Some(messages) = chat["messages"].as_array_mut() {
+                messages.splice(0..0, saved.messages);
+            }
+        }
+        let conversation = if store {
+            chat["messages"].as_array().cloned().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         // Kept with the answer (for abuse review) in the shape REST keeps.
         let raw = Bytes::from(serde_json::to_vec(&chat).unwrap_or_default());
         let mut chat: ChatCompletionRequest =
@@ -71,28 +107,77 @@ impl ChatService {
         // The upstream is held to the budget the credit hold assumed.
         chat.limit_output(admission.output_per_choice());
         admission.route().upstream_model().clone_into(&mut chat.model);
+        let id = id.to_string();
+        let keeper = if store {
+            let created_at = self.services.clock.now().timestamp();
+            let model = &admission.route().name;
+            Some(Keeper::new(&id, created_at, model, previous.as_deref(), conversation)?)
+        } else {
+            None
+        };
         Ok(Admitted {
             key,
             admission,
             chat,
             tools,
+            id,
+            keeper,
         })
     }
 
     /// Answers whole and settles, in a task of its own: a client that goes away drops this
     /// call, but what the upstream produced is still charged.
-    async fn answer(&self, admitted: Admitted) -> Result<tollgate_core::Answered, Status> {
+    async fn answer(&self, admitted: Admitted) -> Result<GetChatCompletionResponse, Status> {
         let services = Arc::clone(&self.services);
-        tokio::spawn(async move { answer(&services, admitted).await })
+        tokio::spawn(async move { answer(&services, admitted).await.map(|(response, _)| response) })
             .await
             .map_err(|_| Status::internal("The request failed"))?
     }
 }
 
-async fn answer(services: &Services, admitted: Admitted) -> Result<tollgate_core::Answered, Status> {
+/// Answers whole and settles; then stores the completion when asked (a completion that could
+/// not be stored is an error, though charged: the client is told to retry). The answer in the
+/// SDK's shape, its id the request's.
+async fn answer(services: &Services, admitted: Admitted) -> Result<(GetChatCompletionResponse, Value), Status> {
     let Admitted {
-        admission, chat, tools, ..
+        key,
+        admission,
+        chat,
+        tools,
+        id,
+        keeper,
     } = admitted;
+    let model = admission.route().name.clone();
+    let answered = settled(services, admission, chat, &tools).await?;
+    let citations = tollgate_core::tools::citations(&answered.searches);
+    let mut response = convert::response(
+        &answered.answer,
+        &model,
+        &answered.usage,
+        answered.charged.cost,
+        citations.clone(),
+    );
+    response.id.clone_from(&id);
+    if let Some(mut keeper) = keeper {
+        keeper.answer(&answered.answer);
+        let saved = keeper.finish(&answered.usage, answered.charged.cost, citations);
+        services
+            .responses
+            .save(&key, &id, &model, &saved)
+            .await
+            .map_err(|error| status::unstored(&error))?;
+    }
+    let mut chat_answer = answered.into_chat(&model);
+    chat_answer["id"] = json!(id);
+    Ok((response, chat_answer))
+}
+
+async fn settled(
+    services: &Services,
+    admission: Admission,
+    chat: ChatCompletionRequest,
+    tools: &[RequestedTool],
+) -> Result<tollgate_core::Answered, Status> {
     let model = admission.route().name.clone();
     let telemetry = &services.telemetry;
     let answered = services
@@ -100,7 +185,7 @@ async fn answer(services: &Services, admitted: Admitted) -> Result<tollgate_core
         .answer(
             admission,
             chat,
-            &tools,
+            tools,
             &|event| telemetry.upstream_event(&event),
             &|call| telemetry.search(call),
         )
@@ -148,6 +233,8 @@ struct ChunkSink {
     citations: Vec<String>,
     /// What was sent, as JSON lines, kept with the request when bodies are retained (bounded).
     kept: Option<Vec<u8>>,
+    /// Where the completion is stored, when asked.
+    keeper: Option<Keeper>,
     client_gone: bool,
     telemetry: Arc<dyn crate::Telemetry>,
 }
@@ -173,15 +260,14 @@ impl ChunkSink {
 impl tollgate_core::tools::ToolSink for ChunkSink {
     async fn chunk(&mut self, chunk: Value) {
         self.keep(&chunk);
-        if self.id.is_empty()
-            && let Some(id) = chunk["id"].as_str()
-        {
-            id.clone_into(&mut self.id);
+        if let Some(keeper) = &mut self.keeper {
+            keeper.chunk(&chunk);
         }
         let finished = chunk["choices"]
             .as_array()
             .is_some_and(|choices| choices.iter().any(|choice| !choice["finish_reason"].is_null()));
-        let converted = convert::chunk(&chunk, &self.model);
+        let mut converted = convert::chunk(&chunk, &self.model);
+        converted.id.clone_from(&self.id);
         if finished {
             self.last = Some(converted);
         } else {
@@ -209,7 +295,12 @@ async fn stream(
     sender: mpsc::Sender<Result<GetChatCompletionChunk, Status>>,
 ) {
     let Admitted {
-        admission, chat, tools, ..
+        key,
+        admission,
+        chat,
+        tools,
+        id,
+        keeper,
     } = admitted;
     let route = Arc::clone(admission.route());
     let keeps = services.inference.retains_bodies() && admission.keeps_bodies();
@@ -217,10 +308,11 @@ async fn stream(
     let mut sink = ChunkSink {
         sender,
         model: route.name.clone(),
-        id: String::new(),
+        id,
         last: None,
         citations: Vec::new(),
         kept: keeps.then(Vec::new),
+        keeper,
         client_gone: false,
         telemetry: Arc::clone(&telemetry),
     };
@@ -264,6 +356,13 @@ async fn stream(
         }
     };
     telemetry.charged(&route.name, &run.usage, charged);
+    if let Some(keeper) = sink.keeper.take() {
+        let saved = keeper.finish(&run.usage, charged.cost, sink.citations.clone());
+        if let Err(error) = services.responses.save(&key, &sink.id, &route.name, &saved).await {
+            let _ = sink.sender.send(Err(status::unstored(&error))).await;
+            return;
+        }
+    }
     let mut last = sink.last.take().unwrap_or_else(|| GetChatCompletionChunk {
         id: sink.id.clone(),
         model: route.name.clone(),
@@ -282,16 +381,7 @@ impl Chat for ChatService {
     ) -> Result<Response<GetChatCompletionResponse>, Status> {
         let id = auth::request_id(&request);
         let admitted = self.admit(request, false, id).await?;
-        let model = admitted.admission.route().name.clone();
-        let answered = self.answer(admitted).await?;
-        let citations = tollgate_core::tools::citations(&answered.searches);
-        Ok(Response::new(convert::response(
-            &answered.answer,
-            &model,
-            &answered.usage,
-            answered.charged.cost,
-            citations,
-        )))
+        Ok(Response::new(self.answer(admitted).await?))
     }
 
     type GetCompletionChunkStream = ReceiverStream<Result<GetChatCompletionChunk, Status>>;
@@ -329,7 +419,7 @@ impl Chat for ChatService {
         let recorded_id = request_id.clone();
         tokio::spawn(async move {
             let outcome = match answer(&services, admitted).await {
-                Ok(answered) => Ok(answered.into_chat(&model)),
+                Ok((_, chat_answer)) => Ok(chat_answer),
                 Err(failure) => Err(failed_outcome(&failure)),
             };
             match services.deferred.finish(key.team_id, &recorded_id, outcome).await {
@@ -389,22 +479,41 @@ impl Chat for ChatService {
         }
     }
 
+    /// A stored completion (or a REST stored response) of the caller's team.
     async fn get_stored_completion(
         &self,
-        _request: Request<GetStoredCompletionRequest>,
+        request: Request<GetStoredCompletionRequest>,
     ) -> Result<Response<GetChatCompletionResponse>, Status> {
-        Err(Status::unimplemented(
-            "Stored completions are not offered over gRPC yet; use /v1/responses",
-        ))
+        let key = auth::api_key(&self.services, &request).await?;
+        require_chat(&key)?;
+        let id = request.into_inner().response_id;
+        let saved = self
+            .services
+            .responses
+            .load(key.team_id, &id)
+            .await
+            .map_err(|error| status::stored_unavailable(&error))?
+            .ok_or_else(|| stored_not_found(&id))?;
+        Ok(Response::new(crate::stored::completion(&saved.response)))
     }
 
     async fn delete_stored_completion(
         &self,
-        _request: Request<DeleteStoredCompletionRequest>,
+        request: Request<DeleteStoredCompletionRequest>,
     ) -> Result<Response<DeleteStoredCompletionResponse>, Status> {
-        Err(Status::unimplemented(
-            "Stored completions are not offered over gRPC yet; use /v1/responses",
-        ))
+        let key = auth::api_key(&self.services, &request).await?;
+        require_chat(&key)?;
+        let response_id = request.into_inner().response_id;
+        let deleted = self
+            .services
+            .responses
+            .delete(key.team_id, &response_id)
+            .await
+            .map_err(|error| status::stored_unavailable(&error))?;
+        if !deleted {
+            return Err(stored_not_found(&response_id));
+        }
+        Ok(Response::new(DeleteStoredCompletionResponse { response_id }))
     }
 
     async fn compact_context(
@@ -413,6 +522,22 @@ impl Chat for ChatService {
     ) -> Result<Response<CompactContextResponse>, Status> {
         Err(Status::unimplemented("Context compaction is not offered here"))
     }
+}
+
+/// The key must be granted chat to read or continue stored completions.
+fn require_chat(key: &ApiKey) -> Result<(), Status> {
+    if key.acls.allows(Endpoint::Chat) {
+        Ok(())
+    } else {
+        Err(status::refused(&tollgate_core::AdmitError::EndpointDenied(
+            Endpoint::Chat,
+        )))
+    }
+}
+
+/// REST's words for a stored response that is not there.
+fn stored_not_found(id: &str) -> Status {
+    Status::not_found(format!("The response {id} does not exist or has expired."))
 }
 
 /// A deferred failure as REST records it (its status and error body), so a poll on either

@@ -14,14 +14,16 @@
 mod auth;
 mod chat;
 mod convert;
+mod media;
 mod models;
 mod status;
+mod stored;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tollgate_core::{AdmitError, Charged, Deferred, Inference, KeyService, SearchCall};
-use tollgate_domain::TokenUsage;
+use tollgate_core::{AdmitError, Charged, Deferred, Inference, KeyService, Responses, SearchCall};
+use tollgate_domain::{Clock, TokenUsage};
 use tollgate_gateway::pool::UpstreamEvent;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -59,6 +61,10 @@ pub struct Services {
     pub keys: KeyService,
     /// Deferred chat completions (shared with REST).
     pub deferred: Deferred,
+    /// Stored completions: REST's stored responses.
+    pub responses: Responses,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
     /// Where keys are made, for the wrong-key message.
     pub console_url: String,
     /// The operator's metrics.
@@ -98,11 +104,19 @@ pub async fn serve(
     let tokenize = proto::tokenize_server::TokenizeServer::new(models::TokenizeService::new(Arc::clone(&services)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let auth = proto::auth_server::AuthServer::new(auth::AuthService::new(Arc::clone(&services)));
+    let embedder = proto::embedder_server::EmbedderServer::new(media::EmbedderService::new(Arc::clone(&services)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let image = proto::image_server::ImageServer::new(media::ImageService::new(Arc::clone(&services)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     server
         .add_service(chat)
         .add_service(models)
         .add_service(tokenize)
         .add_service(auth)
+        .add_service(embedder)
+        .add_service(image)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
 }

@@ -2,7 +2,7 @@
 //! descriptions, so a refusal reads the same on both surfaces; nothing internal reaches a
 //! message (what is not the client's business is logged here and answered in general terms).
 
-use tollgate_core::{AdmitError, AnswerError, AuthError, DeferredError, SettleError};
+use tollgate_core::{AdmitError, AnswerError, AuthError, DeferredError, ResponseError, SettleError};
 use tollgate_gateway::GatewayError;
 use tonic::{Code, Status};
 
@@ -91,6 +91,23 @@ pub(crate) fn unauthorized(error: &AuthError, presented: &str, console_url: &str
 pub(crate) fn deferred_unavailable(error: &DeferredError) -> Status {
     tracing::error!(%error, "deferred completions failed");
     Status::unavailable("Deferred completions are unavailable; try again")
+}
+
+/// Stored completions' storage failed.
+pub(crate) fn stored_unavailable(error: &ResponseError) -> Status {
+    tracing::error!(%error, "stored completions failed");
+    match error {
+        ResponseError::Store(_) => Status::unavailable("Stored responses are unavailable; try again"),
+        ResponseError::Sealed(_) => Status::internal("The stored response cannot be read"),
+    }
+}
+
+/// A completion produced and charged that could not be stored.
+pub(crate) fn unstored(error: &ResponseError) -> Status {
+    tracing::error!(%error, "a completion could not be stored");
+    Status::unavailable(
+        "The completion was produced and charged, but it could not be stored; send it again without store_messages or retry",
+    )
 }
 
 /// A REST status (as a deferred failure was recorded) as the gRPC code of the same meaning.

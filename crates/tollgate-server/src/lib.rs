@@ -670,6 +670,8 @@ pub async fn start(
                 inference: state.inference.clone(),
                 keys: state.keys.clone(),
                 deferred: state.deferred.clone(),
+                responses: state.responses.clone(),
+                clock: Arc::clone(&clock),
                 console_url: state.settings.console_url.clone(),
                 telemetry: Arc::new(GrpcMetrics(Arc::clone(&metrics))),
             };

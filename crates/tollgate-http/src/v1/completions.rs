@@ -99,7 +99,7 @@ pub(crate) async fn create_completion(
             }
         };
         let (mut answer, usage, cost) =
-            super::post_and_settle(&state, billing, "/completions", &upstream_body, deadline, read_usage).await?;
+            super::post_and_settle(&state, billing, "/completions", &upstream_body, read_usage).await?;
         answer["model"] = Value::String(route.name.clone());
         answer["usage"] = usage_json(&usage, cost);
         Ok(answer)

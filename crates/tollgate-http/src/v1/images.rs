@@ -63,7 +63,6 @@ pub(crate) async fn create_image(
         .await
         .map_err(|error| admission_refused(&state, error))?;
     admission.keep_request(raw);
-    let deadline = tokio::time::Instant::from_std(admission.deadline());
     let rate_headers = rate_limit_headers(admission.limits());
     let public_name = admission.route().name.clone();
     let upstream_model = admission.route().upstream_model().to_owned();
@@ -86,15 +85,8 @@ pub(crate) async fn create_image(
             };
             (usage, false)
         };
-        let (mut answer, _usage, cost) = post_and_settle(
-            &state,
-            billing,
-            "/images/generations",
-            &upstream_body,
-            deadline,
-            read_usage,
-        )
-        .await?;
+        let (mut answer, _usage, cost) =
+            post_and_settle(&state, billing, "/images/generations", &upstream_body, read_usage).await?;
         if answer.get("model").is_some() {
             answer["model"] = Value::String(public_name);
         }

@@ -85,15 +85,6 @@ impl Billing {
         self.state.inference.retains_bodies() && self.admission.keeps_bodies()
     }
 
-    /// The answer's bytes to keep with its request (nothing when none are kept).
-    fn kept_json(&self, answer: &Value) -> Vec<u8> {
-        if self.keeps_bodies() {
-            serde_json::to_vec(answer).unwrap_or_default()
-        } else {
-            Vec::new()
-        }
-    }
-
     /// Settles through the inference service; resolves once the record is durable. `response`
     /// is the answer, whole as the upstream gave it or a stream's events as sent (kept with the request when bodies are retained).
     async fn settle(self, usage: TokenUsage, estimated: bool, response: &[u8]) -> Result<Ticks, XaiError> {
@@ -223,25 +214,29 @@ async fn in_own_task<T: Send + 'static>(
         .map_err(|e| XaiError::internal(anyhow::anyhow!("the request's task failed: {e}")))?
 }
 
-/// Posts `body` to another of the upstream's endpoints (by the deadline) and settles it with
-/// what `read_usage` finds in the answer (`true`: estimated): the answer, its usage and cost.
+/// Posts `body` to another of the upstream's endpoints and settles it with what `read_usage`
+/// finds in the answer (core's [`Inference::post`]), with the metrics: the answer, its usage and
+/// cost.
+///
+/// [`Inference::post`]: tollgate_core::Inference::post
 async fn post_and_settle(
     state: &AppState,
     billing: Billing,
     path: &str,
     body: &Value,
-    deadline: tokio::time::Instant,
     read_usage: impl FnOnce(&Value) -> (TokenUsage, bool),
 ) -> Result<(Value, TokenUsage, Ticks), XaiError> {
-    let route = Arc::clone(billing.admission.route());
-    let answer = tokio::time::timeout_at(deadline, route.post_json(path, body, observer(state)))
+    let model = billing.admission.route().name.clone();
+    let posted = state
+        .inference
+        .post(billing.admission, path, body, &observer(state), read_usage)
         .await
-        .unwrap_or(Err(GatewayError::Timeout))
-        .map_err(XaiError::from)?;
-    let (usage, estimated) = read_usage(&answer);
-    let response = billing.kept_json(&answer);
-    let cost = billing.settle(usage, estimated, &response).await?;
-    Ok((answer, usage, cost))
+        .map_err(|error| match error {
+            AnswerError::Upstream { error, .. } => XaiError::from(error),
+            AnswerError::Settle(error) => settle_failed(error),
+        })?;
+    state.metrics.charged(&model, &posted.usage, posted.charged);
+    Ok((posted.answer, posted.usage, posted.charged.cost))
 }
 
 /// Answers a chat request whole and settles it through the inference service (the tool loop
@@ -451,7 +446,6 @@ pub(crate) async fn create_embeddings(
         .await
         .map_err(|error| admission_refused(&state, error))?;
     admission.keep_request(raw);
-    let deadline = tokio::time::Instant::from_std(admission.deadline());
     let rate_headers = rate_limit_headers(admission.limits());
     let route = std::sync::Arc::clone(admission.route());
     let billing = Billing {
@@ -472,7 +466,7 @@ pub(crate) async fn create_embeddings(
             (usage, reported.is_none())
         };
         let (mut answer, usage, cost) =
-            post_and_settle(&state, billing, "/embeddings", &upstream_body, deadline, read_usage).await?;
+            post_and_settle(&state, billing, "/embeddings", &upstream_body, read_usage).await?;
         answer["model"] = Value::String(route.name.clone());
         answer["usage"] = json!({
             "prompt_tokens": usage.prompt_tokens,

@@ -93,6 +93,33 @@ response = chat.defer(timeout=datetime.timedelta(seconds=30), interval=datetime.
 assert response.content == answer, response.content
 assert response.usage.cost_in_usd_ticks == cost, response.usage
 
+# Stored completions: kept with store_messages, continued with previous_response_id (the
+# conversation is sent again), read back and deleted.
+chat = client.chat.create(model=model, max_tokens=20, store_messages=True)
+chat.append(user("Remember: blue"))
+first = chat.sample()
+[stored] = client.chat.get_stored_completion(first.id)
+assert stored.content == answer and stored.finish_reason == "REASON_STOP", stored
+assert stored.usage.cost_in_usd_ticks == cost, stored.usage
+chat = client.chat.create(model=model, max_tokens=20, store_messages=True, previous_response_id=first.id)
+chat.append(user("What colour?"))
+for second, _chunk in chat.stream():
+    pass
+assert second.content == answer, second.content
+assert second.id and second.id != first.id, (first.id, second.id)
+[stored] = client.chat.get_stored_completion(second.id)
+assert stored.content == answer, stored
+assert client.chat.delete_stored_completion(first.id) == first.id
+expect_error(
+    lambda: client.chat.get_stored_completion(first.id),
+    grpc.StatusCode.NOT_FOUND,
+    f"The response {first.id} does not exist or has expired.",
+)
+chat = client.chat.create(model=model, max_tokens=20, previous_response_id=first.id)
+chat.append(user("And now?"))
+expect_error(chat.sample, grpc.StatusCode.INVALID_ARGUMENT, f"Previous response with id '{first.id}' not found.")
+print("stored", second.id)
+
 # Models, by kind and by alias, with their prices.
 names = [m.name for m in client.models.list_language_models()]
 assert names == [model], names
@@ -130,9 +157,11 @@ expect_error(chat.sample, grpc.StatusCode.PERMISSION_DENIED, f"access to model {
 wrong = Client(api_key=config["wrong_key"], api_host=host, timeout=60)
 expect_error(wrong.auth.get_api_key_info, grpc.StatusCode.INVALID_ARGUMENT, config["wrong_key_text"])
 
+# Eight answers of 16,000 tokens each are held for before the model is asked: more than the team's
+# credit.
 chat = client.chat.create(model=model, max_tokens=16000)
 chat.append(user("Say hello"))
-expect_error(chat.sample, grpc.StatusCode.RESOURCE_EXHAUSTED, config["out_of_credit_text"])
+expect_error(lambda: chat.sample_batch(8), grpc.StatusCode.RESOURCE_EXHAUSTED, config["out_of_credit_text"])
 
 chat = client.chat.create(model="nope", max_tokens=20)
 chat.append(user("Say hello"))
@@ -140,6 +169,35 @@ expect_error(
     chat.sample,
     grpc.StatusCode.NOT_FOUND,
     "The model nope does not exist or your team does not have access to it.",
+)
+
+# Images, priced per image: as a data URL (the SDK decodes it), and as URLs.
+image = client.image.sample(prompt="a lighthouse", model="imagine", image_format="base64")
+assert image.base64.startswith("data:image/png;base64,"), image.base64
+assert image.image.startswith(b"\x89PNG"), image.image
+assert image.usage.cost_in_usd_ticks == config["image_price_ticks"], image.usage
+assert image.model == "imagine", image.model
+images = client.image.sample_batch(prompt="a lighthouse", model="imagine", n=2, image_format="url")
+assert [i.url for i in images] == ["https://images.example/0.png", "https://images.example/1.png"], images
+assert images[0].usage.cost_in_usd_ticks == 2 * config["image_price_ticks"], images[0].usage
+
+# Embeddings: the SDK has no helper, its generated stub does.
+from xai_sdk.proto import embed_pb2, embed_pb2_grpc  # noqa: E402
+
+embedder = embed_pb2_grpc.EmbedderStub(client._api_channel)
+embedded = embedder.Embed(
+    embed_pb2.EmbedRequest(
+        model=model,
+        input=[embed_pb2.EmbedInput(string="one"), embed_pb2.EmbedInput(string="two")],
+        encoding_format=embed_pb2.FORMAT_FLOAT,
+    )
+)
+assert [list(e.embeddings[0].float_array) for e in embedded.embeddings] == [[0.25, -0.5, 0.125]] * 2, embedded
+assert embedded.usage.num_text_embeddings == 2 and embedded.model == model, embedded
+expect_error(
+    lambda: embedder.Embed(embed_pb2.EmbedRequest(model=model)),
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "input must not be empty",
 )
 
 # The SDK's insecure channel (any address; the key goes in an interceptor).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use tollgate_domain::{Actor, RequestContext, Ticks};
+use tollgate_domain::{Actor, Endpoint, RequestContext, Ticks};
 use tollgate_store::testsuite::TestDb;
 
 use crate::util::{
@@ -34,8 +34,9 @@ fn sdk_python() -> Option<PathBuf> {
     None
 }
 
-/// Runs `tests/grpc/sdk.py` in `phase` with `config`; it must print "ok".
-async fn run_sdk(python: PathBuf, phase: &'static str, config: Value) {
+/// Runs `tests/grpc/sdk.py` in `phase` with `config`; it must end by printing "ok". What it
+/// printed before.
+async fn run_sdk(python: PathBuf, phase: &'static str, config: Value) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/sdk.py");
     // The server runs on this test's runtime: wait for the script off it.
     let out =
@@ -43,12 +44,13 @@ async fn run_sdk(python: PathBuf, phase: &'static str, config: Value) {
             .await
             .unwrap()
             .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "the xai-sdk script ({phase}) failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "the xai-sdk script ({phase}) failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
 }
 
 /// Sample, stream, defer and poll, models, tokenize, key info, an ACL miss, a wrong key, an
@@ -62,15 +64,21 @@ async fn the_xai_sdk_works_unchanged_over_grpc(db: TestDb) {
     let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
     let mut config = test_config(&db, &upstream);
     config.grpc_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    // Prepaid only, with 5 cents: enough for the small requests, not for a hold of 16,000
-    // output tokens.
+    // An image model at 7 cents an image.
+    let mut imagine = config.models[MODEL].clone();
+    imagine.aliases = vec![];
+    imagine.image_price = Some(7);
+    imagine.endpoints = vec!["image".into()];
+    config.models.insert("imagine".into(), imagine);
+    // Prepaid only, with $1: enough for what is asked, not for a hold of eight answers of 16,000
+    // output tokens each.
     config.billing.max_invoiced_limit_usd = None;
     let app = TestApp::with_config(db, upstream, config).await;
     app.services()
         .ledger
         .grant(
             app.team.id,
-            Ticks::new(500_000_000),
+            Ticks::new(10_000_000_000),
             "test credit",
             None,
             Actor::Operator,
@@ -110,13 +118,65 @@ async fn the_xai_sdk_works_unchanged_over_grpc(db: TestDb) {
         "cached_tokens": tollgate_testkit::CACHED_TOKENS,
         "prompt_price": PROMPT_PRICE,
         "completion_price": COMPLETION_PRICE,
+        "image_price_ticks": 700_000_000,
     });
-    run_sdk(python.clone(), "main", sdk_config.clone()).await;
-    // Sample, stream and defer were charged, each at the mock's usage; nothing else was.
+    let printed = run_sdk(python.clone(), "main", sdk_config.clone()).await;
+    // A completion stored over gRPC is a stored response over REST, continuing the first.
+    let second = printed.lines().find_map(|line| line.strip_prefix("stored ")).unwrap();
+    let response = app.get_json(&format!("/v1/responses/{second}"), key).await;
+    assert_eq!(response["object"], "response");
+    assert_eq!(
+        response["output"][0]["content"][0]["text"],
+        tollgate_testkit::ANSWER_WORDS.concat()
+    );
+    assert_eq!(response["usage"]["cost_in_usd_ticks"], expected_cost());
+    // It was asked with the first turn sent again.
+    let continued = app
+        .upstream
+        .requests()
+        .into_iter()
+        .find(|request| request["messages"].as_array().is_some_and(|m| m.len() == 3))
+        .unwrap();
+    let said: Vec<&str> = continued["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["content"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "Remember: blue",
+            tollgate_testkit::ANSWER_WORDS.concat().as_str(),
+            "What colour?"
+        ]
+    );
+    // Sample, stream, defer and the two stored were charged, each at the mock's usage, the two
+    // image requests and the embeddings; nothing refused was.
     let usage = app.store().list_usage(app.team.id, 20).await.unwrap();
-    assert_eq!(usage.len(), 3, "{usage:?}");
-    assert!(usage.iter().all(|record| record.cost.get() == expected_cost()));
-    assert_eq!(usage.iter().filter(|record| record.streamed).count(), 1);
+    let chats: Vec<_> = usage
+        .iter()
+        .filter(|record| record.model == MODEL && record.endpoint == Endpoint::Chat)
+        .collect();
+    assert_eq!(chats.len(), 5, "{usage:?}");
+    assert!(chats.iter().all(|record| record.cost.get() == expected_cost()));
+    assert_eq!(chats.iter().filter(|record| record.streamed).count(), 2);
+    let images: Vec<i64> = usage
+        .iter()
+        .filter(|record| record.endpoint == Endpoint::Image)
+        .map(|record| record.cost.get())
+        .collect();
+    assert_eq!(images, [1_400_000_000, 700_000_000]);
+    let embeddings: Vec<_> = usage
+        .iter()
+        .filter(|record| record.endpoint == Endpoint::Embeddings)
+        .collect();
+    assert_eq!(embeddings.len(), 1);
+    assert_eq!(
+        embeddings[0].usage.prompt_tokens,
+        2 * tollgate_testkit::EMBEDDING_TOKENS_PER_INPUT
+    );
+    assert_eq!(usage.len(), 8, "{usage:?}");
 
     // The model calls the client's function: whole and streamed.
     app.upstream.call_tool_with(Some(r#"{"q":"x"}"#.into()));
@@ -132,8 +192,11 @@ async fn the_xai_sdk_works_unchanged_over_grpc(db: TestDb) {
         .await;
     assert_eq!(rest.status(), reqwest::StatusCode::OK);
     let usage = app.store().list_usage(app.team.id, 20).await.unwrap();
-    assert_eq!(usage.len(), 6);
-    let grpc = usage.iter().find(|record| !record.streamed).unwrap();
+    assert_eq!(usage.len(), 11);
+    let grpc = usage[1..]
+        .iter()
+        .find(|record| record.endpoint == Endpoint::Chat && !record.streamed)
+        .unwrap();
     let newest = &usage[0];
     assert_eq!(
         (

@@ -9,8 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={path}");
     let bytes = std::fs::read(path)?;
     let descriptors = prost_types::FileDescriptorSet::decode(bytes.as_slice())?;
+    // The client is for the benchmark (feature `client`); the server never needs it.
+    let client = std::env::var_os("CARGO_FEATURE_CLIENT").is_some();
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(client)
         .build_transport(false)
         .compile_fds(descriptors)?;
     Ok(())

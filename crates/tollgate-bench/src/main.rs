@@ -35,6 +35,10 @@ struct Args {
     /// completions or embeddings. The upstream is called directly on its own counterpart.
     #[arg(long, value_enum, default_value_t = Family::Chat)]
     endpoint: Family,
+    /// Call tollgate over gRPC (xAI's `Chat` service, as the xai-sdk does: `GetCompletion`, or
+    /// `GetCompletionChunk` with `--stream`) instead of REST; chat only. The upstream is the same.
+    #[arg(long)]
+    grpc: bool,
     /// With `--endpoint responses`: send `"store": false` (nothing kept).
     #[arg(long)]
     no_store: bool,
@@ -145,6 +149,98 @@ async fn drive(
     Ok(Run { elapsed, latencies })
 }
 
+/// Drives `requests` completions of `model` through tollgate's gRPC API on `channel` (one
+/// HTTP/2 connection, as an SDK client keeps), streamed or whole, `concurrency` at a time.
+async fn drive_grpc(
+    channel: &tonic::transport::Channel,
+    keys: &[String],
+    model: &str,
+    stream: bool,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<Run> {
+    use tollgate_grpc::proto;
+    let request = proto::GetCompletionsRequest {
+        model: model.to_owned(),
+        messages: vec![proto::Message {
+            role: proto::MessageRole::RoleUser as i32,
+            content: vec![proto::Content {
+                content: Some(proto::content::Content::Text("Say hello.".into())),
+            }],
+            ..proto::Message::default()
+        }],
+        n: Some(1),
+        max_tokens: Some(256),
+        ..proto::GetCompletionsRequest::default()
+    };
+    let authorizations = keys
+        .iter()
+        .map(|key| format!("Bearer {key}").parse())
+        .collect::<Result<Vec<tonic::metadata::MetadataValue<_>>, _>>()?;
+    let authorizations: Arc<[_]> = authorizations.into();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let mut client = proto::chat_client::ChatClient::new(channel.clone());
+        let (request, authorizations, next) = (request.clone(), Arc::clone(&authorizations), Arc::clone(&next));
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= requests {
+                    break;
+                }
+                let sent = Instant::now();
+                let mut call = tonic::Request::new(request.clone());
+                call.metadata_mut()
+                    .insert("authorization", authorizations[n % authorizations.len()].clone());
+                if stream {
+                    let mut chunks = client.get_completion_chunk(call).await?.into_inner();
+                    // The last chunk (with the usage) is what the client waits for.
+                    while chunks.message().await?.is_some() {}
+                } else {
+                    client.get_completion(call).await?;
+                }
+                latencies.push(sent.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(requests);
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok(Run { elapsed, latencies })
+}
+
+/// Where tollgate is called: REST at a URL, or gRPC on a channel.
+enum Target<'a> {
+    Rest(&'a str),
+    Grpc(&'a tonic::transport::Channel),
+}
+
+/// Drives the load at tollgate over its surface.
+async fn drive_tollgate(
+    target: &Target<'_>,
+    client: &reqwest::Client,
+    keys: &[String],
+    body: &serde_json::Value,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<Run> {
+    match target {
+        Target::Rest(url) => drive(client, url, keys, body, requests, concurrency).await,
+        Target::Grpc(channel) => {
+            let model = body["model"].as_str().unwrap_or_default();
+            let stream = body["stream"].as_bool().unwrap_or(false);
+            drive_grpc(channel, keys, model, stream, requests, concurrency).await
+        }
+    }
+}
+
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
@@ -198,6 +294,13 @@ async fn main() -> anyhow::Result<()> {
     config.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     if args.no_bodies {
         config.retention.bodies_days = 0;
+    }
+    anyhow::ensure!(
+        !args.grpc || args.endpoint == Family::Chat,
+        "--grpc loads chat completions (xAI's Chat service) only"
+    );
+    if args.grpc {
+        config.grpc_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     }
     config.models.insert("bench".into(), model(100_000));
     config.models.insert("bench-free".into(), model(0));
@@ -282,6 +385,20 @@ async fn main() -> anyhow::Result<()> {
     };
     let direct_url = format!("{}{direct_path}", upstream.base_url);
     let tollgate_url = format!("http://{}{path}", server.addr);
+    let channel = match server.grpc_addr {
+        Some(addr) => Some(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .context("connecting to the gRPC listener")?,
+        ),
+        None => None,
+    };
+    let target = match &channel {
+        Some(channel) => Target::Grpc(channel),
+        None => Target::Rest(&tollgate_url),
+    };
     let body = |model: &str| match args.endpoint {
         Family::Chat => json!({"model": model, "messages": messages, "stream": stream, "max_tokens": 256}),
         Family::Responses => json!({"model": model, "input": "Say hello.", "stream": stream, "max_output_tokens": 256,
@@ -292,6 +409,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let (billed_body, free_body) = (body("bench"), body("bench-free"));
 
+    let path = if args.grpc {
+        if stream {
+            "gRPC xai_api.Chat/GetCompletionChunk"
+        } else {
+            "gRPC xai_api.Chat/GetCompletion"
+        }
+    } else {
+        path
+    };
     println!(
         "tollgate-bench: {path}, {} requests, concurrency {}, {} answers, {}, {} team(s), limits {}, bodies {}, {} cores",
         args.requests,
@@ -311,12 +437,11 @@ async fn main() -> anyhow::Result<()> {
         if args.no_bodies { "not kept" } else { "kept" },
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
-    for (url, keys, body) in [
-        (&direct_url, &[][..], &direct_body),
-        (&tollgate_url, &keys[..], &free_body),
-        (&tollgate_url, &keys[..], &billed_body),
-    ] {
-        drive(&client, url, keys, body, args.warmup, args.concurrency)
+    drive(&client, &direct_url, &[], &direct_body, args.warmup, args.concurrency)
+        .await
+        .context("warm-up")?;
+    for body in [&free_body, &billed_body] {
+        drive_tollgate(&target, &client, &keys, body, args.warmup, args.concurrency)
             .await
             .context("warm-up")?;
     }
@@ -328,21 +453,14 @@ async fn main() -> anyhow::Result<()> {
     let mut billed = Vec::new();
     for _ in 0..2 {
         free.push(
-            drive(
-                &client,
-                &tollgate_url,
-                &keys,
-                &free_body,
-                args.requests / 2,
-                args.concurrency,
-            )
-            .await
-            .context("tollgate, free model")?,
+            drive_tollgate(&target, &client, &keys, &free_body, args.requests / 2, args.concurrency)
+                .await
+                .context("tollgate, free model")?,
         );
         billed.push(
-            drive(
+            drive_tollgate(
+                &target,
                 &client,
-                &tollgate_url,
                 &keys,
                 &billed_body,
                 args.requests / 2,

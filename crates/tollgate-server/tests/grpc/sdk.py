@@ -3,8 +3,9 @@
 
     python sdk.py PHASE CONFIG_JSON
 
-PHASE is "main" (sample, stream, defer, models, tokenize, key info, refusals, an insecure
-channel, keep-alive pings) or "tools" (the model calls the client's function).
+PHASE is "main" (sample, stream, defer, stored completions, models, tokenize, key info,
+refusals, images, embeddings, an insecure channel, keep-alive pings), "tools" (the model calls
+the client's function) or "tls" (the SDK's default TLS channel).
 """
 
 import datetime
@@ -34,6 +35,18 @@ def expect_error(call, code, details):
 
 
 client = Client(api_key=key, api_host=host, timeout=60)
+
+if phase == "tls":
+    # The SDK's default channel (TLS, the system's roots; the test's CA comes through
+    # GRPC_DEFAULT_SSL_ROOTS_FILE_PATH) to an address, as to a deployed server.
+    secure = Client(api_key=key, api_host=f"127.0.0.1:{port}", timeout=60)
+    assert secure.auth.get_api_key_info().team_id == config["team_id"]
+    chat = secure.chat.create(model=model, max_tokens=20)
+    chat.append(user("Say hello"))
+    response = chat.sample()
+    assert response.content == answer and response.usage.cost_in_usd_ticks == cost, response
+    print("ok")
+    sys.exit(0)
 
 if phase == "tools":
     weather = tool(
@@ -153,6 +166,17 @@ narrow = Client(api_key=config["narrow_key"], api_host=host, timeout=60)
 chat = narrow.chat.create(model=model, max_tokens=20)
 chat.append(user("Say hello"))
 expect_error(chat.sample, grpc.StatusCode.PERMISSION_DENIED, f"access to model {model} is denied")
+
+# No key at all (the SDK always sends one: its generated stub on a bare channel does not).
+from xai_sdk.proto import auth_pb2_grpc  # noqa: E402
+from google.protobuf import empty_pb2  # noqa: E402
+
+bare = auth_pb2_grpc.AuthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+expect_error(
+    lambda: bare.get_api_key_info(empty_pb2.Empty()),
+    grpc.StatusCode.UNAUTHENTICATED,
+    "No API key provided. Send it in the authorization metadata as 'Bearer <key>'.",
+)
 
 wrong = Client(api_key=config["wrong_key"], api_host=host, timeout=60)
 expect_error(wrong.auth.get_api_key_info, grpc.StatusCode.INVALID_ARGUMENT, config["wrong_key_text"])

@@ -15,6 +15,67 @@ use crate::util::{
 
 on_both_backends!(the_xai_sdk_works_unchanged_over_grpc);
 
+/// With `grpc_tls_cert` and `grpc_tls_key` the listener speaks TLS, and the SDK's default
+/// channel (TLS) works, trusting the test's self-signed certificate for 127.0.0.1.
+#[tokio::test]
+async fn the_grpc_listener_speaks_tls() {
+    let Some(python) = sdk_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key_pem)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let db = TestDb::sqlite().await;
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = test_config(&db, &upstream);
+    config.grpc_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.grpc_tls_cert = Some(cert.clone());
+    config.grpc_tls_key = Some(key_pem);
+    let app = TestApp::with_config(db, upstream, config).await;
+    let port = app.server.as_ref().unwrap().grpc_addr.unwrap().port();
+    let key = app.api_key().await;
+    let sdk_config = json!({
+        "port": port,
+        "key": key,
+        "team_id": app.team.id.to_string(),
+        "model": MODEL,
+        "answer": tollgate_testkit::ANSWER_WORDS.concat(),
+        "cost": expected_cost(),
+    });
+    run_sdk_with(
+        python,
+        "tls",
+        sdk_config,
+        vec![("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", cert)],
+    )
+    .await;
+    app.finish().await;
+}
+
 /// The virtual environment's Python with `xai-sdk`, if installed. Under CI it must be.
 fn sdk_python() -> Option<PathBuf> {
     let python = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/.venv/bin/python"));
@@ -37,13 +98,27 @@ fn sdk_python() -> Option<PathBuf> {
 /// Runs `tests/grpc/sdk.py` in `phase` with `config`; it must end by printing "ok". What it
 /// printed before.
 async fn run_sdk(python: PathBuf, phase: &'static str, config: Value) -> String {
+    run_sdk_with(python, phase, config, Vec::new()).await
+}
+
+/// [`run_sdk`] with `env` set for the script.
+async fn run_sdk_with(
+    python: PathBuf,
+    phase: &'static str,
+    config: Value,
+    env: Vec<(&'static str, PathBuf)>,
+) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/sdk.py");
     // The server runs on this test's runtime: wait for the script off it.
-    let out =
-        tokio::task::spawn_blocking(move || Command::new(python).args([script, phase, &config.to_string()]).output())
-            .await
-            .unwrap()
-            .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args([script, phase, &config.to_string()])
+            .envs(env)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success() && stdout.trim_end().ends_with("ok"),

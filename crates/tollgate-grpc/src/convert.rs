@@ -238,9 +238,12 @@ fn tool_json(tool: &proto::Tool) -> Result<Value, Invalid> {
             if let Some(on) = search.enable_image_understanding {
                 out["enable_image_understanding"] = json!(on);
             }
-            if let Some(on) = search.enable_image_search {
-                out["enable_image_search"] = json!(on);
+            if search.enable_image_search == Some(true) {
+                return Err(
+                    "web_search.enable_image_search is not offered here: results are given to the model as text".into(),
+                );
             }
+            // `user_location` only tunes a backend's ranking: not offered, so not applied.
             Ok(out)
         }
         Some(proto::tool::Tool::XSearch(search)) => {
@@ -680,11 +683,13 @@ mod tests {
         assert_eq!(message.tool_calls[0].id, "t");
         assert_eq!(response.usage.unwrap().cost_in_usd_ticks, Some(7));
         let chunk = chunk(
-            &json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "he"}}]}),
+            &json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "he", "reasoning_content": "hm"}}]}),
             "grok",
         );
         let output = &chunk.outputs[0];
-        assert_eq!(output.delta.as_ref().unwrap().role, MessageRole::RoleAssistant as i32);
+        let delta = output.delta.as_ref().unwrap();
+        assert_eq!(delta.role, MessageRole::RoleAssistant as i32);
+        assert_eq!((delta.content.as_str(), delta.reasoning_content.as_str()), ("he", "hm"));
         assert_eq!(output.finish_reason, FinishReason::ReasonInvalid as i32);
     }
 }

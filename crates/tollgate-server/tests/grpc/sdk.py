@@ -5,7 +5,8 @@
 
 PHASE is "main" (sample, stream, defer, stored completions, models, tokenize, key info,
 refusals, images, embeddings, an insecure channel, keep-alive pings), "tools" (the model calls
-the client's function) or "tls" (the SDK's default TLS channel).
+the client's function), "search" (a server-side web search) or "tls" (the SDK's default TLS
+channel).
 """
 
 import datetime
@@ -45,6 +46,34 @@ if phase == "tls":
     chat.append(user("Say hello"))
     response = chat.sample()
     assert response.content == answer and response.usage.cost_in_usd_ticks == cost, response
+    print("ok")
+    sys.exit(0)
+
+if phase == "search":
+    # A server-side tool: Tollgate runs the searches and the model answers with citations.
+    from xai_sdk.proto import chat_pb2, usage_pb2
+    from xai_sdk.tools import web_search
+
+    chat = client.chat.create(model=model, max_tokens=20, tools=[web_search()])
+    chat.append(user("rust runtime"))
+    response = chat.sample()
+    assert response.content == answer, response.content
+    assert list(response.citations) == config["citations"], response.citations
+    assert response.usage.cost_in_usd_ticks == config["search_cost"], response.usage
+    assert list(response.usage.server_side_tools_used) == [usage_pb2.SERVER_SIDE_TOOL_WEB_SEARCH], response.usage
+
+    # Streamed, the search shows as it finishes: a tool call of the search's type.
+    chat = client.chat.create(model=model, max_tokens=20, tools=[web_search()])
+    chat.append(user("rust runtime"))
+    searches = []
+    for response, chunk in chat.stream():
+        searches += [call for call in chunk.tool_calls if call.type == chat_pb2.TOOL_CALL_TYPE_WEB_SEARCH_TOOL]
+    [search] = searches
+    assert search.status == chat_pb2.TOOL_CALL_STATUS_COMPLETED, search
+    assert json.loads(search.function.arguments) == {"query": "rust runtime"}, search
+    assert response.content == answer, response.content
+    assert list(response.citations) == config["citations"], response.citations
+    assert response.usage.cost_in_usd_ticks == config["search_cost"], response.usage
     print("ok")
     sys.exit(0)
 

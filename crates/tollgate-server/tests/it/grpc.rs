@@ -15,6 +15,44 @@ use crate::util::{
 
 on_both_backends!(the_xai_sdk_works_unchanged_over_grpc);
 
+/// xAI's server-side web search through the SDK: the same loop as REST (searched on the
+/// operator's backend, the model called again), with citations, the tool's fee in the cost, and
+/// the search shown as a tool call when streamed.
+#[tokio::test]
+async fn the_xai_sdk_searches_the_web_over_grpc() {
+    let Some(python) = sdk_python() else {
+        return;
+    };
+    let stand_in = tollgate_testkit::search::SearchStandIn::start().await.unwrap();
+    let db = TestDb::sqlite().await;
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = test_config(&db, &upstream);
+    config.grpc_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.search.web = Some(tollgate_server::config::WebSearchConfig {
+        backend: "searxng".into(),
+        url: Some(stand_in.base_url.clone()),
+        api_key: None,
+    });
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let sdk_config = json!({
+        "port": app.server.as_ref().unwrap().grpc_addr.unwrap().port(),
+        "key": key,
+        "model": MODEL,
+        "answer": tollgate_testkit::ANSWER_WORDS.concat(),
+        "cost": expected_cost(),
+        "citations": tollgate_testkit::search::WEB_RESULTS.iter().map(|result| result.0).collect::<Vec<_>>(),
+        // Two model calls and one search at xAI's fee.
+        "search_cost": 2 * expected_cost() + 50_000_000,
+    });
+    run_sdk(python, "search", sdk_config).await;
+    let usage = app.store().list_usage(app.team.id, 10).await.unwrap();
+    assert_eq!(usage.len(), 2);
+    assert!(usage.iter().all(|record| record.usage.web_search_calls == 1));
+    assert_eq!(stand_in.queries().len(), 2);
+    app.finish().await;
+}
+
 /// With `grpc_tls_cert` and `grpc_tls_key` the listener speaks TLS, and the SDK's default
 /// channel (TLS) works, trusting the test's self-signed certificate for 127.0.0.1.
 #[tokio::test]

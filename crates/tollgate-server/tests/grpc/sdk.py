@@ -5,8 +5,8 @@
 
 PHASE is "main" (sample, stream, defer, stored completions, models, tokenize, key info,
 refusals, images, embeddings, an insecure channel, keep-alive pings), "tools" (the model calls
-the client's function), "search" (a server-side web search) or "tls" (the SDK's default TLS
-channel).
+the client's function), "failing" (a deferred completion the model server refuses), "search"
+(a server-side web search) or "tls" (the SDK's default TLS channel).
 """
 
 import datetime
@@ -74,6 +74,19 @@ if phase == "search":
     assert response.content == answer, response.content
     assert list(response.citations) == config["citations"], response.citations
     assert response.usage.cost_in_usd_ticks == config["search_cost"], response.usage
+    print("ok")
+    sys.exit(0)
+
+if phase == "failing":
+    # The model server refuses: the deferred completion fails, and its poll is that error (the
+    # SDK cannot read a FAILED status), not charged.
+    chat = client.chat.create(model=model, max_tokens=20)
+    chat.append(user("Say hello"))
+    expect_error(
+        lambda: chat.defer(timeout=datetime.timedelta(seconds=30), interval=datetime.timedelta(milliseconds=100)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        config["refusal"],
+    )
     print("ok")
     sys.exit(0)
 
@@ -209,6 +222,12 @@ expect_error(
 
 wrong = Client(api_key=config["wrong_key"], api_host=host, timeout=60)
 expect_error(wrong.auth.get_api_key_info, grpc.StatusCode.INVALID_ARGUMENT, config["wrong_key_text"])
+
+# A message above gRPC's default 4 MiB (the SDK's limit is 20 MiB) is read: refused only for
+# what its prompt would cost.
+chat = client.chat.create(model=model, max_tokens=20)
+chat.append(user("a" * (6 * 1024 * 1024)))
+expect_error(chat.sample, grpc.StatusCode.RESOURCE_EXHAUSTED, config["out_of_credit_text"])
 
 # Eight answers of 16,000 tokens each are held for before the model is asked: more than the team's
 # credit.

@@ -293,8 +293,16 @@ async fn the_xai_sdk_works_unchanged_over_grpc(db: TestDb) {
 
     // The model calls the client's function: whole and streamed.
     app.upstream.call_tool_with(Some(r#"{"q":"x"}"#.into()));
-    run_sdk(python, "tools", sdk_config).await;
+    run_sdk(python.clone(), "tools", sdk_config.clone()).await;
     app.upstream.call_tool_with(None);
+
+    // A deferred completion the model server refuses: the poll is the error, nothing charged.
+    app.upstream.fail_with(400, "the model cannot do that");
+    let mut failing = sdk_config;
+    failing["refusal"] = json!("the model cannot do that");
+    run_sdk(python, "failing", failing).await;
+    app.upstream.recover();
+    assert_eq!(app.store().list_usage(app.team.id, 20).await.unwrap().len(), 10);
 
     // One implementation, two surfaces: the same request over REST is recorded as over gRPC.
     let rest = app

@@ -27,6 +27,7 @@ mod audit;
 mod auth;
 mod keys;
 mod links;
+mod sessions;
 mod users;
 
 use audit::audit_log;
@@ -40,6 +41,7 @@ use links::{
     confirm_email_change, confirm_email_change_page, forgot_password, forgot_password_page, report_email_change,
     report_email_change_page, reset_password, reset_password_page, verify_email, verify_email_page,
 };
+use sessions::{end_other_sessions, end_session, sessions};
 use users::{invite, remove_member, users, withdraw_invitation};
 
 use crate::AppState;
@@ -56,6 +58,80 @@ static HTMX_INTEGRITY: LazyLock<String> = LazyLock::new(|| {
         base64::engine::general_purpose::STANDARD.encode(sha2::Sha384::digest(HTMX))
     )
 });
+
+/// A file of ours served from `/assets/` under a name carrying its hash (so it is cached for
+/// good and a new build's is fetched anew), with its Subresource Integrity hash.
+struct Asset {
+    path: String,
+    integrity: String,
+    body: &'static [u8],
+    content_type: &'static str,
+}
+
+impl Asset {
+    fn new(stem: &str, extension: &str, body: &'static [u8], content_type: &'static str) -> Self {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let digest = sha2::Sha384::digest(body);
+        Self {
+            path: format!("/assets/{stem}-{}.{extension}", hex::encode(&digest[..6])),
+            integrity: format!("sha384-{}", base64::engine::general_purpose::STANDARD.encode(digest)),
+            body,
+            content_type,
+        }
+    }
+
+    fn response(&self) -> Response {
+        (
+            [
+                (header::CONTENT_TYPE, self.content_type),
+                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            ],
+            self.body,
+        )
+            .into_response()
+    }
+}
+
+/// The console's stylesheet and its few scripts (the pages' CSP allows nothing inline).
+static CONSOLE_CSS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "console",
+        "css",
+        include_bytes!("../../assets/console.css"),
+        "text/css; charset=utf-8",
+    )
+});
+static CONSOLE_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "console",
+        "js",
+        include_bytes!("../../assets/console.js"),
+        "text/javascript; charset=utf-8",
+    )
+});
+
+/// The pages' Content-Security-Policy: scripts and styles only from these files of ours (no
+/// inline script or style, no eval), nothing framed, forms sent only here.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The security headers every page and asset is answered with. The referrer goes to this
+/// server only: with `no-referrer` a browser sends `Origin: null` on form posts, which the
+/// login-CSRF check must refuse.
+async fn security_headers(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ] {
+        headers.entry(name).or_insert(HeaderValue::from_static(value));
+    }
+    response
+}
 
 /// The cookie holding the session's CSRF token for the pages.
 const CSRF_COOKIE: &str = "tollgate_csrf";
@@ -95,6 +171,9 @@ pub(crate) fn router() -> Router<AppState> {
             "/report-email-change",
             get(report_email_change_page).post(report_email_change).layer(guarded()),
         )
+        .route("/sessions", get(sessions))
+        .route("/sessions/end-others", post(end_other_sessions))
+        .route("/sessions/{session_id}/end", post(end_session))
         .route("/console", get(console))
         .route("/console/users", get(users))
         .route("/console/audit", get(audit_log))
@@ -107,6 +186,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/console/teams/{team_id}/api-keys", post(create_key))
         .route("/console/teams/{team_id}/api-keys/{key_id}/{action}", post(change_key))
         .route(HTMX_PATH, get(htmx))
+        .route(CONSOLE_CSS.path.as_str(), get(|| async { CONSOLE_CSS.response() }))
+        .route(CONSOLE_JS.path.as_str(), get(|| async { CONSOLE_JS.response() }))
+        .layer(axum::middleware::from_fn(security_headers))
 }
 
 /// Forms that sign in or create accounts carry no session's CSRF token (there is none yet), so
@@ -134,6 +216,10 @@ struct Layout {
     product: String,
     htmx_url: &'static str,
     htmx_integrity: &'static str,
+    css_url: &'static str,
+    css_integrity: &'static str,
+    js_url: &'static str,
+    js_integrity: &'static str,
     csrf: String,
 }
 
@@ -143,6 +229,10 @@ impl Layout {
             product: state.settings.owned_by.clone(),
             htmx_url: HTMX_PATH,
             htmx_integrity: HTMX_INTEGRITY.as_str(),
+            css_url: CONSOLE_CSS.path.as_str(),
+            css_integrity: CONSOLE_CSS.integrity.as_str(),
+            js_url: CONSOLE_JS.path.as_str(),
+            js_integrity: CONSOLE_JS.integrity.as_str(),
             csrf,
         }
     }
@@ -370,8 +460,11 @@ fn error_page((status, message): (StatusCode, String)) -> Response {
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         format!(
-            "<!doctype html><meta charset=\"utf-8\"><title>Error</title><main style=\"font-family:system-ui;margin:3rem\">\
+            "<!doctype html><meta charset=\"utf-8\"><title>Error</title>\
+             <link rel=\"stylesheet\" href=\"{}\" integrity=\"{}\"><main class=\"narrow\">\
              <p role=\"alert\">{}</p><p><a href=\"/console\">Back to the console</a></p></main>",
+            CONSOLE_CSS.path,
+            CONSOLE_CSS.integrity,
             escape(&message)
         ),
     )

@@ -17,3 +17,16 @@ export const fail = async (message) => {
 
 /** Fails the run unless `condition` holds. */
 export const expect = async (condition, message) => { if (!condition) await fail(message); };
+
+/**
+ * A new page that records what the pages' Content-Security-Policy refused (inline script or
+ * style, eval): `page.refused`, which must stay empty.
+ */
+export const newPage = async () => {
+  const page = await browser.newPage();
+  page.refused = [];
+  page.on("console", (message) => {
+    if (message.type() === "error" && /Content Security Policy/i.test(message.text())) page.refused.push(message.text());
+  });
+  return page;
+};

@@ -2,11 +2,11 @@
 // would: sign in (a wrong password first), see the team's API keys, create one (its secret shown
 // once), disable it, delete it (confirming), sign out. Prints what the server must check, as
 // JSON. Usage: node console.mjs <base URL> <email> <password> [screenshot directory]
-import { browser, expect, fail } from "./browser.mjs";
+import { browser, expect, fail, newPage } from "./browser.mjs";
 
 const [base, email, password, shots] = process.argv.slice(2);
 try {
-  const page = await browser.newPage();
+  const page = await newPage();
   const errors = [];
   page.on("pageerror", (error) => errors.push(String(error)));
 
@@ -55,6 +55,20 @@ try {
   await expect(await page.isVisible("text=No API keys yet."), "a new team has keys?");
   if (shots) await page.screenshot({ path: `${shots}/console-empty.png`, fullPage: true });
 
+  // Sessions (where sign-in alerts send people): this browser, and the one the test signed in
+  // with curl before; end that one.
+  await Promise.all([page.waitForURL(`${base}/sessions`), page.click("a:has-text('Sessions')")]);
+  await expect(await page.isVisible("tr:has-text('This browser')"), "this browser is not marked");
+  const other = page.locator("tr", { hasText: "curl" });
+  await expect((await other.count()) === 1, "the other session is not listed");
+  if (shots) await page.screenshot({ path: `${shots}/console-sessions.png`, fullPage: true });
+  await other.locator("button:has-text('End')").click();
+  await page.waitForSelector("text=The session was ended");
+  await expect(await page.isVisible("text=No other browser or device is signed in."), "another session remains");
+  await expect(page.url() === `${base}/sessions`, `left the page: ${page.url()}`);
+  await page.click("nav.tabs a:has-text('API Keys')");
+  await page.waitForURL(`${base}/console`);
+
   // Users: the owner, an Admin signing in with a password; invite an address, then withdraw it.
   await Promise.all([page.waitForURL(`${base}/console/users`), page.click("nav.tabs a:has-text('Users')")]);
   const owner = page.locator("tr", { hasText: email });
@@ -77,6 +91,13 @@ try {
   await page.waitForSelector("#new-key");
   const secret = (await page.textContent("#new-key")).trim();
   await expect(await page.isVisible("button:has-text('Copy')"), "no copy button");
+  await expect((await page.inputValue("#key-name")) === "", "the form was not emptied after creating");
+  // The copy button (the console's script, attached by data attributes: no inline script).
+  await page.context().grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
+  await page.click("button:has-text('Copy')");
+  await page.waitForSelector("button:has-text('Copied')");
+  const copied = await page.evaluate(() => navigator.clipboard.readText());
+  await expect(copied === secret, `the copy button copied ${copied}`);
   const row = page.locator("tr", { hasText: "browser key" });
   await expect((await row.locator("td").nth(2).textContent()).trim() === "active", "the new key is not active");
   if (shots) await page.screenshot({ path: `${shots}/console-created.png`, fullPage: true });
@@ -112,8 +133,10 @@ try {
   await expect(await page.isVisible("text=From must be a day"), "no reason for the malformed day");
   await page.goto(`${base}/console`);
 
-  // A reload shows the same; the team is remembered.
-  await page.reload();
+  // A reload shows the same; the team is remembered. Pages are served with a strict CSP.
+  const reloaded = await page.reload();
+  const policy = reloaded.headers()["content-security-policy"] || "";
+  await expect(policy.includes("script-src 'self'") && policy.includes("frame-ancestors 'none'"), `CSP: ${policy}`);
   await expect(await page.isVisible("text=No API keys yet."), "the deleted key is back after a reload");
 
   // Sign out: back to the sign-in page; the console is closed.
@@ -121,6 +144,7 @@ try {
   await page.goto(`${base}/console`);
   await expect(page.url() === `${base}/sign-in`, "the console is open after signing out");
   await expect(errors.length === 0, `script errors: ${errors.join("; ")}`);
+  await expect(page.refused.length === 0, `refused by the CSP: ${page.refused.join("; ")}`);
   console.log(JSON.stringify({ secret }));
 } catch (error) {
   await fail(String(error && error.stack || error));

@@ -5,11 +5,11 @@
 //   node links.mjs reset  <base> <token> <email> <new password>
 //   node links.mjs change <base> <token>   (confirm a new address)
 //   node links.mjs stop   <base> <token>   (stop a change from the old address)
-import { browser, expect, fail } from "./browser.mjs";
+import { browser, expect, fail, newPage } from "./browser.mjs";
 
 const [step, base, ...rest] = process.argv.slice(2);
 try {
-  const page = await browser.newPage();
+  const page = await newPage();
   if (step === "verify") {
     const [token] = rest;
     await page.goto(`${base}/verify-email#token=${token}`);
@@ -52,6 +52,7 @@ try {
   } else {
     await fail(`unknown step ${step}`);
   }
+  await expect(page.refused.length === 0, `refused by the CSP: ${page.refused.join("; ")}`);
   console.log("ok");
 } catch (error) {
   await fail(String(error && error.stack || error));

@@ -39,6 +39,24 @@ async fn a_person_manages_api_keys_in_the_console(db: TestDb) {
         return;
     }
     let app = TestApp::new(db).await;
+    // Another session of the owner's, from curl: the browser sees it on the Sessions page, and
+    // ends it.
+    let other = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .header("user-agent", "curl/8.5.0")
+        .json(&serde_json::json!({"email": "owner@example.com", "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    let other_cookie = other.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     let base = app.url("");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/console.mjs");
     let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
@@ -65,6 +83,16 @@ async fn a_person_manages_api_keys_in_the_console(db: TestDb) {
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
     let secret = seen["secret"].as_str().unwrap();
     assert!(secret.starts_with(&app.config.api_key_prefix), "{secret}");
+
+    // The session ended in the browser is over.
+    let ended = app
+        .client
+        .get(app.url("/api/sessions"))
+        .header("cookie", &other_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), StatusCode::UNAUTHORIZED);
 
     // The newcomer's account exists, its address not yet verified.
     let newcomer = app
@@ -112,6 +140,7 @@ async fn a_person_manages_api_keys_in_the_console(db: TestDb) {
         "CreateApiKey",
         "UpdateApiKey",
         "DeleteApiKey",
+        "EndSession",
         "SignOut",
     ] {
         assert!(actions.iter().any(|a| a == action), "{action} not in {actions:?}");

@@ -43,10 +43,21 @@ struct Created {
 #[template(path = "keys.html")]
 struct KeysFragment {
     team_id: String,
+    csrf: String,
     keys: Vec<KeyRow>,
     can_manage: bool,
     created: Option<Created>,
     error: Option<String>,
+    /// The key whose deletion a plain form asks to confirm (empty: none).
+    confirming: String,
+}
+
+/// What the keys table shows after a change.
+#[derive(Default)]
+struct KeysAnswer {
+    created: Option<Created>,
+    problem: Option<(StatusCode, String)>,
+    confirming: Option<ApiKeyId>,
 }
 
 #[derive(Template)]
@@ -68,9 +79,9 @@ impl std::ops::Deref for ConsolePage {
 async fn keys_fragment(
     state: &AppState,
     caller: &tollgate_core::Caller,
+    csrf: &str,
     meta: &tollgate_domain::RequestContext,
-    created: Option<Created>,
-    error: Option<String>,
+    answer: KeysAnswer,
 ) -> Result<KeysFragment, KeyError> {
     let keys = state
         .keys
@@ -78,10 +89,12 @@ async fn keys_fragment(
         .await?;
     Ok(KeysFragment {
         team_id: caller.team_id().to_string(),
+        csrf: csrf.to_owned(),
         keys: keys.iter().map(KeyRow::new).collect(),
         can_manage: caller.allows(Permission::ManageOwnApiKeys),
-        created,
-        error,
+        created: answer.created,
+        error: answer.problem.map(|(_, message)| message),
+        confirming: answer.confirming.map(|id| id.to_string()).unwrap_or_default(),
     })
 }
 
@@ -93,44 +106,85 @@ pub(super) async fn console(
     headers: HeaderMap,
     Query(query): Query<ConsoleQuery>,
 ) -> Response {
-    let context = match context(&state, &headers, query.team).await {
+    keys_page(
+        &state,
+        &headers,
+        &meta,
+        query.team,
+        StatusCode::OK,
+        KeysAnswer::default(),
+    )
+    .await
+}
+
+/// The whole page, showing `answer` (for a plain form's change, with `status`).
+async fn keys_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    meta: &tollgate_domain::RequestContext,
+    team: Option<String>,
+    status: StatusCode,
+    answer: KeysAnswer,
+) -> Response {
+    let context = match context(state, headers, team).await {
         Ok(context) => context,
         Err(response) => return response,
     };
-    let keys = match keys_fragment(&state, &context.caller, &meta, None, None).await {
+    let keys = match keys_fragment(state, &context.caller, &context.visitor.csrf, meta, answer).await {
         Ok(fragment) => fragment,
         Err(error) => return error_page(failure(error)),
     };
-    let keys_html = match rendered(&keys) {
-        Some(body) => body,
-        None => return unrendered(),
+    let Some(keys_html) = rendered(&keys) else {
+        return unrendered();
     };
     let page = ConsolePage {
-        frame: context.frame(&state, "/console"),
+        frame: context.frame(state, "/console"),
         can_manage: keys.can_manage,
         keys: keys_html,
     };
-    console_page(&state, context.team_id, &page)
+    let mut response = console_page(state, context.team_id, &page);
+    *response.status_mut() = status;
+    response
 }
 
-/// The keys fragment (after a change), or an error in its place.
+/// The answer to a change: the keys fragment for htmx (or an error in its place), the whole
+/// page for a plain form. Never cached: it may show a new key's secret.
 async fn keys_response(
     state: &AppState,
-    caller: &tollgate_core::Caller,
+    headers: &HeaderMap,
+    (caller, csrf): (&tollgate_core::Caller, &str),
     meta: &tollgate_domain::RequestContext,
-    created: Option<Created>,
-    problem: Option<(StatusCode, String)>,
+    answer: KeysAnswer,
 ) -> Response {
-    let status = problem.as_ref().map_or(StatusCode::OK, |(status, _)| *status);
-    match keys_fragment(state, caller, meta, created, problem.map(|(_, message)| message)).await {
-        Ok(fragment) => html(status, &fragment),
-        Err(error) => fragment_error("keys", failure(error)),
+    let status = answer.problem.as_ref().map_or(StatusCode::OK, |(status, _)| *status);
+    let mut response = if from_htmx(headers) {
+        match keys_fragment(state, caller, csrf, meta, answer).await {
+            Ok(fragment) => html(status, &fragment),
+            Err(error) => fragment_error("keys", failure(error)),
+        }
+    } else {
+        keys_page(state, headers, meta, Some(caller.team_id().to_string()), status, answer).await
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A change refused before it could be tried (not signed in, a bad CSRF token, not a member).
+fn refused_change(headers: &HeaderMap, problem: (StatusCode, String)) -> Response {
+    if from_htmx(headers) {
+        fragment_error("keys", problem)
+    } else {
+        error_page(problem)
     }
 }
 
 #[derive(Deserialize)]
 pub(super) struct CreateKeyForm {
     name: String,
+    #[serde(default)]
+    csrf: Option<String>,
 }
 
 /// Creates a key with access to every endpoint and model (pickers for ACLs and limits come
@@ -142,9 +196,9 @@ pub(super) async fn create_key(
     Path(team_id): Path<String>,
     Form(form): Form<CreateKeyForm>,
 ) -> Response {
-    let caller = match member_of(&state, &headers, &team_id).await {
-        Ok(caller) => caller,
-        Err(failure) => return fragment_error("keys", failure),
+    let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
+        Ok(member) => member,
+        Err(problem) => return refused_change(&headers, problem),
     };
     let new = NewApiKey {
         name: form.name.trim().to_owned(),
@@ -154,40 +208,46 @@ pub(super) async fn create_key(
         tpm: None,
         expire_time: None,
     };
-    match state.keys.create_api_key(&caller, caller.team_id(), new, &meta).await {
-        Ok((key, plain)) => {
-            let created = Created {
+    let answer = match state.keys.create_api_key(&caller, caller.team_id(), new, &meta).await {
+        Ok((key, plain)) => KeysAnswer {
+            created: Some(Created {
                 name: key.name.clone(),
                 secret: plain.expose().to_owned(),
-            };
-            let mut response = keys_response(&state, &caller, &meta, Some(created), None).await;
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Err(error) => keys_response(&state, &caller, &meta, None, Some(failure(error))).await,
-    }
+            }),
+            ..KeysAnswer::default()
+        },
+        Err(error) => KeysAnswer {
+            problem: Some(failure(error)),
+            ..KeysAnswer::default()
+        },
+    };
+    keys_response(&state, &headers, (&caller, &csrf), &meta, answer).await
 }
 
-/// Disables, enables or deletes a key.
+/// Disables, enables or deletes a key (a deletion from a plain form is confirmed first).
 pub(super) async fn change_key(
     State(state): State<AppState>,
     RequestMeta(meta): RequestMeta,
     headers: HeaderMap,
     Path((team_id, key_id, action)): Path<(String, String, String)>,
+    Form(form): Form<ActionForm>,
 ) -> Response {
-    let caller = match member_of(&state, &headers, &team_id).await {
-        Ok(caller) => caller,
-        Err(failure) => return fragment_error("keys", failure),
+    let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
+        Ok(member) => member,
+        Err(problem) => return refused_change(&headers, problem),
+    };
+    let member = (&caller, csrf.as_str());
+    let problem = |status: StatusCode, message: &str| KeysAnswer {
+        problem: Some((status, message.to_owned())),
+        ..KeysAnswer::default()
     };
     let Ok(key_id) = key_id.parse::<ApiKeyId>() else {
         return keys_response(
             &state,
-            &caller,
+            &headers,
+            member,
             &meta,
-            None,
-            Some((StatusCode::NOT_FOUND, "No such key".into())),
+            problem(StatusCode::NOT_FOUND, "No such key"),
         )
         .await;
     };
@@ -205,18 +265,28 @@ pub(super) async fn change_key(
             )
             .await
             .map(|_| ()),
+        "delete" if !form.confirmed() => {
+            let answer = KeysAnswer {
+                confirming: Some(key_id),
+                ..KeysAnswer::default()
+            };
+            return keys_response(&state, &headers, member, &meta, answer).await;
+        }
         "delete" => state.keys.delete_api_key(&caller, key_id, &meta).await,
         _ => {
             return keys_response(
                 &state,
-                &caller,
+                &headers,
+                member,
                 &meta,
-                None,
-                Some((StatusCode::NOT_FOUND, "No such action".into())),
+                problem(StatusCode::NOT_FOUND, "No such action"),
             )
             .await;
         }
     };
-    let problem = done.err().map(failure);
-    keys_response(&state, &caller, &meta, None, problem).await
+    let answer = KeysAnswer {
+        problem: done.err().map(failure),
+        ..KeysAnswer::default()
+    };
+    keys_response(&state, &headers, member, &meta, answer).await
 }

@@ -478,17 +478,42 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The team of a fragment request, as the signed-in member (CSRF checked).
+/// The team of a change, as the signed-in member (CSRF checked: htmx's header, or a plain
+/// form's field), and the CSRF token to write into the answer.
 async fn member_of(
     state: &AppState,
     headers: &HeaderMap,
     team_id: &str,
-) -> Result<tollgate_core::Caller, (StatusCode, String)> {
-    let visitor = acting(state, headers, None).await.map_err(failure)?;
+    form_csrf: Option<&str>,
+) -> Result<(tollgate_core::Caller, String), (StatusCode, String)> {
+    let visitor = acting(state, headers, form_csrf).await.map_err(failure)?;
     let team_id: TeamId = team_id
         .parse()
         .map_err(|_| (StatusCode::NOT_FOUND, "No such team".to_owned()))?;
-    state.accounts.member(&visitor.user, team_id).await.map_err(failure)
+    let caller = state.accounts.member(&visitor.user, team_id).await.map_err(failure)?;
+    Ok((caller, visitor.csrf))
+}
+
+/// What a plain form sends with a change (htmx sends the CSRF token as a header instead): the
+/// token, and whether a destructive change was confirmed (htmx asks in a dialog; without
+/// script, the page asks first).
+#[derive(Deserialize, Default)]
+pub(super) struct ActionForm {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    confirmed: Option<String>,
+}
+
+impl ActionForm {
+    fn confirmed(&self) -> bool {
+        self.confirmed.as_deref() == Some("yes")
+    }
+}
+
+/// Whether htmx sent the request: it gets a fragment; a plain form gets the whole page.
+fn from_htmx(headers: &HeaderMap) -> bool {
+    headers.contains_key("hx-request")
 }
 
 /// An error where a fragment (`#id`) would go (htmx swaps 4xx answers in, as the layout

@@ -152,16 +152,9 @@ async fn sessions_page(
     response
 }
 
-/// A plain form's CSRF token (htmx sends it as a header instead).
-#[derive(Deserialize)]
-pub(super) struct CsrfForm {
-    #[serde(default)]
-    csrf: Option<String>,
-}
-
 /// The answer to a change: the fragment for htmx, the whole page for a plain form.
 async fn changed(state: &AppState, headers: &HeaderMap, done: Result<(Visitor, String), AccountError>) -> Response {
-    let htmx = headers.contains_key("hx-request");
+    let htmx = from_htmx(headers);
     let (status, error, notice, acted) = match done {
         Ok((visitor, notice)) => (StatusCode::OK, None, Some(notice), Some(visitor)),
         Err(error) => {
@@ -192,7 +185,7 @@ pub(super) async fn end_session(
     RequestMeta(meta): RequestMeta,
     headers: HeaderMap,
     Path(session_id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<ActionForm>,
 ) -> Response {
     let done = async {
         let visitor = acting(&state, &headers, form.csrf.as_deref()).await?;
@@ -209,7 +202,7 @@ pub(super) async fn end_other_sessions(
     State(state): State<AppState>,
     RequestMeta(meta): RequestMeta,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<ActionForm>,
 ) -> Response {
     let done = async {
         let visitor = acting(&state, &headers, form.csrf.as_deref()).await?;

@@ -25,6 +25,9 @@ struct InvitationRow {
 #[template(path = "users_fragment.html")]
 struct UsersFragment {
     team_id: String,
+    csrf: String,
+    /// The member whose removal a plain form asks to confirm (empty: none).
+    confirming: String,
     me: String,
     is_admin: bool,
     members: Vec<MemberRow>,
@@ -51,9 +54,10 @@ impl std::ops::Deref for UsersPage {
 /// The members (and, for Admins, the pending invitations) of `caller`'s team.
 async fn users_fragment(
     state: &AppState,
-    caller: &tollgate_core::Caller,
+    (caller, csrf): (&tollgate_core::Caller, &str),
     error: Option<String>,
     notice: Option<String>,
+    confirming: Option<UserId>,
 ) -> Result<UsersFragment, tollgate_core::TeamError> {
     let is_admin = caller.allows(Permission::ManageMembers);
     let members = state.teams.members(caller).await?;
@@ -64,6 +68,8 @@ async fn users_fragment(
     };
     Ok(UsersFragment {
         team_id: caller.team_id().to_string(),
+        csrf: csrf.to_owned(),
+        confirming: confirming.map(|id| id.to_string()).unwrap_or_default(),
         me: caller.user_id().map(|id| id.to_string()).unwrap_or_default(),
         is_admin,
         members: members
@@ -102,31 +108,50 @@ pub(super) async fn users(
     headers: HeaderMap,
     Query(query): Query<ConsoleQuery>,
 ) -> Response {
-    let context = match context(&state, &headers, query.team).await {
+    users_page(&state, &headers, query.team, StatusCode::OK, (None, None, None)).await
+}
+
+/// What the table shows after a change: an error, a notice, a removal to confirm.
+type UsersAnswer = (Option<String>, Option<String>, Option<UserId>);
+
+/// The whole page, showing `answer` (for a plain form's change, with `status`).
+async fn users_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    team: Option<String>,
+    status: StatusCode,
+    (error, notice, confirming): UsersAnswer,
+) -> Response {
+    let context = match context(state, headers, team).await {
         Ok(context) => context,
         Err(response) => return response,
     };
-    let fragment = match users_fragment(&state, &context.caller, None, None).await {
+    let member = (&context.caller, context.visitor.csrf.as_str());
+    let fragment = match users_fragment(state, member, error, notice, confirming).await {
         Ok(fragment) => fragment,
         Err(error) => return error_page(failure(error)),
     };
-    let users_html = match rendered(&fragment) {
-        Some(body) => body,
-        None => return unrendered(),
+    let Some(users_html) = rendered(&fragment) else {
+        return unrendered();
     };
     let page = UsersPage {
-        frame: context.frame(&state, "/console/users"),
+        frame: context.frame(state, "/console/users"),
         is_admin: fragment.is_admin,
         users: users_html,
     };
-    console_page(&state, context.team_id, &page)
+    let mut response = console_page(state, context.team_id, &page);
+    *response.status_mut() = status;
+    response
 }
 
-/// The Users fragment after a change (`done`), or with its failure.
+/// The answer to a change (`done`: its notice, or why it failed): the Users fragment for htmx,
+/// the whole page for a plain form.
 async fn users_response(
     state: &AppState,
-    caller: &tollgate_core::Caller,
+    headers: &HeaderMap,
+    member: (&tollgate_core::Caller, &str),
     done: Result<Option<String>, tollgate_core::TeamError>,
+    confirming: Option<UserId>,
 ) -> Response {
     let (status, error, notice) = match done {
         Ok(notice) => (StatusCode::OK, None, notice),
@@ -135,9 +160,22 @@ async fn users_response(
             (status, Some(message), None)
         }
     };
-    match users_fragment(state, caller, error, notice).await {
+    if !from_htmx(headers) {
+        let team = Some(member.0.team_id().to_string());
+        return users_page(state, headers, team, status, (error, notice, confirming)).await;
+    }
+    match users_fragment(state, member, error, notice, confirming).await {
         Ok(fragment) => html(status, &fragment),
         Err(error) => fragment_error("users", failure(error)),
+    }
+}
+
+/// A change refused before it could be tried (not signed in, a bad CSRF token, not a member).
+fn refused_change(headers: &HeaderMap, problem: (StatusCode, String)) -> Response {
+    if from_htmx(headers) {
+        fragment_error("users", problem)
+    } else {
+        error_page(problem)
     }
 }
 
@@ -145,6 +183,8 @@ async fn users_response(
 pub(super) struct InviteForm {
     email: String,
     role: String,
+    #[serde(default)]
+    csrf: Option<String>,
 }
 
 pub(super) async fn invite(
@@ -154,9 +194,9 @@ pub(super) async fn invite(
     Path(team_id): Path<String>,
     Form(form): Form<InviteForm>,
 ) -> Response {
-    let caller = match member_of(&state, &headers, &team_id).await {
-        Ok(caller) => caller,
-        Err(problem) => return fragment_error("users", problem),
+    let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
+        Ok(member) => member,
+        Err(problem) => return refused_change(&headers, problem),
     };
     let role = if form.role == "admin" {
         Role::Admin
@@ -168,28 +208,35 @@ pub(super) async fn invite(
         .add_member(&caller, &form.email, role, &meta)
         .await
         .map(|invitation| Some(format!("An invitation was sent to {}.", invitation.email.as_ref())));
-    users_response(&state, &caller, done).await
+    users_response(&state, &headers, (&caller, &csrf), done, None).await
 }
 
+/// Removes a member (from a plain form, after confirming).
 pub(super) async fn remove_member(
     State(state): State<AppState>,
     RequestMeta(meta): RequestMeta,
     headers: HeaderMap,
     Path((team_id, user_id)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
 ) -> Response {
-    let caller = match member_of(&state, &headers, &team_id).await {
-        Ok(caller) => caller,
-        Err(problem) => return fragment_error("users", problem),
+    let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
+        Ok(member) => member,
+        Err(problem) => return refused_change(&headers, problem),
     };
+    let member = (&caller, csrf.as_str());
     let Ok(user_id) = user_id.parse::<UserId>() else {
-        return fragment_error("users", (StatusCode::NOT_FOUND, "No such member".into()));
+        let missing = Err(tollgate_core::TeamError::NotAMember);
+        return users_response(&state, &headers, member, missing, None).await;
     };
+    if !form.confirmed() {
+        return users_response(&state, &headers, member, Ok(None), Some(user_id)).await;
+    }
     let done = state
         .teams
         .remove_member(&caller, user_id, &meta)
         .await
         .map(|()| Some("The member was removed.".to_owned()));
-    users_response(&state, &caller, done).await
+    users_response(&state, &headers, member, done, None).await
 }
 
 pub(super) async fn withdraw_invitation(
@@ -197,18 +244,20 @@ pub(super) async fn withdraw_invitation(
     RequestMeta(meta): RequestMeta,
     headers: HeaderMap,
     Path((team_id, invitation_id)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
 ) -> Response {
-    let caller = match member_of(&state, &headers, &team_id).await {
-        Ok(caller) => caller,
-        Err(problem) => return fragment_error("users", problem),
+    let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
+        Ok(member) => member,
+        Err(problem) => return refused_change(&headers, problem),
     };
-    let Ok(invitation_id) = invitation_id.parse::<InvitationId>() else {
-        return fragment_error("users", (StatusCode::NOT_FOUND, "No such invitation".into()));
+    let member = (&caller, csrf.as_str());
+    let done = match invitation_id.parse::<InvitationId>() {
+        Ok(invitation_id) => state
+            .teams
+            .revoke_invitation(&caller, invitation_id, &meta)
+            .await
+            .map(|()| Some("The invitation was withdrawn.".to_owned())),
+        Err(_) => Err(tollgate_core::TeamError::InvitationNotFound),
     };
-    let done = state
-        .teams
-        .revoke_invitation(&caller, invitation_id, &meta)
-        .await
-        .map(|()| Some("The invitation was withdrawn.".to_owned()));
-    users_response(&state, &caller, done).await
+    users_response(&state, &headers, member, done, None).await
 }

@@ -133,6 +133,39 @@ try {
   await expect(await page.isVisible("text=From must be a day"), "no reason for the malformed day");
   await page.goto(`${base}/console`);
 
+  // Without JavaScript every form still works: plain posts, answered with the whole page; a
+  // deletion is confirmed on the page instead of in a dialog.
+  const plain = await browser.newContext({ javaScriptEnabled: false });
+  const bare = await plain.newPage();
+  await bare.goto(`${base}/sign-in`);
+  await bare.fill("#email", email);
+  await bare.fill("#password", password);
+  await Promise.all([bare.waitForURL(`${base}/console`), bare.click("button[type=submit]")]);
+  await bare.fill("#key-name", "plain key");
+  await Promise.all([bare.waitForURL(/\/api-keys$/), bare.click("button:has-text('Create')")]);
+  await expect(await bare.isVisible("#new-key"), "no secret shown without script");
+  const plainRow = () => bare.locator("tr", { hasText: "plain key" });
+  await Promise.all([bare.waitForURL(/\/disable$/), plainRow().locator("button:has-text('Disable key')").click()]);
+  await expect(await bare.isVisible("tr:has-text('plain key') td.status-disabled"), "not disabled without script");
+  await Promise.all([bare.waitForURL(/\/delete$/), plainRow().locator("button:has-text('Delete key')").click()]);
+  await expect(await bare.isVisible("text=this cannot be undone"), "no confirmation without script");
+  await expect(await bare.isVisible("tr:has-text('plain key')"), "deleted before it was confirmed");
+  await Promise.all([
+    bare.waitForURL(/\/delete$/),
+    bare.locator("form:has(input[name=confirmed]) button:has-text('Delete key')").click(),
+  ]);
+  await expect(await bare.isVisible("text=No API keys yet."), "not deleted without script");
+  await bare.goto(`${base}/console/users`);
+  await bare.fill("#invite-email", "plain@example.com");
+  await Promise.all([bare.waitForURL(/\/users$/), bare.click("button:has-text('Invite')")]);
+  await expect(await bare.isVisible("text=An invitation was sent to plain@example.com."), "not invited without script");
+  await Promise.all([
+    bare.waitForURL(/\/revoke$/),
+    bare.locator("tr", { hasText: "plain@example.com" }).locator("button:has-text('Withdraw')").click(),
+  ]);
+  await expect(await bare.isVisible("text=The invitation was withdrawn."), "not withdrawn without script");
+  await plain.close();
+
   // A reload shows the same; the team is remembered. Pages are served with a strict CSP.
   const reloaded = await page.reload();
   const policy = reloaded.headers()["content-security-policy"] || "";

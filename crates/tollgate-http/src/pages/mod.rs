@@ -28,6 +28,7 @@ mod auth;
 mod keys;
 mod links;
 mod sessions;
+mod teams;
 mod users;
 
 use audit::audit_log;
@@ -42,6 +43,7 @@ use links::{
     report_email_change_page, reset_password, reset_password_page, verify_email, verify_email_page,
 };
 use sessions::{end_other_sessions, end_session, sessions};
+use teams::{create_team, new_team_page};
 use users::{invite, remove_member, users, withdraw_invitation};
 
 use crate::AppState;
@@ -175,6 +177,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/sessions/end-others", post(end_other_sessions))
         .route("/sessions/{session_id}/end", post(end_session))
         .route("/console", get(console))
+        .route("/console/teams/new", get(new_team_page))
+        .route("/console/teams", post(create_team))
         .route("/console/users", get(users))
         .route("/console/audit", get(audit_log))
         .route("/console/teams/{team_id}/users", post(invite))

@@ -166,6 +166,29 @@ try {
   await expect(await bare.isVisible("text=The invitation was withdrawn."), "not withdrawn without script");
   await plain.close();
 
+  // "+ Create Team": a bad name is shown next to its field; the new team becomes the current
+  // one; the switcher goes back (its script submits on change).
+  await Promise.all([page.waitForURL(`${base}/console/teams/new`), page.click("a:has-text('+ Create Team')")]);
+  await page.fill("#team-name", "   ");
+  const [badTeam] = await Promise.all([
+    page.waitForResponse((r) => r.url() === `${base}/console/teams` && r.request().method() === "POST"),
+    page.click("button:has-text('Create team')"),
+  ]);
+  await expect(badTeam.status() === 400, `a blank team name answered ${badTeam.status()}`);
+  await expect(await page.isVisible("#team-name-error"), "no error next to the name");
+  await page.fill("#team-name", "Browser Team");
+  await Promise.all([page.waitForURL(/\/console\?team=/), page.click("button:has-text('Create team')")]);
+  const created = await page.$eval("#team option[selected]", (o) => o.textContent);
+  await expect(created === "Browser Team", `current team after creating: ${created}`);
+  const personal = await page.$eval("#team", (select) =>
+    [...select.options].find((o) => o.textContent === "Personal Team").value);
+  await Promise.all([
+    page.waitForURL(`${base}/console?team=${personal}`),
+    page.selectOption("#team", { label: "Personal Team" }),
+  ]);
+  const back = await page.$eval("#team option[selected]", (o) => o.textContent);
+  await expect(back === "Personal Team", `current team after switching: ${back}`);
+
   // A reload shows the same; the team is remembered. Pages are served with a strict CSP.
   const reloaded = await page.reload();
   const policy = reloaded.headers()["content-security-policy"] || "";

@@ -28,6 +28,7 @@ mod auth;
 mod keys;
 mod links;
 mod sessions;
+mod settings;
 mod teams;
 mod users;
 
@@ -43,6 +44,7 @@ use links::{
     report_email_change_page, reset_password, reset_password_page, verify_email, verify_email_page,
 };
 use sessions::{end_other_sessions, end_session, sessions};
+use settings::{add_domain, change_domain, delete_team, settings, update_team};
 use teams::{create_team, new_team_page};
 use users::{invite, remove_member, users, withdraw_invitation};
 
@@ -179,6 +181,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/console", get(console))
         .route("/console/teams/new", get(new_team_page))
         .route("/console/teams", post(create_team))
+        .route("/console/settings", get(settings))
+        .route("/console/teams/{team_id}/settings", post(update_team))
+        .route("/console/teams/{team_id}/domains", post(add_domain))
+        .route(
+            "/console/teams/{team_id}/domains/{domain_id}/{action}",
+            post(change_domain),
+        )
+        .route("/console/teams/{team_id}/delete", post(delete_team))
         .route("/console/users", get(users))
         .route("/console/audit", get(audit_log))
         .route("/console/teams/{team_id}/users", post(invite))

@@ -189,6 +189,35 @@ try {
   const back = await page.$eval("#team option[selected]", (o) => o.textContent);
   await expect(back === "Personal Team", `current team after switching: ${back}`);
 
+  // The new team's Settings: rename it; a domain to verify shows its TXT record; delete the
+  // team (a wrong name is refused), which leaves the Personal Team shown.
+  const browserTeam = await page.$eval("#team", (select) =>
+    [...select.options].find((o) => o.textContent === "Browser Team").value);
+  await page.goto(`${base}/console/settings?team=${browserTeam}`);
+  await page.fill("#settings-name", "Renamed Team");
+  await Promise.all([page.waitForURL(/\/settings$/), page.click("button:has-text('Save')")]);
+  await expect(await page.isVisible("text=The team's name and description were saved."), "not saved");
+  await expect((await page.$eval("#team option[selected]", (o) => o.textContent)) === "Renamed Team", "not renamed");
+  await page.fill("#domain", "example.com");
+  await Promise.all([page.waitForURL(/\/domains$/), page.click("button:has-text('Add')")]);
+  await expect(await page.isVisible("text=Publish the TXT record below for example.com"), "no instructions");
+  const record = await page.textContent("tr:has-text('example.com') code[id^=record-name]");
+  await expect(record.trim() === "_tollgate-challenge.example.com", `record name ${record}`);
+  if (shots) await page.screenshot({ path: `${shots}/console-settings.png`, fullPage: true });
+  await Promise.all([page.waitForURL(/\/remove$/), page.click("tr:has-text('example.com') button:has-text('Remove')")]);
+  await expect(await page.isVisible("text=The domain was removed."), "the domain was not removed");
+  await page.fill("#confirm-name", "Browser Team");
+  const [wrongName] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith("/delete") && r.request().method() === "POST"),
+    page.click("button:has-text('Delete team')"),
+  ]);
+  await expect(wrongName.status() === 400, `a wrong name answered ${wrongName.status()}`);
+  await expect(await page.isVisible("#delete-error"), "no reason for the refusal");
+  await page.fill("#confirm-name", "Renamed Team");
+  await Promise.all([page.waitForURL(`${base}/console`), page.click("button:has-text('Delete team')")]);
+  const left = await page.$$eval("#team option", (options) => options.map((o) => o.textContent));
+  await expect(left.length === 1 && left[0] === "Personal Team", `teams after deleting: ${left}`);
+
   // A reload shows the same; the team is remembered. Pages are served with a strict CSP.
   const reloaded = await page.reload();
   const policy = reloaded.headers()["content-security-policy"] || "";

@@ -419,6 +419,8 @@ struct Frame {
     team_name: String,
     user_email: String,
     email_verified: bool,
+    /// Whether the Audit Log tab is shown (a Member never sees what they cannot open).
+    sees_audit_log: bool,
 }
 
 impl std::ops::Deref for Frame {
@@ -439,6 +441,7 @@ impl Context {
             team_name: self.team_name.clone(),
             user_email: self.visitor.user.email.as_ref().to_owned(),
             email_verified: self.visitor.user.email_verified_at.is_some(),
+            sees_audit_log: self.caller.allows(Permission::ViewAuditLog),
         }
     }
 }

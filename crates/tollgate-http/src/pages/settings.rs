@@ -44,6 +44,39 @@ struct Outcome {
     status: Option<StatusCode>,
 }
 
+/// Which form a failure is shown next to.
+#[derive(Clone, Copy)]
+enum Place {
+    Team,
+    Domains,
+    Delete,
+}
+
+impl Outcome {
+    /// `done`'s notice, or its failure shown at `place` with its status.
+    fn of(done: Result<String, impl Into<crate::error::XaiError>>, place: Place) -> Self {
+        match done {
+            Ok(notice) => Self {
+                notice: Some(notice),
+                ..Self::default()
+            },
+            Err(error) => {
+                let (status, message) = failure(error);
+                let mut outcome = Self {
+                    status: Some(status),
+                    ..Self::default()
+                };
+                *match place {
+                    Place::Team => &mut outcome.team_error,
+                    Place::Domains => &mut outcome.domain_error,
+                    Place::Delete => &mut outcome.delete_error,
+                } = Some(message);
+                outcome
+            }
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "settings.html")]
 struct SettingsPage {
@@ -136,20 +169,8 @@ pub(super) async fn update_team(
             &meta,
         )
         .await;
-    let outcome = match done {
-        Ok(_) => Outcome {
-            notice: Some("The team's name and description were saved.".into()),
-            ..Outcome::default()
-        },
-        Err(error) => {
-            let (status, message) = failure(error);
-            Outcome {
-                team_error: Some(message),
-                status: Some(status),
-                ..Outcome::default()
-            }
-        }
-    };
+    let done = done.map(|_| "The team's name and description were saved.".to_owned());
+    let outcome = Outcome::of(done, Place::Team);
     settings_page(&state, &headers, Some(team_id), outcome).await
 }
 
@@ -172,23 +193,12 @@ pub(super) async fn add_domain(
         Ok(member) => member,
         Err(problem) => return error_page(problem),
     };
-    let outcome = match state.teams.add_domain(&caller, form.domain.trim(), &meta).await {
-        Ok(domain) => Outcome {
-            notice: Some(format!(
-                "Publish the TXT record below for {}, then check it.",
-                domain.domain
-            )),
-            ..Outcome::default()
-        },
-        Err(error) => {
-            let (status, message) = failure(error);
-            Outcome {
-                domain_error: Some(message),
-                status: Some(status),
-                ..Outcome::default()
-            }
-        }
-    };
+    let done = state
+        .teams
+        .add_domain(&caller, form.domain.trim(), &meta)
+        .await
+        .map(|domain| format!("Publish the TXT record below for {}, then check it.", domain.domain));
+    let outcome = Outcome::of(done, Place::Domains);
     settings_page(&state, &headers, Some(team_id), outcome).await
 }
 
@@ -224,20 +234,7 @@ pub(super) async fn change_domain(
             .map(|()| "The domain was removed.".to_owned()),
         _ => return error_page((StatusCode::NOT_FOUND, "No such action".into())),
     };
-    let outcome = match done {
-        Ok(notice) => Outcome {
-            notice: Some(notice),
-            ..Outcome::default()
-        },
-        Err(error) => {
-            let (status, message) = failure(error);
-            Outcome {
-                domain_error: Some(message),
-                status: Some(status),
-                ..Outcome::default()
-            }
-        }
-    };
+    let outcome = Outcome::of(done, Place::Domains);
     settings_page(&state, &headers, Some(team_id), outcome).await
 }
 
@@ -271,12 +268,7 @@ pub(super) async fn delete_team(
             response
         }
         Err(error) => {
-            let (status, message) = failure(error);
-            let outcome = Outcome {
-                delete_error: Some(message),
-                status: Some(status),
-                ..Outcome::default()
-            };
+            let outcome = Outcome::of(Err::<String, _>(error), Place::Delete);
             settings_page(&state, &headers, Some(team_id), outcome).await
         }
     }

@@ -171,15 +171,6 @@ async fn keys_response(
     response
 }
 
-/// A change refused before it could be tried (not signed in, a bad CSRF token, not a member).
-fn refused_change(headers: &HeaderMap, problem: (StatusCode, String)) -> Response {
-    if from_htmx(headers) {
-        fragment_error("keys", problem)
-    } else {
-        error_page(problem)
-    }
-}
-
 #[derive(Deserialize)]
 pub(super) struct CreateKeyForm {
     name: String,
@@ -198,7 +189,7 @@ pub(super) async fn create_key(
 ) -> Response {
     let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
         Ok(member) => member,
-        Err(problem) => return refused_change(&headers, problem),
+        Err(problem) => return refused_change(&headers, "keys", problem),
     };
     let new = NewApiKey {
         name: form.name.trim().to_owned(),
@@ -234,7 +225,7 @@ pub(super) async fn change_key(
 ) -> Response {
     let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
         Ok(member) => member,
-        Err(problem) => return refused_change(&headers, problem),
+        Err(problem) => return refused_change(&headers, "keys", problem),
     };
     let member = (&caller, csrf.as_str());
     let problem = |status: StatusCode, message: &str| KeysAnswer {

@@ -528,6 +528,16 @@ impl ActionForm {
     }
 }
 
+/// A change refused before it could be tried (not signed in, a bad CSRF token, not a
+/// member): in place of the fragment `#id` for htmx, as an error page for a plain form.
+fn refused_change(headers: &HeaderMap, id: &str, problem: (StatusCode, String)) -> Response {
+    if from_htmx(headers) {
+        fragment_error(id, problem)
+    } else {
+        error_page(problem)
+    }
+}
+
 /// Whether htmx sent the request: it gets a fragment; a plain form gets the whole page.
 fn from_htmx(headers: &HeaderMap) -> bool {
     headers.contains_key("hx-request")

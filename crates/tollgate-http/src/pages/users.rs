@@ -170,15 +170,6 @@ async fn users_response(
     }
 }
 
-/// A change refused before it could be tried (not signed in, a bad CSRF token, not a member).
-fn refused_change(headers: &HeaderMap, problem: (StatusCode, String)) -> Response {
-    if from_htmx(headers) {
-        fragment_error("users", problem)
-    } else {
-        error_page(problem)
-    }
-}
-
 #[derive(Deserialize)]
 pub(super) struct InviteForm {
     email: String,
@@ -196,7 +187,7 @@ pub(super) async fn invite(
 ) -> Response {
     let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
         Ok(member) => member,
-        Err(problem) => return refused_change(&headers, problem),
+        Err(problem) => return refused_change(&headers, "users", problem),
     };
     let role = if form.role == "admin" {
         Role::Admin
@@ -221,7 +212,7 @@ pub(super) async fn remove_member(
 ) -> Response {
     let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
         Ok(member) => member,
-        Err(problem) => return refused_change(&headers, problem),
+        Err(problem) => return refused_change(&headers, "users", problem),
     };
     let member = (&caller, csrf.as_str());
     let Ok(user_id) = user_id.parse::<UserId>() else {
@@ -248,7 +239,7 @@ pub(super) async fn withdraw_invitation(
 ) -> Response {
     let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
         Ok(member) => member,
-        Err(problem) => return refused_change(&headers, problem),
+        Err(problem) => return refused_change(&headers, "users", problem),
     };
     let member = (&caller, csrf.as_str());
     let done = match invitation_id.parse::<InvitationId>() {

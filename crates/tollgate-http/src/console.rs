@@ -480,7 +480,7 @@ pub(crate) async fn list_providers(State(state): State<AppState>) -> Json<Provid
 
 const FLOW_COOKIE: &str = "tollgate_oidc";
 
-fn flow_cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
+pub(crate) fn flow_cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
     let secure = if state.cookies.secure { "; Secure" } else { "" };
     HeaderValue::try_from(format!(
         "{FLOW_COOKIE}={value}; Path=/api; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"

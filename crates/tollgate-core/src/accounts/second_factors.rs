@@ -45,6 +45,22 @@ impl AccountService {
         })
     }
 
+    /// The enrolment begun and not yet confirmed, shown again to its owner after a code that did
+    /// not match (the seed is not in force until confirmed); `None` when there is none.
+    pub async fn pending_totp(&self, user: &User) -> Result<Option<TotpEnrollment>, AccountError> {
+        if user.totp_enabled_at.is_some() {
+            return Ok(None);
+        }
+        let Some(pending) = self.store.mfa_state(user.id).await?.pending_seed else {
+            return Ok(None);
+        };
+        let secret = self.open_seed(user, Some(&pending))?;
+        Ok(Some(TotpEnrollment {
+            secret: secret.to_base32(),
+            otpauth_uri: secret.otpauth_uri(&self.product, user.email.as_ref()),
+        }))
+    }
+
     /// Confirms the enrolment with a first code: TOTP is on, the other sessions end, and the 10
     /// recovery codes are returned (once).
     pub async fn confirm_totp(

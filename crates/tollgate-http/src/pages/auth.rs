@@ -116,7 +116,7 @@ fn signed_in(state: &AppState, signed_in: &SignedIn) -> Response {
     response
 }
 
-fn outcome(state: &AppState, outcome: SignInOutcome, email: String) -> Response {
+fn outcome(state: &AppState, outcome: SignInOutcome) -> Response {
     match outcome {
         SignInOutcome::SignedIn(done) => signed_in(state, &done),
         SignInOutcome::SecondFactor { challenge, .. } => html(
@@ -127,16 +127,15 @@ fn outcome(state: &AppState, outcome: SignInOutcome, email: String) -> Response 
                 error: None,
             },
         ),
-        SignInOutcome::Deleted { purge_after, .. } => sign_in_form(
-            state,
-            StatusCode::FORBIDDEN,
-            email,
-            Some(format!(
-                "This account was deleted; it can be restored until {} (restoring from the console comes later; use \
-                 POST /api/auth/restore).",
-                purge_after.format("%Y-%m-%d")
-            )),
-        ),
+        SignInOutcome::Deleted { restore, purge_after } => {
+            let page = RestorePage {
+                layout: Layout::new(state, String::new()),
+                token: restore.expose().to_owned(),
+                until: purge_after.format("%Y-%m-%d").to_string(),
+                error: None,
+            };
+            html(StatusCode::OK, &page)
+        }
     }
 }
 
@@ -146,10 +145,53 @@ pub(super) async fn sign_in(
     Form(form): Form<SignInForm>,
 ) -> Response {
     match state.accounts.sign_in(&form.email, &form.password, &meta).await {
-        Ok(result) => outcome(&state, result, form.email),
+        Ok(result) => outcome(&state, result),
         Err(error) => {
             let (status, message) = failure(error);
             sign_in_form(&state, status, form.email, Some(message))
+        }
+    }
+}
+
+/// Offered when a deleted account signs in within its 30 days.
+#[derive(Template)]
+#[template(path = "restore.html")]
+struct RestorePage {
+    layout: Layout,
+    token: String,
+    until: String,
+    error: Option<String>,
+}
+
+impl std::ops::Deref for RestorePage {
+    type Target = Layout;
+    fn deref(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct RestoreForm {
+    token: String,
+}
+
+/// Restores a deleted account with the token its sign-in gave, and signs it in.
+pub(super) async fn restore(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    Form(form): Form<RestoreForm>,
+) -> Response {
+    match state.accounts.restore_account(&form.token, &meta).await {
+        Ok(done) => signed_in(&state, &done),
+        Err(error) => {
+            let (status, message) = failure(error);
+            let page = RestorePage {
+                layout: Layout::new(&state, String::new()),
+                token: String::new(),
+                until: String::new(),
+                error: Some(message),
+            };
+            html(status, &page)
         }
     }
 }
@@ -186,7 +228,7 @@ pub(super) async fn second_factor(
         .sign_in_second_factor(&form.challenge, &factor, &meta)
         .await
     {
-        Ok(result) => outcome(&state, result, String::new()),
+        Ok(result) => outcome(&state, result),
         Err(error) => {
             let (status, message) = failure(error);
             let page = SecondFactorPage {
@@ -245,7 +287,7 @@ fn choose(
 /// another address).
 pub(crate) fn federated(state: &AppState, outcome: Result<Federated, FederationError>) -> Response {
     match outcome {
-        Ok(Federated::SignIn(result)) => self::outcome(state, result, String::new()),
+        Ok(Federated::SignIn(result)) => self::outcome(state, result),
         Ok(Federated::Linked(_)) => Redirect::to("/console").into_response(),
         Ok(Federated::EmailInUse { pending, email }) => {
             choose(state, StatusCode::OK, Some(email), pending.expose().to_owned(), None)

@@ -133,6 +133,32 @@ pub(super) async fn report_email_change_page(State(state): State<AppState>) -> R
     html(StatusCode::OK, &report_change_page(&state))
 }
 
+/// A page saying that something is done (`heading`, `message`), with one link on.
+pub(super) fn done_page(
+    state: &AppState,
+    heading: &'static str,
+    message: String,
+    next_href: &'static str,
+    next_label: &'static str,
+) -> Response {
+    let page = TokenPage {
+        layout: Layout::new(state, String::new()),
+        heading,
+        explanation: "",
+        action: "",
+        button: "",
+        takes_token: false,
+        takes_email: false,
+        takes_password: false,
+        token: String::new(),
+        error: None,
+        done: Some(message),
+        next_href,
+        next_label,
+    };
+    html(StatusCode::OK, &page)
+}
+
 /// `page` with how an action went: its `done` message, or the failure (the JSON API's status
 /// and text) above the form again.
 fn outcome_page(mut page: TokenPage, outcome: Result<String, AccountError>) -> Response {

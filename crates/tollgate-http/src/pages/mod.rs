@@ -23,6 +23,7 @@ use tollgate_core::accounts::{AccountError, SecondFactor, SignInOutcome, SignedI
 use tollgate_core::{ApiKeyChanges, Federated, FederationError, KeyError, NewApiKey};
 use tollgate_domain::{ApiKey, ApiKeyId, InvitationId, Permission, Role, Session, TeamId, User, UserId};
 
+mod account;
 mod audit;
 mod auth;
 mod keys;
@@ -32,10 +33,14 @@ mod settings;
 mod teams;
 mod users;
 
+use account::{
+    account, begin_totp, change_email, change_password, confirm_totp, delete_account, disable_totp, link,
+    remove_passkey, remove_password, rename, renew_recovery_codes, unlink,
+};
 use audit::audit_log;
 use auth::{
-    account_with_address, second_factor, separate_account, sign_in, sign_in_and_link, sign_in_page, sign_out, sign_up,
-    sign_up_page,
+    account_with_address, restore, second_factor, separate_account, sign_in, sign_in_and_link, sign_in_page, sign_out,
+    sign_up, sign_up_page,
 };
 pub(crate) use auth::{federated, wants_html};
 use keys::{change_key, console, create_key};
@@ -175,6 +180,20 @@ pub(crate) fn router() -> Router<AppState> {
             "/report-email-change",
             get(report_email_change_page).post(report_email_change).layer(guarded()),
         )
+        .route("/restore", post(restore).layer(guarded()))
+        .route("/account", get(account))
+        .route("/account/name", post(rename))
+        .route("/account/email", post(change_email))
+        .route("/account/password", post(change_password))
+        .route("/account/password/remove", post(remove_password))
+        .route("/account/identities/{identity_id}/remove", post(unlink))
+        .route("/account/identities/{provider}/link", post(link))
+        .route("/account/totp", post(begin_totp))
+        .route("/account/totp/confirm", post(confirm_totp))
+        .route("/account/totp/disable", post(disable_totp))
+        .route("/account/recovery-codes", post(renew_recovery_codes))
+        .route("/account/passkeys/{passkey_id}/remove", post(remove_passkey))
+        .route("/account/delete", post(delete_account))
         .route("/sessions", get(sessions))
         .route("/sessions/end-others", post(end_other_sessions))
         .route("/sessions/{session_id}/end", post(end_session))
@@ -345,6 +364,52 @@ fn second_factor_of(code: &str) -> SecondFactor {
 fn failure(error: impl Into<crate::error::XaiError>) -> (StatusCode, String) {
     let error = error.into();
     (error.status(), error.body().error.clone())
+}
+
+/// What a page shows after a change: a notice, or what went wrong and next to which of its
+/// forms (a name its template asks `error_at`), with the status to answer.
+#[derive(Default)]
+struct Outcome {
+    notice: Option<String>,
+    error: Option<(&'static str, String)>,
+    status: Option<StatusCode>,
+}
+
+impl Outcome {
+    /// `done`'s notice, or its failure shown next to the form `place`.
+    fn of(done: Result<String, impl Into<crate::error::XaiError>>, place: &'static str) -> Self {
+        match done {
+            Ok(notice) => Self::notice(notice),
+            Err(error) => Self::failed(place, failure(error)),
+        }
+    }
+
+    fn notice(notice: String) -> Self {
+        Self {
+            notice: Some(notice),
+            ..Self::default()
+        }
+    }
+
+    fn failed(place: &'static str, (status, message): (StatusCode, String)) -> Self {
+        Self {
+            notice: None,
+            error: Some((place, message)),
+            status: Some(status),
+        }
+    }
+
+    /// The failure to show next to the form `place`.
+    fn error_at(&self, place: &str) -> Option<&str> {
+        self.error
+            .as_ref()
+            .filter(|(at, _)| *at == place)
+            .map(|(_, message)| message.as_str())
+    }
+
+    fn status(&self) -> StatusCode {
+        self.status.unwrap_or(StatusCode::OK)
+    }
 }
 
 /// A team in the switcher.

@@ -33,50 +33,6 @@ impl DomainRow {
     }
 }
 
-/// What the page shows after a change: a notice, or what went wrong and where.
-#[derive(Default)]
-struct Outcome {
-    notice: Option<String>,
-    /// The name's or description's problem, shown next to the field.
-    team_error: Option<String>,
-    domain_error: Option<String>,
-    delete_error: Option<String>,
-    status: Option<StatusCode>,
-}
-
-/// Which form a failure is shown next to.
-#[derive(Clone, Copy)]
-enum Place {
-    Team,
-    Domains,
-    Delete,
-}
-
-impl Outcome {
-    /// `done`'s notice, or its failure shown at `place` with its status.
-    fn of(done: Result<String, impl Into<crate::error::XaiError>>, place: Place) -> Self {
-        match done {
-            Ok(notice) => Self {
-                notice: Some(notice),
-                ..Self::default()
-            },
-            Err(error) => {
-                let (status, message) = failure(error);
-                let mut outcome = Self {
-                    status: Some(status),
-                    ..Self::default()
-                };
-                *match place {
-                    Place::Team => &mut outcome.team_error,
-                    Place::Domains => &mut outcome.domain_error,
-                    Place::Delete => &mut outcome.delete_error,
-                } = Some(message);
-                outcome
-            }
-        }
-    }
-}
-
 #[derive(Template)]
 #[template(path = "settings.html")]
 struct SettingsPage {
@@ -123,7 +79,7 @@ async fn settings_page(state: &AppState, headers: &HeaderMap, team: Option<Strin
     } else {
         Vec::new()
     };
-    let status = outcome.status.unwrap_or(StatusCode::OK);
+    let status = outcome.status();
     let page = SettingsPage {
         frame: context.frame(state, "/console/settings"),
         is_admin,
@@ -170,7 +126,7 @@ pub(super) async fn update_team(
         )
         .await;
     let done = done.map(|_| "The team's name and description were saved.".to_owned());
-    let outcome = Outcome::of(done, Place::Team);
+    let outcome = Outcome::of(done, "team");
     settings_page(&state, &headers, Some(team_id), outcome).await
 }
 
@@ -198,7 +154,7 @@ pub(super) async fn add_domain(
         .add_domain(&caller, form.domain.trim(), &meta)
         .await
         .map(|domain| format!("Publish the TXT record below for {}, then check it.", domain.domain));
-    let outcome = Outcome::of(done, Place::Domains);
+    let outcome = Outcome::of(done, "domains");
     settings_page(&state, &headers, Some(team_id), outcome).await
 }
 
@@ -234,7 +190,7 @@ pub(super) async fn change_domain(
             .map(|()| "The domain was removed.".to_owned()),
         _ => return error_page((StatusCode::NOT_FOUND, "No such action".into())),
     };
-    let outcome = Outcome::of(done, Place::Domains);
+    let outcome = Outcome::of(done, "domains");
     settings_page(&state, &headers, Some(team_id), outcome).await
 }
 
@@ -268,7 +224,7 @@ pub(super) async fn delete_team(
             response
         }
         Err(error) => {
-            let outcome = Outcome::of(Err::<String, _>(error), Place::Delete);
+            let outcome = Outcome::of(Err::<String, _>(error), "delete");
             settings_page(&state, &headers, Some(team_id), outcome).await
         }
     }

@@ -14,6 +14,7 @@ use crate::util::{TestApp, on_both_backends};
 on_both_backends!(
     a_person_manages_api_keys_in_the_console,
     the_pages_account_mails_link_to_work,
+    a_person_secures_their_account_on_the_account_page,
 );
 
 /// Whether the browser and its driver are here (scripts/test installs both); under CI their
@@ -258,5 +259,85 @@ async fn the_pages_account_mails_link_to_work(db: TestDb) {
         "elsewhere@example.com",
         "a stopped change went through"
     );
+    app.finish().await;
+}
+
+/// The account page (`tests/console/account.mjs`): rename; TOTP turned on from the key the page
+/// shows (a wrong code first), the recovery codes copied and downloaded; a sign-in with the next
+/// step's code; the codes renewed; TOTP off; the account deleted and restored by signing in.
+/// Then the server's side: each step audited, the account live again with TOTP off.
+async fn a_person_secures_their_account_on_the_account_page(db: TestDb) {
+    use tollgate_domain::Clock as _;
+    if !browser_installed() {
+        return;
+    }
+    let app = TestApp::new(db).await;
+    let email = "careful@example.com";
+    let password = "a sturdy passphrase for the careful";
+    let signed_up = app
+        .client
+        .post(app.url("/api/auth/sign-up"))
+        .json(&serde_json::json!({"email": email, "password": password, "name": "Careful"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(signed_up.status().is_success());
+    let base = app.url("");
+    let now = app.clock.now().timestamp().to_string();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/account.mjs");
+    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args([script, &base, email, password, &now, &shots])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!seen["secret"].as_str().unwrap().is_empty());
+
+    let user = app
+        .store()
+        .find_user_by_email(&tollgate_domain::Email::parse(email).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.display_name, "Renamed Person");
+    assert!(user.deleted_at.is_none(), "the account was not restored");
+    assert!(user.totp_enabled_at.is_none(), "TOTP is still on");
+    // The recovery code that turned TOTP off is spent, and TOTP is off: a sign-in needs only
+    // the password.
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut actions = Vec::new();
+    let personal = app.store().list_memberships(user.id).await.unwrap();
+    for membership in personal {
+        for event in app.store().list_audit_events(membership.team.id, 500).await.unwrap() {
+            actions.push(format!("{:?}", event.action).trim_matches('"').to_owned());
+        }
+    }
+    for action in [
+        "UpdateProfile",
+        "EnableMfa",
+        "RegenerateRecoveryCodes",
+        "DisableMfa",
+        "DeleteAccount",
+        "RestoreAccount",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action} not in {actions:?}");
+    }
     app.finish().await;
 }

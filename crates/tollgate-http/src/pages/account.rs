@@ -369,24 +369,7 @@ pub(super) async fn unlink(
     .await
 }
 
-#[derive(Template)]
-#[template(path = "continue.html")]
-struct ContinuePage {
-    layout: Layout,
-    heading: String,
-    explanation: String,
-    href: String,
-    label: String,
-}
-
-impl std::ops::Deref for ContinuePage {
-    type Target = Layout;
-    fn deref(&self) -> &Layout {
-        &self.layout
-    }
-}
-
-/// Starts adding a provider's sign-in: the flow is bound to this browser, and the page links
+/// Starts adding a provider's sign-in: the flow is bound to this browser, and a page links
 /// to the provider (a link the person follows: the pages' CSP lets forms post only here, and a
 /// form's redirect elsewhere counts as its target).
 pub(super) async fn link(
@@ -420,6 +403,7 @@ pub(super) async fn link(
                 ),
                 href: url,
                 label: format!("Continue to {label}"),
+                back: "/account".to_owned(),
             };
             let mut response = html(StatusCode::OK, &page);
             response.headers_mut().append(

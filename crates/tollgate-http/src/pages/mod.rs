@@ -26,11 +26,13 @@ use tollgate_domain::{ApiKey, ApiKeyId, InvitationId, Permission, Role, Session,
 mod account;
 mod audit;
 mod auth;
+mod billing;
 mod keys;
 mod links;
 mod sessions;
 mod settings;
 mod teams;
+mod usage;
 mod users;
 
 use account::{
@@ -43,6 +45,7 @@ use auth::{
     sign_up, sign_up_page,
 };
 pub(crate) use auth::{federated, wants_html};
+use billing::{add_method, billing, buy, default_method, pay_invoice, set_limit, set_settings};
 use keys::{change_key, console, create_key};
 use links::{
     confirm_email_change, confirm_email_change_page, forgot_password, forgot_password_page, report_email_change,
@@ -51,6 +54,7 @@ use links::{
 use sessions::{end_other_sessions, end_session, sessions};
 use settings::{add_domain, change_domain, delete_team, settings, update_team};
 use teams::{create_team, new_team_page};
+use usage::usage;
 use users::{invite, remove_member, users, withdraw_invitation};
 
 use crate::AppState;
@@ -208,6 +212,20 @@ pub(crate) fn router() -> Router<AppState> {
             post(change_domain),
         )
         .route("/console/teams/{team_id}/delete", post(delete_team))
+        .route("/console/billing", get(billing))
+        .route("/console/teams/{team_id}/billing/limit", post(set_limit))
+        .route("/console/teams/{team_id}/billing/buy", post(buy))
+        .route("/console/teams/{team_id}/billing/payment-methods", post(add_method))
+        .route(
+            "/console/teams/{team_id}/billing/payment-methods/{method_id}/default",
+            post(default_method),
+        )
+        .route("/console/teams/{team_id}/billing/settings", post(set_settings))
+        .route(
+            "/console/teams/{team_id}/billing/invoices/{invoice_id}/pay",
+            post(pay_invoice),
+        )
+        .route("/console/usage", get(usage))
         .route("/console/users", get(users))
         .route("/console/audit", get(audit_log))
         .route("/console/teams/{team_id}/users", post(invite))
@@ -412,6 +430,28 @@ impl Outcome {
     }
 }
 
+/// A page sending the person on to another site (a provider's sign-in, a payment page) by a
+/// link they follow: the pages' CSP lets forms post only here, and a form's redirect elsewhere
+/// would count as its target.
+#[derive(Template)]
+#[template(path = "continue.html")]
+struct ContinuePage {
+    layout: Layout,
+    heading: String,
+    explanation: String,
+    href: String,
+    label: String,
+    /// Where "Cancel" goes.
+    back: String,
+}
+
+impl std::ops::Deref for ContinuePage {
+    type Target = Layout;
+    fn deref(&self) -> &Layout {
+        &self.layout
+    }
+}
+
 /// A team in the switcher.
 #[derive(Clone)]
 struct TeamChoice {
@@ -486,6 +526,8 @@ struct Frame {
     email_verified: bool,
     /// Whether the Audit Log tab is shown (a Member never sees what they cannot open).
     sees_audit_log: bool,
+    /// Whether the Billing tab is shown.
+    sees_billing: bool,
 }
 
 impl std::ops::Deref for Frame {
@@ -507,6 +549,7 @@ impl Context {
             user_email: self.visitor.user.email.as_ref().to_owned(),
             email_verified: self.visitor.user.email_verified_at.is_some(),
             sees_audit_log: self.caller.allows(Permission::ViewAuditLog),
+            sees_billing: self.caller.allows(Permission::ManageBilling),
         }
     }
 }

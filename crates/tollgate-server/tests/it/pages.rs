@@ -15,6 +15,7 @@ on_both_backends!(
     a_person_manages_api_keys_in_the_console,
     the_pages_account_mails_link_to_work,
     a_person_secures_their_account_on_the_account_page,
+    an_admin_buys_credit_and_reads_usage_in_the_console,
 );
 
 /// Whether the browser and its driver are here (scripts/test installs both); under CI their
@@ -339,5 +340,137 @@ async fn a_person_secures_their_account_on_the_account_page(db: TestDb) {
     ] {
         assert!(actions.iter().any(|a| a == action), "{action} not in {actions:?}");
     }
+    app.finish().await;
+}
+
+/// Runs one step of `tests/console/billing.mjs` in the browser; its printed JSON.
+async fn billing_step(args: Vec<String>) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/billing.mjs");
+    let out = tokio::task::spawn_blocking(move || Command::new("node").arg(script).args(&args).output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The Billing and Usage pages (`tests/console/billing.mjs`) against localstripe and the
+/// stand-in for Stripe's hosted Checkout: the operator's grant shown; a limit above the
+/// maximum and a malformed amount refused next to their fields; credit bought on the payment
+/// page (the test pays there, as the customer would); then the credit, the purchase and its
+/// receipt, and a request's usage drawn by model and by key.
+async fn an_admin_buys_credit_and_reads_usage_in_the_console(db: TestDb) {
+    use tollgate_domain::Clock as _;
+    if !browser_installed() {
+        return;
+    }
+    let Some(stripe) = crate::payments::LocalStripe::start().await else {
+        return;
+    };
+    let standin = tollgate_testkit::checkout::CheckoutStandIn::start(&stripe.url())
+        .await
+        .unwrap();
+    let app = crate::payments::app_with_stripe_at(db, &standin.url, &[]).await;
+    standin.deliver_to(&app.url("/webhooks/stripe"), crate::payments::WEBHOOK_SECRET);
+    stripe.deliver_to(&app.url("/webhooks/stripe")).await;
+    app.services()
+        .ledger
+        .grant(
+            app.team.id,
+            tollgate_domain::Ticks::new(5 * tollgate_domain::Ticks::PER_USD),
+            "welcome credit",
+            None,
+            tollgate_domain::Actor::Operator,
+            &tollgate_domain::RequestContext::default(),
+        )
+        .await
+        .unwrap();
+    let base = app.url("");
+    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    let (email, password) = ("owner@example.com", "correct horse battery staple");
+    let opened = billing_step(vec![
+        "buy".into(),
+        base.clone(),
+        email.into(),
+        password.into(),
+        shots.clone(),
+    ])
+    .await;
+    let checkout = opened["checkout"].as_str().unwrap();
+    let session = checkout.rsplit('/').next().unwrap();
+    assert_eq!(
+        standin.session(session).unwrap()["amount_total"],
+        5000,
+        "the page links to the session opened for $50: {checkout}"
+    );
+    assert_eq!(
+        standin
+            .complete(session, "4242424242424242", app.clock.now().timestamp())
+            .await,
+        Ok(200)
+    );
+    // The credit arrives with the provider's event; the receipt with the billing job.
+    let want = tollgate_domain::Ticks::new(55 * tollgate_domain::Ticks::PER_USD);
+    for _ in 0..100 {
+        if app.store().balance(app.team.id).await.unwrap().total().unwrap() == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.store().balance(app.team.id).await.unwrap().total().unwrap(), want);
+    app.services().payments.run_billing().await.unwrap();
+    let key = app.api_key().await;
+    assert_eq!(app.hello_status(&key).await, StatusCode::OK);
+
+    let seen = billing_step(vec![
+        "after".into(),
+        base,
+        email.into(),
+        password.into(),
+        crate::util::MODEL.into(),
+        shots,
+    ])
+    .await;
+    // The page's figures are the ledger's, to the tick.
+    let spent = want
+        .checked_sub(app.store().balance(app.team.id).await.unwrap().total().unwrap())
+        .unwrap();
+    assert_eq!(
+        seen["cost"].as_str().unwrap(),
+        format!("${}", tollgate_domain::ledger::format_usd(spent))
+    );
+
+    // A Member sees Usage (their own keys', so none) and no Billing tab; the server refuses the
+    // Billing page and its changes all the same.
+    let admin = crate::teams::Browser::from_response(
+        app.client
+            .post(app.url("/api/auth/sign-in"))
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let team = app.team.id.to_string();
+    let member = crate::teams::joined(&app, &admin, &team, "member@example.com", "member").await;
+    let page = |path: String| {
+        let request = app.client.get(app.url(&path)).header("cookie", member.cookie());
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    let (status, usage) = page(format!("/console/usage?team={team}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(usage.contains("The usage of the API keys you created"), "{usage}");
+    assert!(usage.contains("No usage in this period."), "a Member sees others' usage");
+    assert!(!usage.contains("/console/billing"), "a Member is shown the Billing tab");
+    let (status, _) = page(format!("/console/billing?team={team}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     app.finish().await;
 }

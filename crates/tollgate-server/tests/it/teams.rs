@@ -30,6 +30,11 @@ pub(crate) struct Browser {
 }
 
 impl Browser {
+    /// The `Cookie` header's value of this session.
+    pub(crate) fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
     /// The session a sign-up, sign-in or restore answered with.
     pub(crate) async fn from_response(response: reqwest::Response) -> Self {
         let cookie = response.headers()["set-cookie"]

@@ -1,0 +1,75 @@
+// The Billing and Usage pages in Debian's Chromium, one step per run (the payment happens on
+// the provider's page in between, played by the test). Prints what the server must check, as
+// JSON. Usage:
+//   node billing.mjs buy   <base> <email> <password> [screenshots]   (→ {"checkout": URL})
+//   node billing.mjs after <base> <email> <password> <model> [screenshots]
+import { browser, expect, fail, newPage } from "./browser.mjs";
+
+const [step, base, email, password, ...rest] = process.argv.slice(2);
+try {
+  const page = await newPage();
+  await page.goto(`${base}/sign-in`);
+  await page.fill("#email", email);
+  await page.fill("#password", password);
+  await Promise.all([page.waitForURL(`${base}/console`), page.click("button[type=submit]")]);
+  await Promise.all([page.waitForURL(/\/console\/billing/), page.click("nav.tabs a:has-text('Billing')")]);
+
+  if (step === "buy") {
+    const [shots] = rest;
+    // The operator's grant is the credit available.
+    const available = (await page.textContent("#available")).trim();
+    await expect(available === "$5.00", `credit available: ${available}`);
+    // A limit above the operator's maximum is refused next to its field, not clamped.
+    await page.fill("#limit-amount", "5");
+    await page.click("button:has-text('Save limit')");
+    await page.waitForSelector("#limit-error");
+    await expect((await page.getAttribute("#limit-amount", "aria-invalid")) === "true", "the limit is not marked invalid");
+    // An amount that is not one: the reason, next to the field.
+    await page.fill("#buy-amount", "fifty");
+    await page.click("button:has-text('Pay on the payment page')");
+    await page.waitForSelector("#buy-error");
+    if (shots) await page.screenshot({ path: `${shots}/console-billing.png`, fullPage: true });
+    // Buying on the payment provider's page: a page of ours links there.
+    await page.fill("#buy-amount", "50");
+    await page.click("button:has-text('Pay on the payment page')");
+    await page.waitForSelector("text=Buy $50.00 of credit");
+    const checkout = await page.getAttribute("a:has-text('Continue to payment')", "href");
+    await expect(await page.isVisible("a:has-text('Cancel')"), "no way back");
+    await expect(page.refused.length === 0, `the CSP refused: ${page.refused}`);
+    console.log(JSON.stringify({ checkout }));
+  } else if (step === "after") {
+    const [model, shots] = rest;
+    // The payment's credit, the purchase and its receipt.
+    const available = (await page.textContent("#available")).trim();
+    await expect(available.startsWith("$54.99"), `credit available after the purchase and a request: ${available}`);
+    await expect(await page.isVisible("#purchases td:has-text('succeeded')"), "the purchase is not listed as succeeded");
+    const receipt = page.locator("#invoices tr", { hasText: "Receipt" });
+    await expect((await receipt.count()) === 1, "no receipt");
+    await expect((await receipt.locator("td").nth(3).textContent()).trim() === "$50.00", "the receipt's total");
+    await Promise.all([page.waitForURL(/\/billing\/invoices\//), receipt.locator("a:has-text('View')").click()]);
+    await page.waitForSelector("text=$50.00");
+    await page.goBack();
+
+    // Usage: the request made with the key, drawn and tabled, by model and by key.
+    await Promise.all([page.waitForURL(/\/console\/usage/), page.click("nav.tabs a:has-text('Usage')")]);
+    const bars = await page.locator("#chart rect").count();
+    await expect(bars >= 1, "no bar in the chart");
+    await expect(await page.isVisible(`#usage-table td:has-text('${model}')`), "the model is not in the table");
+    await expect(await page.isVisible("ul.legend li"), "no legend");
+    const cost = (await page.textContent("#total-cost")).trim();
+    await expect(cost !== "$0.00", `total cost ${cost}`);
+    if (shots) await page.screenshot({ path: `${shots}/console-usage.png`, fullPage: true });
+    await Promise.all([page.waitForURL(/by=key/), page.selectOption("#usage-by", "key")]);
+    await expect(await page.isVisible("#usage-table td:has-text('test')"), "the key is not named in the table");
+    await Promise.all([page.waitForURL(/show=tokens/), page.selectOption("#usage-show", "tokens")]);
+    const tokens = (await page.textContent("#total-tokens")).trim();
+    await expect(Number(tokens) > 0, `total tokens ${tokens}`);
+    await expect(page.refused.length === 0, `the CSP refused: ${page.refused}`);
+    console.log(JSON.stringify({ cost, tokens }));
+  } else {
+    await fail(`unknown step ${step}`);
+  }
+  await browser.close();
+} catch (error) {
+  await fail(String(error.stack || error));
+}

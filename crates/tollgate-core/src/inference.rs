@@ -435,6 +435,35 @@ impl Inference {
             && serving.is_none_or(|endpoint| model.endpoints.contains(&endpoint))
     }
 
+    /// The models the console's Tokenizer offers a signed-in member: those served here (priced)
+    /// that have a tokenizer.
+    pub fn tokenizable_models(&self) -> impl Iterator<Item = &str> {
+        self.catalog
+            .models()
+            .iter()
+            .filter(|model| model.pricing.is_some() && model.tokenizer.is_some())
+            .map(|model| model.name.as_str())
+    }
+
+    /// The tokenizer of `model` (a name or an alias) for the console's Tokenizer: a member of
+    /// any team may count tokens (nothing is charged, no key is involved), as
+    /// [`Self::tokenizable_models`] offers them.
+    pub fn console_tokenizer(
+        &self,
+        model: &str,
+    ) -> Result<(String, tollgate_gateway::tokenizer::Tokenizer), AdmitError> {
+        let route = self
+            .catalog
+            .resolve(model)
+            .filter(|route| route.pricing.is_some())
+            .ok_or_else(|| AdmitError::UnknownModel(model.to_owned()))?;
+        let tokenizer = route
+            .tokenizer
+            .clone()
+            .ok_or_else(|| AdmitError::NoTokenizer(route.name.clone()))?;
+        Ok((route.name.clone(), tokenizer))
+    }
+
     /// Authorizes a request that is not charged (tokenizing): the model, the key's ACLs and its
     /// request limits, as [`Self::admit`] checks them; the model's tokenizer.
     pub async fn authorize_tokenize(

@@ -32,6 +32,7 @@ mod links;
 mod sessions;
 mod settings;
 mod teams;
+mod tokenizer;
 mod usage;
 mod users;
 
@@ -54,6 +55,7 @@ use links::{
 use sessions::{end_other_sessions, end_session, sessions};
 use settings::{add_domain, change_domain, delete_team, settings, update_team};
 use teams::{create_team, new_team_page};
+use tokenizer::{tokenize, tokenizer};
 use usage::usage;
 use users::{invite, remove_member, users, withdraw_invitation};
 
@@ -226,6 +228,7 @@ pub(crate) fn router() -> Router<AppState> {
             post(pay_invoice),
         )
         .route("/console/usage", get(usage))
+        .route("/console/tokenizer", get(tokenizer).post(tokenize))
         .route("/console/users", get(users))
         .route("/console/audit", get(audit_log))
         .route("/console/teams/{team_id}/users", post(invite))

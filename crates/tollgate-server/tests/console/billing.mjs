@@ -1,4 +1,4 @@
-// The Billing and Usage pages in Debian's Chromium, one step per run (the payment happens on
+// The Billing, Usage and Tokenizer pages in Debian's Chromium, one step per run (the payment happens on
 // the provider's page in between, played by the test). Prints what the server must check, as
 // JSON. Usage:
 //   node billing.mjs buy   <base> <email> <password> [screenshots]   (→ {"checkout": URL})
@@ -64,6 +64,19 @@ try {
     await Promise.all([page.waitForURL(/show=tokens/), page.selectOption("#usage-show", "tokens")]);
     const tokens = (await page.textContent("#total-tokens")).trim();
     await expect(Number(tokens) > 0, `total tokens ${tokens}`);
+    // The Tokenizer: the model's tokens of a text, highlighted and counted (tiktoken's
+    // cl100k_base: "Hello world" is "Hello" 9906 and " world" 1917).
+    await Promise.all([page.waitForURL(/\/console\/tokenizer/), page.click("nav.tabs a:has-text('Tokenizer')")]);
+    await page.selectOption("#tokenizer-model", model);
+    await page.fill("#tokenizer-text", "Hello world");
+    await page.click("button:has-text('Tokenize')");
+    await page.waitForSelector("#tokens");
+    const count = (await page.textContent("#token-count")).trim();
+    await expect(count === "2", `${count} tokens`);
+    const spans = await page.$$eval("#tokens .tok", (all) => all.map((s) => [s.textContent, s.title]));
+    await expect(JSON.stringify(spans) === JSON.stringify([["Hello", "token 9906"], [" world", "token 1917"]]), JSON.stringify(spans));
+    await expect((await page.inputValue("#tokenizer-text")) === "Hello world", "the text was not kept");
+    if (shots) await page.screenshot({ path: `${shots}/console-tokenizer.png`, fullPage: true });
     await expect(page.refused.length === 0, `the CSP refused: ${page.refused}`);
     console.log(JSON.stringify({ cost, tokens }));
   } else {

@@ -468,7 +468,10 @@ async fn an_admin_buys_credit_and_reads_usage_in_the_console(db: TestDb) {
     let (status, usage) = page(format!("/console/usage?team={team}")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(usage.contains("The usage of the API keys you created"), "{usage}");
-    assert!(usage.contains("No usage in this period."), "a Member sees others' usage");
+    assert!(
+        usage.contains("No usage in this period."),
+        "a Member sees others' usage"
+    );
     assert!(!usage.contains("/console/billing"), "a Member is shown the Billing tab");
     let (status, _) = page(format!("/console/billing?team={team}")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);

@@ -1,5 +1,6 @@
-//! The console's API Keys page: the current team's keys; create (the secret shown once),
-//! disable and enable, delete.
+//! The console's API Keys page: the current team's keys (when each was last used; its own page,
+//! `key`, changes its access, limits and secret); create with the same pickers (the secret
+//! shown once), disable and enable, delete.
 
 use super::*;
 
@@ -11,17 +12,23 @@ struct KeyRow {
     status: &'static str,
     acls: Vec<String>,
     created: String,
+    last_used: String,
+}
+
+/// A key's status as the pages show it.
+pub(super) fn status_of(key: &ApiKey) -> &'static str {
+    if key.blocked {
+        "blocked"
+    } else if key.disabled {
+        "disabled"
+    } else {
+        "active"
+    }
 }
 
 impl KeyRow {
     fn new(key: &ApiKey) -> Self {
-        let status = if key.blocked {
-            "blocked"
-        } else if key.disabled {
-            "disabled"
-        } else {
-            "active"
-        };
+        let status = status_of(key);
         Self {
             id: key.id.to_string(),
             name: key.name.clone(),
@@ -29,6 +36,9 @@ impl KeyRow {
             status,
             acls: key.acls.as_slice().iter().map(ToString::to_string).collect(),
             created: key.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            last_used: key
+                .last_used_at
+                .map_or_else(|| "never".to_owned(), |at| at.format("%Y-%m-%d %H:%M UTC").to_string()),
         }
     }
 }
@@ -66,6 +76,8 @@ struct ConsolePage {
     frame: Frame,
     can_manage: bool,
     keys: String,
+    /// The create form's pickers: everything, until narrowed.
+    access: super::key::Access,
 }
 
 impl std::ops::Deref for ConsolePage {
@@ -141,6 +153,7 @@ async fn keys_page(
         frame: context.frame(state, "/console"),
         can_manage: keys.can_manage,
         keys: keys_html,
+        access: super::key::Access::everything(state),
     };
     let mut response = console_page(state, context.team_id, &page);
     *response.status_mut() = status;
@@ -171,35 +184,30 @@ async fn keys_response(
     response
 }
 
-#[derive(Deserialize)]
-pub(super) struct CreateKeyForm {
-    name: String,
-    #[serde(default)]
-    csrf: Option<String>,
-}
-
-/// Creates a key with access to every endpoint and model (pickers for ACLs and limits come
-/// with the next console pages; the Management API sets them now), and shows its secret once.
+/// Creates a key (with every endpoint and model, unless its pickers say otherwise) and shows its
+/// secret once.
 pub(super) async fn create_key(
     State(state): State<AppState>,
     RequestMeta(meta): RequestMeta,
     headers: HeaderMap,
     Path(team_id): Path<String>,
-    Form(form): Form<CreateKeyForm>,
+    Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
+    let csrf = super::key::csrf_of(&pairs);
+    let fields = super::key::KeyFields::parse(pairs);
+    let (caller, csrf) = match member_of(&state, &headers, &team_id, csrf.as_deref()).await {
         Ok(member) => member,
         Err(problem) => return refused_change(&headers, "keys", problem),
     };
-    let new = NewApiKey {
-        name: form.name.trim().to_owned(),
-        acls: vec!["api-key:endpoint:*".into(), "api-key:model:*".into()],
-        qps: None,
-        qpm: None,
-        tpm: None,
-        expire_time: None,
+    let created = match fields {
+        Ok(fields) => state
+            .keys
+            .create_api_key(&caller, caller.team_id(), fields.new_key(), &meta)
+            .await
+            .map_err(failure),
+        Err(problem) => Err(problem),
     };
-    let answer = match state.keys.create_api_key(&caller, caller.team_id(), new, &meta).await {
+    let answer = match created {
         Ok((key, plain)) => KeysAnswer {
             created: Some(Created {
                 name: key.name.clone(),
@@ -207,8 +215,8 @@ pub(super) async fn create_key(
             }),
             ..KeysAnswer::default()
         },
-        Err(error) => KeysAnswer {
-            problem: Some(failure(error)),
+        Err(problem) => KeysAnswer {
+            problem: Some(problem),
             ..KeysAnswer::default()
         },
     };

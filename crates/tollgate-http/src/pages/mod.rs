@@ -27,6 +27,7 @@ mod account;
 mod audit;
 mod auth;
 mod billing;
+mod key;
 mod keys;
 mod links;
 mod sessions;
@@ -47,6 +48,7 @@ use auth::{
 };
 pub(crate) use auth::{federated, wants_html};
 use billing::{add_method, billing, buy, default_method, pay_invoice, set_limit, set_settings};
+use key::{key, rotate_key, update_key};
 use keys::{change_key, console, create_key};
 use links::{
     confirm_email_change, confirm_email_change_page, forgot_password, forgot_password_page, report_email_change,
@@ -238,6 +240,9 @@ pub(crate) fn router() -> Router<AppState> {
             post(withdraw_invitation),
         )
         .route("/console/teams/{team_id}/api-keys", post(create_key))
+        .route("/console/api-keys/{key_id}", get(key))
+        .route("/console/teams/{team_id}/api-keys/{key_id}/settings", post(update_key))
+        .route("/console/teams/{team_id}/api-keys/{key_id}/rotate", post(rotate_key))
         .route("/console/teams/{team_id}/api-keys/{key_id}/{action}", post(change_key))
         .route(HTMX_PATH, get(htmx))
         .route(CONSOLE_CSS.path.as_str(), get(|| async { CONSOLE_CSS.response() }))

@@ -16,6 +16,7 @@ on_both_backends!(
     the_pages_account_mails_link_to_work,
     a_person_secures_their_account_on_the_account_page,
     an_admin_buys_credit_and_reads_usage_in_the_console,
+    a_person_narrows_and_rotates_a_key_in_the_console,
 );
 
 /// Whether the browser and its driver are here (scripts/test installs both); under CI their
@@ -343,9 +344,9 @@ async fn a_person_secures_their_account_on_the_account_page(db: TestDb) {
     app.finish().await;
 }
 
-/// Runs one step of `tests/console/billing.mjs` in the browser; its printed JSON.
-async fn billing_step(args: Vec<String>) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/billing.mjs");
+/// Runs one step of the browser script `tests/console/<name>`; its printed JSON.
+async fn script_step(name: &str, args: Vec<String>) -> Value {
+    let script = format!("{}/tests/console/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = tokio::task::spawn_blocking(move || Command::new("node").arg(script).args(&args).output())
         .await
         .unwrap()
@@ -393,13 +394,10 @@ async fn an_admin_buys_credit_and_reads_usage_in_the_console(db: TestDb) {
     let base = app.url("");
     let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
     let (email, password) = ("owner@example.com", "correct horse battery staple");
-    let opened = billing_step(vec![
-        "buy".into(),
-        base.clone(),
-        email.into(),
-        password.into(),
-        shots.clone(),
-    ])
+    let opened = script_step(
+        "billing.mjs",
+        vec!["buy".into(), base.clone(), email.into(), password.into(), shots.clone()],
+    )
     .await;
     let checkout = opened["checkout"].as_str().unwrap();
     let session = checkout.rsplit('/').next().unwrap();
@@ -427,14 +425,17 @@ async fn an_admin_buys_credit_and_reads_usage_in_the_console(db: TestDb) {
     let key = app.api_key().await;
     assert_eq!(app.hello_status(&key).await, StatusCode::OK);
 
-    let seen = billing_step(vec![
-        "after".into(),
-        base,
-        email.into(),
-        password.into(),
-        crate::util::MODEL.into(),
-        shots,
-    ])
+    let seen = script_step(
+        "billing.mjs",
+        vec![
+            "after".into(),
+            base,
+            email.into(),
+            password.into(),
+            crate::util::MODEL.into(),
+            shots,
+        ],
+    )
     .await;
     // The page's figures are the ledger's, to the tick.
     let spent = want
@@ -475,5 +476,66 @@ async fn an_admin_buys_credit_and_reads_usage_in_the_console(db: TestDb) {
     assert!(!usage.contains("/console/billing"), "a Member is shown the Billing tab");
     let (status, _) = page(format!("/console/billing?team={team}")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    app.finish().await;
+}
+
+/// A key's pickers, limits and rotation (`tests/console/keys.mjs`): created for chat and one
+/// model only, at 60 requests a minute; then also tokenize, 1,000 tokens a minute; rotated with
+/// an hour's grace. Then the API: both secrets work within the grace, the endpoints not granted
+/// are refused, and the key's page shows when it was last used.
+async fn a_person_narrows_and_rotates_a_key_in_the_console(db: TestDb) {
+    if !browser_installed() {
+        return;
+    }
+    let app = TestApp::new(db).await;
+    let base = app.url("");
+    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    let (email, password) = ("owner@example.com", "correct horse battery staple");
+    let seen = script_step(
+        "keys.mjs",
+        vec![
+            "narrow".into(),
+            base.clone(),
+            email.into(),
+            password.into(),
+            crate::util::MODEL.into(),
+            shots,
+        ],
+    )
+    .await;
+    let (first, rotated) = (seen["first"].as_str().unwrap(), seen["rotated"].as_str().unwrap());
+    let id: tollgate_domain::ApiKeyId = seen["id"].as_str().unwrap().parse().unwrap();
+    let key = app.store().find_api_key(app.team.id, id).await.unwrap().unwrap();
+    let acls: Vec<String> = key.acls.as_slice().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        acls,
+        [
+            "api-key:endpoint:chat",
+            "api-key:endpoint:tokenize",
+            &format!("api-key:model:{}", crate::util::MODEL)
+        ]
+    );
+    assert_eq!((key.qps, key.qpm, key.tpm), (None, Some(60), Some(1000)));
+    for secret in [first, rotated] {
+        assert_eq!(
+            app.hello_status(secret).await,
+            StatusCode::OK,
+            "a secret within its grace"
+        );
+    }
+    let embeddings = app
+        .post(
+            "/v1/embeddings",
+            rotated,
+            serde_json::json!({"model": crate::util::MODEL, "input": "hi"}),
+        )
+        .await;
+    assert_eq!(embeddings.status(), StatusCode::FORBIDDEN, "an endpoint not granted");
+    app.server.as_ref().unwrap().keys.flush_last_used().await.unwrap();
+    script_step(
+        "keys.mjs",
+        vec!["used".into(), base, email.into(), password.into(), id.to_string()],
+    )
+    .await;
     app.finish().await;
 }

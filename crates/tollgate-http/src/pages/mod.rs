@@ -30,6 +30,7 @@ mod billing;
 mod key;
 mod keys;
 mod links;
+mod management_keys;
 mod sessions;
 mod settings;
 mod teams;
@@ -54,12 +55,13 @@ use links::{
     confirm_email_change, confirm_email_change_page, forgot_password, forgot_password_page, report_email_change,
     report_email_change_page, reset_password, reset_password_page, verify_email, verify_email_page,
 };
+use management_keys::{create_management_key, management_keys, revoke_management_key};
 use sessions::{end_other_sessions, end_session, sessions};
 use settings::{add_domain, change_domain, delete_team, settings, update_team};
 use teams::{create_team, new_team_page};
 use tokenizer::{tokenize, tokenizer};
 use usage::usage;
-use users::{invite, remove_member, users, withdraw_invitation};
+use users::{change_role, invite, remove_member, users, withdraw_invitation};
 
 use crate::AppState;
 use crate::extract::RequestMeta;
@@ -229,12 +231,19 @@ pub(crate) fn router() -> Router<AppState> {
             "/console/teams/{team_id}/billing/invoices/{invoice_id}/pay",
             post(pay_invoice),
         )
+        .route("/console/management-keys", get(management_keys))
+        .route("/console/teams/{team_id}/management-keys", post(create_management_key))
+        .route(
+            "/console/teams/{team_id}/management-keys/{key_id}/revoke",
+            post(revoke_management_key),
+        )
         .route("/console/usage", get(usage))
         .route("/console/tokenizer", get(tokenizer).post(tokenize))
         .route("/console/users", get(users))
         .route("/console/audit", get(audit_log))
         .route("/console/teams/{team_id}/users", post(invite))
         .route("/console/teams/{team_id}/users/{user_id}/remove", post(remove_member))
+        .route("/console/teams/{team_id}/users/{user_id}/role", post(change_role))
         .route(
             "/console/teams/{team_id}/invitations/{invitation_id}/revoke",
             post(withdraw_invitation),
@@ -536,6 +545,8 @@ struct Frame {
     sees_audit_log: bool,
     /// Whether the Billing tab is shown.
     sees_billing: bool,
+    /// Whether the Management Keys tab is shown.
+    sees_management_keys: bool,
 }
 
 impl std::ops::Deref for Frame {
@@ -558,6 +569,7 @@ impl Context {
             email_verified: self.visitor.user.email_verified_at.is_some(),
             sees_audit_log: self.caller.allows(Permission::ViewAuditLog),
             sees_billing: self.caller.allows(Permission::ManageBilling),
+            sees_management_keys: self.caller.allows(Permission::ManageManagementKeys),
         }
     }
 }

@@ -252,3 +252,45 @@ pub(super) async fn withdraw_invitation(
     };
     users_response(&state, &headers, member, done, None).await
 }
+
+#[derive(Deserialize)]
+pub(super) struct RoleForm {
+    role: String,
+    #[serde(default)]
+    csrf: Option<String>,
+}
+
+/// Makes a member an Admin or a Member (one who stops being an Admin loses the management keys
+/// they made; the service revokes them and tells the other Admins).
+pub(super) async fn change_role(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    headers: HeaderMap,
+    Path((team_id, user_id)): Path<(String, String)>,
+    Form(form): Form<RoleForm>,
+) -> Response {
+    let (caller, csrf) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
+        Ok(member) => member,
+        Err(problem) => return refused_change(&headers, "users", problem),
+    };
+    let member = (&caller, csrf.as_str());
+    let Ok(user_id) = user_id.parse::<UserId>() else {
+        let missing = Err(tollgate_core::TeamError::NotAMember);
+        return users_response(&state, &headers, member, missing, None).await;
+    };
+    let role = match form.role.as_str() {
+        "admin" => Role::Admin,
+        "member" => Role::Member,
+        _ => {
+            let problem = (StatusCode::BAD_REQUEST, "The role is Admin or Member".to_owned());
+            return refused_change(&headers, "users", problem);
+        }
+    };
+    let done = state.teams.change_role(&caller, user_id, role, &meta).await.map(|()| {
+        Some(match role {
+            Role::Admin => "The member is now an Admin.".to_owned(),
+            Role::Member => "The member is now a Member; the management keys they made were revoked.".to_owned(),
+        })
+    });
+    users_response(&state, &headers, member, done, None).await
+}

@@ -17,6 +17,7 @@ on_both_backends!(
     a_person_secures_their_account_on_the_account_page,
     an_admin_buys_credit_and_reads_usage_in_the_console,
     a_person_narrows_and_rotates_a_key_in_the_console,
+    an_admin_changes_roles_and_management_keys_in_the_console,
 );
 
 /// Whether the browser and its driver are here (scripts/test installs both); under CI their
@@ -537,5 +538,67 @@ async fn a_person_narrows_and_rotates_a_key_in_the_console(db: TestDb) {
         vec!["used".into(), base, email.into(), password.into(), id.to_string()],
     )
     .await;
+    app.finish().await;
+}
+
+/// Roles and management keys (`tests/console/team.mjs`). A Member sees neither the Management
+/// Keys tab nor role changes, and the server refuses both; then the Admin, in the browser, makes
+/// them an Admin, revokes one management key and keeps another: the kept one opens the
+/// Management API, the revoked one no longer does.
+async fn an_admin_changes_roles_and_management_keys_in_the_console(db: TestDb) {
+    if !browser_installed() {
+        return;
+    }
+    let app = TestApp::new(db).await;
+    let (email, password) = ("owner@example.com", "correct horse battery staple");
+    let admin = crate::teams::Browser::from_response(
+        app.client
+            .post(app.url("/api/auth/sign-in"))
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let team = app.team.id.to_string();
+    let member = crate::teams::joined(&app, &admin, &team, "member@example.com", "member").await;
+    let get = |path: String| {
+        let request = app.client.get(app.url(&path)).header("cookie", member.cookie());
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    let (status, users) = get(format!("/console/users?team={team}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!users.contains("Change role"), "a Member is offered role changes");
+    assert!(
+        !users.contains("/console/management-keys"),
+        "a Member is shown the Management Keys tab"
+    );
+    let (status, _) = get(format!("/console/management-keys?team={team}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let base = app.url("");
+    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    let seen = script_step(
+        "team.mjs",
+        vec![base, email.into(), password.into(), "member@example.com".into(), shots],
+    )
+    .await;
+    let members = app.store().list_members(app.team.id).await.unwrap();
+    let promoted = members
+        .iter()
+        .find(|m| m.email.as_ref() == "member@example.com")
+        .unwrap();
+    assert_eq!(promoted.role, tollgate_domain::Role::Admin);
+    let balance = format!("/v1/billing/teams/{team}/prepaid/balance");
+    for (key, status) in [
+        (seen["kept"].as_str().unwrap(), StatusCode::OK),
+        (seen["revoked"].as_str().unwrap(), StatusCode::UNAUTHORIZED),
+    ] {
+        let response = app.client.get(app.url(&balance)).bearer_auth(key).send().await.unwrap();
+        assert_eq!(response.status(), status, "{key}");
+    }
     app.finish().await;
 }

@@ -6,7 +6,7 @@
 // JSON. Usage: node account.mjs <base URL> <email> <password> <server's unix time> [screenshots]
 import { createHmac } from "node:crypto";
 import { readFile } from "node:fs/promises";
-import { browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
 
 const [base, email, password, now, shots] = process.argv.slice(2);
 
@@ -34,6 +34,7 @@ try {
 
   // The account page, from the address in the top bar.
   await Promise.all([page.waitForURL(`${base}/account`), page.click(`header a:has-text('${email}')`)]);
+  await accessible(page, "the Account page");
   await page.fill("#account-name", "Renamed Person");
   await page.click("#profile form[action='/account/name'] button[type=submit]");
   await page.waitForSelector("text=Your name was saved.");
@@ -55,6 +56,7 @@ try {
   const drawn = await page.$eval("img.qr", (img) => img.complete && img.naturalWidth >= 200);
   await expect(drawn, "the QR code is not drawn");
   if (shots) await page.screenshot({ path: `${shots}/account-totp.png`, fullPage: true });
+  await accessible(page, "the Account page enrolling TOTP");
   const secret = (await page.textContent("#totp-secret")).trim();
   // A wrong code: refused, the same key shown again.
   const right = totp(secret, step);
@@ -74,6 +76,7 @@ try {
   await expect(codes.every((code) => file.includes(code)), "the downloaded file lacks codes");
   await expect(download.suggestedFilename() === "recovery-codes.txt", download.suggestedFilename());
   if (shots) await page.screenshot({ path: `${shots}/account-recovery-codes.png`, fullPage: true });
+  await accessible(page, "the Account page with recovery codes");
   // Shown once: the page again has no codes.
   await page.goto(`${base}/account`);
   await expect(!(await page.isVisible("#recovery-codes")), "the codes are shown again");
@@ -85,6 +88,7 @@ try {
   await page.fill("#password", password);
   await page.click("button[type=submit]");
   await page.waitForSelector("#code");
+  await accessible(page, "the second-factor page");
   await page.fill("#code", right);
   await page.click("button[type=submit]");
   await page.waitForSelector("[role=alert]");
@@ -110,12 +114,14 @@ try {
   await page.fill("#delete-password", password);
   await page.click("button:has-text('Delete my account')");
   await page.waitForSelector("text=Your account was deleted.");
+  await accessible(page, "the account-deleted page");
   await page.goto(`${base}/console`);
   await expect(page.url() === `${base}/sign-in`, "still signed in after deleting the account");
   await page.fill("#email", email);
   await page.fill("#password", password);
   await page.click("button[type=submit]");
   await page.waitForSelector("text=Restore your account?");
+  await accessible(page, "the restore page");
   await Promise.all([page.waitForURL(`${base}/console`), page.click("button:has-text('Restore my account')")]);
 
   await expect(page.refused.length === 0, `the CSP refused: ${page.refused}`);

@@ -3,7 +3,7 @@
 // JSON. Usage:
 //   node billing.mjs buy   <base> <email> <password> [screenshots]   (→ {"checkout": URL})
 //   node billing.mjs after <base> <email> <password> <model> [screenshots]
-import { browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
 
 const [step, base, email, password, ...rest] = process.argv.slice(2);
 try {
@@ -29,12 +29,14 @@ try {
     await page.click("button:has-text('Pay on the payment page')");
     await page.waitForSelector("#buy-error");
     if (shots) await page.screenshot({ path: `${shots}/console-billing.png`, fullPage: true });
+    await accessible(page, "the Billing page");
     // Buying on the payment provider's page: a page of ours links there.
     await page.fill("#buy-amount", "50");
     await page.click("button:has-text('Pay on the payment page')");
     await page.waitForSelector("text=Buy $50.00 of credit");
     const checkout = await page.getAttribute("a:has-text('Continue to payment')", "href");
     await expect(await page.isVisible("a:has-text('Cancel')"), "no way back");
+    await accessible(page, "the page linking to the payment page");
     await expect(page.refused.length === 0, `the CSP refused: ${page.refused}`);
     console.log(JSON.stringify({ checkout }));
   } else if (step === "after") {
@@ -59,6 +61,7 @@ try {
     const cost = (await page.textContent("#total-cost")).trim();
     await expect(cost !== "$0.00", `total cost ${cost}`);
     if (shots) await page.screenshot({ path: `${shots}/console-usage.png`, fullPage: true });
+    await accessible(page, "the Usage page");
     await Promise.all([page.waitForURL(/by=key/), page.selectOption("#usage-by", "key")]);
     await expect(await page.isVisible("#usage-table td:has-text('test')"), "the key is not named in the table");
     await Promise.all([page.waitForURL(/show=tokens/), page.selectOption("#usage-show", "tokens")]);
@@ -77,6 +80,7 @@ try {
     await expect(JSON.stringify(spans) === JSON.stringify([["Hello", "token 9906"], [" world", "token 1917"]]), JSON.stringify(spans));
     await expect((await page.inputValue("#tokenizer-text")) === "Hello world", "the text was not kept");
     if (shots) await page.screenshot({ path: `${shots}/console-tokenizer.png`, fullPage: true });
+    await accessible(page, "the Tokenizer page");
     await expect(page.refused.length === 0, `the CSP refused: ${page.refused}`);
     console.log(JSON.stringify({ cost, tokens }));
   } else {

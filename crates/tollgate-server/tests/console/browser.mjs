@@ -1,6 +1,11 @@
 // Debian's Chromium under playwright-core (which downloads no browser), and the failure helpers
 // both browser scripts use.
+import { readFile } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
+
+/** axe-core's source, evaluated in a page by the driver (the page's CSP stays on). */
+const axeSource = await readFile(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
 export const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -29,4 +34,18 @@ export const newPage = async () => {
     if (message.type() === "error" && /Content Security Policy/i.test(message.text())) page.refused.push(message.text());
   });
   return page;
+};
+
+/**
+ * Fails the run if axe-core finds a violation of impact serious or critical on `page` as it
+ * stands (WCAG 2 A and AA rules, and best practices), naming `what` and where.
+ */
+export const accessible = async (page, what) => {
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+  const serious = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  if (serious.length > 0) {
+    const found = serious.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
+    await fail(`accessibility of ${what}:\n${found.join("\n")}`);
+  }
 };

@@ -2,7 +2,7 @@
 // would: sign in (a wrong password first), see the team's API keys, create one (its secret shown
 // once), disable it, delete it (confirming), sign out. Prints what the server must check, as
 // JSON. Usage: node console.mjs <base URL> <email> <password> [screenshot directory]
-import { browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
 
 const [base, email, password, shots] = process.argv.slice(2);
 try {
@@ -14,10 +14,12 @@ try {
   await page.goto(`${base}/`);
   await expect(page.url() === `${base}/sign-in`, `not sent to sign in: ${page.url()}`);
   await expect((await page.title()).startsWith("Sign in"), `title: ${await page.title()}`);
+  await accessible(page, "the sign-in page");
 
   // A newcomer creates an account: signed in at once, asked to verify the address.
   await page.click("text=Create an account");
   await expect(page.url() === `${base}/sign-up`, `not on the sign-up page: ${page.url()}`);
+  await accessible(page, "the sign-up page");
   await page.fill("#name", "Newcomer");
   await page.fill("#email", "newcomer@example.com");
   // A password of one repeated letter is refused by the server, with the reason; the form
@@ -53,12 +55,14 @@ try {
   const team = await page.$eval("#team option[selected]", (o) => o.textContent);
   await expect(team === "Personal Team", `current team: ${team}`);
   await expect(await page.isVisible("text=No API keys yet."), "a new team has keys?");
+  await accessible(page, "the API Keys page");
   if (shots) await page.screenshot({ path: `${shots}/console-empty.png`, fullPage: true });
 
   // Sessions (where sign-in alerts send people): this browser, and the one the test signed in
   // with curl before; end that one.
   await Promise.all([page.waitForURL(`${base}/sessions`), page.click("a:has-text('Sessions')")]);
   await expect(await page.isVisible("tr:has-text('This browser')"), "this browser is not marked");
+  await accessible(page, "the Sessions page");
   const other = page.locator("tr", { hasText: "curl" });
   await expect((await other.count()) === 1, "the other session is not listed");
   if (shots) await page.screenshot({ path: `${shots}/console-sessions.png`, fullPage: true });
@@ -79,6 +83,7 @@ try {
   await page.waitForSelector("text=An invitation was sent to newcomer@example.com.");
   const pending = page.locator("tr", { hasText: "newcomer@example.com" });
   await expect((await pending.locator("td").nth(1).textContent()).trim() === "Member", "the invitation's role");
+  await accessible(page, "the Users page");
   if (shots) await page.screenshot({ path: `${shots}/console-users.png`, fullPage: true });
   await pending.locator("button:has-text('Withdraw')").click();
   await page.waitForSelector("text=The invitation was withdrawn.");
@@ -99,6 +104,7 @@ try {
   const copied = await page.evaluate(() => navigator.clipboard.readText());
   await expect(copied === secret, `the copy button copied ${copied}`);
   const row = page.locator("tr", { hasText: "browser key" });
+  await accessible(page, "the API Keys page with a new key");
   await expect((await row.locator("td").nth(2).textContent()).trim() === "active", "the new key is not active");
   if (shots) await page.screenshot({ path: `${shots}/console-created.png`, fullPage: true });
 
@@ -118,6 +124,7 @@ try {
     await expect(actions.includes(action), `${action} not in the audit log: ${actions}`);
   }
   await expect(actions.indexOf("DeleteApiKey") < actions.indexOf("CreateApiKey"), "not newest first");
+  await accessible(page, "the Audit Log page");
   await page.fill("#q", "DeleteApiKey");
   await Promise.all([page.waitForURL(/\/console\/audit\?/), page.click("form.filters button[type=submit]")]);
   const found = await page.$$eval("#events tbody tr td:nth-child(2)", (cells) => cells.map((c) => c.textContent.trim()));
@@ -169,6 +176,7 @@ try {
   // "+ Create Team": a bad name is shown next to its field; the new team becomes the current
   // one; the switcher goes back (its script submits on change).
   await Promise.all([page.waitForURL(`${base}/console/teams/new`), page.click("a:has-text('+ Create Team')")]);
+  await accessible(page, "the new team page");
   await page.fill("#team-name", "   ");
   const [badTeam] = await Promise.all([
     page.waitForResponse((r) => r.url() === `${base}/console/teams` && r.request().method() === "POST"),
@@ -204,6 +212,7 @@ try {
   const record = await page.textContent("tr:has-text('example.com') code[id^=record-name]");
   await expect(record.trim() === "_tollgate-challenge.example.com", `record name ${record}`);
   if (shots) await page.screenshot({ path: `${shots}/console-settings.png`, fullPage: true });
+  await accessible(page, "the Settings page");
   await Promise.all([page.waitForURL(/\/remove$/), page.click("tr:has-text('example.com') button:has-text('Remove')")]);
   await expect(await page.isVisible("text=The domain was removed."), "the domain was not removed");
   await page.fill("#confirm-name", "Browser Team");
@@ -223,6 +232,24 @@ try {
   const policy = reloaded.headers()["content-security-policy"] || "";
   await expect(policy.includes("script-src 'self'") && policy.includes("frame-ancestors 'none'"), `CSP: ${policy}`);
   await expect(await page.isVisible("text=No API keys yet."), "the deleted key is back after a reload");
+
+  // On a phone: every page in one column (nothing wider than the screen; a wide table scrolls
+  // within itself), and as accessible.
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const small = await phone.newPage();
+  await small.goto(`${base}/sign-in`);
+  await small.fill("#email", email);
+  await small.fill("#password", password);
+  await Promise.all([small.waitForURL(`${base}/console`), small.click("button[type=submit]")]);
+  for (const path of ["/console", "/console/users", "/console/usage", "/console/billing", "/console/audit",
+    "/console/settings", "/console/tokenizer", "/console/management-keys", "/account", "/sessions", "/console/teams/new"]) {
+    await small.goto(`${base}${path}`);
+    const [wide, screen] = await small.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    await expect(wide <= screen, `${path} is ${wide}px wide on a ${screen}px screen`);
+    await accessible(small, `${path} on a phone`);
+    if (shots) await small.screenshot({ path: `${shots}/phone${path.replaceAll("/", "-")}.png`, fullPage: true });
+  }
+  await phone.close();
 
   // Sign out: back to the sign-in page; the console is closed.
   await Promise.all([page.waitForURL(`${base}/sign-in`), page.click("button:has-text('Sign out')")]);

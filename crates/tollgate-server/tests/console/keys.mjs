@@ -2,7 +2,7 @@
 // calls the API with the keys in between). Prints what the server must check, as JSON. Usage:
 //   node keys.mjs narrow <base> <email> <password> <model> [screenshots]  (→ {"first", "rotated", "id"})
 //   node keys.mjs used   <base> <email> <password> <key id>
-import { browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
 
 const [step, base, email, password, ...rest] = process.argv.slice(2);
 try {
@@ -60,6 +60,7 @@ try {
     await expect(rotated !== first, "the secret did not change");
     await expect(await page.isVisible("text=the previous secret works until"), "the grace is not shown");
     if (shots) await page.screenshot({ path: `${shots}/console-key.png`, fullPage: true });
+    await accessible(page, "a key's page");
     await page.goto(`${base}/console/api-keys/${id}`);
     await expect(!(await page.isVisible("#new-key")), "the new secret is shown again");
     await expect(page.refused.length === 0, `the CSP refused: ${page.refused}`);

@@ -5,7 +5,7 @@
 //   node links.mjs reset  <base> <token> <email> <new password>
 //   node links.mjs change <base> <token>   (confirm a new address)
 //   node links.mjs stop   <base> <token>   (stop a change from the old address)
-import { browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
 
 const [step, base, ...rest] = process.argv.slice(2);
 try {
@@ -16,6 +16,7 @@ try {
     // The token moved into the form and out of the address bar; nothing is spent before the press.
     await expect(page.url() === `${base}/verify-email`, `the token stayed in the address: ${page.url()}`);
     await expect((await page.inputValue("#token")) === token, "the token is not in the form");
+    await accessible(page, "the verify-email page");
     await page.click("button:has-text('Verify my address')");
     await page.waitForSelector("text=is verified.");
   } else if (step === "forgot") {

@@ -2,7 +2,7 @@
 // the Users page; creates a management key (its secret shown once), revokes one (confirmed on
 // the page), and keeps another. Prints what the server must check, as JSON. Usage:
 //   node team.mjs <base> <email> <password> <member's email> [screenshots]
-import { browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
 
 const [base, email, password, member, shots] = process.argv.slice(2);
 try {
@@ -24,6 +24,7 @@ try {
   // The owner's own row offers no change.
   await expect((await page.locator("tr", { hasText: email }).locator("select").count()) === 0, "the owner may change their own role");
   if (shots) await page.screenshot({ path: `${shots}/console-users-roles.png`, fullPage: true });
+  await accessible(page, "the Users page with roles");
 
   // Management Keys: create one and revoke it (confirmed on the page); keep another.
   await Promise.all([page.waitForURL(/\/console\/management-keys/), page.click("nav.tabs a:has-text('Management Keys')")]);
@@ -45,6 +46,7 @@ try {
   const by = (await page.locator("tr", { hasText: "ci key" }).locator("td").nth(3).textContent()).trim();
   await expect(by === email, `made by ${by}`);
   if (shots) await page.screenshot({ path: `${shots}/console-management-keys.png`, fullPage: true });
+  await accessible(page, "the Management Keys page");
   await expect(page.refused.length === 0, `the CSP refused: ${page.refused}`);
   console.log(JSON.stringify({ revoked, kept }));
   await browser.close();

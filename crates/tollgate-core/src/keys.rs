@@ -1194,6 +1194,15 @@ impl KeyService {
             .map_err(not_found_is_key)
     }
 
+    /// Every live API key of `team_id`, for an operator (to block one).
+    pub async fn keys_for_operator(
+        &self,
+        _operator: &crate::Operator,
+        team_id: tollgate_domain::TeamId,
+    ) -> Result<Vec<ApiKey>, KeyError> {
+        Ok(self.store.list_api_keys(team_id, None, 1_000).await?)
+    }
+
     /// A page of the team's keys (management API), audited as `ListApiKeys`.
     pub async fn list_api_keys(
         &self,

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod limits;
 pub mod mail;
 pub mod notices;
+pub mod operators;
 pub mod passwords;
 pub mod ratelimit;
 pub mod reads;
@@ -41,6 +42,7 @@ pub use inference::{
 pub use keys::{ApiKeyChanges, AuthError, KeyError, KeyService, LeakOutcome, NewApiKey, Propagation};
 pub use mail::{MailDispatcher, MailError, MailWaker, Mailer, SmtpMailer};
 pub use notices::Notices;
+pub use operators::{Operator, OperatorError, Operators};
 pub use passwords::{Argon2id, HashingError, PasswordHasher, PasswordHashing};
 pub use ratelimit::{GlobalRateLimiter, LocalRateLimiter, RateLimiter, SharedCounters, SharedError, Subject};
 pub use responses::{ResponseError, Responses, Saved};

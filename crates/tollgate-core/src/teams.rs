@@ -392,6 +392,32 @@ impl TeamService {
         Ok(team)
     }
 
+    /// The operator's overview: live teams whose name contains `search`, newest first, with
+    /// their credit.
+    pub async fn overview(
+        &self,
+        _operator: &crate::Operator,
+        search: &str,
+        limit: u32,
+    ) -> Result<Vec<tollgate_store::TeamSummary>, TeamError> {
+        Ok(self.store.list_teams(search.trim(), limit).await?)
+    }
+
+    /// One team as an operator sees it, with its members.
+    pub async fn team_for_operator(
+        &self,
+        _operator: &crate::Operator,
+        team_id: TeamId,
+    ) -> Result<(Team, Vec<Member>, DataUse), TeamError> {
+        let team = self.store.get_team(team_id).await.map_err(|e| match e {
+            StoreError::NotFound => TeamError::TeamNotFound,
+            other => other.into(),
+        })?;
+        let members = self.store.list_members(team_id).await?;
+        let data_use = self.store.data_use(team_id).await?;
+        Ok((team, members, data_use))
+    }
+
     /// The caller's team.
     pub async fn team(&self, caller: &Caller) -> Result<Team, TeamError> {
         self.store.get_team(caller.team_id()).await.map_err(|e| match e {

@@ -78,6 +78,10 @@ pub struct AppState {
     pub responses: tollgate_core::Responses,
     /// GitHub secret scanning reports.
     pub secret_scanning: SecretScanning,
+    /// Rate-limit tiers (the operator pages pin them).
+    pub tiers: tollgate_core::tiers::Tiers,
+    /// Who may open the operator pages.
+    pub operators: tollgate_core::Operators,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// Settings.

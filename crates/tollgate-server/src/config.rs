@@ -46,6 +46,10 @@ pub struct Config {
     /// The console's public URL, named in messages ("You can obtain an API key from …").
     #[serde(default = "defaults::console_url")]
     pub console_url: String,
+    /// The operators' addresses: their accounts (the address verified, two-factor
+    /// authentication on) open the operator pages at `/operator`. Empty: nobody does.
+    #[serde(default)]
+    pub operators: Vec<String>,
     /// The product name operators show (`owned_by` in model lists).
     #[serde(default = "defaults::product_name")]
     pub product_name: String,
@@ -1101,6 +1105,16 @@ impl Config {
             .collect()
     }
 
+    /// The operators' addresses, parsed.
+    pub fn operator_addresses(&self) -> anyhow::Result<Vec<tollgate_domain::Email>> {
+        self.operators
+            .iter()
+            .map(|address| {
+                tollgate_domain::Email::parse(address).map_err(|e| anyhow::anyhow!("operators: '{address}': {e}"))
+            })
+            .collect()
+    }
+
     /// Checks what serde cannot: prefixes, URLs, prices.
     pub fn validate(&self) -> anyhow::Result<()> {
         KeyPrefix::parse(&self.api_key_prefix).map_err(|e| anyhow::anyhow!("api_key_prefix: {e}"))?;
@@ -1117,6 +1131,7 @@ impl Config {
         );
         self.rate_limits.schedule()?;
         self.search.validate()?;
+        self.operator_addresses()?;
         anyhow::ensure!(
             self.grpc_tls_cert.is_some() == self.grpc_tls_key.is_some(),
             "grpc_tls_cert and grpc_tls_key go together: set both for TLS, or neither"

@@ -649,6 +649,8 @@ pub async fn start(
                 token: config.secret_scanning.github_token.clone(),
             }),
         ),
+        tiers: services.tiers.clone(),
+        operators: tollgate_core::Operators::new(config.operator_addresses()?),
         metrics: Arc::clone(&metrics),
         settings: Arc::new(HttpSettings {
             console_url: config.console_url.trim_end_matches('/').to_owned(),

@@ -225,6 +225,19 @@ pub struct TokenRedemption<'a> {
     pub audits: &'a [AuditEvent],
 }
 
+/// A team as the operator's overview lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamSummary {
+    /// The team.
+    pub team: Team,
+    /// Its credit (as its balance row stands: leases taken by nodes are already out of it).
+    pub balance: tollgate_domain::Balance,
+    /// How many members it has.
+    pub members: u64,
+    /// The unpaid invoice it is blocked for, if any.
+    pub blocked_invoice: Option<String>,
+}
+
 /// Teams and memberships.
 #[async_trait]
 pub trait TeamStore: Send + Sync {
@@ -254,6 +267,9 @@ pub trait TeamStore: Send + Sync {
     async fn delete_team(&self, team_id: TeamId, at: Timestamp, audit: &AuditEvent) -> Result<(), StoreError>;
     /// The team's members, oldest first.
     async fn list_members(&self, team_id: TeamId) -> Result<Vec<Member>, StoreError>;
+    /// Live teams whose name contains `search` (any case; empty: every team), newest first, at
+    /// most `limit`, with their balances: the operator's overview.
+    async fn list_teams(&self, search: &str, limit: u32) -> Result<Vec<TeamSummary>, StoreError>;
     /// Adds a member; `Conflict` when they are one already.
     async fn add_member(
         &self,

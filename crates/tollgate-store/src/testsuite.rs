@@ -209,6 +209,58 @@ pub async fn user_gets_personal_team(store: &dyn Store) {
     assert_eq!(events[0].ip.as_deref(), Some("192.0.2.1"));
 }
 
+/// The operator's overview lists live teams newest first, found by a literal part of their
+/// name in any case, with their balances and member counts.
+pub async fn teams_are_listed_for_the_operator(store: &dyn Store) {
+    let (_, first) = seed_user(store, "list-a@example.com").await;
+    let (_, second) = seed_user(store, "list-b@example.com").await;
+    let renamed = Team {
+        name: "Acme 100% Research".into(),
+        ..second.clone()
+    };
+    store
+        .update_team(&renamed, &audit(Some(second.id), AuditAction::UpdateTeam, at(2)))
+        .await
+        .unwrap();
+    let grant = tollgate_domain::LedgerEntry {
+        id: Uuid::now_v7(),
+        team_id: second.id,
+        kind: tollgate_domain::EntryKind::Adjustment,
+        bucket: tollgate_domain::Bucket::Prepaid,
+        amount: Ticks::new(250),
+        idempotency_key: format!("test:{}", Uuid::now_v7()),
+        lot_id: None,
+        expires_at: None,
+        reason: Some("test".into()),
+        created_at: at(3),
+    };
+    store
+        .append_ledger_entry(&grant, &audit(Some(second.id), AuditAction::GrantCredits, at(3)))
+        .await
+        .unwrap();
+
+    let all = store.list_teams("", 100).await.unwrap();
+    let ids: Vec<TeamId> = all.iter().map(|summary| summary.team.id).collect();
+    assert!(ids.contains(&first.id) && ids.contains(&second.id), "{ids:?}");
+    let found = store.list_teams("acme 100%", 100).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].team, renamed);
+    assert_eq!(found[0].balance.prepaid, Ticks::new(250));
+    assert_eq!(found[0].members, 1);
+    assert_eq!(found[0].blocked_invoice, None);
+    // LIKE's wildcards in the search are literal.
+    assert!(store.list_teams("acme 1_0", 100).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_teams("%", 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.team.name.contains('%'))
+    );
+    assert_eq!(store.list_teams("", 1).await.unwrap().len(), 1);
+}
+
 /// Missing rows are `NotFound` or `None`, never an error of another kind.
 pub async fn missing_rows(store: &dyn Store) {
     assert!(matches!(store.get_user(UserId::new()).await, Err(StoreError::NotFound)));
@@ -1718,6 +1770,7 @@ macro_rules! for_each_conformance_case {
     ($callback:ident) => {
         $callback!(
             user_gets_personal_team,
+            teams_are_listed_for_the_operator,
             missing_rows,
             duplicate_email_conflicts_and_writes_nothing,
             api_keys_round_trip_and_paginate,

@@ -160,6 +160,15 @@ impl Ledger {
         Ok(limits)
     }
 
+    /// A team's spending limits, for an operator.
+    pub async fn limits_for_operator(
+        &self,
+        _operator: &crate::Operator,
+        team_id: TeamId,
+    ) -> Result<SpendingLimits, LedgerError> {
+        self.limits_of(team_id).await
+    }
+
     /// Sets the operator's maximum for one team (`hardSlOverride`; `None` returns it to the
     /// default).
     pub async fn set_hard_override(

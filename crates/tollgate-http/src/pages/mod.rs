@@ -31,6 +31,7 @@ mod key;
 mod keys;
 mod links;
 mod management_keys;
+mod operator;
 mod sessions;
 mod settings;
 mod teams;
@@ -56,6 +57,7 @@ use links::{
     report_email_change_page, reset_password, reset_password_page, verify_email, verify_email_page,
 };
 use management_keys::{create_management_key, management_keys, revoke_management_key};
+use operator::{block_key, grant, limit, operator, operator_team, tier, zero_retention};
 use sessions::{end_other_sessions, end_session, sessions};
 use settings::{add_domain, change_domain, delete_team, settings, update_team};
 use teams::{create_team, new_team_page};
@@ -237,6 +239,13 @@ pub(crate) fn router() -> Router<AppState> {
             "/console/teams/{team_id}/management-keys/{key_id}/revoke",
             post(revoke_management_key),
         )
+        .route("/operator", get(operator))
+        .route("/operator/teams/{team_id}", get(operator_team))
+        .route("/operator/teams/{team_id}/grant", post(grant))
+        .route("/operator/teams/{team_id}/limit", post(limit))
+        .route("/operator/teams/{team_id}/tier", post(tier))
+        .route("/operator/teams/{team_id}/zero-retention", post(zero_retention))
+        .route("/operator/teams/{team_id}/keys/{key_id}/block", post(block_key))
         .route("/console/usage", get(usage))
         .route("/console/tokenizer", get(tokenizer).post(tokenize))
         .route("/console/users", get(users))
@@ -547,6 +556,8 @@ struct Frame {
     sees_billing: bool,
     /// Whether the Management Keys tab is shown.
     sees_management_keys: bool,
+    /// Whether the way to the operator pages is shown (an operator's address).
+    sees_operator: bool,
 }
 
 impl std::ops::Deref for Frame {
@@ -570,6 +581,7 @@ impl Context {
             sees_audit_log: self.caller.allows(Permission::ViewAuditLog),
             sees_billing: self.caller.allows(Permission::ManageBilling),
             sees_management_keys: self.caller.allows(Permission::ManageManagementKeys),
+            sees_operator: state.operators.names(&self.visitor.user),
         }
     }
 }

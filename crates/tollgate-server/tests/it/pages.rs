@@ -18,6 +18,7 @@ on_both_backends!(
     an_admin_buys_credit_and_reads_usage_in_the_console,
     a_person_narrows_and_rotates_a_key_in_the_console,
     an_admin_changes_roles_and_management_keys_in_the_console,
+    an_operator_manages_teams_in_the_console,
 );
 
 /// Whether the browser and its driver are here (scripts/test installs both); under CI their
@@ -600,5 +601,109 @@ async fn an_admin_changes_roles_and_management_keys_in_the_console(db: TestDb) {
         let response = app.client.get(app.url(&balance)).bearer_auth(key).send().await.unwrap();
         assert_eq!(response.status(), status, "{key}");
     }
+    app.finish().await;
+}
+
+/// The operator pages (`tests/console/operator.mjs`). Nobody opens them but a configured
+/// operator with a verified address and two-factor authentication on; the operator grants
+/// credit, raises a team's invoicing maximum, grants zero retention and blocks a key, each
+/// recorded in the team's audit log as that person.
+async fn an_operator_manages_teams_in_the_console(db: TestDb) {
+    use tollgate_domain::Clock as _;
+    if !browser_installed() {
+        return;
+    }
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    config.operators = vec!["ops@example.com".into()];
+    let app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let ops = app.signed_up("ops@example.com").await;
+    let owner = crate::teams::Browser::from_response(
+        app.client
+            .post(app.url("/api/auth/sign-in"))
+            .json(&serde_json::json!({"email": "owner@example.com", "password": "correct horse battery staple"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let operator_page = |browser: &crate::teams::Browser| {
+        let request = app.client.get(app.url("/operator")).header("cookie", browser.cookie());
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    // Not an operator; an operator's address not yet verified; verified, without a second
+    // factor: each refused, saying why.
+    let (status, body) = operator_page(&owner).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("Only the operators"), "{body}");
+    let (status, _) = operator_page(&ops).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    app.verify_email_of("ops@example.com").await;
+    let (status, body) = operator_page(&ops).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("Turn on two-factor authentication"), "{body}");
+
+    // Two-factor authentication on (its first code spends this step: the browser signs in with
+    // the next one).
+    let (status, enrollment) = app
+        .call_json(
+            reqwest::Method::POST,
+            "/api/account/mfa/totp",
+            &ops,
+            Some(serde_json::json!({"password": crate::teams::PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{enrollment}");
+    let secret = tollgate_domain::mfa::TotpSecret::from_base32(enrollment["secret"].as_str().unwrap()).unwrap();
+    let step = u64::try_from(app.clock.now().timestamp() / 30).unwrap();
+    let (status, _) = app
+        .call_json(
+            reqwest::Method::POST,
+            "/api/account/mfa/totp/confirm",
+            &ops,
+            Some(serde_json::json!({"code": format!("{:06}", secret.code_at_step(step))})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    script_step(
+        "operator.mjs",
+        vec![
+            app.url(""),
+            "ops@example.com".into(),
+            crate::teams::PASSWORD.into(),
+            format!("{:06}", secret.code_at_step(step + 1)),
+            app.team.id.to_string(),
+            shots,
+        ],
+    )
+    .await;
+
+    let balance = app.store().balance(app.team.id).await.unwrap();
+    assert_eq!(
+        balance.prepaid,
+        tollgate_domain::Ticks::new(1_250 * tollgate_domain::Ticks::PER_CENT)
+    );
+    assert!(app.store().data_use(app.team.id).await.unwrap().zero_retention);
+    assert_eq!(
+        app.hello_status(&key).await,
+        StatusCode::FORBIDDEN,
+        "a blocked key still works"
+    );
+    let events = app.store().list_audit_events(app.team.id, 200).await.unwrap();
+    let granted = events
+        .iter()
+        .find(|e| e.action == "GrantCredits")
+        .unwrap_or_else(|| panic!("the grant is not in the team's audit log: {events:?}"));
+    assert_eq!(
+        (granted.actor_kind.as_str(), granted.actor_label.as_deref()),
+        ("user", Some("ops@example.com")),
+        "{granted:?}"
+    );
     app.finish().await;
 }

@@ -95,7 +95,7 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn verify_email_of(&self, email: &str) {
+    pub(crate) async fn verify_email_of(&self, email: &str) {
         let mail = self
             .store()
             .list_mail(100)

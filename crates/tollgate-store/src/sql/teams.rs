@@ -26,6 +26,45 @@ impl TeamStore for SqlStore {
         team_from_row(&row)
     }
 
+    async fn list_teams(&self, search: &str, limit: u32) -> Result<Vec<crate::TeamSummary>, StoreError> {
+        // The search is a literal part of the name: LIKE's wildcards in it are escaped.
+        let pattern = format!(
+            "%{}%",
+            search
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let rows = sqlx::query(
+            "SELECT t.id, t.name, t.description, t.personal, t.created_at, t.blocked_invoice, \
+             COALESCE(b.prepaid, 0) AS prepaid, COALESCE(b.promo, 0) AS promo, \
+             CAST((SELECT COUNT(*) FROM team_members m WHERE m.team_id = t.id AND m.suspended_at IS NULL) AS BIGINT) \
+             AS members \
+             FROM teams t LEFT JOIN team_balances b ON b.team_id = t.id \
+             WHERE t.deleted_at IS NULL AND LOWER(t.name) LIKE $1 ESCAPE '\\' \
+             ORDER BY t.created_at DESC, t.id DESC LIMIT $2",
+        )
+        .bind(pattern)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let members: i64 = row.try_get("members")?;
+                Ok(crate::TeamSummary {
+                    team: team_from_row(row)?,
+                    balance: tollgate_domain::Balance {
+                        prepaid: tollgate_domain::Ticks::new(row.try_get("prepaid")?),
+                        promo: tollgate_domain::Ticks::new(row.try_get("promo")?),
+                    },
+                    members: u64::try_from(members).map_err(|error| corrupt("member count", error))?,
+                    blocked_invoice: row.try_get("blocked_invoice")?,
+                })
+            })
+            .collect()
+    }
+
     async fn list_memberships(&self, user_id: UserId) -> Result<Vec<Membership>, StoreError> {
         let rows = sqlx::query(
             "SELECT t.id, t.name, t.description, t.personal, t.created_at, m.role FROM team_members m \

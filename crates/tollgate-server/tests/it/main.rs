@@ -14,6 +14,7 @@ mod console;
 mod crash;
 mod credit;
 mod deferred;
+mod docs;
 mod grpc;
 mod hardening;
 mod inference;

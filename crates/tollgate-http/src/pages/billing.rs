@@ -72,6 +72,38 @@ struct AutoFields {
     monthly_max: String,
 }
 
+/// The billing details' fields as the form shows them.
+#[derive(Default)]
+struct DetailsFields {
+    name: String,
+    email: String,
+    line1: String,
+    line2: String,
+    city: String,
+    state: String,
+    postal_code: String,
+    country: String,
+    tax_id_type: String,
+    tax_number: String,
+}
+
+impl DetailsFields {
+    fn of(info: &tollgate_domain::payments::BillingInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            email: info.email.clone(),
+            line1: info.address.line1.clone(),
+            line2: info.address.line2.clone(),
+            city: info.address.city.clone(),
+            state: info.address.state.clone(),
+            postal_code: info.address.postal_code.clone(),
+            country: info.address.country.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+            tax_id_type: info.tax_id_type.clone(),
+            tax_number: info.tax_number.clone(),
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "billing.html")]
 struct BillingPage {
@@ -91,6 +123,7 @@ struct BillingPage {
     invoices: Vec<InvoiceRow>,
     auto: AutoFields,
     alert: String,
+    details: DetailsFields,
     outcome: Outcome,
 }
 
@@ -111,12 +144,26 @@ pub(super) async fn billing(
 }
 
 async fn billing_page(state: &AppState, headers: &HeaderMap, team: Option<String>, outcome: Outcome) -> Response {
+    billing_page_with(state, headers, team, outcome, None).await
+}
+
+/// The page, its billing details' form showing `typed` (a refused form keeps what was typed).
+async fn billing_page_with(
+    state: &AppState,
+    headers: &HeaderMap,
+    team: Option<String>,
+    outcome: Outcome,
+    typed: Option<DetailsFields>,
+) -> Response {
     let context = match context(state, headers, team).await {
         Ok(context) => context,
         Err(response) => return response,
     };
     match billing_of(state, &context, outcome).await {
-        Ok(page) => {
+        Ok(mut page) => {
+            if let Some(typed) = typed {
+                page.details = typed;
+            }
             let status = page.outcome.status();
             let mut response = console_page(state, context.team_id, &page);
             *response.status_mut() = status;
@@ -147,6 +194,7 @@ async fn billing_of(
         .await
         .map_err(failure)?;
     let settings = state.payments.billing_settings(caller).await.map_err(failure)?;
+    let details = state.payments.billing_info(caller).await.map_err(failure)?;
     let when = |at: tollgate_domain::Timestamp| at.format("%Y-%m-%d %H:%M UTC").to_string();
     Ok(BillingPage {
         frame: context.frame(state, "/console/billing"),
@@ -217,6 +265,7 @@ async fn billing_of(
             })
             .unwrap_or_default(),
         alert: settings.low_balance_alert.map(field_dollars).unwrap_or_default(),
+        details: details.as_ref().map(DetailsFields::of).unwrap_or_default(),
         outcome,
     })
 }
@@ -241,6 +290,26 @@ pub(super) struct BillingForm {
     monthly_max: String,
     #[serde(default)]
     alert: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    line1: String,
+    #[serde(default)]
+    line2: String,
+    #[serde(default)]
+    city: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    postal_code: String,
+    #[serde(default)]
+    country: String,
+    #[serde(default)]
+    tax_id_type: String,
+    #[serde(default)]
+    tax_number: String,
 }
 
 /// Runs one change as the signed-in member of the team (CSRF checked), then shows the page
@@ -472,4 +541,68 @@ pub(super) async fn pay_invoice(
         })
     })
     .await
+}
+
+/// Sets who the team's invoices are made out to (issued invoices keep what they were issued
+/// with).
+pub(super) async fn set_details(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    headers: HeaderMap,
+    Path(team_id): Path<String>,
+    Form(form): Form<BillingForm>,
+) -> Response {
+    let (caller, _) = match member_of(&state, &headers, &team_id, form.csrf.as_deref()).await {
+        Ok(member) => member,
+        Err(problem) => return error_page(problem),
+    };
+    let typed = DetailsFields {
+        name: form.name.clone(),
+        email: form.email.clone(),
+        line1: form.line1.clone(),
+        line2: form.line2.clone(),
+        city: form.city.clone(),
+        state: form.state.clone(),
+        postal_code: form.postal_code.clone(),
+        country: form.country.trim().to_owned(),
+        tax_id_type: form.tax_id_type.clone(),
+        tax_number: form.tax_number.clone(),
+    };
+    let saved = async {
+        let country = match typed.country.as_str() {
+            "" => None,
+            code => Some(
+                code.parse::<tollgate_domain::payments::CountryCode>()
+                    .map_err(|e| (StatusCode::BAD_REQUEST, format!("Country: {e}")))?,
+            ),
+        };
+        let info = tollgate_domain::payments::BillingInfo {
+            name: typed.name.clone(),
+            email: typed.email.clone(),
+            address: tollgate_domain::payments::Address {
+                line1: typed.line1.clone(),
+                line2: typed.line2.clone(),
+                city: typed.city.clone(),
+                state: typed.state.clone(),
+                postal_code: typed.postal_code.clone(),
+                country,
+            },
+            tax_id_type: typed.tax_id_type.clone(),
+            tax_number: typed.tax_number.clone(),
+        };
+        state
+            .payments
+            .set_billing_info(&caller, info, &meta)
+            .await
+            .map_err(failure)
+    }
+    .await;
+    let (outcome, typed) = match saved {
+        Ok(_) => (
+            Outcome::notice("The billing details were saved; invoices from now on carry them.".to_owned()),
+            None,
+        ),
+        Err(problem) => (Outcome::failed("details", problem), Some(typed)),
+    };
+    billing_page_with(&state, &headers, Some(team_id), outcome, typed).await
 }

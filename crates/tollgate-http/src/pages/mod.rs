@@ -49,7 +49,7 @@ use auth::{
     sign_up, sign_up_page,
 };
 pub(crate) use auth::{federated, wants_html};
-use billing::{add_method, billing, buy, default_method, pay_invoice, set_limit, set_settings};
+use billing::{add_method, billing, buy, default_method, pay_invoice, set_details, set_limit, set_settings};
 use key::{key, rotate_key, update_key};
 use keys::{change_key, console, create_key};
 use links::{
@@ -229,6 +229,7 @@ pub(crate) fn router() -> Router<AppState> {
             post(default_method),
         )
         .route("/console/teams/{team_id}/billing/settings", post(set_settings))
+        .route("/console/teams/{team_id}/billing/details", post(set_details))
         .route(
             "/console/teams/{team_id}/billing/invoices/{invoice_id}/pay",
             post(pay_invoice),

@@ -30,6 +30,19 @@ try {
     await page.waitForSelector("#buy-error");
     if (shots) await page.screenshot({ path: `${shots}/console-billing.png`, fullPage: true });
     await accessible(page, "the Billing page");
+    // Billing details: a country that is not two letters is refused next to the form.
+    await page.fill("#details-name", "Ada Research Ltd");
+    await page.fill("#details-line1", "1 Rue de la Paix");
+    await page.fill("#details-city", "Paris");
+    await page.fill("#details-postal", "75002");
+    await page.fill("#details-country", "F");
+    await page.click("button:has-text('Save details')");
+    await page.waitForSelector("#details-error");
+    await expect((await page.inputValue("#details-name")) === "Ada Research Ltd", "the refused form lost what was typed");
+    await page.fill("#details-country", "fr");
+    await page.click("button:has-text('Save details')");
+    await page.waitForSelector("text=The billing details were saved");
+    await expect((await page.inputValue("#details-country")) === "FR", "the country is not shown as saved");
     // Buying on the payment provider's page: a page of ours links there.
     await page.fill("#buy-amount", "50");
     await page.click("button:has-text('Pay on the payment page')");
@@ -50,6 +63,7 @@ try {
     await expect((await receipt.locator("td").nth(3).textContent()).trim() === "$50.00", "the receipt's total");
     await Promise.all([page.waitForURL(/\/billing\/invoices\//), receipt.locator("a:has-text('View')").click()]);
     await page.waitForSelector("text=$50.00");
+    await expect(await page.isVisible("text=Ada Research Ltd"), "the receipt is not made out to the billing details");
     await page.goBack();
 
     // Usage: the request made with the key, drawn and tabled, by model and by key.

@@ -15,7 +15,7 @@ use tollgate_domain::analytics::{Dimension, Measure, Series, TimeUnit, UsageFilt
 use tollgate_domain::{EntryKind, SpendingLimits, TeamId, Ticks};
 
 use crate::AppState;
-use crate::console::TeamMember;
+use crate::api::TeamMember;
 use crate::error::XaiError;
 use crate::extract::{ManagementCaller, RequestMeta, XaiJson};
 

@@ -3,9 +3,9 @@
 //!
 //! **Invariant:** only this crate knows HTTP status codes and JSON envelopes.
 
+mod api;
 mod audit;
 mod billing;
-mod console;
 mod error;
 mod extract;
 mod invoice_pdf;
@@ -26,8 +26,8 @@ use tollgate_core::{AccountService, AuditService, Federation, KeyService, Secret
 use tollgate_domain::Clock;
 use tollgate_store::Store;
 
+pub use api::CookieSettings;
 pub use audit::ExportFormat;
-pub use console::CookieSettings;
 pub use error::{ErrorBody, XaiError, code_text};
 pub use metrics::Metrics;
 
@@ -107,7 +107,7 @@ pub fn router(state: AppState) -> Router {
         .merge(payments::router())
         .merge(audit::router())
         .merge(webhooks::router())
-        .merge(console::router())
+        .merge(api::router())
         .merge(pages::router())
         .merge(ops::router())
         .fallback(ops::not_found)

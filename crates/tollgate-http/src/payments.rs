@@ -14,8 +14,8 @@ use tollgate_domain::{Address, BillingInfo, Invoice, InvoiceKind, InvoiceStatus,
 use tollgate_store::{BillingSettings, InvoiceFilter};
 
 use crate::AppState;
+use crate::api::TeamMember;
 use crate::billing::CentView;
-use crate::console::TeamMember;
 use crate::error::XaiError;
 use crate::extract::{ManagementCaller, RequestMeta, XaiBytes, XaiJson};
 

@@ -408,7 +408,7 @@ pub(super) async fn link(
             let mut response = html(StatusCode::OK, &page);
             response.headers_mut().append(
                 header::SET_COOKIE,
-                crate::console::flow_cookie(&state, browser.expose(), 600),
+                crate::api::flow_cookie(&state, browser.expose(), 600),
             );
             response
         }

@@ -1,6 +1,6 @@
 //! The web console's pages: server-rendered HTML (askama templates compiled into the binary),
 //! enhanced with htmx (vendored, served from `/assets/` with Subresource Integrity). They call
-//! the same services as the console's JSON API (`console.rs`); nothing here holds a rule of its
+//! the same services as the console's JSON API (`api`); nothing here holds a rule of its
 //! own.
 //!
 //! Sessions are the JSON API's: the HttpOnly session cookie. A page's forms and htmx requests

@@ -27,6 +27,7 @@ mod account;
 mod audit;
 mod auth;
 mod billing;
+mod invitations;
 mod key;
 mod keys;
 mod links;
@@ -50,6 +51,7 @@ use auth::{
 };
 pub(crate) use auth::{federated, wants_html};
 use billing::{add_method, billing, buy, default_method, pay_invoice, set_details, set_limit, set_settings};
+use invitations::{accept, accept_waiting, invitations};
 use key::{key, rotate_key, update_key};
 use keys::{change_key, console, create_key};
 use links::{
@@ -206,6 +208,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/account/recovery-codes", post(renew_recovery_codes))
         .route("/account/passkeys/{passkey_id}/remove", post(remove_passkey))
         .route("/account/delete", post(delete_account))
+        .route("/accept-invitation", get(invitations).post(accept))
+        .route("/invitations/{invitation_id}/accept", post(accept_waiting))
         .route("/sessions", get(sessions))
         .route("/sessions/end-others", post(end_other_sessions))
         .route("/sessions/{session_id}/end", post(end_session))

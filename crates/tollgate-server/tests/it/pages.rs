@@ -19,6 +19,7 @@ on_both_backends!(
     a_person_narrows_and_rotates_a_key_in_the_console,
     an_admin_changes_roles_and_management_keys_in_the_console,
     an_operator_manages_teams_in_the_console,
+    a_person_joins_a_team_from_the_invitation_mail,
 );
 
 /// Whether the browser and its driver are here (scripts/test installs both); under CI their
@@ -705,5 +706,54 @@ async fn an_operator_manages_teams_in_the_console(db: TestDb) {
         ("user", Some("ops@example.com")),
         "{granted:?}"
     );
+    app.finish().await;
+}
+
+/// The invitation mail's link (`tests/console/join.mjs`): the invited person, signed up with the
+/// invited address and verified, opens it, signs in, and joins the team by pressing Accept.
+async fn a_person_joins_a_team_from_the_invitation_mail(db: TestDb) {
+    if !browser_installed() {
+        return;
+    }
+    let app = TestApp::new(db).await;
+    let admin = crate::teams::Browser::from_response(
+        app.client
+            .post(app.url("/api/auth/sign-in"))
+            .json(&serde_json::json!({"email": "owner@example.com", "password": "correct horse battery staple"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let team = app.team.id.to_string();
+    let (status, _) = app
+        .call_json(
+            reqwest::Method::POST,
+            &format!("/api/teams/{team}/members"),
+            &admin,
+            Some(serde_json::json!({"email": "joiner@example.com", "role": "member"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let token = app.invitation_token(&app.store().list_mail(100).await.unwrap(), "joiner@example.com");
+    app.signed_up("joiner@example.com").await;
+    app.verify_email_of("joiner@example.com").await;
+    let seen = script_step(
+        "join.mjs",
+        vec![
+            app.url(""),
+            "joiner@example.com".into(),
+            crate::teams::PASSWORD.into(),
+            token,
+        ],
+    )
+    .await;
+    assert!(seen["joined"].as_str().unwrap().ends_with(&team), "{seen}");
+    let members = app.store().list_members(app.team.id).await.unwrap();
+    let joined = members
+        .iter()
+        .find(|m| m.email.as_ref() == "joiner@example.com")
+        .unwrap();
+    assert_eq!(joined.role, tollgate_domain::Role::Member);
     app.finish().await;
 }

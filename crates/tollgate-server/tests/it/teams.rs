@@ -124,7 +124,7 @@ impl TestApp {
         assert_eq!(response.status(), StatusCode::OK);
     }
 
-    fn invitation_token(&self, mail: &[tollgate_domain::QueuedMail], email: &str) -> String {
+    pub(crate) fn invitation_token(&self, mail: &[tollgate_domain::QueuedMail], email: &str) -> String {
         let mail = mail
             .iter()
             .find(|m| m.mail.to[0].as_ref() == email && m.mail.subject.contains("You are invited"))

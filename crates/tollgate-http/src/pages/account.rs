@@ -87,11 +87,13 @@ impl NewCodes {
     }
 }
 
-/// What the Security section shows beside its state, once.
+/// What the page shows beside the account's state, once: a TOTP enrolment begun, new recovery
+/// codes, or what a refused form had typed (never a password or a code).
 enum Shown {
     Nothing,
     Enrolling(TotpEnrollment),
     Codes(Vec<tollgate_domain::mfa::RecoveryCode>),
+    Typed { name: String, new_email: String },
 }
 
 #[derive(Template)]
@@ -99,6 +101,8 @@ enum Shown {
 struct AccountPage {
     frame: Frame,
     name: String,
+    /// The new address a refused change had typed.
+    new_email: String,
     email: String,
     has_password: bool,
     identities: Vec<IdentityRow>,
@@ -162,8 +166,14 @@ async fn account_page(
         Shown::Codes(codes) => Some(NewCodes::new(&frame.product, codes)),
         _ => None,
     };
+    let (name, new_email) = match &shown {
+        Shown::Typed { name, new_email } if !name.is_empty() => (name.clone(), new_email.clone()),
+        Shown::Typed { new_email, .. } => (user.display_name.clone(), new_email.clone()),
+        _ => (user.display_name.clone(), String::new()),
+    };
     let page = AccountPage {
-        name: user.display_name.clone(),
+        name,
+        new_email,
         email: user.email.as_ref().to_owned(),
         has_password: user.password_hash.is_some(),
         providers: state
@@ -250,7 +260,13 @@ async fn change(
     };
     let (outcome, shown) = match run(&visitor).await {
         Ok((notice, shown)) => (Outcome::notice(notice), shown),
-        Err(error) => (Outcome::failed(place, failure(error)), Shown::Nothing),
+        Err(error) => (
+            Outcome::failed(place, failure(error)),
+            Shown::Typed {
+                name: form.name.clone(),
+                new_email: form.new_email.clone(),
+            },
+        ),
     };
     account_page(state, headers, None, outcome, shown).await
 }

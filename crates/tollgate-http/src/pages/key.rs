@@ -79,6 +79,41 @@ impl Access {
     }
 }
 
+impl Access {
+    /// What a refused form had ticked and typed, shown again as it was.
+    fn typed(state: &AppState, pairs: &[(String, String)]) -> Self {
+        let value = |name: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let ticked = |name: &str, v: &str| pairs.iter().any(|(n, value)| n == name && value == v);
+        let mut acls = Vec::new();
+        if ticked("all_endpoints", "yes") {
+            acls.push("api-key:endpoint:*".to_owned());
+        }
+        if ticked("all_models", "yes") {
+            acls.push("api-key:model:*".to_owned());
+        }
+        for (name, v) in pairs {
+            match name.as_str() {
+                "endpoint" => acls.push(format!("api-key:endpoint:{v}")),
+                "model" => acls.push(format!("api-key:model:{v}")),
+                _ => {}
+            }
+        }
+        Self {
+            qps: value("qps"),
+            qpm: value("qpm"),
+            tpm: value("tpm"),
+            expires: value("expires"),
+            ..Self::of(state, &acls, None)
+        }
+    }
+}
+
 /// A plain form's CSRF token among its pairs (read before the rest, so a malformed field is
 /// answered next to the form rather than as a refused change).
 pub(super) fn csrf_of(pairs: &[(String, String)]) -> Option<String> {
@@ -190,6 +225,16 @@ impl KeyFields {
     }
 }
 
+/// What the key's page shows after a change.
+#[derive(Default)]
+struct After {
+    outcome: Outcome,
+    /// The rotated key's new secret, shown once.
+    rotated: Option<String>,
+    /// What a refused form had typed: the name and the pickers.
+    typed: Option<(String, Access)>,
+}
+
 #[derive(Template)]
 #[template(path = "key.html")]
 struct KeyPage {
@@ -222,7 +267,7 @@ pub(super) async fn key(
     Path(key_id): Path<String>,
     Query(query): Query<ConsoleQuery>,
 ) -> Response {
-    key_page(&state, &headers, &meta, query.team, &key_id, Outcome::default(), None).await
+    key_page(&state, &headers, &meta, query.team, &key_id, After::default()).await
 }
 
 async fn key_page(
@@ -231,9 +276,13 @@ async fn key_page(
     meta: &tollgate_domain::RequestContext,
     team: Option<String>,
     key_id: &str,
-    outcome: Outcome,
-    rotated: Option<String>,
+    after: After,
 ) -> Response {
+    let After {
+        outcome,
+        rotated,
+        typed,
+    } = after;
     let context = match context(state, headers, team).await {
         Ok(context) => context,
         Err(response) => return response,
@@ -247,17 +296,18 @@ async fn key_page(
     };
     let when = |at: tollgate_domain::Timestamp| at.format("%Y-%m-%d %H:%M UTC").to_string();
     let acls: Vec<String> = key.acls.as_slice().iter().map(ToString::to_string).collect();
+    let (name, access) = typed.unwrap_or_else(|| (key.name.clone(), Access::of(state, &acls, Some(&key))));
     let page = KeyPage {
         frame: context.frame(state, "/console"),
         can_manage: context.caller.allows(Permission::ManageOwnApiKeys),
         id: key.id.to_string(),
-        name: key.name.clone(),
+        name,
         redacted: key.redacted.clone(),
         status: super::keys::status_of(&key),
         created: when(key.created_at),
         last_used: key.last_used_at.map_or_else(|| "never".to_owned(), when),
         previous_until: key.previous_secret_expires_at.map(when).unwrap_or_default(),
-        access: Access::of(state, &acls, Some(&key)),
+        access,
         rotated,
         outcome,
     };
@@ -276,6 +326,12 @@ pub(super) async fn update_key(
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let csrf = csrf_of(&pairs);
+    let typed_name = pairs
+        .iter()
+        .find(|(n, _)| n == "name")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let typed = (typed_name, Access::typed(&state, &pairs));
     let fields = KeyFields::parse(pairs);
     let (caller, _) = match member_of(&state, &headers, &team_id, csrf.as_deref()).await {
         Ok(member) => member,
@@ -298,7 +354,14 @@ pub(super) async fn update_key(
             Outcome::of(done.map(|_| "The key was saved.".to_owned()), "key")
         }
     };
-    key_page(&state, &headers, &meta, Some(team_id), &key_id, outcome, None).await
+    // A refused form shows what was typed; a saved one, the key as it now is.
+    let typed = outcome.error.is_some().then_some(typed);
+    let after = After {
+        outcome,
+        rotated: None,
+        typed,
+    };
+    key_page(&state, &headers, &meta, Some(team_id), &key_id, after).await
 }
 
 /// Rotates the key: a new secret, shown once; the old one stops at once or after the grace.
@@ -338,5 +401,10 @@ pub(super) async fn rotate_key(
         }
     };
     // Pages are never cached (`html`), so the new secret is not kept by the browser.
-    key_page(&state, &headers, &meta, Some(team_id), &key_id, outcome, rotated).await
+    let after = After {
+        outcome,
+        rotated,
+        typed: None,
+    };
+    key_page(&state, &headers, &meta, Some(team_id), &key_id, after).await
 }

@@ -45,6 +45,13 @@ try {
   await page.waitForSelector("#name-error");
   await expect((await page.getAttribute("#account-name", "aria-invalid")) === "true", "the field is not marked invalid");
 
+  // Changing the address asks for the password; a wrong one is refused, the new address kept.
+  await page.fill("#new-email", "careful.new@example.com");
+  await page.fill("#email-password", "not the password");
+  await page.click("button:has-text('Send a confirmation link')");
+  await page.waitForSelector("#email-error");
+  await expect((await page.inputValue("#new-email")) === "careful.new@example.com", "the refused form lost the address");
+
   // Turning on TOTP asks for the password again; the page shows a QR code rendered on the
   // server and the key to type.
   await page.fill("#totp-password", "not the password");

@@ -40,13 +40,16 @@ try {
     await expect(await page.isChecked("input[name=endpoint][value=chat]"), "chat is not ticked");
     await expect(!(await page.isChecked("input[name=all_endpoints]")), "all endpoints is ticked");
     await expect((await page.inputValue("#key-qpm")) === "60", "the limit is not shown");
+    // Also tokenize; 1,000 tokens a minute; a malformed requests-per-second is refused, and the
+    // form keeps what was ticked and typed.
+    await page.check("input[name=endpoint][value=tokenize]");
+    await page.fill("#key-tpm", "1000");
     await page.fill("#key-qps", "many");
     await page.click("#key button:has-text('Save')");
     await page.waitForSelector("#key-error");
+    await expect(await page.isChecked("input[name=endpoint][value=tokenize]"), "the refused form lost a ticked box");
+    await expect((await page.inputValue("#key-tpm")) === "1000", "the refused form lost a typed limit");
     await page.fill("#key-qps", "");
-    // Also tokenize; 1,000 tokens a minute.
-    await page.check("input[name=endpoint][value=tokenize]");
-    await page.fill("#key-tpm", "1000");
     await page.click("#key button:has-text('Save')");
     await page.waitForSelector("text=The key was saved.");
     await expect(await page.isChecked("input[name=endpoint][value=tokenize]"), "tokenize was not saved");

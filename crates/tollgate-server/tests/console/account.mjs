@@ -6,7 +6,7 @@
 // JSON. Usage: node account.mjs <base URL> <email> <password> <server's unix time> [screenshots]
 import { createHmac } from "node:crypto";
 import { readFile } from "node:fs/promises";
-import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, expect, fail, newPage, signIn } from "./browser.mjs";
 
 const [base, email, password, now, shots] = process.argv.slice(2);
 
@@ -27,10 +27,7 @@ const totp = (secret, step) => {
 try {
   const page = await newPage();
   const step = Math.floor(Number(now) / 30);
-  await page.goto(`${base}/sign-in`);
-  await page.fill("#email", email);
-  await page.fill("#password", password);
-  await Promise.all([page.waitForURL(`${base}/console`), page.click("button[type=submit]")]);
+  await signIn(page, base, email, password);
 
   // The account page, from the address in the top bar.
   await Promise.all([page.waitForURL(`${base}/account`), page.click(`header a:has-text('${email}')`)]);

@@ -3,15 +3,12 @@
 // JSON. Usage:
 //   node billing.mjs buy   <base> <email> <password> [screenshots]   (→ {"checkout": URL})
 //   node billing.mjs after <base> <email> <password> <model> [screenshots]
-import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, expect, fail, newPage, signIn } from "./browser.mjs";
 
 const [step, base, email, password, ...rest] = process.argv.slice(2);
 try {
   const page = await newPage();
-  await page.goto(`${base}/sign-in`);
-  await page.fill("#email", email);
-  await page.fill("#password", password);
-  await Promise.all([page.waitForURL(`${base}/console`), page.click("button[type=submit]")]);
+  await signIn(page, base, email, password);
   await Promise.all([page.waitForURL(/\/console\/billing/), page.click("nav.tabs a:has-text('Billing')")]);
 
   if (step === "buy") {

@@ -49,3 +49,11 @@ export const accessible = async (page, what) => {
     await fail(`accessibility of ${what}:\n${found.join("\n")}`);
   }
 };
+
+/** Signs `page` in with a password (no second factor asked), landing on the console. */
+export const signIn = async (page, base, email, password) => {
+  await page.goto(`${base}/sign-in`);
+  await page.fill("#email", email);
+  await page.fill("#password", password);
+  await Promise.all([page.waitForURL(`${base}/console`), page.click("button[type=submit]")]);
+};

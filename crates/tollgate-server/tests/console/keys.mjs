@@ -2,15 +2,12 @@
 // calls the API with the keys in between). Prints what the server must check, as JSON. Usage:
 //   node keys.mjs narrow <base> <email> <password> <model> [screenshots]  (→ {"first", "rotated", "id"})
 //   node keys.mjs used   <base> <email> <password> <key id>
-import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, expect, fail, newPage, signIn } from "./browser.mjs";
 
 const [step, base, email, password, ...rest] = process.argv.slice(2);
 try {
   const page = await newPage();
-  await page.goto(`${base}/sign-in`);
-  await page.fill("#email", email);
-  await page.fill("#password", password);
-  await Promise.all([page.waitForURL(`${base}/console`), page.click("button[type=submit]")]);
+  await signIn(page, base, email, password);
 
   if (step === "narrow") {
     const [model, shots] = rest;

@@ -2,15 +2,12 @@
 // the Users page; creates a management key (its secret shown once), revokes one (confirmed on
 // the page), and keeps another. Prints what the server must check, as JSON. Usage:
 //   node team.mjs <base> <email> <password> <member's email> [screenshots]
-import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, expect, fail, newPage, signIn } from "./browser.mjs";
 
 const [base, email, password, member, shots] = process.argv.slice(2);
 try {
   const page = await newPage();
-  await page.goto(`${base}/sign-in`);
-  await page.fill("#email", email);
-  await page.fill("#password", password);
-  await Promise.all([page.waitForURL(`${base}/console`), page.click("button[type=submit]")]);
+  await signIn(page, base, email, password);
 
   // Users: the member's role, changed in place (htmx).
   await Promise.all([page.waitForURL(/\/console\/users/), page.click("nav.tabs a:has-text('Users')")]);

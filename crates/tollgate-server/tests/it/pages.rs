@@ -347,6 +347,18 @@ async fn a_person_secures_their_account_on_the_account_page(db: TestDb) {
     app.finish().await;
 }
 
+/// A session of the test app's owner (an Admin of its team), signed in through the JSON API.
+async fn owner_session(app: &TestApp) -> crate::teams::Browser {
+    let response = app
+        .client
+        .post(app.url("/api/auth/sign-in"))
+        .json(&serde_json::json!({"email": "owner@example.com", "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap();
+    crate::teams::Browser::from_response(response).await
+}
+
 /// Runs one step of the browser script `tests/console/<name>`; its printed JSON.
 async fn script_step(name: &str, args: Vec<String>) -> Value {
     let script = format!("{}/tests/console/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -451,15 +463,7 @@ async fn an_admin_buys_credit_and_reads_usage_in_the_console(db: TestDb) {
 
     // A Member sees Usage (their own keys', so none) and no Billing tab; the server refuses the
     // Billing page and its changes all the same.
-    let admin = crate::teams::Browser::from_response(
-        app.client
-            .post(app.url("/api/auth/sign-in"))
-            .json(&serde_json::json!({"email": email, "password": password}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let admin = owner_session(&app).await;
     let team = app.team.id.to_string();
     let member = crate::teams::joined(&app, &admin, &team, "member@example.com", "member").await;
     let page = |path: String| {
@@ -553,15 +557,7 @@ async fn an_admin_changes_roles_and_management_keys_in_the_console(db: TestDb) {
     }
     let app = TestApp::new(db).await;
     let (email, password) = ("owner@example.com", "correct horse battery staple");
-    let admin = crate::teams::Browser::from_response(
-        app.client
-            .post(app.url("/api/auth/sign-in"))
-            .json(&serde_json::json!({"email": email, "password": password}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let admin = owner_session(&app).await;
     let team = app.team.id.to_string();
     let member = crate::teams::joined(&app, &admin, &team, "member@example.com", "member").await;
     let get = |path: String| {
@@ -620,15 +616,7 @@ async fn an_operator_manages_teams_in_the_console(db: TestDb) {
     let app = TestApp::with_config(db, upstream, config).await;
     let key = app.api_key().await;
     let ops = app.signed_up("ops@example.com").await;
-    let owner = crate::teams::Browser::from_response(
-        app.client
-            .post(app.url("/api/auth/sign-in"))
-            .json(&serde_json::json!({"email": "owner@example.com", "password": "correct horse battery staple"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let owner = owner_session(&app).await;
     let operator_page = |browser: &crate::teams::Browser| {
         let request = app.client.get(app.url("/operator")).header("cookie", browser.cookie());
         async move {
@@ -716,15 +704,7 @@ async fn a_person_joins_a_team_from_the_invitation_mail(db: TestDb) {
         return;
     }
     let app = TestApp::new(db).await;
-    let admin = crate::teams::Browser::from_response(
-        app.client
-            .post(app.url("/api/auth/sign-in"))
-            .json(&serde_json::json!({"email": "owner@example.com", "password": "correct horse battery staple"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let admin = owner_session(&app).await;
     let team = app.team.id.to_string();
     let (status, _) = app
         .call_json(

@@ -64,17 +64,6 @@ impl std::ops::Deref for AuditLogPage {
     }
 }
 
-/// A day (`YYYY-MM-DD`) as the moment it starts, UTC; the next day's start with `next`.
-fn day_start(field: &str, text: &str, next: bool) -> Result<Option<tollgate_domain::Timestamp>, String> {
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    let day = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
-        .map_err(|_| format!("{field} must be a day, YYYY-MM-DD"))?;
-    let day = if next { day.succ_opt().unwrap_or(day) } else { day };
-    Ok(day.and_hms_opt(0, 0, 0).map(|start| start.and_utc()))
-}
-
 /// The filter the form asks for, or what is wrong with it.
 fn filter(query: &AuditQuery) -> Result<tollgate_core::AuditFilter, String> {
     let trimmed = |text: &str| Some(text.trim().to_owned()).filter(|t| !t.is_empty());

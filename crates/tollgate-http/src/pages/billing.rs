@@ -19,7 +19,7 @@ pub(super) fn dollars(amount: Ticks) -> String {
 }
 
 /// A form's amount in dollars (`25`, `25.00`, `$25`), as ticks; the refusal names the field.
-fn typed_dollars(text: &str, field: &str) -> Result<Ticks, (StatusCode, String)> {
+pub(super) fn typed_dollars(text: &str, field: &str) -> Result<Ticks, (StatusCode, String)> {
     let text = text.trim().trim_start_matches('$').replace(',', "");
     parse_usd(&text).map_err(|error| (StatusCode::BAD_REQUEST, format!("{field}: {error}")))
 }

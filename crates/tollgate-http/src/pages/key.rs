@@ -4,8 +4,6 @@
 //! form on the API Keys page takes the same pickers. Plain forms; the services decide (a
 //! Member's keys stay within the team's key policy).
 
-use chrono::TimeZone as _;
-
 use super::*;
 
 /// A checkbox of a picker.
@@ -141,6 +139,7 @@ impl KeyFields {
     /// Reads the form's pairs; a malformed number or date is refused with the field's name.
     pub(super) fn parse(pairs: Vec<(String, String)>) -> Result<Self, (StatusCode, String)> {
         let bad = |field: &str, why: &str| (StatusCode::BAD_REQUEST, format!("{field}: {why}"));
+        let bad_day = |why: &str| (StatusCode::BAD_REQUEST, why.to_owned());
         let mut fields = Self::default();
         let (mut all_endpoints, mut all_models) = (false, false);
         let (mut endpoints, mut models) = (Vec::new(), Vec::new());
@@ -171,11 +170,7 @@ impl KeyFields {
                 "tpm" => fields.tpm = Some(value.parse().map_err(|_| bad("Tokens per minute", "a whole number"))?),
                 "expires" if value.is_empty() => {}
                 "expires" => {
-                    let day = chrono::NaiveDate::parse_from_str(&value, "%Y-%m-%d")
-                        .map_err(|_| bad("Expires on", "a date like 2027-01-31"))?;
-                    fields.expire_time = chrono::Utc
-                        .from_local_datetime(&day.and_hms_opt(0, 0, 0).unwrap_or_default())
-                        .single();
+                    fields.expire_time = day_start("Expires on", &value, false).map_err(|why| bad_day(&why))?
                 }
                 "grace_hours" if value.is_empty() => {}
                 "grace_hours" => {

@@ -483,6 +483,17 @@ impl std::ops::Deref for ContinuePage {
     }
 }
 
+/// A day (`YYYY-MM-DD`) as the moment it starts, UTC; the next day's start with `next`.
+fn day_start(field: &str, text: &str, next: bool) -> Result<Option<tollgate_domain::Timestamp>, String> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let day = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+        .map_err(|_| format!("{field} must be a day, YYYY-MM-DD"))?;
+    let day = if next { day.succ_opt().unwrap_or(day) } else { day };
+    Ok(day.and_hms_opt(0, 0, 0).map(|start| start.and_utc()))
+}
+
 /// A team in the switcher.
 #[derive(Clone)]
 struct TeamChoice {

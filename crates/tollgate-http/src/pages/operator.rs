@@ -4,11 +4,10 @@
 //! API keys. Only operators open them (core `Operators`: a configured, verified address with
 //! two-factor authentication on); each change is audited as that person.
 
-use chrono::TimeZone as _;
 use tollgate_core::Operator;
-use tollgate_domain::ledger::{format_usd, parse_usd};
+use tollgate_domain::ledger::format_usd;
 
-use super::billing::dollars;
+use super::billing::{dollars, typed_dollars};
 use super::*;
 
 /// The signed-in operator of a page (else the page saying why not).
@@ -294,13 +293,12 @@ pub(super) async fn grant(
     Form(form): Form<OperatorForm>,
 ) -> Response {
     change(&state, &headers, &team_id, &form, "grant", async |operator, team| {
-        let amount = parse_usd(form.usd.trim().trim_start_matches('$')).map_err(|e| bad(format!("Amount: {e}")))?;
+        let amount = typed_dollars(&form.usd, "Amount")?;
         let expires = if form.promo.is_some() {
-            let day = chrono::NaiveDate::parse_from_str(form.expires.trim(), "%Y-%m-%d")
-                .map_err(|_| bad("Promotional credit needs the day it expires".to_owned()))?;
-            chrono::Utc
-                .from_local_datetime(&day.and_hms_opt(0, 0, 0).unwrap_or_default())
-                .single()
+            day_start("Expires on", &form.expires, false)
+                .map_err(bad)?
+                .ok_or_else(|| bad("Promotional credit needs the day it expires".to_owned()))
+                .map(Some)?
         } else {
             None
         };
@@ -329,7 +327,7 @@ pub(super) async fn limit(
     change(&state, &headers, &team_id, &form, "limit", async |operator, team| {
         let max = match form.usd.trim() {
             "" => None,
-            text => Some(parse_usd(text.trim_start_matches('$')).map_err(|e| bad(format!("Maximum: {e}")))?),
+            text => Some(typed_dollars(text, "Maximum")?),
         };
         let limits = state
             .ledger

@@ -22,6 +22,26 @@ on_both_backends!(
     a_person_joins_a_team_from_the_invitation_mail,
 );
 
+/// Where a browser run saves each page's screenshot: `CONSOLE_SCREENSHOTS`, else
+/// `target/console-screenshots`, one folder per backend (the README's images in `docs/images`
+/// are never written).
+fn screenshots(app: &TestApp) -> String {
+    let base = std::env::var_os("CONSOLE_SCREENSHOTS")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR").map(|dir| std::path::PathBuf::from(dir).join("console-screenshots"))
+        })
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots"));
+    let backend = if app.config.database_url.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    let dir = base.join(backend);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.to_string_lossy().into_owned()
+}
+
 /// Whether the browser and its driver are here (scripts/test installs both); under CI their
 /// absence fails the test, elsewhere it is skipped with a note.
 fn browser_installed() -> bool {
@@ -65,7 +85,7 @@ async fn a_person_manages_api_keys_in_the_console(db: TestDb) {
         .to_owned();
     let base = app.url("");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/console.mjs");
-    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    let shots = screenshots(&app);
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .args([
@@ -290,7 +310,7 @@ async fn a_person_secures_their_account_on_the_account_page(db: TestDb) {
     let base = app.url("");
     let now = app.clock.now().timestamp().to_string();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/account.mjs");
-    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    let shots = screenshots(&app);
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .args([script, &base, email, password, &now, &shots])
@@ -407,7 +427,7 @@ async fn an_admin_buys_credit_and_reads_usage_in_the_console(db: TestDb) {
         .await
         .unwrap();
     let base = app.url("");
-    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    let shots = screenshots(&app);
     let (email, password) = ("owner@example.com", "correct horse battery staple");
     let opened = script_step(
         "billing.mjs",
@@ -496,7 +516,7 @@ async fn a_person_narrows_and_rotates_a_key_in_the_console(db: TestDb) {
     }
     let app = TestApp::new(db).await;
     let base = app.url("");
-    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    let shots = screenshots(&app);
     let (email, password) = ("owner@example.com", "correct horse battery staple");
     let seen = script_step(
         "keys.mjs",
@@ -578,7 +598,7 @@ async fn an_admin_changes_roles_and_management_keys_in_the_console(db: TestDb) {
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     let base = app.url("");
-    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    let shots = screenshots(&app);
     let seen = script_step(
         "team.mjs",
         vec![base, email.into(), password.into(), "member@example.com".into(), shots],
@@ -659,7 +679,7 @@ async fn an_operator_manages_teams_in_the_console(db: TestDb) {
         .await;
     assert_eq!(status, StatusCode::OK);
 
-    let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
+    let shots = screenshots(&app);
     script_step(
         "operator.mjs",
         vec![

@@ -174,9 +174,13 @@ impl KeyFields {
                 }
                 "grace_hours" if value.is_empty() => {}
                 "grace_hours" => {
+                    // The longest grace is the service's rule; this only keeps the number a
+                    // duration can hold.
                     fields.grace_hours = value
                         .parse()
-                        .map_err(|_| bad("Keep the old secret working for", "a whole number of hours"))?;
+                        .ok()
+                        .filter(|hours| chrono::Duration::try_hours(*hours).is_some())
+                        .ok_or_else(|| bad("Keep the old secret working for", "a whole number of hours"))?;
                 }
                 _ => {}
             }
@@ -377,7 +381,7 @@ pub(super) async fn rotate_key(
         (Err(problem), _) => (Outcome::failed("rotate", problem), None),
         (Ok(_), Err(_)) => return error_page((StatusCode::NOT_FOUND, "No such key".into())),
         (Ok(fields), Ok(id)) => {
-            let grace = chrono::Duration::hours(fields.grace_hours);
+            let grace = chrono::Duration::try_hours(fields.grace_hours).unwrap_or(chrono::Duration::MAX);
             match state.keys.rotate_api_key(&caller, id, Some(grace), &meta).await {
                 Ok((_, plain)) => (
                     Outcome::notice(if fields.grace_hours > 0 {
@@ -402,4 +406,47 @@ pub(super) async fn rotate_key(
         typed: None,
     };
     key_page(&state, &headers, &meta, Some(team_id), &key_id, after).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyFields;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn a_key_form_is_read_or_refused_with_its_field() {
+        let fields = KeyFields::parse(pairs(&[
+            ("name", " ci "),
+            ("access", "yes"),
+            ("endpoint", "chat"),
+            ("all_models", "yes"),
+            ("qpm", "60"),
+            ("expires", "2027-01-31"),
+        ]))
+        .unwrap();
+        let key = fields.new_key();
+        assert_eq!(key.acls, ["api-key:endpoint:chat", "api-key:model:*"]);
+        assert_eq!((key.qpm, key.qps, key.name.as_str()), (Some(60), None, "ci"));
+        assert_eq!(key.expire_time.unwrap().to_rfc3339(), "2027-01-31T00:00:00+00:00");
+        // Without pickers a new key may call everything.
+        let open = KeyFields::parse(pairs(&[("name", "x")])).unwrap().new_key();
+        assert_eq!(open.acls, ["api-key:endpoint:*", "api-key:model:*"]);
+        for bad in [
+            vec![("qps", "many")],
+            vec![("expires", "next week")],
+            vec![("access", "yes"), ("all_models", "yes")],
+            vec![("access", "yes"), ("all_endpoints", "yes")],
+            // More hours than a duration holds: refused, never a panic.
+            vec![("grace_hours", "9223372036854775807")],
+            vec![("grace_hours", "-x")],
+        ] {
+            let (status, message) = KeyFields::parse(pairs(&bad))
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} was taken"));
+            assert_eq!(status, axum::http::StatusCode::BAD_REQUEST, "{message}");
+        }
+    }
 }

@@ -99,6 +99,17 @@ pub(super) async fn operator(
     html(StatusCode::OK, &page)
 }
 
+/// A tier refused: the operator's mistake is a 4xx; a store failure a 500, logged, its
+/// details kept from the page.
+fn tier_failure(error: tollgate_core::tiers::TierError) -> (StatusCode, String) {
+    use tollgate_core::tiers::TierError;
+    match error {
+        TierError::NoSuchTier(..) => bad(error.to_string()),
+        TierError::TeamNotFound => (StatusCode::NOT_FOUND, error.to_string()),
+        TierError::Store(error) => failure(error),
+    }
+}
+
 fn tier_text(tier: &tollgate_core::tiers::TeamTier) -> String {
     match tier.standing.pinned {
         Some(_) => format!("{} (pinned)", tier.tier),
@@ -178,11 +189,7 @@ async fn team_page(state: &AppState, headers: &HeaderMap, team_id: &str, outcome
             .limits_for_operator(&operator, team_id)
             .await
             .map_err(failure)?;
-        let tier = state
-            .tiers
-            .tier_of(team_id)
-            .await
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let tier = state.tiers.tier_of(team_id).await.map_err(tier_failure)?;
         let keys = state
             .keys
             .keys_for_operator(&operator, team_id)
@@ -362,7 +369,7 @@ pub(super) async fn tier(
             .tiers
             .pin(team, tier, operator.actor(), &meta)
             .await
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(tier_failure)?;
         Ok(format!("The team's tier is {}.", tier_text(&standing)))
     })
     .await

@@ -100,6 +100,14 @@ pub enum AdmitError {
         /// The unpaid invoice's number.
         invoice: String,
     },
+    /// The operator blocked the team, saying why.
+    #[error("Your team {team} is blocked by the operator of this service: {reason}. Ask them to lift the block.")]
+    TeamBlockedByOperator {
+        /// The team.
+        team: tollgate_domain::TeamId,
+        /// The operator's reason.
+        reason: String,
+    },
     /// Credit could not be held, or the team's rate-limit tier read: the database is
     /// unavailable.
     #[error("credit or limits could not be checked: {0}")]
@@ -475,6 +483,12 @@ impl Inference {
             .catalog
             .resolve(model)
             .ok_or_else(|| AdmitError::UnknownModel(model.to_owned()))?;
+        if let Some(reason) = &key.team_blocked_reason {
+            return Err(AdmitError::TeamBlockedByOperator {
+                team: key.team_id,
+                reason: reason.clone(),
+            });
+        }
         if let Some(invoice) = &key.team_blocked_by {
             return Err(AdmitError::TeamBlocked {
                 team: key.team_id,
@@ -573,6 +587,12 @@ impl Inference {
             .resolve(model)
             .cloned()
             .ok_or_else(|| AdmitError::UnknownModel(model.to_owned()))?;
+        if let Some(reason) = &key.team_blocked_reason {
+            return Err(AdmitError::TeamBlockedByOperator {
+                team: key.team_id,
+                reason: reason.clone(),
+            });
+        }
         if let Some(invoice) = &key.team_blocked_by {
             return Err(AdmitError::TeamBlocked {
                 team: key.team_id,

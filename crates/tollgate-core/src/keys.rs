@@ -426,6 +426,7 @@ impl KeyService {
             deleted_at: None,
             last_used_at: None,
             previous_secret_expires_at: None,
+            team_blocked_reason: None,
             team_blocked_by: None,
             team_zero_retention: false,
         };

@@ -48,7 +48,7 @@ pub use ratelimit::{GlobalRateLimiter, LocalRateLimiter, RateLimiter, SharedCoun
 pub use responses::{ResponseError, Responses, Saved};
 pub use retention::{Retention, RetentionError, ToKeep};
 pub use secret_scanning::{Feedback, ScanError, SecretScanning, SigningKeySource};
-pub use teams::{TeamError, TeamService};
+pub use teams::{OperatorView, TeamError, TeamService};
 pub use tiers::{TeamTier, TierError, Tiers};
 pub use tools::{SearchCall, ServerTools, ToolRun, ToolSettings};
 pub use usage::{UsageError, UsageRecorder};

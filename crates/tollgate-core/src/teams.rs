@@ -43,6 +43,9 @@ pub enum TeamError {
     #[error("the description {0}")]
     InvalidDescription(tollgate_domain::NameError),
     /// Deleting needs the team's name typed exactly.
+    /// The operator's reason for blocking the team is empty or too long.
+    #[error("the reason {0}")]
+    InvalidReason(tollgate_domain::NameError),
     #[error("type the team's name exactly to delete it")]
     NameMismatch,
     /// A Personal Team goes with its account, not on its own.
@@ -101,6 +104,19 @@ pub struct TeamService {
     keys: KeyService,
     resolver: Arc<dyn TxtResolver>,
     entropy: Arc<dyn tollgate_domain::Entropy>,
+}
+
+/// One team as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct OperatorView {
+    /// The team.
+    pub team: Team,
+    /// Its members.
+    pub members: Vec<Member>,
+    /// How its data may be used.
+    pub data_use: DataUse,
+    /// Why the operator blocked it, if they did.
+    pub blocked_reason: Option<String>,
 }
 
 /// The longest team description.
@@ -408,14 +424,20 @@ impl TeamService {
         &self,
         _operator: &crate::Operator,
         team_id: TeamId,
-    ) -> Result<(Team, Vec<Member>, DataUse), TeamError> {
+    ) -> Result<OperatorView, TeamError> {
         let team = self.store.get_team(team_id).await.map_err(|e| match e {
             StoreError::NotFound => TeamError::TeamNotFound,
             other => other.into(),
         })?;
         let members = self.store.list_members(team_id).await?;
         let data_use = self.store.data_use(team_id).await?;
-        Ok((team, members, data_use))
+        let blocked_reason = self.store.team_block(team_id).await?;
+        Ok(OperatorView {
+            team,
+            members,
+            data_use,
+            blocked_reason,
+        })
     }
 
     /// The caller's team.
@@ -529,6 +551,60 @@ impl TeamService {
         );
         self.store.set_data_use(team_id, data_use, &audit).await?;
         Ok(data_use)
+    }
+
+    /// Blocks every request of the team (the operator), saying why: its keys are refused with
+    /// the reason until the block is lifted. Returns whether it changed (a blocked team stays
+    /// blocked for its first reason). This node refuses at once, the others within a second.
+    pub async fn block_team(
+        &self,
+        operator: &crate::Operator,
+        team_id: TeamId,
+        reason: &str,
+        context: &RequestContext,
+    ) -> Result<bool, TeamError> {
+        let reason = tollgate_domain::Name::parse_max(reason, 500)
+            .map_err(TeamError::InvalidReason)?
+            .into_string();
+        let audit = AuditEvent::success(
+            self.clock.now(),
+            Some(team_id),
+            operator.actor(),
+            AuditAction::BlockTeam,
+            format!("The operator blocked the team's requests: {reason}"),
+            Some(format!("team:{team_id}")),
+            context,
+        );
+        self.set_block(team_id, Some(&reason), &audit).await
+    }
+
+    /// Lifts the operator's block of the team (a block for an unpaid invoice stays until it
+    /// is paid). Returns whether it changed.
+    pub async fn unblock_team(
+        &self,
+        operator: &crate::Operator,
+        team_id: TeamId,
+        context: &RequestContext,
+    ) -> Result<bool, TeamError> {
+        let audit = AuditEvent::success(
+            self.clock.now(),
+            Some(team_id),
+            operator.actor(),
+            AuditAction::UnblockTeam,
+            "The operator lifted the block of the team's requests".to_owned(),
+            Some(format!("team:{team_id}")),
+            context,
+        );
+        self.set_block(team_id, None, &audit).await
+    }
+
+    async fn set_block(&self, team_id: TeamId, reason: Option<&str>, audit: &AuditEvent) -> Result<bool, TeamError> {
+        let changed = match self.store.set_team_block(team_id, reason, audit).await {
+            Err(StoreError::NotFound) => return Err(TeamError::TeamNotFound),
+            other => other?,
+        };
+        self.keys.forget_team(team_id);
+        Ok(changed)
     }
 
     /// Deletes the team (Admins), confirmed by its exact name: its keys stop working at once,

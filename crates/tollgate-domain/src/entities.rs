@@ -231,6 +231,9 @@ pub struct ApiKey {
     pub last_used_at: Option<Timestamp>,
     /// While set, the secret a rotation replaced is still accepted, until this time.
     pub previous_secret_expires_at: Option<Timestamp>,
+    /// Why the operator blocked the key's team, if they did: its requests are refused until
+    /// the operator lifts the block.
+    pub team_blocked_reason: Option<String>,
     /// The unpaid invoice (its number) for which the key's team is blocked, if any: its
     /// requests are refused until it is paid.
     pub team_blocked_by: Option<String>,

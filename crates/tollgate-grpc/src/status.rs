@@ -17,7 +17,8 @@ pub(crate) fn refused(error: &AdmitError) -> Status {
         AdmitError::EndpointDenied(_)
         | AdmitError::ModelDenied(_)
         | AdmitError::Unpriced(_)
-        | AdmitError::TeamBlocked { .. } => Code::PermissionDenied,
+        | AdmitError::TeamBlocked { .. }
+        | AdmitError::TeamBlockedByOperator { .. } => Code::PermissionDenied,
         AdmitError::OutOfCredit(_) | AdmitError::RateLimited { .. } => Code::ResourceExhausted,
         AdmitError::Unavailable(source) => {
             tracing::error!(error = %source, "credit or limits could not be checked");

@@ -236,6 +236,8 @@ pub struct TeamSummary {
     pub members: u64,
     /// The unpaid invoice it is blocked for, if any.
     pub blocked_invoice: Option<String>,
+    /// Why the operator blocked it, if they did.
+    pub blocked_reason: Option<String>,
 }
 
 /// Teams and memberships.
@@ -253,6 +255,17 @@ pub trait TeamStore: Send + Sync {
     async fn create_team(&self, team: &Team, admin: UserId, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Writes the team's name and description.
     async fn update_team(&self, team: &Team, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Blocks the team's requests with the operator's `reason`, or lifts that block (`None`),
+    /// with `audit`, atomically. Returns whether anything changed (blocking a blocked team, or
+    /// lifting no block, writes nothing, not even the event); `NotFound` for no live team.
+    async fn set_team_block(
+        &self,
+        team_id: TeamId,
+        reason: Option<&str>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
+    /// Why the operator blocked the team, if they did; `NotFound` for no live team.
+    async fn team_block(&self, team_id: TeamId) -> Result<Option<String>, StoreError>;
     /// How the team's data may be used.
     async fn data_use(&self, team_id: TeamId) -> Result<tollgate_domain::DataUse, StoreError>;
     /// Sets how the team's data may be used, with `audit`, atomically.

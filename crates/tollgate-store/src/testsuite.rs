@@ -179,6 +179,7 @@ fn api_key(team: &Team, user: &User, acls: &[&str]) -> ApiKey {
         deleted_at: None,
         last_used_at: None,
         previous_secret_expires_at: None,
+        team_blocked_reason: None,
         team_blocked_by: None,
         team_zero_retention: false,
     }
@@ -207,6 +208,88 @@ pub async fn user_gets_personal_team(store: &dyn Store) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].action, "CreateUser");
     assert_eq!(events[0].ip.as_deref(), Some("192.0.2.1"));
+}
+
+/// The operator blocks a team with a reason and lifts the block: the team's keys carry the
+/// reason while it stands, the overview shows it, and a repeat changes nothing (no event).
+pub async fn the_operator_blocks_and_unblocks_a_team(store: &dyn Store) {
+    let (user, team) = seed_user(store, "blocked@example.com").await;
+    let key = api_key(&team, &user, &["api-key:endpoint:*"]);
+    store
+        .insert_api_key(
+            &key,
+            &fresh_hash(),
+            &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
+        )
+        .await
+        .unwrap();
+    let blocked = store
+        .set_team_block(
+            team.id,
+            Some("abuse report 42"),
+            &audit(Some(team.id), AuditAction::BlockTeam, at(2)),
+        )
+        .await
+        .unwrap();
+    assert!(blocked);
+    assert!(
+        !store
+            .set_team_block(
+                team.id,
+                Some("again"),
+                &audit(Some(team.id), AuditAction::BlockTeam, at(3))
+            )
+            .await
+            .unwrap(),
+        "a blocked team was blocked again"
+    );
+    assert_eq!(
+        store.team_block(team.id).await.unwrap().as_deref(),
+        Some("abuse report 42")
+    );
+    let found = store.find_api_key(team.id, key.id).await.unwrap().unwrap();
+    assert_eq!(found.team_blocked_reason.as_deref(), Some("abuse report 42"));
+    let listed = store.list_teams("", 1000).await.unwrap();
+    let summary = listed.iter().find(|s| s.team.id == team.id).unwrap();
+    assert_eq!(summary.blocked_reason.as_deref(), Some("abuse report 42"));
+
+    assert!(
+        store
+            .set_team_block(team.id, None, &audit(Some(team.id), AuditAction::UnblockTeam, at(4)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_team_block(team.id, None, &audit(Some(team.id), AuditAction::UnblockTeam, at(5)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .find_api_key(team.id, key.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .team_blocked_reason,
+        None
+    );
+    let actions: Vec<String> = store
+        .list_audit_events(team.id, 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.action)
+        .filter(|action| action.ends_with("Team") && action != "CreateTeam")
+        .collect();
+    assert_eq!(actions, ["UnblockTeam", "BlockTeam"], "one event per change");
+    let unknown = TeamId::new();
+    assert!(matches!(
+        store
+            .set_team_block(unknown, Some("x"), &audit(None, AuditAction::BlockTeam, at(6)))
+            .await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 /// The operator's overview lists live teams newest first, found by a literal part of their
@@ -1771,6 +1854,7 @@ macro_rules! for_each_conformance_case {
         $callback!(
             user_gets_personal_team,
             teams_are_listed_for_the_operator,
+            the_operator_blocks_and_unblocks_a_team,
             missing_rows,
             duplicate_email_conflicts_and_writes_nothing,
             api_keys_round_trip_and_paginate,

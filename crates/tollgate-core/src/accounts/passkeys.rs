@@ -56,6 +56,11 @@ fn parse_passkey(stored: &StoredPasskey) -> Result<Passkey, AccountError> {
 }
 
 impl AccountService {
+    /// Whether passkeys can be added here (the console URL names a host).
+    pub fn passkeys_available(&self) -> bool {
+        self.webauthn.is_some()
+    }
+
     fn webauthn(&self) -> Result<&Webauthn, AccountError> {
         self.webauthn.as_deref().ok_or(AccountError::PasskeysUnavailable)
     }

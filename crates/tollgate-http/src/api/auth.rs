@@ -198,7 +198,7 @@ pub(crate) async fn oidc_callback(
         .await;
     // A browser (it asks for HTML) lands on the console's pages; API clients get JSON.
     if crate::pages::wants_html(&headers) {
-        let mut response = crate::pages::federated(&state, outcome);
+        let mut response = crate::pages::federated(&state, outcome).await;
         response.headers_mut().append(SET_COOKIE, flow_cookie(&state, "", 0));
         return Ok(response);
     }

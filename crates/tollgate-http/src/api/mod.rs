@@ -176,6 +176,7 @@ impl From<TeamError> for XaiError {
             TeamError::Forbidden(message) => XaiError::permission_denied(message),
             TeamError::InvalidName(_)
             | TeamError::InvalidDescription(_)
+            | TeamError::InvalidReason(_)
             | TeamError::NameMismatch
             | TeamError::PersonalTeam
             | TeamError::LastAdmin

@@ -8,6 +8,7 @@
 use base64::Engine as _;
 use tollgate_core::accounts::TotpEnrollment;
 
+use super::auth::PasskeyPrompt;
 use super::*;
 
 /// An external sign-in as the table shows it.
@@ -93,7 +94,15 @@ enum Shown {
     Nothing,
     Enrolling(TotpEnrollment),
     Codes(Vec<tollgate_domain::mfa::RecoveryCode>),
-    Typed { name: String, new_email: String },
+    /// A passkey's registration begun: the page hands its challenge to the console's script.
+    Registering {
+        challenge: PasskeyPrompt,
+        name: String,
+    },
+    Typed {
+        name: String,
+        new_email: String,
+    },
 }
 
 #[derive(Template)]
@@ -110,6 +119,10 @@ struct AccountPage {
     providers: Vec<(String, String)>,
     totp: bool,
     passkeys: Vec<PasskeyRow>,
+    passkeys_available: bool,
+    registering: Option<PasskeyPrompt>,
+    /// The name typed for a passkey being added.
+    passkey_name: String,
     second_factor: bool,
     recovery_codes_left: u32,
     enrolling: Option<Enrolling>,
@@ -166,6 +179,10 @@ async fn account_page(
         Shown::Codes(codes) => Some(NewCodes::new(&frame.product, codes)),
         _ => None,
     };
+    let (registering, passkey_name) = match &shown {
+        Shown::Registering { challenge, name } => (Some(challenge.clone()), name.clone()),
+        _ => (None, String::new()),
+    };
     let (name, new_email) = match &shown {
         Shown::Typed { name, new_email } if !name.is_empty() => (name.clone(), new_email.clone()),
         Shown::Typed { new_email, .. } => (user.display_name.clone(), new_email.clone()),
@@ -201,6 +218,9 @@ async fn account_page(
                 last_used: passkey.last_used_at.map_or_else(|| "never".to_owned(), day),
             })
             .collect(),
+        passkeys_available: state.accounts.passkeys_available(),
+        registering,
+        passkey_name,
         second_factor: user.has_second_factor(),
         recovery_codes_left,
         enrolling: match &shown {
@@ -232,6 +252,13 @@ pub(super) struct AccountForm {
     /// A second factor: an authenticator's code, or a recovery code.
     #[serde(default)]
     code: String,
+    /// A passkey being added: the ceremony, and the browser's answer (the script fills it).
+    #[serde(default)]
+    ceremony: String,
+    #[serde(default)]
+    credential: String,
+    #[serde(default)]
+    passkey_name: String,
 }
 
 impl AccountForm {
@@ -539,6 +566,96 @@ pub(super) async fn renew_recovery_codes(
         ))
     })
     .await
+}
+
+/// Begins adding a passkey (the password again, and the second factor if on): the page hands
+/// the challenge to the console's script, which asks the authenticator.
+pub(super) async fn begin_passkey(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    headers: HeaderMap,
+    Form(form): Form<AccountForm>,
+) -> Response {
+    change(&state, &headers, &form, "passkeys", async |visitor| {
+        let challenge = state
+            .accounts
+            .begin_passkey_registration(
+                &visitor.user,
+                &visitor.session,
+                form.password(),
+                form.factor().as_ref(),
+                &meta,
+            )
+            .await?;
+        Ok((
+            "Name the passkey, then add it: your browser asks for your security key or device.".to_owned(),
+            Shown::Registering {
+                challenge: challenge.into(),
+                name: String::new(),
+            },
+        ))
+    })
+    .await
+}
+
+/// Finishes adding a passkey with the authenticator's answer. The first second factor of an
+/// account turns two-factor authentication on, and its recovery codes are shown once.
+pub(super) async fn add_passkey(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    headers: HeaderMap,
+    Form(form): Form<AccountForm>,
+) -> Response {
+    let visitor = match acting(&state, &headers, form.csrf.as_deref()).await {
+        Ok(visitor) => visitor,
+        Err(error) => return error_page(failure(error)),
+    };
+    let added = match passkey_answer(&form.credential) {
+        Ok(credential) => {
+            state
+                .accounts
+                .finish_passkey_registration(
+                    &visitor.user,
+                    &visitor.session,
+                    &form.ceremony,
+                    form.passkey_name.trim(),
+                    credential,
+                    &meta,
+                )
+                .await
+        }
+        Err(error) => Err(error),
+    };
+    let (outcome, shown) = match added {
+        Ok((passkey, codes)) => {
+            let notice = format!(
+                "The passkey {} was added: it signs you in as a second factor.",
+                passkey.name
+            );
+            match codes {
+                Some(codes) => (
+                    Outcome::notice(format!(
+                        "{notice} Two-factor authentication is on; keep your recovery codes somewhere safe."
+                    )),
+                    Shown::Codes(codes),
+                ),
+                None => (Outcome::notice(notice), Shown::Nothing),
+            }
+        }
+        Err(error) => (Outcome::failed("passkeys", failure(error)), Shown::Nothing),
+    };
+    account_page(&state, &headers, None, outcome, shown).await
+}
+
+/// The browser's answer to a passkey challenge, as the script put it in the form.
+pub(super) fn passkey_answer(credential: &str) -> Result<serde_json::Value, AccountError> {
+    if credential.is_empty() {
+        return Err(AccountError::BadPasskey(
+            "this browser sent no answer (a passkey needs JavaScript)".to_owned(),
+        ));
+    }
+    serde_json::from_str(credential)
+        .map_err(|error| AccountError::BadPasskey(format!("not a WebAuthn credential: {error}")))
 }
 
 /// Removes a passkey (the password again, and a second factor).

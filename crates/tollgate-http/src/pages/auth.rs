@@ -116,17 +116,13 @@ fn signed_in(state: &AppState, signed_in: &SignedIn) -> Response {
     response
 }
 
-fn outcome(state: &AppState, outcome: SignInOutcome) -> Response {
+async fn outcome(state: &AppState, outcome: SignInOutcome) -> Response {
     match outcome {
         SignInOutcome::SignedIn(done) => signed_in(state, &done),
-        SignInOutcome::SecondFactor { challenge, .. } => html(
-            StatusCode::OK,
-            &SecondFactorPage {
-                layout: Layout::new(state, String::new()),
-                challenge: challenge.expose().to_owned(),
-                error: None,
-            },
-        ),
+        SignInOutcome::SecondFactor { challenge, methods } => {
+            let passkey = methods.contains(&"passkey");
+            second_factor_page(state, StatusCode::OK, challenge.expose().to_owned(), passkey, None).await
+        }
         SignInOutcome::Deleted { restore, purge_after } => {
             let page = RestorePage {
                 layout: Layout::new(state, String::new()),
@@ -145,7 +141,7 @@ pub(super) async fn sign_in(
     Form(form): Form<SignInForm>,
 ) -> Response {
     match state.accounts.sign_in(&form.email, &form.password, &meta).await {
-        Ok(result) => outcome(&state, result),
+        Ok(result) => outcome(&state, result).await,
         Err(error) => {
             let (status, message) = failure(error);
             sign_in_form(&state, status, form.email, Some(message))
@@ -201,6 +197,9 @@ pub(super) async fn restore(
 struct SecondFactorPage {
     layout: Layout,
     challenge: String,
+    /// A challenge for the account's passkeys, when it has some: answered by the console's
+    /// script (WebAuthn has no form of its own), then sent with this page's form.
+    passkey: Option<PasskeyPrompt>,
     error: Option<String>,
 }
 
@@ -211,10 +210,76 @@ impl std::ops::Deref for SecondFactorPage {
     }
 }
 
+/// A WebAuthn ceremony a page hands to the console's script: its token (sent back with the
+/// answer) and the options for `navigator.credentials`, as JSON.
+#[derive(Clone)]
+pub(super) struct PasskeyPrompt {
+    pub(super) ceremony: String,
+    pub(super) options: String,
+}
+
+impl From<tollgate_core::accounts::PasskeyChallenge> for PasskeyPrompt {
+    fn from(challenge: tollgate_core::accounts::PasskeyChallenge) -> Self {
+        Self {
+            ceremony: challenge.ceremony.expose().to_owned(),
+            options: challenge.options.to_string(),
+        }
+    }
+}
+
+/// The second step of a sign-in: a code, a recovery code, or (when the account has one) a
+/// passkey, whose challenge is made for this page.
+async fn second_factor_page(
+    state: &AppState,
+    status: StatusCode,
+    challenge: String,
+    passkey: bool,
+    error: Option<String>,
+) -> Response {
+    let passkey = if passkey {
+        match state.accounts.passkey_challenge_for_sign_in(&challenge).await {
+            Ok(prompt) => Some(prompt.into()),
+            // The step expired or its account lost its passkeys: the code field still answers.
+            Err(error) => {
+                tracing::debug!(%error, "no passkey challenge for a sign-in");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let page = SecondFactorPage {
+        layout: Layout::new(state, String::new()),
+        challenge,
+        passkey,
+        error,
+    };
+    html(status, &page)
+}
+
 #[derive(Deserialize)]
 pub(super) struct SecondFactorForm {
     challenge: String,
+    #[serde(default)]
     code: String,
+    /// A passkey's answer (the script fills both).
+    #[serde(default)]
+    ceremony: String,
+    #[serde(default)]
+    credential: String,
+}
+
+impl SecondFactorForm {
+    /// The factor the form carries: a passkey's answer if the script gave one, else the code.
+    fn factor(&self) -> Result<SecondFactor, AccountError> {
+        if self.ceremony.is_empty() {
+            return Ok(second_factor_of(self.code.trim()));
+        }
+        Ok(SecondFactor::Passkey {
+            ceremony: self.ceremony.clone(),
+            credential: super::account::passkey_answer(&self.credential)?,
+        })
+    }
 }
 
 pub(super) async fn second_factor(
@@ -222,21 +287,22 @@ pub(super) async fn second_factor(
     RequestMeta(meta): RequestMeta,
     Form(form): Form<SecondFactorForm>,
 ) -> Response {
-    let factor = second_factor_of(form.code.trim());
-    match state
-        .accounts
-        .sign_in_second_factor(&form.challenge, &factor, &meta)
-        .await
-    {
-        Ok(result) => outcome(&state, result),
+    let signed_in = match form.factor() {
+        Ok(factor) => {
+            state
+                .accounts
+                .sign_in_second_factor(&form.challenge, &factor, &meta)
+                .await
+        }
+        Err(error) => Err(error),
+    };
+    match signed_in {
+        Ok(result) => outcome(&state, result).await,
         Err(error) => {
             let (status, message) = failure(error);
-            let page = SecondFactorPage {
-                layout: Layout::new(&state, String::new()),
-                challenge: form.challenge,
-                error: Some(message),
-            };
-            html(status, &page)
+            // The page again, with a new passkey challenge if the account has passkeys (a
+            // ceremony is answered once).
+            second_factor_page(&state, status, form.challenge, true, Some(message)).await
         }
     }
 }
@@ -285,9 +351,9 @@ fn choose(
 /// Where a provider's callback lands in a browser: the console once signed in, the second
 /// factor, or the choice for an address that has an account (link, a separate account, or
 /// another address).
-pub(crate) fn federated(state: &AppState, outcome: Result<Federated, FederationError>) -> Response {
+pub(crate) async fn federated(state: &AppState, outcome: Result<Federated, FederationError>) -> Response {
     match outcome {
-        Ok(Federated::SignIn(result)) => self::outcome(state, result),
+        Ok(Federated::SignIn(result)) => self::outcome(state, result).await,
         Ok(Federated::Linked(_)) => Redirect::to("/console").into_response(),
         Ok(Federated::EmailInUse { pending, email }) => {
             choose(state, StatusCode::OK, Some(email), pending.expose().to_owned(), None)

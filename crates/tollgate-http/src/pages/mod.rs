@@ -41,8 +41,8 @@ mod usage;
 mod users;
 
 use account::{
-    account, begin_totp, change_email, change_password, confirm_totp, delete_account, disable_totp, link,
-    remove_passkey, remove_password, rename, renew_recovery_codes, unlink,
+    account, add_passkey, begin_passkey, begin_totp, change_email, change_password, confirm_totp, delete_account,
+    disable_totp, link, remove_passkey, remove_password, rename, renew_recovery_codes, unlink,
 };
 use audit::audit_log;
 use auth::{
@@ -59,7 +59,7 @@ use links::{
     report_email_change_page, reset_password, reset_password_page, verify_email, verify_email_page,
 };
 use management_keys::{create_management_key, management_keys, revoke_management_key};
-use operator::{block_key, grant, limit, operator, operator_team, tier, zero_retention};
+use operator::{block_key, block_team, grant, limit, operator, operator_team, tier, zero_retention};
 use sessions::{end_other_sessions, end_session, sessions};
 use settings::{add_domain, change_domain, delete_team, settings, update_team};
 use teams::{create_team, new_team_page};
@@ -206,6 +206,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/account/totp/confirm", post(confirm_totp))
         .route("/account/totp/disable", post(disable_totp))
         .route("/account/recovery-codes", post(renew_recovery_codes))
+        .route("/account/passkeys", post(add_passkey))
+        .route("/account/passkeys/register", post(begin_passkey))
         .route("/account/passkeys/{passkey_id}/remove", post(remove_passkey))
         .route("/account/delete", post(delete_account))
         .route("/accept-invitation", get(invitations).post(accept))
@@ -251,6 +253,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/operator/teams/{team_id}/tier", post(tier))
         .route("/operator/teams/{team_id}/zero-retention", post(zero_retention))
         .route("/operator/teams/{team_id}/keys/{key_id}/block", post(block_key))
+        .route("/operator/teams/{team_id}/block", post(block_team))
         .route("/console/usage", get(usage))
         .route("/console/tokenizer", get(tokenizer).post(tokenize))
         .route("/console/users", get(users))

@@ -1,7 +1,7 @@
 //! The operator pages (`/operator`): every team with its credit, tier and state, searched by
 //! name; one team's page to grant credit (prepaid, or promotional with an expiry), set the most
-//! its Admins may invoice, pin its tier, grant or withdraw zero retention, and block one of its
-//! API keys. Only operators open them (core `Operators`: a configured, verified address with
+//! its Admins may invoice, pin its tier, grant or withdraw zero retention, block one of its
+//! API keys, and block the whole team (every request refused, saying why) or lift that block. Only operators open them (core `Operators`: a configured, verified address with
 //! two-factor authentication on); each change is audited as that person.
 
 use tollgate_core::Operator;
@@ -87,7 +87,11 @@ pub(super) async fn operator(
             members: summary.members,
             credit: dollars(summary.balance.total().unwrap_or(tollgate_domain::Ticks::ZERO)),
             tier,
-            blocked: summary.blocked_invoice.unwrap_or_default(),
+            blocked: match (summary.blocked_reason, summary.blocked_invoice) {
+                (Some(reason), _) => format!("by the operator: {reason}"),
+                (None, Some(invoice)) => format!("invoice {invoice} unpaid"),
+                (None, None) => String::new(),
+            },
             created: summary.team.created_at.format("%Y-%m-%d").to_string(),
         });
     }
@@ -148,6 +152,8 @@ struct TeamPage {
     tier: String,
     tiers: usize,
     zero_retention: bool,
+    /// Why the operator blocked the team, if they did.
+    blocked_reason: Option<String>,
     keys: Vec<KeyRow>,
     outcome: Outcome,
 }
@@ -177,7 +183,12 @@ async fn team_page(state: &AppState, headers: &HeaderMap, team_id: &str, outcome
         return error_page((StatusCode::NOT_FOUND, "No such team".into()));
     };
     let page = async {
-        let (team, members, data_use) = state
+        let tollgate_core::OperatorView {
+            team,
+            members,
+            data_use,
+            blocked_reason,
+        } = state
             .teams
             .team_for_operator(&operator, team_id)
             .await
@@ -225,6 +236,7 @@ async fn team_page(state: &AppState, headers: &HeaderMap, team_id: &str, outcome
             tier: tier_text(&tier),
             tiers: state.tiers.schedule().len(),
             zero_retention: data_use.zero_retention,
+            blocked_reason,
             keys: keys
                 .iter()
                 .map(|key| KeyRow {
@@ -428,6 +440,35 @@ pub(super) async fn block_key(
             .await
             .map_err(failure)?;
         Ok("The key is blocked.".to_owned())
+    })
+    .await
+}
+
+/// Blocks every request of the team, saying why (the team's callers read the reason), or lifts
+/// that block.
+pub(super) async fn block_team(
+    State(state): State<AppState>,
+    RequestMeta(meta): RequestMeta,
+    headers: HeaderMap,
+    Path(team_id): Path<String>,
+    Form(form): Form<OperatorForm>,
+) -> Response {
+    change(&state, &headers, &team_id, &form, "block", async |operator, team| {
+        if form.on.as_deref() == Some("yes") {
+            let changed = state
+                .teams
+                .block_team(operator, team, &form.reason, &meta)
+                .await
+                .map_err(failure)?;
+            Ok(if changed {
+                "The team is blocked: every request is refused with your reason.".to_owned()
+            } else {
+                "The team was blocked already.".to_owned()
+            })
+        } else {
+            state.teams.unblock_team(operator, team, &meta).await.map_err(failure)?;
+            Ok("The block is lifted: the team's requests are served again.".to_owned())
+        }
     })
     .await
 }

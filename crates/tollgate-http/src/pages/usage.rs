@@ -26,8 +26,8 @@ const TOP: i64 = 12;
 #[derive(Deserialize)]
 pub(super) struct UsageParams {
     team: Option<String>,
-    /// 7, 30 or 90.
-    days: Option<i64>,
+    /// 7, 30 or 90 (anything else: 30, as a hand-edited address deserves a page, not a 400).
+    days: Option<String>,
     /// `model` or `key`.
     by: Option<String>,
     /// `usd`, `tokens` or `requests`.
@@ -114,7 +114,11 @@ pub(super) async fn usage(
         Ok(context) => context,
         Err(response) => return response,
     };
-    let days = params.days.filter(|days| [7, 30, 90].contains(days)).unwrap_or(30);
+    let days = params
+        .days
+        .and_then(|days| days.parse::<i64>().ok())
+        .filter(|days| [7, 30, 90].contains(days))
+        .unwrap_or(30);
     let by = match params.by.as_deref() {
         Some("key") => "key",
         _ => "model",

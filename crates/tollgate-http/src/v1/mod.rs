@@ -592,7 +592,8 @@ fn admission_refused(state: &AppState, error: AdmitError) -> XaiError {
         AdmitError::EndpointDenied(_)
         | AdmitError::ModelDenied(_)
         | AdmitError::Unpriced(_)
-        | AdmitError::TeamBlocked { .. } => XaiError::permission_denied(message),
+        | AdmitError::TeamBlocked { .. }
+        | AdmitError::TeamBlockedByOperator { .. } => XaiError::permission_denied(message),
         AdmitError::OutOfCredit(_) => XaiError::new(StatusCode::TOO_MANY_REQUESTS, message),
         AdmitError::Unavailable(source) => XaiError::unavailable(message, source),
         AdmitError::RateLimited { kind, decision, .. } => {

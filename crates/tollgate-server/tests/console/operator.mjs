@@ -1,10 +1,21 @@
 // The operator pages in Debian's Chromium: an operator signs in (password, then the code the
 // test computed), finds a team, grants it credit (a promotional grant without its day is
-// refused), raises its invoicing maximum, grants zero retention and blocks one of its keys.
-// Usage: node operator.mjs <base> <email> <password> <code> <team id> [screenshots]
+// refused), raises its invoicing maximum, grants zero retention, blocks the whole team (another
+// key of it is refused with the reason) and lifts the block, and blocks one of its keys.
+// Usage: node operator.mjs <base> <email> <password> <code> <team id> <another key> [screenshots]
 import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
 
-const [base, email, password, code, team, shots] = process.argv.slice(2);
+const [base, email, password, code, team, otherKey, shots] = process.argv.slice(2);
+
+/** A chat completion with `key`: the status and the body. */
+const chat = async (key) => {
+  const response = await fetch(`${base}/v1/chat/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: JSON.stringify({ model: "grok-test", messages: [{ role: "user", content: "Hello" }], max_tokens: 20 }),
+  });
+  return { status: response.status, body: await response.json() };
+};
 try {
   const page = await newPage();
   await page.goto(`${base}/sign-in`);
@@ -43,6 +54,30 @@ try {
 
   await page.click("button:has-text('Grant zero retention')");
   await page.waitForSelector("text=Zero retention is granted");
+
+  // Block the whole team: an empty reason is refused; then any of its keys is refused with the
+  // reason, until the block is lifted.
+  const [blank] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith("/block") && r.request().method() === "POST"),
+    page.evaluate(() => { document.querySelector("#team-block-reason").removeAttribute("required"); document.querySelector("#block button").click(); }),
+  ]);
+  await expect(blank.status() === 400, `an empty reason answered ${blank.status()}`);
+  await page.waitForSelector("#block-error");
+  await page.fill("#team-block-reason", "abuse report 42");
+  await page.click("button:has-text('Block the team')");
+  await page.waitForSelector("text=The team is blocked");
+  await expect((await page.textContent("#block-reason-shown")).trim() === "abuse report 42", "the reason is not shown");
+  const blocked = await chat(otherKey);
+  await expect(blocked.status === 403, `a blocked team's key answered ${blocked.status}`);
+  await expect(blocked.body.error.includes("abuse report 42"), `the refusal does not say why: ${JSON.stringify(blocked.body)}`);
+  await accessible(page, "the operator's page of a blocked team");
+  await page.goto(`${base}/operator?q=`);
+  await expect(await page.isVisible("td:has-text('by the operator: abuse report 42')"), "the list does not show the block");
+  await page.goto(`${base}/operator/teams/${team}`);
+  await page.click("button:has-text('Lift the block')");
+  await page.waitForSelector("text=The block is lifted");
+  const served = await chat(otherKey);
+  await expect(served.status === 200, `after the block was lifted the key answered ${served.status}`);
 
   const key = page.locator("#keys tr", { hasText: "test" });
   await key.locator("input[name=reason]").fill("leaked in a public gist");

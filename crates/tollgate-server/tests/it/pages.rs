@@ -20,6 +20,7 @@ on_both_backends!(
     an_admin_changes_roles_and_management_keys_in_the_console,
     an_operator_manages_teams_in_the_console,
     a_person_joins_a_team_from_the_invitation_mail,
+    a_newcomer_goes_from_sign_up_to_a_working_key,
 );
 
 /// Where a browser run saves each page's screenshot: `CONSOLE_SCREENSHOTS`, else
@@ -635,6 +636,12 @@ async fn an_operator_manages_teams_in_the_console(db: TestDb) {
     config.operators = vec!["ops@example.com".into()];
     let app = TestApp::with_config(db, upstream, config).await;
     let key = app.api_key().await;
+    let other_key = app
+        .create_api_key(serde_json::json!({"name": "other", "acls": ["api-key:endpoint:*", "api-key:model:*"]}))
+        .await["apiKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let ops = app.signed_up("ops@example.com").await;
     let owner = owner_session(&app).await;
     let operator_page = |browser: &crate::teams::Browser| {
@@ -688,16 +695,24 @@ async fn an_operator_manages_teams_in_the_console(db: TestDb) {
             crate::teams::PASSWORD.into(),
             format!("{:06}", secret.code_at_step(step + 1)),
             app.team.id.to_string(),
+            other_key,
             shots,
         ],
     )
     .await;
 
-    let balance = app.store().balance(app.team.id).await.unwrap();
+    // The grant is in the ledger (the balance has moved since: the request served after the
+    // block was lifted was paid from it).
+    let entries = app.store().ledger_entries(app.team.id, 100).await.unwrap();
+    let grant = entries
+        .iter()
+        .find(|entry| entry.reason.as_deref() == Some("welcome credit"))
+        .unwrap_or_else(|| panic!("no grant in {entries:?}"));
     assert_eq!(
-        balance.prepaid,
+        grant.amount,
         tollgate_domain::Ticks::new(1_250 * tollgate_domain::Ticks::PER_CENT)
     );
+    assert_eq!(grant.bucket, tollgate_domain::Bucket::Prepaid);
     assert!(app.store().data_use(app.team.id).await.unwrap().zero_retention);
     assert_eq!(
         app.hello_status(&key).await,
@@ -714,6 +729,14 @@ async fn an_operator_manages_teams_in_the_console(db: TestDb) {
         ("user", Some("ops@example.com")),
         "{granted:?}"
     );
+    // The team's block and its lifting, each audited as the operator.
+    for action in ["BlockTeam", "UnblockTeam"] {
+        let event = events
+            .iter()
+            .find(|e| e.action == action)
+            .unwrap_or_else(|| panic!("{action} is not in the team's audit log"));
+        assert_eq!(event.actor_label.as_deref(), Some("ops@example.com"), "{event:?}");
+    }
     app.finish().await;
 }
 
@@ -755,5 +778,79 @@ async fn a_person_joins_a_team_from_the_invitation_mail(db: TestDb) {
         .find(|m| m.email.as_ref() == "joiner@example.com")
         .unwrap();
     assert_eq!(joined.role, tollgate_domain::Role::Member);
+    app.finish().await;
+}
+
+/// The whole way in one browser run (`tests/console/journey.mjs`), in order: sign up, verify
+/// the address from the link a real SMTP server received, TOTP on, signed out and in with a
+/// code, a passkey added and signed in with (on `localhost`, which WebAuthn accepts as a relying
+/// party, unlike an IP address), a team created, a member invited who signs up and accepts, a
+/// key created, copied and called, the usage and audit events read, the key disabled and
+/// deleted; the Member's view at a phone's width. Then the server's side of it.
+async fn a_newcomer_goes_from_sign_up_to_a_working_key(db: TestDb) {
+    use tollgate_domain::Clock as _;
+    if !browser_installed() {
+        return;
+    }
+    let Some(sink) = crate::smtp::SmtpSink::start().await else {
+        return;
+    };
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    config.console_url = format!("http://localhost:{port}");
+    config.mail.smtp_url = Some(sink.url().into());
+    let app = TestApp::with_config(db, upstream, config).await;
+    let base = format!("http://localhost:{port}");
+    let maildir = sink.maildir_root().to_string_lossy().into_owned();
+    let now = app.clock.now().timestamp().to_string();
+    let seen = script_step("journey.mjs", vec![base, maildir, now, screenshots(&app)]).await;
+
+    let ada = app
+        .store()
+        .find_user_by_email(&tollgate_domain::Email::parse("ada@example.com").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ada.email_verified_at.is_some(), "the address was not verified");
+    assert!(ada.totp_enabled_at.is_some(), "TOTP is off");
+    let passkeys = app.store().list_passkeys(ada.id).await.unwrap();
+    assert_eq!(passkeys.len(), 1);
+    assert!(passkeys[0].last_used_at.is_some(), "the passkey never signed in");
+
+    // The key is gone, and its secret refused as xAI refuses an unknown key.
+    let key = seen["key"].as_str().unwrap();
+    crate::util::assert_xai_error(
+        app.hello(key).await,
+        StatusCode::BAD_REQUEST,
+        "Client specified an invalid argument",
+        "Incorrect API key provided",
+    )
+    .await;
+    assert_eq!(seen["disabledStatus"], 403, "a disabled key is refused as forbidden");
+    // The request was billed to the new team, and each step audited there.
+    let team: tollgate_domain::TeamId = seen["team"].as_str().unwrap().parse().unwrap();
+    let events = app.store().list_audit_events(team, 500).await.unwrap();
+    let actions: Vec<String> = events
+        .iter()
+        .map(|event| format!("{:?}", event.action).trim_matches('"').to_owned())
+        .collect();
+    for action in [
+        "CreateTeam",
+        "InviteTeamMember",
+        "AcceptInvitation",
+        "CreateApiKey",
+        "UpdateApiKey",
+        "DeleteApiKey",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action} not in {actions:?}");
+    }
+    let members = app.store().list_members(team).await.unwrap();
+    assert_eq!(members.len(), 2, "{members:?}");
     app.finish().await;
 }

@@ -71,8 +71,13 @@ impl SmtpSink {
         format!("smtp://127.0.0.1:{}", self.port)
     }
 
+    /// The maildir the server writes each message into (under `new/`).
+    pub fn maildir_root(&self) -> PathBuf {
+        self.dir.path().join("maildir")
+    }
+
     fn maildir(&self) -> PathBuf {
-        self.dir.path().join("maildir").join("new")
+        self.maildir_root().join("new")
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -90,6 +90,7 @@ fn team_from_row(row: &DbRow) -> Result<Team, StoreError> {
 const API_KEY_COLUMNS: &str = "id, team_id, name, redacted, acls, qps, qpm, tpm, expire_time, disabled, blocked, \
      created_by, created_at, modified_at, modified_by, blocked_reason, deleted_at, last_used_at, previous_key_expires_at, \
      (SELECT t.blocked_invoice FROM teams t WHERE t.id = api_keys.team_id) AS team_blocked_by, \
+     (SELECT t.blocked_reason FROM teams t WHERE t.id = api_keys.team_id) AS team_blocked_reason, \
      (SELECT t.zero_retention FROM teams t WHERE t.id = api_keys.team_id) AS team_zero_retention";
 
 fn api_key_from_row(row: &DbRow) -> Result<ApiKey, StoreError> {
@@ -116,6 +117,7 @@ fn api_key_from_row(row: &DbRow) -> Result<ApiKey, StoreError> {
         deleted_at: row.try_get("deleted_at")?,
         last_used_at: row.try_get("last_used_at")?,
         previous_secret_expires_at: row.try_get("previous_key_expires_at")?,
+        team_blocked_reason: row.try_get("team_blocked_reason")?,
         team_blocked_by: row.try_get("team_blocked_by")?,
         team_zero_retention: row.try_get::<Option<bool>, _>("team_zero_retention")?.unwrap_or(false),
     })

@@ -37,7 +37,7 @@ impl TeamStore for SqlStore {
                 .replace('_', "\\_")
         );
         let rows = sqlx::query(
-            "SELECT t.id, t.name, t.description, t.personal, t.created_at, t.blocked_invoice, \
+            "SELECT t.id, t.name, t.description, t.personal, t.created_at, t.blocked_invoice, t.blocked_reason, \
              COALESCE(b.prepaid, 0) AS prepaid, COALESCE(b.promo, 0) AS promo, \
              CAST((SELECT COUNT(*) FROM team_members m WHERE m.team_id = t.id AND m.suspended_at IS NULL) AS BIGINT) \
              AS members \
@@ -60,6 +60,7 @@ impl TeamStore for SqlStore {
                     },
                     members: u64::try_from(members).map_err(|error| corrupt("member count", error))?,
                     blocked_invoice: row.try_get("blocked_invoice")?,
+                    blocked_reason: row.try_get("blocked_reason")?,
                 })
             })
             .collect()
@@ -145,6 +146,45 @@ impl TeamStore for SqlStore {
             training_allowed: row.try_get("training_allowed")?,
             zero_retention: row.try_get("zero_retention")?,
         })
+    }
+
+    async fn set_team_block(
+        &self,
+        team_id: TeamId,
+        reason: Option<&str>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        // Only a change is written: blocking a blocked team (or lifting no block) matches no row.
+        let sql = if reason.is_some() {
+            "UPDATE teams SET blocked_reason = $2 WHERE id = $1 AND deleted_at IS NULL AND blocked_reason IS NULL"
+        } else {
+            "UPDATE teams SET blocked_reason = $2 WHERE id = $1 AND deleted_at IS NULL AND blocked_reason IS NOT NULL"
+        };
+        let changed = sqlx::query(sql)
+            .bind(team_id.as_uuid())
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        if !changed {
+            drop(tx);
+            // Unchanged, or no such live team.
+            return self.team_block(team_id).await.map(|_| false);
+        }
+        insert_audit(&mut tx, &self.audit_key, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn team_block(&self, team_id: TeamId) -> Result<Option<String>, StoreError> {
+        let found: Option<Option<String>> =
+            sqlx::query_scalar("SELECT blocked_reason FROM teams WHERE id = $1 AND deleted_at IS NULL")
+                .bind(team_id.as_uuid())
+                .fetch_optional(&self.read)
+                .await?;
+        found.ok_or(StoreError::NotFound)
     }
 
     async fn set_data_use(

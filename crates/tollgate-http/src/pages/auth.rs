@@ -3,6 +3,45 @@
 
 use super::*;
 
+/// Where a sign-in goes on to: the console, or back to the page that sent the person to sign
+/// in. A fixed list (anything else is the console), so no link can send a person elsewhere.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub(super) enum Then {
+    #[default]
+    Console,
+    /// The invitations waiting for the address (`/accept-invitation`).
+    Invitations,
+}
+
+impl Then {
+    fn parse(text: &str) -> Self {
+        match text {
+            "invitations" => Self::Invitations,
+            _ => Self::Console,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Console => "console",
+            Self::Invitations => "invitations",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Self::Console => "/console",
+            Self::Invitations => "/accept-invitation",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct ThenQuery {
+    #[serde(default)]
+    then: String,
+}
+
 #[derive(Template)]
 #[template(path = "sign_in.html")]
 struct SignInPage {
@@ -10,6 +49,7 @@ struct SignInPage {
     error: Option<String>,
     email: String,
     providers: Vec<(String, String)>,
+    then: &'static str,
 }
 
 impl std::ops::Deref for SignInPage {
@@ -19,21 +59,27 @@ impl std::ops::Deref for SignInPage {
     }
 }
 
-fn sign_in_form(state: &AppState, status: StatusCode, email: String, error: Option<String>) -> Response {
+fn sign_in_form(state: &AppState, status: StatusCode, email: String, error: Option<String>, then: Then) -> Response {
     let page = SignInPage {
         layout: Layout::new(state, String::new()),
         error,
         email,
         providers: state.federation.providers(),
+        then: then.as_str(),
     };
     html(status, &page)
 }
 
-pub(super) async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub(super) async fn sign_in_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ThenQuery>,
+) -> Response {
+    let then = Then::parse(&query.then);
     if visitor(&state, &headers).await.is_some() {
-        return Redirect::to("/console").into_response();
+        return Redirect::to(then.path()).into_response();
     }
-    sign_in_form(&state, StatusCode::OK, String::new(), None)
+    sign_in_form(&state, StatusCode::OK, String::new(), None, then)
 }
 
 #[derive(Template)]
@@ -83,7 +129,7 @@ pub(super) async fn sign_up(
         .sign_up(&form.email, &form.name, &form.password, &meta)
         .await
     {
-        Ok(done) => signed_in(&state, &done),
+        Ok(done) => signed_in(&state, &done, Then::Console),
         Err(error) => {
             let (status, message) = failure(error);
             let page = SignUpPage {
@@ -101,12 +147,14 @@ pub(super) async fn sign_up(
 pub(super) struct SignInForm {
     email: String,
     password: String,
+    #[serde(default)]
+    then: String,
 }
 
-/// Signed in: the session and CSRF cookies, and on to the console.
-fn signed_in(state: &AppState, signed_in: &SignedIn) -> Response {
+/// Signed in: the session and CSRF cookies, and on to the console (or where `then` says).
+fn signed_in(state: &AppState, signed_in: &SignedIn, then: Then) -> Response {
     let max_age = (signed_in.session.absolute_expires_at - signed_in.session.created_at).num_seconds();
-    let mut response = Redirect::to("/console").into_response();
+    let mut response = Redirect::to(then.path()).into_response();
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, state.cookies.set(signed_in.token.expose(), max_age));
     headers.append(
@@ -116,12 +164,16 @@ fn signed_in(state: &AppState, signed_in: &SignedIn) -> Response {
     response
 }
 
-async fn outcome(state: &AppState, outcome: SignInOutcome) -> Response {
+async fn outcome(state: &AppState, outcome: SignInOutcome, then: Then) -> Response {
     match outcome {
-        SignInOutcome::SignedIn(done) => signed_in(state, &done),
+        SignInOutcome::SignedIn(done) => signed_in(state, &done, then),
         SignInOutcome::SecondFactor { challenge, methods } => {
-            let passkey = methods.contains(&"passkey");
-            second_factor_page(state, StatusCode::OK, challenge.expose().to_owned(), passkey, None).await
+            let step = SecondStep {
+                challenge: challenge.expose().to_owned(),
+                passkey: methods.contains(&"passkey"),
+                then,
+            };
+            second_factor_page(state, StatusCode::OK, step, None).await
         }
         SignInOutcome::Deleted { restore, purge_after } => {
             let page = RestorePage {
@@ -140,11 +192,12 @@ pub(super) async fn sign_in(
     RequestMeta(meta): RequestMeta,
     Form(form): Form<SignInForm>,
 ) -> Response {
+    let then = Then::parse(&form.then);
     match state.accounts.sign_in(&form.email, &form.password, &meta).await {
-        Ok(result) => outcome(&state, result).await,
+        Ok(result) => outcome(&state, result, then).await,
         Err(error) => {
             let (status, message) = failure(error);
-            sign_in_form(&state, status, form.email, Some(message))
+            sign_in_form(&state, status, form.email, Some(message), then)
         }
     }
 }
@@ -178,7 +231,7 @@ pub(super) async fn restore(
     Form(form): Form<RestoreForm>,
 ) -> Response {
     match state.accounts.restore_account(&form.token, &meta).await {
-        Ok(done) => signed_in(&state, &done),
+        Ok(done) => signed_in(&state, &done, Then::Console),
         Err(error) => {
             let (status, message) = failure(error);
             let page = RestorePage {
@@ -197,6 +250,7 @@ pub(super) async fn restore(
 struct SecondFactorPage {
     layout: Layout,
     challenge: String,
+    then: &'static str,
     /// A challenge for the account's passkeys, when it has some: answered by the console's
     /// script (WebAuthn has no form of its own), then sent with this page's form.
     passkey: Option<PasskeyPrompt>,
@@ -227,15 +281,22 @@ impl From<tollgate_core::accounts::PasskeyChallenge> for PasskeyPrompt {
     }
 }
 
+/// A sign-in waiting for its second factor.
+struct SecondStep {
+    challenge: String,
+    /// Whether to offer the account's passkeys.
+    passkey: bool,
+    then: Then,
+}
+
 /// The second step of a sign-in: a code, a recovery code, or (when the account has one) a
 /// passkey, whose challenge is made for this page.
-async fn second_factor_page(
-    state: &AppState,
-    status: StatusCode,
-    challenge: String,
-    passkey: bool,
-    error: Option<String>,
-) -> Response {
+async fn second_factor_page(state: &AppState, status: StatusCode, step: SecondStep, error: Option<String>) -> Response {
+    let SecondStep {
+        challenge,
+        passkey,
+        then,
+    } = step;
     let passkey = if passkey {
         match state.accounts.passkey_challenge_for_sign_in(&challenge).await {
             Ok(prompt) => Some(prompt.into()),
@@ -251,6 +312,7 @@ async fn second_factor_page(
     let page = SecondFactorPage {
         layout: Layout::new(state, String::new()),
         challenge,
+        then: then.as_str(),
         passkey,
         error,
     };
@@ -260,6 +322,8 @@ async fn second_factor_page(
 #[derive(Deserialize)]
 pub(super) struct SecondFactorForm {
     challenge: String,
+    #[serde(default)]
+    then: String,
     #[serde(default)]
     code: String,
     /// A passkey's answer (the script fills both).
@@ -297,12 +361,17 @@ pub(super) async fn second_factor(
         Err(error) => Err(error),
     };
     match signed_in {
-        Ok(result) => outcome(&state, result).await,
+        Ok(result) => outcome(&state, result, Then::parse(&form.then)).await,
         Err(error) => {
             let (status, message) = failure(error);
             // The page again, with a new passkey challenge if the account has passkeys (a
             // ceremony is answered once).
-            second_factor_page(&state, status, form.challenge, true, Some(message)).await
+            let step = SecondStep {
+                then: Then::parse(&form.then),
+                challenge: form.challenge,
+                passkey: true,
+            };
+            second_factor_page(&state, status, step, Some(message)).await
         }
     }
 }
@@ -353,7 +422,7 @@ fn choose(
 /// another address).
 pub(crate) async fn federated(state: &AppState, outcome: Result<Federated, FederationError>) -> Response {
     match outcome {
-        Ok(Federated::SignIn(result)) => self::outcome(state, result).await,
+        Ok(Federated::SignIn(result)) => self::outcome(state, result, Then::Console).await,
         Ok(Federated::Linked(_)) => Redirect::to("/console").into_response(),
         Ok(Federated::EmailInUse { pending, email }) => {
             choose(state, StatusCode::OK, Some(email), pending.expose().to_owned(), None)
@@ -363,7 +432,7 @@ pub(crate) async fn federated(state: &AppState, outcome: Result<Federated, Feder
         }
         Err(error) => {
             let (status, message) = failure(error);
-            sign_in_form(state, status, String::new(), Some(message))
+            sign_in_form(state, status, String::new(), Some(message), Then::Console)
         }
     }
 }
@@ -410,7 +479,7 @@ pub(super) async fn sign_in_and_link(
         .link_pending(&done.user, &done.session, &form.pending, &meta)
         .await
     {
-        Ok(_) => signed_in(&state, &done),
+        Ok(_) => signed_in(&state, &done, Then::Console),
         Err(error) => {
             let (status, message) = failure(error);
             again(status, message)
@@ -430,10 +499,10 @@ pub(super) async fn separate_account(
     Form(form): Form<PendingForm>,
 ) -> Response {
     match state.federation.complete_separately(&form.pending, &meta).await {
-        Ok(done) => signed_in(&state, &done),
+        Ok(done) => signed_in(&state, &done, Then::Console),
         Err(error) => {
             let (status, message) = failure(error);
-            sign_in_form(&state, status, String::new(), Some(message))
+            sign_in_form(&state, status, String::new(), Some(message), Then::Console)
         }
     }
 }
@@ -455,7 +524,7 @@ pub(super) async fn account_with_address(
         .complete_with_email(&form.pending, &form.email, &meta)
         .await
     {
-        Ok(done) => signed_in(&state, &done),
+        Ok(done) => signed_in(&state, &done, Then::Console),
         Err(error) => {
             let (status, message) = failure(error);
             choose(&state, status, None, form.pending, Some(message))
@@ -484,4 +553,24 @@ pub(super) async fn sign_out(
     headers.append(header::SET_COOKIE, state.cookies.set("", 0));
     headers.append(header::SET_COOKIE, set_cookie(&state, CSRF_COOKIE, "", 0, "Strict"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Then;
+
+    #[test]
+    fn a_sign_in_goes_on_only_to_pages_of_its_own_list() {
+        assert_eq!(Then::parse("invitations").path(), "/accept-invitation");
+        for other in [
+            "",
+            "console",
+            "//evil.example",
+            "https://evil.example/",
+            "/admin",
+            "Invitations",
+        ] {
+            assert_eq!(Then::parse(other), Then::Console, "{other}");
+        }
+    }
 }

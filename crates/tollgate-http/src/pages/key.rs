@@ -248,6 +248,9 @@ struct KeyPage {
     previous_until: String,
     access: Access,
     rotated: Option<String>,
+    /// The key's state the page shows (its secret's redacted form and its last change): the
+    /// rotate form sends it back, so a reload that posts the form again rotates nothing.
+    version: String,
     outcome: Outcome,
 }
 
@@ -256,6 +259,12 @@ impl std::ops::Deref for KeyPage {
     fn deref(&self) -> &Frame {
         &self.frame
     }
+}
+
+/// A key's state as its page showed it: a rotation changes its secret (so its redacted form) and
+/// any change its last-modified time.
+fn version_of(key: &ApiKey) -> String {
+    format!("{}.{}", key.modified_at.timestamp_micros(), key.redacted)
 }
 
 /// `/console/api-keys/{key_id}`.
@@ -308,6 +317,7 @@ async fn key_page(
         previous_until: key.previous_secret_expires_at.map(when).unwrap_or_default(),
         access,
         rotated,
+        version: version_of(&key),
         outcome,
     };
     let status = page.outcome.status();
@@ -372,6 +382,10 @@ pub(super) async fn rotate_key(
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let csrf = csrf_of(&pairs);
+    let version = pairs
+        .iter()
+        .find(|(name, _)| name == "version")
+        .map(|(_, value)| value.clone());
     let fields = KeyFields::parse(pairs);
     let (caller, _) = match member_of(&state, &headers, &team_id, csrf.as_deref()).await {
         Ok(member) => member,
@@ -380,6 +394,27 @@ pub(super) async fn rotate_key(
     let (outcome, rotated) = match (fields, key_id.parse::<ApiKeyId>()) {
         (Err(problem), _) => (Outcome::failed("rotate", problem), None),
         (Ok(_), Err(_)) => return error_page((StatusCode::NOT_FOUND, "No such key".into())),
+        // The form was for the key as it was: a reload posting it again after the rotation (or
+        // a change made elsewhere since) rotates nothing.
+        (Ok(_), Ok(id))
+            if state
+                .keys
+                .get_api_key(&caller, id, &meta)
+                .await
+                .is_ok_and(|key| Some(version_of(&key)) != version) =>
+        {
+            (
+                Outcome::failed(
+                    "rotate",
+                    (
+                        StatusCode::CONFLICT,
+                        "This key changed since the page was shown (rotated already?), so it was not rotated again. Its state is below."
+                            .to_owned(),
+                    ),
+                ),
+                None,
+            )
+        }
         (Ok(fields), Ok(id)) => {
             let grace = chrono::Duration::try_hours(fields.grace_hours).unwrap_or(chrono::Duration::MAX);
             match state.keys.rotate_api_key(&caller, id, Some(grace), &meta).await {

@@ -1,5 +1,5 @@
 // Joining a team from the invitation mail's link in Debian's Chromium: signed out, the page
-// says to sign in with the invited address; signed in, the token moves from the link into the
+// says to sign in with the invited address, and signing in comes back to it; signed in, the token moves from the link into the
 // form (and out of the address bar), the page lists the invitation, and Accept joins the team.
 // Usage: node join.mjs <base> <email> <password> <token>
 import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
@@ -13,7 +13,10 @@ try {
   await page.click("a:has-text('Sign in')");
   await page.fill("#email", email);
   await page.fill("#password", password);
-  await Promise.all([page.waitForURL(`${base}/console`), page.click("button[type=submit]")]);
+  // Signed in, back on the page, which lists the invitation.
+  await Promise.all([page.waitForURL(`${base}/accept-invitation`), page.click("button[type=submit]")]);
+  await expect(await page.isVisible("td:has-text('Member')"), "back from signing in, the invitation is not listed");
+  await page.goto(`${base}/console`);
   const before = await page.$$eval("#team option", (options) => options.length);
 
   await page.goto(`${base}/accept-invitation#token=${token}`);

@@ -53,6 +53,7 @@ try {
     await expect((await page.inputValue("#key-tpm")) === "1000", "the token limit was not saved");
 
     // Rotate, keeping the old secret for an hour: the new one is shown once.
+    const shown = await page.inputValue("input[name=version]");
     await page.fill("#grace-hours", "1");
     await page.click("button:has-text('Rotate key')");
     await page.waitForSelector("#new-key");
@@ -61,6 +62,15 @@ try {
     await expect(await page.isVisible("text=the previous secret works until"), "the grace is not shown");
     if (shots) await page.screenshot({ path: `${shots}/console-key.png`, fullPage: true });
     await accessible(page, "a key's page");
+    // The same form posted again (what reloading that page does) rotates nothing.
+    await page.$eval("input[name=version]", (input, version) => { input.value = version; }, shown);
+    const [again] = await Promise.all([
+      page.waitForResponse((r) => r.url().endsWith("/rotate") && r.request().method() === "POST"),
+      page.click("button:has-text('Rotate key')"),
+    ]);
+    await expect(again.status() === 409, `the form posted again answered ${again.status()}`);
+    await expect(await page.isVisible("#rotate-error"), "no reason shown for not rotating again");
+    await expect(!(await page.isVisible("#new-key")), "a second new secret was shown");
     await page.goto(`${base}/console/api-keys/${id}`);
     await expect(!(await page.isVisible("#new-key")), "the new secret is shown again");
     await expect(page.refused.length === 0, `the CSP refused: ${page.refused}`);

@@ -25,7 +25,7 @@ use tollgate_core::{AccountService, AuditService, KeyService, MailDispatcher, Ma
 use tollgate_domain::keys::KeyPrefix;
 use tollgate_domain::{AuditChainKey, Clock, ModelPricing, Ticks};
 use tollgate_gateway::{Catalog, ModelRoute, Upstream};
-use tollgate_http::{AppState, HttpSettings, Metrics};
+use tollgate_http::{AppServices, AppState, HttpSettings, Metrics};
 use tollgate_store::Store;
 
 pub use config::Config;
@@ -597,7 +597,7 @@ pub async fn start(
     );
     let credits = tollgate_core::billing::Credits::new(Arc::clone(&store), Arc::clone(&clock), credit_settings);
     let metrics = Arc::new(Metrics::new());
-    let state = AppState {
+    let state = AppState::new(AppServices {
         store: Arc::clone(&store),
         clock: Arc::clone(&clock),
         accounts: services.accounts.clone(),
@@ -662,7 +662,7 @@ pub async fn start(
                 sha2::Sha256::digest(secrecy::ExposeSecret::expose_secret(token).trim().as_bytes()).into()
             }),
         }),
-    };
+    });
     let grpc = match config.grpc_listen {
         Some(at) => {
             let listener = tollgate_grpc::bind(at)

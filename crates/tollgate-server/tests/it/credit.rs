@@ -173,6 +173,16 @@ async fn a_team_without_credit_is_refused_before_the_upstream(db: TestDb) {
         .unwrap();
     let mismatch = app.store().verify_ledger().await.unwrap().unwrap();
     assert!(mismatch.starts_with("charge "), "{mismatch}");
+    // A usage row gone: its charge's spend has nothing behind it.
+    let gone = "DELETE FROM usage_events";
+    crate::util::execute(&app.config.database_url, gone, gone)
+        .await
+        .unwrap();
+    let mismatch = app.store().verify_ledger().await.unwrap().unwrap();
+    assert!(
+        mismatch.starts_with("spend of charge ") && mismatch.ends_with("has no usage records"),
+        "{mismatch}"
+    );
     app.finish().await;
 }
 

@@ -63,6 +63,17 @@ impl LocalStripe {
         if !installed("localstripe") || !installed("stripe") {
             return None;
         }
+        // A free port is only free until someone takes it: parallel tests pick ports the same
+        // way, so a start whose server is not localstripe answering is tried again elsewhere.
+        for _ in 0..5 {
+            if let Some(stripe) = Self::start_once().await {
+                return Some(stripe);
+            }
+        }
+        panic!("localstripe did not start");
+    }
+
+    async fn start_once() -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -75,18 +86,34 @@ impl LocalStripe {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stripe = Self {
+        let mut stripe = Self {
             child,
             port,
             http: reqwest::Client::new(),
         };
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Some(stripe);
+            if stripe.child.try_wait().is_ok_and(|exited| exited.is_some()) {
+                // It could not take the port.
+                return None;
+            }
+            let answered = stripe
+                .http
+                .get(format!("{}/v1/customers", stripe.url()))
+                .basic_auth("sk_test_tollgate", Some(""))
+                .send()
+                .await;
+            if let Ok(response) = answered {
+                // Someone else's server on the port answers otherwise (or not as JSON).
+                let ours = response.status().is_success()
+                    && response
+                        .json::<Value>()
+                        .await
+                        .is_ok_and(|body| body["object"] == "list");
+                return ours.then_some(stripe);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("localstripe did not start on port {port}");
+        None
     }
 
     pub(crate) fn url(&self) -> String {

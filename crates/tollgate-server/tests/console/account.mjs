@@ -4,25 +4,10 @@
 // script computes the next one instead of waiting); renew the recovery codes; turn TOTP off with
 // one; delete the account and restore it by signing in. Prints what the server must check, as
 // JSON. Usage: node account.mjs <base URL> <email> <password> <server's unix time> [screenshots]
-import { createHmac } from "node:crypto";
 import { readFile } from "node:fs/promises";
-import { accessible, browser, expect, fail, newPage, signIn } from "./browser.mjs";
+import { accessible, browser, expect, fail, newPage, signIn, totp } from "./browser.mjs";
 
 const [base, email, password, now, shots] = process.argv.slice(2);
-
-/** RFC 6238's code for `secret` (base32) at time step `step` (SHA-1, 6 digits). */
-const totp = (secret, step) => {
-  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-  let bits = "";
-  for (const c of secret.replace(/=+$/, "")) bits += alphabet.indexOf(c).toString(2).padStart(5, "0");
-  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(step));
-  const mac = createHmac("sha1", key).update(counter).digest();
-  const offset = mac[mac.length - 1] & 0xf;
-  const value = (mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000;
-  return String(value).padStart(6, "0");
-};
 
 try {
   const page = await newPage();

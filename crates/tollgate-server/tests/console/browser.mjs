@@ -1,5 +1,6 @@
 // Debian's Chromium under playwright-core (which downloads no browser), and the failure helpers
 // both browser scripts use.
+import { createHmac } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
@@ -56,4 +57,27 @@ export const signIn = async (page, base, email, password) => {
   await page.fill("#email", email);
   await page.fill("#password", password);
   await Promise.all([page.waitForURL(`${base}/console`), page.click("button[type=submit]")]);
+};
+
+/** RFC 6238's code for `secret` (base32) at time step `step` (SHA-1, 6 digits). */
+export const totp = (secret, step) => {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  let bits = "";
+  for (const c of secret.replace(/=+$/, "")) bits += alphabet.indexOf(c).toString(2).padStart(5, "0");
+  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(step));
+  const mac = createHmac("sha1", key).update(counter).digest();
+  const offset = mac[mac.length - 1] & 0xf;
+  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, "0");
+};
+
+/** A small chat completion at `base` with API key `key`: the status and the JSON body. */
+export const chat = async (base, key) => {
+  const response = await fetch(`${base}/v1/chat/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: JSON.stringify({ model: "grok-test", messages: [{ role: "user", content: "Hello from the console" }], max_tokens: 20 }),
+  });
+  return { status: response.status, body: await response.json() };
 };

@@ -7,27 +7,13 @@
 // disable the key (the API refuses it) and delete it. Then the Member's view of the team, at a
 // phone's width. Prints what the server must check, as JSON.
 // Usage: node journey.mjs <base URL> <maildir> <server's unix time> [screenshots]
-import { createHmac } from "node:crypto";
 import { readdir, readFile } from "node:fs/promises";
-import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, chat, expect, fail, newPage, totp } from "./browser.mjs";
 
 const [base, maildir, now, shots] = process.argv.slice(2);
 const owner = { name: "Ada Newcomer", email: "ada@example.com", password: "a sturdy passphrase for ada" };
 const member = { name: "Max Member", email: "max@example.com", password: "a sturdy passphrase for max" };
 const shot = async (page, name) => { if (shots) await page.screenshot({ path: `${shots}/journey-${name}.png`, fullPage: true }); };
-
-/** RFC 6238's code for `secret` (base32) at time step `step` (SHA-1, 6 digits). */
-const totp = (secret, step) => {
-  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-  let bits = "";
-  for (const c of secret.replace(/=+$/, "")) bits += alphabet.indexOf(c).toString(2).padStart(5, "0");
-  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(step));
-  const mac = createHmac("sha1", key).update(counter).digest();
-  const offset = mac[mac.length - 1] & 0xf;
-  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, "0");
-};
 
 /** A received message's text: headers unfolded, a quoted-printable body decoded. */
 const decode = (raw) => {
@@ -89,16 +75,6 @@ const passwordStep = async (page, who) => {
 };
 
 const signOut = (page) => Promise.all([page.waitForURL(`${base}/sign-in`), page.click("button:has-text('Sign out')")]);
-
-/** A chat completion with `key`: the status and the body. */
-const chat = async (key) => {
-  const response = await fetch(`${base}/v1/chat/completions`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
-    body: JSON.stringify({ model: "grok-test", messages: [{ role: "user", content: "Hello from the console" }], max_tokens: 50 }),
-  });
-  return { status: response.status, body: await response.json() };
-};
 
 try {
   const page = await newPage();
@@ -190,7 +166,7 @@ try {
   await page.waitForSelector("button:has-text('Copied')");
   const key = await page.evaluate(() => navigator.clipboard.readText());
   await expect(key === (await page.textContent("#new-key")).trim(), "the copy button copied something else");
-  const answered = await chat(key);
+  const answered = await chat(base, key);
   await expect(answered.status === 200, `the API answered ${answered.status}: ${JSON.stringify(answered.body)}`);
   await expect(answered.body.choices[0].message.content.length > 0, "an empty answer");
   await shot(page, "7-key");
@@ -230,7 +206,7 @@ try {
   const row = page.locator("tr", { hasText: "journey key" });
   await row.locator("button:has-text('Disable key')").click();
   await page.waitForSelector("tr:has-text('journey key') td.status-disabled");
-  const refused = await chat(key);
+  const refused = await chat(base, key);
   await expect(refused.status >= 400, `a disabled key answered ${refused.status}`);
   page.once("dialog", (dialog) => dialog.accept());
   await page.locator("tr", { hasText: "journey key" }).locator("button:has-text('Delete key')").click();

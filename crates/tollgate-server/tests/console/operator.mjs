@@ -3,19 +3,10 @@
 // refused), raises its invoicing maximum, grants zero retention, blocks the whole team (another
 // key of it is refused with the reason) and lifts the block, and blocks one of its keys.
 // Usage: node operator.mjs <base> <email> <password> <code> <team id> <another key> [screenshots]
-import { accessible, browser, expect, fail, newPage } from "./browser.mjs";
+import { accessible, browser, chat, expect, fail, newPage } from "./browser.mjs";
 
 const [base, email, password, code, team, otherKey, shots] = process.argv.slice(2);
 
-/** A chat completion with `key`: the status and the body. */
-const chat = async (key) => {
-  const response = await fetch(`${base}/v1/chat/completions`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
-    body: JSON.stringify({ model: "grok-test", messages: [{ role: "user", content: "Hello" }], max_tokens: 20 }),
-  });
-  return { status: response.status, body: await response.json() };
-};
 try {
   const page = await newPage();
   await page.goto(`${base}/sign-in`);
@@ -67,7 +58,7 @@ try {
   await page.click("button:has-text('Block the team')");
   await page.waitForSelector("text=The team is blocked");
   await expect((await page.textContent("#block-reason-shown")).trim() === "abuse report 42", "the reason is not shown");
-  const blocked = await chat(otherKey);
+  const blocked = await chat(base, otherKey);
   await expect(blocked.status === 403, `a blocked team's key answered ${blocked.status}`);
   await expect(blocked.body.error.includes("abuse report 42"), `the refusal does not say why: ${JSON.stringify(blocked.body)}`);
   await accessible(page, "the operator's page of a blocked team");
@@ -76,7 +67,7 @@ try {
   await page.goto(`${base}/operator/teams/${team}`);
   await page.click("button:has-text('Lift the block')");
   await page.waitForSelector("text=The block is lifted");
-  const served = await chat(otherKey);
+  const served = await chat(base, otherKey);
   await expect(served.status === 200, `after the block was lifted the key answered ${served.status}`);
 
   const key = page.locator("#keys tr", { hasText: "test" });

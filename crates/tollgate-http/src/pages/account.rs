@@ -606,45 +606,31 @@ pub(super) async fn add_passkey(
     headers: HeaderMap,
     Form(form): Form<AccountForm>,
 ) -> Response {
-    let visitor = match acting(&state, &headers, form.csrf.as_deref()).await {
-        Ok(visitor) => visitor,
-        Err(error) => return error_page(failure(error)),
-    };
-    let added = match passkey_answer(&form.credential) {
-        Ok(credential) => {
-            state
-                .accounts
-                .finish_passkey_registration(
-                    &visitor.user,
-                    &visitor.session,
-                    &form.ceremony,
-                    form.passkey_name.trim(),
-                    credential,
-                    &meta,
-                )
-                .await
-        }
-        Err(error) => Err(error),
-    };
-    let (outcome, shown) = match added {
-        Ok((passkey, codes)) => {
-            let notice = format!(
-                "The passkey {} was added: it signs you in as a second factor.",
-                passkey.name
-            );
-            match codes {
-                Some(codes) => (
-                    Outcome::notice(format!(
-                        "{notice} Two-factor authentication is on; keep your recovery codes somewhere safe."
-                    )),
-                    Shown::Codes(codes),
-                ),
-                None => (Outcome::notice(notice), Shown::Nothing),
-            }
-        }
-        Err(error) => (Outcome::failed("passkeys", failure(error)), Shown::Nothing),
-    };
-    account_page(&state, &headers, None, outcome, shown).await
+    change(&state, &headers, &form, "passkeys", async |visitor| {
+        let (passkey, codes) = state
+            .accounts
+            .finish_passkey_registration(
+                &visitor.user,
+                &visitor.session,
+                &form.ceremony,
+                form.passkey_name.trim(),
+                passkey_answer(&form.credential)?,
+                &meta,
+            )
+            .await?;
+        let notice = format!(
+            "The passkey {} was added: it signs you in as a second factor.",
+            passkey.name
+        );
+        Ok(match codes {
+            Some(codes) => (
+                format!("{notice} Two-factor authentication is on; keep your recovery codes somewhere safe."),
+                Shown::Codes(codes),
+            ),
+            None => (notice, Shown::Nothing),
+        })
+    })
+    .await
 }
 
 /// The browser's answer to a passkey challenge, as the script put it in the form.

@@ -57,6 +57,9 @@ impl GatewayError {
 pub struct Upstream {
     name: String,
     chat_url: String,
+    /// `chat_url` parsed once (reqwest would parse the string again on every request); `None`
+    /// when it does not parse, and then each request fails as reqwest finds it.
+    chat_url_parsed: Option<reqwest::Url>,
     base_url: String,
     api_key: Option<String>,
     client: reqwest::Client,
@@ -91,6 +94,7 @@ impl Upstream {
         let chat_url = format!("{base_url}/chat/completions");
         Self {
             name,
+            chat_url_parsed: reqwest::Url::parse(&chat_url).ok(),
             chat_url,
             base_url,
             api_key,
@@ -105,7 +109,11 @@ impl Upstream {
     }
 
     async fn send(&self, body: &ChatCompletionRequest) -> Result<reqwest::Response, GatewayError> {
-        let mut request = self.client.post(&self.chat_url).json(body);
+        let request = match &self.chat_url_parsed {
+            Some(url) => self.client.post(url.clone()),
+            None => self.client.post(&self.chat_url),
+        };
+        let mut request = request.json(body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }

@@ -135,6 +135,8 @@ impl SqlStore {
 #[async_trait]
 impl RequestBodyStore for SqlStore {
     async fn insert_request_bodies(&self, rows: &[RetainedBody]) -> Result<(), StoreError> {
+        // One commit (one fsync) for the whole batch.
+        let mut tx = self.write.begin().await?;
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::<super::Db>::new(
                 "INSERT INTO request_bodies (request_id, team_id, api_key_id, endpoint, model, created_at, sealed) ",
@@ -149,8 +151,9 @@ impl RequestBodyStore for SqlStore {
                     .push_bind(body.sealed.clone());
             });
             insert.push(" ON CONFLICT DO NOTHING");
-            insert.build().execute(&self.write).await?;
+            insert.build().execute(&mut *tx).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -758,7 +758,7 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
             return;
         }
     }
-    'relay: loop {
+    loop {
         // Past the deadline the request is cut off (its credit lease is guaranteed no longer)
         // and charged for what it produced.
         // A client that hangs up while the upstream is silent is noticed at once: dropping the
@@ -790,10 +790,14 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
                 break;
             }
         };
+        // What one read of the upstream brought goes to the client in one write: the events
+        // arrived together, so nothing waits, and the client's socket is written once, not
+        // once per event.
+        let mut frame: Vec<u8> = Vec::new();
         for event in events {
             let SseEvent::Data(payload) = event else {
                 finished = true;
-                break 'relay;
+                break;
             };
             let chunk = serde_json::from_str::<Value>(&payload).ok();
             let mut priced = None;
@@ -815,11 +819,15 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
                 if keep && sent.len() <= tollgate_core::retention::MAX_KEPT_BYTES {
                     sent.extend_from_slice(&out);
                 }
-                if sender.send(Ok(out)).await.is_err() {
-                    client_gone = true;
-                    break 'relay;
-                }
+                frame.extend_from_slice(&out);
             }
+        }
+        if !frame.is_empty() && sender.send(Ok(Bytes::from(frame))).await.is_err() {
+            client_gone = true;
+            break;
+        }
+        if finished {
+            break;
         }
     }
     // Done with the upstream: closing its connection now cancels a call still generating.

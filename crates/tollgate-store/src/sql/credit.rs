@@ -51,7 +51,12 @@ impl CreditStore for SqlStore {
                 free: Ticks::new(free.max(0)),
             });
         }
-        let added = request.want.get().max(request.need.get()).min(free).max(0);
+        // Beyond what it needs now, a lease takes at most half of what would be left free: a
+        // node with a busy team never corners its credit, and another node serving the team
+        // finds some to lease while any is unleased (near the end, leases grow by halves).
+        let need = request.need.get().max(0);
+        let extra = request.want.get().saturating_sub(need).clamp(0, (free - need) / 2);
+        let added = need + extra;
         let expires_at_ms = now_ms.saturating_add(request.ttl_ms);
         let renewed = match request.lease_id {
             Some(id) => {

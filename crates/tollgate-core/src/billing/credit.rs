@@ -321,7 +321,11 @@ impl Credits {
     /// idle for a while, and forgets teams with nothing held.
     pub async fn keep(&self) -> Result<(), StoreError> {
         let settings = self.inner.settings;
-        let idle_after = (settings.lease_ttl / 4).min(Duration::from_secs(2));
+        // Long enough that a team sending a request every few seconds keeps its lease (else
+        // each request would cost a take and a return: two database trips), short enough that
+        // an idle node does not sit on credit (and, by the leases' fairness, never on more
+        // than half of what was free).
+        let idle_after = (settings.lease_ttl / 4).min(Duration::from_secs(30));
         let slots: Vec<Arc<TeamSlot>> = {
             let mut teams = self.teams();
             teams.retain(|_, slot| {

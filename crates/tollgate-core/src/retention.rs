@@ -17,7 +17,7 @@ use tollgate_domain::mfa::SecretSealer;
 use tollgate_domain::{Actor, AuditAction, AuditEvent, Clock, RequestContext, RequestId, TeamId, Timestamp};
 use tollgate_store::{RetainedBody, Store, StoreError};
 
-/// Bodies one transaction writes at most.
+/// Bodies one write takes at most (one statement: at most the store's rows per insert).
 const MAX_BATCH: usize = 512;
 /// Bodies waiting for the writer at most; past it, new ones are dropped.
 const QUEUE: usize = 8 * MAX_BATCH;

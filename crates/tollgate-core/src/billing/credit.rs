@@ -90,6 +90,8 @@ struct TeamState {
     lease: Option<LocalLease>,
     /// Credit held by requests in flight on this node.
     held: i64,
+    /// Credit spent on the lease since it last grew: how fast the team spends here.
+    spent: i64,
     holds: u64,
     last_used: Option<Instant>,
 }
@@ -236,16 +238,27 @@ impl Credits {
         if let Some(hold) = self.try_hold(&slot, amount) {
             return Ok(hold);
         }
-        let (lease_id, granted, held) = {
+        let (lease_id, granted, held, spent) = {
             let state = slot.state();
             let lease = state.lease.as_ref();
-            (lease.map(|l| l.id), lease.map_or(0, |l| l.granted), state.held)
+            (
+                lease.map(|l| l.id),
+                lease.map_or(0, |l| l.granted),
+                state.held,
+                state.spent,
+            )
         };
         let need = amount.saturating_add(held).saturating_sub(granted).max(0);
-        // Grow geometrically, and by several holds at least: a busy team costs a database trip
-        // per doubling, and a quiet one a trip per few requests (holds are worst cases, so a
-        // lease of a few outlasts many actual costs), not one per request.
-        let want = need.saturating_add(amount.saturating_mul(LEASE_HOLDS).max(granted));
+        // Grow geometrically (by what is left, or twice what was spent since the last growth:
+        // a lease spent down still doubles), and by several holds at least: a busy team costs
+        // a database trip per doubling, and a quiet one a trip per few requests (holds are
+        // worst cases, so a lease of a few outlasts many actual costs), not one per request.
+        // The database lends at most half of what would be left free beyond the need.
+        let growth = amount
+            .saturating_mul(LEASE_HOLDS)
+            .max(granted)
+            .max(spent.saturating_mul(2));
+        let want = need.saturating_add(growth);
         let settings = self.inner.settings;
         let now = self.inner.clock.now();
         let asked_at = Instant::now();
@@ -271,6 +284,7 @@ impl Credits {
                 renewed,
             } => {
                 let mut state = slot.state();
+                state.spent = 0;
                 match state.lease.as_mut().filter(|lease| renewed && lease.id == lease_id) {
                     Some(lease) => {
                         lease.granted += added.get();
@@ -297,6 +311,7 @@ impl Credits {
             let mut state = slot.state();
             if let Some(lease) = state.lease.as_mut().filter(|lease| Some(lease.id) == hold.lease_id) {
                 lease.granted = (lease.granted - cost.get()).max(0);
+                state.spent = state.spent.saturating_add(cost.get());
             }
         }
         drop(hold);
@@ -354,6 +369,7 @@ impl Credits {
                     let still_idle = state.holds == 0 && state.lease.as_ref().is_some_and(|lease| lease.id == lease_id);
                     if still_idle {
                         state.lease = None;
+                        state.spent = 0;
                     }
                     still_idle
                 };
@@ -373,6 +389,7 @@ impl Credits {
                         // It expired (the node stalled): its credit is the team's again.
                         tracing::warn!(lease.id = %lease_id, "a credit lease expired before it was renewed");
                         state.lease = None;
+                        state.spent = 0;
                     }
                 }
             }

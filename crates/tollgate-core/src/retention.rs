@@ -20,10 +20,7 @@ use tollgate_store::{RetainedBody, Store, StoreError};
 /// Bodies one write takes at most (one statement: at most the store's rows per insert).
 const MAX_BATCH: usize = 512;
 /// Bodies waiting for the writer at most; past it, new ones are dropped.
-const QUEUE: usize = 8 * MAX_BATCH;
-/// How long the writer gathers bodies after the first arrives before writing them: under load
-/// one transaction (one fsync) per window rather than per few requests. Nothing waits for it.
-const WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+const QUEUE: usize = 4 * MAX_BATCH;
 /// The most of each body kept; the rest is cut (and said so).
 pub const MAX_KEPT_BYTES: usize = 4 << 20;
 
@@ -95,8 +92,15 @@ pub struct Retention {
     sealer: Arc<SecretSealer>,
     entropy: Arc<dyn Entropy>,
     keep_for: chrono::Duration,
-    writer: Option<mpsc::Sender<RetainedBody>>,
+    writer: Arc<std::sync::Mutex<BodyWriter>>,
     dropped: Arc<AtomicU64>,
+}
+
+/// The writer task and the one way into it; both gone once closed (or when nothing is kept).
+#[derive(Default)]
+struct BodyWriter {
+    sender: Option<mpsc::Sender<RetainedBody>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Retention {
@@ -111,11 +115,18 @@ fn context(team_id: TeamId, request_id: RequestId) -> Vec<u8> {
     format!("request-bodies|{team_id}|{request_id}").into_bytes()
 }
 
-/// Writes what arrives, a window's worth at a time (everything left when the senders are gone).
-async fn write(store: Arc<dyn Store>, mut pending: mpsc::Receiver<RetainedBody>, dropped: Arc<AtomicU64>) {
+/// Writes what arrives, gathering for `window` after the first (under load one commit, one
+/// fsync, per window rather than per few requests); everything left at once when the sender is
+/// gone.
+async fn write(
+    store: Arc<dyn Store>,
+    mut pending: mpsc::Receiver<RetainedBody>,
+    dropped: Arc<AtomicU64>,
+    window: std::time::Duration,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let until = tokio::time::Instant::now() + WINDOW;
+        let until = tokio::time::Instant::now() + window;
         while batch.len() < MAX_BATCH {
             let room = MAX_BATCH - batch.len();
             let more = pending.recv_many(&mut batch, room);
@@ -138,24 +149,50 @@ fn cut(bytes: &[u8]) -> (String, bool) {
 }
 
 impl Retention {
-    /// Bodies sealed with `key`, kept for `keep_for` (zero: none kept, none written). Its writer
-    /// runs on the current Tokio runtime until the service is dropped.
+    /// Bodies sealed with `key`, kept for `keep_for` (zero: none kept, none written), written
+    /// a `window` at a time. Its writer runs on the current Tokio runtime until [`Self::close`].
     #[must_use]
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, key: &[u8; 32], keep_for: chrono::Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        key: &[u8; 32],
+        keep_for: chrono::Duration,
+        window: std::time::Duration,
+    ) -> Self {
         let dropped = Arc::new(AtomicU64::new(0));
-        let writer = (keep_for > chrono::Duration::zero()).then(|| {
-            let (writer, pending) = mpsc::channel(QUEUE);
-            tokio::spawn(write(Arc::clone(&store), pending, Arc::clone(&dropped)));
-            writer
-        });
+        let mut writer = BodyWriter::default();
+        if keep_for > chrono::Duration::zero() {
+            let (sender, pending) = mpsc::channel(QUEUE);
+            let task = write(Arc::clone(&store), pending, Arc::clone(&dropped), window);
+            writer.task = Some(tokio::spawn(task));
+            writer.sender = Some(sender);
+        }
         Self {
             store,
             clock,
             sealer: Arc::new(SecretSealer::new(key)),
             entropy: Arc::new(OsEntropy),
             keep_for,
-            writer,
+            writer: Arc::new(std::sync::Mutex::new(writer)),
             dropped,
+        }
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, BodyWriter> {
+        // Two options, each replaced whole: a panic elsewhere cannot leave them half-changed.
+        self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes every body still waiting (without waiting out the window) and stops the writer:
+    /// at shutdown, once no request can keep more. Bodies offered after are dropped (counted).
+    pub async fn close(&self) {
+        let task = {
+            let mut writer = self.writer();
+            writer.sender = None;
+            writer.task.take()
+        };
+        if let Some(task) = task {
+            let _ = task.await;
         }
     }
 
@@ -173,9 +210,9 @@ impl Retention {
 
     /// Keeps a request's bodies, without waiting: sealed here, written by the writer soon.
     pub fn keep(&self, request: ToKeep, response: &[u8]) {
-        let Some(writer) = &self.writer else {
+        if self.keep_for <= chrono::Duration::zero() {
             return;
-        };
+        }
         let (request_text, request_cut) = cut(&request.request);
         let (response_text, response_cut) = cut(response);
         let bodies = Bodies {
@@ -201,7 +238,12 @@ impl Retention {
             created_at: self.clock.now(),
             sealed,
         };
-        if writer.try_send(row).is_err() {
+        let taken = self
+            .writer()
+            .sender
+            .as_ref()
+            .is_some_and(|sender| sender.try_send(row).is_ok());
+        if !taken {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -402,6 +402,10 @@ pub struct RetentionConfig {
     /// Default 30; 0 keeps none.
     #[serde(default = "defaults::responses_days")]
     pub bodies_days: u32,
+    /// Milliseconds the body writer gathers bodies after the first before writing them in one
+    /// statement (nothing waits for it; at shutdown it writes at once). Default 50.
+    #[serde(default = "defaults::bodies_write_ms")]
+    pub bodies_write_ms: u64,
 }
 
 impl Default for RetentionConfig {
@@ -409,6 +413,7 @@ impl Default for RetentionConfig {
         Self {
             responses_days: defaults::responses_days(),
             bodies_days: defaults::responses_days(),
+            bodies_write_ms: defaults::bodies_write_ms(),
         }
     }
 }
@@ -954,6 +959,9 @@ mod defaults {
     }
     pub(super) const fn responses_days() -> u32 {
         30
+    }
+    pub(super) const fn bodies_write_ms() -> u64 {
+        50
     }
     pub(super) fn model_endpoints() -> Vec<String> {
         vec!["chat".into()]

@@ -162,6 +162,7 @@ pub fn services(config: &Config, store: &Arc<dyn Store>, clock: &Arc<dyn Clock>)
             Arc::clone(clock),
             &audit_key(config)?.derive(b"tollgate.request-bodies.v1"),
             chrono::Duration::days(i64::from(config.retention.bodies_days)),
+            Duration::from_millis(config.retention.bodies_write_ms),
         ),
         audit: AuditService::new(
             Arc::clone(store),
@@ -778,6 +779,7 @@ pub async fn start(
     let (shutdown, shutdown_requested) = oneshot::channel::<()>();
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let task_store = Arc::clone(&store);
+    let body_writer = services.retention.clone();
     let task = tokio::spawn(async move {
         let stopping = CancellationToken::new();
         let stop = {
@@ -853,6 +855,8 @@ pub async fn start(
         if tokio::time::timeout(grace, usage_task).await.is_err() {
             tracing::error!("usage recorder did not finish writing in time");
         }
+        // Settled requests' bodies still in the writer's window are written now.
+        body_writer.close().await;
         // Unused credit goes back to the team for other nodes (a lease still holding for a
         // request cut off by the grace period expires instead).
         stop_leases.cancel();

@@ -13,6 +13,7 @@ use crate::util::{MODEL, TestApp, assert_xai_error, on_both_backends, tollgate_c
 on_both_backends!(
     bodies_are_kept_sealed_read_when_audited_and_deleted_after_retention,
     zero_retention_keeps_nothing_and_training_is_the_admins_choice,
+    bodies_waiting_to_be_written_are_written_at_shutdown,
 );
 
 /// The request id Tollgate answered with.
@@ -146,6 +147,33 @@ async fn bodies_are_kept_sealed_read_when_audited_and_deleted_after_retention(db
     assert_eq!(retention.prune().await.unwrap(), 1);
     assert!(app.store().request_body(late_id).await.unwrap().is_none());
     app.finish().await;
+}
+
+/// The writer gathers bodies for a moment before writing them; a server stopping right after
+/// answering writes what it gathered rather than losing it.
+async fn bodies_waiting_to_be_written_are_written_at_shutdown(db: TestDb) {
+    let upstream = tollgate_testkit::MockUpstream::start().await.unwrap();
+    let mut config = crate::util::test_config(&db, &upstream);
+    // A window far longer than the test: only the shutdown can write the body.
+    config.retention.bodies_write_ms = 3_600_000;
+    let mut app = TestApp::with_config(db, upstream, config).await;
+    let key = app.api_key().await;
+    let answered = app
+        .chat(&key, json!({"model": MODEL, "messages": user_message()}))
+        .await;
+    assert_eq!(answered.status(), StatusCode::OK);
+    let id = request_id_of(&answered);
+    app.server.take().unwrap().shutdown().await.unwrap();
+    let db = app.db.take().unwrap();
+    let reopened = tollgate_store::connect(&db.url, tollgate_store::testsuite::TEST_AUDIT_KEY)
+        .await
+        .unwrap();
+    assert!(
+        reopened.request_body(id).await.unwrap().is_some(),
+        "kept, though the server stopped within the writer's window"
+    );
+    reopened.close().await;
+    db.finish().await;
 }
 
 /// Training on a team's data is its Admins' choice (off by default, audited). A team the operator

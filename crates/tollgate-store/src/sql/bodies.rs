@@ -135,14 +135,6 @@ impl SqlStore {
 #[async_trait]
 impl RequestBodyStore for SqlStore {
     async fn insert_request_bodies(&self, rows: &[RetainedBody]) -> Result<(), StoreError> {
-        // One commit (one fsync) for the whole batch: a batch the retention writer sends is one
-        // statement (committing on its own, never leaving a transaction open between awaits),
-        // a longer one a transaction.
-        let mut tx = if rows.len() > ROWS_PER_INSERT {
-            Some(self.write.begin().await?)
-        } else {
-            None
-        };
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::<super::Db>::new(
                 "INSERT INTO request_bodies (request_id, team_id, api_key_id, endpoint, model, created_at, sealed) ",
@@ -157,13 +149,7 @@ impl RequestBodyStore for SqlStore {
                     .push_bind(body.sealed.clone());
             });
             insert.push(" ON CONFLICT DO NOTHING");
-            match &mut tx {
-                Some(tx) => insert.build().execute(&mut **tx).await?,
-                None => insert.build().execute(&self.write).await?,
-            };
-        }
-        if let Some(tx) = tx {
-            tx.commit().await?;
+            insert.build().execute(&self.write).await?;
         }
         Ok(())
     }

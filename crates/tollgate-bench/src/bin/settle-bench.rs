@@ -1,0 +1,287 @@
+//! `settle-bench`: how many requests per second the money path can settle durably, without
+//! HTTP or an upstream in the way. Each of `concurrency` tasks loops: hold a request's worst
+//! case against its team's credit (growing the node's lease from the database when it runs
+//! short), record its usage and spend through the group commit, wait for the commit, release
+//! the hold. That is what every billed request does after the model has answered; the gateway
+//! can settle no faster than this. Runs one hot team, then `--teams` teams (round robin), then
+//! the hot team on a free model (usage recorded, nothing held or spent), and checks the ledger
+//! afterwards. A measurement, not a test: it asserts nothing about speed.
+//!
+//! ```text
+//! cargo run --release -p tollgate-bench --bin settle-bench
+//! cargo run --release -p tollgate-bench --bin settle-bench -- --database-url postgres://postgres@127.0.0.1/bench
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tollgate_core::billing::Credits;
+use tollgate_core::usage::UsageRecorder;
+use tollgate_domain::{
+    Actor, ApiKeyId, Clock, Endpoint, ModelPricing, RequestContext, RequestId, SystemClock, TeamId, Ticks, TokenUsage,
+    UsageRecord,
+};
+use tollgate_store::Charge;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark durable settlement (credit hold, group commit of usage and spend) alone")]
+struct Args {
+    /// Settlements in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Teams for the many-teams run.
+    #[arg(long, default_value_t = 1_000)]
+    teams: usize,
+    /// Seconds measured per run (after a second of warm-up).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// A PostgreSQL database to use instead of a temporary SQLite file (it should be empty:
+    /// the benchmark migrates it and leaves its rows).
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+/// A small chat completion at the bench model's prices, and its worst case (what admission
+/// holds: the prompt bound plus a `max_tokens` of 256).
+const USAGE: TokenUsage = TokenUsage {
+    prompt_tokens: 20,
+    cached_prompt_tokens: 0,
+    completion_tokens: 12,
+    reasoning_tokens: 0,
+    images: 0,
+    web_search_calls: 0,
+    x_search_calls: 0,
+};
+const WORST_CASE: TokenUsage = TokenUsage {
+    completion_tokens: 256,
+    ..USAGE
+};
+
+fn pricing(per_completion_token: i64) -> ModelPricing {
+    ModelPricing {
+        prompt: Ticks::new(per_completion_token / 5),
+        cached_prompt: Ticks::new(per_completion_token / 5),
+        completion: Ticks::new(per_completion_token),
+        image: Ticks::ZERO,
+        web_search: Ticks::ZERO,
+        x_search: Ticks::ZERO,
+    }
+}
+
+struct Run {
+    settled: u64,
+    elapsed: Duration,
+    /// Per settlement, from asking for the hold to the commit: sorted.
+    latencies: Vec<Duration>,
+}
+
+async fn run(
+    credits: &Credits,
+    usage: &UsageRecorder,
+    clock: &Arc<dyn Clock>,
+    payers: &[(TeamId, ApiKeyId)],
+    priced: ModelPricing,
+    args: &Args,
+) -> anyhow::Result<Run> {
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let settled = Arc::new(AtomicU64::new(0));
+    let payers: Arc<[(TeamId, ApiKeyId)]> = payers.into();
+    let worst = priced.cost(&WORST_CASE)?;
+    let cost = priced.cost(&USAGE)?;
+    let mut tasks = Vec::with_capacity(args.concurrency);
+    for worker in 0..args.concurrency {
+        let (credits, usage, clock) = (credits.clone(), usage.clone(), Arc::clone(clock));
+        let (measuring, stop, settled, payers) = (
+            Arc::clone(&measuring),
+            Arc::clone(&stop),
+            Arc::clone(&settled),
+            Arc::clone(&payers),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut next = worker;
+            while !stop.load(Ordering::Relaxed) {
+                let (team_id, api_key_id) = payers[next % payers.len()];
+                next += args_stride(payers.len());
+                let started = Instant::now();
+                let hold = credits.hold(team_id, worst).await?;
+                let record = UsageRecord {
+                    request_id: RequestId::new(),
+                    team_id,
+                    api_key_id,
+                    model: "bench".into(),
+                    endpoint: Endpoint::Chat,
+                    usage: USAGE,
+                    cost,
+                    estimated: false,
+                    streamed: false,
+                    started_at: clock.now(),
+                    duration_ms: 0,
+                };
+                usage
+                    .record(Charge {
+                        record,
+                        pricing: priced,
+                        lease_id: hold.lease_id(),
+                    })
+                    .await?;
+                credits.settled(hold, cost);
+                if measuring.load(Ordering::Relaxed) {
+                    latencies.push(started.elapsed());
+                    settled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    latencies.sort_unstable();
+    Ok(Run {
+        settled: settled.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    })
+}
+
+/// Workers step through the teams so that at any moment they spread over all of them.
+fn args_stride(teams: usize) -> usize {
+    if teams == 1 { 0 } else { 7 }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn report(name: &str, run: &Run) {
+    let at = |q: f64| {
+        run.latencies
+            .get(((run.latencies.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "| {name} | {:.0} | {:.2} ms | {:.2} ms |",
+        run.settled as f64 / run.elapsed.as_secs_f64(),
+        ms(at(0.5)),
+        ms(at(0.99)),
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.teams >= 1, "--teams must be at least 1");
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    rlimit::increase_nofile_limit(u64::MAX)?;
+    let dir = tempfile::tempdir()?;
+    let url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let config = tollgate_server::Config::for_test(url);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = tollgate_server::open_store(&config).await?;
+    let services = tollgate_server::services(&config, &store, &clock)?;
+    let context = RequestContext::default();
+    let (user, first) = services
+        .accounts
+        .create_user(
+            "bench@example.com",
+            "Bench",
+            "benchmark password 123",
+            Actor::Operator,
+            &context,
+        )
+        .await?;
+    let mut teams = vec![first];
+    for n in 1..args.teams {
+        teams.push(
+            services
+                .teams
+                .create_team(&user, &format!("bench {n}"), None, &context)
+                .await?,
+        );
+    }
+    let mut payers = Vec::with_capacity(teams.len());
+    for team in &teams {
+        let (management_key, _) = services
+            .keys
+            .create_management_key(team.id, "bench", Actor::Operator, None, &context)
+            .await?;
+        let (key, _) = services
+            .keys
+            .create_api_key(
+                &management_key.into(),
+                team.id,
+                tollgate_core::NewApiKey {
+                    name: "bench".into(),
+                    acls: vec!["api-key:endpoint:*".into(), "api-key:model:*".into()],
+                    ..Default::default()
+                },
+                &context,
+            )
+            .await?;
+        services
+            .ledger
+            .grant(
+                team.id,
+                Ticks::new(1_000_000 * Ticks::PER_USD),
+                "benchmark credit",
+                None,
+                Actor::Operator,
+                &context,
+            )
+            .await?;
+        payers.push((team.id, key.id));
+    }
+
+    let settings = config.billing.credit()?;
+    let (usage, writer) = UsageRecorder::start(Arc::clone(&store), Arc::clone(&clock), settings.default_hard_limit);
+    let credits = Credits::new(Arc::clone(&store), Arc::clone(&clock), settings);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let keeper = credits.clone().spawn_keeper(stop.clone());
+
+    let backend = if args.database_url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!(
+        "settle-bench: {backend}, {} in flight, {} s per run",
+        args.concurrency, args.seconds
+    );
+    println!();
+    println!("| run | settled/s | p50 | p99 |");
+    println!("|---|---|---|---|");
+    let priced = pricing(100_000);
+    let hot = run(&credits, &usage, &clock, &payers[..1], priced, &args).await?;
+    report("one hot team", &hot);
+    let many = run(&credits, &usage, &clock, &payers, priced, &args).await?;
+    report(&format!("{} teams", payers.len()), &many);
+    let free = run(&credits, &usage, &clock, &payers[..1], pricing(0), &args).await?;
+    report("one team, free model (usage only)", &free);
+
+    stop.cancel();
+    keeper.await?;
+    drop(usage);
+    writer.await?;
+    if let Some(mismatch) = services.ledger.verify().await? {
+        anyhow::bail!("the ledger does not add up: {mismatch}");
+    }
+    println!();
+    println!("ledger verified: every balance is the sum of its entries, every usage row has its spend");
+    Ok(())
+}

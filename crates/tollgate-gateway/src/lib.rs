@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod pool;
+pub mod raw;
 pub mod responses;
 pub mod search;
 pub mod sse;

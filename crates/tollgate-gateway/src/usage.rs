@@ -33,7 +33,19 @@ pub fn parse_usage(value: &Value) -> Option<TokenUsage> {
     if value.is_null() {
         return None;
     }
-    let raw: RawUsage = serde_json::from_value(value.clone()).ok()?;
+    Some(normalise(RawUsage::deserialize(value).ok()?))
+}
+
+/// Reads a `usage` object from its JSON text, as [`parse_usage`] does.
+#[must_use]
+pub fn parse_usage_raw(json: &serde_json::value::RawValue) -> Option<TokenUsage> {
+    serde_json::from_str::<Option<RawUsage>>(json.get())
+        .ok()
+        .flatten()
+        .map(normalise)
+}
+
+fn normalise(raw: RawUsage) -> TokenUsage {
     let reasoning = raw
         .completion_tokens_details
         .and_then(|d| d.reasoning_tokens)
@@ -53,13 +65,13 @@ pub fn parse_usage(value: &Value) -> Option<TokenUsage> {
     } else {
         raw.completion_tokens
     };
-    Some(TokenUsage {
+    TokenUsage {
         prompt_tokens: raw.prompt_tokens,
         cached_prompt_tokens: cached,
         completion_tokens: completion,
         reasoning_tokens: reasoning,
         ..TokenUsage::default()
-    })
+    }
 }
 
 /// The `usage` object we send to clients, in xAI's shape.

@@ -33,9 +33,10 @@ use tollgate_domain::ratelimit::{LimitDecision, LimitStatus};
 use tollgate_domain::{Endpoint, RequestId, Ticks, TokenUsage};
 use tollgate_gateway::GatewayError;
 use tollgate_gateway::pool::UpstreamEvent;
+use tollgate_gateway::raw::{self, RawObject};
 use tollgate_gateway::search::{self, RequestedTool};
 use tollgate_gateway::sse::{SseDecoder, SseEvent};
-use tollgate_gateway::usage::{Demand, parse_usage, usage_json};
+use tollgate_gateway::usage::{Demand, parse_usage, parse_usage_raw, usage_json};
 use tollgate_gateway::wire::{ChatCompletionRequest, StreamOptions};
 
 use crate::AppState;
@@ -668,6 +669,12 @@ pub(super) trait StreamShape: Send + 'static {
     /// One upstream chunk (`None` when it is not JSON: `raw` is relayed as it is), with its usage
     /// report, priced, when it has one.
     fn chunk(&mut self, chunk: Option<Value>, raw: &str, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes>;
+    /// One upstream chunk that is a JSON object, read in place (`fields`, over `raw`) rather
+    /// than parsed into a tree: a shape that only relays the chunk splices it. By default it
+    /// is parsed and shaped as [`Self::chunk`] does.
+    fn relay(&mut self, raw: &str, _fields: &RawObject<'_>, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes> {
+        self.chunk(serde_json::from_str(raw).ok(), raw, priced)
+    }
     /// A search the platform ran for the model (a server-side tool), shown as it finishes.
     fn search(&mut self, call: &SearchCall) -> Vec<Bytes>;
     /// The URLs the answer draws on, before its last chunk.
@@ -702,6 +709,25 @@ impl StreamShape for Chunks {
             chunk["model"] = Value::String(self.model.clone());
         }
         vec![sse_data(&chunk.to_string())]
+    }
+
+    /// The chunk as the upstream wrote it, but for the public model name and the priced usage,
+    /// spliced in: nothing else is parsed or printed again.
+    fn relay(&mut self, _raw: &str, fields: &RawObject<'_>, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes> {
+        let model = Value::String(self.model.clone()).to_string();
+        let usage = priced.map(|(usage, cost)| usage_json(&usage, cost).to_string());
+        let mut replace: Vec<(&str, &str)> = Vec::with_capacity(2);
+        if fields.has("model") {
+            replace.push(("model", &model));
+        }
+        if let Some(usage) = &usage {
+            replace.push(("usage", usage));
+        }
+        let mut frame = String::with_capacity(fields.len_hint() + 64);
+        frame.push_str("data: ");
+        fields.splice_into(&mut frame, &replace);
+        frame.push_str("\n\n");
+        vec![Bytes::from(frame)]
     }
 
     /// A search as a chunk of one tool call whose `type` names the server-side tool (not
@@ -799,23 +825,33 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
                 finished = true;
                 break;
             };
-            let chunk = serde_json::from_str::<Value>(&payload).ok();
-            let mut priced = None;
-            if let Some(chunk) = &chunk {
-                if let Some(choices) = chunk["choices"].as_array() {
-                    for choice in choices {
-                        completion_chars += tollgate_gateway::usage::generated_chars(&choice["delta"]);
-                        // A text completion's chunk carries its text outside any delta.
-                        completion_chars += choice["text"].as_str().map_or(0, |text| text.chars().count() as u64);
+            let price = |usage: TokenUsage| (usage, billing.admission.pricing().cost(&usage).unwrap_or_default());
+            // Nearly every chunk is an object read in place; anything else takes the general
+            // path, parsed whole.
+            let shaped = if let Some(fields) = RawObject::parse(&payload) {
+                completion_chars = completion_chars.saturating_add(raw::chunk_generated_chars(&fields));
+                let usage = fields.get("usage").and_then(parse_usage_raw);
+                last_usage = usage.or(last_usage);
+                shape.relay(&payload, &fields, usage.map(price))
+            } else {
+                let chunk = serde_json::from_str::<Value>(&payload).ok();
+                let mut priced = None;
+                if let Some(chunk) = &chunk {
+                    if let Some(choices) = chunk["choices"].as_array() {
+                        for choice in choices {
+                            completion_chars += tollgate_gateway::usage::generated_chars(&choice["delta"]);
+                            // A text completion's chunk carries its text outside any delta.
+                            completion_chars += choice["text"].as_str().map_or(0, |text| text.chars().count() as u64);
+                        }
+                    }
+                    if let Some(usage) = parse_usage(&chunk["usage"]) {
+                        last_usage = Some(usage);
+                        priced = Some(price(usage));
                     }
                 }
-                if let Some(usage) = parse_usage(&chunk["usage"]) {
-                    last_usage = Some(usage);
-                    let cost = billing.admission.pricing().cost(&usage).unwrap_or_default();
-                    priced = Some((usage, cost));
-                }
-            }
-            for out in shape.chunk(chunk, &payload, priced) {
+                shape.chunk(chunk, &payload, priced)
+            };
+            for out in shaped {
                 if keep && sent.len() <= tollgate_core::retention::MAX_KEPT_BYTES {
                     sent.extend_from_slice(&out);
                 }

@@ -1,0 +1,240 @@
+//! Reading an upstream's JSON without building a tree of it. A stream chunk is relayed almost
+//! as it came: only its `model` (our public name) and its `usage` (with the cost) change, and
+//! billing reads only the usage and the generated text. [`RawObject`] keeps an object's members
+//! as the upstream's own text, so a chunk is scanned once, the few fields needed are read from
+//! it, and it is written back by splicing, with no `Value` built and no number re-printed.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// A JSON object's members in the upstream's order, each value its raw JSON text. A key that
+/// appears twice keeps its first place and its last value, as a parser building a map would.
+#[derive(Debug)]
+pub struct RawObject<'a> {
+    members: Vec<(&'a str, &'a RawValue)>,
+}
+
+impl<'a> RawObject<'a> {
+    /// `json` as an object; `None` when it is not one (or a key needs unescaping, which no
+    /// upstream's keys do: the caller then takes the slow, general path).
+    #[must_use]
+    pub fn parse(json: &'a str) -> Option<Self> {
+        serde_json::from_str(json).ok()
+    }
+
+    /// The raw value of member `key`.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.members
+            .iter()
+            .find_map(|(name, value)| (*name == key).then_some(*value))
+    }
+
+    /// Whether the object has member `key`.
+    #[must_use]
+    pub fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Member `key` when it is an object.
+    #[must_use]
+    pub fn object(&self, key: &str) -> Option<RawObject<'a>> {
+        self.get(key).and_then(|raw| Self::parse(raw.get()))
+    }
+
+    /// The items of member `key` when it is an array (none otherwise).
+    #[must_use]
+    pub fn array(&self, key: &str) -> Vec<&'a RawValue> {
+        self.get(key)
+            .filter(|raw| raw.get().starts_with('['))
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default()
+    }
+
+    /// Member `key` when it is a string, unescaped.
+    #[must_use]
+    pub fn text(&self, key: &str) -> Option<Cow<'a, str>> {
+        let json = self.get(key)?.get();
+        if !json.starts_with('"') {
+            return None;
+        }
+        // Borrowed when it has no escapes, which is nearly always.
+        match serde_json::from_str::<&'a str>(json) {
+            Ok(text) => Some(Cow::Borrowed(text)),
+            Err(_) => serde_json::from_str::<String>(json).ok().map(Cow::Owned),
+        }
+    }
+
+    /// About how long the object's text is.
+    #[must_use]
+    pub fn len_hint(&self) -> usize {
+        self.members
+            .iter()
+            .map(|(key, value)| key.len() + value.get().len() + 4)
+            .sum::<usize>()
+            + 2
+    }
+
+    /// The object written back with each member named in `replace` given that JSON text
+    /// instead (members not present are not added), in the upstream's order.
+    #[must_use]
+    pub fn spliced(&self, replace: &[(&str, &str)]) -> String {
+        let mut out =
+            String::with_capacity(self.len_hint() + replace.iter().map(|(_, json)| json.len()).sum::<usize>());
+        self.splice_into(&mut out, replace);
+        out
+    }
+
+    /// [`Self::spliced`], written at the end of `out`.
+    pub fn splice_into(&self, out: &mut String, replace: &[(&str, &str)]) {
+        out.push('{');
+        for (n, (key, value)) in self.members.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            // A borrowed key had no escapes, so it is written back as it was read.
+            out.push('"');
+            out.push_str(key);
+            out.push_str("\":");
+            let json = replace
+                .iter()
+                .find_map(|(name, json)| (*name == *key).then_some(*json))
+                .unwrap_or_else(|| value.get());
+            out.push_str(json);
+        }
+        out.push('}');
+    }
+}
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+
+        impl<'de> Visitor<'de> for Members {
+            type Value = RawObject<'de>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members: Vec<(&'de str, &'de RawValue)> = Vec::with_capacity(8);
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    let value = map.next_value::<&'de RawValue>()?;
+                    match members.iter_mut().find(|(name, _)| *name == key) {
+                        Some(member) => member.1 = value,
+                        None => members.push((key, value)),
+                    }
+                }
+                Ok(RawObject { members })
+            }
+        }
+
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// The characters a model generated in one message or stream delta, read from its raw text: as
+/// [`crate::usage::generated_chars`] counts them (content, refusal, reasoning, and the names and
+/// arguments of the tools it called).
+#[must_use]
+pub fn generated_chars(message: &RawObject<'_>) -> u64 {
+    let count = |text: Option<Cow<'_, str>>| text.map_or(0, |text| text.chars().count() as u64);
+    let mut chars = ["content", "refusal", "reasoning_content", "reasoning"]
+        .iter()
+        .map(|field| count(message.text(field)))
+        .fold(0, u64::saturating_add);
+    let calls = message
+        .array("tool_calls")
+        .into_iter()
+        .filter_map(|call| RawObject::parse(call.get()).and_then(|call| call.object("function")));
+    for function in calls.chain(message.object("function_call")) {
+        chars = chars
+            .saturating_add(count(function.text("name")))
+            .saturating_add(count(function.text("arguments")));
+    }
+    chars
+}
+
+/// The characters generated in a stream chunk: every choice's delta, and a text completion's
+/// `text`.
+#[must_use]
+pub fn chunk_generated_chars(chunk: &RawObject<'_>) -> u64 {
+    chunk
+        .array("choices")
+        .into_iter()
+        .filter_map(|choice| RawObject::parse(choice.get()))
+        .map(|choice| {
+            let delta = choice.object("delta").map_or(0, |delta| generated_chars(&delta));
+            let text = choice.text("text").map_or(0, |text| text.chars().count() as u64);
+            delta.saturating_add(text)
+        })
+        .fold(0, u64::saturating_add)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[test]
+    fn splices_members_in_the_upstreams_order_and_keeps_the_rest_as_it_came() {
+        let chunk = r#"{"id":"c1","object":"chat.completion.chunk","model":"up/model-7b",
+            "choices":[{"index":0,"delta":{"content":"h\u00e9llo"},"finish_reason":null}],"x":1.50}"#;
+        let object = RawObject::parse(chunk).unwrap();
+        let out = object.spliced(&[("model", "\"grok-4\""), ("usage", "{}")]);
+        assert_eq!(
+            out,
+            r#"{"id":"c1","object":"chat.completion.chunk","model":"grok-4","choices":[{"index":0,"delta":{"content":"h\u00e9llo"},"finish_reason":null}],"x":1.50}"#
+        );
+        // The same document as the upstream's, but the model.
+        let mut expected: Value = serde_json::from_str(chunk).unwrap();
+        expected["model"] = json!("grok-4");
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value() {
+        let object = RawObject::parse(r#"{"a":1,"b":2,"a":3}"#).unwrap();
+        assert_eq!(object.get("a").unwrap().get(), "3");
+        assert_eq!(object.spliced(&[]), r#"{"a":3,"b":2}"#);
+    }
+
+    #[test]
+    fn what_is_not_a_plain_object_is_left_to_the_general_path() {
+        for json in ["[1]", "\"s\"", "null", "{\"a\":", "{\"k\\u0065y\":1}", "not json"] {
+            assert!(RawObject::parse(json).is_none(), "{json}");
+        }
+    }
+
+    #[test]
+    fn counts_generated_text_as_the_tree_walk_does() {
+        let chunks = [
+            json!({"choices": [{"delta": {"content": "héllo \"you\"", "reasoning_content": "think"}}]}),
+            json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "get", "arguments": "{\"q\":1}"}}]}}]}),
+            json!({"choices": [{"delta": {"function_call": {"name": "f", "arguments": "{}"}}}, {"text": "abc"}]}),
+            json!({"choices": [{"delta": {"content": 5, "tool_calls": "no", "refusal": null}}]}),
+            json!({"choices": "none"}),
+            json!({"usage": {"prompt_tokens": 3}}),
+        ];
+        for chunk in chunks {
+            let by_tree: u64 = chunk["choices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|choice| {
+                    crate::usage::generated_chars(&choice["delta"])
+                        + choice["text"].as_str().map_or(0, |text| text.chars().count() as u64)
+                })
+                .sum();
+            let text = chunk.to_string();
+            let raw = RawObject::parse(&text).unwrap();
+            assert_eq!(chunk_generated_chars(&raw), by_tree, "{chunk}");
+        }
+    }
+}

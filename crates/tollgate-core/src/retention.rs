@@ -1,6 +1,7 @@
 //! Request and response bodies kept for abuse review (xAI's: kept 30 days, then deleted).
 //!
-//! Each answered request's bodies are compressed (LZ4), sealed with a key of their own (derived
+//! Each answered request's bodies are laid out as bytes (compressed with LZ4 when long enough to
+//! gain), sealed with a key of their own (derived
 //! from the server's secret like the TOTP seal) with the team and request ids bound in, and
 //! written by one task in batches. Keeping never delays an answer: a body the writer cannot take
 //! (its queue full, the database down) is dropped and counted, never waited for. The housekeeping
@@ -111,6 +112,68 @@ impl std::fmt::Debug for Retention {
     }
 }
 
+/// How kept bodies are laid out before they are sealed: this tag, a flags byte, then the
+/// request's length (`u32`, little-endian), the request and the answer, as they were (bytes,
+/// not text) — that part LZ4-compressed, its size prepended, when it is long enough to gain.
+/// Rows from before this layout hold LZ4 (size prepended) of [`Bodies`] as JSON; their first four
+/// bytes, that size, never spell the tag (as a size it reads 828 MB, far past what is kept).
+const LAYOUT: &[u8; 4] = b"tgb1";
+const TRUNCATED: u8 = 1;
+const COMPRESSED: u8 = 2;
+/// Shorter than this, LZ4's table costs more than compressing saves.
+const COMPRESS_FROM: usize = 2048;
+
+/// `request` and `response` laid out to be sealed.
+fn pack(request: &[u8], response: &[u8], truncated: bool) -> Vec<u8> {
+    let mut flags = if truncated { TRUNCATED } else { 0 };
+    let length = u32::try_from(request.len()).unwrap_or(u32::MAX).to_le_bytes();
+    let size = 4 + request.len() + response.len();
+    let mut packed = Vec::with_capacity(LAYOUT.len() + 1 + size);
+    packed.extend_from_slice(LAYOUT);
+    if size >= COMPRESS_FROM {
+        flags |= COMPRESSED;
+        let mut plain = Vec::with_capacity(size);
+        plain.extend_from_slice(&length);
+        plain.extend_from_slice(request);
+        plain.extend_from_slice(response);
+        packed.push(flags);
+        packed.extend_from_slice(&lz4_flex::compress_prepend_size(&plain));
+    } else {
+        packed.push(flags);
+        packed.extend_from_slice(&length);
+        packed.extend_from_slice(request);
+        packed.extend_from_slice(response);
+    }
+    packed
+}
+
+/// What [`pack`] laid out (or a row from before it); `None` when it is not either.
+fn unpack(packed: &[u8]) -> Option<Bodies> {
+    let Some(rest) = packed.strip_prefix(LAYOUT.as_slice()) else {
+        let plain = lz4_flex::decompress_size_prepended(packed).ok()?;
+        return serde_json::from_slice(&plain).ok();
+    };
+    let (&flags, rest) = rest.split_first()?;
+    let decompressed;
+    let plain = if flags & COMPRESSED == 0 {
+        rest
+    } else {
+        decompressed = lz4_flex::decompress_size_prepended(rest).ok()?;
+        &decompressed
+    };
+    let (length, bodies) = plain.split_first_chunk::<4>()?;
+    let length = usize::try_from(u32::from_le_bytes(*length)).ok()?;
+    if length > bodies.len() {
+        return None;
+    }
+    let (request, response) = bodies.split_at(length);
+    Some(Bodies {
+        request: String::from_utf8_lossy(request).into_owned(),
+        response: String::from_utf8_lossy(response).into_owned(),
+        truncated: flags & TRUNCATED != 0,
+    })
+}
+
 fn context(team_id: TeamId, request_id: RequestId) -> Vec<u8> {
     format!("request-bodies|{team_id}|{request_id}").into_bytes()
 }
@@ -143,9 +206,9 @@ async fn write(
     }
 }
 
-fn cut(bytes: &[u8]) -> (String, bool) {
+fn cut(bytes: &[u8]) -> (&[u8], bool) {
     let kept = &bytes[..bytes.len().min(MAX_KEPT_BYTES)];
-    (String::from_utf8_lossy(kept).into_owned(), kept.len() < bytes.len())
+    (kept, kept.len() < bytes.len())
 }
 
 impl Retention {
@@ -213,19 +276,11 @@ impl Retention {
         if self.keep_for <= chrono::Duration::zero() {
             return;
         }
-        let (request_text, request_cut) = cut(&request.request);
-        let (response_text, response_cut) = cut(response);
-        let bodies = Bodies {
-            request: request_text,
-            response: response_text,
-            truncated: request_cut || response_cut,
-        };
-        let Ok(plain) = serde_json::to_vec(&bodies) else {
-            return;
-        };
-        let compressed = lz4_flex::compress_prepend_size(&plain);
+        let (request_kept, request_cut) = cut(&request.request);
+        let (response_kept, response_cut) = cut(response);
+        let packed = pack(request_kept, response_kept, request_cut || response_cut);
         let sealed = self.sealer.seal(
-            &compressed,
+            &packed,
             &context(request.team_id, request.request_id),
             &mut EntropyRng(&*self.entropy),
         );
@@ -264,12 +319,11 @@ impl Retention {
         let Some(row) = self.store.request_body(request_id).await? else {
             return Ok(None);
         };
-        let compressed = self
+        let packed = self
             .sealer
             .open(&row.sealed, &context(row.team_id, request_id))
             .ok_or(RetentionError::Sealed(request_id))?;
-        let plain = lz4_flex::decompress_size_prepended(&compressed).map_err(|_| RetentionError::Sealed(request_id))?;
-        let bodies: Bodies = serde_json::from_slice(&plain).map_err(|_| RetentionError::Sealed(request_id))?;
+        let bodies = unpack(&packed).ok_or(RetentionError::Sealed(request_id))?;
         let audit = AuditEvent::success(
             self.clock.now(),
             Some(row.team_id),
@@ -297,5 +351,60 @@ impl Retention {
         }
         let now = self.clock.now();
         self.store.prune_request_bodies(now - self.keep_for, now).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_come_back_as_they_were_kept_short_or_long() {
+        let long = "{\"messages\":[{\"role\":\"user\",\"content\":\"é\"}]}".repeat(100);
+        for (request, response, truncated) in [
+            ("{\"model\":\"m\"}", "data: {}\n\n", false),
+            (long.as_str(), "{\"choices\":[]}", true),
+            ("", "", false),
+        ] {
+            let packed = pack(request.as_bytes(), response.as_bytes(), truncated);
+            assert_eq!(
+                packed[4] & COMPRESSED != 0,
+                request.len() + response.len() + 4 >= COMPRESS_FROM
+            );
+            let bodies = unpack(&packed).unwrap();
+            assert_eq!(bodies.request, request);
+            assert_eq!(bodies.response, response);
+            assert_eq!(bodies.truncated, truncated);
+        }
+    }
+
+    #[test]
+    fn a_body_cut_inside_a_character_opens_all_the_same() {
+        let bodies = unpack(&pack("é".as_bytes()[..1].as_ref(), b"ok", true)).unwrap();
+        assert_eq!(bodies.request, "\u{fffd}");
+        assert_eq!(bodies.response, "ok");
+    }
+
+    #[test]
+    fn rows_kept_before_the_layout_still_open() {
+        let before = Bodies {
+            request: "{\"model\":\"m\"}".into(),
+            response: "{\"id\":\"x\"}".into(),
+            truncated: false,
+        };
+        let legacy = lz4_flex::compress_prepend_size(&serde_json::to_vec(&before).unwrap());
+        assert_eq!(unpack(&legacy), Some(before));
+    }
+
+    #[test]
+    fn what_is_not_kept_bodies_does_not_open() {
+        for packed in [
+            &b"tgb1"[..],
+            b"tgb1\x00\x09\x00\x00\x00ab",
+            b"tgb1\x02garbage",
+            b"\x05\x00\x00\x00zz",
+        ] {
+            assert_eq!(unpack(packed), None, "{packed:?}");
+        }
     }
 }

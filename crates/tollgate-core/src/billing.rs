@@ -10,7 +10,7 @@ pub mod payments;
 pub mod watch;
 
 pub use analytics::UsageQuery;
-pub use credit::{CreditError, CreditSettings, Credits, Hold};
+pub use credit::{CreditError, CreditSettings, Credits, Hold, Monotonic};
 pub use ledger::{InvoicePreview, Ledger, LedgerError, TeamCredit};
 pub use payments::{
     Card, CheckoutRequest, CheckoutSession, CustomerDetails, EventError, EventObject, EventOutcome, Payment,

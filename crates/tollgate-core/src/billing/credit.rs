@@ -155,9 +155,14 @@ impl Drop for Hold {
     }
 }
 
+/// Where a node reads its monotonic time: [`Instant::now`], unless a test moves its own (a node
+/// that stalls, or a lease that ages, without waiting for it).
+pub type Monotonic = Arc<dyn Fn() -> Instant + Send + Sync>;
+
 struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    instant: Monotonic,
     node_id: Uuid,
     settings: CreditSettings,
     teams: Mutex<HashMap<TeamId, Arc<TeamSlot>>>,
@@ -172,15 +177,30 @@ pub struct Credits {
 impl Credits {
     /// Holds against `store`'s credit, as a node of its own.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: CreditSettings) -> Self {
+        Self::with_monotonic(store, clock, Arc::new(Instant::now), settings)
+    }
+
+    /// [`Self::new`], reading monotonic time from `instant` (a test's, which it moves).
+    pub fn with_monotonic(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        instant: Monotonic,
+        settings: CreditSettings,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 clock,
+                instant,
                 node_id: Uuid::now_v7(),
                 settings,
                 teams: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    fn now(&self) -> Instant {
+        (self.inner.instant)()
     }
 
     /// The settings.
@@ -205,7 +225,7 @@ impl Credits {
 
     /// Holds `amount` if the node's lease covers it.
     fn try_hold(&self, slot: &Arc<TeamSlot>, amount: i64) -> Option<Hold> {
-        let now = Instant::now();
+        let now = self.now();
         let mut state = slot.state();
         let held = state.held;
         let lease = state.lease.as_ref()?;
@@ -261,7 +281,7 @@ impl Credits {
         let want = need.saturating_add(growth);
         let settings = self.inner.settings;
         let now = self.inner.clock.now();
-        let asked_at = Instant::now();
+        let asked_at = self.now();
         let grant = self
             .inner
             .store
@@ -354,7 +374,7 @@ impl Credits {
             let Ok(_one_trip) = slot.grow.try_lock() else {
                 continue;
             };
-            let now = Instant::now();
+            let now = self.now();
             let (lease_id, asked_at, idle) = {
                 let state = slot.state();
                 let Some(lease) = &state.lease else { continue };
@@ -377,7 +397,7 @@ impl Credits {
                     self.inner.store.return_lease(lease_id).await?;
                 }
             } else if now - asked_at >= settings.admit_window() / 2 {
-                let asked = Instant::now();
+                let asked = self.now();
                 let renewed = self.inner.store.renew_lease(lease_id, settings.ttl_ms()).await?;
                 let mut state = slot.state();
                 if state.lease.as_ref().is_some_and(|lease| lease.id == lease_id) {

@@ -26,6 +26,7 @@ on_both_backends!(
     a_request_past_its_deadline_is_cut_off_and_charged,
     leases_go_back_when_idle_and_at_shutdown,
     a_tokenizer_tightens_the_hold_of_a_long_prompt,
+    a_node_that_stalls_past_its_lease_does_not_spend_it,
 );
 
 const MAX_TOKENS: u64 = 100;
@@ -768,6 +769,89 @@ async fn a_tokenizer_tightens_the_hold_of_a_long_prompt(db: TestDb) {
     assert!(app.upstream.requests().is_empty());
     // With one, the counted prompt is held, and it fits.
     assert_eq!(app.chat(&key, body(MODEL)).await.status(), StatusCode::OK);
+    assert_ledger_consistent(&app).await;
+    app.finish().await;
+}
+
+/// A node that stalls (a long pause, a frozen VM) resumes believing in a lease the database may
+/// already have let go and lent again. It must not admit a request on that lease: once the
+/// lease's admission window has passed on the node's own monotonic clock, the next hold asks the
+/// database, which lends a fresh lease when the old one is gone. The keeper likewise forgets a
+/// lease the database no longer renews. The node's clock is the test's, moved, not waited for;
+/// the database's loss of the lease is a return, as an expiry would be.
+async fn a_node_that_stalls_past_its_lease_does_not_spend_it(db: TestDb) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    let app = TestApp::prepaid_only(db).await;
+    let (_, hold) = hold_of_request();
+    grant(&app, Ticks::new(hold.get() * 100), None).await;
+    let store = Arc::clone(&app.server.as_ref().unwrap().store);
+    let settings = tollgate_core::billing::CreditSettings {
+        lease_ttl: Duration::from_secs(60),
+        max_request: Duration::from_secs(10),
+        default_hard_limit: Ticks::ZERO,
+    };
+    // Admits for 60 - 10 - 6 (the margin) = 44 s after the lease was asked for.
+    assert_eq!(settings.admit_window(), Duration::from_secs(44));
+    let elapsed_ms = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let instant: tollgate_core::billing::Monotonic = {
+        let elapsed_ms = Arc::clone(&elapsed_ms);
+        Arc::new(move || start + Duration::from_millis(elapsed_ms.load(Ordering::SeqCst)))
+    };
+    let node = tollgate_core::billing::Credits::with_monotonic(
+        Arc::clone(&store),
+        app.clock.clone() as Arc<dyn tollgate_domain::Clock>,
+        instant,
+        settings,
+    );
+    let advance = |seconds: u64| elapsed_ms.fetch_add(seconds * 1000, Ordering::SeqCst);
+    let team = app.team.id;
+
+    let first = node.hold(team, hold).await.unwrap();
+    // A priced hold draws on a lease.
+    let leased_first = first.lease_id().unwrap();
+    drop(first);
+    // Within the window the lease admits with no database trip: a lease the database no
+    // longer has still admits here, which is why the window ends well before the lease does.
+    store.return_lease(leased_first).await.unwrap();
+    advance(43);
+    let within = node.hold(team, hold).await.unwrap();
+    assert_eq!(
+        within.lease_id(),
+        Some(leased_first),
+        "admitted locally within the window"
+    );
+    drop(within);
+
+    // The node stalls past the window: its lease is no longer trusted, the database is asked,
+    // and the lease it had is gone, so the hold draws on a fresh one.
+    advance(2);
+    let after_stall = node.hold(team, hold).await.unwrap();
+    let leased_again = after_stall.lease_id().unwrap();
+    assert_ne!(
+        leased_again, leased_first,
+        "never admitted on the lease it stalled past"
+    );
+    drop(after_stall);
+
+    // The keeper renews a lease in use past half its window; one the database has let go is
+    // forgotten, and the next hold takes a fresh lease at once.
+    advance(23);
+    store.return_lease(leased_again).await.unwrap();
+    let in_use = node.hold(team, hold).await.unwrap();
+    node.keep().await.unwrap();
+    let after_keeper = node.hold(team, hold).await.unwrap();
+    let leased_third = after_keeper.lease_id().unwrap();
+    assert_ne!(
+        leased_third, leased_again,
+        "the keeper forgot the lease it could not renew"
+    );
+    assert_ne!(leased_third, leased_first);
+    drop(after_keeper);
+    drop(in_use);
+    node.return_all().await;
     assert_ledger_consistent(&app).await;
     app.finish().await;
 }

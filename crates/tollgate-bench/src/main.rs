@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use serde_json::json;
-use tollgate_domain::{Actor, Clock, RequestContext, SystemClock};
+use tollgate_domain::{Clock, SystemClock};
 use tollgate_server::config::ModelConfig;
 
 #[derive(Debug, Parser)]
@@ -307,50 +307,8 @@ async fn main() -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let server = tollgate_server::start(&config, Arc::clone(&clock), std::future::pending()).await?;
     let services = tollgate_server::services(&config, &server.store, &clock)?;
-    let context = RequestContext::default();
-    let (user, first) = services
-        .accounts
-        .create_user(
-            "bench@example.com",
-            "Bench",
-            "benchmark password 123",
-            Actor::Operator,
-            &context,
-        )
-        .await?;
-    let mut teams = vec![first];
-    for n in 1..args.teams {
-        teams.push(
-            services
-                .teams
-                .create_team(&user, &format!("bench {n}"), None, &context)
-                .await?,
-        );
-    }
-    let mut keys = Vec::with_capacity(teams.len());
-    for team in &teams {
-        let (management_key, _) = services
-            .keys
-            .create_management_key(team.id, "bench", Actor::Operator, None, &context)
-            .await?;
-        let (_, key) = services
-            .keys
-            .create_api_key(&management_key.into(), team.id, tollgate_core_new_key(limits), &context)
-            .await?;
-        keys.push(key.expose().to_owned());
-        // Plenty of prepaid credit: the path measured is hold, spend and release, not refusal.
-        services
-            .ledger
-            .grant(
-                team.id,
-                tollgate_domain::Ticks::new(1_000_000 * tollgate_domain::Ticks::PER_USD),
-                "benchmark credit",
-                None,
-                Actor::Operator,
-                &context,
-            )
-            .await?;
-    }
+    let payers = tollgate_bench::seed_payers(&services, args.teams, || tollgate_core_new_key(limits)).await?;
+    let keys: Vec<String> = payers.iter().map(|payer| payer.secret.clone()).collect();
 
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
@@ -504,8 +462,8 @@ async fn main() -> anyhow::Result<()> {
         ms(billed.percentile(0.99)) - ms(free.percentile(0.99))
     );
     let mut stored = 0;
-    for team in &teams {
-        stored += server.store.list_usage(team.id, u32::MAX).await?.len();
+    for payer in &payers {
+        stored += server.store.list_usage(payer.key.team_id, u32::MAX).await?.len();
     }
     let expected = 2 * (args.requests / 2) * 2 + args.warmup * 2;
     println!("usage records stored: {stored} (expected {expected})");

@@ -20,8 +20,7 @@ use clap::Parser;
 use tollgate_core::billing::Credits;
 use tollgate_core::usage::UsageRecorder;
 use tollgate_domain::{
-    Actor, ApiKeyId, Clock, Endpoint, ModelPricing, RequestContext, RequestId, SystemClock, TeamId, Ticks, TokenUsage,
-    UsageRecord,
+    ApiKeyId, Clock, Endpoint, ModelPricing, RequestId, SystemClock, TeamId, Ticks, TokenUsage, UsageRecord,
 };
 use tollgate_store::Charge;
 
@@ -105,7 +104,7 @@ async fn run(
             let mut next = worker;
             while !stop.load(Ordering::Relaxed) {
                 let (team_id, api_key_id) = payers[next % payers.len()];
-                next += args_stride(payers.len());
+                next += stride(payers.len());
                 let started = Instant::now();
                 let hold = credits.hold(team_id, worst).await?;
                 let record = UsageRecord {
@@ -157,7 +156,7 @@ async fn run(
 }
 
 /// Workers step through the teams so that at any moment they spread over all of them.
-fn args_stride(teams: usize) -> usize {
+fn stride(teams: usize) -> usize {
     if teams == 1 { 0 } else { 7 }
 }
 
@@ -195,58 +194,16 @@ async fn main() -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = tollgate_server::open_store(&config).await?;
     let services = tollgate_server::services(&config, &store, &clock)?;
-    let context = RequestContext::default();
-    let (user, first) = services
-        .accounts
-        .create_user(
-            "bench@example.com",
-            "Bench",
-            "benchmark password 123",
-            Actor::Operator,
-            &context,
-        )
-        .await?;
-    let mut teams = vec![first];
-    for n in 1..args.teams {
-        teams.push(
-            services
-                .teams
-                .create_team(&user, &format!("bench {n}"), None, &context)
-                .await?,
-        );
-    }
-    let mut payers = Vec::with_capacity(teams.len());
-    for team in &teams {
-        let (management_key, _) = services
-            .keys
-            .create_management_key(team.id, "bench", Actor::Operator, None, &context)
-            .await?;
-        let (key, _) = services
-            .keys
-            .create_api_key(
-                &management_key.into(),
-                team.id,
-                tollgate_core::NewApiKey {
-                    name: "bench".into(),
-                    acls: vec!["api-key:endpoint:*".into(), "api-key:model:*".into()],
-                    ..Default::default()
-                },
-                &context,
-            )
-            .await?;
-        services
-            .ledger
-            .grant(
-                team.id,
-                Ticks::new(1_000_000 * Ticks::PER_USD),
-                "benchmark credit",
-                None,
-                Actor::Operator,
-                &context,
-            )
-            .await?;
-        payers.push((team.id, key.id));
-    }
+    let payers: Vec<(TeamId, ApiKeyId)> =
+        tollgate_bench::seed_payers(&services, args.teams, || tollgate_core::NewApiKey {
+            name: "bench".into(),
+            acls: vec!["api-key:endpoint:*".into(), "api-key:model:*".into()],
+            ..Default::default()
+        })
+        .await?
+        .iter()
+        .map(|payer| (payer.key.team_id, payer.key.id))
+        .collect();
 
     let settings = config.billing.credit()?;
     let (usage, writer) = UsageRecorder::start(Arc::clone(&store), Arc::clone(&clock), settings.default_hard_limit);

@@ -1,0 +1,68 @@
+//! What the benchmarks share: seeding a store with teams that can pay.
+
+use tollgate_domain::{Actor, ApiKey, RequestContext, Ticks};
+
+/// A team made for a benchmark: its key (and the key's secret) and plenty of prepaid credit.
+pub struct Payer {
+    /// The team's API key.
+    pub key: ApiKey,
+    /// The key's secret, as a client sends it.
+    pub secret: String,
+}
+
+/// Creates a user and `teams` teams through the services, as people would, each with one API
+/// key made from `new_key` and a million dollars of prepaid credit (the path measured is hold,
+/// spend and release, not refusal).
+pub async fn seed_payers(
+    services: &tollgate_server::Services,
+    teams: usize,
+    new_key: impl Fn() -> tollgate_core::NewApiKey,
+) -> anyhow::Result<Vec<Payer>> {
+    let context = RequestContext::default();
+    let (user, first) = services
+        .accounts
+        .create_user(
+            "bench@example.com",
+            "Bench",
+            "benchmark password 123",
+            Actor::Operator,
+            &context,
+        )
+        .await?;
+    let mut all = vec![first];
+    for n in 1..teams {
+        all.push(
+            services
+                .teams
+                .create_team(&user, &format!("bench {n}"), None, &context)
+                .await?,
+        );
+    }
+    let mut payers = Vec::with_capacity(all.len());
+    for team in &all {
+        let (management_key, _) = services
+            .keys
+            .create_management_key(team.id, "bench", Actor::Operator, None, &context)
+            .await?;
+        let (key, secret) = services
+            .keys
+            .create_api_key(&management_key.into(), team.id, new_key(), &context)
+            .await?;
+        services
+            .ledger
+            .grant(
+                team.id,
+                Ticks::new(1_000_000 * Ticks::PER_USD),
+                "benchmark credit",
+                None,
+                Actor::Operator,
+                &context,
+            )
+            .await?;
+        payers.push(Payer {
+            key,
+            secret: secret.expose().to_owned(),
+        });
+    }
+    Ok(payers)
+}

@@ -40,6 +40,21 @@ struct Args {
     /// the benchmark migrates it and leaves its rows).
     #[arg(long)]
     database_url: Option<String>,
+    /// The runs to make, in order (a profile of one run alone: `--runs teams`).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Runs::Hot, Runs::Teams, Runs::Free])]
+    runs: Vec<Runs>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Runs {
+    /// One hot team on a priced model.
+    Hot,
+    /// `--teams` teams on a priced model.
+    Teams,
+    /// One team on a free model: usage recorded, nothing held or spent.
+    Free,
+    /// `--teams` teams on a free model: what the many-teams run costs without billing.
+    FreeTeams,
 }
 
 /// A small chat completion at the bench model's prices, and its worst case (what admission
@@ -224,12 +239,20 @@ async fn main() -> anyhow::Result<()> {
     println!("| run | settled/s | p50 | p99 |");
     println!("|---|---|---|---|");
     let priced = pricing(100_000);
-    let hot = run(&credits, &usage, &clock, &payers[..1], priced, &args).await?;
-    report("one hot team", &hot);
-    let many = run(&credits, &usage, &clock, &payers, priced, &args).await?;
-    report(&format!("{} teams", payers.len()), &many);
-    let free = run(&credits, &usage, &clock, &payers[..1], pricing(0), &args).await?;
-    report("one team, free model (usage only)", &free);
+    for which in &args.runs {
+        let (name, teams, prices) = match which {
+            Runs::Hot => ("one hot team".to_owned(), &payers[..1], priced),
+            Runs::Teams => (format!("{} teams", payers.len()), &payers[..], priced),
+            Runs::Free => ("one team, free model (usage only)".to_owned(), &payers[..1], pricing(0)),
+            Runs::FreeTeams => (
+                format!("{} teams, free model (usage only)", payers.len()),
+                &payers[..],
+                pricing(0),
+            ),
+        };
+        let measured = run(&credits, &usage, &clock, teams, prices, &args).await?;
+        report(&name, &measured);
+    }
 
     stop.cancel();
     keeper.await?;

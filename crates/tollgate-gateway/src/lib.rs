@@ -5,6 +5,7 @@
 //! It returns usage ([`tollgate_domain::TokenUsage`]); billing it is the caller's job.
 
 pub mod catalog;
+mod client;
 pub mod pool;
 pub mod raw;
 pub mod responses;

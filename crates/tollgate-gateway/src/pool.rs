@@ -396,7 +396,9 @@ mod tests {
         let clock = Arc::new(tollgate_domain::ManualClock::new(
             chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
         ));
-        let client = reqwest::Client::new();
+        let client =
+            crate::upstream::UpstreamClient::new(std::time::Duration::from_secs(1), std::time::Duration::from_secs(5))
+                .expect("client");
         let backends = weights
             .iter()
             .enumerate()
@@ -509,7 +511,9 @@ mod tests {
         let clock: Arc<dyn Clock> = Arc::new(tollgate_domain::ManualClock::new(
             chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
         ));
-        let client = reqwest::Client::new();
+        let client =
+            crate::upstream::UpstreamClient::new(std::time::Duration::from_secs(1), std::time::Duration::from_secs(5))
+                .expect("client");
         let backend = |name: &str, url: &str| Backend {
             upstream: Arc::new(Upstream::new(name.into(), url, None, client.clone())),
             model: "m".into(),

@@ -1,5 +1,5 @@
 //! An OpenAI-compatible upstream (vLLM, SGLang, llama.cpp, Ollama, hosted providers): one pooled
-//! keep-alive HTTP client with TCP_NODELAY, shared by every model that points at it.
+//! keep-alive HTTP client ([`UpstreamClient`]), shared by every model that points at it.
 
 use std::fmt;
 use std::time::Duration;
@@ -8,6 +8,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde_json::Value;
 
+use http::Method;
+use http::header::HeaderValue;
+
+pub use crate::client::UpstreamClient;
+use crate::client::{Answer, Target};
 use crate::wire::ChatCompletionRequest;
 
 /// What went wrong talking to an upstream.
@@ -35,69 +40,49 @@ pub enum GatewayError {
     AtCapacity,
 }
 
-impl GatewayError {
-    fn from_reqwest(error: &reqwest::Error) -> Self {
-        if error.is_timeout() {
-            GatewayError::Timeout
-        } else {
-            // The chain holds the useful part ("connection refused"); never the URL's secrets,
-            // as upstream keys travel in a header, not the URL.
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(cause) = source {
-                message = format!("{message}: {cause}");
-                source = cause.source();
-            }
-            GatewayError::Unavailable(message)
-        }
-    }
-}
-
 /// One upstream server.
 pub struct Upstream {
     name: String,
-    chat_url: String,
-    /// `chat_url` parsed once (reqwest would parse the string again on every request); `None`
-    /// when it does not parse, and then each request fails as reqwest finds it.
-    chat_url_parsed: Option<reqwest::Url>,
     base_url: String,
-    api_key: Option<String>,
-    client: reqwest::Client,
+    chat: Target,
+    models: Target,
+    /// `Bearer <key>`, made once.
+    bearer: Option<HeaderValue>,
+    client: UpstreamClient,
 }
 
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
             .field("name", &self.name)
-            .field("chat_url", &self.chat_url)
+            .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
 }
 
-/// A client for upstream calls: keep-alive pool, TCP_NODELAY, connect and overall timeouts.
+/// A client for calls the gateway makes elsewhere (the search backends): keep-alive pool,
+/// TCP_NODELAY, connect and read timeouts.
 pub fn http_client(connect_timeout: Duration, request_timeout: Duration) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .connect_timeout(connect_timeout)
-        .read_timeout(request_timeout)
-        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-        .build()
+    crate::client::reqwest_client(connect_timeout, request_timeout)
 }
 
 impl Upstream {
     /// An upstream at `base_url` (e.g. `http://127.0.0.1:8000/v1`).
     #[must_use]
-    pub fn new(name: String, base_url: &str, api_key: Option<String>, client: reqwest::Client) -> Self {
+    pub fn new(name: String, base_url: &str, api_key: Option<String>, client: UpstreamClient) -> Self {
         let base_url = base_url.trim_end_matches('/').to_owned();
-        let chat_url = format!("{base_url}/chat/completions");
         Self {
             name,
-            chat_url_parsed: reqwest::Url::parse(&chat_url).ok(),
-            chat_url,
+            chat: client.target(&format!("{base_url}/chat/completions")),
+            models: client.target(&format!("{base_url}/models")),
+            // A key that is not a valid header value fails every call, as it did before.
+            bearer: api_key.map(|key| {
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+                    .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+                value.set_sensitive(true);
+                value
+            }),
             base_url,
-            api_key,
             client,
         }
     }
@@ -108,48 +93,40 @@ impl Upstream {
         &self.name
     }
 
-    async fn send(&self, body: &ChatCompletionRequest) -> Result<reqwest::Response, GatewayError> {
-        let request = match &self.chat_url_parsed {
-            Some(url) => self.client.post(url.clone()),
-            None => self.client.post(&self.chat_url),
-        };
-        let mut request = request.json(body);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let response = request.send().await.map_err(|e| GatewayError::from_reqwest(&e))?;
-        let status = response.status();
+    /// Posts `body` to `target`: the answer, if its status is a success; else its error.
+    async fn post(&self, target: &Target, body: Bytes) -> Result<Answer, GatewayError> {
+        let answer = self
+            .client
+            .send(Method::POST, target, self.bearer.as_ref(), Some(body), None)
+            .await?;
+        let status = answer.status;
         if status.is_success() {
-            return Ok(response);
+            return Ok(answer);
         }
-        let text = response.text().await.unwrap_or_default();
+        let text = answer.text().await;
         Err(GatewayError::Status {
             status: status.as_u16(),
             message: error_message(&text),
         })
     }
 
+    async fn send(&self, body: &ChatCompletionRequest) -> Result<Answer, GatewayError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| GatewayError::Unavailable(format!("the request could not be encoded: {e}")))?;
+        self.post(&self.chat, body.into()).await
+    }
+
     /// A non-streaming chat completion: the upstream's JSON body.
     pub async fn chat(&self, body: &ChatCompletionRequest) -> Result<Value, GatewayError> {
-        let response = self.send(body).await?;
-        let bytes = response.bytes().await.map_err(|e| GatewayError::from_reqwest(&e))?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| GatewayError::InvalidResponse(e.to_string()))?;
-        if !value.is_object() {
-            return Err(GatewayError::InvalidResponse("body is not a JSON object".into()));
-        }
-        Ok(value)
+        let bytes = self.send(body).await?.bytes().await?;
+        json_object(&bytes)
     }
 
     /// A JSON request to another of the upstream's endpoints (`path` below its base URL, e.g.
     /// `/embeddings`): the upstream's JSON object.
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, GatewayError> {
-        let response = self.send_json(path, body).await?;
-        let bytes = response.bytes().await.map_err(|e| GatewayError::from_reqwest(&e))?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| GatewayError::InvalidResponse(e.to_string()))?;
-        if !value.is_object() {
-            return Err(GatewayError::InvalidResponse("body is not a JSON object".into()));
-        }
-        Ok(value)
+        let bytes = self.send_json(path, body).await?.bytes().await?;
+        json_object(&bytes)
     }
 
     /// A streaming request to another of the upstream's endpoints (`path` below its base URL,
@@ -159,38 +136,25 @@ impl Upstream {
         path: &str,
         body: &Value,
     ) -> Result<impl Stream<Item = Result<Bytes, GatewayError>> + Send + 'static + use<>, GatewayError> {
-        use futures_util::TryStreamExt as _;
-        let response = self.send_json(path, body).await?;
-        Ok(response.bytes_stream().map_err(|e| GatewayError::from_reqwest(&e)))
+        Ok(self.send_json(path, body).await?.stream())
     }
 
-    /// Posts `body` to `path` below the base URL: the response, if its status is a success.
-    async fn send_json(&self, path: &str, body: &Value) -> Result<reqwest::Response, GatewayError> {
-        let mut request = self.client.post(format!("{}{path}", self.base_url)).json(body);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let response = request.send().await.map_err(|e| GatewayError::from_reqwest(&e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(GatewayError::Status {
-                status: status.as_u16(),
-                message: error_message(&text),
-            });
-        }
-        Ok(response)
+    /// Posts `body` to `path` below the base URL: the answer, if its status is a success.
+    async fn send_json(&self, path: &str, body: &Value) -> Result<Answer, GatewayError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| GatewayError::Unavailable(format!("the request could not be encoded: {e}")))?;
+        let target = self.client.target(&format!("{}{path}", self.base_url));
+        self.post(&target, body.into()).await
     }
 
     /// Whether the upstream answers: `GET {base_url}/models` (every OpenAI-compatible server
     /// has it) succeeds within `timeout`.
     pub async fn probe(&self, timeout: std::time::Duration) -> Result<(), GatewayError> {
-        let mut request = self.client.get(format!("{}/models", self.base_url)).timeout(timeout);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let response = request.send().await.map_err(|e| GatewayError::from_reqwest(&e))?;
-        let status = response.status();
+        let answer = self
+            .client
+            .send(Method::GET, &self.models, self.bearer.as_ref(), None, Some(timeout))
+            .await?;
+        let status = answer.status;
         if status.is_success() {
             Ok(())
         } else {
@@ -206,10 +170,17 @@ impl Upstream {
         &self,
         body: &ChatCompletionRequest,
     ) -> Result<impl Stream<Item = Result<Bytes, GatewayError>> + Send + 'static + use<>, GatewayError> {
-        use futures_util::TryStreamExt as _;
-        let response = self.send(body).await?;
-        Ok(response.bytes_stream().map_err(|e| GatewayError::from_reqwest(&e)))
+        Ok(self.send(body).await?.stream())
     }
+}
+
+/// `bytes` as a JSON object, or why they are not one.
+fn json_object(bytes: &[u8]) -> Result<Value, GatewayError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| GatewayError::InvalidResponse(e.to_string()))?;
+    if !value.is_object() {
+        return Err(GatewayError::InvalidResponse("body is not a JSON object".into()));
+    }
+    Ok(value)
 }
 
 /// The message inside an upstream's error body, in the OpenAI (`{"error":{"message"}}`), xAI

@@ -292,28 +292,28 @@ pub fn mailer(config: &Config) -> anyhow::Result<Option<Arc<dyn tollgate_core::M
 pub fn catalog(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<Catalog> {
     use tollgate_gateway::pool::{Backend, HealthSettings, Pool};
     type UpstreamKey = (String, Option<String>, u64, u64);
-    let mut clients: HashMap<(u64, u64), reqwest::Client> = HashMap::new();
+    let mut clients: HashMap<(u64, u64), tollgate_gateway::upstream::UpstreamClient> = HashMap::new();
     let mut upstreams: HashMap<UpstreamKey, Arc<Upstream>> = HashMap::new();
-    let mut upstream = |base_url: &str,
-                        api_key: Option<String>,
-                        connect: u64,
-                        read: u64|
-     -> anyhow::Result<Arc<Upstream>> {
-        let client = match clients.entry((connect, read)) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.get().clone(),
-            std::collections::hash_map::Entry::Vacant(entry) => entry
-                .insert(
-                    tollgate_gateway::upstream::http_client(Duration::from_secs(connect), Duration::from_secs(read))
+    let mut upstream =
+        |base_url: &str, api_key: Option<String>, connect: u64, read: u64| -> anyhow::Result<Arc<Upstream>> {
+            let client = match clients.entry((connect, read)) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.get().clone(),
+                std::collections::hash_map::Entry::Vacant(entry) => entry
+                    .insert(
+                        tollgate_gateway::upstream::UpstreamClient::new(
+                            Duration::from_secs(connect),
+                            Duration::from_secs(read),
+                        )
                         .context("building the upstream HTTP client")?,
-                )
-                .clone(),
+                    )
+                    .clone(),
+            };
+            Ok(Arc::clone(
+                upstreams
+                    .entry((base_url.to_owned(), api_key.clone(), connect, read))
+                    .or_insert_with(|| Arc::new(Upstream::new(base_url.to_owned(), base_url, api_key, client))),
+            ))
         };
-        Ok(Arc::clone(
-            upstreams
-                .entry((base_url.to_owned(), api_key.clone(), connect, read))
-                .or_insert_with(|| Arc::new(Upstream::new(base_url.to_owned(), base_url, api_key, client))),
-        ))
-    };
     let health = HealthSettings {
         eject_after: config.upstream_eject_after_failures,
         eject_for: chrono::Duration::seconds(i64::try_from(config.upstream_eject_seconds).unwrap_or(86_400)),

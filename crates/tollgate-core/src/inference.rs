@@ -179,6 +179,8 @@ pub struct Answered {
     /// The upstream's answer, a chat completion (the final one, after a tool loop; the
     /// server-side calls taken out of it), with the upstream's model name and usage.
     pub answer: serde_json::Value,
+    /// The answer's bytes as the upstream sent them, when nothing was taken out of it.
+    pub raw: Option<bytes::Bytes>,
     /// Every model call's tokens and every search charged.
     pub usage: TokenUsage,
     /// What it was charged.
@@ -211,6 +213,28 @@ impl Answered {
             answer["citations"] = serde_json::json!(citations);
         }
         answer
+    }
+
+    /// [`Self::into_chat`], written as JSON. The upstream's own bytes are passed on with only
+    /// `model`, `usage` and `citations` set (its members in its order), when it sent an object
+    /// that nothing was taken out of; otherwise the read answer is written.
+    #[must_use]
+    pub fn into_chat_json(self, model: &str) -> Vec<u8> {
+        if let Some(raw) = &self.raw
+            && let Ok(text) = std::str::from_utf8(raw)
+            && let Some(object) = tollgate_gateway::raw::RawObject::parse(text)
+            && let Ok(name) = serde_json::to_string(model)
+        {
+            let usage = tollgate_gateway::usage::usage_json_text(&self.usage, self.charged.cost);
+            let citations = crate::tools::citations(&self.searches);
+            let citations = (!citations.is_empty()).then(|| serde_json::json!(citations).to_string());
+            let mut set = vec![("model", name.as_str()), ("usage", usage.as_str())];
+            if let Some(citations) = &citations {
+                set.push(("citations", citations.as_str()));
+            }
+            return object.spliced_adding(&set).into_bytes();
+        }
+        serde_json::to_vec(&self.into_chat(model)).unwrap_or_default()
     }
 }
 
@@ -719,10 +743,14 @@ impl Inference {
             .await;
         match run.answer {
             Ok(answer) => {
-                let kept = self.kept_json(&admission, &answer);
+                let kept = match &run.raw {
+                    Some(raw) if self.retains_bodies() && admission.keeps_bodies() => raw.to_vec(),
+                    _ => self.kept_json(&admission, &answer),
+                };
                 let charged = self.settle(admission, run.usage, run.estimated, &kept).await?;
                 Ok(Answered {
                     answer,
+                    raw: run.raw,
                     usage: run.usage,
                     charged,
                     searches: run.searches,

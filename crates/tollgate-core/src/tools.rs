@@ -73,6 +73,9 @@ pub struct ToolRun {
     /// The model's final answer (a chat completion, the server-side calls taken out of its
     /// message), or the upstream error that ended the loop.
     pub answer: Result<Value, GatewayError>,
+    /// The final answer's bytes as the upstream sent them, when taking out server-side calls
+    /// changed nothing in it (so they may be passed on, with only `model` and `usage` set).
+    pub raw: Option<bytes::Bytes>,
     /// Every model call's tokens and every search charged.
     pub usage: TokenUsage,
     /// Whether any model call's tokens were counted by Tollgate (the upstream reported none).
@@ -85,6 +88,7 @@ impl ToolRun {
     fn new() -> Self {
         Self {
             answer: Err(GatewayError::Timeout),
+            raw: None,
             usage: TokenUsage::default(),
             estimated: false,
             searches: Vec::new(),
@@ -204,8 +208,8 @@ impl ServerTools {
             let answer = tokio::time::timeout_at(deadline.into(), route.chat(&request, observe))
                 .await
                 .unwrap_or(Err(GatewayError::Timeout));
-            let mut answer = match answer {
-                Ok(answer) => answer,
+            let (mut answer, raw) = match answer {
+                Ok(whole) => (whole.value, whole.raw),
                 Err(error) => {
                     run.answer = Err(error);
                     return run;
@@ -225,7 +229,9 @@ impl ServerTools {
             let message = answer["choices"][0]["message"].clone();
             let calls = message["tool_calls"].as_array().cloned().unwrap_or_default();
             if last || !searches_only(&calls, requested) {
-                strip_server_calls(&mut answer);
+                if !strip_server_calls(&mut answer) {
+                    run.raw = Some(raw);
+                }
                 run.answer = Ok(answer);
                 return run;
             }
@@ -635,29 +641,36 @@ fn withdraw_tools(request: &mut ChatCompletionRequest) {
 
 /// Takes any server-side call out of an answer's messages (the client cannot run them), and a
 /// `tool_calls` finish with none left becomes `stop`.
-fn strip_server_calls(answer: &mut Value) {
-    let Some(choices) = answer["choices"].as_array_mut() else {
-        return;
+fn strip_server_calls(answer: &mut Value) -> bool {
+    let Some(choices) = answer.get_mut("choices").and_then(Value::as_array_mut) else {
+        return false;
     };
+    let mut changed = false;
     for choice in choices {
-        let message = &mut choice["message"];
+        let Some(message) = choice.get_mut("message") else {
+            continue;
+        };
         let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) else {
             continue;
         };
+        let before = calls.len();
         calls.retain(|call| {
             call["function"]["name"]
                 .as_str()
                 .is_none_or(|name| ServerTool::from_name(name).is_none())
         });
+        changed |= calls.len() != before;
         if calls.is_empty() {
             if let Some(message) = message.as_object_mut() {
                 message.remove("tool_calls");
             }
+            changed = true;
             if choice["finish_reason"] == "tool_calls" {
                 choice["finish_reason"] = json!("stop");
             }
         }
     }
+    changed
 }
 
 #[cfg(test)]
@@ -676,10 +689,24 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_without_server_calls_is_left_as_it_came() {
+        let plain = json!({"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}]});
+        let theirs = json!({"choices": [{"finish_reason": "tool_calls", "message": {"role": "assistant",
+            "tool_calls": [{"id": "1", "function": {"name": "get_weather", "arguments": "{}"}}]}}]});
+        for answer in [plain, theirs, json!({"id": "x"})] {
+            let mut stripped = answer.clone();
+            assert!(!strip_server_calls(&mut stripped));
+            assert_eq!(stripped, answer);
+        }
+        let mut empty = json!({"choices": [{"finish_reason": "stop", "message": {"tool_calls": []}}]});
+        assert!(strip_server_calls(&mut empty), "an empty list is taken out");
+    }
+
+    #[test]
     fn server_calls_are_stripped_from_answers_and_withdrawn_from_requests() {
         let mut answer = json!({"choices": [{"finish_reason": "tool_calls", "message": {"role": "assistant",
             "tool_calls": [{"id": "1", "function": {"name": "web_search", "arguments": "{}"}}]}}]});
-        strip_server_calls(&mut answer);
+        assert!(strip_server_calls(&mut answer));
         assert_eq!(answer["choices"][0]["finish_reason"], "stop");
         assert!(answer["choices"][0]["message"].get("tool_calls").is_none());
 

@@ -159,7 +159,7 @@ impl ModelRoute {
         &self,
         body: &ChatCompletionRequest,
         observe: impl Fn(UpstreamEvent<'_>),
-    ) -> Result<Value, GatewayError> {
+    ) -> Result<crate::upstream::WholeChat, GatewayError> {
         let (answer, _slot) = self
             .pool
             .call(

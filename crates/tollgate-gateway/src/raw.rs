@@ -89,6 +89,27 @@ impl<'a> RawObject<'a> {
         out
     }
 
+    /// [`Self::spliced`], with each member of `set` that the object lacks added at its end
+    /// (`set`'s names are written as they are: plain names, no escapes).
+    #[must_use]
+    pub fn spliced_adding(&self, set: &[(&str, &str)]) -> String {
+        let mut out = self.spliced(set);
+        for (name, json) in set {
+            if !self.has(name) {
+                out.pop();
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push('"');
+                out.push_str(name);
+                out.push_str("\":");
+                out.push_str(json);
+                out.push('}');
+            }
+        }
+        out
+    }
+
     /// [`Self::spliced`], written at the end of `out`.
     pub fn splice_into(&self, out: &mut String, replace: &[(&str, &str)]) {
         out.push('{');
@@ -181,6 +202,20 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    #[test]
+    fn members_set_that_are_missing_are_added_at_the_end() {
+        let object = RawObject::parse(r#"{"id":"a","model":"up","choices":[1.50]}"#).expect("object");
+        let out = object.spliced_adding(&[("model", r#""grok""#), ("usage", r#"{"total_tokens":3}"#)]);
+        assert_eq!(
+            out,
+            r#"{"id":"a","model":"grok","choices":[1.50],"usage":{"total_tokens":3}}"#
+        );
+        let empty = RawObject::parse("{}").expect("object");
+        assert_eq!(empty.spliced_adding(&[("usage", "1")]), r#"{"usage":1}"#);
+        let parsed: Value = serde_json::from_str(&out).expect("valid JSON");
+        assert_eq!(parsed["usage"]["total_tokens"], 3);
+    }
 
     #[test]
     fn splices_members_in_the_upstreams_order_and_keeps_the_rest_as_it_came() {

@@ -40,6 +40,16 @@ pub enum GatewayError {
     AtCapacity,
 }
 
+/// A whole chat completion from an upstream: its JSON object, and the bytes it came as (to be
+/// passed on without writing the object again when nothing in it changes but what is spliced).
+#[derive(Debug, Clone)]
+pub struct WholeChat {
+    /// The answer, read.
+    pub value: Value,
+    /// The answer as the upstream sent it.
+    pub raw: Bytes,
+}
+
 /// One upstream server.
 pub struct Upstream {
     name: String,
@@ -116,10 +126,13 @@ impl Upstream {
         self.post(&self.chat, body.into()).await
     }
 
-    /// A non-streaming chat completion: the upstream's JSON body.
-    pub async fn chat(&self, body: &ChatCompletionRequest) -> Result<Value, GatewayError> {
-        let bytes = self.send(body).await?.bytes().await?;
-        json_object(&bytes)
+    /// A non-streaming chat completion: the upstream's JSON body, read and as it came.
+    pub async fn chat(&self, body: &ChatCompletionRequest) -> Result<WholeChat, GatewayError> {
+        let raw = self.send(body).await?.bytes().await?;
+        Ok(WholeChat {
+            value: json_object(&raw)?,
+            raw,
+        })
     }
 
     /// A JSON request to another of the upstream's endpoints (`path` below its base URL, e.g.

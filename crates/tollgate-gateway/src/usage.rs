@@ -2,8 +2,8 @@
 //! `completion_tokens`) or in xAI's (reasoning separate); we normalise to xAI's, which is also
 //! what we report to clients, with the exact cost in `cost_in_usd_ticks`.
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tollgate_domain::{Ticks, TokenUsage};
 
 #[derive(Debug, Deserialize)]
@@ -75,46 +75,107 @@ fn normalise(raw: RawUsage) -> TokenUsage {
 }
 
 /// The `usage` object we send to clients, in xAI's shape.
+#[derive(Serialize)]
+struct UsageView {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: PromptDetailsView,
+    completion_tokens_details: CompletionDetailsView,
+    num_sources_used: u64,
+    cost_in_usd_ticks: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    num_server_side_tools_used: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_side_tool_usage_details: Option<ToolDetails>,
+}
+
+#[derive(Serialize)]
+struct PromptDetailsView {
+    text_tokens: u64,
+    audio_tokens: u64,
+    image_tokens: u64,
+    cached_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct CompletionDetailsView {
+    reasoning_tokens: u64,
+    audio_tokens: u64,
+    accepted_prediction_tokens: u64,
+    rejected_prediction_tokens: u64,
+}
+
+/// xAI's `server_side_tool_usage_details`.
+#[derive(Serialize)]
+struct ToolDetails {
+    web_search_calls: u64,
+    x_search_calls: u64,
+    code_interpreter_calls: u64,
+    file_search_calls: u64,
+    mcp_calls: u64,
+    document_search_calls: u64,
+    image_generation_calls: u64,
+}
+
+impl ToolDetails {
+    fn of(usage: &TokenUsage) -> Self {
+        Self {
+            web_search_calls: usage.web_search_calls,
+            x_search_calls: usage.x_search_calls,
+            code_interpreter_calls: 0,
+            file_search_calls: 0,
+            mcp_calls: 0,
+            document_search_calls: 0,
+            image_generation_calls: 0,
+        }
+    }
+}
+
+impl UsageView {
+    fn of(usage: &TokenUsage, cost: Ticks) -> Self {
+        let tools = usage.server_side_tool_calls();
+        Self {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total_tokens(),
+            prompt_tokens_details: PromptDetailsView {
+                text_tokens: usage.prompt_tokens,
+                audio_tokens: 0,
+                image_tokens: 0,
+                cached_tokens: usage.cached_prompt_tokens,
+            },
+            completion_tokens_details: CompletionDetailsView {
+                reasoning_tokens: usage.reasoning_tokens,
+                audio_tokens: 0,
+                accepted_prediction_tokens: 0,
+                rejected_prediction_tokens: 0,
+            },
+            num_sources_used: 0,
+            cost_in_usd_ticks: cost.get(),
+            num_server_side_tools_used: (tools > 0).then_some(tools),
+            server_side_tool_usage_details: (tools > 0).then(|| ToolDetails::of(usage)),
+        }
+    }
+}
+
+/// The `usage` object we send to clients, in xAI's shape.
 #[must_use]
 pub fn usage_json(usage: &TokenUsage, cost: Ticks) -> Value {
-    let mut usage_json = json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens(),
-        "prompt_tokens_details": {
-            "text_tokens": usage.prompt_tokens,
-            "audio_tokens": 0,
-            "image_tokens": 0,
-            "cached_tokens": usage.cached_prompt_tokens,
-        },
-        "completion_tokens_details": {
-            "reasoning_tokens": usage.reasoning_tokens,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-        "num_sources_used": 0,
-        "cost_in_usd_ticks": cost.get(),
-    });
-    if usage.server_side_tool_calls() > 0 {
-        usage_json["num_server_side_tools_used"] = json!(usage.server_side_tool_calls());
-        usage_json["server_side_tool_usage_details"] = server_side_tool_usage_details(usage);
-    }
-    usage_json
+    serde_json::to_value(UsageView::of(usage, cost)).unwrap_or(Value::Null)
+}
+
+/// [`usage_json`] as JSON text, written straight from the counts (no tree built), to splice
+/// into an answer or a stream's chunk.
+#[must_use]
+pub fn usage_json_text(usage: &TokenUsage, cost: Ticks) -> String {
+    serde_json::to_string(&UsageView::of(usage, cost)).unwrap_or_else(|_| "null".to_owned())
 }
 
 /// xAI's `server_side_tool_usage_details`: the calls of each server-side tool charged.
 #[must_use]
 pub fn server_side_tool_usage_details(usage: &TokenUsage) -> Value {
-    json!({
-        "web_search_calls": usage.web_search_calls,
-        "x_search_calls": usage.x_search_calls,
-        "code_interpreter_calls": 0,
-        "file_search_calls": 0,
-        "mcp_calls": 0,
-        "document_search_calls": 0,
-        "image_generation_calls": 0,
-    })
+    serde_json::to_value(ToolDetails::of(usage)).unwrap_or(Value::Null)
 }
 
 /// A prompt token count for when the upstream reports none: the texts' tokens by the model's
@@ -466,7 +527,31 @@ pub fn generated_chars(message: &Value) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn the_usage_text_is_the_usage_object() {
+        let usage = TokenUsage {
+            prompt_tokens: 12,
+            cached_prompt_tokens: 2,
+            completion_tokens: 30,
+            reasoning_tokens: 5,
+            web_search_calls: 1,
+            ..TokenUsage::default()
+        };
+        let text: Value = serde_json::from_str(&usage_json_text(&usage, Ticks::new(77))).expect("JSON");
+        assert_eq!(text, usage_json(&usage, Ticks::new(77)));
+        assert_eq!(text["total_tokens"], 47);
+        assert_eq!(text["prompt_tokens_details"]["cached_tokens"], 2);
+        assert_eq!(text["cost_in_usd_ticks"], 77);
+        assert_eq!(text["num_server_side_tools_used"], 1);
+        assert_eq!(text["server_side_tool_usage_details"]["web_search_calls"], 1);
+        let plain = usage_json(&TokenUsage::default(), Ticks::ZERO);
+        assert!(plain.get("num_server_side_tools_used").is_none());
+        assert!(plain.get("server_side_tool_usage_details").is_none());
+    }
 
     #[test]
     fn reads_openai_accounting() {

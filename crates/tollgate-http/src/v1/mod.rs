@@ -36,7 +36,7 @@ use tollgate_gateway::pool::UpstreamEvent;
 use tollgate_gateway::raw::{self, RawObject};
 use tollgate_gateway::search::{self, RequestedTool};
 use tollgate_gateway::sse::{SseDecoder, SseEvent};
-use tollgate_gateway::usage::{Demand, parse_usage, parse_usage_raw, usage_json};
+use tollgate_gateway::usage::{Demand, parse_usage, parse_usage_raw, usage_json, usage_json_text};
 use tollgate_gateway::wire::{ChatCompletionRequest, StreamOptions};
 
 use crate::AppState;
@@ -199,10 +199,15 @@ pub(crate) async fn create_chat_completion(
 
     let answer = in_own_task(async move {
         let answered = answer_and_settle(&state, billing, &body, &tools).await?;
-        Ok(answered.into_chat(&route.name))
+        Ok(answered.into_chat_json(&route.name))
     })
     .await?;
-    Ok((rate_headers, Json(answer)).into_response())
+    Ok((
+        rate_headers,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        answer,
+    )
+        .into_response())
 }
 
 /// Runs `work` (an upstream call and its settle) in a task of its own: a client that hangs up
@@ -715,7 +720,7 @@ impl StreamShape for Chunks {
     /// spliced in: nothing else is parsed or printed again.
     fn relay(&mut self, _raw: &str, fields: &RawObject<'_>, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes> {
         let model = Value::String(self.model.clone()).to_string();
-        let usage = priced.map(|(usage, cost)| usage_json(&usage, cost).to_string());
+        let usage = priced.map(|(usage, cost)| usage_json_text(&usage, cost));
         let mut replace: Vec<(&str, &str)> = Vec::with_capacity(2);
         if fields.has("model") {
             replace.push(("model", &model));

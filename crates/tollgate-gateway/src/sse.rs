@@ -15,6 +15,9 @@ pub enum SseEvent {
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     buffer: Vec<u8>,
+    /// How far into `buffer` no event's end was found: a push searches on from there, so each
+    /// byte is looked at once however the stream is cut.
+    searched: usize,
 }
 
 /// Most bytes one event may take before the stream is judged broken.
@@ -30,12 +33,18 @@ impl SseDecoder {
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, EventTooLarge> {
         self.buffer.extend_from_slice(bytes);
         let mut events = Vec::new();
-        while let Some((end, separator_len)) = find_event_end(&self.buffer) {
-            let block: Vec<u8> = self.buffer.drain(..end + separator_len).take(end).collect();
-            if let Some(event) = decode_block(&block) {
+        let mut start = 0;
+        let mut from = self.searched;
+        while let Some((end, separator)) = find_event_end(&self.buffer, start, from) {
+            if let Some(event) = decode_block(&self.buffer[start..end]) {
                 events.push(event);
             }
+            start = end + separator;
+            from = start;
         }
+        self.buffer.drain(..start);
+        // A separator may have begun in the last three bytes and end in the next push.
+        self.searched = self.buffer.len().saturating_sub(3);
         if self.buffer.len() > MAX_EVENT_BYTES {
             return Err(EventTooLarge);
         }
@@ -45,21 +54,33 @@ impl SseDecoder {
     /// The event left in the buffer when the stream ends without a final blank line.
     pub fn finish(&mut self) -> Option<SseEvent> {
         let block = std::mem::take(&mut self.buffer);
+        self.searched = 0;
         decode_block(&block)
     }
 }
 
-fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buffer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+/// The first event end in `buffer[start..]` whose line feed is at `from` or later: where its
+/// blank line's separator (`\n\n` or `\r\n\r\n`) begins, and the separator's length.
+fn find_event_end(buffer: &[u8], start: usize, from: usize) -> Option<(usize, usize)> {
+    let mut at = from.max(start);
+    while let Some(offset) = memchr::memchr(b'\n', buffer.get(at..)?) {
+        let lf = at + offset;
+        if buffer.get(lf + 1) == Some(&b'\n') {
+            return Some((lf, 2));
+        }
+        if lf > start && buffer[lf - 1] == b'\r' && buffer.get(lf + 1..lf + 3) == Some(b"\r\n") {
+            return Some((lf - 1, 4));
+        }
+        at = lf + 1;
     }
+    None
 }
 
 fn decode_block(block: &[u8]) -> Option<SseEvent> {
-    let text = String::from_utf8_lossy(block);
+    let text = match std::str::from_utf8(block) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(block),
+    };
     let mut data: Option<String> = None;
     for line in text.lines() {
         if let Some(value) = line.strip_prefix("data:") {
@@ -101,6 +122,27 @@ mod tests {
                 ],
                 "split at {split}"
             );
+        }
+    }
+
+    #[test]
+    fn events_cut_into_any_pieces_come_out_whole_and_in_order() {
+        let stream: &[u8] =
+            b"data: {\"a\":1}\r\n\r\ndata: x\ndata: y\n\n: ping\r\n\r\n\ndata: \xff\n\ndata: [DONE]\r\n\r\n";
+        let expected = vec![
+            SseEvent::Data("{\"a\":1}".into()),
+            SseEvent::Data("x\ny".into()),
+            SseEvent::Data("\u{fffd}".into()),
+            SseEvent::Done,
+        ];
+        for size in 1..=stream.len() {
+            let mut decoder = SseDecoder::default();
+            let mut events = Vec::new();
+            for piece in stream.chunks(size) {
+                events.extend(decoder.push(piece).unwrap());
+            }
+            assert_eq!(events, expected, "pieces of {size}");
+            assert_eq!(decoder.finish(), None);
         }
     }
 

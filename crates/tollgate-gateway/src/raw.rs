@@ -182,9 +182,16 @@ pub fn generated_chars(message: &RawObject<'_>) -> u64 {
 }
 
 /// The characters generated in a stream chunk: every choice's delta, and a text completion's
-/// `text`.
+/// `text`. The chunk's `choices` are read in one pass into borrowed views; one of unusual shape
+/// (a repeated key, say) is read member by member instead, with the same result.
 #[must_use]
 pub fn chunk_generated_chars(chunk: &RawObject<'_>) -> u64 {
+    let Some(choices) = chunk.get("choices") else {
+        return 0;
+    };
+    if let Ok(views) = serde_json::from_str::<Vec<ChoiceView<'_>>>(choices.get()) {
+        return views.iter().map(ChoiceView::chars).fold(0, u64::saturating_add);
+    }
     chunk
         .array("choices")
         .into_iter()
@@ -195,6 +202,148 @@ pub fn chunk_generated_chars(chunk: &RawObject<'_>) -> u64 {
             delta.saturating_add(text)
         })
         .fold(0, u64::saturating_add)
+}
+
+/// A member that counts only when it is a string (anything else, as the tree walk does, counts
+/// nothing, and is skipped without being built).
+#[derive(Default)]
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl Text<'_> {
+    fn chars(&self) -> u64 {
+        self.0.as_ref().map_or(0, |text| text.chars().count() as u64)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Lenient<'a>(std::marker::PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for Lenient<'a> {
+            type Value = Text<'a>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("any JSON value")
+            }
+
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Borrowed(text))))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(text.to_owned()))))
+            }
+
+            fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(text))))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Text(None))
+            }
+        }
+
+        deserializer.deserialize_any(Lenient(std::marker::PhantomData))
+    }
+}
+
+/// A stream choice, as far as generated text goes.
+#[derive(Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow, default)]
+    delta: Option<MessageView<'a>>,
+    #[serde(borrow, default)]
+    text: Text<'a>,
+}
+
+impl ChoiceView<'_> {
+    fn chars(&self) -> u64 {
+        self.delta
+            .as_ref()
+            .map_or(0, MessageView::chars)
+            .saturating_add(self.text.chars())
+    }
+}
+
+/// A delta's generated parts, as [`generated_chars`] reads them.
+#[derive(Deserialize)]
+struct MessageView<'a> {
+    #[serde(borrow, default)]
+    content: Text<'a>,
+    #[serde(borrow, default)]
+    refusal: Text<'a>,
+    #[serde(borrow, default)]
+    reasoning_content: Text<'a>,
+    #[serde(borrow, default)]
+    reasoning: Text<'a>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<CallView<'a>>>,
+    #[serde(borrow, default)]
+    function_call: Option<FunctionView<'a>>,
+}
+
+impl MessageView<'_> {
+    fn chars(&self) -> u64 {
+        let calls = self
+            .tool_calls
+            .iter()
+            .flatten()
+            .filter_map(|call| call.function.as_ref());
+        [&self.content, &self.refusal, &self.reasoning_content, &self.reasoning]
+            .iter()
+            .map(|text| text.chars())
+            .chain(calls.chain(self.function_call.as_ref()).map(FunctionView::chars))
+            .fold(0, u64::saturating_add)
+    }
+}
+
+#[derive(Deserialize)]
+struct CallView<'a> {
+    #[serde(borrow, default)]
+    function: Option<FunctionView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionView<'a> {
+    #[serde(borrow, default)]
+    name: Text<'a>,
+    #[serde(borrow, default)]
+    arguments: Text<'a>,
+}
+
+impl FunctionView<'_> {
+    fn chars(&self) -> u64 {
+        self.name.chars().saturating_add(self.arguments.chars())
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +405,10 @@ mod tests {
             json!({"choices": [{"delta": {"content": 5, "tool_calls": "no", "refusal": null}}]}),
             json!({"choices": "none"}),
             json!({"usage": {"prompt_tokens": 3}}),
+            json!({"choices": [{"delta": {"content": {"nested": ["x"]}, "tool_calls": [{"function": "f"}, 7]}}]}),
+            json!({"choices": [{"delta": "text", "text": ["no"]}, 3, null]}),
+            json!({"choices": [{"delta": {"tool_calls": null, "function_call": {"name": 1, "arguments": "ab"}}}]}),
+            json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "\u{e9}\n"}, "finish_reason": null}]}),
         ];
         for chunk in chunks {
             let by_tree: u64 = chunk["choices"]
@@ -271,5 +424,8 @@ mod tests {
             let raw = RawObject::parse(&text).unwrap();
             assert_eq!(chunk_generated_chars(&raw), by_tree, "{chunk}");
         }
+        // A repeated key fails the one-pass read; the member-by-member read takes the last.
+        let repeated = r#"{"choices":[{"delta":{"content":"a","content":"bcd"}}]}"#;
+        assert_eq!(chunk_generated_chars(&RawObject::parse(repeated).unwrap()), 3);
     }
 }

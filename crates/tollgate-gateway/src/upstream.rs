@@ -56,8 +56,9 @@ pub struct Upstream {
     base_url: String,
     chat: Target,
     models: Target,
-    /// `Bearer <key>`, made once.
-    bearer: Option<HeaderValue>,
+    /// `Bearer <key>`, made once; `Err` when the configured key cannot be a header value (a
+    /// stray newline, say): every call then fails saying so, and nothing is sent.
+    bearer: Option<Result<HeaderValue, ()>>,
     client: UpstreamClient,
 }
 
@@ -85,12 +86,10 @@ impl Upstream {
             name,
             chat: client.target(&format!("{base_url}/chat/completions")),
             models: client.target(&format!("{base_url}/models")),
-            // A key that is not a valid header value fails every call, as it did before.
             bearer: api_key.map(|key| {
-                let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
-                    .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| ())?;
                 value.set_sensitive(true);
-                value
+                Ok(value)
             }),
             base_url,
             client,
@@ -103,11 +102,23 @@ impl Upstream {
         &self.name
     }
 
+    /// The `Authorization` value to send, if the upstream has a key.
+    fn bearer(&self) -> Result<Option<&HeaderValue>, GatewayError> {
+        match &self.bearer {
+            None => Ok(None),
+            Some(Ok(value)) => Ok(Some(value)),
+            Some(Err(())) => Err(GatewayError::Unavailable(format!(
+                "the API key configured for upstream {} is not a valid HTTP header value",
+                self.name
+            ))),
+        }
+    }
+
     /// Posts `body` to `target`: the answer, if its status is a success; else its error.
     async fn post(&self, target: &Target, body: Bytes) -> Result<Answer, GatewayError> {
         let answer = self
             .client
-            .send(Method::POST, target, self.bearer.as_ref(), Some(body), None)
+            .send(Method::POST, target, self.bearer()?, Some(body), None)
             .await?;
         let status = answer.status;
         if status.is_success() {
@@ -165,7 +176,7 @@ impl Upstream {
     pub async fn probe(&self, timeout: std::time::Duration) -> Result<(), GatewayError> {
         let answer = self
             .client
-            .send(Method::GET, &self.models, self.bearer.as_ref(), None, Some(timeout))
+            .send(Method::GET, &self.models, self.bearer()?, None, Some(timeout))
             .await?;
         let status = answer.status;
         if status.is_success() {
@@ -208,4 +219,22 @@ fn error_message(body: &str) -> String {
         });
     let message = from_json.unwrap_or_else(|| body.trim().to_owned());
     message.chars().take(1000).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_key_that_cannot_be_a_header_fails_each_call_saying_so() {
+        let client = UpstreamClient::new(Duration::from_secs(1), Duration::from_secs(1)).expect("client");
+        let upstream = Upstream::new("local".into(), "http://127.0.0.1:9/v1", Some("key\n".into()), client);
+        match upstream.probe(Duration::from_secs(1)).await {
+            Err(GatewayError::Unavailable(message)) => {
+                assert!(message.contains("not a valid HTTP header value"), "{message}");
+                assert!(!message.contains("key\n"), "the key is not in the message");
+            }
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+    }
 }

@@ -699,6 +699,90 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
     assert_eq!(store.verify_ledger().await.unwrap(), None);
 }
 
+/// A charge that consumes more promotional lots than one multi-row statement holds, and more
+/// than one round trip of writes carries (the group commit sends a batch's writes together, up to
+/// 16,384 parameters: 1,300 spend entries take 16,900): every lot is taken, soonest expiry first,
+/// each by its own entry, and the ledger still adds up.
+pub async fn a_charge_across_many_lots_is_written_whole(store: &dyn Store) {
+    const LOTS: i64 = 1_300;
+    let (user, team) = seed_user(store, "many-lots@example.com").await;
+    let key = api_key(&team, &user, &[]);
+    store
+        .insert_api_key(
+            &key,
+            &fresh_hash(),
+            &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
+        )
+        .await
+        .unwrap();
+    for n in 0..LOTS {
+        let id = Uuid::now_v7();
+        let grant = tollgate_domain::LedgerEntry {
+            id,
+            team_id: team.id,
+            kind: tollgate_domain::EntryKind::PromoGrant,
+            bucket: tollgate_domain::Bucket::Promo,
+            amount: Ticks::new(2),
+            idempotency_key: format!("test:lot:{n}"),
+            lot_id: Some(id),
+            expires_at: Some(at(10_000 + n)),
+            reason: Some("test".into()),
+            created_at: at(1),
+        };
+        store
+            .append_ledger_entry(&grant, &audit(Some(team.id), AuditAction::GrantCredits, at(1)))
+            .await
+            .unwrap();
+    }
+    // Takes the lots whole but the last, of which one tick is left.
+    let cost = LOTS * 2 - 1;
+    let charge = crate::Charge {
+        record: UsageRecord {
+            request_id: RequestId::new(),
+            team_id: team.id,
+            api_key_id: key.id,
+            model: "grok-test".into(),
+            endpoint: tollgate_domain::Endpoint::Chat,
+            usage: TokenUsage::default(),
+            cost: Ticks::new(cost),
+            estimated: false,
+            streamed: false,
+            started_at: at(2),
+            duration_ms: 1,
+        },
+        pricing: tollgate_domain::ModelPricing::default(),
+        lease_id: None,
+    };
+    store
+        .insert_usage_batch(std::slice::from_ref(&charge), at(3), Ticks::ZERO)
+        .await
+        .unwrap();
+    let balance = store.balance(team.id).await.unwrap();
+    assert_eq!((balance.promo, balance.prepaid), (Ticks::new(1), Ticks::ZERO));
+    let spends: Vec<tollgate_domain::LedgerEntry> = store
+        .ledger_entries(team.id, u32::try_from(LOTS).unwrap() * 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == tollgate_domain::EntryKind::Spend)
+        .collect();
+    assert_eq!(spends.len(), usize::try_from(LOTS).unwrap());
+    assert_eq!(spends.iter().map(|e| e.amount.get()).sum::<i64>(), -cost);
+    // The lot that expires last is the one with a tick left.
+    let last = spends.iter().find(|e| e.amount.get() == -1).unwrap();
+    let grants = store
+        .ledger_entries(team.id, u32::try_from(LOTS).unwrap() * 3)
+        .await
+        .unwrap();
+    let latest_expiry = grants
+        .iter()
+        .filter(|e| e.kind == tollgate_domain::EntryKind::PromoGrant)
+        .max_by_key(|e| e.expires_at)
+        .unwrap();
+    assert_eq!(last.lot_id, latest_expiry.lot_id);
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
+}
+
 /// Leases never lend more than a team may spend, nor more than half of what is free beyond what
 /// is needed now (so another node always finds some); spends shrink them, expiry and return free
 /// them, and a lease that expired cannot be renewed.
@@ -1865,6 +1949,7 @@ macro_rules! for_each_conformance_case {
             usage_is_idempotent_per_request,
             credit_leases_lend_only_what_is_spendable,
             one_batch_charges_many_teams,
+            a_charge_across_many_lots_is_written_whole,
             top_ups_are_one_pending_and_change_once,
             invoices_are_numbered_without_gaps_and_block_until_paid,
             audit_events_round_trip,

@@ -79,9 +79,7 @@ pub(crate) async fn create_completion(
             prompt_estimate: Box::new(move || prompt_estimate),
             deadline,
         };
-        let shape = Chunks {
-            model: route.name.clone(),
-        };
+        let shape = Chunks::new(&route.name);
         return Ok(relay.start(shape, rate_headers));
     }
 

@@ -167,9 +167,7 @@ pub(crate) async fn create_chat_completion(
     }
 
     if body.is_stream() && !tools.is_empty() {
-        let shape = Chunks {
-            model: route.name.clone(),
-        };
+        let shape = Chunks::new(&route.name);
         return Ok(stream_with_tools(billing, body, tools, deadline, shape, rate_headers));
     }
 
@@ -182,9 +180,7 @@ pub(crate) async fn create_chat_completion(
             .chat_stream(&body, observer(&state))
             .await
             .map_err(XaiError::from)?;
-        let shape = Chunks {
-            model: route.name.clone(),
-        };
+        let shape = Chunks::new(&route.name);
         // Counted only if the upstream reports no usage.
         let estimate_route = Arc::clone(&route);
         let relay = Relay {
@@ -694,6 +690,17 @@ pub(super) trait StreamShape: Send + 'static {
 /// usage report's cost.
 struct Chunks {
     model: String,
+    /// `model` as a JSON string, written once per stream for [`StreamShape::relay`].
+    model_json: String,
+}
+
+impl Chunks {
+    fn new(model: &str) -> Self {
+        Self {
+            model: model.to_owned(),
+            model_json: serde_json::to_string(model).unwrap_or_else(|_| "\"\"".to_owned()),
+        }
+    }
 }
 
 impl StreamShape for Chunks {
@@ -719,11 +726,10 @@ impl StreamShape for Chunks {
     /// The chunk as the upstream wrote it, but for the public model name and the priced usage,
     /// spliced in: nothing else is parsed or printed again.
     fn relay(&mut self, _raw: &str, fields: &RawObject<'_>, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes> {
-        let model = Value::String(self.model.clone()).to_string();
         let usage = priced.map(|(usage, cost)| usage_json_text(&usage, cost));
         let mut replace: Vec<(&str, &str)> = Vec::with_capacity(2);
         if fields.has("model") {
-            replace.push(("model", &model));
+            replace.push(("model", &self.model_json));
         }
         if let Some(usage) = &usage {
             replace.push(("usage", usage));

@@ -162,24 +162,106 @@ fn team_charge(team_id: Uuid, charge_id: Uuid, charges: &[&Charge], before: &Fun
     }
 }
 
-/// `UPDATE table SET … FROM (VALUES …) AS v WHERE …` over `rows`, in chunks: one statement per
-/// chunk however many rows (both databases name a VALUES list's columns `column1`, …).
-async fn update_from_values<T>(
-    conn: &mut <super::Db as sqlx::Database>::Connection,
-    head: &str,
-    tail: &str,
-    rows: &[T],
-    mut bind: impl FnMut(&mut sqlx::query_builder::Separated<'_, '_, super::Db, &'static str>, &T),
-) -> Result<(), StoreError> {
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut update = sqlx::QueryBuilder::<super::Db>::new(head);
-        update.push(" FROM (");
-        update.push_values(chunk, |mut row, value| bind(&mut row, value));
-        update.push(") AS v WHERE ");
-        update.push(tail);
-        update.build().execute(&mut *conn).await?;
+/// Bind parameters one round trip of writes carries (PostgreSQL takes 65,535 in a statement):
+/// a batch of 512 teams' charges, each in a bucket or two, fits in one.
+const BINDS_PER_TRIP: usize = 16_384;
+
+/// Writes that need no answer, sent to the database together: on SQLite as statements joined by
+/// `;` (the driver binds the arguments across them in order), on PostgreSQL as data-modifying
+/// `WITH` clauses of one statement (each runs to completion, all on the statement's snapshot;
+/// they write different tables). One round trip where there were one per statement.
+struct Writes<'args> {
+    query: sqlx::QueryBuilder<'args, super::Db>,
+    parts: usize,
+    binds: usize,
+}
+
+impl<'args> Writes<'args> {
+    fn new() -> Self {
+        Self {
+            query: sqlx::QueryBuilder::new(""),
+            parts: 0,
+            binds: 0,
+        }
     }
-    Ok(())
+
+    /// Starts a part of `binds` parameters (sending what is queued first if they would not fit)
+    /// and returns the query to write it into; [`Self::end`] closes it.
+    async fn begin(
+        &mut self,
+        conn: &mut <super::Db as sqlx::Database>::Connection,
+        binds: usize,
+    ) -> Result<&mut sqlx::QueryBuilder<'args, super::Db>, StoreError> {
+        if self.parts > 0 && self.binds + binds > BINDS_PER_TRIP {
+            self.send(conn).await?;
+        }
+        let opening = match (super::BACKEND, self.parts) {
+            (crate::Backend::Postgres, 0) => "WITH w0 AS (".to_owned(),
+            (crate::Backend::Postgres, n) => format!(", w{n} AS ("),
+            (crate::Backend::Sqlite, 0) => String::new(),
+            (crate::Backend::Sqlite, _) => "; ".to_owned(),
+        };
+        self.query.push(opening);
+        self.parts += 1;
+        self.binds += binds;
+        Ok(&mut self.query)
+    }
+
+    fn end(&mut self) {
+        if matches!(super::BACKEND, crate::Backend::Postgres) {
+            self.query.push(")");
+        }
+    }
+
+    /// Sends what is queued, if anything.
+    async fn send(&mut self, conn: &mut <super::Db as sqlx::Database>::Connection) -> Result<(), StoreError> {
+        if self.parts == 0 {
+            return Ok(());
+        }
+        if matches!(super::BACKEND, crate::Backend::Postgres) {
+            self.query.push(" SELECT 1");
+        }
+        self.query.build().execute(&mut *conn).await?;
+        self.query.reset();
+        self.parts = 0;
+        self.binds = 0;
+        Ok(())
+    }
+
+    /// `UPDATE table SET … FROM (VALUES …) AS v WHERE …` over `rows` of `width` parameters each,
+    /// in chunks (both databases name a VALUES list's columns `column1`, …).
+    async fn update_from_values<T>(
+        &mut self,
+        conn: &mut <super::Db as sqlx::Database>::Connection,
+        (head, tail): (&str, &str),
+        rows: &'args [T],
+        width: usize,
+        mut bind: impl FnMut(&mut sqlx::query_builder::Separated<'_, 'args, super::Db, &'static str>, &'args T),
+    ) -> Result<(), StoreError> {
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let update = self.begin(conn, chunk.len() * width).await?;
+            update.push(head);
+            update.push(" FROM (");
+            update.push_values(chunk, |mut row, value| bind(&mut row, value));
+            update.push(") AS v WHERE ");
+            update.push(tail);
+            self.end();
+        }
+        Ok(())
+    }
+}
+
+/// One spend entry, as [`charge_teams`] writes it.
+struct SpendRow {
+    team_id: Uuid,
+    bucket: &'static str,
+    amount: i64,
+    idempotency_key: String,
+    lot_id: Option<Uuid>,
+    reason: String,
+    actor_kind: &'static str,
+    actor_id: Option<String>,
+    charge_id: Uuid,
 }
 
 /// Charges every team's new records of a batch, in `conn`'s transaction, in a fixed number of
@@ -220,80 +302,110 @@ async fn charge_teams(
                 .map(move |(index, part)| (charge, index, part))
         })
         .collect();
-    for chunk in spends.chunks(ROWS_PER_INSERT) {
-        let mut insert = sqlx::QueryBuilder::<super::Db>::new(
-            "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, \
-             reason, actor_kind, actor_id, created_at, charge_id) ",
-        );
-        insert.push_values(chunk, |mut row, (charge, index, part)| {
-            row.push_bind(Uuid::now_v7())
-                .push_bind(charge.team_id)
-                .push_bind(EntryKind::Spend.as_str())
-                .push_bind(part.bucket.as_str())
-                .push_bind(-part.amount.get())
-                .push_bind(format!("spend:{}:{index}", charge.charge_id))
-                .push_bind(part.lot_id)
-                .push_bind(None::<Timestamp>)
-                .push_bind(format!("{} requests", charge.requests))
-                .push_bind(charge.actor.kind())
-                .push_bind(charge.actor.id())
-                .push_bind(at)
-                .push_bind(charge.charge_id);
-        });
-        insert.build().execute(&mut *conn).await?;
-    }
-
+    // Owned here, so the writes can borrow them until they are sent.
+    let spend_rows: Vec<SpendRow> = spends
+        .iter()
+        .map(|(charge, index, part)| SpendRow {
+            team_id: charge.team_id,
+            bucket: part.bucket.as_str(),
+            amount: -part.amount.get(),
+            idempotency_key: format!("spend:{}:{index}", charge.charge_id),
+            lot_id: part.lot_id,
+            reason: format!("{} requests", charge.requests),
+            actor_kind: charge.actor.kind(),
+            actor_id: charge.actor.id(),
+            charge_id: charge.charge_id,
+        })
+        .collect();
     let balances: Vec<&TeamCharge> = charges
         .iter()
         .filter(|c| c.prepaid_moved != 0 || c.promo_moved != 0)
         .collect();
-    update_from_values(
-        conn,
-        "UPDATE team_balances SET prepaid = team_balances.prepaid + v.column2, \
-         promo = team_balances.promo + v.column3, updated_at = v.column4",
-        "team_balances.team_id = v.column1",
-        &balances,
-        |row, charge| {
-            row.push_bind(charge.team_id)
-                .push_bind(charge.prepaid_moved)
-                .push_bind(charge.promo_moved)
-                .push_bind(at);
-        },
-    )
-    .await?;
     let lots: Vec<(Uuid, i64)> = charges.iter().flat_map(|c| c.lots.iter().copied()).collect();
-    update_from_values(
-        conn,
-        "UPDATE credit_lots SET remaining = v.column2",
-        "credit_lots.id = v.column1",
-        &lots,
-        |row, (lot, remaining)| {
-            row.push_bind(*lot).push_bind(*remaining);
-        },
-    )
-    .await?;
     let leases: Vec<(Uuid, i64)> = charges
         .iter()
         .flat_map(|c| c.leases.iter().map(|(lease, spent)| (*lease, *spent)))
         .collect();
-    update_from_values(
-        conn,
-        "UPDATE credit_leases SET amount = CASE WHEN credit_leases.amount > v.column2 \
-         THEN credit_leases.amount - v.column2 ELSE 0 END",
-        "credit_leases.id = v.column1",
-        &leases,
-        |row, (lease, spent)| {
-            row.push_bind(*lease).push_bind(*spent);
-        },
-    )
-    .await?;
     let invoiced: Vec<&TeamCharge> = charges.iter().filter(|c| c.invoiced > 0).collect();
+
+    let mut writes = Writes::new();
+    for chunk in spend_rows.chunks(ROWS_PER_INSERT) {
+        let insert = writes.begin(conn, chunk.len() * 13).await?;
+        insert.push(
+            "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, \
+             reason, actor_kind, actor_id, created_at, charge_id) ",
+        );
+        insert.push_values(chunk, |mut row, spend| {
+            row.push_bind(Uuid::now_v7())
+                .push_bind(spend.team_id)
+                .push_bind(EntryKind::Spend.as_str())
+                .push_bind(spend.bucket)
+                .push_bind(spend.amount)
+                .push_bind(spend.idempotency_key.as_str())
+                .push_bind(spend.lot_id)
+                .push_bind(None::<Timestamp>)
+                .push_bind(spend.reason.as_str())
+                .push_bind(spend.actor_kind)
+                .push_bind(spend.actor_id.as_deref())
+                .push_bind(at)
+                .push_bind(spend.charge_id);
+        });
+        writes.end();
+    }
+    writes
+        .update_from_values(
+            conn,
+            (
+                "UPDATE team_balances SET prepaid = team_balances.prepaid + v.column2, \
+                 promo = team_balances.promo + v.column3, updated_at = v.column4",
+                "team_balances.team_id = v.column1",
+            ),
+            &balances,
+            4,
+            |row, charge| {
+                row.push_bind(charge.team_id)
+                    .push_bind(charge.prepaid_moved)
+                    .push_bind(charge.promo_moved)
+                    .push_bind(at);
+            },
+        )
+        .await?;
+    writes
+        .update_from_values(
+            conn,
+            (
+                "UPDATE credit_lots SET remaining = v.column2",
+                "credit_lots.id = v.column1",
+            ),
+            &lots,
+            2,
+            |row, (lot, remaining)| {
+                row.push_bind(*lot).push_bind(*remaining);
+            },
+        )
+        .await?;
+    writes
+        .update_from_values(
+            conn,
+            (
+                "UPDATE credit_leases SET amount = CASE WHEN credit_leases.amount > v.column2 \
+                 THEN credit_leases.amount - v.column2 ELSE 0 END",
+                "credit_leases.id = v.column1",
+            ),
+            &leases,
+            2,
+            |row, (lease, spent)| {
+                row.push_bind(*lease).push_bind(*spent);
+            },
+        )
+        .await?;
+    let month = billing_month(at);
     for chunk in invoiced.chunks(ROWS_PER_INSERT) {
-        let mut upsert =
-            sqlx::QueryBuilder::<super::Db>::new("INSERT INTO invoice_months (team_id, month, owed, updated_at) ");
+        let upsert = writes.begin(conn, chunk.len() * 4).await?;
+        upsert.push("INSERT INTO invoice_months (team_id, month, owed, updated_at) ");
         upsert.push_values(chunk, |mut row, charge| {
             row.push_bind(charge.team_id)
-                .push_bind(billing_month(at))
+                .push_bind(month.as_str())
                 .push_bind(charge.invoiced)
                 .push_bind(at);
         });
@@ -301,8 +413,9 @@ async fn charge_teams(
             " ON CONFLICT (team_id, month) DO UPDATE SET owed = invoice_months.owed + excluded.owed, \
              updated_at = excluded.updated_at",
         );
-        upsert.build().execute(&mut *conn).await?;
+        writes.end();
     }
+    writes.send(conn).await?;
     Ok(())
 }
 

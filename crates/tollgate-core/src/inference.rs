@@ -178,9 +178,7 @@ pub enum SettleError {
 pub struct Answered {
     /// The upstream's answer, a chat completion (the final one, after a tool loop; the
     /// server-side calls taken out of it), with the upstream's model name and usage.
-    pub answer: serde_json::Value,
-    /// The answer's bytes as the upstream sent them, when nothing was taken out of it.
-    pub raw: Option<bytes::Bytes>,
+    pub answer: crate::tools::ChatAnswer,
     /// Every model call's tokens and every search charged.
     pub usage: TokenUsage,
     /// What it was charged.
@@ -205,7 +203,7 @@ impl Answered {
     /// and the searches' `citations`.
     #[must_use]
     pub fn into_chat(self, model: &str) -> serde_json::Value {
-        let mut answer = self.answer;
+        let mut answer = self.answer.into_value();
         answer["model"] = serde_json::Value::String(model.to_owned());
         answer["usage"] = tollgate_gateway::usage::usage_json(&self.usage, self.charged.cost);
         let citations = crate::tools::citations(&self.searches);
@@ -220,7 +218,7 @@ impl Answered {
     /// that nothing was taken out of; otherwise the read answer is written.
     #[must_use]
     pub fn into_chat_json(self, model: &str) -> Vec<u8> {
-        if let Some(raw) = &self.raw
+        if let Some(raw) = self.answer.raw()
             && let Ok(text) = std::str::from_utf8(raw)
             && let Some(object) = tollgate_gateway::raw::RawObject::parse(text)
             && let Ok(name) = serde_json::to_string(model)
@@ -743,14 +741,16 @@ impl Inference {
             .await;
         match run.answer {
             Ok(answer) => {
-                let kept = match &run.raw {
+                let kept = match answer.raw() {
                     Some(raw) if self.retains_bodies() && admission.keeps_bodies() => raw.to_vec(),
-                    _ => self.kept_json(&admission, &answer),
+                    _ if self.retains_bodies() && admission.keeps_bodies() => {
+                        self.kept_json(&admission, &answer.value())
+                    }
+                    _ => Vec::new(),
                 };
                 let charged = self.settle(admission, run.usage, run.estimated, &kept).await?;
                 Ok(Answered {
                     answer,
-                    raw: run.raw,
                     usage: run.usage,
                     charged,
                     searches: run.searches,

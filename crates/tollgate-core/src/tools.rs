@@ -72,10 +72,7 @@ pub struct SearchCall {
 pub struct ToolRun {
     /// The model's final answer (a chat completion, the server-side calls taken out of its
     /// message), or the upstream error that ended the loop.
-    pub answer: Result<Value, GatewayError>,
-    /// The final answer's bytes as the upstream sent them, when taking out server-side calls
-    /// changed nothing in it (so they may be passed on, with only `model` and `usage` set).
-    pub raw: Option<bytes::Bytes>,
+    pub answer: Result<ChatAnswer, GatewayError>,
     /// Every model call's tokens and every search charged.
     pub usage: TokenUsage,
     /// Whether any model call's tokens were counted by Tollgate (the upstream reported none).
@@ -84,11 +81,63 @@ pub struct ToolRun {
     pub searches: Vec<SearchCall>,
 }
 
+/// A whole chat answer: its bytes as the upstream sent them, when nothing was taken out of them
+/// (so they may be passed on with only `model`, `usage` and `citations` set), and the answer read
+/// — for a plain answer ([`tollgate_gateway::upstream::WholeChat`]) only if a surface asks.
+#[derive(Debug)]
+pub struct ChatAnswer {
+    raw: Option<bytes::Bytes>,
+    /// `None` only for a plain answer, whose bytes are known to read.
+    value: Option<Value>,
+}
+
+impl ChatAnswer {
+    /// An answer read (`raw`: its bytes, when it is unchanged).
+    #[must_use]
+    pub fn read(value: Value, raw: Option<bytes::Bytes>) -> Self {
+        Self {
+            raw,
+            value: Some(value),
+        }
+    }
+
+    /// The bytes as the upstream sent them, when nothing was taken out.
+    #[must_use]
+    pub fn raw(&self) -> Option<&bytes::Bytes> {
+        self.raw.as_ref()
+    }
+
+    /// The answer read.
+    #[must_use]
+    pub fn value(&self) -> std::borrow::Cow<'_, Value> {
+        match &self.value {
+            Some(value) => std::borrow::Cow::Borrowed(value),
+            None => std::borrow::Cow::Owned(self.read_raw()),
+        }
+    }
+
+    /// The answer read, owned.
+    #[must_use]
+    pub fn into_value(self) -> Value {
+        match self.value {
+            Some(value) => value,
+            None => self.read_raw(),
+        }
+    }
+
+    fn read_raw(&self) -> Value {
+        // A plain answer was checked to be an object a tree reader takes.
+        serde_json::from_slice(self.raw.as_deref().unwrap_or_default()).unwrap_or_else(|error| {
+            tracing::error!(%error, "a plain chat answer did not read");
+            Value::Null
+        })
+    }
+}
+
 impl ToolRun {
     fn new() -> Self {
         Self {
             answer: Err(GatewayError::Timeout),
-            raw: None,
             usage: TokenUsage::default(),
             estimated: false,
             searches: Vec::new(),
@@ -208,8 +257,25 @@ impl ServerTools {
             let answer = tokio::time::timeout_at(deadline.into(), route.chat(&request, observe))
                 .await
                 .unwrap_or(Err(GatewayError::Timeout));
-            let (mut answer, raw) = match answer {
-                Ok(whole) => (whole.value, whole.raw),
+            let whole = match answer {
+                Ok(whole) => whole,
+                Err(error) => {
+                    run.answer = Err(error);
+                    return run;
+                }
+            };
+            // A plain answer calls no tool: the loop ends, and nothing is taken out of it.
+            if let Some(usage) = whole.plain_usage() {
+                run.usage = run.usage.plus(&usage);
+                run.answer = Ok(ChatAnswer {
+                    raw: Some(whole.raw),
+                    value: None,
+                });
+                return run;
+            }
+            let raw = whole.raw.clone();
+            let mut answer = match whole.into_value() {
+                Ok(answer) => answer,
                 Err(error) => {
                     run.answer = Err(error);
                     return run;
@@ -229,10 +295,8 @@ impl ServerTools {
             let message = answer["choices"][0]["message"].clone();
             let calls = message["tool_calls"].as_array().cloned().unwrap_or_default();
             if last || !searches_only(&calls, requested) {
-                if !strip_server_calls(&mut answer) {
-                    run.raw = Some(raw);
-                }
-                run.answer = Ok(answer);
+                let unchanged = !strip_server_calls(&mut answer);
+                run.answer = Ok(ChatAnswer::read(answer, unchanged.then_some(raw)));
                 return run;
             }
             round += 1;
@@ -320,7 +384,7 @@ impl ServerTools {
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
                 )
                 .await;
-                run.answer = Ok(Value::Null);
+                run.answer = Ok(ChatAnswer::read(Value::Null, None));
                 return run;
             }
             round += 1;

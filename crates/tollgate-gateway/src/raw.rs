@@ -159,6 +159,46 @@ impl<'de> Deserialize<'de> for RawObject<'de> {
     }
 }
 
+/// Whether JSON `text` nests arrays and objects no deeper than `limit` (brackets inside
+/// strings do not count). A tree reader refuses deep nesting (serde_json's at 128 levels);
+/// what passes here with a limit below that, it reads.
+#[must_use]
+pub fn nesting_within(text: &str, limit: usize) -> bool {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        at += 1;
+        match byte {
+            b'"' => {
+                // To the string's end: its text is most of an answer, so jump from escape to
+                // escape (an escape's next byte is never the end).
+                loop {
+                    let Some(rest) = bytes.get(at..) else { return true };
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(found) if rest[found] == b'\\' => at += found + 2,
+                        Some(found) => {
+                            at += found + 1;
+                            break;
+                        }
+                        // Unterminated: not JSON, which its reader will say.
+                        None => return true,
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
 /// The characters a model generated in one message or stream delta, read from its raw text: as
 /// [`crate::usage::generated_chars`] counts them (content, refusal, reasoning, and the names and
 /// arguments of the tools it called).
@@ -351,6 +391,23 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        assert!(nesting_within("{}", 1));
+        assert!(!nesting_within("[[]]", 1));
+        assert!(nesting_within(r#"{"a":[1,{"b":2}],"c":{}}"#, 3));
+        assert!(!nesting_within(r#"{"a":[1,{"b":2}],"c":{}}"#, 2));
+        // Brackets in strings, and escaped quotes that do not end them.
+        assert!(nesting_within(r#"{"a":"[[[{{{","b":"\"[[[","c":"\\"}"#, 1));
+        assert!(!nesting_within(r#"{"a":"\\",  "b":[[]]}"#, 2));
+        // At the limit and one past it; a tree reader refuses what is deep enough.
+        let deep = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        assert!(nesting_within(&deep(64), 64));
+        assert!(serde_json::from_str::<Value>(&deep(64)).is_ok());
+        assert!(!nesting_within(&deep(65), 64));
+        assert!(serde_json::from_str::<Value>(&deep(200)).is_err());
+    }
 
     #[test]
     fn members_set_that_are_missing_are_added_at_the_end() {

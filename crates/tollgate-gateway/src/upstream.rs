@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 use serde_json::Value;
+use tollgate_domain::TokenUsage;
 
 use http::Method;
 use http::header::HeaderValue;
@@ -40,14 +41,71 @@ pub enum GatewayError {
     AtCapacity,
 }
 
-/// A whole chat completion from an upstream: its JSON object, and the bytes it came as (to be
-/// passed on without writing the object again when nothing in it changes but what is spliced).
+/// A whole chat completion from an upstream: its bytes, and the answer read into a tree unless
+/// it is *plain* — a JSON object whose choices call no tools, with a usage report — which is
+/// passed on as it came with a member or two spliced in, so nothing needs more of it than its
+/// usage.
 #[derive(Debug, Clone)]
 pub struct WholeChat {
-    /// The answer, read.
-    pub value: Value,
     /// The answer as the upstream sent it.
     pub raw: Bytes,
+    read: Read,
+}
+
+#[derive(Debug, Clone)]
+enum Read {
+    Tree(Value),
+    Plain(TokenUsage),
+}
+
+/// Nesting a plain answer may have: well within what a tree reader takes (128), so one read
+/// later (a surface that wants the tree) cannot fail.
+const PLAIN_NESTING: usize = 64;
+
+impl WholeChat {
+    /// `raw` checked to be a JSON object, and read into a tree unless it is plain.
+    pub fn new(raw: Bytes) -> Result<Self, GatewayError> {
+        let read = match plain_usage(&raw) {
+            Some(usage) => Read::Plain(usage),
+            None => Read::Tree(json_object(&raw)?),
+        };
+        Ok(Self { raw, read })
+    }
+
+    /// A plain answer's usage; `None` when the answer was read into a tree.
+    #[must_use]
+    pub fn plain_usage(&self) -> Option<TokenUsage> {
+        match &self.read {
+            Read::Plain(usage) => Some(*usage),
+            Read::Tree(_) => None,
+        }
+    }
+
+    /// The answer read into a tree (read now, if it is plain).
+    pub fn into_value(self) -> Result<Value, GatewayError> {
+        match self.read {
+            Read::Tree(value) => Ok(value),
+            Read::Plain(_) => json_object(&self.raw),
+        }
+    }
+}
+
+/// The usage of `raw` when it is a plain answer: an object (with keys as written, nested no
+/// deeper than [`PLAIN_NESTING`]) whose `choices` never mention `tool_calls` (nor escape a
+/// character, which could spell it), with a usage report.
+fn plain_usage(raw: &[u8]) -> Option<TokenUsage> {
+    let text = std::str::from_utf8(raw).ok()?;
+    if !crate::raw::nesting_within(text, PLAIN_NESTING) {
+        return None;
+    }
+    let object = crate::raw::RawObject::parse(text)?;
+    if let Some(choices) = object.get("choices") {
+        let choices = choices.get().as_bytes();
+        if memchr::memmem::find(choices, b"tool_calls").is_some() || memchr::memmem::find(choices, b"\\u").is_some() {
+            return None;
+        }
+    }
+    crate::usage::parse_usage_raw(object.get("usage")?)
 }
 
 /// One upstream server.
@@ -137,13 +195,10 @@ impl Upstream {
         self.post(&self.chat, body.into()).await
     }
 
-    /// A non-streaming chat completion: the upstream's JSON body, read and as it came.
+    /// A non-streaming chat completion: the upstream's body, checked to be a JSON object.
     pub async fn chat(&self, body: &ChatCompletionRequest) -> Result<WholeChat, GatewayError> {
         let raw = self.send(body).await?.bytes().await?;
-        Ok(WholeChat {
-            value: json_object(&raw)?,
-            raw,
-        })
+        WholeChat::new(raw)
     }
 
     /// A JSON request to another of the upstream's endpoints (`path` below its base URL, e.g.
@@ -224,6 +279,48 @@ fn error_message(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only an object whose choices call no tool, with usage, is plain (passed on unread); any
+    /// other object is read into a tree, and what is not an object is refused.
+    #[test]
+    fn an_answer_is_plain_only_when_nothing_in_it_needs_reading() {
+        let whole = |text: &str| WholeChat::new(Bytes::from(text.to_owned()));
+        let usage = r#""usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}"#;
+        let plain = whole(&format!(
+            r#"{{"id":"c","choices":[{{"index":0,"message":{{"role":"assistant","content":"Hi [{{"}}}}],{usage}}}"#
+        ))
+        .unwrap();
+        let counted = plain.plain_usage().unwrap();
+        assert_eq!((counted.prompt_tokens, counted.completion_tokens), (3, 2));
+        assert_eq!(plain.into_value().unwrap()["choices"][0]["message"]["content"], "Hi [{");
+
+        for read in [
+            // A tool call (perhaps a server-side one, to be taken out).
+            format!(
+                r#"{{"choices":[{{"message":{{"tool_calls":[{{"id":"t","type":"function","function":{{"name":"web_search","arguments":"{{}}"}}}}]}}}}],{usage}}}"#
+            ),
+            // A key that may spell tool_calls with an escape.
+            format!(r#"{{"choices":[{{"message":{{"tool\u005fcalls":[]}}}}],{usage}}}"#),
+            // No usage: counting it needs the answer.
+            r#"{"choices":[{"message":{"content":"Hi"}}]}"#.to_owned(),
+            // Nested deeper than a plain answer may be.
+            format!(
+                r#"{{"choices":[{{"message":{{"content":"Hi"}}}}],"x":{}{},{usage}}}"#,
+                "[".repeat(70),
+                "]".repeat(70)
+            ),
+        ] {
+            let answer = whole(&read).unwrap();
+            assert_eq!(answer.plain_usage(), None, "{read}");
+            assert!(answer.into_value().unwrap().is_object());
+        }
+        for refused in ["[1]", "{\"choices\":", "not json"] {
+            assert!(
+                matches!(whole(refused), Err(GatewayError::InvalidResponse(_))),
+                "{refused}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_key_that_cannot_be_a_header_fails_each_call_saying_so() {

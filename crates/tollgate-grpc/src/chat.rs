@@ -150,8 +150,9 @@ async fn answer(services: &Services, admitted: Admitted) -> Result<(GetChatCompl
     let model = admission.route().name.clone();
     let answered = settled(services, admission, chat, &tools).await?;
     let citations = tollgate_core::tools::citations(&answered.searches);
+    let answer = answered.answer.value();
     let mut response = convert::response(
-        &answered.answer,
+        &answer,
         &model,
         &answered.usage,
         answered.charged.cost,
@@ -159,7 +160,7 @@ async fn answer(services: &Services, admitted: Admitted) -> Result<(GetChatCompl
     );
     response.id.clone_from(&id);
     if let Some(mut keeper) = keeper {
-        keeper.answer(&answered.answer);
+        keeper.answer(&answer);
         let saved = keeper.finish(&answered.usage, answered.charged.cost, citations);
         services
             .responses

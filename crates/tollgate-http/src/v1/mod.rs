@@ -211,7 +211,8 @@ pub(crate) async fn create_chat_completion(
 async fn in_own_task<T: Send + 'static>(
     work: impl Future<Output = Result<T, XaiError>> + Send + 'static,
 ) -> Result<T, XaiError> {
-    tokio::spawn(work)
+    // Boxed first: the task's cell then takes a pointer, not a copy of the whole (large) future.
+    tokio::spawn(Box::pin(work))
         .await
         .map_err(|e| XaiError::internal(anyhow::anyhow!("the request's task failed: {e}")))?
 }

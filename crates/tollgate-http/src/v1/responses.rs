@@ -278,7 +278,7 @@ pub(crate) async fn create_response(
             let _ = builder.server_search(call.tool, &call.query, sources(call).as_deref());
         }
         builder.cite(tollgate_core::tools::citations(&answered.searches));
-        builder.answer(&answered.answer);
+        builder.answer(&answered.answer.value());
         let finished = builder.finish(usage_json(&answered.usage, answered.charged.cost));
         keeper.keep(&finished).await?;
         Ok(finished.response)

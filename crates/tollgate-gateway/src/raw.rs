@@ -199,49 +199,166 @@ pub fn nesting_within(text: &str, limit: usize) -> bool {
     true
 }
 
-/// The characters a model generated in one message or stream delta, read from its raw text: as
-/// [`crate::usage::generated_chars`] counts them (content, refusal, reasoning, and the names and
-/// arguments of the tools it called).
-#[must_use]
-pub fn generated_chars(message: &RawObject<'_>) -> u64 {
-    let count = |text: Option<Cow<'_, str>>| text.map_or(0, |text| text.chars().count() as u64);
-    let mut chars = ["content", "refusal", "reasoning_content", "reasoning"]
-        .iter()
-        .map(|field| count(message.text(field)))
-        .fold(0, u64::saturating_add);
-    let calls = message
-        .array("tool_calls")
-        .into_iter()
-        .filter_map(|call| RawObject::parse(call.get()).and_then(|call| call.object("function")));
-    for function in calls.chain(message.object("function_call")) {
-        chars = chars
-            .saturating_add(count(function.text("name")))
-            .saturating_add(count(function.text("arguments")));
-    }
-    chars
+/// A stream chunk read in one pass, to relay it: the characters its choices generated (each
+/// choice's delta as [`crate::usage::generated_chars`] counts a message, and a text completion's
+/// `text`), its usage report, and where its `model` and `usage`
+/// values lie in its text, so they can be replaced with everything else written as it came.
+/// Other members are skipped, not kept. A chunk this does not read (keys with escapes, choices
+/// of unusual shape, a repeated key inside a choice) is left to the general path.
+#[derive(Debug)]
+pub struct Chunk<'a> {
+    text: &'a str,
+    /// Every `model` value's place (a repeated key has each replaced).
+    models: Vec<std::ops::Range<usize>>,
+    /// Every `usage` value's place, and the last value (as a parser building a map keeps).
+    usages: Vec<std::ops::Range<usize>>,
+    usage: Option<&'a RawValue>,
+    generated: u64,
 }
 
-/// The characters generated in a stream chunk: every choice's delta, and a text completion's
-/// `text`. The chunk's `choices` are read in one pass into borrowed views; one of unusual shape
-/// (a repeated key, say) is read member by member instead, with the same result.
-#[must_use]
-pub fn chunk_generated_chars(chunk: &RawObject<'_>) -> u64 {
-    let Some(choices) = chunk.get("choices") else {
-        return 0;
-    };
-    if let Ok(views) = serde_json::from_str::<Vec<ChoiceView<'_>>>(choices.get()) {
-        return views.iter().map(ChoiceView::chars).fold(0, u64::saturating_add);
-    }
-    chunk
-        .array("choices")
-        .into_iter()
-        .filter_map(|choice| RawObject::parse(choice.get()))
-        .map(|choice| {
-            let delta = choice.object("delta").map_or(0, |delta| generated_chars(&delta));
-            let text = choice.text("text").map_or(0, |text| text.chars().count() as u64);
-            delta.saturating_add(text)
+impl<'a> Chunk<'a> {
+    /// `text` read, when it is an object this reads.
+    #[must_use]
+    pub fn parse(text: &'a str) -> Option<Self> {
+        let read: ChunkRead<'a> = serde_json::from_str(text).ok()?;
+        let place = |value: &RawValue| {
+            let start = (value.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+            let end = start.checked_add(value.get().len())?;
+            (end <= text.len()).then_some(start..end)
+        };
+        let models = read
+            .models
+            .iter()
+            .map(|value| place(value))
+            .collect::<Option<Vec<_>>>()?;
+        let usages = read
+            .usages
+            .iter()
+            .map(|value| place(value))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            text,
+            models,
+            usages,
+            usage: read.usages.last().copied(),
+            generated: read.generated,
         })
-        .fold(0, u64::saturating_add)
+    }
+
+    /// The characters the chunk's choices generated.
+    #[must_use]
+    pub fn generated_chars(&self) -> u64 {
+        self.generated
+    }
+
+    /// The chunk's usage report, when it has one.
+    #[must_use]
+    pub fn usage(&self) -> Option<tollgate_domain::TokenUsage> {
+        self.usage.and_then(crate::usage::parse_usage_raw)
+    }
+
+    /// The chunk's length.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Whether the chunk is empty text (never: it is an object).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// Writes the chunk to `out` as it came, but for its `model` values replaced with the JSON
+    /// text `model`, and its `usage` values with `usage` (each only where the chunk has one).
+    pub fn splice_into(&self, out: &mut String, model: Option<&str>, usage: Option<&str>) {
+        let mut places: Vec<(&std::ops::Range<usize>, &str)> = Vec::with_capacity(2);
+        if let Some(model) = model {
+            places.extend(self.models.iter().map(|range| (range, model)));
+        }
+        if let Some(usage) = usage {
+            places.extend(self.usages.iter().map(|range| (range, usage)));
+        }
+        places.sort_unstable_by_key(|(range, _)| range.start);
+        let mut written = 0;
+        for (range, with) in places {
+            out.push_str(&self.text[written..range.start]);
+            out.push_str(with);
+            written = range.end;
+        }
+        out.push_str(&self.text[written..]);
+    }
+}
+
+/// What [`Chunk::parse`] reads in its one pass.
+struct ChunkRead<'a> {
+    models: Vec<&'a RawValue>,
+    usages: Vec<&'a RawValue>,
+    generated: u64,
+}
+
+impl<'de> Deserialize<'de> for ChunkRead<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+
+        impl<'de> Visitor<'de> for Members {
+            type Value = ChunkRead<'de>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut read = ChunkRead {
+                    models: Vec::new(),
+                    usages: Vec::new(),
+                    generated: 0,
+                };
+                // Keys borrowed: one with an escape fails the read (the general path takes it).
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match key {
+                        "model" => read.models.push(map.next_value()?),
+                        "usage" => read.usages.push(map.next_value()?),
+                        // A repeated key's last value counts, as in a map.
+                        "choices" => read.generated = map.next_value::<ChoicesChars>()?.0,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(read)
+            }
+        }
+
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// A chunk's `choices`, summed as they are read: an array of choices, or the read fails.
+struct ChoicesChars(u64);
+
+impl<'de> Deserialize<'de> for ChoicesChars {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Choices;
+
+        impl<'de> Visitor<'de> for Choices {
+            type Value = ChoicesChars;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("an array of choices")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut chars = 0u64;
+                while let Some(choice) = seq.next_element::<ChoiceView<'de>>()? {
+                    chars = chars.saturating_add(choice.chars());
+                }
+                Ok(ChoicesChars(chars))
+            }
+        }
+
+        deserializer.deserialize_seq(Choices)
+    }
 }
 
 /// A member that counts only when it is a string (anything else, as the tree walk does, counts
@@ -334,7 +451,7 @@ impl ChoiceView<'_> {
     }
 }
 
-/// A delta's generated parts, as [`generated_chars`] reads them.
+/// A delta's generated parts, as [`crate::usage::generated_chars`] reads them.
 #[derive(Deserialize)]
 struct MessageView<'a> {
     #[serde(borrow, default)]
@@ -453,36 +570,98 @@ mod tests {
         }
     }
 
+    /// What the tree walk counts in a chunk: every choice's delta, and its text.
+    fn counted_by_tree(chunk: &Value) -> u64 {
+        chunk["choices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|choice| {
+                crate::usage::generated_chars(&choice["delta"])
+                    + choice["text"].as_str().map_or(0, |text| text.chars().count() as u64)
+            })
+            .sum()
+    }
+
+    /// The one-pass chunk read counts as the tree walk does, or leaves the chunk to the general
+    /// path (which walks the tree); its usage is the last one's, as in a map.
     #[test]
-    fn counts_generated_text_as_the_tree_walk_does() {
-        let chunks = [
+    fn a_chunk_is_read_in_one_pass_or_left_to_the_general_path() {
+        let read = [
             json!({"choices": [{"delta": {"content": "héllo \"you\"", "reasoning_content": "think"}}]}),
             json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "get", "arguments": "{\"q\":1}"}}]}}]}),
             json!({"choices": [{"delta": {"function_call": {"name": "f", "arguments": "{}"}}}, {"text": "abc"}]}),
-            json!({"choices": [{"delta": {"content": 5, "tool_calls": "no", "refusal": null}}]}),
-            json!({"choices": "none"}),
+            json!({"choices": [{"delta": {"content": 5, "tool_calls": null, "refusal": null}}]}),
             json!({"usage": {"prompt_tokens": 3}}),
-            json!({"choices": [{"delta": {"content": {"nested": ["x"]}, "tool_calls": [{"function": "f"}, 7]}}]}),
-            json!({"choices": [{"delta": "text", "text": ["no"]}, 3, null]}),
-            json!({"choices": [{"delta": {"tool_calls": null, "function_call": {"name": 1, "arguments": "ab"}}}]}),
+            json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}),
             json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "\u{e9}\n"}, "finish_reason": null}]}),
         ];
-        for chunk in chunks {
-            let by_tree: u64 = chunk["choices"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|choice| {
-                    crate::usage::generated_chars(&choice["delta"])
-                        + choice["text"].as_str().map_or(0, |text| text.chars().count() as u64)
-                })
-                .sum();
+        for chunk in read {
+            let by_tree = counted_by_tree(&chunk);
             let text = chunk.to_string();
-            let raw = RawObject::parse(&text).unwrap();
-            assert_eq!(chunk_generated_chars(&raw), by_tree, "{chunk}");
+            let one_pass = Chunk::parse(&text).unwrap_or_else(|| panic!("{chunk}"));
+            assert_eq!(one_pass.generated_chars(), by_tree, "{chunk}");
+            assert_eq!(one_pass.usage(), crate::usage::parse_usage(&chunk["usage"]), "{chunk}");
         }
-        // A repeated key fails the one-pass read; the member-by-member read takes the last.
-        let repeated = r#"{"choices":[{"delta":{"content":"a","content":"bcd"}}]}"#;
-        assert_eq!(chunk_generated_chars(&RawObject::parse(repeated).unwrap()), 3);
+        // Odd shapes: read with the tree walk's count, or left to the general path.
+        for chunk in [
+            json!({"choices": [{"delta": {"content": 5, "tool_calls": "no", "refusal": null}}]}),
+            json!({"choices": [{"delta": {"content": {"nested": ["x"]}, "tool_calls": [{"function": "f"}, 7]}}]}),
+            json!({"choices": [{"delta": {"tool_calls": null, "function_call": {"name": 1, "arguments": "ab"}}}]}),
+            json!({"choices": [{"delta": null, "text": null}, {}]}),
+        ] {
+            let by_tree = counted_by_tree(&chunk);
+            let text = chunk.to_string();
+            if let Some(read) = Chunk::parse(&text) {
+                assert_eq!(read.generated_chars(), by_tree, "{chunk}");
+            }
+        }
+        for odd in [
+            r#"{"choices":"none"}"#,
+            r#"{"choices":[{"delta":"text"},3,null]}"#,
+            r#"{"choices":[{"delta":{"content":"a","content":"bcd"}}]}"#,
+            r#"{"ch\u006fices":[]}"#,
+            "[1]",
+            "{\"model\":",
+        ] {
+            assert!(Chunk::parse(odd).is_none(), "{odd}");
+        }
+        let twice = Chunk::parse(
+            r#"{"usage":{"prompt_tokens":1},"choices":[{"text":"ab"}],"choices":[],"usage":{"prompt_tokens":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (twice.generated_chars(), twice.usage().map(|u| u.prompt_tokens)),
+            (0, Some(2))
+        );
+    }
+
+    #[test]
+    fn a_chunk_is_written_as_it_came_but_for_model_and_usage() {
+        let text = r#"{"id":"c1", "model" : "up/model-7b","choices":[{"index":0,"delta":{"content":"h\u00e9llo"}}],"usage":null,"x":1.50}"#;
+        let chunk = Chunk::parse(text).unwrap();
+        let mut out = String::new();
+        chunk.splice_into(&mut out, Some(r#""grok-4""#), Some(r#"{"total_tokens":3}"#));
+        assert_eq!(
+            out,
+            r#"{"id":"c1", "model" : "grok-4","choices":[{"index":0,"delta":{"content":"h\u00e9llo"}}],"usage":{"total_tokens":3},"x":1.50}"#
+        );
+        let mut expected: Value = serde_json::from_str(text).unwrap();
+        expected["model"] = json!("grok-4");
+        expected["usage"] = json!({"total_tokens": 3});
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), expected);
+        // Nothing asked: the chunk as it came; a member it lacks is not added.
+        let mut same = String::new();
+        chunk.splice_into(&mut same, None, None);
+        assert_eq!(same, text);
+        let bare = Chunk::parse(r#"{"choices":[]}"#).unwrap();
+        let mut out = String::new();
+        bare.splice_into(&mut out, Some("\"m\""), Some("{}"));
+        assert_eq!(out, r#"{"choices":[]}"#);
+        // A repeated model has each replaced.
+        let repeated = Chunk::parse(r#"{"model":"a","model":"b"}"#).unwrap();
+        let mut out = String::new();
+        repeated.splice_into(&mut out, Some("\"m\""), None);
+        assert_eq!(out, r#"{"model":"m","model":"m"}"#);
     }
 }

@@ -33,10 +33,10 @@ use tollgate_domain::ratelimit::{LimitDecision, LimitStatus};
 use tollgate_domain::{Endpoint, RequestId, Ticks, TokenUsage};
 use tollgate_gateway::GatewayError;
 use tollgate_gateway::pool::UpstreamEvent;
-use tollgate_gateway::raw::{self, RawObject};
+use tollgate_gateway::raw;
 use tollgate_gateway::search::{self, RequestedTool};
 use tollgate_gateway::sse::{SseDecoder, SseEvent};
-use tollgate_gateway::usage::{Demand, parse_usage, parse_usage_raw, usage_json, usage_json_text};
+use tollgate_gateway::usage::{Demand, parse_usage, usage_json, usage_json_text};
 use tollgate_gateway::wire::{ChatCompletionRequest, StreamOptions};
 
 use crate::AppState;
@@ -671,10 +671,10 @@ pub(super) trait StreamShape: Send + 'static {
     /// One upstream chunk (`None` when it is not JSON: `raw` is relayed as it is), with its usage
     /// report, priced, when it has one.
     fn chunk(&mut self, chunk: Option<Value>, raw: &str, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes>;
-    /// One upstream chunk that is a JSON object, read in place (`fields`, over `raw`) rather
+    /// One upstream chunk that is a JSON object, read in place (`read`, over `raw`) rather
     /// than parsed into a tree: a shape that only relays the chunk splices it. By default it
     /// is parsed and shaped as [`Self::chunk`] does.
-    fn relay(&mut self, raw: &str, _fields: &RawObject<'_>, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes> {
+    fn relay(&mut self, raw: &str, _read: &raw::Chunk<'_>, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes> {
         self.chunk(serde_json::from_str(raw).ok(), raw, priced)
     }
     /// A search the platform ran for the model (a server-side tool), shown as it finishes.
@@ -726,18 +726,11 @@ impl StreamShape for Chunks {
 
     /// The chunk as the upstream wrote it, but for the public model name and the priced usage,
     /// spliced in: nothing else is parsed or printed again.
-    fn relay(&mut self, _raw: &str, fields: &RawObject<'_>, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes> {
+    fn relay(&mut self, _raw: &str, read: &raw::Chunk<'_>, priced: Option<(TokenUsage, Ticks)>) -> Vec<Bytes> {
         let usage = priced.map(|(usage, cost)| usage_json_text(&usage, cost));
-        let mut replace: Vec<(&str, &str)> = Vec::with_capacity(2);
-        if fields.has("model") {
-            replace.push(("model", &self.model_json));
-        }
-        if let Some(usage) = &usage {
-            replace.push(("usage", usage));
-        }
-        let mut frame = String::with_capacity(fields.len_hint() + 64);
+        let mut frame = String::with_capacity(read.len() + usage.as_ref().map_or(0, String::len) + 32);
         frame.push_str("data: ");
-        fields.splice_into(&mut frame, &replace);
+        read.splice_into(&mut frame, Some(&self.model_json), usage.as_deref());
         frame.push_str("\n\n");
         vec![Bytes::from(frame)]
     }
@@ -840,11 +833,11 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
             let price = |usage: TokenUsage| (usage, billing.admission.pricing().cost(&usage).unwrap_or_default());
             // Nearly every chunk is an object read in place; anything else takes the general
             // path, parsed whole.
-            let shaped = if let Some(fields) = RawObject::parse(&payload) {
-                completion_chars = completion_chars.saturating_add(raw::chunk_generated_chars(&fields));
-                let usage = fields.get("usage").and_then(parse_usage_raw);
+            let shaped = if let Some(read) = raw::Chunk::parse(&payload) {
+                completion_chars = completion_chars.saturating_add(read.generated_chars());
+                let usage = read.usage();
                 last_usage = usage.or(last_usage);
-                shape.relay(&payload, &fields, usage.map(price))
+                shape.relay(&payload, &read, usage.map(price))
             } else {
                 let chunk = serde_json::from_str::<Value>(&payload).ok();
                 let mut priced = None;

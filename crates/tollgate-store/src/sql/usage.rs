@@ -249,6 +249,29 @@ impl<'args> Writes<'args> {
         }
         Ok(())
     }
+
+    /// One statement per row of `rows` (`width` parameters each), written by `write`: on SQLite,
+    /// where a row's `UPDATE … WHERE id = ?` costs far less than an `UPDATE … FROM (VALUES …)`,
+    /// which builds a temporary table for its join (statements are still sent together).
+    async fn each<T>(
+        &mut self,
+        conn: &mut <super::Db as sqlx::Database>::Connection,
+        rows: &'args [T],
+        width: usize,
+        mut write: impl FnMut(&mut sqlx::QueryBuilder<'args, super::Db>, &'args T),
+    ) -> Result<(), StoreError> {
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let query = self.begin(conn, chunk.len() * width).await?;
+            for (index, row) in chunk.iter().enumerate() {
+                if index > 0 {
+                    query.push("; ");
+                }
+                write(query, row);
+            }
+            self.end();
+        }
+        Ok(())
+    }
 }
 
 /// One spend entry, as [`charge_teams`] writes it.
@@ -352,53 +375,87 @@ async fn charge_teams(
         });
         writes.end();
     }
-    writes
-        .update_from_values(
-            conn,
-            (
-                "UPDATE team_balances SET prepaid = team_balances.prepaid + v.column2, \
-                 promo = team_balances.promo + v.column3, updated_at = v.column4",
-                "team_balances.team_id = v.column1",
-            ),
-            &balances,
-            4,
-            |row, charge| {
-                row.push_bind(charge.team_id)
+    if matches!(super::BACKEND, crate::Backend::Postgres) {
+        writes
+            .update_from_values(
+                conn,
+                (
+                    "UPDATE team_balances SET prepaid = team_balances.prepaid + v.column2, \
+                     promo = team_balances.promo + v.column3, updated_at = v.column4",
+                    "team_balances.team_id = v.column1",
+                ),
+                &balances,
+                4,
+                |row, charge| {
+                    row.push_bind(charge.team_id)
+                        .push_bind(charge.prepaid_moved)
+                        .push_bind(charge.promo_moved)
+                        .push_bind(at);
+                },
+            )
+            .await?;
+        writes
+            .update_from_values(
+                conn,
+                (
+                    "UPDATE credit_lots SET remaining = v.column2",
+                    "credit_lots.id = v.column1",
+                ),
+                &lots,
+                2,
+                |row, (lot, remaining)| {
+                    row.push_bind(*lot).push_bind(*remaining);
+                },
+            )
+            .await?;
+        writes
+            .update_from_values(
+                conn,
+                (
+                    "UPDATE credit_leases SET amount = CASE WHEN credit_leases.amount > v.column2 \
+                     THEN credit_leases.amount - v.column2 ELSE 0 END",
+                    "credit_leases.id = v.column1",
+                ),
+                &leases,
+                2,
+                |row, (lease, spent)| {
+                    row.push_bind(*lease).push_bind(*spent);
+                },
+            )
+            .await?;
+    } else {
+        writes
+            .each(conn, &balances, 4, |query, charge| {
+                query
+                    .push("UPDATE team_balances SET prepaid = prepaid + ")
                     .push_bind(charge.prepaid_moved)
+                    .push(", promo = promo + ")
                     .push_bind(charge.promo_moved)
-                    .push_bind(at);
-            },
-        )
-        .await?;
-    writes
-        .update_from_values(
-            conn,
-            (
-                "UPDATE credit_lots SET remaining = v.column2",
-                "credit_lots.id = v.column1",
-            ),
-            &lots,
-            2,
-            |row, (lot, remaining)| {
-                row.push_bind(*lot).push_bind(*remaining);
-            },
-        )
-        .await?;
-    writes
-        .update_from_values(
-            conn,
-            (
-                "UPDATE credit_leases SET amount = CASE WHEN credit_leases.amount > v.column2 \
-                 THEN credit_leases.amount - v.column2 ELSE 0 END",
-                "credit_leases.id = v.column1",
-            ),
-            &leases,
-            2,
-            |row, (lease, spent)| {
-                row.push_bind(*lease).push_bind(*spent);
-            },
-        )
-        .await?;
+                    .push(", updated_at = ")
+                    .push_bind(at)
+                    .push(" WHERE team_id = ")
+                    .push_bind(charge.team_id);
+            })
+            .await?;
+        writes
+            .each(conn, &lots, 2, |query, (lot, remaining)| {
+                query
+                    .push("UPDATE credit_lots SET remaining = ")
+                    .push_bind(*remaining)
+                    .push(" WHERE id = ")
+                    .push_bind(*lot);
+            })
+            .await?;
+        writes
+            .each(conn, &leases, 2, |query, (lease, spent)| {
+                query
+                    .push("UPDATE credit_leases SET amount = max(amount - ")
+                    .push_bind(*spent)
+                    .push(", 0) WHERE id = ")
+                    .push_bind(*lease);
+            })
+            .await?;
+    }
     let month = billing_month(at);
     for chunk in invoiced.chunks(ROWS_PER_INSERT) {
         let upsert = writes.begin(conn, chunk.len() * 4).await?;

@@ -583,21 +583,48 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
     assert_eq!(store.verify_ledger().await.unwrap(), None);
 }
 
+/// An API key of `user`'s in `team`, stored.
+async fn seed_key(store: &dyn Store, team: &Team, user: &User) -> ApiKey {
+    let key = api_key(team, user, &[]);
+    store
+        .insert_api_key(
+            &key,
+            &fresh_hash(),
+            &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
+        )
+        .await
+        .unwrap();
+    key
+}
+
+/// A request of `cost` made with `key` of `team`, to charge in a batch.
+fn spent(team: TeamId, key: ApiKeyId, cost: i64) -> crate::Charge {
+    crate::Charge {
+        record: UsageRecord {
+            request_id: RequestId::new(),
+            team_id: team,
+            api_key_id: key,
+            model: "grok-test".into(),
+            endpoint: tollgate_domain::Endpoint::Chat,
+            usage: TokenUsage::default(),
+            cost: Ticks::new(cost),
+            estimated: false,
+            streamed: false,
+            started_at: at(2),
+            duration_ms: 1,
+        },
+        pricing: tollgate_domain::ModelPricing::default(),
+        lease_id: None,
+    }
+}
+
 /// One batch charges many teams at once, each in its consumption order: prepaid credit,
 /// promotional lots then the invoice, the invoice alone.
 pub async fn one_batch_charges_many_teams(store: &dyn Store) {
     let mut teams = Vec::new();
     for name in ["batch-a", "batch-b", "batch-c"] {
         let (user, team) = seed_user(store, &format!("{name}@example.com")).await;
-        let key = api_key(&team, &user, &[]);
-        store
-            .insert_api_key(
-                &key,
-                &fresh_hash(),
-                &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
-            )
-            .await
-            .unwrap();
+        let key = seed_key(store, &team, &user).await;
         teams.push((team, key));
     }
     let entry = |team: TeamId, amount: i64, promo: bool| tollgate_domain::LedgerEntry {
@@ -636,23 +663,7 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
             .await
             .unwrap();
     }
-    let charge = |index: usize, cost: i64| crate::Charge {
-        record: UsageRecord {
-            request_id: RequestId::new(),
-            team_id: teams[index].0.id,
-            api_key_id: teams[index].1.id,
-            model: "grok-test".into(),
-            endpoint: tollgate_domain::Endpoint::Chat,
-            usage: TokenUsage::default(),
-            cost: Ticks::new(cost),
-            estimated: false,
-            streamed: false,
-            started_at: at(2),
-            duration_ms: 1,
-        },
-        pricing: tollgate_domain::ModelPricing::default(),
-        lease_id: None,
-    };
+    let charge = |index: usize, cost: i64| spent(teams[index].0.id, teams[index].1.id, cost);
     let batch = [charge(0, 30), charge(1, 70), charge(0, 30), charge(2, 40)];
     store
         .insert_usage_batch(&batch, at(3), Ticks::new(1_000))
@@ -706,15 +717,7 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
 pub async fn a_charge_across_many_lots_is_written_whole(store: &dyn Store) {
     const LOTS: i64 = 1_300;
     let (user, team) = seed_user(store, "many-lots@example.com").await;
-    let key = api_key(&team, &user, &[]);
-    store
-        .insert_api_key(
-            &key,
-            &fresh_hash(),
-            &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
-        )
-        .await
-        .unwrap();
+    let key = seed_key(store, &team, &user).await;
     for n in 0..LOTS {
         let id = Uuid::now_v7();
         let grant = tollgate_domain::LedgerEntry {
@@ -736,23 +739,7 @@ pub async fn a_charge_across_many_lots_is_written_whole(store: &dyn Store) {
     }
     // Takes the lots whole but the last, of which one tick is left.
     let cost = LOTS * 2 - 1;
-    let charge = crate::Charge {
-        record: UsageRecord {
-            request_id: RequestId::new(),
-            team_id: team.id,
-            api_key_id: key.id,
-            model: "grok-test".into(),
-            endpoint: tollgate_domain::Endpoint::Chat,
-            usage: TokenUsage::default(),
-            cost: Ticks::new(cost),
-            estimated: false,
-            streamed: false,
-            started_at: at(2),
-            duration_ms: 1,
-        },
-        pricing: tollgate_domain::ModelPricing::default(),
-        lease_id: None,
-    };
+    let charge = spent(team.id, key.id, cost);
     store
         .insert_usage_batch(std::slice::from_ref(&charge), at(3), Ticks::ZERO)
         .await

@@ -741,12 +741,11 @@ impl Inference {
             .await;
         match run.answer {
             Ok(answer) => {
+                // Kept as the upstream sent it when nothing was taken out, else as read.
                 let kept = match answer.raw() {
                     Some(raw) if self.retains_bodies() && admission.keeps_bodies() => raw.to_vec(),
-                    _ if self.retains_bodies() && admission.keeps_bodies() => {
-                        self.kept_json(&admission, &answer.value())
-                    }
-                    _ => Vec::new(),
+                    Some(_) => Vec::new(),
+                    None => self.kept_json(&admission, &answer.value()),
                 };
                 let charged = self.settle(admission, run.usage, run.estimated, &kept).await?;
                 Ok(Answered {

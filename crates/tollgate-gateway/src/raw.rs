@@ -40,35 +40,6 @@ impl<'a> RawObject<'a> {
         self.get(key).is_some()
     }
 
-    /// Member `key` when it is an object.
-    #[must_use]
-    pub fn object(&self, key: &str) -> Option<RawObject<'a>> {
-        self.get(key).and_then(|raw| Self::parse(raw.get()))
-    }
-
-    /// The items of member `key` when it is an array (none otherwise).
-    #[must_use]
-    pub fn array(&self, key: &str) -> Vec<&'a RawValue> {
-        self.get(key)
-            .filter(|raw| raw.get().starts_with('['))
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
-            .unwrap_or_default()
-    }
-
-    /// Member `key` when it is a string, unescaped.
-    #[must_use]
-    pub fn text(&self, key: &str) -> Option<Cow<'a, str>> {
-        let json = self.get(key)?.get();
-        if !json.starts_with('"') {
-            return None;
-        }
-        // Borrowed when it has no escapes, which is nearly always.
-        match serde_json::from_str::<&'a str>(json) {
-            Ok(text) => Some(Cow::Borrowed(text)),
-            Err(_) => serde_json::from_str::<String>(json).ok().map(Cow::Owned),
-        }
-    }
-
     /// About how long the object's text is.
     #[must_use]
     pub fn len_hint(&self) -> usize {

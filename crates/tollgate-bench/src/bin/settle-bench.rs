@@ -40,6 +40,11 @@ struct Args {
     /// the benchmark migrates it and leaves its rows).
     #[arg(long)]
     database_url: Option<String>,
+    /// Seconds to sit idle before each run and after the last (a profiler's moment to zero or
+    /// dump its counts: `callgrind_control --zero` and `--dump` at the pauses count one run's
+    /// instructions alone).
+    #[arg(long, default_value_t = 0)]
+    pause: u64,
     /// The runs to make, in order (a profile of one run alone: `--runs teams`).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Runs::Hot, Runs::Teams, Runs::Free])]
     runs: Vec<Runs>,
@@ -86,9 +91,14 @@ fn pricing(per_completion_token: i64) -> ModelPricing {
 
 struct Run {
     settled: u64,
+    /// Every settlement of the run, the warm-up's and the last ones' too.
+    all: u64,
     elapsed: Duration,
     /// Per settlement, from asking for the hold to the commit: sorted.
     latencies: Vec<Duration>,
+    /// The process's CPU time while measuring (every thread: the settling tasks, the group
+    /// commit's writer, the database's).
+    cpu: Option<Duration>,
 }
 
 async fn run(
@@ -102,16 +112,18 @@ async fn run(
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let settled = Arc::new(AtomicU64::new(0));
+    let all = Arc::new(AtomicU64::new(0));
     let payers: Arc<[(TeamId, ApiKeyId)]> = payers.into();
     let worst = priced.cost(&WORST_CASE)?;
     let cost = priced.cost(&USAGE)?;
     let mut tasks = Vec::with_capacity(args.concurrency);
     for worker in 0..args.concurrency {
         let (credits, usage, clock) = (credits.clone(), usage.clone(), Arc::clone(clock));
-        let (measuring, stop, settled, payers) = (
+        let (measuring, stop, settled, all, payers) = (
             Arc::clone(&measuring),
             Arc::clone(&stop),
             Arc::clone(&settled),
+            Arc::clone(&all),
             Arc::clone(&payers),
         );
         tasks.push(tokio::spawn(async move {
@@ -143,6 +155,7 @@ async fn run(
                     })
                     .await?;
                 credits.settled(hold, cost);
+                all.fetch_add(1, Ordering::Relaxed);
                 if measuring.load(Ordering::Relaxed) {
                     latencies.push(started.elapsed());
                     settled.fetch_add(1, Ordering::Relaxed);
@@ -154,9 +167,13 @@ async fn run(
     tokio::time::sleep(Duration::from_secs(1)).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let cpu_before = tollgate_bench::process_cpu();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let cpu = tollgate_bench::process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for task in tasks {
@@ -165,9 +182,23 @@ async fn run(
     latencies.sort_unstable();
     Ok(Run {
         settled: settled.load(Ordering::Relaxed),
+        all: all.load(Ordering::Relaxed),
         elapsed,
         latencies,
+        cpu,
     })
+}
+
+/// Sits idle for `--pause` seconds, saying how many settlements the run before made in all
+/// (`scripts/settle-callgrind` divides a run's instructions by them).
+async fn pause(args: &Args, settled_before: Option<u64>) {
+    if args.pause > 0 {
+        match settled_before {
+            Some(all) => println!("(pausing {} s after {all} settlements)", args.pause),
+            None => println!("(pausing {} s)", args.pause),
+        }
+        tokio::time::sleep(Duration::from_secs(args.pause)).await;
+    }
 }
 
 /// Workers step through the teams so that at any moment they spread over all of them.
@@ -186,8 +217,13 @@ fn report(name: &str, run: &Run) {
             .copied()
             .unwrap_or_default()
     };
+    let cpu = match run.cpu {
+        Some(cpu) if run.settled > 0 => format!("{:.1} µs", cpu.as_secs_f64() * 1e6 / run.settled as f64),
+        _ => "?".to_owned(),
+    };
     println!(
-        "| {name} | {:.0} | {:.2} ms | {:.2} ms |",
+        "| {name} | {} | {:.0} | {:.2} ms | {:.2} ms | {cpu} |",
+        run.settled,
         run.settled as f64 / run.elapsed.as_secs_f64(),
         ms(at(0.5)),
         ms(at(0.99)),
@@ -236,9 +272,10 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency, args.seconds
     );
     println!();
-    println!("| run | settled/s | p50 | p99 |");
-    println!("|---|---|---|---|");
+    println!("| run | settled | settled/s | p50 | p99 | CPU per settlement |");
+    println!("|---|---|---|---|---|---|");
     let priced = pricing(100_000);
+    let mut last = None;
     for which in &args.runs {
         let (name, teams, prices) = match which {
             Runs::Hot => ("one hot team".to_owned(), &payers[..1], priced),
@@ -250,9 +287,17 @@ async fn main() -> anyhow::Result<()> {
                 pricing(0),
             ),
         };
+        // Every team's lease is taken first, as on a server that has served them for a while (a
+        // team's first request takes its lease, in a transaction of its own).
+        for (team_id, _) in teams {
+            drop(credits.hold(*team_id, prices.cost(&WORST_CASE)?).await?);
+        }
+        pause(&args, last).await;
         let measured = run(&credits, &usage, &clock, teams, prices, &args).await?;
         report(&name, &measured);
+        last = Some(measured.all);
     }
+    pause(&args, last).await;
 
     stop.cancel();
     keeper.await?;

@@ -618,11 +618,12 @@ fn spent(team: TeamId, key: ApiKeyId, cost: i64) -> crate::Charge {
     }
 }
 
-/// One batch charges many teams at once, each in its consumption order: prepaid credit,
-/// promotional lots then the invoice, the invoice alone.
+/// One batch charges many teams at once, each in its consumption order: prepaid credit alone,
+/// promotional lots then the invoice, the invoice alone, prepaid credit short of the charge
+/// then the invoice.
 pub async fn one_batch_charges_many_teams(store: &dyn Store) {
     let mut teams = Vec::new();
-    for name in ["batch-a", "batch-b", "batch-c"] {
+    for name in ["batch-a", "batch-b", "batch-c", "batch-d"] {
         let (user, team) = seed_user(store, &format!("{name}@example.com")).await;
         let key = seed_key(store, &team, &user).await;
         teams.push((team, key));
@@ -654,7 +655,11 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
         }
         entry
     };
-    for (team, amount, promo) in [(teams[0].0.id, 100, false), (teams[1].0.id, 50, true)] {
+    for (team, amount, promo) in [
+        (teams[0].0.id, 100, false),
+        (teams[1].0.id, 50, true),
+        (teams[3].0.id, 30, false),
+    ] {
         store
             .append_ledger_entry(
                 &grant(team, amount, promo),
@@ -664,7 +669,13 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
             .unwrap();
     }
     let charge = |index: usize, cost: i64| spent(teams[index].0.id, teams[index].1.id, cost);
-    let batch = [charge(0, 30), charge(1, 70), charge(0, 30), charge(2, 40)];
+    let batch = [
+        charge(0, 30),
+        charge(1, 70),
+        charge(0, 30),
+        charge(2, 40),
+        charge(3, 40),
+    ];
     store
         .insert_usage_batch(&batch, at(3), Ticks::new(1_000))
         .await
@@ -707,6 +718,14 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
         ]
     );
     assert_eq!(buckets(2).await, [(tollgate_domain::Bucket::Invoice, -40)]);
+    assert_eq!(balance(3).await.prepaid, Ticks::ZERO);
+    assert_eq!(
+        buckets(3).await,
+        [
+            (tollgate_domain::Bucket::Invoice, -10),
+            (tollgate_domain::Bucket::Prepaid, -30)
+        ]
+    );
     assert_eq!(store.verify_ledger().await.unwrap(), None);
 }
 

@@ -214,15 +214,7 @@ pub async fn user_gets_personal_team(store: &dyn Store) {
 /// reason while it stands, the overview shows it, and a repeat changes nothing (no event).
 pub async fn the_operator_blocks_and_unblocks_a_team(store: &dyn Store) {
     let (user, team) = seed_user(store, "blocked@example.com").await;
-    let key = api_key(&team, &user, &["api-key:endpoint:*"]);
-    store
-        .insert_api_key(
-            &key,
-            &fresh_hash(),
-            &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
-        )
-        .await
-        .unwrap();
+    let key = seed_key(store, &team, &user, &["api-key:endpoint:*"]).await;
     let blocked = store
         .set_team_block(
             team.id,
@@ -444,15 +436,7 @@ pub async fn api_keys_round_trip_and_paginate(store: &dyn Store) {
         );
         keys.push(key);
     }
-    let foreign = api_key(&other_team, &other_user, &[]);
-    store
-        .insert_api_key(
-            &foreign,
-            &fresh_hash(),
-            &audit(Some(other_team.id), AuditAction::CreateApiKey, at(1)),
-        )
-        .await
-        .unwrap();
+    let foreign = seed_key(store, &other_team, &other_user, &[]).await;
 
     let first_page = store.list_api_keys(team.id, None, 2).await.unwrap();
     assert_eq!(first_page, keys[..2]);
@@ -522,15 +506,7 @@ pub async fn management_keys_round_trip(store: &dyn Store) {
 /// Usage is stored exactly once per request id, in batches, and reads back newest first.
 pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
     let (user, team) = seed_user(store, "usage@example.com").await;
-    let key = api_key(&team, &user, &[]);
-    store
-        .insert_api_key(
-            &key,
-            &fresh_hash(),
-            &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
-        )
-        .await
-        .unwrap();
+    let key = seed_key(store, &team, &user, &[]).await;
     let record = |seconds: i64, prompt: u64| UsageRecord {
         request_id: RequestId::new(),
         team_id: team.id,
@@ -583,9 +559,9 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
     assert_eq!(store.verify_ledger().await.unwrap(), None);
 }
 
-/// An API key of `user`'s in `team`, stored.
-async fn seed_key(store: &dyn Store, team: &Team, user: &User) -> ApiKey {
-    let key = api_key(team, user, &[]);
+/// An API key of `user`'s in `team` with `acls`, stored.
+async fn seed_key(store: &dyn Store, team: &Team, user: &User, acls: &[&str]) -> ApiKey {
+    let key = api_key(team, user, acls);
     store
         .insert_api_key(
             &key,
@@ -625,7 +601,7 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
     let mut teams = Vec::new();
     for name in ["batch-a", "batch-b", "batch-c", "batch-d"] {
         let (user, team) = seed_user(store, &format!("{name}@example.com")).await;
-        let key = seed_key(store, &team, &user).await;
+        let key = seed_key(store, &team, &user, &[]).await;
         teams.push((team, key));
     }
     let entry = |team: TeamId, amount: i64, promo: bool| tollgate_domain::LedgerEntry {
@@ -736,7 +712,7 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
 pub async fn a_charge_across_many_lots_is_written_whole(store: &dyn Store) {
     const LOTS: i64 = 1_300;
     let (user, team) = seed_user(store, "many-lots@example.com").await;
-    let key = seed_key(store, &team, &user).await;
+    let key = seed_key(store, &team, &user, &[]).await;
     for n in 0..LOTS {
         let id = Uuid::now_v7();
         let grant = tollgate_domain::LedgerEntry {
@@ -865,31 +841,10 @@ pub async fn credit_leases_lend_only_what_is_spendable(store: &dyn Store) {
         LeaseGrant::Insufficient { free: Ticks::new(175) }
     );
     // A spend on A's lease moves balance and lease alike: still nothing free.
-    let key = api_key(&team, &user, &[]);
-    store
-        .insert_api_key(
-            &key,
-            &fresh_hash(),
-            &audit(Some(team.id), AuditAction::CreateApiKey, at(1)),
-        )
-        .await
-        .unwrap();
+    let key = seed_key(store, &team, &user, &[]).await;
     let spend = crate::Charge {
-        record: UsageRecord {
-            request_id: RequestId::new(),
-            team_id: team.id,
-            api_key_id: key.id,
-            model: "grok-test".into(),
-            endpoint: tollgate_domain::Endpoint::Chat,
-            usage: TokenUsage::default(),
-            cost: Ticks::new(250),
-            estimated: false,
-            streamed: false,
-            started_at: at(3),
-            duration_ms: 1,
-        },
-        pricing: tollgate_domain::ModelPricing::default(),
         lease_id: Some(a),
+        ..spent(team.id, key.id, 250)
     };
     store.insert_usage_batch(&[spend], at(3), Ticks::ZERO).await.unwrap();
     assert_eq!(store.balance(team.id).await.unwrap().prepaid, Ticks::new(750));

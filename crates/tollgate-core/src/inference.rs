@@ -833,7 +833,6 @@ impl Inference {
             .record(tollgate_store::Charge {
                 record,
                 pricing: admission.pricing,
-                lease_id: admission.hold.lease_id(),
             })
             .await?;
         let beyond_hold = Ticks::new(cost.get().saturating_sub(admission.hold.amount().get()).max(0));

@@ -478,15 +478,13 @@ pub trait KeyStore: Send + Sync {
     async fn find_management_key_by_hash(&self, hash: &KeyHash) -> Result<Option<ManagementKey>, StoreError>;
 }
 
-/// A finished request to record: its usage, and the credit lease its charge was held on.
+/// A finished request to record: its usage, and the prices it was charged at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
     /// The usage, with its exact cost.
     pub record: UsageRecord,
     /// The prices it was charged at.
     pub pricing: tollgate_domain::ModelPricing,
-    /// The lease the request's hold drew on (`None`: a free request, held nothing).
-    pub lease_id: Option<uuid::Uuid>,
 }
 
 /// Per-request usage, and its spend.
@@ -495,8 +493,9 @@ pub trait UsageStore: Send + Sync {
     /// Stores many charges in one transaction (group commit): each usage record, and for each
     /// with a cost its spend entries, taken in consumption order (promotional lots, prepaid
     /// credit, then the month of `at`'s invoice up to the team's effective spending limit, the
-    /// operator's default maximum being `default_hard_limit`). Each team's balance, lots,
-    /// invoice month and lease move once per batch. Idempotent on the request id: a record
+    /// operator's default maximum being `default_hard_limit`). Each team's balance, lots and
+    /// invoice month move once per batch (its credit lease does not: the node reports its
+    /// spends when it renews or grows the lease, [`LeaseRequest::spent`]). Idempotent on the request id: a record
     /// already stored is skipped with its spend, so a retried batch cannot charge twice.
     async fn insert_usage_batch(
         &self,
@@ -777,6 +776,10 @@ pub struct LeaseRequest {
     pub team_id: TeamId,
     /// The node's current lease of the team, to grow and renew (`None`: take a new one).
     pub lease_id: Option<uuid::Uuid>,
+    /// What the node's spends on `lease_id` that have committed come to in all, since the lease
+    /// was taken: the lease shrinks by what it had not been told of before (spends do not move
+    /// a lease when they commit). Cumulative, so a report applied twice changes nothing more.
+    pub spent: tollgate_domain::Ticks,
     /// The node.
     pub node_id: uuid::Uuid,
     /// What must be added at least, or nothing is (a request's hold not covered yet; may be 0
@@ -818,15 +821,24 @@ pub enum LeaseGrant {
 
 /// Credit leases: slices of a team's spendable credit that a node spends locally.
 ///
-/// **Invariant:** the live leases of a team (not expired on the database's clock) never sum to
-/// more than its spendable credit at the moment each was granted; a grant, a spend and a
-/// renewal of the same team are serialized.
+/// **Invariant:** the live leases of a team (not expired on the database's clock), less what
+/// their nodes have spent on them and not reported yet, never sum to more than its spendable
+/// credit; a grant, a spend and a renewal of the same team are serialized. A spend moves the
+/// balance and not the lease (its node reports it later), so until then the stored leases
+/// overstate what is lent: other nodes see less free credit, never more.
 #[async_trait]
 pub trait CreditStore: Send + Sync {
     /// Grows (or takes) a lease, in one transaction that also drops the team's expired leases.
     async fn take_lease(&self, request: &LeaseRequest) -> Result<LeaseGrant, StoreError>;
-    /// Extends a live lease by `ttl_ms` from now; `false` when it had expired or is gone.
-    async fn renew_lease(&self, lease_id: uuid::Uuid, ttl_ms: i64) -> Result<bool, StoreError>;
+    /// Extends a live lease by `ttl_ms` from now, shrinking it by what of `spent` (the node's
+    /// committed spends on it in all, as in [`LeaseRequest::spent`]) it had not been told of;
+    /// `false` when it had expired or is gone.
+    async fn renew_lease(
+        &self,
+        lease_id: uuid::Uuid,
+        spent: tollgate_domain::Ticks,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError>;
     /// Returns a lease: what is left of it is spendable by any node again.
     async fn return_lease(&self, lease_id: uuid::Uuid) -> Result<(), StoreError>;
     /// What the team's live leases hold in all.

@@ -535,7 +535,6 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
             .map(|record| crate::Charge {
                 record: record.clone(),
                 pricing: tollgate_domain::ModelPricing::default(),
-                lease_id: None,
             })
             .collect()
     };
@@ -590,7 +589,6 @@ fn spent(team: TeamId, key: ApiKeyId, cost: i64) -> crate::Charge {
             duration_ms: 1,
         },
         pricing: tollgate_domain::ModelPricing::default(),
-        lease_id: None,
     }
 }
 
@@ -766,7 +764,7 @@ pub async fn a_charge_across_many_lots_is_written_whole(store: &dyn Store) {
 }
 
 /// Leases never lend more than a team may spend, nor more than half of what is free beyond what
-/// is needed now (so another node always finds some); spends shrink them, expiry and return free
+/// is needed now (so another node always finds some); spends shrink them once their node reports them, expiry and return free
 /// them, and a lease that expired cannot be renewed.
 pub async fn credit_leases_lend_only_what_is_spendable(store: &dyn Store) {
     use crate::{LeaseGrant, LeaseRequest};
@@ -794,6 +792,7 @@ pub async fn credit_leases_lend_only_what_is_spendable(store: &dyn Store) {
     let request = |node_id, lease_id, need: i64, want: i64, ttl_ms| LeaseRequest {
         team_id: team.id,
         lease_id,
+        spent: Ticks::ZERO,
         node_id,
         need: Ticks::new(need),
         want: Ticks::new(want),
@@ -840,21 +839,40 @@ pub async fn credit_leases_lend_only_what_is_spendable(store: &dyn Store) {
             .unwrap(),
         LeaseGrant::Insufficient { free: Ticks::new(175) }
     );
-    // A spend on A's lease moves balance and lease alike: still nothing free.
+    // A spend on A's lease moves the balance, not the stored lease: until A reports it, what
+    // is free looks smaller than it is (never larger).
     let key = seed_key(store, &team, &user, &[]).await;
-    let spend = crate::Charge {
-        lease_id: Some(a),
-        ..spent(team.id, key.id, 250)
-    };
-    store.insert_usage_batch(&[spend], at(3), Ticks::ZERO).await.unwrap();
+    store
+        .insert_usage_batch(&[spent(team.id, key.id, 250)], at(3), Ticks::ZERO)
+        .await
+        .unwrap();
     assert_eq!(store.balance(team.id).await.unwrap().prepaid, Ticks::new(750));
-    assert_eq!(store.leased(team.id).await.unwrap(), Ticks::new(575));
+    assert_eq!(store.leased(team.id).await.unwrap(), Ticks::new(825));
     assert_eq!(store.verify_ledger().await.unwrap(), None);
-    // B returns its lease: 450 free, and A grows by half of it (renewed, same lease).
+    assert_eq!(
+        store.take_lease(&request(node_b, Some(b), 1, 1, 60_000)).await.unwrap(),
+        LeaseGrant::Insufficient { free: Ticks::ZERO }
+    );
+    // A renews, reporting it: the lease shrinks by it, once however often it is reported, and
+    // an older (smaller) report changes nothing.
+    for reported in [250, 250, 100] {
+        assert!(store.renew_lease(a, Ticks::new(reported), 60_000).await.unwrap());
+        assert_eq!(store.leased(team.id).await.unwrap(), Ticks::new(575), "{reported}");
+    }
+    // A spends 50 more; B returns its lease; A grows, reporting 300 in all: the report is
+    // applied before what is free is counted (700 spendable, 250 leased), and A gets half of
+    // the 450 (renewed, same lease).
+    store
+        .insert_usage_batch(&[spent(team.id, key.id, 50)], at(3), Ticks::ZERO)
+        .await
+        .unwrap();
     store.return_lease(b).await.unwrap();
     assert_eq!(
         store
-            .take_lease(&request(node_a, Some(a), 1, 1_000, 60_000))
+            .take_lease(&LeaseRequest {
+                spent: Ticks::new(300),
+                ..request(node_a, Some(a), 1, 1_000, 60_000)
+            })
             .await
             .unwrap(),
         LeaseGrant::Granted {
@@ -863,24 +881,32 @@ pub async fn credit_leases_lend_only_what_is_spendable(store: &dyn Store) {
             renewed: true
         }
     );
-    assert!(store.renew_lease(a, 0).await.unwrap(), "live, so renewable");
+    assert_eq!(store.leased(team.id).await.unwrap(), Ticks::new(475));
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
+    assert!(
+        store.renew_lease(a, Ticks::new(300), 0).await.unwrap(),
+        "live, so renewable"
+    );
     // A lease renewed for 0 ms has expired: it is not renewable, lends nothing, and a grow
     // takes a new lease of the credit (half of it, being alone).
-    assert!(!store.renew_lease(a, 60_000).await.unwrap());
+    assert!(!store.renew_lease(a, Ticks::new(300), 60_000).await.unwrap());
     assert_eq!(store.leased(team.id).await.unwrap(), Ticks::ZERO);
     let LeaseGrant::Granted {
         lease_id,
         added,
         renewed,
     } = store
-        .take_lease(&request(node_a, Some(a), 1, 5_000, 60_000))
+        .take_lease(&LeaseRequest {
+            spent: Ticks::new(300),
+            ..request(node_a, Some(a), 1, 5_000, 60_000)
+        })
         .await
         .unwrap()
     else {
-        panic!("750 free")
+        panic!("700 free")
     };
     assert_ne!(lease_id, a);
-    assert_eq!((added, renewed), (Ticks::new(375), false));
+    assert_eq!((added, renewed), (Ticks::new(350), false));
 }
 
 /// Update, rotate (with and without grace), block, touch and delete; each scoped to the team.

@@ -151,7 +151,6 @@ async fn run(
                     .record(Charge {
                         record,
                         pricing: priced,
-                        lease_id: hold.lease_id(),
                     })
                     .await?;
                 credits.settled(hold, cost);

@@ -4,9 +4,11 @@
 //! Holds are local to the node and cost no database write. They draw on a **lease**: a slice of
 //! the team's spendable credit (promotional and prepaid credit, plus the month's invoice headroom
 //! under the spending limit) that the node takes from the database in one transaction
-//! ([`tollgate_store::CreditStore::take_lease`]), growing it as demand grows. Spends shrink the
-//! lease in the group commit; the keeper renews leases in use and returns idle ones; a crashed
-//! node's lease expires. So however many requests and nodes serve a team, the credit they hold
+//! ([`tollgate_store::CreditStore::take_lease`]), growing it as demand grows. Spends move the
+//! team's balance in the group commit, and the node's own count of its lease at once; the
+//! database's lease shrinks when the node next renews or grows it and reports what it has spent
+//! on it in all (until then other nodes see less credit free, never more). The keeper renews
+//! leases in use and returns idle ones; a crashed node's lease expires. So however many requests and nodes serve a team, the credit they hold
 //! together never exceeds what the team may spend.
 //!
 //! **Time.** A lease's expiry is on the database's clock. The node counts it from the moment
@@ -79,8 +81,11 @@ pub enum CreditError {
 #[derive(Debug)]
 struct LocalLease {
     id: Uuid,
-    /// What the lease holds (the database's amount, less spends being committed).
+    /// What the lease holds (the database's amount, less the spends not reported to it yet).
     granted: i64,
+    /// What the node's committed spends on the lease come to since it was taken: reported to
+    /// the database whenever the lease is renewed or grown.
+    committed: i64,
     /// When the node asked for the lease's current expiry (before the database set it).
     asked_at: Instant,
 }
@@ -258,12 +263,13 @@ impl Credits {
         if let Some(hold) = self.try_hold(&slot, amount) {
             return Ok(hold);
         }
-        let (lease_id, granted, held, spent) = {
+        let (lease_id, granted, committed, held, spent) = {
             let state = slot.state();
             let lease = state.lease.as_ref();
             (
                 lease.map(|l| l.id),
                 lease.map_or(0, |l| l.granted),
+                lease.map_or(0, |l| l.committed),
                 state.held,
                 state.spent,
             )
@@ -288,6 +294,7 @@ impl Credits {
             .take_lease(&LeaseRequest {
                 team_id,
                 lease_id,
+                spent: Ticks::new(committed),
                 node_id: self.inner.node_id,
                 need: Ticks::new(need),
                 want: Ticks::new(want),
@@ -314,6 +321,7 @@ impl Credits {
                         state.lease = Some(LocalLease {
                             id: lease_id,
                             granted: added.get(),
+                            committed: 0,
                             asked_at,
                         });
                     }
@@ -324,13 +332,14 @@ impl Credits {
         self.try_hold(&slot, amount).ok_or(CreditError::Exhausted)
     }
 
-    /// Ends `hold` once its request's `cost` is committed: the lease shrinks by the cost (as it
-    /// did in the database) and the hold is released.
+    /// Ends `hold` once its request's `cost` is committed: the lease shrinks by the cost (the
+    /// database's when the node next reports its spends) and the hold is released.
     pub fn settled(&self, hold: Hold, cost: Ticks) {
         if let Some(slot) = &hold.slot {
             let mut state = slot.state();
             if let Some(lease) = state.lease.as_mut().filter(|lease| Some(lease.id) == hold.lease_id) {
                 lease.granted = (lease.granted - cost.get()).max(0);
+                lease.committed = lease.committed.saturating_add(cost.get());
                 state.spent = state.spent.saturating_add(cost.get());
             }
         }
@@ -375,11 +384,11 @@ impl Credits {
                 continue;
             };
             let now = self.now();
-            let (lease_id, asked_at, idle) = {
+            let (lease_id, asked_at, committed, idle) = {
                 let state = slot.state();
                 let Some(lease) = &state.lease else { continue };
                 let idle = state.holds == 0 && state.last_used.is_none_or(|at| now - at >= idle_after);
-                (lease.id, lease.asked_at, idle)
+                (lease.id, lease.asked_at, lease.committed, idle)
             };
             if idle {
                 // Checked again under the lock a hold takes: a request may have taken a hold
@@ -398,7 +407,11 @@ impl Credits {
                 }
             } else if now - asked_at >= settings.admit_window() / 2 {
                 let asked = self.now();
-                let renewed = self.inner.store.renew_lease(lease_id, settings.ttl_ms()).await?;
+                let renewed = self
+                    .inner
+                    .store
+                    .renew_lease(lease_id, Ticks::new(committed), settings.ttl_ms())
+                    .await?;
                 let mut state = slot.state();
                 if state.lease.as_ref().is_some_and(|lease| lease.id == lease_id) {
                     if renewed {

@@ -17,7 +17,6 @@ async fn a_bad_record_fails_alone(db: TestDb) {
     let charge = |record| tollgate_store::Charge {
         record,
         pricing: tollgate_domain::ModelPricing::default(),
-        lease_id: None,
     };
     let record = |api_key_id| UsageRecord {
         request_id: RequestId::new(),

@@ -1,5 +1,6 @@
 //! Credit leases: slices of a team's spendable credit that a node spends locally. Expiry is
-//! judged on the database's clock, so every node sees a lease end at the same moment.
+//! judged on the database's clock, so every node sees a lease end at the same moment. Spends
+//! move a lease only when its node reports them (renewing or growing it).
 
 use async_trait::async_trait;
 use sqlx::Row as _;
@@ -14,6 +15,16 @@ const DB_NOW_MS: &str = if matches!(BACKEND, crate::Backend::Postgres) {
     "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) AS now_ms"
 } else {
     "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS now_ms"
+};
+
+/// `UPDATE credit_leases SET` clauses that apply a node's report of what it has spent on the
+/// lease in all (the one bind `$1`): the lease shrinks by what it had not been told of (never
+/// below zero, as a charge beyond its hold may exceed what is left), and `spent` keeps the
+/// report. A report no larger than the last one changes nothing: reports are cumulative.
+const APPLY_SPENT: &str = if matches!(BACKEND, crate::Backend::Postgres) {
+    "amount = GREATEST(amount - GREATEST($1 - spent, 0), 0), spent = GREATEST(spent, $1)"
+} else {
+    "amount = max(amount - max($1 - spent, 0), 0), spent = max(spent, $1)"
 };
 
 async fn db_now_ms(conn: &mut <super::Db as sqlx::Database>::Connection) -> Result<i64, StoreError> {
@@ -38,6 +49,18 @@ impl CreditStore for SqlStore {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
+        // The node's spends on its lease, before what is free is counted: a node growing its
+        // own lease sees exactly what the team has left.
+        if let Some(id) = request.lease_id.filter(|_| request.spent.get() > 0) {
+            sqlx::query(&format!(
+                "UPDATE credit_leases SET {APPLY_SPENT} WHERE id = $2 AND team_id = $3"
+            ))
+            .bind(request.spent.get())
+            .bind(id)
+            .bind(request.team_id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        }
         let leased: i64 = sqlx::query(
             "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS leased FROM credit_leases WHERE team_id = $1",
         )
@@ -101,16 +124,19 @@ impl CreditStore for SqlStore {
         })
     }
 
-    async fn renew_lease(&self, lease_id: Uuid, ttl_ms: i64) -> Result<bool, StoreError> {
+    async fn renew_lease(&self, lease_id: Uuid, spent: Ticks, ttl_ms: i64) -> Result<bool, StoreError> {
         let mut tx = self.write.begin().await?;
         let now_ms = db_now_ms(&mut tx).await?;
-        let renewed = sqlx::query("UPDATE credit_leases SET expires_at_ms = $1 WHERE id = $2 AND expires_at_ms > $3")
-            .bind(now_ms.saturating_add(ttl_ms))
-            .bind(lease_id)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+        let renewed = sqlx::query(&format!(
+            "UPDATE credit_leases SET {APPLY_SPENT}, expires_at_ms = $2 WHERE id = $3 AND expires_at_ms > $4"
+        ))
+        .bind(spent.get())
+        .bind(now_ms.saturating_add(ttl_ms))
+        .bind(lease_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
             == 1;
         tx.commit().await?;
         Ok(renewed)

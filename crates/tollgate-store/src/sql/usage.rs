@@ -113,7 +113,6 @@ struct TeamCharge {
     promo_moved: i64,
     invoiced: i64,
     lots: Vec<(Uuid, i64)>,
-    leases: BTreeMap<Uuid, i64>,
     parts: Vec<tollgate_domain::SpendPart>,
     actor: Actor,
     requests: usize,
@@ -123,16 +122,9 @@ struct TeamCharge {
 /// the sum at once splits it across buckets exactly as taking each request in turn would).
 fn team_charge(team_id: Uuid, charge_id: Uuid, charges: &[&Charge], before: &Funds) -> TeamCharge {
     let mut funds = before.clone();
-    let mut leases: BTreeMap<Uuid, i64> = BTreeMap::new();
-    let mut total = 0i64;
-    for charge in charges {
-        let cost = charge.record.cost.get();
-        total = total.saturating_add(cost);
-        if let Some(lease) = charge.lease_id {
-            let spent = leases.entry(lease).or_default();
-            *spent = spent.saturating_add(cost);
-        }
-    }
+    let total = charges
+        .iter()
+        .fold(0i64, |sum, charge| sum.saturating_add(charge.record.cost.get()));
     let parts = funds.take(Ticks::new(total));
     let mut lots = Vec::new();
     let mut promo_moved = 0i64;
@@ -155,7 +147,6 @@ fn team_charge(team_id: Uuid, charge_id: Uuid, charges: &[&Charge], before: &Fun
         promo_moved,
         invoiced: before.invoice_headroom.get() - funds.invoice_headroom.get(),
         lots,
-        leases,
         parts,
         actor,
         requests: charges.len(),
@@ -289,7 +280,8 @@ struct SpendRow {
 
 /// Charges every team's new records of a batch, in `conn`'s transaction, in a fixed number of
 /// statements however many teams: their funds locked and read at once, each team's spend
-/// entries inserted, and balances, lots, invoice months and leases moved once each.
+/// entries inserted, and balances, lots and invoice months moved once each (not leases: a node
+/// reports its lease's spends when it renews or grows it).
 async fn charge_teams(
     conn: &mut <super::Db as sqlx::Database>::Connection,
     teams: &BTreeMap<Uuid, Vec<&Charge>>,
@@ -345,10 +337,6 @@ async fn charge_teams(
         .filter(|c| c.prepaid_moved != 0 || c.promo_moved != 0)
         .collect();
     let lots: Vec<(Uuid, i64)> = charges.iter().flat_map(|c| c.lots.iter().copied()).collect();
-    let leases: Vec<(Uuid, i64)> = charges
-        .iter()
-        .flat_map(|c| c.leases.iter().map(|(lease, spent)| (*lease, *spent)))
-        .collect();
     let invoiced: Vec<&TeamCharge> = charges.iter().filter(|c| c.invoiced > 0).collect();
 
     let mut writes = Writes::new();
@@ -408,21 +396,6 @@ async fn charge_teams(
                 },
             )
             .await?;
-        writes
-            .update_from_values(
-                conn,
-                (
-                    "UPDATE credit_leases SET amount = CASE WHEN credit_leases.amount > v.column2 \
-                     THEN credit_leases.amount - v.column2 ELSE 0 END",
-                    "credit_leases.id = v.column1",
-                ),
-                &leases,
-                2,
-                |row, (lease, spent)| {
-                    row.push_bind(*lease).push_bind(*spent);
-                },
-            )
-            .await?;
     } else {
         writes
             .each(conn, &balances, 4, |query, charge| {
@@ -444,15 +417,6 @@ async fn charge_teams(
                     .push_bind(*remaining)
                     .push(" WHERE id = ")
                     .push_bind(*lot);
-            })
-            .await?;
-        writes
-            .each(conn, &leases, 2, |query, (lease, spent)| {
-                query
-                    .push("UPDATE credit_leases SET amount = max(amount - ")
-                    .push_bind(*spent)
-                    .push(", 0) WHERE id = ")
-                    .push_bind(*lease);
             })
             .await?;
     }

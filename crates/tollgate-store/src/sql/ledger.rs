@@ -14,7 +14,7 @@ use super::{BACKEND, DbRow, SqlStore, corrupt, insert_audit};
 use crate::{ExpiredLot, LedgerStore, StoreError};
 
 const ENTRY_COLUMNS: &str =
-    "id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, reason, created_at";
+    "id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, reason, created_at, charge_id";
 
 fn entry_from_row(row: &DbRow) -> Result<LedgerEntry, StoreError> {
     Ok(LedgerEntry {
@@ -29,7 +29,18 @@ fn entry_from_row(row: &DbRow) -> Result<LedgerEntry, StoreError> {
             .parse()
             .map_err(|e| corrupt("ledger_entries.bucket", e))?,
         amount: Ticks::new(row.try_get("amount")?),
-        idempotency_key: row.try_get("idempotency_key")?,
+        // A spend keeps no key of its own (its usage rows' request ids make it idempotent): it
+        // is named by its charge.
+        idempotency_key: match row.try_get::<Option<String>, _>("idempotency_key")? {
+            Some(key) => key,
+            None => {
+                let charge: Option<Uuid> = row.try_get("charge_id")?;
+                format!(
+                    "charge:{}",
+                    charge.ok_or_else(|| corrupt("ledger_entries.idempotency_key", "missing"))?
+                )
+            }
+        },
         lot_id: row.try_get("lot_id")?,
         expires_at: row.try_get("expires_at")?,
         reason: row.try_get("reason")?,
@@ -58,7 +69,7 @@ pub(super) async fn write_entry(
     let inserted = sqlx::query(
         "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, reason, \
          actor_kind, actor_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-         ON CONFLICT (idempotency_key) DO NOTHING",
+         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     )
     .bind(entry.id)
     .bind(entry.team_id.as_uuid())

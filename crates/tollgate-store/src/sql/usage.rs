@@ -270,7 +270,6 @@ struct SpendRow {
     team_id: Uuid,
     bucket: &'static str,
     amount: i64,
-    idempotency_key: String,
     lot_id: Option<Uuid>,
     reason: String,
     actor_kind: &'static str,
@@ -307,29 +306,20 @@ async fn charge_teams(
         charges.push(team_charge(*team, charge_id, requests, before));
     }
 
-    let spends: Vec<(&TeamCharge, usize, &tollgate_domain::SpendPart)> = charges
+    // Owned here, so the writes can borrow them until they are sent.
+    let spend_rows: Vec<SpendRow> = charges
         .iter()
         .flat_map(|charge| {
-            charge
-                .parts
-                .iter()
-                .enumerate()
-                .map(move |(index, part)| (charge, index, part))
-        })
-        .collect();
-    // Owned here, so the writes can borrow them until they are sent.
-    let spend_rows: Vec<SpendRow> = spends
-        .iter()
-        .map(|(charge, index, part)| SpendRow {
-            team_id: charge.team_id,
-            bucket: part.bucket.as_str(),
-            amount: -part.amount.get(),
-            idempotency_key: format!("spend:{}:{index}", charge.charge_id),
-            lot_id: part.lot_id,
-            reason: format!("{} requests", charge.requests),
-            actor_kind: charge.actor.kind(),
-            actor_id: charge.actor.id(),
-            charge_id: charge.charge_id,
+            charge.parts.iter().map(move |part| SpendRow {
+                team_id: charge.team_id,
+                bucket: part.bucket.as_str(),
+                amount: -part.amount.get(),
+                lot_id: part.lot_id,
+                reason: format!("{} requests", charge.requests),
+                actor_kind: charge.actor.kind(),
+                actor_id: charge.actor.id(),
+                charge_id: charge.charge_id,
+            })
         })
         .collect();
     let balances: Vec<&TeamCharge> = charges
@@ -341,10 +331,12 @@ async fn charge_teams(
 
     let mut writes = Writes::new();
     for chunk in spend_rows.chunks(ROWS_PER_INSERT) {
-        let insert = writes.begin(conn, chunk.len() * 13).await?;
+        // No idempotency key: the usage rows' request ids make a spend idempotent (it is
+        // written only for rows new to the store), and its charge names it.
+        let insert = writes.begin(conn, chunk.len() * 11).await?;
         insert.push(
-            "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, \
-             reason, actor_kind, actor_id, created_at, charge_id) ",
+            "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, lot_id, reason, actor_kind, actor_id, \
+             created_at, charge_id) ",
         );
         insert.push_values(chunk, |mut row, spend| {
             row.push_bind(Uuid::now_v7())
@@ -352,9 +344,7 @@ async fn charge_teams(
                 .push_bind(EntryKind::Spend.as_str())
                 .push_bind(spend.bucket)
                 .push_bind(spend.amount)
-                .push_bind(spend.idempotency_key.as_str())
                 .push_bind(spend.lot_id)
-                .push_bind(None::<Timestamp>)
                 .push_bind(spend.reason.as_str())
                 .push_bind(spend.actor_kind)
                 .push_bind(spend.actor_id.as_deref())

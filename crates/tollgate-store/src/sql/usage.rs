@@ -62,42 +62,62 @@ async fn insert_records(
                 ],
             ));
         }
-        let mut insert = sqlx::QueryBuilder::<super::Db>::new(
-            "INSERT INTO usage_events (request_id, team_id, api_key_id, model, endpoint, prompt_tokens, \
+        let build = |tail: &str| {
+            let mut insert = sqlx::QueryBuilder::<super::Db>::new(
+                "INSERT INTO usage_events (request_id, team_id, api_key_id, model, endpoint, prompt_tokens, \
              cached_prompt_tokens, completion_tokens, reasoning_tokens, total_tokens, cost_ticks, estimated, \
              streamed, duration_ms, created_at, charge_id, prompt_price, cached_prompt_price, completion_price, \
              images, image_price, web_search_calls, web_search_price, x_search_calls, x_search_price) ",
-        );
-        insert.push_values(&rows, |mut row, (charge, charge_id, numbers)| {
-            let [prompt, cached, completion, reasoning, total, duration, images, web, x] = *numbers;
-            let (record, pricing) = (&charge.record, &charge.pricing);
-            row.push_bind(record.request_id.as_uuid())
-                .push_bind(record.team_id.as_uuid())
-                .push_bind(record.api_key_id.as_uuid())
-                .push_bind(record.model.clone())
-                .push_bind(record.endpoint.as_str())
-                .push_bind(prompt)
-                .push_bind(cached)
-                .push_bind(completion)
-                .push_bind(reasoning)
-                .push_bind(total)
-                .push_bind(record.cost.get())
-                .push_bind(record.estimated)
-                .push_bind(record.streamed)
-                .push_bind(duration)
-                .push_bind(record.started_at)
-                .push_bind(*charge_id)
-                .push_bind(pricing.prompt.get())
-                .push_bind(pricing.cached_prompt.get())
-                .push_bind(pricing.completion.get())
-                .push_bind(images)
-                .push_bind(pricing.image.get())
-                .push_bind(web)
-                .push_bind(pricing.web_search.get())
-                .push_bind(x)
-                .push_bind(pricing.x_search.get());
-        });
-        insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+            );
+            insert.push_values(&rows, |mut row, (charge, charge_id, numbers)| {
+                let [prompt, cached, completion, reasoning, total, duration, images, web, x] = *numbers;
+                let (record, pricing) = (&charge.record, &charge.pricing);
+                row.push_bind(record.request_id.as_uuid())
+                    .push_bind(record.team_id.as_uuid())
+                    .push_bind(record.api_key_id.as_uuid())
+                    .push_bind(record.model.clone())
+                    .push_bind(record.endpoint.as_str())
+                    .push_bind(prompt)
+                    .push_bind(cached)
+                    .push_bind(completion)
+                    .push_bind(reasoning)
+                    .push_bind(total)
+                    .push_bind(record.cost.get())
+                    .push_bind(record.estimated)
+                    .push_bind(record.streamed)
+                    .push_bind(duration)
+                    .push_bind(record.started_at)
+                    .push_bind(*charge_id)
+                    .push_bind(pricing.prompt.get())
+                    .push_bind(pricing.cached_prompt.get())
+                    .push_bind(pricing.completion.get())
+                    .push_bind(images)
+                    .push_bind(pricing.image.get())
+                    .push_bind(web)
+                    .push_bind(pricing.web_search.get())
+                    .push_bind(x)
+                    .push_bind(pricing.x_search.get());
+            });
+            insert.push(tail);
+            insert
+        };
+        // On SQLite, a plain insert first: `RETURNING` gathers its rows in a temporary b-tree
+        // before it hands out the first (opened, filled and dropped every batch), and a batch
+        // holds no request recorded before unless it is a retry. A request recorded before
+        // fails the statement alone (SQLite backs out just that statement; the transaction
+        // goes on), and the batch takes the slower way. On PostgreSQL a failed statement
+        // would abort the transaction, and `RETURNING` costs nothing much.
+        if super::BACKEND == crate::Backend::Sqlite {
+            match build("").build().execute(&mut *conn).await {
+                Ok(_) => {
+                    inserted.extend(chunk.iter().map(|charge| charge.record.request_id.as_uuid()));
+                    continue;
+                }
+                Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let mut insert = build(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
         for row in insert.build().fetch_all(&mut *conn).await? {
             inserted.insert(row.try_get("request_id")?);
         }

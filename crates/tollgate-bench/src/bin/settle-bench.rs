@@ -286,12 +286,16 @@ async fn main() -> anyhow::Result<()> {
                 pricing(0),
             ),
         };
-        // Every team's lease is taken first, as on a server that has served them for a while (a
-        // team's first request takes its lease, in a transaction of its own).
+        // The run before ends here; then every team's lease is taken, as on a server that has
+        // served them for a while (a team's first request takes its lease, in a transaction of
+        // its own), in a pause of its own: counted with neither run.
+        if last.is_some() {
+            pause(&args, last).await;
+        }
         for (team_id, _) in teams {
             drop(credits.hold(*team_id, prices.cost(&WORST_CASE)?).await?);
         }
-        pause(&args, last).await;
+        pause(&args, None).await;
         let measured = run(&credits, &usage, &clock, teams, prices, &args).await?;
         report(&name, &measured);
         last = Some(measured.all);

@@ -27,6 +27,7 @@ on_both_backends!(
     leases_go_back_when_idle_and_at_shutdown,
     a_tokenizer_tightens_the_hold_of_a_long_prompt,
     a_node_that_stalls_past_its_lease_does_not_spend_it,
+    a_node_reports_its_spends_when_it_renews_and_the_credit_is_lent_again,
 );
 
 const MAX_TOKENS: u64 = 100;
@@ -852,6 +853,104 @@ async fn a_node_that_stalls_past_its_lease_does_not_spend_it(db: TestDb) {
     drop(after_keeper);
     drop(in_use);
     node.return_all().await;
+    assert_ledger_consistent(&app).await;
+    app.finish().await;
+}
+
+/// Spends move the team's balance when they commit, and their lease only when its node reports
+/// them (renewing or growing it): until then another node sees less credit free than there is
+/// (never more), and once the keeper renews the lease, the other node is lent what is truly
+/// free. Two nodes on one store; the spends go through the group commit's store call, and each
+/// is settled on its node as the request path does. The nodes' clocks are the test's.
+async fn a_node_reports_its_spends_when_it_renews_and_the_credit_is_lent_again(db: TestDb) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    use tollgate_domain::{ApiKeyId, Clock as _, RequestId, TokenUsage, UsageRecord};
+
+    let app = TestApp::prepaid_only(db).await;
+    let (_, hold) = hold_of_request();
+    let h = hold.get();
+    grant(&app, Ticks::new(h * 100), None).await;
+    let created = app.create_api_key(json!({"name": "spender"})).await;
+    let key_id: ApiKeyId = created["apiKeyId"].as_str().unwrap().parse().unwrap();
+    let store = Arc::clone(&app.server.as_ref().unwrap().store);
+    let settings = tollgate_core::billing::CreditSettings {
+        lease_ttl: Duration::from_secs(60),
+        max_request: Duration::from_secs(10),
+        default_hard_limit: Ticks::ZERO,
+    };
+    let elapsed_ms = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let node = || {
+        let elapsed_ms = Arc::clone(&elapsed_ms);
+        tollgate_core::billing::Credits::with_monotonic(
+            Arc::clone(&store),
+            app.clock.clone() as Arc<dyn tollgate_domain::Clock>,
+            Arc::new(move || start + Duration::from_millis(elapsed_ms.load(Ordering::SeqCst))),
+            settings,
+        )
+    };
+    let (a, b) = (node(), node());
+    let team = app.team.id;
+    let spend = |cost: i64| tollgate_store::Charge {
+        record: UsageRecord {
+            request_id: RequestId::new(),
+            team_id: team,
+            api_key_id: key_id,
+            model: MODEL.into(),
+            endpoint: tollgate_domain::Endpoint::Chat,
+            usage: TokenUsage::default(),
+            cost: Ticks::new(cost),
+            estimated: false,
+            streamed: false,
+            started_at: crate::util::start_time(),
+            duration_ms: 1,
+        },
+        pricing: tollgate_domain::ModelPricing::default(),
+    };
+
+    // A leases 9 holds' worth (what it needs, and 8 holds more), takes 8 and spends 7 of them;
+    // one request is still in flight on it.
+    let mut holds = Vec::new();
+    for _ in 0..8 {
+        holds.push(a.hold(team, hold).await.unwrap());
+    }
+    assert_eq!(app.store().leased(team).await.unwrap(), Ticks::new(h * 9));
+    for spent in holds.drain(1..) {
+        store
+            .insert_usage_batch(&[spend(h)], app.clock.now(), Ticks::ZERO)
+            .await
+            .unwrap();
+        a.settled(spent, hold);
+    }
+    // 93 holds' worth left, of which A's lease truly holds 2; the stored lease still says 9, so
+    // B, needing 90, is refused: less looks free than is (84), never more.
+    assert_eq!(app.store().balance(team).await.unwrap().prepaid, Ticks::new(h * 93));
+    assert_eq!(app.store().leased(team).await.unwrap(), Ticks::new(h * 9));
+    let big = Ticks::new(h * 90);
+    assert!(matches!(
+        b.hold(team, big).await,
+        Err(tollgate_core::billing::CreditError::Exhausted)
+    ));
+
+    // Past half its admission window, A's keeper renews the lease in use, reporting what A spent
+    // on it: the stored lease shrinks by it, and B is lent what is truly free (91).
+    elapsed_ms.fetch_add(settings.admit_window().as_millis() as u64 / 2 + 1_000, Ordering::SeqCst);
+    a.keep().await.unwrap();
+    assert_eq!(app.store().leased(team).await.unwrap(), Ticks::new(h * 2));
+    let served = b.hold(team, big).await.unwrap();
+    assert!(served.lease_id().is_some());
+    // A's last request spends; B's too: 2 + 90 of the 93 are spent, and the ledger agrees.
+    store
+        .insert_usage_batch(&[spend(h), spend(h * 90)], app.clock.now(), Ticks::ZERO)
+        .await
+        .unwrap();
+    a.settled(holds.pop().unwrap(), hold);
+    b.settled(served, big);
+    assert_eq!(app.store().balance(team).await.unwrap().prepaid, Ticks::new(h * 2));
+    a.return_all().await;
+    b.return_all().await;
+    assert_eq!(app.store().leased(team).await.unwrap(), Ticks::ZERO);
     assert_ledger_consistent(&app).await;
     app.finish().await;
 }

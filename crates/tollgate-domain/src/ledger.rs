@@ -139,9 +139,8 @@ pub struct LedgerEntry {
     /// Signed: positive credits the team.
     pub amount: Ticks,
     /// Unique: the same key is the same entry, written once however often it is asked for. A
-    /// spend is read back as `charge:<charge id>` (its charge's parts share it): it stores no
-    /// key, as it is written only for usage rows new to the store, whose request ids make it
-    /// idempotent.
+    /// spend is read back as `charge:<charge id>:<bucket>[:<lot id>]`: it stores no key, as it
+    /// is written only for usage rows new to the store, whose request ids make it idempotent.
     pub idempotency_key: String,
     /// The promotional lot it concerns (a grant, an expiry).
     pub lot_id: Option<uuid::Uuid>,

@@ -542,19 +542,26 @@ pub async fn usage_is_idempotent_per_request(store: &dyn Store) {
         .insert_usage_batch(&charges(&batch), at(20), Ticks::ZERO)
         .await
         .unwrap();
-    // Replaying a batch (a retried group commit) stores and charges nothing twice.
+    // Replaying a batch (a retried group commit) stores and charges nothing twice; a batch that
+    // mixes a request recorded before with a new one stores and charges the new one alone.
     store
         .insert_usage_batch(&charges(&batch[1..]), at(21), Ticks::ZERO)
         .await
         .unwrap();
-    store.insert_usage_batch(&[], at(22), Ticks::ZERO).await.unwrap();
+    let late = record(13, 8);
+    store
+        .insert_usage_batch(&charges(&[batch[2].clone(), late.clone()]), at(22), Ticks::ZERO)
+        .await
+        .unwrap();
+    store.insert_usage_batch(&[], at(23), Ticks::ZERO).await.unwrap();
     let stored = store.list_usage(team.id, 10).await.unwrap();
-    let expected: Vec<_> = batch.iter().rev().cloned().collect();
+    let mut expected: Vec<_> = batch.iter().rev().cloned().collect();
+    expected.insert(0, late);
     assert_eq!(stored, expected);
-    assert_eq!(stored[0].usage.total_tokens(), 7 + 7 + 2);
+    assert_eq!(stored[0].usage.total_tokens(), 8 + 7 + 2);
     // A team without credit or invoice headroom is still charged (an overage): below zero.
     let balance = store.balance(team.id).await.unwrap();
-    assert_eq!(balance.prepaid, Ticks::new(-3 * 1_234_567));
+    assert_eq!(balance.prepaid, Ticks::new(-4 * 1_234_567));
     assert_eq!(store.verify_ledger().await.unwrap(), None);
 }
 
@@ -700,6 +707,17 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
             (tollgate_domain::Bucket::Prepaid, -30)
         ]
     );
+    // A spend stores no key; it reads back named by its charge and part, one key per entry.
+    let spends: Vec<tollgate_domain::LedgerEntry> = store
+        .ledger_entries(teams[1].0.id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == tollgate_domain::EntryKind::Spend)
+        .collect();
+    let keys: std::collections::BTreeSet<&str> = spends.iter().map(|e| e.idempotency_key.as_str()).collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|key| key.starts_with("charge:")), "{keys:?}");
     assert_eq!(store.verify_ledger().await.unwrap(), None);
 }
 

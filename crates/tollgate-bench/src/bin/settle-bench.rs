@@ -40,9 +40,9 @@ struct Args {
     /// the benchmark migrates it and leaves its rows).
     #[arg(long)]
     database_url: Option<String>,
-    /// Seconds to sit idle before each run and after the last (a profiler's moment to zero or
-    /// dump its counts: `callgrind_control --zero` and `--dump` at the pauses count one run's
-    /// instructions alone).
+    /// Seconds to sit idle after the seeding, after each run, and between taking a run's leases
+    /// and starting it (a profiler's moment to zero or dump its counts: `callgrind_control
+    /// --zero` and `--dump` at the pauses count one run's instructions alone).
     #[arg(long, default_value_t = 0)]
     pause: u64,
     /// The runs to make, in order (a profile of one run alone: `--runs teams`).

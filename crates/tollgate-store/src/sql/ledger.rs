@@ -30,15 +30,19 @@ fn entry_from_row(row: &DbRow) -> Result<LedgerEntry, StoreError> {
             .map_err(|e| corrupt("ledger_entries.bucket", e))?,
         amount: Ticks::new(row.try_get("amount")?),
         // A spend keeps no key of its own (its usage rows' request ids make it idempotent): it
-        // is named by its charge.
+        // is named by its charge and the part of it it is (a charge takes each bucket, and
+        // each promotional lot, once).
         idempotency_key: match row.try_get::<Option<String>, _>("idempotency_key")? {
             Some(key) => key,
             None => {
-                let charge: Option<Uuid> = row.try_get("charge_id")?;
-                format!(
-                    "charge:{}",
-                    charge.ok_or_else(|| corrupt("ledger_entries.idempotency_key", "missing"))?
-                )
+                let charge: Uuid = row
+                    .try_get::<Option<Uuid>, _>("charge_id")?
+                    .ok_or_else(|| corrupt("ledger_entries.idempotency_key", "missing"))?;
+                let bucket: String = row.try_get("bucket")?;
+                match row.try_get::<Option<Uuid>, _>("lot_id")? {
+                    Some(lot) => format!("charge:{charge}:{bucket}:{lot}"),
+                    None => format!("charge:{charge}:{bucket}"),
+                }
             }
         },
         lot_id: row.try_get("lot_id")?,

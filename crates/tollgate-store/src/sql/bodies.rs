@@ -135,7 +135,7 @@ impl SqlStore {
 #[async_trait]
 impl RequestBodyStore for SqlStore {
     async fn insert_request_bodies(&self, rows: &[RetainedBody]) -> Result<(), StoreError> {
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
+        for chunk in super::shaped_chunks(rows, ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::<super::Db>::new(
                 "INSERT INTO request_bodies (request_id, team_id, api_key_id, endpoint, model, created_at, sealed) ",
             );

@@ -153,12 +153,8 @@ pub(super) async fn lock_funds_of(
         return Ok(funds);
     }
     let in_list = |query: &mut sqlx::QueryBuilder<'_, super::Db>, teams: &[Uuid]| {
-        query.push(" team_id IN (");
-        let mut list = query.separated(", ");
-        for team in teams {
-            list.push_bind(*team);
-        }
-        list.push_unseparated(")");
+        query.push(" team_id");
+        super::push_in_list(query, teams);
     };
     let lock_balances = |teams: &[Uuid]| {
         let mut balances =
@@ -182,7 +178,8 @@ pub(super) async fn lock_funds_of(
             row.push_bind(*team).push_bind(0i64).push_bind(0i64).push_bind(now);
         });
         create.push(" ON CONFLICT (team_id) DO NOTHING");
-        create.build().execute(&mut *conn).await?;
+        // Once a team: not worth a place in the statement cache.
+        create.build().persistent(false).execute(&mut *conn).await?;
         rows = lock_balances(&teams).build().fetch_all(&mut *conn).await?;
     }
     let mut with_promo = Vec::new();

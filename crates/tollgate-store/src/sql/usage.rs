@@ -38,7 +38,7 @@ async fn insert_records(
     charges: &HashMap<Uuid, Uuid>,
 ) -> Result<HashSet<Uuid>, StoreError> {
     let mut inserted = HashSet::with_capacity(batch.len());
-    for chunk in batch.chunks(ROWS_PER_INSERT) {
+    for chunk in super::shaped_chunks(batch, ROWS_PER_INSERT) {
         let mut rows = Vec::with_capacity(chunk.len());
         for charge in chunk {
             let record = &charge.record;
@@ -177,10 +177,18 @@ fn team_charge(team_id: Uuid, charge_id: Uuid, charges: &[&Charge], before: &Fun
 /// a batch of 512 teams' charges, each in a bucket or two, fits in one.
 const BINDS_PER_TRIP: usize = 16_384;
 
-/// Writes that need no answer, sent to the database together: on SQLite as statements joined by
-/// `;` (the driver binds the arguments across them in order), on PostgreSQL as data-modifying
-/// `WITH` clauses of one statement (each runs to completion, all on the statement's snapshot;
-/// they write different tables). One round trip where there were one per statement.
+/// The most bind parameters a PostgreSQL round trip of [`Writes`] may carry and be kept
+/// prepared: a team's spend entries (a bucket or two, 11 each), its balance, a lot and its
+/// invoice month.
+const CACHED_TRIP_BINDS: usize = 64;
+
+/// Writes that need no answer. On PostgreSQL they go together, as data-modifying `WITH` clauses
+/// of one statement (each runs to completion, all on the statement's snapshot; they write
+/// different tables): one round trip where there were one per statement. Such a statement comes
+/// in as many shapes as there are mixes of row counts, so only a small one (one team's charge,
+/// the shapes that repeat) is kept in the statement cache. On SQLite, in process, there is no
+/// trip to save: each part (one [`shaped_chunks`](super::shaped_chunks) piece of one kind) is
+/// sent alone, so each has few shapes and stays prepared.
 struct Writes<'args> {
     query: sqlx::QueryBuilder<'args, super::Db>,
     parts: usize,
@@ -203,14 +211,13 @@ impl<'args> Writes<'args> {
         conn: &mut <super::Db as sqlx::Database>::Connection,
         binds: usize,
     ) -> Result<&mut sqlx::QueryBuilder<'args, super::Db>, StoreError> {
-        if self.parts > 0 && self.binds + binds > BINDS_PER_TRIP {
+        if self.parts > 0 && (super::BACKEND == crate::Backend::Sqlite || self.binds + binds > BINDS_PER_TRIP) {
             self.send(conn).await?;
         }
         let opening = match (super::BACKEND, self.parts) {
             (crate::Backend::Postgres, 0) => "WITH w0 AS (".to_owned(),
             (crate::Backend::Postgres, n) => format!(", w{n} AS ("),
-            (crate::Backend::Sqlite, 0) => String::new(),
-            (crate::Backend::Sqlite, _) => "; ".to_owned(),
+            (crate::Backend::Sqlite, _) => String::new(),
         };
         self.query.push(opening);
         self.parts += 1;
@@ -232,7 +239,8 @@ impl<'args> Writes<'args> {
         if matches!(super::BACKEND, crate::Backend::Postgres) {
             self.query.push(" SELECT 1");
         }
-        self.query.build().execute(&mut *conn).await?;
+        let cached = super::BACKEND == crate::Backend::Sqlite || self.binds <= CACHED_TRIP_BINDS;
+        self.query.build().persistent(cached).execute(&mut *conn).await?;
         self.query.reset();
         self.parts = 0;
         self.binds = 0;
@@ -249,7 +257,7 @@ impl<'args> Writes<'args> {
         width: usize,
         mut bind: impl FnMut(&mut sqlx::query_builder::Separated<'_, 'args, super::Db, &'static str>, &'args T),
     ) -> Result<(), StoreError> {
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
+        for chunk in super::shaped_chunks(rows, ROWS_PER_INSERT) {
             let update = self.begin(conn, chunk.len() * width).await?;
             update.push(head);
             update.push(" FROM (");
@@ -271,7 +279,7 @@ impl<'args> Writes<'args> {
         width: usize,
         mut write: impl FnMut(&mut sqlx::QueryBuilder<'args, super::Db>, &'args T),
     ) -> Result<(), StoreError> {
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
+        for chunk in super::shaped_chunks(rows, ROWS_PER_INSERT) {
             let query = self.begin(conn, chunk.len() * width).await?;
             for (index, row) in chunk.iter().enumerate() {
                 if index > 0 {
@@ -350,7 +358,7 @@ async fn charge_teams(
     let invoiced: Vec<&TeamCharge> = charges.iter().filter(|c| c.invoiced > 0).collect();
 
     let mut writes = Writes::new();
-    for chunk in spend_rows.chunks(ROWS_PER_INSERT) {
+    for chunk in super::shaped_chunks(&spend_rows, ROWS_PER_INSERT) {
         // No idempotency key: the usage rows' request ids make a spend idempotent (it is
         // written only for rows new to the store), and its charge names it.
         let insert = writes.begin(conn, chunk.len() * 11).await?;
@@ -431,7 +439,7 @@ async fn charge_teams(
             .await?;
     }
     let month = billing_month(at);
-    for chunk in invoiced.chunks(ROWS_PER_INSERT) {
+    for chunk in super::shaped_chunks(&invoiced, ROWS_PER_INSERT) {
         let upsert = writes.begin(conn, chunk.len() * 4).await?;
         upsert.push("INSERT INTO invoice_months (team_id, month, owed, updated_at) ");
         upsert.push_values(chunk, |mut row, charge| {

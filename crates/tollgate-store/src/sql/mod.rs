@@ -73,6 +73,7 @@ fn shaped_chunks<T>(rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
 
 /// Appends ` IN (…)` over `ids` to `query`, the list padded to a power of two by repeating the
 /// last id (which changes nothing an `IN` matches), so it has few shapes ([`shaped_chunks`]).
+/// An empty `ids` is written as the nil id alone (`IN ()` is not SQL), which matches no row.
 fn push_in_list(query: &mut sqlx::QueryBuilder<'_, Db>, ids: &[Uuid]) {
     query.push(" IN (");
     let mut list = query.separated(", ");

@@ -524,12 +524,9 @@ impl UsageStore for SqlStore {
         query.push(" AND created_at < ");
         query.push_bind(to);
         if let Some(keys) = keys {
-            query.push(" AND api_key_id IN (");
-            let mut list = query.separated(", ");
-            for key in keys {
-                list.push_bind(key.as_uuid());
-            }
-            list.push_unseparated(")");
+            let keys: Vec<Uuid> = keys.iter().map(|key| key.as_uuid()).collect();
+            query.push(" AND api_key_id");
+            super::push_in_list(&mut query, &keys);
         }
         query.push(") AS u GROUP BY hour, model, api_key_id ORDER BY hour, model, api_key_id");
         let rows = query.build().fetch_all(&self.read).await?;

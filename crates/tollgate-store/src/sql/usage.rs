@@ -381,25 +381,27 @@ async fn charge_teams(
         });
         writes.end();
     }
+    // Balances move by an upsert whose rows always exist (their funds were locked above): one
+    // statement however many teams, each row found by its key. On SQLite a statement per row
+    // would cost a round of the connection worker's channel each (a thread wake-up, which at a
+    // thousand teams cost more than the writes), and `UPDATE … FROM (VALUES …)` a temporary
+    // table for its join.
+    for chunk in super::shaped_chunks(&balances, ROWS_PER_INSERT) {
+        let upsert = writes.begin(conn, chunk.len() * 4).await?;
+        upsert.push("INSERT INTO team_balances (team_id, prepaid, promo, updated_at) ");
+        upsert.push_values(chunk, |mut row, charge| {
+            row.push_bind(charge.team_id)
+                .push_bind(charge.prepaid_moved)
+                .push_bind(charge.promo_moved)
+                .push_bind(at);
+        });
+        upsert.push(
+            " ON CONFLICT (team_id) DO UPDATE SET prepaid = team_balances.prepaid + excluded.prepaid, \
+             promo = team_balances.promo + excluded.promo, updated_at = excluded.updated_at",
+        );
+        writes.end();
+    }
     if matches!(super::BACKEND, crate::Backend::Postgres) {
-        writes
-            .update_from_values(
-                conn,
-                (
-                    "UPDATE team_balances SET prepaid = team_balances.prepaid + v.column2, \
-                     promo = team_balances.promo + v.column3, updated_at = v.column4",
-                    "team_balances.team_id = v.column1",
-                ),
-                &balances,
-                4,
-                |row, charge| {
-                    row.push_bind(charge.team_id)
-                        .push_bind(charge.prepaid_moved)
-                        .push_bind(charge.promo_moved)
-                        .push_bind(at);
-                },
-            )
-            .await?;
         writes
             .update_from_values(
                 conn,
@@ -415,19 +417,6 @@ async fn charge_teams(
             )
             .await?;
     } else {
-        writes
-            .each(conn, &balances, 4, |query, charge| {
-                query
-                    .push("UPDATE team_balances SET prepaid = prepaid + ")
-                    .push_bind(charge.prepaid_moved)
-                    .push(", promo = promo + ")
-                    .push_bind(charge.promo_moved)
-                    .push(", updated_at = ")
-                    .push_bind(at)
-                    .push(" WHERE team_id = ")
-                    .push_bind(charge.team_id);
-            })
-            .await?;
         writes
             .each(conn, &lots, 2, |query, (lot, remaining)| {
                 query

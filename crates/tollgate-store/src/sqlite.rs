@@ -47,13 +47,18 @@ impl SqlStore {
                 source,
             })?;
         }
+        // No ping before a connection is handed out (sqlx's default): a SQLite connection lives
+        // in this process and cannot lose its server, and the ping was a round trip to the
+        // connection's thread (two thread switches) before every transaction and every read.
         let write = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await
             .map_err(OpenError::Connect)?;
         let read = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)

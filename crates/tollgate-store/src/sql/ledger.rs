@@ -133,6 +133,47 @@ pub(super) async fn lock_funds(
     funds.remove(&team_id.as_uuid()).ok_or(StoreError::NotFound)
 }
 
+/// Locks and reads `teams`' balance rows (sorted ids): `(team, prepaid, promo)` for each that
+/// has one. On SQLite they come back as one row: sqlx hands each row from its connection's
+/// thread to the task over a channel, and at a thousand teams a row per team cost more thread
+/// wake-ups than the commit's writes took.
+async fn lock_balances(
+    conn: &mut <super::Db as sqlx::Database>::Connection,
+    teams: &[Uuid],
+) -> Result<Vec<(Uuid, i64, i64)>, StoreError> {
+    let mut balances = Vec::with_capacity(teams.len());
+    if BACKEND == crate::Backend::Sqlite {
+        let mut query = sqlx::QueryBuilder::<super::Db>::new(
+            "SELECT group_concat(hex(team_id) || ' ' || prepaid || ' ' || promo, ' ') AS balances \
+             FROM team_balances WHERE team_id",
+        );
+        super::push_in_list(&mut query, teams);
+        let row = query.build().fetch_one(&mut *conn).await?;
+        let text: Option<String> = row.try_get("balances")?;
+        let mut fields = text.as_deref().unwrap_or_default().split_ascii_whitespace();
+        while let Some(team) = fields.next() {
+            let (Ok(team), Some(Ok(prepaid)), Some(Ok(promo))) = (
+                Uuid::try_parse(team),
+                fields.next().map(str::parse),
+                fields.next().map(str::parse),
+            ) else {
+                return Err(super::corrupt("team_balances", "unreadable balance"));
+            };
+            balances.push((team, prepaid, promo));
+        }
+        return Ok(balances);
+    }
+    let mut query =
+        sqlx::QueryBuilder::<super::Db>::new("SELECT team_id, prepaid, promo FROM team_balances WHERE team_id");
+    super::push_in_list(&mut query, teams);
+    query.push(" ORDER BY team_id");
+    query.push(LOCK);
+    for row in query.build().fetch_all(&mut *conn).await? {
+        balances.push((row.try_get("team_id")?, row.try_get("prepaid")?, row.try_get("promo")?));
+    }
+    Ok(balances)
+}
+
 /// [`lock_funds`] for many teams (in id order, so concurrent writers lock them in one order),
 /// in a fixed number of statements however many teams. With `spends` (what each team is about
 /// to spend), the invoice's headroom is read only for teams whose credit does not cover it (it
@@ -156,22 +197,14 @@ pub(super) async fn lock_funds_of(
         query.push(" team_id");
         super::push_in_list(query, teams);
     };
-    let lock_balances = |teams: &[Uuid]| {
-        let mut balances =
-            sqlx::QueryBuilder::<super::Db>::new("SELECT team_id, prepaid, promo FROM team_balances WHERE");
-        in_list(&mut balances, teams);
-        balances.push(" ORDER BY team_id");
-        balances.push(LOCK);
-        balances
-    };
     // Without `spends` this opens the transaction (a lease), so it writes first: on SQLite the
     // transaction then holds the write lock from its start (a read that later writes may find
     // another process's commit in its way). With them, the batch's usage rows were written first.
-    let mut rows = Vec::new();
+    let mut balances = Vec::new();
     if spends.is_some() {
-        rows = lock_balances(&teams).build().fetch_all(&mut *conn).await?;
+        balances = lock_balances(conn, &teams).await?;
     }
-    if rows.len() < teams.len() {
+    if balances.len() < teams.len() {
         let mut create =
             sqlx::QueryBuilder::<super::Db>::new("INSERT INTO team_balances (team_id, prepaid, promo, updated_at) ");
         create.push_values(&teams, |mut row, team| {
@@ -180,19 +213,18 @@ pub(super) async fn lock_funds_of(
         create.push(" ON CONFLICT (team_id) DO NOTHING");
         // Once a team: not worth a place in the statement cache.
         create.build().persistent(false).execute(&mut *conn).await?;
-        rows = lock_balances(&teams).build().fetch_all(&mut *conn).await?;
+        balances = lock_balances(conn, &teams).await?;
     }
     let mut with_promo = Vec::new();
-    for row in rows {
-        let team: Uuid = row.try_get("team_id")?;
-        if row.try_get::<i64, _>("promo")? > 0 {
+    for (team, prepaid, promo) in balances {
+        if promo > 0 {
             with_promo.push(team);
         }
         funds.insert(
             team,
             Funds {
                 lots: Vec::new(),
-                prepaid: Ticks::new(row.try_get("prepaid")?),
+                prepaid: Ticks::new(prepaid),
                 invoice_headroom: default_hard_limit,
             },
         );

@@ -144,4 +144,97 @@ mod tests {
             "{error:?}"
         );
     }
+
+    /// The migration that rewrites the ledger's checks rebuilds SQLite's table: every entry
+    /// survives with its key, the checks allow the same kinds and buckets as before and refuse
+    /// others, and writing an entry no longer builds a temporary b-tree.
+    #[tokio::test]
+    async fn rebuilding_the_ledger_keeps_every_entry_and_check() {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .unwrap()
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let before = Migrator {
+            migrations: Cow::Owned(
+                MIGRATOR
+                    .migrations
+                    .iter()
+                    .filter(|m| m.version < 20_261_202_000_033)
+                    .cloned()
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        before.run(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO teams (id, name, personal, created_at) VALUES (x'02', 'T', 0, '2026-11-01T00:00:00Z')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let insert = |id: u8, kind: &str, bucket: &str| {
+            let key = (kind != "spend").then(|| format!("key-{id}"));
+            let charge = (kind == "spend").then_some(vec![id]);
+            sqlx::query(
+                "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, actor_kind, \
+                 created_at, charge_id) VALUES ($1, x'02', $2, $3, 100, $4, 'system', '2026-11-01T00:00:00Z', $5)",
+            )
+            .bind(vec![id])
+            .bind(kind.to_owned())
+            .bind(bucket.to_owned())
+            .bind(key)
+            .bind(charge)
+        };
+        let kinds = [
+            "purchase",
+            "promo_grant",
+            "spend",
+            "adjustment",
+            "forfeiture",
+            "promo_expiry",
+            "refund",
+            "credit_note",
+            "invoice_payment",
+        ];
+        for (id, kind) in (1u8..).zip(kinds) {
+            insert(id, kind, "prepaid").execute(&pool).await.unwrap();
+        }
+        MIGRATOR.run(&pool).await.unwrap();
+        let kept: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT kind, idempotency_key FROM ledger_entries ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(kept.len(), kinds.len());
+        assert_eq!(kept[0], ("purchase".to_owned(), Some("key-1".to_owned())));
+        assert_eq!(kept[2], ("spend".to_owned(), None));
+        for (id, bucket) in (20u8..).zip(["prepaid", "promo", "invoice"]) {
+            insert(id, "adjustment", bucket).execute(&pool).await.unwrap();
+        }
+        for (id, kind, bucket) in [
+            (30, "gift", "prepaid"),
+            (31, "purchase", "cash"),
+            (32, "Spend", "prepaid"),
+        ] {
+            let refused = insert(id, kind, bucket).execute(&pool).await;
+            assert!(refused.is_err(), "{kind} / {bucket} was accepted");
+        }
+        // The key stays unique among entries that have one.
+        let duplicate = sqlx::query("UPDATE ledger_entries SET idempotency_key = 'key-1' WHERE id = x'04'")
+            .execute(&pool)
+            .await;
+        assert!(duplicate.is_err());
+        let plan: Vec<(i64, String)> = sqlx::query_as(
+            "EXPLAIN INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, actor_kind, created_at, charge_id) \
+             VALUES (x'50', x'02', 'spend', 'prepaid', -1, 'system', '2026-11-02T00:00:00Z', x'50')",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(!plan.iter().any(|(_, opcode)| opcode == "OpenEphemeral"), "{plan:?}");
+    }
 }

@@ -77,11 +77,9 @@ mod tests {
 
     use super::*;
 
-    /// The migration that lets accounts share an address rebuilds SQLite's users table: on a
-    /// database with accounts, every row and every reference to it survives, and the address is
-    /// unique among accounts with a password only.
-    #[tokio::test]
-    async fn rebuilding_users_keeps_every_account_and_reference() {
+    /// An in-memory database with every migration before `version` applied: the state a
+    /// migration finds on a database that ran an older release.
+    async fn migrated_before(version: i64) -> Pool<Db> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")
             .unwrap()
             .foreign_keys(true);
@@ -95,13 +93,22 @@ mod tests {
                 MIGRATOR
                     .migrations
                     .iter()
-                    .filter(|m| m.version < 20_261_130_000_029)
+                    .filter(|m| m.version < version)
                     .cloned()
                     .collect(),
             ),
             ..Migrator::DEFAULT
         };
         before.run(&pool).await.unwrap();
+        pool
+    }
+
+    /// The migration that lets accounts share an address rebuilds SQLite's users table: on a
+    /// database with accounts, every row and every reference to it survives, and the address is
+    /// unique among accounts with a password only.
+    #[tokio::test]
+    async fn rebuilding_users_keeps_every_account_and_reference() {
+        let pool = migrated_before(20_261_130_000_029).await;
         for statement in [
             "INSERT INTO users (id, email, display_name, password_hash, created_at, passkey_count) \
              VALUES (x'01', 'a@example.com', 'A', 'hash', '2026-11-01T00:00:00Z', 2)",
@@ -150,26 +157,7 @@ mod tests {
     /// others, and writing an entry no longer builds a temporary b-tree.
     #[tokio::test]
     async fn rebuilding_the_ledger_keeps_every_entry_and_check() {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .unwrap()
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .unwrap();
-        let before = Migrator {
-            migrations: Cow::Owned(
-                MIGRATOR
-                    .migrations
-                    .iter()
-                    .filter(|m| m.version < 20_261_202_000_033)
-                    .cloned()
-                    .collect(),
-            ),
-            ..Migrator::DEFAULT
-        };
-        before.run(&pool).await.unwrap();
+        let pool = migrated_before(20_261_202_000_033).await;
         sqlx::query(
             "INSERT INTO teams (id, name, personal, created_at) VALUES (x'02', 'T', 0, '2026-11-01T00:00:00Z')",
         )

@@ -50,6 +50,9 @@ impl SqlStore {
         // No ping before a connection is handed out (sqlx's default): a SQLite connection lives
         // in this process and cannot lose its server, and the ping was a round trip to the
         // connection's thread (two thread switches) before every transaction and every read.
+        // What a ping would still catch, that thread dying (a bug in sqlx or SQLite), shows as
+        // an error on the connection's next use, and the pool replaces every connection after
+        // sqlx's maximum lifetime (30 minutes) anyway.
         let write = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(1)

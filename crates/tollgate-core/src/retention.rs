@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tollgate_domain::entropy::{Entropy, EntropyRng, OsEntropy};
+use tollgate_domain::entropy::{Entropy, EntropyRng, ThreadEntropy};
 use tollgate_domain::mfa::SecretSealer;
 use tollgate_domain::{Actor, AuditAction, AuditEvent, Clock, RequestContext, RequestId, TeamId, Timestamp};
 use tollgate_store::{RetainedBody, Store, StoreError};
@@ -234,7 +234,8 @@ impl Retention {
             store,
             clock,
             sealer: Arc::new(SecretSealer::new(key)),
-            entropy: Arc::new(OsEntropy),
+            // A nonce per request: from the thread's generator, not a system call each.
+            entropy: Arc::new(ThreadEntropy),
             keep_for,
             writer: Arc::new(std::sync::Mutex::new(writer)),
             dropped,

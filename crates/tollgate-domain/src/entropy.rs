@@ -1,7 +1,9 @@
 //! Where randomness comes from: secrets (keys, tokens, TOTP seeds, recovery codes, nonces) are
 //! drawn from an injected [`Entropy`], beside the injected [`crate::Clock`], so tests can pin it.
-//! [`OsEntropy`] is the operating system's generator, the one place production reads it;
-//! [`SeededEntropy`] repeats the same draws for the same seed (tests only: it is no secret).
+//! [`OsEntropy`] is the operating system's generator, the one place production reads it for
+//! secrets; [`ThreadEntropy`] is a generator per thread seeded from it, for values drawn on every
+//! request (nonces); [`SeededEntropy`] repeats the same draws for the same seed (tests only: it
+//! is no secret).
 
 use std::sync::Mutex;
 
@@ -20,6 +22,20 @@ pub struct OsEntropy;
 impl Entropy for OsEntropy {
     fn fill_bytes(&self, dest: &mut [u8]) {
         rand::rngs::OsRng.fill_bytes(dest);
+    }
+}
+
+/// The calling thread's cryptographic generator, seeded from the operating system's and reseeded
+/// from it as it goes (`rand`'s `ThreadRng`: ChaCha12, reseeded every 64 KiB drawn): no system
+/// call per draw. For values drawn on every request, such as the nonce sealing a request's kept
+/// bodies, where a `getrandom` each would cost more than the draw; secrets a person holds (keys,
+/// tokens, seeds) come from [`OsEntropy`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadEntropy;
+
+impl Entropy for ThreadEntropy {
+    fn fill_bytes(&self, dest: &mut [u8]) {
+        rand::thread_rng().fill_bytes(dest);
     }
 }
 
@@ -88,6 +104,7 @@ mod tests {
         assert_eq!(draw(&SeededEntropy::new(7)), draw(&SeededEntropy::new(7)));
         assert_ne!(draw(&SeededEntropy::new(7)), draw(&SeededEntropy::new(8)));
         assert_ne!(draw(&OsEntropy), draw(&OsEntropy));
+        assert_ne!(draw(&ThreadEntropy), draw(&ThreadEntropy));
         let seeded = SeededEntropy::new(1);
         assert_ne!(EntropyRng(&seeded).next_u64(), EntropyRng(&seeded).next_u64());
     }

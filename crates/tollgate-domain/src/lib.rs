@@ -42,7 +42,7 @@ pub use entities::{
     ApiKey, CeremonyPurpose, DataUse, Identity, Invitation, ManagementKey, Member, Membership, OidcFlow,
     PendingIdentity, StoredPasskey, Sweep, Swept, Team, TeamDomain, User, WebauthnCeremony,
 };
-pub use entropy::{Entropy, EntropyRng, OsEntropy, SeededEntropy};
+pub use entropy::{Entropy, EntropyRng, OsEntropy, SeededEntropy, ThreadEntropy};
 pub use ids::{
     ApiKeyId, AuditEventId, DomainId, IdentityId, InvitationId, MailId, ManagementKeyId, PasskeyId, RequestId,
     SessionId, TeamId, UserId,

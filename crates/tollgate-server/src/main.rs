@@ -322,7 +322,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    telemetry::flush();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -335,7 +337,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let explicit = cli.config.is_some();
     let path = cli.config.unwrap_or_else(|| PathBuf::from("tollgate.toml"));
     let config = Config::load(&path, explicit)?;
-    telemetry::init(config.log_format, &config.log_filter);
+    // A serving process gathers its lines (one per request) rather than writing each alone.
+    let serving = matches!(
+        cli.command,
+        Command::Serve {
+            validate_and_exit: false
+        }
+    );
+    telemetry::init(config.log_format, &config.log_filter, serving);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     match cli.command {
         Command::Serve {

@@ -109,7 +109,7 @@ pub fn test_config(db: &TestDb, upstream: &MockUpstream) -> Config {
 impl TestApp {
     pub async fn new(db: TestDb) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
-            tollgate_server::telemetry::init(tollgate_server::config::LogFormat::Text, "debug");
+            tollgate_server::telemetry::init(tollgate_server::config::LogFormat::Text, "debug", false);
         }
         let upstream = MockUpstream::start().await.unwrap();
         let config = test_config(&db, &upstream);

@@ -178,17 +178,20 @@ fn team_charge(team_id: Uuid, charge_id: Uuid, charges: &[&Charge], before: &Fun
 const BINDS_PER_TRIP: usize = 16_384;
 
 /// The most bind parameters a PostgreSQL round trip of [`Writes`] may carry and be kept
-/// prepared: a team's spend entries (a bucket or two, 11 each), its balance, a lot and its
-/// invoice month.
+/// prepared, and the most parts on SQLite may carry together: a team's spend entries (a bucket
+/// or two, 11 each), its balance, a lot and its invoice month.
 const CACHED_TRIP_BINDS: usize = 64;
 
-/// Writes that need no answer. On PostgreSQL they go together, as data-modifying `WITH` clauses
-/// of one statement (each runs to completion, all on the statement's snapshot; they write
-/// different tables): one round trip where there were one per statement. Such a statement comes
-/// in as many shapes as there are mixes of row counts, so only a small one (one team's charge,
-/// the shapes that repeat) is kept in the statement cache. On SQLite, in process, there is no
-/// trip to save: each part (one [`shaped_chunks`](super::shaped_chunks) piece of one kind) is
-/// sent alone, so each has few shapes and stays prepared.
+/// Writes that need no answer, sent together: one round trip where there were one per
+/// statement. On PostgreSQL they go as data-modifying `WITH` clauses of one statement (each runs
+/// to completion, all on the statement's snapshot; they write different tables). Such a
+/// statement comes in as many shapes as there are mixes of row counts, so only a small one (one
+/// team's charge, the shapes that repeat) is kept in the statement cache. On SQLite a trip is a
+/// hand-off to the connection's thread and back (two thread switches on a busy core), and the
+/// parts go as statements of one query, but only small ones together (up to
+/// [`CACHED_TRIP_BINDS`]: a few teams' charges, whose mixes repeat); a larger part (one
+/// [`shaped_chunks`](super::shaped_chunks) piece of one kind) goes alone, so every trip has few
+/// shapes and stays prepared.
 struct Writes<'args> {
     query: sqlx::QueryBuilder<'args, super::Db>,
     parts: usize,
@@ -211,13 +214,18 @@ impl<'args> Writes<'args> {
         conn: &mut <super::Db as sqlx::Database>::Connection,
         binds: usize,
     ) -> Result<&mut sqlx::QueryBuilder<'args, super::Db>, StoreError> {
-        if self.parts > 0 && (super::BACKEND == crate::Backend::Sqlite || self.binds + binds > BINDS_PER_TRIP) {
+        let most = match super::BACKEND {
+            crate::Backend::Postgres => BINDS_PER_TRIP,
+            crate::Backend::Sqlite => CACHED_TRIP_BINDS,
+        };
+        if self.parts > 0 && self.binds + binds > most {
             self.send(conn).await?;
         }
         let opening = match (super::BACKEND, self.parts) {
             (crate::Backend::Postgres, 0) => "WITH w0 AS (".to_owned(),
             (crate::Backend::Postgres, n) => format!(", w{n} AS ("),
-            (crate::Backend::Sqlite, _) => String::new(),
+            (crate::Backend::Sqlite, 0) => String::new(),
+            (crate::Backend::Sqlite, _) => "; ".to_owned(),
         };
         self.query.push(opening);
         self.parts += 1;
@@ -239,6 +247,7 @@ impl<'args> Writes<'args> {
         if matches!(super::BACKEND, crate::Backend::Postgres) {
             self.query.push(" SELECT 1");
         }
+        // SQLite's trips are one part or small ones together: each has few shapes.
         let cached = super::BACKEND == crate::Backend::Sqlite || self.binds <= CACHED_TRIP_BINDS;
         self.query.build().persistent(cached).execute(&mut *conn).await?;
         self.query.reset();

@@ -90,6 +90,9 @@ pub enum OpenError {
         /// Why.
         source: std::io::Error,
     },
+    /// SQLite's group-commit connection could not be opened.
+    #[error("cannot open the group commit's connection to the database file: {0}")]
+    Committer(String),
     /// A migration failed or the applied migrations differ from this binary's.
     #[error(
         "database migration failed: {0}. Nothing of the failing migration was applied; fix the cause and start again"

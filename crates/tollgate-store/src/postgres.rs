@@ -37,6 +37,16 @@ impl SqlStore {
             audit_key,
         })
     }
+
+    /// SQLite's group commit has a thread of its own; PostgreSQL's runs on the pool.
+    async fn commit_on_own_thread(
+        &self,
+        _batch: &[crate::Charge],
+        _at: tollgate_domain::Timestamp,
+        _default_hard_limit: tollgate_domain::Ticks,
+    ) -> Option<Result<(), crate::StoreError>> {
+        None
+    }
 }
 
 #[path = "sql/mod.rs"]

@@ -24,6 +24,9 @@ pub(crate) struct SqlStore {
     write: Pool<Db>,
     read: Pool<Db>,
     audit_key: tollgate_domain::AuditChainKey,
+    /// The group commit's own thread and connection (none for an in-memory database, which a
+    /// second connection would not see).
+    committer: Option<commit::Committer>,
 }
 
 impl SqlStore {
@@ -37,11 +40,8 @@ impl SqlStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        if let Some(dir) = options
-            .get_filename()
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-        {
+        let file = options.get_filename().to_path_buf();
+        if let Some(dir) = file.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
                 path: dir.display().to_string(),
                 source,
@@ -67,9 +67,41 @@ impl SqlStore {
             .connect_with(options)
             .await
             .map_err(OpenError::Connect)?;
-        Ok(Self { write, read, audit_key })
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let committer = if in_memory {
+            None
+        } else {
+            Some(commit::Committer::start(&file).map_err(|error| OpenError::Committer(error.to_string()))?)
+        };
+        Ok(Self {
+            write,
+            read,
+            audit_key,
+            committer,
+        })
+    }
+
+    /// The group commit on its own thread ([`commit`]), holding the write connection meanwhile;
+    /// `None` where there is none (then the shared sqlx path writes it).
+    async fn commit_on_own_thread(
+        &self,
+        batch: &[crate::Charge],
+        at: tollgate_domain::Timestamp,
+        default_hard_limit: tollgate_domain::Ticks,
+    ) -> Option<Result<(), crate::StoreError>> {
+        let committer = self.committer.as_ref()?;
+        Some(
+            async {
+                // The one write connection, held: no other write of this process runs meanwhile.
+                let _writer = self.write.acquire().await?;
+                committer.commit(batch, at, default_hard_limit).await
+            }
+            .await,
+        )
     }
 }
+
+mod commit;
 
 #[path = "sql/mod.rs"]
 mod sql;

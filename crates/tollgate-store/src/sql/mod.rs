@@ -35,11 +35,12 @@ mod payments;
 mod responses;
 mod teams;
 mod tiers;
-mod usage;
+/// Seen by SQLite's group-commit thread (`sqlite::commit`), which charges as this does.
+pub(super) mod usage;
 
 type DbRow = <Db as sqlx::Database>::Row;
 
-fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {error}"))
 }
 

@@ -126,21 +126,21 @@ async fn insert_records(
 }
 
 /// What one team's charge changes, computed in memory from its locked funds.
-struct TeamCharge {
-    team_id: Uuid,
-    charge_id: Uuid,
-    prepaid_moved: i64,
-    promo_moved: i64,
-    invoiced: i64,
-    lots: Vec<(Uuid, i64)>,
-    parts: Vec<tollgate_domain::SpendPart>,
-    actor: Actor,
-    requests: usize,
+pub(crate) struct TeamCharge {
+    pub(crate) team_id: Uuid,
+    pub(crate) charge_id: Uuid,
+    pub(crate) prepaid_moved: i64,
+    pub(crate) promo_moved: i64,
+    pub(crate) invoiced: i64,
+    pub(crate) lots: Vec<(Uuid, i64)>,
+    pub(crate) parts: Vec<tollgate_domain::SpendPart>,
+    pub(crate) actor: Actor,
+    pub(crate) requests: usize,
 }
 
 /// Works out one team's charge: its requests' total cost taken in consumption order (taking
 /// the sum at once splits it across buckets exactly as taking each request in turn would).
-fn team_charge(team_id: Uuid, charge_id: Uuid, charges: &[&Charge], before: &Funds) -> TeamCharge {
+pub(crate) fn team_charge(team_id: Uuid, charge_id: Uuid, charges: &[&Charge], before: &Funds) -> TeamCharge {
     let mut funds = before.clone();
     let total = charges
         .iter()
@@ -466,6 +466,9 @@ impl UsageStore for SqlStore {
     ) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if let Some(committed) = self.commit_on_own_thread(batch, at, default_hard_limit).await {
+            return committed;
         }
         let mut tx = self.write.begin().await?;
         // One charge per team with a cost in the batch.

@@ -1,0 +1,353 @@
+//! SQLite's group commit, on a thread of its own with a connection of its own.
+//!
+//! sqlx runs each SQLite connection on a thread and hands it every statement over a channel:
+//! a group commit of a few statements was half a dozen hand-offs to that thread and back (two
+//! thread switches each on a busy core), which cost more than SQLite's work. Here the whole
+//! commit is one hand-off: the batch goes to this thread, which runs the transaction through
+//! `rusqlite` on its own connection to the same file, with statements prepared once and run a
+//! row at a time (no statement texts per batch size), and answers when it is durable.
+//!
+//! SQLite allows one writer. The caller holds the store's one write connection (the sqlx pool
+//! of one) while this thread writes, so the two never contend in this process; another process
+//! (an operator's CLI) is waited for by SQLite's busy timeout, as for any write. Values are
+//! written exactly as sqlx writes them (ids as 16-byte blobs, instants as sqlx's RFC 3339 text),
+//! so every other query reads these rows as its own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
+use tollgate_domain::{EntryKind, Funds, SpendingLimits, Ticks, Timestamp, billing_month};
+use uuid::Uuid;
+
+use super::sql::usage::{TeamCharge, team_charge};
+use crate::{Charge, StoreError};
+
+/// One batch for the thread, and where its answer goes.
+struct Job {
+    batch: Vec<Charge>,
+    at: Timestamp,
+    default_hard_limit: Ticks,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The group-commit thread. It ends, closing its connection, when this is dropped.
+pub(crate) struct Committer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Committer {
+    /// Opens a connection to the database file at `path` (already migrated) and starts the
+    /// thread.
+    pub(crate) fn start(path: &Path) -> Result<Self, StoreError> {
+        let conn = rusqlite::Connection::open(path).map_err(other)?;
+        // The pool's settings: WAL (already the file's), FULL sync (a commit is on disk before
+        // it is acknowledged), the busy timeout, foreign keys.
+        conn.busy_timeout(Duration::from_secs(5)).map_err(other)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(other)?;
+        conn.pragma_update(None, "foreign_keys", true).map_err(other)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        let (jobs, pending) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite-commit".to_owned())
+            .spawn(move || {
+                let mut conn = conn;
+                while let Ok(job) = pending.recv() {
+                    let result = commit(&mut conn, &job.batch, job.at, job.default_hard_limit);
+                    let _ = job.done.send(result);
+                }
+            })
+            .map_err(|error| StoreError::Other(error.into()))?;
+        Ok(Self { jobs })
+    }
+
+    /// Writes `batch` as [`crate::UsageStore::insert_usage_batch`] says, in one transaction,
+    /// and returns once it is durable. The caller holds the store's write connection.
+    pub(crate) async fn commit(
+        &self,
+        batch: &[Charge],
+        at: Timestamp,
+        default_hard_limit: Ticks,
+    ) -> Result<(), StoreError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            batch: batch.to_vec(),
+            at,
+            default_hard_limit,
+            done,
+        };
+        let stopped = || StoreError::Other(anyhow::anyhow!("the group-commit thread has stopped"));
+        self.jobs.send(job).map_err(|_| stopped())?;
+        // Not cancelled midway in effect: the thread finishes the transaction either way, and
+        // the request ids make a retry of it harmless.
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// sqlx's text for an instant (what its `Encode` for `DateTime` writes).
+fn instant(at: Timestamp) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+fn blob(id: &Uuid) -> &[u8] {
+    id.as_bytes()
+}
+
+fn other(error: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(error)))
+        }
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict {
+            constraint: error.to_string(),
+        },
+        _ => StoreError::Other(error.into()),
+    }
+}
+
+fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} is out of range")))
+}
+
+/// The transaction: usage rows (a request recorded before is skipped, with its charge), then
+/// each team's charge from its funds, as the sqlx path writes them.
+fn commit(
+    conn: &mut rusqlite::Connection,
+    batch: &[Charge],
+    at: Timestamp,
+    default_hard_limit: Ticks,
+) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(other)?;
+    let now = instant(at);
+    // One charge per team with a cost in the batch.
+    let charge_ids: HashMap<Uuid, Uuid> = batch
+        .iter()
+        .filter(|charge| charge.record.cost.get() > 0)
+        .map(|charge| (charge.record.team_id.as_uuid(), Uuid::now_v7()))
+        .collect();
+    // Teams in id order, as the sqlx path (and a PostgreSQL node) locks them.
+    let mut teams: BTreeMap<Uuid, Vec<&Charge>> = BTreeMap::new();
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO usage_events (request_id, team_id, api_key_id, model, endpoint, prompt_tokens, \
+                 cached_prompt_tokens, completion_tokens, reasoning_tokens, total_tokens, cost_ticks, estimated, \
+                 streamed, duration_ms, created_at, charge_id, prompt_price, cached_prompt_price, completion_price, \
+                 images, image_price, web_search_calls, web_search_price, x_search_calls, x_search_price) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+                 ?21, ?22, ?23, ?24, ?25) ON CONFLICT (request_id) DO NOTHING",
+            )
+            .map_err(other)?;
+        for charge in batch {
+            let (record, pricing, usage) = (&charge.record, &charge.pricing, &charge.record.usage);
+            let team = record.team_id.as_uuid();
+            let charge_id = (record.cost.get() > 0).then(|| charge_ids.get(&team)).flatten();
+            let inserted = insert
+                .execute(params![
+                    blob(&record.request_id.as_uuid()),
+                    blob(&team),
+                    blob(&record.api_key_id.as_uuid()),
+                    record.model,
+                    record.endpoint.as_str(),
+                    to_i64(usage.prompt_tokens, "prompt_tokens")?,
+                    to_i64(usage.cached_prompt_tokens, "cached_prompt_tokens")?,
+                    to_i64(usage.completion_tokens, "completion_tokens")?,
+                    to_i64(usage.reasoning_tokens, "reasoning_tokens")?,
+                    to_i64(usage.total_tokens(), "total_tokens")?,
+                    record.cost.get(),
+                    record.estimated,
+                    record.streamed,
+                    to_i64(record.duration_ms, "duration_ms")?,
+                    instant(record.started_at),
+                    charge_id.map(blob),
+                    pricing.prompt.get(),
+                    pricing.cached_prompt.get(),
+                    pricing.completion.get(),
+                    to_i64(usage.images, "images")?,
+                    pricing.image.get(),
+                    to_i64(usage.web_search_calls, "web_search_calls")?,
+                    pricing.web_search.get(),
+                    to_i64(usage.x_search_calls, "x_search_calls")?,
+                    pricing.x_search.get(),
+                ])
+                .map_err(other)?;
+            if inserted == 1 && record.cost.get() > 0 {
+                teams.entry(team).or_default().push(charge);
+            }
+        }
+    }
+    let mut charges = Vec::with_capacity(teams.len());
+    for (team, requests) in &teams {
+        let total = requests
+            .iter()
+            .fold(0i64, |sum, c| sum.saturating_add(c.record.cost.get()));
+        let funds = lock_funds(&tx, *team, at, &now, default_hard_limit, total)?;
+        let charge_id = charge_ids.get(team).copied().unwrap_or_else(Uuid::now_v7);
+        charges.push(team_charge(*team, charge_id, requests, &funds));
+    }
+    write_charges(&tx, &charges, at, &now)?;
+    tx.commit().map_err(other)
+}
+
+/// One team's funds at `at` (its balance row created if it has none), as the sqlx path's
+/// `lock_funds_of` reads them for a spend of `spend`: the invoice's headroom only when its
+/// credit does not cover the spend (zero otherwise).
+fn lock_funds(
+    tx: &rusqlite::Transaction<'_>,
+    team: Uuid,
+    at: Timestamp,
+    now: &str,
+    default_hard_limit: Ticks,
+    spend: i64,
+) -> Result<Funds, StoreError> {
+    let read = |tx: &rusqlite::Transaction<'_>| {
+        tx.prepare_cached("SELECT prepaid, promo FROM team_balances WHERE team_id = ?1")?
+            .query_row([blob(&team)], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))
+            .optional()
+    };
+    let (prepaid, promo) = match read(tx).map_err(other)? {
+        Some(balance) => balance,
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO team_balances (team_id, prepaid, promo, updated_at) VALUES (?1, 0, 0, ?2) \
+                 ON CONFLICT (team_id) DO NOTHING",
+            )
+            .and_then(|mut create| create.execute(params![blob(&team), now]))
+            .map_err(other)?;
+            read(tx).map_err(other)?.ok_or(StoreError::NotFound)?
+        }
+    };
+    let mut funds = Funds {
+        lots: Vec::new(),
+        prepaid: Ticks::new(prepaid),
+        invoice_headroom: default_hard_limit,
+    };
+    if promo > 0 {
+        let mut lots = tx
+            .prepare_cached(
+                "SELECT id, remaining FROM credit_lots WHERE remaining > 0 AND expires_at > ?1 AND team_id = ?2 \
+                 ORDER BY expires_at, id",
+            )
+            .map_err(other)?;
+        let rows = lots
+            .query_map(params![now, blob(&team)], |row| {
+                Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(other)?;
+        for row in rows {
+            let (id, remaining) = row.map_err(other)?;
+            let id = Uuid::from_slice(&id).map_err(|_| super::sql::corrupt("credit_lots", "unreadable id"))?;
+            funds.lots.push((id, Ticks::new(remaining)));
+        }
+    }
+    let credit = funds
+        .lots
+        .iter()
+        .fold(funds.prepaid.get().max(0), |sum, (_, t)| sum.saturating_add(t.get()));
+    if spend <= credit {
+        funds.invoice_headroom = Ticks::ZERO;
+        return Ok(funds);
+    }
+    let limits = tx
+        .prepare_cached("SELECT soft_limit, hard_override FROM team_spending_limits WHERE team_id = ?1")
+        .and_then(|mut limits| {
+            limits
+                .query_row([blob(&team)], |row| {
+                    Ok((row.get::<_, Option<i64>>(0)?, row.get::<_, Option<i64>>(1)?))
+                })
+                .optional()
+        })
+        .map_err(other)?;
+    if let Some((soft, hard_override)) = limits {
+        funds.invoice_headroom = SpendingLimits {
+            hard_auto: default_hard_limit,
+            hard_override: hard_override.map(Ticks::new),
+            soft: soft.map(Ticks::new),
+        }
+        .effective();
+    }
+    let owed = tx
+        .prepare_cached("SELECT owed FROM invoice_months WHERE month = ?1 AND team_id = ?2")
+        .and_then(|mut owed| {
+            owed.query_row(params![billing_month(at), blob(&team)], |row| row.get::<_, i64>(0))
+                .optional()
+        })
+        .map_err(other)?;
+    if let Some(owed) = owed {
+        funds.invoice_headroom = Ticks::new(funds.invoice_headroom.get().saturating_sub(owed));
+    }
+    Ok(funds)
+}
+
+/// Each team's spend entries, and its balance, lots and invoice month moved once.
+fn write_charges(
+    tx: &rusqlite::Transaction<'_>,
+    charges: &[TeamCharge],
+    at: Timestamp,
+    now: &str,
+) -> Result<(), StoreError> {
+    let mut entry = tx
+        .prepare_cached(
+            "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, lot_id, reason, actor_kind, actor_id, \
+             created_at, charge_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .map_err(other)?;
+    let mut balance = tx
+        .prepare_cached(
+            "UPDATE team_balances SET prepaid = prepaid + ?2, promo = promo + ?3, updated_at = ?4 WHERE team_id = ?1",
+        )
+        .map_err(other)?;
+    let mut lot = tx
+        .prepare_cached("UPDATE credit_lots SET remaining = ?2 WHERE id = ?1")
+        .map_err(other)?;
+    let mut invoice = tx
+        .prepare_cached(
+            "INSERT INTO invoice_months (team_id, month, owed, updated_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (team_id, month) DO UPDATE SET owed = invoice_months.owed + excluded.owed, \
+             updated_at = excluded.updated_at",
+        )
+        .map_err(other)?;
+    let month = billing_month(at);
+    for charge in charges {
+        let team = blob(&charge.team_id);
+        let reason = format!("{} requests", charge.requests);
+        let actor_id = charge.actor.id();
+        for part in &charge.parts {
+            entry
+                .execute(params![
+                    blob(&Uuid::now_v7()),
+                    team,
+                    EntryKind::Spend.as_str(),
+                    part.bucket.as_str(),
+                    -part.amount.get(),
+                    part.lot_id.as_ref().map(blob),
+                    reason,
+                    charge.actor.kind(),
+                    actor_id,
+                    now,
+                    blob(&charge.charge_id),
+                ])
+                .map_err(other)?;
+        }
+        if charge.prepaid_moved != 0 || charge.promo_moved != 0 {
+            balance
+                .execute(params![team, charge.prepaid_moved, charge.promo_moved, now])
+                .map_err(other)?;
+        }
+        for (id, remaining) in &charge.lots {
+            lot.execute(params![blob(id), remaining]).map_err(other)?;
+        }
+        if charge.invoiced > 0 {
+            invoice
+                .execute(params![team, month, charge.invoiced, now])
+                .map_err(other)?;
+        }
+    }
+    Ok(())
+}

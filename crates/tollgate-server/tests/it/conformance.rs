@@ -78,3 +78,39 @@ mod migration_drift {
         db.finish().await;
     }
 }
+
+/// SQLite's group commit runs on a thread of its own over a database file; an in-memory
+/// database, which that thread's connection would not see, keeps the sqlx path. The usage and
+/// charge cases run through that path too, so it cannot rot unseen.
+mod in_memory_sqlite {
+    use std::sync::Arc;
+
+    use tollgate_store::Store;
+    use tollgate_store::testsuite::{self, TEST_AUDIT_KEY};
+
+    async fn store() -> Arc<dyn Store> {
+        let store = tollgate_store::connect("sqlite::memory:", TEST_AUDIT_KEY)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    macro_rules! through_sqlx {
+        ($($case:ident),* $(,)?) => {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    testsuite::$case(store().await.as_ref()).await;
+                }
+            )*
+        };
+    }
+
+    through_sqlx!(
+        usage_is_idempotent_per_request,
+        one_batch_charges_many_teams,
+        a_charge_across_many_lots_is_written_whole,
+        credit_leases_lend_only_what_is_spendable,
+    );
+}

@@ -56,7 +56,12 @@ impl Committer {
             .spawn(move || {
                 let mut conn = conn;
                 while let Ok(job) = pending.recv() {
-                    let result = commit(&mut conn, &job.batch, job.at, job.default_hard_limit);
+                    // A panic (a bug) fails its batch, not every batch after it: the transaction
+                    // is rolled back as it unwinds, and the thread takes the next job.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        commit(&mut conn, &job.batch, job.at, job.default_hard_limit)
+                    }))
+                    .unwrap_or_else(|_| Err(StoreError::Other(anyhow::anyhow!("the group commit panicked"))));
                     let _ = job.done.send(result);
                 }
             })

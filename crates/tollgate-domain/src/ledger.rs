@@ -346,6 +346,14 @@ impl Funds {
         )
     }
 
+    /// What a spend draws on before the invoice: the lots and prepaid credit (none while
+    /// prepaid is below zero). A spend beyond it reaches the month's invoice.
+    #[must_use]
+    pub fn credit(&self) -> Ticks {
+        let lots = self.lots.iter().fold(0_i64, |sum, (_, t)| sum.saturating_add(t.get()));
+        Ticks::new(lots.saturating_add(self.prepaid.get().max(0)))
+    }
+
     /// Takes `cost` (≥ 0) in consumption order and says from where. What nothing covers (an
     /// upstream that produced more than its hold allowed) is taken from prepaid credit, which
     /// goes below zero by exactly that much: the charge is never dropped.
@@ -453,6 +461,22 @@ pub fn format_usd(amount: Ticks) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credit_is_lots_and_prepaid_above_zero_never_the_invoice() {
+        let lot = uuid::Uuid::nil();
+        let funds = Funds {
+            lots: vec![(lot, Ticks::new(30)), (lot, Ticks::new(5))],
+            prepaid: Ticks::new(100),
+            invoice_headroom: Ticks::new(1_000),
+        };
+        assert_eq!(funds.credit(), Ticks::new(135));
+        let in_debt = Funds {
+            prepaid: Ticks::new(-50),
+            ..funds
+        };
+        assert_eq!(in_debt.credit(), Ticks::new(35), "a debt takes nothing from the lots");
+    }
 
     #[test]
     fn usd_is_parsed_exactly() {

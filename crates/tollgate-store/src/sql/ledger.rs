@@ -253,10 +253,7 @@ pub(super) async fn lock_funds_of(
         Some(spends) => funds
             .iter_mut()
             .filter_map(|(team, funds)| {
-                let credit = funds
-                    .lots
-                    .iter()
-                    .fold(funds.prepaid.get().max(0), |sum, (_, t)| sum.saturating_add(t.get()));
+                let credit = funds.credit().get();
                 if spends.get(team).is_some_and(|&spend| spend > credit) {
                     Some(*team)
                 } else {

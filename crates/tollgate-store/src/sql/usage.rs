@@ -30,6 +30,17 @@ fn parse_hour(text: &str) -> Option<Timestamp> {
 /// Rows per multi-row insert (25 parameters a row: well under both databases' limits).
 const ROWS_PER_INSERT: usize = 256;
 
+/// A usage row's columns, in the order both group commits bind them (this one, and SQLite's on
+/// its own thread, `sqlite::commit`).
+pub(crate) const USAGE_COLUMNS: &str = "request_id, team_id, api_key_id, model, endpoint, prompt_tokens, \
+     cached_prompt_tokens, completion_tokens, reasoning_tokens, total_tokens, cost_ticks, estimated, streamed, \
+     duration_ms, created_at, charge_id, prompt_price, cached_prompt_price, completion_price, images, image_price, \
+     web_search_calls, web_search_price, x_search_calls, x_search_price";
+
+/// A spend entry's columns, in the order both group commits bind them.
+pub(crate) const SPEND_COLUMNS: &str =
+    "id, team_id, kind, bucket, amount, lot_id, reason, actor_kind, actor_id, created_at, charge_id";
+
 /// Inserts the usage rows in multi-row statements, each with its team's charge id; returns the
 /// request ids that were new (a request recorded before is skipped, with its charge).
 async fn insert_records(
@@ -62,62 +73,37 @@ async fn insert_records(
                 ],
             ));
         }
-        let build = |tail: &str| {
-            let mut insert = sqlx::QueryBuilder::<super::Db>::new(
-                "INSERT INTO usage_events (request_id, team_id, api_key_id, model, endpoint, prompt_tokens, \
-             cached_prompt_tokens, completion_tokens, reasoning_tokens, total_tokens, cost_ticks, estimated, \
-             streamed, duration_ms, created_at, charge_id, prompt_price, cached_prompt_price, completion_price, \
-             images, image_price, web_search_calls, web_search_price, x_search_calls, x_search_price) ",
-            );
-            insert.push_values(&rows, |mut row, (charge, charge_id, numbers)| {
-                let [prompt, cached, completion, reasoning, total, duration, images, web, x] = *numbers;
-                let (record, pricing) = (&charge.record, &charge.pricing);
-                row.push_bind(record.request_id.as_uuid())
-                    .push_bind(record.team_id.as_uuid())
-                    .push_bind(record.api_key_id.as_uuid())
-                    .push_bind(record.model.clone())
-                    .push_bind(record.endpoint.as_str())
-                    .push_bind(prompt)
-                    .push_bind(cached)
-                    .push_bind(completion)
-                    .push_bind(reasoning)
-                    .push_bind(total)
-                    .push_bind(record.cost.get())
-                    .push_bind(record.estimated)
-                    .push_bind(record.streamed)
-                    .push_bind(duration)
-                    .push_bind(record.started_at)
-                    .push_bind(*charge_id)
-                    .push_bind(pricing.prompt.get())
-                    .push_bind(pricing.cached_prompt.get())
-                    .push_bind(pricing.completion.get())
-                    .push_bind(images)
-                    .push_bind(pricing.image.get())
-                    .push_bind(web)
-                    .push_bind(pricing.web_search.get())
-                    .push_bind(x)
-                    .push_bind(pricing.x_search.get());
-            });
-            insert.push(tail);
-            insert
-        };
-        // On SQLite, a plain insert first: `RETURNING` gathers its rows in a temporary b-tree
-        // before it hands out the first (opened, filled and dropped every batch), and a batch
-        // holds no request recorded before unless it is a retry. A request recorded before
-        // fails the statement alone (SQLite backs out just that statement; the transaction
-        // goes on), and the batch takes the slower way. On PostgreSQL a failed statement
-        // would abort the transaction, and `RETURNING` costs nothing much.
-        if super::BACKEND == crate::Backend::Sqlite {
-            match build("").build().execute(&mut *conn).await {
-                Ok(_) => {
-                    inserted.extend(chunk.iter().map(|charge| charge.record.request_id.as_uuid()));
-                    continue;
-                }
-                Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {}
-                Err(error) => return Err(error.into()),
-            }
-        }
-        let mut insert = build(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+        let mut insert = sqlx::QueryBuilder::<super::Db>::new(format!("INSERT INTO usage_events ({USAGE_COLUMNS}) "));
+        insert.push_values(&rows, |mut row, (charge, charge_id, numbers)| {
+            let [prompt, cached, completion, reasoning, total, duration, images, web, x] = *numbers;
+            let (record, pricing) = (&charge.record, &charge.pricing);
+            row.push_bind(record.request_id.as_uuid())
+                .push_bind(record.team_id.as_uuid())
+                .push_bind(record.api_key_id.as_uuid())
+                .push_bind(record.model.clone())
+                .push_bind(record.endpoint.as_str())
+                .push_bind(prompt)
+                .push_bind(cached)
+                .push_bind(completion)
+                .push_bind(reasoning)
+                .push_bind(total)
+                .push_bind(record.cost.get())
+                .push_bind(record.estimated)
+                .push_bind(record.streamed)
+                .push_bind(duration)
+                .push_bind(record.started_at)
+                .push_bind(*charge_id)
+                .push_bind(pricing.prompt.get())
+                .push_bind(pricing.cached_prompt.get())
+                .push_bind(pricing.completion.get())
+                .push_bind(images)
+                .push_bind(pricing.image.get())
+                .push_bind(web)
+                .push_bind(pricing.web_search.get())
+                .push_bind(x)
+                .push_bind(pricing.x_search.get());
+        });
+        insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
         for row in insert.build().fetch_all(&mut *conn).await? {
             inserted.insert(row.try_get("request_id")?);
         }
@@ -178,20 +164,18 @@ pub(crate) fn team_charge(team_id: Uuid, charge_id: Uuid, charges: &[&Charge], b
 const BINDS_PER_TRIP: usize = 16_384;
 
 /// The most bind parameters a PostgreSQL round trip of [`Writes`] may carry and be kept
-/// prepared, and the most parts on SQLite may carry together: a team's spend entries (a bucket
-/// or two, 11 each), its balance, a lot and its invoice month.
+/// prepared: a team's spend entries (a bucket or two, 11 each), its balance, a lot and its
+/// invoice month.
 const CACHED_TRIP_BINDS: usize = 64;
 
-/// Writes that need no answer, sent together: one round trip where there were one per
-/// statement. On PostgreSQL they go as data-modifying `WITH` clauses of one statement (each runs
-/// to completion, all on the statement's snapshot; they write different tables). Such a
-/// statement comes in as many shapes as there are mixes of row counts, so only a small one (one
-/// team's charge, the shapes that repeat) is kept in the statement cache. On SQLite a trip is a
-/// hand-off to the connection's thread and back (two thread switches on a busy core), and the
-/// parts go as statements of one query, but only small ones together (up to
-/// [`CACHED_TRIP_BINDS`]: a few teams' charges, whose mixes repeat); a larger part (one
-/// [`shaped_chunks`](super::shaped_chunks) piece of one kind) goes alone, so every trip has few
-/// shapes and stays prepared.
+/// Writes that need no answer. On PostgreSQL they go together, as data-modifying `WITH` clauses
+/// of one statement (each runs to completion, all on the statement's snapshot; they write
+/// different tables): one round trip where there were one per statement. Such a statement comes
+/// in as many shapes as there are mixes of row counts, so only a small one (one team's charge,
+/// the shapes that repeat) is kept in the statement cache. On SQLite (this path serves only an
+/// in-memory database: a file's group commit runs on its own thread, `sqlite::commit`) each part
+/// (one [`shaped_chunks`](super::shaped_chunks) piece of one kind) is sent alone, so each has
+/// few shapes and stays prepared.
 struct Writes<'args> {
     query: sqlx::QueryBuilder<'args, super::Db>,
     parts: usize,
@@ -214,18 +198,13 @@ impl<'args> Writes<'args> {
         conn: &mut <super::Db as sqlx::Database>::Connection,
         binds: usize,
     ) -> Result<&mut sqlx::QueryBuilder<'args, super::Db>, StoreError> {
-        let most = match super::BACKEND {
-            crate::Backend::Postgres => BINDS_PER_TRIP,
-            crate::Backend::Sqlite => CACHED_TRIP_BINDS,
-        };
-        if self.parts > 0 && self.binds + binds > most {
+        if self.parts > 0 && (super::BACKEND == crate::Backend::Sqlite || self.binds + binds > BINDS_PER_TRIP) {
             self.send(conn).await?;
         }
         let opening = match (super::BACKEND, self.parts) {
             (crate::Backend::Postgres, 0) => "WITH w0 AS (".to_owned(),
             (crate::Backend::Postgres, n) => format!(", w{n} AS ("),
-            (crate::Backend::Sqlite, 0) => String::new(),
-            (crate::Backend::Sqlite, _) => "; ".to_owned(),
+            (crate::Backend::Sqlite, _) => String::new(),
         };
         self.query.push(opening);
         self.parts += 1;
@@ -247,7 +226,6 @@ impl<'args> Writes<'args> {
         if matches!(super::BACKEND, crate::Backend::Postgres) {
             self.query.push(" SELECT 1");
         }
-        // SQLite's trips are one part or small ones together: each has few shapes.
         let cached = super::BACKEND == crate::Backend::Sqlite || self.binds <= CACHED_TRIP_BINDS;
         self.query.build().persistent(cached).execute(&mut *conn).await?;
         self.query.reset();
@@ -371,10 +349,7 @@ async fn charge_teams(
         // No idempotency key: the usage rows' request ids make a spend idempotent (it is
         // written only for rows new to the store), and its charge names it.
         let insert = writes.begin(conn, chunk.len() * 11).await?;
-        insert.push(
-            "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, lot_id, reason, actor_kind, actor_id, \
-             created_at, charge_id) ",
-        );
+        insert.push(format!("INSERT INTO ledger_entries ({SPEND_COLUMNS}) "));
         insert.push_values(chunk, |mut row, spend| {
             row.push_bind(Uuid::now_v7())
                 .push_bind(spend.team_id)

@@ -23,7 +23,7 @@ use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 use tollgate_domain::{EntryKind, Funds, SpendingLimits, Ticks, Timestamp, billing_month};
 use uuid::Uuid;
 
-use super::sql::usage::{TeamCharge, team_charge};
+use super::sql::usage::{SPEND_COLUMNS, TeamCharge, USAGE_COLUMNS, team_charge};
 use crate::{Charge, StoreError};
 
 /// One batch for the thread, and where its answer goes.
@@ -140,14 +140,11 @@ fn commit(
     let mut teams: BTreeMap<Uuid, Vec<&Charge>> = BTreeMap::new();
     {
         let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO usage_events (request_id, team_id, api_key_id, model, endpoint, prompt_tokens, \
-                 cached_prompt_tokens, completion_tokens, reasoning_tokens, total_tokens, cost_ticks, estimated, \
-                 streamed, duration_ms, created_at, charge_id, prompt_price, cached_prompt_price, completion_price, \
-                 images, image_price, web_search_calls, web_search_price, x_search_calls, x_search_price) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-                 ?21, ?22, ?23, ?24, ?25) ON CONFLICT (request_id) DO NOTHING",
-            )
+            .prepare_cached(&format!(
+                "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25) \
+                 ON CONFLICT (request_id) DO NOTHING"
+            ))
             .map_err(other)?;
         for charge in batch {
             let (record, pricing, usage) = (&charge.record, &charge.pricing, &charge.record.usage);
@@ -251,11 +248,7 @@ fn lock_funds(
             funds.lots.push((id, Ticks::new(remaining)));
         }
     }
-    let credit = funds
-        .lots
-        .iter()
-        .fold(funds.prepaid.get().max(0), |sum, (_, t)| sum.saturating_add(t.get()));
-    if spend <= credit {
+    if spend <= funds.credit().get() {
         funds.invoice_headroom = Ticks::ZERO;
         return Ok(funds);
     }
@@ -298,10 +291,9 @@ fn write_charges(
     now: &str,
 ) -> Result<(), StoreError> {
     let mut entry = tx
-        .prepare_cached(
-            "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, lot_id, reason, actor_kind, actor_id, \
-             created_at, charge_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )
+        .prepare_cached(&format!(
+            "INSERT INTO ledger_entries ({SPEND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ))
         .map_err(other)?;
     let mut balance = tx
         .prepare_cached(

@@ -604,7 +604,7 @@ fn spent(team: TeamId, key: ApiKeyId, cost: i64) -> crate::Charge {
 /// then the invoice.
 pub async fn one_batch_charges_many_teams(store: &dyn Store) {
     let mut teams = Vec::new();
-    for name in ["batch-a", "batch-b", "batch-c", "batch-d"] {
+    for name in ["batch-a", "batch-b", "batch-c", "batch-d", "batch-e", "batch-f"] {
         let (user, team) = seed_user(store, &format!("{name}@example.com")).await;
         let key = seed_key(store, &team, &user, &[]).await;
         teams.push((team, key));
@@ -640,6 +640,11 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
         (teams[0].0.id, 100, false),
         (teams[1].0.id, 50, true),
         (teams[3].0.id, 30, false),
+        // Prepaid credit that covers its charge to the tick; and prepaid credit that would
+        // cover it alone, beside a promotional lot that consumption order takes first.
+        (teams[4].0.id, 40, false),
+        (teams[5].0.id, 100, false),
+        (teams[5].0.id, 10, true),
     ] {
         store
             .append_ledger_entry(
@@ -656,6 +661,8 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
         charge(0, 30),
         charge(2, 40),
         charge(3, 40),
+        charge(4, 40),
+        charge(5, 30),
     ];
     store
         .insert_usage_batch(&batch, at(3), Ticks::new(1_000))
@@ -705,6 +712,19 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
         [
             (tollgate_domain::Bucket::Invoice, -10),
             (tollgate_domain::Bucket::Prepaid, -30)
+        ]
+    );
+    assert_eq!(balance(4).await.prepaid, Ticks::ZERO);
+    assert_eq!(buckets(4).await, [(tollgate_domain::Bucket::Prepaid, -40)]);
+    assert_eq!(
+        (balance(5).await.prepaid, balance(5).await.promo),
+        (Ticks::new(80), Ticks::ZERO)
+    );
+    assert_eq!(
+        buckets(5).await,
+        [
+            (tollgate_domain::Bucket::Prepaid, -20),
+            (tollgate_domain::Bucket::Promo, -10)
         ]
     );
     // A spend stores no key; it reads back named by its charge and part, one key per entry.

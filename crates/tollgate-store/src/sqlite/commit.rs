@@ -189,12 +189,50 @@ fn commit(
         let total = requests
             .iter()
             .fold(0i64, |sum, c| sum.saturating_add(c.record.cost.get()));
-        let funds = lock_funds(&tx, *team, at, &now, default_hard_limit, total)?;
         let charge_id = charge_ids.get(team).copied().unwrap_or_else(Uuid::now_v7);
-        charges.push(team_charge(*team, charge_id, requests, &funds));
+        let charge = if take_from_prepaid(&tx, *team, total, &now)? {
+            // Prepaid credit alone covered it: that is where consumption order takes it from.
+            let covered = Funds {
+                lots: Vec::new(),
+                prepaid: Ticks::new(total),
+                invoice_headroom: Ticks::ZERO,
+            };
+            Charged {
+                charge: team_charge(*team, charge_id, requests, &covered),
+                balance_moved: true,
+            }
+        } else {
+            let funds = lock_funds(&tx, *team, at, &now, default_hard_limit, total)?;
+            Charged {
+                charge: team_charge(*team, charge_id, requests, &funds),
+                balance_moved: false,
+            }
+        };
+        charges.push(charge);
     }
     write_charges(&tx, &charges, at, &now)?;
     tx.commit().map_err(other)
+}
+
+/// A team's charge, and whether its balance has been moved already.
+struct Charged {
+    charge: TeamCharge,
+    balance_moved: bool,
+}
+
+/// Takes `spend` from the team's prepaid credit when that alone covers it and the team holds
+/// no promotional credit (which consumption order would take first); says whether it did. Most
+/// charges are such, and this is one statement where reading the funds and writing them back is
+/// two. Otherwise nothing is written, and the funds are read ([`lock_funds`]).
+fn take_from_prepaid(tx: &rusqlite::Transaction<'_>, team: Uuid, spend: i64, now: &str) -> Result<bool, StoreError> {
+    let taken = tx
+        .prepare_cached(
+            "UPDATE team_balances SET prepaid = prepaid - ?2, updated_at = ?3 \
+             WHERE team_id = ?1 AND promo = 0 AND prepaid >= ?2",
+        )
+        .and_then(|mut take| take.execute(params![blob(&team), spend, now]))
+        .map_err(other)?;
+    Ok(taken == 1)
 }
 
 /// One team's funds at `at` (its balance row created if it has none), as the sqlx path's
@@ -283,10 +321,11 @@ fn lock_funds(
     Ok(funds)
 }
 
-/// Each team's spend entries, and its balance, lots and invoice month moved once.
+/// Each team's spend entries, and its balance (unless moved already), lots and invoice month
+/// moved once.
 fn write_charges(
     tx: &rusqlite::Transaction<'_>,
-    charges: &[TeamCharge],
+    charges: &[Charged],
     at: Timestamp,
     now: &str,
 ) -> Result<(), StoreError> {
@@ -311,7 +350,7 @@ fn write_charges(
         )
         .map_err(other)?;
     let month = billing_month(at);
-    for charge in charges {
+    for Charged { charge, balance_moved } in charges {
         let team = blob(&charge.team_id);
         let reason = format!("{} requests", charge.requests);
         let actor_id = charge.actor.id();
@@ -332,7 +371,7 @@ fn write_charges(
                 ])
                 .map_err(other)?;
         }
-        if charge.prepaid_moved != 0 || charge.promo_moved != 0 {
+        if !balance_moved && (charge.prepaid_moved != 0 || charge.promo_moved != 0) {
             balance
                 .execute(params![team, charge.prepaid_moved, charge.promo_moved, now])
                 .map_err(other)?;

@@ -45,16 +45,19 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         client.request_id = client_request_id.as_deref(),
         http.method = crate::metrics::method_label(&method),
         http.route = %route,
-        http.status = tracing::field::Empty,
         team.id = tracing::field::Empty,
-        duration_ms = tracing::field::Empty,
     );
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    span.record("http.status", status);
-    span.record("duration_ms", elapsed.as_millis() as u64);
-    span.in_scope(|| tracing::info!("request finished"));
+    // The outcome goes in the line itself, not recorded into the span first: each record
+    // formats the span's fields again.
+    tracing::info!(
+        parent: &span,
+        http.status = status,
+        duration_ms = elapsed.as_millis() as u64,
+        "request finished"
+    );
     state.metrics.observe_request(&route, &method, status, elapsed);
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);

@@ -8,12 +8,16 @@
 //! nothing that matters waits. What a crash (SIGKILL) can lose is the last [`LINGER`] of
 //! information lines.
 
+use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
 
 use crate::config::LogFormat;
 
@@ -54,6 +58,7 @@ fn init_with(format: LogFormat, filter: EnvFilter, terminal: bool, writer: Stder
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .with_timer(LineTime)
         // Colour only for a person at a terminal, never in files or log collectors.
         .with_ansi(terminal);
     // A second init (tests) keeps the first subscriber; that is fine.
@@ -61,6 +66,33 @@ fn init_with(format: LogFormat, filter: EnvFilter, terminal: bool, writer: Stder
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
+}
+
+/// A line's time as the default timer writes it (RFC 3339, UTC, to the microsecond), with the
+/// part down to the second formatted once a second on each thread instead of for every line
+/// (a tenth of what formatting a request's log line cost).
+struct LineTime;
+
+impl FormatTime for LineTime {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a log line's time is the wall clock's, as the default timer's is"
+    )]
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        thread_local! {
+            static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+        }
+        let now = chrono::Utc::now();
+        let (secs, micros) = (now.timestamp(), now.timestamp_subsec_micros().min(999_999));
+        SECOND.with_borrow_mut(|(second, text)| {
+            if *second != secs {
+                text.clear();
+                write!(text, "{}", now.format("%Y-%m-%dT%H:%M:%S"))?;
+                *second = secs;
+            }
+            write!(w, "{text}.{micros:06}Z")
+        })
+    }
 }
 
 /// Writes every gathered line: before the process exits.
@@ -205,5 +237,32 @@ mod tests {
         spool.push(&vec![b'x'; FLUSH_AT], false).unwrap();
         assert_eq!(written().len(), 15 + 6 + FLUSH_AT, "a full spool is written");
         assert!(spool.lines().is_empty());
+    }
+
+    #[test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the wall clock, as the log line's time reads it"
+    )]
+    fn a_line_time_is_rfc_3339_to_the_microsecond_and_current() {
+        let time = || {
+            let mut text = String::new();
+            LineTime.format_time(&mut Writer::new(&mut text)).unwrap();
+            text
+        };
+        for _ in 0..2 {
+            // The second call takes the second's text from the thread's cache.
+            let before = chrono::Utc::now();
+            let text = time();
+            let after = chrono::Utc::now();
+            assert_eq!(text.len(), "2026-12-02T13:04:50.678599Z".len(), "{text}");
+            assert!(text.ends_with('Z'), "{text}");
+            let at = chrono::DateTime::parse_from_rfc3339(&text).unwrap();
+            let truncated = |t: chrono::DateTime<chrono::Utc>| t.timestamp_micros();
+            assert!(
+                (truncated(before)..=truncated(after)).contains(&at.timestamp_micros()),
+                "{text} outside {before} ..= {after}"
+            );
+        }
     }
 }

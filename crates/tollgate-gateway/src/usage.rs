@@ -133,6 +133,59 @@ impl ToolDetails {
 }
 
 impl UsageView {
+    /// The text `serde_json::to_string(self)` writes, keys and all, from keys escaped already
+    /// (serde_json escapes each key as it writes it: most of what this object cost to write).
+    fn write_json(&self, out: &mut String) {
+        fn field(out: &mut String, key: &str, value: impl itoa::Integer) {
+            out.push_str(key);
+            out.push_str(itoa::Buffer::new().format(value));
+        }
+        let (prompt, completion) = (&self.prompt_tokens_details, &self.completion_tokens_details);
+        field(out, r#"{"prompt_tokens":"#, self.prompt_tokens);
+        field(out, r#","completion_tokens":"#, self.completion_tokens);
+        field(out, r#","total_tokens":"#, self.total_tokens);
+        field(out, r#","prompt_tokens_details":{"text_tokens":"#, prompt.text_tokens);
+        field(out, r#","audio_tokens":"#, prompt.audio_tokens);
+        field(out, r#","image_tokens":"#, prompt.image_tokens);
+        field(out, r#","cached_tokens":"#, prompt.cached_tokens);
+        field(
+            out,
+            r#"},"completion_tokens_details":{"reasoning_tokens":"#,
+            completion.reasoning_tokens,
+        );
+        field(out, r#","audio_tokens":"#, completion.audio_tokens);
+        field(
+            out,
+            r#","accepted_prediction_tokens":"#,
+            completion.accepted_prediction_tokens,
+        );
+        field(
+            out,
+            r#","rejected_prediction_tokens":"#,
+            completion.rejected_prediction_tokens,
+        );
+        field(out, r#"},"num_sources_used":"#, self.num_sources_used);
+        field(out, r#","cost_in_usd_ticks":"#, self.cost_in_usd_ticks);
+        if let Some(used) = self.num_server_side_tools_used {
+            field(out, r#","num_server_side_tools_used":"#, used);
+        }
+        if let Some(tools) = &self.server_side_tool_usage_details {
+            field(
+                out,
+                r#","server_side_tool_usage_details":{"web_search_calls":"#,
+                tools.web_search_calls,
+            );
+            field(out, r#","x_search_calls":"#, tools.x_search_calls);
+            field(out, r#","code_interpreter_calls":"#, tools.code_interpreter_calls);
+            field(out, r#","file_search_calls":"#, tools.file_search_calls);
+            field(out, r#","mcp_calls":"#, tools.mcp_calls);
+            field(out, r#","document_search_calls":"#, tools.document_search_calls);
+            field(out, r#","image_generation_calls":"#, tools.image_generation_calls);
+            out.push('}');
+        }
+        out.push('}');
+    }
+
     fn of(usage: &TokenUsage, cost: Ticks) -> Self {
         let tools = usage.server_side_tool_calls();
         Self {
@@ -169,7 +222,9 @@ pub fn usage_json(usage: &TokenUsage, cost: Ticks) -> Value {
 /// into an answer or a stream's chunk.
 #[must_use]
 pub fn usage_json_text(usage: &TokenUsage, cost: Ticks) -> String {
-    serde_json::to_string(&UsageView::of(usage, cost)).unwrap_or_else(|_| "null".to_owned())
+    let mut out = String::with_capacity(512);
+    UsageView::of(usage, cost).write_json(&mut out);
+    out
 }
 
 /// xAI's `server_side_tool_usage_details`: the calls of each server-side tool charged.
@@ -551,6 +606,32 @@ mod tests {
         let plain = usage_json(&TokenUsage::default(), Ticks::ZERO);
         assert!(plain.get("num_server_side_tools_used").is_none());
         assert!(plain.get("server_side_tool_usage_details").is_none());
+    }
+
+    #[test]
+    fn the_usage_text_is_what_serde_json_writes_byte_for_byte() {
+        let counts = [0, 1, 9, 10, 12_345, u64::MAX];
+        for (i, &count) in counts.iter().enumerate() {
+            let other = counts[(i + 1) % counts.len()];
+            for tools in [0, 1, u64::MAX] {
+                let usage = TokenUsage {
+                    prompt_tokens: count,
+                    cached_prompt_tokens: other,
+                    completion_tokens: other,
+                    reasoning_tokens: count,
+                    images: count,
+                    web_search_calls: tools,
+                    x_search_calls: tools / 2,
+                };
+                for cost in [0, 1, -1, i64::MAX, i64::MIN] {
+                    let view = UsageView::of(&usage, Ticks::new(cost));
+                    assert_eq!(
+                        usage_json_text(&usage, Ticks::new(cost)),
+                        serde_json::to_string(&view).unwrap()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

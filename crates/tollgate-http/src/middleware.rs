@@ -51,13 +51,15 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     // The outcome goes in the line itself, not recorded into the span first: each record
-    // formats the span's fields again.
-    tracing::info!(
-        parent: &span,
-        http.status = status,
-        duration_ms = elapsed.as_millis() as u64,
-        "request finished"
-    );
+    // formats the span's fields again. Logged inside the span, so a JSON line lists it under
+    // `spans` too, as every other line of the request does.
+    span.in_scope(|| {
+        tracing::info!(
+            http.status = status,
+            duration_ms = elapsed.as_millis() as u64,
+            "request finished"
+        );
+    });
     state.metrics.observe_request(&route, &method, status, elapsed);
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);

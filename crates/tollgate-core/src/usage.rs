@@ -4,6 +4,8 @@
 //! is durable before sending its last byte. One background task drains whatever has queued
 //! while the previous transaction committed and writes it all in one transaction, so under
 //! load many requests share one commit (one fsync) and no request updates a hot counter row.
+//! The spend entries a batch writes go to the store's spend journal; after answering a batch,
+//! the task folds the journal into the ledger once enough has gathered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,11 @@ use tollgate_store::{Charge, Store, StoreError};
 const MAX_BATCH: usize = 512;
 /// Attempts for a batch whose database was unavailable.
 const ATTEMPTS: u32 = 3;
+/// Spend entries journaled before the journal is folded into the ledger. More amortises each
+/// team's part of the ledger over more entries (at a thousand teams, 8,192 entries write
+/// each team's leaf once for about eight of its spends); fewer keeps the journal, which reads
+/// by team scan whole, small.
+const FOLD_SPENDS_AT: u64 = 8_192;
 
 /// Why usage could not be recorded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,8 +57,20 @@ impl UsageRecorder {
     /// dropped; await the returned handle at shutdown. Spends beyond a team's credit go to its
     /// invoice up to its spending limit, whose default maximum is `default_hard_limit`.
     pub fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>, default_hard_limit: Ticks) -> (Self, JoinHandle<()>) {
+        Self::start_folding_at(store, clock, default_hard_limit, FOLD_SPENDS_AT)
+    }
+
+    /// [`UsageRecorder::start`], folding the spend journal into the ledger once `fold_spends_at`
+    /// spend entries have gathered instead of the default.
+    pub fn start_folding_at(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        default_hard_limit: Ticks,
+        fold_spends_at: u64,
+    ) -> (Self, JoinHandle<()>) {
         let (jobs, receiver) = mpsc::channel(8192);
         let writer = Writer {
+            fold_spends_at,
             store,
             clock,
             default_hard_limit,
@@ -73,12 +92,15 @@ impl UsageRecorder {
 }
 
 struct Writer {
+    fold_spends_at: u64,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     default_hard_limit: Ticks,
 }
 
 async fn run(writer: Writer, mut receiver: mpsc::Receiver<Job>) {
+    // What an earlier process journaled and did not fold.
+    fold_spends(&writer, 0).await;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Let the tasks already due to run go first: on a busy node many are requests about to
@@ -96,6 +118,8 @@ async fn run(writer: Writer, mut receiver: mpsc::Receiver<Job>) {
                     // The requester may have gone away; then nobody is waiting for the answer.
                     let _ = job.done.send(Ok(()));
                 }
+                // After the answers, so no request waits for it; the next batch may.
+                fold_spends(&writer, writer.fold_spends_at).await;
             }
             // One bad record must not fail the requests it happened to share a commit with:
             // write them one by one, so only the bad one fails. (Not when the database is
@@ -116,6 +140,17 @@ async fn run(writer: Writer, mut receiver: mpsc::Receiver<Job>) {
                 }
             }
         }
+    }
+}
+
+/// Folds the store's spend journal into its ledger once at least `at_least` spend entries
+/// wait ([`tollgate_store::UsageStore::fold_spends`]). A failure is logged, not returned: the
+/// entries stay in the journal, where every read sees them, and the next fold moves them.
+async fn fold_spends(writer: &Writer, at_least: u64) {
+    match writer.store.fold_spends(at_least).await {
+        Ok(0) => {}
+        Ok(moved) => tracing::debug!(entries = moved, "spend journal folded into the ledger"),
+        Err(error) => tracing::warn!(error = %error, "the spend journal could not be folded; will retry"),
     }
 }
 

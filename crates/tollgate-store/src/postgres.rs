@@ -20,6 +20,8 @@ pub(crate) struct SqlStore {
     write: Pool<Db>,
     read: Pool<Db>,
     audit_key: tollgate_domain::AuditChainKey,
+    /// Spend entries this node has journaled since its last fold (see `fold_spends`).
+    journaled: std::sync::atomic::AtomicU64,
 }
 
 impl SqlStore {
@@ -35,6 +37,7 @@ impl SqlStore {
             write: pool.clone(),
             read: pool,
             audit_key,
+            journaled: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -44,7 +47,7 @@ impl SqlStore {
         _batch: &[crate::Charge],
         _at: tollgate_domain::Timestamp,
         _default_hard_limit: tollgate_domain::Ticks,
-    ) -> Option<Result<(), crate::StoreError>> {
+    ) -> Option<Result<u64, crate::StoreError>> {
         None
     }
 }

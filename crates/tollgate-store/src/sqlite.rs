@@ -27,6 +27,8 @@ pub(crate) struct SqlStore {
     /// The group commit's own thread and connection (none for an in-memory database, which a
     /// second connection would not see).
     committer: Option<commit::Committer>,
+    /// Spend entries this process has journaled since its last fold (see `fold_spends`).
+    journaled: std::sync::atomic::AtomicU64,
 }
 
 impl SqlStore {
@@ -78,6 +80,7 @@ impl SqlStore {
             read,
             audit_key,
             committer,
+            journaled: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -88,7 +91,7 @@ impl SqlStore {
         batch: &[crate::Charge],
         at: tollgate_domain::Timestamp,
         default_hard_limit: tollgate_domain::Ticks,
-    ) -> Option<Result<(), crate::StoreError>> {
+    ) -> Option<Result<u64, crate::StoreError>> {
         let committer = self.committer.as_ref()?;
         Some(
             async {

@@ -801,6 +801,100 @@ pub async fn a_charge_across_many_lots_is_written_whole(store: &dyn Store) {
     assert_eq!(store.verify_ledger().await.unwrap(), None);
 }
 
+/// Spend entries go to the spend journal and are folded into the ledger in bulk; every read
+/// answers the same before and after a fold (the newest entries merged across both, the monthly
+/// sums, the month's usage, verification), a fold happens only once enough has gathered, and it
+/// moves each entry once.
+pub async fn spends_read_the_same_before_and_after_a_fold(store: &dyn Store) {
+    let (user, team) = seed_user(store, "journal@example.com").await;
+    let key = seed_key(store, &team, &user, &[]).await;
+    // Folding an empty journal moves nothing; a fresh store has journaled nothing.
+    assert_eq!(store.fold_spends(0).await.unwrap(), 0);
+    let credit = tollgate_domain::LedgerEntry {
+        id: Uuid::now_v7(),
+        team_id: team.id,
+        kind: tollgate_domain::EntryKind::Adjustment,
+        bucket: tollgate_domain::Bucket::Prepaid,
+        amount: Ticks::new(1_000),
+        idempotency_key: "test:journal".into(),
+        lot_id: None,
+        expires_at: None,
+        reason: Some("test".into()),
+        created_at: at(1),
+    };
+    store
+        .append_ledger_entry(&credit, &audit(Some(team.id), AuditAction::GrantCredits, at(1)))
+        .await
+        .unwrap();
+    let charge = |cost: i64, tokens: u64| {
+        let mut charge = spent(team.id, key.id, cost);
+        charge.record.usage.prompt_tokens = tokens;
+        charge.pricing.prompt = Ticks::new(cost / i64::try_from(tokens).unwrap());
+        charge
+    };
+    for (seconds, cost) in [(3, 30), (4, 40)] {
+        store
+            .insert_usage_batch(&[charge(cost, 10)], at(seconds), Ticks::ZERO)
+            .await
+            .unwrap();
+    }
+    let (month_from, month_to) = (at(-86_400 * 40), at(86_400 * 40));
+    let reads = || async {
+        (
+            store.ledger_entries(team.id, 10).await.unwrap(),
+            store.credit_changes(team.id, 10).await.unwrap(),
+            store.month_usage(team.id, month_from, month_to).await.unwrap(),
+            store.balance(team.id).await.unwrap(),
+        )
+    };
+    let journaled = reads().await;
+    let amounts: Vec<i64> = journaled.0.iter().map(|e| e.amount.get()).collect();
+    assert_eq!(amounts, [-40, -30, 1_000], "newest first");
+    assert_eq!(journaled.1.1.iter().map(|m| m.amount.get()).sum::<i64>(), -70);
+    assert_eq!(journaled.2.credit_used, Ticks::new(70));
+    assert_eq!(journaled.2.lines.iter().map(|l| l.tokens).sum::<u64>(), 20);
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
+
+    // Not due: fewer entries than asked for.
+    assert_eq!(store.fold_spends(3).await.unwrap(), 0);
+    assert_eq!(store.fold_spends(2).await.unwrap(), 2);
+    assert_eq!(reads().await, journaled);
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
+    // Each entry moved once: the count starts again, and nothing is left to move.
+    assert_eq!(store.fold_spends(1).await.unwrap(), 0);
+    assert_eq!(store.fold_spends(0).await.unwrap(), 0);
+
+    // A newer spend, journaled beside folded ones: the newest come first across both, and a
+    // limit cuts the merged list.
+    store
+        .insert_usage_batch(&[charge(50, 10)], at(5), Ticks::ZERO)
+        .await
+        .unwrap();
+    let newest: Vec<i64> = store
+        .ledger_entries(team.id, 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.amount.get())
+        .collect();
+    assert_eq!(newest, [-50, -40]);
+    let oldest_first = store.ledger_entries(team.id, 10).await.unwrap();
+    assert_eq!(oldest_first.len(), 4);
+    assert_eq!(
+        store
+            .month_usage(team.id, month_from, month_to)
+            .await
+            .unwrap()
+            .credit_used,
+        Ticks::new(120)
+    );
+    assert_eq!(store.balance(team.id).await.unwrap().prepaid, Ticks::new(880));
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
+    assert_eq!(store.fold_spends(1).await.unwrap(), 1);
+    assert_eq!(store.ledger_entries(team.id, 10).await.unwrap(), oldest_first);
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
+}
+
 /// Leases never lend more than a team may spend, nor more than half of what is free beyond what
 /// is needed now (so another node always finds some); spends shrink them once their node reports them, expiry and return free
 /// them, and a lease that expired cannot be renewed.
@@ -1975,6 +2069,7 @@ macro_rules! for_each_conformance_case {
             credit_leases_lend_only_what_is_spendable,
             one_batch_charges_many_teams,
             a_charge_across_many_lots_is_written_whole,
+            spends_read_the_same_before_and_after_a_fold,
             top_ups_are_one_pending_and_change_once,
             invoices_are_numbered_without_gaps_and_block_until_paid,
             audit_events_round_trip,

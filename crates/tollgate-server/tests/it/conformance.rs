@@ -111,6 +111,7 @@ mod in_memory_sqlite {
         usage_is_idempotent_per_request,
         one_batch_charges_many_teams,
         a_charge_across_many_lots_is_written_whole,
+        spends_read_the_same_before_and_after_a_fold,
         credit_leases_lend_only_what_is_spendable,
     );
 }

@@ -8,7 +8,7 @@ use tollgate_store::testsuite::TestDb;
 
 use crate::util::{MODEL, TestApp, on_both_backends};
 
-on_both_backends!(a_bad_record_fails_alone);
+on_both_backends!(a_bad_record_fails_alone, the_recorder_folds_spends_once_enough_gather);
 
 async fn a_bad_record_fails_alone(db: TestDb) {
     let app = TestApp::new(db).await;
@@ -51,5 +51,62 @@ async fn a_bad_record_fails_alone(db: TestDb) {
     assert_eq!(stored, vec![good]);
     drop(recorder);
     task.await.unwrap();
+    app.finish().await;
+}
+
+/// The recorder folds the spend journal into the ledger at start (what an earlier process left)
+/// and after a batch once enough spend entries have gathered, not before.
+async fn the_recorder_folds_spends_once_enough_gather(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let created = app.create_api_key(serde_json::json!({"name": "k"})).await;
+    let key_id: ApiKeyId = created["apiKeyId"].as_str().unwrap().parse().unwrap();
+    let charge = || tollgate_store::Charge {
+        record: UsageRecord {
+            request_id: RequestId::new(),
+            team_id: app.team.id,
+            api_key_id: key_id,
+            model: MODEL.into(),
+            endpoint: tollgate_domain::Endpoint::Chat,
+            usage: TokenUsage {
+                prompt_tokens: 3,
+                ..TokenUsage::default()
+            },
+            cost: Ticks::new(10),
+            estimated: false,
+            streamed: false,
+            started_at: crate::util::start_time(),
+            duration_ms: 1,
+        },
+        pricing: tollgate_domain::ModelPricing::default(),
+    };
+    let store = Arc::clone(&app.server.as_ref().unwrap().store);
+    // Left in the journal by "an earlier process".
+    store
+        .insert_usage_batch(
+            &[charge()],
+            tollgate_domain::Clock::now(app.clock.as_ref()),
+            Ticks::ZERO,
+        )
+        .await
+        .unwrap();
+    let (recorder, task) = UsageRecorder::start_folding_at(Arc::clone(&store), app.clock.clone(), Ticks::ZERO, 2);
+    // One at a time, so each is a batch of its own: the start folded the earlier spend; the
+    // first and second make two, folded after the second's answer; the third waits for more.
+    for _ in 0..3 {
+        recorder.record(charge()).await.unwrap();
+    }
+    drop(recorder);
+    task.await.unwrap();
+    assert_eq!(store.fold_spends(0).await.unwrap(), 1, "only the last spend was left");
+    let spends = app
+        .store()
+        .ledger_entries(app.team.id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.kind == tollgate_domain::EntryKind::Spend)
+        .count();
+    assert_eq!(spends, 4);
+    assert_eq!(app.store().verify_ledger().await.unwrap(), None);
     app.finish().await;
 }

@@ -16,6 +16,12 @@ use crate::{ExpiredLot, LedgerStore, StoreError};
 const ENTRY_COLUMNS: &str =
     "id, team_id, kind, bucket, amount, idempotency_key, lot_id, expires_at, reason, created_at, charge_id";
 
+/// [`ENTRY_COLUMNS`] of a spend journal row (spends have no key and no expiry). Reads that
+/// sum or filter spends read the `ledger` view, the ledger and the journal as one; a read that
+/// wants a team's newest entries reads each in its own order and merges them.
+const JOURNAL_ENTRY_COLUMNS: &str = "id, team_id, kind, bucket, amount, CAST(NULL AS TEXT) AS idempotency_key, lot_id, \
+     CAST(NULL AS TIMESTAMPTZ) AS expires_at, reason, created_at, charge_id";
+
 fn entry_from_row(row: &DbRow) -> Result<LedgerEntry, StoreError> {
     Ok(LedgerEntry {
         id: row.try_get("id")?,
@@ -423,8 +429,14 @@ impl LedgerStore for SqlStore {
     }
 
     async fn ledger_entries(&self, team_id: TeamId, limit: u32) -> Result<Vec<LedgerEntry>, StoreError> {
+        // The newest of each part, merged: the ledger's part read in its key's order, where
+        // through the `ledger` view both backends would sort the team's whole history first.
         let rows = sqlx::query(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE team_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+            "SELECT * FROM (SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE team_id = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT $2) AS folded \
+             UNION ALL SELECT * FROM (SELECT {JOURNAL_ENTRY_COLUMNS} FROM spend_journal WHERE team_id = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT $2) AS journaled \
+             ORDER BY created_at DESC, id DESC LIMIT $2"
         ))
         .bind(team_id.as_uuid())
         .bind(i64::from(limit))
@@ -451,7 +463,7 @@ impl LedgerStore for SqlStore {
         .collect::<Result<Vec<_>, _>>()?;
         let months = sqlx::query(&format!(
             "SELECT {MONTH_OF_CREATED_AT} AS month, CAST(SUM(amount) AS BIGINT) AS total, MAX(created_at) AS last_at \
-             FROM ledger_entries WHERE team_id = $1 AND kind = 'spend' AND bucket IN ('prepaid', 'promo') \
+             FROM ledger WHERE team_id = $1 AND kind = 'spend' AND bucket IN ('prepaid', 'promo') \
              GROUP BY {MONTH_OF_CREATED_AT} ORDER BY month DESC"
         ))
         .bind(team_id.as_uuid())
@@ -485,7 +497,7 @@ impl LedgerStore for SqlStore {
              CAST(SUM(web_search_calls) AS BIGINT) AS web_searches, \
              CAST(SUM(x_search_calls) AS BIGINT) AS x_searches \
              FROM usage_events WHERE team_id = $1 AND charge_id IN \
-             (SELECT charge_id FROM ledger_entries WHERE team_id = $1 AND kind = 'spend' \
+             (SELECT charge_id FROM ledger WHERE team_id = $1 AND kind = 'spend' \
               AND created_at >= $2 AND created_at < $3) \
              GROUP BY model, prompt_price, cached_prompt_price, completion_price, image_price, web_search_price, \
              x_search_price \
@@ -526,7 +538,7 @@ impl LedgerStore for SqlStore {
             }
         }
         for row in sqlx::query(
-            "SELECT bucket, CAST(SUM(amount) AS BIGINT) AS total FROM ledger_entries \
+            "SELECT bucket, CAST(SUM(amount) AS BIGINT) AS total FROM ledger \
              WHERE team_id = $1 AND kind = 'spend' AND created_at >= $2 AND created_at < $3 GROUP BY bucket",
         )
         .bind(team_id.as_uuid())
@@ -633,7 +645,7 @@ impl LedgerStore for SqlStore {
         }
         let mut teams: BTreeMap<Uuid, Sums> = BTreeMap::new();
         for row in sqlx::query(
-            "SELECT team_id, bucket, CAST(SUM(amount) AS BIGINT) AS total FROM ledger_entries \
+            "SELECT team_id, bucket, CAST(SUM(amount) AS BIGINT) AS total FROM ledger \
              WHERE kind <> 'invoice_payment' GROUP BY team_id, bucket",
         )
         .fetch_all(&mut *tx)
@@ -661,7 +673,7 @@ impl LedgerStore for SqlStore {
             "SELECT u.charge_id AS charge_id, u.cost AS cost, CAST(COALESCE(e.spent, 0) AS BIGINT) AS spent FROM \
              (SELECT charge_id, CAST(SUM(cost_ticks) AS BIGINT) AS cost FROM usage_events \
               WHERE charge_id IS NOT NULL GROUP BY charge_id) u \
-             LEFT JOIN (SELECT charge_id, CAST(SUM(amount) AS BIGINT) AS spent FROM ledger_entries \
+             LEFT JOIN (SELECT charge_id, CAST(SUM(amount) AS BIGINT) AS spent FROM ledger \
               WHERE kind = 'spend' GROUP BY charge_id) e ON e.charge_id = u.charge_id \
              WHERE u.cost + COALESCE(e.spent, 0) <> 0 LIMIT 1",
         )
@@ -671,14 +683,14 @@ impl LedgerStore for SqlStore {
             // A set difference, sorted or hashed once: usage_events has no index on charge_id
             // (it would cost every request a write), and a correlated NOT EXISTS scanned it once
             // per spend entry.
-            "SELECT charge_id FROM ledger_entries WHERE kind = 'spend' \
+            "SELECT charge_id FROM ledger WHERE kind = 'spend' \
              EXCEPT SELECT charge_id FROM usage_events WHERE charge_id IS NOT NULL LIMIT 1",
         )
         .fetch_optional(&mut *tx)
         .await?;
         let unbilled = sqlx::query(
             "SELECT request_id FROM usage_events WHERE charge_id IS NULL AND cost_ticks <> 0 \
-             AND created_at >= (SELECT MIN(created_at) FROM ledger_entries WHERE kind = 'spend') LIMIT 1",
+             AND created_at >= (SELECT MIN(created_at) FROM ledger WHERE kind = 'spend') LIMIT 1",
         )
         .fetch_optional(&mut *tx)
         .await?;

@@ -1,6 +1,7 @@
 //! Usage records and their spend (the group commit writes them).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use tollgate_domain::analytics::UsageCell;
@@ -295,14 +296,15 @@ struct SpendRow {
 /// Charges every team's new records of a batch, in `conn`'s transaction, in a fixed number of
 /// statements however many teams: their funds locked and read at once, each team's spend
 /// entries inserted, and balances, lots and invoice months moved once each (not leases: a node
-/// reports its lease's spends when it renews or grows it).
+/// reports its lease's spends when it renews or grows it). Spend entries go to the spend
+/// journal ([`UsageStore::fold_spends`]); returns how many.
 async fn charge_teams(
     conn: &mut <super::Db as sqlx::Database>::Connection,
     teams: &BTreeMap<Uuid, Vec<&Charge>>,
     charge_ids: &HashMap<Uuid, Uuid>,
     at: Timestamp,
     default_hard_limit: Ticks,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let ids: Vec<Uuid> = teams.keys().copied().collect();
     let spends: BTreeMap<Uuid, i64> = teams
         .iter()
@@ -349,7 +351,7 @@ async fn charge_teams(
         // No idempotency key: the usage rows' request ids make a spend idempotent (it is
         // written only for rows new to the store), and its charge names it.
         let insert = writes.begin(conn, chunk.len() * 11).await?;
-        insert.push(format!("INSERT INTO ledger_entries ({SPEND_COLUMNS}) "));
+        insert.push(format!("INSERT INTO spend_journal ({SPEND_COLUMNS}) "));
         insert.push_values(chunk, |mut row, spend| {
             row.push_bind(Uuid::now_v7())
                 .push_bind(spend.team_id)
@@ -428,7 +430,7 @@ async fn charge_teams(
         writes.end();
     }
     writes.send(conn).await?;
-    Ok(())
+    Ok(u64::try_from(spend_rows.len()).unwrap_or(u64::MAX))
 }
 
 #[async_trait]
@@ -443,7 +445,8 @@ impl UsageStore for SqlStore {
             return Ok(());
         }
         if let Some(committed) = self.commit_on_own_thread(batch, at, default_hard_limit).await {
-            return committed;
+            self.journaled.fetch_add(committed?, Ordering::Relaxed);
+            return Ok(());
         }
         let mut tx = self.write.begin().await?;
         // One charge per team with a cost in the batch.
@@ -460,9 +463,58 @@ impl UsageStore for SqlStore {
                 teams.entry(charge.record.team_id.as_uuid()).or_default().push(charge);
             }
         }
-        charge_teams(&mut tx, &teams, &charges, at, default_hard_limit).await?;
+        let journaled = charge_teams(&mut tx, &teams, &charges, at, default_hard_limit).await?;
         tx.commit().await?;
+        self.journaled.fetch_add(journaled, Ordering::Relaxed);
         Ok(())
+    }
+
+    async fn fold_spends(&self, at_least: u64) -> Result<u64, StoreError> {
+        let due = self.journaled.load(Ordering::Relaxed);
+        if due < at_least {
+            return Ok(0);
+        }
+        // The write connection, held: on SQLite no group commit of this process runs meanwhile
+        // (its thread writes only while the caller holds this connection), and another process
+        // waits for the write lock the first statement takes. Rows journaled meanwhile by
+        // another node are moved by this fold or the next.
+        let mut tx = self.write.begin().await?;
+        let moved = if matches!(super::BACKEND, crate::Backend::Postgres) {
+            // One statement: the rows this deletes are the rows it inserts, and a node folding
+            // at the same time waits for these rows' locks, then finds them gone.
+            sqlx::query(&format!(
+                "WITH moved AS (DELETE FROM spend_journal RETURNING {SPEND_COLUMNS}) \
+                 INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM moved \
+                 ORDER BY team_id, created_at, id"
+            ))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        } else {
+            let moved = sqlx::query(&format!(
+                "INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM spend_journal \
+                 ORDER BY team_id, created_at, id"
+            ))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let deleted = sqlx::query("DELETE FROM spend_journal")
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if deleted != moved {
+                // Nothing writes the journal while this transaction holds the write lock.
+                return Err(super::corrupt("spend_journal", "rows changed during a fold"));
+            }
+            moved
+        };
+        tx.commit().await?;
+        // What was journaled meanwhile counts towards the next fold (a failed fold leaves the
+        // count, so the next batch tries again).
+        let _ = self
+            .journaled
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(due)));
+        Ok(moved)
     }
 
     async fn usage_cells(

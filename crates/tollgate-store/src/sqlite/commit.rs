@@ -31,7 +31,7 @@ struct Job {
     batch: Vec<Charge>,
     at: Timestamp,
     default_hard_limit: Ticks,
-    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    done: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
 }
 
 /// The group-commit thread. It ends, closing its connection, when this is dropped.
@@ -70,13 +70,14 @@ impl Committer {
     }
 
     /// Writes `batch` as [`crate::UsageStore::insert_usage_batch`] says, in one transaction,
-    /// and returns once it is durable. The caller holds the store's write connection.
+    /// and returns once it is durable, with the number of spend entries it journaled. The
+    /// caller holds the store's write connection.
     pub(crate) async fn commit(
         &self,
         batch: &[Charge],
         at: Timestamp,
         default_hard_limit: Ticks,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let (done, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             batch: batch.to_vec(),
@@ -119,13 +120,14 @@ fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
 }
 
 /// The transaction: usage rows (a request recorded before is skipped, with its charge), then
-/// each team's charge from its funds, as the sqlx path writes them.
+/// each team's charge from its funds, as the sqlx path writes them. Returns the number of
+/// spend entries journaled.
 fn commit(
     conn: &mut rusqlite::Connection,
     batch: &[Charge],
     at: Timestamp,
     default_hard_limit: Ticks,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(other)?;
@@ -210,8 +212,9 @@ fn commit(
         };
         charges.push(charge);
     }
-    write_charges(&tx, &charges, at, &now)?;
-    tx.commit().map_err(other)
+    let journaled = write_charges(&tx, &charges, at, &now)?;
+    tx.commit().map_err(other)?;
+    Ok(journaled)
 }
 
 /// A team's charge, and whether its balance has been moved already.
@@ -321,17 +324,18 @@ fn lock_funds(
     Ok(funds)
 }
 
-/// Each team's spend entries, and its balance (unless moved already), lots and invoice month
-/// moved once.
+/// Each team's spend entries (into the spend journal, whose fold moves them into the ledger),
+/// and its balance (unless moved already), lots and invoice month moved once. Returns the
+/// number of spend entries.
 fn write_charges(
     tx: &rusqlite::Transaction<'_>,
     charges: &[Charged],
     at: Timestamp,
     now: &str,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let mut entry = tx
         .prepare_cached(&format!(
-            "INSERT INTO ledger_entries ({SPEND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            "INSERT INTO spend_journal ({SPEND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
         ))
         .map_err(other)?;
     let mut balance = tx
@@ -350,6 +354,7 @@ fn write_charges(
         )
         .map_err(other)?;
     let month = billing_month(at);
+    let mut journaled = 0;
     for Charged { charge, balance_moved } in charges {
         let team = blob(&charge.team_id);
         let reason = format!("{} requests", charge.requests);
@@ -370,6 +375,7 @@ fn write_charges(
                     blob(&charge.charge_id),
                 ])
                 .map_err(other)?;
+            journaled += 1;
         }
         if !balance_moved && (charge.prepaid_moved != 0 || charge.promo_moved != 0) {
             balance
@@ -385,5 +391,5 @@ fn write_charges(
                 .map_err(other)?;
         }
     }
-    Ok(())
+    Ok(journaled)
 }

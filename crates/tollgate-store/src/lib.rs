@@ -506,8 +506,8 @@ pub trait UsageStore: Send + Sync {
     /// Moves the spend journal into the ledger when this store has journaled at least
     /// `at_least` spend entries since its last fold (0: whatever the count); returns how many
     /// entries moved. A group commit appends its spend entries to the journal, in the order
-    /// they happen; a fold moves them all into the ledger, ordered by team, in one transaction,
-    /// so each team's part of the ledger is written once per fold rather than once per commit.
+    /// they happen; a fold moves them all into the ledger in one transaction, so each team's
+    /// part of the ledger is written once per fold rather than once per commit.
     /// Every read sees an entry in exactly one of the two, so when folds run changes no answer.
     /// Safe to run on several nodes at once (each entry moves once).
     async fn fold_spends(&self, at_least: u64) -> Result<u64, StoreError>;

@@ -4,12 +4,14 @@
 -- cost billing a quarter of its throughput. The journal is a heap with no index, appended to
 -- in the order its rows arrive. A fold moves every journal row into the ledger in one
 -- statement (`DELETE … RETURNING` into an `INSERT`, so two nodes folding at once move each row
--- once), sorted by team, so each team's leaf is written once for all its spends since the last
--- fold. Reads see both through the `ledger` view: an entry is in exactly one of the two in
--- every snapshot.
+-- once), so each team's leaf is written once for all its spends since the last fold. Reads see
+-- both through the `ledger` view: an entry is in exactly one of the two in every snapshot. No
+-- foreign key: a spend's team is its usage rows' team, which `usage_events` checks in the same
+-- transaction, and the ledger checks it again as the fold moves it; a key here would cost the
+-- group commit a referential check (a query of its own) per spend.
 CREATE TABLE spend_journal (
     id          UUID NOT NULL,
-    team_id     UUID NOT NULL REFERENCES teams (id),
+    team_id     UUID NOT NULL,
     kind        TEXT NOT NULL CHECK (kind = 'spend'),
     bucket      TEXT NOT NULL CHECK (bucket IN ('prepaid', 'promo', 'invoice')),
     amount      BIGINT NOT NULL,

@@ -477,23 +477,23 @@ impl UsageStore for SqlStore {
         // The write connection, held: on SQLite no group commit of this process runs meanwhile
         // (its thread writes only while the caller holds this connection), and another process
         // waits for the write lock the first statement takes. Rows journaled meanwhile by
-        // another node are moved by this fold or the next.
+        // another node are moved by this fold or the next. In the journal's order: within one
+        // transaction each page is written once whatever the order, and sorting by team first
+        // cost SQLite more (5k instructions a row) than the seeks it saved.
         let mut tx = self.write.begin().await?;
         let moved = if matches!(super::BACKEND, crate::Backend::Postgres) {
             // One statement: the rows this deletes are the rows it inserts, and a node folding
             // at the same time waits for these rows' locks, then finds them gone.
             sqlx::query(&format!(
                 "WITH moved AS (DELETE FROM spend_journal RETURNING {SPEND_COLUMNS}) \
-                 INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM moved \
-                 ORDER BY team_id, created_at, id"
+                 INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM moved"
             ))
             .execute(&mut *tx)
             .await?
             .rows_affected()
         } else {
             let moved = sqlx::query(&format!(
-                "INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM spend_journal \
-                 ORDER BY team_id, created_at, id"
+                "INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM spend_journal"
             ))
             .execute(&mut *tx)
             .await?

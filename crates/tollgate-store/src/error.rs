@@ -14,7 +14,8 @@ pub enum StoreError {
         /// The constraint's name.
         constraint: String,
     },
-    /// The database cannot be reached or the pool is exhausted; worth retrying.
+    /// The database cannot be reached, the pool is exhausted, or PostgreSQL aborted the
+    /// transaction as one side of a deadlock or a serialization failure; worth retrying.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// A value read back does not fit its domain type (a bug or a hand-edited row).
@@ -35,6 +36,11 @@ impl From<sqlx::Error> for StoreError {
                 }
             }
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                StoreError::Unavailable(error)
+            }
+            // deadlock_detected, serialization_failure: the whole transaction was rolled back,
+            // and running it again is the remedy.
+            sqlx::Error::Database(ref db) if matches!(db.code().as_deref(), Some("40P01" | "40001")) => {
                 StoreError::Unavailable(error)
             }
             other => StoreError::Other(anyhow::Error::new(other)),

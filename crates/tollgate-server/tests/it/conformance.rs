@@ -115,3 +115,42 @@ mod in_memory_sqlite {
         credit_leases_lend_only_what_is_spendable,
     );
 }
+
+/// PostgreSQL aborts one side of a deadlock; the store reports that as unavailable, which the
+/// group commit retries (its batch is idempotent on its request ids). Two PostgreSQL nodes'
+/// commits may lock common teams' balances in different orders.
+#[tokio::test]
+async fn a_deadlock_is_worth_retrying() {
+    use sqlx::Connection as _;
+    let Some(db) = tollgate_store::testsuite::TestDb::postgres().await else {
+        return;
+    };
+    let mut first = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut second = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("CREATE TABLE deadlock (id INT PRIMARY KEY, n INT NOT NULL)")
+        .execute(&mut first)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO deadlock VALUES (1, 0), (2, 0)")
+        .execute(&mut first)
+        .await
+        .unwrap();
+    let bump = |id: i32| sqlx::query("UPDATE deadlock SET n = n + 1 WHERE id = $1").bind(id);
+    let mut one = first.begin().await.unwrap();
+    let mut two = second.begin().await.unwrap();
+    bump(1).execute(&mut *one).await.unwrap();
+    bump(2).execute(&mut *two).await.unwrap();
+    // Each waits for the other's row: PostgreSQL aborts one of them.
+    let (a, b) = tokio::join!(bump(2).execute(&mut *one), bump(1).execute(&mut *two));
+    let error = match (a, b) {
+        (Err(error), Ok(_)) | (Ok(_), Err(error)) => error,
+        other => panic!("expected one side aborted: {other:?}"),
+    };
+    let error = tollgate_store::StoreError::from(error);
+    assert!(matches!(error, tollgate_store::StoreError::Unavailable(_)), "{error:?}");
+    one.rollback().await.unwrap();
+    two.rollback().await.unwrap();
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+    db.finish().await;
+}

@@ -296,8 +296,10 @@ struct SpendRow {
 /// Charges every team's new records of a batch, in `conn`'s transaction, in a fixed number of
 /// statements however many teams: their funds locked and read at once, each team's spend
 /// entries inserted, and balances, lots and invoice months moved once each (not leases: a node
-/// reports its lease's spends when it renews or grows it). Spend entries go to the spend
-/// journal ([`UsageStore::fold_spends`]); returns how many.
+/// reports its lease's spends when it renews or grows it). On PostgreSQL the teams whose
+/// prepaid credit alone covers their charge are charged first, by [`take_from_prepaid`], and
+/// the rest so. Spend entries go to the spend journal ([`UsageStore::fold_spends`]); returns
+/// how many.
 async fn charge_teams(
     conn: &mut <super::Db as sqlx::Database>::Connection,
     teams: &BTreeMap<Uuid, Vec<&Charge>>,

@@ -112,6 +112,22 @@ fn at(seconds: i64) -> Timestamp {
     DateTime::from_timestamp(1_790_000_000 + seconds, 123_456_000).unwrap()
 }
 
+/// An operator's adjustment of `amount` ticks to the team's prepaid credit, with a key of its own.
+fn prepaid_adjustment(team_id: TeamId, amount: i64, created_at: Timestamp) -> tollgate_domain::LedgerEntry {
+    tollgate_domain::LedgerEntry {
+        id: Uuid::now_v7(),
+        team_id,
+        kind: tollgate_domain::EntryKind::Adjustment,
+        bucket: tollgate_domain::Bucket::Prepaid,
+        amount: Ticks::new(amount),
+        idempotency_key: format!("test:{}", Uuid::now_v7()),
+        lot_id: None,
+        expires_at: None,
+        reason: Some("test".into()),
+        created_at,
+    }
+}
+
 fn audit(team_id: Option<TeamId>, action: AuditAction, when: Timestamp) -> AuditEvent {
     let context = RequestContext {
         ip: Some("192.0.2.1".into()),
@@ -297,18 +313,7 @@ pub async fn teams_are_listed_for_the_operator(store: &dyn Store) {
         .update_team(&renamed, &audit(Some(second.id), AuditAction::UpdateTeam, at(2)))
         .await
         .unwrap();
-    let grant = tollgate_domain::LedgerEntry {
-        id: Uuid::now_v7(),
-        team_id: second.id,
-        kind: tollgate_domain::EntryKind::Adjustment,
-        bucket: tollgate_domain::Bucket::Prepaid,
-        amount: Ticks::new(250),
-        idempotency_key: format!("test:{}", Uuid::now_v7()),
-        lot_id: None,
-        expires_at: None,
-        reason: Some("test".into()),
-        created_at: at(3),
-    };
+    let grant = prepaid_adjustment(second.id, 250, at(3));
     store
         .append_ledger_entry(&grant, &audit(Some(second.id), AuditAction::GrantCredits, at(3)))
         .await
@@ -810,18 +815,7 @@ pub async fn spends_read_the_same_before_and_after_a_fold(store: &dyn Store) {
     let key = seed_key(store, &team, &user, &[]).await;
     // Folding an empty journal moves nothing; a fresh store has journaled nothing.
     assert_eq!(store.fold_spends(0).await.unwrap(), 0);
-    let credit = tollgate_domain::LedgerEntry {
-        id: Uuid::now_v7(),
-        team_id: team.id,
-        kind: tollgate_domain::EntryKind::Adjustment,
-        bucket: tollgate_domain::Bucket::Prepaid,
-        amount: Ticks::new(1_000),
-        idempotency_key: "test:journal".into(),
-        lot_id: None,
-        expires_at: None,
-        reason: Some("test".into()),
-        created_at: at(1),
-    };
+    let credit = prepaid_adjustment(team.id, 1_000, at(1));
     store
         .append_ledger_entry(&credit, &audit(Some(team.id), AuditAction::GrantCredits, at(1)))
         .await
@@ -901,18 +895,7 @@ pub async fn spends_read_the_same_before_and_after_a_fold(store: &dyn Store) {
 pub async fn credit_leases_lend_only_what_is_spendable(store: &dyn Store) {
     use crate::{LeaseGrant, LeaseRequest};
     let (user, team) = seed_user(store, "leases@example.com").await;
-    let grant = |amount: i64, seconds: i64| tollgate_domain::LedgerEntry {
-        id: Uuid::now_v7(),
-        team_id: team.id,
-        kind: tollgate_domain::EntryKind::Adjustment,
-        bucket: tollgate_domain::Bucket::Prepaid,
-        amount: Ticks::new(amount),
-        idempotency_key: format!("test:{}", Uuid::now_v7()),
-        lot_id: None,
-        expires_at: None,
-        reason: Some("test".into()),
-        created_at: at(seconds),
-    };
+    let grant = |amount: i64, seconds: i64| prepaid_adjustment(team.id, amount, at(seconds));
     store
         .append_ledger_entry(
             &grant(1_000, 1),

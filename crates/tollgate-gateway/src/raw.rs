@@ -4,7 +4,6 @@
 //! as the upstream's own text, so a chunk is scanned once, the few fields needed are read from
 //! it, and it is written back by splicing, with no `Value` built and no number re-printed.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
@@ -174,8 +173,9 @@ pub fn nesting_within(text: &str, limit: usize) -> bool {
 /// choice's delta as [`crate::usage::generated_chars`] counts a message, and a text completion's
 /// `text`), its usage report, and where its `model` and `usage`
 /// values lie in its text, so they can be replaced with everything else written as it came.
-/// Other members are skipped, not kept. A chunk this does not read (keys with escapes, choices
-/// of unusual shape, a repeated key inside a choice) is left to the general path.
+/// Other members are checked and skipped, not kept. A chunk this does not read (keys with
+/// escapes, choices of unusual shape, a repeated key inside a choice, anything that is not
+/// JSON) is left to the general path, which reads it as a tree.
 #[derive(Debug)]
 pub struct Chunk<'a> {
     text: &'a str,
@@ -183,7 +183,7 @@ pub struct Chunk<'a> {
     models: Vec<std::ops::Range<usize>>,
     /// Every `usage` value's place, and the last value (as a parser building a map keeps).
     usages: Vec<std::ops::Range<usize>>,
-    usage: Option<&'a RawValue>,
+    usage: Option<&'a str>,
     generated: u64,
 }
 
@@ -191,29 +191,30 @@ impl<'a> Chunk<'a> {
     /// `text` read, when it is an object this reads.
     #[must_use]
     pub fn parse(text: &'a str) -> Option<Self> {
-        let read: ChunkRead<'a> = serde_json::from_str(text).ok()?;
-        let place = |value: &RawValue| {
-            let start = (value.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-            let end = start.checked_add(value.get().len())?;
-            (end <= text.len()).then_some(start..end)
-        };
-        let models = read
-            .models
-            .iter()
-            .map(|value| place(value))
-            .collect::<Option<Vec<_>>>()?;
-        let usages = read
-            .usages
-            .iter()
-            .map(|value| place(value))
-            .collect::<Option<Vec<_>>>()?;
-        Some(Self {
+        let mut chunk = Self {
             text,
-            models,
-            usages,
-            usage: read.usages.last().copied(),
-            generated: read.generated,
-        })
+            models: Vec::new(),
+            usages: Vec::new(),
+            usage: None,
+            generated: 0,
+        };
+        let mut scan = Scan::new(text);
+        scan.members(|scan, key| {
+            match key {
+                "model" => chunk.models.push(scan.value()?),
+                "usage" => {
+                    let place = scan.value()?;
+                    chunk.usage = text.get(place.clone());
+                    chunk.usages.push(place);
+                }
+                // A repeated key's last value counts, as in a map.
+                "choices" => chunk.generated = scan.choices()?,
+                _ => scan.skip()?,
+            }
+            Some(())
+        })?;
+        scan.end()?;
+        Some(chunk)
     }
 
     /// The characters the chunk's choices generated.
@@ -225,7 +226,7 @@ impl<'a> Chunk<'a> {
     /// The chunk's usage report, when it has one.
     #[must_use]
     pub fn usage(&self) -> Option<tollgate_domain::TokenUsage> {
-        self.usage.and_then(crate::usage::parse_usage_raw)
+        self.usage.and_then(crate::usage::parse_usage_text)
     }
 
     /// The chunk's length.
@@ -261,216 +262,365 @@ impl<'a> Chunk<'a> {
     }
 }
 
-/// What [`Chunk::parse`] reads in its one pass.
-struct ChunkRead<'a> {
-    models: Vec<&'a RawValue>,
-    usages: Vec<&'a RawValue>,
-    generated: u64,
+/// Deepest nesting a chunk may have: well within serde_json's 128 levels, so what is deeper
+/// is left to it.
+const MAX_DEPTH: usize = 100;
+
+/// A cursor over JSON text that checks values and skips them without building them: RFC 8259's
+/// grammar as serde_json reads it (no trailing commas or comments, no control characters in a
+/// string, a number with no leading zero). What it reads, serde_json reads the same; what it
+/// refuses (`None`), the caller leaves to serde_json.
+struct Scan<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+    depth: usize,
 }
 
-impl<'de> Deserialize<'de> for ChunkRead<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
+impl<'a> Scan<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            bytes: text.as_bytes(),
+            at: 0,
+            depth: 0,
+        }
+    }
 
-        impl<'de> Visitor<'de> for Members {
-            type Value = ChunkRead<'de>;
-
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a JSON object")
+    /// The next byte that is not whitespace, not taken.
+    fn peek(&mut self) -> Option<u8> {
+        while let Some(&byte) = self.bytes.get(self.at) {
+            if !matches!(byte, b' ' | b'\n' | b'\r' | b'\t') {
+                return Some(byte);
             }
+            self.at += 1;
+        }
+        None
+    }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut read = ChunkRead {
-                    models: Vec::new(),
-                    usages: Vec::new(),
-                    generated: 0,
-                };
-                // Keys borrowed: one with an escape fails the read (the general path takes it).
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    match key {
-                        "model" => read.models.push(map.next_value()?),
-                        "usage" => read.usages.push(map.next_value()?),
-                        // A repeated key's last value counts, as in a map.
-                        "choices" => read.generated = map.next_value::<ChoicesChars>()?.0,
-                        _ => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
+    /// Takes `byte`, the next one that is not whitespace.
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// Nothing but whitespace is left.
+    fn end(&mut self) -> Option<()> {
+        self.peek().is_none().then_some(())
+    }
+
+    /// Reads an object, calling `member` at each member's value with its key (a key with an
+    /// escape is not read: `None`).
+    fn members(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.open(b'{')?;
+        if self.peek()? != b'}' {
+            loop {
+                let key = self.plain_key()?;
+                self.eat(b':')?;
+                member(self, key)?;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        self.close()
+    }
+
+    /// Reads an array, calling `element` at each element.
+    fn elements(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.open(b'[')?;
+        if self.peek()? != b']' {
+            loop {
+                element(self)?;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b']' => break,
+                    _ => return None,
+                }
+            }
+        }
+        self.close()
+    }
+
+    fn open(&mut self, bracket: u8) -> Option<()> {
+        self.eat(bracket)?;
+        self.depth += 1;
+        (self.depth <= MAX_DEPTH).then_some(())
+    }
+
+    /// Takes the closing bracket [`Self::members`] or [`Self::elements`] stopped at.
+    fn close(&mut self) -> Option<()> {
+        self.at += 1;
+        self.depth -= 1;
+        Some(())
+    }
+
+    /// A key with no escapes, without its quotes.
+    fn plain_key(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        // An escaped quote ends no key this reads: the backslash before it refuses the key.
+        let end = start + memchr::memchr(b'"', self.bytes.get(start..)?)?;
+        if self.bytes[start..end].iter().any(|&byte| byte == b'\\' || byte < 0x20) {
+            return None;
+        }
+        self.at = end + 1;
+        self.text.get(start..end)
+    }
+
+    /// Skips a value; returns where it lies.
+    fn value(&mut self) -> Option<std::ops::Range<usize>> {
+        self.peek()?;
+        let start = self.at;
+        self.skip()?;
+        Some(start..self.at)
+    }
+
+    /// Skips a value.
+    fn skip(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string(false).map(drop),
+            b'{' => {
+                // Any key, escapes and all.
+                self.open(b'{')?;
+                if self.peek()? != b'}' {
+                    loop {
+                        self.string(false)?;
+                        self.eat(b':')?;
+                        self.skip()?;
+                        match self.peek()? {
+                            b',' => self.at += 1,
+                            b'}' => break,
+                            _ => return None,
                         }
                     }
                 }
-                Ok(read)
+                self.close()
             }
+            b'[' => self.elements(Self::skip),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
         }
-
-        deserializer.deserialize_map(Members)
     }
-}
 
-/// A chunk's `choices`, summed as they are read: an array of choices, or the read fails.
-struct ChoicesChars(u64);
+    /// Takes `null` when it is next.
+    fn null(&mut self) -> Option<bool> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            return Some(true);
+        }
+        Some(false)
+    }
 
-impl<'de> Deserialize<'de> for ChoicesChars {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Choices;
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.at + word.len();
+        (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
+    }
 
-        impl<'de> Visitor<'de> for Choices {
-            type Value = ChoicesChars;
-
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("an array of choices")
+    fn number(&mut self) -> Option<()> {
+        let digits = |scan: &mut Self| {
+            let start = scan.at;
+            while scan.bytes.get(scan.at).is_some_and(u8::is_ascii_digit) {
+                scan.at += 1;
             }
+            (scan.at > start).then_some(())
+        };
+        if self.bytes.get(self.at) == Some(&b'-') {
+            self.at += 1;
+        }
+        if self.bytes.get(self.at) == Some(&b'0') {
+            self.at += 1;
+            if self.bytes.get(self.at).is_some_and(u8::is_ascii_digit) {
+                return None;
+            }
+        } else {
+            digits(self)?;
+        }
+        if self.bytes.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            digits(self)?;
+        }
+        if matches!(self.bytes.get(self.at), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.bytes.get(self.at), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            digits(self)?;
+        }
+        Some(())
+    }
 
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut chars = 0u64;
-                while let Some(choice) = seq.next_element::<ChoiceView<'de>>()? {
-                    chars = chars.saturating_add(choice.chars());
+    /// Skips a string, counting the characters it stands for when `decoded` (and then checking
+    /// its escapes as decoding them does: a `\u` surrogate must pair; serde_json skips a string
+    /// it does not decode without that check).
+    fn string(&mut self, decoded: bool) -> Option<u64> {
+        self.eat(b'"')?;
+        let mut chars = 0u64;
+        loop {
+            let rest = self.bytes.get(self.at..)?;
+            let found = memchr::memchr2(b'"', b'\\', rest)?;
+            let run = &rest[..found];
+            if run.iter().any(|&byte| byte < 0x20) {
+                return None;
+            }
+            if decoded {
+                // Every byte but a UTF-8 continuation byte begins a character.
+                chars += run.iter().filter(|&&byte| (byte as i8) >= -0x40).count() as u64;
+            }
+            self.at += found + 1;
+            if rest[found] == b'"' {
+                return Some(chars);
+            }
+            self.escape(decoded)?;
+            chars += 1;
+        }
+    }
+
+    /// The rest of an escape, after its backslash (a surrogate pair counts once).
+    fn escape(&mut self, decoded: bool) -> Option<()> {
+        let byte = *self.bytes.get(self.at)?;
+        self.at += 1;
+        match byte {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(()),
+            b'u' => {
+                let unit = self.hex4()?;
+                if !decoded {
+                    return Some(());
                 }
-                Ok(ChoicesChars(chars))
+                match unit {
+                    0xD800..=0xDBFF => {
+                        // Its trailing half must follow.
+                        (self.bytes.get(self.at..self.at + 2)? == b"\\u").then_some(())?;
+                        self.at += 2;
+                        matches!(self.hex4()?, 0xDC00..=0xDFFF).then_some(())
+                    }
+                    0xDC00..=0xDFFF => None,
+                    _ => Some(()),
+                }
             }
+            _ => None,
         }
+    }
 
-        deserializer.deserialize_seq(Choices)
+    fn hex4(&mut self) -> Option<u16> {
+        let digits = std::str::from_utf8(self.bytes.get(self.at..self.at + 4)?).ok()?;
+        if !digits.bytes().all(|digit| digit.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.at += 4;
+        u16::from_str_radix(digits, 16).ok()
+    }
+
+    /// A member that counts only when it is a string (anything else counts nothing).
+    fn text(&mut self) -> Option<u64> {
+        if self.peek()? == b'"' {
+            self.string(true)
+        } else {
+            self.skip().map(|()| 0)
+        }
+    }
+
+    /// A chunk's `choices`: an array of choice objects, their generated characters summed.
+    fn choices(&mut self) -> Option<u64> {
+        let mut chars = 0u64;
+        self.elements(|scan| {
+            let mut seen = Seen::default();
+            scan.members(|scan, key| {
+                let counted = match key {
+                    "delta" => {
+                        seen.first(0)?;
+                        if scan.null()? { 0 } else { scan.message()? }
+                    }
+                    "text" => {
+                        seen.first(1)?;
+                        scan.text()?
+                    }
+                    _ => scan.skip().map(|()| 0)?,
+                };
+                chars = chars.saturating_add(counted);
+                Some(())
+            })
+        })?;
+        Some(chars)
+    }
+
+    /// A delta's generated parts, as [`crate::usage::generated_chars`] reads a message.
+    fn message(&mut self) -> Option<u64> {
+        let mut chars = 0u64;
+        let mut seen = Seen::default();
+        self.members(|scan, key| {
+            let counted = match key {
+                "content" => seen.first(0).and_then(|()| scan.text())?,
+                "refusal" => seen.first(1).and_then(|()| scan.text())?,
+                "reasoning_content" => seen.first(2).and_then(|()| scan.text())?,
+                "reasoning" => seen.first(3).and_then(|()| scan.text())?,
+                "tool_calls" => {
+                    seen.first(4)?;
+                    let mut calls = 0u64;
+                    if !scan.null()? {
+                        scan.elements(|scan| {
+                            let mut seen = Seen::default();
+                            scan.members(|scan, key| {
+                                if key == "function" {
+                                    seen.first(0)?;
+                                    if !scan.null()? {
+                                        calls = calls.saturating_add(scan.function()?);
+                                    }
+                                    Some(())
+                                } else {
+                                    scan.skip()
+                                }
+                            })
+                        })?;
+                    }
+                    calls
+                }
+                "function_call" => {
+                    seen.first(5)?;
+                    if scan.null()? { 0 } else { scan.function()? }
+                }
+                _ => scan.skip().map(|()| 0)?,
+            };
+            chars = chars.saturating_add(counted);
+            Some(())
+        })?;
+        Some(chars)
+    }
+
+    /// A called function's name and arguments.
+    fn function(&mut self) -> Option<u64> {
+        let mut chars = 0u64;
+        let mut seen = Seen::default();
+        self.members(|scan, key| {
+            let counted = match key {
+                "name" => seen.first(0).and_then(|()| scan.text())?,
+                "arguments" => seen.first(1).and_then(|()| scan.text())?,
+                _ => scan.skip().map(|()| 0)?,
+            };
+            chars = chars.saturating_add(counted);
+            Some(())
+        })?;
+        Some(chars)
     }
 }
 
-/// A member that counts only when it is a string (anything else, as the tree walk does, counts
-/// nothing, and is skipped without being built).
+/// The fields of one object read so far: a field read twice is refused, as serde refuses a
+/// duplicate field of a struct.
 #[derive(Default)]
-struct Text<'a>(Option<Cow<'a, str>>);
+struct Seen(u8);
 
-impl Text<'_> {
-    fn chars(&self) -> u64 {
-        self.0.as_ref().map_or(0, |text| text.chars().count() as u64)
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Lenient<'a>(std::marker::PhantomData<&'a ()>);
-
-        impl<'de: 'a, 'a> Visitor<'de> for Lenient<'a> {
-            type Value = Text<'a>;
-
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("any JSON value")
-            }
-
-            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Some(Cow::Borrowed(text))))
-            }
-
-            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
-                Ok(Text(Some(Cow::Owned(text.to_owned()))))
-            }
-
-            fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
-                Ok(Text(Some(Cow::Owned(text))))
-            }
-
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Text(None))
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(Text(None))
-            }
+impl Seen {
+    fn first(&mut self, field: u8) -> Option<()> {
+        let bit = 1 << field;
+        if self.0 & bit != 0 {
+            return None;
         }
-
-        deserializer.deserialize_any(Lenient(std::marker::PhantomData))
-    }
-}
-
-/// A stream choice, as far as generated text goes.
-#[derive(Deserialize)]
-struct ChoiceView<'a> {
-    #[serde(borrow, default)]
-    delta: Option<MessageView<'a>>,
-    #[serde(borrow, default)]
-    text: Text<'a>,
-}
-
-impl ChoiceView<'_> {
-    fn chars(&self) -> u64 {
-        self.delta
-            .as_ref()
-            .map_or(0, MessageView::chars)
-            .saturating_add(self.text.chars())
-    }
-}
-
-/// A delta's generated parts, as [`crate::usage::generated_chars`] reads them.
-#[derive(Deserialize)]
-struct MessageView<'a> {
-    #[serde(borrow, default)]
-    content: Text<'a>,
-    #[serde(borrow, default)]
-    refusal: Text<'a>,
-    #[serde(borrow, default)]
-    reasoning_content: Text<'a>,
-    #[serde(borrow, default)]
-    reasoning: Text<'a>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<CallView<'a>>>,
-    #[serde(borrow, default)]
-    function_call: Option<FunctionView<'a>>,
-}
-
-impl MessageView<'_> {
-    fn chars(&self) -> u64 {
-        let calls = self
-            .tool_calls
-            .iter()
-            .flatten()
-            .filter_map(|call| call.function.as_ref());
-        [&self.content, &self.refusal, &self.reasoning_content, &self.reasoning]
-            .iter()
-            .map(|text| text.chars())
-            .chain(calls.chain(self.function_call.as_ref()).map(FunctionView::chars))
-            .fold(0, u64::saturating_add)
-    }
-}
-
-#[derive(Deserialize)]
-struct CallView<'a> {
-    #[serde(borrow, default)]
-    function: Option<FunctionView<'a>>,
-}
-
-#[derive(Deserialize)]
-struct FunctionView<'a> {
-    #[serde(borrow, default)]
-    name: Text<'a>,
-    #[serde(borrow, default)]
-    arguments: Text<'a>,
-}
-
-impl FunctionView<'_> {
-    fn chars(&self) -> u64 {
-        self.name.chars().saturating_add(self.arguments.chars())
+        self.0 |= bit;
+        Some(())
     }
 }
 
@@ -479,6 +629,252 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    /// The reader [`Chunk::parse`] replaced, built on serde's derive: what it reads, the scanner
+    /// must read the same.
+    mod oracle {
+        use std::borrow::Cow;
+        use std::fmt;
+
+        use serde::Deserialize;
+        use serde::de::{Deserializer, MapAccess, Visitor};
+        use serde_json::value::RawValue;
+
+        /// `(model places, usage places, last usage, generated characters)`.
+        pub(super) type Read<'a> = (
+            Vec<std::ops::Range<usize>>,
+            Vec<std::ops::Range<usize>>,
+            Option<&'a str>,
+            u64,
+        );
+
+        pub(super) fn parse(text: &str) -> Option<Read<'_>> {
+            let read: ChunkRead<'_> = serde_json::from_str(text).ok()?;
+            let place = |value: &RawValue| {
+                let start = value.get().as_ptr() as usize - text.as_ptr() as usize;
+                start..start + value.get().len()
+            };
+            Some((
+                read.models.iter().map(|value| place(value)).collect(),
+                read.usages.iter().map(|value| place(value)).collect(),
+                read.usages.last().map(|value| value.get()),
+                read.generated,
+            ))
+        }
+
+        /// What the reader reads in its one pass.
+        struct ChunkRead<'a> {
+            models: Vec<&'a RawValue>,
+            usages: Vec<&'a RawValue>,
+            generated: u64,
+        }
+
+        impl<'de> Deserialize<'de> for ChunkRead<'de> {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Members;
+
+                impl<'de> Visitor<'de> for Members {
+                    type Value = ChunkRead<'de>;
+
+                    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        formatter.write_str("a JSON object")
+                    }
+
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                        let mut read = ChunkRead {
+                            models: Vec::new(),
+                            usages: Vec::new(),
+                            generated: 0,
+                        };
+                        // Keys borrowed: one with an escape fails the read (the general path takes it).
+                        while let Some(key) = map.next_key::<&'de str>()? {
+                            match key {
+                                "model" => read.models.push(map.next_value()?),
+                                "usage" => read.usages.push(map.next_value()?),
+                                // A repeated key's last value counts, as in a map.
+                                "choices" => read.generated = map.next_value::<ChoicesChars>()?.0,
+                                _ => {
+                                    map.next_value::<serde::de::IgnoredAny>()?;
+                                }
+                            }
+                        }
+                        Ok(read)
+                    }
+                }
+
+                deserializer.deserialize_map(Members)
+            }
+        }
+
+        /// A chunk's `choices`, summed as they are read: an array of choices, or the read fails.
+        struct ChoicesChars(u64);
+
+        impl<'de> Deserialize<'de> for ChoicesChars {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Choices;
+
+                impl<'de> Visitor<'de> for Choices {
+                    type Value = ChoicesChars;
+
+                    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        formatter.write_str("an array of choices")
+                    }
+
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                        let mut chars = 0u64;
+                        while let Some(choice) = seq.next_element::<ChoiceView<'de>>()? {
+                            chars = chars.saturating_add(choice.chars());
+                        }
+                        Ok(ChoicesChars(chars))
+                    }
+                }
+
+                deserializer.deserialize_seq(Choices)
+            }
+        }
+
+        /// A member that counts only when it is a string (anything else, as the tree walk does, counts
+        /// nothing, and is skipped without being built).
+        #[derive(Default)]
+        struct Text<'a>(Option<Cow<'a, str>>);
+
+        impl Text<'_> {
+            fn chars(&self) -> u64 {
+                self.0.as_ref().map_or(0, |text| text.chars().count() as u64)
+            }
+        }
+
+        impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Lenient<'a>(std::marker::PhantomData<&'a ()>);
+
+                impl<'de: 'a, 'a> Visitor<'de> for Lenient<'a> {
+                    type Value = Text<'a>;
+
+                    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        formatter.write_str("any JSON value")
+                    }
+
+                    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                        Ok(Text(Some(Cow::Borrowed(text))))
+                    }
+
+                    fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                        Ok(Text(Some(Cow::Owned(text.to_owned()))))
+                    }
+
+                    fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+                        Ok(Text(Some(Cow::Owned(text))))
+                    }
+
+                    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                        Ok(Text(None))
+                    }
+
+                    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                        Ok(Text(None))
+                    }
+
+                    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                        Ok(Text(None))
+                    }
+
+                    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                        Ok(Text(None))
+                    }
+
+                    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                        Ok(Text(None))
+                    }
+
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                        Ok(Text(None))
+                    }
+
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                        while map
+                            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                            .is_some()
+                        {}
+                        Ok(Text(None))
+                    }
+                }
+
+                deserializer.deserialize_any(Lenient(std::marker::PhantomData))
+            }
+        }
+
+        /// A stream choice, as far as generated text goes.
+        #[derive(Deserialize)]
+        struct ChoiceView<'a> {
+            #[serde(borrow, default)]
+            delta: Option<MessageView<'a>>,
+            #[serde(borrow, default)]
+            text: Text<'a>,
+        }
+
+        impl ChoiceView<'_> {
+            fn chars(&self) -> u64 {
+                self.delta
+                    .as_ref()
+                    .map_or(0, MessageView::chars)
+                    .saturating_add(self.text.chars())
+            }
+        }
+
+        /// A delta's generated parts, as [`crate::usage::generated_chars`] reads them.
+        #[derive(Deserialize)]
+        struct MessageView<'a> {
+            #[serde(borrow, default)]
+            content: Text<'a>,
+            #[serde(borrow, default)]
+            refusal: Text<'a>,
+            #[serde(borrow, default)]
+            reasoning_content: Text<'a>,
+            #[serde(borrow, default)]
+            reasoning: Text<'a>,
+            #[serde(borrow, default)]
+            tool_calls: Option<Vec<CallView<'a>>>,
+            #[serde(borrow, default)]
+            function_call: Option<FunctionView<'a>>,
+        }
+
+        impl MessageView<'_> {
+            fn chars(&self) -> u64 {
+                let calls = self
+                    .tool_calls
+                    .iter()
+                    .flatten()
+                    .filter_map(|call| call.function.as_ref());
+                [&self.content, &self.refusal, &self.reasoning_content, &self.reasoning]
+                    .iter()
+                    .map(|text| text.chars())
+                    .chain(calls.chain(self.function_call.as_ref()).map(FunctionView::chars))
+                    .fold(0, u64::saturating_add)
+            }
+        }
+
+        #[derive(Deserialize)]
+        struct CallView<'a> {
+            #[serde(borrow, default)]
+            function: Option<FunctionView<'a>>,
+        }
+
+        #[derive(Deserialize)]
+        struct FunctionView<'a> {
+            #[serde(borrow, default)]
+            name: Text<'a>,
+            #[serde(borrow, default)]
+            arguments: Text<'a>,
+        }
+
+        impl FunctionView<'_> {
+            fn chars(&self) -> u64 {
+                self.name.chars().saturating_add(self.arguments.chars())
+            }
+        }
+    }
 
     #[test]
     fn nesting_is_counted_outside_strings_only() {
@@ -605,6 +1001,73 @@ mod tests {
             (twice.generated_chars(), twice.usage().map(|u| u.prompt_tokens)),
             (0, Some(2))
         );
+    }
+
+    /// Reads `text` with the scanner and with the serde reader it replaced: whatever the scanner
+    /// reads, serde reads the same; `usual`: the scanner must read it.
+    fn reads_as_serde_does(text: &str, usual: bool) {
+        let scanned = Chunk::parse(text).map(|chunk| (chunk.models, chunk.usages, chunk.usage, chunk.generated));
+        match (scanned, oracle::parse(text)) {
+            (Some(scanned), Some(read)) => assert_eq!(scanned, read, "{text}"),
+            (Some(_), None) => panic!("the scanner read what serde refuses: {text}"),
+            (None, Some(_)) => assert!(!usual, "the scanner refused a usual chunk: {text}"),
+            (None, None) => {}
+        }
+    }
+
+    /// Chunks as upstreams write them, with odd spacing, escapes, characters outside the
+    /// basic plane and numbers, each read as serde reads it; and each cut short at every
+    /// character, or with one character changed, read the same as serde reads it or refused.
+    #[test]
+    fn the_scanner_reads_what_serde_reads_the_same_way() {
+        let usual = [
+            r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"mock-model","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":5}}}"#,
+            " {\n \"model\" : \"m\" ,\t\"choices\" : [ { \"delta\" : { \"content\" : \"a\\nb\\u00e9\\ud83d\\ude00 \\\"q\\\"\" } } ] , \"usage\" : null } \r\n",
+            r#"{"choices":[{"delta":{"reasoning_content":"h\u00e9 \/ \b\f\r\t","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"function_call":{"name":"f","arguments":"{}"},"refusal":null,"reasoning":"r"}},{"text":"abc","index":1}]}"#,
+            r#"{"object":"text_completion","choices":[{"text":"日本語 ünï","index":0,"logprobs":{"tokens":["a"],"top":[{"a":-0.5e-3}]},"finish_reason":null}],"model":"x"}"#,
+            r#"{"x":[1,-0,0.5,-1.25e+10,3E-2,true,false,null,{},[],{"k\u0065y":"v"},"\ud800"],"choices":[]}"#,
+            r#"{"model":"a","usage":{"prompt_tokens":1},"model":"b","choices":[{"text":"ab"}],"choices":[{"text":"c"}],"usage":{"prompt_tokens":2}}"#,
+            r#"{"choices":[{"delta":{"content":5,"tool_calls":null,"refusal":{"x":["y"]}},"text":7}]}"#,
+            "{}",
+        ];
+        let changes = [
+            " ",
+            "\"",
+            "\\",
+            ",",
+            ":",
+            "}",
+            "]",
+            "{",
+            "[",
+            "0",
+            "-",
+            "e",
+            ".",
+            "n",
+            "\u{1}",
+            "é",
+            "\u{1f600}",
+        ];
+        for text in usual {
+            reads_as_serde_does(text, true);
+            let boundaries: Vec<usize> = (0..text.len()).filter(|at| text.is_char_boundary(*at)).collect();
+            for &at in &boundaries {
+                reads_as_serde_does(&text[..at], false);
+                let next = text[at..].chars().next().map_or(0, char::len_utf8);
+                for change in changes {
+                    reads_as_serde_does(&format!("{}{change}{}", &text[..at], &text[at + next..]), false);
+                    reads_as_serde_does(&format!("{}{change}{}", &text[..at], &text[at..]), false);
+                }
+            }
+        }
+        // Nesting up to the scanner's limit is read; past it, left to serde.
+        for depth in [1, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 127, 128, 129, 200] {
+            let deep = format!(r#"{{"x":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+            reads_as_serde_does(&deep, depth < MAX_DEPTH);
+        }
     }
 
     #[test]

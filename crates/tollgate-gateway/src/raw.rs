@@ -310,11 +310,20 @@ impl<'a> Scan<'a> {
 
     /// Reads an object, calling `member` at each member's value with its key (a key with an
     /// escape is not read: `None`).
-    fn members(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+    fn members(&mut self, member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.object(Self::plain_key, member)
+    }
+
+    /// Reads an object whose keys `key` reads, calling `member` at each member's value.
+    fn object(
+        &mut self,
+        key: fn(&mut Self) -> Option<&'a str>,
+        mut member: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
         self.open(b'{')?;
         if self.peek()? != b'}' {
             loop {
-                let key = self.plain_key()?;
+                let key = key(self)?;
                 self.eat(b':')?;
                 member(self, key)?;
                 match self.peek()? {
@@ -325,6 +334,19 @@ impl<'a> Scan<'a> {
             }
         }
         self.close()
+    }
+
+    /// Reads an object of fields that count characters: `field` reads one member's value (each
+    /// field at most once, as serde refuses a struct's duplicate field) and says how many it
+    /// counts; the object's count is their sum.
+    fn counted(&mut self, mut field: impl FnMut(&mut Self, &'a str, &mut Seen) -> Option<u64>) -> Option<u64> {
+        let mut chars = 0u64;
+        let mut seen = Seen::default();
+        self.members(|scan, key| {
+            chars = chars.saturating_add(field(scan, key, &mut seen)?);
+            Some(())
+        })?;
+        Some(chars)
     }
 
     /// Reads an array, calling `element` at each element.
@@ -381,23 +403,8 @@ impl<'a> Scan<'a> {
     fn skip(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.string(false).map(drop),
-            b'{' => {
-                // Any key, escapes and all.
-                self.open(b'{')?;
-                if self.peek()? != b'}' {
-                    loop {
-                        self.string(false)?;
-                        self.eat(b':')?;
-                        self.skip()?;
-                        match self.peek()? {
-                            b',' => self.at += 1,
-                            b'}' => break,
-                            _ => return None,
-                        }
-                    }
-                }
-                self.close()
-            }
+            // Any key, escapes and all.
+            b'{' => self.object(|scan| scan.string(false).map(|_| ""), |scan, _| scan.skip()),
             b'[' => self.elements(Self::skip),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
@@ -528,83 +535,60 @@ impl<'a> Scan<'a> {
     fn choices(&mut self) -> Option<u64> {
         let mut chars = 0u64;
         self.elements(|scan| {
-            let mut seen = Seen::default();
-            scan.members(|scan, key| {
-                let counted = match key {
-                    "delta" => {
-                        seen.first(0)?;
-                        if scan.null()? { 0 } else { scan.message()? }
-                    }
-                    "text" => {
-                        seen.first(1)?;
-                        scan.text()?
-                    }
-                    _ => scan.skip().map(|()| 0)?,
-                };
-                chars = chars.saturating_add(counted);
-                Some(())
-            })
+            let choice = scan.counted(|scan, key, seen| match key {
+                "delta" => {
+                    seen.first(0)?;
+                    if scan.null()? { Some(0) } else { scan.message() }
+                }
+                "text" => seen.first(1).and_then(|()| scan.text()),
+                _ => scan.skip().map(|()| 0),
+            })?;
+            chars = chars.saturating_add(choice);
+            Some(())
         })?;
         Some(chars)
     }
 
     /// A delta's generated parts, as [`crate::usage::generated_chars`] reads a message.
     fn message(&mut self) -> Option<u64> {
-        let mut chars = 0u64;
-        let mut seen = Seen::default();
-        self.members(|scan, key| {
-            let counted = match key {
-                "content" => seen.first(0).and_then(|()| scan.text())?,
-                "refusal" => seen.first(1).and_then(|()| scan.text())?,
-                "reasoning_content" => seen.first(2).and_then(|()| scan.text())?,
-                "reasoning" => seen.first(3).and_then(|()| scan.text())?,
-                "tool_calls" => {
-                    seen.first(4)?;
-                    let mut calls = 0u64;
-                    if !scan.null()? {
-                        scan.elements(|scan| {
-                            let mut seen = Seen::default();
-                            scan.members(|scan, key| {
-                                if key == "function" {
-                                    seen.first(0)?;
-                                    if !scan.null()? {
-                                        calls = calls.saturating_add(scan.function()?);
-                                    }
-                                    Some(())
-                                } else {
-                                    scan.skip()
-                                }
-                            })
+        self.counted(|scan, key, seen| match key {
+            "content" => seen.first(0).and_then(|()| scan.text()),
+            "refusal" => seen.first(1).and_then(|()| scan.text()),
+            "reasoning_content" => seen.first(2).and_then(|()| scan.text()),
+            "reasoning" => seen.first(3).and_then(|()| scan.text()),
+            "tool_calls" => {
+                seen.first(4)?;
+                let mut calls = 0u64;
+                if !scan.null()? {
+                    scan.elements(|scan| {
+                        let call = scan.counted(|scan, key, seen| match key {
+                            "function" => {
+                                seen.first(0)?;
+                                if scan.null()? { Some(0) } else { scan.function() }
+                            }
+                            _ => scan.skip().map(|()| 0),
                         })?;
-                    }
-                    calls
+                        calls = calls.saturating_add(call);
+                        Some(())
+                    })?;
                 }
-                "function_call" => {
-                    seen.first(5)?;
-                    if scan.null()? { 0 } else { scan.function()? }
-                }
-                _ => scan.skip().map(|()| 0)?,
-            };
-            chars = chars.saturating_add(counted);
-            Some(())
-        })?;
-        Some(chars)
+                Some(calls)
+            }
+            "function_call" => {
+                seen.first(5)?;
+                if scan.null()? { Some(0) } else { scan.function() }
+            }
+            _ => scan.skip().map(|()| 0),
+        })
     }
 
     /// A called function's name and arguments.
     fn function(&mut self) -> Option<u64> {
-        let mut chars = 0u64;
-        let mut seen = Seen::default();
-        self.members(|scan, key| {
-            let counted = match key {
-                "name" => seen.first(0).and_then(|()| scan.text())?,
-                "arguments" => seen.first(1).and_then(|()| scan.text())?,
-                _ => scan.skip().map(|()| 0)?,
-            };
-            chars = chars.saturating_add(counted);
-            Some(())
-        })?;
-        Some(chars)
+        self.counted(|scan, key, seen| match key {
+            "name" => seen.first(0).and_then(|()| scan.text()),
+            "arguments" => seen.first(1).and_then(|()| scan.text()),
+            _ => scan.skip().map(|()| 0),
+        })
     }
 }
 

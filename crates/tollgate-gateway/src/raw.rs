@@ -4,30 +4,37 @@
 //! as the upstream's own text, so a chunk is scanned once, the few fields needed are read from
 //! it, and it is written back by splicing, with no `Value` built and no number re-printed.
 
-use std::fmt;
-
-use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
-
 /// A JSON object's members in the upstream's order, each value its raw JSON text. A key that
 /// appears twice keeps its first place and its last value, as a parser building a map would.
 #[derive(Debug)]
 pub struct RawObject<'a> {
-    members: Vec<(&'a str, &'a RawValue)>,
+    members: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> RawObject<'a> {
-    /// `json` as an object; `None` when it is not one (or a key needs unescaping, which no
-    /// upstream's keys do: the caller then takes the slow, general path).
+    /// `json` as an object, read by [`Scan`] (so what it reads, serde_json reads the same, and
+    /// nested no deeper than [`MAX_DEPTH`], within serde_json's limit: a tree reader later reads
+    /// it too); `None` when it is not one, or a key needs unescaping (which no upstream's keys
+    /// do): the caller then takes the general path.
     #[must_use]
     pub fn parse(json: &'a str) -> Option<Self> {
-        serde_json::from_str(json).ok()
+        let mut members: Vec<(&'a str, &'a str)> = Vec::with_capacity(8);
+        let mut scan = Scan::new(json);
+        scan.members(|scan, key| {
+            let value = json.get(scan.value()?)?;
+            match members.iter_mut().find(|(name, _)| *name == key) {
+                Some(member) => member.1 = value,
+                None => members.push((key, value)),
+            }
+            Some(())
+        })?;
+        scan.end()?;
+        Some(Self { members })
     }
 
-    /// The raw value of member `key`.
+    /// The raw JSON text of member `key`'s value.
     #[must_use]
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+    pub fn get(&self, key: &str) -> Option<&'a str> {
         self.members
             .iter()
             .find_map(|(name, value)| (*name == key).then_some(*value))
@@ -44,7 +51,7 @@ impl<'a> RawObject<'a> {
     pub fn len_hint(&self) -> usize {
         self.members
             .iter()
-            .map(|(key, value)| key.len() + value.get().len() + 4)
+            .map(|(key, value)| key.len() + value.len() + 4)
             .sum::<usize>()
             + 2
     }
@@ -94,79 +101,11 @@ impl<'a> RawObject<'a> {
             let json = replace
                 .iter()
                 .find_map(|(name, json)| (*name == *key).then_some(*json))
-                .unwrap_or_else(|| value.get());
+                .unwrap_or(value);
             out.push_str(json);
         }
         out.push('}');
     }
-}
-
-impl<'de> Deserialize<'de> for RawObject<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-
-        impl<'de> Visitor<'de> for Members {
-            type Value = RawObject<'de>;
-
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members: Vec<(&'de str, &'de RawValue)> = Vec::with_capacity(8);
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    let value = map.next_value::<&'de RawValue>()?;
-                    match members.iter_mut().find(|(name, _)| *name == key) {
-                        Some(member) => member.1 = value,
-                        None => members.push((key, value)),
-                    }
-                }
-                Ok(RawObject { members })
-            }
-        }
-
-        deserializer.deserialize_map(Members)
-    }
-}
-
-/// Whether JSON `text` nests arrays and objects no deeper than `limit` (brackets inside
-/// strings do not count). A tree reader refuses deep nesting (serde_json's at 128 levels);
-/// what passes here with a limit below that, it reads.
-#[must_use]
-pub fn nesting_within(text: &str, limit: usize) -> bool {
-    let bytes = text.as_bytes();
-    let mut depth = 0usize;
-    let mut at = 0;
-    while let Some(&byte) = bytes.get(at) {
-        at += 1;
-        match byte {
-            b'"' => {
-                // To the string's end: its text is most of an answer, so jump from escape to
-                // escape (an escape's next byte is never the end).
-                loop {
-                    let Some(rest) = bytes.get(at..) else { return true };
-                    match memchr::memchr2(b'"', b'\\', rest) {
-                        Some(found) if rest[found] == b'\\' => at += found + 2,
-                        Some(found) => {
-                            at += found + 1;
-                            break;
-                        }
-                        // Unterminated: not JSON, which its reader will say.
-                        None => return true,
-                    }
-                }
-            }
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return false;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    true
 }
 
 /// A stream chunk read in one pass, to relay it: the characters its choices generated (each
@@ -632,6 +571,42 @@ mod tests {
             u64,
         );
 
+        /// An object's members as [`super::RawObject::parse`] keeps them, read by serde's
+        /// borrowed keys and raw values.
+        pub(super) fn members(text: &str) -> Option<Vec<(&str, &str)>> {
+            struct Members<'a>(Vec<(&'a str, &'a str)>);
+
+            impl<'de> Deserialize<'de> for Members<'de> {
+                fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    struct Object;
+
+                    impl<'de> Visitor<'de> for Object {
+                        type Value = Members<'de>;
+
+                        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                            formatter.write_str("a JSON object")
+                        }
+
+                        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                            let mut members: Vec<(&'de str, &'de str)> = Vec::new();
+                            while let Some(key) = map.next_key::<&'de str>()? {
+                                let value = map.next_value::<&'de RawValue>()?.get();
+                                match members.iter_mut().find(|(name, _)| *name == key) {
+                                    Some(member) => member.1 = value,
+                                    None => members.push((key, value)),
+                                }
+                            }
+                            Ok(Members(members))
+                        }
+                    }
+
+                    deserializer.deserialize_map(Object)
+                }
+            }
+
+            serde_json::from_str::<Members<'_>>(text).ok().map(|members| members.0)
+        }
+
         pub(super) fn parse(text: &str) -> Option<Read<'_>> {
             let read: ChunkRead<'_> = serde_json::from_str(text).ok()?;
             let place = |value: &RawValue| {
@@ -861,23 +836,6 @@ mod tests {
     }
 
     #[test]
-    fn nesting_is_counted_outside_strings_only() {
-        assert!(nesting_within("{}", 1));
-        assert!(!nesting_within("[[]]", 1));
-        assert!(nesting_within(r#"{"a":[1,{"b":2}],"c":{}}"#, 3));
-        assert!(!nesting_within(r#"{"a":[1,{"b":2}],"c":{}}"#, 2));
-        // Brackets in strings, and escaped quotes that do not end them.
-        assert!(nesting_within(r#"{"a":"[[[{{{","b":"\"[[[","c":"\\"}"#, 1));
-        assert!(!nesting_within(r#"{"a":"\\",  "b":[[]]}"#, 2));
-        // At the limit and one past it; a tree reader refuses what is deep enough.
-        let deep = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
-        assert!(nesting_within(&deep(64), 64));
-        assert!(serde_json::from_str::<Value>(&deep(64)).is_ok());
-        assert!(!nesting_within(&deep(65), 64));
-        assert!(serde_json::from_str::<Value>(&deep(200)).is_err());
-    }
-
-    #[test]
     fn members_set_that_are_missing_are_added_at_the_end() {
         let object = RawObject::parse(r#"{"id":"a","model":"up","choices":[1.50]}"#).expect("object");
         let out = object.spliced_adding(&[("model", r#""grok""#), ("usage", r#"{"total_tokens":3}"#)]);
@@ -910,7 +868,7 @@ mod tests {
     #[test]
     fn a_repeated_key_keeps_its_last_value() {
         let object = RawObject::parse(r#"{"a":1,"b":2,"a":3}"#).unwrap();
-        assert_eq!(object.get("a").unwrap().get(), "3");
+        assert_eq!(object.get("a"), Some("3"));
         assert_eq!(object.spliced(&[]), r#"{"a":3,"b":2}"#);
     }
 
@@ -999,24 +957,22 @@ mod tests {
         }
     }
 
-    /// Chunks as upstreams write them, with odd spacing, escapes, characters outside the
-    /// basic plane and numbers, each read as serde reads it; and each cut short at every
-    /// character, or with one character changed, read the same as serde reads it or refused.
-    #[test]
-    fn the_scanner_reads_what_serde_reads_the_same_way() {
-        let usual = [
-            r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"mock-model","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"logprobs":null,"finish_reason":null}]}"#,
-            r#"{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":5}}}"#,
-            " {\n \"model\" : \"m\" ,\t\"choices\" : [ { \"delta\" : { \"content\" : \"a\\nb\\u00e9\\ud83d\\ude00 \\\"q\\\"\" } } ] , \"usage\" : null } \r\n",
-            r#"{"choices":[{"delta":{"reasoning_content":"h\u00e9 \/ \b\f\r\t","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}}]}"#,
-            r#"{"choices":[{"delta":{"function_call":{"name":"f","arguments":"{}"},"refusal":null,"reasoning":"r"}},{"text":"abc","index":1}]}"#,
-            r#"{"object":"text_completion","choices":[{"text":"日本語 ünï","index":0,"logprobs":{"tokens":["a"],"top":[{"a":-0.5e-3}]},"finish_reason":null}],"model":"x"}"#,
-            r#"{"x":[1,-0,0.5,-1.25e+10,3E-2,true,false,null,{},[],{"k\u0065y":"v"},"\ud800"],"choices":[]}"#,
-            r#"{"model":"a","usage":{"prompt_tokens":1},"model":"b","choices":[{"text":"ab"}],"choices":[{"text":"c"}],"usage":{"prompt_tokens":2}}"#,
-            r#"{"choices":[{"delta":{"content":5,"tool_calls":null,"refusal":{"x":["y"]}},"text":7}]}"#,
-            "{}",
-        ];
-        let changes = [
+    /// [`RawObject::parse`] against serde's reading of an object's members, as
+    /// [`reads_as_serde_does`] checks a chunk.
+    fn members_read_as_serde_does(text: &str, usual: bool) {
+        let scanned = RawObject::parse(text).map(|object| object.members);
+        match (scanned, oracle::members(text)) {
+            (Some(scanned), Some(read)) => assert_eq!(scanned, read, "{text}"),
+            (Some(_), None) => panic!("the scanner read what serde refuses: {text}"),
+            (None, Some(_)) => assert!(!usual, "the scanner refused a usual object: {text}"),
+            (None, None) => {}
+        }
+    }
+
+    /// Calls `check` with `text` (usual) and with it cut short at every character, or with one
+    /// character changed or inserted there (not usual).
+    fn with_every_cut_and_change(text: &str, check: fn(&str, bool)) {
+        const CHANGES: [&str; 17] = [
             " ",
             "\"",
             "\\",
@@ -1035,22 +991,60 @@ mod tests {
             "é",
             "\u{1f600}",
         ];
-        for text in usual {
-            reads_as_serde_does(text, true);
-            let boundaries: Vec<usize> = (0..text.len()).filter(|at| text.is_char_boundary(*at)).collect();
-            for &at in &boundaries {
-                reads_as_serde_does(&text[..at], false);
-                let next = text[at..].chars().next().map_or(0, char::len_utf8);
-                for change in changes {
-                    reads_as_serde_does(&format!("{}{change}{}", &text[..at], &text[at + next..]), false);
-                    reads_as_serde_does(&format!("{}{change}{}", &text[..at], &text[at..]), false);
-                }
+        check(text, true);
+        let boundaries: Vec<usize> = (0..text.len()).filter(|at| text.is_char_boundary(*at)).collect();
+        for &at in &boundaries {
+            check(&text[..at], false);
+            let next = text[at..].chars().next().map_or(0, char::len_utf8);
+            for change in CHANGES {
+                check(&format!("{}{change}{}", &text[..at], &text[at + next..]), false);
+                check(&format!("{}{change}{}", &text[..at], &text[at..]), false);
             }
+        }
+    }
+
+    /// Chunks as upstreams write them, with odd spacing, escapes, characters outside the
+    /// basic plane and numbers.
+    const USUAL_CHUNKS: [&str; 10] = [
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"mock-model","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"logprobs":null,"finish_reason":null}]}"#,
+        r#"{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":5}}}"#,
+        " {\n \"model\" : \"m\" ,\t\"choices\" : [ { \"delta\" : { \"content\" : \"a\\nb\\u00e9\\ud83d\\ude00 \\\"q\\\"\" } } ] , \"usage\" : null } \r\n",
+        r#"{"choices":[{"delta":{"reasoning_content":"h\u00e9 \/ \b\f\r\t","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}}]}"#,
+        r#"{"choices":[{"delta":{"function_call":{"name":"f","arguments":"{}"},"refusal":null,"reasoning":"r"}},{"text":"abc","index":1}]}"#,
+        r#"{"object":"text_completion","choices":[{"text":"日本語 ünï","index":0,"logprobs":{"tokens":["a"],"top":[{"a":-0.5e-3}]},"finish_reason":null}],"model":"x"}"#,
+        r#"{"x":[1,-0,0.5,-1.25e+10,3E-2,true,false,null,{},[],{"k\u0065y":"v"},"\ud800"],"choices":[]}"#,
+        r#"{"model":"a","usage":{"prompt_tokens":1},"model":"b","choices":[{"text":"ab"}],"choices":[{"text":"c"}],"usage":{"prompt_tokens":2}}"#,
+        r#"{"choices":[{"delta":{"content":5,"tool_calls":null,"refusal":{"x":["y"]}},"text":7}]}"#,
+        "{}",
+    ];
+
+    /// Each usual chunk read as serde reads it; and each cut short at every character, or with
+    /// one character changed, read the same as serde reads it or refused.
+    #[test]
+    fn the_scanner_reads_what_serde_reads_the_same_way() {
+        for text in USUAL_CHUNKS {
+            with_every_cut_and_change(text, reads_as_serde_does);
         }
         // Nesting up to the scanner's limit is read; past it, left to serde.
         for depth in [1, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 127, 128, 129, 200] {
             let deep = format!(r#"{{"x":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
             reads_as_serde_does(&deep, depth < MAX_DEPTH);
+        }
+    }
+
+    /// A whole answer's members (and a chunk's) read as serde reads them, the same way.
+    #[test]
+    fn an_objects_members_are_read_as_serde_reads_them() {
+        let answers = [
+            r#"{"id":"chatcmpl-9","object":"chat.completion","created":1700000000,"model":"mock-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help?","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16,"prompt_tokens_details":{"cached_tokens":0}},"system_fingerprint":"fp_1"}"#,
+            " {\"usage\" : {\"prompt_tokens\":1} ,\n\"id\":\"a\", \"usage\":null,\"x\":[{\"y\":\"\\ud83d\\ude00 \\\"\"}, -1.5E+3]}\t",
+        ];
+        for text in answers.into_iter().chain(USUAL_CHUNKS) {
+            with_every_cut_and_change(text, members_read_as_serde_does);
+        }
+        for depth in [MAX_DEPTH - 1, MAX_DEPTH, 127, 128, 129] {
+            let deep = format!(r#"{{"x":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+            members_read_as_serde_does(&deep, depth < MAX_DEPTH);
         }
     }
 

@@ -58,10 +58,6 @@ enum Read {
     Plain(TokenUsage),
 }
 
-/// Nesting a plain answer may have: well within what a tree reader takes (128), so one read
-/// later (a surface that wants the tree) cannot fail.
-const PLAIN_NESTING: usize = 64;
-
 impl WholeChat {
     /// `raw` checked to be a JSON object, and read into a tree unless it is plain.
     pub fn new(raw: Bytes) -> Result<Self, GatewayError> {
@@ -90,22 +86,20 @@ impl WholeChat {
     }
 }
 
-/// The usage of `raw` when it is a plain answer: an object (with keys as written, nested no
-/// deeper than [`PLAIN_NESTING`]) whose `choices` never mention `tool_calls` (nor escape a
-/// character, which could spell it), with a usage report.
+/// The usage of `raw` when it is a plain answer: an object that [`crate::raw::RawObject`] reads
+/// (keys as written, nesting well within what a tree reader takes, so one read later by a
+/// surface that wants the tree cannot fail) whose `choices` never mention `tool_calls` (nor
+/// escape a character, which could spell it), with a usage report.
 fn plain_usage(raw: &[u8]) -> Option<TokenUsage> {
     let text = std::str::from_utf8(raw).ok()?;
-    if !crate::raw::nesting_within(text, PLAIN_NESTING) {
-        return None;
-    }
     let object = crate::raw::RawObject::parse(text)?;
     if let Some(choices) = object.get("choices") {
-        let choices = choices.get().as_bytes();
+        let choices = choices.as_bytes();
         if memchr::memmem::find(choices, b"tool_calls").is_some() || memchr::memmem::find(choices, b"\\u").is_some() {
             return None;
         }
     }
-    crate::usage::parse_usage_raw(object.get("usage")?)
+    crate::usage::parse_usage_text(object.get("usage")?)
 }
 
 /// One upstream server.
@@ -306,8 +300,8 @@ mod tests {
             // Nested deeper than a plain answer may be.
             format!(
                 r#"{{"choices":[{{"message":{{"content":"Hi"}}}}],"x":{}{},{usage}}}"#,
-                "[".repeat(70),
-                "]".repeat(70)
+                "[".repeat(110),
+                "]".repeat(110)
             ),
         ] {
             let answer = whole(&read).unwrap();

@@ -38,12 +38,6 @@ pub fn parse_usage(value: &Value) -> Option<TokenUsage> {
 
 /// Reads a `usage` object from its JSON text, as [`parse_usage`] does.
 #[must_use]
-pub fn parse_usage_raw(json: &serde_json::value::RawValue) -> Option<TokenUsage> {
-    parse_usage_text(json.get())
-}
-
-/// Reads a `usage` object from its JSON text, as [`parse_usage`] does.
-#[must_use]
 pub fn parse_usage_text(json: &str) -> Option<TokenUsage> {
     serde_json::from_str::<Option<RawUsage>>(json)
         .ok()

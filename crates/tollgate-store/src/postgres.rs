@@ -50,6 +50,11 @@ impl SqlStore {
     ) -> Option<Result<u64, crate::StoreError>> {
         None
     }
+
+    /// SQLite writes kept bodies on the group commit's thread; PostgreSQL on the pool.
+    async fn keep_bodies_on_own_thread(&self, _rows: &[crate::RetainedBody]) -> Option<Result<(), crate::StoreError>> {
+        None
+    }
 }
 
 #[path = "sql/mod.rs"]

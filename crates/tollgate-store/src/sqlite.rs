@@ -102,6 +102,19 @@ impl SqlStore {
             .await,
         )
     }
+
+    /// Kept bodies written on the group commit's thread (one hand-off, no sqlx statement per
+    /// batch), holding the write connection meanwhile; `None` where there is none.
+    async fn keep_bodies_on_own_thread(&self, rows: &[crate::RetainedBody]) -> Option<Result<(), crate::StoreError>> {
+        let committer = self.committer.as_ref()?;
+        Some(
+            async {
+                let _writer = self.write.acquire().await?;
+                committer.keep_bodies(rows.to_vec()).await
+            }
+            .await,
+        )
+    }
 }
 
 mod commit;

@@ -806,6 +806,37 @@ pub async fn a_charge_across_many_lots_is_written_whole(store: &dyn Store) {
     assert_eq!(store.verify_ledger().await.unwrap(), None);
 }
 
+/// Kept bodies read back byte for byte, a request kept twice keeps its first row, and pruning
+/// deletes what was made before the cut only (days apart: PostgreSQL drops whole days). (On SQLite a file's bodies are written by the group
+/// commit's thread, through rusqlite: what it writes, sqlx reads.)
+pub async fn request_bodies_are_kept_once_and_pruned_by_age(store: &dyn Store) {
+    let (user, team) = seed_user(store, "bodies@example.com").await;
+    let key = seed_key(store, &team, &user, &[]).await;
+    let body = |seconds: i64, sealed: &[u8]| crate::RetainedBody {
+        request_id: RequestId::new(),
+        team_id: team.id,
+        api_key_id: key.id,
+        endpoint: "chat".to_owned(),
+        model: "grok-ü".to_owned(),
+        created_at: at(seconds),
+        sealed: sealed.to_vec(),
+    };
+    let old = body(1, &[0, 1, 2, 255]);
+    const DAY: i64 = 86_400;
+    let new = body(3 * DAY, &vec![7; 70_000]);
+    store.insert_request_bodies(&[old.clone(), new.clone()]).await.unwrap();
+    let mut again = new.clone();
+    again.sealed = b"other".to_vec();
+    store.insert_request_bodies(&[again]).await.unwrap();
+    assert_eq!(store.request_body(old.request_id).await.unwrap(), Some(old.clone()));
+    assert_eq!(store.request_body(new.request_id).await.unwrap(), Some(new.clone()));
+    assert_eq!(store.request_body(RequestId::new()).await.unwrap(), None);
+    store.insert_request_bodies(&[]).await.unwrap();
+    assert_eq!(store.prune_request_bodies(at(2 * DAY), at(2 * DAY)).await.unwrap(), 1);
+    assert_eq!(store.request_body(old.request_id).await.unwrap(), None);
+    assert_eq!(store.request_body(new.request_id).await.unwrap(), Some(new));
+}
+
 /// Spend entries go to the spend journal and are folded into the ledger in bulk; every read
 /// answers the same before and after a fold (the newest entries merged across both, the monthly
 /// sums, the month's usage, verification), a fold happens only once enough has gathered, and it
@@ -2053,6 +2084,7 @@ macro_rules! for_each_conformance_case {
             one_batch_charges_many_teams,
             a_charge_across_many_lots_is_written_whole,
             spends_read_the_same_before_and_after_a_fold,
+            request_bodies_are_kept_once_and_pruned_by_age,
             top_ups_are_one_pending_and_change_once,
             invoices_are_numbered_without_gaps_and_block_until_paid,
             audit_events_round_trip,

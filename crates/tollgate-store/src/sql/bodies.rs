@@ -135,6 +135,9 @@ impl SqlStore {
 #[async_trait]
 impl RequestBodyStore for SqlStore {
     async fn insert_request_bodies(&self, rows: &[RetainedBody]) -> Result<(), StoreError> {
+        if let Some(kept) = self.keep_bodies_on_own_thread(rows).await {
+            return kept;
+        }
         for chunk in super::shaped_chunks(rows, ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::<super::Db>::new(
                 "INSERT INTO request_bodies (request_id, team_id, api_key_id, endpoint, model, created_at, sealed) ",

@@ -1,4 +1,5 @@
-//! SQLite's group commit, on a thread of its own with a connection of its own.
+//! SQLite's group commit, on a thread of its own with a connection of its own; the kept request
+//! bodies' batches are written there too.
 //!
 //! sqlx runs each SQLite connection on a thread and hands it every statement over a channel:
 //! a group commit of a few statements was half a dozen hand-offs to that thread and back (two
@@ -24,14 +25,22 @@ use tollgate_domain::{EntryKind, Funds, SpendingLimits, Ticks, Timestamp, billin
 use uuid::Uuid;
 
 use super::sql::usage::{SPEND_COLUMNS, TeamCharge, USAGE_COLUMNS, team_charge};
-use crate::{Charge, StoreError};
+use crate::{Charge, RetainedBody, StoreError};
 
 /// One batch for the thread, and where its answer goes.
-struct Job {
-    batch: Vec<Charge>,
-    at: Timestamp,
-    default_hard_limit: Ticks,
-    done: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+enum Job {
+    /// Usage rows and their charges ([`commit`]).
+    Charges {
+        batch: Vec<Charge>,
+        at: Timestamp,
+        default_hard_limit: Ticks,
+        done: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// Kept request bodies ([`keep_bodies`]).
+    Bodies {
+        rows: Vec<RetainedBody>,
+        done: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 /// The group-commit thread. It ends, closing its connection, when this is dropped.
@@ -56,13 +65,16 @@ impl Committer {
             .spawn(move || {
                 let mut conn = conn;
                 while let Ok(job) = pending.recv() {
-                    // A panic (a bug) fails its batch, not every batch after it: the transaction
-                    // is rolled back as it unwinds, and the thread takes the next job.
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        commit(&mut conn, &job.batch, job.at, job.default_hard_limit)
-                    }))
-                    .unwrap_or_else(|_| Err(StoreError::Other(anyhow::anyhow!("the group commit panicked"))));
-                    let _ = job.done.send(result);
+                    let (result, done) = match job {
+                        Job::Charges {
+                            batch,
+                            at,
+                            default_hard_limit,
+                            done,
+                        } => (guarded(|| commit(&mut conn, &batch, at, default_hard_limit)), done),
+                        Job::Bodies { rows, done } => (guarded(|| keep_bodies(&mut conn, &rows)), done),
+                    };
+                    let _ = done.send(result);
                 }
             })
             .map_err(|error| StoreError::Other(error.into()))?;
@@ -79,18 +91,44 @@ impl Committer {
         default_hard_limit: Ticks,
     ) -> Result<u64, StoreError> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        let job = Job {
-            batch: batch.to_vec(),
-            at,
-            default_hard_limit,
-            done,
-        };
+        self.run(
+            Job::Charges {
+                batch: batch.to_vec(),
+                at,
+                default_hard_limit,
+                done,
+            },
+            answer,
+        )
+        .await
+    }
+
+    /// Writes `rows` as [`crate::RequestBodyStore::insert_request_bodies`] says, in one
+    /// transaction, and returns once it is durable. The caller holds the store's write
+    /// connection.
+    pub(crate) async fn keep_bodies(&self, rows: Vec<RetainedBody>) -> Result<(), StoreError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.run(Job::Bodies { rows, done }, answer).await.map(|_| ())
+    }
+
+    async fn run(
+        &self,
+        job: Job,
+        answer: tokio::sync::oneshot::Receiver<Result<u64, StoreError>>,
+    ) -> Result<u64, StoreError> {
         let stopped = || StoreError::Other(anyhow::anyhow!("the group-commit thread has stopped"));
         self.jobs.send(job).map_err(|_| stopped())?;
         // Not cancelled midway in effect: the thread finishes the transaction either way, and
         // the request ids make a retry of it harmless.
         answer.await.map_err(|_| stopped())?
     }
+}
+
+/// `work`'s result, or an error if it panicked: a panic (a bug) fails its batch, not every batch
+/// after it (the transaction is rolled back as it unwinds, and the thread takes the next job).
+fn guarded(work: impl FnOnce() -> Result<u64, StoreError>) -> Result<u64, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .unwrap_or_else(|_| Err(StoreError::Other(anyhow::anyhow!("the group commit panicked"))))
 }
 
 /// sqlx's text for an instant (what its `Encode` for `DateTime` writes).
@@ -215,6 +253,37 @@ fn commit(
     let journaled = write_charges(&tx, &charges, at, &now)?;
     tx.commit().map_err(other)?;
     Ok(journaled)
+}
+
+/// Kept bodies, a request kept before left as it was. Returns the number of rows written.
+fn keep_bodies(conn: &mut rusqlite::Connection, rows: &[RetainedBody]) -> Result<u64, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(other)?;
+    let mut written = 0;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO request_bodies (request_id, team_id, api_key_id, endpoint, model, created_at, sealed) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            )
+            .map_err(other)?;
+        for row in rows {
+            written += insert
+                .execute(params![
+                    blob(&row.request_id.as_uuid()),
+                    blob(&row.team_id.as_uuid()),
+                    blob(&row.api_key_id.as_uuid()),
+                    row.endpoint,
+                    row.model,
+                    instant(row.created_at),
+                    row.sealed,
+                ])
+                .map_err(other)?;
+        }
+    }
+    tx.commit().map_err(other)?;
+    Ok(written as u64)
 }
 
 /// A team's charge, and whether its balance has been moved already.

@@ -153,10 +153,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for XaiJson<T> {
     type Rejection = XaiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, XaiError> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(&rejection)),
+        // Its type first, as axum's `Json` has it: a body too large and not JSON is a 415.
+        if !json_content_type(request.headers()) {
+            return Err(not_json());
         }
+        let RawJson(value, _) = RawJson::from_request(request, state).await?;
+        Ok(Self(value))
     }
 }
 
@@ -168,25 +170,40 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for RawJson<T> {
     type Rejection = XaiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, XaiError> {
-        let (parts, body) = request.into_parts();
-        let mut head = Request::new(axum::body::Body::empty());
-        *head.method_mut() = parts.method.clone();
-        *head.uri_mut() = parts.uri.clone();
-        *head.headers_mut() = parts.headers.clone();
-        // The extensions carry the configured body limit (`DefaultBodyLimit`): without them the
-        // second read would fall back to axum's 2 MiB.
-        *head.extensions_mut() = parts.extensions.clone();
-        let raw = match bytes::Bytes::from_request(Request::from_parts(parts, body), state).await {
+        let json = json_content_type(request.headers());
+        // The body first (within the configured limit, `DefaultBodyLimit` in the extensions):
+        // one too large is a 413 whatever its type.
+        let raw = match bytes::Bytes::from_request(request, state).await {
             Ok(raw) => raw,
             Err(rejection) => return Err(XaiError::new(rejection.status(), rejection.body_text())),
         };
-        let (head, _) = head.into_parts();
-        let request = Request::from_parts(head, axum::body::Body::from(raw.clone()));
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value, raw)),
-            Err(rejection) => Err(json_rejection(&rejection)),
+        if !json {
+            return Err(not_json());
         }
+        Ok(Self(read_json(&raw)?, raw))
     }
+}
+
+/// `raw` read as a `T`. serde_json alone reads a good body; one that fails is read again by
+/// axum's reader, which tracks the path to the bad field, for the error's words (the same
+/// words as before this shortcut, which only spares a good body the tracking).
+fn read_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, XaiError> {
+    serde_json::from_slice(raw).or_else(|_| match axum::Json::<T>::from_bytes(raw) {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(rejection) => Err(json_rejection(&rejection)),
+    })
+}
+
+/// Whether the request says its body is JSON, as axum's `Json` decides it: `application/json`,
+/// or any `application/…+json`, with parameters or without.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<mime::Mime>().ok())
+        .is_some_and(|mime| {
+            mime.type_() == "application" && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
+        })
 }
 
 /// A raw body (a signed webhook, an optional JSON body read by hand) whose rejections, a body
@@ -204,6 +221,13 @@ impl<S: Send + Sync> FromRequest<S> for XaiBytes {
     }
 }
 
+fn not_json() -> XaiError {
+    XaiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "Expected a JSON body with 'Content-Type: application/json'",
+    )
+}
+
 fn json_rejection(rejection: &JsonRejection) -> XaiError {
     match rejection {
         JsonRejection::JsonSyntaxError(_) => {
@@ -213,10 +237,7 @@ fn json_rejection(rejection: &JsonRejection) -> XaiError {
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("The request body has an invalid field: {}", rejection.body_text()),
         ),
-        JsonRejection::MissingJsonContentType(_) => XaiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Expected a JSON body with 'Content-Type: application/json'",
-        ),
+        JsonRejection::MissingJsonContentType(_) => not_json(),
         JsonRejection::BytesRejection(_) => XaiError::new(rejection.status(), rejection.body_text()),
         _ => XaiError::invalid_argument(rejection.body_text()),
     }
@@ -225,6 +246,72 @@ fn json_rejection(rejection: &JsonRejection) -> XaiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A good body is read by serde_json alone; a bad one is worded by axum's reader, with the
+    /// path to the bad field, and the status for its kind.
+    #[test]
+    fn a_bad_body_is_worded_with_the_path_to_what_is_wrong() {
+        #[derive(serde::Deserialize)]
+        struct Message {
+            role: u8,
+        }
+        #[derive(serde::Deserialize)]
+        struct Body {
+            messages: Vec<Message>,
+        }
+        let read = read_json::<Body>(br#"{"messages":[{"role":1},{"role":2}]}"#).unwrap();
+        assert_eq!(read.messages.iter().map(|m| m.role).collect::<Vec<_>>(), [1, 2]);
+        let cases: [(&[u8], StatusCode, &str); 4] = [
+            (
+                br#"{"messages":[{"role":1},{"role":"x"}]}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "The request body has an invalid field: Failed to deserialize the JSON body into the target type: \
+                 messages[1].role: invalid type: string \"x\", expected u8 at line 1 column 35",
+            ),
+            (
+                br#"{"messages":[]"#,
+                StatusCode::BAD_REQUEST,
+                "The request body is not valid JSON: Failed to parse the request body as JSON: EOF while \
+                 parsing an object at line 1 column 14",
+            ),
+            (
+                br#"{"messages":[]} x"#,
+                StatusCode::BAD_REQUEST,
+                "The request body is not valid JSON: Failed to parse the request body as JSON: trailing characters at \
+                 line 1 column 17",
+            ),
+            (
+                br#"{}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "The request body has an invalid field: Failed to deserialize the JSON body into the target type: \
+                 missing field `messages` at line 1 column 2",
+            ),
+        ];
+        for (body, status, words) in cases {
+            let error = read_json::<Body>(body).err().unwrap();
+            assert_eq!((error.status(), error.body().error.as_str()), (status, words));
+        }
+    }
+
+    #[test]
+    fn a_json_body_is_told_by_its_media_type_as_axum_tells_it() {
+        let headers = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(axum::http::header::CONTENT_TYPE, value.parse().unwrap());
+            headers
+        };
+        for json in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/cloudevents+json",
+        ] {
+            assert!(json_content_type(&headers(json)), "{json}");
+        }
+        for other in ["text/json", "application/jsonx", "text/plain", "json", ""] {
+            assert!(!json_content_type(&headers(other)), "{other}");
+        }
+        assert!(!json_content_type(&axum::http::HeaderMap::new()));
+    }
 
     #[test]
     fn forwarded_addresses_are_believed_only_from_trusted_proxies() {

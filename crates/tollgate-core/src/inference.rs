@@ -218,9 +218,7 @@ impl Answered {
     /// that nothing was taken out of; otherwise the read answer is written.
     #[must_use]
     pub fn into_chat_json(self, model: &str) -> Vec<u8> {
-        if let Some(raw) = self.answer.raw()
-            && let Ok(text) = std::str::from_utf8(raw)
-            && let Some(object) = tollgate_gateway::raw::RawObject::parse(text)
+        if let Some(object) = self.answer.raw_object()
             && let Ok(name) = serde_json::to_string(model)
         {
             let usage = tollgate_gateway::usage::usage_json_text(&self.usage, self.charged.cost);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tollgate_domain::{ServerTool, TokenUsage};
 use tollgate_gateway::pool::UpstreamEvent;
+use tollgate_gateway::raw::{MemberSpans, RawObject};
 use tollgate_gateway::search::{self, RequestedTool, SearchBackend, SearchError, SearchHit, SearchLimits};
 use tollgate_gateway::usage::{ToolDemand, parse_usage};
 use tollgate_gateway::wire::{ChatCompletionRequest, ChatMessage};
@@ -87,6 +88,8 @@ pub struct ToolRun {
 #[derive(Debug)]
 pub struct ChatAnswer {
     raw: Option<bytes::Bytes>,
+    /// Where a plain answer's members lie in `raw`, as its first reading found them.
+    spans: Option<MemberSpans>,
     /// `None` only for a plain answer, whose bytes are known to read.
     value: Option<Value>,
 }
@@ -97,6 +100,7 @@ impl ChatAnswer {
     pub fn read(value: Value, raw: Option<bytes::Bytes>) -> Self {
         Self {
             raw,
+            spans: None,
             value: Some(value),
         }
     }
@@ -105,6 +109,17 @@ impl ChatAnswer {
     #[must_use]
     pub fn raw(&self) -> Option<&bytes::Bytes> {
         self.raw.as_ref()
+    }
+
+    /// The bytes as the upstream sent them, as an object's members, when nothing was taken out
+    /// and they are an object [`RawObject`] reads (a plain answer's without a second scan).
+    #[must_use]
+    pub fn raw_object(&self) -> Option<RawObject<'_>> {
+        let text = std::str::from_utf8(self.raw.as_deref()?).ok()?;
+        match &self.spans {
+            Some(spans) => RawObject::at_spans(text, spans),
+            None => RawObject::parse(text),
+        }
     }
 
     /// The answer read.
@@ -265,14 +280,18 @@ impl ServerTools {
                 }
             };
             // A plain answer calls no tool: the loop ends, and nothing is taken out of it.
-            if let Some(usage) = whole.plain_usage() {
-                run.usage = run.usage.plus(&usage);
-                run.answer = Ok(ChatAnswer {
-                    raw: Some(whole.raw),
-                    value: None,
-                });
-                return run;
-            }
+            let whole = match whole.into_plain() {
+                Ok((raw, usage, spans)) => {
+                    run.usage = run.usage.plus(&usage);
+                    run.answer = Ok(ChatAnswer {
+                        raw: Some(raw),
+                        spans: Some(spans),
+                        value: None,
+                    });
+                    return run;
+                }
+                Err(whole) => whole,
+            };
             let raw = whole.raw.clone();
             let mut answer = match whole.into_value() {
                 Ok(answer) => answer,

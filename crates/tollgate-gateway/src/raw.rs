@@ -11,6 +11,11 @@ pub struct RawObject<'a> {
     members: Vec<(&'a str, &'a str)>,
 }
 
+/// Where an object's members lie in its text, as [`RawObject::parse`] found them (kept without
+/// the text, to read the object again without scanning it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberSpans(Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>);
+
 impl<'a> RawObject<'a> {
     /// `json` as an object, read by [`Scan`] (so what it reads, serde_json reads the same, and
     /// nested no deeper than [`MAX_DEPTH`], within serde_json's limit: a tree reader later reads
@@ -29,6 +34,35 @@ impl<'a> RawObject<'a> {
             Some(())
         })?;
         scan.end()?;
+        Some(Self { members })
+    }
+
+    /// Where the members lie in `json`, the text this was read from: to read the object again
+    /// later ([`Self::at_spans`]) without scanning it.
+    #[must_use]
+    pub fn spans(&self, json: &'a str) -> MemberSpans {
+        // Every key and value is a slice of `json`: its offset is the distance between them.
+        let span = |part: &str| {
+            let start = (part.as_ptr() as usize).wrapping_sub(json.as_ptr() as usize);
+            start..start + part.len()
+        };
+        MemberSpans(
+            self.members
+                .iter()
+                .map(|(key, value)| (span(key), span(value)))
+                .collect(),
+        )
+    }
+
+    /// The object [`Self::parse`] read from `json`, from the spans it found there; `None` when
+    /// a span does not lie in `json` (spans of another text).
+    #[must_use]
+    pub fn at_spans(json: &'a str, spans: &MemberSpans) -> Option<Self> {
+        let members = spans
+            .0
+            .iter()
+            .map(|(key, value)| Some((json.get(key.clone())?, json.get(value.clone())?)))
+            .collect::<Option<Vec<_>>>()?;
         Some(Self { members })
     }
 
@@ -960,7 +994,12 @@ mod tests {
     /// [`RawObject::parse`] against serde's reading of an object's members, as
     /// [`reads_as_serde_does`] checks a chunk.
     fn members_read_as_serde_does(text: &str, usual: bool) {
-        let scanned = RawObject::parse(text).map(|object| object.members);
+        let scanned = RawObject::parse(text).map(|object| {
+            // Read again from where its members lie: the same members.
+            let again = RawObject::at_spans(text, &object.spans(text)).expect("its own spans");
+            assert_eq!(again.members, object.members, "{text}");
+            object.members
+        });
         match (scanned, oracle::members(text)) {
             (Some(scanned), Some(read)) => assert_eq!(scanned, read, "{text}"),
             (Some(_), None) => panic!("the scanner read what serde refuses: {text}"),

@@ -14,6 +14,7 @@ use http::header::HeaderValue;
 
 pub use crate::client::UpstreamClient;
 use crate::client::{Answer, Target};
+use crate::raw::MemberSpans;
 use crate::wire::ChatCompletionRequest;
 
 /// What went wrong talking to an upstream.
@@ -55,14 +56,15 @@ pub struct WholeChat {
 #[derive(Debug, Clone)]
 enum Read {
     Tree(Value),
-    Plain(TokenUsage),
+    /// Its usage, and where its members lie (so splicing it needs no second scan).
+    Plain(TokenUsage, MemberSpans),
 }
 
 impl WholeChat {
     /// `raw` checked to be a JSON object, and read into a tree unless it is plain.
     pub fn new(raw: Bytes) -> Result<Self, GatewayError> {
         let read = match plain_usage(&raw) {
-            Some(usage) => Read::Plain(usage),
+            Some((usage, spans)) => Read::Plain(usage, spans),
             None => Read::Tree(json_object(&raw)?),
         };
         Ok(Self { raw, read })
@@ -72,8 +74,17 @@ impl WholeChat {
     #[must_use]
     pub fn plain_usage(&self) -> Option<TokenUsage> {
         match &self.read {
-            Read::Plain(usage) => Some(*usage),
+            Read::Plain(usage, _) => Some(*usage),
             Read::Tree(_) => None,
+        }
+    }
+
+    /// A plain answer taken apart: its bytes, its usage, and where its members lie in them
+    /// ([`crate::raw::RawObject::at_spans`]); the answer back when it is not plain.
+    pub fn into_plain(self) -> Result<(Bytes, TokenUsage, MemberSpans), Self> {
+        match self.read {
+            Read::Plain(usage, spans) => Ok((self.raw, usage, spans)),
+            Read::Tree(_) => Err(self),
         }
     }
 
@@ -81,7 +92,7 @@ impl WholeChat {
     pub fn into_value(self) -> Result<Value, GatewayError> {
         match self.read {
             Read::Tree(value) => Ok(value),
-            Read::Plain(_) => json_object(&self.raw),
+            Read::Plain(..) => json_object(&self.raw),
         }
     }
 }
@@ -89,8 +100,8 @@ impl WholeChat {
 /// The usage of `raw` when it is a plain answer: an object that [`crate::raw::RawObject`] reads
 /// (keys as written, nesting well within what a tree reader takes, so one read later by a
 /// surface that wants the tree cannot fail) whose `choices` never mention `tool_calls` (nor
-/// escape a character, which could spell it), with a usage report.
-fn plain_usage(raw: &[u8]) -> Option<TokenUsage> {
+/// escape a character, which could spell it), with a usage report; and where its members lie.
+fn plain_usage(raw: &[u8]) -> Option<(TokenUsage, MemberSpans)> {
     let text = std::str::from_utf8(raw).ok()?;
     let object = crate::raw::RawObject::parse(text)?;
     if let Some(choices) = object.get("choices") {
@@ -99,7 +110,8 @@ fn plain_usage(raw: &[u8]) -> Option<TokenUsage> {
             return None;
         }
     }
-    crate::usage::parse_usage_text(object.get("usage")?)
+    let usage = crate::usage::parse_usage_text(object.get("usage")?)?;
+    Some((usage, object.spans(text)))
 }
 
 /// One upstream server.

@@ -77,6 +77,18 @@ fn find_event_end(buffer: &[u8], start: usize, from: usize) -> Option<(usize, us
 }
 
 fn decode_block(block: &[u8]) -> Option<SseEvent> {
+    // Nearly every event is one `data:` line: taken whole, without splitting it into lines.
+    if let Some(value) = block.strip_prefix(b"data:")
+        && memchr::memchr2(b'\n', b'\r', value).is_none()
+        && let Ok(value) = std::str::from_utf8(value)
+    {
+        return Some(data_event(value.strip_prefix(' ').unwrap_or(value).to_owned()));
+    }
+    decode_lines(block)
+}
+
+/// Any event: its `data:` lines joined.
+fn decode_lines(block: &[u8]) -> Option<SseEvent> {
     let text = match std::str::from_utf8(block) {
         Ok(text) => std::borrow::Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(block),
@@ -94,17 +106,50 @@ fn decode_block(block: &[u8]) -> Option<SseEvent> {
             }
         }
     }
-    let data = data?;
+    data.map(data_event)
+}
+
+fn data_event(data: String) -> SseEvent {
     if data.trim() == "[DONE]" {
-        Some(SseEvent::Done)
+        SseEvent::Done
     } else {
-        Some(SseEvent::Data(data))
+        SseEvent::Data(data)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-line event, taken whole, decodes as the line-by-line reading decodes it.
+    #[test]
+    fn a_one_line_event_decodes_as_lines_do() {
+        for block in [
+            &b"data: {\"a\":1}"[..],
+            b"data:{\"a\":1}",
+            b"data:  two spaces",
+            b"data: [DONE]",
+            b"data:  [DONE] ",
+            b"data:",
+            b"data: ",
+            b"data: caf\xc3\xa9",
+            b"data: not \xff utf-8",
+            b"data: a\rb",
+            b"data: a\r\ndata: b",
+            b"data: a\ndata: b",
+            b"event: x",
+            b": comment",
+            b"",
+            b"dat: x",
+        ] {
+            assert_eq!(
+                decode_block(block),
+                decode_lines(block),
+                "{}",
+                String::from_utf8_lossy(block)
+            );
+        }
+    }
 
     #[test]
     fn decodes_events_split_anywhere() {

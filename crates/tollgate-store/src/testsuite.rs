@@ -744,6 +744,18 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert!(keys.iter().all(|key| key.starts_with("charge:")), "{keys:?}");
     assert_eq!(store.verify_ledger().await.unwrap(), None);
+    // A retried batch that mixes a request recorded before with a new one, for a team whose
+    // prepaid credit would cover both: the new one alone is charged (40 left, 5 taken), not the
+    // two (which would leave 5).
+    let replay = [batch[0].clone(), charge(0, 5)];
+    store
+        .insert_usage_batch(&replay, at(5), Ticks::new(1_000))
+        .await
+        .unwrap();
+    assert_eq!(balance(0).await.prepaid, Ticks::new(35));
+    let spent: i64 = buckets(0).await.iter().map(|(_, amount)| amount).sum();
+    assert_eq!(spent, -65);
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
 }
 
 /// A charge that consumes more promotional lots than one multi-row statement holds, and more

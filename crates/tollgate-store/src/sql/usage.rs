@@ -42,8 +42,16 @@ pub(crate) const USAGE_COLUMNS: &str = "request_id, team_id, api_key_id, model, 
 pub(crate) const SPEND_COLUMNS: &str =
     "id, team_id, kind, bucket, amount, lot_id, reason, actor_kind, actor_id, created_at, charge_id";
 
+/// The connection as PostgreSQL's, in PostgreSQL's instantiation of this module: the group
+/// commit's statements that bind each column as one array exist only there (SQLite has no
+/// arrays). A type comparison, settled when this is compiled.
+fn postgres(conn: &mut <super::Db as sqlx::Database>::Connection) -> Option<&mut sqlx::PgConnection> {
+    (conn as &mut dyn std::any::Any).downcast_mut()
+}
+
 /// Inserts the usage rows in multi-row statements, each with its team's charge id; returns the
-/// request ids that were new (a request recorded before is skipped, with its charge).
+/// request ids that were new (a request recorded before is skipped, with its charge). SQLite's
+/// (PostgreSQL's are written by [`record_and_take_prepaid`]).
 async fn insert_records(
     conn: &mut <super::Db as sqlx::Database>::Connection,
     batch: &[Charge],
@@ -111,6 +119,211 @@ async fn insert_records(
     }
     Ok(inserted)
 }
+
+/// What [`record_and_take_prepaid`] did: the requests it recorded (those new to the store),
+/// and the teams whose charge it took from prepaid credit.
+struct Recorded {
+    new: HashSet<Uuid>,
+    taken: HashSet<Uuid>,
+}
+
+/// PostgreSQL: records the batch's usage rows and takes each team's charge from its prepaid
+/// credit, where that alone covers it and the team holds no promotional credit (which
+/// consumption order would take first), with its spend entry journaled, all in one statement.
+/// Most charges are such; the teams it leaves are charged from their locked funds
+/// ([`charge_teams`]), in the same transaction. Each column is bound as one array, `unnest`ed
+/// into rows, so the statement's text is the same for every batch: it is planned once per
+/// connection, and the commit costs the round trips of a free one (multi-row `VALUES` took a
+/// statement per power-of-two piece of the batch, and another per piece of its teams).
+///
+/// A team is taken only if every one of its charged requests was new (the usage rows the
+/// statement inserted carry its count and cost): a request recorded before, by a commit
+/// retried after its answer was lost, is not charged twice, and the team is left to the
+/// locked path, which charges only the new ones. The conditional `UPDATE` locks each balance
+/// row, and rechecks it if another transaction changed it meanwhile; two nodes' statements may
+/// lock common teams in different orders, which PostgreSQL aborts as a deadlock, reported as
+/// unavailable, and the group commit retries its batch (idempotent on its request ids).
+async fn record_and_take_prepaid(
+    conn: &mut sqlx::PgConnection,
+    batch: &[Charge],
+    charges: &HashMap<Uuid, Uuid>,
+    at: Timestamp,
+) -> Result<Recorded, StoreError> {
+    let n = batch.len();
+    let (mut request_ids, mut team_ids, mut key_ids) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut models, mut endpoints) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    // The token counts and prices, in USAGE_COLUMNS' order of their kinds.
+    let mut counts: [Vec<i64>; 9] = std::array::from_fn(|_| Vec::with_capacity(n));
+    let mut prices: [Vec<i64>; 6] = std::array::from_fn(|_| Vec::with_capacity(n));
+    let (mut costs, mut estimated, mut streamed) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut started, mut charge_ids) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for charge in batch {
+        let (record, pricing) = (&charge.record, &charge.pricing);
+        let usage = &record.usage;
+        request_ids.push(record.request_id.as_uuid());
+        team_ids.push(record.team_id.as_uuid());
+        key_ids.push(record.api_key_id.as_uuid());
+        models.push(record.model.as_str());
+        endpoints.push(record.endpoint.as_str());
+        for (column, (value, what)) in counts.iter_mut().zip([
+            (usage.prompt_tokens, "prompt_tokens"),
+            (usage.cached_prompt_tokens, "cached_prompt_tokens"),
+            (usage.completion_tokens, "completion_tokens"),
+            (usage.reasoning_tokens, "reasoning_tokens"),
+            (usage.total_tokens(), "total_tokens"),
+            (record.duration_ms, "duration_ms"),
+            (usage.images, "images"),
+            (usage.web_search_calls, "web_search_calls"),
+            (usage.x_search_calls, "x_search_calls"),
+        ]) {
+            column.push(to_i64(value, what)?);
+        }
+        for (column, price) in prices.iter_mut().zip([
+            pricing.prompt,
+            pricing.cached_prompt,
+            pricing.completion,
+            pricing.image,
+            pricing.web_search,
+            pricing.x_search,
+        ]) {
+            column.push(price.get());
+        }
+        costs.push(record.cost.get());
+        estimated.push(record.estimated);
+        streamed.push(record.streamed);
+        started.push(record.started_at);
+        charge_ids.push(
+            (record.cost.get() > 0)
+                .then(|| charges.get(&record.team_id.as_uuid()).copied())
+                .flatten(),
+        );
+    }
+    // Each charged team's charge, as if every request of the batch were new.
+    let mut teams: BTreeMap<Uuid, Vec<&Charge>> = BTreeMap::new();
+    for charge in batch.iter().filter(|charge| charge.record.cost.get() > 0) {
+        teams.entry(charge.record.team_id.as_uuid()).or_default().push(charge);
+    }
+    let t = teams.len();
+    let (mut ids, mut charged_teams, mut amounts, mut counts_of) = (
+        Vec::with_capacity(t),
+        Vec::with_capacity(t),
+        Vec::with_capacity(t),
+        Vec::with_capacity(t),
+    );
+    let (mut reasons, mut actor_kinds, mut actor_ids, mut team_charges) = (
+        Vec::with_capacity(t),
+        Vec::with_capacity(t),
+        Vec::with_capacity(t),
+        Vec::with_capacity(t),
+    );
+    for (team, requests) in &teams {
+        let total = requests
+            .iter()
+            .fold(0i64, |sum, c| sum.saturating_add(c.record.cost.get()));
+        let covered = Funds {
+            lots: Vec::new(),
+            prepaid: Ticks::new(total),
+            invoice_headroom: Ticks::ZERO,
+        };
+        let charge_id = charges.get(team).copied().unwrap_or_else(Uuid::now_v7);
+        let charge = team_charge(*team, charge_id, requests, &covered);
+        ids.push(Uuid::now_v7());
+        charged_teams.push(charge.team_id);
+        amounts.push(-charge.prepaid_moved);
+        counts_of.push(i64::try_from(charge.requests).unwrap_or(i64::MAX));
+        reasons.push(format!("{} requests", charge.requests));
+        actor_kinds.push(charge.actor.kind());
+        actor_ids.push(charge.actor.id());
+        team_charges.push(charge.charge_id);
+    }
+    let [prompt, cached, completion, reasoning, total, duration, images, web, x] = counts;
+    let [
+        prompt_price,
+        cached_price,
+        completion_price,
+        image_price,
+        web_price,
+        x_price,
+    ] = prices;
+    let rows = sqlx::query(RECORD_AND_TAKE_PREPAID.as_str())
+        .bind(request_ids)
+        .bind(team_ids)
+        .bind(key_ids)
+        .bind(models)
+        .bind(endpoints)
+        .bind(prompt)
+        .bind(cached)
+        .bind(completion)
+        .bind(reasoning)
+        .bind(total)
+        .bind(costs)
+        .bind(estimated)
+        .bind(streamed)
+        .bind(duration)
+        .bind(started)
+        .bind(charge_ids)
+        .bind(prompt_price)
+        .bind(cached_price)
+        .bind(completion_price)
+        .bind(images)
+        .bind(image_price)
+        .bind(web)
+        .bind(web_price)
+        .bind(x)
+        .bind(x_price)
+        .bind(ids)
+        .bind(charged_teams)
+        .bind(amounts)
+        .bind(counts_of)
+        .bind(reasons)
+        .bind(actor_kinds)
+        .bind(actor_ids)
+        .bind(team_charges)
+        .bind(at)
+        .fetch_all(conn)
+        .await?;
+    let mut recorded = Recorded {
+        new: HashSet::with_capacity(batch.len()),
+        taken: HashSet::with_capacity(t),
+    };
+    for row in rows {
+        if let Some(request) = row.try_get::<Option<Uuid>, _>("request_id")? {
+            recorded.new.insert(request);
+        }
+        if let Some(team) = row.try_get::<Option<Uuid>, _>("taken")? {
+            recorded.taken.insert(team);
+        }
+    }
+    Ok(recorded)
+}
+
+/// [`record_and_take_prepaid`]'s statement: `$1`–`$25` the usage rows' columns in
+/// [`USAGE_COLUMNS`]' order, `$26`–`$33` each charged team's prepaid take (its spend entry's
+/// id, the team, the amount, its requests' count, then the entry's reason, actor and charge),
+/// `$34` the time. Answers a row per new request (`request_id`) and per team taken (`taken`).
+static RECORD_AND_TAKE_PREPAID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH recorded AS (INSERT INTO usage_events ({USAGE_COLUMNS}) SELECT * FROM unnest($1::uuid[], \
+         $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::int8[], \
+         $10::int8[], $11::int8[], $12::bool[], $13::bool[], $14::int8[], $15::timestamptz[], $16::uuid[], \
+         $17::int8[], $18::int8[], $19::int8[], $20::int8[], $21::int8[], $22::int8[], $23::int8[], $24::int8[], \
+         $25::int8[]) ON CONFLICT (request_id) DO NOTHING RETURNING request_id, team_id, cost_ticks), \
+         new AS (SELECT team_id, SUM(cost_ticks) AS amount, COUNT(*) AS requests FROM recorded \
+         WHERE cost_ticks > 0 GROUP BY team_id), \
+         v AS (SELECT v.* FROM unnest($26::uuid[], $27::uuid[], $28::int8[], $29::int8[], $30::text[], \
+         $31::text[], $32::text[], $33::uuid[]) AS v (id, team_id, amount, requests, reason, actor_kind, actor_id, \
+         charge_id) JOIN new ON new.team_id = v.team_id AND new.amount = v.amount AND new.requests = v.requests), \
+         taken AS (UPDATE team_balances b SET prepaid = b.prepaid - v.amount, updated_at = $34 FROM v \
+         WHERE b.team_id = ANY($27) AND b.team_id = v.team_id AND b.promo = 0 AND b.prepaid >= v.amount \
+         RETURNING b.team_id), \
+         spent AS (INSERT INTO spend_journal ({SPEND_COLUMNS}) SELECT v.id, v.team_id, 'spend', 'prepaid', \
+         -v.amount, NULL, v.reason, v.actor_kind, v.actor_id, $34, v.charge_id FROM v JOIN taken \
+         ON taken.team_id = v.team_id) \
+         SELECT request_id, NULL::uuid AS taken FROM recorded UNION ALL SELECT NULL, team_id FROM taken"
+    )
+});
 
 /// What one team's charge changes, computed in memory from its locked funds.
 pub(crate) struct TeamCharge {
@@ -296,10 +509,9 @@ struct SpendRow {
 /// Charges every team's new records of a batch, in `conn`'s transaction, in a fixed number of
 /// statements however many teams: their funds locked and read at once, each team's spend
 /// entries inserted, and balances, lots and invoice months moved once each (not leases: a node
-/// reports its lease's spends when it renews or grows it). On PostgreSQL the teams whose
-/// prepaid credit alone covers their charge are charged first, by [`take_from_prepaid`], and
-/// the rest so. Spend entries go to the spend journal ([`UsageStore::fold_spends`]); returns
-/// how many.
+/// reports its lease's spends when it renews or grows it). On PostgreSQL these are the teams
+/// [`record_and_take_prepaid`] left. Spend entries go to the spend journal
+/// ([`UsageStore::fold_spends`]); returns how many.
 async fn charge_teams(
     conn: &mut <super::Db as sqlx::Database>::Connection,
     teams: &BTreeMap<Uuid, Vec<&Charge>>,
@@ -307,20 +519,8 @@ async fn charge_teams(
     at: Timestamp,
     default_hard_limit: Ticks,
 ) -> Result<u64, StoreError> {
-    let mut journaled = 0;
-    let mut left;
-    let mut teams = teams;
-    if matches!(super::BACKEND, crate::Backend::Postgres) && !teams.is_empty() {
-        let taken = take_from_prepaid(conn, teams, charge_ids, at).await?;
-        if !taken.is_empty() {
-            journaled = u64::try_from(taken.len()).unwrap_or(u64::MAX);
-            left = teams.clone();
-            left.retain(|team, _| !taken.contains(team));
-            teams = &left;
-            if teams.is_empty() {
-                return Ok(journaled);
-            }
-        }
+    if teams.is_empty() {
+        return Ok(0);
     }
     let ids: Vec<Uuid> = teams.keys().copied().collect();
     let spends: BTreeMap<Uuid, i64> = teams
@@ -447,67 +647,7 @@ async fn charge_teams(
         writes.end();
     }
     writes.send(conn).await?;
-    Ok(journaled.saturating_add(u64::try_from(spend_rows.len()).unwrap_or(u64::MAX)))
-}
-
-/// PostgreSQL: takes each team's charge from its prepaid credit where that alone covers it and
-/// the team holds no promotional credit (which consumption order would take first), with its
-/// spend entry journaled, in one statement for every team: most charges are such, and this
-/// spares the commit a round trip and the balances' row locks before their update (the
-/// conditional `UPDATE` locks each row, and rechecks it if another transaction changed it
-/// meanwhile). Returns the teams it charged; the others are charged from their locked funds.
-/// Two nodes' statements may lock common teams in different orders; PostgreSQL then aborts one
-/// transaction as a deadlock, which the store reports as unavailable, and the group commit
-/// retries its batch (idempotent on its request ids).
-async fn take_from_prepaid(
-    conn: &mut <super::Db as sqlx::Database>::Connection,
-    teams: &BTreeMap<Uuid, Vec<&Charge>>,
-    charge_ids: &HashMap<Uuid, Uuid>,
-    at: Timestamp,
-) -> Result<HashSet<Uuid>, StoreError> {
-    let charges: Vec<TeamCharge> = teams
-        .iter()
-        .map(|(team, requests)| {
-            let total = requests
-                .iter()
-                .fold(0i64, |sum, c| sum.saturating_add(c.record.cost.get()));
-            let covered = Funds {
-                lots: Vec::new(),
-                prepaid: Ticks::new(total),
-                invoice_headroom: Ticks::ZERO,
-            };
-            let charge_id = charge_ids.get(team).copied().unwrap_or_else(Uuid::now_v7);
-            team_charge(*team, charge_id, requests, &covered)
-        })
-        .collect();
-    let mut taken = HashSet::new();
-    for chunk in super::shaped_chunks(&charges, ROWS_PER_INSERT) {
-        let mut take = sqlx::QueryBuilder::<super::Db>::new(
-            "WITH v (id, team_id, amount, reason, actor_kind, actor_id, charge_id) AS (",
-        );
-        take.push_values(chunk, |mut row, charge| {
-            row.push_bind(Uuid::now_v7())
-                .push_bind(charge.team_id)
-                .push_bind(-charge.prepaid_moved)
-                .push_bind(format!("{} requests", charge.requests))
-                .push_bind(charge.actor.kind())
-                .push_bind(charge.actor.id())
-                .push_bind(charge.charge_id);
-        });
-        take.push("), taken AS (UPDATE team_balances b SET prepaid = b.prepaid - v.amount, updated_at = ");
-        take.push_bind(at);
-        take.push(format!(
-            " FROM v WHERE b.team_id = v.team_id AND b.promo = 0 AND b.prepaid >= v.amount RETURNING b.team_id), \
-             spent AS (INSERT INTO spend_journal ({SPEND_COLUMNS}) SELECT v.id, v.team_id, 'spend', 'prepaid', \
-             -v.amount, NULL, v.reason, v.actor_kind, v.actor_id, "
-        ));
-        take.push_bind(at);
-        take.push(", v.charge_id FROM v JOIN taken ON taken.team_id = v.team_id) SELECT team_id FROM taken");
-        for row in take.build().fetch_all(&mut *conn).await? {
-            taken.insert(row.try_get("team_id")?);
-        }
-    }
-    Ok(taken)
+    Ok(u64::try_from(spend_rows.len()).unwrap_or(u64::MAX))
 }
 
 #[async_trait]
@@ -532,15 +672,27 @@ impl UsageStore for SqlStore {
             .filter(|charge| charge.record.cost.get() > 0)
             .map(|charge| (charge.record.team_id.as_uuid(), Uuid::now_v7()))
             .collect();
-        let new = insert_records(&mut tx, batch, &charges).await?;
-        // Teams in id order, so two nodes' batches lock them in the same order.
+        let Recorded { new, taken } = match postgres(&mut tx) {
+            Some(pg) => record_and_take_prepaid(pg, batch, &charges, at).await?,
+            None => Recorded {
+                new: insert_records(&mut tx, batch, &charges).await?,
+                taken: HashSet::new(),
+            },
+        };
+        // The teams left to charge, in id order, so two nodes' batches lock them in the same
+        // order.
         let mut teams: BTreeMap<Uuid, Vec<&Charge>> = BTreeMap::new();
         for charge in batch {
-            if charge.record.cost.get() > 0 && new.contains(&charge.record.request_id.as_uuid()) {
-                teams.entry(charge.record.team_id.as_uuid()).or_default().push(charge);
+            let team = charge.record.team_id.as_uuid();
+            if charge.record.cost.get() > 0
+                && !taken.contains(&team)
+                && new.contains(&charge.record.request_id.as_uuid())
+            {
+                teams.entry(team).or_default().push(charge);
             }
         }
-        let journaled = charge_teams(&mut tx, &teams, &charges, at, default_hard_limit).await?;
+        let journaled = charge_teams(&mut tx, &teams, &charges, at, default_hard_limit).await?
+            + u64::try_from(taken.len()).unwrap_or(u64::MAX);
         tx.commit().await?;
         self.journaled.fetch_add(journaled, Ordering::Relaxed);
         Ok(())

@@ -317,10 +317,9 @@ static RECORD_AND_TAKE_PREPAID: std::sync::LazyLock<String> = std::sync::LazyLoc
          charge_id) JOIN new ON new.team_id = v.team_id AND new.amount = v.amount AND new.requests = v.requests), \
          taken AS (UPDATE team_balances b SET prepaid = b.prepaid - v.amount, updated_at = $34 FROM v \
          WHERE b.team_id = ANY($27) AND b.team_id = v.team_id AND b.promo = 0 AND b.prepaid >= v.amount \
-         RETURNING b.team_id), \
-         spent AS (INSERT INTO spend_journal ({SPEND_COLUMNS}) SELECT v.id, v.team_id, 'spend', 'prepaid', \
-         -v.amount, NULL, v.reason, v.actor_kind, v.actor_id, $34, v.charge_id FROM v JOIN taken \
-         ON taken.team_id = v.team_id) \
+         RETURNING v.*), \
+         spent AS (INSERT INTO spend_journal ({SPEND_COLUMNS}) SELECT id, team_id, 'spend', 'prepaid', -amount, \
+         NULL, reason, actor_kind, actor_id, $34, charge_id FROM taken) \
          SELECT request_id, NULL::uuid AS taken FROM recorded UNION ALL SELECT NULL, team_id FROM taken"
     )
 });

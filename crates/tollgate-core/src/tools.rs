@@ -613,17 +613,17 @@ async fn stream_turn(
                 break;
             }
         };
-        let events = match decoder.push(&next) {
-            Ok(events) => events,
-            Err(error) => {
-                turn.error = Some(GatewayError::InvalidResponse(error.to_string()));
-                break;
-            }
-        };
-        for event in events {
-            let SseEvent::Data(payload) = event else {
-                done = true;
-                continue 'stream;
+        for event in decoder.push(&next) {
+            let payload = match event {
+                Ok(SseEvent::Data(payload)) => payload,
+                Ok(SseEvent::Done) => {
+                    done = true;
+                    continue 'stream;
+                }
+                Err(error) => {
+                    turn.error = Some(GatewayError::InvalidResponse(error.to_string()));
+                    break 'stream;
+                }
             };
             let Ok(mut chunk) = serde_json::from_str::<Value>(&payload) else {
                 continue;

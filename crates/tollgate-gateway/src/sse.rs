@@ -2,19 +2,35 @@
 //! events separated by a blank line, `[DONE]` at the end). Comments and other fields are
 //! skipped.
 
-/// One decoded event.
+use std::borrow::Cow;
+
+/// One decoded event, borrowed from the decoder's buffer when it is one `data:` line (nearly
+/// every event is), so relaying a stream copies no event into a string of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SseEvent {
+pub enum SseEvent<'a> {
     /// A `data:` payload (several `data:` lines joined with `\n`).
-    Data(String),
+    Data(Cow<'a, str>),
     /// `data: [DONE]`.
     Done,
+}
+
+impl SseEvent<'_> {
+    /// The event, owning its payload.
+    pub fn into_owned(self) -> SseEvent<'static> {
+        match self {
+            Self::Data(data) => SseEvent::Data(Cow::Owned(data.into_owned())),
+            Self::Done => SseEvent::Done,
+        }
+    }
 }
 
 /// Incremental decoder: feed it bytes as they arrive, take complete events out.
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     buffer: Vec<u8>,
+    /// How much of `buffer` the events taken out so far span: dropped at the next push (the
+    /// events borrow it until then).
+    consumed: usize,
     /// How far into `buffer` no event's end was found: a push searches on from there, so each
     /// byte is looked at once however the stream is cut.
     searched: usize,
@@ -24,38 +40,68 @@ pub struct SseDecoder {
 const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// The upstream sent an event too large to be a chat chunk.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("server-sent event larger than {MAX_EVENT_BYTES} bytes")]
 pub struct EventTooLarge;
 
 impl SseDecoder {
-    /// Adds `bytes` and returns every event now complete.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, EventTooLarge> {
+    /// Adds `bytes`; the iterator gives every event now complete, in order, then, if what is
+    /// left of an event has grown past the limit, [`EventTooLarge`] (the stream is broken).
+    pub fn push(&mut self, bytes: &[u8]) -> Events<'_> {
+        self.buffer.drain(..self.consumed);
+        self.searched = self.searched.saturating_sub(self.consumed);
+        self.consumed = 0;
         self.buffer.extend_from_slice(bytes);
-        let mut events = Vec::new();
-        let mut start = 0;
-        let mut from = self.searched;
-        while let Some((end, separator)) = find_event_end(&self.buffer, start, from) {
-            if let Some(event) = decode_block(&self.buffer[start..end]) {
-                events.push(event);
-            }
-            start = end + separator;
-            from = start;
+        Events {
+            buffer: &self.buffer,
+            consumed: &mut self.consumed,
+            searched: &mut self.searched,
+            ended: false,
         }
-        self.buffer.drain(..start);
-        // A separator may have begun in the last three bytes and end in the next push.
-        self.searched = self.buffer.len().saturating_sub(3);
-        if self.buffer.len() > MAX_EVENT_BYTES {
-            return Err(EventTooLarge);
-        }
-        Ok(events)
     }
 
     /// The event left in the buffer when the stream ends without a final blank line.
-    pub fn finish(&mut self) -> Option<SseEvent> {
-        let block = std::mem::take(&mut self.buffer);
+    pub fn finish(&mut self) -> Option<SseEvent<'static>> {
+        let mut block = std::mem::take(&mut self.buffer);
+        block.drain(..self.consumed);
+        self.consumed = 0;
         self.searched = 0;
-        decode_block(&block)
+        decode_block(&block).map(SseEvent::into_owned)
+    }
+}
+
+/// The events of one [`SseDecoder::push`], borrowed from the decoder's buffer.
+#[derive(Debug)]
+pub struct Events<'a> {
+    buffer: &'a [u8],
+    consumed: &'a mut usize,
+    searched: &'a mut usize,
+    ended: bool,
+}
+
+impl<'a> Iterator for Events<'a> {
+    type Item = Result<SseEvent<'a>, EventTooLarge>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let buffer: &'a [u8] = self.buffer;
+        while !self.ended {
+            let start = *self.consumed;
+            let Some((end, separator)) = find_event_end(buffer, start, *self.searched) else {
+                self.ended = true;
+                // A separator may have begun in the last three bytes and end in the next push.
+                *self.searched = buffer.len().saturating_sub(3).max(start);
+                if buffer.len() - start > MAX_EVENT_BYTES {
+                    return Some(Err(EventTooLarge));
+                }
+                return None;
+            };
+            *self.consumed = end + separator;
+            *self.searched = end + separator;
+            if let Some(event) = decode_block(&buffer[start..end]) {
+                return Some(Ok(event));
+            }
+        }
+        None
     }
 }
 
@@ -76,23 +122,20 @@ fn find_event_end(buffer: &[u8], start: usize, from: usize) -> Option<(usize, us
     None
 }
 
-fn decode_block(block: &[u8]) -> Option<SseEvent> {
+fn decode_block(block: &[u8]) -> Option<SseEvent<'_>> {
     // Nearly every event is one `data:` line: taken whole, without splitting it into lines.
     if let Some(value) = block.strip_prefix(b"data:")
         && memchr::memchr2(b'\n', b'\r', value).is_none()
         && let Ok(value) = std::str::from_utf8(value)
     {
-        return Some(data_event(value.strip_prefix(' ').unwrap_or(value).to_owned()));
+        return Some(data_event(Cow::Borrowed(value.strip_prefix(' ').unwrap_or(value))));
     }
     decode_lines(block)
 }
 
 /// Any event: its `data:` lines joined.
-fn decode_lines(block: &[u8]) -> Option<SseEvent> {
-    let text = match std::str::from_utf8(block) {
-        Ok(text) => std::borrow::Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(block),
-    };
+fn decode_lines(block: &[u8]) -> Option<SseEvent<'static>> {
+    let text = String::from_utf8_lossy(block);
     let mut data: Option<String> = None;
     for line in text.lines() {
         if let Some(value) = line.strip_prefix("data:") {
@@ -106,10 +149,10 @@ fn decode_lines(block: &[u8]) -> Option<SseEvent> {
             }
         }
     }
-    data.map(data_event)
+    data.map(|data| data_event(Cow::Owned(data)))
 }
 
-fn data_event(data: String) -> SseEvent {
+fn data_event(data: Cow<'_, str>) -> SseEvent<'_> {
     if data.trim() == "[DONE]" {
         SseEvent::Done
     } else {
@@ -120,6 +163,14 @@ fn data_event(data: String) -> SseEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every event of a push, owned, or the error that ends it.
+    fn events(decoder: &mut SseDecoder, bytes: &[u8]) -> Result<Vec<SseEvent<'static>>, EventTooLarge> {
+        decoder
+            .push(bytes)
+            .map(|event| event.map(SseEvent::into_owned))
+            .collect()
+    }
 
     /// A one-line event, taken whole, decodes as the line-by-line reading decodes it.
     #[test]
@@ -156,8 +207,8 @@ mod tests {
         let stream = b"data: {\"a\":1}\n\n: keep-alive\n\ndata: {\"b\":2}\r\n\r\ndata: [DONE]\n\n";
         for split in 0..stream.len() {
             let mut decoder = SseDecoder::default();
-            let mut events = decoder.push(&stream[..split]).unwrap();
-            events.extend(decoder.push(&stream[split..]).unwrap());
+            let mut events = events(&mut decoder, &stream[..split]).unwrap();
+            events.extend(super::tests::events(&mut decoder, &stream[split..]).unwrap());
             assert_eq!(
                 events,
                 vec![
@@ -182,10 +233,11 @@ mod tests {
         ];
         for size in 1..=stream.len() {
             let mut decoder = SseDecoder::default();
-            let mut events = Vec::new();
+            let mut all = Vec::new();
             for piece in stream.chunks(size) {
-                events.extend(decoder.push(piece).unwrap());
+                all.extend(events(&mut decoder, piece).unwrap());
             }
+            let events = all;
             assert_eq!(events, expected, "pieces of {size}");
             assert_eq!(decoder.finish(), None);
         }
@@ -194,7 +246,37 @@ mod tests {
     #[test]
     fn finishes_an_unterminated_event() {
         let mut decoder = SseDecoder::default();
-        assert!(decoder.push(b"data: x").unwrap().is_empty());
+        assert!(events(&mut decoder, b"data: x").unwrap().is_empty());
         assert_eq!(decoder.finish(), Some(SseEvent::Data("x".into())));
+    }
+
+    /// An event is taken from the buffer it arrived in, unless several lines make it up.
+    #[test]
+    fn a_one_line_event_is_borrowed_not_copied() {
+        let mut decoder = SseDecoder::default();
+        let taken: Vec<bool> = decoder
+            .push(b"data: a\n\ndata: b\ndata: c\n\n")
+            .map(|event| matches!(event, Ok(SseEvent::Data(Cow::Borrowed(_)))))
+            .collect();
+        assert_eq!(taken, [true, false]);
+    }
+
+    /// Events complete before an event that outgrows the limit still come out, then the error;
+    /// events a push's caller left untaken come out at the next push, before the new ones.
+    #[test]
+    fn an_event_past_the_limit_ends_the_stream_after_the_events_before_it() {
+        let mut decoder = SseDecoder::default();
+        let mut big = b"data: a\n\ndata: ".to_vec();
+        big.resize(MAX_EVENT_BYTES + 16, b'x');
+        let got: Vec<_> = decoder.push(&big).map(|e| e.map(SseEvent::into_owned)).collect();
+        assert_eq!(got, [Ok(SseEvent::Data("a".into())), Err(EventTooLarge)]);
+
+        let mut decoder = SseDecoder::default();
+        let first = decoder.push(b"data: 1\n\ndata: 2\n\n").next();
+        assert_eq!(first, Some(Ok(SseEvent::Data("1".into()))));
+        assert_eq!(
+            events(&mut decoder, b"data: 3\n\n").unwrap(),
+            [SseEvent::Data("2".into()), SseEvent::Data("3".into())]
+        );
     }
 }

@@ -814,21 +814,21 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
                 break;
             }
         };
-        let events = match decoder.push(&bytes) {
-            Ok(events) => events,
-            Err(error) => {
-                upstream_error = Some(GatewayError::InvalidResponse(error.to_string()));
-                break;
-            }
-        };
         // What one read of the upstream brought goes to the client in one write: the events
         // arrived together, so nothing waits, and the client's socket is written once, not
         // once per event.
         let mut frame: Vec<u8> = Vec::new();
-        for event in events {
-            let SseEvent::Data(payload) = event else {
-                finished = true;
-                break;
+        for event in decoder.push(&bytes) {
+            let payload = match event {
+                Ok(SseEvent::Data(payload)) => payload,
+                Ok(SseEvent::Done) => {
+                    finished = true;
+                    break;
+                }
+                Err(error) => {
+                    upstream_error = Some(GatewayError::InvalidResponse(error.to_string()));
+                    break;
+                }
             };
             let price = |usage: TokenUsage| (usage, billing.admission.pricing().cost(&usage).unwrap_or_default());
             // Nearly every chunk is an object read in place; anything else takes the general
@@ -867,7 +867,7 @@ async fn relay_stream<S: StreamShape>(relay: Relay, sender: mpsc::Sender<Result<
             client_gone = true;
             break;
         }
-        if finished {
+        if finished || upstream_error.is_some() {
             break;
         }
     }

@@ -138,6 +138,45 @@ impl RequestBodyStore for SqlStore {
         if let Some(kept) = self.keep_bodies_on_own_thread(rows).await {
             return kept;
         }
+        // PostgreSQL (a type comparison, settled when this is compiled): the rows in one
+        // statement, each column bound as one array and `unnest`ed, so a batch is one
+        // transaction with one text that stays prepared, where multi-row `VALUES` took a
+        // statement, and a commit, per power-of-two piece of the batch.
+        if let Some(pool) = (&self.write as &dyn std::any::Any).downcast_ref::<sqlx::PgPool>() {
+            let n = rows.len();
+            let (mut requests, mut teams, mut keys) =
+                (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut endpoints, mut models, mut times, mut sealed) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for body in rows {
+                requests.push(body.request_id.as_uuid());
+                teams.push(body.team_id.as_uuid());
+                keys.push(body.api_key_id.as_uuid());
+                endpoints.push(body.endpoint.as_str());
+                models.push(body.model.as_str());
+                times.push(body.created_at);
+                sealed.push(body.sealed.as_slice());
+            }
+            sqlx::query(
+                "INSERT INTO request_bodies (request_id, team_id, api_key_id, endpoint, model, created_at, sealed) \
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[], \
+                 $7::bytea[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(requests)
+            .bind(teams)
+            .bind(keys)
+            .bind(endpoints)
+            .bind(models)
+            .bind(times)
+            .bind(sealed)
+            .execute(pool)
+            .await?;
+            return Ok(());
+        }
         for chunk in super::shaped_chunks(rows, ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::<super::Db>::new(
                 "INSERT INTO request_bodies (request_id, team_id, api_key_id, endpoint, model, created_at, sealed) ",

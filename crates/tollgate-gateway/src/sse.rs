@@ -165,7 +165,7 @@ mod tests {
     use super::*;
 
     /// Every event of a push, owned, or the error that ends it.
-    fn events(decoder: &mut SseDecoder, bytes: &[u8]) -> Result<Vec<SseEvent<'static>>, EventTooLarge> {
+    fn decode_all(decoder: &mut SseDecoder, bytes: &[u8]) -> Result<Vec<SseEvent<'static>>, EventTooLarge> {
         decoder
             .push(bytes)
             .map(|event| event.map(SseEvent::into_owned))
@@ -207,8 +207,8 @@ mod tests {
         let stream = b"data: {\"a\":1}\n\n: keep-alive\n\ndata: {\"b\":2}\r\n\r\ndata: [DONE]\n\n";
         for split in 0..stream.len() {
             let mut decoder = SseDecoder::default();
-            let mut events = events(&mut decoder, &stream[..split]).unwrap();
-            events.extend(super::tests::events(&mut decoder, &stream[split..]).unwrap());
+            let mut events = decode_all(&mut decoder, &stream[..split]).unwrap();
+            events.extend(decode_all(&mut decoder, &stream[split..]).unwrap());
             assert_eq!(
                 events,
                 vec![
@@ -233,11 +233,10 @@ mod tests {
         ];
         for size in 1..=stream.len() {
             let mut decoder = SseDecoder::default();
-            let mut all = Vec::new();
+            let mut events = Vec::new();
             for piece in stream.chunks(size) {
-                all.extend(events(&mut decoder, piece).unwrap());
+                events.extend(decode_all(&mut decoder, piece).unwrap());
             }
-            let events = all;
             assert_eq!(events, expected, "pieces of {size}");
             assert_eq!(decoder.finish(), None);
         }
@@ -246,7 +245,7 @@ mod tests {
     #[test]
     fn finishes_an_unterminated_event() {
         let mut decoder = SseDecoder::default();
-        assert!(events(&mut decoder, b"data: x").unwrap().is_empty());
+        assert!(decode_all(&mut decoder, b"data: x").unwrap().is_empty());
         assert_eq!(decoder.finish(), Some(SseEvent::Data("x".into())));
     }
 
@@ -275,7 +274,7 @@ mod tests {
         let first = decoder.push(b"data: 1\n\ndata: 2\n\n").next();
         assert_eq!(first, Some(Ok(SseEvent::Data("1".into()))));
         assert_eq!(
-            events(&mut decoder, b"data: 3\n\n").unwrap(),
+            decode_all(&mut decoder, b"data: 3\n\n").unwrap(),
             [SseEvent::Data("2".into()), SseEvent::Data("3".into())]
         );
     }

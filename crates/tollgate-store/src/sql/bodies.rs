@@ -138,11 +138,11 @@ impl RequestBodyStore for SqlStore {
         if let Some(kept) = self.keep_bodies_on_own_thread(rows).await {
             return kept;
         }
-        // PostgreSQL (a type comparison, settled when this is compiled): the rows in one
-        // statement, each column bound as one array and `unnest`ed, so a batch is one
-        // transaction with one text that stays prepared, where multi-row `VALUES` took a
-        // statement, and a commit, per power-of-two piece of the batch.
-        if let Some(pool) = (&self.write as &dyn std::any::Any).downcast_ref::<sqlx::PgPool>() {
+        let mut conn = self.write.acquire().await?;
+        // PostgreSQL: the rows in one statement, each column bound as one array and
+        // `unnest`ed, so a batch is one transaction with one text that stays prepared, where
+        // multi-row `VALUES` took a statement, and a commit, per power-of-two piece of it.
+        if let Some(pg) = super::postgres(&mut conn) {
             let n = rows.len();
             let (mut requests, mut teams, mut keys) =
                 (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -173,7 +173,7 @@ impl RequestBodyStore for SqlStore {
             .bind(models)
             .bind(times)
             .bind(sealed)
-            .execute(pool)
+            .execute(pg)
             .await?;
             return Ok(());
         }
@@ -191,7 +191,7 @@ impl RequestBodyStore for SqlStore {
                     .push_bind(body.sealed.clone());
             });
             insert.push(" ON CONFLICT DO NOTHING");
-            insert.build().execute(&self.write).await?;
+            insert.build().execute(&mut *conn).await?;
         }
         Ok(())
     }

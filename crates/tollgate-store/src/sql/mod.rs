@@ -40,6 +40,13 @@ pub(super) mod usage;
 
 type DbRow = <Db as sqlx::Database>::Row;
 
+/// The connection as PostgreSQL's, in PostgreSQL's instantiation of this module: statements
+/// that bind each column as one array (a batch in one statement of one text) exist only there
+/// (SQLite has no arrays). A type comparison, settled when this is compiled.
+fn postgres(conn: &mut <Db as sqlx::Database>::Connection) -> Option<&mut sqlx::PgConnection> {
+    (conn as &mut dyn std::any::Any).downcast_mut()
+}
+
 pub(crate) fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {error}"))
 }

@@ -42,13 +42,6 @@ pub(crate) const USAGE_COLUMNS: &str = "request_id, team_id, api_key_id, model, 
 pub(crate) const SPEND_COLUMNS: &str =
     "id, team_id, kind, bucket, amount, lot_id, reason, actor_kind, actor_id, created_at, charge_id";
 
-/// The connection as PostgreSQL's, in PostgreSQL's instantiation of this module: the group
-/// commit's statements that bind each column as one array exist only there (SQLite has no
-/// arrays). A type comparison, settled when this is compiled.
-fn postgres(conn: &mut <super::Db as sqlx::Database>::Connection) -> Option<&mut sqlx::PgConnection> {
-    (conn as &mut dyn std::any::Any).downcast_mut()
-}
-
 /// Inserts the usage rows in multi-row statements, each with its team's charge id; returns the
 /// request ids that were new (a request recorded before is skipped, with its charge). SQLite's
 /// (PostgreSQL's are written by [`record_and_take_prepaid`]).
@@ -303,6 +296,9 @@ async fn record_and_take_prepaid(
 /// [`USAGE_COLUMNS`]' order, `$26`–`$33` each charged team's prepaid take (its spend entry's
 /// id, the team, the amount, its requests' count, then the entry's reason, actor and charge),
 /// `$34` the time. Answers a row per new request (`request_id`) and per team taken (`taken`).
+/// `b.team_id = ANY($27)` lets the planner find the batch's balances by their key: without it,
+/// a plan that hash-joined the teams scanned every balance (0.49 against 0.34 ms for 16 teams
+/// of 1,000, `EXPLAIN ANALYZE`).
 static RECORD_AND_TAKE_PREPAID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH recorded AS (INSERT INTO usage_events ({USAGE_COLUMNS}) SELECT * FROM unnest($1::uuid[], \
@@ -671,7 +667,7 @@ impl UsageStore for SqlStore {
             .filter(|charge| charge.record.cost.get() > 0)
             .map(|charge| (charge.record.team_id.as_uuid(), Uuid::now_v7()))
             .collect();
-        let Recorded { new, taken } = match postgres(&mut tx) {
+        let Recorded { new, taken } = match super::postgres(&mut tx) {
             Some(pg) => record_and_take_prepaid(pg, batch, &charges, at).await?,
             None => Recorded {
                 new: insert_records(&mut tx, batch, &charges).await?,
@@ -690,8 +686,9 @@ impl UsageStore for SqlStore {
                 teams.entry(team).or_default().push(charge);
             }
         }
-        let journaled = charge_teams(&mut tx, &teams, &charges, at, default_hard_limit).await?
-            + u64::try_from(taken.len()).unwrap_or(u64::MAX);
+        let journaled = charge_teams(&mut tx, &teams, &charges, at, default_hard_limit)
+            .await?
+            .saturating_add(u64::try_from(taken.len()).unwrap_or(u64::MAX));
         tx.commit().await?;
         self.journaled.fetch_add(journaled, Ordering::Relaxed);
         Ok(())

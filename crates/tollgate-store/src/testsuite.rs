@@ -745,8 +745,8 @@ pub async fn one_batch_charges_many_teams(store: &dyn Store) {
     assert!(keys.iter().all(|key| key.starts_with("charge:")), "{keys:?}");
     assert_eq!(store.verify_ledger().await.unwrap(), None);
     // A retried batch that mixes a request recorded before with a new one, for a team whose
-    // prepaid credit would cover both: the new one alone is charged (40 left, 5 taken), not the
-    // two (which would leave 5).
+    // prepaid credit would cover both: the new one alone is charged (of the 40 left, 5 taken:
+    // 35), not the two (which would leave 5).
     let replay = [batch[0].clone(), charge(0, 5)];
     store
         .insert_usage_batch(&replay, at(5), Ticks::new(1_000))

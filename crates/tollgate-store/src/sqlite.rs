@@ -203,6 +203,41 @@ mod tests {
         );
     }
 
+    /// The migration that drops the ledger's foreign key rebuilds SQLite's table and the view
+    /// over it: every entry survives, reads through the view see it and the journal, and the
+    /// table references nothing.
+    #[tokio::test]
+    async fn dropping_the_ledgers_foreign_key_keeps_every_entry_and_the_view() {
+        let pool = migrated_before(20_261_203_000_035).await;
+        for statement in [
+            "INSERT INTO teams (id, name, personal, created_at) VALUES (x'02', 'T', 0, '2026-11-01T00:00:00Z')",
+            "INSERT INTO ledger_entries (id, team_id, kind, bucket, amount, idempotency_key, actor_kind, created_at) \
+             VALUES (x'01', x'02', 'purchase', 'prepaid', 100, 'key-1', 'system', '2026-11-01T00:00:00Z')",
+            "INSERT INTO spend_journal (id, team_id, kind, bucket, amount, actor_kind, created_at, charge_id) \
+             VALUES (x'03', x'02', 'spend', 'prepaid', -40, 'system', '2026-11-02T00:00:00Z', x'04')",
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        MIGRATOR.run(&pool).await.unwrap();
+        let kept: Vec<(String, Option<String>)> = sqlx::query_as("SELECT kind, idempotency_key FROM ledger_entries")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(kept, vec![("purchase".to_owned(), Some("key-1".to_owned()))]);
+        let balance: i64 = sqlx::query_scalar("SELECT SUM(amount) FROM ledger WHERE team_id = x'02'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(balance, 60);
+        let keys = sqlx::query("PRAGMA foreign_key_list(ledger_entries)")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert!(keys.is_empty());
+        let orphans = sqlx::query("PRAGMA foreign_key_check").fetch_all(&pool).await.unwrap();
+        assert!(orphans.is_empty());
+    }
+
     /// The migration that rewrites the ledger's checks rebuilds SQLite's table: every entry
     /// survives with its key, the checks allow the same kinds and buckets as before and refuse
     /// others, and writing an entry no longer builds a temporary b-tree.

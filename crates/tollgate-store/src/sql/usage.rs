@@ -708,17 +708,29 @@ impl UsageStore for SqlStore {
         let mut tx = self.write.begin().await?;
         let moved = if matches!(super::BACKEND, crate::Backend::Postgres) {
             // One statement: the rows this deletes are the rows it inserts, and a node folding
-            // at the same time waits for these rows' locks, then finds them gone.
-            sqlx::query(&format!(
-                "WITH moved AS (DELETE FROM spend_journal RETURNING {SPEND_COLUMNS}) \
-                 INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM moved"
+            // at the same time waits for these rows' locks, then finds them gone. The ledger has
+            // no foreign key to check a row's team by (a query per row): the fold checks them
+            // all at once, and a spend whose team is missing stops it (migration
+            // 20261203000035).
+            let row = sqlx::query(&format!(
+                "WITH moved AS (DELETE FROM spend_journal RETURNING {SPEND_COLUMNS}), \
+                 folded AS (INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM moved \
+                 WHERE team_id IN (SELECT id FROM teams) RETURNING 1) \
+                 SELECT (SELECT COUNT(*) FROM moved) AS deleted, (SELECT COUNT(*) FROM folded) AS moved"
             ))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+            .fetch_one(&mut *tx)
+            .await?;
+            let (deleted, moved): (i64, i64) = (row.try_get("deleted")?, row.try_get("moved")?);
+            if deleted != moved {
+                return Err(super::corrupt("spend_journal", "a spend of a team that does not exist"));
+            }
+            super::to_u64(moved, "folded spends")?
         } else {
+            // The ledger has no foreign key to check a row's team by: the fold checks them all
+            // at once (migration 20261203000035).
             let moved = sqlx::query(&format!(
-                "INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM spend_journal"
+                "INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM spend_journal \
+                 WHERE team_id IN (SELECT id FROM teams)"
             ))
             .execute(&mut *tx)
             .await?
@@ -728,8 +740,9 @@ impl UsageStore for SqlStore {
                 .await?
                 .rows_affected();
             if deleted != moved {
-                // Nothing writes the journal while this transaction holds the write lock.
-                return Err(super::corrupt("spend_journal", "rows changed during a fold"));
+                // Nothing writes the journal while this transaction holds the write lock, so
+                // what was not moved is a spend of a team that does not exist.
+                return Err(super::corrupt("spend_journal", "a spend of a team that does not exist"));
             }
             moved
         };

@@ -25,6 +25,11 @@ struct Args {
     /// Stream the answers (SSE) instead of plain JSON.
     #[arg(long)]
     stream: bool,
+    /// How many times the free and the billed model take turns (each turn sends `requests /
+    /// rounds` requests to each): more turns spread a drifting machine over both evenly, and
+    /// billing's cost is printed for each turn, to show how far it moves within one run.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
     /// Requests per run sent first and not measured.
     #[arg(long, default_value_t = 1_000)]
     warmup: usize,
@@ -406,28 +411,27 @@ async fn main() -> anyhow::Result<()> {
     let direct = drive(&client, &direct_url, &[], &direct_body, args.requests, args.concurrency)
         .await
         .context("direct")?;
-    // Alternate the two, twice each, so neither gets the warmer machine.
+    // Alternate the two, so neither gets the warmer machine.
+    let per_turn = args.requests / usize::from(args.rounds);
     let mut free = Vec::new();
     let mut billed = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..args.rounds {
         free.push(
-            drive_tollgate(&target, &client, &keys, &free_body, args.requests / 2, args.concurrency)
+            drive_tollgate(&target, &client, &keys, &free_body, per_turn, args.concurrency)
                 .await
                 .context("tollgate, free model")?,
         );
         billed.push(
-            drive_tollgate(
-                &target,
-                &client,
-                &keys,
-                &billed_body,
-                args.requests / 2,
-                args.concurrency,
-            )
-            .await
-            .context("tollgate, billed model")?,
+            drive_tollgate(&target, &client, &keys, &billed_body, per_turn, args.concurrency)
+                .await
+                .context("tollgate, billed model")?,
         );
     }
+    let turns: Vec<String> = free
+        .iter()
+        .zip(&billed)
+        .map(|(free, billed)| format!("{:+.1}%", (billed.rps() / free.rps() - 1.0) * 100.0))
+        .collect();
     let (free, billed) = (Run::merge(free), Run::merge(billed));
 
     println!(
@@ -461,11 +465,12 @@ async fn main() -> anyhow::Result<()> {
         ms(billed.percentile(0.50)) - ms(free.percentile(0.50)),
         ms(billed.percentile(0.99)) - ms(free.percentile(0.99))
     );
+    println!("billing's cost per turn: {}", turns.join(", "));
     let mut stored = 0;
     for payer in &payers {
         stored += server.store.list_usage(payer.key.team_id, u32::MAX).await?.len();
     }
-    let expected = 2 * (args.requests / 2) * 2 + args.warmup * 2;
+    let expected = 2 * per_turn * usize::from(args.rounds) + args.warmup * 2;
     println!("usage records stored: {stored} (expected {expected})");
     if let Some(operator) = server.operator_addr {
         let metrics = client

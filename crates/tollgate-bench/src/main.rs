@@ -253,6 +253,10 @@ fn ms(duration: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(
+        args.requests >= usize::from(args.rounds),
+        "--requests must be at least --rounds (each turn sends requests / rounds)"
+    );
     anyhow::ensure!(args.teams >= 1, "--teams must be at least 1");
     let upstream = tollgate_testkit::MockUpstream::start().await?;
     let dir = tempfile::tempdir()?;

@@ -100,7 +100,7 @@ struct Writer {
 
 async fn run(writer: Writer, mut receiver: mpsc::Receiver<Job>) {
     // What an earlier process journaled and did not fold.
-    fold_spends(&writer, 0).await;
+    let mut fold_at = fold_spends(&writer, 0, writer.fold_spends_at).await;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Let the tasks already due to run go first: on a busy node many are requests about to
@@ -119,7 +119,7 @@ async fn run(writer: Writer, mut receiver: mpsc::Receiver<Job>) {
                     let _ = job.done.send(Ok(()));
                 }
                 // After the answers, so no request waits for it; the next batch may.
-                fold_spends(&writer, writer.fold_spends_at).await;
+                fold_at = fold_spends(&writer, fold_at, fold_at).await;
             }
             // One bad record must not fail the requests it happened to share a commit with:
             // write them one by one, so only the bad one fails. (Not when the database is
@@ -144,13 +144,33 @@ async fn run(writer: Writer, mut receiver: mpsc::Receiver<Job>) {
 }
 
 /// Folds the store's spend journal into its ledger once at least `at_least` spend entries
-/// wait ([`tollgate_store::UsageStore::fold_spends`]). A failure is logged, not returned: the
-/// entries stay in the journal, where every read sees them, and the next fold moves them.
-async fn fold_spends(writer: &Writer, at_least: u64) {
+/// wait ([`tollgate_store::UsageStore::fold_spends`]), and answers how many entries the next
+/// fold waits for, `fold_at` being the current threshold. A failure is logged, not returned:
+/// the entries stay in the journal, where every read sees them, and the fold is tried again
+/// once the journal has doubled, not after every batch: a fold that cannot succeed (a spend of
+/// a team that does not exist) would otherwise stall every batch with a whole journal's work,
+/// undone. A fold that moved entries brings the threshold back.
+async fn fold_spends(writer: &Writer, at_least: u64, fold_at: u64) -> u64 {
     match writer.store.fold_spends(at_least).await {
-        Ok(0) => {}
-        Ok(moved) => tracing::debug!(entries = moved, "spend journal folded into the ledger"),
-        Err(error) => tracing::warn!(error = %error, "the spend journal could not be folded; will retry"),
+        // Not due yet, or another node's fold took them.
+        Ok(0) => fold_at,
+        Ok(moved) => {
+            tracing::debug!(entries = moved, "spend journal folded into the ledger");
+            writer.fold_spends_at
+        }
+        // Written behind the application's back: it stays until an operator removes it.
+        Err(error @ StoreError::Corrupt(_)) => {
+            tracing::error!(
+                error = %error,
+                "the spend journal could not be folded (a `spend_journal` row whose team is not in `teams` must be \
+                 removed); will retry once it has doubled"
+            );
+            fold_at.saturating_mul(2)
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "the spend journal could not be folded; will retry once it has doubled");
+            fold_at.saturating_mul(2)
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use crate::util::{MODEL, TestApp, on_both_backends};
 on_both_backends!(
     a_bad_record_fails_alone,
     the_recorder_folds_spends_once_enough_gather,
-    a_fold_moves_no_spend_of_a_missing_team
+    a_fold_moves_no_spend_of_a_missing_team,
+    a_failed_fold_waits_for_the_journal_to_double
 );
 
 /// A request of the app's team on `api_key_id`, costing 10 ticks.
@@ -116,6 +117,32 @@ async fn a_fold_moves_no_spend_of_a_missing_team(db: TestDb) {
         )
         .await
         .unwrap();
+    journal_a_spend_of_no_team(&app).await;
+    let refused = store.fold_spends(0).await;
+    assert!(
+        matches!(&refused, Err(tollgate_store::StoreError::Corrupt(why)) if why.contains("team that does not exist")),
+        "{refused:?}"
+    );
+    let spends = || async {
+        app.store()
+            .ledger_entries(app.team.id, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|entry| entry.kind == tollgate_domain::EntryKind::Spend)
+            .count()
+    };
+    // Still journaled (reads see the journal too); the next fold finds it there.
+    assert_eq!(spends().await, 1);
+    remove_the_spend_of_no_team(&app).await;
+    assert_eq!(store.fold_spends(0).await.unwrap(), 1);
+    assert_eq!(spends().await, 1);
+    assert_eq!(app.store().verify_ledger().await.unwrap(), None);
+    app.finish().await;
+}
+
+/// Journals a spend of 5 ticks for a team that does not exist, behind the application's back.
+async fn journal_a_spend_of_no_team(app: &TestApp) {
     let (id, team, charge_id) = (
         "0190a000-0000-7000-8000-00000000000a",
         "0190a000-0000-7000-8000-00000000000b",
@@ -136,28 +163,38 @@ async fn a_fold_moves_no_spend_of_a_missing_team(db: TestDb) {
     )
     .await
     .unwrap();
-    let refused = store.fold_spends(0).await;
-    assert!(
-        matches!(&refused, Err(tollgate_store::StoreError::Corrupt(why)) if why.contains("team that does not exist")),
-        "{refused:?}"
-    );
-    let spends = || async {
-        app.store()
-            .ledger_entries(app.team.id, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|entry| entry.kind == tollgate_domain::EntryKind::Spend)
-            .count()
-    };
-    // Still journaled (reads see the journal too); the next fold finds it there.
-    assert_eq!(spends().await, 1);
+}
+
+/// Removes what [`journal_a_spend_of_no_team`] wrote.
+async fn remove_the_spend_of_no_team(app: &TestApp) {
     let gone = "DELETE FROM spend_journal WHERE amount = -5";
     crate::util::execute(&app.config.database_url, gone, gone)
         .await
         .unwrap();
-    assert_eq!(store.fold_spends(0).await.unwrap(), 1);
-    assert_eq!(spends().await, 1);
+}
+
+/// A fold that failed is not tried again after every batch (each try would redo a whole
+/// journal's work and undo it), but once the journal has doubled.
+async fn a_failed_fold_waits_for_the_journal_to_double(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let created = app.create_api_key(serde_json::json!({"name": "k"})).await;
+    let key_id: ApiKeyId = created["apiKeyId"].as_str().unwrap().parse().unwrap();
+    let store = Arc::clone(&app.server.as_ref().unwrap().store);
+    journal_a_spend_of_no_team(&app).await;
+    // The fold at start fails: the next is due at 4 entries, not 2.
+    let (recorder, task) = UsageRecorder::start_folding_at(Arc::clone(&store), app.clock.clone(), Ticks::ZERO, 2);
+    recorder.record(charge(&app, key_id)).await.unwrap();
+    remove_the_spend_of_no_team(&app).await;
+    // Two and three entries: a fold at 2 would now succeed, but none is tried before 4.
+    recorder.record(charge(&app, key_id)).await.unwrap();
+    recorder.record(charge(&app, key_id)).await.unwrap();
+    drop(recorder);
+    task.await.unwrap();
+    assert_eq!(
+        store.fold_spends(0).await.unwrap(),
+        3,
+        "no fold was tried before 4 entries"
+    );
     assert_eq!(app.store().verify_ledger().await.unwrap(), None);
     app.finish().await;
 }

@@ -141,6 +141,7 @@ pub struct LedgerEntry {
     /// Unique: the same key is the same entry, written once however often it is asked for. A
     /// spend is read back as `charge:<charge id>:<bucket>[:<lot id>]`: it stores no key, as it
     /// is written only for usage rows new to the store, whose request ids make it idempotent.
+    /// A charge's spends of several batches share that key until a fold sums them into one.
     pub idempotency_key: String,
     /// The promotional lot it concerns (a grant, an expiry).
     pub lot_id: Option<uuid::Uuid>,

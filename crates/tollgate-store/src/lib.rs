@@ -504,12 +504,14 @@ pub trait UsageStore: Send + Sync {
         default_hard_limit: tollgate_domain::Ticks,
     ) -> Result<(), StoreError>;
     /// Moves the spend journal into the ledger when this store has journaled at least
-    /// `at_least` spend entries since its last fold (0: whatever the count); returns how many
-    /// entries moved. A group commit appends its spend entries to the journal, in the order
+    /// `at_least` spend entries since its last fold (0: whatever the count). A group commit appends its spend entries to the journal, in the order
     /// they happen; a fold moves them all into the ledger in one transaction, so each team's
-    /// part of the ledger is written once per fold rather than once per commit.
-    /// Every read sees an entry in exactly one of the two, so when folds run changes no answer.
-    /// Safe to run on several nodes at once (each entry moves once).
+    /// part of the ledger is written once per fold rather than once per commit, and each
+    /// charge's entries of one bucket (and lot) become one (a node keeps a team's charge open
+    /// across its batches until its next fold, within a billing month). Every read sees an
+    /// entry in exactly one of the two, so when folds run changes no sum, only how many entries
+    /// the newest are. Safe to run on several nodes at once (each entry moves once), and
+    /// returns how many journal rows moved.
     async fn fold_spends(&self, at_least: u64) -> Result<u64, StoreError>;
     /// The team's usage that started in `[from, to)`, summed per hour (UTC), model and key —
     /// only `keys`' when given — each cost split by token kind exactly (the parts sum to the
@@ -885,8 +887,9 @@ pub trait LedgerStore: Send + Sync {
         team_id: TeamId,
         limit: u32,
     ) -> Result<(Vec<tollgate_domain::LedgerEntry>, Vec<tollgate_domain::MonthlySpend>), StoreError>;
-    /// What the team's requests charged in `[from, to)` (a billing month) come to: lines per
-    /// model, token kind and price, and how the charges were paid.
+    /// What the team's requests charged in `[from, to)` (a billing month's bounds: a charge's
+    /// spends may span its month, never more) come to: lines per model, token kind and price,
+    /// and how the charges were paid.
     async fn month_usage(
         &self,
         team_id: TeamId,

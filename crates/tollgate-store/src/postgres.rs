@@ -22,6 +22,8 @@ pub(crate) struct SqlStore {
     audit_key: tollgate_domain::AuditChainKey,
     /// Spend entries this node has journaled since its last fold (see `fold_spends`).
     journaled: std::sync::atomic::AtomicU64,
+    /// Each team's open charge on this node (see `OpenCharges`).
+    open_charges: sql::usage::OpenCharges,
 }
 
 impl SqlStore {
@@ -38,6 +40,7 @@ impl SqlStore {
             read: pool,
             audit_key,
             journaled: std::sync::atomic::AtomicU64::new(0),
+            open_charges: sql::usage::OpenCharges::default(),
         })
     }
 

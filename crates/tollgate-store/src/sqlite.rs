@@ -29,6 +29,8 @@ pub(crate) struct SqlStore {
     committer: Option<commit::Committer>,
     /// Spend entries this process has journaled since its last fold (see `fold_spends`).
     journaled: std::sync::atomic::AtomicU64,
+    /// Each team's open charge on this node (see `OpenCharges`).
+    open_charges: sql::usage::OpenCharges,
 }
 
 impl SqlStore {
@@ -81,6 +83,7 @@ impl SqlStore {
             audit_key,
             committer,
             journaled: std::sync::atomic::AtomicU64::new(0),
+            open_charges: sql::usage::OpenCharges::default(),
         })
     }
 
@@ -97,7 +100,8 @@ impl SqlStore {
             async {
                 // The one write connection, held: no other write of this process runs meanwhile.
                 let _writer = self.write.acquire().await?;
-                committer.commit(batch, at, default_hard_limit).await
+                let charge_ids = self.open_charges.for_batch(batch, at);
+                committer.commit(batch, charge_ids, at, default_hard_limit).await
             }
             .await,
         )
@@ -236,6 +240,30 @@ mod tests {
         assert!(keys.is_empty());
         let orphans = sqlx::query("PRAGMA foreign_key_check").fetch_all(&pool).await.unwrap();
         assert!(orphans.is_empty());
+    }
+
+    /// The migration that counts each journaled spend's requests reads the count from its
+    /// reason, where the group commit wrote it; a row without one counts none.
+    #[tokio::test]
+    async fn a_journaled_spend_keeps_its_count_of_requests() {
+        let pool = migrated_before(20_261_203_000_036).await;
+        for (id, reason) in [(1u8, Some("12 requests")), (2, None), (3, Some("a refund"))] {
+            sqlx::query(
+                "INSERT INTO spend_journal (id, team_id, kind, bucket, amount, reason, actor_kind, created_at, \
+                 charge_id) VALUES ($1, x'02', 'spend', 'prepaid', -40, $2, 'system', '2026-11-02T00:00:00Z', x'04')",
+            )
+            .bind(vec![id])
+            .bind(reason)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        MIGRATOR.run(&pool).await.unwrap();
+        let counts: Vec<i64> = sqlx::query_scalar("SELECT requests FROM spend_journal ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(counts, [12, 0, 0]);
     }
 
     /// The migration that rewrites the ledger's checks rebuilds SQLite's table: every entry

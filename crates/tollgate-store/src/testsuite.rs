@@ -849,10 +849,10 @@ pub async fn request_bodies_are_kept_once_and_pruned_by_age(store: &dyn Store) {
     assert_eq!(store.request_body(new.request_id).await.unwrap(), Some(new));
 }
 
-/// Spend entries go to the spend journal and are folded into the ledger in bulk; every read
-/// answers the same before and after a fold (the newest entries merged across both, the monthly
-/// sums, the month's usage, verification), a fold happens only once enough has gathered, and it
-/// moves each entry once.
+/// Spend entries go to the spend journal and are folded into the ledger in bulk; every sum
+/// reads the same before and after a fold (the monthly sums, the month's usage, the balance,
+/// verification), the newest entries are merged across both, a fold sums a charge's spends into
+/// one entry, happens only once enough has gathered, and moves each entry once.
 pub async fn spends_read_the_same_before_and_after_a_fold(store: &dyn Store) {
     let (user, team) = seed_user(store, "journal@example.com").await;
     let key = seed_key(store, &team, &user, &[]).await;
@@ -875,48 +875,51 @@ pub async fn spends_read_the_same_before_and_after_a_fold(store: &dyn Store) {
             .await
             .unwrap();
     }
-    let (month_from, month_to) = (at(-86_400 * 40), at(86_400 * 40));
-    let reads = || async {
+    let (month_from, month_to) = (at(-86_400 * 5), at(86_400 * 5));
+    let sums = || async {
         (
-            store.ledger_entries(team.id, 10).await.unwrap(),
             store.credit_changes(team.id, 10).await.unwrap(),
             store.month_usage(team.id, month_from, month_to).await.unwrap(),
             store.balance(team.id).await.unwrap(),
         )
     };
-    let journaled = reads().await;
-    let amounts: Vec<i64> = journaled.0.iter().map(|e| e.amount.get()).collect();
-    assert_eq!(amounts, [-40, -30, 1_000], "newest first");
-    assert_eq!(journaled.1.1.iter().map(|m| m.amount.get()).sum::<i64>(), -70);
-    assert_eq!(journaled.2.credit_used, Ticks::new(70));
-    assert_eq!(journaled.2.lines.iter().map(|l| l.tokens).sum::<u64>(), 20);
+    let amounts = |entries: &[tollgate_domain::LedgerEntry]| entries.iter().map(|e| e.amount.get()).collect::<Vec<_>>();
+    let journaled = sums().await;
+    assert_eq!(
+        amounts(&store.ledger_entries(team.id, 10).await.unwrap()),
+        [-40, -30, 1_000],
+        "newest first, a batch's spend each"
+    );
+    assert_eq!(journaled.0.1.iter().map(|m| m.amount.get()).sum::<i64>(), -70);
+    assert_eq!(journaled.1.credit_used, Ticks::new(70));
+    assert_eq!(journaled.1.lines.iter().map(|l| l.tokens).sum::<u64>(), 20);
     assert_eq!(store.verify_ledger().await.unwrap(), None);
 
     // Not due: fewer entries than asked for.
     assert_eq!(store.fold_spends(3).await.unwrap(), 0);
     assert_eq!(store.fold_spends(2).await.unwrap(), 2);
-    assert_eq!(reads().await, journaled);
+    assert_eq!(sums().await, journaled);
     assert_eq!(store.verify_ledger().await.unwrap(), None);
+    // Both batches were spent under the team's open charge: one entry, at the later time,
+    // counting both requests, naming the key that made them.
+    let folded = store.ledger_entries(team.id, 10).await.unwrap();
+    assert_eq!(amounts(&folded), [-70, 1_000]);
+    assert_eq!(folded[0].reason.as_deref(), Some("2 requests"));
+    assert_eq!(folded[0].created_at, at(4));
+    assert_eq!(folded[0].kind, tollgate_domain::EntryKind::Spend);
     // Each entry moved once: the count starts again, and nothing is left to move.
     assert_eq!(store.fold_spends(1).await.unwrap(), 0);
     assert_eq!(store.fold_spends(0).await.unwrap(), 0);
 
-    // A newer spend, journaled beside folded ones: the newest come first across both, and a
-    // limit cuts the merged list.
+    // A newer spend, journaled beside folded ones under a charge of its own (a fold closes the
+    // open ones): the newest come first across both, and a limit cuts the merged list.
     store
         .insert_usage_batch(&[charge(50, 10)], at(5), Ticks::ZERO)
         .await
         .unwrap();
-    let newest: Vec<i64> = store
-        .ledger_entries(team.id, 2)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.amount.get())
-        .collect();
-    assert_eq!(newest, [-50, -40]);
+    assert_eq!(amounts(&store.ledger_entries(team.id, 2).await.unwrap()), [-50, -70]);
     let oldest_first = store.ledger_entries(team.id, 10).await.unwrap();
-    assert_eq!(oldest_first.len(), 4);
+    assert_eq!(oldest_first.len(), 3);
     assert_eq!(
         store
             .month_usage(team.id, month_from, month_to)
@@ -930,6 +933,97 @@ pub async fn spends_read_the_same_before_and_after_a_fold(store: &dyn Store) {
     assert_eq!(store.fold_spends(1).await.unwrap(), 1);
     assert_eq!(store.ledger_entries(team.id, 10).await.unwrap(), oldest_first);
     assert_eq!(store.verify_ledger().await.unwrap(), None);
+}
+
+/// A fold sums each charge's spends of one bucket into one entry, and a charge never spans two
+/// billing months: each month's usage and spend read the same before and after the fold, for
+/// every team of a batch.
+pub async fn a_fold_sums_each_charge_within_its_month(store: &dyn Store) {
+    let (user, team) = seed_user(store, "months@example.com").await;
+    let (other_user, other_team) = seed_user(store, "months-other@example.com").await;
+    let (key, second_key) = (
+        seed_key(store, &team, &user, &[]).await,
+        seed_key(store, &team, &user, &[]).await,
+    );
+    let other_key = seed_key(store, &other_team, &other_user, &[]).await;
+    for team in [&team, &other_team] {
+        store
+            .append_ledger_entry(
+                &prepaid_adjustment(team.id, 1_000, at(1)),
+                &audit(Some(team.id), AuditAction::GrantCredits, at(1)),
+            )
+            .await
+            .unwrap();
+    }
+    let charge = |team: TeamId, key: ApiKeyId, cost: i64| {
+        let mut charge = spent(team, key, cost);
+        charge.record.usage.prompt_tokens = 1;
+        charge.pricing.prompt = Ticks::new(cost);
+        charge
+    };
+    // at(0) is 21 September (UTC); 15 days later is October.
+    let october = 86_400 * 15;
+    for (seconds, batch) in [
+        (
+            3,
+            vec![charge(team.id, key.id, 10), charge(other_team.id, other_key.id, 1)],
+        ),
+        (4, vec![charge(team.id, second_key.id, 20), charge(team.id, key.id, 30)]),
+        (
+            october,
+            vec![charge(team.id, key.id, 40), charge(other_team.id, other_key.id, 2)],
+        ),
+        (october + 1, vec![charge(team.id, key.id, 50)]),
+    ] {
+        store
+            .insert_usage_batch(&batch, at(seconds), Ticks::ZERO)
+            .await
+            .unwrap();
+    }
+    let september = (at(-86_400 * 20), at(86_400 * 10));
+    let october_range = (at(86_400 * 10), at(86_400 * 40));
+    let reads = || async {
+        let mut reads = Vec::new();
+        for team in [team.id, other_team.id] {
+            reads.push((
+                store.credit_changes(team, 10).await.unwrap().1,
+                store.month_usage(team, september.0, september.1).await.unwrap(),
+                store.month_usage(team, october_range.0, october_range.1).await.unwrap(),
+                store.balance(team).await.unwrap(),
+            ));
+        }
+        reads
+    };
+    let before = reads().await;
+    assert_eq!(before[0].1.credit_used, Ticks::new(60));
+    assert_eq!(before[0].2.credit_used, Ticks::new(90));
+    assert_eq!(before[0].2.lines.iter().map(|l| l.tokens).sum::<u64>(), 2);
+    assert_eq!(store.fold_spends(6).await.unwrap(), 6);
+    assert_eq!(reads().await, before);
+    assert_eq!(store.verify_ledger().await.unwrap(), None);
+    let entries = store.ledger_entries(team.id, 10).await.unwrap();
+    let spends: Vec<(i64, Option<&str>, Timestamp)> = entries
+        .iter()
+        .filter(|e| e.kind == tollgate_domain::EntryKind::Spend)
+        .map(|e| (e.amount.get(), e.reason.as_deref(), e.created_at))
+        .collect();
+    assert_eq!(
+        spends,
+        [
+            (-90, Some("2 requests"), at(october + 1)),
+            (-60, Some("3 requests"), at(4)),
+        ],
+        "one entry per month, newest first"
+    );
+    let other: Vec<i64> = store
+        .ledger_entries(other_team.id, 10)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == tollgate_domain::EntryKind::Spend)
+        .map(|e| e.amount.get())
+        .collect();
+    assert_eq!(other, [-2, -1]);
 }
 
 /// Leases never lend more than a team may spend, nor more than half of what is free beyond what
@@ -2096,6 +2190,7 @@ macro_rules! for_each_conformance_case {
             one_batch_charges_many_teams,
             a_charge_across_many_lots_is_written_whole,
             spends_read_the_same_before_and_after_a_fold,
+            a_fold_sums_each_charge_within_its_month,
             request_bodies_are_kept_once_and_pruned_by_age,
             top_ups_are_one_pending_and_change_once,
             invoices_are_numbered_without_gaps_and_block_until_paid,

@@ -112,6 +112,7 @@ mod in_memory_sqlite {
         one_batch_charges_many_teams,
         a_charge_across_many_lots_is_written_whole,
         spends_read_the_same_before_and_after_a_fold,
+        a_fold_sums_each_charge_within_its_month,
         credit_leases_lend_only_what_is_spendable,
     );
 }

@@ -42,6 +42,63 @@ pub(crate) const USAGE_COLUMNS: &str = "request_id, team_id, api_key_id, model, 
 pub(crate) const SPEND_COLUMNS: &str =
     "id, team_id, kind, bucket, amount, lot_id, reason, actor_kind, actor_id, created_at, charge_id";
 
+/// A journaled spend's columns: a spend entry's, and its count of requests, which a fold adds up.
+pub(crate) const JOURNAL_COLUMNS: &str =
+    "id, team_id, kind, bucket, amount, lot_id, reason, actor_kind, actor_id, created_at, charge_id, requests";
+
+/// A folded spend entry's columns after its id, one group of journaled spends summed (a
+/// charge's spends of one bucket and lot), with `spends`, how many rows it sums. Its reason
+/// counts the requests of them all; it names the key that made them if one key made every one,
+/// as a charge does; its time is the last spend's (all within the charge's month).
+const FOLDED_ENTRY: &str = "team_id, 'spend' AS kind, bucket, CAST(SUM(amount) AS BIGINT) AS amount, lot_id, \
+     CAST(SUM(requests) AS TEXT) || ' requests' AS reason, \
+     CASE WHEN MIN(actor_kind) = MAX(actor_kind) AND MIN(COALESCE(actor_id, '')) = MAX(COALESCE(actor_id, '')) \
+     THEN MIN(actor_kind) ELSE 'system' END AS actor_kind, \
+     CASE WHEN MIN(actor_kind) = MAX(actor_kind) AND MIN(COALESCE(actor_id, '')) = MAX(COALESCE(actor_id, '')) \
+     THEN MIN(actor_id) END AS actor_id, \
+     MAX(created_at) AS created_at, charge_id, COUNT(*) AS spends";
+
+/// Each team's open charge on this node: the charge its spends are journaled under, batch after
+/// batch, until this node's next fold or the end of the billing month. A fold sums a charge's
+/// journaled spends of one bucket (and lot) into one ledger entry, so at a thousand teams it
+/// writes about one entry per team where it wrote one per batch. A charge never spans two
+/// billing months: a month's usage is read through the charges spent in it. Which charge a
+/// request falls under changes no amount: a retried batch is charged once by its request ids
+/// whatever charge it is given, and `billing verify` compares each charge's usage with its
+/// spends, however many entries they are.
+#[derive(Default)]
+pub(crate) struct OpenCharges(std::sync::Mutex<(String, HashMap<Uuid, Uuid>)>);
+
+impl OpenCharges {
+    /// The charge of each team with a cost in `batch`, opened where the team has none open.
+    pub(crate) fn for_batch(&self, batch: &[Charge], at: Timestamp) -> HashMap<Uuid, Uuid> {
+        let month = billing_month(at);
+        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (open_month, teams) = &mut *open;
+        if *open_month != month {
+            *open_month = month;
+            teams.clear();
+        }
+        batch
+            .iter()
+            .filter(|charge| charge.record.cost.get() > 0)
+            .map(|charge| {
+                let team = charge.record.team_id.as_uuid();
+                (team, *teams.entry(team).or_insert_with(Uuid::now_v7))
+            })
+            .collect()
+    }
+
+    /// Closes every open charge (after a fold): the next spends open new ones.
+    pub(crate) fn close_all(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .clear();
+    }
+}
+
 /// Inserts the usage rows in multi-row statements, each with its team's charge id; returns the
 /// request ids that were new (a request recorded before is skipped, with its charge). SQLite's
 /// (PostgreSQL's are written by [`record_and_take_prepaid`]).
@@ -314,8 +371,8 @@ static RECORD_AND_TAKE_PREPAID: std::sync::LazyLock<String> = std::sync::LazyLoc
          taken AS (UPDATE team_balances b SET prepaid = b.prepaid - v.amount, updated_at = $34 FROM v \
          WHERE b.team_id = ANY($27) AND b.team_id = v.team_id AND b.promo = 0 AND b.prepaid >= v.amount \
          RETURNING v.*), \
-         spent AS (INSERT INTO spend_journal ({SPEND_COLUMNS}) SELECT id, team_id, 'spend', 'prepaid', -amount, \
-         NULL, reason, actor_kind, actor_id, $34, charge_id FROM taken) \
+         spent AS (INSERT INTO spend_journal ({JOURNAL_COLUMNS}) SELECT id, team_id, 'spend', 'prepaid', -amount, \
+         NULL, reason, actor_kind, actor_id, $34, charge_id, requests FROM taken) \
          SELECT request_id, NULL::uuid AS taken FROM recorded UNION ALL SELECT NULL, team_id FROM taken"
     )
 });
@@ -369,11 +426,11 @@ pub(crate) fn team_charge(team_id: Uuid, charge_id: Uuid, charges: &[&Charge], b
 }
 
 /// Bind parameters one round trip of writes carries (PostgreSQL takes 65,535 in a statement):
-/// a batch of 512 teams' charges, each in a bucket or two, fits in one.
-const BINDS_PER_TRIP: usize = 16_384;
+/// a batch of 512 teams' charges, each in a bucket or two (34 parameters at most), fits in one.
+const BINDS_PER_TRIP: usize = 17_408;
 
 /// The most bind parameters a PostgreSQL round trip of [`Writes`] may carry and be kept
-/// prepared: a team's spend entries (a bucket or two, 11 each), its balance, a lot and its
+/// prepared: a team's spend entries (a bucket or two, 12 each), its balance, a lot and its
 /// invoice month.
 const CACHED_TRIP_BINDS: usize = 64;
 
@@ -499,6 +556,7 @@ struct SpendRow {
     actor_kind: &'static str,
     actor_id: Option<String>,
     charge_id: Uuid,
+    requests: i64,
 }
 
 /// Charges every team's new records of a batch, in `conn`'s transaction, in a fixed number of
@@ -548,6 +606,7 @@ async fn charge_teams(
                 actor_kind: charge.actor.kind(),
                 actor_id: charge.actor.id(),
                 charge_id: charge.charge_id,
+                requests: i64::try_from(charge.requests).unwrap_or(i64::MAX),
             })
         })
         .collect();
@@ -562,8 +621,8 @@ async fn charge_teams(
     for chunk in super::shaped_chunks(&spend_rows, ROWS_PER_INSERT) {
         // No idempotency key: the usage rows' request ids make a spend idempotent (it is
         // written only for rows new to the store), and its charge names it.
-        let insert = writes.begin(conn, chunk.len() * 11).await?;
-        insert.push(format!("INSERT INTO spend_journal ({SPEND_COLUMNS}) "));
+        let insert = writes.begin(conn, chunk.len() * 12).await?;
+        insert.push(format!("INSERT INTO spend_journal ({JOURNAL_COLUMNS}) "));
         insert.push_values(chunk, |mut row, spend| {
             row.push_bind(Uuid::now_v7())
                 .push_bind(spend.team_id)
@@ -575,7 +634,8 @@ async fn charge_teams(
                 .push_bind(spend.actor_kind)
                 .push_bind(spend.actor_id.as_deref())
                 .push_bind(at)
-                .push_bind(spend.charge_id);
+                .push_bind(spend.charge_id)
+                .push_bind(spend.requests);
         });
         writes.end();
     }
@@ -661,12 +721,8 @@ impl UsageStore for SqlStore {
             return Ok(());
         }
         let mut tx = self.write.begin().await?;
-        // One charge per team with a cost in the batch.
-        let charges: HashMap<Uuid, Uuid> = batch
-            .iter()
-            .filter(|charge| charge.record.cost.get() > 0)
-            .map(|charge| (charge.record.team_id.as_uuid(), Uuid::now_v7()))
-            .collect();
+        // Each charged team's open charge.
+        let charges = self.open_charges.for_batch(batch, at);
         let Recorded { new, taken } = match super::postgres(&mut tx) {
             Some(pg) => record_and_take_prepaid(pg, batch, &charges, at).await?,
             None => Recorded {
@@ -702,21 +758,22 @@ impl UsageStore for SqlStore {
         // The write connection, held: on SQLite no group commit of this process runs meanwhile
         // (its thread writes only while the caller holds this connection), and another process
         // waits for the write lock the first statement takes. Rows journaled meanwhile by
-        // another node are moved by this fold or the next. In the journal's order: within one
-        // transaction each page is written once whatever the order, and sorting by team first
-        // cost SQLite more (5k instructions a row) than the seeks it saved.
+        // another node are moved by this fold or the next. The ledger has no foreign key to
+        // check a row's team by (a query per row): the fold checks them all at once, and a spend
+        // whose team is missing stops it (migration 20261203000035).
         let mut tx = self.write.begin().await?;
         let moved = if matches!(super::BACKEND, crate::Backend::Postgres) {
-            // One statement: the rows this deletes are the rows it inserts, and a node folding
-            // at the same time waits for these rows' locks, then finds them gone. The ledger has
-            // no foreign key to check a row's team by (a query per row): the fold checks them
-            // all at once, and a spend whose team is missing stops it (migration
-            // 20261203000035).
+            // One statement: the rows this deletes are the rows it sums, and a node folding at
+            // the same time waits for these rows' locks, then finds them gone. Each entry is
+            // named by its first row's id (the groups are disjoint, so no two share one).
             let row = sqlx::query(&format!(
-                "WITH moved AS (DELETE FROM spend_journal RETURNING {SPEND_COLUMNS}), \
-                 folded AS (INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM moved \
-                 WHERE team_id IN (SELECT id FROM teams) RETURNING 1) \
-                 SELECT (SELECT COUNT(*) FROM moved) AS deleted, (SELECT COUNT(*) FROM folded) AS moved"
+                "WITH moved AS (DELETE FROM spend_journal RETURNING {JOURNAL_COLUMNS}), \
+                 grouped AS (SELECT CAST(MIN(CAST(id AS TEXT)) AS UUID) AS id, {FOLDED_ENTRY} FROM moved \
+                 GROUP BY team_id, charge_id, bucket, lot_id), \
+                 folded AS (INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM grouped \
+                 WHERE team_id IN (SELECT id FROM teams) RETURNING id) \
+                 SELECT CAST(COALESCE((SELECT SUM(spends) FROM grouped), 0) AS BIGINT) AS deleted, \
+                 CAST(COALESCE((SELECT SUM(spends) FROM grouped JOIN folded USING (id)), 0) AS BIGINT) AS moved"
             ))
             .fetch_one(&mut *tx)
             .await?;
@@ -726,27 +783,29 @@ impl UsageStore for SqlStore {
             }
             super::to_u64(moved, "folded spends")?
         } else {
-            // The ledger has no foreign key to check a row's team by: the fold checks them all
-            // at once (migration 20261203000035).
-            let moved = sqlx::query(&format!(
-                "INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM spend_journal \
-                 WHERE team_id IN (SELECT id FROM teams)"
-            ))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            let deleted = sqlx::query("DELETE FROM spend_journal")
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if deleted != moved {
-                // Nothing writes the journal while this transaction holds the write lock, so
-                // what was not moved is a spend of a team that does not exist.
+            // Nothing writes the journal while this transaction holds the write lock, so the
+            // rows checked are the rows summed and then deleted.
+            let orphaned: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM spend_journal WHERE team_id NOT IN (SELECT id FROM teams))",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            if orphaned {
                 return Err(super::corrupt("spend_journal", "a spend of a team that does not exist"));
             }
-            moved
+            sqlx::query(&format!(
+                "INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM \
+                 (SELECT MIN(id) AS id, {FOLDED_ENTRY} FROM spend_journal GROUP BY team_id, charge_id, bucket, lot_id)"
+            ))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM spend_journal")
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
         };
         tx.commit().await?;
+        self.open_charges.close_all();
         // What was journaled meanwhile counts towards the next fold (a failed fold leaves the
         // count, so the next batch tries again).
         let _ = self

@@ -24,7 +24,7 @@ use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 use tollgate_domain::{EntryKind, Funds, SpendingLimits, Ticks, Timestamp, billing_month};
 use uuid::Uuid;
 
-use super::sql::usage::{SPEND_COLUMNS, TeamCharge, USAGE_COLUMNS, team_charge};
+use super::sql::usage::{JOURNAL_COLUMNS, TeamCharge, USAGE_COLUMNS, team_charge};
 use crate::{Charge, RetainedBody, StoreError};
 
 /// One batch for the thread, and where its answer goes.
@@ -32,6 +32,8 @@ enum Job {
     /// Usage rows and their charges ([`commit`]).
     Charges {
         batch: Vec<Charge>,
+        /// Each charged team's open charge.
+        charge_ids: HashMap<Uuid, Uuid>,
         at: Timestamp,
         default_hard_limit: Ticks,
         done: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
@@ -68,10 +70,14 @@ impl Committer {
                     let (result, done) = match job {
                         Job::Charges {
                             batch,
+                            charge_ids,
                             at,
                             default_hard_limit,
                             done,
-                        } => (guarded(|| commit(&mut conn, &batch, at, default_hard_limit)), done),
+                        } => (
+                            guarded(|| commit(&mut conn, &batch, &charge_ids, at, default_hard_limit)),
+                            done,
+                        ),
                         Job::Bodies { rows, done } => (guarded(|| keep_bodies(&mut conn, &rows)), done),
                     };
                     let _ = done.send(result);
@@ -87,6 +93,7 @@ impl Committer {
     pub(crate) async fn commit(
         &self,
         batch: &[Charge],
+        charge_ids: HashMap<Uuid, Uuid>,
         at: Timestamp,
         default_hard_limit: Ticks,
     ) -> Result<u64, StoreError> {
@@ -94,6 +101,7 @@ impl Committer {
         self.run(
             Job::Charges {
                 batch: batch.to_vec(),
+                charge_ids,
                 at,
                 default_hard_limit,
                 done,
@@ -163,6 +171,7 @@ fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
 fn commit(
     conn: &mut rusqlite::Connection,
     batch: &[Charge],
+    charge_ids: &HashMap<Uuid, Uuid>,
     at: Timestamp,
     default_hard_limit: Ticks,
 ) -> Result<u64, StoreError> {
@@ -170,12 +179,6 @@ fn commit(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(other)?;
     let now = instant(at);
-    // One charge per team with a cost in the batch.
-    let charge_ids: HashMap<Uuid, Uuid> = batch
-        .iter()
-        .filter(|charge| charge.record.cost.get() > 0)
-        .map(|charge| (charge.record.team_id.as_uuid(), Uuid::now_v7()))
-        .collect();
     // Teams in id order, as the sqlx path (and a PostgreSQL node) locks them.
     let mut teams: BTreeMap<Uuid, Vec<&Charge>> = BTreeMap::new();
     {
@@ -404,7 +407,7 @@ fn write_charges(
 ) -> Result<u64, StoreError> {
     let mut entry = tx
         .prepare_cached(&format!(
-            "INSERT INTO spend_journal ({SPEND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            "INSERT INTO spend_journal ({JOURNAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ))
         .map_err(other)?;
     let mut balance = tx
@@ -427,6 +430,10 @@ fn write_charges(
     for Charged { charge, balance_moved } in charges {
         let team = blob(&charge.team_id);
         let reason = format!("{} requests", charge.requests);
+        let requests = to_i64(
+            u64::try_from(charge.requests).unwrap_or(u64::MAX),
+            "a charge's requests",
+        )?;
         let actor_id = charge.actor.id();
         for part in &charge.parts {
             entry
@@ -442,6 +449,7 @@ fn write_charges(
                     actor_id,
                     now,
                     blob(&charge.charge_id),
+                    requests,
                 ])
                 .map_err(other)?;
             journaled += 1;

@@ -783,8 +783,16 @@ impl UsageStore for SqlStore {
             }
             super::to_u64(moved, "folded spends")?
         } else {
-            // Nothing writes the journal while this transaction holds the write lock, so the
-            // rows checked are the rows summed and then deleted.
+            // The insert first: it takes the write lock (a read first would hold a snapshot
+            // that another process's commit could make stale), and nothing writes the journal
+            // until this transaction ends, so the rows checked are the rows summed and then
+            // deleted. A spend of a missing team rolls it all back.
+            sqlx::query(&format!(
+                "INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM \
+                 (SELECT MIN(id) AS id, {FOLDED_ENTRY} FROM spend_journal GROUP BY team_id, charge_id, bucket, lot_id)"
+            ))
+            .execute(&mut *tx)
+            .await?;
             let orphaned: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM spend_journal WHERE team_id NOT IN (SELECT id FROM teams))",
             )
@@ -793,12 +801,6 @@ impl UsageStore for SqlStore {
             if orphaned {
                 return Err(super::corrupt("spend_journal", "a spend of a team that does not exist"));
             }
-            sqlx::query(&format!(
-                "INSERT INTO ledger_entries ({SPEND_COLUMNS}) SELECT {SPEND_COLUMNS} FROM \
-                 (SELECT MIN(id) AS id, {FOLDED_ENTRY} FROM spend_journal GROUP BY team_id, charge_id, bucket, lot_id)"
-            ))
-            .execute(&mut *tx)
-            .await?;
             sqlx::query("DELETE FROM spend_journal")
                 .execute(&mut *tx)
                 .await?
@@ -807,7 +809,7 @@ impl UsageStore for SqlStore {
         tx.commit().await?;
         self.open_charges.close_all();
         // What was journaled meanwhile counts towards the next fold (a failed fold leaves the
-        // count, so the next batch tries again).
+        // count as it was, for the recorder's next try).
         let _ = self
             .journaled
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(due)));

@@ -77,6 +77,35 @@ enum Family {
 struct Run {
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU time used meanwhile by this process (the client, the mock upstream and tollgate) and
+    /// by PostgreSQL's processes (when the run is on PostgreSQL).
+    cpu: Cpu,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    process: Duration,
+    database: Duration,
+}
+
+impl Cpu {
+    fn now(postgres: bool) -> Cpu {
+        Cpu {
+            process: tollgate_bench::process_cpu().unwrap_or_default(),
+            database: if postgres {
+                tollgate_bench::processes_cpu("postgres").unwrap_or_default()
+            } else {
+                Duration::ZERO
+            },
+        }
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            process: self.process.saturating_sub(before.process),
+            database: self.database.saturating_sub(before.database),
+        }
+    }
 }
 
 impl Run {
@@ -94,10 +123,13 @@ impl Run {
         let mut merged = Run {
             elapsed: Duration::ZERO,
             latencies: Vec::new(),
+            cpu: Cpu::default(),
         };
         for run in runs {
             merged.elapsed += run.elapsed;
             merged.latencies.extend(run.latencies);
+            merged.cpu.process += run.cpu.process;
+            merged.cpu.database += run.cpu.database;
         }
         merged.latencies.sort_unstable();
         merged
@@ -151,7 +183,11 @@ async fn drive(
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
-    Ok(Run { elapsed, latencies })
+    Ok(Run {
+        elapsed,
+        latencies,
+        cpu: Cpu::default(),
+    })
 }
 
 /// Drives `requests` completions of `model` through tollgate's gRPC API on `channel` (one
@@ -218,7 +254,11 @@ async fn drive_grpc(
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
-    Ok(Run { elapsed, latencies })
+    Ok(Run {
+        elapsed,
+        latencies,
+        cpu: Cpu::default(),
+    })
 }
 
 /// Where tollgate is called: REST at a URL, or gRPC on a channel.
@@ -419,17 +459,19 @@ async fn main() -> anyhow::Result<()> {
     let per_turn = args.requests / usize::from(args.rounds);
     let mut free = Vec::new();
     let mut billed = Vec::new();
+    let postgres = args.database_url.is_some();
     for _ in 0..args.rounds {
-        free.push(
-            drive_tollgate(&target, &client, &keys, &free_body, per_turn, args.concurrency)
+        for (runs, body, what) in [
+            (&mut free, &free_body, "tollgate, free model"),
+            (&mut billed, &billed_body, "tollgate, billed model"),
+        ] {
+            let before = Cpu::now(postgres);
+            let mut run = drive_tollgate(&target, &client, &keys, body, per_turn, args.concurrency)
                 .await
-                .context("tollgate, free model")?,
-        );
-        billed.push(
-            drive_tollgate(&target, &client, &keys, &billed_body, per_turn, args.concurrency)
-                .await
-                .context("tollgate, billed model")?,
-        );
+                .context(what)?;
+            run.cpu = Cpu::now(postgres).since(before);
+            runs.push(run);
+        }
     }
     let turns: Vec<String> = free
         .iter()
@@ -470,6 +512,20 @@ async fn main() -> anyhow::Result<()> {
         ms(billed.percentile(0.99)) - ms(free.percentile(0.99))
     );
     println!("billing's cost per turn: {}", turns.join(", "));
+    // CPU per request moves less with the machine's speed than requests per second do, and
+    // says where billing's cost lands: this process (tollgate, the client and the mock
+    // upstream, the same for both models) or the database server.
+    let per_request = |cpu: Duration, run: &Run| cpu.as_secs_f64() * 1e6 / run.latencies.len().max(1) as f64;
+    for (name, run) in [("without billing", &free), ("with billing", &billed)] {
+        let mut line = format!(
+            "CPU per request {name}: {:.0} µs in this process",
+            per_request(run.cpu.process, run)
+        );
+        if postgres {
+            line += &format!(", {:.0} µs in PostgreSQL", per_request(run.cpu.database, run));
+        }
+        println!("{line}");
+    }
     let mut stored = 0;
     for payer in &payers {
         stored += server.store.list_usage(payer.key.team_id, u32::MAX).await?.len();

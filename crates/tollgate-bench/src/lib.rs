@@ -86,8 +86,8 @@ pub fn process_cpu() -> Option<std::time::Duration> {
 /// The CPU time every running process named `name` (its command, as `/proc/PID/comm` gives
 /// it) has used so far, as [`process_cpu`] counts it; `None` where `/proc` cannot say. With
 /// `"postgres"`, the database server's share of a run on the same machine (its backends, WAL
-/// writer and checkpointer; a process that ends meanwhile takes its time with it, and this
-/// user must be allowed to read the server's processes' `stat`).
+/// writer and checkpointer, and whatever else that server runs meanwhile; a process that ends
+/// meanwhile takes its time with it).
 #[must_use]
 pub fn processes_cpu(name: &str) -> Option<std::time::Duration> {
     let mut ticks = 0u64;

@@ -18,6 +18,7 @@ on_both_backends!(
     a_team_without_credit_is_refused_before_the_upstream,
     a_thousand_requests_against_credit_for_five_hundred,
     an_upstream_that_ignores_its_budget_is_charged_in_full,
+    an_upstream_failure_charges_nothing_and_releases_its_hold,
     credit_is_consumed_promo_then_prepaid_then_invoice,
     a_client_that_hangs_up_mid_stream_is_charged_and_the_upstream_cancelled,
     two_nodes_on_one_database_never_overspend_together,
@@ -276,6 +277,51 @@ async fn an_upstream_that_ignores_its_budget_is_charged_in_full(db: TestDb) {
         "{metrics}"
     );
     assert_eq!(app.chat(&key, request()).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_ledger_consistent(&app).await;
+    app.finish().await;
+}
+
+/// A request the model server fails (a 5xx it answers as a 502, or a 4xx it passes on) is
+/// charged nothing and gives back its hold: with credit for exactly one hold, the next request
+/// is served, which it would not be had a failed one kept its credit.
+async fn an_upstream_failure_charges_nothing_and_releases_its_hold(db: TestDb) {
+    let app = TestApp::prepaid_only(db).await;
+    let key = app.api_key().await;
+    let (_, hold) = hold_of_request();
+    grant(&app, hold, None).await;
+    app.upstream.fail_with(503, "down");
+    for _ in 0..3 {
+        assert_eq!(app.chat(&key, request()).await.status(), StatusCode::BAD_GATEWAY);
+    }
+    app.upstream.fail_with(400, "bad request for this model");
+    crate::util::assert_xai_error(
+        app.chat(&key, request()).await,
+        StatusCode::BAD_REQUEST,
+        "Client specified an invalid argument",
+        "bad request for this model",
+    )
+    .await;
+    assert!(
+        app.store().list_usage(app.team.id, 10).await.unwrap().is_empty(),
+        "not charged"
+    );
+    assert!(entries_of(&app, EntryKind::Spend).await.is_empty(), "no spend entry");
+    assert_eq!(app.store().balance(app.team.id).await.unwrap().prepaid, hold);
+
+    app.upstream.recover();
+    let served = app.chat(&key, request()).await;
+    assert_eq!(
+        served.status(),
+        StatusCode::OK,
+        "the failed requests' holds were released"
+    );
+    let cost = served.json::<Value>().await.unwrap()["usage"]["cost_in_usd_ticks"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        app.store().balance(app.team.id).await.unwrap().prepaid,
+        Ticks::new(hold.get() - cost)
+    );
     assert_ledger_consistent(&app).await;
     app.finish().await;
 }
